@@ -1,0 +1,3 @@
+from hsi_cluster.cli import main
+
+main()

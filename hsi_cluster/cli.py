@@ -1,0 +1,140 @@
+"""The ``hsicluster`` command line: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from hsi_cluster import __version__
+from hsi_cluster.errors import HsiClusterError
+
+EXIT_USER_ERROR = 2
+EXIT_UNEXPECTED = 1
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"hsicluster: error: {message}", err=True)
+    sys.exit(code)
+
+
+def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--verbose``/``--quiet`` and turn library errors into one-line messages and exit codes."""
+
+    @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and details on errors.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar or chatter; results only.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, verbose: bool, quiet: bool, **kwargs: Any) -> Any:
+        try:
+            return func(*args, quiet=quiet, **kwargs)
+        except HsiClusterError as exc:
+            if verbose:
+                traceback.print_exc()
+            _fail(str(exc), EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            _fail("interrupted; rerun the same command to resume where it stopped", 130)
+        except Exception as exc:  # an unexpected failure: keep it to one line unless asked
+            if verbose:
+                traceback.print_exc()
+                sys.exit(EXIT_UNEXPECTED)
+            _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --verbose for details and "
+                  "report it if it persists)", EXIT_UNEXPECTED)
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr driven by ``update(done, total)``; silent when quiet or not a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hsicluster")
+def main() -> None:
+    """Unsupervised clustering of large hyperspectral scenes (SSCC)."""
+
+
+@main.command()
+@click.argument("scene", type=click.Path(path_type=Path))
+@click.option("--output", "-o", "store", required=True, type=click.Path(path_type=Path),
+              help="Destination Zarr store (a directory, e.g. scene.zarr).")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Spatial chunk side in pixels (default: chunks of about 8 MB).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--var", default=None, help="Variable to read from a MATLAB .mat file with several cubes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Reader/compressor threads.")
+@command_options
+def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: str | None,
+           workers: int | None, quiet: bool) -> None:
+    """Stream SCENE into a chunked Zarr v3 store with band statistics and a valid-pixel mask.
+
+    Safe to interrupt: rerunning the same command finishes the job.
+    """
+    from hsi_cluster.io import ingest as run_ingest
+
+    with progress_bar("ingest", unit="block", quiet=quiet) as update:
+        path = run_ingest(scene, store, chunk=chunk, overwrite=overwrite, var=var, workers=workers,
+                          progress=update)
+    if not quiet:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("scene", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--var", default=None, help="Variable to read from a MATLAB .mat file with several cubes.")
+@command_options
+def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
+    """Describe SCENE (any readable raster or an ingested store)."""
+    from hsi_cluster.io import open_scene
+    from hsi_cluster.io.info import describe, format_info
+
+    summary = describe(open_scene(scene, var=var))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        if quiet and summary.get("statistics"):
+            summary = dict(summary, statistics=None)
+        click.echo(format_info(summary))
+
+
+@main.command()
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.argument("truth", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--unlabelled", default=0, show_default=True, help="Ground-truth value of unlabelled pixels.")
+@click.option("--var", default=None, help="Variable in a MATLAB ground-truth file with several arrays.")
+@command_options
+def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str | None, quiet: bool) -> None:
+    """Score a cluster-label raster LABELS against ground truth TRUTH (ACC, NMI, Kappa, ARI)."""
+    from hsi_cluster.evaluate import score_clustering
+    from hsi_cluster.io.labels import read_label_map
+
+    predicted, invalid = read_label_map(labels)
+    reference, _ = read_label_map(truth, var=var)
+    scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
+    click.echo(json.dumps(scores.to_dict(), indent=2) if as_json else scores.format_table())
+
+
+if __name__ == "__main__":
+    main()

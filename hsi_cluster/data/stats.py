@@ -1,0 +1,110 @@
+"""Per-band statistics over valid pixels, computed block by block and merged exactly.
+
+Blocks are summarised by count, mean, M2 (sum of squared deviations), min and max per band;
+summaries combine with Chan et al.'s parallel update, so the merged result equals a single pass
+over all valid pixels up to float64 rounding, whatever the block order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Field order of a summary packed into one float64 array of shape (5, bands).
+PACKED_FIELDS = ("count", "mean", "m2", "min", "max")
+
+
+def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
+                     good_band: np.ndarray | None = None) -> np.ndarray:
+    """Which pixels of a ``(bands, y, x)`` block are usable.
+
+    A pixel is invalid when any of its (good) bands is NaN or ±Inf, or equals ``nodata``.
+
+    Args:
+        block: values, shape (bands, y, x).
+        nodata: the scene's nodata value, or None.
+        good_band: optional bool (bands,): only these bands decide validity.
+
+    Returns:
+        bool array (y, x), True where valid.
+    """
+    values = block if good_band is None or good_band.all() else block[np.asarray(good_band, bool)]
+    if np.issubdtype(values.dtype, np.floating):
+        valid = np.isfinite(values).all(axis=0)
+    else:
+        valid = np.ones(values.shape[1:], dtype=bool)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        valid &= ~(values == nodata).any(axis=0)
+    return valid
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band summary of valid pixels; every field is float64 of shape (bands,)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+    @classmethod
+    def empty(cls, n_bands: int) -> "BandStats":
+        """The summary of no pixels (the identity of :meth:`merge`)."""
+        zeros = np.zeros(n_bands)
+        return cls(zeros, zeros.copy(), zeros.copy(), np.full(n_bands, np.inf),
+                   np.full(n_bands, -np.inf))
+
+    @classmethod
+    def of_block(cls, block: np.ndarray, valid: np.ndarray) -> "BandStats":
+        """Summarise the valid pixels of one block.
+
+        Args:
+            block: values, shape (bands, y, x).
+            valid: bool (y, x) from :func:`valid_pixel_mask`.
+        """
+        n_bands = block.shape[0]
+        n_valid = int(valid.sum())
+        if n_valid == 0:
+            return cls.empty(n_bands)
+        pixels = block.reshape(n_bands, -1)
+        if n_valid != valid.size:
+            pixels = pixels[:, valid.reshape(-1)]
+        pixels = pixels.astype(np.float64, copy=False)
+        mean = pixels.mean(axis=1)
+        centred = pixels - mean[:, None]
+        m2 = np.einsum("ij,ij->i", centred, centred)
+        return cls(np.full(n_bands, float(n_valid)), mean, m2, pixels.min(axis=1), pixels.max(axis=1))
+
+    def merge(self, other: "BandStats") -> "BandStats":
+        """Combine two disjoint summaries (Chan et al. 1979)."""
+        count = self.count + other.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = other.mean - self.mean
+            weight = np.where(count > 0, other.count / np.where(count > 0, count, 1), 0.0)
+            mean = self.mean + delta * weight
+            m2 = self.m2 + other.m2 + delta**2 * self.count * weight
+        return BandStats(count, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per band (ddof = 0)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.where(self.count > 0, self.m2 / np.where(self.count > 0, self.count, 1), np.nan))
+
+    def pack(self) -> np.ndarray:
+        """float64 (5, bands) in :data:`PACKED_FIELDS` order, for storage."""
+        return np.stack([self.count, self.mean, self.m2, self.min, self.max])
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> "BandStats":
+        """Inverse of :meth:`pack`."""
+        return cls(*(np.asarray(row, dtype=np.float64) for row in packed))
+
+    def to_attrs(self) -> dict[str, list[float]]:
+        """JSON-ready per-band ``mean``, ``std``, ``min``, ``max`` and valid ``count``."""
+        def clean(values: np.ndarray) -> list[float | None]:
+            return [float(v) if np.isfinite(v) else None for v in values]
+        return {"count": [int(c) for c in self.count], "mean": clean(self.mean), "std": clean(self.std),
+                "min": clean(self.min), "max": clean(self.max)}

@@ -1,0 +1,86 @@
+"""Pure pixel-grid geometry: windows, chunk grids, tiles with halos. No I/O, no torch.
+
+All sizes and offsets are in pixels; ``row`` runs down (y), ``col`` runs right (x).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of pixels: rows ``[row, row + height)``, cols ``[col, col + width)``."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices selecting this window from a ``(..., y, x)`` array."""
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    @property
+    def size(self) -> int:
+        """Number of pixels."""
+        return self.height * self.width
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """A ``height × width`` raster cut into ``block × block`` blocks (the last ones shorter).
+
+    Block ``(i, j)`` covers rows ``[i * block, …)`` and cols ``[j * block, …)``, clipped to the
+    raster, so blocks align with Zarr chunks of the same size.
+    """
+
+    height: int
+    width: int
+    block: int
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"raster must be at least 1×1 pixels, got {self.height}×{self.width}")
+        if self.block < 1:
+            raise ValueError(f"block size must be ≥ 1 pixel, got {self.block}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of blocks ``(rows, cols)``."""
+        return math.ceil(self.height / self.block), math.ceil(self.width / self.block)
+
+    def __len__(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    def window(self, i: int, j: int) -> Window:
+        """The pixel window of block ``(i, j)``."""
+        row, col = i * self.block, j * self.block
+        return Window(row, col, min(self.block, self.height - row), min(self.block, self.width - col))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Block indices ``(i, j)`` in row-major order."""
+        rows, cols = self.shape
+        for i in range(rows):
+            for j in range(cols):
+                yield i, j
+
+
+def auto_chunk_size(n_bands: int, itemsize: int, *, target_bytes: int = 8 * 2**20,
+                    minimum: int = 32, maximum: int = 1024) -> int:
+    """Largest power-of-two spatial chunk side whose ``(bands, c, c)`` chunk fits ``target_bytes``.
+
+    Args:
+        n_bands: bands stored in every chunk.
+        itemsize: bytes per value.
+        target_bytes: wanted upper bound of one uncompressed chunk (bytes).
+        minimum, maximum: clamp of the returned side (pixels).
+    """
+    side = maximum
+    while side > minimum and n_bands * itemsize * side * side > target_bytes:
+        side //= 2
+    return side

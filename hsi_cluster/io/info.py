@@ -1,0 +1,99 @@
+"""``describe``: a plain summary of an opened scene or store, for ``hsicluster info``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from rasterio.crs import CRS
+
+
+def _crs_summary(wkt: str | None) -> dict[str, Any] | None:
+    if not wkt:
+        return None
+    crs = CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    units = crs.linear_units if crs.is_projected else "degrees"
+    return {"epsg": epsg, "units": units, "wkt": wkt}
+
+
+def describe(scene: xr.DataArray) -> dict[str, Any]:
+    """Size, type, spectral range, georeferencing, chunking and statistics of a scene.
+
+    Args:
+        scene: a DataArray from :func:`hsi_cluster.io.open_scene`.
+
+    Returns:
+        JSON-ready mapping.
+    """
+    n_bands, height, width = scene.shape
+    a, b, c, d, e, f = scene.attrs["transform"]
+    info: dict[str, Any] = {
+        "source": scene.attrs["source"], "format": scene.attrs["format"],
+        "bands": n_bands, "rows": height, "cols": width, "dtype": str(scene.dtype),
+        "size_bytes": int(scene.size * scene.dtype.itemsize),
+        "nodata": scene.attrs.get("nodata"),
+        "georeferenced": scene.attrs["georeferenced"],
+        "crs": _crs_summary(scene.attrs.get("crs")),
+        "transform": [a, b, c, d, e, f] if scene.attrs["georeferenced"] else None,
+        "resolution": [abs(a), abs(e)] if scene.attrs["georeferenced"] and b == 0 and d == 0 else None,
+        "bounds": None,
+        "chunks": [int(ch[0]) for ch in scene.data.chunks],
+    }
+    if scene.attrs["georeferenced"]:
+        xs = [c, c + a * width, c + b * height, c + a * width + b * height]
+        ys = [f, f + d * width, f + e * height, f + d * width + e * height]
+        info["bounds"] = {"left": min(xs), "bottom": min(ys), "right": max(xs), "top": max(ys)}
+    if "wavelength" in scene.coords:
+        wavelengths = scene.coords["wavelength"].values
+        info["wavelength_nm"] = {"min": float(np.min(wavelengths)), "max": float(np.max(wavelengths))}
+    else:
+        info["wavelength_nm"] = None
+    info["fwhm"] = "fwhm" in scene.coords
+    info["bad_bands"] = int((~scene.coords["good_band"].values).sum()) if "good_band" in scene.coords else None
+    for key in ("variable", "statistics", "valid_pixels", "ingested_from"):
+        if scene.attrs.get(key) is not None:
+            info[key] = scene.attrs[key]
+    return info
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable multi-line rendering of :func:`describe`'s mapping."""
+    gib = info["size_bytes"] / 2**30
+    lines = [
+        f"source        {info['source']}  ({info['format']})",
+        f"size          {info['rows']} rows × {info['cols']} cols × {info['bands']} bands, {info['dtype']}, "
+        f"{gib:.3f} GiB uncompressed",
+    ]
+    if info.get("variable"):
+        lines.append(f"variable      {info['variable']}")
+    wl = info["wavelength_nm"]
+    lines.append(f"wavelengths   {wl['min']:.1f}–{wl['max']:.1f} nm" + (" (with FWHM)" if info["fwhm"] else "")
+                 if wl else "wavelengths   not in the file")
+    if info["bad_bands"] is not None:
+        lines.append(f"bad bands     {info['bad_bands']} flagged")
+    if info["georeferenced"]:
+        crs = info["crs"]
+        crs_text = f"EPSG:{crs['epsg']}" if crs and crs["epsg"] else (crs["wkt"][:60] + "…" if crs else "none")
+        lines.append(f"crs           {crs_text}" + (f" ({crs['units']})" if crs else ""))
+        if info["resolution"]:
+            lines.append(f"resolution    {info['resolution'][0]:g} × {info['resolution'][1]:g}")
+        bounds = info["bounds"]
+        lines.append(f"bounds        left {bounds['left']:g}, bottom {bounds['bottom']:g}, "
+                     f"right {bounds['right']:g}, top {bounds['top']:g}")
+    else:
+        lines.append("crs           none: the file is not georeferenced (pixel grid, origin top-left, 1 unit/pixel)")
+    lines.append(f"nodata        {info['nodata'] if info['nodata'] is not None else 'not set'}")
+    lines.append(f"chunks        {' × '.join(str(c) for c in info['chunks'])} (band × y × x)")
+    if info.get("valid_pixels") is not None:
+        total = info["rows"] * info["cols"]
+        lines.append(f"valid pixels  {info['valid_pixels']} of {total} ({100 * info['valid_pixels'] / total:.1f} %)")
+    stats = info.get("statistics")
+    if stats:
+        def rng(values: list[float | None]) -> str:
+            finite = [v for v in values if v is not None]
+            return f"{min(finite):.4g}–{max(finite):.4g}" if finite else "n/a"
+        lines.append(f"statistics    per-band mean {rng(stats['mean'])}, std {rng(stats['std'])}, "
+                     f"min {rng(stats['min'])}, max {rng(stats['max'])}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Spectral metadata from GDAL/ENVI tags: wavelength, FWHM and bad-band list, normalised.
+
+Wavelengths and FWHM are returned in nanometres.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_MICROMETRE_UNITS = {"micrometers", "micrometer", "micrometres", "micrometre", "microns", "micron",
+                     "um", "µm", "μm"}
+_NANOMETRE_UNITS = {"nanometers", "nanometer", "nanometres", "nanometre", "nm"}
+_MILLIMETRE_UNITS = {"millimeters", "millimeter", "mm"}
+
+def parse_envi_list(text: str | None) -> list[str] | None:
+    """Split an ENVI header list such as ``"{ 400.5, 410.2 }"`` into its items."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.strip().strip("{}").split(",")]
+    items = [item for item in items if item]
+    return items or None
+
+def unit_scale_to_nm(units: str | None, values: np.ndarray) -> float | None:
+    """Factor that turns ``values`` given in ``units`` into nanometres, or None if not a length.
+
+    Without units, values below 100 are taken as micrometres (no sensor lists band centres
+    below 100 nm), larger ones as nanometres.
+    """
+    key = (units or "").strip().lower()
+    if key in _NANOMETRE_UNITS:
+        return 1.0
+    if key in _MICROMETRE_UNITS:
+        return 1000.0
+    if key in _MILLIMETRE_UNITS:
+        return 1e6
+    if key in {"", "unknown", "none"}:
+        return 1000.0 if np.nanmax(values) < 100 else 1.0
+    return None  # wavenumber, index, ... : not a wavelength we can use
+
+def _floats(items: list[str] | None, n_bands: int) -> np.ndarray | None:
+    if not items or len(items) != n_bands:
+        return None
+    try:
+        return np.array([float(item) for item in items], dtype=np.float64)
+    except ValueError:
+        return None
+
+def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
+                    band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    """Collect per-band ``wavelength`` (nm), ``fwhm`` (nm) and ``good_band`` (bool) where known.
+
+    Looks, in order, at the ENVI header domain, GDAL per-band metadata (``wavelength``,
+    ``fwhm``, ``wavelength_units``, ``bbl``/``good_band``) and GDAL's IMAGERY domain
+    (``CENTRAL_WAVELENGTH_UM``, ``FWHM_UM``).
+
+    Returns:
+        mapping from coordinate name to an array of shape (bands,); absent fields are omitted.
+    """
+    coords: dict[str, np.ndarray] = {}
+    units = envi_tags.get("wavelength_units") or dataset_tags.get("wavelength_units")
+    for name in ("wavelength", "fwhm"):
+        values = _floats(parse_envi_list(envi_tags.get(name)), n_bands)
+        band_units = units
+        if values is None:
+            values = _floats([tags.get(name, "") for tags in band_tags], n_bands)
+            band_units = next((t["wavelength_units"] for t in band_tags if "wavelength_units" in t), units)
+        if values is None:
+            key = "CENTRAL_WAVELENGTH_UM" if name == "wavelength" else "FWHM_UM"
+            values = _floats([tags.get(key, "") for tags in imagery_tags], n_bands)
+            band_units = "micrometers"
+        if values is not None:
+            reference = coords.get("wavelength", values) if name == "fwhm" else values
+            scale = unit_scale_to_nm(band_units, reference)
+            if scale is not None:
+                coords[name] = values * scale
+    if "fwhm" in coords and "wavelength" not in coords:
+        del coords["fwhm"]
+    bbl = parse_envi_list(envi_tags.get("bbl"))
+    if bbl is None:
+        per_band = [tags.get("good_band", tags.get("bbl")) for tags in band_tags]
+        bbl = per_band if all(v is not None for v in per_band) and per_band else None
+    good = _floats(bbl, n_bands)
+    if good is not None:
+        coords["good_band"] = good != 0
+    return coords
+
+def band_metadata_tags(coords: dict[str, np.ndarray], index: int) -> dict[str, str]:
+    """GDAL per-band metadata for band ``index`` (0-based), the inverse of :func:`spectral_coords`."""
+    tags: dict[str, str] = {}
+    if "wavelength" in coords:
+        tags["wavelength"] = repr(float(coords["wavelength"][index]))
+        tags["wavelength_units"] = "nanometers"
+    if "fwhm" in coords:
+        tags["fwhm"] = repr(float(coords["fwhm"][index]))
+    if "good_band" in coords:
+        tags["good_band"] = "1" if coords["good_band"][index] else "0"
+    return tags
+

@@ -1,0 +1,299 @@
+"""``open_scene``: any supported scene file → a lazy, dask-backed ``xarray.DataArray``.
+
+The returned array has dims ``(band, y, x)``; coordinates ``band`` (1-based), and where the file
+has them ``wavelength`` / ``fwhm`` (nm) and ``good_band`` (bool) on ``band``; attributes
+``crs`` (WKT or None), ``transform`` (affine ``a, b, c, d, e, f`` as floats), ``georeferenced``,
+``nodata`` (or None), ``source`` (absolute path) and ``format``. Opening reads only headers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import rasterio
+import xarray as xr
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from hsi_cluster.errors import SceneError
+from hsi_cluster.geo import auto_chunk_size
+from hsi_cluster.io.metadata import spectral_coords
+
+# GDAL's default block cache is 5 % of RAM; windows are read once each, so keep it small
+# to keep memory flat. A user's own setting wins.
+os.environ.setdefault("GDAL_CACHEMAX", "64")
+
+IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".bin")
+
+
+class RasterioWindowReader:
+    """Array-like view of a GDAL raster as ``(band, y, x)`` that reads windows on demand.
+
+    Each thread keeps its own open dataset; pickling keeps only the path, so the reader can
+    travel to dask workers.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.path = path
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["shape"], state["dtype"])
+
+    def _dataset(self) -> rasterio.io.DatasetReader:
+        dataset = getattr(self._local, "dataset", None)
+        if dataset is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                dataset = rasterio.open(self.path)
+            self._local.dataset = dataset
+        return dataset
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape))
+        if bands[2] != 1 or rows[2] != 1 or cols[2] != 1:
+            raise IndexError("RasterioWindowReader supports unit-step slices only")
+        indexes = list(range(bands[0] + 1, bands[1] + 1))
+        window = rasterio.windows.Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+        if not indexes or window.width <= 0 or window.height <= 0:
+            return np.empty((len(indexes), max(window.height, 0), max(window.width, 0)), self.dtype)
+        try:
+            return self._dataset().read(indexes, window=window)
+        except RasterioIOError as exc:
+            raise SceneError(f"{self.path}: cannot read rows {rows[0]}–{rows[1]}, cols {cols[0]}–{cols[1]} "
+                             f"({_first_line(exc)}); the file is truncated or corrupt — re-export or "
+                             "re-download it") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def default_chunks(n_bands: int, dtype: np.dtype) -> tuple[int, int, int]:
+    """Dask chunking ``(all bands, c, c)`` with ``c`` giving chunks of a few MB."""
+    side = auto_chunk_size(n_bands, np.dtype(dtype).itemsize)
+    return (n_bands, side, side)
+
+
+def _build(data: da.Array, *, coords: dict[str, np.ndarray] | None = None, crs: str | None = None,
+           transform: tuple[float, ...] | None = None, nodata: float | None = None,
+           source: str, fmt: str, extra_attrs: dict[str, Any] | None = None) -> xr.DataArray:
+    """Wrap a ``(band, y, x)`` dask array with the project's coordinates and attributes."""
+    n_bands, height, width = data.shape
+    georeferenced = transform is not None and (crs is not None or tuple(transform) != IDENTITY_TRANSFORM)
+    transform = tuple(float(v) for v in (transform or IDENTITY_TRANSFORM))
+    band_coords: dict[str, Any] = {"band": np.arange(1, n_bands + 1)}
+    for name, values in (coords or {}).items():
+        band_coords[name] = ("band", np.asarray(values))
+    a, b, c, d, e, f = transform
+    if b == 0 and d == 0:
+        band_coords["y"] = f + e * (np.arange(height) + 0.5)
+        band_coords["x"] = c + a * (np.arange(width) + 0.5)
+    attrs = {"crs": crs, "transform": transform, "georeferenced": bool(georeferenced),
+             "nodata": None if nodata is None else float(nodata), "source": source, "format": fmt}
+    attrs.update(extra_attrs or {})
+    return xr.DataArray(data, dims=("band", "y", "x"), coords=band_coords, attrs=attrs,
+                        name=Path(source).stem)
+
+
+def _check_cube(shape: tuple[int, ...], path: Path, what: str = "array", band_axis: int = -1) -> None:
+    if len(shape) != 3:
+        raise SceneError(f"{path}: the {what} has {len(shape)} dimension(s) {tuple(shape)}, but a "
+                         "hyperspectral cube needs 3 (y, x, band); pass a 3-D image")
+    if min(shape) == 0:
+        raise SceneError(f"{path}: the {what} is empty (shape {tuple(shape)}); pass a non-empty scene")
+    _check_band_count(shape[band_axis], path)
+
+
+def _check_band_count(n_bands: int, path: Path) -> None:
+    if n_bands < 2:
+        raise SceneError(f"{path}: has a single band, i.e. a 2-D image; hyperspectral clustering needs a cube "
+                         "with several bands")
+
+
+def _open_npy(path: Path) -> xr.DataArray:
+    try:
+        cube = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SceneError(f"{path}: not a readable .npy array ({_first_line(exc)}); check the file") from exc
+    _check_cube(cube.shape, path)
+    n_bands, side, _ = default_chunks(cube.shape[2], cube.dtype)
+    data = da.from_array(cube, chunks=(side, side, n_bands)).transpose(2, 0, 1)
+    return _build(data, source=str(path), fmt="npy", nodata=None)
+
+
+def _open_mat(path: Path, var: str | None) -> xr.DataArray:
+    import scipy.io
+
+    try:
+        variables = scipy.io.whosmat(path)
+    except NotImplementedError:  # MATLAB v7.3 = HDF5
+        return _open_mat_hdf5(path, var)
+    except (ValueError, OSError, TypeError) as exc:
+        raise SceneError(f"{path}: not a readable MATLAB file ({_first_line(exc)}); check the file") from exc
+    name = _pick_mat_variable(path, [(n, shape) for n, shape, _ in variables], var)
+    cube = scipy.io.loadmat(path, variable_names=[name])[name]
+    _check_cube(cube.shape, path, f"variable {name!r}")
+    data = da.from_array(np.ascontiguousarray(cube.transpose(2, 0, 1)),
+                         chunks=default_chunks(cube.shape[2], cube.dtype))
+    return _build(data, source=str(path), fmt="mat", extra_attrs={"variable": name})
+
+
+def _open_mat_hdf5(path: Path, var: str | None) -> xr.DataArray:
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise SceneError(f"{path}: not a readable MATLAB v7.3 file ({_first_line(exc)}); check the file") from exc
+    datasets = [(n, tuple(reversed(d.shape))) for n, d in handle.items() if isinstance(d, h5py.Dataset)]
+    name = _pick_mat_variable(path, datasets, var)
+    dataset = handle[name]
+    # MATLAB stores column-major: an array (y, x, band) appears in HDF5 as (band, x, y).
+    _check_cube(dataset.shape, path, f"variable {name!r}", band_axis=0)
+    n_bands = dataset.shape[0]
+    _, side, _ = default_chunks(n_bands, dataset.dtype)
+    data = da.from_array(dataset, chunks=(n_bands, side, side), lock=True).transpose(0, 2, 1)
+    return _build(data, source=str(path), fmt="mat-v7.3", extra_attrs={"variable": name})
+
+
+def _pick_mat_variable(path: Path, variables: list[tuple[str, tuple[int, ...]]], var: str | None) -> str:
+    if var is not None:
+        names = [n for n, _ in variables]
+        if var not in names:
+            raise SceneError(f"{path}: no variable {var!r}; it holds {', '.join(names) or 'nothing'}")
+        return var
+    cubes = [n for n, shape in variables if len(shape) == 3]
+    if len(cubes) == 1:
+        return cubes[0]
+    listing = ", ".join(f"{n} {tuple(s)}" for n, s in variables) or "no variables"
+    if not cubes:
+        raise SceneError(f"{path}: no 3-D array among its variables ({listing}); a hyperspectral cube "
+                         "needs (y, x, band)")
+    raise SceneError(f"{path}: several 3-D arrays ({listing}); choose one with --var NAME")
+
+
+def _envi_paths(path: Path) -> Path:
+    """The ENVI binary for ``path`` (which may name the ``.hdr`` or the binary)."""
+    if path.suffix.lower() != ".hdr":
+        return path
+    for suffix in ENVI_DATA_SUFFIXES:
+        candidate = path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    raise SceneError(f"{path}: ENVI header without its data file (looked for "
+                     f"{', '.join(path.with_suffix(s).name for s in ENVI_DATA_SUFFIXES)}); put the binary "
+                     "next to the header")
+
+
+def _envi_header(binary: Path) -> Path | None:
+    for candidate in (binary.with_suffix(".hdr"), Path(str(binary) + ".hdr")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_envi_size(dataset: rasterio.io.DatasetReader, binary: Path) -> None:
+    envi = dataset.tags(ns="ENVI")
+    try:
+        offset = int(envi.get("header_offset", "0"))
+    except ValueError:
+        offset = 0
+    expected = offset + dataset.count * dataset.height * dataset.width * np.dtype(dataset.dtypes[0]).itemsize
+    actual = binary.stat().st_size
+    if actual < expected:
+        raise SceneError(f"{binary}: ENVI data file is truncated: {actual} bytes, but the header describes "
+                         f"{dataset.height}×{dataset.width}×{dataset.count} {dataset.dtypes[0]} ({expected} "
+                         "bytes); re-export the scene or fix the header")
+
+
+def _open_gdal(path: Path) -> xr.DataArray:
+    binary = _envi_paths(path)
+    header = _envi_header(binary)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dataset = rasterio.open(binary)
+    except RasterioIOError as exc:
+        hint = ("the ENVI header is malformed or does not match the data; check samples, lines, bands, "
+                "data type and interleave" if header is not None or path.suffix.lower() == ".hdr"
+                else "it is not a raster GDAL can read, or it is corrupt")
+        raise SceneError(f"{path}: cannot open ({_first_line(exc)}); {hint}") from exc
+    with dataset:
+        shape = (dataset.count, dataset.height, dataset.width)
+        if min(shape) == 0:
+            raise SceneError(f"{path}: the raster is empty (bands, rows, cols = {shape}); pass a non-empty scene")
+        _check_band_count(shape[0], path)
+        if len(set(dataset.dtypes)) != 1:
+            raise SceneError(f"{path}: bands have different data types {sorted(set(dataset.dtypes))}; "
+                             "convert to one type first (gdal_translate -ot Float32)")
+        if dataset.driver == "ENVI":
+            _check_envi_size(dataset, binary)
+        dtype = np.dtype(dataset.dtypes[0])
+        coords = spectral_coords(
+            dataset.count, dataset.tags(),
+            dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {},
+            [dataset.tags(i) for i in dataset.indexes],
+            [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes])
+        crs = dataset.crs.to_wkt() if dataset.crs else None
+        has_transform = crs is not None or not dataset.transform.is_identity
+        transform = tuple(dataset.transform)[:6] if has_transform else None
+        nodata = dataset.nodata
+        driver = dataset.driver
+        block_rows, block_cols = dataset.block_shapes[0]
+        tiled = block_rows > 1 and block_cols < dataset.width
+    reader = RasterioWindowReader(str(binary), shape, dtype)
+    chunks = list(default_chunks(shape[0], dtype))
+    if tiled:  # align dask chunks with the file's tiles
+        chunks[1] = max(block_rows, chunks[1] // block_rows * block_rows)
+        chunks[2] = max(block_cols, chunks[2] // block_cols * block_cols)
+    data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False,
+                         name=f"scene-{binary}-{binary.stat().st_mtime_ns}")
+    return _build(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
+                  source=str(binary), fmt=driver)
+
+
+def open_scene(path: str | os.PathLike[str], *, var: str | None = None) -> xr.DataArray:
+    """Open a hyperspectral scene lazily as ``(band, y, x)``.
+
+    Args:
+        path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …), a Zarr store made
+            by ``hsicluster ingest``, a ``.npy`` cube (y, x, band) or a MATLAB ``.mat`` file.
+        var: the variable to use in a ``.mat`` file holding several 3-D arrays.
+
+    Returns:
+        lazy DataArray; see the module docstring for its coordinates and attributes.
+
+    Raises:
+        SceneError: the path is missing, unreadable, or not a 3-D cube.
+    """
+    path = Path(path).expanduser().absolute()
+    if not path.exists():
+        raise SceneError(f"{path}: no such file or directory; check the path")
+    from hsi_cluster.io.store import is_store, open_store
+
+    if is_store(path):
+        return open_store(path)
+    if path.is_dir():
+        raise SceneError(f"{path}: is a directory, not a scene or a store made by 'hsicluster ingest'")
+    if not os.access(path, os.R_OK):
+        raise SceneError(f"{path}: permission denied; make the file readable")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _open_npy(path)
+    if suffix == ".mat":
+        return _open_mat(path, var)
+    return _open_gdal(path)

@@ -1,0 +1,90 @@
+"""Small MLP heads on backbone features (N, F), composed with a backbone by :class:`~hsi_cluster.model.sscc.SSCC`.
+
+* :class:`ClusterHead`: SSCC's cluster head (Cai et al., arXiv:2111.07945), Linear → ReLU → Linear
+  to K logits; the softmax of the logits is the cluster-probability vector and its argmax the label.
+* :class:`InstanceProjector`: the 128-d instance projector of the reference code (disabled there).
+
+Heads act on the last dimension, so :func:`apply_per_pixel` runs them on feature maps (N, F, H, W)
+without loops, which is how the fully convolutional inference labels whole tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ClusterHead(nn.Module):
+    """Linear(F → hidden) → ReLU → Linear(hidden → K): cluster logits.
+
+    Args:
+        in_features: feature dimension F of the backbone.
+        n_clusters: number of clusters K (≥ 2).
+        hidden: hidden width (512 in the paper).
+
+    Shapes:
+        (N, F) → (N, K) logits (not probabilities: apply :func:`probs` / softmax over dim 1).
+    """
+
+    def __init__(self, in_features: int, n_clusters: int, *, hidden: int = 512) -> None:
+        super().__init__()
+        if n_clusters < 2:
+            raise ValueError(f"n_clusters must be >= 2 to cluster anything, got {n_clusters}")
+        if in_features < 1 or hidden < 1:
+            raise ValueError(f"in_features and hidden must be >= 1, got {in_features} and {hidden}")
+        self.in_features = in_features
+        self.n_clusters = n_clusters
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, n_clusters))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Cluster logits: (..., F) → (..., K)."""
+        return self.net(features)
+
+
+class InstanceProjector(nn.Module):
+    """Linear(F → hidden) → ReLU → Linear(hidden → D): instance embedding for contrastive losses.
+
+    Args:
+        in_features: feature dimension F of the backbone.
+        out_features: embedding dimension D (128 in the reference code).
+        hidden: hidden width.
+
+    Shapes:
+        (N, F) → (N, D), not normalised (:class:`~hsi_cluster.model.losses.nt_xent.NTXentLoss`
+        normalises).
+    """
+
+    def __init__(self, in_features: int, out_features: int = 128, *, hidden: int = 512) -> None:
+        super().__init__()
+        if min(in_features, out_features, hidden) < 1:
+            raise ValueError(f"in_features, out_features and hidden must be >= 1, "
+                             f"got {in_features}, {out_features}, {hidden}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out_features))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Embeddings: (..., F) → (..., D)."""
+        return self.net(features)
+
+
+def probs(logits: Tensor, dim: int = 1) -> Tensor:
+    """Cluster probabilities: softmax of the logits over the cluster dimension (1 for (N, K) and (N, K, H, W))."""
+    return torch.softmax(logits, dim=dim)
+
+
+def apply_per_pixel(head: nn.Module, feature_map: Tensor) -> Tensor:
+    """Apply a head that acts on the last dimension to every pixel of a feature map.
+
+    Args:
+        head: module mapping (..., F) → (..., K), e.g. :class:`ClusterHead`.
+        feature_map: (N, F, H, W).
+
+    Returns:
+        (N, K, H, W); pixel (i, j) equals ``head(feature_map[:, :, i, j])``.
+    """
+    if feature_map.ndim != 4:
+        raise ValueError(f"expected a feature map (N, F, H, W), got shape {tuple(feature_map.shape)}")
+    return head(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

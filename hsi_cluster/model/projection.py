@@ -1,0 +1,157 @@
+"""Frozen spectral projection: per-band standardisation followed by PCA, as one 1 × 1 convolution.
+
+SSCC (Cai et al., arXiv:2111.07945) standardises every band and reduces the spectrum to 8 principal
+components before cutting patches. Both steps are linear, so they fold into a single 1 × 1
+convolution
+
+    y = components @ ((x - mean) / std) = W x + b,   W = components / std,   b = -W @ mean,
+
+which runs on the device next to the backbone and works on tiles of any size. ``W`` and ``b`` are
+buffers: saved in ``state_dict`` and moved by ``.to(device)``, never trained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ArrayLike = Tensor | np.ndarray
+
+
+def _check_std(std: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(std) | (std <= 0))
+    if bad.size:
+        raise ValueError(
+            f"per-band std must be finite and > 0, but bands {bad[:10].tolist()}"
+            f"{' ...' if bad.size > 10 else ''} have std {std[bad[:10]].tolist()}: drop these constant or "
+            "empty bands before fitting, or set their std to 1")
+
+
+def fit_pca(samples: np.ndarray, n_components: int, mean: ArrayLike, std: ArrayLike) -> np.ndarray:
+    """Principal axes of standardised spectra.
+
+    The samples are standardised with the given per-band ``mean`` and ``std`` (typically the scene's
+    band statistics), centred on their own mean, and the eigenvectors of their covariance are
+    returned, sorted by decreasing variance. Each component's sign is fixed so that its entry of
+    largest magnitude is positive, which makes the result deterministic.
+
+    Args:
+        samples: spectra, shape (n, B), any real dtype; n >= 2.
+        n_components: number of components C to keep, 1 <= C <= B.
+        mean: per-band mean, shape (B,), in the units of ``samples``.
+        std: per-band standard deviation, shape (B,), all > 0.
+
+    Returns:
+        float32 (C, B), orthonormal rows (in standardised band space).
+
+    Raises:
+        ValueError: on inconsistent shapes, non-finite samples, std <= 0 or C > B.
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 2:
+        raise ValueError(f"samples must be a 2-D (n, bands) array, got shape {samples.shape}")
+    n_samples, n_bands = samples.shape
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    if mean.shape != (n_bands,) or std.shape != (n_bands,):
+        raise ValueError(f"mean and std must have one value per band ({n_bands}), "
+                         f"got shapes {mean.shape} and {std.shape}")
+    if not 1 <= n_components <= n_bands:
+        raise ValueError(f"n_components={n_components} must be between 1 and the number of bands "
+                         f"({n_bands}); choose at most {n_bands} components")
+    if n_samples < 2:
+        raise ValueError(f"need at least 2 samples to fit PCA, got {n_samples}: sample more pixels")
+    _check_std(std)
+    standardised = (samples.astype(np.float64) - mean) / std
+    if not np.isfinite(standardised).all():
+        raise ValueError("samples contain NaN or Inf values: drop nodata pixels before fitting PCA")
+    centred = standardised - standardised.mean(axis=0)
+    covariance = centred.T @ centred / (n_samples - 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+    order = np.argsort(eigenvalues)[::-1][:n_components]
+    components = eigenvectors[:, order].T  # (C, B)
+    largest = np.argmax(np.abs(components), axis=1)
+    signs = np.sign(components[np.arange(n_components), largest])
+    components = components * np.where(signs == 0, 1.0, signs)[:, None]
+    return components.astype(np.float32)
+
+
+class SpectralProjection(nn.Module):
+    """Standardise each band, then project onto principal components, per pixel.
+
+    Args:
+        mean: per-band mean, shape (B,), in input units.
+        std: per-band standard deviation, shape (B,), all > 0.
+        components: PCA components, shape (C, B), acting on standardised bands
+            (e.g. from :func:`fit_pca`).
+
+    Shapes:
+        input (N, B, H, W) raw band values (any real dtype) → output (N, C, H, W) float32, any H, W.
+
+    The folded weight is computed in float64 and stored as float32 buffers ``weight`` (C, B, 1, 1)
+    and ``bias`` (C,). The forward always runs in float32 (autocast is disabled inside), since raw
+    radiances and large per-band offsets lose too much precision in half precision.
+    """
+
+    weight: Tensor
+    bias: Tensor
+
+    def __init__(self, mean: ArrayLike, std: ArrayLike, components: ArrayLike) -> None:
+        super().__init__()
+        mean_np = _as_float64(mean).reshape(-1)
+        std_np = _as_float64(std).reshape(-1)
+        components_np = _as_float64(components)
+        if components_np.ndim != 2:
+            raise ValueError(f"components must be 2-D (C, B), got shape {components_np.shape}")
+        n_bands = components_np.shape[1]
+        if mean_np.shape != (n_bands,) or std_np.shape != (n_bands,):
+            raise ValueError(f"mean and std must have one value per band of components ({n_bands}), "
+                             f"got shapes {mean_np.shape} and {std_np.shape}")
+        if not np.isfinite(mean_np).all() or not np.isfinite(components_np).all():
+            raise ValueError("mean and components must be finite: recompute the band statistics / PCA "
+                             "without nodata pixels")
+        _check_std(std_np)
+        folded = components_np / std_np  # (C, B)
+        bias = -folded @ mean_np  # (C,)
+        self.register_buffer("weight", torch.from_numpy(folded[:, :, None, None].astype(np.float32)))
+        self.register_buffer("bias", torch.from_numpy(bias.astype(np.float32)))
+
+    @classmethod
+    def placeholder(cls, *, in_bands: int, out_channels: int) -> "SpectralProjection":
+        """A zero projection of the right shape, to be filled by ``load_state_dict``."""
+        return cls(np.zeros(in_bands), np.ones(in_bands), np.zeros((out_channels, in_bands)))
+
+    @property
+    def in_bands(self) -> int:
+        """Number of input bands B."""
+        return int(self.weight.shape[1])
+
+    @property
+    def out_channels(self) -> int:
+        """Number of output channels C (principal components)."""
+        return int(self.weight.shape[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Project raw spectra.
+
+        Args:
+            x: (N, B, H, W) raw band values.
+
+        Returns:
+            (N, C, H, W) float32 principal-component scores (standardised units).
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_bands:
+            raise ValueError(f"expected input of shape (N, {self.in_bands}, H, W), got {tuple(x.shape)}")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.conv2d(x.to(self.weight.dtype), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_bands={self.in_bands}, out_channels={self.out_channels}"
+
+
+def _as_float64(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)

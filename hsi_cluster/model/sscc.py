@@ -1,0 +1,222 @@
+"""The SSCC network: frozen spectral projection → backbone → cluster head (+ optional instance projector).
+
+SSCC (Cai et al., "Large-Scale Hyperspectral Image Clustering Using Contrastive Learning",
+arXiv:2111.07945) trains one weight-shared network on two augmented views of each pixel-centred
+patch; the argmax of its K-way cluster head is the cluster label. This module composes the parts;
+the twin is simply the same module called on both views.
+
+Training step (augmentation runs on projected patches, see :mod:`hsi_cluster.data.augment`)::
+
+    projected = model.project(raw_patches)              # (N, C, p, p), no gradient needed
+    view1, view2 = two_views(projected, augmenter, generator)
+    losses = criterion(probs(model.forward_projected(view1)), probs(model.forward_projected(view2)))
+
+Inference: :meth:`SSCC.predict_patches` for patches, :meth:`SSCC.forward_dense` /
+:meth:`SSCC.predict_dense` for tiles with a halo of :attr:`SSCC.halo` pixels (dense backbone only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hsi_cluster.model.backbones import DenseBackbone, ResNetBackbone, build_backbone
+from hsi_cluster.model.heads import ClusterHead, InstanceProjector, apply_per_pixel
+from hsi_cluster.model.projection import ArrayLike, SpectralProjection
+
+
+class SSCC(nn.Module):
+    """Spectral-spatial contrastive clustering network.
+
+    Args:
+        projection: frozen standardisation + PCA (B → C channels), weights are buffers.
+        backbone: :class:`ResNetBackbone` or :class:`DenseBackbone` taking C channels.
+        cluster_head: :class:`ClusterHead` taking the backbone's ``out_features``.
+        instance_projector: optional :class:`InstanceProjector` on the backbone features; None (as in
+            the paper's configuration) when the instance loss uses the cluster probabilities.
+
+    Attributes:
+        config: the arguments of :meth:`build` (JSON-ready) when built by it, else None; with the
+            ``state_dict`` it is everything :meth:`from_config` needs to rebuild the model.
+    """
+
+    def __init__(self, projection: SpectralProjection, backbone: ResNetBackbone | DenseBackbone,
+                 cluster_head: ClusterHead, *, instance_projector: InstanceProjector | None = None) -> None:
+        super().__init__()
+        if projection.out_channels != backbone.in_channels:
+            raise ValueError(f"projection gives {projection.out_channels} channels but the backbone expects "
+                             f"{backbone.in_channels}: build the backbone with in_channels="
+                             f"{projection.out_channels}")
+        if backbone.out_features != cluster_head.in_features:
+            raise ValueError(f"backbone gives {backbone.out_features} features but the cluster head expects "
+                             f"{cluster_head.in_features}")
+        if instance_projector is not None and instance_projector.in_features != backbone.out_features:
+            raise ValueError(f"backbone gives {backbone.out_features} features but the instance projector "
+                             f"expects {instance_projector.in_features}")
+        self.projection = projection
+        self.backbone = backbone
+        self.cluster_head = cluster_head
+        self.instance_projector = instance_projector
+        self.config: dict[str, Any] | None = None
+
+    @classmethod
+    def build(cls, mean: ArrayLike, std: ArrayLike, components: ArrayLike, *, n_clusters: int,
+              backbone: str = "dense", backbone_kwargs: Mapping[str, Any] | None = None, head_hidden: int = 512,
+              instance_dim: int | None = None) -> "SSCC":
+        """Make an SSCC model from band statistics, PCA components and sizes.
+
+        Args:
+            mean: per-band mean (B,).
+            std: per-band std (B,), all > 0.
+            components: PCA components (C, B) on standardised bands.
+            n_clusters: K.
+            backbone: "dense" (default; fast tiled inference) or "resnet" (the paper's network).
+            backbone_kwargs: other arguments of the backbone (e.g. ``{"width": 64, "depth": 5}``).
+            head_hidden: hidden width of the cluster head (and instance projector).
+            instance_dim: output size of an instance projector, or None for none.
+        """
+        projection = SpectralProjection(mean, std, components)
+        kwargs = dict(backbone_kwargs or {})
+        net = build_backbone(backbone, projection.out_channels, **kwargs)
+        head = ClusterHead(net.out_features, n_clusters, hidden=head_hidden)
+        projector = None if instance_dim is None else InstanceProjector(net.out_features, instance_dim,
+                                                                        hidden=head_hidden)
+        model = cls(projection, net, head, instance_projector=projector)
+        model.config = {"in_bands": projection.in_bands, "n_components": projection.out_channels,
+                        "n_clusters": int(n_clusters), "backbone": backbone,
+                        "backbone_kwargs": _json_ready(kwargs), "head_hidden": int(head_hidden),
+                        "instance_dim": None if instance_dim is None else int(instance_dim)}
+        return model
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SSCC":
+        """Rebuild the architecture saved in :attr:`config`, with a zero projection and fresh weights.
+
+        Call ``load_state_dict`` on the result to restore a trained model (the projection's
+        ``weight`` and ``bias`` buffers are part of the state dict).
+        """
+        in_bands, n_components = int(config["in_bands"]), int(config["n_components"])
+        return cls.build(np.zeros(in_bands), np.ones(in_bands), np.zeros((n_components, in_bands)),
+                         n_clusters=int(config["n_clusters"]), backbone=str(config["backbone"]),
+                         backbone_kwargs=config.get("backbone_kwargs") or {},
+                         head_hidden=int(config.get("head_hidden", 512)), instance_dim=config.get("instance_dim"))
+
+    # ----------------------------------------------------------------------------------- sizes
+    @property
+    def in_bands(self) -> int:
+        """Number of raw input bands B."""
+        return self.projection.in_bands
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of clusters K."""
+        return self.cluster_head.n_clusters
+
+    @property
+    def patch_size(self) -> int | None:
+        """Patch side the backbone requires (dense: 2 * depth + 1), or None if any size works (resnet)."""
+        return self.backbone.patch_size
+
+    @property
+    def halo(self) -> int | None:
+        """Pixels per side a tile loses in :meth:`forward_dense` (dense backbone), else None."""
+        return self.backbone.halo if isinstance(self.backbone, DenseBackbone) else None
+
+    # --------------------------------------------------------------------------------- forward
+    def project(self, x: Tensor) -> Tensor:
+        """Standardise + PCA: (N, B, H, W) raw bands → (N, C, H, W) float32. No trainable weights."""
+        return self.projection(x)
+
+    def encode(self, projected: Tensor) -> Tensor:
+        """Backbone features of projected patches: (N, C, p, p) → (N, F)."""
+        return self.backbone(projected)
+
+    def forward_projected(self, projected: Tensor) -> Tensor:
+        """Cluster logits of projected (e.g. augmented) patches: (N, C, p, p) → (N, K)."""
+        return self.cluster_head(self.encode(projected))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Cluster logits of raw patches.
+
+        Args:
+            x: (N, B, p, p) raw band values, centred on the pixels to label.
+
+        Returns:
+            (N, K) logits; softmax over dim 1 gives cluster probabilities.
+        """
+        return self.forward_projected(self.project(x))
+
+    def forward_dense(self, tile: Tensor) -> Tensor:
+        """Cluster logits of every interior pixel of raw tiles (dense backbone only).
+
+        Args:
+            tile: (N, B, H, W) raw band values, H, W ≥ :attr:`patch_size`.
+
+        Returns:
+            (N, K, H - 2 * halo, W - 2 * halo) logits; output pixel (i, j) belongs to tile pixel
+            (i + halo, j + halo) and equals, in eval mode, :meth:`forward` on the patch centred there.
+
+        Raises:
+            ValueError: if the backbone is not a :class:`DenseBackbone`.
+        """
+        if not isinstance(self.backbone, DenseBackbone):
+            raise ValueError(f"forward_dense needs the 'dense' backbone, this model has "
+                             f"{type(self.backbone).__name__}: label patch by patch with predict_patches(), "
+                             f"or train with backbone='dense'")
+        features = self.backbone.forward_dense(self.project(tile))
+        return apply_per_pixel(self.cluster_head, features)
+
+    # ------------------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_patches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Cluster label and confidence of each raw patch, in eval mode.
+
+        The module is switched to eval mode (BatchNorm running statistics) for the call and restored
+        to its previous mode afterwards.
+
+        Args:
+            x: (N, B, p, p) raw band values.
+
+        Returns:
+            labels int64 (N,) in [0, K) and confidence float32 (N,), the winning softmax probability.
+        """
+        with _eval_mode(self):
+            logits = self.forward(x)
+        confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+        return labels, confidence
+
+    @torch.no_grad()
+    def predict_dense(self, tile: Tensor) -> tuple[Tensor, Tensor]:
+        """Cluster label and confidence of every interior pixel of raw tiles, in eval mode.
+
+        Args:
+            tile: (N, B, H, W) raw band values (dense backbone only).
+
+        Returns:
+            labels int64 (N, H - 2 * halo, W - 2 * halo) and confidence float32 of the same shape.
+        """
+        with _eval_mode(self):
+            logits = self.forward_dense(tile)
+        confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+        return labels, confidence
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode for the block, then restore each submodule's previous mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}

@@ -1,0 +1,242 @@
+"""Tests for hsi_cluster.evaluate (Hungarian-matched clustering scores)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from hsi_cluster.evaluate import (
+    ClusteringScores,
+    EvaluationError,
+    match_clusters,
+    mean_std,
+    score_clustering,
+)
+
+# Hand-worked example where greedy matching (largest cell first) is wrong.
+#   cluster 0: 4 px of class 1, 3 px of class 2
+#   cluster 1: 3 px of class 1, 0 px of class 2
+# Greedy: 0->1 (4) then 1->2 (0) = 4 px.  Hungarian: 0->2 (3) + 1->1 (3) = 6 px.
+# ACC = 6 / 10 = 0.6.  Purity = (4 + 3) / 10 = 0.7.
+# Per class: class 1 -> 3/7 (only cluster 1's px), class 2 -> 3/3 = 1.
+# Kappa: mapped pred is 2 on cluster 0, 1 on cluster 1.  p_o = 0.6;
+#   truth marginals (1: 7, 2: 3), mapped marginals (1: 3, 2: 7)
+#   p_e = (7*3 + 3*7) / 100 = 0.42;  kappa = (0.6 - 0.42) / (1 - 0.42) = 0.18 / 0.58.
+HAND_TRUTH = np.array([1, 1, 1, 1, 2, 2, 2, 1, 1, 1])
+HAND_PRED = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
+
+
+def test_hand_worked_example() -> None:
+    assert match_clusters(HAND_PRED, HAND_TRUTH) == {0: 2, 1: 1}
+    s = score_clustering(HAND_PRED, HAND_TRUTH, unlabelled=None)
+    assert s.acc == pytest.approx(0.6)
+    assert s.purity == pytest.approx(0.7)
+    assert s.kappa == pytest.approx(0.18 / 0.58)
+    assert s.per_class == pytest.approx({1: 3 / 7, 2: 1.0})
+    assert s.class_counts == {1: 7, 2: 3}
+    assert s.mapping == {0: 2, 1: 1}
+    assert (s.n_scored, s.n_classes, s.n_clusters_predicted, s.n_invalid_pred) == (10, 2, 2, 0)
+
+
+def test_perfect_clustering_with_permuted_ids() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 6, size=(20, 15))
+    perm = {1: 42, 2: 7, 3: 0, 4: 3, 5: 19}
+    pred = np.vectorize(perm.get)(truth)
+    s = score_clustering(pred, truth, unlabelled=None)
+    for v in (s.acc, s.nmi, s.ari, s.kappa, s.purity):
+        assert v == pytest.approx(1.0)
+    assert s.mapping == {v: k for k, v in perm.items()}
+    assert all(a == pytest.approx(1.0) for a in s.per_class.values())
+
+
+def test_more_clusters_than_classes() -> None:
+    truth = np.array([1, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 5, 1, 1, 1])  # cluster 5 is left without a class
+    mapping = match_clusters(pred, truth)
+    assert mapping == {0: 1, 1: 2, 5: -1}
+    s = score_clustering(pred, truth)
+    assert s.acc == pytest.approx(5 / 6)
+    assert s.n_clusters_predicted == 3 and s.n_classes == 2
+    assert s.per_class == pytest.approx({1: 2 / 3, 2: 1.0})
+    assert s.purity == pytest.approx(1.0)  # every cluster is pure
+    assert s.kappa < 1.0
+
+
+def test_fewer_clusters_than_classes() -> None:
+    truth = np.array([1, 1, 1, 2, 2, 3])
+    pred = np.zeros(6, dtype=int)
+    s = score_clustering(pred, truth)
+    assert s.mapping == {0: 1}
+    assert s.acc == pytest.approx(0.5)
+    assert s.per_class == pytest.approx({1: 1.0, 2: 0.0, 3: 0.0})
+
+
+def test_non_contiguous_class_codes_salinas_a() -> None:
+    rng = np.random.default_rng(1)
+    codes = np.array([1, 10, 11, 12, 13, 14])
+    truth = rng.choice(codes, size=300)
+    to_cluster = {1: 3, 10: 0, 11: 5, 12: 1, 13: 4, 14: 2}
+    pred = np.array([to_cluster[c] for c in truth])
+    # Spoil a few pixels of class 12.
+    spoiled = np.flatnonzero(truth == 12)[:4]
+    pred[spoiled] = to_cluster[13]
+    s = score_clustering(pred, truth)
+    assert s.mapping == {v: k for k, v in to_cluster.items()}
+    assert set(s.per_class) == set(codes.tolist())
+    n12 = int((truth == 12).sum())
+    assert s.per_class[12] == pytest.approx((n12 - 4) / n12)
+    assert s.acc == pytest.approx(1 - 4 / 300)
+
+
+def test_unlabelled_pixels_ignored() -> None:
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 4, size=(12, 12))  # 0 = unlabelled
+    pred = rng.integers(0, 4, size=(12, 12))
+    s1 = score_clustering(pred, truth)
+    pred2 = pred.copy()
+    unl = truth == 0
+    pred2[unl] = rng.integers(0, 9, size=int(unl.sum()))
+    s2 = score_clustering(pred2, truth)
+    assert s1.to_dict() == s2.to_dict()
+    assert s1.n_scored == int((truth != 0).sum())
+    assert 0 not in s1.per_class
+
+
+def test_custom_unlabelled_value() -> None:
+    truth = np.array([-1, -1, 0, 0, 1, 1])
+    pred = np.array([1, 0, 2, 2, 3, 3])
+    s = score_clustering(pred, truth, unlabelled=-1)
+    assert s.n_scored == 4 and s.acc == pytest.approx(1.0)
+    assert set(s.per_class) == {0, 1}
+
+
+def test_invalid_pred_counted_wrong() -> None:
+    truth = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 0])
+    pred = np.array([5, 5, 5, 255, 6, 6, 255, 255, 255, 5])  # last two are unlabelled
+    s = score_clustering(pred, truth, invalid_pred=255)
+    assert s.n_scored == 8
+    assert s.n_invalid_pred == 3
+    assert s.acc == pytest.approx(5 / 8)
+    assert s.per_class == pytest.approx({1: 3 / 4, 2: 2 / 4})
+    assert 255 not in s.mapping and s.mapping == {5: 1, 6: 2}
+    assert s.n_clusters_predicted == 2
+    assert s.purity == pytest.approx(5 / 8)
+    assert s.kappa < 1.0
+    # NMI / ARI see the invalid pixels as one more cluster.
+    lab = truth != 0
+    assert s.nmi == pytest.approx(normalized_mutual_info_score(truth[lab], pred[lab]))
+    assert s.ari == pytest.approx(adjusted_rand_score(truth[lab], pred[lab]))
+
+
+def test_invalid_pred_is_never_matched() -> None:
+    # Class 3 is wholly predicted as the nodata value: it must not be "matched" to it.
+    truth = np.array([1, 1, 2, 2, 3, 3, 3, 3])
+    pred = np.array([0, 0, 1, 1, -9, -9, -9, -9])
+    s = score_clustering(pred, truth, invalid_pred=-9)
+    assert s.acc == pytest.approx(0.5)
+    assert s.per_class[3] == 0.0
+    without = score_clustering(pred, truth)  # no invalid value: -9 is an ordinary cluster
+    assert without.acc == pytest.approx(1.0)
+
+
+def test_matches_sklearn_nmi_ari() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.integers(1, 5, size=500)
+    pred = rng.integers(0, 6, size=500)
+    s = score_clustering(pred, truth)
+    assert s.nmi == pytest.approx(normalized_mutual_info_score(truth, pred))
+    assert s.ari == pytest.approx(adjusted_rand_score(truth, pred))
+
+
+def _brute_force_acc(pred: np.ndarray, truth: np.ndarray) -> float:
+    clusters, classes = np.unique(pred), np.unique(truth)
+    best = 0
+    # Every injective assignment of classes to clusters (clusters >= classes here).
+    for chosen in itertools.permutations(clusters, len(classes)):
+        hits = sum(int(np.sum((pred == k) & (truth == c))) for k, c in zip(chosen, classes))
+        best = max(best, hits)
+    return best / pred.size
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_acc_against_brute_force_3x3(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(1, 4, size=40)
+    pred = rng.integers(0, 3, size=40)
+    truth[:3] = [1, 2, 3]  # make sure all 3 classes / clusters occur
+    pred[:3] = [0, 1, 2]
+    s = score_clustering(pred, truth)
+    assert s.acc == pytest.approx(_brute_force_acc(pred, truth))
+    mapping = match_clusters(pred, truth)
+    hits = sum(int(np.sum((pred == k) & (truth == c))) for k, c in mapping.items())
+    assert hits / pred.size == pytest.approx(s.acc)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_acc_against_brute_force_4_clusters_3_classes(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    truth = rng.integers(1, 4, size=40)
+    pred = rng.integers(0, 4, size=40)
+    truth[:4] = [1, 2, 3, 1]
+    pred[:4] = [0, 1, 2, 3]
+    s = score_clustering(pred, truth)
+    assert s.acc == pytest.approx(_brute_force_acc(pred, truth))
+    assert list(s.mapping.values()).count(-1) == 1
+
+
+def test_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        score_clustering(np.zeros((3, 4), int), np.zeros((4, 3), int))
+    with pytest.raises(ValueError, match="shape"):
+        match_clusters(np.zeros(5, int), np.zeros(6, int))
+
+
+def test_no_labelled_pixels_raises() -> None:
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        score_clustering(np.array([1, 2, 3]), np.zeros(3, int))
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        score_clustering(np.array([], int), np.array([], int))
+
+
+def test_non_integer_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="non-integer"):
+        score_clustering(np.array([0.5, 1.0]), np.array([1, 2]))
+    with pytest.raises(ValueError, match="NaN"):
+        score_clustering(np.array([0, 1]), np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="dtype"):
+        score_clustering(np.array(["a", "b"]), np.array([1, 2]))
+    assert issubclass(EvaluationError, ValueError)
+    # Integer-valued floats are accepted.
+    assert score_clustering(np.array([0.0, 1.0]), np.array([1.0, 2.0])).acc == 1.0
+
+
+def test_to_dict_json_and_format_table() -> None:
+    s = score_clustering(HAND_PRED, HAND_TRUTH, unlabelled=None)
+    d = s.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["mapping"] == {"0": 2, "1": 1}
+    assert d["per_class"]["1"] == pytest.approx(3 / 7)
+    assert all(type(d[k]) is float for k in ("acc", "nmi", "kappa", "ari", "purity"))
+    text = s.format_table()
+    assert "ACC     0.6000" in text and "Purity" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert rows == [["1", "7", "0.4286", "1"], ["2", "3", "1.0000", "0"]]
+
+
+def test_mean_std_population() -> None:
+    truth = np.array([1, 1, 2, 2])
+    runs = [
+        score_clustering(np.array([0, 0, 1, 1]), truth),  # acc 1.0
+        score_clustering(np.array([0, 1, 1, 1]), truth),  # acc 0.75
+    ]
+    ms = mean_std(runs)
+    assert set(ms) == {"acc", "nmi", "kappa", "ari"}
+    assert ms["acc"] == pytest.approx((0.875, 0.125))  # ddof=0
+    assert isinstance(runs[0], ClusteringScores)
+    with pytest.raises(ValueError):
+        mean_std([])
