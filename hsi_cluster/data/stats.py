@@ -13,6 +13,7 @@ import numpy as np
 
 #: Field order of a summary packed into one float64 array of shape (5, bands).
 PACKED_FIELDS = ("count", "mean", "m2", "min", "max")
+_BAND_GROUP = 16
 
 
 def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
@@ -71,11 +72,22 @@ class BandStats:
         pixels = block.reshape(n_bands, -1)
         if n_valid != valid.size:
             pixels = pixels[:, valid.reshape(-1)]
-        pixels = pixels.astype(np.float64, copy=False)
-        mean = pixels.mean(axis=1)
-        centred = pixels - mean[:, None]
-        m2 = np.einsum("ij,ij->i", centred, centred)
-        return cls(np.full(n_bands, float(n_valid)), mean, m2, pixels.min(axis=1), pixels.max(axis=1))
+        # Sums of values shifted by one valid pixel per band avoid the cancellation of the
+        # sum-of-squares formula (and are exact in float64 for 16-bit data). Bands go in small
+        # groups so the float64 temporaries stay in cache.
+        total = np.empty(n_bands)
+        squares = np.empty(n_bands)
+        for start in range(0, n_bands, _BAND_GROUP):
+            group = slice(start, start + _BAND_GROUP)
+            shifted = pixels[group].astype(np.float64)
+            shifted -= shifted[:, :1].copy()
+            total[group] = shifted.sum(axis=1)
+            squares[group] = np.einsum("ij,ij->i", shifted, shifted)
+        shift = pixels[:, 0].astype(np.float64)
+        mean = shift + total / n_valid
+        m2 = np.maximum(squares - total**2 / n_valid, 0.0)
+        return cls(np.full(n_bands, float(n_valid)), mean, m2,
+                   pixels.min(axis=1).astype(np.float64), pixels.max(axis=1).astype(np.float64))
 
     def merge(self, other: "BandStats") -> "BandStats":
         """Combine two disjoint summaries (Chan et al. 1979)."""

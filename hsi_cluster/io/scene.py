@@ -82,8 +82,10 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def default_chunks(n_bands: int, dtype: np.dtype) -> tuple[int, int, int]:
-    """Dask chunking ``(all bands, c, c)`` with ``c`` giving chunks of a few MB."""
+def default_chunks(n_bands: int, dtype: np.dtype, spatial: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """Dask chunking ``(all bands, rows, cols)``: ``spatial`` if given, else square chunks of a few MB."""
+    if spatial is not None:
+        return (n_bands, *spatial)
     side = auto_chunk_size(n_bands, np.dtype(dtype).itemsize)
     return (n_bands, side, side)
 
@@ -124,35 +126,35 @@ def _check_band_count(n_bands: int, path: Path) -> None:
                          "with several bands")
 
 
-def _open_npy(path: Path) -> xr.DataArray:
+def _open_npy(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     try:
         cube = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise SceneError(f"{path}: not a readable .npy array ({_first_line(exc)}); check the file") from exc
     _check_cube(cube.shape, path)
-    n_bands, side, _ = default_chunks(cube.shape[2], cube.dtype)
-    data = da.from_array(cube, chunks=(side, side, n_bands)).transpose(2, 0, 1)
+    n_bands, rows, cols = default_chunks(cube.shape[2], cube.dtype, spatial)
+    data = da.from_array(cube, chunks=(rows, cols, n_bands)).transpose(2, 0, 1)
     return _build(data, source=str(path), fmt="npy", nodata=None)
 
 
-def _open_mat(path: Path, var: str | None) -> xr.DataArray:
+def _open_mat(path: Path, var: str | None, spatial: tuple[int, int] | None) -> xr.DataArray:
     import scipy.io
 
     try:
         variables = scipy.io.whosmat(path)
     except NotImplementedError:  # MATLAB v7.3 = HDF5
-        return _open_mat_hdf5(path, var)
+        return _open_mat_hdf5(path, var, spatial)
     except (ValueError, OSError, TypeError) as exc:
         raise SceneError(f"{path}: not a readable MATLAB file ({_first_line(exc)}); check the file") from exc
     name = _pick_mat_variable(path, [(n, shape) for n, shape, _ in variables], var)
     cube = scipy.io.loadmat(path, variable_names=[name])[name]
     _check_cube(cube.shape, path, f"variable {name!r}")
     data = da.from_array(np.ascontiguousarray(cube.transpose(2, 0, 1)),
-                         chunks=default_chunks(cube.shape[2], cube.dtype))
+                         chunks=default_chunks(cube.shape[2], cube.dtype, spatial))
     return _build(data, source=str(path), fmt="mat", extra_attrs={"variable": name})
 
 
-def _open_mat_hdf5(path: Path, var: str | None) -> xr.DataArray:
+def _open_mat_hdf5(path: Path, var: str | None, spatial: tuple[int, int] | None) -> xr.DataArray:
     import h5py
 
     try:
@@ -165,8 +167,8 @@ def _open_mat_hdf5(path: Path, var: str | None) -> xr.DataArray:
     # MATLAB stores column-major: an array (y, x, band) appears in HDF5 as (band, x, y).
     _check_cube(dataset.shape, path, f"variable {name!r}", band_axis=0)
     n_bands = dataset.shape[0]
-    _, side, _ = default_chunks(n_bands, dataset.dtype)
-    data = da.from_array(dataset, chunks=(n_bands, side, side), lock=True).transpose(0, 2, 1)
+    _, rows, cols = default_chunks(n_bands, dataset.dtype, spatial)
+    data = da.from_array(dataset, chunks=(n_bands, cols, rows), lock=True).transpose(0, 2, 1)
     return _build(data, source=str(path), fmt="mat-v7.3", extra_attrs={"variable": name})
 
 
@@ -220,7 +222,7 @@ def _check_envi_size(dataset: rasterio.io.DatasetReader, binary: Path) -> None:
                          "bytes); re-export the scene or fix the header")
 
 
-def _open_gdal(path: Path) -> xr.DataArray:
+def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     binary = _envi_paths(path)
     header = _envi_header(binary)
     try:
@@ -256,23 +258,25 @@ def _open_gdal(path: Path) -> xr.DataArray:
         block_rows, block_cols = dataset.block_shapes[0]
         tiled = block_rows > 1 and block_cols < dataset.width
     reader = RasterioWindowReader(str(binary), shape, dtype)
-    chunks = list(default_chunks(shape[0], dtype))
-    if tiled:  # align dask chunks with the file's tiles
+    chunks = list(default_chunks(shape[0], dtype, spatial))
+    if tiled and spatial is None:  # align dask chunks with the file's tiles
         chunks[1] = max(block_rows, chunks[1] // block_rows * block_rows)
         chunks[2] = max(block_cols, chunks[2] // block_cols * block_cols)
     data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False,
                          name=f"scene-{binary}-{binary.stat().st_mtime_ns}")
     return _build(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
-                  source=str(binary), fmt=driver)
+                  source=str(binary), fmt=driver, extra_attrs={"file_block": (block_rows, block_cols)})
 
 
-def open_scene(path: str | os.PathLike[str], *, var: str | None = None) -> xr.DataArray:
+def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
+               chunks: tuple[int, int] | None = None) -> xr.DataArray:
     """Open a hyperspectral scene lazily as ``(band, y, x)``.
 
     Args:
         path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …), a Zarr store made
             by ``hsicluster ingest``, a ``.npy`` cube (y, x, band) or a MATLAB ``.mat`` file.
         var: the variable to use in a ``.mat`` file holding several 3-D arrays.
+        chunks: spatial dask chunk ``(rows, cols)``; default: the file's tiles or chunks of a few MB.
 
     Returns:
         lazy DataArray; see the module docstring for its coordinates and attributes.
@@ -286,14 +290,14 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None) -> xr.Da
     from hsi_cluster.io.store import is_store, open_store
 
     if is_store(path):
-        return open_store(path)
+        return open_store(path, chunks=chunks)
     if path.is_dir():
         raise SceneError(f"{path}: is a directory, not a scene or a store made by 'hsicluster ingest'")
     if not os.access(path, os.R_OK):
         raise SceneError(f"{path}: permission denied; make the file readable")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _open_npy(path)
+        return _open_npy(path, chunks)
     if suffix == ".mat":
-        return _open_mat(path, var)
-    return _open_gdal(path)
+        return _open_mat(path, var, chunks)
+    return _open_gdal(path, chunks)

@@ -59,7 +59,7 @@ def is_complete_store(path: str | os.PathLike[str]) -> bool:
     return bool(meta and meta.get("complete"))
 
 
-def open_store(path: str | os.PathLike[str]) -> xr.DataArray:
+def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None = None) -> xr.DataArray:
     """Open a complete store lazily as ``(band, y, x)`` with the attributes of ``open_scene``.
 
     Extra attributes: ``statistics`` (per-band lists), ``valid_pixels``, ``chunk`` and
@@ -82,7 +82,7 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataArray:
                          "'hsicluster ingest' with the same arguments to finish it")
     group = zarr.open_group(str(path), mode="r")
     array = group["data"]
-    data = da.from_zarr(array)
+    data = da.from_zarr(array) if chunks is None else da.from_zarr(array, chunks=(array.shape[0], *chunks))
     coords = {name: np.asarray(meta[name]) for name in BAND_COORDS if meta.get(name) is not None}
     if "good_band" in coords:
         coords["good_band"] = coords["good_band"].astype(bool)
@@ -90,7 +90,8 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataArray:
                   transform=tuple(meta["transform"]) if meta.get("georeferenced") else None,
                   nodata=meta.get("nodata"), source=str(path), fmt="zarr",
                   extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
-                               "chunk": meta.get("chunk"), "ingested_from": meta.get("source")})
+                               "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
+                               "file_block": (meta.get("chunk"), meta.get("chunk"))})
 
 
 def open_valid_mask(path: str | os.PathLike[str]) -> da.Array:

@@ -32,8 +32,8 @@ class BarlowTwinsLoss(nn.Module):
     """L = Σ_k (1 − C_kk)² + w · Σ_{k≠l} C_kl², with C = BN(c1)ᵀ BN(c2) / N.
 
     BN standardises each dimension over the batch (no affine, biased variance, ``eps`` inside the
-    square root), always with batch statistics, also in eval mode. Computed in float32 even under
-    autocast.
+    square root), always with batch statistics, also in eval mode. Computed in at least float32,
+    also under autocast.
 
     Args:
         offdiag_weight: w, the weight of the off-diagonal (redundancy) term.
@@ -60,9 +60,11 @@ class BarlowTwinsLoss(nn.Module):
             raise ValueError(f"c1 and c2 must both have shape (N, D), got {tuple(c1.shape)} and {tuple(c2.shape)}")
         if c1.shape[0] < 2:
             raise ValueError(f"Barlow Twins needs at least 2 samples per batch (batch statistics), got {c1.shape[0]}")
-        c1 = batch_standardise(c1.float(), self.eps)
-        c2 = batch_standardise(c2.float(), self.eps)
-        return c1.T @ c2 / c1.shape[0]
+        dtype = torch.promote_types(c1.dtype, torch.float32)  # half → float32, float64 kept
+        with torch.autocast(device_type=c1.device.type, enabled=False):
+            c1 = batch_standardise(c1.to(dtype), self.eps)
+            c2 = batch_standardise(c2.to(dtype), self.eps)
+            return c1.T @ c2 / c1.shape[0]
 
     def forward(self, c1: Tensor, c2: Tensor) -> Tensor:
         """Loss of one batch of view pairs; see the class docstring for shapes."""

@@ -27,7 +27,8 @@ class NTXentLoss(nn.Module):
         temperature: τ > 0.
 
     Shapes:
-        z1, z2: (N, D), N ≥ 2; normalised inside (already normalised inputs are fine).
+        z1, z2: (N, D), N ≥ 2; normalised inside (already normalised inputs are fine); computed in
+            at least float32, also under autocast.
         returns: scalar.
     """
 
@@ -44,13 +45,15 @@ class NTXentLoss(nn.Module):
         n_samples = z1.shape[0]
         if n_samples < 2:
             raise ValueError(f"NT-Xent needs at least 2 samples per batch (negatives), got {n_samples}")
-        z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
-        similarity = z @ z.T / self.temperature  # (2N, 2N)
-        self_mask = torch.eye(2 * n_samples, dtype=torch.bool, device=z.device)
-        similarity = similarity.masked_fill(self_mask, float("-inf"))
-        index = torch.arange(n_samples, device=z.device)
-        positives = torch.cat([index + n_samples, index])  # row i's other view
-        return F.cross_entropy(similarity, positives, reduction="sum") / (2 * n_samples)
+        dtype = torch.promote_types(z1.dtype, torch.float32)  # half → float32, float64 kept
+        with torch.autocast(device_type=z1.device.type, enabled=False):
+            z = F.normalize(torch.cat([z1, z2], dim=0).to(dtype), dim=1)
+            similarity = z @ z.T / self.temperature  # (2N, 2N)
+            self_mask = torch.eye(2 * n_samples, dtype=torch.bool, device=z.device)
+            similarity = similarity.masked_fill(self_mask, float("-inf"))
+            index = torch.arange(n_samples, device=z.device)
+            positives = torch.cat([index + n_samples, index])  # row i's other view
+            return F.cross_entropy(similarity, positives, reduction="sum") / (2 * n_samples)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine:  `make demo`  and  `make test`.
+# Both create ./.venv (Python >= 3.10) on first use and install hsicluster into it.
+# Torch: an existing torch in the venv is kept. On a machine without an NVIDIA GPU the CPU build
+# is installed; set TORCH_INDEX to a PyTorch wheel index (e.g. the CPU-only one) if your pip
+# would otherwise fetch a CUDA build, or TORCH_SPEC to pin another version.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+OUT ?= out
+SAMPLE := hsi_cluster/sample_data/salinas_a/SalinasA_corrected.hdr
+
+.PHONY: setup demo test test-all bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "hsicluster needs Python >= 3.10"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if $(PY) -c 'import torch' 2>/dev/null; then echo "keeping installed torch"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch; \
+	else $(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); fi
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	mkdir -p $(OUT)
+	$(VENV)/bin/hsicluster ingest $(SAMPLE) -o $(OUT)/salinas_a.zarr --overwrite
+	$(VENV)/bin/hsicluster info $(OUT)/salinas_a.zarr
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ''
+
+bench: setup
+	$(PY) benchmarks/ingest_throughput.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

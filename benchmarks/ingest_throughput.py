@@ -1,0 +1,71 @@
+"""Ingest throughput against the I/O floor, and peak memory.
+
+Writes a ≥ 1 GB tiled GeoTIFF made from the bundled Salinas-A spectra, then alternates, in fresh
+subprocesses: (a) the floor — a plain rasterio block-by-block read of every band of the file —
+and (b) ``hsicluster ingest`` of the same file into a Zarr store. Prints each run, the medians,
+the ratio ingest / floor (target ≤ 2) and the ingest's peak RSS (target < 600 MB).
+
+    python benchmarks/ingest_throughput.py [--rows 2048 --cols 1280 --repeats 3 --work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_measured, write_tiled_scene  # noqa: E402
+
+FLOOR = """
+import sys, rasterio
+with rasterio.open(sys.argv[1]) as src:
+    for _, window in src.block_windows(1):
+        src.read(window=window)
+"""
+
+INGEST = """
+import sys
+from hsi_cluster.io import ingest
+ingest(sys.argv[1], sys.argv[2], overwrite=True)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--cols", type=int, default=1280)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hsic-bench-", dir=args.work))
+    try:
+        scene = write_tiled_scene(work / "scene.tif", args.rows, args.cols)
+        size_gb = scene.stat().st_size / 1e9
+        print(f"scene: {args.rows}×{args.cols}×204 int16 GeoTIFF, {size_gb:.2f} GB on disk")
+        run_measured(FLOOR, str(scene))  # warm the page cache so both sides read from memory
+        floors, ingests, peaks = [], [], []
+        for repeat in range(args.repeats):
+            floor = run_measured(FLOOR, str(scene))
+            store = work / "scene.zarr"
+            result = run_measured(INGEST, str(scene), str(store))
+            floors.append(floor["wall_s"])
+            ingests.append(result["wall_s"])
+            peaks.append(result["peak_rss_mb"])
+            stored_gb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 1e9
+            print(f"run {repeat + 1}: floor {floor['wall_s']:.2f} s ({size_gb / floor['wall_s']:.2f} GB/s), "
+                  f"ingest {result['wall_s']:.2f} s ({size_gb / result['wall_s']:.2f} GB/s), "
+                  f"ratio {result['wall_s'] / floor['wall_s']:.2f}, ingest peak RSS {result['peak_rss_mb']:.0f} MB, "
+                  f"floor peak RSS {floor['peak_rss_mb']:.0f} MB, store {stored_gb:.2f} GB")
+        floor_s, ingest_s = statistics.median(floors), statistics.median(ingests)
+        print(f"median: floor {floor_s:.2f} s, ingest {ingest_s:.2f} s, ratio ingest/floor {ingest_s / floor_s:.2f} "
+              f"(target ≤ 2.0), peak RSS {max(peaks):.0f} MB (target < 600 MB)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""ClusterHead, InstanceProjector and the per-pixel helper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsi_cluster.model.heads import ClusterHead, InstanceProjector, apply_per_pixel, probs
+
+
+def test_cluster_head_shapes_and_layout():
+    head = ClusterHead(16, 5, hidden=32)
+    logits = head(torch.randn(7, 16))
+    assert logits.shape == (7, 5) and head.n_clusters == 5 and head.in_features == 16
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 5)]
+    p = probs(logits)
+    assert torch.allclose(p.sum(dim=1), torch.ones(7))
+    assert (p >= 0).all()
+
+
+def test_cluster_head_default_hidden_is_512():
+    head = ClusterHead(256, 3)
+    assert head.net[0].out_features == 512
+
+
+@pytest.mark.parametrize("n_clusters", [0, 1])
+def test_cluster_head_needs_two_clusters(n_clusters):
+    with pytest.raises(ValueError, match="n_clusters must be >= 2"):
+        ClusterHead(8, n_clusters)
+
+
+def test_instance_projector_shapes():
+    projector = InstanceProjector(16, hidden=32)
+    assert projector(torch.randn(4, 16)).shape == (4, 128)
+    assert InstanceProjector(16, 24, hidden=8)(torch.randn(4, 16)).shape == (4, 24)
+
+
+def test_apply_per_pixel_matches_pixel_loop():
+    torch.manual_seed(0)
+    head = ClusterHead(6, 4, hidden=8)
+    feature_map = torch.randn(2, 6, 3, 5)
+    out = apply_per_pixel(head, feature_map)
+    assert out.shape == (2, 4, 3, 5)
+    for i in range(3):
+        for j in range(5):
+            assert torch.allclose(out[:, :, i, j], head(feature_map[:, :, i, j]), atol=1e-6)
+    assert torch.allclose(probs(out).sum(dim=1), torch.ones(2, 3, 5))
+    with pytest.raises(ValueError, match=r"\(N, F, H, W\)"):
+        apply_per_pixel(head, torch.randn(2, 6))

@@ -1,0 +1,117 @@
+"""SpectralProjection (folded standardisation + PCA) and fit_pca."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hsi_cluster.model.projection import SpectralProjection, fit_pca
+
+
+def _correlated_samples(n: int = 500, n_bands: int = 6, seed: int = 0) -> np.ndarray:
+    """Spectra with well-separated principal variances, offset and scaled per band like radiances."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, n_bands)) * np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.2])[:n_bands]
+    rotation, _ = np.linalg.qr(rng.normal(size=(n_bands, n_bands)))
+    return latent @ rotation.T * rng.uniform(50, 500, n_bands) + rng.uniform(1000, 3000, n_bands)
+
+
+def test_projection_equals_explicit_formula():
+    rng = np.random.default_rng(1)
+    n_bands, n_comp = 7, 3
+    mean = rng.uniform(100, 200, n_bands)
+    std = rng.uniform(5, 20, n_bands)
+    components = rng.normal(size=(n_comp, n_bands))
+    x = rng.uniform(50, 250, size=(2, n_bands, 5, 4))
+    projection = SpectralProjection(torch.tensor(mean), torch.tensor(std), torch.tensor(components))
+
+    got = projection(torch.tensor(x, dtype=torch.float32)).numpy()
+
+    standardised = (x - mean[None, :, None, None]) / std[None, :, None, None]
+    expected = np.einsum("cb,nbhw->nchw", components, standardised)
+    assert got.shape == (2, n_comp, 5, 4)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 8), (11, 11)])
+def test_projection_any_spatial_size_and_integer_input(shape):
+    projection = SpectralProjection(np.zeros(4), np.ones(4), np.eye(2, 4))
+    x = torch.randint(0, 1000, (3, 4, *shape), dtype=torch.int16)
+    out = projection(x)
+    assert out.shape == (3, 2, *shape)
+    assert torch.equal(out, x[:, :2].float())
+    assert projection.in_bands == 4 and projection.out_channels == 2
+
+
+def test_projection_is_frozen_buffers():
+    projection = SpectralProjection(np.arange(3.0), np.ones(3), np.eye(3))
+    assert list(projection.parameters()) == []
+    state = projection.state_dict()
+    assert set(state) == {"weight", "bias"}
+    assert state["weight"].shape == (3, 3, 1, 1) and state["bias"].shape == (3,)
+    restored = SpectralProjection.placeholder(in_bands=3, out_channels=3)
+    restored.load_state_dict(state)
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(restored(x), projection(x))
+
+
+def test_projection_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="std"):
+        SpectralProjection(np.zeros(3), np.array([1.0, 0.0, 1.0]), np.eye(3))
+    with pytest.raises(ValueError, match="one value per band"):
+        SpectralProjection(np.zeros(2), np.ones(3), np.eye(3))
+    projection = SpectralProjection(np.zeros(3), np.ones(3), np.eye(2, 3))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        projection(torch.zeros(1, 4, 2, 2))
+
+
+def test_fit_pca_orthonormal_sorted_and_matches_svd():
+    samples = _correlated_samples()
+    mean, std = samples.mean(axis=0), samples.std(axis=0)
+    components = fit_pca(samples, 4, mean, std)
+
+    assert components.shape == (4, 6) and components.dtype == np.float32
+    np.testing.assert_allclose(components @ components.T, np.eye(4), atol=1e-5)
+
+    # Reference: SVD of the centred standardised data (written independently of eigh on covariance).
+    standardised = (samples - mean) / std
+    centred = standardised - standardised.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    reference_variance = singular**2 / (len(samples) - 1)
+    explained = np.var(centred @ components.T.astype(np.float64), axis=0, ddof=1)
+    np.testing.assert_allclose(explained, reference_variance[:4], rtol=1e-4)
+    assert np.all(np.diff(explained) < 0)
+    # Same axes as the SVD, up to sign.
+    np.testing.assert_allclose(np.abs(np.sum(components * vt[:4], axis=1)), 1.0, atol=1e-4)
+    # Deterministic sign: the largest-magnitude entry of each component is positive.
+    largest = components[np.arange(4), np.argmax(np.abs(components), axis=1)]
+    assert np.all(largest > 0)
+
+
+def test_fit_pca_with_projection_decorrelates():
+    samples = _correlated_samples(n=400, seed=3)
+    mean, std = samples.mean(axis=0), samples.std(axis=0)
+    components = fit_pca(samples, 3, mean, std)
+    projection = SpectralProjection(mean, std, components)
+    scores = projection(torch.tensor(samples, dtype=torch.float32)[:, :, None, None])[:, :, 0, 0].double().numpy()
+    covariance = np.cov(scores, rowvar=False)
+    off_diagonal = covariance - np.diag(np.diag(covariance))
+    assert np.abs(off_diagonal).max() < 1e-3 * np.diag(covariance).max()
+    np.testing.assert_allclose(scores.mean(axis=0), 0.0, atol=1e-3)
+
+
+def test_fit_pca_validation():
+    samples = _correlated_samples(n=50)
+    mean, std = samples.mean(axis=0), samples.std(axis=0)
+    with pytest.raises(ValueError, match="at most 6 components"):
+        fit_pca(samples, 7, mean, std)
+    with pytest.raises(ValueError, match="one value per band"):
+        fit_pca(samples, 2, mean[:3], std)
+    with pytest.raises(ValueError, match="2-D"):
+        fit_pca(samples[0], 2, mean, std)
+    bad = samples.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fit_pca(bad, 2, mean, std)
