@@ -62,6 +62,7 @@ def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[Callab
         bar.n = done
         bar.refresh()
 
+    update.bar = bar  # type: ignore[attr-defined]
     try:
         yield update
     finally:
@@ -116,6 +117,50 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
         if quiet and summary.get("statistics"):
             summary = dict(summary, statistics=None)
         click.echo(format_info(summary))
+
+
+@main.command()
+@click.argument("scene", type=click.Path(path_type=Path))
+@click.option("-k", "--clusters", "n_clusters", required=True, type=int, help="Number of clusters K (≥ 2).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
+@click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
+              help="fast: dense backbone sized for CPUs; paper: the published recipe (ResNet, 200 epochs).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML file of training options applied on top of the preset.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over all valid pixels.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (overrides --epochs).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Patches per step.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT.partial.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="Cache folder for scenes ingested on the fly (default: $HSICLUSTER_WORK or ~/.cache/hsicluster).")
+@click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Steps between periodic checkpoints (also at every epoch end).")
+@command_options
+def train(scene: Path, n_clusters: int, output: Path, preset: str, config_file: Path | None, epochs: int | None,
+          steps: int | None, batch_size: int | None, device: str, seed: int, resume: bool, overwrite: bool,
+          work: Path | None, checkpoint_every: int, quiet: bool) -> None:
+    """Train an SSCC model with K clusters on SCENE (a raster or an ingested store)."""
+    from hsi_cluster.config import load_config
+    from hsi_cluster.train import train as run_train
+
+    config = load_config(preset, config_file, epochs=epochs, steps=steps, batch_size=batch_size)
+    log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    with progress_bar("train", unit="step", quiet=quiet) as update:
+        def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+            update(step, total)
+            if not quiet and step % 5 == 0:
+                update.bar.set_postfix(loss=f"{metrics['loss']:.4f}", inst=f"{metrics['inst']:.3f}",
+                                       cc=f"{metrics['cc']:.3f}", rate=f"{metrics['samples/s']:.0f}/s",
+                                       refresh=False)
+        result = run_train([scene], n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
+                           resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
+                           progress=on_step, log=log)
+    if not quiet:
+        click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.epochs} epochs, {result.seconds:.0f} s, "
+                   f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
 
 
 @main.command()

@@ -400,39 +400,84 @@ def python_module_command(*args: str) -> list[str]:
 
 @dataclass
 class ChildRun:
-    """Outcome of :func:`run_measured`."""
+    """Outcome of :func:`run_measured`.
+
+    ``peak_rss_bytes`` is the child's own high-water mark (``VmHWM`` reported by the child at exit
+    when launched through :func:`measured_cli_command`), else the largest RSS seen by polling.
+    ``polled_peak_rss_bytes`` is the polling figure; ``ru_maxrss_bytes`` is ``wait4``'s, which on
+    Linux also counts the parent's memory shared between fork and exec, so it is only an upper bound.
+    """
 
     returncode: int
     peak_rss_bytes: int
+    polled_peak_rss_bytes: int
+    ru_maxrss_bytes: int
     wall_s: float
     stdout: str
     stderr: str
 
 
-def run_measured(command: Sequence[str], *, timeout: float = 600.0, env: dict[str, str] | None = None) -> ChildRun:
-    """Run ``command`` and measure its own peak RSS with ``wait4`` (Linux: ``ru_maxrss`` in KiB)."""
+_VMHWM_TAG = "HSI_TEST_VMHWM_KB"
+_MEASURED_CLI = f"""
+import atexit, sys
+def _report():
+    try:
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('VmHWM:'):
+                    sys.stderr.write('{_VMHWM_TAG} ' + line.split()[1] + '\\n')
+    except OSError:
+        pass
+atexit.register(_report)
+sys.argv[0] = 'hsicluster'
+from hsi_cluster.cli import main
+main()
+"""
+
+
+def measured_cli_command(*args: str) -> list[str]:
+    """``hsicluster ARGS`` run by the current interpreter, reporting its peak RSS (VmHWM) at exit."""
+    return [sys.executable, "-c", _MEASURED_CLI, *args]
+
+
+def run_measured(command: Sequence[str], *, timeout: float = 600.0, env: dict[str, str] | None = None,
+                 poll_s: float = 0.02) -> ChildRun:
+    """Run ``command``, polling its RSS, and collect its exit status, output and peak memory."""
     import tempfile
 
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a test dependency
+        psutil = None
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(command), stdout=out, stderr=err, env=env)
-        deadline = start + timeout
+        handle = psutil.Process(proc.pid) if psutil else None
+        polled = 0
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            if handle is not None:
+                try:
+                    polled = max(polled, handle.memory_info().rss)
+                except psutil.Error:
+                    pass
+            if time.perf_counter() - start > timeout:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.05)
+            time.sleep(poll_s)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        scale = 1 if sys.platform == "darwin" else 1024
-        return ChildRun(proc.returncode, int(usage.ru_maxrss) * scale, wall,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    hwm = [int(line.split()[1]) * 1024 for line in stderr.splitlines() if line.startswith(_VMHWM_TAG)]
+    stderr = "\n".join(line for line in stderr.splitlines() if not line.startswith(_VMHWM_TAG))
+    scale = 1 if sys.platform == "darwin" else 1024
+    return ChildRun(proc.returncode, hwm[-1] if hwm else polled, polled, int(usage.ru_maxrss) * scale, wall,
+                    stdout, stderr)
 
 
 def tree_snapshot(root: str | os.PathLike[str]) -> dict[str, bytes]:

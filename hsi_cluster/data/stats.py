@@ -118,5 +118,6 @@ class BandStats:
         """JSON-ready per-band ``mean``, ``std``, ``min``, ``max`` and valid ``count``."""
         def clean(values: np.ndarray) -> list[float | None]:
             return [float(v) if np.isfinite(v) else None for v in values]
-        return {"count": [int(c) for c in self.count], "mean": clean(self.mean), "std": clean(self.std),
+        mean = np.where(self.count > 0, self.mean, np.nan)  # no pixels: no mean (not 0)
+        return {"count": [int(c) for c in self.count], "mean": clean(mean), "std": clean(self.std),
                 "min": clean(self.min), "max": clean(self.max)}

@@ -77,6 +77,32 @@ class RasterioWindowReader:
                              "re-download it") from exc
 
 
+class NpyWindowReader:
+    """Array-like view of a ``.npy`` file that memory-maps it on first use.
+
+    ``dask.array.from_array`` copies objects that have a ``copy`` method (for a memmap: the whole
+    file, into memory); this view has none, and pickles as its path.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = str(path)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["shape"], state["dtype"])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return np.array(self._array[key])
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -133,7 +159,9 @@ def _open_npy(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         raise SceneError(f"{path}: not a readable .npy array ({_first_line(exc)}); check the file") from exc
     _check_cube(cube.shape, path)
     n_bands, rows, cols = default_chunks(cube.shape[2], cube.dtype, spatial)
-    data = da.from_array(cube, chunks=(rows, cols, n_bands)).transpose(2, 0, 1)
+    # Not the memmap itself: dask copies array-likes (reading the whole file) and hashes them.
+    data = da.from_array(NpyWindowReader(path, cube.shape, cube.dtype), chunks=(rows, cols, n_bands),
+                         name=f"npy-{path}-{path.stat().st_mtime_ns}-{rows}x{cols}").transpose(2, 0, 1)
     return _build(data, source=str(path), fmt="npy", nodata=None)
 
 
@@ -262,8 +290,9 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     if tiled and spatial is None:  # align dask chunks with the file's tiles
         chunks[1] = max(block_rows, chunks[1] // block_rows * block_rows)
         chunks[2] = max(block_cols, chunks[2] // block_cols * block_cols)
+    # The chunking is part of the name: views of one file with other chunks must not share keys.
     data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False,
-                         name=f"scene-{binary}-{binary.stat().st_mtime_ns}")
+                         name=f"scene-{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}")
     return _build(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
                   source=str(binary), fmt=driver, extra_attrs={"file_block": (block_rows, block_cols)})
 

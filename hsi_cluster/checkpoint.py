@@ -1,0 +1,135 @@
+"""Checkpoints: everything predict needs, saved so that loading never executes code.
+
+A checkpoint is a ``torch.save`` of plain containers, numbers, strings and tensors only, and is
+always read back with ``torch.load(..., weights_only=True)``: a crafted file cannot run code.
+Files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hsi_cluster import __version__
+from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.model.sscc import SSCC
+
+CHECKPOINT_FORMAT = "hsicluster-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(HsiClusterError):
+    """A checkpoint is missing, unreadable, unsafe, or does not fit the job."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        payload: the raw mapping (see :func:`make_payload`).
+        path: where it was read from.
+    """
+
+    payload: dict[str, Any]
+    path: Path
+
+    @property
+    def complete(self) -> bool:
+        """True when training finished (False for a periodic mid-training checkpoint)."""
+        return bool(self.payload.get("complete"))
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.payload["model_config"]["n_clusters"])
+
+    @property
+    def in_bands(self) -> int:
+        return int(self.payload["model_config"]["in_bands"])
+
+    @property
+    def wavelength(self) -> list[float] | None:
+        return self.payload.get("wavelength")
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.payload["patch_size"])
+
+    def build_model(self) -> SSCC:
+        """The trained network (CPU, eval mode)."""
+        model = SSCC.from_config(self.payload["model_config"])
+        model.load_state_dict(self.payload["state_dict"])
+        return model.eval()
+
+    def sha256(self) -> str:
+        """Hash of the checkpoint file (first 16 hex digits), to record which model made an output."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+
+
+def make_payload(model: SSCC, *, train_config: dict[str, Any], spectral: dict[str, Any], scenes: list[dict[str, Any]],
+                 wavelength: list[float] | None, complete: bool, training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint mapping: weights, configs, spectral projection, scene identity, training state."""
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "library_version": __version__,
+        "complete": complete,
+        "model_config": model.config, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "backbone": model.config["backbone"], "patch_size": int(train_config["patch_size"]),
+        "halo": model.halo, "train_config": train_config, "spectral": spectral,
+        "bands": model.in_bands, "wavelength": wavelength, "scenes": scenes, "training": training or {},
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    except OSError as exc:
+        raise HsiClusterError(f"{path}: cannot write the checkpoint ({exc.strerror}); choose another output path") from exc
+    try:
+        with handle:
+            torch.save(payload, handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint safely (``weights_only=True``) and check its format.
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint, unsafe content or other version.
+    """
+    path = Path(path).expanduser().absolute()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with 'hsicluster train SCENE -k K -o {path.name}'")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load: the file holds objects other than weights and plain "
+                              "data (it may be unsafe or not an hsicluster checkpoint)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]}); "
+                              "it may be truncated — retrain or restore it") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an hsicluster checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
+                              f"(expects {CHECKPOINT_VERSION}); retrain with this version")
+    return Checkpoint(payload, path)

@@ -1,0 +1,162 @@
+"""Training configuration: presets, YAML overrides and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hsi_cluster.data.augment import AugmentConfig
+from hsi_cluster.errors import HsiClusterError
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that decides a training run (with the scene, K and the seed).
+
+    Attributes:
+        backbone: "dense" (valid convolutions, fast tiled inference) or "resnet" (the paper's).
+        backbone_kwargs: backbone sizes, e.g. ``{"width": 64, "depth": 5}``.
+        patch_size: patch side p; must equal the dense backbone's receptive field (2·depth + 1).
+        n_components: PCA components C after band standardisation.
+        head_hidden: hidden width of the cluster head.
+        instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
+            to the cluster probabilities (the paper).
+        batch_size: patches per step.
+        epochs: passes over all valid pixels (ignored when ``steps`` is set).
+        steps: total optimiser steps, or None to use ``epochs``.
+        lr, weight_decay: Adam parameters.
+        lr_step_epochs, lr_gamma: StepLR schedule (multiply lr by gamma every lr_step_epochs epochs).
+        instance_weight, cluster_weight: weights of NT-Xent and Barlow-Twins terms.
+        entropy_weight: weight of the cluster-balance regulariser (0: off, as in the paper).
+        temperature, offdiag_weight: loss hyperparameters.
+        augment: the augmentation pool's parameters (see :class:`AugmentConfig`).
+        pca_samples: pixels sampled to fit the PCA.
+        workers: DataLoader worker processes (0: in the main process).
+        amp: bf16 mixed precision on CUDA.
+    """
+
+    backbone: str = "dense"
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64, "depth": 5})
+    patch_size: int = 11
+    n_components: int = 8
+    head_hidden: int = 512
+    instance_dim: int | None = None
+    batch_size: int = 512
+    epochs: int = 20
+    steps: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    lr_step_epochs: int = 20
+    lr_gamma: float = 0.1
+    instance_weight: float = 5e-5
+    cluster_weight: float = 1.0
+    entropy_weight: float = 0.0
+    temperature: float = 0.5
+    offdiag_weight: float = 0.005
+    augment: AugmentConfig = field(default_factory=AugmentConfig.mild)
+    pca_samples: int = 100_000
+    workers: int = 0
+    amp: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready mapping (the inverse of :func:`config_from_dict`)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["augment"] = self.augment.to_dict()
+        values["backbone_kwargs"] = dict(self.backbone_kwargs)
+        return values
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The exact recipe of the paper and its reference code.
+    "paper": {
+        "backbone": "resnet", "backbone_kwargs": {}, "patch_size": 11, "batch_size": 512, "epochs": 200,
+        "lr": 2e-4, "weight_decay": 5e-3, "lr_step_epochs": 20, "lr_gamma": 0.1, "entropy_weight": 0.0,
+        "augment": AugmentConfig().to_dict(),
+    },
+    # CPU default: dense (valid-convolution) backbone, milder augmentation, faster schedule.
+    "fast": {},
+}
+
+
+def _augment_from(values: dict[str, Any] | AugmentConfig) -> AugmentConfig:
+    if isinstance(values, AugmentConfig):
+        return values
+    unknown = set(values) - {f.name for f in dataclasses.fields(AugmentConfig)}
+    if unknown:
+        raise HsiClusterError(f"unknown augment option(s) {sorted(unknown)}; valid: "
+                              f"{sorted(f.name for f in dataclasses.fields(AugmentConfig))}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return AugmentConfig(**converted)
+    except (TypeError, ValueError) as exc:
+        raise HsiClusterError(f"bad augment option: {exc}") from exc
+
+
+def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+    """Apply ``values`` on top of ``base`` (default: the dataclass defaults), validating keys."""
+    base = base or TrainConfig()
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise HsiClusterError(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+    updates = dict(values)
+    if "augment" in updates:
+        current = base.augment.to_dict()
+        extra = updates["augment"].to_dict() if isinstance(updates["augment"], AugmentConfig) else updates["augment"]
+        if not isinstance(extra, dict):
+            raise HsiClusterError("config key 'augment' must be a mapping of augmentation options")
+        updates["augment"] = _augment_from({**current, **extra})
+    try:
+        config = dataclasses.replace(base, **updates)
+    except TypeError as exc:
+        raise HsiClusterError(f"bad config: {exc}") from exc
+    validate_config(config)
+    return config
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The named preset ("fast" or "paper")."""
+    if name not in PRESETS:
+        raise HsiClusterError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return config_from_dict(PRESETS[name])
+
+
+def load_config(preset: str, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A preset, then a YAML file's keys, then explicit overrides (None values ignored)."""
+    config = preset_config(preset)
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise HsiClusterError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise HsiClusterError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(values, dict):
+            raise HsiClusterError(f"{path}: a config file must be a mapping of keys to values")
+        config = config_from_dict(values, base=config)
+    return config_from_dict({k: v for k, v in overrides.items() if v is not None}, base=config)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise a one-line :class:`HsiClusterError` for inconsistent settings."""
+    if config.backbone not in ("dense", "resnet"):
+        raise HsiClusterError(f"backbone must be 'dense' or 'resnet', got {config.backbone!r}")
+    if config.patch_size < 1 or config.patch_size % 2 == 0:
+        raise HsiClusterError(f"patch_size must be a positive odd number, got {config.patch_size}")
+    if config.backbone == "dense":
+        depth = int(config.backbone_kwargs.get("depth", 5))
+        if config.patch_size != 2 * depth + 1:
+            raise HsiClusterError(f"the dense backbone of depth {depth} sees {2 * depth + 1}×{2 * depth + 1} "
+                                  f"patches but patch_size is {config.patch_size}; set depth = (patch_size − 1) / 2")
+    for name in ("batch_size", "epochs", "n_components", "head_hidden"):
+        if getattr(config, name) < 1 or (name == "batch_size" and config.batch_size < 2):
+            raise HsiClusterError(f"{name} must be ≥ {2 if name == 'batch_size' else 1}, got {getattr(config, name)}")
+    if config.steps is not None and config.steps < 1:
+        raise HsiClusterError(f"steps must be ≥ 1, got {config.steps}")
+    if config.lr <= 0:
+        raise HsiClusterError(f"lr must be > 0, got {config.lr}")

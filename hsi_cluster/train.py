@@ -1,0 +1,325 @@
+"""Training SSCC on one or more scenes: the loop, periodic checkpoints, resume, loss curve.
+
+Data flow per step: raw patches (N, B, p, p) from :class:`~hsi_cluster.data.sampler.PatchSampler`
+→ device → frozen projection (N, C, p, p) → two augmented views → the twin network → cluster
+probabilities (N, K) → SSCC loss (+ optional cluster-balance term) → Adam step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from hsi_cluster.checkpoint import CheckpointError, load_checkpoint, make_payload, save_checkpoint
+from hsi_cluster.config import TrainConfig
+from hsi_cluster.data.augment import Augmenter, two_views
+from hsi_cluster.data.sampler import PatchSampler
+from hsi_cluster.data.spectral import fit_spectral_projection
+from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.io import ingest, is_complete_store, open_scene
+from hsi_cluster.model.heads import probs
+from hsi_cluster.model.losses import SSCCLoss
+from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
+from hsi_cluster.model.sscc import SSCC
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+LogFn = Callable[[str], None]
+
+
+def default_work_dir() -> Path:
+    """Cache folder for stores ingested on the fly: ``$HSICLUSTER_WORK`` or ``~/.cache/hsicluster``."""
+    return Path(os.environ.get("HSICLUSTER_WORK", Path.home() / ".cache" / "hsicluster"))
+
+
+def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn | None = None) -> Path:
+    """A complete store for ``scene``: the scene itself if it is one, else a cached ingest of it.
+
+    The cache name depends on the source's path, size and modification time, so an edited
+    scene is ingested again and an unchanged one is reused.
+    """
+    path = Path(scene).expanduser().absolute()
+    if is_complete_store(path):
+        return path
+    opened = open_scene(path)  # fails early with a clear message for bad input
+    source = Path(opened.attrs["source"])
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    store = work_dir / f"{source.stem}-{key}.zarr"
+    if is_complete_store(store):
+        return store
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if log:
+        log(f"ingesting {path} into {store}")
+    return ingest(path, store, overwrite=True)
+
+
+def device_from(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HsiClusterError("--device cuda: no CUDA GPU is available to torch; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise HsiClusterError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    checkpoint: Path
+    loss_curve: Path | None
+    steps: int
+    epochs: int
+    seconds: float
+    samples_per_second: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _scene_identity(store: Path) -> dict[str, Any]:
+    scene = open_scene(store)
+    origin = scene.attrs.get("ingested_from") or {}
+    return {"store": str(store), "source": origin.get("path"), "size": origin.get("size"),
+            "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
+
+
+def _check_scene(store: Path, config: TrainConfig, n_clusters: int) -> tuple[int, list[float] | None]:
+    scene = open_scene(store)
+    n_bands, height, width = scene.shape
+    valid = int(scene.attrs.get("valid_pixels") or 0)
+    if valid == 0:
+        raise HsiClusterError(f"{scene.attrs['ingested_from']['path']}: every pixel is nodata or NaN; nothing to "
+                              "train on (check the nodata value)")
+    if n_bands < config.n_components:
+        raise HsiClusterError(f"{store}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
+                              f"set n_components ≤ {n_bands} in a --config file")
+    if height < config.patch_size or width < config.patch_size:
+        raise HsiClusterError(f"{store}: the scene ({height}×{width} pixels) is smaller than the "
+                              f"{config.patch_size}×{config.patch_size} patch; use a larger scene")
+    if n_clusters > valid:
+        raise HsiClusterError(f"-k {n_clusters} is larger than the number of valid pixels ({valid}); choose fewer clusters")
+    if valid < config.batch_size and config.steps is None:
+        raise HsiClusterError(f"{store}: only {valid} valid pixels, fewer than one batch of {config.batch_size}; "
+                              "lower --batch-size")
+    wavelength = scene.coords["wavelength"].values.tolist() if "wavelength" in scene.coords else None
+    return n_bands, wavelength
+
+
+def partial_checkpoint_path(output: Path) -> Path:
+    """Where periodic checkpoints of an unfinished run go: ``OUTPUT.partial``."""
+    return output.with_name(output.name + ".partial")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """Config keys that must agree for a resume (not the length of the run)."""
+    return {k: v for k, v in config.items() if k not in ("epochs", "steps", "workers")}
+
+
+def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],
+          config: TrainConfig, seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
+          work_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 100,
+          mask: np.ndarray | None = None, progress: ProgressFn | None = None, log: LogFn | None = None,
+          stop_after_steps: int | None = None) -> TrainResult:
+    """Train an SSCC model and write its checkpoint.
+
+    Args:
+        scenes: rasters (ingested on the fly into ``work_dir``) or stores; several must agree in bands.
+        n_clusters: K ≥ 2.
+        output: checkpoint path; periodic checkpoints go to ``OUTPUT.partial`` until the end.
+        config: the training configuration.
+        seed: seeds the PCA sample, the initial weights, the patch order and the augmentations.
+        device: "auto", "cpu" or "cuda".
+        resume: continue from ``OUTPUT.partial`` (or a finished OUTPUT, to train longer).
+        overwrite: replace an existing OUTPUT.
+        work_dir: cache for stores made from rasters.
+        checkpoint_every: steps between periodic checkpoints (and at every epoch end).
+        mask: optional bool (y, x) restricting training centres (single scene only).
+        progress: ``(step, total_steps, metrics)`` callback per step.
+        log: receives one line per epoch and notices.
+        stop_after_steps: stop (as if killed) after this many steps, leaving the partial
+            checkpoint — for tests of resume.
+
+    Raises:
+        HsiClusterError: bad K, scene, config, output path or resume source.
+    """
+    output = Path(output).expanduser().absolute()
+    partial = partial_checkpoint_path(output)
+    if n_clusters < 2:
+        raise HsiClusterError(f"-k must be at least 2 clusters, got {n_clusters}")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: folder {output.parent} does not exist; create it first")
+    if not os.access(output.parent, os.W_OK):
+        raise OutputError(f"{output}: folder {output.parent} is not writable; choose another output path")
+    if output.exists() and not (overwrite or resume):
+        raise OutputError(f"{output}: already exists; pass --overwrite to replace it or --resume to train it further")
+    if len(scenes) != 1 and mask is not None:
+        raise HsiClusterError("a training mask needs exactly one scene")
+    torch_device = device_from(device)
+    log = log or (lambda message: None)
+    work = Path(work_dir) if work_dir else default_work_dir()
+    stores = [prepare_store(scene, work, log=log) for scene in scenes]
+    if len(stores) != 1:
+        raise HsiClusterError("training on several scenes is not supported yet; pass one scene")
+    store = stores[0]
+    n_bands, wavelength = _check_scene(store, config, n_clusters)
+    identity = [_scene_identity(s) for s in stores]
+
+    resume_from = None
+    if resume:
+        source = partial if partial.exists() else output if output.exists() else None
+        if source is None:
+            raise HsiClusterError(f"--resume: neither {partial.name} nor {output.name} exists in {output.parent}; "
+                                  "start without --resume")
+        resume_from = load_checkpoint(source)
+        saved = resume_from.payload
+        if [(s["shape"], s["source"], s["size"]) for s in saved["scenes"]] != \
+                [(s["shape"], s["source"], s["size"]) for s in identity]:
+            raise CheckpointError(f"--resume: {source.name} was trained on {saved['scenes'][0]['source']}, not on "
+                                  f"{identity[0]['source']}; start without --resume or pass the same scene")
+        if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
+                saved["model_config"]["n_clusters"] != n_clusters or saved["training"].get("seed") != seed:
+            raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
+                                  "pass the same options or start without --resume")
+
+    torch.manual_seed(seed)
+    if resume_from is not None:
+        spectral = resume_from.payload["spectral"]
+    else:
+        log(f"fitting the spectral projection ({config.n_components} components) on {store.name}")
+        fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
+        spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
+                    "components": torch.from_numpy(fit.components)}
+    model = SSCC.build(spectral["mean"].numpy(), spectral["std"].numpy(), spectral["components"].numpy(),
+                       n_clusters=n_clusters, backbone=config.backbone, backbone_kwargs=config.backbone_kwargs,
+                       head_hidden=config.head_hidden, instance_dim=config.instance_dim)
+    if model.patch_size is not None and model.patch_size != config.patch_size:
+        raise HsiClusterError(f"backbone sees {model.patch_size}-pixel patches but patch_size is {config.patch_size}")
+    model.to(torch_device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma)
+    criterion = SSCCLoss(instance_weight=config.instance_weight, cluster_weight=config.cluster_weight,
+                         temperature=config.temperature, offdiag_weight=config.offdiag_weight)
+    balance = ClusterEntropyLoss()
+    augmenter = Augmenter(config.augment)
+    generator = torch.Generator(device=torch_device)
+    generator.manual_seed(seed)
+
+    sampler = PatchSampler(store, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask)
+    steps_per_epoch = sampler.batches_per_epoch()
+    if steps_per_epoch == 0:
+        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    step, epoch, batch_in_epoch, history, elapsed_before = 0, 0, 0, [], 0.0
+    if resume_from is not None:
+        state = resume_from.payload["training"]
+        model.load_state_dict(resume_from.payload["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"].to(generator.get_state().device))
+        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
+        log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+    use_amp = config.amp and torch_device.type == "cuda"
+    started = time.perf_counter()
+    samples_seen = 0
+
+    def payload(complete: bool) -> dict[str, Any]:
+        training = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "seed": seed,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state().cpu(), "history": history,
+                    "seconds": elapsed_before + time.perf_counter() - started, "total_steps": total_steps,
+                    "steps_per_epoch": steps_per_epoch, "device": str(torch_device)}
+        return make_payload(model, train_config=config.to_dict(), spectral=spectral, scenes=identity,
+                            wavelength=wavelength, complete=complete, training=training)
+
+    model.train()
+    epoch_losses: list[float] = []
+    while step < total_steps and epoch < epochs:
+        sampler.set_epoch(epoch, start_batch=batch_in_epoch)
+        loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=config.workers,
+                                             collate_fn=None, pin_memory=torch_device.type == "cuda")
+        for batch in loader:
+            tick = time.perf_counter()
+            raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(torch_device, non_blocking=True)
+            with torch.no_grad():
+                projected = model.project(raw)
+            view1, view2 = two_views(projected, augmenter, generator)
+            with torch.autocast(device_type=torch_device.type, dtype=torch.bfloat16, enabled=use_amp):
+                probs1 = probs(model.forward_projected(view1))
+                probs2 = probs(model.forward_projected(view2))
+            terms = criterion(probs1, probs2)
+            loss = terms["loss"]
+            if config.entropy_weight > 0:
+                entropy = balance(probs1) + balance(probs2)
+                loss = loss + config.entropy_weight * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            batch_in_epoch += 1
+            samples_seen += len(raw)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise HsiClusterError(f"training diverged at step {step} (loss {value}); lower the learning rate")
+            epoch_losses.append(value)
+            if progress:
+                rate = samples_seen / max(time.perf_counter() - started, 1e-9)
+                progress(step, total_steps, {"loss": value, "inst": float(terms["instance"].detach()),
+                                             "cc": float(terms["cluster"].detach()), "samples/s": rate,
+                                             "step_s": time.perf_counter() - tick})
+            if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
+                break
+            if checkpoint_every and step % checkpoint_every == 0 and config.workers == 0:
+                save_checkpoint(payload(False), partial)
+        if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+            save_checkpoint(payload(False), partial)
+            raise KeyboardInterrupt(f"stopped after {step} steps as asked")
+        mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
+        history.append({"epoch": epoch + 1, "step": step, "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]})
+        log(f"epoch {epoch + 1}/{epochs}: mean loss {mean_loss:.4f}, lr {optimizer.param_groups[0]['lr']:.2e}, "
+            f"{step}/{total_steps} steps")
+        epoch_losses = []
+        scheduler.step()
+        epoch += 1
+        batch_in_epoch = 0
+        if step < total_steps:
+            save_checkpoint(payload(False), partial)
+    seconds = elapsed_before + time.perf_counter() - started
+    save_checkpoint(payload(True), output)
+    partial.unlink(missing_ok=True)
+    curve = write_loss_curve(history, output.with_suffix(".loss.png"))
+    return TrainResult(checkpoint=output, loss_curve=curve, steps=step, epochs=epoch, seconds=seconds,
+                       samples_per_second=samples_seen / max(time.perf_counter() - started, 1e-9), history=history)
+
+
+def write_loss_curve(history: list[dict[str, float]], path: Path) -> Path | None:
+    """Plot mean loss per epoch to a PNG; returns None when there is nothing to plot."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.set_title("SSCC training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

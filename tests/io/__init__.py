@@ -1,0 +1,1 @@
+"""Tests of hsi_cluster.io."""

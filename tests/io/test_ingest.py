@@ -1,0 +1,362 @@
+"""``ingest``: scene → Zarr v3 store, round trip, statistics, valid mask, resumability, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from rasterio.crs import CRS
+
+from hsi_cluster.errors import OutputError, SceneError
+from hsi_cluster.io import ingest, is_complete_store, is_store, open_scene, open_valid_mask
+from tests import helpers
+from tests.helpers import EPSG, SyntheticScene
+
+PARTIAL = ".partial"
+PROGRESS_DIR = "_blocks_done"
+
+
+class SimulatedKill(Exception):
+    """Raised from the progress callback: the ingest stops as if interrupted."""
+
+
+def partial_of(store: Path) -> Path:
+    return store.with_name(store.name + PARTIAL)
+
+
+def stop_after(blocks: int):
+    """A progress callback that interrupts the ingest once ``blocks`` blocks are done."""
+    def progress(done: int, total: int) -> None:
+        if done >= blocks:
+            raise SimulatedKill(f"{done}/{total}")
+    return progress
+
+
+def store_arrays(store: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    return {"data": group["data"][...], "valid": group["valid"][...]}
+
+
+def store_metadata(store: Path) -> dict:
+    return json.loads((store / "zarr.json").read_text())["attributes"]["hsicluster"]
+
+
+def assert_stats_match(statistics: dict, cube: np.ndarray, valid: np.ndarray, *, rtol: float = 1e-10) -> None:
+    """Stored per-band statistics equal plain numpy's over the valid pixels."""
+    expected = helpers.reference_stats(cube, valid)
+    assert statistics["count"] == [int(valid.sum())] * cube.shape[0]
+    for key in ("mean", "std", "min", "max"):
+        got = np.array([np.nan if v is None else v for v in statistics[key]], dtype=np.float64)
+        np.testing.assert_allclose(got, expected[key], rtol=rtol, atol=1e-9 * max(1.0, float(np.nanmax(
+            np.abs(expected[key]))) if np.isfinite(expected[key]).any() else 1.0), err_msg=key)
+
+
+def assert_round_trip(store: Path, written: SyntheticScene, chunk: int) -> None:
+    """Values, georeferencing, spectral coords, statistics, mask and chunking of a finished store."""
+    original = open_scene(written.path)
+    stored = open_scene(store)
+    assert stored.attrs["format"] == "zarr"
+    assert stored.dims == ("band", "y", "x")
+    assert stored.dtype == written.cube.dtype
+    np.testing.assert_array_equal(stored.values, written.cube)
+    for key in ("crs", "transform", "georeferenced", "nodata"):
+        assert stored.attrs[key] == original.attrs[key], key
+    if written.crs is not None:
+        assert CRS.from_wkt(stored.attrs["crs"]).to_epsg() == EPSG
+    for coord in ("wavelength", "fwhm", "good_band", "x", "y"):
+        assert (coord in stored.coords) == (coord in original.coords), coord
+        if coord in original.coords:
+            np.testing.assert_array_equal(stored[coord].values, original[coord].values)
+            assert stored[coord].dtype == original[coord].dtype
+    valid = helpers.reference_valid_mask(written.cube, written.nodata, written.good_band)
+    np.testing.assert_array_equal(open_valid_mask(store).compute(), valid)
+    assert stored.attrs["valid_pixels"] == int(valid.sum())
+    assert_stats_match(stored.attrs["statistics"], written.cube, valid)
+    group = zarr.open_group(str(store), mode="r")
+    assert group["data"].chunks == (written.cube.shape[0], chunk, chunk)
+    assert group["valid"].chunks == (chunk, chunk)
+    assert stored.attrs["chunk"] == chunk
+    assert not partial_of(store).exists()
+    assert is_complete_store(store)
+
+
+# --------------------------------------------------------------------------------------------
+# round trips
+
+
+def test_round_trip_geotiff_with_invalid_pixels(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    valid = helpers.reference_valid_mask(geotiff.cube, geotiff.nodata)
+    assert 0 < valid.sum() < valid.size - 10  # NaN, ±Inf and nodata pixels are present
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    assert store == (tmp_path / "out.zarr").absolute()
+    assert_round_trip(store, geotiff, 16)
+
+
+def test_round_trip_envi_bad_bands_and_nodata(tmp_path: Path, envi_bsq: SyntheticScene) -> None:
+    store = ingest(envi_bsq.header, tmp_path / "out.zarr", chunk=16)
+    assert_round_trip(store, envi_bsq, 16)
+    # validity is decided by the good bands only (bbl): a nodata value in a bad band does not count
+    assert (store_arrays(store)["valid"] == helpers.reference_valid_mask(envi_bsq.cube, -9999,
+                                                                          envi_bsq.good_band)).all()
+
+
+@pytest.mark.parametrize("fmt,dtype", [("npy", "uint16"), ("mat-v5", "float64"), ("mat-v7.3", "int16"),
+                                       ("envi-bip", "float32"), ("geotiff-tiled", "int16")])
+@pytest.mark.parametrize("chunk", [16, 24])
+def test_round_trip_formats_and_awkward_sizes(tmp_path: Path, scene_factory, fmt: str, dtype: str,
+                                              chunk: int) -> None:
+    floating = np.issubdtype(np.dtype(dtype), np.floating)
+    cube = helpers.synthetic_cube(5, 37, 53, dtype, seed=chunk, nan_pixels=7 if floating else 0)
+    written = scene_factory(fmt, cube)
+    store = ingest(written.path, tmp_path / "out.zarr", chunk=chunk, workers=2)
+    assert_round_trip(store, written, chunk)
+
+
+def test_default_chunk_and_store_as_input(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    first = ingest(geotiff.path, tmp_path / "first.zarr")
+    chunk = open_scene(first).attrs["chunk"]
+    assert chunk >= 16 and zarr.open_group(str(first))["data"].chunks[1:] == (chunk, chunk)
+    second = ingest(first, tmp_path / "second.zarr", chunk=16)  # re-chunk an existing store
+    stored = open_scene(second)
+    np.testing.assert_array_equal(stored.values, geotiff.cube)
+    assert stored.attrs["crs"] == open_scene(first).attrs["crs"]
+    np.testing.assert_array_equal(open_valid_mask(second).compute(), open_valid_mask(first).compute())
+    valid = helpers.reference_valid_mask(geotiff.cube, geotiff.nodata)
+    assert_stats_match(stored.attrs["statistics"], geotiff.cube, valid)
+
+
+def test_all_pixels_invalid_is_not_an_error(tmp_path: Path) -> None:
+    cube = np.full((3, 20, 17), np.nan, dtype=np.float32)
+    written = helpers.write_geotiff(tmp_path / "nan.tif", cube)
+    store = ingest(written.path, tmp_path / "out.zarr", chunk=16)
+    scene = open_scene(store)
+    assert scene.attrs["valid_pixels"] == 0
+    assert scene.attrs["statistics"]["count"] == [0, 0, 0]
+    assert scene.attrs["statistics"]["mean"] == [None, None, None]
+    assert not open_valid_mask(store).compute().any()
+
+
+def test_source_metadata(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    stat = geotiff.path.stat()
+    meta = store_metadata(store)
+    assert meta["complete"] is True
+    assert meta["source"]["path"] == str(geotiff.path.absolute())
+    assert meta["source"]["size"] == stat.st_size
+    assert meta["source"]["mtime_ns"] == stat.st_mtime_ns
+    assert open_scene(store).attrs["ingested_from"]["path"] == str(geotiff.path.absolute())
+    assert CRS.from_wkt(meta["crs"]).to_epsg() == EPSG
+    assert meta["transform"] == pytest.approx(list(helpers.utm_transform())[:6])
+    assert meta["nodata"] == -9999.0
+
+
+def test_chunk_too_small(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    with pytest.raises(OutputError, match="chunk"):
+        ingest(geotiff.path, tmp_path / "out.zarr", chunk=4)
+    assert helpers.listing(tmp_path) == ["scene.tif"]
+
+
+# --------------------------------------------------------------------------------------------
+# existing output, overwrite, leftovers
+
+
+def test_rerun_without_overwrite_fails_and_keeps_the_store(tmp_path: Path, geotiff: SyntheticScene,
+                                                           npy_scene: SyntheticScene) -> None:
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    before = helpers.tree_snapshot(store)
+    with pytest.raises(OutputError, match="already exists") as info:
+        ingest(npy_scene.path, store, chunk=16)
+    assert str(store) in str(info.value) and "--overwrite" in str(info.value)
+    assert helpers.tree_snapshot(store) == before
+    assert not partial_of(store).exists()
+
+
+def test_overwrite_replaces_the_store(tmp_path: Path, geotiff: SyntheticScene, npy_scene: SyntheticScene) -> None:
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    ingest(npy_scene.path, store, chunk=16, overwrite=True)
+    replaced = open_scene(store)
+    np.testing.assert_array_equal(replaced.values, npy_scene.cube)
+    assert replaced.attrs["crs"] is None and "wavelength" not in replaced.coords
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.zarr"]
+
+
+def test_interrupted_then_resumed_in_process(tmp_path: Path, scene_factory) -> None:
+    written = scene_factory("geotiff-tiled", helpers.synthetic_cube(4, 96, 80, "float32", seed=3, nan_pixels=9))
+    store = tmp_path / "out.zarr"
+    with pytest.raises(SimulatedKill):
+        ingest(written.path, store, chunk=16, workers=1, progress=stop_after(3))
+    assert not store.exists()
+    work = partial_of(store)
+    assert is_store(work) and not is_complete_store(work)
+    with pytest.raises(SceneError, match="incomplete"):
+        open_scene(work)
+    calls: list[tuple[int, int]] = []
+    ingest(written.path, store, chunk=16, workers=1, progress=lambda done, total: calls.append((done, total)))
+    first_done, total = calls[0]
+    assert total == 6 * 5
+    assert 0 < first_done < total, "the rerun should resume from the finished blocks"
+    assert calls[-1] == (total, total)
+    assert_round_trip(store, written, 16)
+
+
+def test_leftover_from_another_source_is_discarded(tmp_path: Path, scene_factory) -> None:
+    old = scene_factory("geotiff", helpers.synthetic_cube(4, 64, 64, "float32", seed=1))
+    new = scene_factory("geotiff", helpers.synthetic_cube(4, 64, 64, "float32", seed=2))
+    store = tmp_path / "out.zarr"
+    with pytest.raises(SimulatedKill):
+        ingest(old.path, store, chunk=16, workers=1, progress=stop_after(1))
+    assert partial_of(store).is_dir()
+    calls: list[tuple[int, int]] = []
+    ingest(new.path, store, chunk=16, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0][0] == 0, "blocks of another source must not be reused"
+    assert_round_trip(store, new, 16)
+
+
+def test_leftover_with_other_chunk_is_discarded(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    store = tmp_path / "out.zarr"
+    with pytest.raises(SimulatedKill):
+        ingest(geotiff.path, store, chunk=16, workers=1, progress=stop_after(1))
+    ingest(geotiff.path, store, chunk=24)
+    assert_round_trip(store, geotiff, 24)
+
+
+@pytest.mark.parametrize("junk", ["file", "folder"])
+def test_leftover_that_is_not_a_store_is_discarded(tmp_path: Path, geotiff: SyntheticScene, junk: str) -> None:
+    store = tmp_path / "out.zarr"
+    if junk == "file":
+        partial_of(store).write_text("junk")
+    else:
+        partial_of(store).mkdir()
+        (partial_of(store) / "zarr.json").write_text("{not json")
+    ingest(geotiff.path, store, chunk=16)
+    assert_round_trip(store, geotiff, 16)
+
+
+def test_killed_between_completion_and_rename(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    """A kill after the store is marked complete but before the rename: the rerun must finish."""
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    store.rename(partial_of(store))  # exactly the state just before the final rename
+    ingest(geotiff.path, store, chunk=16)
+    assert_round_trip(store, geotiff, 16)
+
+
+def test_killed_while_creating_the_store(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    """A kill after the group metadata is written but before its arrays exist: the rerun must finish."""
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    work = partial_of(store)
+    work.mkdir()
+    group_meta = json.loads((store / "zarr.json").read_text())
+    meta = group_meta["attributes"]["hsicluster"]
+    for key in ("statistics", "valid_pixels", "completed"):
+        meta.pop(key, None)
+    meta["complete"] = False
+    (work / "zarr.json").write_text(json.dumps(group_meta))
+    import shutil
+
+    shutil.rmtree(store)
+    ingest(geotiff.path, store, chunk=16)
+    assert_round_trip(store, geotiff, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# a real kill, in a subprocess
+
+
+def test_kill_and_rerun_gives_the_same_store(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(24, 512, 512, "float32", seed=5, nan_pixels=40, inf_pixels=10, nodata=-9999.0,
+                                  nodata_pixels=40)
+    written = helpers.write_geotiff(tmp_path / "scene.tif", cube, nodata=-9999.0, tiled=True, blocksize=32,
+                                    wavelength_nm=helpers.spectral_axis(24)[0])
+    del cube
+    store, reference = tmp_path / "killed.zarr", tmp_path / "reference.zarr"
+    markers = partial_of(store) / PROGRESS_DIR
+    total = (512 // 32) ** 2
+    command = helpers.python_module_command("ingest", str(written.path), "-o", str(store), "--chunk", "32",
+                                            "--quiet", "--workers", "1")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = 0
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                seen = len(os.listdir(markers))
+            except FileNotFoundError:
+                seen = 0
+            if seen >= 8:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.003)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the ingest ended (rc {proc.returncode}) before it could be killed with {seen} blocks done; "
+        f"stderr: {err.decode()[-500:]}")
+    done = len(os.listdir(markers))
+    print(f"killed with {done}/{total} blocks done")
+    assert 0 < done < total
+    assert not store.exists(), "a killed ingest must not leave anything at the destination"
+    with pytest.raises(SceneError, match="incomplete"):
+        open_scene(partial_of(store))
+    with pytest.raises(SceneError):
+        open_scene(store)
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not partial_of(store).exists()
+    ingest(written.path, reference, chunk=32)
+
+    killed_arrays, reference_arrays = store_arrays(store), store_arrays(reference)
+    np.testing.assert_array_equal(killed_arrays["data"], reference_arrays["data"])
+    np.testing.assert_array_equal(killed_arrays["valid"], reference_arrays["valid"])
+    killed_meta, reference_meta = store_metadata(store), store_metadata(reference)
+    assert killed_meta["statistics"] == reference_meta["statistics"]
+    assert killed_meta["valid_pixels"] == reference_meta["valid_pixels"]
+    for key in ("crs", "transform", "nodata", "wavelength", "shape", "dtype", "chunk", "source"):
+        assert killed_meta[key] == reference_meta[key], key
+    np.testing.assert_array_equal(killed_arrays["data"], written.cube)
+
+
+# --------------------------------------------------------------------------------------------
+# bounded memory on a big scene
+
+
+@pytest.mark.slow
+def test_ingest_of_a_big_scene_keeps_memory_bounded(tmp_path: Path) -> None:
+    bands, height, width = 128, 2048, 2048  # float32: 2.15 GB
+    source = tmp_path / "big.img"
+    try:
+        start = time.perf_counter()
+        written = helpers.write_big_envi_bsq(source, bands=bands, height=height, width=width, dtype="float32")
+        size = source.stat().st_size
+        assert size >= 2e9
+        write_s = time.perf_counter() - start
+        store = tmp_path / "big.zarr"
+        run = helpers.run_measured(helpers.measured_cli_command("ingest", str(written.path), "-o", str(store),
+                                                                "--quiet"), timeout=1500)
+        print(f"\nbounded-memory ingest: {size / 1e9:.2f} GB ENVI BSQ ({bands}×{height}×{width} float32), "
+              f"written in {write_s:.1f} s; ingest {run.wall_s:.1f} s ({size / 1e6 / run.wall_s:.0f} MB/s); "
+              f"peak RSS {run.peak_rss_bytes / 1e6:.0f} MB (VmHWM; polled {run.polled_peak_rss_bytes / 1e6:.0f} MB, "
+              f"wait4 ru_maxrss incl. fork {run.ru_maxrss_bytes / 1e6:.0f} MB)")
+        assert run.returncode == 0, run.stderr
+        assert run.peak_rss_bytes < 600e6
+        scene = open_scene(store)
+        assert scene.shape == (bands, height, width)
+        # write_big_envi_bsq puts NaN in band b at row b, every 997th column
+        assert scene.attrs["valid_pixels"] == height * width - bands * len(range(0, width, 997))
+        corner = scene[:, :64, :64].values
+        assert np.isfinite(corner[:, 1:, 1:]).all()
+    finally:
+        for path in (source, source.with_suffix(".hdr")):
+            path.unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(tmp_path / "big.zarr", ignore_errors=True)

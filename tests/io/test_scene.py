@@ -1,0 +1,346 @@
+"""``open_scene``: every supported format → lazy ``(band, y, x)`` with the file's metadata."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.crs import CRS
+
+from hsi_cluster.errors import SceneError
+from hsi_cluster.io import open_scene
+from tests import helpers
+from tests.helpers import EPSG, SyntheticScene
+
+psutil = pytest.importorskip("psutil")
+
+UTM_TRANSFORM = tuple(helpers.utm_transform())[:6]
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def assert_same_values(scene: xr.DataArray, expected: np.ndarray) -> None:
+    """Shape, dtype and values (NaN where NaN) of an opened scene equal ``expected`` (band, y, x)."""
+    assert scene.dims == ("band", "y", "x")
+    assert scene.shape == expected.shape
+    assert scene.dtype == expected.dtype
+    np.testing.assert_array_equal(scene.values, expected)
+
+
+def assert_georeferenced_utm(scene: xr.DataArray) -> None:
+    assert scene.attrs["georeferenced"] is True
+    assert CRS.from_wkt(scene.attrs["crs"]) == CRS.from_epsg(EPSG)
+    assert CRS.from_wkt(scene.attrs["crs"]).to_epsg() == EPSG
+    assert scene.attrs["transform"] == pytest.approx(UTM_TRANSFORM)
+    # pixel-centre coordinates
+    west, north = helpers.ORIGIN
+    assert scene.x.values[0] == pytest.approx(west + helpers.PIXEL_SIZE / 2)
+    assert scene.y.values[0] == pytest.approx(north - helpers.PIXEL_SIZE / 2)
+    assert np.diff(scene.x.values) == pytest.approx(np.full(scene.sizes["x"] - 1, helpers.PIXEL_SIZE))
+    assert np.diff(scene.y.values) == pytest.approx(np.full(scene.sizes["y"] - 1, -helpers.PIXEL_SIZE))
+
+
+def assert_not_georeferenced(scene: xr.DataArray) -> None:
+    assert scene.attrs["crs"] is None
+    assert scene.attrs["georeferenced"] is False
+    assert scene.attrs["transform"] == IDENTITY
+
+
+# --------------------------------------------------------------------------------------------
+# GeoTIFF
+
+
+@pytest.mark.parametrize("dtype,nodata", [("int16", -9999), ("uint16", 0), ("float32", -9999.0),
+                                          ("float64", None)])
+@pytest.mark.parametrize("tiled", [False, True], ids=["striped", "tiled"])
+def test_geotiff_dtypes(tmp_path: Path, dtype: str, nodata: float | None, tiled: bool) -> None:
+    cube = helpers.synthetic_cube(5, 37, 29, dtype, seed=7, nodata=nodata, nodata_pixels=3 if nodata is not None
+                                  else 0)
+    written = helpers.write_geotiff(tmp_path / "s.tif", cube, nodata=nodata, tiled=tiled)
+    scene = open_scene(written.path)
+    assert_same_values(scene, cube)
+    with rasterio.open(written.path) as ds:
+        np.testing.assert_array_equal(scene.values, ds.read())
+    assert_georeferenced_utm(scene)
+    assert scene.attrs["nodata"] == (None if nodata is None else float(nodata))
+    assert scene.attrs["format"] == "GTiff"
+    assert scene.attrs["source"] == str(written.path.absolute())
+    assert list(scene.band.values) == [1, 2, 3, 4, 5]
+    assert "wavelength" not in scene.coords and "fwhm" not in scene.coords and "good_band" not in scene.coords
+
+
+def test_geotiff_nan_pixels_and_band_tags_in_micrometres(geotiff: SyntheticScene) -> None:
+    scene = open_scene(geotiff.path)
+    assert np.isnan(geotiff.cube).any() and np.isinf(geotiff.cube).any()
+    assert_same_values(scene, geotiff.cube)  # NaN/Inf are values, not errors
+    assert_georeferenced_utm(scene)
+    assert scene.attrs["nodata"] == -9999.0
+    np.testing.assert_allclose(scene.wavelength.values, geotiff.wavelength_nm, rtol=1e-12)
+    np.testing.assert_allclose(scene.fwhm.values, geotiff.fwhm_nm, rtol=1e-12)
+    assert scene.wavelength.dims == ("band",)
+
+
+@pytest.mark.parametrize("units", ["nanometers", "micrometers"])
+def test_geotiff_band_tags_normalised_to_nm(tmp_path: Path, units: str) -> None:
+    wl, fw = helpers.spectral_axis(4, 410.5, 980.25)
+    cube = helpers.synthetic_cube(4, 8, 9, "float32")
+    written = helpers.write_geotiff(tmp_path / "s.tif", cube, wavelength_nm=wl, fwhm_nm=fw, wavelength_units=units,
+                                    good_band=[True, False, True, True])
+    scene = open_scene(written.path)
+    np.testing.assert_allclose(scene.wavelength.values, wl, rtol=1e-12)
+    np.testing.assert_allclose(scene.fwhm.values, fw, rtol=1e-12)
+    assert scene.good_band.dtype == bool
+    assert scene.good_band.values.tolist() == [True, False, True, True]
+
+
+def test_geotiff_without_crs_is_not_georeferenced(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(3, 6, 7, "int16")
+    written = helpers.write_geotiff(tmp_path / "plain.tif", cube, crs=None)
+    scene = open_scene(written.path)
+    assert_same_values(scene, cube)
+    assert_not_georeferenced(scene)
+
+
+# --------------------------------------------------------------------------------------------
+# ENVI
+
+
+def test_envi_metadata(envi_bsq: SyntheticScene) -> None:
+    scene = open_scene(envi_bsq.path)
+    assert_same_values(scene, envi_bsq.cube)
+    assert_georeferenced_utm(scene)
+    assert scene.attrs["format"] == "ENVI"
+    assert scene.attrs["nodata"] == -9999.0
+    # the header gives micrometres: normalised to nanometres
+    np.testing.assert_allclose(scene.wavelength.values, envi_bsq.wavelength_nm, rtol=1e-9)
+    assert scene.wavelength.values.min() > 300
+    np.testing.assert_allclose(scene.fwhm.values, envi_bsq.fwhm_nm, rtol=1e-9)
+    assert scene.good_band.values.tolist() == [True, True, False, True, True, False, True]
+
+
+@pytest.mark.parametrize("units", ["Nanometers", "Micrometers"])
+def test_envi_wavelength_units(tmp_path: Path, units: str) -> None:
+    wl, fw = helpers.spectral_axis(5, 380.0, 2510.0)
+    written = helpers.write_envi(tmp_path / "s.img", helpers.synthetic_cube(5, 6, 7, "float32"),
+                                 wavelength_nm=wl, fwhm_nm=fw, wavelength_units=units)
+    scene = open_scene(written.path)
+    np.testing.assert_allclose(scene.wavelength.values, wl, rtol=1e-9)
+    np.testing.assert_allclose(scene.fwhm.values, fw, rtol=1e-9)
+    assert "good_band" not in scene.coords
+
+
+def test_envi_via_header_and_via_binary(envi_bsq: SyntheticScene) -> None:
+    by_binary = open_scene(envi_bsq.path)
+    by_header = open_scene(envi_bsq.header)
+    xr.testing.assert_identical(by_binary, by_header)
+    assert by_header.attrs["source"] == str(envi_bsq.path.absolute())
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "float32", "float64"])
+def test_envi_interleaves_identical(tmp_path: Path, dtype: str) -> None:
+    cube = helpers.synthetic_cube(6, 13, 11, dtype, seed=4)
+    wl, fw = helpers.spectral_axis(6)
+    scenes = {}
+    for interleave in ("bsq", "bil", "bip"):
+        written = helpers.write_envi(tmp_path / f"{interleave}.img", cube, interleave=interleave, wavelength_nm=wl,
+                                     fwhm_nm=fw, bbl=[1, 0, 1, 1, 1, 1])
+        scenes[interleave] = open_scene(written.header)
+        assert_same_values(scenes[interleave], cube)
+    for interleave in ("bil", "bip"):
+        np.testing.assert_array_equal(scenes[interleave].values, scenes["bsq"].values)
+        for coord in ("wavelength", "fwhm", "good_band"):
+            np.testing.assert_array_equal(scenes[interleave][coord].values, scenes["bsq"][coord].values)
+        assert scenes[interleave].attrs["transform"] == scenes["bsq"].attrs["transform"]
+
+
+def test_envi_without_map_info(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(4, 5, 6, "uint16")
+    written = helpers.write_envi(tmp_path / "s.img", cube, georeferenced=False)
+    scene = open_scene(written.path)
+    assert_same_values(scene, cube)
+    assert_not_georeferenced(scene)
+    assert scene.attrs["nodata"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# .npy / .mat
+
+
+def test_npy(npy_scene: SyntheticScene) -> None:
+    scene = open_scene(npy_scene.path)
+    assert_same_values(scene, npy_scene.cube)
+    np.testing.assert_array_equal(scene.values, np.load(npy_scene.path).transpose(2, 0, 1))
+    assert_not_georeferenced(scene)
+    assert scene.attrs["nodata"] is None
+    assert scene.attrs["format"] == "npy"
+
+
+@pytest.mark.parametrize("fmt", ["mat-v5", "mat-v7.3"])
+@pytest.mark.parametrize("dtype", ["int16", "float32", "float64"])
+def test_mat(scene_factory, fmt: str, dtype: str) -> None:
+    cube = helpers.synthetic_cube(5, 9, 7, dtype, seed=5)  # y != x: catches a swapped transpose
+    written = scene_factory(fmt, cube, extra={"labels": np.arange(63, dtype=np.uint8).reshape(9, 7)})
+    scene = open_scene(written.path)
+    assert_same_values(scene, cube)
+    assert_not_georeferenced(scene)
+    assert scene.attrs["variable"] == "cube"
+
+
+@pytest.mark.parametrize("fmt", ["mat-v5", "mat-v7.3"])
+def test_mat_variable_choice(scene_factory, fmt: str) -> None:
+    cube = helpers.synthetic_cube(4, 6, 5, "float32", seed=8)
+    other = helpers.synthetic_cube(3, 6, 5, "float32", seed=9)
+    written = scene_factory(fmt, cube, var="first", extra={"second": np.ascontiguousarray(other.transpose(1, 2, 0))})
+    with pytest.raises(SceneError, match="--var"):
+        open_scene(written.path)
+    assert_same_values(open_scene(written.path, var="first"), cube)
+    assert_same_values(open_scene(written.path, var="second"), other)
+    with pytest.raises(SceneError, match="nope"):
+        open_scene(written.path, var="nope")
+
+
+# --------------------------------------------------------------------------------------------
+# every format: lazy, dask-backed, picklable
+
+
+H5_NOT_PICKLABLE = pytest.mark.xfail(
+    strict=True, raises=TypeError,
+    reason="known limitation: a MATLAB v7.3 scene wraps an open h5py.Dataset, which cannot be pickled, "
+           "so it cannot travel to dask.distributed workers (GDAL scenes can, see RasterioWindowReader)")
+
+
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=H5_NOT_PICKLABLE) if f == "mat-v7.3" else f
+                                 for f in helpers.iter_formats()])
+def test_every_format_is_dask_backed_and_picklable(scene_factory, fmt: str) -> None:
+    written = scene_factory(fmt)
+    scene = open_scene(written.path)
+    assert isinstance(scene.data, da.Array)
+    assert scene.dims == ("band", "y", "x")
+    assert scene.data.chunks[0] == (scene.sizes["band"],)  # all bands in one chunk
+    clone = pickle.loads(pickle.dumps(scene.data))
+    np.testing.assert_array_equal(clone.compute(scheduler="synchronous"), written.cube)
+    window = scene.isel(y=slice(3, 11), x=slice(5, 17)).values
+    np.testing.assert_array_equal(window, written.cube[:, 3:11, 5:17])
+
+
+def _rss() -> int:
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+def test_open_is_lazy_for_a_big_npy(tmp_path: Path, npy_scene: SyntheticScene) -> None:
+    path = tmp_path / "big.npy"
+    shape = (1200, 1000, 96)  # y, x, band: 460 MB of float32
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    big[:8] = 1.5  # real bytes at both ends; the middle stays sparse
+    big[-8:] = 2.5
+    big.flush()
+    del big
+    open_scene(npy_scene.path).values  # warm up imports outside the measurement
+    before = _rss()
+    start = time.perf_counter()
+    scene = open_scene(path)
+    elapsed = time.perf_counter() - start
+    grown = _rss() - before
+    print(f"open_scene of a {np.prod(shape) * 4 / 1e6:.0f} MB .npy: {elapsed * 1000:.1f} ms, RSS +{grown / 1e6:.1f} MB")
+    assert scene.shape == (96, 1200, 1000)
+    assert elapsed < 0.5
+    assert grown < 50e6
+    assert float(scene[:, -1, -1].max()) == 2.5  # still readable on demand
+
+
+def test_open_is_lazy_for_a_big_envi(tmp_path: Path, envi_bsq: SyntheticScene) -> None:
+    path = tmp_path / "big.img"
+    bands, height, width = 64, 2000, 2000  # 1 GB of float32, sparse on disk
+    with open(path, "wb") as out:
+        out.truncate(bands * height * width * 4)
+    fields = helpers.envi_header_fields(samples=width, lines=height, bands=bands, dtype="float32",
+                                        wavelength_nm=helpers.spectral_axis(bands)[0])
+    path.with_suffix(".hdr").write_text(helpers.envi_header_text(fields))
+    open_scene(envi_bsq.path).values
+    before = _rss()
+    start = time.perf_counter()
+    scene = open_scene(path)
+    elapsed = time.perf_counter() - start
+    grown = _rss() - before
+    assert scene.shape == (bands, height, width)
+    assert elapsed < 0.5
+    assert grown < 50e6
+
+
+# --------------------------------------------------------------------------------------------
+# real scenes
+
+
+def test_indian_pines(indian_pines: Path) -> None:
+    scene = open_scene(indian_pines)
+    assert scene.shape == (200, 145, 145)
+    assert scene.dtype == np.uint16
+    assert isinstance(scene.data, da.Array)
+    np.testing.assert_array_equal(scene.values, np.load(indian_pines).transpose(2, 0, 1))
+    assert_not_georeferenced(scene)
+
+
+def _assert_salinas_a(path: Path) -> None:
+    for entry in (path, path.with_suffix(".hdr")):
+        scene = open_scene(entry)
+        assert scene.shape == (204, 83, 86)
+        assert scene.dtype == np.int16
+        assert scene.attrs["format"] == "ENVI"
+        assert_not_georeferenced(scene)
+        with rasterio.open(path) as ds:
+            np.testing.assert_array_equal(scene.values, ds.read())
+
+
+def test_salinas_a(salinas_a: Path) -> None:
+    _assert_salinas_a(salinas_a)
+
+
+def test_sample_salinas_a_shipped_in_package(sample_salinas_a: Path) -> None:
+    assert sample_salinas_a.is_file(), "the package should ship Salinas-A as its sample scene"
+    _assert_salinas_a(sample_salinas_a)
+    assert (sample_salinas_a.parent / "SalinasA_gt.mat").is_file()
+    assert (sample_salinas_a.parent / "PyHAT_LICENSE").is_file()
+
+
+def test_sample_salinas_a_equals_shared_copy(sample_salinas_a: Path, salinas_a: Path) -> None:
+    np.testing.assert_array_equal(open_scene(sample_salinas_a).values, open_scene(salinas_a).values)
+
+
+@pytest.mark.parametrize("fmt", ["geotiff", "envi-bip", "npy"])
+def test_views_with_other_chunks_combine_correctly(scene_factory, fmt: str) -> None:
+    """Two opens of one file with different chunking must not share dask keys (silent wrong sums)."""
+    written = scene_factory(fmt, helpers.synthetic_cube(4, 40, 36, "float32", seed=11))
+    default = open_scene(written.path)
+    small = open_scene(written.path, chunks=(16, 16))
+    assert small.data.chunks[1:] == ((16, 16, 8), (16, 16, 4))
+    stacked = da.stack([default.data, small.data]).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(stacked[0], written.cube)
+    np.testing.assert_array_equal(stacked[1], written.cube)
+    assert float((default.data - small.data).max().compute()) == 0.0
+
+
+def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
+    import h5py
+
+    small = scene_factory("mat-v7.3")
+    path = tmp_path / "big.mat"
+    with h5py.File(path, "w", userblock_size=512) as handle:  # (band, x, y) in HDF5 = (y, x, band) in MATLAB
+        handle.create_dataset("cube", shape=(96, 1000, 1200), dtype="float32", chunks=(96, 64, 64))
+    with open(small.path, "rb") as src, open(path, "r+b") as dst:
+        dst.write(src.read(128))  # the MATLAB 7.3 text header
+    open_scene(small.path).values
+    before = _rss()
+    start = time.perf_counter()
+    scene = open_scene(path)
+    elapsed = time.perf_counter() - start
+    grown = _rss() - before
+    assert scene.shape == (96, 1200, 1000)
+    assert elapsed < 0.5
+    assert grown < 50e6
