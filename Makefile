@@ -11,6 +11,7 @@ TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 OUT ?= out
 SAMPLE := hsi_cluster/sample_data/salinas_a/SalinasA_corrected.hdr
+SAMPLE_GT := hsi_cluster/sample_data/salinas_a/SalinasA_gt.mat
 
 .PHONY: setup demo test test-all bench clean
 
@@ -30,6 +31,10 @@ demo: setup
 	mkdir -p $(OUT)
 	$(VENV)/bin/hsicluster ingest $(SAMPLE) -o $(OUT)/salinas_a.zarr --overwrite
 	$(VENV)/bin/hsicluster info $(OUT)/salinas_a.zarr
+	$(VENV)/bin/hsicluster train $(OUT)/salinas_a.zarr -k 6 -o $(OUT)/salinas_a.ckpt --overwrite
+	$(VENV)/bin/hsicluster predict $(OUT)/salinas_a.zarr -m $(OUT)/salinas_a.ckpt -o $(OUT)/salinas_a_labels.tif \
+		--quicklook $(OUT)/salinas_a_labels.png --overwrite
+	$(VENV)/bin/hsicluster evaluate $(OUT)/salinas_a_labels.tif $(SAMPLE_GT)
 
 test: setup
 	$(PY) -m pytest -q

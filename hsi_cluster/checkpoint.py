@@ -125,7 +125,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than weights and plain "
                               "data (it may be unsafe or not an hsicluster checkpoint)") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]}); "
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # EOFError of an empty file: no text
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); "
                               "it may be truncated — retrain or restore it") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an hsicluster checkpoint")

@@ -164,6 +164,33 @@ def train(scene: Path, n_clusters: int, output: Path, preset: str, config_file: 
 
 
 @main.command()
+@click.argument("scene", type=click.Path(path_type=Path))
+@click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint from 'hsicluster train'.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Label GeoTIFF (COG) to write.")
+@click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--confidence", type=click.Path(path_type=Path), default=None,
+              help="Also write the winning cluster probability (float32 GeoTIFF).")
+@click.option("--quicklook", type=click.Path(path_type=Path), default=None, help="Also write a PNG with a legend.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished tiles.")
+@command_options
+def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
+            quicklook: Path | None, overwrite: bool, resume: bool, quiet: bool) -> None:
+    """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
+    from hsi_cluster.predict import predict_scene
+
+    with progress_bar("predict", unit="tile", quiet=quiet) as update:
+        result = predict_scene(scene, checkpoint, output, tiles=tiles, device=device, confidence_path=confidence,
+                               quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=update)
+    if not quiet:
+        resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
+        click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
+                   f"{result.megapixels_per_second:.2f} Mpix/s)")
+
+
+@main.command()
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.argument("truth", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

@@ -34,6 +34,9 @@ class TrainConfig:
         entropy_weight: weight of the cluster-balance regulariser (0: off, as in the paper).
         temperature, offdiag_weight: loss hyperparameters.
         augment: the augmentation pool's parameters (see :class:`AugmentConfig`).
+        self_label_epochs: epochs of self-labelling after the contrastive epochs (0: off, as in the
+            paper): confident predictions on clean patches supervise augmented views.
+        self_label_threshold: minimum cluster probability for a pseudo-label.
         pca_samples: pixels sampled to fit the PCA.
         workers: DataLoader worker processes (0: in the main process).
         amp: bf16 mixed precision on CUDA.
@@ -58,6 +61,8 @@ class TrainConfig:
     temperature: float = 0.5
     offdiag_weight: float = 0.005
     augment: AugmentConfig = field(default_factory=AugmentConfig.mild)
+    self_label_epochs: int = 0
+    self_label_threshold: float = 0.99
     pca_samples: int = 100_000
     workers: int = 0
     amp: bool = True
@@ -73,6 +78,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The exact recipe of the paper and its reference code.
     "paper": {
+        "self_label_epochs": 0,
         "backbone": "resnet", "backbone_kwargs": {}, "patch_size": 11, "batch_size": 512, "epochs": 200,
         "lr": 2e-4, "weight_decay": 5e-3, "lr_step_epochs": 20, "lr_gamma": 0.1, "entropy_weight": 0.0,
         "augment": AugmentConfig().to_dict(),

@@ -7,6 +7,9 @@ the reference for the tiled, fully convolutional path.
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +18,18 @@ import torch
 import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hsi_cluster.data.sampler import read_padded_window
+from hsi_cluster.data.sampler import invalid_fill, read_padded_window
+import xarray as xr
+
+from hsi_cluster import __version__
+from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
+from hsi_cluster.data.stats import valid_pixel_mask
+from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.geo import BlockGrid
+from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
+from hsi_cluster.io.scene import open_scene
+from hsi_cluster.model.backbones import DenseBackbone
+from hsi_cluster.model.heads import apply_per_pixel
 from hsi_cluster.model.sscc import SSCC
 
 #: Label value of pixels that could not be labelled (invalid input) in in-memory results.
@@ -48,13 +61,15 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
     halo = patch_size // 2
     labels = np.full((height, width), NO_LABEL, dtype=np.int32)
     confidence = np.full((height, width), np.nan, dtype=np.float32)
+    fill = invalid_fill(store)  # invalid neighbours read as the band means, as in training
     model = model.to(device).eval()
     for done, (i, j) in enumerate(grid, start=1):
         window = grid.window(i, j)
         rows, cols = window.slices
         r, c = np.nonzero(valid[rows, cols])
         if len(r):
-            padded = read_padded_window(data, rows.start, rows.stop, cols.start, cols.stop, halo)
+            padded = read_padded_window(data, rows.start, rows.stop, cols.start, cols.stop, halo, valid=valid,
+                                        fill=fill)
             views = sliding_window_view(padded, (patch_size, patch_size), axis=(1, 2))
             for start in range(0, len(r), batch_size):
                 rr, cc = r[start:start + batch_size], c[start:start + batch_size]
@@ -65,3 +80,198 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
         if progress:
             progress(done, len(grid))
     return labels, confidence
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiled inference: the whole scene, tile by tile, written to a georeferenced label raster.
+
+
+@dataclass
+class PredictResult:
+    """What a finished ``predict`` reports."""
+
+    output: Path
+    confidence: Path | None
+    quicklook: Path | None
+    tiles: int
+    tiles_resumed: int
+    pixels: int
+    valid_pixels: int
+    seconds: float
+    counts: dict[int, int]
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.pixels / 1e6 / max(self.seconds, 1e-9)
+
+
+def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *, tolerance_nm: float = 1.0) -> None:
+    """Raise before any work when the scene's bands do not fit the model."""
+    source = scene.attrs["source"]
+    if scene.shape[0] != checkpoint.in_bands:
+        raise HsiClusterError(f"{source}: has {scene.shape[0]} bands but the model {checkpoint.path.name} was trained "
+                              f"on {checkpoint.in_bands}; use a scene from the same sensor/processing or retrain")
+    trained = checkpoint.wavelength
+    if trained is not None and "wavelength" in scene.coords:
+        offset = np.abs(np.asarray(trained) - scene.coords["wavelength"].values)
+        if offset.max() > tolerance_nm:
+            band = int(np.argmax(offset))
+            raise HsiClusterError(f"{source}: band {band + 1} is at {scene.coords['wavelength'].values[band]:.1f} nm but "
+                                  f"the model expects {trained[band]:.1f} nm; the scene's wavelengths do not match the "
+                                  "training scene's")
+    patch = checkpoint.patch_size
+    if scene.shape[1] < patch or scene.shape[2] < patch:
+        raise HsiClusterError(f"{source}: the scene ({scene.shape[1]}×{scene.shape[2]} pixels) is smaller than the "
+                              f"model's {patch}×{patch} patch")
+
+
+@torch.no_grad()
+def _tile_logits(model: SSCC, padded: np.ndarray, *, halo: int, patch_size: int, device: torch.device,
+                 amp: bool, batch_size: int = 4096) -> torch.Tensor:
+    """Cluster probabilities of the interior of a padded tile (B, H + 2h, W + 2h) → (K, H, W).
+
+    The projection (a per-pixel linear map) is applied once to the whole tile, in row strips to
+    bound memory; the dense backbone then runs fully convolutionally, the ResNet one on unfolded
+    patches in batches.
+    """
+    n_bands, height, width = padded.shape
+    projected = torch.empty((1, model.projection.out_channels, height, width), dtype=torch.float32, device=device)
+    strip = max(1, (64 * 2**20) // (n_bands * width * 4))
+    for start in range(0, height, strip):
+        rows = torch.from_numpy(np.ascontiguousarray(padded[:, start:start + strip], dtype=np.float32))
+        projected[:, :, start:start + strip] = model.project(rows.unsqueeze(0).to(device))
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        if isinstance(model.backbone, DenseBackbone):
+            features = model.backbone.forward_dense(projected)
+            logits = apply_per_pixel(model.cluster_head, features)[0]
+        else:
+            inner_h, inner_w = height - 2 * halo, width - 2 * halo
+            patches = projected[0].unfold(1, patch_size, 1).unfold(2, patch_size, 1)  # (C, h, w, p, p)
+            patches = patches.permute(1, 2, 0, 3, 4).reshape(inner_h * inner_w, -1, patch_size, patch_size)
+            logits = torch.cat([model.forward_projected(patches[s:s + batch_size])
+                                for s in range(0, len(patches), batch_size)]).T.reshape(-1, inner_h, inner_w)
+    return torch.softmax(logits.float(), dim=0)
+
+
+def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str],
+                  output: str | os.PathLike[str], *, tiles: int = 512, device: str = "auto",
+                  confidence_path: str | os.PathLike[str] | None = None,
+                  quicklook_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
+                  resume: bool = False, progress: Callable[[int, int], None] | None = None) -> PredictResult:
+    """Label every pixel of a scene with a trained model and write a label COG.
+
+    Args:
+        scene_path: any raster :func:`~hsi_cluster.io.open_scene` reads, or a store.
+        checkpoint_path: a checkpoint from ``hsicluster train``.
+        output: the label GeoTIFF (COG layout, uint8/uint16, nodata = dtype max, colour table).
+        tiles: tile side T in pixels; each tile is read with a halo of (patch − 1) / 2 pixels.
+        device: "auto", "cpu" or "cuda" (bf16 autocast on CUDA when the model trained with amp).
+        confidence_path: optional float32 raster of the winning probability (NaN = nodata).
+        quicklook_path: optional PNG with a legend.
+        overwrite: replace existing outputs.
+        resume: continue from the finished tiles of an interrupted run.
+        progress: ``(tiles_done, tiles_total)`` callback.
+
+    Raises:
+        HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
+    """
+    from hsi_cluster.train import device_from
+
+    started = time.perf_counter()
+    output = Path(output).expanduser().absolute()
+    extra = [Path(p).expanduser().absolute() for p in (confidence_path, quicklook_path) if p is not None]
+    for path in (output, *extra):
+        if path.exists() and not (overwrite or resume):
+            raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+        if not path.parent.is_dir():
+            raise OutputError(f"{path}: folder {path.parent} does not exist; create it first")
+        if not os.access(path.parent, os.W_OK):
+            raise OutputError(f"{path}: folder {path.parent} is not writable; choose another output path")
+    if tiles < 8:
+        raise HsiClusterError(f"--tiles {tiles} is too small; use at least 8 pixels (512 is a good default)")
+    checkpoint = load_checkpoint(checkpoint_path)
+    scene = open_scene(scene_path)
+    check_scene_matches(checkpoint, scene)
+    torch_device = device_from(device)
+    model = checkpoint.build_model().to(torch_device).eval()
+    amp = bool(checkpoint.payload["train_config"].get("amp")) and torch_device.type == "cuda"
+    patch_size, halo = checkpoint.patch_size, checkpoint.patch_size // 2
+    n_clusters = checkpoint.n_clusters
+    dtype, nodata = label_dtype(n_clusters)
+    _, height, width = scene.shape
+    grid = BlockGrid(height, width, tiles)
+    fill = np.asarray(checkpoint.payload["spectral"]["mean"].numpy())
+    good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
+    scene_nodata = scene.attrs.get("nodata")
+    digest = checkpoint.sha256()
+    source = Path(scene.attrs["source"])
+    identity = {"checkpoint": digest, "source": str(source), "mtime_ns": source.stat().st_mtime_ns,
+                "shape": list(scene.shape), "tiles": tiles, "confidence": confidence_path is not None}
+    store = TileStore.open_or_create(output, grid=grid, dtype=dtype, nodata=nodata,
+                                     with_confidence=confidence_path is not None, identity=identity, resume=resume)
+    todo = [(i, j) for i, j in grid if not store.is_done(i, j)]
+    resumed = len(grid) - len(todo)
+    data = scene.data
+
+    def read(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        window = grid.window(i, j)
+        padded = read_padded_window(data, window.row, window.row + window.height, window.col,
+                                    window.col + window.width, halo)
+        valid = valid_pixel_mask(padded, nodata=scene_nodata, good_band=good_band)
+        if not valid.all():  # holes read as the training mean, as in training
+            padded = np.where(valid[None], padded, fill.astype(padded.dtype)[:, None, None])
+        return padded, valid[halo:halo + window.height, halo:halo + window.width]
+
+    done = resumed
+    if progress:
+        progress(done, len(grid))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
+        upcoming = reader.submit(read, *todo[0]) if todo else None
+        for index, (i, j) in enumerate(todo):
+            padded, valid = upcoming.result()
+            if index + 1 < len(todo):  # read the next tile while this one computes
+                upcoming = reader.submit(read, *todo[index + 1])
+            window = grid.window(i, j)
+            tile_labels = np.full((window.height, window.width), nodata, dtype=dtype)
+            tile_confidence = np.full((window.height, window.width), np.nan, dtype=np.float32)
+            if valid.any():
+                probabilities = _tile_logits(model, padded, halo=halo, patch_size=patch_size, device=torch_device,
+                                             amp=amp)
+                confidence, labels = probabilities.max(dim=0)
+                tile_labels[valid] = labels.cpu().numpy().astype(dtype)[valid]
+                tile_confidence[valid] = confidence.cpu().numpy()[valid]
+            store.write(i, j, *window.slices, tile_labels,
+                        tile_confidence if confidence_path is not None else None)
+            done += 1
+            if progress:
+                progress(done, len(grid))
+
+    raster = RasterGrid(height, width, scene.attrs.get("crs"),
+                        tuple(scene.attrs["transform"]) if scene.attrs.get("georeferenced") else None)
+    tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
+            "HSICLUSTER_BACKBONE": str(checkpoint.payload["backbone"]), "HSICLUSTER_VERSION": __version__,
+            "HSICLUSTER_SOURCE": str(source)}
+    labels_array = store.group["labels"]
+    write_cog(labels_array, output, grid=raster, nodata=nodata, colormap=colour_table(n_clusters),
+              description=f"SSCC cluster label (K={n_clusters}, model {digest})", tags=tags)
+    confidence_out = None
+    if confidence_path is not None:
+        confidence_out = write_cog(store.group["confidence"], Path(confidence_path).expanduser().absolute(),
+                                   grid=raster, nodata=float("nan"),
+                                   description="maximum cluster probability", tags=tags)
+    counts_array = np.zeros(n_clusters + 1, dtype=np.int64)
+    step = max(1, tiles)
+    for start in range(0, height, step):
+        block = labels_array[start:start + step, :]
+        counts_array += np.bincount(np.where(block == nodata, n_clusters, block).ravel(), minlength=n_clusters + 1)
+    quicklook_out = None
+    if quicklook_path is not None:
+        stride = max(1, max(height, width) // 1024)
+        quicklook_out = write_quicklook(labels_array[::stride, ::stride], Path(quicklook_path).expanduser().absolute(),
+                                        n_clusters=n_clusters, nodata=nodata,
+                                        title=f"{source.name}: {n_clusters} clusters (model {digest})")
+    store.remove()
+    return PredictResult(output=output, confidence=confidence_out, quicklook=quicklook_out, tiles=len(grid),
+                         tiles_resumed=resumed, pixels=height * width, valid_pixels=int(counts_array[:-1].sum()),
+                         seconds=time.perf_counter() - started,
+                         counts={k: int(counts_array[k]) for k in range(n_clusters)})

@@ -214,12 +214,14 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     generator.manual_seed(seed)
 
     sampler = PatchSampler(store, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask)
-    steps_per_epoch = sampler.batches_per_epoch()
+    steps_per_epoch = sampler.batches_per_epoch(shards=max(1, config.workers))  # workers each drop a partial batch
     if steps_per_epoch == 0:
         raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
-    total_steps = config.steps or config.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    contrastive_steps = config.steps or config.epochs * steps_per_epoch
+    total_steps = contrastive_steps + config.self_label_epochs * steps_per_epoch
+    epochs = math.ceil(contrastive_steps / steps_per_epoch) + config.self_label_epochs
     step, epoch, batch_in_epoch, history, elapsed_before = 0, 0, 0, [], 0.0
+    resumed_epoch_losses: list[float] = []
     if resume_from is not None:
         state = resume_from.payload["training"]
         model.load_state_dict(resume_from.payload["state_dict"])
@@ -228,6 +230,7 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         generator.set_state(state["generator"].to(generator.get_state().device))
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
+        resumed_epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     use_amp = config.amp and torch_device.type == "cuda"
     started = time.perf_counter()
@@ -237,13 +240,14 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         training = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "seed": seed,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state().cpu(), "history": history,
+                    "epoch_losses": list(epoch_losses),
                     "seconds": elapsed_before + time.perf_counter() - started, "total_steps": total_steps,
                     "steps_per_epoch": steps_per_epoch, "device": str(torch_device)}
         return make_payload(model, train_config=config.to_dict(), spectral=spectral, scenes=identity,
                             wavelength=wavelength, complete=complete, training=training)
 
     model.train()
-    epoch_losses: list[float] = []
+    epoch_losses: list[float] = resumed_epoch_losses  # losses of the unfinished epoch so far
     while step < total_steps and epoch < epochs:
         sampler.set_epoch(epoch, start_batch=batch_in_epoch)
         loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=config.workers,
@@ -253,15 +257,13 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(torch_device, non_blocking=True)
             with torch.no_grad():
                 projected = model.project(raw)
-            view1, view2 = two_views(projected, augmenter, generator)
             with torch.autocast(device_type=torch_device.type, dtype=torch.bfloat16, enabled=use_amp):
-                probs1 = probs(model.forward_projected(view1))
-                probs2 = probs(model.forward_projected(view2))
-            terms = criterion(probs1, probs2)
-            loss = terms["loss"]
-            if config.entropy_weight > 0:
-                entropy = balance(probs1) + balance(probs2)
-                loss = loss + config.entropy_weight * entropy
+                if step < contrastive_steps:
+                    loss, terms = _contrastive_step(model, projected, augmenter, generator, criterion, balance,
+                                                    config.entropy_weight)
+                else:
+                    loss, terms = _self_label_step(model, projected, augmenter, generator,
+                                                   config.self_label_threshold)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -274,14 +276,15 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             epoch_losses.append(value)
             if progress:
                 rate = samples_seen / max(time.perf_counter() - started, 1e-9)
-                progress(step, total_steps, {"loss": value, "inst": float(terms["instance"].detach()),
-                                             "cc": float(terms["cluster"].detach()), "samples/s": rate,
+                progress(step, total_steps, {"loss": value, "inst": terms["instance"], "cc": terms["cluster"], "samples/s": rate,
                                              "step_s": time.perf_counter() - tick})
             if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
                 break
-            if checkpoint_every and step % checkpoint_every == 0 and config.workers == 0:
+            if checkpoint_every and step % checkpoint_every == 0 and config.workers == 0 and \
+                    batch_in_epoch < steps_per_epoch:  # at the epoch's end, the epoch checkpoint follows
                 save_checkpoint(payload(False), partial)
-        if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+        stop = stop_after_steps is not None and step >= stop_after_steps and step < total_steps
+        if stop and batch_in_epoch < steps_per_epoch:
             save_checkpoint(payload(False), partial)
             raise KeyboardInterrupt(f"stopped after {step} steps as asked")
         mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
@@ -294,12 +297,48 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         batch_in_epoch = 0
         if step < total_steps:
             save_checkpoint(payload(False), partial)
+            if stop:  # stopped on the epoch's last batch: after its end-of-epoch bookkeeping
+                raise KeyboardInterrupt(f"stopped after {step} steps as asked")
     seconds = elapsed_before + time.perf_counter() - started
     save_checkpoint(payload(True), output)
     partial.unlink(missing_ok=True)
     curve = write_loss_curve(history, output.with_suffix(".loss.png"))
     return TrainResult(checkpoint=output, loss_curve=curve, steps=step, epochs=epoch, seconds=seconds,
                        samples_per_second=samples_seen / max(time.perf_counter() - started, 1e-9), history=history)
+
+
+def _contrastive_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter, generator: torch.Generator,
+                      criterion: SSCCLoss, balance: ClusterEntropyLoss,
+                      entropy_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """SSCC's objective on two augmented views of projected patches (N, C, p, p)."""
+    view1, view2 = two_views(projected, augmenter, generator)
+    probs1 = probs(model.forward_projected(view1))
+    probs2 = probs(model.forward_projected(view2))
+    terms = criterion(probs1, probs2)
+    loss = terms["loss"]
+    if entropy_weight > 0:
+        loss = loss + entropy_weight * (balance(probs1) + balance(probs2))
+    return loss, {"instance": float(terms["instance"].detach()), "cluster": float(terms["cluster"].detach())}
+
+
+def _self_label_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter, generator: torch.Generator,
+                     threshold: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Self-labelling (SCAN, Van Gansbeke et al. 2020): confident clean-patch labels teach augmented views.
+
+    Patches whose unaugmented cluster probability exceeds ``threshold`` give pseudo-labels; an
+    augmented view is trained on them with cross-entropy weighted by inverse label frequency so
+    large clusters cannot swallow small ones.
+    """
+    with torch.no_grad():
+        confidence, pseudo = probs(model.forward_projected(projected)).float().max(dim=1)
+    confident = confidence > threshold
+    logits = model.forward_projected(augmenter(projected, generator)).float()
+    if not bool(confident.any()):
+        return logits.sum() * 0.0, {"instance": 0.0, "cluster": 0.0}
+    counts = torch.bincount(pseudo[confident], minlength=logits.shape[1]).float()
+    weights = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0.0)
+    loss = torch.nn.functional.cross_entropy(logits[confident], pseudo[confident], weight=weights)
+    return loss, {"instance": float(confident.float().mean()), "cluster": float(loss.detach())}
 
 
 def write_loss_curve(history: list[dict[str, float]], path: Path) -> Path | None:

@@ -48,12 +48,6 @@ def sample_salinas_a() -> Path:
 
 
 @pytest.fixture
-def spectral() -> tuple[np.ndarray, np.ndarray]:
-    """Wavelengths and FWHM (nm) for the 6-band default synthetic cube."""
-    return helpers.spectral_axis(6)
-
-
-@pytest.fixture
 def geotiff(tmp_path: Path) -> SyntheticScene:
     """float32 GeoTIFF, EPSG:32633, 30 m, nodata -9999, NaN/Inf/nodata pixels, wavelengths in µm."""
     wl, fw = helpers.spectral_axis(6)

@@ -22,6 +22,7 @@ import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import IterableDataset, get_worker_info
 
+from hsi_cluster.data.spectral import store_band_stats
 from hsi_cluster.geo import BlockGrid
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20
@@ -36,21 +37,48 @@ class PatchBatch:
     cols: np.ndarray
 
 
-def read_padded_window(data: zarr.Array, row0: int, row1: int, col0: int, col1: int, halo: int) -> np.ndarray:
+def read_padded_window(data: zarr.Array, row0: int, row1: int, col0: int, col1: int, halo: int, *,
+                       valid: zarr.Array | np.ndarray | None = None, fill: np.ndarray | None = None) -> np.ndarray:
     """Rows ``[row0 - halo, row1 + halo)`` × cols likewise of a ``(band, y, x)`` array, reflect-padded.
 
     Parts outside the scene are filled by reflection about the first/last row/column (numpy's
     ``reflect``, i.e. the edge pixel is not repeated), as the patches of training and tiles of
     inference both see them.
+
+    With ``valid`` (the store's (y, x) mask) and ``fill`` (one value per band, see
+    :func:`invalid_fill`), invalid pixels (NaN, nodata) are replaced by ``fill`` before padding,
+    so a valid pixel next to a hole never hands NaN or the nodata value to the network.
     """
     _, height, width = data.shape
     top, bottom = max(row0 - halo, 0), min(row1 + halo, height)
     left, right = max(col0 - halo, 0), min(col1 + halo, width)
     window = data[:, top:bottom, left:right]
+    if valid is not None:
+        if fill is None:
+            raise ValueError("read_padded_window: pass fill (one value per band) with valid")
+        usable = np.asarray(valid[top:bottom, left:right], dtype=bool)
+        if not usable.all():
+            window = np.where(usable[None], window, np.asarray(fill, dtype=window.dtype)[:, None, None])
     pads = ((0, 0), (top - (row0 - halo), row1 + halo - bottom), (left - (col0 - halo), col1 + halo - right))
     if any(p for pair in pads for p in pair):
         window = np.pad(window, pads, mode="reflect")
     return window
+
+
+def invalid_fill(store: str | Path) -> np.ndarray:
+    """What invalid pixels read as inside patches: the store's per-band means over valid pixels.
+
+    The spectral projection maps the scene mean to zero, so a hole looks like a neutral pixel.
+    Returned in the store's dtype (rounded for integer data); 0 for a band with no valid pixel.
+    """
+    group = zarr.open_group(str(store), mode="r")
+    dtype = group["data"].dtype
+    mean = store_band_stats(store).mean
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        mean = np.clip(np.round(mean), info.min, info.max)
+    return mean.astype(dtype)
 
 
 class PatchSampler(IterableDataset):
@@ -96,6 +124,7 @@ class PatchSampler(IterableDataset):
                              "of the scene's size")
         block_bytes = self.shape[0] * (chunk + 2 * self.halo) ** 2 * group["data"].dtype.itemsize
         self.blocks_per_group = max(1, buffer_bytes // block_bytes)
+        self.fill = invalid_fill(self.store)
         self._valid_counts: np.ndarray | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -141,7 +170,8 @@ class PatchSampler(IterableDataset):
             pool = pool[n_full * self.batch_size:]
 
     # ---------------------------------------------------------------------------- extraction
-    def _extract(self, data: zarr.Array, centres: np.ndarray, cache: dict[int, np.ndarray]) -> PatchBatch:
+    def _extract(self, data: zarr.Array, valid: zarr.Array, centres: np.ndarray,
+                 cache: dict[int, np.ndarray]) -> PatchBatch:
         rows, cols = np.divmod(centres, self.shape[2])
         block_rows, block_cols = rows // self.grid.block, cols // self.grid.block
         block_ids = block_rows * self.grid.shape[1] + block_cols
@@ -151,7 +181,8 @@ class PatchSampler(IterableDataset):
             if block_id not in cache:
                 window = self.grid.window(*divmod(int(block_id), self.grid.shape[1]))
                 cache[int(block_id)] = read_padded_window(data, window.row, window.row + window.height,
-                                                          window.col, window.col + window.width, self.halo)
+                                                          window.col, window.col + window.width, self.halo,
+                                                          valid=valid, fill=self.fill)
             padded = cache[int(block_id)]
             members = np.nonzero(block_ids == block_id)[0]
             window = self.grid.window(*divmod(int(block_id), self.grid.shape[1]))
@@ -163,13 +194,14 @@ class PatchSampler(IterableDataset):
     def __iter__(self) -> Iterator[PatchBatch]:
         info = get_worker_info()
         shard, shards = (0, 1) if info is None else (info.id, info.num_workers)
-        data = zarr.open_group(self.store, mode="r")["data"]
+        group = zarr.open_group(self.store, mode="r")
+        data, valid = group["data"], group["valid"]
         cache: dict[int, np.ndarray] = {}
         skip = self.start_batch if shards == 1 else 0
         for index, centres in enumerate(self._plan(shard, shards)):
             if index < skip:
                 continue
-            batch = self._extract(data, centres, cache)
+            batch = self._extract(data, valid, centres, cache)
             in_use = set((batch.rows // self.grid.block * self.grid.shape[1] + batch.cols // self.grid.block).tolist())
             yield batch
             # Keep only blocks that the current shuffle group may still use: the newest ones.

@@ -54,6 +54,8 @@ def check_output_path(store: Path, *, overwrite: bool) -> None:
         what = "a complete store" if is_complete_store(store) else "something that is not a finished store"
         raise OutputError(f"{store}: already exists ({what}); pass --overwrite to replace it or choose another path")
     parent = store.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{store}: {parent} is a file, not a folder; choose another output path")
     if not parent.is_dir():
         raise OutputError(f"{store}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_EXEC if hasattr(os, "X_EXEC") else os.W_OK | os.X_OK):

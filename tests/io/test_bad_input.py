@@ -70,6 +70,11 @@ def _npy(array: np.ndarray, name: str):
     return make
 
 
+def _fake_npy(tmp: Path) -> Path:
+    (tmp / "fake.npy").write_bytes(b"\x93NUMPY garbage, not an array header")
+    return tmp / "fake.npy"
+
+
 def _mat_without_cube(tmp: Path) -> Path:
     return helpers.write_mat_v5(tmp / "flat.mat", None, extra={"a": np.zeros((4, 5)), "b": np.arange(7.0)}).path
 
@@ -112,7 +117,7 @@ BAD_SCENES = {
     "npy-2d": Bad(_npy(np.zeros((8, 9), np.float32), "flat.npy")),
     "npy-4d": Bad(_npy(np.zeros((2, 3, 4, 5), np.float32), "hyper.npy")),
     "npy-zero-size": Bad(_npy(np.zeros((0, 5, 5), np.float32), "empty.npy")),
-    "npy-not-an-array": Bad(lambda tmp: (tmp / "fake.npy").write_bytes(b"\x93NUMPY garbage") and tmp / "fake.npy"),
+    "npy-not-an-array": Bad(_fake_npy),
     "single-band-geotiff": Bad(_single_band_geotiff),
     "mat-without-3d-array": Bad(_mat_without_cube),
     "mat-v73-without-3d-array": Bad(_mat73_without_cube),
@@ -262,7 +267,6 @@ def test_bad_output_library(tmp_path: Path, case: str) -> None:
         assert out.name in str(info.value)
         assert _snapshot(out) == before
         assert not Path(str(out) + ".partial").exists()
-        assert not out.parent.exists() or out.parent.is_dir() is (case != "path-under-a-regular-file")
     finally:
         if case == "read-only-folder":
             out.parent.chmod(0o755)
@@ -287,6 +291,11 @@ def test_missing_folder_is_not_created(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="does not exist"):
         ingest(_geotiff(tmp_path), tmp_path / "new" / "out.zarr")
     assert not (tmp_path / "new").exists()
+
+
+def test_output_under_a_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="not a folder"):
+        ingest(_geotiff(tmp_path), _out_under_a_file(tmp_path))
 
 
 def test_nan_and_inf_are_not_errors(tmp_path: Path, runner: CliRunner, geotiff) -> None:

@@ -270,14 +270,15 @@ def test_killed_while_creating_the_store(tmp_path: Path, geotiff: SyntheticScene
 
 
 def test_kill_and_rerun_gives_the_same_store(tmp_path: Path) -> None:
-    cube = helpers.synthetic_cube(24, 512, 512, "float32", seed=5, nan_pixels=40, inf_pixels=10, nodata=-9999.0,
-                                  nodata_pixels=40)
+    side, bands = 384, 16
+    cube = helpers.synthetic_cube(bands, side, side, "float32", seed=5, nan_pixels=40, inf_pixels=10,
+                                  nodata=-9999.0, nodata_pixels=40)
     written = helpers.write_geotiff(tmp_path / "scene.tif", cube, nodata=-9999.0, tiled=True, blocksize=32,
-                                    wavelength_nm=helpers.spectral_axis(24)[0])
+                                    wavelength_nm=helpers.spectral_axis(bands)[0])
     del cube
     store, reference = tmp_path / "killed.zarr", tmp_path / "reference.zarr"
     markers = partial_of(store) / PROGRESS_DIR
-    total = (512 // 32) ** 2
+    total = (side // 32) ** 2
     command = helpers.python_module_command("ingest", str(written.path), "-o", str(store), "--chunk", "32",
                                             "--quiet", "--workers", "1")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

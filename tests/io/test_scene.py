@@ -19,8 +19,6 @@ from hsi_cluster.io import open_scene
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
 
-psutil = pytest.importorskip("psutil")
-
 UTM_TRANSFORM = tuple(helpers.utm_transform())[:6]
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -230,6 +228,7 @@ def test_every_format_is_dask_backed_and_picklable(scene_factory, fmt: str) -> N
 
 
 def _rss() -> int:
+    psutil = pytest.importorskip("psutil", reason="psutil (a test dependency) measures memory")
     gc.collect()
     return psutil.Process().memory_info().rss
 

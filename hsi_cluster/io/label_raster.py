@@ -1,0 +1,181 @@
+"""Writing cluster-label rasters: resumable tile store, then a Cloud-Optimised GeoTIFF.
+
+While ``predict`` runs, finished tiles go to a Zarr store ``OUTPUT.partial.zarr`` (one chunk per
+tile plus a marker file), which survives a kill. At the end the store is streamed into a tiled
+GeoTIFF, copied to COG layout with nearest-neighbour overviews under a temporary name, and renamed
+onto OUTPUT: the destination never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import zarr
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
+
+from hsi_cluster.errors import OutputError
+from hsi_cluster.geo import BlockGrid
+
+MARKERS = "_tiles_done"
+
+
+def label_dtype(n_clusters: int) -> tuple[np.dtype, int]:
+    """Smallest label dtype for K clusters (labels 0 … K−1) and its nodata value (the dtype's max)."""
+    dtype = np.dtype(np.uint8) if n_clusters <= 254 else np.dtype(np.uint16)
+    return dtype, int(np.iinfo(dtype).max)
+
+
+def colour_table(n_clusters: int) -> dict[int, tuple[int, int, int, int]]:
+    """Distinct RGBA colours for labels 0 … K−1 (tab20, then a golden-angle hue walk)."""
+    import colorsys
+
+    from matplotlib import colormaps
+
+    tab = colormaps["tab20"].colors
+    table = {}
+    for label in range(n_clusters):
+        if label < len(tab):
+            rgb = tab[(label * 2) % 20 if label < 10 else (label - 10) * 2 + 1]
+        else:
+            rgb = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.65, 0.9)
+        table[label] = tuple(int(round(255 * c)) for c in rgb) + (255,)
+    return table
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """Shape and georeferencing of an output raster (``crs`` WKT and ``transform`` None when absent)."""
+
+    height: int
+    width: int
+    crs: str | None
+    transform: tuple[float, ...] | None
+
+
+class TileStore:
+    """Resumable store of finished label (and confidence) tiles for one output raster."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.group = zarr.open_group(str(path), mode="r+")
+
+    @classmethod
+    def open_or_create(cls, output: Path, *, grid: BlockGrid, dtype: np.dtype, nodata: int, with_confidence: bool,
+                       identity: dict[str, Any], resume: bool) -> "TileStore":
+        """Reuse ``OUTPUT.partial.zarr`` when resuming the same job, else start a fresh one."""
+        path = output.with_name(output.name + ".partial.zarr")
+        if resume and path.is_dir():
+            try:
+                existing = zarr.open_group(str(path), mode="r").attrs.get("job")
+            except (FileNotFoundError, ValueError, KeyError):
+                existing = None
+            if existing == json.loads(json.dumps(identity)):
+                return cls(path)
+        if path.exists():
+            shutil.rmtree(path)
+        try:
+            group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"job": identity})
+        except PermissionError as exc:
+            raise OutputError(f"{output}: cannot write ({exc.strerror}); choose another output path") from exc
+        group.create_array("labels", shape=(grid.height, grid.width), dtype=dtype, chunks=(grid.block, grid.block),
+                           fill_value=nodata)
+        if with_confidence:
+            group.create_array("confidence", shape=(grid.height, grid.width), dtype="float32",
+                               chunks=(grid.block, grid.block), fill_value=np.nan)
+        (path / MARKERS).mkdir()
+        return cls(path)
+
+    def is_done(self, i: int, j: int) -> bool:
+        return (self.path / MARKERS / f"{i}.{j}").exists()
+
+    def write(self, i: int, j: int, rows: slice, cols: slice, labels: np.ndarray, confidence: np.ndarray | None) -> None:
+        """Store one finished tile, then mark it done."""
+        self.group["labels"][rows, cols] = labels
+        if confidence is not None and "confidence" in self.group:
+            self.group["confidence"][rows, cols] = confidence
+        (self.path / MARKERS / f"{i}.{j}").touch()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _profile(grid: RasterGrid, dtype: np.dtype, nodata: float | int, block: int) -> dict[str, Any]:
+    profile: dict[str, Any] = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1,
+                               "dtype": dtype.name, "nodata": nodata, "tiled": True, "blockxsize": block,
+                               "blockysize": block, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    if grid.crs:
+        profile["crs"] = CRS.from_wkt(grid.crs)
+    if grid.transform is not None:
+        profile["transform"] = Affine(*grid.transform)
+    return profile
+
+
+def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: float | int,
+              colormap: dict[int, tuple[int, int, int, int]] | None = None, description: str = "",
+              tags: dict[str, str] | None = None, block: int = 512) -> Path:
+    """Stream a (y, x) Zarr array into a COG at ``output`` (temporary names, then rename)."""
+    dtype = np.dtype(array.dtype)
+    block = 256 if min(grid.height, grid.width) < 512 else block
+    staging = output.with_name(f".{output.name}.staging.tif")
+    final_tmp = output.with_name(f".{output.name}.cog.tmp")
+    try:
+        with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(staging, "w", **_profile(grid, dtype, nodata, block)) as dst:
+                for rows_start in range(0, grid.height, block):
+                    rows = slice(rows_start, min(rows_start + block, grid.height))
+                    dst.write(array[rows, :], 1, window=((rows.start, rows.stop), (0, grid.width)))
+                if colormap:
+                    dst.write_colormap(1, colormap)
+                    dst.colorinterp = [ColorInterp.palette]
+                dst.set_band_description(1, description)
+                dst.update_tags(**(tags or {}))
+            rasterio.shutil.copy(staging, final_tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=block,
+                                 OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+        os.replace(final_tmp, output)
+    except rasterio.errors.RasterioIOError as exc:
+        raise OutputError(f"{output}: cannot write the raster ({str(exc).splitlines()[0]})") from exc
+    finally:
+        staging.unlink(missing_ok=True)
+        final_tmp.unlink(missing_ok=True)
+    return output
+
+
+def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str) -> Path:
+    """A PNG of a (decimated) label map with a legend of cluster colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    table = colour_table(n_clusters)
+    colours = [tuple(c / 255 for c in table[k]) for k in range(n_clusters)]
+    shown = np.ma.masked_equal(labels, nodata)
+    height, width = labels.shape
+    fig, ax = plt.subplots(figsize=(7, 7 * height / max(width, 1) + 0.5), dpi=110)
+    ax.imshow(shown, cmap=ListedColormap(colours), vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    handles = [Patch(color=colours[k], label=f"cluster {k}") for k in range(min(n_clusters, 40))]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+              ncol=1 + n_clusters // 20)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,325 @@
+"""The streaming patch sampler and the reflect-padded window reader, against plain numpy.
+
+Scenes are tiny GeoTIFFs ingested with 16-pixel chunks (several blocks, short last blocks), so
+every property — each valid centre once per epoch, patches equal to a cut of ``np.pad(…, "reflect")``
+of the whole scene, determinism, resuming mid-epoch, sharding across workers, bounded memory —
+is checked on real store reads.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import hsi_cluster.data.sampler as sampler_module
+from hsi_cluster.data.sampler import PatchBatch, PatchSampler, collate_patches, read_padded_window
+from tests.train_helpers import (NODATA, IngestedScene, make_scene, reference_filled, reference_patch,
+                                 reflect_padded, store_arrays)
+
+PATCH = 5
+HALO = PATCH // 2
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """40 × 37 × 12 float32, every pixel valid (1480 pixels = 37 batches of 40)."""
+    return make_scene(tmp_path_factory.mktemp("clean"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def holed(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """40 × 37 × 12 float32 with NaN and nodata pixels (some whole, some in one band only)."""
+    scene = make_scene(tmp_path_factory.mktemp("holed"), seed=4, nan_pixels=40, nodata_pixels=30)
+    assert 0 < (~scene.valid).sum() == 70
+    return scene
+
+
+def epoch_centres(sampler: PatchSampler) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(batch.rows.copy(), batch.cols.copy()) for batch in sampler]
+
+
+def flat(batches: list[tuple[np.ndarray, np.ndarray]], width: int) -> np.ndarray:
+    if not batches:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([rows * width + cols for rows, cols in batches])
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+@pytest.mark.parametrize("batch_size", [32, 40, 1000])
+def test_every_valid_centre_once_per_epoch_except_dropped_partial_batch(holed: IngestedScene,
+                                                                         batch_size: int) -> None:
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=batch_size, seed=1)
+    batches = list(sampler)
+    n_valid = int(holed.valid.sum())
+    assert all(len(b.rows) == batch_size and b.patches.shape == (batch_size, 12, PATCH, PATCH) for b in batches)
+    centres = flat([(b.rows, b.cols) for b in batches], holed.valid.shape[1])
+    assert len(centres) == n_valid // batch_size * batch_size
+    assert len(np.unique(centres)) == len(centres), "a centre was drawn twice in one epoch"
+    rows, cols = np.divmod(centres, holed.valid.shape[1])
+    assert holed.valid[rows, cols].all(), "an invalid (NaN/nodata) pixel was used as a centre"
+    assert sampler.valid_centres() == n_valid
+    assert sampler.batches_per_epoch() == len(batches) == n_valid // batch_size
+
+
+def test_all_centres_when_batch_divides_the_valid_count(clean: IngestedScene) -> None:
+    width = clean.valid.shape[1]
+    centres = flat(epoch_centres(PatchSampler(clean.store, patch_size=PATCH, batch_size=40, seed=0)), width)
+    assert sorted(centres.tolist()) == list(range(clean.valid.size))
+
+
+def test_mask_restricts_centres(holed: IngestedScene) -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.random(holed.valid.shape) < 0.3
+    mask[:, :5] = True  # a dense strip, so whole blocks are in and others partly
+    usable = mask & holed.valid
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=16, seed=2, mask=mask)
+    centres = flat(epoch_centres(sampler), mask.shape[1])
+    rows, cols = np.divmod(centres, mask.shape[1])
+    assert usable[rows, cols].all()
+    assert len(np.unique(centres)) == len(centres) == usable.sum() // 16 * 16
+    assert sampler.valid_centres() == usable.sum()
+
+
+def test_mask_of_wrong_shape_is_refused(holed: IngestedScene) -> None:
+    with pytest.raises(ValueError, match="mask"):
+        PatchSampler(holed.store, patch_size=PATCH, batch_size=16, mask=np.ones((3, 3), bool))
+
+
+@pytest.mark.parametrize("kwargs", [{"patch_size": 4, "batch_size": 8}, {"patch_size": 0, "batch_size": 8},
+                                    {"patch_size": 5, "batch_size": 0}])
+def test_bad_patch_or_batch_size_is_refused(holed: IngestedScene, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        PatchSampler(holed.store, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize("patch_size", [5, 7])
+def test_patches_equal_reflect_padded_scene_everywhere(clean: IngestedScene, patch_size: int) -> None:
+    """Every pixel of the scene is a centre once (batch 40 divides 1480): borders and corners included."""
+    halo = patch_size // 2
+    padded = reflect_padded(clean.cube, halo)
+    seen = np.zeros(clean.valid.shape, dtype=int)
+    for batch in PatchSampler(clean.store, patch_size=patch_size, batch_size=40, seed=5):
+        assert batch.patches.dtype == clean.cube.dtype
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+            np.testing.assert_array_equal(patch, reference_patch(padded, row, col, patch_size),
+                                          err_msg=f"patch centred on ({row}, {col})")
+            seen[row, col] += 1
+    assert (seen == 1).all()  # so all four borders and corners were compared
+
+
+def test_invalid_neighbours_are_filled_not_nan(holed: IngestedScene) -> None:
+    """A valid centre next to a NaN/nodata pixel must not hand the network NaN or −9999.
+
+    Invalid positions inside a patch hold the scene's band means (neutral after standardisation);
+    the rest is the reflect-padded scene, exactly.
+    """
+    padded = reflect_padded(reference_filled(holed.cube, holed.valid), HALO)
+    touched = 0
+    for batch in PatchSampler(holed.store, patch_size=PATCH, batch_size=32, seed=0):
+        assert np.isfinite(batch.patches).all(), "NaN from an invalid neighbour reached a patch"
+        assert not (batch.patches == NODATA).any(), "the nodata value reached a patch"
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+            np.testing.assert_allclose(patch, reference_patch(padded, row, col, PATCH), rtol=1e-6)
+            r0, c0 = max(row - HALO, 0), max(col - HALO, 0)
+            touched += not holed.valid[r0:row + HALO + 1, c0:col + HALO + 1].all()
+    assert touched > 20  # the scene really has valid centres with invalid neighbours
+
+
+@pytest.mark.parametrize("rows, cols", [((0, 16), (0, 16)), ((16, 32), (16, 32)), ((32, 40), (32, 37)),
+                                        ((0, 40), (0, 37)), ((39, 40), (0, 1))])
+def test_read_padded_window_matches_np_pad(clean: IngestedScene, rows: tuple[int, int],
+                                           cols: tuple[int, int]) -> None:
+    data = zarr.open_group(str(clean.store), mode="r")["data"]
+    for halo in (0, 1, 3):
+        expected = reflect_padded(clean.cube, halo)[:, rows[0]:rows[1] + 2 * halo, cols[0]:cols[1] + 2 * halo]
+        got = read_padded_window(data, rows[0], rows[1], cols[0], cols[1], halo)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_read_padded_window_fills_invalid_pixels(holed: IngestedScene) -> None:
+    group = zarr.open_group(str(holed.store), mode="r")
+    fill = holed.cube[:, holed.valid].astype(np.float64).mean(axis=1).astype(np.float32)
+    got = read_padded_window(group["data"], 0, 40, 0, 37, 2, valid=group["valid"], fill=fill)
+    np.testing.assert_allclose(got, reflect_padded(reference_filled(holed.cube, holed.valid), 2), rtol=1e-6)
+
+
+def test_patches_equal_numpy_cut_on_a_holed_scene_at_corners(holed: IngestedScene) -> None:
+    """Batch-to-batch the centres move, but each patch is where its centre says."""
+    data, valid = store_arrays(holed.store)
+    np.testing.assert_array_equal(valid, holed.valid)
+    padded = reflect_padded(reference_filled(holed.cube, holed.valid), HALO)
+    corners = {(0, 0), (0, 36), (39, 0), (39, 36)}
+    found = set()
+    for batch in PatchSampler(holed.store, patch_size=PATCH, batch_size=8, seed=9):
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+            if (row, col) in corners:
+                found.add((row, col))
+                np.testing.assert_allclose(patch, reference_patch(padded, row, col, PATCH), rtol=1e-6)
+    assert found == {c for c in corners if holed.valid[c]}
+
+
+# -------------------------------------------------------------------------------- determinism
+
+
+def test_deterministic_for_seed_and_epoch(holed: IngestedScene) -> None:
+    def run(seed: int, epoch: int) -> list[PatchBatch]:
+        sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=32, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first, again = run(7, 2), run(7, 2)
+    assert len(first) == len(again)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.cols, b.cols)
+        np.testing.assert_array_equal(a.patches, b.patches)
+    width = holed.valid.shape[1]
+    order = flat([(b.rows, b.cols) for b in first], width)
+    for seed, epoch in ((7, 3), (8, 2)):
+        other = flat([(b.rows, b.cols) for b in run(seed, epoch)], width)
+        assert len(other) == len(order) and not np.array_equal(other, order), (seed, epoch)
+
+
+def test_batches_mix_blocks(clean: IngestedScene) -> None:
+    """The shuffle buffer mixes regions: a batch is not one block's pixels in raster order."""
+    batches = epoch_centres(PatchSampler(clean.store, patch_size=PATCH, batch_size=40, seed=0))
+    blocks_per_batch = [len(set(zip((rows // 16).tolist(), (cols // 16).tolist()))) for rows, cols in batches]
+    assert np.mean(blocks_per_batch) > 3
+
+
+@pytest.mark.parametrize("start_batch", [0, 1, 17, 44, 45])
+def test_set_epoch_start_batch_resumes_the_same_epoch(holed: IngestedScene, start_batch: int) -> None:
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=32, seed=3)
+    sampler.set_epoch(4)
+    full = list(sampler)
+    assert len(full) == 44  # 1410 valid pixels // 32
+    sampler.set_epoch(4, start_batch=start_batch)
+    rest = list(sampler)
+    assert len(rest) == max(0, len(full) - start_batch)
+    for a, b in zip(full[start_batch:], rest):
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.cols, b.cols)
+        np.testing.assert_array_equal(a.patches, b.patches)
+    sampler.set_epoch(4)  # and back to the whole epoch
+    assert len(list(sampler)) == len(full)
+
+
+# ---------------------------------------------------------------------------------- workers
+
+
+def loader_centres(sampler: PatchSampler, workers: int, width: int) -> np.ndarray:
+    loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=workers)
+    return flat([(np.asarray(b.rows), np.asarray(b.cols)) for b in loader], width)
+
+
+@pytest.fixture(scope="module")
+def square(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """32 × 32, all valid: four full 16 × 16 blocks of 256 pixels, a multiple of the batch of 64."""
+    return make_scene(tmp_path_factory.mktemp("square"), height=32, width=32, seed=6)
+
+
+def test_workers_shard_without_duplicates_and_cover_what_one_worker_does(square: IngestedScene) -> None:
+    sampler = PatchSampler(square.store, patch_size=PATCH, batch_size=64, seed=1, buffer_bytes=1)
+    assert sampler.blocks_per_group == 1  # each worker's groups are whole blocks: nothing dropped
+    one = loader_centres(sampler, 0, 32)
+    two = loader_centres(sampler, 2, 32)
+    assert len(np.unique(two)) == len(two), "two workers produced the same centre"
+    assert sorted(two.tolist()) == sorted(one.tolist()) == list(range(32 * 32))
+
+
+def test_workers_shard_a_ragged_scene_without_duplicates(holed: IngestedScene) -> None:
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=32, seed=1)
+    two = loader_centres(sampler, 2, 37)
+    assert len(np.unique(two)) == len(two)
+    rows, cols = np.divmod(two, 37)
+    assert holed.valid[rows, cols].all()
+    # each worker drops at most one partial batch
+    n_valid = int(holed.valid.sum())
+    assert n_valid - 2 * 31 <= len(two) <= n_valid
+    assert len(two) == sampler.batches_per_epoch(shards=2) * 32
+
+
+def test_collate_patches_gives_tensors(holed: IngestedScene) -> None:
+    batch = next(iter(PatchSampler(holed.store, patch_size=PATCH, batch_size=8)))
+    tensors = collate_patches(batch)
+    assert tensors["patches"].shape == (8, 12, PATCH, PATCH)
+    assert torch.equal(tensors["rows"], torch.from_numpy(batch.rows))
+
+
+# ----------------------------------------------------------------------------------- memory
+
+
+def test_blocks_per_group_respects_buffer_bytes(holed: IngestedScene) -> None:
+    block_bytes = 12 * (16 + 2 * HALO) ** 2 * 4  # bands × (chunk + 2·halo)² × float32
+    for k in (1, 2, 5):
+        sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=8, buffer_bytes=k * block_bytes + 7)
+        assert sampler.blocks_per_group == k
+        assert sampler.blocks_per_group * block_bytes <= k * block_bytes + 7
+    tiny = PatchSampler(holed.store, patch_size=PATCH, batch_size=8, buffer_bytes=10)
+    assert tiny.blocks_per_group == 1  # never zero
+
+
+class ReadSpy:
+    """Wraps ``read_padded_window``: counts reads and the blocks still alive (held by the sampler)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = 0
+        self.alive: set[int] = set()
+        self.peak = 0
+        original = sampler_module.read_padded_window
+
+        def spy(*args, **kwargs):
+            window = original(*args, **kwargs)
+            self.reads += 1
+            key = self.reads
+            self.alive.add(key)
+            weakref.finalize(window, self.alive.discard, key)
+            self.peak = max(self.peak, len(self.alive))
+            return window
+
+        monkeypatch.setattr(sampler_module, "read_padded_window", spy)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """64 × 96, 4 bands: 24 blocks, so a small buffer holds a small fraction of the scene."""
+    return make_scene(tmp_path_factory.mktemp("wide"), bands=4, height=64, width=96, seed=8)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_memory_is_bounded_by_the_buffer_not_the_scene(wide: IngestedScene, monkeypatch: pytest.MonkeyPatch,
+                                                       k: int) -> None:
+    block_bytes = 4 * (16 + 2 * HALO) ** 2 * 4
+    spy = ReadSpy(monkeypatch)
+    sampler = PatchSampler(wide.store, patch_size=PATCH, batch_size=32, seed=0, buffer_bytes=k * block_bytes)
+    assert sampler.blocks_per_group == k
+    n = sum(len(batch.rows) for batch in sampler)
+    gc.collect()
+    assert n == 64 * 96
+    assert spy.peak <= 3 * k + 2 < len(sampler.grid), f"{spy.peak} blocks held at once"
+    assert spy.reads <= 2 * len(sampler.grid), f"{spy.reads} block reads for {len(sampler.grid)} blocks"
+    assert not spy.alive  # nothing kept after the epoch
+
+
+def test_each_block_read_once_with_a_large_buffer(wide: IngestedScene, monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = ReadSpy(monkeypatch)
+    sampler = PatchSampler(wide.store, patch_size=PATCH, batch_size=64, seed=0)
+    assert sum(len(batch.rows) for batch in sampler) == 64 * 96
+    assert spy.reads == len(sampler.grid)
+
+
+def test_sampler_store_may_be_a_str(holed: IngestedScene) -> None:
+    sampler = PatchSampler(str(holed.store), patch_size=PATCH, batch_size=64)
+    assert isinstance(sampler.store, str) and Path(sampler.store) == holed.store
+    assert sampler.shape == (12, 40, 37)

@@ -1,0 +1,108 @@
+"""Fitting the spectral projection from a store: band statistics, PCA, valid-pixel sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hsi_cluster.data.spectral import fit_spectral_projection, sample_valid_spectra, store_band_stats
+from hsi_cluster.model.projection import SpectralProjection
+from tests import helpers
+from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
+
+
+@pytest.fixture(scope="module")
+def holed(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """Structured 40 × 37 × 12 scene with NaN and nodata pixels, 16-pixel chunks (3 × 3 blocks)."""
+    return make_scene(tmp_path_factory.mktemp("spectral"), structured=True, seed=2, nan_pixels=25,
+                      nodata_pixels=15)
+
+
+def valid_pixels(scene: IngestedScene) -> np.ndarray:
+    """(n, B) float64 spectra of the valid pixels."""
+    return scene.cube[:, scene.valid].astype(np.float64).T
+
+
+def test_store_band_stats_equal_numpy_over_valid_pixels(holed: IngestedScene) -> None:
+    stats = store_band_stats(holed.store)
+    reference = helpers.reference_stats(holed.cube, holed.valid)
+    assert reference["count"][0] == holed.valid.sum() == 40 * 37 - 40
+    np.testing.assert_array_equal(stats.count, reference["count"])
+    np.testing.assert_allclose(stats.mean, reference["mean"], rtol=1e-12)
+    np.testing.assert_allclose(stats.std, reference["std"], rtol=1e-9)
+    np.testing.assert_array_equal(stats.min, reference["min"])
+    np.testing.assert_array_equal(stats.max, reference["max"])
+
+
+def test_projection_statistics_and_orthonormal_components(holed: IngestedScene) -> None:
+    fit = fit_spectral_projection([holed.store], 4, n_samples=5000, seed=0)
+    pixels = valid_pixels(holed)
+    np.testing.assert_allclose(fit.mean, pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(fit.std, pixels.std(axis=0), rtol=1e-9)
+    assert fit.components.shape == (4, 12) and fit.components.dtype == np.float32
+    np.testing.assert_allclose(fit.components @ fit.components.T, np.eye(4), atol=1e-5)
+
+
+def test_components_are_the_principal_axes_of_the_standardised_valid_pixels(holed: IngestedScene) -> None:
+    """With a sample as large as the scene, the PCA equals numpy's SVD of all valid pixels."""
+    fit = fit_spectral_projection([holed.store], 3, n_samples=100_000, seed=0)
+    pixels = valid_pixels(holed)
+    standardised = (pixels - pixels.mean(axis=0)) / pixels.std(axis=0)
+    _, _, vt = np.linalg.svd(standardised - standardised.mean(axis=0), full_matrices=False)
+    for got, want in zip(fit.components, vt[:3]):
+        assert abs(float(got @ want)) == pytest.approx(1.0, abs=1e-4)
+    # the projection built from the fit decorrelates the scene's pixels
+    projection = SpectralProjection(fit.mean, fit.std, fit.components)
+    scores = projection(torch.from_numpy(holed.cube[:, holed.valid].T.copy()[:, :, None, None])).numpy()[:, :, 0, 0]
+    np.testing.assert_allclose(scores.mean(axis=0), 0.0, atol=1e-3)
+    covariance = np.cov(scores.T)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 1e-3 * np.diag(covariance).max()
+
+
+def test_fit_is_deterministic_for_a_seed(holed: IngestedScene) -> None:
+    a = fit_spectral_projection([holed.store], 4, n_samples=300, seed=5)
+    b = fit_spectral_projection([holed.store], 4, n_samples=300, seed=5)
+    np.testing.assert_array_equal(a.components, b.components)
+
+
+def test_constant_band_gets_std_one(tmp_path) -> None:
+    cube = structured_cube(6, 20, 18, seed=1)
+    cube[2] = 123.5
+    cube[4, :, :] = 7.0
+    scene = make_scene(tmp_path, cube=cube)
+    fit = fit_spectral_projection([scene.store], 3, n_samples=1000)
+    assert fit.std[2] == 1.0 and fit.std[4] == 1.0
+    assert fit.mean[2] == pytest.approx(123.5) and fit.mean[4] == pytest.approx(7.0)
+    assert np.all(fit.std[[0, 1, 3, 5]] > 1.0)
+    assert np.isfinite(fit.components).all()
+    SpectralProjection(fit.mean, fit.std, fit.components)  # a usable projection
+
+
+def test_sample_valid_spectra_returns_only_valid_pixels(holed: IngestedScene) -> None:
+    spectra = sample_valid_spectra([holed.store], 400, seed=1)
+    assert 0 < len(spectra) <= 400 + 9  # per-block rounding may add one per block
+    assert spectra.shape[1] == 12 and spectra.dtype == holed.cube.dtype
+    assert np.isfinite(spectra).all() and not (spectra == NODATA).any()
+    valid = {tuple(p) for p in holed.cube[:, holed.valid].T.tolist()}
+    invalid = {tuple(p) for p in holed.cube[:, ~holed.valid].T.tolist()}
+    rows = [tuple(p) for p in spectra.tolist()]
+    assert all(p in valid for p in rows)
+    assert not any(p in invalid for p in rows)
+    assert len(set(rows)) == len(rows)  # no pixel twice
+
+
+def test_sample_valid_spectra_everything_when_asked_for_more(holed: IngestedScene) -> None:
+    spectra = sample_valid_spectra([holed.store], 100_000, seed=0)
+    assert len(spectra) == holed.valid.sum()
+
+
+def test_sample_valid_spectra_skips_all_invalid_blocks(tmp_path) -> None:
+    cube = structured_cube(5, 32, 32, seed=3)
+    cube[:, :16, :] = np.nan  # the two top blocks have no valid pixel
+    scene = make_scene(tmp_path, cube=cube)
+    spectra = sample_valid_spectra([scene.store], 200, seed=0)
+    assert len(spectra) > 0 and np.isfinite(spectra).all()
+    fit = fit_spectral_projection([scene.store], 2, n_samples=200)
+    np.testing.assert_allclose(fit.mean, cube[:, 16:, :].reshape(5, -1).astype(np.float64).mean(axis=1),
+                               rtol=1e-10)

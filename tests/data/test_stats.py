@@ -1,0 +1,165 @@
+"""Block-wise band statistics (``BandStats``) and the valid-pixel mask, against plain numpy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hsi_cluster.data.stats import PACKED_FIELDS, BandStats, valid_pixel_mask
+from tests import helpers
+
+
+def merged(blocks: list[np.ndarray], masks: list[np.ndarray], order: list[int] | None = None) -> BandStats:
+    total = BandStats.empty(blocks[0].shape[0])
+    for k in order or range(len(blocks)):
+        total = total.merge(BandStats.of_block(blocks[k], masks[k]))
+    return total
+
+
+def assert_matches_numpy(stats: BandStats, pixels: np.ndarray, *, rtol: float = 1e-10) -> None:
+    """``pixels``: (bands, n) float64 valid values."""
+    n = pixels.shape[1]
+    np.testing.assert_array_equal(stats.count, np.full(pixels.shape[0], n))
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=1), rtol=rtol)
+    np.testing.assert_allclose(stats.std, pixels.std(axis=1, ddof=0), rtol=1e-8)
+    np.testing.assert_array_equal(stats.min, pixels.min(axis=1))
+    np.testing.assert_array_equal(stats.max, pixels.max(axis=1))
+
+
+def random_blocks(rng: np.random.Generator, dtype: str, n_bands: int, *, loc: float, scale: float,
+                  n_blocks: int = 12) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    blocks, masks = [], []
+    for k in range(n_blocks):
+        h, w = rng.integers(1, 23, size=2)
+        block = rng.normal(loc, scale, (n_bands, h, w))
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            info = np.iinfo(dtype)
+            block = np.clip(np.round(block), info.min, info.max)
+        block = block.astype(dtype)
+        mask = rng.random((h, w)) > 0.3
+        if k % 5 == 2:
+            mask[:] = False  # an empty block
+        if k % 7 == 3:
+            mask[:] = True
+        blocks.append(block)
+        masks.append(mask)
+    return blocks, masks
+
+
+def valid_pixels(blocks: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([b[:, m].astype(np.float64) for b, m in zip(blocks, masks)], axis=1)
+
+
+@pytest.mark.parametrize("dtype,loc,scale", [("float32", 0.0, 1.0), ("float64", 1e4, 0.5), ("int16", -200.0, 900.0),
+                                             ("uint16", 30000.0, 5.0), ("float32", 3e5, 40.0)])
+def test_merge_of_random_blocks_equals_one_pass(dtype: str, loc: float, scale: float) -> None:
+    rng = np.random.default_rng([int(abs(loc)), int(scale * 10), np.dtype(dtype).num])
+    blocks, masks = random_blocks(rng, dtype, 7, loc=loc, scale=scale)
+    pixels = valid_pixels(blocks, masks)
+    assert pixels.shape[1] > 100
+    stats = merged(blocks, masks)
+    assert_matches_numpy(stats, pixels)
+    # merge order does not matter (up to rounding)
+    shuffled = merged(blocks, masks, list(rng.permutation(len(blocks))))
+    np.testing.assert_allclose(shuffled.mean, stats.mean, rtol=1e-12)
+    np.testing.assert_allclose(shuffled.std, stats.std, rtol=1e-9)
+    # a tree of merges equals a chain
+    half = len(blocks) // 2
+    tree = merged(blocks[:half], masks[:half]).merge(merged(blocks[half:], masks[half:]))
+    np.testing.assert_allclose(tree.mean, stats.mean, rtol=1e-12)
+    np.testing.assert_allclose(tree.std, stats.std, rtol=1e-9)
+
+
+def test_block_whose_first_pixel_is_far_from_the_mean() -> None:
+    rng = np.random.default_rng(0)
+    block = rng.normal(0.0, 1.0, (3, 40, 40))
+    block[:, 0, 0] = 1e3  # an outlier where a shifted-sum implementation takes its shift
+    mask = np.ones((40, 40), bool)
+    assert_matches_numpy(BandStats.of_block(block, mask), block.reshape(3, -1))
+
+
+def test_empty_blocks() -> None:
+    empty = BandStats.empty(4)
+    assert empty.count.tolist() == [0, 0, 0, 0]
+    block = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    none = BandStats.of_block(block, np.zeros((3, 5), bool))
+    np.testing.assert_array_equal(none.count, [0, 0])
+    assert np.isnan(none.std).all()
+    one = BandStats.of_block(block, np.eye(3, 5, dtype=bool))
+    assert empty.merge(empty).count.tolist() == [0, 0, 0, 0]
+    for combined in (none.merge(one), one.merge(none), none.merge(none).merge(one)):
+        np.testing.assert_allclose(combined.mean, one.mean)
+        np.testing.assert_allclose(combined.m2, one.m2)
+        np.testing.assert_array_equal(combined.min, one.min)
+        np.testing.assert_array_equal(combined.max, one.max)
+    attrs = none.to_attrs()
+    assert attrs["count"] == [0, 0]
+    for key in ("mean", "std", "min", "max"):
+        assert attrs[key] == [None, None], key
+
+
+def test_single_pixel_block() -> None:
+    block = np.array([[[5.0]], [[-2.0]]])
+    stats = BandStats.of_block(block, np.ones((1, 1), bool))
+    np.testing.assert_array_equal(stats.mean, [5.0, -2.0])
+    np.testing.assert_array_equal(stats.std, [0.0, 0.0])
+
+
+def test_pack_unpack_and_attrs_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    block = rng.normal(10, 2, (5, 6, 7))
+    stats = BandStats.of_block(block, rng.random((6, 7)) > 0.2)
+    packed = stats.pack()
+    assert packed.shape == (len(PACKED_FIELDS), 5) and packed.dtype == np.float64
+    back = BandStats.unpack(packed)
+    for name in ("count", "mean", "m2", "min", "max"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(stats, name))
+    attrs = json.loads(json.dumps(stats.to_attrs()))  # JSON-ready
+    assert attrs["mean"] == pytest.approx(stats.mean.tolist())
+    assert attrs["std"] == pytest.approx(stats.std.tolist())
+    assert all(isinstance(c, int) for c in attrs["count"])
+
+
+# --------------------------------------------------------------------------------------------
+# valid-pixel mask
+
+
+def test_valid_mask_nan_inf_nodata() -> None:
+    cube = helpers.synthetic_cube(5, 14, 16, "float32", seed=4, nan_pixels=6, inf_pixels=4, nodata=-9999.0,
+                                  nodata_pixels=6)
+    mask = valid_pixel_mask(cube, nodata=-9999.0)
+    assert mask.shape == (14, 16) and mask.dtype == bool
+    np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube, -9999.0))
+    assert (~mask).sum() == 16  # every planted pixel, whether one band or all bands is bad
+    # without nodata, the nodata pixels are valid
+    assert (~valid_pixel_mask(cube)).sum() == 10
+
+
+def test_valid_mask_nodata_integer() -> None:
+    cube = helpers.synthetic_cube(4, 9, 8, "uint16", seed=5, nodata=0, nodata_pixels=7)
+    np.testing.assert_array_equal(valid_pixel_mask(cube, nodata=0.0), helpers.reference_valid_mask(cube, 0))
+    assert (~valid_pixel_mask(cube, nodata=0.0)).sum() == 7
+    assert valid_pixel_mask(cube).all()
+
+
+def test_valid_mask_nan_nodata_means_non_finite() -> None:
+    cube = helpers.synthetic_cube(3, 5, 5, "float64", seed=6, nan_pixels=3)
+    np.testing.assert_array_equal(valid_pixel_mask(cube, nodata=float("nan")), np.isfinite(cube).all(axis=0))
+
+
+def test_valid_mask_good_band() -> None:
+    cube = np.ones((4, 3, 3), np.float32)
+    cube[1, 0, 0] = np.nan  # bad band only: pixel stays valid
+    cube[2, 1, 1] = np.inf  # good band: invalid
+    cube[3, 2, 2] = -1  # nodata in a good band
+    cube[1, 2, 0] = -1  # nodata in a bad band only
+    good = np.array([True, False, True, True])
+    mask = valid_pixel_mask(cube, nodata=-1, good_band=good)
+    expected = np.ones((3, 3), bool)
+    expected[1, 1] = expected[2, 2] = False
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube, -1, good))
+    everything = valid_pixel_mask(cube, nodata=-1, good_band=np.ones(4, bool))
+    np.testing.assert_array_equal(everything, helpers.reference_valid_mask(cube, -1))

@@ -1,0 +1,204 @@
+"""Checkpoints: a safe round trip, refusal of crafted or broken files, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hsi_cluster
+from hsi_cluster.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, make_payload,
+                                    save_checkpoint)
+from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.model.sscc import SSCC
+from tests import helpers
+from tests.train_helpers import tiny_config
+
+
+def tiny_model(seed: int = 0, *, n_bands: int = 12, n_clusters: int = 3) -> SSCC:
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    components = np.linalg.qr(rng.normal(size=(n_bands, 4)))[0].T
+    model = SSCC.build(rng.normal(500, 50, n_bands), rng.uniform(50, 100, n_bands), components,
+                       n_clusters=n_clusters, backbone="dense", backbone_kwargs={"width": 8, "depth": 2},
+                       head_hidden=16)
+    # non-trivial BatchNorm running statistics, so that they must round-trip too
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(rng.normal(500, 80, (64, n_bands, 5, 5)).astype(np.float32)))
+    return model.eval()
+
+
+def payload_of(model: SSCC, *, complete: bool = True) -> dict:
+    spectral = {"mean": torch.zeros(model.in_bands, dtype=torch.float64), "std": torch.ones(model.in_bands),
+                "components": torch.eye(4, model.in_bands)}
+    wavelengths = helpers.spectral_axis(model.in_bands)[0].tolist()
+    return make_payload(model, train_config=tiny_config().to_dict(), spectral=spectral,
+                        scenes=[{"store": "/x.zarr", "source": "/x.tif", "size": 1, "shape": [12, 4, 4]}],
+                        wavelength=wavelengths, complete=complete, training={"step": 3, "seed": 0})
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[SSCC, Path]:
+    model = tiny_model()
+    return model, save_checkpoint(payload_of(model), tmp_path / "model.ckpt")
+
+
+def test_round_trip_rebuilds_an_identical_model(saved: tuple[SSCC, Path]) -> None:
+    model, path = saved
+    checkpoint = load_checkpoint(path)
+    rebuilt = checkpoint.build_model()
+    assert not rebuilt.training
+    original = model.state_dict()
+    assert set(rebuilt.state_dict()) == set(original)
+    for name, tensor in rebuilt.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    x = torch.from_numpy(np.random.default_rng(1).normal(500, 80, (10, 12, 5, 5)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    labels, confidence = rebuilt.predict_patches(x)
+    expected = model.predict_patches(x)
+    assert torch.equal(labels, expected[0]) and torch.equal(confidence, expected[1])
+    assert checkpoint.complete and checkpoint.n_clusters == 3 and checkpoint.in_bands == 12
+    assert checkpoint.patch_size == 5
+    assert checkpoint.wavelength == pytest.approx(helpers.spectral_axis(12)[0].tolist())
+    assert checkpoint.payload["library_version"] == hsi_cluster.__version__
+    assert checkpoint.payload["format"] == CHECKPOINT_FORMAT
+    assert checkpoint.path == path.absolute()
+    assert len(checkpoint.sha256()) == 16 and checkpoint.sha256() == load_checkpoint(path).sha256()
+
+
+def test_loads_with_plain_torch_load_weights_only(saved: tuple[SSCC, Path]) -> None:
+    _, path = saved
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == CHECKPOINT_FORMAT
+    assert payload["model_config"]["n_clusters"] == 3
+    assert payload["train_config"]["patch_size"] == 5
+
+
+def test_incomplete_flag(tmp_path: Path) -> None:
+    path = save_checkpoint(payload_of(tiny_model(), complete=False), tmp_path / "m.ckpt")
+    assert not load_checkpoint(path).complete
+
+
+class Exploit:
+    """Pickles to a call of ``os.system`` when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["torch", "torch-inside-a-real-payload", "pickle"])
+def test_crafted_checkpoint_cannot_execute_code(tmp_path: Path, writer: str) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    if writer == "torch":
+        torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "payload": Exploit(marker)}, path)
+    elif writer == "torch-inside-a-real-payload":
+        payload = payload_of(tiny_model())
+        payload["train_config"]["augment"] = Exploit(marker)
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump({"format": CHECKPOINT_FORMAT, "payload": Exploit(marker)}, handle)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path)
+    assert not marker.exists(), "loading the checkpoint executed code"
+    assert "\n" not in str(exc.value) and "evil.ckpt" in str(exc.value)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.02])
+def test_truncated_checkpoint(saved: tuple[SSCC, Path], fraction: float) -> None:
+    _, path = saved
+    helpers.truncate_file(path, fraction)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("content", ["state_dict", "tensor", "list", "text", "empty", "random", "npz",
+                                     "other-version"])
+def test_not_a_checkpoint(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "other.pt"
+    if content == "state_dict":
+        torch.save(tiny_model().state_dict(), path)
+    elif content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "list":
+        torch.save([1, 2, 3], path)
+    elif content == "text":
+        path.write_text("format: hsicluster-checkpoint\n")
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif content == "npz":
+        with open(path, "wb") as handle:
+            np.savez(handle, a=np.zeros(3))
+    else:
+        payload = payload_of(tiny_model())
+        payload["version"] = 99
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path)
+    assert "\n" not in str(exc.value) and "other.pt" in str(exc.value)
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path)  # a folder
+
+
+def test_checkpoint_error_is_a_user_error() -> None:
+    assert issubclass(CheckpointError, HsiClusterError)
+
+
+def test_atomic_save_leaves_no_temporary_files(tmp_path: Path) -> None:
+    model = tiny_model()
+    path = tmp_path / "model.ckpt"
+    save_checkpoint(payload_of(model), path)
+    save_checkpoint(payload_of(model, complete=False), path)  # replaces in place
+    assert helpers.listing(tmp_path) == ["model.ckpt"]
+    assert not load_checkpoint(path).complete
+    mode = path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # not the 0600 of a temporary file
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    path = tmp_path / "model.ckpt"
+    save_checkpoint(payload_of(model), path)
+    before = path.read_bytes()
+
+    def crash(obj, handle, *args, **kwargs):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(payload_of(model, complete=False), path)
+    assert helpers.listing(tmp_path) == ["model.ckpt"]
+    assert path.read_bytes() == before
+    monkeypatch.undo()
+    assert load_checkpoint(path).complete
+
+
+def test_save_into_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError, match="cannot write") as exc:
+        save_checkpoint(payload_of(tiny_model()), tmp_path / "missing" / "model.ckpt")
+    assert "\n" not in str(exc.value)
+    assert helpers.listing(tmp_path) == []

@@ -1,0 +1,238 @@
+"""The ``hsicluster`` command line: ``info``, ``ingest``, ``evaluate``, ``--version``, a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hsi_cluster
+from hsi_cluster.cli import main
+from hsi_cluster.io import is_complete_store, open_scene
+from tests import helpers
+from tests.helpers import EPSG, SyntheticScene
+
+INFO_KEYS = {"source", "format", "bands", "rows", "cols", "dtype", "size_bytes", "nodata", "georeferenced", "crs",
+             "transform", "resolution", "bounds", "chunks", "wavelength_nm", "fwhm", "bad_bands"}
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):
+    result = runner.invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result
+
+
+def test_version(runner: CliRunner) -> None:
+    result = invoke(runner, "--version")
+    assert result.stdout.strip() == f"hsicluster, version {hsi_cluster.__version__}"
+
+
+def test_help_lists_commands(runner: CliRunner) -> None:
+    result = invoke(runner, "--help")
+    for command in ("info", "ingest", "evaluate"):
+        assert command in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# info
+
+
+def test_info_json_synthetic_geotiff(runner: CliRunner, geotiff: SyntheticScene) -> None:
+    info = json.loads(invoke(runner, "info", geotiff.path, "--json").stdout)
+    assert INFO_KEYS <= set(info)
+    bands, rows, cols = geotiff.shape
+    assert (info["bands"], info["rows"], info["cols"]) == (bands, rows, cols)
+    assert info["dtype"] == "float32"
+    assert info["size_bytes"] == geotiff.cube.nbytes
+    assert info["georeferenced"] is True
+    assert info["crs"]["epsg"] == EPSG
+    assert info["resolution"] == [30.0, 30.0]
+    west, north = helpers.ORIGIN
+    assert info["bounds"] == pytest.approx({"left": west, "top": north, "right": west + 30 * cols,
+                                            "bottom": north - 30 * rows})
+    assert info["transform"] == pytest.approx(list(helpers.utm_transform())[:6])
+    assert info["nodata"] == -9999.0
+    assert info["wavelength_nm"] == pytest.approx({"min": 400.0, "max": 2500.0})
+    assert info["fwhm"] is True
+    assert info["source"] == str(geotiff.path.absolute())
+    assert info["chunks"][0] == bands
+
+
+def test_info_text_synthetic_geotiff(runner: CliRunner, geotiff: SyntheticScene) -> None:
+    text = invoke(runner, "info", geotiff.path).stdout
+    assert "EPSG:32633" in text
+    assert "21 rows × 23 cols × 6 bands" in text
+    assert "float32" in text
+    assert "400.0–2500.0 nm (with FWHM)" in text
+    assert "30 × 30" in text
+    assert "-9999" in text
+    assert "not georeferenced" not in text
+
+
+def test_info_envi_bad_bands(runner: CliRunner, envi_bsq: SyntheticScene) -> None:
+    info = json.loads(invoke(runner, "info", envi_bsq.header, "--json").stdout)
+    assert info["bad_bands"] == 2
+    assert info["crs"]["epsg"] == EPSG
+    assert "2 flagged" in invoke(runner, "info", envi_bsq.header).stdout
+
+
+def test_info_salinas_a_not_georeferenced(runner: CliRunner, sample_salinas_a: Path) -> None:
+    text = invoke(runner, "info", sample_salinas_a).stdout
+    assert "not georeferenced" in text
+    assert "83 rows × 86 cols × 204 bands" in text and "int16" in text
+    info = json.loads(invoke(runner, "info", sample_salinas_a, "--json").stdout)
+    assert (info["bands"], info["rows"], info["cols"], info["dtype"]) == (204, 83, 86, "int16")
+    assert info["georeferenced"] is False
+    assert info["crs"] is None and info["bounds"] is None and info["resolution"] is None
+
+
+def test_info_of_a_store_has_statistics(runner: CliRunner, tmp_path: Path, geotiff: SyntheticScene) -> None:
+    store = tmp_path / "s.zarr"
+    invoke(runner, "ingest", geotiff.path, "-o", store, "--chunk", "16", "--quiet")
+    info = json.loads(invoke(runner, "info", store, "--json").stdout)
+    assert info["format"] == "zarr"
+    assert info["crs"]["epsg"] == EPSG
+    assert info["chunks"] == [6, 16, 16]
+    valid = helpers.reference_valid_mask(geotiff.cube, geotiff.nodata)
+    assert info["valid_pixels"] == int(valid.sum())
+    assert info["statistics"]["mean"] == pytest.approx(helpers.reference_stats(geotiff.cube, valid)["mean"].tolist())
+    assert info["ingested_from"]["path"] == str(geotiff.path.absolute())
+    text = invoke(runner, "info", store).stdout
+    assert "valid pixels" in text and "statistics" in text
+    assert "statistics" not in invoke(runner, "info", store, "--quiet").stdout
+
+
+# --------------------------------------------------------------------------------------------
+# ingest
+
+
+def test_ingest(runner: CliRunner, tmp_path: Path, geotiff: SyntheticScene) -> None:
+    store = tmp_path / "out.zarr"
+    result = invoke(runner, "ingest", geotiff.path, "-o", store, "--chunk", "16", "--workers", "2")
+    assert result.stdout.strip() == f"wrote {store.absolute()}"
+    assert is_complete_store(store)
+    np.testing.assert_array_equal(open_scene(store).values, geotiff.cube)
+    # rerun: refused without --overwrite, done with it
+    again = runner.invoke(main, ["ingest", str(geotiff.path), "-o", str(store)])
+    assert again.exit_code != 0 and "--overwrite" in again.stderr
+    quiet = invoke(runner, "ingest", geotiff.path, "-o", store, "--overwrite", "--quiet", "--chunk", "24")
+    assert quiet.stdout == "" and quiet.stderr == ""
+    assert open_scene(store).attrs["chunk"] == 24
+
+
+def test_ingest_mat_with_var(runner: CliRunner, tmp_path: Path, scene_factory) -> None:
+    cube = helpers.synthetic_cube(4, 10, 12, "float32", seed=3)
+    written = scene_factory("mat-v5", cube, var="first",
+                            extra={"second": np.zeros((10, 12, 3), np.float32)})
+    refused = runner.invoke(main, ["ingest", str(written.path), "-o", str(tmp_path / "a.zarr")])
+    assert refused.exit_code != 0 and "--var" in refused.stderr
+    invoke(runner, "ingest", written.path, "-o", tmp_path / "a.zarr", "--var", "first", "--quiet")
+    np.testing.assert_array_equal(open_scene(tmp_path / "a.zarr").values, cube)
+
+
+def test_bad_option_is_a_usage_error(runner: CliRunner, geotiff: SyntheticScene, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["ingest", str(geotiff.path), "-o", str(tmp_path / "x.zarr"), "--chunk", "0"])
+    assert result.exit_code != 0
+    result = runner.invoke(main, ["ingest", str(geotiff.path), "-o", str(tmp_path / "x.zarr"), "--chunk", "8"])
+    assert result.exit_code != 0 and result.stderr.startswith("hsicluster: error:") and "chunk" in result.stderr
+    assert not (tmp_path / "x.zarr").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+@pytest.fixture
+def truth(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 4, (30, 40)).astype(np.uint8)  # 0 = unlabelled, classes 1..3
+    path = tmp_path / "gt.npy"
+    np.save(path, gt)
+    return path, gt
+
+
+def test_evaluate_npy_labels(runner: CliRunner, tmp_path: Path, truth) -> None:
+    gt_path, gt = truth
+    relabel = {0: 9, 1: 7, 2: 5, 3: 2}  # a perfect clustering under other ids
+    labels = np.vectorize(relabel.get)(gt).astype(np.int32)
+    np.save(tmp_path / "labels.npy", labels)
+    scores = json.loads(invoke(runner, "evaluate", tmp_path / "labels.npy", gt_path, "--json").stdout)
+    assert scores["acc"] == pytest.approx(1.0)
+    assert scores["nmi"] == pytest.approx(1.0)
+    assert scores["kappa"] == pytest.approx(1.0)
+    assert scores["n_scored"] == int((gt > 0).sum())
+    assert scores["n_classes"] == 3
+    assert scores["mapping"] == {"7": 1, "5": 2, "2": 3}
+    table = invoke(runner, "evaluate", tmp_path / "labels.npy", gt_path).stdout
+    assert "ACC" in table and "1.0000" in table
+
+
+def test_evaluate_tif_labels_with_nodata(runner: CliRunner, tmp_path: Path, truth) -> None:
+    gt_path, gt = truth
+    labels = gt.astype(np.uint8).copy()
+    labels[:3, :] = 255  # nodata: never scored as a cluster
+    n_invalid = int((gt[:3, :] > 0).sum())
+    helpers.write_geotiff(tmp_path / "labels.tif", labels[None], nodata=255)
+    scores = json.loads(invoke(runner, "evaluate", tmp_path / "labels.tif", gt_path, "--json").stdout)
+    assert scores["n_invalid_pred"] == n_invalid
+    assert scores["n_scored"] == int((gt > 0).sum())
+    assert scores["acc"] == pytest.approx(1 - n_invalid / int((gt > 0).sum()))
+    assert "255" not in scores["mapping"]
+
+
+def test_evaluate_salinas_a_ground_truth_against_itself(runner: CliRunner, tmp_path: Path,
+                                                        sample_salinas_a: Path) -> None:
+    import scipy.io
+
+    gt_path = sample_salinas_a.parent / "SalinasA_gt.mat"
+    gt = scipy.io.loadmat(gt_path)["salinasA_gt"]
+    np.save(tmp_path / "pred.npy", gt.astype(np.int32))
+    scores = json.loads(invoke(runner, "evaluate", tmp_path / "pred.npy", gt_path, "--json").stdout)
+    assert scores["n_scored"] == 5348
+    assert scores["n_classes"] == 6
+    assert scores["acc"] == pytest.approx(1.0)
+
+
+def test_evaluate_shape_mismatch_is_an_error(runner: CliRunner, tmp_path: Path, truth) -> None:
+    gt_path, _ = truth
+    np.save(tmp_path / "small.npy", np.zeros((5, 5), np.int32))
+    result = runner.invoke(main, ["evaluate", str(tmp_path / "small.npy"), str(gt_path)])
+    assert result.exit_code != 0
+    assert result.stderr.startswith("hsicluster: error:") and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the real console script
+
+
+def test_console_script_ingest_and_info_on_sample(tmp_path: Path, sample_salinas_a: Path) -> None:
+    store = tmp_path / "salinas_a.zarr"
+    ingest = subprocess.run(helpers.python_module_command("ingest", str(sample_salinas_a), "-o", str(store)),
+                            capture_output=True, text=True, timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    assert f"wrote {store}" in ingest.stdout
+    assert "Traceback" not in ingest.stderr
+    commands = [helpers.python_module_command("info", str(store), "--json")]
+    script = shutil.which("hsicluster")
+    if script:
+        commands.append([script, "info", str(store), "--json"])
+    for command in commands:
+        info = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert info.returncode == 0, info.stderr
+        summary = json.loads(info.stdout)
+        assert (summary["bands"], summary["rows"], summary["cols"], summary["dtype"]) == (204, 83, 86, "int16")
+        assert summary["georeferenced"] is False
+        assert summary["format"] == "zarr"
+        assert summary["valid_pixels"] == 83 * 86
+        assert summary["ingested_from"]["path"] == str(sample_salinas_a)
+        assert len(summary["statistics"]["mean"]) == 204

@@ -1,0 +1,162 @@
+"""Training configuration: presets, YAML overrides, validation with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hsi_cluster.config import PRESETS, TrainConfig, config_from_dict, load_config, preset_config
+from hsi_cluster.data.augment import AugmentConfig
+from hsi_cluster.errors import HsiClusterError
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert message and "\n" not in message, f"not a one-line message: {message!r}"
+    return message
+
+
+@pytest.mark.parametrize("name", ["fast", "paper"])
+def test_presets_load(name: str) -> None:
+    config = preset_config(name)
+    assert isinstance(config, TrainConfig)
+    assert load_config(name) == config
+    assert set(PRESETS) == {"fast", "paper"}
+
+
+def test_paper_preset_has_the_paper_recipe() -> None:
+    config = preset_config("paper")
+    assert config.backbone == "resnet"
+    assert config.lr == 2e-4 and config.weight_decay == 5e-3
+    assert config.lr_step_epochs == 20 and config.lr_gamma == 0.1
+    assert config.epochs == 200 and config.steps is None
+    assert config.batch_size == 512 and config.patch_size == 11 and config.n_components == 8
+    assert config.instance_weight == 5e-5 and config.cluster_weight == 1.0
+    assert config.temperature == 0.5 and config.offdiag_weight == 0.005
+    assert config.entropy_weight == 0.0 and config.instance_dim is None
+    assert config.head_hidden == 512
+    augment = config.augment
+    assert augment == AugmentConfig()  # the paper's pool
+    assert augment.crop_scale == (0.08, 1.0) and augment.crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    assert augment.hflip_prob == 0.5 and augment.blur_prob == 0.5 and augment.blur_sigma == (0.1, 2.0)
+    assert augment.pixel_mask_prob == 0.5 and augment.band_mask_prob == 0.5
+    assert augment.blur_kernel_size == 3
+
+
+def test_fast_preset_is_a_consistent_dense_network() -> None:
+    config = preset_config("fast")
+    assert config.backbone == "dense"
+    assert config.patch_size == 2 * int(config.backbone_kwargs["depth"]) + 1
+    assert config.n_components == 8
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(HsiClusterError, match="slow") as exc:
+        preset_config("slow")
+    one_line(exc)
+
+
+def test_yaml_file_overrides_the_preset_and_explicit_overrides_win(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 3, "lr": 0.01, "batch_size": 64, "patch_size": 7,
+                                    "backbone_kwargs": {"width": 16, "depth": 3}, "entropy_weight": 0.5}))
+    config = load_config("fast", path)
+    assert (config.epochs, config.lr, config.batch_size, config.patch_size) == (3, 0.01, 64, 7)
+    assert config.backbone_kwargs == {"width": 16, "depth": 3} and config.entropy_weight == 0.5
+    base = preset_config("fast")
+    assert config.weight_decay == base.weight_decay and config.augment == base.augment  # untouched keys
+    overridden = load_config("fast", path, epochs=9, steps=None, batch_size=None)
+    assert overridden.epochs == 9 and overridden.batch_size == 64 and overridden.steps is None
+    on_paper = load_config("paper", tmp_path / "cfg.yaml", batch_size=128)
+    assert on_paper.backbone == "resnet" and on_paper.lr == 0.01 and on_paper.batch_size == 128
+
+
+def test_empty_yaml_file_is_the_preset(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config("paper", path) == preset_config("paper")
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError, match="learning_rate") as exc:
+        config_from_dict({"learning_rate": 0.1})
+    one_line(exc)
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 2\nbatchsize: 16\n")
+    with pytest.raises(HsiClusterError, match="batchsize") as exc:
+        load_config("fast", path)
+    one_line(exc)
+
+
+@pytest.mark.parametrize("text, words", [("epochs: [1\n", "YAML"), ("- 1\n- 2\n", "mapping")])
+def test_bad_yaml_file(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(HsiClusterError, match=words) as exc:
+        load_config("fast", path)
+    assert "bad.yaml" in one_line(exc)
+
+
+def test_missing_yaml_file(tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError, match="missing.yaml") as exc:
+        load_config("fast", tmp_path / "missing.yaml")
+    one_line(exc)
+
+
+@pytest.mark.parametrize("values", [
+    {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size": 7},
+    {"backbone_kwargs": {"width": 8, "depth": 5}, "patch_size": 5},
+    {"patch_size": 9},  # fast preset depth 5 sees 11
+])
+def test_dense_depth_patch_mismatch(values: dict) -> None:
+    with pytest.raises(HsiClusterError, match="patch") as exc:
+        config_from_dict(values, base=preset_config("fast"))
+    one_line(exc)
+
+
+def test_resnet_takes_any_odd_patch() -> None:
+    assert config_from_dict({"patch_size": 7}, base=preset_config("paper")).patch_size == 7
+
+
+@pytest.mark.parametrize("values", [{"patch_size": 4, "backbone": "resnet"}, {"backbone": "vit"},
+                                    {"batch_size": 1}, {"epochs": 0}, {"n_components": 0}, {"steps": 0},
+                                    {"lr": 0.0}, {"head_hidden": 0}])
+def test_invalid_values(values: dict) -> None:
+    with pytest.raises(HsiClusterError) as exc:
+        config_from_dict(values)
+    one_line(exc)
+
+
+def test_nested_augment_override_keeps_the_other_options(tmp_path: Path) -> None:
+    base = preset_config("fast")
+    config = config_from_dict({"augment": {"pixel_mask_prob": 0.3, "crop_scale": [0.6, 0.9]}}, base=base)
+    assert config.augment.pixel_mask_prob == 0.3
+    assert config.augment.crop_scale == (0.6, 0.9)  # a YAML list becomes a tuple
+    expected = dataclasses.replace(base.augment, pixel_mask_prob=0.3, crop_scale=(0.6, 0.9))
+    assert config.augment == expected
+    assert base.augment.pixel_mask_prob == 0.2  # the base is not mutated (the fast preset's mild pool)
+    path = tmp_path / "aug.yaml"
+    path.write_text("augment:\n  band_mask_prob: 0.1\n  vflip_prob: 0.5\n")
+    from_file = load_config("paper", path)
+    assert from_file.augment == dataclasses.replace(AugmentConfig(), band_mask_prob=0.1, vflip_prob=0.5)
+
+
+@pytest.mark.parametrize("augment, word", [({"pixel_mask": 0.3}, "pixel_mask"), ({"hflip_prob": 2.0}, "hflip_prob"),
+                                           ("strong", "mapping")])
+def test_bad_augment_override(augment, word: str) -> None:
+    with pytest.raises(HsiClusterError, match=word) as exc:
+        config_from_dict({"augment": augment})
+    one_line(exc)
+
+
+@pytest.mark.parametrize("name", ["fast", "paper"])
+def test_to_dict_round_trips_and_is_yaml_ready(name: str, tmp_path: Path) -> None:
+    config = config_from_dict({"augment": {"blur_prob": 0.25}}, base=preset_config(name))
+    values = config.to_dict()
+    assert config_from_dict(values) == config
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump(values))  # plain types only
+    assert load_config("fast", path) == config

@@ -1,0 +1,68 @@
+"""Pure grid geometry: ``BlockGrid`` covers a raster exactly once; ``auto_chunk_size`` bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size
+
+
+@pytest.mark.parametrize("height,width,block", [(1, 1, 1), (1, 1, 512), (1, 1000, 32), (1000, 1, 32),
+                                                (145, 145, 64), (83, 86, 16), (513, 77, 32), (64, 64, 64),
+                                                (65, 63, 64), (7, 5, 3), (2048, 2048, 512), (300, 301, 1)])
+def test_block_grid_covers_raster_exactly_once(height: int, width: int, block: int) -> None:
+    grid = BlockGrid(height, width, block)
+    cover = np.zeros((height, width), np.int32)
+    indices = list(grid)
+    assert len(indices) == len(grid) == math.ceil(height / block) * math.ceil(width / block)
+    assert grid.shape == (math.ceil(height / block), math.ceil(width / block))
+    assert indices == sorted(indices)  # row-major
+    for i, j in indices:
+        window = grid.window(i, j)
+        assert isinstance(window, Window)
+        assert window.row == i * block and window.col == j * block  # aligned with Zarr chunks
+        assert 1 <= window.height <= block and 1 <= window.width <= block
+        assert window.row + window.height <= height and window.col + window.width <= width
+        assert window.size == window.height * window.width
+        rows, cols = window.slices
+        cover[rows, cols] += 1
+    np.testing.assert_array_equal(cover, 1)
+
+
+def test_window_slices_select_the_window() -> None:
+    array = np.arange(20 * 30).reshape(20, 30)
+    window = Window(row=3, col=7, height=5, width=11)
+    part = array[window.slices]
+    assert part.shape == (5, 11)
+    assert part[0, 0] == array[3, 7] and part[-1, -1] == array[7, 17]
+
+
+@pytest.mark.parametrize("height,width,block", [(0, 5, 4), (5, 0, 4), (5, 5, 0), (-1, 5, 4)])
+def test_block_grid_rejects_bad_sizes(height: int, width: int, block: int) -> None:
+    with pytest.raises(ValueError):
+        BlockGrid(height, width, block)
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
+@pytest.mark.parametrize("n_bands", [1, 3, 16, 100, 200, 224, 425, 1000, 5000])
+def test_auto_chunk_size_bounds(n_bands: int, itemsize: int) -> None:
+    target = 8 * 2**20
+    side = auto_chunk_size(n_bands, itemsize)
+    assert 32 <= side <= 1024
+    assert side & (side - 1) == 0  # a power of two
+    chunk_bytes = n_bands * itemsize * side * side
+    assert chunk_bytes <= target or side == 32
+    # the largest such side: doubling it would exceed the target (or the maximum)
+    assert side == 1024 or n_bands * itemsize * (2 * side) ** 2 > target
+
+
+def test_auto_chunk_size_options() -> None:
+    assert auto_chunk_size(200, 2) == 128  # AVIRIS int16: 6.5 MB chunks
+    assert auto_chunk_size(1, 1) == 1024
+    assert auto_chunk_size(10_000, 8) == 32  # clamped at the minimum
+    assert auto_chunk_size(100, 4, target_bytes=2**20, minimum=8, maximum=64) == 32
+    assert auto_chunk_size(10_000, 8, minimum=4) < 32
+    assert auto_chunk_size(1, 1, maximum=256) == 256

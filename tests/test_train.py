@@ -1,0 +1,433 @@
+"""Training end to end on tiny scenes: the checkpoint, resume determinism, bad input, the CLI.
+
+Everything runs on the CPU with a dense backbone of width 8 and depth 2 (5 × 5 patches), 4 PCA
+components and batches of 32 on a 24 × 20 scene: 14 steps per epoch, a few seconds per run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import hsi_cluster
+from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
+from hsi_cluster.cli import main
+from hsi_cluster.data.spectral import store_band_stats
+from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.train import TrainResult, partial_checkpoint_path, prepare_store, train
+from tests import helpers
+from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, tiny_config
+
+STEPS_PER_EPOCH = 14  # 473 valid pixels // 32
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Never ingest into ~/.cache from a test."""
+    monkeypatch.setenv("HSICLUSTER_WORK", str(tmp_path / "default-work"))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """24 × 20 × 12 float32 with NaN and nodata pixels (473 valid), ingested with 16-pixel chunks."""
+    ingested = make_scene(tmp_path_factory.mktemp("scene"), height=24, width=20, structured=True, seed=1,
+                          nan_pixels=4, nodata_pixels=3)
+    assert ingested.valid.sum() == 473
+    return ingested
+
+
+@pytest.fixture(scope="module")
+def other_scene(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """A different scene of the same shape and band count."""
+    return make_scene(tmp_path_factory.mktemp("other"), height=24, width=20, structured=True, seed=7,
+                      nan_pixels=4, nodata_pixels=3)
+
+
+def resume_config(**overrides):
+    """Two epochs with the learning rate stepping every epoch, so the scheduler state matters too."""
+    return tiny_config(**{"epochs": 2, "lr_step_epochs": 1, "lr_gamma": 0.5, **overrides})
+
+
+def run(scene: IngestedScene, output: Path, config=None, **kwargs) -> TrainResult:
+    kwargs = {"n_clusters": 3, "seed": 0, "device": "cpu", "work_dir": output.parent / "work", **kwargs}
+    return train([scene.store], output=output, config=config or resume_config(), **kwargs)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"tensors differ after resuming: {different}"
+
+
+def assert_no_output(output: Path) -> None:
+    assert not output.exists(), f"{output} was written"
+    assert not partial_checkpoint_path(output).exists()
+    assert not output.with_suffix(".loss.png").exists()
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert message and "\n" not in message, f"not a one-line message: {message!r}"
+    return message
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(scene: IngestedScene, tmp_path_factory: pytest.TempPathFactory):
+    """Run A: two epochs, never stopped; its checkpoint payload, result and progress calls."""
+    output = tmp_path_factory.mktemp("uninterrupted") / "model.ckpt"
+    output.write_text("an old file that --overwrite replaces")
+    steps: list[tuple[int, int]] = []
+    lines: list[str] = []
+    result = run(scene, output, overwrite=True, progress=lambda step, total, metrics: steps.append((step, total)),
+                 log=lines.append)
+    return torch.load(output, weights_only=True), result, steps, lines
+
+
+# ------------------------------------------------------------------------------- a tiny run
+
+
+def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedScene) -> None:
+    payload, result, steps, lines = uninterrupted
+    output = result.checkpoint
+    assert helpers.listing(output.parent) == ["model.ckpt", "model.loss.png"]  # no .partial, no temp file
+    assert payload["complete"] is True
+    assert payload["library_version"] == hsi_cluster.__version__
+    config = resume_config()
+    assert payload["train_config"] == config.to_dict()
+    assert payload["patch_size"] == 5 and payload["backbone"] == "dense"
+    assert payload["model_config"] == {"in_bands": 12, "n_components": 4, "n_clusters": 3, "backbone": "dense",
+                                       "backbone_kwargs": {"width": 8, "depth": 2}, "head_hidden": 16,
+                                       "instance_dim": None}
+    assert payload["bands"] == 12
+    assert payload["wavelength"] == pytest.approx(helpers.spectral_axis(12)[0].tolist())
+    spectral = payload["spectral"]
+    stats = store_band_stats(scene.store)
+    np.testing.assert_allclose(spectral["mean"].numpy(), stats.mean)
+    np.testing.assert_allclose(spectral["std"].numpy(), stats.std)
+    components = spectral["components"].numpy()
+    assert components.shape == (4, 12)
+    np.testing.assert_allclose(components @ components.T, np.eye(4), atol=1e-5)
+    assert payload["scenes"][0]["shape"] == [12, 24, 20]
+    # the model rebuilt from the checkpoint labels patches
+    model = load_checkpoint(output).build_model()
+    labels, confidence = model.predict_patches(torch.zeros(2, 12, 5, 5))
+    assert labels.shape == (2,) and ((labels >= 0) & (labels < 3)).all()
+    # the run itself
+    assert result.steps == 2 * STEPS_PER_EPOCH and result.epochs == 2
+    assert steps == [(k, 2 * STEPS_PER_EPOCH) for k in range(1, 2 * STEPS_PER_EPOCH + 1)]
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    assert [h["lr"] for h in result.history] == pytest.approx([config.lr, config.lr * 0.5])
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert result.loss_curve == output.with_suffix(".loss.png")
+    assert result.loss_curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_changes_the_weights_and_is_reproducible(uninterrupted, scene: IngestedScene,
+                                                          tmp_path: Path) -> None:
+    payload, *_ = uninterrupted
+    torch.manual_seed(0)
+    again = run(scene, tmp_path / "again.ckpt", config=resume_config(epochs=1), seed=0)
+    first_epoch = torch.load(again.checkpoint, weights_only=True)["state_dict"]
+    # one epoch is not two: the weights moved during the second epoch
+    assert any(not torch.equal(first_epoch[name], payload["state_dict"][name]) for name in first_epoch
+               if first_epoch[name].is_floating_point())
+    other_seed = run(scene, tmp_path / "seed1.ckpt", config=resume_config(epochs=1), seed=1)
+    assert any(not torch.equal(first_epoch[name], tensor)
+               for name, tensor in torch.load(other_seed.checkpoint, weights_only=True)["state_dict"].items())
+
+
+# --------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("stops", [(5,), (STEPS_PER_EPOCH,), (3, STEPS_PER_EPOCH + 6)],
+                         ids=["mid-epoch", "epoch-boundary", "twice"])
+def test_resume_ends_with_the_same_weights(uninterrupted, scene: IngestedScene, tmp_path: Path,
+                                           stops: tuple[int, ...]) -> None:
+    expected, result_a, _, _ = uninterrupted
+    output = tmp_path / "model.ckpt"
+    partial = partial_checkpoint_path(output)
+    for k, stop in enumerate(stops):
+        with pytest.raises(KeyboardInterrupt):
+            run(scene, output, resume=k > 0, stop_after_steps=stop, checkpoint_every=4)
+        assert partial.exists() and not output.exists()
+        state = torch.load(partial, weights_only=True)
+        assert state["complete"] is False and state["training"]["step"] == stop
+    result = run(scene, output, resume=True, checkpoint_every=4)
+    assert output.exists() and not partial.exists()
+    assert result.steps == result_a.steps
+    final = torch.load(output, weights_only=True)
+    assert final["complete"] is True
+    assert_same_weights(final["state_dict"], expected["state_dict"])
+    assert final["training"]["history"] == expected["training"]["history"], "the loss history differs after resuming"
+    assert final["training"]["optimizer"]["param_groups"] == expected["training"]["optimizer"]["param_groups"]
+
+
+def test_resume_a_finished_run_to_train_longer(uninterrupted, scene: IngestedScene, tmp_path: Path) -> None:
+    expected, *_ = uninterrupted
+    output = tmp_path / "model.ckpt"
+    run(scene, output, config=resume_config(epochs=1))
+    result = run(scene, output, config=resume_config(epochs=2), resume=True)
+    assert result.steps == 2 * STEPS_PER_EPOCH
+    assert_same_weights(torch.load(output, weights_only=True)["state_dict"], expected["state_dict"])
+
+
+@pytest.fixture
+def interrupted(scene: IngestedScene, tmp_path: Path) -> Path:
+    """An output path whose run on ``scene`` stopped after 2 steps (OUTPUT.partial only)."""
+    output = tmp_path / "model.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(scene, output, stop_after_steps=2)
+    return output
+
+
+@pytest.mark.parametrize("change", ["scene", "config", "K", "seed", "backbone"])
+def test_resume_with_another_scene_or_config_is_refused(interrupted: Path, scene: IngestedScene,
+                                                        other_scene: IngestedScene, change: str) -> None:
+    partial = partial_checkpoint_path(interrupted)
+    before = partial.read_bytes()
+    kwargs: dict = {}
+    target, config = scene, resume_config()
+    if change == "scene":
+        target = other_scene
+    elif change == "config":
+        config = resume_config(lr=0.5)
+    elif change == "K":
+        kwargs["n_clusters"] = 4
+    elif change == "seed":
+        kwargs["seed"] = 3
+    else:
+        config = resume_config(backbone_kwargs={"width": 16, "depth": 2})
+    with pytest.raises(CheckpointError, match="--resume") as exc:
+        run(target, interrupted, config=config, resume=True, **kwargs)
+    one_line(exc)
+    assert not interrupted.exists() and partial.read_bytes() == before
+
+
+def test_resume_may_change_the_length_of_the_run(interrupted: Path, scene: IngestedScene) -> None:
+    result = run(scene, interrupted, config=resume_config(epochs=1), resume=True)
+    assert result.steps == STEPS_PER_EPOCH and interrupted.exists()
+
+
+def test_resume_with_nothing_to_resume(scene: IngestedScene, tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError, match="--resume") as exc:
+        run(scene, tmp_path / "model.ckpt", resume=True)
+    one_line(exc)
+    assert_no_output(tmp_path / "model.ckpt")
+
+
+def test_resume_from_a_broken_partial(scene: IngestedScene, tmp_path: Path) -> None:
+    output = tmp_path / "model.ckpt"
+    partial_checkpoint_path(output).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as exc:
+        run(scene, output, resume=True)
+    one_line(exc)
+    assert not output.exists()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def raster(folder: Path, cube: np.ndarray, name: str = "bad") -> Path:
+    return helpers.write_geotiff(folder / f"{name}.tif", cube, nodata=NODATA).path
+
+
+def bad_scene(kind: str, folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    if kind == "all-nodata":
+        return raster(folder, np.full((12, 20, 20), NODATA, np.float32))
+    if kind == "all-nan":
+        return raster(folder, np.full((12, 20, 20), np.nan, np.float32))
+    if kind == "smaller-than-patch":
+        return raster(folder, rng.normal(500, 50, (12, 4, 4)).astype(np.float32))
+    if kind == "too-few-bands":
+        return raster(folder, rng.normal(500, 50, (3, 20, 20)).astype(np.float32))
+    if kind == "k-above-valid-pixels":
+        cube = np.full((12, 20, 20), NODATA, np.float32)
+        cube[:, [1, 5, 9], [2, 6, 10]] = rng.normal(500, 50, (12, 3))
+        return raster(folder, cube)
+    if kind == "fewer-pixels-than-a-batch":
+        cube = rng.normal(500, 50, (12, 20, 20)).astype(np.float32)
+        cube[:, 5:, :] = NODATA  # 100 valid pixels < batch 128
+        return raster(folder, cube)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind, k, words", [
+    ("all-nodata", 3, "every pixel is nodata"),
+    ("all-nan", 3, "every pixel is nodata"),
+    ("smaller-than-patch", 3, "smaller than"),
+    ("too-few-bands", 3, "3 bands"),
+    ("k-above-valid-pixels", 5, "valid pixels"),
+    ("fewer-pixels-than-a-batch", 3, "batch"),
+])
+def test_bad_scene_is_a_one_line_error_and_writes_nothing(tmp_path: Path, kind: str, k: int, words: str) -> None:
+    scene_path = bad_scene(kind, tmp_path)
+    output = tmp_path / "model.ckpt"
+    config = tiny_config(batch_size=128) if kind == "fewer-pixels-than-a-batch" else tiny_config()
+    with pytest.raises(HsiClusterError, match=words) as exc:
+        train([scene_path], n_clusters=k, output=output, config=config, device="cpu", work_dir=tmp_path / "work")
+    one_line(exc)
+    assert_no_output(output)
+
+
+@pytest.mark.parametrize("k", [1, 0, -3])
+def test_k_below_two(scene: IngestedScene, tmp_path: Path, k: int) -> None:
+    with pytest.raises(HsiClusterError, match="-k") as exc:
+        run(scene, tmp_path / "model.ckpt", n_clusters=k)
+    one_line(exc)
+    assert_no_output(tmp_path / "model.ckpt")
+
+
+def test_output_folder_missing(scene: IngestedScene, tmp_path: Path) -> None:
+    output = tmp_path / "missing" / "model.ckpt"
+    with pytest.raises(OutputError, match="does not exist") as exc:
+        train([scene.store], n_clusters=3, output=output, config=tiny_config(), device="cpu",
+              work_dir=tmp_path / "work")
+    one_line(exc)
+    assert not output.parent.exists()
+
+
+def test_output_exists_without_overwrite(scene: IngestedScene, tmp_path: Path) -> None:
+    output = tmp_path / "model.ckpt"
+    output.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="already exists") as exc:
+        run(scene, output)
+    one_line(exc)
+    assert output.read_bytes() == b"precious"
+    assert helpers.listing(tmp_path) == ["model.ckpt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(scene: IngestedScene, tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="not writable") as exc:
+            run(scene, folder / "model.ckpt", work_dir=tmp_path / "work")
+        one_line(exc)
+        assert helpers.listing(folder) == []
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu(scene: IngestedScene, tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError, match="cuda") as exc:
+        run(scene, tmp_path / "model.ckpt", device="cuda")
+    one_line(exc)
+    assert_no_output(tmp_path / "model.ckpt")
+
+
+def test_a_mask_with_several_scenes_is_refused(scene: IngestedScene, tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError, match="mask"):
+        train([scene.store, scene.store], n_clusters=3, output=tmp_path / "m.ckpt", config=tiny_config(),
+              device="cpu", mask=scene.valid)
+
+
+# --------------------------------------------------------------------------- prepare_store
+
+
+def test_prepare_store_ingests_once_and_reuses(scene: IngestedScene, tmp_path: Path) -> None:
+    assert prepare_store(scene.store, tmp_path / "work") == scene.store  # a store is used as it is
+    assert not (tmp_path / "work").exists()
+    source = helpers.write_geotiff(tmp_path / "s.tif", scene.cube, nodata=NODATA).path
+    messages: list[str] = []
+    first = prepare_store(source, tmp_path / "work", log=messages.append)
+    assert first.parent == tmp_path / "work" and first.suffix == ".zarr" and len(messages) == 1
+    stamp = (first / "zarr.json").stat().st_mtime_ns
+    again = prepare_store(source, tmp_path / "work", log=messages.append)
+    assert again == first and len(messages) == 1 and (first / "zarr.json").stat().st_mtime_ns == stamp
+    edited = scene.cube.copy()
+    edited[0, 0, 0] += 1
+    helpers.write_geotiff(source, edited, nodata=NODATA)
+    os.utime(source, ns=(stamp + 10**9, stamp + 10**9))  # a different modification time, whatever the clock
+    changed = prepare_store(source, tmp_path / "work", log=messages.append)
+    assert changed != first and len(messages) == 2
+
+
+def test_prepare_store_reports_an_unreadable_scene(tmp_path: Path) -> None:
+    with pytest.raises(HsiClusterError) as exc:
+        prepare_store(tmp_path / "nothing.tif", tmp_path / "work")
+    one_line(exc)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def test_cli_train(scene: IngestedScene, tmp_path: Path, tiny_yaml: Path) -> None:
+    output = tmp_path / "out.ckpt"
+    result = cli("train", scene.path, "-k", 3, "-o", output, "--config", tiny_yaml, "--epochs", 1, "--work",
+                 tmp_path / "work", "--device", "cpu", "-q")
+    assert result.exit_code == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    assert result.stdout == ""
+    payload = load_checkpoint(output).payload
+    assert payload["complete"] and payload["model_config"]["n_clusters"] == 3
+    assert payload["train_config"]["epochs"] == 1 and payload["patch_size"] == 5
+    assert payload["training"]["step"] == STEPS_PER_EPOCH
+    assert output.with_suffix(".loss.png").is_file()
+    assert len(list((tmp_path / "work").glob("*.zarr"))) == 1  # the raster was ingested into --work
+    # not quiet: a summary line naming the checkpoint; the store in --work is reused
+    again = cli("train", scene.path, "-k", 3, "-o", output, "--config", tiny_yaml, "--steps", 2, "--work",
+                tmp_path / "work", "--device", "cpu", "--overwrite")
+    assert again.exit_code == 0, again.stderr
+    assert str(output) in again.stdout
+    assert load_checkpoint(output).payload["training"]["step"] == 2
+
+
+@pytest.mark.parametrize("case", ["k1", "exists", "unknown-key", "missing-folder", "no-resume-source",
+                                  "bad-epochs", "missing-scene"])
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cli_train_bad_input(scene: IngestedScene, tmp_path: Path, tiny_yaml: Path, case: str, quiet: bool) -> None:
+    output = tmp_path / "out.ckpt"
+    args = ["train", scene.path, "-k", 3, "-o", output, "--config", tiny_yaml, "--work", tmp_path / "work",
+            "--device", "cpu"]
+    if case == "k1":
+        args[3] = 1
+    elif case == "exists":
+        output.write_bytes(b"old")
+    elif case == "unknown-key":
+        tiny_yaml.write_text(yaml.safe_dump({**TINY, "epoch": 3}))
+    elif case == "missing-folder":
+        args[5] = tmp_path / "nope" / "out.ckpt"
+    elif case == "no-resume-source":
+        args.append("--resume")
+    elif case == "bad-epochs":
+        args += ["--epochs", 0]
+    else:
+        args[1] = tmp_path / "missing.tif"
+    result = cli(*args, *(["-q"] if quiet else []))
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    if case == "bad-epochs":  # click's own usage error
+        assert "--epochs" in result.stderr
+    else:
+        errors = [line for line in lines if line.startswith("hsicluster: error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+        if quiet:
+            assert len(lines) == 1, result.stderr  # nothing but the error
+        assert result.exit_code == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    if case == "exists":
+        assert output.read_bytes() == b"old"
+    else:
+        assert not output.exists()
+    assert not partial_checkpoint_path(output).exists()
