@@ -38,7 +38,7 @@ NO_LABEL = -1
 
 @torch.no_grad()
 def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int, batch_size: int = 1024,
-                  device: torch.device | str = "cpu",
+                  device: torch.device | str = "cpu", fill: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Label every valid pixel of a store by evaluating the network on its centred patch.
 
@@ -48,6 +48,9 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
         patch_size: p, as in training (reflect padding at the scene border).
         batch_size: patches per forward pass.
         device: where to run the network.
+        fill: per-band values that invalid (NaN/nodata) pixels inside a patch read as; default the
+            store's band means, which is what training saw when this is the training scene (for
+            another scene pass the checkpoint's ``spectral["mean"]``, as the tiled path does).
         progress: ``(blocks_done, blocks_total)`` callback.
 
     Returns:
@@ -61,7 +64,7 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
     halo = patch_size // 2
     labels = np.full((height, width), NO_LABEL, dtype=np.int32)
     confidence = np.full((height, width), np.nan, dtype=np.float32)
-    fill = invalid_fill(store)  # invalid neighbours read as the band means, as in training
+    fill = invalid_fill(store) if fill is None else np.asarray(fill, dtype=np.float64)
     model = model.to(device).eval()
     for done, (i, j) in enumerate(grid, start=1):
         window = grid.window(i, j)

@@ -18,11 +18,13 @@ from click.testing import CliRunner
 import hsi_cluster
 from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
 from hsi_cluster.cli import main
+from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import store_band_stats
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.train import TrainResult, partial_checkpoint_path, prepare_store, train
 from tests import helpers
 from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, tiny_config
+from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 STEPS_PER_EPOCH = 14  # 473 valid pixels // 32
 
@@ -129,10 +131,9 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     assert result.loss_curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_training_changes_the_weights_and_is_reproducible(uninterrupted, scene: IngestedScene,
-                                                          tmp_path: Path) -> None:
+def test_training_changes_the_weights_and_depends_on_the_seed(uninterrupted, scene: IngestedScene,
+                                                              tmp_path: Path) -> None:
     payload, *_ = uninterrupted
-    torch.manual_seed(0)
     again = run(scene, tmp_path / "again.ckpt", config=resume_config(epochs=1), seed=0)
     first_epoch = torch.load(again.checkpoint, weights_only=True)["state_dict"]
     # one epoch is not two: the weights moved during the second epoch
@@ -285,13 +286,17 @@ def test_k_below_two(scene: IngestedScene, tmp_path: Path, k: int) -> None:
     assert_no_output(tmp_path / "model.ckpt")
 
 
-def test_output_folder_missing(scene: IngestedScene, tmp_path: Path) -> None:
-    output = tmp_path / "missing" / "model.ckpt"
+@pytest.mark.parametrize("parent", ["missing", "a-file"])
+def test_output_folder_missing(scene: IngestedScene, tmp_path: Path, parent: str) -> None:
+    if parent == "a-file":
+        (tmp_path / parent).write_text("not a folder")
+    output = tmp_path / parent / "model.ckpt"
     with pytest.raises(OutputError, match="does not exist") as exc:
         train([scene.store], n_clusters=3, output=output, config=tiny_config(), device="cpu",
               work_dir=tmp_path / "work")
     one_line(exc)
-    assert not output.parent.exists()
+    assert not output.parent.is_dir()
+    assert helpers.listing(tmp_path) == ([] if parent == "missing" else ["a-file"])
 
 
 def test_output_exists_without_overwrite(scene: IngestedScene, tmp_path: Path) -> None:
@@ -431,3 +436,16 @@ def test_cli_train_bad_input(scene: IngestedScene, tmp_path: Path, tiny_yaml: Pa
     else:
         assert not output.exists()
     assert not partial_checkpoint_path(output).exists()
+
+
+def test_dataloader_workers_steps_match_the_plan(scene: IngestedScene, tmp_path: Path) -> None:
+    """With worker processes each worker drops its own partial batch: the step count must follow."""
+    expected = PatchSampler(scene.store, patch_size=5, batch_size=32).batches_per_epoch(shards=2)
+    assert expected < STEPS_PER_EPOCH  # the shards really drop more than one worker would
+    calls: list[tuple[int, int]] = []
+    result = run(scene, tmp_path / "model.ckpt", config=resume_config(epochs=1, workers=2),
+                 progress=lambda step, total, metrics: calls.append((step, total)))
+    assert result.steps == expected
+    assert calls[-1] == (expected, expected)
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["complete"] and payload["training"]["steps_per_epoch"] == expected

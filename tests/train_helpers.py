@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 import zarr
 
 from hsi_cluster.config import TrainConfig, config_from_dict, preset_config
@@ -25,6 +27,19 @@ CHUNK = 16
 #: Overrides that make the ``fast`` preset tiny: a dense backbone of depth 2 (5 × 5 patches).
 TINY: dict[str, Any] = {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size": 5, "batch_size": 32,
                         "epochs": 2, "n_components": 4, "head_hidden": 16, "pca_samples": 2000}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Autouse in the modules that import it: one intra-op thread for the module's tests.
+
+    Tiny networks gain nothing from intra-op threads and lose several-fold on a busy 2-core
+    machine; the previous setting is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides: Any) -> TrainConfig:

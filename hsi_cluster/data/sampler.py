@@ -68,17 +68,13 @@ def read_padded_window(data: zarr.Array, row0: int, row1: int, col0: int, col1: 
 def invalid_fill(store: str | Path) -> np.ndarray:
     """What invalid pixels read as inside patches: the store's per-band means over valid pixels.
 
-    The spectral projection maps the scene mean to zero, so a hole looks like a neutral pixel.
-    Returned in the store's dtype (rounded for integer data); 0 for a band with no valid pixel.
+    The spectral projection maps the training scene's mean to zero, so a hole looks like a
+    neutral pixel. Returned in the store's dtype (a plain cast, as the tiled predictor casts the
+    checkpoint's mean); 0 for a band with no valid pixel.
     """
-    group = zarr.open_group(str(store), mode="r")
-    dtype = group["data"].dtype
+    dtype = zarr.open_group(str(store), mode="r")["data"].dtype
     mean = store_band_stats(store).mean
-    mean = np.where(np.isfinite(mean), mean, 0.0)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        mean = np.clip(np.round(mean), info.min, info.max)
-    return mean.astype(dtype)
+    return np.where(np.isfinite(mean), mean, 0.0).astype(dtype)
 
 
 class PatchSampler(IterableDataset):

@@ -130,13 +130,16 @@ def _ingest_unit(scene: xr.DataArray, group: zarr.Group, grid: BlockGrid, blocks
     cols = slice(col0, last.col + last.width)
     unit = np.asarray(scene.data[:, rows, cols].compute(scheduler="synchronous"))
     valid = valid_pixel_mask(unit, nodata=scene.attrs.get("nodata"), good_band=good_band)
-    group["data"][:, rows, cols] = unit
     group["valid"][rows, cols] = valid
     for i, j in blocks:
         window = grid.window(i, j)
         local = (slice(window.row - row0, window.row - row0 + window.height),
                  slice(window.col - col0, window.col - col0 + window.width))
-        group["block_stats"][i, j] = BandStats.of_block(unit[(slice(None), *local)], valid[local]).pack()
+        block = unit[(slice(None), *local)]
+        # One chunk per write: zarr stores a whole chunk as given, but for a region of several
+        # chunks it allocates and fills a new buffer per chunk, all at once (the unit's size again).
+        group["data"][(slice(None), *window.slices)] = block
+        group["block_stats"][i, j] = BandStats.of_block(block, valid[local]).pack()
     for i, j in blocks:
         _marker(path, i, j).touch()
     return len(blocks)
@@ -153,7 +156,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
         chunk: spatial chunk side in pixels; default: chunks of about 8 MB.
         overwrite: replace an existing store (the old one stays until the new one is complete).
         var: variable name for MATLAB files with several cubes.
-        workers: reader/compressor threads (default: CPU count, at most 4).
+        workers: reader/compressor threads (default: 2, or 1 on a single core).
         progress: callback ``(blocks_done, blocks_total)`` called as blocks finish.
 
     Returns:
@@ -200,7 +203,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
     done = len(grid) - sum(len(unit) for unit in todo)
     if progress:
         progress(done, len(grid))
-    n_workers = workers or min(4, os.cpu_count() or 1)
+    n_workers = workers or min(2, os.cpu_count() or 1)  # more threads buy no speed, only memory
     try:
         with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ingest") as pool:
             pending: deque[Future[int]] = deque()

@@ -19,6 +19,8 @@ import zarr
 
 import hsi_cluster.data.sampler as sampler_module
 from hsi_cluster.data.sampler import PatchBatch, PatchSampler, collate_patches, read_padded_window
+from hsi_cluster.io import ingest
+from tests import helpers
 from tests.train_helpers import (NODATA, IngestedScene, make_scene, reference_filled, reference_patch,
                                  reflect_padded, store_arrays)
 
@@ -323,3 +325,16 @@ def test_sampler_store_may_be_a_str(holed: IngestedScene) -> None:
     sampler = PatchSampler(str(holed.store), patch_size=PATCH, batch_size=64)
     assert isinstance(sampler.store, str) and Path(sampler.store) == holed.store
     assert sampler.shape == (12, 40, 37)
+
+
+def test_integer_store_holes_read_as_the_band_mean(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(5, 20, 18, "int16", seed=2, nodata=-9999, nodata_pixels=12)
+    helpers.write_geotiff(tmp_path / "i.tif", cube, nodata=-9999)
+    store = ingest(tmp_path / "i.tif", tmp_path / "i.zarr", chunk=16)
+    valid = helpers.reference_valid_mask(cube, -9999)
+    fill = cube[:, valid].astype(np.float64).mean(axis=1).astype(np.int16)
+    padded = reflect_padded(np.where(valid[None], cube, fill[:, None, None]), HALO)
+    for batch in PatchSampler(store, patch_size=PATCH, batch_size=16, seed=0):
+        assert batch.patches.dtype == np.int16 and not (batch.patches == -9999).any()
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+            np.testing.assert_array_equal(patch, reference_patch(padded, row, col, PATCH))

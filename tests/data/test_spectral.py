@@ -10,6 +10,7 @@ from hsi_cluster.data.spectral import fit_spectral_projection, sample_valid_spec
 from hsi_cluster.model.projection import SpectralProjection
 from tests import helpers
 from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
+from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,162 @@
+"""Tiled inference speed and memory: dense vs patch-by-patch, vs k-means, resnet, RSS flatness.
+
+Builds scenes from real spectra (Indian Pines tiled with random flips, 200 bands, int16 GeoTIFF,
+written tile by tile), trains small models for a few steps (speed does not depend on accuracy), and
+measures in one run:
+
+1. dense fully convolutional ``predict`` of the whole N × N scene: Mpix/s;
+2. patch-by-patch evaluation of the same dense weights on a sub-window: Mpix/s, the speed-up of 1,
+   and the share of identical labels on that window;
+3. scikit-learn ``KMeans.predict`` over the same scene read tile by tile the same way: Mpix/s;
+4. the ``resnet`` backbone through ``predict`` on a sub-window: Mpix/s;
+5. peak RSS of ``hsicluster predict`` in subprocesses for a small and a large scene.
+
+    python benchmarks/predict_speed.py [--size 2048] [--rss-sizes 1024 4096] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, run_measured, write_tiled_scene  # noqa: E402
+
+INDIAN_PINES = REPO.parent / "shared" / "data" / "indian_pines" / "Indian_pines_corrected.npy"
+
+PREDICT = """
+import sys
+from hsi_cluster.predict import predict_scene
+predict_scene(sys.argv[1], sys.argv[2], sys.argv[3], tiles=512, device="cpu", overwrite=True)
+"""
+
+
+def spectra_source() -> np.ndarray:
+    """Indian Pines as (band, y, x) int16 if available, else the bundled Salinas-A."""
+    if INDIAN_PINES.exists():
+        return np.load(INDIAN_PINES).transpose(2, 0, 1).astype(np.int16)
+    from _common import real_cube
+
+    return real_cube()
+
+
+def crop(scene: Path, out: Path, size: int) -> Path:
+    with rasterio.open(scene) as src:
+        profile = src.profile | {"width": size, "height": size}
+        with rasterio.open(out, "w", **profile) as dst:
+            for _, window in dst.block_windows(1):
+                dst.write(src.read(window=window), window=window)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=2048, help="side of the throughput scene")
+    parser.add_argument("--window", type=int, default=128, help="side of the patch-by-patch / resnet sub-window")
+    parser.add_argument("--rss-sizes", type=int, nargs=2, default=[1024, 4096])
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+
+    from sklearn.cluster import KMeans
+
+    from hsi_cluster.checkpoint import load_checkpoint
+    from hsi_cluster.config import config_from_dict, preset_config
+    from hsi_cluster.data.sampler import read_padded_window
+    from hsi_cluster.predict import _tile_logits, predict_scene
+    from hsi_cluster.train import train
+
+    work = Path(tempfile.mkdtemp(prefix="hsic-pred-", dir=args.work))
+    try:
+        source = spectra_source()
+        n_bands = source.shape[0]
+        big = write_tiled_scene(work / "big.tif", max(args.size, *args.rss_sizes), max(args.size, *args.rss_sizes),
+                                source=source)
+        scene = crop(big, work / "scene.tif", args.size)
+        print(f"scene {args.size}×{args.size}×{n_bands} int16 ({scene.stat().st_size / 1e9:.2f} GB)", flush=True)
+        small = crop(big, work / "train.tif", 256)
+        models = {}
+        for name, overrides in (("dense", {}), ("resnet", {"backbone": "resnet", "backbone_kwargs": {}})):
+            config = config_from_dict({"steps": 3, "batch_size": 64, **overrides}, base=preset_config("fast"))
+            models[name] = train([small], n_clusters=16, output=work / f"{name}.ckpt", config=config, seed=0,
+                                 device="cpu", overwrite=True, work_dir=work).checkpoint
+
+        # 1. dense, whole scene
+        result = predict_scene(scene, models["dense"], work / "labels.tif", tiles=512, device="cpu", overwrite=True)
+        dense_rate = result.megapixels_per_second
+        print(f"dense predict: {result.seconds:.1f} s, {dense_rate:.3f} Mpix/s", flush=True)
+
+        # 2. patch by patch on a sub-window, same weights, same reading path
+        checkpoint = load_checkpoint(models["dense"])
+        model = checkpoint.build_model()
+        halo, p, w = checkpoint.patch_size // 2, checkpoint.patch_size, args.window
+        with rasterio.open(scene) as src, rasterio.open(work / "labels.tif") as out:
+            padded = read_padded_window(_Reader(src), 1000, 1000 + w, 1000, 1000 + w, halo)
+            dense_labels = out.read(1, window=Window(1000, 1000, w, w))
+        import torch
+        start = time.perf_counter()
+        patches = torch.from_numpy(padded.astype(np.float32)).unfold(1, p, 1).unfold(2, p, 1)
+        patches = patches.permute(1, 2, 0, 3, 4).reshape(w * w, n_bands, p, p)
+        labels = torch.cat([model.predict_patches(patches[s:s + 1024])[0] for s in range(0, w * w, 1024)])
+        patch_seconds = time.perf_counter() - start
+        patch_rate = w * w / 1e6 / patch_seconds
+        same = float((labels.numpy().reshape(w, w) == dense_labels).mean())
+        print(f"patch-by-patch ({w}×{w} window): {patch_seconds:.1f} s, {patch_rate:.4f} Mpix/s; dense is "
+              f"{dense_rate / patch_rate:.0f}× faster; identical labels {100 * same:.3f} %", flush=True)
+
+        # 3. k-means predict over the same scene read tile by tile
+        with rasterio.open(scene) as src:
+            sample = src.read(window=Window(0, 0, 256, 256)).reshape(n_bands, -1).T.astype(np.float32)
+            mean, std = sample.mean(0), sample.std(0) + 1e-6
+            kmeans = KMeans(16, n_init=1, random_state=0).fit((sample - mean) / std)
+            start = time.perf_counter()
+            for _, window in src.block_windows(1):
+                block = src.read(window=window).reshape(n_bands, -1).T.astype(np.float32)
+                kmeans.predict((block - mean) / std)
+            kmeans_rate = args.size**2 / 1e6 / (time.perf_counter() - start)
+        print(f"k-means predict: {kmeans_rate:.3f} Mpix/s; dense SSCC / k-means = {dense_rate / kmeans_rate:.2f}",
+              flush=True)
+
+        # 4. resnet through predict on a sub-window scene
+        resnet_scene = crop(big, work / "resnet.tif", 256)
+        result = predict_scene(resnet_scene, models["resnet"], work / "resnet_labels.tif", tiles=256, device="cpu",
+                               overwrite=True)
+        print(f"resnet predict (256×256): {result.seconds:.1f} s, {result.megapixels_per_second:.4f} Mpix/s "
+              f"({dense_rate / result.megapixels_per_second:.0f}× slower than dense)", flush=True)
+
+        # 5. RSS flatness in subprocesses
+        peaks = {}
+        for size in args.rss_sizes:
+            path = crop(big, work / f"rss{size}.tif", size)
+            measured = run_measured(PREDICT, str(path), str(models["dense"]), str(work / f"rss{size}_labels.tif"))
+            peaks[size] = measured["peak_rss_mb"]
+            print(f"predict {size}×{size}: {measured['wall_s']:.1f} s, peak RSS {measured['peak_rss_mb']:.0f} MB",
+                  flush=True)
+            path.unlink()
+        lo, hi = args.rss_sizes
+        print(f"peak RSS ratio {hi}² / {lo}² = {peaks[hi] / peaks[lo]:.2f} (target ≤ 1.25), "
+              f"largest {peaks[hi]:.0f} MB (target < 2048 MB)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _Reader:
+    """(band, y, x) slicing of an open rasterio dataset, for read_padded_window."""
+
+    def __init__(self, src: rasterio.io.DatasetReader) -> None:
+        self.src, self.shape = src, (src.count, src.height, src.width)
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        _, rows, cols = key
+        return self.src.read(window=Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""Tiled inference (``hsicluster predict``): tile invariance against the patch-by-patch reference,
+georeferencing and COG layout of the output, nodata, edges, model/scene mismatch, atomic output and
+resume, the CLI, and evaluation of the written labels on a real scene.
+
+Models are tiny (5 × 5 patches) and trained once per module for a few dozen steps on a 70 × 53 × 12
+structured scene with NaN/nodata pixels, a nodata border and an empty corner.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import hsi_cluster.predict as predict_module
+from hsi_cluster.checkpoint import load_checkpoint
+from hsi_cluster.cli import main
+from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.evaluate import score_clustering
+from hsi_cluster.io import ingest
+from hsi_cluster.predict import NO_LABEL, PredictResult, predict_scene
+from tests import helpers
+from tests.predict_helpers import (K, LABEL_NODATA, PATCH, CountingArray, TrainedModel, as_label_map, holey_cube,
+                                   mismatches, partial_store, read_raster, train_tiny, write_scene)
+from tests.train_helpers import structured_cube
+
+HEIGHT, WIDTH = 70, 53
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("predict_tiled")
+
+
+@pytest.fixture(scope="module")
+def holey(workdir: Path) -> tuple[helpers.SyntheticScene, np.ndarray]:
+    """The 70 × 53 × 12 GeoTIFF (EPSG:32633, nodata −9999) with holes, and its valid mask."""
+    cube, valid = holey_cube(12, HEIGHT, WIDTH)
+    assert 0.8 * valid.size < valid.sum() < valid.size
+    return write_scene(workdir / "holey.tif", cube), valid
+
+
+@pytest.fixture(scope="module")
+def dense(workdir: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> TrainedModel:
+    return train_tiny(holey[0].path, workdir / "dense.ckpt", workdir / "work", backbone="dense", steps=30)
+
+
+@pytest.fixture(scope="module")
+def resnet(workdir: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> TrainedModel:
+    return train_tiny(holey[0].path, workdir / "resnet.ckpt", workdir / "work", backbone="resnet", steps=30)
+
+
+@pytest.fixture(scope="module")
+def reference(dense: TrainedModel, resnet: TrainedModel) -> Callable[[TrainedModel], tuple[np.ndarray, np.ndarray]]:
+    """Patch-by-patch labels/confidence of the training store, computed once per model."""
+    cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(model: TrainedModel) -> tuple[np.ndarray, np.ndarray]:
+        if model.checkpoint not in cache:
+            cache[model.checkpoint] = model.reference_labels()
+        return cache[model.checkpoint]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def tiled(workdir: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]):
+    """``run(model, tiles)`` → (labels, confidence, result) of a complete predict of the holey scene, cached."""
+    cache: dict[tuple[Path, int], tuple[np.ndarray, np.ndarray, PredictResult]] = {}
+    out = workdir / "tiled"
+    out.mkdir()
+
+    def run(model: TrainedModel, tiles: int) -> tuple[np.ndarray, np.ndarray, PredictResult]:
+        key = (model.checkpoint, tiles)
+        if key not in cache:
+            stem = f"{model.backbone}-{tiles}"
+            result = predict_scene(holey[0].path, model.checkpoint, out / f"{stem}.tif", tiles=tiles, device="cpu",
+                                   confidence_path=out / f"{stem}.conf.tif")
+            cache[key] = (read_raster(result.output)[0], read_raster(result.confidence)[0], result)
+        return cache[key]
+
+    return run
+
+
+def no_outputs_left(folder: Path, name: str) -> bool:
+    return not any(p.name.startswith(name) or p.name.startswith(f".{name}") for p in folder.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. tile invariance
+
+
+def check_against_reference(labels: np.ndarray, confidence: np.ndarray, reference: tuple[np.ndarray, np.ndarray],
+                            valid: np.ndarray, what: str) -> int:
+    ref_labels, ref_confidence = reference
+    assert ((ref_labels == NO_LABEL) == ~valid).all(), "the reference disagrees with the plain-numpy valid mask"
+    assert (labels[~valid] == LABEL_NODATA).all()
+    count = mismatches(labels, as_label_map(ref_labels), valid)
+    print(f"{what}: {count} of {int(valid.sum())} valid pixels differ from label_patches")
+    assert count <= 1e-4 * valid.sum(), f"{what}: {count} labels differ from the patch-by-patch evaluation"
+    same = labels[valid] == ref_labels[valid]
+    np.testing.assert_allclose(confidence[valid][same], ref_confidence[valid][same], rtol=1e-4, atol=1e-6)
+    return count
+
+
+def test_dense_labels_do_not_depend_on_the_tile_size(dense: TrainedModel, tiled, reference,
+                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    valid = holey[1]
+    ref = reference(dense)
+    assert len(np.unique(ref[0][valid])) >= 2, "degenerate test model: everything in one cluster"
+    first = None
+    for tiles in (8, 16, 32, 64, 200):  # 200: one tile bigger than the scene
+        labels, confidence, result = tiled(dense, tiles)
+        assert result.tiles == -(-HEIGHT // tiles) * -(-WIDTH // tiles)
+        check_against_reference(labels, confidence, ref, valid, f"dense, --tiles {tiles}")
+        if first is None:
+            first = labels
+        else:
+            np.testing.assert_array_equal(labels, first, err_msg=f"--tiles {tiles} differs from --tiles 8")
+
+
+def test_resnet_labels_do_not_depend_on_the_tile_size(resnet: TrainedModel, tiled, reference,
+                                                      holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    valid = holey[1]
+    ref = reference(resnet)
+    assert len(np.unique(ref[0][valid])) >= 2, "degenerate test model: everything in one cluster"
+    small, _, _ = tiled(resnet, 16)
+    whole, _, _ = tiled(resnet, 200)
+    np.testing.assert_array_equal(small, whole)
+    for tiles in (16, 200):
+        check_against_reference(*tiled(resnet, tiles)[:2], ref, valid, f"resnet, --tiles {tiles}")
+
+
+def test_each_tile_is_read_once(dense: TrainedModel, holey: tuple[helpers.SyntheticScene, np.ndarray],
+                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scene is read tile by tile (plus halo) once, not once per use of the lazy tile."""
+    opened: list[CountingArray] = []
+    original = predict_module.open_scene
+
+    def counting_open_scene(path, **kwargs):
+        scene = original(path, **kwargs)
+        import dask.array as da
+
+        source = CountingArray(np.asarray(scene.data))
+        opened.append(source)
+        return scene.copy(data=da.from_array(source, chunks=scene.data.chunks, asarray=False, fancy=False))
+
+    monkeypatch.setattr(predict_module, "open_scene", counting_open_scene)
+    tiles, halo = 16, PATCH // 2
+    predict_scene(holey[0].path, dense.checkpoint, tmp_path / "labels.tif", tiles=tiles, device="cpu")
+    (source,) = opened
+    padded = sum((min(r + tiles + halo, HEIGHT) - max(r - halo, 0)) * (min(c + tiles + halo, WIDTH) - max(c - halo, 0))
+                 for r in range(0, HEIGHT, tiles) for c in range(0, WIDTH, tiles))
+    needed = padded * source.shape[0]
+    assert source.read <= 1.5 * needed, f"read {source.read / needed:.1f}× the values of the tiles and their halos"
+
+
+def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holes in an int16 scene read as the training fill (rounded band means), as the sampler gives them."""
+    import torch
+
+    from hsi_cluster.checkpoint import make_payload, save_checkpoint
+    from hsi_cluster.data.sampler import invalid_fill, read_padded_window
+    from hsi_cluster.data.spectral import fit_spectral_projection
+    from hsi_cluster.model.sscc import SSCC
+    from tests.predict_helpers import tiny_config
+    import zarr
+
+    rng = np.random.default_rng(4)
+    cube = np.round(structured_cube(6, 20, 19, seed=4) * 3 + rng.normal(0, 3, (6, 20, 19))).astype(np.int16)
+    cube[:, 5, 5] = -9999
+    cube[2, 12, 3] = -9999
+    scene = helpers.write_geotiff(tmp_path / "int.tif", cube, nodata=-9999)
+    store = ingest(scene.path, tmp_path / "int.zarr", chunk=16)
+    fit = fit_spectral_projection([store], 3, n_samples=500)
+    fill = invalid_fill(store)
+    assert not np.array_equal(fill, fit.mean.astype(np.int16)), "pick a scene whose mean is not rounded down"
+    torch.manual_seed(0)
+    model = SSCC.build(fit.mean, fit.std, fit.components, n_clusters=3, backbone_kwargs={"width": 4, "depth": 2},
+                       head_hidden=8)
+    spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
+                "components": torch.from_numpy(fit.components)}
+    config = tiny_config(n_components=3).to_dict()
+    save_checkpoint(make_payload(model, train_config=config, spectral=spectral, scenes=[], wavelength=None,
+                                 complete=True), tmp_path / "int.ckpt")
+    seen: list[np.ndarray] = []
+    original = predict_module._tile_logits
+
+    def spy(model, padded, **kwargs):
+        seen.append(np.array(padded))
+        return original(model, padded, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_tile_logits", spy)
+    predict_scene(scene.path, tmp_path / "int.ckpt", tmp_path / "labels.tif", tiles=32, device="cpu")
+    group = zarr.open_group(str(store), mode="r")
+    expected = read_padded_window(group["data"], 0, 20, 0, 19, PATCH // 2, valid=group["valid"], fill=fill)
+    (padded,) = seen
+    np.testing.assert_array_equal(padded, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. georeferencing, COG layout, metadata
+
+
+def test_output_keeps_the_georeferencing_of_a_geotiff(dense: TrainedModel, tiled,
+                                                      holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    scene = holey[0]
+    labels, _, result = tiled(dense, 16)
+    _, meta = read_raster(result.output)
+    assert meta["crs"] == helpers.utm_crs() and meta["crs"].to_epsg() == 32633
+    assert meta["transform"] == scene.transform
+    assert meta["shape"] == (HEIGHT, WIDTH) == labels.shape
+    assert meta["dtype"] == "uint8" and labels.dtype == np.uint8
+    assert meta["nodata"] == LABEL_NODATA
+    assert meta["driver"] == "GTiff" and meta["profile"]["tiled"]
+    assert meta["structure"].get("LAYOUT") == "COG"
+    colormap = meta["colormap"]
+    assert all(k in colormap for k in range(K)) and len({colormap[k] for k in range(K)}) == K
+    digest = load_checkpoint(dense.checkpoint).sha256()
+    assert meta["tags"]["HSICLUSTER_K"] == str(K) and meta["tags"]["HSICLUSTER_MODEL_SHA256"] == digest
+    assert f"K={K}" in meta["descriptions"][0] and digest in meta["descriptions"][0]
+    _, conf_meta = read_raster(result.confidence)
+    assert conf_meta["crs"] == meta["crs"] and conf_meta["transform"] == meta["transform"]
+    assert conf_meta["dtype"] == "float32" and np.isnan(conf_meta["nodata"])
+
+
+def test_overviews_on_a_scene_larger_than_a_block(dense: TrainedModel, tmp_path: Path) -> None:
+    cube = structured_cube(12, 600, 530, seed=8)
+    scene = write_scene(tmp_path / "big.tif", cube)
+    result = predict_scene(scene.path, dense.checkpoint, tmp_path / "big-labels.tif", tiles=512, device="cpu")
+    labels, meta = read_raster(result.output)
+    assert meta["shape"] == (600, 530) and meta["transform"] == scene.transform and meta["crs"] == scene.crs
+    assert meta["structure"].get("LAYOUT") == "COG"
+    assert meta["block_shapes"] == [(512, 512)]
+    assert meta["overviews"], "no overviews on a 600 × 530 COG"
+    assert ((labels >= 0) & (labels < K)).all()
+    with rasterio.open(result.output) as src:  # nearest resampling: the overview holds only labels
+        overview = src.read(1, out_shape=(600 // meta["overviews"][0], 530 // meta["overviews"][0]))
+    assert set(np.unique(overview)) <= set(np.unique(labels))
+
+
+@pytest.fixture(scope="module")
+def salinas_model(workdir: Path, sample_salinas_a: Path) -> TrainedModel:
+    return train_tiny(sample_salinas_a.with_suffix(".hdr"), workdir / "salinas.ckpt", workdir / "work", steps=2,
+                      n_clusters=6)
+
+
+def test_real_envi_scene_without_georeferencing(salinas_model: TrainedModel, tmp_path: Path) -> None:
+    scene = salinas_model.scene
+    with rasterio.open(scene.with_suffix(".img")) as src:
+        height, width = src.height, src.width
+        assert src.crs is None  # the input is not georeferenced either
+    result = predict_scene(scene, salinas_model.checkpoint, tmp_path / "salinas.tif", tiles=32, device="cpu")
+    labels, meta = read_raster(result.output)
+    assert meta["crs"] is None and meta["transform"].is_identity
+    assert meta["shape"] == (height, width) == (83, 86)
+    assert meta["dtype"] == "uint8" and meta["nodata"] == LABEL_NODATA
+    assert meta["structure"].get("LAYOUT") == "COG" and meta["profile"]["tiled"]
+    assert meta["tags"]["HSICLUSTER_K"] == "6" and all(k in meta["colormap"] for k in range(6))
+    ref_labels, _ = salinas_model.reference_labels()
+    valid = ref_labels != NO_LABEL
+    count = mismatches(labels, as_label_map(ref_labels), valid)
+    print(f"Salinas-A, --tiles 32: {count} of {int(valid.sum())} valid pixels differ from label_patches")
+    assert count <= 1e-4 * valid.sum()
+    assert (labels[~valid] == LABEL_NODATA).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. nodata, confidence, quicklook
+
+
+def test_invalid_pixels_get_nodata_and_no_confidence(dense: TrainedModel, tmp_path: Path,
+                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    valid = holey[1]
+    result = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu",
+                           confidence_path=tmp_path / "conf.tif", quicklook_path=tmp_path / "labels.png")
+    labels, _ = read_raster(result.output)
+    assert (labels[~valid] == LABEL_NODATA).all()
+    assert ((labels[valid] >= 0) & (labels[valid] < K)).all()
+    confidence, meta = read_raster(result.confidence)
+    assert confidence.dtype == np.float32 and meta["dtype"] == "float32"
+    assert np.isnan(confidence[~valid]).all()
+    assert ((confidence[valid] >= 1 / K - 1e-6) & (confidence[valid] <= 1.0)).all()
+    assert result.valid_pixels == int(valid.sum()) and result.pixels == HEIGHT * WIDTH
+    assert sum(result.counts.values()) == result.valid_pixels
+    assert result.counts == {k: int((labels == k).sum()) for k in range(K)}
+    png = result.quicklook
+    assert png == (tmp_path / "labels.png").absolute() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and min(image.shape[:2]) > 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "labels.png", "labels.tif"]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. edges
+
+
+@pytest.mark.parametrize("shape", [(PATCH, PATCH), (PATCH, 41), (33, 7), (17, 25)])
+def test_small_and_thin_scenes(dense: TrainedModel, tmp_path: Path, shape: tuple[int, int]) -> None:
+    """Scenes down to the patch size, one tile row or column, sizes not divisible by the tile."""
+    cube = structured_cube(12, *shape, seed=sum(shape))
+    scene = write_scene(tmp_path / "small.tif", cube)
+    result = predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=8, device="cpu")
+    labels, meta = read_raster(result.output)
+    assert meta["shape"] == shape and meta["transform"] == scene.transform
+    store = ingest(scene.path, tmp_path / "small.zarr", chunk=16)
+    ref_labels, _ = dense.reference_labels(store)
+    np.testing.assert_array_equal(labels, as_label_map(ref_labels))
+
+
+@pytest.mark.parametrize("shape", [(1, 30), (PATCH - 1, PATCH), (PATCH, PATCH - 1), (1, 1)])
+def test_scenes_smaller_than_the_patch_are_refused(dense: TrainedModel, tmp_path: Path,
+                                                   shape: tuple[int, int]) -> None:
+    scene = write_scene(tmp_path / "tiny.tif", structured_cube(12, *shape, seed=1))
+    with pytest.raises(HsiClusterError, match="smaller than"):
+        predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=8, device="cpu")
+    assert no_outputs_left(tmp_path, "labels")
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. model/scene mismatch
+
+
+def test_band_count_mismatch_fails_before_any_output(dense: TrainedModel, tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "ten.tif", structured_cube(10, 20, 20, seed=2))
+    with pytest.raises(HsiClusterError, match="10 bands.*12"):
+        predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=8, device="cpu",
+                      confidence_path=tmp_path / "conf.tif", quicklook_path=tmp_path / "q.png")
+    assert not partial_store(tmp_path / "labels.tif").exists()
+    assert no_outputs_left(tmp_path, "labels") and no_outputs_left(tmp_path, "conf")
+
+
+def test_wavelength_mismatch_fails(dense: TrainedModel, tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "shifted.tif", structured_cube(12, 20, 20, seed=2), shift_nm=10.0)
+    with pytest.raises(HsiClusterError, match="nm"):
+        predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=8, device="cpu")
+    assert no_outputs_left(tmp_path, "labels")
+    # the same cube with the training wavelengths, or with none, is accepted
+    for name, options in (("same.tif", {}), ("none.tif", {"wavelengths": False})):
+        ok = write_scene(tmp_path / name, structured_cube(12, 20, 20, seed=2), **options)
+        predict_scene(ok.path, dense.checkpoint, tmp_path / f"labels-{name}", tiles=32, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. atomic output and resume
+
+
+class Crash:
+    """A progress callback that raises KeyboardInterrupt once ``after`` tiles are finished."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        self.calls.append((done, total))
+        if done >= self.after:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_existing_output_needs_overwrite(dense: TrainedModel, tmp_path: Path,
+                                         holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    output = tmp_path / "labels.tif"
+    output.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="--overwrite"):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu")
+    assert output.read_bytes() == b"precious" and not partial_store(output).exists()
+    predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", overwrite=True)
+    assert read_raster(output)[1]["shape"] == (HEIGHT, WIDTH)
+
+
+def test_interrupted_run_resumes_to_the_same_result(dense: TrainedModel, resnet: TrainedModel, tiled,
+                                                    tmp_path: Path,
+                                                    holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    scene = holey[0].path
+    output, confidence = tmp_path / "labels.tif", tmp_path / "conf.tif"
+    crash = Crash(3)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", confidence_path=confidence,
+                      progress=crash)
+    assert crash.calls[-1] == (3, 20)
+    assert not output.exists() and not confidence.exists()
+    assert partial_store(output).is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tif" or p.name.endswith(".tmp")]
+
+    calls: list[tuple[int, int]] = []
+    result = predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", confidence_path=confidence,
+                           resume=True, progress=lambda done, total: calls.append((done, total)))
+    assert result.tiles == 20 and result.tiles_resumed == 3
+    assert calls[0] == (3, 20) and calls[-1] == (20, 20)
+    expected_labels, expected_confidence, _ = tiled(dense, 16)
+    labels, _ = read_raster(output)
+    assert np.array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(read_raster(confidence)[0], expected_confidence)
+    assert not partial_store(output).exists()
+
+    # interrupted again, then "resumed" with another model: nothing of the old run is reused
+    output.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", confidence_path=confidence,
+                      overwrite=True, progress=Crash(5))
+    assert partial_store(output).is_dir() and not output.exists()
+    result = predict_scene(scene, resnet.checkpoint, output, tiles=16, device="cpu", confidence_path=confidence,
+                           resume=True)
+    assert result.tiles_resumed == 0
+    assert np.array_equal(read_raster(output)[0], tiled(resnet, 16)[0])
+    assert not partial_store(output).exists()
+
+
+def test_resume_with_another_tile_size_starts_afresh(dense: TrainedModel, tiled, tmp_path: Path,
+                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    output = tmp_path / "labels.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=16, device="cpu", progress=Crash(2))
+    result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
+    assert result.tiles_resumed == 0
+    assert np.array_equal(read_raster(output)[0], tiled(dense, 32)[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. command line
+
+
+def test_cli_predict_then_evaluate(dense: TrainedModel, tmp_path: Path,
+                                   holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    runner = CliRunner()
+    output = tmp_path / "labels.tif"
+    result = runner.invoke(main, ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o", str(output),
+                                  "--tiles", "16", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    assert output.is_file() and result.stdout == ""
+    labels, _ = read_raster(output)
+
+    truth = np.zeros((HEIGHT, WIDTH), dtype=np.int64)  # three "classes" in bands, some unlabelled pixels
+    truth[5:30, 4:40], truth[30:50, 10:50], truth[50:68, 2:30] = 1, 2, 3
+    np.save(tmp_path / "gt.npy", truth)
+    result = runner.invoke(main, ["evaluate", str(output), str(tmp_path / "gt.npy"), "--json"])
+    assert result.exit_code == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    reported = json.loads(result.stdout)
+    expected = score_clustering(labels, truth, invalid_pred=LABEL_NODATA)
+    assert reported["acc"] == expected.acc
+    assert reported == json.loads(json.dumps(expected.to_dict()))
+    assert reported["n_invalid_pred"] > 0  # the nodata border and holes inside labelled areas count as wrong
+
+
+def test_cli_bad_model_path_is_a_one_line_error(holey: tuple[helpers.SyntheticScene, np.ndarray],
+                                                tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["predict", str(holey[0].path), "-m", str(tmp_path / "missing.ckpt"),
+                                       "-o", str(tmp_path / "labels.tif")])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hsicluster: error: "), result.stderr
+    assert "missing.ckpt" in lines[0]
+    assert no_outputs_left(tmp_path, "labels")
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. a real scene, end to end
+
+
+def test_evaluate_indian_pines_reproduces_the_patch_by_patch_scores(indian_pines: Path, workdir: Path,
+                                                                    tmp_path: Path) -> None:
+    truth_path = indian_pines.with_name("Indian_pines_gt.npy")
+    if not truth_path.is_file():
+        pytest.skip(f"{truth_path} is missing from ../shared/data")
+    model = train_tiny(indian_pines, workdir / "indian_pines.ckpt", workdir / "work", steps=4, n_clusters=16)
+    output = tmp_path / "indian_pines.tif"
+    result = predict_scene(indian_pines, model.checkpoint, output, tiles=64, device="cpu")
+    assert result.tiles == 9
+    ref_labels, _ = model.reference_labels()
+    labels, meta = read_raster(output)
+    assert meta["crs"] is None and meta["shape"] == (145, 145)
+    valid = ref_labels != NO_LABEL
+    count = mismatches(labels, as_label_map(ref_labels), valid)
+    print(f"Indian Pines, --tiles 64: {count} of {int(valid.sum())} valid pixels differ from label_patches")
+    cli = CliRunner().invoke(main, ["evaluate", str(output), str(truth_path), "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    truth = np.load(truth_path)
+    expected = score_clustering(ref_labels, truth, invalid_pred=NO_LABEL)
+    assert json.loads(cli.stdout) == json.loads(json.dumps(expected.to_dict()))
