@@ -218,8 +218,10 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
 
     def read(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         window = grid.window(i, j)
-        padded = read_padded_window(data, window.row, window.row + window.height, window.col,
-                                    window.col + window.width, halo)
+        # np.asarray: read the (lazy, dask) window here, once, in the prefetch thread; left lazy it was
+        # read again by every later use (mask, fill, each projection strip) in the compute thread.
+        padded = np.asarray(read_padded_window(data, window.row, window.row + window.height, window.col,
+                                               window.col + window.width, halo))
         valid = valid_pixel_mask(padded, nodata=scene_nodata, good_band=good_band)
         if not valid.all():  # holes read as the training mean, as in training
             padded = np.where(valid[None], padded, fill.astype(padded.dtype)[:, None, None])

@@ -142,3 +142,25 @@ class CountingArray:
         out = self.values[key]
         self.read += out.size
         return out
+
+
+def untrained_checkpoint(store: Path, output: Path, *, n_clusters: int = K, n_components: int = 3,
+                         wavelength: list[float] | None = None, seed: int = 0) -> Path:
+    """A checkpoint of an untrained dense model (5 × 5 patches) whose projection is fitted on ``store``.
+
+    For tests that need a model without the cost of training (any K, any dtype of scene).
+    """
+    import torch
+
+    from hsi_cluster.checkpoint import make_payload, save_checkpoint
+    from hsi_cluster.data.spectral import fit_spectral_projection
+
+    fit = fit_spectral_projection([store], n_components, n_samples=500, seed=seed)
+    torch.manual_seed(seed)
+    model = SSCC.build(fit.mean, fit.std, fit.components, n_clusters=n_clusters,
+                       backbone_kwargs={"width": 4, "depth": PATCH // 2}, head_hidden=8)
+    spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
+                "components": torch.from_numpy(fit.components)}
+    config = tiny_config(n_components=n_components).to_dict()
+    return save_checkpoint(make_payload(model.eval(), train_config=config, spectral=spectral, scenes=[],
+                                        wavelength=wavelength, complete=True), output)

@@ -9,10 +9,10 @@ structured scene with NaN/nodata pixels, a nodata border and an empty corner.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+import dask.array as da
 import numpy as np
 import pytest
 import rasterio
@@ -21,13 +21,16 @@ from click.testing import CliRunner
 import hsi_cluster.predict as predict_module
 from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
+from hsi_cluster.data.sampler import read_padded_window
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.evaluate import score_clustering
+from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io import ingest
-from hsi_cluster.predict import NO_LABEL, PredictResult, predict_scene
+from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
 from tests import helpers
 from tests.predict_helpers import (K, LABEL_NODATA, PATCH, CountingArray, TrainedModel, as_label_map, holey_cube,
-                                   mismatches, partial_store, read_raster, train_tiny, write_scene)
+                                   mismatches, partial_store, read_raster, train_tiny, untrained_checkpoint,
+                                   write_scene)
 from tests.train_helpers import structured_cube
 
 HEIGHT, WIDTH = 70, 53
@@ -35,6 +38,18 @@ HEIGHT, WIDTH = 70, 53
 
 # ------------------------------------------------------------------------------------------------
 # fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded here: on two cores shared with other jobs, two OpenMP threads made the
+    many tiny convolutions of these tests about ten times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +164,6 @@ def test_each_tile_is_read_once(dense: TrainedModel, holey: tuple[helpers.Synthe
 
     def counting_open_scene(path, **kwargs):
         scene = original(path, **kwargs)
-        import dask.array as da
-
         source = CountingArray(np.asarray(scene.data))
         opened.append(source)
         return scene.copy(data=da.from_array(source, chunks=scene.data.chunks, asarray=False, fancy=False))
@@ -159,41 +172,42 @@ def test_each_tile_is_read_once(dense: TrainedModel, holey: tuple[helpers.Synthe
     tiles, halo = 16, PATCH // 2
     predict_scene(holey[0].path, dense.checkpoint, tmp_path / "labels.tif", tiles=tiles, device="cpu")
     (source,) = opened
-    padded = sum((min(r + tiles + halo, HEIGHT) - max(r - halo, 0)) * (min(c + tiles + halo, WIDTH) - max(c - halo, 0))
-                 for r in range(0, HEIGHT, tiles) for c in range(0, WIDTH, tiles))
-    needed = padded * source.shape[0]
-    assert source.read <= 1.5 * needed, f"read {source.read / needed:.1f}× the values of the tiles and their halos"
+    read_by_predict, source.read = source.read, 0
+    data = counting_open_scene(holey[0].path).data
+    (baseline,) = opened[1:]
+    grid = BlockGrid(HEIGHT, WIDTH, tiles)
+    for i, j in grid:  # what reading every tile with its halo exactly once costs (whole dask chunks)
+        window = grid.window(i, j)
+        np.asarray(read_padded_window(data, window.row, window.row + window.height, window.col,
+                                      window.col + window.width, halo))
+    assert baseline.read > 0
+    assert read_by_predict <= 1.5 * baseline.read, \
+        f"predict read the scene {read_by_predict / baseline.read:.1f}× as much as reading each tile once"
 
 
 def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Holes in an int16 scene read as the training fill (rounded band means), as the sampler gives them."""
-    import torch
-
-    from hsi_cluster.checkpoint import make_payload, save_checkpoint
-    from hsi_cluster.data.sampler import invalid_fill, read_padded_window
-    from hsi_cluster.data.spectral import fit_spectral_projection
-    from hsi_cluster.model.sscc import SSCC
-    from tests.predict_helpers import tiny_config
+    """The network sees a tile exactly as training saw patches: reflect padding, holes of an int16 scene
+    filled with the training store's band means cast to int16 (:func:`invalid_fill`)."""
     import zarr
+
+    from hsi_cluster.data.sampler import invalid_fill
+    from hsi_cluster.data.spectral import store_band_stats
 
     rng = np.random.default_rng(4)
     cube = np.round(structured_cube(6, 20, 19, seed=4) * 3 + rng.normal(0, 3, (6, 20, 19))).astype(np.int16)
     cube[:, 5, 5] = -9999
     cube[2, 12, 3] = -9999
+    valid = helpers.reference_valid_mask(cube, -9999)
+    n = int(valid.sum())
+    for band in cube:  # make every band mean end in .7: the rounded mean is not the truncated one
+        band[15, 15] += (round(0.7 * n) - int(band[valid].astype(np.int64).sum()) % n) % n
     scene = helpers.write_geotiff(tmp_path / "int.tif", cube, nodata=-9999)
     store = ingest(scene.path, tmp_path / "int.zarr", chunk=16)
-    fit = fit_spectral_projection([store], 3, n_samples=500)
     fill = invalid_fill(store)
-    assert not np.array_equal(fill, fit.mean.astype(np.int16)), "pick a scene whose mean is not rounded down"
-    torch.manual_seed(0)
-    model = SSCC.build(fit.mean, fit.std, fit.components, n_clusters=3, backbone_kwargs={"width": 4, "depth": 2},
-                       head_hidden=8)
-    spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
-                "components": torch.from_numpy(fit.components)}
-    config = tiny_config(n_components=3).to_dict()
-    save_checkpoint(make_payload(model, train_config=config, spectral=spectral, scenes=[], wavelength=None,
-                                 complete=True), tmp_path / "int.ckpt")
+    mean = store_band_stats(store).mean
+    assert (np.abs(mean - np.round(mean)) > 0.2).all()  # rounding and truncating the mean differ
+    untrained_checkpoint(store, tmp_path / "int.ckpt")
     seen: list[np.ndarray] = []
     original = predict_module._tile_logits
 
@@ -248,6 +262,33 @@ def test_overviews_on_a_scene_larger_than_a_block(dense: TrainedModel, tmp_path:
     with rasterio.open(result.output) as src:  # nearest resampling: the overview holds only labels
         overview = src.read(1, out_shape=(600 // meta["overviews"][0], 530 // meta["overviews"][0]))
     assert set(np.unique(overview)) <= set(np.unique(labels))
+
+
+def test_a_store_predicts_like_its_raster(dense: TrainedModel, tiled, tmp_path: Path) -> None:
+    """SCENE may be the store made by ``hsicluster ingest``: same labels, nodata and georeferencing."""
+    labels, _, result = tiled(dense, 16)
+    from_store = predict_scene(dense.store, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
+    store_labels, meta = read_raster(from_store.output)
+    np.testing.assert_array_equal(store_labels, labels)
+    _, raster_meta = read_raster(result.output)
+    assert (meta["crs"], meta["transform"], meta["nodata"]) == (raster_meta["crs"], raster_meta["transform"],
+                                                                raster_meta["nodata"])
+
+
+def test_more_than_254_clusters_give_uint16_labels(tmp_path: Path) -> None:
+    cube = structured_cube(6, 30, 27, seed=6)
+    cube[:, 0, :] = np.nan
+    scene = write_scene(tmp_path / "scene.tif", cube)
+    store = ingest(scene.path, tmp_path / "scene.zarr", chunk=16)
+    checkpoint = untrained_checkpoint(store, tmp_path / "k300.ckpt", n_clusters=300)
+    result = predict_scene(scene.path, checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
+    labels, meta = read_raster(result.output)
+    assert meta["dtype"] == "uint16" and meta["nodata"] == 65535
+    assert (labels[0] == 65535).all() and (labels[1:] < 300).all()
+    assert meta["tags"]["HSICLUSTER_K"] == "300" and meta["structure"].get("LAYOUT") == "COG"
+    assert meta["colormap"] is not None and all(k in meta["colormap"] for k in range(300))
+    ref, _ = label_patches(load_checkpoint(checkpoint).build_model(), store, patch_size=PATCH)
+    np.testing.assert_array_equal(labels, np.where(ref == NO_LABEL, 65535, ref))
 
 
 @pytest.fixture(scope="module")
@@ -417,6 +458,22 @@ def test_interrupted_run_resumes_to_the_same_result(dense: TrainedModel, resnet:
                            resume=True)
     assert result.tiles_resumed == 0
     assert np.array_equal(read_raster(output)[0], tiled(resnet, 16)[0])
+    assert not partial_store(output).exists()
+
+
+def test_killed_after_the_last_tile_resumes_without_computing(
+        dense: TrainedModel, tiled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """Every tile finished, killed before the raster was written: resume only writes the raster."""
+    expected = tiled(dense, 32)[0]
+    output = tmp_path / "labels.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", progress=Crash(6))
+    assert not output.exists() and partial_store(output).is_dir()
+    monkeypatch.setattr(predict_module, "_tile_logits", lambda *a, **k: pytest.fail("a finished tile was recomputed"))
+    result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
+    assert result.tiles == result.tiles_resumed == 6
+    assert np.array_equal(read_raster(output)[0], expected)
     assert not partial_store(output).exists()
 
 

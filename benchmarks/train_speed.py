@@ -1,0 +1,66 @@
+"""Sampler throughput vs training consumption, and training speed of both backbones (CPU).
+
+In one process: (1) patches/s the streaming sampler delivers from a store on disk (a 1024 × 1024 ×
+200 scene made from real spectra, or Indian Pines itself with ``--scene``); (2) samples/s of full
+training steps (projection, two augmented views, forward, loss, backward, Adam) for the ``dense``
+(fast preset) and ``resnet`` (paper preset) backbones. Prints the ratio sampler / training.
+
+    python benchmarks/train_speed.py [--size 1024] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_tiled_scene  # noqa: E402
+from predict_speed import spectra_source  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from hsi_cluster.config import config_from_dict, preset_config
+    from hsi_cluster.data.sampler import PatchSampler
+    from hsi_cluster.io import ingest
+    from hsi_cluster.train import train
+
+    work = Path(tempfile.mkdtemp(prefix="hsic-train-", dir=args.work))
+    try:
+        scene = write_tiled_scene(work / "scene.tif", args.size, args.size, source=spectra_source())
+        store = ingest(scene, work / "scene.zarr")
+        sampler = PatchSampler(store, patch_size=11, batch_size=512, seed=0)
+        start, patches = time.perf_counter(), 0
+        for batch in sampler:
+            patches += len(batch.patches)
+            if patches >= 100_000:
+                break
+        sampler_rate = patches / (time.perf_counter() - start)
+        print(f"sampler: {patches} patches in {time.perf_counter() - start:.1f} s = {sampler_rate:.0f} patches/s "
+              f"(from the store on disk, {torch.get_num_threads()} torch threads)", flush=True)
+        for name, preset in (("dense", "fast"), ("resnet", "paper")):
+            config = config_from_dict({"steps": args.steps, "batch_size": 512}, base=preset_config(preset))
+            result = train([store], n_clusters=16, output=work / f"{name}.ckpt", config=config, seed=0,
+                           device="cpu", overwrite=True, work_dir=work)
+            rate = result.samples_per_second
+            print(f"training ({name}, {args.steps} steps of 512): {rate:.0f} samples/s; sampler / training = "
+                  f"{sampler_rate / rate:.1f}×", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
