@@ -312,9 +312,14 @@ def _contrastive_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter
                       entropy_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """SSCC's objective on two augmented views of projected patches (N, C, p, p)."""
     view1, view2 = two_views(projected, augmenter, generator)
-    probs1 = probs(model.forward_projected(view1))
-    probs2 = probs(model.forward_projected(view2))
-    terms = criterion(probs1, probs2)
+    features1, features2 = model.encode(view1), model.encode(view2)
+    probs1 = probs(model.cluster_head(features1))
+    probs2 = probs(model.cluster_head(features2))
+    if model.instance_projector is None:  # the paper: NT-Xent on the cluster probabilities
+        terms = criterion(probs1, probs2)
+    else:  # NT-Xent on a separate instance embedding (Contrastive Clustering, Li et al. 2021)
+        terms = criterion(probs1, probs2, instance1=model.instance_projector(features1),
+                          instance2=model.instance_projector(features2))
     loss = terms["loss"]
     if entropy_weight > 0:
         loss = loss + entropy_weight * (balance(probs1) + balance(probs2))

@@ -449,3 +449,19 @@ def test_dataloader_workers_steps_match_the_plan(scene: IngestedScene, tmp_path:
     assert calls[-1] == (expected, expected)
     payload = torch.load(result.checkpoint, weights_only=True)
     assert payload["complete"] and payload["training"]["steps_per_epoch"] == expected
+
+
+@pytest.mark.parametrize("variant", [{"instance_dim": 8, "instance_weight": 1.0}, {"entropy_weight": 0.5},
+                                     {"self_label_epochs": 1, "self_label_threshold": 0.0}],
+                         ids=["instance-projector", "cluster-balance", "self-labelling"])
+def test_training_variants_train_and_reload(scene: IngestedScene, tmp_path: Path, variant: dict) -> None:
+    baseline = run(scene, tmp_path / "baseline.ckpt", config=tiny_config())
+    result = run(scene, tmp_path / "variant.ckpt", config=tiny_config(**variant))
+    checkpoint = load_checkpoint(result.checkpoint)
+    assert {k: checkpoint.payload["train_config"][k] for k in variant} == variant
+    assert (checkpoint.build_model().instance_projector is not None) == ("instance_dim" in variant)
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    head = "cluster_head.net.2.weight"
+    weights = checkpoint.payload["state_dict"]
+    base_weights = load_checkpoint(baseline.checkpoint).payload["state_dict"]
+    assert not torch.equal(weights[head], base_weights[head]), "the variant's objective changes training"

@@ -51,14 +51,20 @@ class SSCCLoss(nn.Module):
         self.instance_loss = NTXentLoss(temperature=temperature)
         self.cluster_loss = BarlowTwinsLoss(offdiag_weight=offdiag_weight)
 
-    def forward(self, probs1: Tensor, probs2: Tensor) -> dict[str, Tensor]:
-        """Weighted objective and its two terms; see the class docstring for shapes."""
+    def forward(self, probs1: Tensor, probs2: Tensor, *, instance1: Tensor | None = None,
+                instance2: Tensor | None = None) -> dict[str, Tensor]:
+        """Weighted objective and its two terms; see the class docstring for shapes.
+
+        ``instance1``/``instance2`` (N, D), when given, replace the probabilities in the NT-Xent
+        term (an instance projector's embeddings); the cluster term always uses the probabilities.
+        """
         if probs1.ndim != 2 or probs1.shape != probs2.shape:
             raise ValueError(f"probs1 and probs2 must both have shape (N, K), got {tuple(probs1.shape)} "
                              f"and {tuple(probs2.shape)}")
         if probs1.shape[1] < 2:
             raise ValueError(f"need K >= 2 cluster probabilities per sample, got K={probs1.shape[1]}")
-        instance = self.instance_loss(probs1, probs2)
+        instance = self.instance_loss(probs1 if instance1 is None else instance1,
+                                      probs2 if instance2 is None else instance2)
         cluster = self.cluster_loss(probs1, probs2)
         loss = self.instance_weight * instance + self.cluster_weight * cluster
         return {"loss": loss, "instance": instance, "cluster": cluster}
