@@ -61,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048, help="side of the throughput scene")
     parser.add_argument("--window", type=int, default=128, help="side of the patch-by-patch / resnet sub-window")
+    parser.add_argument("--resnet-window", type=int, default=64, help="side of the resnet sub-scene")
     parser.add_argument("--rss-sizes", type=int, nargs=2, default=[1024, 4096])
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
@@ -70,16 +71,17 @@ def main() -> None:
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
     from hsi_cluster.data.sampler import read_padded_window
-    from hsi_cluster.predict import _tile_logits, predict_scene
+    from hsi_cluster.io import open_scene
+    from hsi_cluster.predict import predict_scene
     from hsi_cluster.train import train
 
     work = Path(tempfile.mkdtemp(prefix="hsic-pred-", dir=args.work))
     try:
         source = spectra_source()
         n_bands = source.shape[0]
-        big = write_tiled_scene(work / "big.tif", max(args.size, *args.rss_sizes), max(args.size, *args.rss_sizes),
-                                source=source)
-        scene = crop(big, work / "scene.tif", args.size)
+        max_side = max(args.size, *args.rss_sizes)
+        big = write_tiled_scene(work / "big.tif", max_side, max_side, source=source)
+        scene = big if args.size == max_side else crop(big, work / "scene.tif", args.size)
         print(f"scene {args.size}×{args.size}×{n_bands} int16 ({scene.stat().st_size / 1e9:.2f} GB)", flush=True)
         small = crop(big, work / "train.tif", 256)
         models = {}
@@ -97,9 +99,10 @@ def main() -> None:
         checkpoint = load_checkpoint(models["dense"])
         model = checkpoint.build_model()
         halo, p, w = checkpoint.patch_size // 2, checkpoint.patch_size, args.window
-        with rasterio.open(scene) as src, rasterio.open(work / "labels.tif") as out:
-            padded = read_padded_window(_Reader(src), 1000, 1000 + w, 1000, 1000 + w, halo)
-            dense_labels = out.read(1, window=Window(1000, 1000, w, w))
+        at = (args.size - w) // 2
+        padded = np.asarray(read_padded_window(open_scene(scene).data, at, at + w, at, at + w, halo))
+        with rasterio.open(work / "labels.tif") as out:
+            dense_labels = out.read(1, window=Window(at, at, w, w))
         import torch
         start = time.perf_counter()
         patches = torch.from_numpy(padded.astype(np.float32)).unfold(1, p, 1).unfold(2, p, 1)
@@ -125,37 +128,28 @@ def main() -> None:
               flush=True)
 
         # 4. resnet through predict on a sub-window scene
-        resnet_scene = crop(big, work / "resnet.tif", 256)
-        result = predict_scene(resnet_scene, models["resnet"], work / "resnet_labels.tif", tiles=256, device="cpu",
+        side = args.resnet_window
+        resnet_scene = crop(big, work / "resnet.tif", side)
+        result = predict_scene(resnet_scene, models["resnet"], work / "resnet_labels.tif", tiles=side, device="cpu",
                                overwrite=True)
-        print(f"resnet predict (256×256): {result.seconds:.1f} s, {result.megapixels_per_second:.4f} Mpix/s "
+        print(f"resnet predict ({side}×{side}): {result.seconds:.1f} s, {result.megapixels_per_second:.4f} Mpix/s "
               f"({dense_rate / result.megapixels_per_second:.0f}× slower than dense)", flush=True)
 
         # 5. RSS flatness in subprocesses
         peaks = {}
         for size in args.rss_sizes:
-            path = crop(big, work / f"rss{size}.tif", size)
+            path = big if size == max_side else crop(big, work / f"rss{size}.tif", size)
             measured = run_measured(PREDICT, str(path), str(models["dense"]), str(work / f"rss{size}_labels.tif"))
             peaks[size] = measured["peak_rss_mb"]
             print(f"predict {size}×{size}: {measured['wall_s']:.1f} s, peak RSS {measured['peak_rss_mb']:.0f} MB",
                   flush=True)
-            path.unlink()
+            if path != big:
+                path.unlink()
         lo, hi = args.rss_sizes
         print(f"peak RSS ratio {hi}² / {lo}² = {peaks[hi] / peaks[lo]:.2f} (target ≤ 1.25), "
               f"largest {peaks[hi]:.0f} MB (target < 2048 MB)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-class _Reader:
-    """(band, y, x) slicing of an open rasterio dataset, for read_padded_window."""
-
-    def __init__(self, src: rasterio.io.DatasetReader) -> None:
-        self.src, self.shape = src, (src.count, src.height, src.width)
-
-    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
-        _, rows, cols = key
-        return self.src.read(window=Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start))
 
 
 if __name__ == "__main__":

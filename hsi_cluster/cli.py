@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,9 +182,14 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
     from hsi_cluster.predict import predict_scene
 
+    started = time.perf_counter()
     with progress_bar("predict", unit="tile", quiet=quiet) as update:
+        def on_tile(done: int, total: int) -> None:
+            update(done, total)
+            if not quiet and done:  # edge tiles are smaller: the rate is approximate until the end
+                update.bar.set_postfix_str(f"{done * tiles * tiles / 1e6 / (time.perf_counter() - started):.2f} Mpix/s")
         result = predict_scene(scene, checkpoint, output, tiles=tiles, device=device, confidence_path=confidence,
-                               quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=update)
+                               quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=on_tile)
     if not quiet:
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
