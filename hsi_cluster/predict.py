@@ -128,6 +128,11 @@ def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *, toleranc
                               f"model's {patch}×{patch} patch")
 
 
+def _head_width(model: SSCC) -> int:
+    """Widest layer of the cluster head (its hidden width), to size strips of pixels."""
+    return max(layer.out_features for layer in model.cluster_head.modules() if isinstance(layer, torch.nn.Linear))
+
+
 @torch.no_grad()
 def _tile_logits(model: SSCC, padded: np.ndarray, *, halo: int, patch_size: int, device: torch.device,
                  amp: bool, batch_size: int = 4096) -> torch.Tensor:
@@ -146,13 +151,20 @@ def _tile_logits(model: SSCC, padded: np.ndarray, *, halo: int, patch_size: int,
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         if isinstance(model.backbone, DenseBackbone):
             features = model.backbone.forward_dense(projected)
-            logits = apply_per_pixel(model.cluster_head, features)[0]
+            # The head's hidden layer is wide (512 per pixel): run it on row strips of ~32 MB.
+            rows = max(1, (32 * 2**20) // (features.shape[3] * _head_width(model) * 4))
+            logits = torch.cat([apply_per_pixel(model.cluster_head, features[:, :, r:r + rows])[0]
+                                for r in range(0, features.shape[2], rows)], dim=1)
         else:
             inner_h, inner_w = height - 2 * halo, width - 2 * halo
-            patches = projected[0].unfold(1, patch_size, 1).unfold(2, patch_size, 1)  # (C, h, w, p, p)
-            patches = patches.permute(1, 2, 0, 3, 4).reshape(inner_h * inner_w, -1, patch_size, patch_size)
-            logits = torch.cat([model.forward_projected(patches[s:s + batch_size])
-                                for s in range(0, len(patches), batch_size)]).T.reshape(-1, inner_h, inner_w)
+            windows = projected[0].unfold(1, patch_size, 1).unfold(2, patch_size, 1)  # view (C, h, w, p, p)
+            rows = max(1, batch_size // inner_w)  # copy out only a batch of rows of patches at a time
+            strips = []
+            for r in range(0, inner_h, rows):
+                strip = windows[:, r:r + rows].permute(1, 2, 0, 3, 4)
+                batch = strip.reshape(-1, strip.shape[2], patch_size, patch_size)
+                strips.append(model.forward_projected(batch).reshape(strip.shape[0], inner_w, -1))
+            logits = torch.cat(strips).permute(2, 0, 1)
     return torch.softmax(logits.float(), dim=0)
 
 
