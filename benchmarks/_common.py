@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,21 +45,27 @@ def write_tiled_scene(path: Path, height: int, width: int, *, tile: int = 256, s
     return path
 
 
-def run_measured(code: str, *args: str) -> dict[str, float]:
-    """Run Python ``code`` in a fresh interpreter; return wall seconds and that child's peak RSS (MB).
+_REPORT_PEAK = """
+import json as _json
+for _line in open("/proc/self/status"):
+    if _line.startswith("VmHWM:"):
+        print(_json.dumps({"peak_rss_mb": int(_line.split()[1]) / 1024}))
+"""
 
-    The child's last stdout line, if any, is JSON merged into the result.
+
+def run_measured(code: str, *args: str) -> dict[str, float]:
+    """Run Python ``code`` in a fresh interpreter; return wall seconds and that child's own peak RSS (MB).
+
+    The peak is the child's VmHWM read just before it exits (``wait4``'s ru_maxrss would also count
+    the parent's pages inherited at fork). JSON lines the child prints are merged into the result.
     """
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", code + _REPORT_PEAK, *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child failed:\n{stderr}")
-    result = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
-    if stdout.strip():
-        result.update(json.loads(stdout.strip().splitlines()[-1]))
+        raise RuntimeError(f"benchmark child failed:\n{proc.stderr}")
+    result: dict[str, float] = {"wall_s": wall}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            result.update(json.loads(line))
     return result
