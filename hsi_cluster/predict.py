@@ -150,7 +150,8 @@ def _tile_logits(model: SSCC, padded: np.ndarray, *, halo: int, patch_size: int,
         projected[:, :, start:start + strip] = model.project(rows.unsqueeze(0).to(device))
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         if isinstance(model.backbone, DenseBackbone):
-            features = model.backbone.forward_dense(projected)
+            # channels-last (NHWC) is the layout oneDNN's convolutions run fastest in on CPUs (~1.5×).
+            features = model.backbone.forward_dense(projected.contiguous(memory_format=torch.channels_last))
             # The head's hidden layer is wide (512 per pixel): run it on row strips of ~32 MB.
             rows = max(1, (32 * 2**20) // (features.shape[3] * _head_width(model) * 4))
             logits = torch.cat([apply_per_pixel(model.cluster_head, features[:, :, r:r + rows])[0]
@@ -209,6 +210,8 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     check_scene_matches(checkpoint, scene)
     torch_device = device_from(device)
     model = checkpoint.build_model().to(torch_device).eval()
+    if isinstance(model.backbone, DenseBackbone):
+        model.backbone.to(memory_format=torch.channels_last)
     amp = bool(checkpoint.payload["train_config"].get("amp")) and torch_device.type == "cuda"
     patch_size, halo = checkpoint.patch_size, checkpoint.patch_size // 2
     n_clusters = checkpoint.n_clusters
