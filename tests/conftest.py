@@ -24,21 +24,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def indian_pines(shared_data: Path) -> Path:
-    path = shared_data / "indian_pines" / "Indian_pines_corrected.npy"
+def _shared_file(shared_data: Path, relative: str) -> Path:
+    path = shared_data / relative
     if not path.is_file():
         pytest.skip(f"{path} is missing from ../shared/data")
     return path
+
+
+@pytest.fixture(scope="session")
+def indian_pines(shared_data: Path) -> Path:
+    """The Indian Pines cube (.npy, y × x × band) in ../shared/data."""
+    return _shared_file(shared_data, "indian_pines/Indian_pines_corrected.npy")
 
 
 @pytest.fixture(scope="session")
 def salinas_a(shared_data: Path) -> Path:
     """The Salinas-A ENVI binary in ../shared/data."""
-    path = shared_data / "salinas_a" / "SalinasA_corrected.img"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing from ../shared/data")
-    return path
+    return _shared_file(shared_data, "salinas_a/SalinasA_corrected.img")
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,6 @@ class PatchSampler(IterableDataset):
         block_bytes = self.shape[0] * (chunk + 2 * self.halo) ** 2 * group["data"].dtype.itemsize
         self.blocks_per_group = max(1, buffer_bytes // block_bytes)
         self.fill = invalid_fill(self.store)
-        self._valid_counts: np.ndarray | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Produce ``epoch`` next, skipping its first ``start_batch`` batches."""

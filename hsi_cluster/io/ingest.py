@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -58,7 +57,7 @@ def check_output_path(store: Path, *, overwrite: bool) -> None:
         raise OutputError(f"{store}: {parent} is a file, not a folder; choose another output path")
     if not parent.is_dir():
         raise OutputError(f"{store}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_EXEC if hasattr(os, "X_EXEC") else os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{store}: folder {parent} is not writable; choose another output path")
 
 
@@ -233,17 +232,13 @@ def _finalise(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, An
     shutil.rmtree(work / PROGRESS_DIR, ignore_errors=True)
 
 
-_replace_lock = threading.Lock()
-
-
 def _replace(work: Path, store: Path) -> None:
     """Move the finished store into place; an old store at ``store`` is removed only after."""
-    with _replace_lock:
-        old = store.with_name(store.name + ".old")
-        if store.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            store.rename(old)
-        work.rename(store)
+    old = store.with_name(store.name + ".old")
+    if store.exists():
         if old.exists():
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            shutil.rmtree(old)
+        store.rename(old)
+    work.rename(store)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
