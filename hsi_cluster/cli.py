@@ -18,6 +18,7 @@ from hsi_cluster.errors import HsiClusterError
 
 EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
+EXIT_SOME_FAILED = 3
 
 
 def _fail(message: str, code: int) -> None:
@@ -121,7 +122,7 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("scene", type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "--clusters", "n_clusters", required=True, type=int, help="Number of clusters K (≥ 2).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
@@ -140,10 +141,15 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1),
               help="Steps between periodic checkpoints (also at every epoch end).")
 @command_options
-def train(scene: Path, n_clusters: int, output: Path, preset: str, config_file: Path | None, epochs: int | None,
-          steps: int | None, batch_size: int | None, device: str, seed: int, resume: bool, overwrite: bool,
+def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, config_file: Path | None,
+          epochs: int | None, steps: int | None, batch_size: int | None, device: str, seed: int, resume: bool,
+          overwrite: bool,
           work: Path | None, checkpoint_every: int, quiet: bool) -> None:
-    """Train an SSCC model with K clusters on SCENE (a raster or an ingested store)."""
+    """Train an SSCC model with K clusters on SCENES (rasters, ingested stores or quoted glob patterns).
+
+    Several scenes must have the same bands; patches are drawn from all of them in proportion to
+    their valid pixels, e.g. hsicluster train 'archive/**/*.tif' -k 8 -o model.ckpt
+    """
     from hsi_cluster.config import load_config
     from hsi_cluster.train import train as run_train
 
@@ -156,7 +162,7 @@ def train(scene: Path, n_clusters: int, output: Path, preset: str, config_file: 
                 update.bar.set_postfix(loss=f"{metrics['loss']:.4f}", inst=f"{metrics['inst']:.3f}",
                                        cc=f"{metrics['cc']:.3f}", rate=f"{metrics['samples/s']:.0f}/s",
                                        refresh=False)
-        result = run_train([scene], n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
+        result = run_train(list(scenes), n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log)
     if not quiet:
@@ -197,6 +203,54 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
 
 
 @main.command()
+@click.argument("scenes", nargs=-1, required=True)
+@click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint from 'hsicluster train'.")
+@click.option("--output", "-o", "outdir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the label rasters and manifest.json.")
+@click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://HOST:8786); "
+              "default: a local cluster.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local cluster (default: one per core, at most 4).")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Extra attempts for a scene whose task crashed or whose worker died.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scene records as JSON.")
+@command_options
+def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, scheduler: str | None,
+          workers: int | None, retries: int, as_json: bool, quiet: bool) -> None:
+    """Label many SCENES (files or quoted glob patterns, ** recursive) with one model on dask.
+
+    Rerunning skips the scenes already done; a failing scene is recorded in OUTDIR/manifest.json and
+    the others go on. Exit code 3 when some scenes failed.
+    """
+    from hsi_cluster.batch import run_batch
+
+    with progress_bar("batch", unit="scene", quiet=quiet) as update:
+        pixels = 0
+
+        def on_scene(done: int, total: int, record: dict[str, Any]) -> None:
+            nonlocal pixels
+            pixels += int(record.get("pixels") or 0)
+            update(done, total)
+            if not quiet and record["status"] == "failed":
+                update.bar.write(f"failed: {record['source']}: {record['error']}")
+            if not quiet:
+                update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
+        result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
+                           retries=retries, progress=on_scene, log=(lambda m: None) if quiet else update.bar.write)
+    if as_json:
+        click.echo(json.dumps(result.records, indent=2))
+    elif not quiet:
+        click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
+                   f"{result.seconds:.0f} s; manifest: {result.manifest}")
+    for record in result.failed:
+        click.echo(f"hsicluster: failed: {record['source']}: {record['error']}", err=True)
+    if result.failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@main.command()
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.argument("truth", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -212,6 +266,45 @@ def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str
     reference, _ = read_label_map(truth, var=var)
     scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
     click.echo(json.dumps(scores.to_dict(), indent=2) if as_json else scores.format_table())
+
+
+@main.command("run")
+@click.argument("pipeline_file", metavar="PIPELINE.yaml", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Rerun every step, even those that are up to date.")
+@click.option("--dry-run", is_flag=True, help="Only say which steps would run and why.")
+@click.option("--only", multiple=True, metavar="STEP", help="Run just this step (repeatable); its inputs must exist.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the outputs (default: the file's workdir, else runs/NAME).")
+@command_options
+def run_pipeline(pipeline_file: Path, force: bool, dry_run: bool, only: tuple[str, ...], workdir: Path | None,
+                 quiet: bool) -> None:
+    """Run a YAML pipeline of steps (ingest, train, predict, evaluate, batch, report) in order.
+
+    Steps whose inputs, parameters and outputs are unchanged since their last run are skipped.
+    """
+    from hsi_cluster.pipeline import run
+
+    log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    result = run(pipeline_file, workdir=workdir, force=force, dry_run=dry_run, only=list(only) or None, log=log)
+    if dry_run:
+        count = sum(1 for step in result.steps if step.status == "would run")
+        click.echo(f"{count} of {len(result.steps)} steps would run (workdir {result.pipeline.workdir})")
+        return
+    if not quiet:
+        for step in result.steps:
+            if step.kind == "evaluate":
+                for job, scores in step.summary.items():
+                    if scores:
+                        click.echo(f"{step.name}{f' ({job})' if job else ''}: " +
+                                   "  ".join(f"{k.upper() if k != 'kappa' else 'Kappa'} {v:.3f}" for k, v in scores.items()))
+        click.echo(f"{len(result.ran)} steps ran, {len(result.skipped)} up to date, in {result.seconds:.0f} s "
+                   f"(workdir {result.pipeline.workdir})")
+    if result.report:
+        click.echo(f"report: {result.report}")
+    for failure in result.failures:
+        click.echo(f"hsicluster: failed: {failure}", err=True)
+    if result.failures:
+        sys.exit(EXIT_SOME_FAILED)
 
 
 if __name__ == "__main__":

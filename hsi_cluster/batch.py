@@ -1,0 +1,330 @@
+"""``batch``: label many scenes with one model on dask.distributed.
+
+One task per scene (:func:`label_scene`, which runs the tiled ``predict`` on a worker). The client
+keeps ``OUTDIR/manifest.json``: one record per scene (source, output, status, error, timings, pixel
+counts, sha256 of the output, attempts), rewritten atomically as each scene finishes, so it survives
+a crash of the client. A rerun skips the scenes whose output still matches its recorded checksum
+and redoes the others; an interrupted scene continues from its finished tiles (``predict --resume``).
+
+Scheduling, retries after a lost worker and the dashboard are dask.distributed's: a
+:class:`~distributed.LocalCluster` of worker processes by default, or any running scheduler
+(``dask scheduler`` + ``dask worker``, dask-jobqueue, dask-kubernetes) by address. Workers must see
+the scenes, the checkpoint and OUTDIR at the same paths (a shared filesystem on a cluster).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsi_cluster import __version__
+from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.io.paths import expand_scene_paths
+
+MANIFEST = "manifest.json"
+ATTEMPTS_DIR = ".attempts"
+OUTPUT_SUFFIX = "_labels.tif"
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+"""``(scenes_finished, scenes_total, record_just_finished)``."""
+
+
+def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
+    """Where each scene's labels go: OUTDIR / (path relative to the scenes' common folder) with
+    ``_labels.tif`` in place of the extension, so scenes of the same name in different folders
+    do not collide."""
+    if not sources:
+        return {}
+    common = Path(os.path.commonpath([str(s.parent) for s in sources]))
+    targets: dict[Path, Path] = {}
+    for source in sources:
+        relative = source.relative_to(common)
+        targets[source] = outdir / relative.parent / (relative.name.split(".")[0] + OUTPUT_SUFFIX)
+    seen: dict[Path, Path] = {}
+    for source, target in targets.items():
+        if target in seen:
+            raise HsiClusterError(f"{source} and {seen[target]} would both write {target}; rename one of them")
+        seen[target] = source
+    return targets
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for piece in iter(lambda: file.read(2**20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_dir: str) -> dict[str, Any]:
+    """The task run on a worker: tiled ``predict`` of one scene.
+
+    A problem with the scene or model (:class:`HsiClusterError`) is returned as a failed record
+    instead of raised, so dask does not retry what cannot succeed; anything else raises and is
+    retried by dask. Each attempt leaves a file in ``attempts_dir`` (holding the worker's process id)
+    so the client can count them.
+
+    Returns:
+        the scene's manifest record (without the client-side fields).
+    """
+    import torch
+
+    from hsi_cluster.predict import predict_scene
+
+    Path(attempts_dir).mkdir(parents=True, exist_ok=True)
+    (Path(attempts_dir) / f"{attempt_stem(output)}.{uuid.uuid4().hex[:8]}").write_text(str(os.getpid()))
+    threads = _worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    record: dict[str, Any] = {"source": source, "output": output, "worker": _worker_address()}
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True, resume=True)
+    except HsiClusterError as exc:
+        return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
+    return {**record, "status": "done", "error": None, "seconds": result.seconds, "pixels": result.pixels,
+            "valid_pixels": result.valid_pixels, "tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
+            "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output))}
+
+
+def _worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+@dataclass
+class BatchResult:
+    """What a finished batch reports."""
+
+    manifest: Path
+    records: list[dict[str, Any]]
+    seconds: float
+    dashboard: str | None = None
+    workers: int = 0
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+    @property
+    def done(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "done"]
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "skipped"]
+
+
+@dataclass
+class Manifest:
+    """OUTDIR/manifest.json: the batch's model, settings and one record per scene, by source."""
+
+    path: Path
+    header: dict[str, Any]
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, header: dict[str, Any]) -> "Manifest":
+        """The manifest at ``path``; its records are kept only if it was made with the same model and tiles."""
+        manifest = cls(path, header)
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            return manifest
+        except (OSError, ValueError):
+            return manifest  # unreadable: start afresh (outputs are checked against their checksums anyway)
+        same = all(saved.get(key) == header.get(key) for key in ("model_sha256", "tiles"))
+        if same and isinstance(saved.get("scenes"), dict):
+            manifest.records = saved["scenes"]
+        return manifest
+
+    def save(self) -> None:
+        """Write atomically (temporary file, then rename)."""
+        body = {**self.header, "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "scenes": self.records}
+        scratch = self.path.with_name(self.path.name + ".tmp")
+        scratch.write_text(json.dumps(body, indent=2))
+        os.replace(scratch, self.path)
+
+    def is_current(self, source: Path, output: Path) -> bool:
+        """Whether ``source`` finished before and its output is still the file recorded."""
+        record = self.records.get(str(source))
+        if not record or record.get("status") not in ("done", "skipped") or not output.is_file():
+            return False
+        stat = source.stat() if source.exists() else None
+        if stat is None or record.get("source_mtime_ns") != stat.st_mtime_ns:
+            return False
+        return record.get("sha256") == sha256_of(output)
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
+    """A dask.distributed client: to ``scheduler`` when given, else to a new LocalCluster of
+    ``workers`` processes (default: one per core, at most 4) sharing the cores between them."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise HsiClusterError(f"--scheduler {scheduler}: cannot connect ({exc}); start it with "
+                                  "`dask scheduler` or check the address") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cores = os.cpu_count() or 1
+    n_workers = workers or max(1, min(cores, 4))
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=max(1, cores // n_workers), processes=True,
+                           dashboard_address=":0", silence_logs=40)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _dashboard(client: Any) -> str | None:
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001 — the link is a nicety, never a reason to fail
+        return None
+    return client.dashboard_link if "dashboard" in services else None
+
+
+def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.PathLike[str],
+              outdir: str | os.PathLike[str], *, tiles: int = 512, scheduler: str | None = None,
+              workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
+              log: Callable[[str], None] | None = None) -> BatchResult:
+    """Label every scene with one model on dask.distributed; see the module docstring.
+
+    Args:
+        scenes: files and glob patterns (quoted on the command line; ``**`` recursive).
+        checkpoint: a checkpoint from ``hsicluster train``.
+        outdir: folder for the label rasters and ``manifest.json`` (created if missing).
+        tiles: tile side passed to ``predict``.
+        scheduler: address of a running dask scheduler (``tcp://host:8786``); default: a LocalCluster.
+        workers: worker processes of the LocalCluster.
+        retries: extra attempts for a scene whose task raised or whose worker died.
+        progress: called as each scene finishes.
+        log: receives notices (dashboard link, skipped scenes).
+
+    Returns:
+        the records of every scene, in input order; ``failed`` lists the failures.
+
+    Raises:
+        HsiClusterError: no scenes, an unreadable checkpoint, an unusable OUTDIR or scheduler.
+    """
+    from distributed import as_completed
+
+    from hsi_cluster.checkpoint import load_checkpoint
+
+    started = time.perf_counter()
+    log = log or (lambda message: None)
+    sources = expand_scene_paths(scenes)
+    if not sources:
+        raise HsiClusterError("no scenes given; pass files or a quoted glob pattern")
+    if tiles < 8:
+        raise HsiClusterError(f"--tiles {tiles} is too small; use at least 8 pixels (512 is a good default)")
+    checkpoint_path = Path(checkpoint).expanduser().absolute()
+    model_sha = load_checkpoint(checkpoint_path).sha256()  # fails here, once, for a bad checkpoint
+    out = Path(outdir).expanduser().absolute()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror}); choose another") from exc
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"{out}: the output folder is not writable; choose another")
+    targets = output_paths(sources, out)
+    header = {"format": "hsicluster-batch", "library_version": __version__, "model": str(checkpoint_path),
+              "model_sha256": model_sha, "tiles": tiles}
+    manifest = Manifest.load(out / MANIFEST, header)
+    attempts_dir = out / ATTEMPTS_DIR
+
+    todo: list[Path] = []
+    for source in sources:
+        if manifest.is_current(source, targets[source]):
+            manifest.records[str(source)]["status"] = "skipped"
+        else:
+            todo.append(source)
+            manifest.records[str(source)] = {"source": str(source), "output": str(targets[source]),
+                                             "status": "pending", "error": None}
+    manifest.save()
+    if len(todo) < len(sources):
+        log(f"{len(sources) - len(todo)} of {len(sources)} scenes are up to date; skipping them")
+    finished = len(sources) - len(todo)
+    dashboard, n_workers = None, 0
+    if todo:
+        with dask_client(scheduler, workers) as client:
+            dashboard = _dashboard(client)
+            n_workers = len(client.scheduler_info().get("workers", {}))
+            if dashboard:
+                log(f"dask dashboard: {dashboard}")
+            futures = {}
+            for source in todo:
+                _clear_attempts(attempts_dir, str(targets[source]))
+                future = client.submit(label_scene, str(source), str(checkpoint_path), str(targets[source]), tiles,
+                                       str(attempts_dir), key=f"label-{uuid.uuid4().hex}", retries=retries,
+                                       pure=False)
+                futures[future] = source
+            for future in as_completed(futures):
+                source = futures[future]
+                try:
+                    record = future.result()
+                except Exception as exc:  # noqa: BLE001 — a scene fails alone; dask already retried it
+                    record = {"source": str(source), "output": str(targets[source]), "status": "failed",
+                              "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                record["attempts"] = _count_attempts(attempts_dir, record["output"])
+                record["source_mtime_ns"] = source.stat().st_mtime_ns if source.exists() else None
+                record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                manifest.records[str(source)] = record
+                manifest.save()
+                finished += 1
+                if progress:
+                    progress(finished, len(sources), record)
+    records = [manifest.records[str(source)] for source in sources]
+    return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
+                       dashboard=dashboard, workers=n_workers)
+
+
+def attempt_stem(output: str) -> str:
+    """Name prefix of the attempt markers of the scene written to ``output``."""
+    return hashlib.sha1(output.encode()).hexdigest()[:16]
+
+
+def _count_attempts(attempts_dir: Path, output: str) -> int:
+    return len(list(attempts_dir.glob(f"{attempt_stem(output)}.*"))) if attempts_dir.is_dir() else 0
+
+
+def _clear_attempts(attempts_dir: Path, output: str) -> None:
+    for marker in attempts_dir.glob(f"{attempt_stem(output)}.*") if attempts_dir.is_dir() else []:
+        marker.unlink(missing_ok=True)
+
+
+__all__ = ["run_batch", "label_scene", "attempt_stem", "output_paths", "BatchResult", "Manifest", "sha256_of"]

@@ -1,0 +1,64 @@
+"""Scene arguments to paths: quoted glob patterns expanded, sidecar files skipped, repeats dropped."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Iterable
+
+from hsi_cluster.errors import SceneError
+
+#: Files next to a raster that a pattern such as ``archive/*`` matches but that are not scenes.
+SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".prj", ".xml", ".json", ".txt")
+#: Names of the binary beside an ENVI header (the header is skipped when one of them exists).
+ENVI_BINARY_SUFFIXES = ("", ".img", ".dat", ".raw", ".bin", ".bsq", ".bil", ".bip")
+
+
+def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Scenes named by paths and glob patterns, in the order given, each once.
+
+    An argument that exists is taken literally (even if its name holds ``*``, ``?`` or ``[``).
+    Otherwise an argument with glob characters is expanded with :func:`glob.glob` (``**`` matches
+    any number of folders), its matches sorted by name, skipping what is not a scene of its own
+    (GDAL sidecar files, an ENVI header whose binary exists, folders other than ``*.zarr`` stores,
+    anything inside a store).
+    Other arguments are kept as they are, so that the reader reports a missing file. A path given
+    twice (or matched by two patterns) is kept where it first appears.
+
+    Args:
+        patterns: paths and patterns, e.g. ``["archive/*.tif", "extra/scene.zarr"]``; ``~`` is expanded.
+
+    Returns:
+        absolute paths.
+
+    Raises:
+        SceneError: a pattern matches no scene (one line naming the pattern).
+    """
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        text = os.path.expanduser(os.fspath(pattern))
+        if not os.path.lexists(text) and glob.has_magic(text):
+            matches = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if is_scene_match(Path(p))]
+            if not matches:
+                raise SceneError(f"{os.fspath(pattern)}: the pattern matches no scene; check it (and quote it so "
+                                 "that the shell passes it on unexpanded)")
+        else:
+            matches = [Path(text)]
+        for match in matches:
+            found.setdefault(match.absolute(), None)
+    return list(found)
+
+
+def is_scene_match(path: Path) -> bool:
+    """Whether a glob match stands for a scene (see :func:`expand_scene_paths`)."""
+    if any(parent.suffix.lower() == ".zarr" for parent in path.parents):
+        return False  # a file or folder inside a store (``archive/**`` descends into them)
+    if path.is_dir():
+        return path.suffix.lower() == ".zarr"
+    name = path.name.lower()
+    if name.endswith(SIDECAR_SUFFIXES):
+        return False
+    if name.endswith(".hdr"):
+        return not any(path.with_suffix(ext).is_file() for ext in ENVI_BINARY_SUFFIXES)
+    return True

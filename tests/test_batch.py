@@ -1,0 +1,296 @@
+"""``batch``: many scenes, one model, on dask.distributed — for real (worker processes on loopback).
+
+A tiny model is trained once on the bundled Salinas-A scene (204 bands). The batch holds synthetic
+204-band GeoTIFFs made from its spectra (EPSG:32633), the real Salinas-A scene, a truncated GeoTIFF
+and, when ../shared/data is present, Indian Pines (200 bands: a band mismatch). Every finished
+output must equal a single-scene ``predict`` of the same scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hsi_cluster.batch import ATTEMPTS_DIR, attempt_stem, output_paths, run_batch, sha256_of
+from hsi_cluster.cli import EXIT_SOME_FAILED, main
+from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.io import open_scene
+from hsi_cluster.predict import predict_scene
+from tests import helpers
+from tests.predict_helpers import read_raster, train_tiny
+
+TILES = 32
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def shared_data_optional() -> Path | None:
+    """../shared/data when present (the batch then also holds a real 200-band scene), else None."""
+    return SHARED_DATA if (SHARED_DATA / "indian_pines" / "Indian_pines_corrected.npy").is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Scene lists and output names (no cluster).
+
+
+def test_output_paths_keep_folders_apart(tmp_path: Path) -> None:
+    sources = [tmp_path / "x" / "scene.tif", tmp_path / "y" / "scene.tif", tmp_path / "x" / "other.hdr"]
+    targets = output_paths(sources, tmp_path / "out")
+    assert targets[sources[0]] == tmp_path / "out" / "x" / "scene_labels.tif"
+    assert targets[sources[1]] == tmp_path / "out" / "y" / "scene_labels.tif"
+    assert targets[sources[2]] == tmp_path / "out" / "x" / "other_labels.tif"
+    with pytest.raises(HsiClusterError, match="would both write"):
+        output_paths([tmp_path / "s.tif", tmp_path / "s.img"], tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------------------
+# Real batches.
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, sample_salinas_a: Path) -> dict:
+    """A tiny model and an 'archive': 4 synthetic scenes + real Salinas-A + a corrupt file (+ Indian Pines)."""
+    root = tmp_path_factory.mktemp("archive")
+    model = train_tiny(sample_salinas_a, root / "model.ckpt", root / "work", n_clusters=4, steps=8)
+    spectra = np.asarray(open_scene(sample_salinas_a).values, dtype=np.float32)  # (204, 83, 86)
+    scenes = root / "scenes"
+    (scenes / "north").mkdir(parents=True)
+    (scenes / "south").mkdir()
+    good = []
+    for index, (height, width) in enumerate([(70, 90), (41, 64), (83, 86), (50, 33)]):
+        cube = np.flip(spectra, axis=1 + index % 2)[:, :height, :width]
+        cube = np.concatenate([cube, cube[:, ::-1]], axis=1)[:, :height] if height > cube.shape[1] else cube
+        folder = scenes / ("north" if index < 2 else "south")
+        good.append(helpers.write_geotiff(folder / f"scene{index}.tif", np.ascontiguousarray(cube), tiled=True,
+                                          blocksize=32).path)
+    shutil.copy(sample_salinas_a, scenes / "south" / "salinas_a.img")
+    shutil.copy(sample_salinas_a.with_suffix(".hdr"), scenes / "south" / "salinas_a.hdr")
+    good.append(scenes / "south" / "salinas_a.img")
+    corrupt = scenes / "north" / "corrupt.tif"
+    corrupt.write_bytes(good[0].read_bytes()[:5000])
+    return {"model": model.checkpoint, "scenes": scenes, "good": good, "corrupt": corrupt, "root": root}
+
+
+def reference_labels(archive: dict, source: Path, tmp: Path) -> np.ndarray:
+    """Labels of ``source`` by a single-scene predict (cached per scene)."""
+    cache = archive["root"] / "reference" / f"{source.parent.name}_{source.stem}.tif"
+    if not cache.exists():
+        cache.parent.mkdir(exist_ok=True)
+        predict_scene(source, archive["model"], cache, tiles=TILES)
+    return read_raster(cache)[0]
+
+
+def assert_outputs_match_predict(archive: dict, result_records: list[dict], tmp: Path) -> None:
+    for record in result_records:
+        if record["status"] not in ("done", "skipped"):
+            continue
+        labels, meta = read_raster(Path(record["output"]))
+        np.testing.assert_array_equal(labels, reference_labels(archive, Path(record["source"]), tmp))
+        assert record["sha256"] == sha256_of(Path(record["output"]))
+
+
+def test_batch_on_a_local_cluster_isolates_a_corrupt_scene(archive: dict, tmp_path: Path,
+                                                           shared_data_optional: Path | None) -> None:
+    patterns = [str(archive["scenes"] / "**" / "*.tif"), str(archive["scenes"] / "south" / "*.img")]
+    if shared_data_optional is not None:  # a real scene of 200 bands: the model has 204
+        patterns.append(str(shared_data_optional / "indian_pines" / "Indian_pines_corrected.npy"))
+    out = tmp_path / "out"
+    result = run_batch(patterns, archive["model"], out, tiles=TILES, workers=2, retries=1)
+    assert result.workers == 2
+    by_source = {Path(r["source"]).name: r for r in result.records}
+    assert len(result.records) == len(archive["good"]) + 1 + (shared_data_optional is not None)
+    assert by_source["corrupt.tif"]["status"] == "failed"
+    assert "corrupt.tif" in by_source["corrupt.tif"]["error"]
+    if shared_data_optional is not None:
+        assert by_source["Indian_pines_corrected.npy"]["status"] == "failed"
+        assert "band" in by_source["Indian_pines_corrected.npy"]["error"]
+    assert {r["status"] for r in result.done} == {"done"} and len(result.done) == len(archive["good"])
+    assert_outputs_match_predict(archive, result.records, tmp_path)
+    # Outputs mirror the scenes' folders below their common parent (so equal names cannot collide).
+    assert by_source["scene0.tif"]["output"].endswith("/north/scene0_labels.tif")
+    assert by_source["salinas_a.img"]["output"].endswith("/south/salinas_a_labels.tif")
+    assert all(Path(r["output"]).is_relative_to(out) for r in result.records)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scenes"][str(archive["corrupt"])]["status"] == "failed"
+    assert all(r["attempts"] == 1 for r in result.done)
+
+    # Rerun: finished scenes are skipped (files untouched), the failed one is tried again.
+    before = {r["output"]: os.stat(r["output"]).st_mtime_ns for r in result.done}
+    again = run_batch(patterns, archive["model"], out, tiles=TILES, workers=1)
+    assert {Path(r["source"]).name for r in again.skipped} == {p.name for p in archive["good"]}
+    assert {r["output"]: os.stat(r["output"]).st_mtime_ns for r in again.skipped} == before
+    assert len(again.failed) == len(result.failed)
+
+    # A changed output is not trusted: that scene is redone.
+    victim = Path(result.done[0]["output"])
+    victim.write_bytes(b"tampered")
+    third = run_batch(patterns, archive["model"], out, tiles=TILES, workers=1)
+    assert [r["output"] for r in third.done] == [str(victim)]
+    assert_outputs_match_predict(archive, third.records, tmp_path)
+
+
+def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = runner.invoke(main, ["batch", str(archive["good"][1]), str(archive["good"][3]), "-m",
+                                str(archive["model"]), "-o", str(tmp_path / "ok"), "--tiles", str(TILES),
+                                "--workers", "1", "-q", "--json"])
+    assert good.exit_code == 0, good.output
+    records = json.loads(good.stdout)
+    assert [r["status"] for r in records] == ["done", "done"]
+    bad = runner.invoke(main, ["batch", str(archive["corrupt"]), str(archive["good"][1]), "-m",
+                               str(archive["model"]), "-o", str(tmp_path / "ok"), "--tiles", str(TILES),
+                               "--workers", "1", "-q"])
+    assert bad.exit_code == EXIT_SOME_FAILED
+    assert "hsicluster: failed:" in bad.stderr and "corrupt.tif" in bad.stderr
+    missing = runner.invoke(main, ["batch", str(tmp_path / "none*.tif"), "-m", str(archive["model"]), "-o",
+                                   str(tmp_path / "x"), "-q"])
+    assert missing.exit_code == 2
+    assert missing.stderr.count("\n") == 1 and "matches no scene" in missing.stderr
+    bad_model = tmp_path / "bad.ckpt"
+    bad_model.write_bytes(b"not a checkpoint")
+    refused = runner.invoke(main, ["batch", str(archive["good"][1]), "-m", str(bad_model), "-o", str(tmp_path / "y"),
+                                   "-q"])
+    assert refused.exit_code == 2 and refused.stderr.startswith("hsicluster: error:")
+    assert not (tmp_path / "y").exists() or not any((tmp_path / "y").iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# A scheduler and workers started as separate processes on loopback.
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _dask_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distributed.cli.dask_" + args[0].replace("-", "_"), *args[1:]]
+
+
+class LoopbackCluster:
+    """``dask scheduler`` and ``n`` × ``dask worker --no-nanny`` as separate processes on 127.0.0.1."""
+
+    def __init__(self, workers: int, log_dir: Path) -> None:
+        self.address = f"tcp://127.0.0.1:{_free_port()}"
+        self.log_dir = log_dir
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        port = self.address.rsplit(":", 1)[1]
+        self.scheduler = subprocess.Popen(_dask_command("scheduler", "--host", "127.0.0.1", "--port", port,
+                                                        "--no-dashboard"),
+                                          stdout=subprocess.DEVNULL, stderr=open(log_dir / "scheduler.log", "w"),
+                                          env=env)
+        self.workers = [subprocess.Popen(_dask_command("worker", self.address, "--nthreads", "1", "--no-nanny",
+                                                       "--no-dashboard", "--name", f"w{i}"),
+                                         stdout=subprocess.DEVNULL, stderr=open(log_dir / f"worker{i}.log", "w"),
+                                         env=env)
+                        for i in range(workers)]
+        self._wait_for_workers(workers)
+
+    def _wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        client = Client(self.address, timeout="60s")
+        try:
+            client.wait_for_workers(n, timeout=120)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.scheduler]:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_batch_against_a_separate_scheduler_survives_a_killed_worker(archive: dict, tmp_path: Path) -> None:
+    cluster = LoopbackCluster(workers=2, log_dir=tmp_path)
+    try:
+        out = tmp_path / "out"
+        attempts = out / ".attempts"
+        killed: list[int] = []
+
+        sources = [str(p) for p in archive["good"]]
+        outputs = {attempt_stem(str(o)): o for o in output_paths([Path(s) for s in sources], out).values()}
+        pids = {proc.pid: proc for proc in cluster.workers}
+
+        def kill_a_busy_worker() -> None:
+            """SIGKILL the worker of a scene that has started (attempt marker) and not finished (no output)."""
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not killed:
+                for marker in (out / ATTEMPTS_DIR).glob("*.*") if (out / ATTEMPTS_DIR).is_dir() else []:
+                    try:
+                        pid = int(marker.read_text() or 0)
+                    except (OSError, ValueError):
+                        continue
+                    if pid in pids and not outputs[marker.name.split(".")[0]].exists():
+                        pids[pid].send_signal(signal.SIGKILL)
+                        killed.append(marker.name.split(".")[0])
+                        return
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_a_busy_worker)
+        killer.start()
+        result = run_batch(sources, archive["model"], out, tiles=TILES, scheduler=cluster.address, retries=2)
+        killer.join()
+        assert killed, "the worker was never killed: the test did not exercise a lost worker"
+        assert [r["status"] for r in result.records] == ["done"] * len(sources)
+        assert_outputs_match_predict(archive, result.records, tmp_path)
+        lost = next(r for r in result.records if attempt_stem(r["output"]) == killed[0])
+        assert lost["attempts"] >= 2  # the scene of the killed worker ran again on the other one
+        assert lost["status"] == "done"
+    finally:
+        cluster.close()
+
+
+def test_interrupted_client_resumes_without_redoing_finished_scenes(archive: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = helpers.python_module_command("batch", str(archive["scenes"] / "**" / "scene*.tif"),
+                                            str(archive["scenes"] / "south" / "*.img"), "-m", str(archive["model"]),
+                                            "-o", str(out), "--tiles", str(TILES), "--workers", "1", "-q")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 180
+    done_before: dict[str, str] = {}
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                records = json.loads(manifest.read_text())["scenes"]
+            except (FileNotFoundError, ValueError, KeyError):
+                records = {}
+            done_before = {s: r["sha256"] for s, r in records.items() if r["status"] == "done"}
+            if done_before:
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert done_before, "the batch finished or stalled before it could be interrupted"
+    assert proc.returncode != 0
+    mtimes = {s: os.stat(json.loads(manifest.read_text())["scenes"][s]["output"]).st_mtime_ns for s in done_before}
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    records = json.loads(manifest.read_text())["scenes"]
+    assert len(records) == len(archive["good"])
+    assert all(records[s]["status"] == "skipped" for s in done_before)
+    assert {s: os.stat(records[s]["output"]).st_mtime_ns for s in done_before} == mtimes
+    assert all(r["status"] in ("done", "skipped") for r in records.values())
+    assert_outputs_match_predict(archive, list(records.values()), tmp_path)
