@@ -27,6 +27,7 @@ from hsi_cluster.data.stats import valid_pixel_mask
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.heads import apply_per_pixel
@@ -108,7 +109,8 @@ class PredictResult:
         return self.pixels / 1e6 / max(self.seconds, 1e-9)
 
 
-def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *, tolerance_nm: float = 1.0) -> None:
+def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
+                        tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
     """Raise before any work when the scene's bands do not fit the model."""
     source = scene.attrs["source"]
     if scene.shape[0] != checkpoint.in_bands:

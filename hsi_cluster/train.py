@@ -25,6 +25,8 @@ from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import fit_spectral_projection
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
+from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.model.heads import probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
@@ -92,7 +94,43 @@ def _scene_identity(store: Path) -> dict[str, Any]:
             "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
 
 
-def _check_scene(store: Path, config: TrainConfig, n_clusters: int) -> tuple[int, list[float] | None]:
+def check_scenes_agree(scenes: list[str | os.PathLike[str]], *,
+                       tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
+    """Raise before any work unless all ``scenes`` have the same bands.
+
+    Every scene is compared with the first: same band count, and band centres within
+    ``tolerance_nm`` where both carry wavelengths (the tolerance ``predict`` applies to a scene
+    against its model). Opening reads headers only.
+
+    Raises:
+        HsiClusterError: one line naming the two scenes and the difference.
+    """
+    if len(scenes) < 2:
+        return
+    opened = [open_scene(scene) for scene in scenes]
+    first = opened[0]
+    reference = None  # the first scene that has wavelengths: (its name, its wavelengths)
+    for scene in opened:
+        name = scene.attrs["source"]
+        if scene.shape[0] != first.shape[0]:
+            raise HsiClusterError(f"{name}: has {scene.shape[0]} bands but {first.attrs['source']} has "
+                                  f"{first.shape[0]}; train together only scenes from the same sensor and processing")
+        if "wavelength" not in scene.coords:
+            continue
+        wavelength = scene.coords["wavelength"].values
+        if reference is None:
+            reference = (name, wavelength)
+            continue
+        offset = np.abs(wavelength - reference[1])
+        if offset.max() > tolerance_nm:
+            band = int(np.argmax(offset))
+            raise HsiClusterError(f"{name}: band {band + 1} is at {wavelength[band]:.1f} nm but in {reference[0]} at "
+                                  f"{reference[1][band]:.1f} nm ({offset[band]:.1f} nm apart, more than "
+                                  f"{tolerance_nm:g} nm); train together only scenes with the same bands")
+
+
+def _check_scene(store: Path, config: TrainConfig) -> tuple[int, list[float] | None]:
+    """Per-scene checks; returns the scene's valid pixel count and its wavelengths (or None)."""
     scene = open_scene(store)
     n_bands, height, width = scene.shape
     valid = int(scene.attrs.get("valid_pixels") or 0)
@@ -105,13 +143,35 @@ def _check_scene(store: Path, config: TrainConfig, n_clusters: int) -> tuple[int
     if height < config.patch_size or width < config.patch_size:
         raise HsiClusterError(f"{store}: the scene ({height}×{width} pixels) is smaller than the "
                               f"{config.patch_size}×{config.patch_size} patch; use a larger scene")
+    wavelength = scene.coords["wavelength"].values.tolist() if "wavelength" in scene.coords else None
+    return valid, wavelength
+
+
+def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int) -> list[float] | None:
+    """Checks of every scene and of their valid pixels together; returns the wavelengths to record."""
+    checked = [_check_scene(store, config) for store in stores]
+    valid = sum(count for count, _ in checked)
     if n_clusters > valid:
         raise HsiClusterError(f"-k {n_clusters} is larger than the number of valid pixels ({valid}); choose fewer clusters")
     if valid < config.batch_size and config.steps is None:
-        raise HsiClusterError(f"{store}: only {valid} valid pixels, fewer than one batch of {config.batch_size}; "
+        where = f"{stores[0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
+        raise HsiClusterError(f"{where} {valid} valid pixels, fewer than one batch of {config.batch_size}; "
                               "lower --batch-size")
-    wavelength = scene.coords["wavelength"].values.tolist() if "wavelength" in scene.coords else None
-    return n_bands, wavelength
+    return next((wavelength for _, wavelength in checked if wavelength is not None), None)
+
+
+def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> str | None:
+    """How the training scenes of a checkpoint differ from this run's (None when they agree)."""
+    key = lambda s: (s["shape"], s["source"], s["size"])  # noqa: E731
+    if [key(s) for s in saved] == [key(s) for s in current]:
+        return None
+    if len(saved) != len(current):
+        return (f"was trained on {len(saved)} scene{'s' * (len(saved) != 1)}, not {len(current)}; pass the same "
+                "scenes in the same order")
+    index = next(i for i, (a, b) in enumerate(zip(saved, current)) if key(a) != key(b))
+    which = f"scene {index + 1} " if len(saved) > 1 else ""
+    return (f"{which}was trained on {saved[index]['source']}, not on {current[index]['source']}; "
+            f"pass the same scene{'s in the same order' if len(saved) > 1 else ''}")
 
 
 def partial_checkpoint_path(output: Path) -> Path:
@@ -132,7 +192,10 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     """Train an SSCC model and write its checkpoint.
 
     Args:
-        scenes: rasters (ingested on the fly into ``work_dir``) or stores; several must agree in bands.
+        scenes: rasters (ingested on the fly into ``work_dir``), stores, or glob patterns of them
+            (``archive/**/*.tif``); several must agree in band count and wavelengths (within 1 nm).
+            Patches are drawn from all scenes in proportion to their valid pixels, and the band
+            statistics and PCA are fitted on all of them.
         n_clusters: K ≥ 2.
         output: checkpoint path; periodic checkpoints go to ``OUTPUT.partial`` until the end.
         config: the training configuration.
@@ -149,7 +212,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             checkpoint — for tests of resume.
 
     Raises:
-        HsiClusterError: bad K, scene, config, output path or resume source.
+        HsiClusterError: bad K, scene, config, output path or resume source; a pattern that matches
+            nothing; scenes whose bands disagree.
     """
     output = Path(output).expanduser().absolute()
     partial = partial_checkpoint_path(output)
@@ -161,16 +225,21 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         raise OutputError(f"{output}: folder {output.parent} is not writable; choose another output path")
     if output.exists() and not (overwrite or resume):
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it or --resume to train it further")
+    if isinstance(scenes, (str, os.PathLike)):
+        scenes = [scenes]
     if len(scenes) != 1 and mask is not None:
+        raise HsiClusterError("a training mask needs exactly one scene")
+    paths = expand_scene_paths(scenes)
+    if not paths:
+        raise HsiClusterError("no scene to train on; pass at least one scene")
+    if len(paths) != 1 and mask is not None:
         raise HsiClusterError("a training mask needs exactly one scene")
     torch_device = device_from(device)
     log = log or (lambda message: None)
     work = Path(work_dir) if work_dir else default_work_dir()
-    stores = [prepare_store(scene, work, log=log) for scene in scenes]
-    if len(stores) != 1:
-        raise HsiClusterError("training on several scenes is not supported yet; pass one scene")
-    store = stores[0]
-    n_bands, wavelength = _check_scene(store, config, n_clusters)
+    check_scenes_agree(paths)  # before ingesting anything
+    stores = [prepare_store(path, work, log=log) for path in paths]
+    wavelength = _check_scenes(stores, config, n_clusters)
     identity = [_scene_identity(s) for s in stores]
 
     resume_from = None
@@ -181,10 +250,9 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
                                   "start without --resume")
         resume_from = load_checkpoint(source)
         saved = resume_from.payload
-        if [(s["shape"], s["source"], s["size"]) for s in saved["scenes"]] != \
-                [(s["shape"], s["source"], s["size"]) for s in identity]:
-            raise CheckpointError(f"--resume: {source.name} was trained on {saved['scenes'][0]['source']}, not on "
-                                  f"{identity[0]['source']}; start without --resume or pass the same scene")
+        mismatch = _scene_mismatch(saved["scenes"], identity)
+        if mismatch:
+            raise CheckpointError(f"--resume: {source.name} {mismatch}, or start without --resume")
         if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
                 saved["model_config"]["n_clusters"] != n_clusters or saved["training"].get("seed") != seed:
             raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
@@ -194,7 +262,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     if resume_from is not None:
         spectral = resume_from.payload["spectral"]
     else:
-        log(f"fitting the spectral projection ({config.n_components} components) on {store.name}")
+        on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
+        log(f"fitting the spectral projection ({config.n_components} components) on {on}")
         fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
         spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
                     "components": torch.from_numpy(fit.components)}
@@ -213,7 +282,9 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     generator = torch.Generator(device=torch_device)
     generator.manual_seed(seed)
 
-    sampler = PatchSampler(store, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask)
+    # Holes inside patches read as the spectral mean (pooled over the scenes), as in predict.
+    sampler = PatchSampler(stores, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask,
+                           fill=spectral["mean"].numpy())
     steps_per_epoch = sampler.batches_per_epoch(shards=max(1, config.workers))  # workers each drop a partial batch
     if steps_per_epoch == 0:
         raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")

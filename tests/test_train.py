@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 import yaml
 from click.testing import CliRunner
@@ -465,3 +466,164 @@ def test_training_variants_train_and_reload(scene: IngestedScene, tmp_path: Path
     weights = checkpoint.payload["state_dict"]
     base_weights = load_checkpoint(baseline.checkpoint).payload["state_dict"]
     assert not torch.equal(weights[head], base_weights[head]), "the variant's objective changes training"
+
+
+# --------------------------------------------------------------------------- several scenes
+
+
+def geotiff(folder: Path, cube: np.ndarray, name: str, *, shift_nm: float = 0.0) -> Path:
+    """``folder/name.tif`` (EPSG:32633, nodata −9999) with the usual wavelengths moved by ``shift_nm``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wavelengths, fwhm = helpers.spectral_axis(cube.shape[0])
+    return helpers.write_geotiff(folder / f"{name}.tif", cube, nodata=NODATA, wavelength_nm=wavelengths + shift_nm,
+                                 fwhm_nm=fwhm).path
+
+
+def valid_spectra(*scenes: IngestedScene) -> np.ndarray:
+    return np.concatenate([s.cube[:, s.valid].astype(np.float64).T for s in scenes])
+
+
+@pytest.fixture(scope="module")
+def third_scene(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """A scene seen by no model: larger, other content, same bands."""
+    return make_scene(tmp_path_factory.mktemp("third"), height=30, width=26, structured=True, seed=21,
+                      nan_pixels=5, nodata_pixels=2)
+
+
+@pytest.fixture(scope="module")
+def two_scene_run(scene: IngestedScene, other_scene: IngestedScene, tmp_path_factory: pytest.TempPathFactory):
+    """Two epochs on a raster (ingested on the fly) and a store together; the payload and the result."""
+    output = tmp_path_factory.mktemp("two") / "model.ckpt"
+    lines: list[str] = []
+    result = train([scene.path, other_scene.store], n_clusters=3, output=output, config=resume_config(), seed=0,
+                   device="cpu", work_dir=output.parent / "work", log=lines.append)
+    return torch.load(output, weights_only=True), result, lines
+
+
+def test_several_scenes_train_one_model_that_labels_a_third(two_scene_run, scene: IngestedScene,
+                                                            other_scene: IngestedScene, third_scene: IngestedScene,
+                                                            tmp_path: Path) -> None:
+    from hsi_cluster.predict import predict_scene
+
+    payload, result, lines = two_scene_run
+    steps_per_epoch = (473 + 473) // 32  # one plan over both scenes' valid pixels
+    assert result.steps == 2 * steps_per_epoch and payload["training"]["steps_per_epoch"] == steps_per_epoch
+    assert [s["source"] for s in payload["scenes"]] == [str(scene.path), str(other_scene.path)]
+    assert [s["shape"] for s in payload["scenes"]] == [[12, 24, 20]] * 2
+    assert payload["scenes"][0]["store"] != str(scene.store)  # the raster was ingested into work_dir
+    assert payload["wavelength"] == pytest.approx(helpers.spectral_axis(12)[0].tolist())
+    pooled = valid_spectra(scene, other_scene)  # statistics over every valid pixel of both scenes
+    np.testing.assert_allclose(payload["spectral"]["mean"].numpy(), pooled.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(payload["spectral"]["std"].numpy(), pooled.std(axis=0), rtol=1e-9)
+    assert any("on 2 scenes" in line for line in lines)
+    labels_path = tmp_path / "third_labels.tif"
+    predicted = predict_scene(third_scene.path, result.checkpoint, labels_path, device="cpu", tiles=16)
+    assert predicted.valid_pixels == third_scene.valid.sum()
+    with rasterio.open(labels_path) as src:
+        labels = src.read(1)
+        assert src.crs.to_epsg() == helpers.EPSG
+    assert (labels[~third_scene.valid] == 255).all() and (labels[third_scene.valid] < 3).all()
+
+
+def test_several_scenes_resume_to_the_same_weights_and_check_every_scene(two_scene_run, scene: IngestedScene,
+                                                                         other_scene: IngestedScene,
+                                                                         third_scene: IngestedScene,
+                                                                         tmp_path: Path) -> None:
+    expected, *_ = two_scene_run
+    output = tmp_path / "model.ckpt"
+    kwargs = {"n_clusters": 3, "output": output, "config": resume_config(), "device": "cpu",
+              "work_dir": tmp_path / "work"}
+    with pytest.raises(KeyboardInterrupt):
+        train([scene.path, other_scene.store], stop_after_steps=35, checkpoint_every=10, **kwargs)
+    partial = partial_checkpoint_path(output)
+    before = partial.read_bytes()
+    for scenes, words in (([scene.path], "2 scenes, not 1"), ([other_scene.store, scene.path], "scene 1 "),
+                          ([scene.path, third_scene.path], "scene 2 ")):
+        with pytest.raises(CheckpointError, match="--resume") as exc:
+            train(scenes, resume=True, **kwargs)
+        assert words in one_line(exc)
+        assert partial.read_bytes() == before and not output.exists()
+    train([scene.path, other_scene.store], resume=True, **kwargs)
+    final = torch.load(output, weights_only=True)
+    assert_same_weights(final["state_dict"], expected["state_dict"])
+    assert final["training"]["history"] == expected["training"]["history"]
+
+
+@pytest.mark.parametrize("case", ["bands", "wavelengths"])
+def test_scenes_with_other_bands_are_refused_before_any_work(scene: IngestedScene, tmp_path: Path,
+                                                             case: str) -> None:
+    if case == "bands":
+        odd, words = geotiff(tmp_path, scene.cube[:10], "ten"), "has 10 bands but"
+    else:
+        odd, words = geotiff(tmp_path, scene.cube, "shifted", shift_nm=2.5), "2.5 nm apart"
+    output = tmp_path / "model.ckpt"
+    with pytest.raises(HsiClusterError, match=words) as exc:
+        train([scene.path, odd], n_clusters=3, output=output, config=tiny_config(), device="cpu",
+              work_dir=tmp_path / "work")
+    message = one_line(exc)
+    assert str(scene.path) in message and str(odd) in message
+    assert not (tmp_path / "work").exists(), "a scene was ingested before the check"
+    assert_no_output(output)
+
+
+def test_scenes_within_one_nanometre_train_together(scene: IngestedScene, tmp_path: Path) -> None:
+    close = geotiff(tmp_path, scene.cube[:, ::-1].copy(), "close", shift_nm=0.8)
+    result = train([scene.store, close], n_clusters=3, output=tmp_path / "m.ckpt", config=tiny_config(steps=2),
+                   device="cpu", work_dir=tmp_path / "work")
+    assert len(load_checkpoint(result.checkpoint).payload["scenes"]) == 2
+
+
+def test_expand_scene_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hsi_cluster.io.paths import expand_scene_paths
+
+    for name in ("archive/b.tif", "archive/a.tif", "archive/a.tif.aux.xml", "archive/deep/er/c.tif",
+                 "archive/e.img", "archive/e.hdr", "archive/f.hdr", "archive/x.zarr/data/zarr.json",
+                 "odd[1].tif"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    archive = tmp_path / "archive"
+    assert expand_scene_paths(["archive/*.tif"]) == [archive / "a.tif", archive / "b.tif"]
+    assert expand_scene_paths(["archive/**/*.tif"]) == [archive / "a.tif", archive / "b.tif", archive / "deep/er/c.tif"]
+    # sidecars, a header beside its binary and the insides of a store are not scenes of their own
+    assert expand_scene_paths([str(archive / "*")]) == [archive / n for n in ("a.tif", "b.tif", "e.img", "f.hdr",
+                                                                              "x.zarr")]
+    assert archive / "x.zarr" in expand_scene_paths(["archive/**"])
+    assert all(".zarr/" not in str(p) for p in expand_scene_paths(["archive/**"]))
+    # order kept, repeats dropped, a literal name with glob characters and a missing name kept as given
+    assert expand_scene_paths(["archive/b.tif", "archive/*.tif", "odd[1].tif", "missing.tif"]) == \
+        [archive / "b.tif", archive / "a.tif", tmp_path / "odd[1].tif", tmp_path / "missing.tif"]
+    with pytest.raises(HsiClusterError, match=r"nothing/\*\*/\*\.tif: the pattern matches no scene") as exc:
+        expand_scene_paths(["archive/*.tif", "nothing/**/*.tif"])
+    one_line(exc)
+
+
+def test_cli_trains_on_a_quoted_glob_of_scenes(scene: IngestedScene, other_scene: IngestedScene,
+                                               tmp_path: Path, tiny_yaml: Path) -> None:
+    first = geotiff(tmp_path / "archive", scene.cube, "a")
+    second = geotiff(tmp_path / "archive" / "2024", other_scene.cube, "b")
+    output = tmp_path / "model.ckpt"
+    result = cli("train", tmp_path / "archive" / "**" / "*.tif", "-k", 3, "-o", output, "--config", tiny_yaml,
+                 "--steps", 3, "--work", tmp_path / "work", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.stderr
+    # the matches in name order: "archive/2024/b.tif" sorts before "archive/a.tif"
+    assert [s["source"] for s in load_checkpoint(output).payload["scenes"]] == [str(second), str(first)]
+    assert len(list((tmp_path / "work").glob("*.zarr"))) == 2
+
+
+@pytest.mark.parametrize("case", ["no-match", "bands", "wavelengths"])
+def test_cli_several_scenes_bad_input(scene: IngestedScene, tmp_path: Path, tiny_yaml: Path, case: str) -> None:
+    output = tmp_path / "out.ckpt"
+    if case == "no-match":
+        other, words = tmp_path / "archive" / "*.tif", "*.tif: the pattern matches no scene"
+    elif case == "bands":
+        other, words = geotiff(tmp_path, scene.cube[:10], "ten"), "has 10 bands but"
+    else:
+        other, words = geotiff(tmp_path, scene.cube, "shifted", shift_nm=-3.0), "3.0 nm apart"
+    result = cli("train", scene.path, other, "-k", 3, "-o", output, "--config", tiny_yaml, "--work",
+                 tmp_path / "work", "--device", "cpu", "-q")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hsicluster: error:") and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert_no_output(output)

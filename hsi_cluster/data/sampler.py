@@ -7,6 +7,11 @@ all the patches the plan asks of it. Blocks are taken in a random order, in grou
 are shuffled together (the shuffle buffer), so a batch mixes several regions while only a group
 of blocks is ever in memory. Each valid pixel is a centre once per epoch; the last partial batch
 is dropped.
+
+Several stores (scenes that agree in bands) form one plan: their blocks are numbered one after
+the other and drawn in one random order, and a centre is a ``(scene, row, col)`` triple packed into
+one integer, so the shuffle groups mix scenes and every scene contributes in proportion to its
+valid pixels. With one store the plan, the patches and their order are those of a single scene.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,11 +35,15 @@ DEFAULT_BUFFER_BYTES = 128 * 2**20
 
 @dataclass(frozen=True)
 class PatchBatch:
-    """One batch: raw patches (N, bands, p, p) in the store's dtype and their centres (N,) rows/cols."""
+    """One batch: raw patches (N, bands, p, p) in the store's dtype and their centres (N,) rows/cols.
+
+    ``scene`` (N,) is the index of the store each centre lies in (all 0 with one store).
+    """
 
     patches: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
+    scene: np.ndarray | None = None
 
 
 def read_padded_window(data: zarr.Array, row0: int, row1: int, col0: int, col1: int, halo: int, *,
@@ -65,82 +74,135 @@ def read_padded_window(data: zarr.Array, row0: int, row1: int, col0: int, col1: 
     return window
 
 
-def invalid_fill(store: str | Path) -> np.ndarray:
-    """What invalid pixels read as inside patches: the store's per-band means over valid pixels.
+def invalid_fill(store: str | Path | Sequence[str | Path]) -> np.ndarray:
+    """What invalid pixels read as inside patches: the per-band means over valid pixels.
 
-    The spectral projection maps the training scene's mean to zero, so a hole looks like a
-    neutral pixel. Returned in the store's dtype (a plain cast, as the tiled predictor casts the
+    The spectral projection maps the training mean to zero, so a hole looks like a neutral pixel.
+    For several stores this is the pooled mean over all their valid pixels (what
+    :func:`~hsi_cluster.data.spectral.fit_spectral_projection` stores as the spectral mean).
+    Returned in the (first) store's dtype (a plain cast, as the tiled predictor casts the
     checkpoint's mean); 0 for a band with no valid pixel.
     """
-    dtype = zarr.open_group(str(store), mode="r")["data"].dtype
-    mean = store_band_stats(store).mean
-    return np.where(np.isfinite(mean), mean, 0.0).astype(dtype)
+    stores = [store] if isinstance(store, (str, Path)) else list(store)
+    dtype = zarr.open_group(str(stores[0]), mode="r")["data"].dtype
+    return pooled_band_mean(stores).astype(dtype)
+
+
+def pooled_band_mean(stores: Sequence[str | Path]) -> np.ndarray:
+    """float64 (B,) per-band mean over the valid pixels of all ``stores`` (0 where a band has none)."""
+    total = store_band_stats(stores[0])
+    for store in stores[1:]:
+        total = total.merge(store_band_stats(store))
+    return np.where(np.isfinite(total.mean), total.mean, 0.0)
 
 
 class PatchSampler(IterableDataset):
-    """Batches of random valid pixel-centred patches streamed from an ingested store.
+    """Batches of random valid pixel-centred patches streamed from one or several ingested stores.
 
     Args:
-        store: path of a complete store from ``hsicluster ingest``.
+        store: path of a complete store from ``hsicluster ingest``, or a sequence of such stores
+            with the same band count: one plan over all their valid pixels, so each store gives
+            patches in proportion to its valid pixels.
         patch_size: odd patch side p in pixels.
         batch_size: patches per batch.
         seed: base seed; the epoch's order depends on ``(seed, epoch)`` only.
         mask: optional bool (y, x) restricting the centres (e.g. labelled pixels), combined with the
-            store's valid mask.
+            store's valid mask (one store only).
         buffer_bytes: memory for the blocks whose centres are shuffled together.
         epoch: which epoch to produce (set with :meth:`set_epoch`).
         start_batch: skip this many batches of the epoch without reading data (to resume).
+        fill: per-band values (B,) that invalid pixels inside a patch read as; default the band
+            means over the valid pixels of all the stores (:func:`invalid_fill`), i.e. the spectral
+            mean a model trained on them stores.
 
     Iterating yields :class:`PatchBatch` objects. In DataLoader workers (``batch_size=None``) each
     worker takes every n-th block of the epoch's order, so workers never duplicate a centre.
+    ``store``, ``shape`` and ``grid`` describe the first store; ``stores``, ``shapes`` and ``grids``
+    all of them. With several stores of different dtypes, patches come in their common dtype.
     """
 
-    def __init__(self, store: str | Path, *, patch_size: int, batch_size: int, seed: int = 0,
+    def __init__(self, store: str | Path | Sequence[str | Path], *, patch_size: int, batch_size: int, seed: int = 0,
                  mask: np.ndarray | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES, epoch: int = 0,
-                 start_batch: int = 0) -> None:
+                 start_batch: int = 0, fill: np.ndarray | None = None) -> None:
         super().__init__()
         if patch_size < 1 or patch_size % 2 == 0:
             raise ValueError(f"patch size must be a positive odd number of pixels, got {patch_size}")
         if batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
-        self.store = str(store)
+        stores = [store] if isinstance(store, (str, Path)) else list(store)
+        if not stores:
+            raise ValueError("PatchSampler needs at least one store")
+        self.stores = tuple(str(s) for s in stores)
+        self.store = self.stores[0]
         self.patch_size = patch_size
         self.halo = patch_size // 2
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = epoch
         self.start_batch = start_batch
-        group = zarr.open_group(self.store, mode="r")
-        self.shape = tuple(group["data"].shape)
-        chunk = group["data"].chunks[1]
-        self.grid = BlockGrid(self.shape[1], self.shape[2], chunk)
+        arrays = [zarr.open_group(s, mode="r")["data"] for s in self.stores]
+        self.shapes = tuple(tuple(a.shape) for a in arrays)
+        if len({shape[0] for shape in self.shapes}) != 1:
+            raise ValueError(f"stores have {[shape[0] for shape in self.shapes]} bands; pass stores with the same "
+                             "band count")
+        self.grids = tuple(BlockGrid(shape[1], shape[2], a.chunks[1]) for shape, a in zip(self.shapes, arrays))
+        self.shape, self.grid = self.shapes[0], self.grids[0]
+        self.dtype = np.result_type(*(a.dtype for a in arrays))
         self.mask = mask
+        if mask is not None and len(self.stores) != 1:
+            raise ValueError(f"a mask restricts the centres of one store, but {len(self.stores)} stores were given")
         if mask is not None and mask.shape != self.shape[1:]:
             raise ValueError(f"mask has shape {mask.shape} but the scene is {self.shape[1:]}; pass a (y, x) mask "
                              "of the scene's size")
-        block_bytes = self.shape[0] * (chunk + 2 * self.halo) ** 2 * group["data"].dtype.itemsize
+        block_bytes = max(shape[0] * (grid.block + 2 * self.halo) ** 2 * a.dtype.itemsize
+                          for shape, grid, a in zip(self.shapes, self.grids, arrays))
         self.blocks_per_group = max(1, buffer_bytes // block_bytes)
-        self.fill = invalid_fill(self.store)
+        values = pooled_band_mean(self.stores) if fill is None else np.asarray(fill)
+        self.fills = tuple(values.astype(a.dtype) for a in arrays)
+        self.fill = self.fills[0]
+        # Global numbering: store s owns blocks [block_offsets[s], block_offsets[s + 1]) and centre ids
+        # [pixel_offsets[s], pixel_offsets[s + 1]) (row * width + col within the store, plus the offset).
+        self._block_offsets = np.cumsum([0] + [len(grid) for grid in self.grids]).astype(np.int64)
+        self._pixel_offsets = np.cumsum([0] + [shape[1] * shape[2] for shape in self.shapes]).astype(np.int64)
+        self._widths = np.array([shape[2] for shape in self.shapes], dtype=np.int64)
+        self._block_sides = np.array([grid.block for grid in self.grids], dtype=np.int64)
+        self._block_cols = np.array([grid.shape[1] for grid in self.grids], dtype=np.int64)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Produce ``epoch`` next, skipping its first ``start_batch`` batches."""
         self.epoch, self.start_batch = epoch, start_batch
 
     # ---------------------------------------------------------------------------- the plan
-    def _centres(self, valid: zarr.Array, i: int, j: int) -> np.ndarray:
-        """Flat (row * width + col) indices of the usable centres of block (i, j)."""
-        window = self.grid.window(i, j)
+    def _block(self, block_id: int) -> tuple[int, int, int]:
+        """``(store, i, j)`` of a global block id."""
+        scene = int(np.searchsorted(self._block_offsets, block_id, side="right")) - 1
+        i, j = divmod(block_id - int(self._block_offsets[scene]), int(self._block_cols[scene]))
+        return scene, i, j
+
+    def _centres(self, valids: Sequence[zarr.Array], block_id: int) -> np.ndarray:
+        """Global centre ids (store offset + row * width + col) of the usable centres of a block."""
+        scene, i, j = self._block(block_id)
+        window = self.grids[scene].window(i, j)
         rows, cols = window.slices
-        usable = valid[rows, cols]
+        usable = valids[scene][rows, cols]
         if self.mask is not None:
             usable = usable & self.mask[rows, cols]
         r, c = np.nonzero(usable)
-        return (r + window.row) * self.shape[2] + (c + window.col)
+        return (r + window.row) * self.shapes[scene][2] + (c + window.col) + self._pixel_offsets[scene]
+
+    def _valids(self) -> list[zarr.Array]:
+        return [zarr.open_group(s, mode="r")["valid"] for s in self.stores]
 
     def valid_centres(self) -> int:
-        """Number of centres per epoch (valid pixels, within the mask if any)."""
-        valid = zarr.open_group(self.store, mode="r")["valid"]
-        return int(sum(len(self._centres(valid, i, j)) for i, j in self.grid))
+        """Number of centres per epoch (valid pixels of all stores, within the mask if any)."""
+        valids = self._valids()
+        return int(sum(len(self._centres(valids, b)) for b in range(int(self._block_offsets[-1]))))
+
+    def valid_centres_per_store(self) -> list[int]:
+        """Centres per epoch of each store, in order."""
+        valids = self._valids()
+        return [int(sum(len(self._centres(valids, b)) for b in range(int(start), int(stop))))
+                for start, stop in zip(self._block_offsets[:-1], self._block_offsets[1:])]
 
     def batches_per_epoch(self, shards: int = 1) -> int:
         """Full batches one epoch yields (summed over ``shards`` workers)."""
@@ -149,14 +211,13 @@ class PatchSampler(IterableDataset):
         return sum(sum(1 for _ in self._plan(shard, shards)) for shard in range(shards))
 
     def _plan(self, shard: int, shards: int) -> Iterator[np.ndarray]:
-        """Flat centre indices of each batch of this shard, in order."""
+        """Global centre ids of each batch of this shard, in order."""
         rng = np.random.default_rng([self.seed, self.epoch, shard, shards])
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.grid))[shard::shards]
-        valid = zarr.open_group(self.store, mode="r")["valid"]
-        _, n_cols = self.grid.shape
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(int(self._block_offsets[-1]))[shard::shards]
+        valids = self._valids()
         pool = np.empty(0, dtype=np.int64)
         for start in range(0, len(order), self.blocks_per_group):
-            members = [self._centres(valid, *divmod(int(b), n_cols)) for b in order[start:start + self.blocks_per_group]]
+            members = [self._centres(valids, int(b)) for b in order[start:start + self.blocks_per_group]]
             pool = np.concatenate([pool, *members])
             rng.shuffle(pool)
             n_full = len(pool) // self.batch_size
@@ -164,40 +225,46 @@ class PatchSampler(IterableDataset):
                 yield pool[k * self.batch_size:(k + 1) * self.batch_size]
             pool = pool[n_full * self.batch_size:]
 
+    def _locate(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Store index, row, col and global block id (N,) of global centre ids."""
+        scene = np.searchsorted(self._pixel_offsets, centres, side="right") - 1
+        rows, cols = np.divmod(centres - self._pixel_offsets[scene], self._widths[scene])
+        side = self._block_sides[scene]
+        block_ids = self._block_offsets[scene] + rows // side * self._block_cols[scene] + cols // side
+        return scene, rows, cols, block_ids
+
     # ---------------------------------------------------------------------------- extraction
-    def _extract(self, data: zarr.Array, valid: zarr.Array, centres: np.ndarray,
-                 cache: dict[int, np.ndarray]) -> PatchBatch:
-        rows, cols = np.divmod(centres, self.shape[2])
-        block_rows, block_cols = rows // self.grid.block, cols // self.grid.block
-        block_ids = block_rows * self.grid.shape[1] + block_cols
+    def _extract(self, data: Sequence[zarr.Array], valids: Sequence[zarr.Array], centres: np.ndarray,
+                 cache: dict[int, np.ndarray]) -> tuple[PatchBatch, np.ndarray]:
+        scene, rows, cols, block_ids = self._locate(centres)
         p = self.patch_size
-        patches = np.empty((len(centres), self.shape[0], p, p), dtype=data.dtype)
+        patches = np.empty((len(centres), self.shape[0], p, p), dtype=self.dtype)
         for block_id in np.unique(block_ids):
+            s, i, j = self._block(int(block_id))
+            window = self.grids[s].window(i, j)
             if block_id not in cache:
-                window = self.grid.window(*divmod(int(block_id), self.grid.shape[1]))
-                cache[int(block_id)] = read_padded_window(data, window.row, window.row + window.height,
+                cache[int(block_id)] = read_padded_window(data[s], window.row, window.row + window.height,
                                                           window.col, window.col + window.width, self.halo,
-                                                          valid=valid, fill=self.fill)
+                                                          valid=valids[s], fill=self.fills[s])
             padded = cache[int(block_id)]
             members = np.nonzero(block_ids == block_id)[0]
-            window = self.grid.window(*divmod(int(block_id), self.grid.shape[1]))
             local_rows, local_cols = rows[members] - window.row, cols[members] - window.col
             views = sliding_window_view(padded, (p, p), axis=(1, 2))  # (band, y, x, p, p), no copy
             patches[members] = views[:, local_rows, local_cols].transpose(1, 0, 2, 3)
-        return PatchBatch(patches, rows, cols)
+        return PatchBatch(patches, rows, cols, scene), block_ids
 
     def __iter__(self) -> Iterator[PatchBatch]:
         info = get_worker_info()
         shard, shards = (0, 1) if info is None else (info.id, info.num_workers)
-        group = zarr.open_group(self.store, mode="r")
-        data, valid = group["data"], group["valid"]
+        groups = [zarr.open_group(s, mode="r") for s in self.stores]
+        data, valids = [g["data"] for g in groups], [g["valid"] for g in groups]
         cache: dict[int, np.ndarray] = {}
         skip = self.start_batch if shards == 1 else 0
         for index, centres in enumerate(self._plan(shard, shards)):
             if index < skip:
                 continue
-            batch = self._extract(data, valid, centres, cache)
-            in_use = set((batch.rows // self.grid.block * self.grid.shape[1] + batch.cols // self.grid.block).tolist())
+            batch, block_ids = self._extract(data, valids, centres, cache)
+            in_use = set(block_ids.tolist())
             yield batch
             # Keep only blocks that the current shuffle group may still use: the newest ones.
             if len(cache) > 2 * self.blocks_per_group:
@@ -208,5 +275,6 @@ class PatchSampler(IterableDataset):
 
 def collate_patches(batch: PatchBatch) -> dict[str, torch.Tensor]:
     """DataLoader collate for ``batch_size=None``: numpy batch → tensors."""
+    scene = batch.scene if batch.scene is not None else np.zeros(len(batch.rows), dtype=np.int64)
     return {"patches": torch.from_numpy(batch.patches), "rows": torch.from_numpy(batch.rows),
-            "cols": torch.from_numpy(batch.cols)}
+            "cols": torch.from_numpy(batch.cols), "scene": torch.from_numpy(scene)}

@@ -35,19 +35,25 @@ def sample_valid_spectra(stores: list[str | Path], n_samples: int, *, seed: int 
                          max_blocks: int = 64) -> np.ndarray:
     """Random spectra of valid pixels, read from at most ``max_blocks`` blocks per store.
 
-    Blocks are drawn in proportion to their valid pixels, then pixels uniformly within them, so
+    Each store gets a share of ``n_samples`` in proportion to its valid pixels (so the sample, like
+    the band statistics, weighs every valid pixel alike whatever scene it lies in); within a store,
+    blocks are drawn in proportion to their valid pixels, then pixels uniformly within them, so
     memory stays at a few blocks whatever the scene size.
 
     Returns:
-        (n, B) array in the stores' dtype, n ≤ ``n_samples``.
+        (n, B) array in the stores' common dtype, n ≤ ``n_samples`` (about, with rounding).
     """
     rng = np.random.default_rng(seed)
-    per_store = max(1, n_samples // len(stores))
+    groups = [zarr.open_group(str(store), mode="r") for store in stores]
+    block_counts = [group["block_stats"][..., 0, 0].reshape(-1) for group in groups]  # valid pixels per block
+    valid_total = [int(counts.sum()) for counts in block_counts]
+    everything = sum(valid_total)
     spectra = []
-    for store in stores:
-        group = zarr.open_group(str(store), mode="r")
+    for group, counts, n_valid in zip(groups, block_counts, valid_total):
+        if n_valid == 0:
+            continue
+        per_store = max(1, n_samples * n_valid // everything)
         data, valid = group["data"], group["valid"]
-        counts = group["block_stats"][..., 0, 0].reshape(-1)  # valid pixels per block
         grid = BlockGrid(data.shape[1], data.shape[2], data.chunks[1])
         n_blocks = int(min(max_blocks, np.count_nonzero(counts)))
         if n_blocks == 0:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Largest wavelength difference (nm) at which two scenes' bands count as the same band.
+WAVELENGTH_TOLERANCE_NM = 1.0
+
 _MICROMETRE_UNITS = {"micrometers", "micrometer", "micrometres", "micrometre", "microns", "micron",
                      "um", "µm", "μm"}
 _NANOMETRE_UNITS = {"nanometers", "nanometer", "nanometres", "nanometre", "nm"}

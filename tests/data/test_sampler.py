@@ -338,3 +338,143 @@ def test_integer_store_holes_read_as_the_band_mean(tmp_path: Path) -> None:
         assert batch.patches.dtype == np.int16 and not (batch.patches == -9999).any()
         for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
             np.testing.assert_array_equal(patch, reference_patch(padded, row, col, PATCH))
+
+
+# --------------------------------------------------------------------------- several stores
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """24 × 20 × 12 with holes (465 valid pixels): a third as many as ``holed`` (1410)."""
+    scene = make_scene(tmp_path_factory.mktemp("small"), height=24, width=20, seed=12, nan_pixels=10,
+                       nodata_pixels=5)
+    assert scene.valid.sum() == 465
+    return scene
+
+
+def triples(batches: list[PatchBatch]) -> np.ndarray:
+    """(n, 3) ``(store, row, col)`` of every centre, in order."""
+    if not batches:
+        return np.empty((0, 3), dtype=np.int64)
+    return np.concatenate([np.stack([b.scene, b.rows, b.cols], axis=1) for b in batches])
+
+
+def pooled_fill(*scenes: IngestedScene) -> np.ndarray:
+    """Band means over the valid pixels of all scenes together (plain numpy), float64."""
+    return np.concatenate([s.cube[:, s.valid].astype(np.float64) for s in scenes], axis=1).mean(axis=1)
+
+
+def test_several_stores_every_valid_centre_once_with_the_pooled_fill(holed: IngestedScene,
+                                                                     small: IngestedScene) -> None:
+    """One epoch over two stores: each valid (store, row, col) once, the patches cut from the right store.
+
+    Invalid neighbours read as the band means pooled over both scenes (what the checkpoint stores
+    as the spectral mean), not as each scene's own mean.
+    """
+    scenes = (holed, small)
+    sampler = PatchSampler([holed.store, small.store], patch_size=PATCH, batch_size=32, seed=1)
+    assert sampler.stores == (str(holed.store), str(small.store)) and sampler.store == str(holed.store)
+    assert sampler.valid_centres_per_store() == [1410, 465] and sampler.valid_centres() == 1875
+    fill = pooled_fill(holed, small).astype(np.float32)
+    np.testing.assert_allclose(sampler.fill, fill, rtol=1e-6)
+    padded = [reflect_padded(np.where(s.valid[None], s.cube, fill[:, None, None]), HALO) for s in scenes]
+    batches = list(sampler)
+    assert len(batches) == sampler.batches_per_epoch() == 1875 // 32
+    centres = triples(batches)
+    assert len(np.unique(centres, axis=0)) == len(centres) == 1875 // 32 * 32
+    for index, scene in enumerate(scenes):
+        mine = centres[centres[:, 0] == index]
+        assert scene.valid[mine[:, 1], mine[:, 2]].all()
+        assert scene.valid.sum() - 31 <= len(mine) <= scene.valid.sum()  # only the last partial batch is dropped
+    for batch in batches:
+        for patch, s, row, col in zip(batch.patches, batch.scene, batch.rows, batch.cols):
+            np.testing.assert_allclose(patch, reference_patch(padded[s], row, col, PATCH), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_several_stores_draw_in_proportion_to_valid_pixels(holed: IngestedScene, small: IngestedScene,
+                                                           seed: int) -> None:
+    """The first batches are a uniform draw without replacement from the valid pixels of both stores.
+
+    With the default buffer all 13 blocks form one shuffle group, so the number of ``holed``
+    centres among the first 320 follows a hypergeometric law: N = 1875, 1410 of them in ``holed``,
+    n = 320 → mean 240.6, sd 7.0. Allowing 4 sd (28) makes a false failure improbable (< 1e-4) for
+    any seed, while a sampler that alternated scenes (160) or ignored the small one (320) fails.
+    """
+    sampler = PatchSampler([holed.store, small.store], patch_size=PATCH, batch_size=32, seed=seed)
+    assert sampler.blocks_per_group >= 13
+    first = triples([batch for _, batch in zip(range(10), sampler)])
+    from_holed = int((first[:, 0] == 0).sum())
+    assert abs(from_holed - 320 * 1410 / 1875) <= 28, from_holed
+
+
+def test_several_stores_deterministic_and_resumable(holed: IngestedScene, small: IngestedScene) -> None:
+    def run(seed: int, epoch: int, start_batch: int = 0) -> list[PatchBatch]:
+        sampler = PatchSampler([holed.store, small.store], patch_size=PATCH, batch_size=32, seed=seed,
+                               buffer_bytes=3 * 12 * 20 * 20 * 4)  # 3 blocks per shuffle group
+        sampler.set_epoch(epoch, start_batch=start_batch)
+        return list(sampler)
+
+    first, again, rest = run(7, 2), run(7, 2), run(7, 2, start_batch=20)
+    assert len(first) == len(again) == len(rest) + 20
+    for a, b in zip(first + first[20:], again + rest):
+        np.testing.assert_array_equal(a.scene, b.scene)
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.cols, b.cols)
+        np.testing.assert_array_equal(a.patches, b.patches)
+    order = triples(first)
+    for seed, epoch in ((7, 3), (8, 2)):
+        other = triples(run(seed, epoch))
+        assert other.shape == order.shape and not np.array_equal(other, order), (seed, epoch)
+
+
+@pytest.fixture(scope="module")
+def half_square(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
+    """16 × 32, all valid: two full 16 × 16 blocks."""
+    return make_scene(tmp_path_factory.mktemp("half"), height=16, width=32, seed=13)
+
+
+def test_several_stores_shard_across_workers_without_duplicates(square: IngestedScene,
+                                                                half_square: IngestedScene) -> None:
+    sampler = PatchSampler([square.store, half_square.store], patch_size=PATCH, batch_size=64, seed=2,
+                           buffer_bytes=1)
+    assert sampler.blocks_per_group == 1  # whole blocks of 256 pixels per group: nothing dropped
+    everything = {(0, r, c) for r in range(32) for c in range(32)} | {(1, r, c) for r in range(16) for c in range(32)}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=workers)
+        got = triples([PatchBatch(np.asarray(b.patches), np.asarray(b.rows), np.asarray(b.cols), np.asarray(b.scene))
+                       for b in loader])
+        assert len(got) == len(everything), "a centre was dropped or drawn by two workers"
+        assert set(map(tuple, got.tolist())) == everything
+
+
+def test_several_stores_memory_is_bounded_by_the_buffer(wide: IngestedScene, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    other = make_scene(tmp_path, bands=4, height=48, width=64, seed=14)  # 12 more blocks
+    block_bytes = 4 * (16 + 2 * HALO) ** 2 * 4
+    spy = ReadSpy(monkeypatch)
+    sampler = PatchSampler([wide.store, other.store], patch_size=PATCH, batch_size=32, seed=0,
+                           buffer_bytes=block_bytes)
+    n = sum(len(batch.rows) for batch in sampler)
+    gc.collect()
+    assert n == 64 * 96 + 48 * 64
+    assert spy.peak <= 5 < 24 + 12, f"{spy.peak} blocks held at once"
+    assert not spy.alive
+
+
+def test_several_stores_refuse_a_mask_or_different_band_counts(holed: IngestedScene, small: IngestedScene,
+                                                               wide: IngestedScene) -> None:
+    with pytest.raises(ValueError, match="mask"):
+        PatchSampler([holed.store, small.store], patch_size=PATCH, batch_size=8, mask=holed.valid)
+    with pytest.raises(ValueError, match="band"):
+        PatchSampler([holed.store, wide.store], patch_size=PATCH, batch_size=8)
+
+
+def test_one_store_in_a_list_is_the_single_store_sampler(holed: IngestedScene) -> None:
+    alone = PatchSampler(holed.store, patch_size=PATCH, batch_size=32, seed=5)
+    listed = PatchSampler([holed.store], patch_size=PATCH, batch_size=32, seed=5)
+    for a, b in zip(alone, listed, strict=True):
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.cols, b.cols)
+        np.testing.assert_array_equal(a.patches, b.patches)
+        assert (a.scene == 0).all()

@@ -107,3 +107,25 @@ def test_sample_valid_spectra_skips_all_invalid_blocks(tmp_path) -> None:
     fit = fit_spectral_projection([scene.store], 2, n_samples=200)
     np.testing.assert_allclose(fit.mean, cube[:, 16:, :].reshape(5, -1).astype(np.float64).mean(axis=1),
                                rtol=1e-10)
+
+
+def test_several_stores_weigh_every_valid_pixel_alike(holed: IngestedScene, tmp_path) -> None:
+    """Statistics pooled over all valid pixels; the PCA sample shared in proportion to valid pixels.
+
+    The second scene is a 24 × 20 cut of the first shifted by +5000 (an offset no pixel of the first
+    reaches), so each sampled spectrum tells which scene it came from.
+    """
+    cube = np.where(holed.cube == NODATA, NODATA, holed.cube + np.float32(5000))[:, :24, :20]
+    second = make_scene(tmp_path, cube=np.ascontiguousarray(cube, dtype=np.float32))
+    np.testing.assert_array_equal(second.valid, holed.valid[:24, :20])
+    n_first, n_second = int(holed.valid.sum()), int(second.valid.sum())
+    assert n_first > 2.5 * n_second
+    fit = fit_spectral_projection([holed.store, second.store], 4, n_samples=600, seed=0)
+    pooled = np.concatenate([valid_pixels(holed), valid_pixels(second)])
+    np.testing.assert_allclose(fit.mean, pooled.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(fit.std, pooled.std(axis=0), rtol=1e-9)
+    spectra = sample_valid_spectra([holed.store, second.store], 600, seed=0)
+    from_second = int((spectra[:, 0] > 3000).sum())
+    # shares 600 · n / N, then per-block rounding: at most ±0.5 per block (9 + 4 blocks)
+    assert abs(from_second - 600 * n_second / (n_first + n_second)) <= 2 + 1
+    assert abs(len(spectra) - from_second - 600 * n_first / (n_first + n_second)) <= 4.5 + 1
