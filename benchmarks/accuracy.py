@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,21 +29,6 @@ SCENES = {
     "salinas_a": (REPO / "hsi_cluster" / "sample_data" / "salinas_a" / "SalinasA_corrected.hdr",
                   REPO / "hsi_cluster" / "sample_data" / "salinas_a" / "SalinasA_gt.mat", 6),
 }
-
-
-def kmeans_baseline(store: Path, truth: np.ndarray, k: int, seed: int):
-    from sklearn.cluster import KMeans
-
-    from hsi_cluster.evaluate import score_clustering
-    from hsi_cluster.io import open_scene, open_valid_mask
-
-    cube = open_scene(store).values.astype(np.float64)
-    valid = open_valid_mask(store).compute()
-    pixels = cube.reshape(cube.shape[0], -1).T
-    standardised = (pixels - pixels[valid.ravel()].mean(0)) / (pixels[valid.ravel()].std(0) + 1e-12)
-    labels = np.full(valid.size, -1)
-    labels[valid.ravel()] = KMeans(k, n_init=10, random_state=seed).fit_predict(standardised[valid.ravel()])
-    return score_clustering(labels.reshape(valid.shape), truth, invalid_pred=-1)
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -70,6 +54,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
+    from hsi_cluster.baseline import kmeans_baseline
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
     from hsi_cluster.evaluate import mean_std, score_clustering
@@ -90,7 +75,7 @@ def main() -> None:
         mask = truth != 0 if args.protocol == "reference" else None
         for seed in args.seeds:
             if not args.no_kmeans:
-                km = kmeans_baseline(store, truth, k, seed)
+                km = kmeans_baseline(store, truth, k, seed=seed)
                 results["kmeans"].append(km.to_dict())
                 print(f"kmeans seed {seed}: ACC {km.acc:.3f} NMI {km.nmi:.3f} Kappa {km.kappa:.3f} ARI {km.ari:.3f}", flush=True)
             start = time.perf_counter()

@@ -282,7 +282,7 @@ def run_pipeline(pipeline_file: Path, force: bool, dry_run: bool, only: tuple[st
 
     Steps whose inputs, parameters and outputs are unchanged since their last run are skipped.
     """
-    from hsi_cluster.pipeline import run
+    from hsi_cluster.pipeline import describe, run
 
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     result = run(pipeline_file, workdir=workdir, force=force, dry_run=dry_run, only=list(only) or None, log=log)
@@ -292,13 +292,12 @@ def run_pipeline(pipeline_file: Path, force: bool, dry_run: bool, only: tuple[st
         return
     if not quiet:
         for step in result.steps:
-            if step.kind == "evaluate":
-                for job, scores in step.summary.items():
-                    if scores:
-                        click.echo(f"{step.name}{f' ({job})' if job else ''}: " +
-                                   "  ".join(f"{k.upper() if k != 'kappa' else 'Kappa'} {v:.3f}" for k, v in scores.items()))
-        click.echo(f"{len(result.ran)} steps ran, {len(result.skipped)} up to date, in {result.seconds:.0f} s "
-                   f"(workdir {result.pipeline.workdir})")
+            if step.kind == "evaluate":  # the scores, also when up to date
+                for job, summary in step.summary.items():
+                    if summary:
+                        click.echo(f"{step.name}{f' ({job})' if job else ''}: {describe(step.kind, summary)}")
+        click.echo(f"{len(result.ran)} of {len(result.steps)} steps ran ({len(result.skipped)} up to date) in "
+                   f"{result.seconds:.0f} s (workdir {result.pipeline.workdir})")
     if result.report:
         click.echo(f"report: {result.report}")
     for failure in result.failures:

@@ -1,0 +1,57 @@
+"""The k-means baseline: scikit-learn KMeans on per-band standardised spectra.
+
+The reference every SSCC score is compared with (README accuracy table, ``benchmarks/accuracy.py``,
+the pipelines' ``report`` step): all valid pixels are standardised band by band, clustered with
+``KMeans(k, n_init=10)``, and the labels are scored like any clustering. The whole scene is read
+into memory (float64), which suits benchmark-sized scenes, not archive-sized ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hsi_cluster.evaluate import ClusteringScores, score_clustering
+
+#: Label of pixels k-means did not cluster (invalid input pixels).
+NO_LABEL = -1
+
+
+def kmeans_labels(scene: str | os.PathLike[str], n_clusters: int, *, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """Cluster the valid pixels of a scene with k-means on per-band standardised spectra.
+
+    Args:
+        scene: a store from ``hsicluster ingest`` (its valid mask is used) or any raster
+            :func:`~hsi_cluster.io.open_scene` reads (valid: finite and not nodata in every good band).
+        n_clusters: k.
+        seed: ``random_state`` of KMeans.
+        n_init: KMeans restarts (the best inertia wins).
+
+    Returns:
+        int64 labels (y, x), :data:`NO_LABEL` on invalid pixels.
+    """
+    from sklearn.cluster import KMeans
+
+    from hsi_cluster.data.stats import valid_pixel_mask
+    from hsi_cluster.io import is_complete_store, open_scene, open_valid_mask
+
+    opened = open_scene(scene)
+    cube = opened.values.astype(np.float64)
+    if is_complete_store(scene):
+        valid = np.asarray(open_valid_mask(scene).compute())
+    else:
+        good_band = opened.coords["good_band"].values if "good_band" in opened.coords else None
+        valid = valid_pixel_mask(cube, nodata=opened.attrs.get("nodata"), good_band=good_band)
+    pixels = cube.reshape(cube.shape[0], -1).T[valid.ravel()]
+    standardised = (pixels - pixels.mean(0)) / (pixels.std(0) + 1e-12)
+    labels = np.full(valid.size, NO_LABEL, dtype=np.int64)
+    labels[valid.ravel()] = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(standardised)
+    return labels.reshape(valid.shape)
+
+
+def kmeans_baseline(scene: str | os.PathLike[str], truth: np.ndarray, n_clusters: int, *, seed: int = 0,
+                    n_init: int = 10, unlabelled: int | None = 0) -> ClusteringScores:
+    """Scores of :func:`kmeans_labels` against a ground-truth map (labelled pixels only)."""
+    labels = kmeans_labels(scene, n_clusters, seed=seed, n_init=n_init)
+    return score_clustering(labels, truth, unlabelled=unlabelled, invalid_pred=NO_LABEL)

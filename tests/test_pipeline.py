@@ -1,0 +1,363 @@
+"""Pipelines: the schema's one-line errors, a tiny real pipeline run like make, ``hsicluster run``.
+
+The tiny pipeline reads a 40 × 37 × 12 synthetic GeoTIFF (EPSG:32633) and a 4-class ground truth
+beside it (inputs relative to the YAML file), and trains the ``fast`` preset shrunk to a 5 × 5
+dense model for a handful of steps, so every run of it takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hsi_cluster.checkpoint import load_checkpoint
+from hsi_cluster.cli import main
+from hsi_cluster.pipeline import KINDS, PipelineError, load_pipeline, plan, run
+from tests import helpers
+from tests.predict_helpers import read_raster
+from tests.train_helpers import TINY, structured_cube
+from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = REPO / "pipelines"
+SHARED_DATA = REPO.parent / "shared" / "data"
+ALL_STEPS = ["ingest", "train", "predict", "evaluate", "report"]
+HEIGHT, WIDTH = 40, 37
+
+
+def truth_map(shift: int = 0) -> np.ndarray:
+    """Four classes following the cube's two strongest latent factors; a band of unlabelled pixels."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    truth = 1 + (np.sin((yy + shift) / 5.0) > 0) + 2 * (np.cos(xx / 4.0) > 0)
+    truth[:, :3] = 0
+    return truth.astype(np.uint8)
+
+
+def write_data(folder: Path, *, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cube = structured_cube(12, HEIGHT, WIDTH, seed=seed)
+    wavelengths, fwhm = helpers.spectral_axis(12)
+    helpers.write_geotiff(folder / "scene.tif", cube, nodata=-9999.0, wavelength_nm=wavelengths, fwhm_nm=fwhm)
+    np.save(folder / "truth.npy", truth_map())
+
+
+def tiny_steps(**changes: dict[str, Any]) -> list[dict[str, Any]]:
+    """ingest → train → predict → evaluate → report on ``../data`` (relative to the YAML file)."""
+    steps = [
+        {"kind": "ingest", "scene": "../data/scene.tif", "output": "scene.zarr"},
+        {"kind": "train", "scene": "scene.zarr", "clusters": 4, "steps": 3, "device": "cpu",
+         "config": {k: v for k, v in TINY.items() if k != "epochs"}, "output": "model.ckpt"},
+        {"kind": "predict", "scene": "@ingest", "model": "@train", "tiles": 16, "device": "cpu",
+         "output": "labels.tif"},
+        {"kind": "evaluate", "labels": "labels.tif", "truth": "../data/truth.npy", "title": "Tiny scene",
+         "output": "scores.json"},
+        {"kind": "report", "kmeans": [0]},
+    ]
+    for step in steps:
+        step.update(changes.get(step["kind"], {}))
+    return steps
+
+
+def write_pipeline(path: Path, steps: list[dict[str, Any]], **top: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"name": "tiny", **top, "steps": steps}, sort_keys=False, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path/data (scene, truth), tmp_path/pipes/tiny.yaml; the current directory is tmp_path."""
+    write_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return write_pipeline(tmp_path / "pipes" / "tiny.yaml", tiny_steps())
+
+
+# --------------------------------------------------------------------------------------------
+# schema
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(PipelineError) as caught:
+        load_pipeline(path)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+@pytest.mark.parametrize(("index", "change", "expected"), [
+    (2, {"tile": 16}, "steps[2].tile: unknown key; did you mean 'tiles'?"),
+    (2, {"tiles": "big"}, "steps[2].tiles: expected an integer ≥ 8, got 'big'"),
+    (2, {"tiles": 4}, "steps[2].tiles: expected an integer ≥ 8, got 4"),
+    (1, {"clusters": True}, "steps[1].clusters: expected an integer ≥ 2, got True"),
+    (1, {"clusters": None}, "steps[1]: missing required key 'clusters'"),
+    (1, {"scene": None}, "steps[1]: missing required key 'scene' (or 'scenes'"),
+    (1, {"scenes": ["a.tif"]}, "steps[1]: give either 'scene' or 'scenes', not both"),
+    (1, {"sample": 2}, "steps[1].sample: needs 'scenes'"),
+    (1, {"kind": "trian"}, "steps[1].kind: unknown step kind 'trian'; did you mean 'train'?"),
+    (1, {"preset": "quick"}, "steps[1].preset: expected one of fast, paper, got 'quick'"),
+    (1, {"config": {"learning_rate": 0.1}}, "steps[1].config: unknown config key(s) ['learning_rate']"),
+    (1, {"seeds": [0, 0]}, "steps[1].seeds: expected a non-empty list of distinct integer seeds"),
+    (1, {"seeds": [0, 1], "seed": 2}, "steps[1]: give either 'seed' or 'seeds', not both"),
+    (2, {"model": "@trian"}, "steps[2].model: '@trian' names no earlier step; did you mean '@train'?"),
+    (2, {"model": "@evaluate"}, "steps[2].model: '@evaluate' names a step that does not come before this one"),
+    (2, {"model": "@ingest"}, "steps[2].model: '@ingest' is the output of ingest step 'ingest'; model must be "
+                              "the output of a train step"),
+    (3, {"output": "labels.tif"}, "steps[3].output: 'labels.tif' is already an output of step 'predict'"),
+    (4, {"summarise": ["train"]}, "steps[4].summarise: 'train' is a train step"),
+    (0, {"name": "train"}, "steps[1]: its default name 'train' is already the name of an earlier step"),
+    (1, {"name": "ingest"}, "steps[1].name: 'ingest' is already the name of an earlier step"),
+])
+def test_schema_errors_name_the_key_path(tmp_path: Path, index: int, change: dict, expected: str) -> None:
+    steps = tiny_steps()
+    steps[index].update(change)
+    steps[index] = {k: v for k, v in steps[index].items() if v is not None}
+    message = _error(write_pipeline(tmp_path / "x.yaml", steps))
+    assert expected in message, message
+
+
+def test_schema_errors_at_the_top_level(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "step": tiny_steps()}))
+    assert "x.yaml: step: unknown key; did you mean 'steps'?" in _error(path)
+    path.write_text(yaml.safe_dump({"name": "x"}))
+    assert "x.yaml: top level: missing required key 'steps'" in _error(path)
+    path.write_text(yaml.safe_dump({"name": "x", "steps": ["ingest"]}))
+    assert "x.yaml: steps[0]: expected a mapping with a 'kind'" in _error(path)
+    path.write_text(yaml.safe_dump({"name": "x", "steps": [{"scene": "a.tif"}]}))
+    assert "x.yaml: steps[0]: missing required key 'kind' (one of " + ", ".join(KINDS) + ")" in _error(path)
+    path.write_text(yaml.safe_dump({"name": "x y", "steps": tiny_steps()}))
+    assert "x.yaml: name: expected a name of letters" in _error(path)
+
+
+def test_yaml_errors_are_one_line_with_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("steps:\n  - kind: predict\n    model: @train\n")
+    message = _error(path)
+    assert "not valid YAML (line 3, column 12" in message and 'quote references to steps' in message
+    path.write_text("steps:\n  - kind: predict\n    tiles: 8\n    tiles: 16\n")
+    assert "line 4, column 5: key 'tiles' is written twice" in _error(path)
+    assert "no such pipeline file" in _error(tmp_path / "missing.yaml")
+
+
+def test_shipped_pipelines_validate() -> None:
+    files = sorted(PIPELINES.glob("*.yaml"))
+    assert {f.name for f in files} >= {"indian_pines.yaml", "salinas_a.yaml", "archive.yaml"}
+    for path in files:
+        pipeline = load_pipeline(path)
+        assert pipeline.steps and pipeline.steps[-1].kind == "report", path
+    # the benchmark pipelines' inputs resolve (relative to pipelines/) to the files that exist
+    plans = plan(load_pipeline(PIPELINES / "salinas_a.yaml"))
+    assert plans[0].jobs[0].inputs["scene"] == REPO / "hsi_cluster/sample_data/salinas_a/SalinasA_corrected.hdr"
+    if SHARED_DATA.is_dir():
+        plans = plan(load_pipeline(PIPELINES / "indian_pines.yaml"))
+        assert plans[0].jobs[0].inputs["scene"] == SHARED_DATA / "indian_pines/Indian_pines_corrected.npy"
+
+
+def test_readme_example_validates(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = readme[readme.index("## Pipelines"):].split("```yaml\n", 1)[1].split("```", 1)[0]
+    pipeline = load_pipeline(write_text(tmp_path / "pipelines" / "example.yaml", example))
+    assert [step.kind for step in pipeline.steps] == ["ingest", "train", "predict", "evaluate", "report"]
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# a tiny pipeline, run like make
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_tiny_pipeline_runs_skips_and_reruns_what_depends_on_a_change(project: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    first = run(project, log=lines.append)
+    workdir = tmp_path / "runs" / "tiny"  # the default: runs/NAME under the current directory
+    assert first.pipeline.workdir == workdir
+    assert first.ran == ALL_STEPS and not first.failures
+    labels, meta = read_raster(workdir / "labels.tif")
+    assert meta["crs"].to_epsg() == helpers.EPSG and labels.shape == (HEIGHT, WIDTH)
+    scores = json.loads((workdir / "scores.json").read_text())["scores"]
+    assert scores["n_scored"] == int((truth_map() != 0).sum()) and 0 < scores["acc"] <= 1
+    summary = json.loads((workdir / "report.json").read_text())
+    (section,) = summary["evaluations"]
+    assert section["title"] == "Tiny scene" and section["runs"][0]["acc"] == scores["acc"]
+    assert section["kmeans"][0]["seed"] == 0 and section["kmeans_k"] == 4
+    assert [row["step"] for row in summary["steps"]] == ALL_STEPS[:-1]
+    markdown = (workdir / "report.md").read_text()
+    for text in ("# tiny", "## Tiny scene", "| SSCC |", "| k-means, seed 0 |", "Per-class accuracy", "## Steps"):
+        assert text in markdown
+    assert any(line.startswith("train: running (never ran)") for line in lines)
+
+    # nothing changed: every step is skipped and nothing is rewritten (here through the command line)
+    before = _mtimes(workdir)
+    second = run(project)
+    assert second.skipped == ALL_STEPS and second.ran == [] and second.report == workdir / "report.md"
+    cli = CliRunner().invoke(main, ["run", str(project)])
+    assert cli.exit_code == 0, cli.stderr
+    evaluated, summary_line, report_line = cli.stdout.splitlines()
+    assert evaluated == (f"evaluate: ACC {scores['acc']:.3f}  NMI {scores['nmi']:.3f}  Kappa {scores['kappa']:.3f}  "
+                         f"ARI {scores['ari']:.3f}")
+    assert summary_line.startswith("0 of 5 steps ran (5 up to date) in ")
+    assert summary_line.endswith(f"(workdir {workdir})")
+    assert report_line == f"report: {workdir / 'report.md'}"
+    assert cli.stderr.splitlines() == [f"{name}: up to date, skipped" for name in ALL_STEPS]
+    quiet = CliRunner().invoke(main, ["run", str(project), "-q"])
+    assert quiet.exit_code == 0 and quiet.stdout == f"report: {workdir / 'report.md'}\n" and quiet.stderr == ""
+    assert _mtimes(workdir) == before
+
+    # new ground truth: only evaluate and the report depend on it
+    np.save(tmp_path / "data" / "truth.npy", truth_map(shift=2))
+    dry = run(project, dry_run=True)
+    assert {s.name: s.status for s in dry.steps} == {"ingest": "up to date", "train": "up to date",
+                                                     "predict": "up to date", "evaluate": "would run",
+                                                     "report": "would run"}
+    assert dry.outcome("evaluate").reason == "input ../../data/truth.npy changed"
+    assert _mtimes(workdir) == before  # a dry run writes nothing
+    third = run(project)
+    assert third.ran == ["evaluate", "report"] and third.skipped == ["ingest", "train", "predict"]
+
+    # a changed parameter reruns its step (and what reads its output), never what comes before it
+    write_pipeline(project, tiny_steps(predict={"tiles": 8}))
+    assert run(project, dry_run=True).outcome("predict").reason == "parameters changed (tiles)"
+    fourth = run(project)
+    assert "predict" in fourth.ran and "report" in fourth.ran and not {"ingest", "train"} & set(fourth.ran)
+    assert np.array_equal(read_raster(workdir / "labels.tif")[0], labels)  # tile size never changes labels
+
+    # a changed scene reruns everything downstream of it
+    write_data(tmp_path / "data", seed=5)
+    np.save(tmp_path / "data" / "truth.npy", truth_map(shift=2))
+    dry = run(project, dry_run=True)
+    assert [s.status for s in dry.steps] == ["would run"] * 5
+    assert dry.outcome("train").reason == "after 'ingest'"
+    assert run(project).ran == ALL_STEPS
+
+    # --force reruns, --only limits the run to a step
+    forced = run(project, force=True, only=["evaluate"])
+    assert forced.ran == ["evaluate"] and forced.outcome("train").status == "not selected"
+    cli = CliRunner().invoke(main, ["run", str(project), "--only", "report", "--force"])
+    assert cli.exit_code == 0 and cli.stderr.splitlines() == ["report: running (forced)", "    k-means (K = 4, seed 0) "
+                                                              "on scene.zarr", cli.stderr.splitlines()[-1]]
+    assert cli.stderr.splitlines()[-1].startswith("report: done in ")
+
+    # an output removed by hand is made again
+    (workdir / "scores.json").unlink()
+    assert run(project, dry_run=True).outcome("evaluate").reason == "output scores.json is missing"
+    assert run(project).ran[0] == "evaluate" and (workdir / "scores.json").is_file()
+
+
+def test_seeds_fan_out_to_one_output_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    config = write_text(tmp_path / "pipes" / "tiny_config.yaml",  # a config file beside the pipeline this time
+                        yaml.safe_dump({k: v for k, v in TINY.items() if k != "epochs"}))
+    steps = tiny_steps(train={"seeds": [0, 1], "steps": 2, "config": config.name},
+                       predict={"output": "labels/{seed}.tif"}, evaluate={"labels": "@predict"},
+                       report={"kmeans": False, "output": "summary.md"})
+    path = write_pipeline(tmp_path / "pipes" / "seeds.yaml", steps, workdir="out")
+    result = run(path)
+    workdir = tmp_path / "out"
+    assert result.outcome("train").jobs_run == 2
+    for seed in (0, 1):
+        assert (workdir / f"model-seed{seed}.ckpt").is_file()
+        assert (workdir / "labels" / f"{seed}.tif").is_file()
+        assert (workdir / f"scores-seed{seed}.json").is_file()
+    (section,) = json.loads((workdir / "summary.json").read_text())["evaluations"]
+    accs = [run_["acc"] for run_ in section["runs"]]
+    assert [run_["seed"] for run_ in section["runs"]] == [0, 1]
+    assert section["mean"]["acc"][0] == pytest.approx(np.mean(accs))
+    assert section["mean"]["acc"][1] == pytest.approx(np.std(accs))
+    assert "| SSCC, mean ± std (2 seeds) |" in (workdir / "summary.md").read_text()
+
+
+def test_missing_input_and_only_name_errors(project: Path, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=r"steps\[3\]\.truth: .*truth2\.npy does not exist"):
+        run(write_pipeline(project, tiny_steps(evaluate={"truth": "../data/truth2.npy"})))
+    write_pipeline(project, tiny_steps())
+    with pytest.raises(PipelineError, match="--only evalute: no step of that name; did you mean 'evaluate'"):
+        run(project, only=["evalute"])
+    with pytest.raises(PipelineError, match=r"steps\[2\]: input .*scene\.zarr does not exist; run step 'ingest' first"):
+        run(project, only=["predict"])
+
+
+# --------------------------------------------------------------------------------------------
+# batch steps (run_batch stubbed: its own tests run it on dask for real)
+
+
+def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "pipes" / "archive"
+    for i in range(3):
+        write_data(archive / f"s{i}", seed=i)
+        (archive / f"s{i}" / "truth.npy").unlink()
+        (archive / f"s{i}" / "scene.tif").rename(archive / f"scene{i}.tif")
+    calls: list[dict[str, Any]] = []
+
+    def fake_run_batch(scenes: list[str], checkpoint: Path, outdir: Path, **options: Any) -> Any:
+        calls.append({"scenes": scenes, "checkpoint": checkpoint, "outdir": outdir, **options})
+        records = [{"source": s, "output": str(Path(outdir) / (Path(s).stem + "_labels.tif")),
+                    "status": "failed" if s == scenes[-1] else "done",
+                    "error": "boom" if s == scenes[-1] else None, "seconds": 0.1, "pixels": 1480,
+                    "valid_pixels": 1480, "sha256": "0"} for s in scenes]
+        manifest = Path(outdir) / "manifest.json"
+        manifest.write_text(json.dumps({"scenes": {r["source"]: r for r in records}}))
+        return type("BatchResult", (), {"manifest": manifest, "records": records,
+                                        "failed": [r for r in records if r["status"] == "failed"]})()
+
+    monkeypatch.setattr("hsi_cluster.batch.run_batch", fake_run_batch)
+    monkeypatch.chdir(tmp_path)
+    steps = [{"kind": "train", "scenes": "archive/*.tif", "sample": 1, "clusters": 3, "steps": 2, "device": "cpu",
+              "config": {k: v for k, v in TINY.items() if k != "epochs"}, "output": "model.ckpt"},
+             {"kind": "batch", "scenes": ["archive/*.tif"], "model": "model.ckpt", "exclude_trained": True,
+              "tiles": 16, "workers": 1, "output": "labels"},
+             {"kind": "report"}]
+    path = write_pipeline(tmp_path / "pipes" / "archive.yaml", steps)
+    result = run(path)
+    (call,) = calls
+    (trained,) = [s["source"] for s in load_checkpoint(tmp_path / "runs" / "tiny" / "model.ckpt").payload["scenes"]]
+    everything = [str(archive / f"scene{i}.tif") for i in range(3)]
+    assert trained in everything and call["scenes"] == [s for s in everything if s != trained]
+    assert call["checkpoint"] == tmp_path / "runs" / "tiny" / "model.ckpt" and call["workers"] == 1
+    assert result.outcome("batch").status == "failed"
+    assert result.failures == [f"batch: {call['scenes'][-1]}: boom"]
+    markdown = (tmp_path / "runs" / "tiny" / "report.md").read_text()
+    assert "2 scenes: 1 done, 0 skipped (already done), 1 failed" in markdown and "| boom |" in markdown
+    # the failed batch is not recorded as done: the next run retries it, the rest is up to date
+    again = run(path)
+    assert again.ran == ["batch"] and again.skipped == ["train", "report"] and len(calls) == 2  # same manifest
+
+    runner = CliRunner()
+    outcome = runner.invoke(main, ["run", str(path), "-q"])
+    assert outcome.exit_code == 3
+    assert outcome.stderr.strip() == f"hsicluster: failed: batch: {call['scenes'][-1]}: boom"
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_cli_run_dry_run_and_errors(project: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    dry = runner.invoke(main, ["run", str(project), "--dry-run"])
+    assert dry.exit_code == 0, dry.stderr
+    assert dry.stdout.strip() == f"5 of 5 steps would run (workdir {tmp_path / 'runs' / 'tiny'})"
+    assert "train: would run: never ran" in dry.stderr
+    assert not (tmp_path / "runs").exists()
+
+    write_pipeline(project, tiny_steps(predict={"tile": 16}))
+    bad = runner.invoke(main, ["run", str(project)])
+    assert bad.exit_code == 2
+    assert bad.stderr == f"hsicluster: error: {project}: steps[2].tile: unknown key; did you mean 'tiles'?\n"
+    missing = runner.invoke(main, ["run", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and missing.stderr.count("\n") == 1 and "no such pipeline file" in missing.stderr
