@@ -57,7 +57,7 @@ def main() -> None:
     from hsi_cluster.baseline import kmeans_baseline
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
-    from hsi_cluster.evaluate import mean_std, score_clustering
+    from hsi_cluster.evaluate import score_clustering
     from hsi_cluster.io.labels import read_label_map
     from hsi_cluster.predict import label_patches
     from hsi_cluster.train import prepare_store, train
@@ -79,7 +79,6 @@ def main() -> None:
                 results["kmeans"].append(km.to_dict())
                 print(f"kmeans seed {seed}: ACC {km.acc:.3f} NMI {km.nmi:.3f} Kappa {km.kappa:.3f} ARI {km.ari:.3f}", flush=True)
             start = time.perf_counter()
-            history = []
             result = train([store], n_clusters=k, output=work / f"seed{seed}.ckpt", config=config, seed=seed,
                            device="cpu", mask=mask, overwrite=True, work_dir=work, log=lambda m: None)
             seconds = time.perf_counter() - start

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_tiled_scene  # noqa: E402
 from predict_speed import spectra_source  # noqa: E402

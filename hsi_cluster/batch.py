@@ -87,12 +87,14 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
 
     Path(attempts_dir).mkdir(parents=True, exist_ok=True)
     (Path(attempts_dir) / f"{attempt_stem(output)}.{uuid.uuid4().hex[:8]}").write_text(str(os.getpid()))
-    slots = _worker_threads()
+    worker = _current_worker()
+    slots = worker.state.nthreads if worker is not None else None
     threads = torch_threads or (max(1, (os.cpu_count() or 1) // slots) if slots else None)
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    record: dict[str, Any] = {"source": source, "output": output, "worker": _worker_address()}
+    record: dict[str, Any] = {"source": source, "output": output,
+                              "worker": str(worker.address) if worker is not None else None}
     try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True, resume=True)
@@ -103,21 +105,13 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output))}
 
 
-def _worker_threads() -> int | None:
+def _current_worker() -> Any | None:
+    """The dask worker running this task, or None outside one (a plain call)."""
+    from distributed import get_worker
+
     try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):
-        return None
-
-
-def _worker_address() -> str | None:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError, AttributeError):
+        return get_worker()
+    except ValueError:
         return None
 
 

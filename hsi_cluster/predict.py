@@ -27,7 +27,7 @@ from hsi_cluster.data.stats import valid_pixel_mask
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.heads import apply_per_pixel
@@ -118,9 +118,8 @@ def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
                               f"on {checkpoint.in_bands}; use a scene from the same sensor/processing or retrain")
     trained = checkpoint.wavelength
     if trained is not None and "wavelength" in scene.coords:
-        offset = np.abs(np.asarray(trained) - scene.coords["wavelength"].values)
-        if offset.max() > tolerance_nm:
-            band = int(np.argmax(offset))
+        band = mismatched_band(scene.coords["wavelength"].values, trained, tolerance_nm=tolerance_nm)
+        if band is not None:
             raise HsiClusterError(f"{source}: band {band + 1} is at {scene.coords['wavelength'].values[band]:.1f} nm but "
                                   f"the model expects {trained[band]:.1f} nm; the scene's wavelengths do not match the "
                                   "training scene's")

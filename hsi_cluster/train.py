@@ -25,7 +25,7 @@ from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import fit_spectral_projection
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.model.heads import probs
 from hsi_cluster.model.losses import SSCCLoss
@@ -121,11 +121,11 @@ def check_scenes_agree(scenes: list[str | os.PathLike[str]], *,
         if reference is None:
             reference = (name, wavelength)
             continue
-        offset = np.abs(wavelength - reference[1])
-        if offset.max() > tolerance_nm:
-            band = int(np.argmax(offset))
+        band = mismatched_band(wavelength, reference[1], tolerance_nm=tolerance_nm)
+        if band is not None:
             raise HsiClusterError(f"{name}: band {band + 1} is at {wavelength[band]:.1f} nm but in {reference[0]} at "
-                                  f"{reference[1][band]:.1f} nm ({offset[band]:.1f} nm apart, more than "
+                                  f"{reference[1][band]:.1f} nm ({abs(wavelength[band] - reference[1][band]):.1f} nm "
+                                  f"apart, more than "
                                   f"{tolerance_nm:g} nm); train together only scenes with the same bands")
 
 

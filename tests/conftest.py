@@ -24,6 +24,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def shared_data_optional() -> Path | None:
+    """``../shared/data`` when it holds Indian Pines, else None (for tests that only add a real scene)."""
+    return SHARED_DATA if (SHARED_DATA / "indian_pines" / "Indian_pines_corrected.npy").is_file() else None
+
+
 def _shared_file(shared_data: Path, relative: str) -> Path:
     path = shared_data / relative
     if not path.is_file():

@@ -32,13 +32,6 @@ from tests import helpers
 from tests.predict_helpers import read_raster, train_tiny
 
 TILES = 32
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def shared_data_optional() -> Path | None:
-    """../shared/data when present (the batch then also holds a real 200-band scene), else None."""
-    return SHARED_DATA if (SHARED_DATA / "indian_pines" / "Indian_pines_corrected.npy").is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,8 +216,7 @@ def test_batch_against_a_separate_scheduler_survives_a_killed_worker(archive: di
     cluster = LoopbackCluster(workers=2, log_dir=tmp_path)
     try:
         out = tmp_path / "out"
-        attempts = out / ".attempts"
-        killed: list[int] = []
+        killed: list[str] = []  # attempt stems of the scenes whose worker was killed
 
         sources = [str(p) for p in archive["good"]]
         outputs = {attempt_stem(str(o)): o for o in output_paths([Path(s) for s in sources], out).values()}

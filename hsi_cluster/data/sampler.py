@@ -16,7 +16,6 @@ valid pixels. With one store the plan, the patches and their order are those of 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence

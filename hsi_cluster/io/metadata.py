@@ -10,6 +10,15 @@ import numpy as np
 #: Largest wavelength difference (nm) at which two scenes' bands count as the same band.
 WAVELENGTH_TOLERANCE_NM = 1.0
 
+
+def mismatched_band(wavelength: np.ndarray, reference: np.ndarray, *,
+                    tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> int | None:
+    """Index of the band farthest from ``reference`` (both (B,) in nm) when it is more than
+    ``tolerance_nm`` away, else None (the bands match)."""
+    offset = np.abs(np.asarray(wavelength, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
+    band = int(np.argmax(offset))
+    return band if offset[band] > tolerance_nm else None
+
 _MICROMETRE_UNITS = {"micrometers", "micrometer", "micrometres", "micrometre", "microns", "micron",
                      "um", "µm", "μm"}
 _NANOMETRE_UNITS = {"nanometers", "nanometer", "nanometres", "nanometre", "nm"}
