@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from hsi_cluster.baseline import kmeans_baseline
+    from hsi_cluster.baseline import kmeans_baseline, standardised_pixels
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
     from hsi_cluster.evaluate import score_clustering
@@ -73,9 +73,11 @@ def main() -> None:
     try:
         store = prepare_store(scene, work)
         mask = truth != 0 if args.protocol == "reference" else None
+        prepared = None  # standardised spectra for k-means, read at the first seed
         for seed in args.seeds:
             if not args.no_kmeans:
-                km = kmeans_baseline(store, truth, k, seed=seed)
+                prepared = prepared or standardised_pixels(store)  # read once for all seeds
+                km = kmeans_baseline(store, truth, k, seed=seed, prepared=prepared)
                 results["kmeans"].append(km.to_dict())
                 print(f"kmeans seed {seed}: ACC {km.acc:.3f} NMI {km.nmi:.3f} Kappa {km.kappa:.3f} ARI {km.ari:.3f}", flush=True)
             start = time.perf_counter()

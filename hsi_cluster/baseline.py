@@ -18,21 +18,16 @@ from hsi_cluster.evaluate import ClusteringScores, score_clustering
 NO_LABEL = -1
 
 
-def kmeans_labels(scene: str | os.PathLike[str], n_clusters: int, *, seed: int = 0, n_init: int = 10) -> np.ndarray:
-    """Cluster the valid pixels of a scene with k-means on per-band standardised spectra.
+def standardised_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The valid pixels of a scene, standardised band by band, and the valid mask.
 
     Args:
         scene: a store from ``hsicluster ingest`` (its valid mask is used) or any raster
             :func:`~hsi_cluster.io.open_scene` reads (valid: finite and not nodata in every good band).
-        n_clusters: k.
-        seed: ``random_state`` of KMeans.
-        n_init: KMeans restarts (the best inertia wins).
 
     Returns:
-        int64 labels (y, x), :data:`NO_LABEL` on invalid pixels.
+        ``(pixels, valid)``: float64 (n_valid, B) and bool (y, x).
     """
-    from sklearn.cluster import KMeans
-
     from hsi_cluster.data.stats import valid_pixel_mask
     from hsi_cluster.io import is_complete_store, open_scene, open_valid_mask
 
@@ -44,14 +39,35 @@ def kmeans_labels(scene: str | os.PathLike[str], n_clusters: int, *, seed: int =
         good_band = opened.coords["good_band"].values if "good_band" in opened.coords else None
         valid = valid_pixel_mask(cube, nodata=opened.attrs.get("nodata"), good_band=good_band)
     pixels = cube.reshape(cube.shape[0], -1).T[valid.ravel()]
-    standardised = (pixels - pixels.mean(0)) / (pixels.std(0) + 1e-12)
+    return (pixels - pixels.mean(0)) / (pixels.std(0) + 1e-12), valid
+
+
+def kmeans_labels(scene: str | os.PathLike[str], n_clusters: int, *, seed: int = 0, n_init: int = 10,
+                  prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Cluster the valid pixels of a scene with k-means on per-band standardised spectra.
+
+    Args:
+        scene: see :func:`standardised_pixels`.
+        n_clusters: k.
+        seed: ``random_state`` of KMeans.
+        n_init: KMeans restarts (the best inertia wins).
+        prepared: :func:`standardised_pixels` of ``scene`` already computed (several seeds read
+            the scene once).
+
+    Returns:
+        int64 labels (y, x), :data:`NO_LABEL` on invalid pixels.
+    """
+    from sklearn.cluster import KMeans
+
+    standardised, valid = prepared if prepared is not None else standardised_pixels(scene)
     labels = np.full(valid.size, NO_LABEL, dtype=np.int64)
     labels[valid.ravel()] = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(standardised)
     return labels.reshape(valid.shape)
 
 
 def kmeans_baseline(scene: str | os.PathLike[str], truth: np.ndarray, n_clusters: int, *, seed: int = 0,
-                    n_init: int = 10, unlabelled: int | None = 0) -> ClusteringScores:
+                    n_init: int = 10, unlabelled: int | None = 0,
+                    prepared: tuple[np.ndarray, np.ndarray] | None = None) -> ClusteringScores:
     """Scores of :func:`kmeans_labels` against a ground-truth map (labelled pixels only)."""
-    labels = kmeans_labels(scene, n_clusters, seed=seed, n_init=n_init)
+    labels = kmeans_labels(scene, n_clusters, seed=seed, n_init=n_init, prepared=prepared)
     return score_clustering(labels, truth, unlabelled=unlabelled, invalid_pred=NO_LABEL)

@@ -28,6 +28,7 @@ from typing import Any
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.io.files import sha256_of
 from hsi_cluster.io.paths import expand_scene_paths
 
 MANIFEST = "manifest.json"
@@ -55,15 +56,6 @@ def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
             raise HsiClusterError(f"{source} and {seen[target]} would both write {target}; rename one of them")
         seen[target] = source
     return targets
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for piece in iter(lambda: file.read(2**20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_dir: str,
@@ -337,4 +329,4 @@ def _clear_attempts(attempts_dir: Path, output: str) -> None:
         marker.unlink(missing_ok=True)
 
 
-__all__ = ["run_batch", "label_scene", "attempt_stem", "output_paths", "BatchResult", "Manifest", "sha256_of"]
+__all__ = ["run_batch", "label_scene", "attempt_stem", "output_paths", "BatchResult", "Manifest", "sha256_of"]  # sha256_of: from io.files, re-exported

@@ -7,7 +7,6 @@ Files are written to a temporary name and renamed, so a crash never leaves half 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -19,6 +18,7 @@ import torch
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.io.files import sha256_of
 from hsi_cluster.model.sscc import SSCC
 
 CHECKPOINT_FORMAT = "hsicluster-checkpoint"
@@ -70,11 +70,7 @@ class Checkpoint:
 
     def sha256(self) -> str:
         """Hash of the checkpoint file (first 16 hex digits), to record which model made an output."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()[:16]
+        return sha256_of(self.path)[:16]
 
 
 def make_payload(model: SSCC, *, train_config: dict[str, Any], spectral: dict[str, Any], scenes: list[dict[str, Any]],

@@ -410,7 +410,7 @@ def _run_batch(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
 
 
 def _kmeans_section(ctx: _Context, evaluation: StepPlan, seeds: list[int]) -> dict[str, Any]:
-    from hsi_cluster.baseline import kmeans_baseline
+    from hsi_cluster.baseline import kmeans_baseline, standardised_pixels
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.io.labels import read_label_map
 
@@ -419,10 +419,12 @@ def _kmeans_section(ctx: _Context, evaluation: StepPlan, seeds: list[int]) -> di
     k = load_checkpoint(predicted.jobs[0].inputs["model"]).n_clusters
     o = evaluation.jobs[0].options
     truth, _ = read_label_map(evaluation.jobs[0].inputs["truth"], var=o["var"])
-    runs = []
+    runs, prepared = [], None
     for seed in seeds:
         ctx.log(f"    k-means (K = {k}, seed {seed}) on {scene.name}")
-        runs.append({"seed": seed, **kmeans_baseline(scene, truth, k, seed=seed, unlabelled=o["unlabelled"]).to_dict()})
+        prepared = prepared or standardised_pixels(scene)  # read once for all seeds
+        runs.append({"seed": seed, **kmeans_baseline(scene, truth, k, seed=seed, unlabelled=o["unlabelled"],
+                                                      prepared=prepared).to_dict()})
     return {"kmeans": runs, "kmeans_mean": report_format.mean_std(runs), "kmeans_k": k, "kmeans_inits": 10,
             "kmeans_scene": _rel(scene, ctx.pipeline.workdir)}
 

@@ -20,20 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.io.files import sha256_of
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES as ENVI_BINARIES
 
 STATE_FILE = ".hsicluster-pipeline.json"
 LOCK_FILE = ".hsicluster-pipeline.lock"
 STATE_VERSION = 1
 HASH_LIMIT = 16 * 2**20  # files up to this size are also fingerprinted by content
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(path: Path) -> dict[str, Any] | None:
@@ -45,7 +38,7 @@ def fingerprint(path: Path) -> dict[str, Any] | None:
     if path.is_dir():
         meta = path / "zarr.json"
         if meta.is_file():
-            return {"folder": sha256_file(meta)}
+            return {"folder": sha256_of(meta)}
         digest = hashlib.sha256()
         for root, dirs, files in os.walk(path):
             dirs.sort()
@@ -56,7 +49,7 @@ def fingerprint(path: Path) -> dict[str, Any] | None:
         return {"folder": digest.hexdigest()}
     found: dict[str, Any] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if stat.st_size <= HASH_LIMIT:
-        found["sha256"] = sha256_file(path)
+        found["sha256"] = sha256_of(path)
     return found
 
 
@@ -75,7 +68,7 @@ def unchanged(recorded: dict[str, Any] | None, path: Path) -> bool:
         return False
     if stat.st_mtime_ns == recorded.get("mtime_ns"):
         return True
-    return "sha256" in recorded and stat.st_size <= HASH_LIMIT and sha256_file(path) == recorded["sha256"]
+    return "sha256" in recorded and stat.st_size <= HASH_LIMIT and sha256_of(path) == recorded["sha256"]
 
 
 def companions(path: Path) -> list[Path]:
