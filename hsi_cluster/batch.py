@@ -28,7 +28,7 @@ from typing import Any
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError, OutputError
-from hsi_cluster.io.files import sha256_of
+from hsi_cluster.io.files import sha256_of, write_text_atomic
 from hsi_cluster.io.paths import expand_scene_paths
 
 MANIFEST = "manifest.json"
@@ -157,9 +157,7 @@ class Manifest:
         """Write atomically (temporary file, then rename)."""
         body = {**self.header, "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "scenes": self.records}
-        scratch = self.path.with_name(self.path.name + ".tmp")
-        scratch.write_text(json.dumps(body, indent=2))
-        os.replace(scratch, self.path)
+        write_text_atomic(self.path, json.dumps(body, indent=2))
 
     def is_current(self, source: Path, output: Path) -> bool:
         """Whether ``source`` finished before and its output is still the file recorded."""

@@ -132,8 +132,10 @@ def preset_config(name: str) -> TrainConfig:
     return config_from_dict(PRESETS[name])
 
 
-def load_config(preset: str, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A preset, then a YAML file's keys, then explicit overrides (None values ignored)."""
+def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str, Any] | None = None,
+                **overrides: Any) -> TrainConfig:
+    """A preset, then a YAML file's keys, then ``inline`` keys (a pipeline's ``config:`` mapping), then
+    explicit overrides (None values ignored)."""
     config = preset_config(preset)
     if path is not None:
         path = Path(path)
@@ -146,6 +148,8 @@ def load_config(preset: str, path: str | Path | None = None, **overrides: Any) -
         if not isinstance(values, dict):
             raise HsiClusterError(f"{path}: a config file must be a mapping of keys to values")
         config = config_from_dict(values, base=config)
+    if inline:
+        config = config_from_dict(inline, base=config)
     return config_from_dict({k: v for k, v in overrides.items() if v is not None}, base=config)
 
 

@@ -25,6 +25,7 @@ from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import fit_spectral_projection
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
+from hsi_cluster.io.files import atomic_path
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.model.heads import probs
@@ -433,8 +434,9 @@ def write_loss_curve(history: list[dict[str, float]], path: Path) -> Path | None
     ax.set_title("SSCC training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, ".tmp.png") as scratch:
+            fig.savefig(scratch)
+    finally:
+        plt.close(fig)
     return path

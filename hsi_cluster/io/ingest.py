@@ -26,6 +26,7 @@ from hsi_cluster import __version__
 from hsi_cluster.data.stats import BandStats, valid_pixel_mask
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
+from hsi_cluster.io.files import atomic_path
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.io.store import (BAND_COORDS, METADATA_KEY, STORE_FORMAT, STORE_VERSION, is_complete_store,
                                   read_store_metadata)
@@ -176,10 +177,8 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
         summaries[i, j] = BandStats.of_block(block, valid[local]).pack()
     for (i, j), packed in summaries.items():
         marker = _marker(path, i, j)
-        scratch = marker.with_name(marker.name + ".tmp")
-        with open(scratch, "wb") as file:
+        with atomic_path(marker) as scratch, open(scratch, "wb") as file:
             np.save(file, packed)
-        os.replace(scratch, marker)
     return len(blocks)
 
 

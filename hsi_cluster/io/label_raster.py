@@ -27,6 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from hsi_cluster.errors import OutputError
 from hsi_cluster.geo import BlockGrid
+from hsi_cluster.io.files import atomic_path
 
 MARKERS = "_tiles_done"
 
@@ -174,8 +175,9 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
               ncol=1 + n_clusters // 20)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, ".tmp.png") as scratch:
+            fig.savefig(scratch, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.io.files import write_text_atomic
 from hsi_cluster.pipeline import report as report_format
 from hsi_cluster.pipeline.schema import SCHEMAS, Pipeline, PipelineError, StepSpec, load_pipeline
 from hsi_cluster.pipeline.state import State, WorkdirLock, companions, fingerprint
@@ -315,15 +316,7 @@ class _Context:
 
 
 def _write_json(path: Path, content: Any) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(content, indent=2))
-    os.replace(scratch, path)
-
-
-def _write_text(path: Path, content: str) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(content)
-    os.replace(scratch, path)
+    write_text_atomic(path, json.dumps(content, indent=2))
 
 
 def _run_ingest(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
@@ -336,13 +329,11 @@ def _run_ingest(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
 
 
 def _train_config(job: Job) -> Any:
-    from hsi_cluster.config import config_from_dict, load_config
+    from hsi_cluster.config import load_config
 
     o = job.options
-    config = load_config(o["preset"], job.inputs.get("config"))
-    if isinstance(o["config"], dict):
-        config = config_from_dict(o["config"], base=config)
-    return config_from_dict({k: o[k] for k in ("epochs", "steps", "batch_size") if o[k] is not None}, base=config)
+    return load_config(o["preset"], job.inputs.get("config"), inline=o["config"] if isinstance(o["config"], dict) else None,
+                       epochs=o["epochs"], steps=o["steps"], batch_size=o["batch_size"])
 
 
 def _run_train(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
@@ -472,7 +463,7 @@ def _run_report(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
                "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "evaluations": evaluations, "batches": batches, "steps": steps}
     _write_json(job.outputs["json"], content)
-    _write_text(job.outputs["output"], report_format.to_markdown(content))
+    write_text_atomic(job.outputs["output"], report_format.to_markdown(content))
     return {"report": str(job.outputs["output"])}
 
 

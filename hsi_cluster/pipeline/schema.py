@@ -480,11 +480,11 @@ def _link(pipeline: Pipeline, step: StepSpec) -> StepSpec:
             raise pipeline.error(f"{where}.sample", "needs 'scenes' (a list or glob to sample from)")
         config = values["config"]
         if isinstance(config, dict):
-            from hsi_cluster.config import config_from_dict, preset_config
+            from hsi_cluster.config import load_config
 
-            overrides = {k: values[k] for k in ("epochs", "steps", "batch_size") if values[k] is not None}
             try:
-                config_from_dict(overrides, base=config_from_dict(config, base=preset_config(values["preset"])))
+                load_config(values["preset"], inline=config, epochs=values["epochs"], steps=values["steps"],
+                            batch_size=values["batch_size"])
             except HsiClusterError as exc:
                 raise pipeline.error(f"{where}.config", str(exc)) from None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
-from hsi_cluster.io.files import sha256_of
+from hsi_cluster.io.files import sha256_of, write_text_atomic
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES as ENVI_BINARIES
 
 STATE_FILE = ".hsicluster-pipeline.json"
@@ -121,9 +121,7 @@ class State:
 
     def save(self) -> None:
         """Write atomically."""
-        scratch = self.path.with_name(self.path.name + ".tmp")
-        scratch.write_text(json.dumps({"version": STATE_VERSION, "steps": self.steps}, indent=1))
-        os.replace(scratch, self.path)
+        write_text_atomic(self.path, json.dumps({"version": STATE_VERSION, "steps": self.steps}, indent=1))
 
     def job(self, step: str, job: str) -> dict[str, Any] | None:
         return (self.steps.get(step) or {}).get("jobs", {}).get(job)

@@ -1,0 +1,44 @@
+"""io.files: content hashes and atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from hsi_cluster.io.files import atomic_path, sha256_of, write_text_atomic
+
+
+def test_sha256_of_matches_hashlib_across_read_pieces(tmp_path):
+    content = bytes(range(256)) * 9000  # > 2 MiB: several 1 MiB pieces
+    path = tmp_path / "blob.bin"
+    path.write_bytes(content)
+    assert sha256_of(path) == hashlib.sha256(content).hexdigest()
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "report.json"
+    write_text_atomic(target, "first")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as scratch:
+            scratch.write_text("half-writ")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no scratch left behind
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_atomic_path_keeps_the_writers_suffix_and_leaves_no_file_on_failure(tmp_path):
+    target = tmp_path / "plot.png"
+    with atomic_path(target, ".tmp.png") as scratch:
+        assert scratch.name.endswith(".tmp.png") and scratch.parent == tmp_path
+        scratch.write_bytes(b"png")
+    assert target.read_bytes() == b"png"
+    missing = tmp_path / "never.png"
+    with pytest.raises(ValueError):
+        with atomic_path(missing) as scratch:
+            scratch.write_bytes(b"x")
+            raise ValueError("bad")
+    assert not missing.exists()
