@@ -88,15 +88,10 @@ def main() -> None:
             labels, _ = label_patches(model, store, patch_size=config.patch_size)
             scores = score_clustering(labels, truth, invalid_pred=-1)
             results["runs"].append({"seed": seed, "seconds": seconds, "samples_per_second": result.samples_per_second,
-                                    "steps": result.steps, "runs": result.runs, "chosen_run": result.chosen_run,
-                                    "agreement": result.agreement, **scores.to_dict()})
-            chosen = ""
-            if result.runs > 1:
-                chosen = (f", best of {result.runs} runs: run {result.chosen_run + 1} (agreement "
-                          f"{', '.join(f'{a:.3f}' for a in result.agreement)})")
+                                    "steps": result.steps, **scores.to_dict()})
             print(f"sscc seed {seed}: ACC {scores.acc:.3f} NMI {scores.nmi:.3f} Kappa {scores.kappa:.3f} "
                   f"ARI {scores.ari:.3f}  train {seconds:.0f} s ({result.samples_per_second:.0f} samples/s, "
-                  f"{result.steps} steps{chosen})", flush=True)
+                  f"{result.steps} steps)", flush=True)
         for name in ("acc", "nmi", "kappa", "ari"):
             values = [run[name] for run in results["runs"]]
             line = f"{name.upper():5s} sscc {statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"

@@ -132,12 +132,9 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over all valid pixels.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (overrides --epochs).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Patches per step.")
-@click.option("--restarts", type=click.IntRange(min=1), default=None,
-              help="Most independent runs to train, keeping the one the others agree with most "
-                   "(fast: 3, as many as fit 700 000 patches; 1: a single run).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--resume", is_flag=True, help="Continue an interrupted run (OUTPUT.partial, or its unfinished runs).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT.partial.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--work", type=click.Path(path_type=Path), default=None,
               help="Cache folder for scenes ingested on the fly (default: $HSICLUSTER_WORK or ~/.cache/hsicluster).")
@@ -145,8 +142,7 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
               help="Steps between periodic checkpoints (also at every epoch end).")
 @command_options
 def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, config_file: Path | None,
-          epochs: int | None, steps: int | None, batch_size: int | None, restarts: int | None, device: str, seed: int,
-          resume: bool,
+          epochs: int | None, steps: int | None, batch_size: int | None, device: str, seed: int, resume: bool,
           overwrite: bool,
           work: Path | None, checkpoint_every: int, quiet: bool) -> None:
     """Train an SSCC model with K clusters on SCENES (rasters, ingested stores or quoted glob patterns).
@@ -157,7 +153,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
     from hsi_cluster.config import load_config
     from hsi_cluster.train import train as run_train
 
-    config = load_config(preset, config_file, epochs=epochs, steps=steps, batch_size=batch_size, restarts=restarts)
+    config = load_config(preset, config_file, epochs=epochs, steps=steps, batch_size=batch_size)
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     with progress_bar("train", unit="step", quiet=quiet) as update:
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -170,9 +166,8 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log)
     if not quiet:
-        runs = f"best of {result.runs} runs, " if result.runs > 1 else ""
-        click.echo(f"wrote {result.checkpoint} ({runs}{result.steps} steps, {result.epochs} epochs, "
-                   f"{result.seconds:.0f} s, {result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
+        click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.epochs} epochs, {result.seconds:.0f} s, "
+                   f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
 
 
 @main.command()

@@ -37,10 +37,6 @@ class TrainConfig:
         self_label_epochs: epochs of self-labelling after the contrastive epochs (0: off, as in the
             paper): confident predictions on clean patches supervise augmented views.
         self_label_threshold: minimum cluster probability for a pseudo-label.
-        restarts: the most independent runs to train (seeds s, s + 1000, …); the run whose
-            labels agree most with the others' (mean NMI on a pixel sample) is kept. Label-free.
-        restart_samples: training patches all runs together may use: a scene big enough that one
-            run uses more than restart_samples / 2 trains once.
         pca_samples: pixels sampled to fit the PCA.
         workers: DataLoader worker processes (0: in the main process).
         amp: bf16 mixed precision on CUDA.
@@ -67,8 +63,6 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig.mild)
     self_label_epochs: int = 0
     self_label_threshold: float = 0.99
-    restarts: int = 3
-    restart_samples: int = 700_000
     pca_samples: int = 100_000
     workers: int = 0
     amp: bool = True
@@ -86,12 +80,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "self_label_epochs": 0,
         "backbone": "resnet", "backbone_kwargs": {}, "patch_size": 11, "batch_size": 512, "epochs": 200,
-        "lr": 2e-4, "weight_decay": 5e-3, "lr_step_epochs": 20, "lr_gamma": 0.1, "entropy_weight": 0.0, "restarts": 1,
+        "lr": 2e-4, "weight_decay": 5e-3, "lr_step_epochs": 20, "lr_gamma": 0.1, "entropy_weight": 0.0,
         "augment": AugmentConfig().to_dict(),
     },
     # CPU default (the TrainConfig defaults): dense (valid-convolution) backbone, milder augmentation,
-    # Adam 1e-3 with a ×0.1 step after 20 of 30 epochs, the cluster-balance term, and up to 3 runs
-    # (as many as fit 700 000 training patches) of which the most agreed-with is kept.
+    # Adam 1e-3 with a ×0.1 step after 20 of 30 epochs, and the cluster-balance term.
     "fast": {},
 }
 
@@ -171,7 +164,7 @@ def validate_config(config: TrainConfig) -> None:
         if config.patch_size != 2 * depth + 1:
             raise HsiClusterError(f"the dense backbone of depth {depth} sees {2 * depth + 1}×{2 * depth + 1} "
                                   f"patches but patch_size is {config.patch_size}; set depth = (patch_size − 1) / 2")
-    for name in ("batch_size", "epochs", "n_components", "head_hidden", "restarts"):
+    for name in ("batch_size", "epochs", "n_components", "head_hidden"):
         if getattr(config, name) < 1 or (name == "batch_size" and config.batch_size < 2):
             raise HsiClusterError(f"{name} must be ≥ {2 if name == 'batch_size' else 1}, got {getattr(config, name)}")
     if config.steps is not None and config.steps < 1:

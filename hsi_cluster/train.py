@@ -7,11 +7,9 @@ probabilities (N, K) → SSCC loss (+ optional cluster-balance term) → Adam st
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,6 @@ from hsi_cluster.model.heads import probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.restarts import agreement_matrix, most_central, planned_runs, run_seed, sample_labels
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 LogFn = Callable[[str], None]
@@ -89,9 +86,6 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     history: list[dict[str, float]] = field(default_factory=list)
-    runs: int = 1
-    agreement: list[float] | None = None  # with restarts: each run's mean NMI to the others
-    chosen_run: int = 0
 
 
 def _scene_identity(store: Path) -> dict[str, Any]:
@@ -188,7 +182,7 @@ def partial_checkpoint_path(output: Path) -> Path:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """Config keys that must agree for a resume (not the length of the run)."""
-    return {k: v for k, v in config.items() if k not in ("epochs", "steps", "workers", "restarts", "restart_samples")}
+    return {k: v for k, v in config.items() if k not in ("epochs", "steps", "workers")}
 
 
 def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],
@@ -205,11 +199,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             statistics and PCA are fitted on all of them.
         n_clusters: K ≥ 2.
         output: checkpoint path; periodic checkpoints go to ``OUTPUT.partial`` until the end.
-        config: the training configuration. With ``restarts`` > 1, as many independent runs as
-            fit ``restart_samples`` are trained and the one the others agree with most is kept
-            (see :mod:`hsi_cluster.restarts`).
-        seed: seeds the PCA sample, the initial weights, the patch order and the augmentations
-            (run r of several uses ``seed + 1000 r``).
+        config: the training configuration.
+        seed: seeds the PCA sample, the initial weights, the patch order and the augmentations.
         device: "auto", "cpu" or "cuda".
         resume: continue from ``OUTPUT.partial`` (or a finished OUTPUT, to train longer).
         overwrite: replace an existing OUTPUT.
@@ -251,97 +242,7 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     stores = [prepare_store(path, work, log=log) for path in paths]
     wavelength = _check_scenes(stores, config, n_clusters)
     identity = [_scene_identity(s) for s in stores]
-    run = functools.partial(_train_run, stores, identity, wavelength, n_clusters=n_clusters, config=config,
-                            torch_device=torch_device, checkpoint_every=checkpoint_every, mask=mask, log=log,
-                            stop_after_steps=stop_after_steps)
 
-    steps_per_epoch, _, total_steps = _planned_steps(
-        PatchSampler(stores, patch_size=config.patch_size, batch_size=config.batch_size, mask=mask), config)
-    runs = planned_runs(config.restarts, total_steps * config.batch_size, config.restart_samples)
-    finished = load_checkpoint(output) if resume and output.exists() and not partial.exists() else None
-    if runs == 1 or finished is not None:
-        # One run; or --resume of a finished checkpoint (trains it further, as the run it was chosen from).
-        chosen = (finished.payload["training"].get("restarts") or {}) if finished is not None else {}
-        run_seed_used = run_seed(seed, chosen["chosen"]) if chosen.get("seed") == seed else seed
-        return run(output=output, seed=run_seed_used, resume=resume, progress=progress)
-    return _train_restarts(run, runs, output=output, config=config, stores=stores, seed=seed, resume=resume,
-                           torch_device=torch_device, mask=mask, progress=progress, log=log)
-
-
-def _planned_steps(sampler: PatchSampler, config: TrainConfig) -> tuple[int, int, int]:
-    """(steps per epoch, contrastive steps, total steps) of one run."""
-    steps_per_epoch = sampler.batches_per_epoch(shards=max(1, config.workers))  # workers each drop a partial batch
-    if steps_per_epoch == 0:
-        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
-    contrastive_steps = config.steps or config.epochs * steps_per_epoch
-    return steps_per_epoch, contrastive_steps, contrastive_steps + config.self_label_epochs * steps_per_epoch
-
-
-def _train_restarts(run: Callable[..., TrainResult], runs: int, *, output: Path, config: TrainConfig,
-                    stores: list[Path], seed: int, resume: bool, torch_device: torch.device,
-                    mask: np.ndarray | None, progress: ProgressFn | None, log: LogFn) -> TrainResult:
-    """Train ``runs`` independent runs and keep the one the others agree with most (label-free).
-
-    The runs live in the hidden folder ``.OUTPUT.runs`` beside the output, each with its own
-    periodic checkpoints, so ``--resume`` continues the unfinished ones and skips the finished. The
-    folder is removed once the chosen run is written to OUTPUT.
-    """
-    folder = output.with_name(f".{output.name}.runs")
-    if not resume:
-        shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(exist_ok=True)
-    results: list[TrainResult] = []
-    for index in range(runs):
-        candidate = folder / f"run{index}.ckpt"
-        seed_r = run_seed(seed, index)
-        log(f"run {index + 1}/{runs} (seed {seed_r})")
-        shifted = _run_progress(progress, index, runs) if progress else None
-        if resume and candidate.exists() and load_checkpoint(candidate).complete:
-            state = load_checkpoint(candidate).payload["training"]
-            results.append(TrainResult(checkpoint=candidate, loss_curve=None, steps=int(state["step"]),
-                                       epochs=int(state["epoch"]), seconds=float(state.get("seconds", 0.0)),
-                                       samples_per_second=float("nan"), history=list(state["history"])))
-            continue
-        resumable = resume and partial_checkpoint_path(candidate).exists()
-        results.append(run(output=candidate, seed=seed_r, resume=resumable, progress=shifted))
-
-    checkpoints = [load_checkpoint(result.checkpoint) for result in results]
-    models = [c.build_model().to(torch_device) for c in checkpoints]
-    labels = sample_labels(models, stores, patch_size=config.patch_size, mask=mask, seed=seed, device=torch_device,
-                           fill=checkpoints[0].payload["spectral"]["mean"].numpy())
-    chosen, agreement = most_central(agreement_matrix(labels))
-    log(f"agreement of each run with the others (mean NMI on {labels.shape[1]} pixels): "
-        f"{', '.join(f'{a:.3f}' for a in agreement)}; keeping run {chosen + 1} (seed {run_seed(seed, chosen)})")
-    payload = checkpoints[chosen].payload
-    payload["training"]["restarts"] = {"seed": seed, "runs": runs, "chosen": chosen, "pixels": int(labels.shape[1]),
-                                       "agreement": [float(a) for a in agreement]}
-    save_checkpoint(payload, output)
-    partial_checkpoint_path(output).unlink(missing_ok=True)
-    curve = folder / "run{}.loss.png".format(chosen)
-    curve_out = output.with_suffix(".loss.png")
-    if curve.exists():
-        os.replace(curve, curve_out)
-    shutil.rmtree(folder, ignore_errors=True)
-    best = results[chosen]
-    return TrainResult(checkpoint=output, loss_curve=curve_out if curve_out.exists() else None, steps=best.steps,
-                       epochs=best.epochs, seconds=sum(r.seconds for r in results),
-                       samples_per_second=best.samples_per_second, history=best.history, runs=runs,
-                       agreement=[float(a) for a in agreement], chosen_run=chosen)
-
-
-def _run_progress(progress: ProgressFn, index: int, runs: int) -> ProgressFn:
-    """Progress of run ``index`` of ``runs`` reported as a share of all the runs' steps."""
-    def report(step: int, total: int, metrics: dict[str, float]) -> None:
-        progress(index * total + step, runs * total, metrics)
-    return report
-
-
-def _train_run(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[float] | None, *,
-               n_clusters: int, output: Path, config: TrainConfig, seed: int, torch_device: torch.device,
-               resume: bool, checkpoint_every: int, mask: np.ndarray | None, progress: ProgressFn | None,
-               log: LogFn, stop_after_steps: int | None) -> TrainResult:
-    """One training run from seed ``seed`` to the checkpoint ``output`` (see :func:`train`)."""
-    partial = partial_checkpoint_path(output)
     resume_from = None
     if resume:
         source = partial if partial.exists() else output if output.exists() else None
@@ -385,7 +286,11 @@ def _train_run(stores: list[Path], identity: list[dict[str, Any]], wavelength: l
     # Holes inside patches read as the spectral mean (pooled over the scenes), as in predict.
     sampler = PatchSampler(stores, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask,
                            fill=spectral["mean"].numpy())
-    steps_per_epoch, contrastive_steps, total_steps = _planned_steps(sampler, config)
+    steps_per_epoch = sampler.batches_per_epoch(shards=max(1, config.workers))  # workers each drop a partial batch
+    if steps_per_epoch == 0:
+        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
+    contrastive_steps = config.steps or config.epochs * steps_per_epoch
+    total_steps = contrastive_steps + config.self_label_epochs * steps_per_epoch
     epochs = math.ceil(contrastive_steps / steps_per_epoch) + config.self_label_epochs
     step, epoch, batch_in_epoch, history, elapsed_before = 0, 0, 0, [], 0.0
     resumed_epoch_losses: list[float] = []
@@ -399,7 +304,6 @@ def _train_run(stores: list[Path], identity: list[dict[str, Any]], wavelength: l
         history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
         resumed_epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
-    chosen_from = resume_from.payload["training"].get("restarts") if resume_from is not None else None
     use_amp = config.amp and torch_device.type == "cuda"
     started = time.perf_counter()
     samples_seen = 0
@@ -411,8 +315,6 @@ def _train_run(stores: list[Path], identity: list[dict[str, Any]], wavelength: l
                     "epoch_losses": list(epoch_losses),
                     "seconds": elapsed_before + time.perf_counter() - started, "total_steps": total_steps,
                     "steps_per_epoch": steps_per_epoch, "device": str(torch_device)}
-        if chosen_from is not None:  # trained further after being chosen from several runs
-            training["restarts"] = chosen_from
         return make_payload(model, train_config=config.to_dict(), spectral=spectral, scenes=identity,
                             wavelength=wavelength, complete=complete, training=training)
 

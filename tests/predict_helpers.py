@@ -32,8 +32,7 @@ LABEL_NODATA = 255
 
 #: Overrides of the ``fast`` preset for a tiny dense model (5 × 5 patches).
 TINY_DENSE: dict[str, Any] = {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size": PATCH, "batch_size": 64,
-                              "epochs": 1, "n_components": 4, "head_hidden": 16, "pca_samples": 2000,
-                              "restarts": 1}
+                              "epochs": 1, "n_components": 4, "head_hidden": 16, "pca_samples": 2000}
 #: Overrides for a tiny ResNet model (one stage of one block). The cluster-balance term keeps this
 #: briefly trained network from putting every pixel into one cluster.
 TINY_RESNET: dict[str, Any] = {**TINY_DENSE, "backbone": "resnet",

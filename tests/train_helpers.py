@@ -26,8 +26,7 @@ CHUNK = 16
 
 #: Overrides that make the ``fast`` preset tiny: a dense backbone of depth 2 (5 × 5 patches).
 TINY: dict[str, Any] = {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size": 5, "batch_size": 32,
-                        "epochs": 2, "n_components": 4, "head_hidden": 16, "pca_samples": 2000,
-                        "restarts": 1}
+                        "epochs": 2, "n_components": 4, "head_hidden": 16, "pca_samples": 2000}
 
 
 @pytest.fixture(scope="module", autouse=True)
