@@ -327,4 +327,4 @@ def _clear_attempts(attempts_dir: Path, output: str) -> None:
         marker.unlink(missing_ok=True)
 
 
-__all__ = ["run_batch", "label_scene", "attempt_stem", "output_paths", "BatchResult", "Manifest", "sha256_of"]  # sha256_of: from io.files, re-exported
+__all__ = ["run_batch", "label_scene", "attempt_stem", "output_paths", "BatchResult", "Manifest"]
