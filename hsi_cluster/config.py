@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import yaml
 
 from hsi_cluster.data.augment import AugmentConfig
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.model.backbones import DenseBackbone, ResNetBackbone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,8 +114,11 @@ def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None)
     unknown = set(values) - names
     if unknown:
         raise HsiClusterError(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
-    updates = dict(values)
-    if "augment" in updates:
+    updates = _coerce_fields({k: v for k, v in values.items() if k != "augment"})
+    if updates.get("backbone", base.backbone) != base.backbone and "backbone_kwargs" not in updates:
+        updates["backbone_kwargs"] = {}  # the other backbone's sizes do not carry over: use its defaults
+    if "augment" in values:
+        updates["augment"] = values["augment"]
         current = base.augment.to_dict()
         extra = updates["augment"].to_dict() if isinstance(updates["augment"], AugmentConfig) else updates["augment"]
         if not isinstance(extra, dict):
@@ -154,21 +160,69 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
     return config_from_dict({k: v for k, v in overrides.items() if v is not None}, base=config)
 
 
+def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Check each value against its :class:`TrainConfig` field type, converting where YAML is
+    lenient: ``1e-3`` (a string to YAML 1.1) and integers become floats, integral floats become ints."""
+    hints = typing.get_type_hints(TrainConfig)
+    converted = {}
+    for name, value in values.items():
+        kind = hints[name]
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), kind) if args and optional else kind
+        base = typing.get_origin(base) or base
+        if value is None and optional:
+            converted[name] = None
+            continue
+        if base is float and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if base is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = (isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
+              ) if base in (int, float, bool, str, dict) else True
+        if not ok:
+            expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                        dict: "a mapping"}[base] + (" or null" if optional else "")
+            raise HsiClusterError(f"config key {name!r} must be {expected}, got {value!r}")
+        converted[name] = value
+    return converted
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise a one-line :class:`HsiClusterError` for inconsistent settings."""
     if config.backbone not in ("dense", "resnet"):
         raise HsiClusterError(f"backbone must be 'dense' or 'resnet', got {config.backbone!r}")
+    backbone_class = DenseBackbone if config.backbone == "dense" else ResNetBackbone
+    accepted = set(inspect.signature(backbone_class).parameters) - {"in_channels"}
+    unknown = set(config.backbone_kwargs) - accepted
+    if unknown:
+        raise HsiClusterError(f"unknown backbone_kwargs {sorted(unknown)} for the {config.backbone} backbone; "
+                              f"valid: {sorted(accepted)}")
     if config.patch_size < 1 or config.patch_size % 2 == 0:
         raise HsiClusterError(f"patch_size must be a positive odd number, got {config.patch_size}")
     if config.backbone == "dense":
-        depth = int(config.backbone_kwargs.get("depth", 5))
+        depth = config.backbone_kwargs.get("depth", 5)
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise HsiClusterError(f"backbone_kwargs depth must be a positive integer, got {depth!r}")
         if config.patch_size != 2 * depth + 1:
             raise HsiClusterError(f"the dense backbone of depth {depth} sees {2 * depth + 1}×{2 * depth + 1} "
                                   f"patches but patch_size is {config.patch_size}; set depth = (patch_size − 1) / 2")
-    for name in ("batch_size", "epochs", "n_components", "head_hidden"):
-        if getattr(config, name) < 1 or (name == "batch_size" and config.batch_size < 2):
-            raise HsiClusterError(f"{name} must be ≥ {2 if name == 'batch_size' else 1}, got {getattr(config, name)}")
-    if config.steps is not None and config.steps < 1:
-        raise HsiClusterError(f"steps must be ≥ 1, got {config.steps}")
-    if config.lr <= 0:
-        raise HsiClusterError(f"lr must be > 0, got {config.lr}")
+    minimum = {"batch_size": 2, "epochs": 1, "n_components": 1, "head_hidden": 1, "lr_step_epochs": 1,
+               "pca_samples": 1, "steps": 1, "instance_dim": 1, "self_label_epochs": 0, "workers": 0}
+    for name, least in minimum.items():
+        value = getattr(config, name)
+        if value is not None and value < least:
+            raise HsiClusterError(f"{name} must be ≥ {least}, got {value}")
+    for name in ("lr", "lr_gamma", "temperature"):
+        if getattr(config, name) <= 0:
+            raise HsiClusterError(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in ("weight_decay", "instance_weight", "cluster_weight", "entropy_weight", "offdiag_weight"):
+        if getattr(config, name) < 0:
+            raise HsiClusterError(f"{name} must be ≥ 0, got {getattr(config, name)}")
+    if not 0 <= config.self_label_threshold <= 1:
+        raise HsiClusterError(f"self_label_threshold must be in [0, 1], got {config.self_label_threshold}")

@@ -70,7 +70,11 @@ def test_yaml_file_overrides_the_preset_and_explicit_overrides_win(tmp_path: Pat
     assert config.weight_decay == base.weight_decay and config.augment == base.augment  # untouched keys
     overridden = load_config("fast", path, epochs=9, steps=None, batch_size=None)
     assert overridden.epochs == 9 and overridden.batch_size == 64 and overridden.steps is None
-    on_paper = load_config("paper", tmp_path / "cfg.yaml", batch_size=128)
+    with pytest.raises(HsiClusterError, match="width") as exc:  # dense sizes on the paper's resnet
+        load_config("paper", path)
+    one_line(exc)
+    path.write_text(yaml.safe_dump({"epochs": 3, "lr": 0.01, "patch_size": 7}))
+    on_paper = load_config("paper", path, batch_size=128)
     assert on_paper.backbone == "resnet" and on_paper.lr == 0.01 and on_paper.batch_size == 128
 
 
@@ -121,13 +125,49 @@ def test_resnet_takes_any_odd_patch() -> None:
     assert config_from_dict({"patch_size": 7}, base=preset_config("paper")).patch_size == 7
 
 
+def test_switching_backbone_drops_the_other_backbones_sizes() -> None:
+    on_fast = config_from_dict({"backbone": "resnet"}, base=preset_config("fast"))
+    assert on_fast.backbone == "resnet" and on_fast.backbone_kwargs == {}
+    on_paper = config_from_dict({"backbone": "dense"}, base=preset_config("paper"))
+    assert on_paper.backbone == "dense" and on_paper.backbone_kwargs == {} and on_paper.patch_size == 11
+    sized = config_from_dict({"backbone": "resnet", "backbone_kwargs": {"widths": [16]}}, base=preset_config("fast"))
+    assert sized.backbone_kwargs == {"widths": [16]}
+
+
 @pytest.mark.parametrize("values", [{"patch_size": 4, "backbone": "resnet"}, {"backbone": "vit"},
                                     {"batch_size": 1}, {"epochs": 0}, {"n_components": 0}, {"steps": 0},
-                                    {"lr": 0.0}, {"head_hidden": 0}])
+                                    {"lr": 0.0}, {"head_hidden": 0}, {"weight_decay": -1e-4}, {"lr_gamma": 0},
+                                    {"lr_step_epochs": 0}, {"temperature": 0}, {"entropy_weight": -0.1},
+                                    {"instance_weight": -1}, {"offdiag_weight": -0.005}, {"workers": -1},
+                                    {"self_label_threshold": 1.5}, {"self_label_epochs": -2}, {"instance_dim": 0},
+                                    {"pca_samples": 0}])
 def test_invalid_values(values: dict) -> None:
-    with pytest.raises(HsiClusterError) as exc:
+    with pytest.raises(HsiClusterError, match=next(iter(values))) as exc:
         config_from_dict(values)
     one_line(exc)
+
+
+@pytest.mark.parametrize("values, word", [
+    ({"lr": "fast"}, "number"), ({"epochs": "ten"}, "integer"), ({"batch_size": 2.5}, "integer"),
+    ({"epochs": True}, "integer"), ({"lr": True}, "number"), ({"amp": "yes"}, "true or false"),
+    ({"instance_dim": "x"}, "integer or null"), ({"backbone_kwargs": [64, 5]}, "mapping"),
+    ({"backbone_kwargs": {"widht": 32, "depth": 5}}, "widht"), ({"backbone_kwargs": {"depth": 2.5}}, "depth"),
+    ({"backbone": "resnet", "backbone_kwargs": {"width": 64}}, "width"),
+])
+def test_wrongly_typed_values_are_named(values: dict, word: str) -> None:
+    with pytest.raises(HsiClusterError, match=word) as exc:
+        config_from_dict(values)
+    one_line(exc)
+
+
+def test_yaml_numbers_are_read_as_a_user_means_them(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-3`` as a string and ``2`` as an int: a float key still gets a float."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 0\nepochs: 12.0\nsteps: null\n")
+    config = load_config("fast", path)
+    assert config.lr == 0.001 and isinstance(config.lr, float)
+    assert config.weight_decay == 0.0 and isinstance(config.weight_decay, float)
+    assert config.epochs == 12 and isinstance(config.epochs, int) and config.steps is None
 
 
 def test_nested_augment_override_keeps_the_other_options(tmp_path: Path) -> None:

@@ -399,8 +399,8 @@ def test_cli_train(scene: IngestedScene, tmp_path: Path, tiny_yaml: Path) -> Non
     assert load_checkpoint(output).payload["training"]["step"] == 2
 
 
-@pytest.mark.parametrize("case", ["k1", "exists", "unknown-key", "missing-folder", "no-resume-source",
-                                  "bad-epochs", "missing-scene"])
+@pytest.mark.parametrize("case", ["k1", "exists", "unknown-key", "mistyped-value", "missing-folder",
+                                  "no-resume-source", "bad-epochs", "missing-scene"])
 @pytest.mark.parametrize("quiet", [True, False])
 def test_cli_train_bad_input(scene: IngestedScene, tmp_path: Path, tiny_yaml: Path, case: str, quiet: bool) -> None:
     output = tmp_path / "out.ckpt"
@@ -412,6 +412,8 @@ def test_cli_train_bad_input(scene: IngestedScene, tmp_path: Path, tiny_yaml: Pa
         output.write_bytes(b"old")
     elif case == "unknown-key":
         tiny_yaml.write_text(yaml.safe_dump({**TINY, "epoch": 3}))
+    elif case == "mistyped-value":  # was a TypeError traceback before values were checked
+        tiny_yaml.write_text(yaml.safe_dump({**TINY, "lr": "fast"}))
     elif case == "missing-folder":
         args[5] = tmp_path / "nope" / "out.ckpt"
     elif case == "no-resume-source":
