@@ -138,7 +138,7 @@ def _check_scene(store: Path, config: TrainConfig) -> tuple[int, list[float] | N
     if valid == 0:
         raise HsiClusterError(f"{scene.attrs['ingested_from']['path']}: every pixel is nodata or NaN; nothing to "
                               "train on (check the nodata value)")
-    if n_bands < config.n_components:
+    if isinstance(config.n_components, int) and n_bands < config.n_components:
         raise HsiClusterError(f"{store}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
                               f"set n_components ≤ {n_bands} in a --config file")
     if height < config.patch_size or width < config.patch_size:
@@ -264,8 +264,9 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         spectral = resume_from.payload["spectral"]
     else:
         on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
-        log(f"fitting the spectral projection ({config.n_components} components) on {on}")
         fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
+        kept = f" ({config.n_components * 100:g} % of the variance)" if isinstance(config.n_components, float) else ""
+        log(f"spectral projection fitted on {on}: {fit.components.shape[0]} PCA components{kept}")
         spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
                     "components": torch.from_numpy(fit.components)}
     model = SSCC.build(spectral["mean"].numpy(), spectral["std"].numpy(), spectral["components"].numpy(),

@@ -50,7 +50,20 @@ def test_fast_preset_is_a_consistent_dense_network() -> None:
     config = preset_config("fast")
     assert config.backbone == "dense"
     assert config.patch_size == 2 * int(config.backbone_kwargs["depth"]) + 1
-    assert config.n_components == 8
+    assert config.n_components == 0.99  # as many components as keep 99 % of the variance
+
+
+@pytest.mark.parametrize("value, expected", [(16, 16), (16.0, 16), (0.95, 0.95), ("0.9", 0.9), (1, 1)])
+def test_n_components_is_a_count_or_a_variance_fraction(value, expected) -> None:
+    config = config_from_dict({"n_components": value})
+    assert config.n_components == expected and type(config.n_components) is type(expected)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1.5, -0.2, "many"])
+def test_bad_n_components(value) -> None:
+    with pytest.raises(HsiClusterError, match="n_components") as exc:
+        config_from_dict({"n_components": value})
+    one_line(exc)
 
 
 def test_unknown_preset() -> None:

@@ -20,7 +20,7 @@ import hsi_cluster
 from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
 from hsi_cluster.cli import main
 from hsi_cluster.data.sampler import PatchSampler
-from hsi_cluster.data.spectral import store_band_stats
+from hsi_cluster.data.spectral import fit_spectral_projection, store_band_stats
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.train import TrainResult, partial_checkpoint_path, prepare_store, train
 from tests import helpers
@@ -452,6 +452,23 @@ def test_dataloader_workers_steps_match_the_plan(scene: IngestedScene, tmp_path:
     assert calls[-1] == (expected, expected)
     payload = torch.load(result.checkpoint, weights_only=True)
     assert payload["complete"] and payload["training"]["steps_per_epoch"] == expected
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.999])
+def test_a_variance_fraction_keeps_as_many_components_as_it_needs(scene: IngestedScene, tmp_path: Path,
+                                                                   fraction: float) -> None:
+    config = resume_config(epochs=1, n_components=fraction)
+    expected = fit_spectral_projection([scene.store], fraction, n_samples=config.pca_samples, seed=0).components
+    assert 1 <= expected.shape[0] < 12
+    messages: list[str] = []
+    result = run(scene, tmp_path / "model.ckpt", config=config, log=messages.append)
+    payload = load_checkpoint(result.checkpoint).payload
+    assert payload["train_config"]["n_components"] == fraction
+    assert payload["model_config"]["n_components"] == expected.shape[0]
+    np.testing.assert_array_equal(payload["spectral"]["components"].numpy(), expected)
+    assert any(f"{expected.shape[0]} PCA components ({fraction * 100:g} % of the variance)" in m for m in messages)
+    labels, _ = load_checkpoint(result.checkpoint).build_model().predict_patches(torch.zeros(2, 12, 5, 5))
+    assert labels.shape == (2,)
 
 
 @pytest.mark.parametrize("variant", [{"instance_dim": 8, "instance_weight": 1.0}, {"entropy_weight": 0.5},

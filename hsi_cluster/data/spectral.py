@@ -70,7 +70,7 @@ def sample_valid_spectra(stores: list[str | Path], n_samples: int, *, seed: int 
     return np.concatenate(spectra) if spectra else np.empty((0, 0))
 
 
-def fit_spectral_projection(stores: list[str | Path], n_components: int, *, n_samples: int = 100_000,
+def fit_spectral_projection(stores: list[str | Path], n_components: int | float, *, n_samples: int = 100_000,
                             seed: int = 0) -> SpectralFit:
     """Band statistics over all valid pixels and PCA on a random sample of them.
 

@@ -29,7 +29,7 @@ def _check_std(std: np.ndarray) -> None:
             "empty bands before fitting, or set their std to 1")
 
 
-def fit_pca(samples: np.ndarray, n_components: int, mean: ArrayLike, std: ArrayLike) -> np.ndarray:
+def fit_pca(samples: np.ndarray, n_components: int | float, mean: ArrayLike, std: ArrayLike) -> np.ndarray:
     """Principal axes of standardised spectra.
 
     The samples are standardised with the given per-band ``mean`` and ``std`` (typically the scene's
@@ -39,7 +39,8 @@ def fit_pca(samples: np.ndarray, n_components: int, mean: ArrayLike, std: ArrayL
 
     Args:
         samples: spectra, shape (n, B), any real dtype; n >= 2.
-        n_components: number of components C to keep, 1 <= C <= B.
+        n_components: number of components C to keep, 1 <= C <= B; or a fraction 0 < f < 1 of the
+            standardised variance: C is then the fewest components whose variance reaches f.
         mean: per-band mean, shape (B,), in the units of ``samples``.
         std: per-band standard deviation, shape (B,), all > 0.
 
@@ -58,7 +59,10 @@ def fit_pca(samples: np.ndarray, n_components: int, mean: ArrayLike, std: ArrayL
     if mean.shape != (n_bands,) or std.shape != (n_bands,):
         raise ValueError(f"mean and std must have one value per band ({n_bands}), "
                          f"got shapes {mean.shape} and {std.shape}")
-    if not 1 <= n_components <= n_bands:
+    fraction = float(n_components) if isinstance(n_components, float) and n_components < 1 else None
+    if fraction is not None and not fraction > 0:
+        raise ValueError(f"a variance fraction n_components={n_components} must lie in (0, 1)")
+    if fraction is None and not 1 <= n_components <= n_bands:
         raise ValueError(f"n_components={n_components} must be between 1 and the number of bands "
                          f"({n_bands}); choose at most {n_bands} components")
     if n_samples < 2:
@@ -70,7 +74,12 @@ def fit_pca(samples: np.ndarray, n_components: int, mean: ArrayLike, std: ArrayL
     centred = standardised - standardised.mean(axis=0)
     covariance = centred.T @ centred / (n_samples - 1)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
-    order = np.argsort(eigenvalues)[::-1][:n_components]
+    order = np.argsort(eigenvalues)[::-1]
+    if fraction is not None:
+        explained = np.cumsum(np.clip(eigenvalues[order], 0, None))
+        n_components = int(np.searchsorted(explained, fraction * explained[-1]) + 1) if explained[-1] > 0 else 1
+        n_components = min(n_components, n_bands)
+    order = order[:n_components]
     components = eigenvectors[:, order].T  # (C, B)
     largest = np.argmax(np.abs(components), axis=1)
     signs = np.sign(components[np.arange(n_components), largest])

@@ -102,6 +102,20 @@ def test_fit_pca_with_projection_decorrelates():
     np.testing.assert_allclose(scores.mean(axis=0), 0.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9, 0.99, 0.999999])
+def test_fit_pca_keeps_the_fewest_components_for_a_variance_fraction(fraction: float):
+    samples = _correlated_samples(n=2000, seed=1)
+    mean, std = samples.mean(axis=0), samples.std(axis=0)
+    standardised = (samples - mean) / std
+    singular = np.linalg.svd(standardised - standardised.mean(axis=0), compute_uv=False)
+    share = np.cumsum(singular**2) / np.sum(singular**2)  # variance kept by the first 1, 2, … axes
+    expected = int(np.argmax(share >= fraction)) + 1
+    assert expected == 1 or share[expected - 2] < fraction
+    components = fit_pca(samples, fraction, mean, std)
+    assert components.shape == (expected, 6)
+    np.testing.assert_array_equal(components, fit_pca(samples, expected, mean, std))  # the same leading axes
+
+
 def test_fit_pca_validation():
     samples = _correlated_samples(n=50)
     mean, std = samples.mean(axis=0), samples.std(axis=0)
@@ -109,6 +123,8 @@ def test_fit_pca_validation():
         fit_pca(samples, 7, mean, std)
     with pytest.raises(ValueError, match="one value per band"):
         fit_pca(samples, 2, mean[:3], std)
+    with pytest.raises(ValueError, match="fraction"):
+        fit_pca(samples, -0.5, mean, std)
     with pytest.raises(ValueError, match="2-D"):
         fit_pca(samples[0], 2, mean, std)
     bad = samples.copy()
