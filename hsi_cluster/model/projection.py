@@ -59,9 +59,10 @@ def fit_pca(samples: np.ndarray, n_components: int | float, mean: ArrayLike, std
     if mean.shape != (n_bands,) or std.shape != (n_bands,):
         raise ValueError(f"mean and std must have one value per band ({n_bands}), "
                          f"got shapes {mean.shape} and {std.shape}")
-    fraction = float(n_components) if isinstance(n_components, float) and n_components < 1 else None
-    if fraction is not None and not fraction > 0:
-        raise ValueError(f"a variance fraction n_components={n_components} must lie in (0, 1)")
+    fraction = float(n_components) if isinstance(n_components, float) else None
+    if fraction is not None and not 0 < fraction < 1:
+        raise ValueError(f"a variance fraction n_components={n_components} must lie in (0, 1); "
+                         "pass an int for a count")
     if fraction is None and not 1 <= n_components <= n_bands:
         raise ValueError(f"n_components={n_components} must be between 1 and the number of bands "
                          f"({n_bands}); choose at most {n_bands} components")

@@ -123,8 +123,9 @@ def test_fit_pca_validation():
         fit_pca(samples, 7, mean, std)
     with pytest.raises(ValueError, match="one value per band"):
         fit_pca(samples, 2, mean[:3], std)
-    with pytest.raises(ValueError, match="fraction"):
-        fit_pca(samples, -0.5, mean, std)
+    for fraction in (-0.5, 0.0, 1.0, 2.5):
+        with pytest.raises(ValueError, match="fraction"):
+            fit_pca(samples, fraction, mean, std)
     with pytest.raises(ValueError, match="2-D"):
         fit_pca(samples[0], 2, mean, std)
     bad = samples.copy()
