@@ -297,7 +297,8 @@ def test_interrupted_client_resumes_without_redoing_finished_scenes(archive: dic
             proc.kill()
     assert done_before, "the batch finished or stalled before it could be interrupted"
     records = json.loads(manifest.read_text())["scenes"]
-    assert proc.returncode == 130, proc.stderr.read().decode()
+    statuses = sorted(r["status"] for r in records.values())
+    assert proc.returncode == 130, f"exit {proc.returncode}, scenes {statuses}: {proc.stderr.read().decode()}"
     assert any(r["status"] == "pending" for r in records.values()), "nothing was left to resume"
     mtimes = {s: os.stat(records[s]["output"]).st_mtime_ns for s in done_before}
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
