@@ -190,9 +190,7 @@ def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
             value = float(value)
         if base is int and isinstance(value, float) and value.is_integer():
             value = int(value)
-        ok = (isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
-              ) if base in (int, float, bool, str, dict) else True
-        if not ok:
+        if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
             expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                         dict: "a mapping"}[base] + (" or null" if optional else "")
             raise HsiClusterError(f"config key {name!r} must be {expected}, got {value!r}")
