@@ -13,6 +13,7 @@ independently of :mod:`hsi_cluster.data.stats`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -396,6 +397,11 @@ def write_big_envi_bsq(path: str | os.PathLike[str], *, bands: int, height: int,
 def python_module_command(*args: str) -> list[str]:
     """``python -m hsi_cluster ARGS`` with the running interpreter."""
     return [sys.executable, "-m", "hsi_cluster", *args]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must turn Ctrl-C into KeyboardInterrupt even if we ignore SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass
