@@ -130,40 +130,50 @@ def check_scenes_agree(scenes: list[str | os.PathLike[str]], *,
                                   f"{tolerance_nm:g} nm); train together only scenes with the same bands")
 
 
-def _check_scene(store: Path, config: TrainConfig) -> tuple[int, list[float] | None]:
-    """Per-scene checks; returns the scene's valid pixel count and its wavelengths (or None)."""
-    scene = open_scene(store)
+def _check_scene_shape(scene_path: Path, config: TrainConfig) -> None:
+    """Checks of the band count and size, from the header: before a large raster is ingested for nothing."""
+    scene = open_scene(scene_path)
     n_bands, height, width = scene.shape
-    valid = int(scene.attrs.get("valid_pixels") or 0)
-    if valid == 0:
-        raise HsiClusterError(f"{scene.attrs['ingested_from']['path']}: every pixel is nodata or NaN; nothing to "
-                              "train on (check the nodata value)")
+    name = scene.attrs["source"]
     if isinstance(config.n_components, int) and n_bands < config.n_components:
-        raise HsiClusterError(f"{store}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
+        raise HsiClusterError(f"{name}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
                               f"set n_components ≤ {n_bands} in a --config file")
     if height < config.patch_size or width < config.patch_size:
-        raise HsiClusterError(f"{store}: the scene ({height}×{width} pixels) is smaller than the "
+        raise HsiClusterError(f"{name}: the scene ({height}×{width} pixels) is smaller than the "
                               f"{config.patch_size}×{config.patch_size} patch; use a larger scene")
+
+
+def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
+    """Checks of an ingested scene's pixels; returns the file it came from, its valid pixel count and its
+    wavelengths (or None)."""
+    scene = open_scene(store)
+    source = scene.attrs["ingested_from"]["path"]
+    valid = int(scene.attrs.get("valid_pixels") or 0)
+    if valid == 0:
+        raise HsiClusterError(f"{source}: every pixel is nodata or NaN; nothing to train on (check the nodata value)")
     wavelength = scene.coords["wavelength"].values.tolist() if "wavelength" in scene.coords else None
-    return valid, wavelength
+    return source, valid, wavelength
 
 
 def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int) -> list[float] | None:
     """Checks of every scene and of their valid pixels together; returns the wavelengths to record."""
-    checked = [_check_scene(store, config) for store in stores]
-    valid = sum(count for count, _ in checked)
+    checked = [_check_scene(store) for store in stores]
+    valid = sum(count for _, count, _ in checked)
     if n_clusters > valid:
         raise HsiClusterError(f"-k {n_clusters} is larger than the number of valid pixels ({valid}); choose fewer clusters")
     if valid < config.batch_size and config.steps is None:
-        where = f"{stores[0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
+        where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
         raise HsiClusterError(f"{where} {valid} valid pixels, fewer than one batch of {config.batch_size}; "
                               "lower --batch-size")
-    return next((wavelength for _, wavelength in checked if wavelength is not None), None)
+    return next((wavelength for _, _, wavelength in checked if wavelength is not None), None)
 
 
 def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> str | None:
-    """How the training scenes of a checkpoint differ from this run's (None when they agree)."""
-    key = lambda s: (s["shape"], s["source"], s["size"])  # noqa: E731
+    """How the training scenes of a checkpoint differ from this run's (None when they agree).
+
+    A scene is the same file (path), unchanged since training (size and modification time) and of the same shape.
+    """
+    key = lambda s: (s["shape"], s["source"], s["size"], s.get("mtime_ns"))  # noqa: E731
     if [key(s) for s in saved] == [key(s) for s in current]:
         return None
     if len(saved) != len(current):
@@ -171,6 +181,9 @@ def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) 
                 "scenes in the same order")
     index = next(i for i, (a, b) in enumerate(zip(saved, current)) if key(a) != key(b))
     which = f"scene {index + 1} " if len(saved) > 1 else ""
+    if saved[index]["source"] == current[index]["source"]:
+        return (f"{which}{current[index]['source']} was modified after training began (size or modification time "
+                "differ); restore it")
     return (f"{which}was trained on {saved[index]['source']}, not on {current[index]['source']}; "
             f"pass the same scene{'s in the same order' if len(saved) > 1 else ''}")
 
@@ -239,6 +252,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     log = log or (lambda message: None)
     work = Path(work_dir) if work_dir else default_work_dir()
     check_scenes_agree(paths)  # before ingesting anything
+    for path in paths:
+        _check_scene_shape(path, config)
     stores = [prepare_store(path, work, log=log) for path in paths]
     wavelength = _check_scenes(stores, config, n_clusters)
     identity = [_scene_identity(s) for s in stores]

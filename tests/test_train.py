@@ -7,6 +7,7 @@ components and batches of 32 on a 24 × 20 scene: 14 steps per epoch, a few seco
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,25 @@ def test_resume_with_another_scene_or_config_is_refused(interrupted: Path, scene
     assert not interrupted.exists() and partial.read_bytes() == before
 
 
+def test_resume_after_the_scene_file_changed_is_refused(scene: IngestedScene, other_scene: IngestedScene,
+                                                       tmp_path: Path) -> None:
+    raster = tmp_path / "scene.tif"
+    shutil.copy(scene.path, raster)
+    output = tmp_path / "model.ckpt"
+    kwargs = {"n_clusters": 3, "output": output, "config": resume_config(), "device": "cpu",
+              "work_dir": tmp_path / "work"}
+    with pytest.raises(KeyboardInterrupt):
+        train([raster], stop_after_steps=3, **kwargs)
+    size = raster.stat().st_size
+    shutil.copyfile(other_scene.path, raster)  # other pixels, same shape, same file size: only the time tells
+    assert raster.stat().st_size == size
+    before = partial_checkpoint_path(output).read_bytes()
+    with pytest.raises(CheckpointError, match=f"{raster} was modified after training began") as exc:
+        train([raster], resume=True, **kwargs)
+    one_line(exc)
+    assert not output.exists() and partial_checkpoint_path(output).read_bytes() == before
+
+
 def test_resume_may_change_the_length_of_the_run(interrupted: Path, scene: IngestedScene) -> None:
     result = run(scene, interrupted, config=resume_config(epochs=1), resume=True)
     assert result.steps == STEPS_PER_EPOCH and interrupted.exists()
@@ -276,7 +296,11 @@ def test_bad_scene_is_a_one_line_error_and_writes_nothing(tmp_path: Path, kind: 
     with pytest.raises(HsiClusterError, match=words) as exc:
         train([scene_path], n_clusters=k, output=output, config=config, device="cpu", work_dir=tmp_path / "work")
     one_line(exc)
+    if kind != "k-above-valid-pixels":  # the user's file, not the cache store made from it
+        assert str(exc.value).startswith(str(scene_path))
     assert_no_output(output)
+    if kind in ("smaller-than-patch", "too-few-bands"):  # seen in the header: nothing ingested first
+        assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("k", [1, 0, -3])
