@@ -52,6 +52,9 @@ def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
         targets[source] = outdir / relative.parent / (relative.name.split(".")[0] + OUTPUT_SUFFIX)
     seen: dict[Path, Path] = {}
     for source, target in targets.items():
+        if target in targets:
+            raise HsiClusterError(f"{target}: is a scene and would also be the labels of {source}; choose an OUTDIR "
+                                  "outside the scenes' folders")
         if target in seen:
             raise HsiClusterError(f"{source} and {seen[target]} would both write {target}; rename one of them")
         seen[target] = source

@@ -24,8 +24,9 @@ import xarray as xr
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.stats import valid_pixel_mask
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.geo import BlockGrid
+from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.scene import open_scene
@@ -195,15 +196,17 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     from hsi_cluster.train import device_from
 
     started = time.perf_counter()
-    output = Path(output).expanduser().absolute()
-    extra = [Path(p).expanduser().absolute() for p in (confidence_path, quicklook_path) if p is not None]
-    for path in (output, *extra):
-        if path.exists() and not (overwrite or resume):
-            raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
-        if not path.parent.is_dir():
-            raise OutputError(f"{path}: folder {path.parent} does not exist; create it first")
-        if not os.access(path.parent, os.W_OK):
-            raise OutputError(f"{path}: folder {path.parent} is not writable; choose another output path")
+    absolute = lambda path: Path(path).expanduser().absolute() if path is not None else None  # noqa: E731
+    output = absolute(output)
+    outputs = {"-o": output, "--confidence": absolute(confidence_path), "--quicklook": absolute(quicklook_path)}
+    check_distinct_outputs(outputs)
+    inputs = {"the scene": absolute(scene_path), "the model": absolute(checkpoint_path)}
+    # --resume continues an interrupted run; with nothing to continue, the outputs are new ones
+    replace = overwrite or (resume and TileStore.partial_path(output).is_dir())
+    for path in outputs.values():
+        if path is not None:
+            check_output(path, replace=replace, inputs=inputs,
+                         exists_hint="pass --overwrite to replace it (--resume continues only an interrupted run)")
     if tiles < 8:
         raise HsiClusterError(f"--tiles {tiles} is too small; use at least 8 pixels (512 is a good default)")
     checkpoint = load_checkpoint(checkpoint_path)

@@ -23,9 +23,9 @@ from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, two_views
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import fit_spectral_projection
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
-from hsi_cluster.io.files import atomic_path
+from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.model.heads import probs
@@ -233,17 +233,13 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     partial = partial_checkpoint_path(output)
     if n_clusters < 2:
         raise HsiClusterError(f"-k must be at least 2 clusters, got {n_clusters}")
-    if not output.parent.is_dir():
-        raise OutputError(f"{output}: folder {output.parent} does not exist; create it first")
-    if not os.access(output.parent, os.W_OK):
-        raise OutputError(f"{output}: folder {output.parent} is not writable; choose another output path")
-    if output.exists() and not (overwrite or resume):
-        raise OutputError(f"{output}: already exists; pass --overwrite to replace it or --resume to train it further")
     if isinstance(scenes, (str, os.PathLike)):
         scenes = [scenes]
     if len(scenes) != 1 and mask is not None:
         raise HsiClusterError("a training mask needs exactly one scene")
     paths = expand_scene_paths(scenes)
+    check_output(output, replace=overwrite or resume, inputs={f"the scene {p.name}": p for p in paths},
+                 exists_hint="pass --overwrite to replace it or --resume to train it further")
     if not paths:
         raise HsiClusterError("no scene to train on; pass at least one scene")
     if len(paths) != 1 and mask is not None:

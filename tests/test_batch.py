@@ -49,6 +49,12 @@ def test_output_paths_keep_folders_apart(tmp_path: Path) -> None:
         output_paths([tmp_path / "s.tif", tmp_path / "s.img"], tmp_path / "out")
 
 
+def test_output_paths_never_name_a_scene(tmp_path: Path) -> None:
+    # labels of an earlier run written beside the scenes, now matched by the glob too
+    with pytest.raises(HsiClusterError, match="s_labels.tif: is a scene and would also be the labels of"):
+        output_paths([tmp_path / "s.tif", tmp_path / "s_labels.tif"], tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------
 # Real batches.
 

@@ -423,6 +423,43 @@ def test_existing_output_needs_overwrite(dense: TrainedModel, tmp_path: Path,
     assert read_raster(output)[1]["shape"] == (HEIGHT, WIDTH)
 
 
+@pytest.mark.parametrize("target", ["scene", "model", "link-to-the-scene", "a-folder"])
+def test_an_input_or_a_folder_as_output_is_refused_even_with_overwrite(dense: TrainedModel, tmp_path: Path,
+                                                                      target: str,
+                                                                      holey: tuple[helpers.SyntheticScene, np.ndarray]
+                                                                      ) -> None:
+    scene, model = tmp_path / "scene.tif", tmp_path / "model.ckpt"
+    scene.write_bytes(holey[0].path.read_bytes())
+    model.write_bytes(dense.checkpoint.read_bytes())
+    output = {"scene": scene, "model": model, "link-to-the-scene": tmp_path / "link.tif",
+              "a-folder": tmp_path / "a-folder"}[target]
+    if target == "link-to-the-scene":
+        output.symlink_to(scene)
+    if target == "a-folder":
+        output.mkdir()
+    before = helpers.tree_snapshot(tmp_path)
+    with pytest.raises(OutputError, match="is a folder" if target == "a-folder" else "an input of this command"):
+        predict_scene(scene, model, output, tiles=32, device="cpu", overwrite=True)
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
+def test_two_outputs_on_one_path_are_refused(dense: TrainedModel, tmp_path: Path,
+                                             holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    output = tmp_path / "labels.tif"
+    with pytest.raises(OutputError, match="given as both -o and --confidence"):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", confidence_path=output)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_with_nothing_to_resume_does_not_replace_an_existing_file(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    output = tmp_path / "labels.tif"
+    output.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="--overwrite"):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
+    assert output.read_bytes() == b"precious" and not partial_store(output).exists()
+
+
 def test_interrupted_run_resumes_to_the_same_result(dense: TrainedModel, resnet: TrainedModel, tiled,
                                                     tmp_path: Path,
                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:

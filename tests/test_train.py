@@ -311,12 +311,23 @@ def test_k_below_two(scene: IngestedScene, tmp_path: Path, k: int) -> None:
     assert_no_output(tmp_path / "model.ckpt")
 
 
+def test_the_scene_itself_as_output_is_refused_even_with_overwrite(scene: IngestedScene, tmp_path: Path) -> None:
+    raster = tmp_path / "scene.tif"
+    shutil.copy(scene.path, raster)
+    before = helpers.tree_snapshot(tmp_path)
+    with pytest.raises(OutputError, match="is the scene scene.tif") as exc:
+        train([raster], n_clusters=3, output=raster, config=tiny_config(), device="cpu", overwrite=True,
+              work_dir=tmp_path / "work")
+    one_line(exc)
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("parent", ["missing", "a-file"])
 def test_output_folder_missing(scene: IngestedScene, tmp_path: Path, parent: str) -> None:
     if parent == "a-file":
         (tmp_path / parent).write_text("not a folder")
     output = tmp_path / parent / "model.ckpt"
-    with pytest.raises(OutputError, match="does not exist") as exc:
+    with pytest.raises(OutputError, match="does not exist" if parent == "missing" else "is a file, not a folder") as exc:
         train([scene.store], n_clusters=3, output=output, config=tiny_config(), device="cpu",
               work_dir=tmp_path / "work")
     one_line(exc)

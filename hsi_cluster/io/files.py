@@ -1,12 +1,14 @@
-"""Small file utilities shared by the library: content hashes and atomic writes."""
+"""Small file utilities shared by the library: content hashes, atomic writes, output-path checks."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from hsi_cluster.errors import OutputError
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -40,3 +42,49 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as scratch:
         scratch.write_text(text)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (after resolving links; hard links too when both exist)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, folder_output: bool = False,
+                 exists_hint: str = "pass --overwrite to replace it") -> None:
+    """Fail before any work unless ``path`` can take a new output.
+
+    Refused, each with a one-line :class:`OutputError`: ``path`` is one of ``inputs`` (named by their
+    role, e.g. ``{"the scene": …}``; even when replacing); a folder where a file goes (or a file where a
+    folder goes, ``folder_output``); an existing output unless ``replace``; a missing, non-folder or
+    unwritable parent.
+    """
+    for role, source in inputs.items():
+        if same_file(path, source):
+            raise OutputError(f"{path}: is {role}, an input of this command; choose another output path")
+    if path.exists() and path.is_dir() != folder_output:
+        kind = "a file" if folder_output else "a folder"
+        raise OutputError(f"{path}: is {kind}; choose another output path")
+    if path.exists() and not replace:
+        raise OutputError(f"{path}: already exists; {exists_hint}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is a file, not a folder; choose another output path")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: folder {parent} is not writable; choose another output path")
+
+
+def check_distinct_outputs(outputs: Mapping[str, Path | None]) -> None:
+    """Fail when two of a command's outputs (named by option, e.g. ``{"-o": …, "--confidence": …}``)
+    are one file."""
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for k, (option, path) in enumerate(given):
+        for other, other_path in given[k + 1:]:
+            if same_file(path, other_path):
+                raise OutputError(f"{path}: given as both {option} and {other}; choose different paths")

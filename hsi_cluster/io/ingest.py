@@ -26,7 +26,7 @@ from hsi_cluster import __version__
 from hsi_cluster.data.stats import BandStats, valid_pixel_mask
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
-from hsi_cluster.io.files import atomic_path
+from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.io.store import (BAND_COORDS, METADATA_KEY, STORE_FORMAT, STORE_VERSION, is_complete_store,
                                   read_store_metadata)
@@ -50,18 +50,13 @@ def _source_identity(scene: xr.DataArray) -> dict[str, Any]:
             "mtime_ns": stat.st_mtime_ns, "format": scene.attrs["format"]}
 
 
-def check_output_path(store: Path, *, overwrite: bool) -> None:
-    """Fail early when ``store`` exists (without ``overwrite``) or its folder is not writable."""
+def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None) -> None:
+    """Fail early when ``store`` exists (without ``overwrite``), is the scene itself, or its folder is not
+    writable."""
     if store.exists() and not overwrite:
         what = "a complete store" if is_complete_store(store) else "something that is not a finished store"
         raise OutputError(f"{store}: already exists ({what}); pass --overwrite to replace it or choose another path")
-    parent = store.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(f"{store}: {parent} is a file, not a folder; choose another output path")
-    if not parent.is_dir():
-        raise OutputError(f"{store}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{store}: folder {parent} is not writable; choose another output path")
+    check_output(store, replace=True, inputs={"the scene": scene} if scene else {}, folder_output=store.is_dir())
 
 
 def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +199,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
         OutputError: the destination exists (without ``overwrite``) or is not writable.
     """
     store = Path(store_path).expanduser().absolute()
-    check_output_path(store, overwrite=overwrite)
+    check_output_path(store, overwrite=overwrite, scene=Path(scene_path).expanduser().absolute())
     scene = open_scene(scene_path, var=var)
     n_bands, height, width = scene.shape
     chunk = chunk or auto_chunk_size(n_bands, scene.dtype.itemsize)

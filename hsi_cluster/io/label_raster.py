@@ -72,11 +72,16 @@ class TileStore:
         self.path = path
         self.group = zarr.open_group(str(path), mode="r+")
 
+    @staticmethod
+    def partial_path(output: Path) -> Path:
+        """Where the tiles of an unfinished ``OUTPUT`` are kept: ``OUTPUT.partial.zarr``."""
+        return output.with_name(output.name + ".partial.zarr")
+
     @classmethod
     def open_or_create(cls, output: Path, *, grid: BlockGrid, dtype: np.dtype, nodata: int, with_confidence: bool,
                        identity: dict[str, Any], resume: bool) -> "TileStore":
         """Reuse ``OUTPUT.partial.zarr`` when resuming the same job, else start a fresh one."""
-        path = output.with_name(output.name + ".partial.zarr")
+        path = cls.partial_path(output)
         if resume and path.is_dir():
             try:
                 existing = zarr.open_group(str(path), mode="r").attrs.get("job")
@@ -88,7 +93,7 @@ class TileStore:
             shutil.rmtree(path)
         try:
             group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"job": identity})
-        except PermissionError as exc:
+        except OSError as exc:
             raise OutputError(f"{output}: cannot write ({exc.strerror}); choose another output path") from exc
         group.create_array("labels", shape=(grid.height, grid.width), dtype=dtype, chunks=(grid.block, grid.block),
                            fill_value=nodata)

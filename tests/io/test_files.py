@@ -1,12 +1,14 @@
-"""io.files: content hashes and atomic writes."""
+"""io.files: content hashes, atomic writes, output-path checks."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
-from hsi_cluster.io.files import atomic_path, sha256_of, write_text_atomic
+from hsi_cluster.errors import OutputError
+from hsi_cluster.io.files import atomic_path, check_distinct_outputs, same_file, sha256_of, write_text_atomic
 
 
 def test_sha256_of_matches_hashlib_across_read_pieces(tmp_path):
@@ -42,3 +44,16 @@ def test_atomic_path_keeps_the_writers_suffix_and_leaves_no_file_on_failure(tmp_
             scratch.write_bytes(b"x")
             raise ValueError("bad")
     assert not missing.exists()
+
+
+def test_same_file_sees_through_links_and_relative_paths(tmp_path, monkeypatch):
+    original = tmp_path / "scene.tif"
+    original.write_bytes(b"pixels")
+    (tmp_path / "hard.tif").hardlink_to(original)
+    (tmp_path / "soft.tif").symlink_to(original)
+    monkeypatch.chdir(tmp_path)
+    assert same_file(Path("scene.tif"), original)
+    assert same_file(tmp_path / "hard.tif", original) and same_file(tmp_path / "soft.tif", original)
+    assert not same_file(tmp_path / "other.tif", original)  # a path that does not exist yet
+    with pytest.raises(OutputError, match="given as both -o and --quicklook"):
+        check_distinct_outputs({"-o": tmp_path / "soft.tif", "--confidence": None, "--quicklook": original})

@@ -187,6 +187,15 @@ def test_overwrite_replaces_the_store(tmp_path: Path, geotiff: SyntheticScene, n
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.zarr"]
 
 
+def test_the_scene_itself_as_output_is_refused_even_with_overwrite(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(geotiff.path.read_bytes())
+    before = helpers.tree_snapshot(tmp_path)
+    with pytest.raises(OutputError, match="is the scene"):
+        ingest(scene, scene, chunk=16, overwrite=True)
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
 def test_interrupted_then_resumed_in_process(tmp_path: Path, scene_factory) -> None:
     written = scene_factory("geotiff-tiled", helpers.synthetic_cube(4, 96, 80, "float32", seed=3, nan_pixels=9))
     store = tmp_path / "out.zarr"
