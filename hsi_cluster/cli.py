@@ -21,6 +21,16 @@ EXIT_UNEXPECTED = 1
 EXIT_SOME_FAILED = 3
 
 
+# What a user does after Ctrl-C (or a kill), by command; commands that keep no partial work are absent.
+RESUME_HINTS = {
+    "ingest": "rerun the same command to resume where it stopped",
+    "train": "rerun it with --resume to continue from the last periodic checkpoint",
+    "predict": "rerun it with --resume to continue from the finished tiles",
+    "batch": "rerun the same command to resume where it stopped",
+    "run": "rerun the same command to resume where it stopped",
+}
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"hsicluster: error: {message}", err=True)
     sys.exit(code)
@@ -40,7 +50,8 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            _fail("interrupted; rerun the same command to resume where it stopped", 130)
+            hint = RESUME_HINTS.get(click.get_current_context().info_name)
+            _fail(f"interrupted; {hint}" if hint else "interrupted", 130)
         except Exception as exc:  # an unexpected failure: keep it to one line unless asked
             if verbose:
                 traceback.print_exc()
@@ -71,7 +82,30 @@ def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[Callab
         bar.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """A group whose commands report usage mistakes (a bad option value, a missing argument, an unknown
+    command) as one ``hsicluster: error:`` line, like every other error, instead of click's usage block."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:  # the group's own options
+        with self._one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:  # the command's name, options and arguments
+        with self._one_line():
+            return super().invoke(ctx)
+
+    @staticmethod
+    @contextmanager
+    def _one_line() -> Iterator[None]:
+        try:
+            yield
+        except click.UsageError as exc:
+            sub = exc.ctx is not None and exc.ctx.parent is not None
+            command = f"hsicluster {exc.ctx.info_name}" if sub else "hsicluster"
+            _fail(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hsicluster")
 def main() -> None:
     """Unsupervised clustering of large hyperspectral scenes (SSCC)."""

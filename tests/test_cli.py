@@ -140,6 +140,26 @@ def test_ingest_mat_with_var(runner: CliRunner, tmp_path: Path, scene_factory) -
     np.testing.assert_array_equal(open_scene(tmp_path / "a.zarr").values, cube)
 
 
+@pytest.mark.parametrize("args, words", [
+    (["ingest", "SCENE", "-o", "OUT", "--chunk", "0"], "Invalid value for '--chunk'"),
+    (["predict", "SCENE", "-m", "m.ckpt", "-o", "OUT", "--tiles", "0"], "Invalid value for '--tiles'"),
+    (["train", "SCENE", "-k", "3", "-o", "OUT", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["train", "-k", "3", "-o", "OUT"], "Missing argument"),
+    (["trian", "SCENE"], "No such command 'trian'"),
+    (["--bogus"], "No such option '--bogus'"),
+])
+def test_usage_mistakes_are_one_line_errors(runner: CliRunner, geotiff: SyntheticScene, tmp_path: Path,
+                                            args: list[str], words: str) -> None:
+    args = [{"SCENE": str(geotiff.path), "OUT": str(tmp_path / "out")}.get(a, a) for a in args]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hsicluster: error: ") and words in lines[0], result.stderr
+    assert lines[0].endswith(f"(see hsicluster {args[0]} --help)" if args[0] in main.commands else
+                             "(see hsicluster --help)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_option_is_a_usage_error(runner: CliRunner, geotiff: SyntheticScene, tmp_path: Path) -> None:
     result = runner.invoke(main, ["ingest", str(geotiff.path), "-o", str(tmp_path / "x.zarr"), "--chunk", "0"])
     assert result.exit_code != 0
@@ -236,3 +256,21 @@ def test_console_script_ingest_and_info_on_sample(tmp_path: Path, sample_salinas
         assert summary["valid_pixels"] == 83 * 86
         assert summary["ingested_from"]["path"] == str(sample_salinas_a)
         assert len(summary["statistics"]["mean"]) == 204
+
+
+@pytest.mark.parametrize("command, target, hint", [
+    (["train", "SCENE", "-k", "3", "-o", "OUT"], "hsi_cluster.train.train", "rerun it with --resume"),
+    (["predict", "SCENE", "-m", "m.ckpt", "-o", "OUT"], "hsi_cluster.predict.predict_scene", "rerun it with --resume"),
+    (["ingest", "SCENE", "-o", "OUT"], "hsi_cluster.io.ingest", "rerun the same command"),
+])
+def test_interrupt_says_how_to_continue(runner: CliRunner, geotiff: SyntheticScene, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, command: list[str], target: str,
+                                        hint: str) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    args = [{"SCENE": str(geotiff.path), "OUT": str(tmp_path / "out")}.get(a, a) for a in command]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 130
+    assert result.stderr.startswith(f"hsicluster: error: interrupted; {hint}") and result.stderr.count("\n") == 1
