@@ -294,10 +294,9 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
 def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str | None, quiet: bool) -> None:
     """Score a cluster-label raster LABELS against ground truth TRUTH (ACC, NMI, Kappa, ARI)."""
     from hsi_cluster.evaluate import score_clustering
-    from hsi_cluster.io.labels import read_label_map
+    from hsi_cluster.io.labels import read_label_pair
 
-    predicted, invalid = read_label_map(labels)
-    reference, _ = read_label_map(truth, var=var)
+    predicted, invalid, reference = read_label_pair(labels, truth, var=var)
     scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
     click.echo(json.dumps(scores.to_dict(), indent=2) if as_json else scores.format_table())
 

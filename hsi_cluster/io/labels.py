@@ -11,6 +11,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import SceneError
+from hsi_cluster.io.scene import envi_binary
 
 
 def _single_2d(path: Path, arrays: dict[str, tuple[int, ...]], var: str | None) -> str:
@@ -29,20 +30,50 @@ def read_label_map(path: str | os.PathLike[str], *, var: str | None = None) -> t
     """Read a label map.
 
     Args:
-        path: single-band raster (GeoTIFF, ENVI…), ``.npy`` 2-D array or MATLAB ``.mat``.
+        path: single-band raster (GeoTIFF, ENVI binary or its ``.hdr``…), ``.npy`` 2-D array or MATLAB ``.mat``.
         var: variable name in a ``.mat`` file holding several 2-D arrays.
 
     Returns:
-        ``(labels, nodata)``: integer array (y, x) and the raster's nodata value (None if unset).
+        ``(labels, nodata)``: integer-valued array (y, x) and the raster's nodata value (None if unset).
 
     Raises:
-        SceneError: missing file, unreadable file, or not a single 2-D map.
+        SceneError: missing file, unreadable file, not a single 2-D map, or values that are not integer ids.
     """
-    path = Path(path).expanduser().absolute()
+    labels, nodata, _ = _read(Path(path).expanduser().absolute(), var)
+    return labels, nodata
+
+
+def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
+                    var: str | None = None) -> tuple[np.ndarray, int | None, np.ndarray]:
+    """Read cluster labels and their ground truth, checked to lie on one pixel grid.
+
+    Returns:
+        ``(labels, labels_nodata, truth)``, both maps (y, x).
+
+    Raises:
+        SceneError: either file unreadable (see :func:`read_label_map`), the two of different sizes, or
+            both georeferenced on different grids (CRS or geotransform).
+    """
+    labels_path, truth_path = (Path(p).expanduser().absolute() for p in (labels_path, truth_path))
+    labels, nodata, labels_grid = _read(labels_path, None)
+    truth, _, truth_grid = _read(truth_path, var)
+    if labels.shape != truth.shape:
+        raise SceneError(f"{labels_path}: {labels.shape[0]}×{labels.shape[1]} pixels but the ground truth "
+                         f"{truth_path.name} has {truth.shape[0]}×{truth.shape[1]}; score labels of the scene the "
+                         "ground truth belongs to")
+    if labels_grid is not None and truth_grid is not None and labels_grid != truth_grid:
+        raise SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} (CRS "
+                         f"{labels_grid[0]} vs {truth_grid[0]}, or a different geotransform); score labels of the "
+                         "scene the ground truth belongs to")
+    return labels, nodata, truth
+
+
+def _read(path: Path, var: str | None) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:
+    """A label map, its nodata value and, for a georeferenced raster, its grid (CRS as WKT, geotransform)."""
     if not path.is_file():
         raise SceneError(f"{path}: no such file; check the path")
     suffix = path.suffix.lower()
-    nodata = None
+    nodata, grid = None, None
     try:
         if suffix == ".npy":
             labels = np.load(path, allow_pickle=False)
@@ -62,13 +93,20 @@ def read_label_map(path: str | os.PathLike[str], *, var: str | None = None) -> t
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as dataset:
+                with rasterio.open(envi_binary(path)) as dataset:
                     if dataset.count != 1:
                         raise SceneError(f"{path}: has {dataset.count} bands; a label map has exactly one")
                     labels = dataset.read(1)
                     nodata = dataset.nodata
+                    if dataset.crs is not None:
+                        grid = (dataset.crs.to_string(), tuple(dataset.transform)[:6])
     except (RasterioIOError, ValueError, OSError) as exc:
         raise SceneError(f"{path}: cannot read a label map ({str(exc).splitlines()[0]}); check the file") from exc
     if labels.ndim != 2:
         raise SceneError(f"{path}: label map has shape {labels.shape}; expected a 2-D (y, x) array")
-    return labels, None if nodata is None else int(nodata)
+    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):  # NaN too
+        raise SceneError(f"{path}: holds non-integer values ({labels.dtype}); a label map holds integer cluster or "
+                         "class ids (a --confidence raster is not one)")
+    if nodata is not None and not float(nodata).is_integer():
+        raise SceneError(f"{path}: nodata value {nodata} is not an integer; a label map holds integer ids")
+    return labels, None if nodata is None else int(nodata), grid

@@ -216,7 +216,7 @@ def _pick_mat_variable(path: Path, variables: list[tuple[str, tuple[int, ...]]],
     raise SceneError(f"{path}: several 3-D arrays ({listing}); choose one with --var NAME")
 
 
-def _envi_paths(path: Path) -> Path:
+def envi_binary(path: Path) -> Path:
     """The ENVI binary for ``path`` (which may name the ``.hdr`` or the binary)."""
     if path.suffix.lower() != ".hdr":
         return path
@@ -251,7 +251,7 @@ def _check_envi_size(dataset: rasterio.io.DatasetReader, binary: Path) -> None:
 
 
 def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
-    binary = _envi_paths(path)
+    binary = envi_binary(path)
     header = _envi_header(binary)
     try:
         with warnings.catch_warnings():

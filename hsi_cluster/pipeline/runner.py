@@ -375,11 +375,10 @@ def _run_predict(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
 
 def _run_evaluate(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
     from hsi_cluster.evaluate import score_clustering
-    from hsi_cluster.io.labels import read_label_map
+    from hsi_cluster.io.labels import read_label_pair
 
     o = job.options
-    predicted, invalid = read_label_map(job.inputs["labels"])
-    reference, _ = read_label_map(job.inputs["truth"], var=o["var"])
+    predicted, invalid, reference = read_label_pair(job.inputs["labels"], job.inputs["truth"], var=o["var"])
     scores = score_clustering(predicted, reference, unlabelled=o["unlabelled"], invalid_pred=invalid)
     _write_json(job.outputs["output"], {"step": step.name, "seed": job.variant, "title": o["title"] or step.name,
                                         "labels": str(job.inputs["labels"]), "truth": str(job.inputs["truth"]),

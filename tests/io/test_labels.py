@@ -1,4 +1,4 @@
-"""``read_label_map``: 2-D label maps from rasters, ``.npy`` and ``.mat`` (v5 and v7.3)."""
+"""``read_label_map``: 2-D label maps from rasters, ``.npy`` and ``.mat`` (v5 and v7.3); ``read_label_pair``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hsi_cluster.errors import SceneError
-from hsi_cluster.io.labels import read_label_map
+from hsi_cluster.io.labels import read_label_map, read_label_pair
 from tests import helpers
 
 LABELS = np.arange(9 * 7, dtype=np.uint8).reshape(9, 7) % 5  # y != x catches a transpose
@@ -53,7 +53,13 @@ def test_indian_pines_ground_truth(shared_data: Path) -> None:
     assert len(np.unique(labels[labels > 0])) == 16
 
 
-@pytest.mark.parametrize("case", ["missing", "multiband", "3d-npy", "text"])
+def test_envi_label_map_named_by_its_header(tmp_path: Path) -> None:
+    helpers.write_geotiff(tmp_path / "gt.img", LABELS[None], driver="ENVI")
+    assert (tmp_path / "gt.hdr").is_file()
+    np.testing.assert_array_equal(read_label_map(tmp_path / "gt.hdr")[0], LABELS)
+
+
+@pytest.mark.parametrize("case", ["missing", "multiband", "3d-npy", "text", "confidence-raster", "fractional-npy"])
 def test_bad_label_maps(tmp_path: Path, case: str) -> None:
     if case == "missing":
         path = tmp_path / "nope.tif"
@@ -62,9 +68,50 @@ def test_bad_label_maps(tmp_path: Path, case: str) -> None:
     elif case == "3d-npy":
         path = tmp_path / "cube.npy"
         np.save(path, np.zeros((2, 3, 4)))
+    elif case == "confidence-raster":  # float32 with NaN nodata, as predict --confidence writes
+        cube = np.full((1, 9, 7), 0.75, np.float32)
+        cube[0, 0, 0] = np.nan
+        path = helpers.write_geotiff(tmp_path / "conf.tif", cube, nodata=float("nan")).path
+    elif case == "fractional-npy":
+        path = tmp_path / "p.npy"
+        np.save(path, LABELS / 2)
     else:
         path = tmp_path / "text.tif"
         path.write_text("not a raster")
     with pytest.raises(SceneError) as info:
         read_label_map(path)
-    assert path.name in str(info.value)
+    assert path.name in str(info.value) and "\n" not in str(info.value)
+    if case in ("confidence-raster", "fractional-npy"):
+        assert "non-integer values" in str(info.value)
+
+
+def test_a_float_map_of_whole_numbers_reads(tmp_path: Path) -> None:
+    np.save(tmp_path / "gt.npy", LABELS.astype(np.float64))
+    np.testing.assert_array_equal(read_label_map(tmp_path / "gt.npy")[0], LABELS)
+
+
+def test_label_pair_on_one_grid(tmp_path: Path) -> None:
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None], nodata=255).path
+    truth = helpers.write_geotiff(tmp_path / "gt.tif", (LABELS + 1)[None]).path
+    np.save(tmp_path / "gt.npy", LABELS + 1)  # no georeferencing: only the size is checked
+    for gt in (truth, tmp_path / "gt.npy"):
+        read, nodata, reference = read_label_pair(labels, gt)
+        np.testing.assert_array_equal(read, LABELS)
+        np.testing.assert_array_equal(reference, LABELS + 1)
+        assert nodata == 255
+
+
+@pytest.mark.parametrize("case", ["size", "crs", "transform"])
+def test_label_pair_on_different_grids_is_refused(tmp_path: Path, case: str) -> None:
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path
+    if case == "size":
+        truth = helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None, :, :5]).path
+        words = "9×7 pixels but the ground truth gt.tif has 9×5"
+    else:
+        shifted = helpers.utm_transform(origin=(helpers.ORIGIN[0] + helpers.PIXEL_SIZE, helpers.ORIGIN[1]))
+        kwargs = {"crs": "EPSG:4326"} if case == "crs" else {"transform": shifted}
+        truth = helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None], **kwargs).path
+        words = "not on the pixel grid of the ground truth gt.tif"
+    with pytest.raises(SceneError, match=words) as info:
+        read_label_pair(labels, truth)
+    assert str(info.value).startswith(str(labels))
