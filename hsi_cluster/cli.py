@@ -36,6 +36,13 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"hsicluster: warning: {message}", err=True)
+
+
+NO_VALID_PIXELS = "every pixel is nodata or NaN; check the scene's nodata value"
+
+
 def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose``/``--quiet`` and turn library errors into one-line messages and exit codes."""
 
@@ -128,12 +135,15 @@ def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: st
     Safe to interrupt: rerunning the same command finishes the job.
     """
     from hsi_cluster.io import ingest as run_ingest
+    from hsi_cluster.io import open_scene
 
     with progress_bar("ingest", unit="block", quiet=quiet) as update:
         path = run_ingest(scene, store, chunk=chunk, overwrite=overwrite, var=var, workers=workers,
                           progress=update)
     if not quiet:
         click.echo(f"wrote {path}")
+    if not open_scene(path).attrs.get("valid_pixels"):
+        _warn(f"{scene}: {NO_VALID_PIXELS}")
 
 
 @main.command()
@@ -234,6 +244,8 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
                    f"{result.megapixels_per_second:.2f} Mpix/s)")
+    if result.valid_pixels == 0:
+        _warn(f"{scene}: {NO_VALID_PIXELS}; every label is nodata")
 
 
 @main.command()

@@ -274,3 +274,10 @@ def test_interrupt_says_how_to_continue(runner: CliRunner, geotiff: SyntheticSce
     result = runner.invoke(main, args)
     assert result.exit_code == 130
     assert result.stderr.startswith(f"hsicluster: error: interrupted; {hint}") and result.stderr.count("\n") == 1
+
+
+def test_ingest_of_an_all_nodata_scene_warns(runner: CliRunner, tmp_path: Path) -> None:
+    scene = helpers.write_geotiff(tmp_path / "empty.tif", np.full((3, 8, 9), np.nan, np.float32)).path
+    result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "empty.zarr"), "-q"])
+    assert result.exit_code == 0
+    assert result.stderr == f"hsicluster: warning: {scene}: every pixel is nodata or NaN; check the scene's nodata value\n"

@@ -585,3 +585,14 @@ def test_evaluate_indian_pines_reproduces_the_patch_by_patch_scores(indian_pines
     truth = np.load(truth_path)
     expected = score_clustering(ref_labels, truth, invalid_pred=NO_LABEL)
     assert json.loads(cli.stdout) == json.loads(json.dumps(expected.to_dict()))
+
+
+def test_cli_warns_when_no_pixel_could_be_labelled(dense: TrainedModel, tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "empty.tif", np.full((12, 20, 20), np.nan, np.float32))
+    output = tmp_path / "labels.tif"
+    result = CliRunner().invoke(main, ["predict", str(scene.path), "-m", str(dense.checkpoint), "-o", str(output),
+                                       "--tiles", "16", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == (f"hsicluster: warning: {scene.path}: every pixel is nodata or NaN; check the scene's "
+                             "nodata value; every label is nodata\n")
+    assert (read_raster(output)[0] == LABEL_NODATA).all()
