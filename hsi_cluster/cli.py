@@ -280,7 +280,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             pixels += int(record.get("pixels") or 0)
             update(done, total)
             if not quiet and record["status"] == "failed":
-                update.bar.write(f"failed: {record['source']}: {record['error']}")
+                update.bar.write(f"failed: {_failure(record)}")
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
@@ -291,9 +291,15 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
         click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
                    f"{result.seconds:.0f} s; manifest: {result.manifest}")
     for record in result.failed:
-        click.echo(f"hsicluster: failed: {record['source']}: {record['error']}", err=True)
+        click.echo(f"hsicluster: failed: {_failure(record)}", err=True)
     if result.failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _failure(record: dict[str, Any]) -> str:
+    """A failed scene's error, led by its path once (library errors already start with it)."""
+    error = str(record.get("error"))
+    return error if error.startswith(record["source"]) else f"{record['source']}: {error}"
 
 
 @main.command()

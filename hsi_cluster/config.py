@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -96,13 +97,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _check_known(values: dict[str, Any], names: list[str], what: str) -> None:
+    """One line naming the unknown keys of ``values``, each with the closest valid name when there is one."""
+    unknown = sorted(set(values) - set(names))
+    if not unknown:
+        return
+    close = {key: difflib.get_close_matches(str(key), names, n=1, cutoff=0.6) for key in unknown}
+    hints = "; ".join(f"did you mean {match[0]!r} for {key!r}?" for key, match in close.items() if match)
+    raise HsiClusterError(f"unknown {what} {unknown}; {hints + ' ' if hints else ''}valid: {sorted(names)}")
+
+
 def _augment_from(values: dict[str, Any] | AugmentConfig) -> AugmentConfig:
     if isinstance(values, AugmentConfig):
         return values
-    unknown = set(values) - {f.name for f in dataclasses.fields(AugmentConfig)}
-    if unknown:
-        raise HsiClusterError(f"unknown augment option(s) {sorted(unknown)}; valid: "
-                              f"{sorted(f.name for f in dataclasses.fields(AugmentConfig))}")
+    _check_known(values, [f.name for f in dataclasses.fields(AugmentConfig)], "augment option(s)")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return AugmentConfig(**converted)
@@ -113,10 +121,7 @@ def _augment_from(values: dict[str, Any] | AugmentConfig) -> AugmentConfig:
 def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
     """Apply ``values`` on top of ``base`` (default: the dataclass defaults), validating keys."""
     base = base or TrainConfig()
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(values) - names
-    if unknown:
-        raise HsiClusterError(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+    _check_known(values, [f.name for f in dataclasses.fields(TrainConfig)], "config key(s)")
     updates = _coerce_fields({k: v for k, v in values.items() if k != "augment"})
     if updates.get("backbone", base.backbone) != base.backbone and "backbone_kwargs" not in updates:
         updates["backbone_kwargs"] = {}  # the other backbone's sizes do not carry over: use its defaults

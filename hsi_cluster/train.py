@@ -23,7 +23,7 @@ from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, two_views
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import fit_spectral_projection
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
@@ -58,7 +58,14 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
     store = work_dir / f"{source.stem}-{key}.zarr"
     if is_complete_store(store):
         return store
-    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{work_dir}: cannot create the cache folder for ingested scenes ({exc.strerror}); pass "
+                          "--work with a writable folder (or set HSICLUSTER_WORK)") from exc
+    if not os.access(work_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"{work_dir}: the cache folder for ingested scenes is not writable; pass --work with a "
+                          "writable folder (or set HSICLUSTER_WORK)")
     if log:
         log(f"ingesting {path} into {store}")
     return ingest(path, store, overwrite=True)

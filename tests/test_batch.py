@@ -164,7 +164,10 @@ def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
                                str(archive["model"]), "-o", str(tmp_path / "ok"), "--tiles", str(TILES),
                                "--workers", "1", "-q"])
     assert bad.exit_code == EXIT_SOME_FAILED
-    assert "hsicluster: failed:" in bad.stderr and "corrupt.tif" in bad.stderr
+    failures = [line for line in bad.stderr.splitlines() if line.startswith("hsicluster: failed:")]
+    corrupt = str(archive["corrupt"].absolute())
+    assert len(failures) == 1 and failures[0].startswith(f"hsicluster: failed: {corrupt}: ")
+    assert failures[0].count(corrupt) == 1  # the path once, not repeated by the error
     missing = runner.invoke(main, ["batch", str(tmp_path / "none*.tif"), "-m", str(archive["model"]), "-o",
                                    str(tmp_path / "x"), "-q"])
     assert missing.exit_code == 2

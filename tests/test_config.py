@@ -103,9 +103,11 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     one_line(exc)
     path = tmp_path / "bad.yaml"
     path.write_text("epochs: 2\nbatchsize: 16\n")
-    with pytest.raises(HsiClusterError, match="batchsize") as exc:
+    with pytest.raises(HsiClusterError, match="did you mean 'batch_size' for 'batchsize'") as exc:
         load_config("fast", path)
     one_line(exc)
+    with pytest.raises(HsiClusterError, match="unknown augment option.*did you mean 'blur_prob' for 'blurprob'"):
+        config_from_dict({"augment": {"blurprob": 0.5}})
 
 
 @pytest.mark.parametrize("text, words", [("epochs: [1\n", "YAML"), ("- 1\n- 2\n", "mapping")])

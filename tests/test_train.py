@@ -322,6 +322,15 @@ def test_the_scene_itself_as_output_is_refused_even_with_overwrite(scene: Ingest
     assert helpers.tree_snapshot(tmp_path) == before
 
 
+def test_a_cache_folder_that_cannot_be_made_is_named(scene: IngestedScene, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(OutputError, match="cannot create the cache folder for ingested scenes.*--work") as exc:
+        train([scene.path], n_clusters=3, output=tmp_path / "model.ckpt", config=tiny_config(), device="cpu",
+              work_dir=tmp_path / "a-file" / "work")
+    one_line(exc)
+    assert_no_output(tmp_path / "model.ckpt")
+
+
 @pytest.mark.parametrize("parent", ["missing", "a-file"])
 def test_output_folder_missing(scene: IngestedScene, tmp_path: Path, parent: str) -> None:
     if parent == "a-file":
