@@ -31,6 +31,7 @@ def main() -> None:
 
     import torch
 
+    from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
     from hsi_cluster.data.sampler import PatchSampler
     from hsi_cluster.io import ingest
@@ -54,8 +55,9 @@ def main() -> None:
             result = train([store], n_clusters=16, output=work / f"{name}.ckpt", config=config, seed=0,
                            device="cpu", overwrite=True, work_dir=work)
             rate = result.samples_per_second
-            print(f"training ({name}, {args.steps} steps of 512): {rate:.0f} samples/s; sampler / training = "
-                  f"{sampler_rate / rate:.1f}×", flush=True)
+            components = load_checkpoint(result.checkpoint).payload["spectral"]["components"].shape[0]
+            print(f"training ({name}, {preset} preset, {components} PCA components, {args.steps} steps of 512): "
+                  f"{rate:.0f} samples/s; sampler / training = {sampler_rate / rate:.1f}×", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
