@@ -232,6 +232,10 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
     from hsi_cluster.predict import predict_scene
 
+    for option, path in (("-o", output), ("--confidence", confidence)):
+        if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
+            _warn(f"{path}: {option} is written as a GeoTIFF whatever its name; name it .tif so that other tools "
+                  "recognise it")
     started = time.perf_counter()
     with progress_bar("predict", unit="tile", quiet=quiet) as update:
         def on_tile(done: int, total: int) -> None:
@@ -317,6 +321,9 @@ def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str
     predicted, invalid, reference = read_label_pair(labels, truth, var=var)
     scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
     click.echo(json.dumps(scores.to_dict(), indent=2) if as_json else scores.format_table())
+    if scores.n_invalid_pred == scores.n_scored:
+        _warn(f"{labels}: every labelled ground-truth pixel has the nodata label; check that these are the labels "
+              "of the ground truth's scene")
 
 
 @main.command("run")

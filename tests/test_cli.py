@@ -210,6 +210,17 @@ def test_evaluate_tif_labels_with_nodata(runner: CliRunner, tmp_path: Path, trut
     assert "255" not in scores["mapping"]
 
 
+def test_evaluate_warns_when_no_labelled_pixel_has_a_label(runner: CliRunner, tmp_path: Path, truth) -> None:
+    gt_path, gt = truth
+    helpers.write_geotiff(tmp_path / "labels.tif", np.full((1, *gt.shape), 255, np.uint8), nodata=255)
+    result = runner.invoke(main, ["evaluate", str(tmp_path / "labels.tif"), str(gt_path), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["acc"] == 0
+    assert result.stderr.startswith(f"hsicluster: warning: {tmp_path / 'labels.tif'}: every labelled ground-truth "
+                                    "pixel has the nodata label") and result.stderr.count("\n") == 1
+    helpers.write_geotiff(tmp_path / "some.tif", gt.astype(np.uint8)[None], nodata=255)
+    assert runner.invoke(main, ["evaluate", str(tmp_path / "some.tif"), str(gt_path)]).stderr == ""
+
+
 def test_evaluate_salinas_a_ground_truth_against_itself(runner: CliRunner, tmp_path: Path,
                                                         sample_salinas_a: Path) -> None:
     import scipy.io
@@ -270,7 +281,7 @@ def test_interrupt_says_how_to_continue(runner: CliRunner, geotiff: SyntheticSce
         raise KeyboardInterrupt
 
     monkeypatch.setattr(target, interrupted)
-    args = [{"SCENE": str(geotiff.path), "OUT": str(tmp_path / "out")}.get(a, a) for a in command]
+    args = [{"SCENE": str(geotiff.path), "OUT": str(tmp_path / "out.tif")}.get(a, a) for a in command]
     result = runner.invoke(main, args)
     assert result.exit_code == 130
     assert result.stderr.startswith(f"hsicluster: error: interrupted; {hint}") and result.stderr.count("\n") == 1

@@ -596,3 +596,16 @@ def test_cli_warns_when_no_pixel_could_be_labelled(dense: TrainedModel, tmp_path
     assert result.stderr == (f"hsicluster: warning: {scene.path}: every pixel is nodata or NaN; check the scene's "
                              "nodata value; every label is nodata\n")
     assert (read_raster(output)[0] == LABEL_NODATA).all()
+
+
+def test_cli_warns_about_an_output_name_that_is_not_a_geotiff_name(dense: TrainedModel, tmp_path: Path,
+                                                                   holey: tuple[helpers.SyntheticScene, np.ndarray]
+                                                                   ) -> None:
+    output = tmp_path / "labels.png"
+    result = CliRunner().invoke(main, ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o", str(output),
+                                       "--tiles", "32", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == (f"hsicluster: warning: {output}: -o is written as a GeoTIFF whatever its name; name it "
+                             ".tif so that other tools recognise it\n")
+    with rasterio.open(output) as written:
+        assert written.driver == "GTiff"
