@@ -51,8 +51,9 @@ def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
         relative = source.relative_to(common)
         targets[source] = outdir / relative.parent / (relative.name.split(".")[0] + OUTPUT_SUFFIX)
     seen: dict[Path, Path] = {}
+    resolved_sources = {source.resolve() for source in sources}
     for source, target in targets.items():
-        if target in targets:
+        if target.resolve() in resolved_sources:
             raise HsiClusterError(f"{target}: is a scene and would also be the labels of {source}; choose an OUTDIR "
                                   "outside the scenes' folders")
         if target in seen:

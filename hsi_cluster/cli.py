@@ -24,7 +24,7 @@ EXIT_SOME_FAILED = 3
 # What a user does after Ctrl-C (or a kill), by command; commands that keep no partial work are absent.
 RESUME_HINTS = {
     "ingest": "rerun the same command to resume where it stopped",
-    "train": "rerun it with --resume to continue from the last periodic checkpoint",
+    "train": "rerun it with --resume to continue from the last periodic checkpoint, if one was written",
     "predict": "rerun it with --resume to continue from the finished tiles",
     "batch": "rerun the same command to resume where it stopped",
     "run": "rerun the same command to resume where it stopped",
@@ -106,6 +106,8 @@ class OneLineErrors(click.Group):
     def _one_line() -> Iterator[None]:
         try:
             yield
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # the help itself, not a mistake
         except click.UsageError as exc:
             sub = exc.ctx is not None and exc.ctx.parent is not None
             command = f"hsicluster {exc.ctx.info_name}" if sub else "hsicluster"
@@ -195,8 +197,11 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
     their valid pixels, e.g. hsicluster train 'archive/**/*.tif' -k 8 -o model.ckpt
     """
     from hsi_cluster.config import load_config
+    from hsi_cluster.io.files import check_output
     from hsi_cluster.train import train as run_train
 
+    if config_file is not None:  # the scenes are checked by train()
+        check_output(output.expanduser().absolute(), replace=True, inputs={"the --config file": config_file})
     config = load_config(preset, config_file, epochs=epochs, steps=steps, batch_size=batch_size)
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     with progress_bar("train", unit="step", quiet=quiet) as update:

@@ -29,7 +29,7 @@ from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
-from hsi_cluster.io.scene import open_scene
+from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.heads import apply_per_pixel
 from hsi_cluster.model.sscc import SSCC
@@ -200,7 +200,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     output = absolute(output)
     outputs = {"-o": output, "--confidence": absolute(confidence_path), "--quicklook": absolute(quicklook_path)}
     check_distinct_outputs(outputs)
-    inputs = {"the scene": absolute(scene_path), "the model": absolute(checkpoint_path)}
+    inputs = {**scene_inputs(absolute(scene_path)), "the model": absolute(checkpoint_path)}
     # --resume continues an interrupted run; with nothing to continue, the outputs are new ones
     replace = overwrite or (resume and TileStore.partial_path(output).is_dir())
     for path in outputs.values():

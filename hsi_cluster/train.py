@@ -28,6 +28,7 @@ from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
+from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.model.heads import probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
@@ -189,8 +190,8 @@ def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) 
     index = next(i for i, (a, b) in enumerate(zip(saved, current)) if key(a) != key(b))
     which = f"scene {index + 1} " if len(saved) > 1 else ""
     if saved[index]["source"] == current[index]["source"]:
-        return (f"{which}{current[index]['source']} was modified after training began (size or modification time "
-                "differ); restore it")
+        return (f"{which}{current[index]['source']} was modified after training began or reads differently (size, "
+                "modification time or shape differ); restore it")
     return (f"{which}was trained on {saved[index]['source']}, not on {current[index]['source']}; "
             f"pass the same scene{'s in the same order' if len(saved) > 1 else ''}")
 
@@ -245,7 +246,9 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     if len(scenes) != 1 and mask is not None:
         raise HsiClusterError("a training mask needs exactly one scene")
     paths = expand_scene_paths(scenes)
-    check_output(output, replace=overwrite or resume, inputs={f"the scene {p.name}": p for p in paths},
+    inputs = {role: file for i, path in enumerate(paths)
+              for role, file in scene_inputs(path, "the scene" if len(paths) == 1 else f"scene {i + 1}").items()}
+    check_output(output, replace=overwrite or resume, inputs=inputs,
                  exists_hint="pass --overwrite to replace it or --resume to train it further")
     if not paths:
         raise HsiClusterError("no scene to train on; pass at least one scene")

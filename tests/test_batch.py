@@ -51,8 +51,11 @@ def test_output_paths_keep_folders_apart(tmp_path: Path) -> None:
 
 def test_output_paths_never_name_a_scene(tmp_path: Path) -> None:
     # labels of an earlier run written beside the scenes, now matched by the glob too
-    with pytest.raises(HsiClusterError, match="s_labels.tif: is a scene and would also be the labels of"):
-        output_paths([tmp_path / "s.tif", tmp_path / "s_labels.tif"], tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for outdir in (tmp_path, tmp_path / "link", tmp_path / "sub" / ".."):  # also through a link or '..'
+        with pytest.raises(HsiClusterError, match="s_labels.tif: is a scene and would also be the labels of"):
+            output_paths([tmp_path / "s.tif", tmp_path / "s_labels.tif"], outdir)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -140,6 +140,11 @@ def test_ingest_mat_with_var(runner: CliRunner, tmp_path: Path, scene_factory) -
     np.testing.assert_array_equal(open_scene(tmp_path / "a.zarr").values, cube)
 
 
+def test_no_arguments_print_the_help(runner: CliRunner) -> None:
+    result = runner.invoke(main, [])
+    assert "Usage:" in result.output and "Commands:" in result.output and "error" not in result.output
+
+
 @pytest.mark.parametrize("args, words", [
     (["ingest", "SCENE", "-o", "OUT", "--chunk", "0"], "Invalid value for '--chunk'"),
     (["predict", "SCENE", "-m", "m.ckpt", "-o", "OUT", "--tiles", "0"], "Invalid value for '--tiles'"),

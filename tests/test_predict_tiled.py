@@ -423,6 +423,15 @@ def test_existing_output_needs_overwrite(dense: TrainedModel, tmp_path: Path,
     assert read_raster(output)[1]["shape"] == (HEIGHT, WIDTH)
 
 
+def test_the_data_file_of_an_envi_scene_given_by_its_header_is_an_input(dense: TrainedModel, tmp_path: Path) -> None:
+    helpers.write_geotiff(tmp_path / "scene.img", holey_cube(12, 40, 40)[0], driver="ENVI")
+    before = helpers.tree_snapshot(tmp_path)
+    for scene, output in ((tmp_path / "scene.hdr", tmp_path / "scene.img"), (tmp_path / "scene.img", tmp_path / "scene.hdr")):
+        with pytest.raises(OutputError, match="is the scene's ENVI companion file"):
+            predict_scene(scene, dense.checkpoint, output, tiles=32, device="cpu", overwrite=True)
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("target", ["scene", "model", "link-to-the-scene", "a-folder"])
 def test_an_input_or_a_folder_as_output_is_refused_even_with_overwrite(dense: TrainedModel, tmp_path: Path,
                                                                       target: str,

@@ -315,11 +315,33 @@ def test_the_scene_itself_as_output_is_refused_even_with_overwrite(scene: Ingest
     raster = tmp_path / "scene.tif"
     shutil.copy(scene.path, raster)
     before = helpers.tree_snapshot(tmp_path)
-    with pytest.raises(OutputError, match="is the scene scene.tif") as exc:
+    with pytest.raises(OutputError, match="is the scene, an input") as exc:
         train([raster], n_clusters=3, output=raster, config=tiny_config(), device="cpu", overwrite=True,
               work_dir=tmp_path / "work")
     one_line(exc)
     assert helpers.tree_snapshot(tmp_path) == before
+
+
+def test_a_scene_of_several_as_output_is_refused(scene: IngestedScene, tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "scene.tif", tmp_path / "b" / "scene.tif"  # same name, two folders
+    for copy in (first, second):
+        copy.parent.mkdir()
+        shutil.copy(scene.path, copy)
+    before = helpers.tree_snapshot(tmp_path)
+    for output, number in ((first, 1), (second, 2)):
+        with pytest.raises(OutputError, match=f"is scene {number}, an input"):
+            train([first, second], n_clusters=3, output=output, config=tiny_config(), device="cpu", overwrite=True,
+                  work_dir=tmp_path / "work")
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
+def test_the_config_file_as_output_is_refused(scene: IngestedScene, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\n")
+    result = CliRunner().invoke(main, ["train", str(scene.path), "-k", "3", "-o", str(config), "--config", str(config),
+                                       "--overwrite", "--work", str(tmp_path / "work")])
+    assert result.exit_code == 2 and "is the --config file, an input" in result.stderr
+    assert config.read_text() == "epochs: 1\n"
 
 
 def test_a_cache_folder_that_cannot_be_made_is_named(scene: IngestedScene, tmp_path: Path) -> None:

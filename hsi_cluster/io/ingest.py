@@ -27,7 +27,7 @@ from hsi_cluster.data.stats import BandStats, valid_pixel_mask
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
-from hsi_cluster.io.scene import open_scene
+from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.store import (BAND_COORDS, METADATA_KEY, STORE_FORMAT, STORE_VERSION, is_complete_store,
                                   read_store_metadata)
 
@@ -53,10 +53,10 @@ def _source_identity(scene: xr.DataArray) -> dict[str, Any]:
 def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None) -> None:
     """Fail early when ``store`` exists (without ``overwrite``), is the scene itself, or its folder is not
     writable."""
+    check_output(store, replace=True, inputs=scene_inputs(scene) if scene else {}, folder_output=store.is_dir())
     if store.exists() and not overwrite:
         what = "a complete store" if is_complete_store(store) else "something that is not a finished store"
         raise OutputError(f"{store}: already exists ({what}); pass --overwrite to replace it or choose another path")
-    check_output(store, replace=True, inputs={"the scene": scene} if scene else {}, folder_output=store.is_dir())
 
 
 def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> dict[str, Any]:

@@ -229,6 +229,16 @@ def envi_binary(path: Path) -> Path:
                      "next to the header")
 
 
+def scene_inputs(path: Path, role: str = "the scene") -> dict[str, Path]:
+    """The files of a scene that an output must never replace, by role: ``path`` itself and, for ENVI, its
+    companion (the binary of a header, the header of a binary)."""
+    try:
+        companion = envi_binary(path) if path.suffix.lower() == ".hdr" else _envi_header(path)
+    except SceneError:
+        companion = None
+    return {role: path, **({f"{role}'s ENVI companion file": companion} if companion is not None else {})}
+
+
 def _envi_header(binary: Path) -> Path | None:
     for candidate in (binary.with_suffix(".hdr"), Path(str(binary) + ".hdr")):
         if candidate.is_file():

@@ -191,8 +191,9 @@ def test_the_scene_itself_as_output_is_refused_even_with_overwrite(tmp_path: Pat
     scene = tmp_path / "scene.tif"
     scene.write_bytes(geotiff.path.read_bytes())
     before = helpers.tree_snapshot(tmp_path)
-    with pytest.raises(OutputError, match="is the scene"):
-        ingest(scene, scene, chunk=16, overwrite=True)
+    for overwrite in (False, True):  # never "pass --overwrite" for what --overwrite would then refuse
+        with pytest.raises(OutputError, match="is the scene, an input"):
+            ingest(scene, scene, chunk=16, overwrite=overwrite)
     assert helpers.tree_snapshot(tmp_path) == before
 
 
