@@ -54,21 +54,19 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, folder_output: bool = False,
+def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, file_output: bool = True,
                  exists_hint: str = "pass --overwrite to replace it") -> None:
     """Fail before any work unless ``path`` can take a new output.
 
     Refused, each with a one-line :class:`OutputError`: ``path`` is one of ``inputs`` (named by their
-    role, e.g. ``{"the scene": …}``; even when replacing); a folder where a file goes (or a file where a
-    folder goes, ``folder_output``); an existing output unless ``replace``; a missing, non-folder or
-    unwritable parent.
+    role, e.g. ``{"the scene": …}``; even when replacing); a folder where a file goes (``file_output``);
+    an existing output unless ``replace``; a missing, non-folder or unwritable parent.
     """
     for role, source in inputs.items():
         if same_file(path, source):
             raise OutputError(f"{path}: is {role}, an input of this command; choose another output path")
-    if path.exists() and path.is_dir() != folder_output:
-        kind = "a file" if folder_output else "a folder"
-        raise OutputError(f"{path}: is {kind}; choose another output path")
+    if file_output and path.is_dir():
+        raise OutputError(f"{path}: is a folder; choose another output path")
     if path.exists() and not replace:
         raise OutputError(f"{path}: already exists; {exists_hint}")
     parent = path.parent

@@ -53,7 +53,7 @@ def _source_identity(scene: xr.DataArray) -> dict[str, Any]:
 def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None) -> None:
     """Fail early when ``store`` exists (without ``overwrite``), is the scene itself, or its folder is not
     writable."""
-    check_output(store, replace=True, inputs=scene_inputs(scene) if scene else {}, folder_output=store.is_dir())
+    check_output(store, replace=True, inputs=scene_inputs(scene) if scene else {}, file_output=False)
     if store.exists() and not overwrite:
         what = "a complete store" if is_complete_store(store) else "something that is not a finished store"
         raise OutputError(f"{store}: already exists ({what}); pass --overwrite to replace it or choose another path")

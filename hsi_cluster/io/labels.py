@@ -69,7 +69,7 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
 
 
 def _read(path: Path, var: str | None) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:
-    """A label map, its nodata value and, for a georeferenced raster, its grid (CRS as WKT, geotransform)."""
+    """A label map, its nodata value and, for a georeferenced raster, its grid (CRS string, geotransform)."""
     if not path.is_file():
         raise SceneError(f"{path}: no such file; check the path")
     suffix = path.suffix.lower()
