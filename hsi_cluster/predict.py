@@ -23,7 +23,7 @@ import xarray as xr
 
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
-from hsi_cluster.data.stats import valid_pixel_mask
+from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import check_distinct_outputs, check_output
@@ -33,6 +33,7 @@ from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.heads import apply_per_pixel
 from hsi_cluster.model.sscc import SSCC
+from hsi_cluster.stats import valid_pixel_mask
 
 #: Label value of pixels that could not be labelled (invalid input) in in-memory results.
 NO_LABEL = -1
@@ -193,8 +194,6 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     Raises:
         HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
     """
-    from hsi_cluster.train import device_from
-
     started = time.perf_counter()
     absolute = lambda path: Path(path).expanduser().absolute() if path is not None else None  # noqa: E731
     output = absolute(output)

@@ -23,6 +23,7 @@ from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, two_views
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import fit_spectral_projection
+from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.files import atomic_path, check_output
@@ -70,17 +71,6 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
     if log:
         log(f"ingesting {path} into {store}")
     return ingest(path, store, overwrite=True)
-
-
-def device_from(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HsiClusterError("--device cuda: no CUDA GPU is available to torch; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise HsiClusterError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 @dataclass

@@ -7,7 +7,7 @@ another reader. Georeferenced scenes use a real CRS (EPSG:32633, UTM 33N) and a 
 with 30 m pixels.
 
 Reference computations (valid-pixel mask, per-band statistics) are written the plain numpy way,
-independently of :mod:`hsi_cluster.data.stats`.
+independently of :mod:`hsi_cluster.stats`.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hsi_cluster.data.stats import BandStats
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.model.projection import fit_pca
+from hsi_cluster.stats import BandStats
 
 
 @dataclass(frozen=True)

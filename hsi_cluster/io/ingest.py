@@ -23,13 +23,13 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 
 from hsi_cluster import __version__
-from hsi_cluster.data.stats import BandStats, valid_pixel_mask
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.store import (BAND_COORDS, METADATA_KEY, STORE_FORMAT, STORE_VERSION, is_complete_store,
                                   read_store_metadata)
+from hsi_cluster.stats import BandStats, valid_pixel_mask
 
 PROGRESS_DIR = "_blocks_done"
 MIN_CHUNK = 16

@@ -23,12 +23,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from hsi_cluster.errors import SceneError
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.metadata import spectral_coords
+from hsi_cluster.io.scene_array import scene_array
+from hsi_cluster.io.store import is_store, open_store
 
 # GDAL's default block cache is 5 % of RAM; windows are read once each, so keep it small
 # to keep memory flat. A user's own setting wins.
 os.environ.setdefault("GDAL_CACHEMAX", "64")
 
-IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".bin")
 
 
@@ -116,27 +117,6 @@ def default_chunks(n_bands: int, dtype: np.dtype, spatial: tuple[int, int] | Non
     return (n_bands, side, side)
 
 
-def _build(data: da.Array, *, coords: dict[str, np.ndarray] | None = None, crs: str | None = None,
-           transform: tuple[float, ...] | None = None, nodata: float | None = None,
-           source: str, fmt: str, extra_attrs: dict[str, Any] | None = None) -> xr.DataArray:
-    """Wrap a ``(band, y, x)`` dask array with the project's coordinates and attributes."""
-    n_bands, height, width = data.shape
-    georeferenced = transform is not None and (crs is not None or tuple(transform) != IDENTITY_TRANSFORM)
-    transform = tuple(float(v) for v in (transform or IDENTITY_TRANSFORM))
-    band_coords: dict[str, Any] = {"band": np.arange(1, n_bands + 1)}
-    for name, values in (coords or {}).items():
-        band_coords[name] = ("band", np.asarray(values))
-    a, b, c, d, e, f = transform
-    if b == 0 and d == 0:
-        band_coords["y"] = f + e * (np.arange(height) + 0.5)
-        band_coords["x"] = c + a * (np.arange(width) + 0.5)
-    attrs = {"crs": crs, "transform": transform, "georeferenced": bool(georeferenced),
-             "nodata": None if nodata is None else float(nodata), "source": source, "format": fmt}
-    attrs.update(extra_attrs or {})
-    return xr.DataArray(data, dims=("band", "y", "x"), coords=band_coords, attrs=attrs,
-                        name=Path(source).stem)
-
-
 def _check_cube(shape: tuple[int, ...], path: Path, what: str = "array", band_axis: int = -1) -> None:
     if len(shape) != 3:
         raise SceneError(f"{path}: the {what} has {len(shape)} dimension(s) {tuple(shape)}, but a "
@@ -162,7 +142,7 @@ def _open_npy(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     # Not the memmap itself: dask copies array-likes (reading the whole file) and hashes them.
     data = da.from_array(NpyWindowReader(path, cube.shape, cube.dtype), chunks=(rows, cols, n_bands),
                          name=f"npy-{path}-{path.stat().st_mtime_ns}-{rows}x{cols}").transpose(2, 0, 1)
-    return _build(data, source=str(path), fmt="npy", nodata=None)
+    return scene_array(data, source=str(path), fmt="npy", nodata=None)
 
 
 def _open_mat(path: Path, var: str | None, spatial: tuple[int, int] | None) -> xr.DataArray:
@@ -179,7 +159,7 @@ def _open_mat(path: Path, var: str | None, spatial: tuple[int, int] | None) -> x
     _check_cube(cube.shape, path, f"variable {name!r}")
     data = da.from_array(np.ascontiguousarray(cube.transpose(2, 0, 1)),
                          chunks=default_chunks(cube.shape[2], cube.dtype, spatial))
-    return _build(data, source=str(path), fmt="mat", extra_attrs={"variable": name})
+    return scene_array(data, source=str(path), fmt="mat", extra_attrs={"variable": name})
 
 
 def _open_mat_hdf5(path: Path, var: str | None, spatial: tuple[int, int] | None) -> xr.DataArray:
@@ -197,7 +177,7 @@ def _open_mat_hdf5(path: Path, var: str | None, spatial: tuple[int, int] | None)
     n_bands = dataset.shape[0]
     _, rows, cols = default_chunks(n_bands, dataset.dtype, spatial)
     data = da.from_array(dataset, chunks=(n_bands, cols, rows), lock=True).transpose(0, 2, 1)
-    return _build(data, source=str(path), fmt="mat-v7.3", extra_attrs={"variable": name})
+    return scene_array(data, source=str(path), fmt="mat-v7.3", extra_attrs={"variable": name})
 
 
 def _pick_mat_variable(path: Path, variables: list[tuple[str, tuple[int, ...]]], var: str | None) -> str:
@@ -303,7 +283,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     # The chunking is part of the name: views of one file with other chunks must not share keys.
     data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False,
                          name=f"scene-{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}")
-    return _build(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
+    return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
                   source=str(binary), fmt=driver, extra_attrs={"file_block": (block_rows, block_cols)})
 
 
@@ -326,7 +306,6 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise SceneError(f"{path}: no such file or directory; check the path")
-    from hsi_cluster.io.store import is_store, open_store
 
     if is_store(path):
         return open_store(path, chunks=chunks)

@@ -5,7 +5,7 @@ Layout of ``STORE.zarr/``::
     zarr.json          group; attributes["hsicluster"] holds the metadata below
     data/              (band, y, x) array, chunks (all bands, c, c), compressed
     valid/             (y, x) bool, True where the pixel is usable (finite, not nodata)
-    block_stats/       (blocks_y, blocks_x, 5, band) float64 per-block summaries (see data.stats)
+    block_stats/       (blocks_y, blocks_x, 5, band) float64 per-block summaries (see hsi_cluster.stats)
 
 Metadata: ``format``/``version``, ``complete`` (set last), ``source`` (path, size, mtime_ns),
 ``crs`` (WKT), ``transform``, ``georeferenced``, ``nodata``, ``chunk``, ``wavelength``/``fwhm``
@@ -26,6 +26,7 @@ import xarray as xr
 import zarr
 
 from hsi_cluster.errors import SceneError
+from hsi_cluster.io.scene_array import scene_array
 
 STORE_FORMAT = "hsicluster-store"
 STORE_VERSION = 1
@@ -68,8 +69,6 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
     Raises:
         SceneError: the store is incomplete (an interrupted ingest) or of another version.
     """
-    from hsi_cluster.io.scene import _build
-
     path = Path(path).absolute()
     meta = read_store_metadata(path)
     if meta is None:
@@ -86,12 +85,12 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
     coords = {name: np.asarray(meta[name]) for name in BAND_COORDS if meta.get(name) is not None}
     if "good_band" in coords:
         coords["good_band"] = coords["good_band"].astype(bool)
-    return _build(data, coords=coords, crs=meta.get("crs"),
-                  transform=tuple(meta["transform"]) if meta.get("georeferenced") else None,
-                  nodata=meta.get("nodata"), source=str(path), fmt="zarr",
-                  extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
-                               "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
-                               "file_block": (meta.get("chunk"), meta.get("chunk"))})
+    return scene_array(data, coords=coords, crs=meta.get("crs"),
+                       transform=tuple(meta["transform"]) if meta.get("georeferenced") else None,
+                       nodata=meta.get("nodata"), source=str(path), fmt="zarr",
+                       extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
+                                    "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
+                                    "file_block": (meta.get("chunk"), meta.get("chunk"))})
 
 
 def open_valid_mask(path: str | os.PathLike[str]) -> da.Array:

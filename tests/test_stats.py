@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hsi_cluster.data.stats import PACKED_FIELDS, BandStats, valid_pixel_mask
+from hsi_cluster.stats import PACKED_FIELDS, BandStats, valid_pixel_mask
 from tests import helpers
 
 
