@@ -95,8 +95,9 @@ def main() -> None:
 
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
-    from hsi_cluster.data.sampler import read_padded_window
+    from hsi_cluster.geo import Window as PixelWindow
     from hsi_cluster.io import open_scene
+    from hsi_cluster.io.store import read_haloed
     from hsi_cluster.predict import predict_scene
     from hsi_cluster.train import train
 
@@ -128,7 +129,7 @@ def main() -> None:
 
         def patch_by_patch(at: int) -> tuple[float, float]:
             """Seconds to label a w × w window patch by patch, and the share equal to the dense labels."""
-            padded = np.asarray(read_padded_window(open_scene(scene).data, at, at + w, at, at + w, halo))
+            padded = np.asarray(read_haloed(open_scene(scene).data, PixelWindow(at, at, w, w), halo))
             with rasterio.open(work / "labels.tif") as out:
                 dense_labels = out.read(1, window=Window(at, at, w, w))
             start = time.perf_counter()

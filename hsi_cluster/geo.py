@@ -29,6 +29,39 @@ class Window:
         """Number of pixels."""
         return self.height * self.width
 
+    def grown(self, by: int) -> Window:
+        """This window with ``by`` more pixels on every side (it may reach past the raster)."""
+        return Window(self.row - by, self.col - by, self.height + 2 * by, self.width + 2 * by)
+
+    def clipped(self, height: int, width: int) -> Window:
+        """The part of this window inside a ``height × width`` raster (empty sides are 0 pixels)."""
+        top, left = max(self.row, 0), max(self.col, 0)
+        bottom, right = min(self.row + self.height, height), min(self.col + self.width, width)
+        return Window(top, left, max(bottom - top, 0), max(right - left, 0))
+
+
+PadWidths = tuple[tuple[int, int], tuple[int, int]]
+
+
+def halo_read(window: Window, halo: int, *, height: int, width: int) -> tuple[Window, PadWidths]:
+    """What to read for ``window`` plus a ``halo`` from a ``height × width`` raster, and how to pad it.
+
+    Returns:
+        ``(inside, pad)``: ``inside`` is the haloed window clipped to the raster (what to read);
+        ``pad`` is ``((top, bottom), (left, right))`` in pixels, the widths that padding ``inside``
+        (by reflection, say) needs to reach the full ``(height + 2·halo, width + 2·halo)`` window.
+
+    Raises:
+        ValueError: ``halo`` is negative.
+    """
+    if halo < 0:
+        raise ValueError(f"halo must be ≥ 0 pixels, got {halo}")
+    wanted = window.grown(halo)
+    inside = wanted.clipped(height, width)
+    pad = ((inside.row - wanted.row, wanted.row + wanted.height - inside.row - inside.height),
+           (inside.col - wanted.col, wanted.col + wanted.width - inside.col - inside.width))
+    return inside, pad
+
 
 @dataclass(frozen=True)
 class BlockGrid:

@@ -15,11 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-import zarr
-from numpy.lib.stride_tricks import sliding_window_view
-
-from hsi_cluster.data.sampler import invalid_fill, read_padded_window
 import xarray as xr
+from numpy.lib.stride_tricks import sliding_window_view
 
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
@@ -30,6 +27,7 @@ from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.scene import open_scene, scene_inputs
+from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.heads import apply_per_pixel
 from hsi_cluster.model.sscc import SSCC
@@ -60,22 +58,19 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
         ``(labels, confidence)``: int32 (y, x) with :data:`NO_LABEL` on invalid pixels, and float32
         (y, x) maximum softmax probability (NaN on invalid pixels).
     """
-    group = zarr.open_group(str(store), mode="r")
-    data, valid = group["data"], group["valid"]
-    _, height, width = data.shape
-    grid = BlockGrid(height, width, data.chunks[1])
+    opened = Store.open(store)
+    _, height, width = opened.shape
+    grid = opened.grid
     halo = patch_size // 2
     labels = np.full((height, width), NO_LABEL, dtype=np.int32)
     confidence = np.full((height, width), np.nan, dtype=np.float32)
-    fill = invalid_fill(store) if fill is None else np.asarray(fill, dtype=np.float64)
+    fill = invalid_fill([opened]) if fill is None else np.asarray(fill, dtype=np.float64)
     model = model.to(device).eval()
     for done, (i, j) in enumerate(grid, start=1):
         window = grid.window(i, j)
-        rows, cols = window.slices
-        r, c = np.nonzero(valid[rows, cols])
+        r, c = np.nonzero(opened.valid[window.slices])
         if len(r):
-            padded = read_padded_window(data, rows.start, rows.stop, cols.start, cols.stop, halo, valid=valid,
-                                        fill=fill)
+            padded = opened.read_window(window, halo, fill)
             views = sliding_window_view(padded, (patch_size, patch_size), axis=(1, 2))
             for start in range(0, len(r), batch_size):
                 rr, cc = r[start:start + batch_size], c[start:start + batch_size]
@@ -238,8 +233,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         window = grid.window(i, j)
         # np.asarray: read the (lazy, dask) window here, once, in the prefetch thread; left lazy it was
         # read again by every later use (mask, fill, each projection strip) in the compute thread.
-        padded = np.asarray(read_padded_window(data, window.row, window.row + window.height, window.col,
-                                               window.col + window.width, halo))
+        padded = np.asarray(read_haloed(data, window, halo))
         valid = valid_pixel_mask(padded, nodata=scene_nodata, good_band=good_band)
         if not valid.all():  # holes read as the training mean, as in training
             padded = np.where(valid[None], padded, fill.astype(padded.dtype)[:, None, None])

@@ -114,6 +114,14 @@ class BandStats:
         """Inverse of :meth:`pack`."""
         return cls(*(np.asarray(row, dtype=np.float64) for row in packed))
 
+    @classmethod
+    def merge_packed(cls, packed: np.ndarray) -> "BandStats":
+        """Merge packed block summaries ``(..., 5, bands)`` in row-major block order."""
+        total = cls.empty(packed.shape[-1])
+        for block in packed.reshape(-1, *packed.shape[-2:]):
+            total = total.merge(cls.unpack(block))
+        return total
+
     def to_attrs(self) -> dict[str, list[float]]:
         """JSON-ready per-band ``mean``, ``std``, ``min``, ``max`` and valid ``count``."""
         def clean(values: np.ndarray) -> list[float | None]:

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from hsi_cluster.checkpoint import CheckpointError, load_checkpoint, make_payloa
 from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, two_views
 from hsi_cluster.data.sampler import PatchSampler
-from hsi_cluster.data.spectral import fit_spectral_projection
+from hsi_cluster.data.spectral import sample_valid_spectra
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
@@ -30,9 +30,11 @@ from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_inputs
+from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.heads import probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
+from hsi_cluster.model.projection import SpectralFit, fit_spectral
 from hsi_cluster.model.sscc import SSCC
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -71,6 +73,14 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
     if log:
         log(f"ingesting {path} into {store}")
     return ingest(path, store, overwrite=True)
+
+
+def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,
+                            n_samples: int = 100_000, seed: int = 0) -> SpectralFit:
+    """Band statistics over all valid pixels of ``stores`` and PCA on a random sample of them."""
+    opened = [Store.open(store) for store in stores]
+    spectra = sample_valid_spectra(opened, n_samples, seed=seed)
+    return fit_spectral(pooled_band_stats(opened), spectra, n_components)
 
 
 @dataclass

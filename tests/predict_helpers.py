@@ -153,7 +153,7 @@ def untrained_checkpoint(store: Path, output: Path, *, n_clusters: int = K, n_co
     import torch
 
     from hsi_cluster.checkpoint import make_payload, save_checkpoint
-    from hsi_cluster.data.spectral import fit_spectral_projection
+    from hsi_cluster.train import fit_spectral_projection
 
     fit = fit_spectral_projection([store], n_components, n_samples=500, seed=seed)
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Pure grid geometry: ``BlockGrid`` covers a raster exactly once; ``auto_chunk_size`` bounds."""
+"""Pure grid geometry: ``BlockGrid`` covers a raster exactly once; ``auto_chunk_size`` bounds; halo reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size
+from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size, halo_read
 
 
 @pytest.mark.parametrize("height,width,block", [(1, 1, 1), (1, 1, 512), (1, 1000, 32), (1000, 1, 32),
@@ -66,3 +66,51 @@ def test_auto_chunk_size_options() -> None:
     assert auto_chunk_size(100, 4, target_bytes=2**20, minimum=8, maximum=64) == 32
     assert auto_chunk_size(10_000, 8, minimum=4) < 32
     assert auto_chunk_size(1, 1, maximum=256) == 256
+
+
+def test_grown_and_clipped_windows() -> None:
+    window = Window(2, 3, 4, 5)
+    assert window.grown(2) == Window(0, 1, 8, 9)
+    assert window.grown(0) == window
+    assert Window(-2, -1, 6, 6).clipped(10, 10) == Window(0, 0, 4, 5)
+    assert Window(7, 8, 6, 6).clipped(10, 10) == Window(7, 8, 3, 2)
+    assert Window(12, 0, 3, 3).clipped(10, 10).size == 0  # outside: empty
+
+
+@pytest.mark.parametrize("window,halo,pad", [
+    (Window(0, 0, 4, 4), 2, ((2, 0), (2, 0))),           # top-left corner
+    (Window(0, 6, 4, 4), 2, ((2, 0), (0, 2))),           # top-right corner
+    (Window(8, 0, 2, 4), 3, ((0, 3), (3, 0))),           # bottom-left corner, short block
+    (Window(8, 6, 2, 4), 1, ((0, 1), (0, 1))),           # bottom-right corner
+    (Window(4, 4, 2, 2), 2, ((0, 0), (0, 0))),           # inside: nothing to pad
+    (Window(0, 0, 10, 10), 0, ((0, 0), (0, 0))),         # no halo
+    (Window(0, 0, 10, 10), 3, ((3, 3), (3, 3))),         # the whole raster
+])
+def test_halo_read_clips_to_the_raster_and_pads_the_rest(window: Window, halo: int,
+                                                         pad: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    inside, got = halo_read(window, halo, height=10, width=10)
+    assert got == pad
+    assert inside == window.grown(halo).clipped(10, 10)
+    (top, bottom), (left, right) = got
+    assert inside.height + top + bottom == window.height + 2 * halo
+    assert inside.width + left + right == window.width + 2 * halo
+
+
+@pytest.mark.parametrize("height,width,block,halo", [(10, 10, 4, 2), (9, 7, 3, 3), (5, 6, 5, 1), (16, 3, 4, 2)])
+def test_halo_read_rebuilds_the_reflect_padded_raster(height: int, width: int, block: int, halo: int) -> None:
+    """Reading ``inside`` and reflect-padding it by ``pad`` cuts ``np.pad(raster, halo, "reflect")``."""
+    raster = np.arange(height * width).reshape(height, width)
+    whole = np.pad(raster, halo, mode="reflect")
+    grid = BlockGrid(height, width, block)
+    for i, j in grid:
+        window = grid.window(i, j)
+        inside, pad = halo_read(window, halo, height=height, width=width)
+        rows, cols = inside.slices
+        got = np.pad(raster[rows, cols], pad, mode="reflect")
+        np.testing.assert_array_equal(got, whole[window.row:window.row + window.height + 2 * halo,
+                                                 window.col:window.col + window.width + 2 * halo])
+
+
+def test_halo_read_rejects_a_negative_halo() -> None:
+    with pytest.raises(ValueError, match="halo must be ≥ 0"):
+        halo_read(Window(0, 0, 2, 2), -1, height=4, width=4)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hsi_cluster.data.spectral import fit_spectral_projection
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, label_patches
+from hsi_cluster.train import fit_spectral_projection
 from tests.train_helpers import IngestedScene, make_scene, reference_filled, reflect_padded, structured_cube
 from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 import hsi_cluster.predict as predict_module
 from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
-from hsi_cluster.data.sampler import read_padded_window
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.evaluate import score_clustering
-from hsi_cluster.geo import BlockGrid
+from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
+from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
 from tests import helpers
 from tests.predict_helpers import (K, LABEL_NODATA, PATCH, CountingArray, TrainedModel, as_label_map, holey_cube,
@@ -178,8 +178,7 @@ def test_each_tile_is_read_once(dense: TrainedModel, holey: tuple[helpers.Synthe
     grid = BlockGrid(HEIGHT, WIDTH, tiles)
     for i, j in grid:  # what reading every tile with its halo exactly once costs (whole dask chunks)
         window = grid.window(i, j)
-        np.asarray(read_padded_window(data, window.row, window.row + window.height, window.col,
-                                      window.col + window.width, halo))
+        np.asarray(read_haloed(data, window, halo))
     assert baseline.read > 0
     assert read_by_predict <= 1.5 * baseline.read, \
         f"predict read the scene {read_by_predict / baseline.read:.1f}× as much as reading each tile once"
@@ -189,10 +188,6 @@ def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The network sees a tile exactly as training saw patches: reflect padding, holes of an int16 scene
     filled with the training store's band means cast to int16 (:func:`invalid_fill`)."""
-    import zarr
-
-    from hsi_cluster.data.sampler import invalid_fill
-    from hsi_cluster.data.spectral import store_band_stats
 
     rng = np.random.default_rng(4)
     cube = np.round(structured_cube(6, 20, 19, seed=4) * 3 + rng.normal(0, 3, (6, 20, 19))).astype(np.int16)
@@ -204,8 +199,9 @@ def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
         band[15, 15] += (round(0.7 * n) - int(band[valid].astype(np.int64).sum()) % n) % n
     scene = helpers.write_geotiff(tmp_path / "int.tif", cube, nodata=-9999)
     store = ingest(scene.path, tmp_path / "int.zarr", chunk=16)
-    fill = invalid_fill(store)
-    mean = store_band_stats(store).mean
+    opened = Store.open(store)
+    fill = invalid_fill([opened])
+    mean = opened.band_stats().mean
     assert (np.abs(mean - np.round(mean)) > 0.2).all()  # rounding and truncating the mean differ
     untrained_checkpoint(store, tmp_path / "int.ckpt")
     seen: list[np.ndarray] = []
@@ -217,8 +213,7 @@ def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
 
     monkeypatch.setattr(predict_module, "_tile_logits", spy)
     predict_scene(scene.path, tmp_path / "int.ckpt", tmp_path / "labels.tif", tiles=32, device="cpu")
-    group = zarr.open_group(str(store), mode="r")
-    expected = read_padded_window(group["data"], 0, 20, 0, 19, PATCH // 2, valid=group["valid"], fill=fill)
+    expected = opened.read_window(Window(0, 0, 20, 19), PATCH // 2, fill)
     (padded,) = seen
     np.testing.assert_array_equal(padded, expected)
 

@@ -21,9 +21,9 @@ import hsi_cluster
 from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
 from hsi_cluster.cli import main
 from hsi_cluster.data.sampler import PatchSampler
-from hsi_cluster.data.spectral import fit_spectral_projection, store_band_stats
+from hsi_cluster.io.store import Store
 from hsi_cluster.errors import HsiClusterError, OutputError
-from hsi_cluster.train import TrainResult, partial_checkpoint_path, prepare_store, train
+from hsi_cluster.train import TrainResult, fit_spectral_projection, partial_checkpoint_path, prepare_store, train
 from tests import helpers
 from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, tiny_config
 from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -111,7 +111,7 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     assert payload["bands"] == 12
     assert payload["wavelength"] == pytest.approx(helpers.spectral_axis(12)[0].tolist())
     spectral = payload["spectral"]
-    stats = store_band_stats(scene.store)
+    stats = Store.open(scene.store).band_stats()
     np.testing.assert_allclose(spectral["mean"].numpy(), stats.mean)
     np.testing.assert_allclose(spectral["std"].numpy(), stats.std)
     components = spectral["components"].numpy()

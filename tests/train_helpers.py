@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from hsi_cluster.config import TrainConfig, config_from_dict, preset_config
 from hsi_cluster.io import ingest
+from hsi_cluster.io.store import Store
 from tests import helpers
 from tests.helpers import SyntheticScene
 
@@ -103,8 +103,8 @@ def make_scene(folder: Path, name: str = "scene", *, bands: int = 12, height: in
 
 def store_arrays(store: Path) -> tuple[np.ndarray, np.ndarray]:
     """The store's ``data`` (band, y, x) and ``valid`` (y, x), read whole."""
-    group = zarr.open_group(str(store), mode="r")
-    return group["data"][...], group["valid"][...]
+    opened = Store.open(store)
+    return opened.data[...], opened.valid[...]
 
 
 def reference_filled(cube: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -22,12 +22,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hsi_cluster.data.spectral import store_band_stats
-from hsi_cluster.geo import BlockGrid
+from hsi_cluster.io.store import Store, pooled_band_mean
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20
 
@@ -43,56 +41,6 @@ class PatchBatch:
     rows: np.ndarray
     cols: np.ndarray
     scene: np.ndarray | None = None
-
-
-def read_padded_window(data: zarr.Array, row0: int, row1: int, col0: int, col1: int, halo: int, *,
-                       valid: zarr.Array | np.ndarray | None = None, fill: np.ndarray | None = None) -> np.ndarray:
-    """Rows ``[row0 - halo, row1 + halo)`` × cols likewise of a ``(band, y, x)`` array, reflect-padded.
-
-    Parts outside the scene are filled by reflection about the first/last row/column (numpy's
-    ``reflect``, i.e. the edge pixel is not repeated), as the patches of training and tiles of
-    inference both see them.
-
-    With ``valid`` (the store's (y, x) mask) and ``fill`` (one value per band, see
-    :func:`invalid_fill`), invalid pixels (NaN, nodata) are replaced by ``fill`` before padding,
-    so a valid pixel next to a hole never hands NaN or the nodata value to the network.
-    """
-    _, height, width = data.shape
-    top, bottom = max(row0 - halo, 0), min(row1 + halo, height)
-    left, right = max(col0 - halo, 0), min(col1 + halo, width)
-    window = data[:, top:bottom, left:right]
-    if valid is not None:
-        if fill is None:
-            raise ValueError("read_padded_window: pass fill (one value per band) with valid")
-        usable = np.asarray(valid[top:bottom, left:right], dtype=bool)
-        if not usable.all():
-            window = np.where(usable[None], window, np.asarray(fill, dtype=window.dtype)[:, None, None])
-    pads = ((0, 0), (top - (row0 - halo), row1 + halo - bottom), (left - (col0 - halo), col1 + halo - right))
-    if any(p for pair in pads for p in pair):
-        window = np.pad(window, pads, mode="reflect")
-    return window
-
-
-def invalid_fill(store: str | Path | Sequence[str | Path]) -> np.ndarray:
-    """What invalid pixels read as inside patches: the per-band means over valid pixels.
-
-    The spectral projection maps the training mean to zero, so a hole looks like a neutral pixel.
-    For several stores this is the pooled mean over all their valid pixels (what
-    :func:`~hsi_cluster.data.spectral.fit_spectral_projection` stores as the spectral mean).
-    Returned in the (first) store's dtype (a plain cast, as the tiled predictor casts the
-    checkpoint's mean); 0 for a band with no valid pixel.
-    """
-    stores = [store] if isinstance(store, (str, Path)) else list(store)
-    dtype = zarr.open_group(str(stores[0]), mode="r")["data"].dtype
-    return pooled_band_mean(stores).astype(dtype)
-
-
-def pooled_band_mean(stores: Sequence[str | Path]) -> np.ndarray:
-    """float64 (B,) per-band mean over the valid pixels of all ``stores`` (0 where a band has none)."""
-    total = store_band_stats(stores[0])
-    for store in stores[1:]:
-        total = total.merge(store_band_stats(store))
-    return np.where(np.isfinite(total.mean), total.mean, 0.0)
 
 
 class PatchSampler(IterableDataset):
@@ -111,8 +59,8 @@ class PatchSampler(IterableDataset):
         epoch: which epoch to produce (set with :meth:`set_epoch`).
         start_batch: skip this many batches of the epoch without reading data (to resume).
         fill: per-band values (B,) that invalid pixels inside a patch read as; default the band
-            means over the valid pixels of all the stores (:func:`invalid_fill`), i.e. the spectral
-            mean a model trained on them stores.
+            means over the valid pixels of all the stores (:func:`~hsi_cluster.io.store.invalid_fill`),
+            i.e. the spectral mean a model trained on them stores.
 
     Iterating yields :class:`PatchBatch` objects. In DataLoader workers (``batch_size=None``) each
     worker takes every n-th block of the epoch's order, so workers never duplicate a centre.
@@ -139,25 +87,25 @@ class PatchSampler(IterableDataset):
         self.seed = seed
         self.epoch = epoch
         self.start_batch = start_batch
-        arrays = [zarr.open_group(s, mode="r")["data"] for s in self.stores]
-        self.shapes = tuple(tuple(a.shape) for a in arrays)
+        self._opened = tuple(Store.open(s) for s in self.stores)
+        self.shapes = tuple(s.shape for s in self._opened)
         if len({shape[0] for shape in self.shapes}) != 1:
             raise ValueError(f"stores have {[shape[0] for shape in self.shapes]} bands; pass stores with the same "
                              "band count")
-        self.grids = tuple(BlockGrid(shape[1], shape[2], a.chunks[1]) for shape, a in zip(self.shapes, arrays))
+        self.grids = tuple(s.grid for s in self._opened)
         self.shape, self.grid = self.shapes[0], self.grids[0]
-        self.dtype = np.result_type(*(a.dtype for a in arrays))
+        self.dtype = np.result_type(*(s.dtype for s in self._opened))
         self.mask = mask
         if mask is not None and len(self.stores) != 1:
             raise ValueError(f"a mask restricts the centres of one store, but {len(self.stores)} stores were given")
         if mask is not None and mask.shape != self.shape[1:]:
             raise ValueError(f"mask has shape {mask.shape} but the scene is {self.shape[1:]}; pass a (y, x) mask "
                              "of the scene's size")
-        block_bytes = max(shape[0] * (grid.block + 2 * self.halo) ** 2 * a.dtype.itemsize
-                          for shape, grid, a in zip(self.shapes, self.grids, arrays))
+        block_bytes = max(shape[0] * (grid.block + 2 * self.halo) ** 2 * s.dtype.itemsize
+                          for shape, grid, s in zip(self.shapes, self.grids, self._opened))
         self.blocks_per_group = max(1, buffer_bytes // block_bytes)
-        values = pooled_band_mean(self.stores) if fill is None else np.asarray(fill)
-        self.fills = tuple(values.astype(a.dtype) for a in arrays)
+        values = pooled_band_mean(self._opened) if fill is None else np.asarray(fill)
+        self.fills = tuple(values.astype(s.dtype) for s in self._opened)
         self.fill = self.fills[0]
         # Global numbering: store s owns blocks [block_offsets[s], block_offsets[s + 1]) and centre ids
         # [pixel_offsets[s], pixel_offsets[s + 1]) (row * width + col within the store, plus the offset).
@@ -178,29 +126,24 @@ class PatchSampler(IterableDataset):
         i, j = divmod(block_id - int(self._block_offsets[scene]), int(self._block_cols[scene]))
         return scene, i, j
 
-    def _centres(self, valids: Sequence[zarr.Array], block_id: int) -> np.ndarray:
+    def _centres(self, block_id: int) -> np.ndarray:
         """Global centre ids (store offset + row * width + col) of the usable centres of a block."""
         scene, i, j = self._block(block_id)
         window = self.grids[scene].window(i, j)
         rows, cols = window.slices
-        usable = valids[scene][rows, cols]
+        usable = self._opened[scene].valid[rows, cols]
         if self.mask is not None:
             usable = usable & self.mask[rows, cols]
         r, c = np.nonzero(usable)
         return (r + window.row) * self.shapes[scene][2] + (c + window.col) + self._pixel_offsets[scene]
 
-    def _valids(self) -> list[zarr.Array]:
-        return [zarr.open_group(s, mode="r")["valid"] for s in self.stores]
-
     def valid_centres(self) -> int:
         """Number of centres per epoch (valid pixels of all stores, within the mask if any)."""
-        valids = self._valids()
-        return int(sum(len(self._centres(valids, b)) for b in range(int(self._block_offsets[-1]))))
+        return int(sum(len(self._centres(b)) for b in range(int(self._block_offsets[-1]))))
 
     def valid_centres_per_store(self) -> list[int]:
         """Centres per epoch of each store, in order."""
-        valids = self._valids()
-        return [int(sum(len(self._centres(valids, b)) for b in range(int(start), int(stop))))
+        return [int(sum(len(self._centres(b)) for b in range(int(start), int(stop))))
                 for start, stop in zip(self._block_offsets[:-1], self._block_offsets[1:])]
 
     def batches_per_epoch(self, shards: int = 1) -> int:
@@ -213,10 +156,9 @@ class PatchSampler(IterableDataset):
         """Global centre ids of each batch of this shard, in order."""
         rng = np.random.default_rng([self.seed, self.epoch, shard, shards])
         order = np.random.default_rng([self.seed, self.epoch]).permutation(int(self._block_offsets[-1]))[shard::shards]
-        valids = self._valids()
         pool = np.empty(0, dtype=np.int64)
         for start in range(0, len(order), self.blocks_per_group):
-            members = [self._centres(valids, int(b)) for b in order[start:start + self.blocks_per_group]]
+            members = [self._centres(int(b)) for b in order[start:start + self.blocks_per_group]]
             pool = np.concatenate([pool, *members])
             rng.shuffle(pool)
             n_full = len(pool) // self.batch_size
@@ -233,8 +175,7 @@ class PatchSampler(IterableDataset):
         return scene, rows, cols, block_ids
 
     # ---------------------------------------------------------------------------- extraction
-    def _extract(self, data: Sequence[zarr.Array], valids: Sequence[zarr.Array], centres: np.ndarray,
-                 cache: dict[int, np.ndarray]) -> tuple[PatchBatch, np.ndarray]:
+    def _extract(self, centres: np.ndarray, cache: dict[int, np.ndarray]) -> tuple[PatchBatch, np.ndarray]:
         scene, rows, cols, block_ids = self._locate(centres)
         p = self.patch_size
         patches = np.empty((len(centres), self.shape[0], p, p), dtype=self.dtype)
@@ -242,9 +183,7 @@ class PatchSampler(IterableDataset):
             s, i, j = self._block(int(block_id))
             window = self.grids[s].window(i, j)
             if block_id not in cache:
-                cache[int(block_id)] = read_padded_window(data[s], window.row, window.row + window.height,
-                                                          window.col, window.col + window.width, self.halo,
-                                                          valid=valids[s], fill=self.fills[s])
+                cache[int(block_id)] = self._opened[s].read_window(window, self.halo, self.fills[s])
             padded = cache[int(block_id)]
             members = np.nonzero(block_ids == block_id)[0]
             local_rows, local_cols = rows[members] - window.row, cols[members] - window.col
@@ -255,14 +194,12 @@ class PatchSampler(IterableDataset):
     def __iter__(self) -> Iterator[PatchBatch]:
         info = get_worker_info()
         shard, shards = (0, 1) if info is None else (info.id, info.num_workers)
-        groups = [zarr.open_group(s, mode="r") for s in self.stores]
-        data, valids = [g["data"] for g in groups], [g["valid"] for g in groups]
         cache: dict[int, np.ndarray] = {}
         skip = self.start_batch if shards == 1 else 0
         for index, centres in enumerate(self._plan(shard, shards)):
             if index < skip:
                 continue
-            batch, block_ids = self._extract(data, valids, centres, cache)
+            batch, block_ids = self._extract(centres, cache)
             in_use = set(block_ids.tolist())
             yield batch
             # Keep only blocks that the current shuffle group may still use: the newest ones.

@@ -27,8 +27,8 @@ from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene, scene_inputs
-from hsi_cluster.io.store import (BAND_COORDS, METADATA_KEY, STORE_FORMAT, STORE_VERSION, is_complete_store,
-                                  read_store_metadata)
+from hsi_cluster.io.store import (BAND_COORDS, BLOCK_STATS, DATA, METADATA_KEY, STORE_FORMAT, STORE_VERSION, VALID,
+                                  is_complete_store, read_store_metadata)
 from hsi_cluster.stats import BandStats, valid_pixel_mask
 
 PROGRESS_DIR = "_blocks_done"
@@ -82,11 +82,11 @@ def _create_store(path: Path, scene: xr.DataArray, chunk: int, grid: BlockGrid, 
     n_bands, height, width = scene.shape
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={METADATA_KEY: meta})
     fill = np.nan if np.issubdtype(scene.dtype, np.floating) else 0
-    group.create_array("data", shape=(n_bands, height, width), dtype=scene.dtype, chunks=(n_bands, chunk, chunk),
+    group.create_array(DATA, shape=(n_bands, height, width), dtype=scene.dtype, chunks=(n_bands, chunk, chunk),
                        compressors=[COMPRESSOR], fill_value=fill, dimension_names=("band", "y", "x"))
-    group.create_array("valid", shape=(height, width), dtype=bool, chunks=(chunk, chunk),
+    group.create_array(VALID, shape=(height, width), dtype=bool, chunks=(chunk, chunk),
                        compressors=[COMPRESSOR], fill_value=False, dimension_names=("y", "x"))
-    group.create_array("block_stats", shape=(*grid.shape, 5, n_bands), dtype="float64",
+    group.create_array(BLOCK_STATS, shape=(*grid.shape, 5, n_bands), dtype="float64",
                        chunks=(1, 1, 5, n_bands), fill_value=0.0,
                        dimension_names=("block_y", "block_x", "field", "band"))
     (path / PROGRESS_DIR).mkdir()
@@ -167,8 +167,8 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
         local = (slice(window.row - row0, window.row - row0 + window.height),
                  slice(window.col - col0, window.col - col0 + window.width))
         block = unit[(slice(None), *local)]
-        writers["data"].write((0, i, j), block)
-        writers["valid"].write((i, j), valid[local])
+        writers[DATA].write((0, i, j), block)
+        writers[VALID].write((i, j), valid[local])
         summaries[i, j] = BandStats.of_block(block, valid[local]).pack()
     for (i, j), packed in summaries.items():
         marker = _marker(path, i, j)
@@ -226,7 +226,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
         _replace(work, store)
         return store
     group = zarr.open_group(str(work), mode="r+")
-    writers = {name: ChunkWriter(work / name, group[name]) for name in ("data", "valid")}
+    writers = {name: ChunkWriter(work / name, group[name]) for name in (DATA, VALID)}
     good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
     n_block_rows, n_block_cols = grid.shape
     units = [[(i, j) for i in range(i0, min(i0 + unit_rows, n_block_rows))
@@ -258,10 +258,8 @@ def _finalise(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, An
     """Gather the block summaries from their markers, merge them, then mark the store complete."""
     packed = np.stack([np.stack([np.load(_marker(work, i, j)) for j in range(grid.shape[1])])
                        for i in range(grid.shape[0])])
-    group["block_stats"][...] = packed
-    total = BandStats.empty(packed.shape[-1])
-    for i, j in grid:
-        total = total.merge(BandStats.unpack(packed[i, j]))
+    group[BLOCK_STATS][...] = packed
+    total = BandStats.merge_packed(packed)
     meta = dict(meta, statistics=total.to_attrs(), valid_pixels=int(total.count.max(initial=0)),
                 complete=True, completed=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     group.attrs[METADATA_KEY] = meta

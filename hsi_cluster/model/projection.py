@@ -12,10 +12,14 @@ buffers: saved in ``state_dict`` and moved by ``.to(device)``, never trained.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hsi_cluster.stats import BandStats
 
 ArrayLike = Tensor | np.ndarray
 
@@ -86,6 +90,33 @@ def fit_pca(samples: np.ndarray, n_components: int | float, mean: ArrayLike, std
     signs = np.sign(components[np.arange(n_components), largest])
     components = components * np.where(signs == 0, 1.0, signs)[:, None]
     return components.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SpectralFit:
+    """Per-band ``mean``/``std`` (B,) float64 and PCA ``components`` (C, B) float32."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    components: np.ndarray
+
+
+def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | float) -> SpectralFit:
+    """The spectral projection's parameters: band standardisation from ``stats``, PCA of ``spectra``.
+
+    Constant bands (std 0) get std 1 so they contribute nothing rather than dividing by zero; a
+    band with no valid pixel gets mean 0.
+
+    Args:
+        stats: per-band statistics over all valid pixels (B bands).
+        spectra: (n, B) a random sample of valid pixels.
+        n_components: as in :func:`fit_pca`.
+    """
+    std = stats.std
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    mean = np.where(np.isfinite(stats.mean), stats.mean, 0.0)
+    components = fit_pca(spectra, n_components, mean, std)
+    return SpectralFit(mean=mean, std=std, components=components)
 
 
 class SpectralProjection(nn.Module):

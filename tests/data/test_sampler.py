@@ -1,4 +1,4 @@
-"""The streaming patch sampler and the reflect-padded window reader, against plain numpy.
+"""The streaming patch sampler, against plain numpy.
 
 Scenes are tiny GeoTIFFs ingested with 16-pixel chunks (several blocks, short last blocks), so
 every property — each valid centre once per epoch, patches equal to a cut of ``np.pad(…, "reflect")``
@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
 
-import hsi_cluster.data.sampler as sampler_module
-from hsi_cluster.data.sampler import PatchBatch, PatchSampler, collate_patches, read_padded_window
+from hsi_cluster.data.sampler import PatchBatch, PatchSampler, collate_patches
 from hsi_cluster.io import ingest
+from hsi_cluster.io.store import Store
 from tests import helpers
 from tests.train_helpers import (NODATA, IngestedScene, make_scene, reference_filled, reference_patch,
                                  reflect_padded, store_arrays)
@@ -136,24 +135,6 @@ def test_invalid_neighbours_are_filled_not_nan(holed: IngestedScene) -> None:
             r0, c0 = max(row - HALO, 0), max(col - HALO, 0)
             touched += not holed.valid[r0:row + HALO + 1, c0:col + HALO + 1].all()
     assert touched > 20  # the scene really has valid centres with invalid neighbours
-
-
-@pytest.mark.parametrize("rows, cols", [((0, 16), (0, 16)), ((16, 32), (16, 32)), ((32, 40), (32, 37)),
-                                        ((0, 40), (0, 37)), ((39, 40), (0, 1))])
-def test_read_padded_window_matches_np_pad(clean: IngestedScene, rows: tuple[int, int],
-                                           cols: tuple[int, int]) -> None:
-    data = zarr.open_group(str(clean.store), mode="r")["data"]
-    for halo in (0, 1, 3):
-        expected = reflect_padded(clean.cube, halo)[:, rows[0]:rows[1] + 2 * halo, cols[0]:cols[1] + 2 * halo]
-        got = read_padded_window(data, rows[0], rows[1], cols[0], cols[1], halo)
-        np.testing.assert_array_equal(got, expected)
-
-
-def test_read_padded_window_fills_invalid_pixels(holed: IngestedScene) -> None:
-    group = zarr.open_group(str(holed.store), mode="r")
-    fill = holed.cube[:, holed.valid].astype(np.float64).mean(axis=1).astype(np.float32)
-    got = read_padded_window(group["data"], 0, 40, 0, 37, 2, valid=group["valid"], fill=fill)
-    np.testing.assert_allclose(got, reflect_padded(reference_filled(holed.cube, holed.valid), 2), rtol=1e-6)
 
 
 def test_patches_equal_numpy_cut_on_a_holed_scene_at_corners(holed: IngestedScene) -> None:
@@ -273,13 +254,13 @@ def test_blocks_per_group_respects_buffer_bytes(holed: IngestedScene) -> None:
 
 
 class ReadSpy:
-    """Wraps ``read_padded_window``: counts reads and the blocks still alive (held by the sampler)."""
+    """Wraps ``Store.read_window``: counts reads and the blocks still alive (held by the sampler)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.reads = 0
         self.alive: set[int] = set()
         self.peak = 0
-        original = sampler_module.read_padded_window
+        original = Store.read_window
 
         def spy(*args, **kwargs):
             window = original(*args, **kwargs)
@@ -290,7 +271,7 @@ class ReadSpy:
             self.peak = max(self.peak, len(self.alive))
             return window
 
-        monkeypatch.setattr(sampler_module, "read_padded_window", spy)
+        monkeypatch.setattr(Store, "read_window", spy)
 
 
 @pytest.fixture(scope="module")

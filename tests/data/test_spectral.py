@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from hsi_cluster.data.spectral import fit_spectral_projection, sample_valid_spectra, store_band_stats
+from hsi_cluster.data.spectral import sample_valid_spectra
+from hsi_cluster.io.store import Store
 from hsi_cluster.model.projection import SpectralProjection
+from hsi_cluster.train import fit_spectral_projection
 from tests import helpers
 from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
 from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -25,8 +27,8 @@ def valid_pixels(scene: IngestedScene) -> np.ndarray:
     return scene.cube[:, scene.valid].astype(np.float64).T
 
 
-def test_store_band_stats_equal_numpy_over_valid_pixels(holed: IngestedScene) -> None:
-    stats = store_band_stats(holed.store)
+def test_band_stats_equal_numpy_over_valid_pixels(holed: IngestedScene) -> None:
+    stats = Store.open(holed.store).band_stats()
     reference = helpers.reference_stats(holed.cube, holed.valid)
     assert reference["count"][0] == holed.valid.sum() == 40 * 37 - 40
     np.testing.assert_array_equal(stats.count, reference["count"])
@@ -81,7 +83,7 @@ def test_constant_band_gets_std_one(tmp_path) -> None:
 
 
 def test_sample_valid_spectra_returns_only_valid_pixels(holed: IngestedScene) -> None:
-    spectra = sample_valid_spectra([holed.store], 400, seed=1)
+    spectra = sample_valid_spectra([Store.open(holed.store)], 400, seed=1)
     assert 0 < len(spectra) <= 400 + 9  # per-block rounding may add one per block
     assert spectra.shape[1] == 12 and spectra.dtype == holed.cube.dtype
     assert np.isfinite(spectra).all() and not (spectra == NODATA).any()
@@ -94,7 +96,7 @@ def test_sample_valid_spectra_returns_only_valid_pixels(holed: IngestedScene) ->
 
 
 def test_sample_valid_spectra_everything_when_asked_for_more(holed: IngestedScene) -> None:
-    spectra = sample_valid_spectra([holed.store], 100_000, seed=0)
+    spectra = sample_valid_spectra([Store.open(holed.store)], 100_000, seed=0)
     assert len(spectra) == holed.valid.sum()
 
 
@@ -102,7 +104,7 @@ def test_sample_valid_spectra_skips_all_invalid_blocks(tmp_path) -> None:
     cube = structured_cube(5, 32, 32, seed=3)
     cube[:, :16, :] = np.nan  # the two top blocks have no valid pixel
     scene = make_scene(tmp_path, cube=cube)
-    spectra = sample_valid_spectra([scene.store], 200, seed=0)
+    spectra = sample_valid_spectra([Store.open(scene.store)], 200, seed=0)
     assert len(spectra) > 0 and np.isfinite(spectra).all()
     fit = fit_spectral_projection([scene.store], 2, n_samples=200)
     np.testing.assert_allclose(fit.mean, cube[:, 16:, :].reshape(5, -1).astype(np.float64).mean(axis=1),
@@ -124,7 +126,7 @@ def test_several_stores_weigh_every_valid_pixel_alike(holed: IngestedScene, tmp_
     pooled = np.concatenate([valid_pixels(holed), valid_pixels(second)])
     np.testing.assert_allclose(fit.mean, pooled.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(fit.std, pooled.std(axis=0), rtol=1e-9)
-    spectra = sample_valid_spectra([holed.store, second.store], 600, seed=0)
+    spectra = sample_valid_spectra([Store.open(holed.store), Store.open(second.store)], 600, seed=0)
     from_second = int((spectra[:, 0] > 3000).sum())
     # shares 600 · n / N, then per-block rounding: at most ±0.5 per block (9 + 4 blocks)
     assert abs(from_second - 600 * n_second / (n_first + n_second)) <= 2 + 1
