@@ -43,6 +43,27 @@ def _warn(message: str) -> None:
 NO_VALID_PIXELS = "every pixel is nodata or NaN; check the scene's nodata value"
 
 
+def _echo_json(document: Any) -> None:
+    """Print ``document`` as the one JSON document on stdout (lists of numbers or strings on one line)."""
+    click.echo(dumps_json(document))
+
+
+def dumps_json(document: Any, indent: int = 2) -> str:
+    """JSON indented by ``indent`` like ``json.dumps``, except that a list of plain values (per-band
+    statistics, a transform) stays on one line instead of one value a line."""
+
+    def render(value: Any, depth: int) -> str:
+        pad, inner = " " * indent * depth, " " * indent * (depth + 1)
+        if isinstance(value, dict) and value:
+            items = [f"{inner}{json.dumps(str(k))}: {render(v, depth + 1)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, (list, tuple)) and value and any(isinstance(v, (dict, list, tuple)) for v in value):
+            return "[\n" + ",\n".join(f"{inner}{render(v, depth + 1)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value)
+
+    return render(document, 0)
+
+
 def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose``/``--quiet`` and turn library errors into one-line messages and exit codes."""
 
@@ -160,7 +181,7 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 
     summary = describe(open_scene(scene, var=var))
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        _echo_json(summary)
     else:
         if quiet and summary.get("statistics"):
             summary = dict(summary, statistics=None)
@@ -281,26 +302,39 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
     """
     from hsi_cluster.batch import run_batch
 
+    reported: set[str] = set()  # failures already printed as they happened: each is printed once
+
+    def report_failure(record: dict[str, Any]) -> None:
+        if record["source"] not in reported:
+            reported.add(record["source"])
+            tqdm_write(f"hsicluster: failed: {_failure(record)}")
+
     with progress_bar("batch", unit="scene", quiet=quiet) as update:
         pixels = 0
+
+        def tqdm_write(message: str) -> None:  # above the bar, on stderr: stdout holds only the results
+            update.bar.write(message, file=sys.stderr)
 
         def on_scene(done: int, total: int, record: dict[str, Any]) -> None:
             nonlocal pixels
             pixels += int(record.get("pixels") or 0)
             update(done, total)
-            if not quiet and record["status"] == "failed":
-                update.bar.write(f"failed: {_failure(record)}")
+            if record["status"] == "failed":
+                report_failure(record)
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
-                           retries=retries, progress=on_scene, log=(lambda m: None) if quiet else update.bar.write)
+                           retries=retries, progress=on_scene, log=(lambda m: None) if quiet else tqdm_write)
+        for record in result.failed:
+            report_failure(record)
+    summary = (f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
+               f"{result.seconds:.0f} s; manifest: {result.manifest}")
     if as_json:
-        click.echo(json.dumps(result.records, indent=2))
+        _echo_json(result.records)
+        if not quiet:
+            click.echo(summary, err=True)
     elif not quiet:
-        click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
-                   f"{result.seconds:.0f} s; manifest: {result.manifest}")
-    for record in result.failed:
-        click.echo(f"hsicluster: failed: {_failure(record)}", err=True)
+        click.echo(summary)
     if result.failed:
         sys.exit(EXIT_SOME_FAILED)
 
@@ -325,7 +359,10 @@ def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str
 
     predicted, invalid, reference = read_label_pair(labels, truth, var=var)
     scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
-    click.echo(json.dumps(scores.to_dict(), indent=2) if as_json else scores.format_table())
+    if as_json:
+        _echo_json(scores.to_dict())
+    else:
+        click.echo(scores.format_table())
     if scores.n_invalid_pred == scores.n_scored:
         _warn(f"{labels}: every labelled ground-truth pixel has the nodata label; check that these are the labels "
               "of the ground truth's scene")

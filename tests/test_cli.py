@@ -107,6 +107,12 @@ def test_info_of_a_store_has_statistics(runner: CliRunner, tmp_path: Path, geoti
     assert info["valid_pixels"] == int(valid.sum())
     assert info["statistics"]["mean"] == pytest.approx(helpers.reference_stats(geotiff.cube, valid)["mean"].tolist())
     assert info["ingested_from"]["path"] == str(geotiff.path.absolute())
+    # one JSON document; per-band arrays on one line each, not one number a line
+    result = invoke(runner, "info", store, "--json")
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) < 60
+    assert any(line.strip().startswith('"mean": [') and line.rstrip().endswith("],") for line in lines)
     text = invoke(runner, "info", store).stdout
     assert "valid pixels" in text and "statistics" in text
     assert "statistics" not in invoke(runner, "info", store, "--quiet").stdout
@@ -223,7 +229,18 @@ def test_evaluate_warns_when_no_labelled_pixel_has_a_label(runner: CliRunner, tm
     assert result.stderr.startswith(f"hsicluster: warning: {tmp_path / 'labels.tif'}: every labelled ground-truth "
                                     "pixel has the nodata label") and result.stderr.count("\n") == 1
     helpers.write_geotiff(tmp_path / "some.tif", gt.astype(np.uint8)[None], nodata=255)
+    result = runner.invoke(main, ["evaluate", str(tmp_path / "some.tif"), str(gt_path), "--json"])
+    assert json.loads(result.stdout)["n_scored"] == int((gt > 0).sum()) and result.stderr == ""
     assert runner.invoke(main, ["evaluate", str(tmp_path / "some.tif"), str(gt_path)]).stderr == ""
+
+
+def test_dumps_json_is_json_with_flat_lists() -> None:
+    from hsi_cluster.cli import dumps_json
+
+    document = {"a": [1, 2.5, None], "b": {"c": [], "d": {}, "e": [{"f": [1, 2]}, 3]}, "g": "x", "h": True}
+    text = dumps_json(document)
+    assert json.loads(text) == document
+    assert '  "a": [1, 2.5, null],' in text.splitlines()
 
 
 def test_evaluate_salinas_a_ground_truth_against_itself(runner: CliRunner, tmp_path: Path,
