@@ -358,7 +358,8 @@ def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str
     from hsi_cluster.io.labels import read_label_pair
 
     predicted, invalid, reference = read_label_pair(labels, truth, var=var)
-    scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
+    scores = score_clustering(predicted, reference, unlabelled=unlabelled,
+                              invalid_pred="auto" if invalid is None else invalid)
     if as_json:
         _echo_json(scores.to_dict())
     else:
