@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 import traceback
@@ -62,6 +63,21 @@ def dumps_json(document: Any, indent: int = 2) -> str:
         return json.dumps(value)
 
     return render(document, 0)
+
+
+class OutputFile(click.Path):
+    """A file an option writes: a value ending in ``/`` names a folder (the file would be written under the
+    folder's name), so it is refused with a one-line error saying how to name the file."""
+
+    def __init__(self, example: str) -> None:
+        super().__init__(path_type=Path)
+        self.example = example
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value!r} ends with '/', so it names a folder, but the option takes the file to write; "
+                      f"name the file, e.g. {value}{self.example}", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -191,7 +207,7 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @main.command()
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "--clusters", "n_clusters", required=True, type=int, help="Number of clusters K (≥ 2).")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
+@click.option("--output", "-o", required=True, type=OutputFile("model.ckpt"), help="Checkpoint to write.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
               help="fast: dense backbone sized for CPUs; paper: the published recipe (ResNet, 200 epochs).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
@@ -235,7 +251,11 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
         result = run_train(list(scenes), n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log)
-    if not quiet:
+    if result.already_finished:
+        click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {result.epochs} epochs); "
+                   "nothing to resume, the file is unchanged (pass more --epochs or --steps with --resume to train "
+                   "it further)", err=True)
+    elif not quiet:
         click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.epochs} epochs, {result.seconds:.0f} s, "
                    f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
 
@@ -244,12 +264,12 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
               help="Checkpoint from 'hsicluster train'.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Label GeoTIFF (COG) to write.")
+@click.option("--output", "-o", required=True, type=OutputFile("labels.tif"), help="Label GeoTIFF (COG) to write.")
 @click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--confidence", type=click.Path(path_type=Path), default=None,
+@click.option("--confidence", type=OutputFile("confidence.tif"), default=None,
               help="Also write the winning cluster probability (float32 GeoTIFF).")
-@click.option("--quicklook", type=click.Path(path_type=Path), default=None, help="Also write a PNG with a legend.")
+@click.option("--quicklook", type=OutputFile("labels.png"), default=None, help="Also write a PNG with a legend.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished tiles.")
 @command_options

@@ -256,6 +256,43 @@ def test_evaluate_salinas_a_ground_truth_against_itself(runner: CliRunner, tmp_p
     assert scores["acc"] == pytest.approx(1.0)
 
 
+def test_evaluate_with_swapped_arguments_says_to_swap(runner: CliRunner, tmp_path: Path, truth) -> None:
+    import rasterio
+
+    gt_path, gt = truth
+    labels_path = tmp_path / "labels.tif"
+    helpers.write_geotiff(labels_path, gt.astype(np.uint8)[None], nodata=255)
+    with rasterio.open(labels_path, "r+") as dst:  # the tags predict writes
+        dst.update_tags(HSICLUSTER_K="4", HSICLUSTER_MODEL_SHA256="0" * 16)
+    truth_tif = tmp_path / "gt.tif"
+    helpers.write_geotiff(truth_tif, gt.astype(np.uint8)[None], nodata=None)
+    for truth_file in (gt_path, truth_tif):
+        result = runner.invoke(main, ["evaluate", str(truth_file), str(labels_path), "--json"])
+        assert result.exit_code == 2 and result.stdout == ""
+        assert result.stderr.startswith("hsicluster: error:") and result.stderr.count("\n") == 1
+        assert "arguments look swapped" in result.stderr
+        assert f"hsicluster evaluate labels.tif {truth_file.name}" in result.stderr
+        assert json.loads(invoke(runner, "evaluate", labels_path, truth_file, "--json").stdout)["acc"] == 1.0
+    # two label rasters (comparing two models) are not a mistake
+    other = tmp_path / "other.tif"
+    shutil.copy(labels_path, other)
+    assert json.loads(invoke(runner, "evaluate", labels_path, other, "--json").stdout)["acc"] == 1.0
+
+
+@pytest.mark.parametrize("option", ["-o", "--confidence", "--quicklook"])
+def test_output_file_with_a_trailing_slash_is_refused(runner: CliRunner, tmp_path: Path, option: str) -> None:
+    folder = tmp_path / "outdir"
+    args = {"-o": str(folder) + "/"} if option == "-o" else {"-o": str(tmp_path / "l.tif"), option: str(folder) + "/"}
+    result = runner.invoke(main, ["predict", str(tmp_path / "scene.tif"), "-m", str(tmp_path / "m.ckpt"),
+                                  *[x for kv in args.items() for x in kv]])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "ends with '/', so it names a folder" in result.stderr and f"e.g. {folder}/" in result.stderr
+    assert not folder.exists()
+    result = runner.invoke(main, ["train", str(tmp_path / "scene.tif"), "-k", "3", "-o", str(folder) + "/"])
+    assert result.exit_code == 2 and f"e.g. {folder}/model.ckpt" in result.stderr
+    assert not folder.exists() and not (tmp_path / "outdir").exists()
+
+
 def test_evaluate_shape_mismatch_is_an_error(runner: CliRunner, tmp_path: Path, truth) -> None:
     gt_path, _ = truth
     np.save(tmp_path / "small.npy", np.zeros((5, 5), np.int32))
