@@ -293,7 +293,9 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         stride = max(1, max(height, width) // 1024)
         quicklook_out = write_quicklook(labels_array[::stride, ::stride], Path(quicklook_path).expanduser().absolute(),
                                         n_clusters=n_clusters, nodata=nodata,
-                                        title=f"{source.name}: {n_clusters} clusters (model {digest})")
+                                        title=f"{source.name}: {n_clusters} clusters (model {digest})",
+                                        counts=dict(enumerate(counts_array[:-1].tolist())),
+                                        nodata_count=int(counts_array[-1]))
     store.remove()
     return PredictResult(output=output, confidence=confidence_out, quicklook=quicklook_out, tiles=len(grid),
                          tiles_resumed=resumed, pixels=height * width, valid_pixels=int(counts_array[:-1].sum()),

@@ -14,7 +14,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import rasterio
@@ -159,8 +159,36 @@ def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: floa
     return output
 
 
-def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str) -> Path:
-    """A PNG of a (decimated) label map with a legend of cluster colours."""
+#: Colour of nodata pixels in a quicklook: a light grey, apart from the white page and the cluster colours.
+NODATA_COLOUR = (0.91, 0.91, 0.91)
+#: Most clusters a quicklook legend lists (the largest ones); the rest share one "more clusters" entry.
+LEGEND_MAX = 60
+#: Legend entries per column.
+LEGEND_ROWS = 20
+
+
+def share_text(count: int, total: int) -> str:
+    """A pixel count as a percentage of ``total`` for a legend: "12.4 %", "<0.1 %"."""
+    share = 100 * count / max(total, 1)
+    return "<0.1 %" if 0 < share < 0.05 else f"{share:.1f} %"
+
+
+def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str,
+                    counts: Mapping[int, int] | None = None, nodata_count: int | None = None) -> Path:
+    """A PNG of a (decimated) label map with a legend of the clusters present and their pixel shares.
+
+    The legend lists only clusters with pixels, each as "cluster K (12.4 %)" (share of all the scene's
+    pixels), and a "nodata" entry when there are nodata pixels, which are drawn light grey.
+
+    Args:
+        labels: (y, x) labels, possibly decimated.
+        path: the PNG to write (atomically).
+        n_clusters: K (the colours are those of the label raster's colour table).
+        nodata: the label of nodata pixels.
+        title: the figure title.
+        counts: pixels per cluster in the full-resolution map (default: counted in ``labels``).
+        nodata_count: nodata pixels in the full-resolution map (default: counted in ``labels``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,21 +196,38 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    if counts is None:
+        present, found = np.unique(labels[labels != nodata], return_counts=True)
+        counts = {int(k): int(n) for k, n in zip(present, found)}
+    if nodata_count is None:
+        nodata_count = int(np.count_nonzero(labels == nodata))
+    total = sum(counts.values()) + nodata_count
     table = colour_table(n_clusters)
     colours = [tuple(c / 255 for c in table[k]) for k in range(n_clusters)]
+    cmap = ListedColormap(colours).with_extremes(bad=NODATA_COLOUR)
     shown = np.ma.masked_equal(labels, nodata)
     height, width = labels.shape
     fig, ax = plt.subplots(figsize=(7, 7 * height / max(width, 1) + 0.5), dpi=110)
-    ax.imshow(shown, cmap=ListedColormap(colours), vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-    handles = [Patch(color=colours[k], label=f"cluster {k}") for k in range(min(n_clusters, 40))]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
-              ncol=1 + n_clusters // 20)
-    fig.tight_layout()
     try:
+        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+        non_empty = [k for k in sorted(counts) if counts[k] > 0]
+        listed = set(sorted(non_empty, key=lambda k: -counts[k])[:LEGEND_MAX])
+        handles = [Patch(facecolor=colours[k], label=f"cluster {k} ({share_text(counts[k], total)})")
+                   for k in non_empty if k in listed]
+        rest = [k for k in non_empty if k not in listed]
+        if rest:
+            handles.append(Patch(facecolor="none", edgecolor="none", label=f"{len(rest)} more clusters "
+                                 f"({share_text(sum(counts[k] for k in rest), total)})"))
+        if nodata_count:
+            handles.append(Patch(facecolor=NODATA_COLOUR, edgecolor="0.6", linewidth=0.5,
+                                 label=f"nodata ({share_text(nodata_count, total)})"))
+        if handles:
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+                      ncol=-(-len(handles) // LEGEND_ROWS))
         with atomic_path(path, ".tmp.png") as scratch:
-            fig.savefig(scratch, bbox_inches="tight")
+            fig.savefig(scratch, bbox_inches="tight")  # the legend sits outside the axes: no tight_layout
     finally:
         plt.close(fig)
     return path
