@@ -28,6 +28,7 @@ from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
+from hsi_cluster.io.label_raster import write_label_sidecar
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.model.backbones import DenseBackbone
@@ -288,6 +289,8 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     for start in range(0, height, step):
         block = labels_array[start:start + step, :]
         counts_array += np.bincount(np.where(block == nodata, n_clusters, block).ravel(), minlength=n_clusters + 1)
+    write_label_sidecar(output, n_clusters=n_clusters, counts=dict(enumerate(counts_array[:-1].tolist())),
+                        nodata_count=int(counts_array[-1]))  # class names and counts for GIS tools
     quicklook_out = None
     if quicklook_path is not None:
         stride = max(1, max(height, width) // 1024)

@@ -351,3 +351,14 @@ def test_ingest_of_an_all_nodata_scene_warns(runner: CliRunner, tmp_path: Path) 
     result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "empty.zarr"), "-q"])
     assert result.exit_code == 0
     assert result.stderr == f"hsicluster: warning: {scene}: every pixel is nodata or NaN; check the scene's nodata value\n"
+
+
+def test_json_commands_keep_stdout_empty_on_errors(runner: CliRunner, tmp_path: Path) -> None:
+    """A script reading stdout gets nothing (not half a document) and exit code 2, with one line on stderr."""
+    missing = tmp_path / "missing.tif"
+    for args in (["info", missing], ["evaluate", missing, missing],
+                 ["batch", missing, "-m", tmp_path / "m.ckpt", "-o", tmp_path / "out"]):
+        result = runner.invoke(main, [*map(str, args), "--json"])
+        assert result.exit_code == 2, (args, result.stderr)
+        assert result.stdout == "" and result.stderr.startswith("hsicluster: error:")
+        assert result.stderr.count("\n") == 1

@@ -173,6 +173,64 @@ def share_text(count: int, total: int) -> str:
     return "<0.1 %" if 0 < share < 0.05 else f"{share:.1f} %"
 
 
+#: GDAL raster attribute table codes (gdal.h): field types and usages.
+_RAT_INTEGER, _RAT_REAL, _RAT_STRING = 0, 1, 2
+_RAT_GENERIC, _RAT_PIXEL_COUNT, _RAT_NAME, _RAT_MIN_MAX, _RAT_RED, _RAT_GREEN, _RAT_BLUE, _RAT_ALPHA = 0, 1, 2, 5, 6, 7, 8, 9
+
+
+def sidecar_path(output: Path) -> Path:
+    """GDAL's auxiliary metadata file of a raster: ``OUTPUT.aux.xml``."""
+    return output.with_name(output.name + ".aux.xml")
+
+
+def class_name(label: int, count: int, total: int) -> str:
+    """How a cluster is named in legends and GIS tools: "cluster 3 (12.4 %)" (share of the scene's pixels)."""
+    return f"cluster {label} ({share_text(count, total)})"
+
+
+def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, int], nodata_count: int) -> Path:
+    """Write the class names and pixel counts of a label raster where GDAL (and so QGIS, ArcGIS, gdalinfo)
+    read them: a PAM sidecar ``OUTPUT.aux.xml`` holding the band's category names ("cluster 3 (12.4 %)" for
+    label 3) and a thematic raster attribute table (Value, Count, Name, Percent, Red, Green, Blue, Alpha; one
+    row per cluster, empty ones included). rasterio cannot write either, and GeoTIFF keeps both in this
+    sidecar anyway; the band metadata item ``CLUSTER_PIXELS`` (JSON of the counts) also reaches rasterio's
+    ``tags(1)``. Written atomically after the raster.
+    """
+    import xml.etree.ElementTree as ET
+
+    total = sum(int(counts.get(k, 0)) for k in range(n_clusters)) + int(nodata_count)
+    colours = colour_table(n_clusters)
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    metadata = ET.SubElement(band, "Metadata")
+    ET.SubElement(metadata, "MDI", key="CLUSTER_PIXELS").text = json.dumps(
+        {str(k): int(counts.get(k, 0)) for k in range(n_clusters)}, separators=(",", ":"))
+    ET.SubElement(metadata, "MDI", key="NODATA_PIXELS").text = str(int(nodata_count))
+    names = ET.SubElement(band, "CategoryNames")
+    for k in range(n_clusters):
+        ET.SubElement(names, "Category").text = class_name(k, int(counts.get(k, 0)), total)
+    table = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    fields = [("Value", _RAT_INTEGER, _RAT_MIN_MAX), ("Count", _RAT_INTEGER, _RAT_PIXEL_COUNT),
+              ("Name", _RAT_STRING, _RAT_NAME), ("Percent", _RAT_REAL, _RAT_GENERIC), ("Red", _RAT_INTEGER, _RAT_RED),
+              ("Green", _RAT_INTEGER, _RAT_GREEN), ("Blue", _RAT_INTEGER, _RAT_BLUE), ("Alpha", _RAT_INTEGER, _RAT_ALPHA)]
+    for index, (name, kind, usage) in enumerate(fields):
+        field = ET.SubElement(table, "FieldDefn", index=str(index))
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for k in range(n_clusters):
+        count = int(counts.get(k, 0))
+        row = ET.SubElement(table, "Row", index=str(k))
+        values = [k, count, class_name(k, count, total), round(100 * count / max(total, 1), 4), *colours[k]]
+        for value in values:
+            ET.SubElement(row, "F").text = str(value)
+    ET.indent(root)
+    path = sidecar_path(output)
+    with atomic_path(path) as scratch:
+        ET.ElementTree(root).write(scratch, encoding="utf-8", xml_declaration=False)
+    return path
+
+
 def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str,
                     counts: Mapping[int, int] | None = None, nodata_count: int | None = None) -> Path:
     """A PNG of a (decimated) label map with a legend of the clusters present and their pixel shares.
@@ -214,7 +272,7 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
         ax.set_axis_off()
         non_empty = [k for k in sorted(counts) if counts[k] > 0]
         listed = set(sorted(non_empty, key=lambda k: -counts[k])[:LEGEND_MAX])
-        handles = [Patch(facecolor=colours[k], label=f"cluster {k} ({share_text(counts[k], total)})")
+        handles = [Patch(facecolor=colours[k], label=class_name(k, counts[k], total))
                    for k in non_empty if k in listed]
         rest = [k for k in non_empty if k not in listed]
         if rest:
