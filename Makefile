@@ -12,6 +12,10 @@ PY := $(VENV)/bin/python
 OUT ?= out
 SAMPLE := hsi_cluster/sample_data/salinas_a/SalinasA_corrected.hdr
 SAMPLE_GT := hsi_cluster/sample_data/salinas_a/SalinasA_gt.mat
+# `make demo` trains once and then reuses $(OUT)/salinas_a.ckpt; RETRAIN=1 trains it again.
+RETRAIN ?=
+DEMO_MODEL := $(OUT)/salinas_a.ckpt
+DEMO_TRAIN := $(or $(filter-out 0 no false,$(RETRAIN)),$(if $(wildcard $(DEMO_MODEL)),,yes))
 
 .PHONY: setup demo test test-all bench clean
 
@@ -31,7 +35,8 @@ demo: setup
 	mkdir -p $(OUT)
 	$(VENV)/bin/hsicluster ingest $(SAMPLE) -o $(OUT)/salinas_a.zarr --overwrite
 	$(VENV)/bin/hsicluster info $(OUT)/salinas_a.zarr
-	$(VENV)/bin/hsicluster train $(OUT)/salinas_a.zarr -k 6 -o $(OUT)/salinas_a.ckpt --overwrite
+	$(if $(DEMO_TRAIN),$(VENV)/bin/hsicluster train $(OUT)/salinas_a.zarr -k 6 -o $(DEMO_MODEL) --overwrite,\
+		@echo "reusing the trained model $(DEMO_MODEL) (make demo RETRAIN=1 trains it again)")
 	$(VENV)/bin/hsicluster predict $(OUT)/salinas_a.zarr -m $(OUT)/salinas_a.ckpt -o $(OUT)/salinas_a_labels.tif \
 		--quicklook $(OUT)/salinas_a_labels.png --overwrite
 	$(VENV)/bin/hsicluster evaluate $(OUT)/salinas_a_labels.tif $(SAMPLE_GT)

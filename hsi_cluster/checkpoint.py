@@ -115,6 +115,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     path = Path(path).expanduser().absolute()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; train one with 'hsicluster train SCENE -k K -o {path.name}'")
+    kind = _other_file_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: not a checkpoint ({kind}); pass the .ckpt file written by 'hsicluster train'")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -130,3 +133,28 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
                               f"(expects {CHECKPOINT_VERSION}); retrain with this version")
     return Checkpoint(payload, path)
+
+
+#: Leading bytes of files that are often passed by mistake where a checkpoint goes.
+_OTHER_FILES = ((b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"II+\x00", "a BigTIFF image"),
+                (b"MM\x00+", "a BigTIFF image"), (b"\x89PNG", "a PNG image"), (b"ENVI", "an ENVI header"),
+                (b"\x89HDF", "an HDF5 file"), (b"MATLAB", "a MATLAB file"), (b"\x93NUMPY", "a NumPy array"))
+
+
+def _other_file_kind(path: Path) -> str | None:
+    """What a file is when it is recognisably not a torch file (an image, a scene, text), else None.
+
+    torch files are zip archives (``PK``) or, in the legacy format, pickles (``\\x80``); anything else,
+    e.g. a label GeoTIFF passed as ``-m``, is called what it is instead of "maybe unsafe".
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return None  # torch.load reports it
+    if not head or head.startswith((b"PK", b"\x80")):
+        return None
+    for magic, kind in _OTHER_FILES:
+        if head.startswith(magic):
+            return kind
+    return "an unknown file type"

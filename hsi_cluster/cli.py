@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 import traceback
@@ -41,6 +42,42 @@ def _warn(message: str) -> None:
 
 
 NO_VALID_PIXELS = "every pixel is nodata or NaN; check the scene's nodata value"
+
+
+def _echo_json(document: Any) -> None:
+    """Print ``document`` as the one JSON document on stdout (lists of numbers or strings on one line)."""
+    click.echo(dumps_json(document))
+
+
+def dumps_json(document: Any, indent: int = 2) -> str:
+    """JSON indented by ``indent`` like ``json.dumps``, except that a list of plain values (per-band
+    statistics, a transform) stays on one line instead of one value a line."""
+
+    def render(value: Any, depth: int) -> str:
+        pad, inner = " " * indent * depth, " " * indent * (depth + 1)
+        if isinstance(value, dict) and value:
+            items = [f"{inner}{json.dumps(str(k))}: {render(v, depth + 1)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, (list, tuple)) and value and any(isinstance(v, (dict, list, tuple)) for v in value):
+            return "[\n" + ",\n".join(f"{inner}{render(v, depth + 1)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value)
+
+    return render(document, 0)
+
+
+class OutputFile(click.Path):
+    """A file an option writes: a value ending in ``/`` names a folder (the file would be written under the
+    folder's name), so it is refused with a one-line error saying how to name the file."""
+
+    def __init__(self, example: str) -> None:
+        super().__init__(path_type=Path)
+        self.example = example
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value!r} ends with '/', so it names a folder, but the option takes the file to write; "
+                      f"name the file, e.g. {value}{self.example}", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -160,7 +197,7 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 
     summary = describe(open_scene(scene, var=var))
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        _echo_json(summary)
     else:
         if quiet and summary.get("statistics"):
             summary = dict(summary, statistics=None)
@@ -170,7 +207,7 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @main.command()
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "--clusters", "n_clusters", required=True, type=int, help="Number of clusters K (≥ 2).")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
+@click.option("--output", "-o", required=True, type=OutputFile("model.ckpt"), help="Checkpoint to write.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
               help="fast: dense backbone sized for CPUs; paper: the published recipe (ResNet, 200 epochs).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
@@ -214,7 +251,11 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
         result = run_train(list(scenes), n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log)
-    if not quiet:
+    if result.already_finished:
+        click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {result.epochs} epochs); "
+                   "nothing to resume, the file is unchanged (pass more --epochs or --steps with --resume to train "
+                   "it further)", err=True)
+    elif not quiet:
         click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.epochs} epochs, {result.seconds:.0f} s, "
                    f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
 
@@ -223,12 +264,12 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
               help="Checkpoint from 'hsicluster train'.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Label GeoTIFF (COG) to write.")
+@click.option("--output", "-o", required=True, type=OutputFile("labels.tif"), help="Label GeoTIFF (COG) to write.")
 @click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--confidence", type=click.Path(path_type=Path), default=None,
+@click.option("--confidence", type=OutputFile("confidence.tif"), default=None,
               help="Also write the winning cluster probability (float32 GeoTIFF).")
-@click.option("--quicklook", type=click.Path(path_type=Path), default=None, help="Also write a PNG with a legend.")
+@click.option("--quicklook", type=OutputFile("labels.png"), default=None, help="Also write a PNG with a legend.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished tiles.")
 @command_options
@@ -281,26 +322,39 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
     """
     from hsi_cluster.batch import run_batch
 
+    reported: set[str] = set()  # failures already printed as they happened: each is printed once
+
+    def report_failure(record: dict[str, Any]) -> None:
+        if record["source"] not in reported:
+            reported.add(record["source"])
+            tqdm_write(f"hsicluster: failed: {_failure(record)}")
+
     with progress_bar("batch", unit="scene", quiet=quiet) as update:
         pixels = 0
+
+        def tqdm_write(message: str) -> None:  # above the bar, on stderr: stdout holds only the results
+            update.bar.write(message, file=sys.stderr)
 
         def on_scene(done: int, total: int, record: dict[str, Any]) -> None:
             nonlocal pixels
             pixels += int(record.get("pixels") or 0)
             update(done, total)
-            if not quiet and record["status"] == "failed":
-                update.bar.write(f"failed: {_failure(record)}")
+            if record["status"] == "failed":
+                report_failure(record)
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
-                           retries=retries, progress=on_scene, log=(lambda m: None) if quiet else update.bar.write)
+                           retries=retries, progress=on_scene, log=(lambda m: None) if quiet else tqdm_write)
+        for record in result.failed:
+            report_failure(record)
+    summary = (f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
+               f"{result.seconds:.0f} s; manifest: {result.manifest}")
     if as_json:
-        click.echo(json.dumps(result.records, indent=2))
+        _echo_json(result.records)
+        if not quiet:
+            click.echo(summary, err=True)
     elif not quiet:
-        click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
-                   f"{result.seconds:.0f} s; manifest: {result.manifest}")
-    for record in result.failed:
-        click.echo(f"hsicluster: failed: {_failure(record)}", err=True)
+        click.echo(summary)
     if result.failed:
         sys.exit(EXIT_SOME_FAILED)
 
@@ -324,8 +378,12 @@ def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str
     from hsi_cluster.io.labels import read_label_pair
 
     predicted, invalid, reference = read_label_pair(labels, truth, var=var)
-    scores = score_clustering(predicted, reference, unlabelled=unlabelled, invalid_pred=invalid)
-    click.echo(json.dumps(scores.to_dict(), indent=2) if as_json else scores.format_table())
+    scores = score_clustering(predicted, reference, unlabelled=unlabelled,
+                              invalid_pred="auto" if invalid is None else invalid)
+    if as_json:
+        _echo_json(scores.to_dict())
+    else:
+        click.echo(scores.format_table())
     if scores.n_invalid_pred == scores.n_scored:
         _warn(f"{labels}: every labelled ground-truth pixel has the nodata label; check that these are the labels "
               "of the ground truth's scene")

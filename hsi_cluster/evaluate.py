@@ -24,6 +24,7 @@ from hsi_cluster.errors import HsiClusterError
 __all__ = [
     "ClusteringScores",
     "EvaluationError",
+    "default_invalid_pred",
     "match_clusters",
     "mean_std",
     "score_clustering",
@@ -200,12 +201,31 @@ class ClusteringScores:
         return "\n".join(lines)
 
 
+def default_invalid_pred(pred: Any) -> int | None:
+    """The "no prediction" value of a label map: its nodata when it carries one (a DataArray's
+    ``nodata`` or ``_FillValue`` attribute, or rioxarray's ``.rio.nodata``), else -1 for signed and
+    float labels, the dtype's maximum for uint8/uint16 labels (``predict``'s nodata), None otherwise."""
+    attrs = getattr(pred, "attrs", None) or {}
+    nodata = attrs.get("nodata", attrs.get("_FillValue"))
+    if nodata is None and hasattr(pred, "rio"):
+        try:
+            nodata = pred.rio.nodata
+        except Exception:  # noqa: BLE001 — rioxarray absent or no spatial dims: fall back to the dtype
+            nodata = None
+    if nodata is not None and np.isfinite(nodata) and float(nodata).is_integer():
+        return int(nodata)
+    dtype = np.asarray(pred).dtype if not hasattr(pred, "dtype") else np.dtype(pred.dtype)
+    if dtype.kind == "u":
+        return int(np.iinfo(dtype).max) if dtype.itemsize <= 2 else None
+    return -1 if dtype.kind in "if" else None
+
+
 def score_clustering(
     pred: np.ndarray,
     truth: np.ndarray,
     *,
     unlabelled: int | None = 0,
-    invalid_pred: int | None = None,
+    invalid_pred: int | str | None = "auto",
 ) -> ClusteringScores:
     """Scores a clustering on the labelled pixels of a ground-truth map.
 
@@ -218,6 +238,10 @@ def score_clustering(
         truth: Ground-truth class ids, same shape as ``pred``.
         unlabelled: Truth value of pixels to ignore; ``None`` scores every pixel.
         invalid_pred: Prediction value that marks "no prediction"; ``None`` if there is none.
+            ``"auto"`` (the default) gives the same scores as ``hsicluster evaluate``: the nodata
+            of ``pred`` when it carries one (a DataArray's ``nodata``/``_FillValue`` attribute or
+            ``.rio.nodata``), else -1 for signed labels and the dtype's maximum for uint8/uint16
+            labels (the nodata value of a label raster written by ``predict``: 255 or 65535).
 
     Returns:
         The scores.
@@ -226,6 +250,10 @@ def score_clustering(
         EvaluationError: (a ValueError) on shape mismatch, non-integer labels, or when no
             pixel is labelled.
     """
+    if isinstance(invalid_pred, str):
+        if invalid_pred != "auto":
+            raise EvaluationError(f"invalid_pred must be an integer, None or 'auto', got {invalid_pred!r}")
+        invalid_pred = default_invalid_pred(pred)
     p, t = _check_pair(pred, truth)
     if unlabelled is not None:
         keep = t != unlabelled

@@ -25,6 +25,7 @@ from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
+from hsi_cluster.io.label_raster import write_label_sidecar
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
@@ -281,12 +282,16 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     for start in range(0, height, step):
         block = labels_array[start:start + step, :]
         counts_array += np.bincount(np.where(block == nodata, n_clusters, block).ravel(), minlength=n_clusters + 1)
+    write_label_sidecar(output, n_clusters=n_clusters, counts=dict(enumerate(counts_array[:-1].tolist())),
+                        nodata_count=int(counts_array[-1]))  # class names and counts for GIS tools
     quicklook_out = None
     if quicklook_path is not None:
         stride = max(1, max(height, width) // 1024)
         quicklook_out = write_quicklook(labels_array[::stride, ::stride], Path(quicklook_path).expanduser().absolute(),
                                         n_clusters=n_clusters, nodata=nodata,
-                                        title=f"{source.name}: {n_clusters} clusters (model {digest})")
+                                        title=f"{source.name}: {n_clusters} clusters (model {digest})",
+                                        counts=dict(enumerate(counts_array[:-1].tolist())),
+                                        nodata_count=int(counts_array[-1]))
     store.remove()
     return PredictResult(output=output, confidence=confidence_out, quicklook=quicklook_out, tiles=len(grid),
                          tiles_resumed=resumed, pixels=height * width, valid_pixels=int(counts_array[:-1].sum()),

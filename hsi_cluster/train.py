@@ -94,6 +94,7 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     history: list[dict[str, float]] = field(default_factory=list)
+    already_finished: bool = False  # --resume of a finished run of this length: nothing trained or written
 
 
 def _scene_identity(store: Path) -> dict[str, Any]:
@@ -325,6 +326,11 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
         resumed_epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+        if resume_from.complete and (step >= total_steps or epoch >= epochs):
+            curve = output.with_suffix(".loss.png")
+            return TrainResult(checkpoint=output, loss_curve=curve if curve.is_file() else None, steps=step,
+                               epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
+                               already_finished=True)
         log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     use_amp = config.amp and torch_device.type == "cuda"
     started = time.perf_counter()
@@ -450,9 +456,17 @@ def write_loss_curve(history: list[dict[str, float]], path: Path) -> Path | None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o", ms=3)
+    losses = [h["loss"] for h in history]
+    ax.plot([h["epoch"] for h in history], losses, marker="o", ms=3)
+    # log axis: the loss falls fast in the first epochs and a linear axis shows the rest as flat; symlog
+    # when a loss is ≤ 0 (the cluster-balance term can push it below zero)
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite and min(finite) > 0:
+        ax.set_yscale("log")
+    elif finite:
+        ax.set_yscale("symlog", linthresh=max(1e-3, min((abs(v) for v in finite if v != 0), default=1.0)))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss")
+    ax.set_ylabel("mean training loss (log scale)")
     ax.set_title("SSCC training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()

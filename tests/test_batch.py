@@ -163,14 +163,21 @@ def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
     assert good.exit_code == 0, good.output
     records = json.loads(good.stdout)
     assert [r["status"] for r in records] == ["done", "done"]
-    bad = runner.invoke(main, ["batch", str(archive["corrupt"]), str(archive["good"][1]), "-m",
-                               str(archive["model"]), "-o", str(tmp_path / "ok"), "--tiles", str(TILES),
-                               "--workers", "1", "-q"])
-    assert bad.exit_code == EXIT_SOME_FAILED
-    failures = [line for line in bad.stderr.splitlines() if line.startswith("hsicluster: failed:")]
     corrupt = str(archive["corrupt"].absolute())
-    assert len(failures) == 1 and failures[0].startswith(f"hsicluster: failed: {corrupt}: ")
-    assert failures[0].count(corrupt) == 1  # the path once, not repeated by the error
+    for extra in (["-q"], ["--json"]):  # without -q: notices and the summary go to stderr, the JSON alone to stdout
+        bad = runner.invoke(main, ["batch", str(archive["corrupt"]), str(archive["good"][1]), "-m",
+                                   str(archive["model"]), "-o", str(tmp_path / "ok"), "--tiles", str(TILES),
+                                   "--workers", "1", *extra])
+        assert bad.exit_code == EXIT_SOME_FAILED
+        failures = [line for line in bad.stderr.splitlines() if "failed:" in line]
+        assert len(failures) == 1 and failures[0].startswith(f"hsicluster: failed: {corrupt}: ")  # once
+        assert failures[0].count(corrupt) == 1  # the path once, not repeated by the error
+        if extra == ["--json"]:
+            records = json.loads(bad.stdout)
+            assert [r["status"] for r in records] == ["failed", "skipped"]
+            assert "1 of 2 scenes are up to date" in bad.stderr and "1 failed" in bad.stderr
+        else:
+            assert bad.stdout == ""
     missing = runner.invoke(main, ["batch", str(tmp_path / "none*.tif"), "-m", str(archive["model"]), "-o",
                                    str(tmp_path / "x"), "-q"])
     assert missing.exit_code == 2

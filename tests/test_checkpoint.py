@@ -203,3 +203,14 @@ def test_save_into_a_missing_folder(tmp_path: Path) -> None:
         save_checkpoint(payload_of(tiny_model()), tmp_path / "missing" / "model.ckpt")
     assert "\n" not in str(exc.value)
     assert helpers.listing(tmp_path) == []
+
+
+def test_a_geotiff_is_not_a_checkpoint(tmp_path: Path) -> None:
+    """A label raster passed as -m by mistake is called what it is, not "maybe unsafe"."""
+    path = tmp_path / "labels.tif"
+    helpers.write_geotiff(path, np.zeros((1, 8, 8), np.uint8), nodata=255)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path)
+    message = str(exc.value)
+    assert "not a checkpoint (a TIFF image)" in message and "unsafe" not in message
+    assert "hsicluster train" in message and "\n" not in message

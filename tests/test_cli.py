@@ -107,6 +107,12 @@ def test_info_of_a_store_has_statistics(runner: CliRunner, tmp_path: Path, geoti
     assert info["valid_pixels"] == int(valid.sum())
     assert info["statistics"]["mean"] == pytest.approx(helpers.reference_stats(geotiff.cube, valid)["mean"].tolist())
     assert info["ingested_from"]["path"] == str(geotiff.path.absolute())
+    # one JSON document; per-band arrays on one line each, not one number a line
+    result = invoke(runner, "info", store, "--json")
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) < 60
+    assert any(line.strip().startswith('"mean": [') and line.rstrip().endswith("],") for line in lines)
     text = invoke(runner, "info", store).stdout
     assert "valid pixels" in text and "statistics" in text
     assert "statistics" not in invoke(runner, "info", store, "--quiet").stdout
@@ -223,7 +229,18 @@ def test_evaluate_warns_when_no_labelled_pixel_has_a_label(runner: CliRunner, tm
     assert result.stderr.startswith(f"hsicluster: warning: {tmp_path / 'labels.tif'}: every labelled ground-truth "
                                     "pixel has the nodata label") and result.stderr.count("\n") == 1
     helpers.write_geotiff(tmp_path / "some.tif", gt.astype(np.uint8)[None], nodata=255)
+    result = runner.invoke(main, ["evaluate", str(tmp_path / "some.tif"), str(gt_path), "--json"])
+    assert json.loads(result.stdout)["n_scored"] == int((gt > 0).sum()) and result.stderr == ""
     assert runner.invoke(main, ["evaluate", str(tmp_path / "some.tif"), str(gt_path)]).stderr == ""
+
+
+def test_dumps_json_is_json_with_flat_lists() -> None:
+    from hsi_cluster.cli import dumps_json
+
+    document = {"a": [1, 2.5, None], "b": {"c": [], "d": {}, "e": [{"f": [1, 2]}, 3]}, "g": "x", "h": True}
+    text = dumps_json(document)
+    assert json.loads(text) == document
+    assert '  "a": [1, 2.5, null],' in text.splitlines()
 
 
 def test_evaluate_salinas_a_ground_truth_against_itself(runner: CliRunner, tmp_path: Path,
@@ -237,6 +254,43 @@ def test_evaluate_salinas_a_ground_truth_against_itself(runner: CliRunner, tmp_p
     assert scores["n_scored"] == 5348
     assert scores["n_classes"] == 6
     assert scores["acc"] == pytest.approx(1.0)
+
+
+def test_evaluate_with_swapped_arguments_says_to_swap(runner: CliRunner, tmp_path: Path, truth) -> None:
+    import rasterio
+
+    gt_path, gt = truth
+    labels_path = tmp_path / "labels.tif"
+    helpers.write_geotiff(labels_path, gt.astype(np.uint8)[None], nodata=255)
+    with rasterio.open(labels_path, "r+") as dst:  # the tags predict writes
+        dst.update_tags(HSICLUSTER_K="4", HSICLUSTER_MODEL_SHA256="0" * 16)
+    truth_tif = tmp_path / "gt.tif"
+    helpers.write_geotiff(truth_tif, gt.astype(np.uint8)[None], nodata=None)
+    for truth_file in (gt_path, truth_tif):
+        result = runner.invoke(main, ["evaluate", str(truth_file), str(labels_path), "--json"])
+        assert result.exit_code == 2 and result.stdout == ""
+        assert result.stderr.startswith("hsicluster: error:") and result.stderr.count("\n") == 1
+        assert "arguments look swapped" in result.stderr
+        assert f"hsicluster evaluate labels.tif {truth_file.name}" in result.stderr
+        assert json.loads(invoke(runner, "evaluate", labels_path, truth_file, "--json").stdout)["acc"] == 1.0
+    # two label rasters (comparing two models) are not a mistake
+    other = tmp_path / "other.tif"
+    shutil.copy(labels_path, other)
+    assert json.loads(invoke(runner, "evaluate", labels_path, other, "--json").stdout)["acc"] == 1.0
+
+
+@pytest.mark.parametrize("option", ["-o", "--confidence", "--quicklook"])
+def test_output_file_with_a_trailing_slash_is_refused(runner: CliRunner, tmp_path: Path, option: str) -> None:
+    folder = tmp_path / "outdir"
+    args = {"-o": str(folder) + "/"} if option == "-o" else {"-o": str(tmp_path / "l.tif"), option: str(folder) + "/"}
+    result = runner.invoke(main, ["predict", str(tmp_path / "scene.tif"), "-m", str(tmp_path / "m.ckpt"),
+                                  *[x for kv in args.items() for x in kv]])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "ends with '/', so it names a folder" in result.stderr and f"e.g. {folder}/" in result.stderr
+    assert not folder.exists()
+    result = runner.invoke(main, ["train", str(tmp_path / "scene.tif"), "-k", "3", "-o", str(folder) + "/"])
+    assert result.exit_code == 2 and f"e.g. {folder}/model.ckpt" in result.stderr
+    assert not folder.exists() and not (tmp_path / "outdir").exists()
 
 
 def test_evaluate_shape_mismatch_is_an_error(runner: CliRunner, tmp_path: Path, truth) -> None:
@@ -297,3 +351,14 @@ def test_ingest_of_an_all_nodata_scene_warns(runner: CliRunner, tmp_path: Path) 
     result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "empty.zarr"), "-q"])
     assert result.exit_code == 0
     assert result.stderr == f"hsicluster: warning: {scene}: every pixel is nodata or NaN; check the scene's nodata value\n"
+
+
+def test_json_commands_keep_stdout_empty_on_errors(runner: CliRunner, tmp_path: Path) -> None:
+    """A script reading stdout gets nothing (not half a document) and exit code 2, with one line on stderr."""
+    missing = tmp_path / "missing.tif"
+    for args in (["info", missing], ["evaluate", missing, missing],
+                 ["batch", missing, "-m", tmp_path / "m.ckpt", "-o", tmp_path / "out"]):
+        result = runner.invoke(main, [*map(str, args), "--json"])
+        assert result.exit_code == 2, (args, result.stderr)
+        assert result.stdout == "" and result.stderr.startswith("hsicluster: error:")
+        assert result.stderr.count("\n") == 1

@@ -240,3 +240,61 @@ def test_mean_std_population() -> None:
     assert isinstance(runs[0], ClusteringScores)
     with pytest.raises(ValueError):
         mean_std([])
+
+
+# ---------------------------------------------------------------------------
+# The nodata label of a label map is never a cluster: the function and `hsicluster evaluate` agree.
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Score dicts equal up to float rounding (NMI depends on the order of the label values)."""
+    return a.keys() == b.keys() and all(
+        (_same(a[k], b[k]) if isinstance(a[k], dict) else a[k] == pytest.approx(b[k], rel=1e-12)) for k in a)
+
+
+def _labels_and_truth() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 4, (20, 30)).astype(np.uint8)  # 0 = unlabelled
+    labels = ((truth.astype(np.int64) + rng.integers(0, 2, truth.shape)) % 4).astype(np.int64)
+    labels[:5, :] = -1  # no prediction
+    return labels, truth
+
+
+def test_score_clustering_default_matches_cli_for_a_label_raster(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+    from hsi_cluster.io.labels import read_label_map
+    from tests import helpers
+
+    labels, truth = _labels_and_truth()
+    raster = np.where(labels < 0, 255, labels).astype(np.uint8)  # as predict writes it: nodata 255
+    helpers.write_geotiff(tmp_path / "labels.tif", raster[None], nodata=255)
+    np.save(tmp_path / "gt.npy", truth)
+    cli = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.tif"), str(tmp_path / "gt.npy"), "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    from_cli = json.loads(cli.stdout)
+    assert from_cli["n_invalid_pred"] == int((truth[:5] > 0).sum()) > 0
+    assert "255" not in from_cli["mapping"]
+
+    read, _ = read_label_map(tmp_path / "labels.tif")
+    assert _same(score_clustering(read, truth).to_dict(), from_cli)  # 255 of a uint8 map: nodata by default
+    assert _same(score_clustering(labels, truth).to_dict(), from_cli)  # -1 of in-memory labels: the same
+    assert _same(score_clustering(raster, truth, invalid_pred=255).to_dict(), from_cli)
+    assert not _same(score_clustering(raster, truth, invalid_pred=None).to_dict(), from_cli)  # asked to count it
+
+    np.save(tmp_path / "labels.npy", labels)  # -1 in a .npy file: the CLI agrees too
+    cli = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(tmp_path / "gt.npy"), "--json"])
+    assert _same(json.loads(cli.stdout), from_cli)
+
+
+def test_score_clustering_reads_the_nodata_of_a_dataarray() -> None:
+    import xarray as xr
+
+    labels, truth = _labels_and_truth()
+    coded = np.where(labels < 0, 7, labels).astype(np.int16)
+    expected = score_clustering(labels, truth).to_dict()
+    assert _same(score_clustering(xr.DataArray(coded, dims=("y", "x"), attrs={"_FillValue": 7}), truth).to_dict(), expected)
+    assert _same(score_clustering(xr.DataArray(coded, dims=("y", "x"), attrs={"nodata": 7}), truth).to_dict(), expected)
+    with pytest.raises(EvaluationError, match="invalid_pred"):
+        score_clustering(labels, truth, invalid_pred="nodata")

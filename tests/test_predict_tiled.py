@@ -337,7 +337,42 @@ def test_invalid_pixels_get_nodata_and_no_confidence(dense: TrainedModel, tmp_pa
 
     image = matplotlib.image.imread(png)
     assert image.ndim == 3 and min(image.shape[:2]) > 50
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "labels.png", "labels.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "labels.png", "labels.tif",
+                                                           "labels.tif.aux.xml"]
+
+
+def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, tmp_path: Path,
+                                                          holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """Category names and a raster attribute table in GDAL's PAM sidecar, read back by GDAL (through rasterio)
+    and parsed as GDAL's XML."""
+    import json
+    import shutil
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    import rasterio
+
+    valid = holey[1]
+    result = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
+    total = HEIGHT * WIDTH
+    names = [f"cluster {k} ({100 * result.counts[k] / total:.1f} %)" for k in range(K)]
+    with rasterio.open(result.output) as dataset:  # GDAL reads the sidecar: its band metadata reach rasterio
+        band_tags = dataset.tags(1)
+        assert dataset.tags()["HSICLUSTER_K"] == str(K)
+    assert json.loads(band_tags["CLUSTER_PIXELS"]) == {str(k): n for k, n in result.counts.items()}
+    assert int(band_tags["NODATA_PIXELS"]) == int((~valid).sum())
+    band = ET.parse(tmp_path / "labels.tif.aux.xml").getroot().find("PAMRasterBand[@band='1']")
+    assert [c.text for c in band.find("CategoryNames")] == names
+    rat = band.find("GDALRasterAttributeTable")
+    assert rat.get("tableType") == "thematic"
+    columns = [(f.findtext("Name"), f.findtext("Type"), f.findtext("Usage")) for f in rat.findall("FieldDefn")]
+    assert columns[:3] == [("Value", "0", "5"), ("Count", "0", "1"), ("Name", "2", "2")]  # MinMax, PixelCount, Name
+    rows = [[f.text for f in row.findall("F")] for row in rat.findall("Row")]
+    assert [(int(r[0]), int(r[1]), r[2]) for r in rows] == [(k, result.counts[k], names[k]) for k in range(K)]
+    assert all(r[1] == str(n) for r, n in zip(rows, result.counts.values()))
+    if shutil.which("gdalinfo"):  # where GDAL's tools are installed: they list the names and the table
+        info = subprocess.run(["gdalinfo", str(result.output)], capture_output=True, text=True).stdout
+        assert names[0] in info and "Categories" in info
 
 
 # ------------------------------------------------------------------------------------------------

@@ -181,6 +181,29 @@ def test_resume_a_finished_run_to_train_longer(uninterrupted, scene: IngestedSce
     assert_same_weights(torch.load(output, weights_only=True)["state_dict"], expected["state_dict"])
 
 
+def test_resume_a_finished_run_says_so_and_leaves_it(scene: IngestedScene, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+
+    output = tmp_path / "model.ckpt"
+    run(scene, output, config=resume_config(epochs=1))
+    before, mtime = output.read_bytes(), output.stat().st_mtime_ns
+    result = run(scene, output, config=resume_config(epochs=1), resume=True)
+    assert result.already_finished and result.steps == STEPS_PER_EPOCH and result.epochs == 1
+    assert output.read_bytes() == before and output.stat().st_mtime_ns == mtime  # not rewritten
+    import yaml
+
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(resume_config(epochs=1).to_dict()))
+    cli = CliRunner().invoke(main, ["train", str(scene.store), "-k", "3", "-o", str(output), "--config",
+                                    str(config_file), "--resume", "--work", str(tmp_path / "work"), "--device", "cpu"])
+    assert cli.exit_code == 0, cli.stderr
+    assert "training already finished (14 steps, 1 epochs); nothing to resume" in cli.stderr
+    assert "samples/s" not in cli.output and cli.stdout == ""
+    assert output.stat().st_mtime_ns == mtime
+
+
 @pytest.fixture
 def interrupted(scene: IngestedScene, tmp_path: Path) -> Path:
     """An output path whose run on ``scene`` stopped after 2 steps (OUTPUT.partial only)."""
@@ -712,3 +735,24 @@ def test_cli_several_scenes_bad_input(scene: IngestedScene, tmp_path: Path, tiny
     assert len(lines) == 1 and lines[0].startswith("hsicluster: error:") and words in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert_no_output(output)
+
+
+def test_loss_curve_has_a_log_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss falls fast in the first epochs: on a linear axis the rest of the curve looks flat."""
+    from matplotlib.figure import Figure
+
+    from hsi_cluster.train import write_loss_curve
+
+    scales: list[str] = []
+    savefig = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        scales.append(self.axes[0].get_yscale())
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    falling = [{"epoch": e, "loss": loss} for e, loss in enumerate([6.0, 0.9, 0.5, 0.45], start=1)]
+    assert write_loss_curve(falling, tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    below_zero = [{"epoch": e, "loss": loss} for e, loss in enumerate([3.0, 0.1, -0.2], start=1)]
+    write_loss_curve(below_zero, tmp_path / "b.png")
+    assert scales == ["log", "symlog"]

@@ -14,7 +14,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import rasterio
@@ -159,8 +159,94 @@ def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: floa
     return output
 
 
-def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str) -> Path:
-    """A PNG of a (decimated) label map with a legend of cluster colours."""
+#: Colour of nodata pixels in a quicklook: a light grey, apart from the white page and the cluster colours.
+NODATA_COLOUR = (0.91, 0.91, 0.91)
+#: Most clusters a quicklook legend lists (the largest ones); the rest share one "more clusters" entry.
+LEGEND_MAX = 60
+#: Legend entries per column.
+LEGEND_ROWS = 20
+
+
+def share_text(count: int, total: int) -> str:
+    """A pixel count as a percentage of ``total`` for a legend: "12.4 %", "<0.1 %"."""
+    share = 100 * count / max(total, 1)
+    return "<0.1 %" if 0 < share < 0.05 else f"{share:.1f} %"
+
+
+#: GDAL raster attribute table codes (gdal.h): field types and usages.
+_RAT_INTEGER, _RAT_REAL, _RAT_STRING = 0, 1, 2
+_RAT_GENERIC, _RAT_PIXEL_COUNT, _RAT_NAME, _RAT_MIN_MAX, _RAT_RED, _RAT_GREEN, _RAT_BLUE, _RAT_ALPHA = 0, 1, 2, 5, 6, 7, 8, 9
+
+
+def sidecar_path(output: Path) -> Path:
+    """GDAL's auxiliary metadata file of a raster: ``OUTPUT.aux.xml``."""
+    return output.with_name(output.name + ".aux.xml")
+
+
+def class_name(label: int, count: int, total: int) -> str:
+    """How a cluster is named in legends and GIS tools: "cluster 3 (12.4 %)" (share of the scene's pixels)."""
+    return f"cluster {label} ({share_text(count, total)})"
+
+
+def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, int], nodata_count: int) -> Path:
+    """Write the class names and pixel counts of a label raster where GDAL (and so QGIS, ArcGIS, gdalinfo)
+    read them: a PAM sidecar ``OUTPUT.aux.xml`` holding the band's category names ("cluster 3 (12.4 %)" for
+    label 3) and a thematic raster attribute table (Value, Count, Name, Percent, Red, Green, Blue, Alpha; one
+    row per cluster, empty ones included). rasterio cannot write either, and GeoTIFF keeps both in this
+    sidecar anyway; the band metadata item ``CLUSTER_PIXELS`` (JSON of the counts) also reaches rasterio's
+    ``tags(1)``. Written atomically after the raster.
+    """
+    import xml.etree.ElementTree as ET
+
+    total = sum(int(counts.get(k, 0)) for k in range(n_clusters)) + int(nodata_count)
+    colours = colour_table(n_clusters)
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    metadata = ET.SubElement(band, "Metadata")
+    ET.SubElement(metadata, "MDI", key="CLUSTER_PIXELS").text = json.dumps(
+        {str(k): int(counts.get(k, 0)) for k in range(n_clusters)}, separators=(",", ":"))
+    ET.SubElement(metadata, "MDI", key="NODATA_PIXELS").text = str(int(nodata_count))
+    names = ET.SubElement(band, "CategoryNames")
+    for k in range(n_clusters):
+        ET.SubElement(names, "Category").text = class_name(k, int(counts.get(k, 0)), total)
+    table = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    fields = [("Value", _RAT_INTEGER, _RAT_MIN_MAX), ("Count", _RAT_INTEGER, _RAT_PIXEL_COUNT),
+              ("Name", _RAT_STRING, _RAT_NAME), ("Percent", _RAT_REAL, _RAT_GENERIC), ("Red", _RAT_INTEGER, _RAT_RED),
+              ("Green", _RAT_INTEGER, _RAT_GREEN), ("Blue", _RAT_INTEGER, _RAT_BLUE), ("Alpha", _RAT_INTEGER, _RAT_ALPHA)]
+    for index, (name, kind, usage) in enumerate(fields):
+        field = ET.SubElement(table, "FieldDefn", index=str(index))
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for k in range(n_clusters):
+        count = int(counts.get(k, 0))
+        row = ET.SubElement(table, "Row", index=str(k))
+        values = [k, count, class_name(k, count, total), round(100 * count / max(total, 1), 4), *colours[k]]
+        for value in values:
+            ET.SubElement(row, "F").text = str(value)
+    ET.indent(root)
+    path = sidecar_path(output)
+    with atomic_path(path) as scratch:
+        ET.ElementTree(root).write(scratch, encoding="utf-8", xml_declaration=False)
+    return path
+
+
+def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str,
+                    counts: Mapping[int, int] | None = None, nodata_count: int | None = None) -> Path:
+    """A PNG of a (decimated) label map with a legend of the clusters present and their pixel shares.
+
+    The legend lists only clusters with pixels, each as "cluster K (12.4 %)" (share of all the scene's
+    pixels), and a "nodata" entry when there are nodata pixels, which are drawn light grey.
+
+    Args:
+        labels: (y, x) labels, possibly decimated.
+        path: the PNG to write (atomically).
+        n_clusters: K (the colours are those of the label raster's colour table).
+        nodata: the label of nodata pixels.
+        title: the figure title.
+        counts: pixels per cluster in the full-resolution map (default: counted in ``labels``).
+        nodata_count: nodata pixels in the full-resolution map (default: counted in ``labels``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,21 +254,38 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    if counts is None:
+        present, found = np.unique(labels[labels != nodata], return_counts=True)
+        counts = {int(k): int(n) for k, n in zip(present, found)}
+    if nodata_count is None:
+        nodata_count = int(np.count_nonzero(labels == nodata))
+    total = sum(counts.values()) + nodata_count
     table = colour_table(n_clusters)
     colours = [tuple(c / 255 for c in table[k]) for k in range(n_clusters)]
+    cmap = ListedColormap(colours).with_extremes(bad=NODATA_COLOUR)
     shown = np.ma.masked_equal(labels, nodata)
     height, width = labels.shape
     fig, ax = plt.subplots(figsize=(7, 7 * height / max(width, 1) + 0.5), dpi=110)
-    ax.imshow(shown, cmap=ListedColormap(colours), vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_axis_off()
-    handles = [Patch(color=colours[k], label=f"cluster {k}") for k in range(min(n_clusters, 40))]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
-              ncol=1 + n_clusters // 20)
-    fig.tight_layout()
     try:
+        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+        non_empty = [k for k in sorted(counts) if counts[k] > 0]
+        listed = set(sorted(non_empty, key=lambda k: -counts[k])[:LEGEND_MAX])
+        handles = [Patch(facecolor=colours[k], label=class_name(k, counts[k], total))
+                   for k in non_empty if k in listed]
+        rest = [k for k in non_empty if k not in listed]
+        if rest:
+            handles.append(Patch(facecolor="none", edgecolor="none", label=f"{len(rest)} more clusters "
+                                 f"({share_text(sum(counts[k] for k in rest), total)})"))
+        if nodata_count:
+            handles.append(Patch(facecolor=NODATA_COLOUR, edgecolor="0.6", linewidth=0.5,
+                                 label=f"nodata ({share_text(nodata_count, total)})"))
+        if handles:
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+                      ncol=-(-len(handles) // LEGEND_ROWS))
         with atomic_path(path, ".tmp.png") as scratch:
-            fig.savefig(scratch, bbox_inches="tight")
+            fig.savefig(scratch, bbox_inches="tight")  # the legend sits outside the axes: no tight_layout
     finally:
         plt.close(fig)
     return path

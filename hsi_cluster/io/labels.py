@@ -57,6 +57,10 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
     labels_path, truth_path = (Path(p).expanduser().absolute() for p in (labels_path, truth_path))
     labels, nodata, labels_grid = _read(labels_path, None)
     truth, _, truth_grid = _read(truth_path, var)
+    if written_by_hsicluster(truth_path) and not written_by_hsicluster(labels_path):
+        raise SceneError(f"{truth_path.name} holds cluster labels written by hsicluster predict and {labels_path.name} "
+                         "does not: the arguments look swapped; pass the labels first, then the ground truth "
+                         f"(hsicluster evaluate {truth_path.name} {labels_path.name})")
     if labels.shape != truth.shape:
         raise SceneError(f"{labels_path}: {labels.shape[0]}×{labels.shape[1]} pixels but the ground truth "
                          f"{truth_path.name} has {truth.shape[0]}×{truth.shape[1]}; score labels of the scene the "
@@ -66,6 +70,24 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
                          f"{labels_grid[0]} vs {truth_grid[0]}, or a different geotransform); score labels of the "
                          "scene the ground truth belongs to")
     return labels, nodata, truth
+
+
+#: Dataset tag that ``predict`` writes into every label raster (with the model hash, source, …).
+LABELS_TAG = "HSICLUSTER_K"
+
+
+def written_by_hsicluster(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a raster carrying the tags that ``hsicluster predict`` writes (False for ``.npy``/``.mat``
+    and for anything unreadable)."""
+    if Path(path).suffix.lower() in (".npy", ".mat"):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(envi_binary(Path(path))) as dataset:
+                return LABELS_TAG in dataset.tags()
+    except (RasterioIOError, ValueError, OSError):
+        return False
 
 
 def _read(path: Path, var: str | None) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:

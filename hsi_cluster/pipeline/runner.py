@@ -379,7 +379,8 @@ def _run_evaluate(step: StepSpec, job: Job, ctx: _Context) -> dict[str, Any]:
 
     o = job.options
     predicted, invalid, reference = read_label_pair(job.inputs["labels"], job.inputs["truth"], var=o["var"])
-    scores = score_clustering(predicted, reference, unlabelled=o["unlabelled"], invalid_pred=invalid)
+    scores = score_clustering(predicted, reference, unlabelled=o["unlabelled"],
+                              invalid_pred="auto" if invalid is None else invalid)
     _write_json(job.outputs["output"], {"step": step.name, "seed": job.variant, "title": o["title"] or step.name,
                                         "labels": str(job.inputs["labels"]), "truth": str(job.inputs["truth"]),
                                         "unlabelled": o["unlabelled"], "scores": scores.to_dict()})

@@ -1,0 +1,70 @@
+"""The quicklook PNG: a legend of the non-empty clusters with their pixel shares, nodata in grey, no warnings."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from hsi_cluster.io.label_raster import LEGEND_MAX, NODATA_COLOUR, write_quicklook
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """What each saved figure showed: legend texts, legend columns, the colour of masked (nodata) pixels."""
+    seen: list[dict] = []
+    savefig = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        ax = self.axes[0]
+        legend = ax.get_legend()
+        seen.append({"texts": [t.get_text() for t in legend.get_texts()] if legend else [],
+                     "ncols": legend._ncols if legend else 0,
+                     "bad": tuple(ax.images[0].cmap.get_bad()[:3])})
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def test_legend_lists_non_empty_clusters_with_shares_and_nodata(tmp_path: Path, figures: list[dict]) -> None:
+    labels = np.full((10, 10), 255, np.uint8)  # 10 % nodata
+    labels[1:, :5] = 0   # 45 %
+    labels[1:, 5:9] = 2  # 36 %
+    labels[1:, 9] = 5    # 9 %
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_quicklook(labels, tmp_path / "q.png", n_clusters=6, nodata=255, title="t")
+    assert not caught, [str(w.message) for w in caught]
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    (figure,) = figures
+    assert figure["texts"] == ["cluster 0 (45.0 %)", "cluster 2 (36.0 %)", "cluster 5 (9.0 %)", "nodata (10.0 %)"]
+    assert figure["ncols"] == 1
+    assert figure["bad"] == pytest.approx(NODATA_COLOUR)
+
+
+def test_counts_of_the_full_map_give_the_shares(tmp_path: Path, figures: list[dict]) -> None:
+    labels = np.zeros((4, 4), np.uint8)  # a decimated map: only cluster 0 and no nodata seen
+    write_quicklook(labels, tmp_path / "q.png", n_clusters=3, nodata=255, title="t", counts={0: 9000, 1: 0, 2: 1},
+                    nodata_count=999)
+    assert figures[0]["texts"] == ["cluster 0 (90.0 %)", "cluster 2 (<0.1 %)", "nodata (10.0 %)"]
+
+
+def test_many_clusters_no_warning_and_columns_from_entries(tmp_path: Path, figures: list[dict]) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 80, (200, 300)).astype(np.uint16)  # 80 of K = 300 non-empty
+    labels[:20] = 65535
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_quicklook(labels, tmp_path / "q.png", n_clusters=300, nodata=65535, title="t")
+        write_quicklook(labels % 7, tmp_path / "q7.png", n_clusters=300, nodata=65535, title="t")
+    assert not caught, [str(w.message) for w in caught]
+    many, few = figures
+    assert len(many["texts"]) == LEGEND_MAX + 2  # the largest clusters, "20 more clusters (…)", nodata
+    assert many["texts"][-2].startswith("20 more clusters (") and many["texts"][-1].startswith("nodata (")
+    assert many["ncols"] == 4
+    assert [t.split(" (")[0] for t in few["texts"]] == [f"cluster {k}" for k in range(7)]
+    assert few["ncols"] == 1
