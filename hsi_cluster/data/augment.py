@@ -52,12 +52,6 @@ class AugmentConfig:
             (standardised) units; 0: off.
         spectral_scale: range of a per-sample multiplicative factor on all values, sampled
             uniformly; None: off.
-        context_swap_prob: probability that a view keeps only its centre pixel and takes every other
-            pixel from another patch of the batch, so the twin views must agree through the centre
-            pixel's spectrum and not only through the surroundings; 0: off.
-        centre_view_prob: probability that a view is the centre pixel's spectrum alone, repeated
-            over the whole patch (a patch of uniform ground), so a pixel's cluster must agree with
-            the cluster of its own spectrum seen without context; 0: off.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -73,8 +67,6 @@ class AugmentConfig:
     band_mask_prob: float = 0.5
     spectral_noise_std: float = 0.0
     spectral_scale: tuple[float, float] | None = None
-    context_swap_prob: float = 0.0
-    centre_view_prob: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from YAML) and store tuples, so the config stays hashable.
@@ -88,8 +80,7 @@ class AugmentConfig:
         lo, hi = _range(self.crop_ratio, "crop_ratio")
         if not 0 < lo <= hi:
             raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
-        for name in ("hflip_prob", "vflip_prob", "blur_prob", "pixel_mask_prob", "band_mask_prob",
-                     "context_swap_prob", "centre_view_prob"):
+        for name in ("hflip_prob", "vflip_prob", "blur_prob", "pixel_mask_prob", "band_mask_prob"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} is a probability and must be in [0, 1], got {value}")
@@ -196,27 +187,7 @@ class Augmenter:
             out = out + cfg.spectral_noise_std * noise.to(out.dtype)
         if cfg.one_of:
             out = self._one_of(out, generator)
-        if cfg.context_swap_prob > 0:
-            out = self._swap_context(out, generator)
-        if cfg.centre_view_prob > 0:
-            out = self._centre_view(out, x, generator)
         return out
-
-    def _centre_view(self, view: Tensor, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """With probability ``centre_view_prob`` per sample, the view becomes the original centre pixel repeated."""
-        n_samples, _, height, width = x.shape
-        centre = x[:, :, height // 2: height // 2 + 1, width // 2: width // 2 + 1].expand_as(x)
-        apply = self._uniform((n_samples, 1, 1, 1), x, generator) < self.config.centre_view_prob
-        return torch.where(apply, centre, view)
-
-    def _swap_context(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """With probability ``context_swap_prob`` per sample, surround its centre pixel by another sample's pixels."""
-        n_samples, _, height, width = x.shape
-        donor = torch.randperm(n_samples, generator=generator, device=x.device)
-        swapped = x[donor].clone()
-        swapped[:, :, height // 2, width // 2] = x[:, :, height // 2, width // 2]
-        apply = self._uniform((n_samples, 1, 1, 1), x, generator) < self.config.context_swap_prob
-        return torch.where(apply, swapped, x)
 
     @staticmethod
     def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:

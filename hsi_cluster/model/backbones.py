@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -125,8 +124,7 @@ class DenseBackbone(nn.Module):
         out_features: feature dimension F = width.
     """
 
-    def __init__(self, in_channels: int = 8, width: int = 64, depth: int = 5, stem: bool = True,
-                 spectral_width: int = 0) -> None:
+    def __init__(self, in_channels: int = 8, width: int = 64, depth: int = 5, stem: bool = True) -> None:
         super().__init__()
         if in_channels < 1 or width < 1:
             raise ValueError(f"in_channels and width must be >= 1, got {in_channels} and {width}")
@@ -136,14 +134,7 @@ class DenseBackbone(nn.Module):
         self.depth = depth
         self.halo = depth
         self.receptive_field = 2 * depth + 1
-        self.out_features = width + spectral_width
-        self.spectral_width = spectral_width
-        self.spectral: nn.Module | None = None
-        if spectral_width > 0:
-            self.spectral = nn.Sequential(
-                nn.Conv2d(in_channels, spectral_width, 1, bias=False), nn.BatchNorm2d(spectral_width),
-                nn.ReLU(inplace=True), nn.Conv2d(spectral_width, spectral_width, 1, bias=False),
-                nn.BatchNorm2d(spectral_width), nn.ReLU(inplace=True))
+        self.out_features = width
         layers: list[nn.Module] = []
         channels = in_channels
         if stem:
@@ -176,15 +167,7 @@ class DenseBackbone(nn.Module):
             raise ValueError(f"DenseBackbone(depth={self.depth}) takes {self.receptive_field} × "
                              f"{self.receptive_field} patches, got {x.shape[2]} × {x.shape[3]}: cut patches of "
                              f"side 2 * depth + 1, or use forward_dense() for larger tiles")
-        return self._fuse(x, self.layers(x)).flatten(1)
-
-    def _fuse(self, x: Tensor, spatial: Tensor) -> Tensor:
-        """Append the spectral branch's features of the centre pixels (x cropped by the halo) to ``spatial``."""
-        if self.spectral is None:
-            return spatial
-        h = self.halo
-        centre = x[:, :, h:x.shape[2] - h, h:x.shape[3] - h]
-        return torch.cat([spatial, self.spectral(centre)], dim=1)
+        return self.layers(x).flatten(1)
 
     def forward_dense(self, x: Tensor) -> Tensor:
         """Features of every interior pixel of a tile.
@@ -202,7 +185,7 @@ class DenseBackbone(nn.Module):
         if x.shape[2] < self.receptive_field or x.shape[3] < self.receptive_field:
             raise ValueError(f"tile {x.shape[2]} × {x.shape[3]} is smaller than the receptive field "
                              f"{self.receptive_field}: pad the tile by halo={self.halo} pixels per side")
-        return self._fuse(x, self.layers(x))
+        return self.layers(x)
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"resnet": ResNetBackbone, "dense": DenseBackbone}
