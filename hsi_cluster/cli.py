@@ -16,6 +16,7 @@ import click
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 
 EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
@@ -42,6 +43,9 @@ def _warn(message: str) -> None:
 
 
 NO_VALID_PIXELS = "every pixel is nodata or NaN; check the scene's nodata value"
+
+TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
+                            help="Tile side in pixels.")
 
 
 def _echo_json(document: Any) -> None:
@@ -265,7 +269,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
 @click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
               help="Checkpoint from 'hsicluster train'.")
 @click.option("--output", "-o", required=True, type=OutputFile("labels.tif"), help="Label GeoTIFF (COG) to write.")
-@click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
+@TILES_OPTION
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--confidence", type=OutputFile("confidence.tif"), default=None,
               help="Also write the winning cluster probability (float32 GeoTIFF).")
@@ -304,7 +308,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
               help="Checkpoint from 'hsicluster train'.")
 @click.option("--output", "-o", "outdir", required=True, type=click.Path(path_type=Path),
               help="Folder for the label rasters and manifest.json.")
-@click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
+@TILES_OPTION
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://HOST:8786); "
               "default: a local cluster.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,

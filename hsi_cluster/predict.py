@@ -21,12 +21,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import HsiClusterError
-from hsi_cluster.geo import BlockGrid
+from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size
+from hsi_cluster.io.checks import check_bands, check_patch_fits
 from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
 from hsi_cluster.io.label_raster import write_label_sidecar
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.backbones import DenseBackbone
@@ -62,7 +62,7 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
     opened = Store.open(store)
     _, height, width = opened.shape
     grid = opened.grid
-    halo = patch_size // 2
+    halo = PatchGeometry(patch_size).halo
     labels = np.full((height, width), NO_LABEL, dtype=np.int32)
     confidence = np.full((height, width), np.nan, dtype=np.float32)
     fill = invalid_fill([opened]) if fill is None else np.asarray(fill, dtype=np.float64)
@@ -109,22 +109,11 @@ class PredictResult:
 
 def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
                         tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
-    """Raise before any work when the scene's bands do not fit the model."""
-    source = scene.attrs["source"]
-    if scene.shape[0] != checkpoint.in_bands:
-        raise HsiClusterError(f"{source}: has {scene.shape[0]} bands but the model {checkpoint.path.name} was trained "
-                              f"on {checkpoint.in_bands}; use a scene from the same sensor/processing or retrain")
-    trained = checkpoint.wavelength
-    if trained is not None and "wavelength" in scene.coords:
-        band = mismatched_band(scene.coords["wavelength"].values, trained, tolerance_nm=tolerance_nm)
-        if band is not None:
-            raise HsiClusterError(f"{source}: band {band + 1} is at {scene.coords['wavelength'].values[band]:.1f} nm but "
-                                  f"the model expects {trained[band]:.1f} nm; the scene's wavelengths do not match the "
-                                  "training scene's")
-    patch = checkpoint.patch_size
-    if scene.shape[1] < patch or scene.shape[2] < patch:
-        raise HsiClusterError(f"{source}: the scene ({scene.shape[1]}×{scene.shape[2]} pixels) is smaller than the "
-                              f"model's {patch}×{patch} patch")
+    """Raise before any work when the scene's bands or size do not fit the model."""
+    check_bands(scene, n_bands=checkpoint.in_bands, wavelength=checkpoint.wavelength,
+                reference=f"the model {checkpoint.path.name}", tolerance_nm=tolerance_nm,
+                advice="use a scene from the same sensor and processing, or retrain")
+    check_patch_fits(scene, checkpoint.patch_size, whose="the model's")
 
 
 def _head_width(model: SSCC) -> int:
@@ -169,7 +158,7 @@ def _tile_logits(model: SSCC, padded: np.ndarray, *, halo: int, patch_size: int,
 
 
 def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str],
-                  output: str | os.PathLike[str], *, tiles: int = 512, device: str = "auto",
+                  output: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, device: str = "auto",
                   confidence_path: str | os.PathLike[str] | None = None,
                   quicklook_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
                   resume: bool = False, progress: Callable[[int, int], None] | None = None) -> PredictResult:
@@ -202,8 +191,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         if path is not None:
             check_output(path, replace=replace, inputs=inputs,
                          exists_hint="pass --overwrite to replace it (--resume continues only an interrupted run)")
-    if tiles < 8:
-        raise HsiClusterError(f"--tiles {tiles} is too small; use at least 8 pixels (512 is a good default)")
+    check_tile_size(tiles)
     checkpoint = load_checkpoint(checkpoint_path)
     scene = open_scene(scene_path)
     check_scene_matches(checkpoint, scene)
@@ -211,13 +199,13 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     model = checkpoint.build_model().to(torch_device).eval()
     if isinstance(model.backbone, DenseBackbone):
         model.backbone.to(memory_format=torch.channels_last)
-    amp = bool(checkpoint.payload["train_config"].get("amp")) and torch_device.type == "cuda"
-    patch_size, halo = checkpoint.patch_size, checkpoint.patch_size // 2
+    amp = checkpoint.amp and torch_device.type == "cuda"
+    patch_size, halo = checkpoint.patch_size, checkpoint.halo
     n_clusters = checkpoint.n_clusters
     dtype, nodata = label_dtype(n_clusters)
     _, height, width = scene.shape
     grid = BlockGrid(height, width, tiles)
-    fill = np.asarray(checkpoint.payload["spectral"]["mean"].numpy())
+    fill = checkpoint.spectral_mean
     good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
     scene_nodata = scene.attrs.get("nodata")
     digest = checkpoint.sha256()
@@ -267,7 +255,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     raster = RasterGrid(height, width, scene.attrs.get("crs"),
                         tuple(scene.attrs["transform"]) if scene.attrs.get("georeferenced") else None)
     tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
-            "HSICLUSTER_BACKBONE": str(checkpoint.payload["backbone"]), "HSICLUSTER_VERSION": __version__,
+            "HSICLUSTER_BACKBONE": checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
             "HSICLUSTER_SOURCE": str(source)}
     labels_array = store.group["labels"]
     write_cog(labels_array, output, grid=raster, nodata=nodata, colormap=colour_table(n_clusters),

@@ -26,8 +26,8 @@ from hsi_cluster.data.spectral import sample_valid_spectra
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
+from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree
 from hsi_cluster.io.files import atomic_path, check_output
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
@@ -104,52 +104,15 @@ def _scene_identity(store: Path) -> dict[str, Any]:
             "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
 
 
-def check_scenes_agree(scenes: list[str | os.PathLike[str]], *,
-                       tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
-    """Raise before any work unless all ``scenes`` have the same bands.
-
-    Every scene is compared with the first: same band count, and band centres within
-    ``tolerance_nm`` where both carry wavelengths (the tolerance ``predict`` applies to a scene
-    against its model). Opening reads headers only.
-
-    Raises:
-        HsiClusterError: one line naming the two scenes and the difference.
-    """
-    if len(scenes) < 2:
-        return
-    opened = [open_scene(scene) for scene in scenes]
-    first = opened[0]
-    reference = None  # the first scene that has wavelengths: (its name, its wavelengths)
-    for scene in opened:
-        name = scene.attrs["source"]
-        if scene.shape[0] != first.shape[0]:
-            raise HsiClusterError(f"{name}: has {scene.shape[0]} bands but {first.attrs['source']} has "
-                                  f"{first.shape[0]}; train together only scenes from the same sensor and processing")
-        if "wavelength" not in scene.coords:
-            continue
-        wavelength = scene.coords["wavelength"].values
-        if reference is None:
-            reference = (name, wavelength)
-            continue
-        band = mismatched_band(wavelength, reference[1], tolerance_nm=tolerance_nm)
-        if band is not None:
-            raise HsiClusterError(f"{name}: band {band + 1} is at {wavelength[band]:.1f} nm but in {reference[0]} at "
-                                  f"{reference[1][band]:.1f} nm ({abs(wavelength[band] - reference[1][band]):.1f} nm "
-                                  f"apart, more than "
-                                  f"{tolerance_nm:g} nm); train together only scenes with the same bands")
-
-
 def _check_scene_shape(scene_path: Path, config: TrainConfig) -> None:
     """Checks of the band count and size, from the header: before a large raster is ingested for nothing."""
     scene = open_scene(scene_path)
-    n_bands, height, width = scene.shape
+    n_bands = scene.shape[0]
     name = scene.attrs["source"]
     if isinstance(config.n_components, int) and n_bands < config.n_components:
         raise HsiClusterError(f"{name}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
                               f"set n_components ≤ {n_bands} in a --config file")
-    if height < config.patch_size or width < config.patch_size:
-        raise HsiClusterError(f"{name}: the scene ({height}×{width} pixels) is smaller than the "
-                              f"{config.patch_size}×{config.patch_size} patch; use a larger scene")
+    check_patch_fits(scene, config.patch_geometry().patch_size)
 
 
 def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
@@ -294,8 +257,6 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     model = SSCC.build(spectral["mean"].numpy(), spectral["std"].numpy(), spectral["components"].numpy(),
                        n_clusters=n_clusters, backbone=config.backbone, backbone_kwargs=config.backbone_kwargs,
                        head_hidden=config.head_hidden, instance_dim=config.instance_dim)
-    if model.patch_size is not None and model.patch_size != config.patch_size:
-        raise HsiClusterError(f"backbone sees {model.patch_size}-pixel patches but patch_size is {config.patch_size}")
     model.to(torch_device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 
 KINDS = ("ingest", "train", "predict", "evaluate", "batch", "report")
 
@@ -205,7 +206,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "scene": _input().but(required=True),
         "model": _input().but(required=True),
         "output": _output(),
-        "tiles": integer(8).but(default=512),
+        "tiles": integer(MIN_TILE).but(default=DEFAULT_TILE),
         "device": DEVICE,
         "confidence": _output().but(required=False),
         "quicklook": _output().but(required=False),
@@ -222,7 +223,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "scenes": path_list().but(required=True),
         "model": _input().but(required=True),
         "output": _output(),
-        "tiles": integer(8).but(default=512),
+        "tiles": integer(MIN_TILE).but(default=DEFAULT_TILE),
         "scheduler": text(),
         "workers": integer(1),
         "retries": integer(0).but(default=2),
