@@ -118,7 +118,7 @@ def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
 
 def _head_width(model: SSCC) -> int:
     """Widest layer of the cluster head (its hidden width), to size strips of pixels."""
-    return max(layer.out_features for layer in model.cluster_head.modules() if isinstance(layer, torch.nn.Linear))
+    return max(model.cluster_head.hidden, model.cluster_head.out_features)
 
 
 @torch.no_grad()
