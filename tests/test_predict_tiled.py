@@ -26,6 +26,7 @@ from hsi_cluster.evaluate import score_clustering
 from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
+from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
 from tests import helpers
 from tests.predict_helpers import (K, LABEL_NODATA, PATCH, CountingArray, TrainedModel, as_label_map, holey_cube,
@@ -205,13 +206,13 @@ def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
     assert (np.abs(mean - np.round(mean)) > 0.2).all()  # rounding and truncating the mean differ
     untrained_checkpoint(store, tmp_path / "int.ckpt")
     seen: list[np.ndarray] = []
-    original = predict_module._tile_logits
+    original = SSCC.tile_probabilities
 
     def spy(model, padded, **kwargs):
         seen.append(np.array(padded))
         return original(model, padded, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_tile_logits", spy)
+    monkeypatch.setattr(SSCC, "tile_probabilities", spy)
     predict_scene(scene.path, tmp_path / "int.ckpt", tmp_path / "labels.tif", tiles=32, device="cpu")
     expected = opened.read_window(Window(0, 0, 20, 19), PATCH // 2, fill)
     (padded,) = seen
@@ -546,7 +547,7 @@ def test_killed_after_the_last_tile_resumes_without_computing(
     with pytest.raises(KeyboardInterrupt):
         predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", progress=Crash(6))
     assert not output.exists() and partial_store(output).is_dir()
-    monkeypatch.setattr(predict_module, "_tile_logits", lambda *a, **k: pytest.fail("a finished tile was recomputed"))
+    monkeypatch.setattr(SSCC, "tile_probabilities", lambda *a, **k: pytest.fail("a finished tile was recomputed"))
     result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
     assert result.tiles == result.tiles_resumed == 6
     assert np.array_equal(read_raster(output)[0], expected)

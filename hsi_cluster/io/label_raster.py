@@ -103,18 +103,35 @@ class TileStore:
         (path / MARKERS).mkdir()
         return cls(path)
 
+    @property
+    def labels(self) -> zarr.Array:
+        """The (y, x) label array."""
+        return _array(self.group, "labels")
+
+    @property
+    def confidence(self) -> zarr.Array:
+        """The (y, x) float32 confidence array (only when created ``with_confidence``)."""
+        return _array(self.group, "confidence")
+
     def is_done(self, i: int, j: int) -> bool:
         return (self.path / MARKERS / f"{i}.{j}").exists()
 
     def write(self, i: int, j: int, rows: slice, cols: slice, labels: np.ndarray, confidence: np.ndarray | None) -> None:
         """Store one finished tile, then mark it done."""
-        self.group["labels"][rows, cols] = labels
+        self.labels[rows, cols] = labels
         if confidence is not None and "confidence" in self.group:
-            self.group["confidence"][rows, cols] = confidence
+            self.confidence[rows, cols] = confidence
         (self.path / MARKERS / f"{i}.{j}").touch()
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise TypeError(f"{name} of {group.store} is not an array")
+    return array
 
 
 def _profile(grid: RasterGrid, dtype: np.dtype, nodata: float | int, block: int) -> dict[str, Any]:
