@@ -144,7 +144,7 @@ class Manifest:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, header: dict[str, Any]) -> "Manifest":
+    def load(cls, path: Path, header: dict[str, Any]) -> Manifest:
         """The manifest at ``path``; its records are kept only if it was made with the same model and tiles."""
         manifest = cls(path, header)
         try:

@@ -113,6 +113,8 @@ class Checkpoint:
 def make_payload(model: SSCC, *, train_config: dict[str, Any], spectral: dict[str, Any], scenes: list[dict[str, Any]],
                  wavelength: list[float] | None, complete: bool, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint mapping: weights, configs, spectral projection, scene identity, training state."""
+    if model.config is None:
+        raise ValueError("the model has no config to save (build it with SSCC.build or SSCC.from_config)")
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "library_version": __version__,
         "complete": complete,

@@ -8,9 +8,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -98,7 +99,7 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            hint = RESUME_HINTS.get(click.get_current_context().info_name)
+            hint = RESUME_HINTS.get(click.get_current_context().info_name or "")
             _fail(f"interrupted; {hint}" if hint else "interrupted", 130)
         except Exception as exc:  # an unexpected failure: keep it to one line unless asked
             if verbose:
@@ -110,24 +111,30 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class ProgressUpdate:
+    """``update(done, total)`` drives a tqdm bar; ``update.bar`` is the bar (for a postfix)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.reset(total=total)
+        self.bar.n = done
+        self.bar.refresh()
+
+
 @contextmanager
-def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[ProgressUpdate]:
     """A tqdm bar on stderr driven by ``update(done, total)``; silent when quiet or not a terminal."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = done
-        bar.refresh()
-
-    update.bar = bar  # type: ignore[attr-defined]
+    update = ProgressUpdate(tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr,
+                                 dynamic_ncols=True))
     try:
         yield update
     finally:
-        bar.close()
+        update.bar.close()
 
 
 class OneLineErrors(click.Group):
@@ -150,8 +157,8 @@ class OneLineErrors(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise  # the help itself, not a mistake
         except click.UsageError as exc:
-            sub = exc.ctx is not None and exc.ctx.parent is not None
-            command = f"hsicluster {exc.ctx.info_name}" if sub else "hsicluster"
+            sub = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else None
+            command = f"hsicluster {sub}" if sub is not None else "hsicluster"
             _fail(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
 
 

@@ -133,7 +133,7 @@ def _augment_from(values: dict[str, Any] | AugmentConfig) -> AugmentConfig:
     if isinstance(values, AugmentConfig):
         return values
     _check_known(values, [f.name for f in dataclasses.fields(AugmentConfig)], "augment option(s)")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    converted: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return AugmentConfig(**converted)
     except (TypeError, ValueError) as exc:
@@ -194,7 +194,7 @@ def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
     """Check each value against its :class:`TrainConfig` field type, converting where YAML is
     lenient: ``1e-3`` (a string to YAML 1.1) and integers become floats, integral floats become ints."""
     hints = typing.get_type_hints(TrainConfig)
-    converted = {}
+    converted: dict[str, Any] = {}
     for name, value in values.items():
         kind = hints[name]
         args = typing.get_args(kind)

@@ -6,8 +6,8 @@ All sizes and offsets are in pixels; ``row`` runs down (y), ``col`` runs right (
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from hsi_cluster.errors import HsiClusterError
 

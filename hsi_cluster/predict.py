@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,8 +25,15 @@ from hsi_cluster.device import device_from
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size
 from hsi_cluster.io.checks import check_bands, check_patch_fits
 from hsi_cluster.io.files import check_distinct_outputs, check_output
-from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
-from hsi_cluster.io.label_raster import write_label_sidecar
+from hsi_cluster.io.label_raster import (
+    RasterGrid,
+    TileStore,
+    colour_table,
+    label_dtype,
+    write_cog,
+    write_label_sidecar,
+    write_quicklook,
+)
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
@@ -70,7 +78,7 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
     model = model.to(device).eval()
     for done, (i, j) in enumerate(grid, start=1):
         window = grid.window(i, j)
-        r, c = np.nonzero(opened.valid[window.slices])
+        r, c = np.nonzero(opened.valid_in(window))
         if len(r):
             padded = opened.read_window(window, halo, fill)
             views = sliding_window_view(padded, (patch_size, patch_size), axis=(1, 2))

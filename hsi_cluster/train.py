@@ -11,9 +11,10 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) 
     if len(saved) != len(current):
         return (f"was trained on {len(saved)} scene{'s' * (len(saved) != 1)}, not {len(current)}; pass the same "
                 "scenes in the same order")
-    index = next(i for i, (a, b) in enumerate(zip(saved, current)) if key(a) != key(b))
+    index = next(i for i, (a, b) in enumerate(zip(saved, current, strict=True)) if key(a) != key(b))
     which = f"scene {index + 1} " if len(saved) > 1 else ""
     if saved[index]["source"] == current[index]["source"]:
         return (f"{which}{current[index]['source']} was modified after training began or reads differently (size, "
@@ -170,7 +171,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("epochs", "steps", "workers")}
 
 
-def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],
+def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],  # noqa: C901 — split pending (issue 13)
           config: TrainConfig, seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
           work_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 100,
           mask: np.ndarray | None = None, progress: ProgressFn | None = None, log: LogFn | None = None,
@@ -288,8 +289,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
         resumed_epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         if resume_from.complete and (step >= total_steps or epoch >= epochs):
-            curve = output.with_suffix(".loss.png")
-            return TrainResult(checkpoint=output, loss_curve=curve if curve.is_file() else None, steps=step,
+            plotted = output.with_suffix(".loss.png")
+            return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
                                epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
                                already_finished=True)
         log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")

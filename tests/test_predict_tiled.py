@@ -9,8 +9,8 @@ structured scene with NaN/nodata pixels, a nodata border and an empty corner.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import dask.array as da
 import numpy as np
@@ -29,9 +29,21 @@ from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
 from tests import helpers
-from tests.predict_helpers import (K, LABEL_NODATA, PATCH, CountingArray, TrainedModel, as_label_map, holey_cube,
-                                   mismatches, partial_store, read_raster, train_tiny, untrained_checkpoint,
-                                   write_scene)
+from tests.predict_helpers import (
+    LABEL_NODATA,
+    PATCH,
+    CountingArray,
+    K,
+    TrainedModel,
+    as_label_map,
+    holey_cube,
+    mismatches,
+    partial_store,
+    read_raster,
+    train_tiny,
+    untrained_checkpoint,
+    write_scene,
+)
 from tests.train_helpers import structured_cube
 
 HEIGHT, WIDTH = 70, 53
@@ -370,7 +382,7 @@ def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, t
     assert columns[:3] == [("Value", "0", "5"), ("Count", "0", "1"), ("Name", "2", "2")]  # MinMax, PixelCount, Name
     rows = [[f.text for f in row.findall("F")] for row in rat.findall("Row")]
     assert [(int(r[0]), int(r[1]), r[2]) for r in rows] == [(k, result.counts[k], names[k]) for k in range(K)]
-    assert all(r[1] == str(n) for r, n in zip(rows, result.counts.values()))
+    assert all(r[1] == str(n) for r, n in zip(rows, result.counts.values(), strict=True))
     if shutil.which("gdalinfo"):  # where GDAL's tools are installed: they list the names and the table
         info = subprocess.run(["gdalinfo", str(result.output)], capture_output=True, text=True).stdout
         assert names[0] in info and "Categories" in info

@@ -50,7 +50,7 @@ class RasterioWindowReader:
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["shape"], state["dtype"])
+        RasterioWindowReader.__init__(self, state["path"], state["shape"], state["dtype"])
 
     def _dataset(self) -> rasterio.io.DatasetReader:
         dataset = getattr(self._local, "dataset", None)
@@ -62,7 +62,7 @@ class RasterioWindowReader:
         return dataset
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
-        bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape))
+        bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape, strict=True))
         if bands[2] != 1 or rows[2] != 1 or cols[2] != 1:
             raise IndexError("RasterioWindowReader supports unit-step slices only")
         indexes = list(range(bands[0] + 1, bands[1] + 1))
@@ -95,7 +95,7 @@ class NpyWindowReader:
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["shape"], state["dtype"])
+        NpyWindowReader.__init__(self, state["path"], state["shape"], state["dtype"])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._array is None:

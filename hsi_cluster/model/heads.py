@@ -37,13 +37,9 @@ class MLPHead(nn.Module):
                              f"got {in_features}, {out_features}, {hidden}")
         self.in_features = in_features
         self.out_features = out_features
+        self.hidden = hidden  # the widest layer, which sizes strips of pixels in tiled inference
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, out_features))
-
-    @property
-    def hidden(self) -> int:
-        """The hidden width (the widest layer, which sizes strips of pixels in tiled inference)."""
-        return self.net[0].out_features
 
     def forward(self, features: Tensor) -> Tensor:
         """(..., F) → (..., D)."""

@@ -68,7 +68,7 @@ class SSCC(nn.Module):
     @classmethod
     def build(cls, mean: ArrayLike, std: ArrayLike, components: ArrayLike, *, n_clusters: int,
               backbone: str = "dense", backbone_kwargs: Mapping[str, Any] | None = None, head_hidden: int = 512,
-              instance_dim: int | None = None) -> "SSCC":
+              instance_dim: int | None = None) -> SSCC:
         """Make an SSCC model from band statistics, PCA components and sizes.
 
         Args:
@@ -95,7 +95,7 @@ class SSCC(nn.Module):
         return model
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "SSCC":
+    def from_config(cls, config: Mapping[str, Any]) -> SSCC:
         """Rebuild the architecture saved in :attr:`config`, with a zero projection and fresh weights.
 
         Call ``load_state_dict`` on the result to restore a trained model (the projection's

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.paths import expand_scene_paths
@@ -142,7 +143,9 @@ def _variants(pipeline: Pipeline, step: StepSpec, inputs: dict[str, list[dict[Va
         if seeded:
             raise pipeline.error(f"{step.where}.seeds", "the scenes it trains on already come per seed")
         return list(step.values["seeds"])
-    return sorted(next(iter(seeded))) if seeded else [None]
+    if not seeded:
+        return [None]
+    return list(sorted(seed for seed in next(iter(seeded)) if seed is not None))
 
 
 def _config_file(pipeline: Pipeline, step: StepSpec) -> Path | None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -60,7 +62,7 @@ class Key:
     default: Any = None
     role: str = "option"
 
-    def but(self, **changes: Any) -> "Key":
+    def but(self, **changes: Any) -> Key:
         return dataclasses.replace(self, **changes)
 
 
@@ -400,7 +402,7 @@ def _check_keys(raw: dict[Any, Any], schema: dict[str, Key], where: str, path: P
     return values
 
 
-def load_pipeline(path: str | Path, *, workdir: str | Path | None = None) -> Pipeline:
+def load_pipeline(path: str | os.PathLike[str], *, workdir: str | os.PathLike[str] | None = None) -> Pipeline:
     """Read and validate a pipeline file.
 
     Args:

@@ -107,7 +107,7 @@ class State:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, workdir: Path) -> "State":
+    def load(cls, workdir: Path) -> State:
         path = workdir / STATE_FILE
         try:
             saved = json.loads(path.read_text())
@@ -182,7 +182,7 @@ class WorkdirLock:
         self.path = workdir / LOCK_FILE
         self.handle: Any = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock

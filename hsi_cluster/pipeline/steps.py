@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hsi_cluster import __version__
 from hsi_cluster.io.files import write_text_atomic
@@ -183,16 +184,16 @@ def _run_report(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
                                 "valid_pixels": sum(int(r.get("valid_pixels") or 0) for r in records)})
     statuses = {outcome.name: outcome for outcome in ctx.outcomes}
     steps = []
-    for other in ctx.pipeline.steps:
-        if other.name == step.name:
+    for listed in ctx.pipeline.steps:
+        if listed.name == step.name:
             continue
-        outcome = statuses.get(other.name)
+        outcome = statuses.get(listed.name)
         status = "–" if outcome is None else outcome.status
         if outcome is not None and outcome.status == "ran" and outcome.jobs_run < outcome.jobs:
             status = f"ran {outcome.jobs_run} of {outcome.jobs} jobs"
-        steps.append({"step": other.name, "kind": other.kind, "status": status,
-                      "seconds": ctx.state.seconds(other.name), "jobs": len(ctx.plans[other.name].jobs),
-                      "finished": ctx.state.finished(other.name)})
+        steps.append({"step": listed.name, "kind": listed.kind, "status": status,
+                      "seconds": ctx.state.seconds(listed.name), "jobs": len(ctx.plans[listed.name].jobs),
+                      "finished": ctx.state.finished(listed.name)})
     content = {"title": step.values["title"] or ctx.pipeline.name, "pipeline": ctx.pipeline.name,
                "description": ctx.pipeline.description, "file": str(ctx.pipeline.path), "workdir": str(workdir),
                "library_version": __version__,
