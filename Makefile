@@ -17,7 +17,7 @@ RETRAIN ?=
 DEMO_MODEL := $(OUT)/salinas_a.ckpt
 DEMO_TRAIN := $(or $(filter-out 0 no false,$(RETRAIN)),$(if $(wildcard $(DEMO_MODEL)),,yes))
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "hsicluster needs Python >= 3.10"'
@@ -41,8 +41,13 @@ demo: setup
 		--quicklook $(OUT)/salinas_a_labels.png --overwrite
 	$(VENV)/bin/hsicluster evaluate $(OUT)/salinas_a_labels.tif $(SAMPLE_GT)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+# style checked, not remembered: ruff (pyflakes, imports, bugbear, pyupgrade, complexity ≤ 15) and mypy
+lint: setup
+	$(PY) -m ruff check hsi_cluster tests benchmarks
+	$(PY) -m mypy hsi_cluster
 
 test-all: setup
 	$(PY) -m pytest -q -m ''

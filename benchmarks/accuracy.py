@@ -83,8 +83,8 @@ def run_scene(name: str, args: argparse.Namespace, work: Path) -> dict:
     from hsi_cluster.baseline import kmeans_baseline
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
-    from hsi_cluster.io.labels import read_label_map
     from hsi_cluster.evaluate import score_clustering
+    from hsi_cluster.io.labels import read_label_map
     from hsi_cluster.predict import label_patches
     from hsi_cluster.train import prepare_store, train
 

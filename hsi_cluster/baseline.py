@@ -28,8 +28,8 @@ def standardised_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.n
     Returns:
         ``(pixels, valid)``: float64 (n_valid, B) and bool (y, x).
     """
-    from hsi_cluster.stats import valid_pixel_mask
     from hsi_cluster.io import is_complete_store, open_scene, open_valid_mask
+    from hsi_cluster.stats import valid_pixel_mask
 
     opened = open_scene(scene)
     cube = opened.values.astype(np.float64)

@@ -28,6 +28,7 @@ from typing import Any
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
 from hsi_cluster.io.files import sha256_of, write_text_atomic
 from hsi_cluster.io.paths import expand_scene_paths
 
@@ -143,7 +144,7 @@ class Manifest:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, header: dict[str, Any]) -> "Manifest":
+    def load(cls, path: Path, header: dict[str, Any]) -> Manifest:
         """The manifest at ``path``; its records are kept only if it was made with the same model and tiles."""
         manifest = cls(path, header)
         try:
@@ -223,7 +224,7 @@ def _dashboard(client: Any) -> str | None:
 
 
 def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.PathLike[str],
-              outdir: str | os.PathLike[str], *, tiles: int = 512, scheduler: str | None = None,
+              outdir: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, scheduler: str | None = None,
               workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
               log: Callable[[str], None] | None = None) -> BatchResult:
     """Label every scene with one model on dask.distributed; see the module docstring.
@@ -254,8 +255,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     sources = expand_scene_paths(scenes)
     if not sources:
         raise HsiClusterError("no scenes given; pass files or a quoted glob pattern")
-    if tiles < 8:
-        raise HsiClusterError(f"--tiles {tiles} is too small; use at least 8 pixels (512 is a good default)")
+    check_tile_size(tiles)
     checkpoint_path = Path(checkpoint).expanduser().absolute()
     model_sha = load_checkpoint(checkpoint_path).sha256()  # fails here, once, for a bad checkpoint
     out = Path(outdir).expanduser().absolute()

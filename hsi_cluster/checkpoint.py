@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.io.files import sha256_of
+from hsi_cluster.model.backbones import backbone_geometry
 from hsi_cluster.model.sscc import SSCC
 
 CHECKPOINT_FORMAT = "hsicluster-checkpoint"
@@ -59,8 +62,42 @@ class Checkpoint:
         return self.payload.get("wavelength")
 
     @property
+    def backbone(self) -> str:
+        """Name of the backbone ("dense" or "resnet")."""
+        return str(self.payload["model_config"]["backbone"])
+
+    @property
+    def geometry(self) -> PatchGeometry:
+        """Patch, halo and receptive field: the dense backbone's depth decides them; a ResNet's patch
+        size is the one it was trained with."""
+        config = self.payload["model_config"]
+        fixed = backbone_geometry(self.backbone, config.get("backbone_kwargs") or {})
+        return fixed if fixed is not None else PatchGeometry(int(self.payload["patch_size"]))
+
+    @property
     def patch_size(self) -> int:
-        return int(self.payload["patch_size"])
+        """Side p of the patch that labels a pixel."""
+        return self.geometry.patch_size
+
+    @property
+    def halo(self) -> int:
+        """Pixels of context each tile is read with on every side, (p − 1) / 2."""
+        return self.geometry.halo
+
+    @property
+    def receptive_field(self) -> int:
+        """Side of the square of input pixels one label depends on."""
+        return self.geometry.receptive_field
+
+    @property
+    def amp(self) -> bool:
+        """Whether the model trained with mixed precision (predict then uses bf16 autocast on CUDA)."""
+        return bool(self.payload["train_config"].get("amp"))
+
+    @property
+    def spectral_mean(self) -> np.ndarray:
+        """Per-band mean of the training scenes (B,): what invalid pixels inside a patch read as."""
+        return np.asarray(self.payload["spectral"]["mean"].numpy())
 
     def build_model(self) -> SSCC:
         """The trained network (CPU, eval mode)."""
@@ -76,6 +113,8 @@ class Checkpoint:
 def make_payload(model: SSCC, *, train_config: dict[str, Any], spectral: dict[str, Any], scenes: list[dict[str, Any]],
                  wavelength: list[float] | None, complete: bool, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint mapping: weights, configs, spectral projection, scene identity, training state."""
+    if model.config is None:
+        raise ValueError("the model has no config to save (build it with SSCC.build or SSCC.from_config)")
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "library_version": __version__,
         "complete": complete,

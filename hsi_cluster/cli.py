@@ -8,14 +8,16 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 
 EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
@@ -42,6 +44,9 @@ def _warn(message: str) -> None:
 
 
 NO_VALID_PIXELS = "every pixel is nodata or NaN; check the scene's nodata value"
+
+TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
+                            help="Tile side in pixels.")
 
 
 def _echo_json(document: Any) -> None:
@@ -94,7 +99,7 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            hint = RESUME_HINTS.get(click.get_current_context().info_name)
+            hint = RESUME_HINTS.get(click.get_current_context().info_name or "")
             _fail(f"interrupted; {hint}" if hint else "interrupted", 130)
         except Exception as exc:  # an unexpected failure: keep it to one line unless asked
             if verbose:
@@ -106,24 +111,30 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class ProgressUpdate:
+    """``update(done, total)`` drives a tqdm bar; ``update.bar`` is the bar (for a postfix)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.reset(total=total)
+        self.bar.n = done
+        self.bar.refresh()
+
+
 @contextmanager
-def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[ProgressUpdate]:
     """A tqdm bar on stderr driven by ``update(done, total)``; silent when quiet or not a terminal."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = done
-        bar.refresh()
-
-    update.bar = bar  # type: ignore[attr-defined]
+    update = ProgressUpdate(tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr,
+                                 dynamic_ncols=True))
     try:
         yield update
     finally:
-        bar.close()
+        update.bar.close()
 
 
 class OneLineErrors(click.Group):
@@ -146,8 +157,8 @@ class OneLineErrors(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise  # the help itself, not a mistake
         except click.UsageError as exc:
-            sub = exc.ctx is not None and exc.ctx.parent is not None
-            command = f"hsicluster {exc.ctx.info_name}" if sub else "hsicluster"
+            sub = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else None
+            command = f"hsicluster {sub}" if sub is not None else "hsicluster"
             _fail(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
 
 
@@ -265,7 +276,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
 @click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
               help="Checkpoint from 'hsicluster train'.")
 @click.option("--output", "-o", required=True, type=OutputFile("labels.tif"), help="Label GeoTIFF (COG) to write.")
-@click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
+@TILES_OPTION
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--confidence", type=OutputFile("confidence.tif"), default=None,
               help="Also write the winning cluster probability (float32 GeoTIFF).")
@@ -304,7 +315,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
               help="Checkpoint from 'hsicluster train'.")
 @click.option("--output", "-o", "outdir", required=True, type=click.Path(path_type=Path),
               help="Folder for the label rasters and manifest.json.")
-@click.option("--tiles", default=512, show_default=True, type=click.IntRange(min=8), help="Tile side in pixels.")
+@TILES_OPTION
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://HOST:8786); "
               "default: a local cluster.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,

@@ -14,7 +14,8 @@ import yaml
 
 from hsi_cluster.data.augment import AugmentConfig
 from hsi_cluster.errors import HsiClusterError
-from hsi_cluster.model.backbones import DenseBackbone, ResNetBackbone
+from hsi_cluster.geo import PatchGeometry
+from hsi_cluster.model.backbones import DEFAULT_DEPTH, DenseBackbone, ResNetBackbone, backbone_geometry
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +74,27 @@ class TrainConfig:
     workers: int = 0
     amp: bool = True
 
+    def patch_geometry(self) -> PatchGeometry:
+        """The patch, halo and receptive field of this configuration: the one place where ``patch_size``
+        and the dense backbone's ``backbone_kwargs.depth`` (which decides them) are reconciled.
+
+        Raises:
+            HsiClusterError: ``patch_size`` is not a positive odd number, or disagrees with the depth.
+        """
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise HsiClusterError(f"patch_size must be a positive odd number, got {self.patch_size}")
+        if self.backbone == "dense":
+            depth = self.backbone_kwargs.get("depth", DEFAULT_DEPTH)
+            if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+                raise HsiClusterError(f"backbone_kwargs depth must be a positive integer, got {depth!r}")
+        fixed = backbone_geometry(self.backbone, self.backbone_kwargs)
+        if fixed is not None and fixed.patch_size != self.patch_size:
+            side = fixed.patch_size
+            raise HsiClusterError(f"the dense backbone of depth {self.backbone_kwargs.get('depth', DEFAULT_DEPTH)} "
+                                  f"sees {side}×{side} patches but patch_size is {self.patch_size}; "
+                                  "set depth = (patch_size − 1) / 2")
+        return PatchGeometry(self.patch_size)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready mapping (the inverse of :func:`config_from_dict`)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -111,7 +133,7 @@ def _augment_from(values: dict[str, Any] | AugmentConfig) -> AugmentConfig:
     if isinstance(values, AugmentConfig):
         return values
     _check_known(values, [f.name for f in dataclasses.fields(AugmentConfig)], "augment option(s)")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    converted: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return AugmentConfig(**converted)
     except (TypeError, ValueError) as exc:
@@ -172,7 +194,7 @@ def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
     """Check each value against its :class:`TrainConfig` field type, converting where YAML is
     lenient: ``1e-3`` (a string to YAML 1.1) and integers become floats, integral floats become ints."""
     hints = typing.get_type_hints(TrainConfig)
-    converted = {}
+    converted: dict[str, Any] = {}
     for name, value in values.items():
         kind = hints[name]
         args = typing.get_args(kind)
@@ -213,15 +235,7 @@ def validate_config(config: TrainConfig) -> None:
     if unknown:
         raise HsiClusterError(f"unknown backbone_kwargs {sorted(unknown)} for the {config.backbone} backbone; "
                               f"valid: {sorted(accepted)}")
-    if config.patch_size < 1 or config.patch_size % 2 == 0:
-        raise HsiClusterError(f"patch_size must be a positive odd number, got {config.patch_size}")
-    if config.backbone == "dense":
-        depth = config.backbone_kwargs.get("depth", 5)
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise HsiClusterError(f"backbone_kwargs depth must be a positive integer, got {depth!r}")
-        if config.patch_size != 2 * depth + 1:
-            raise HsiClusterError(f"the dense backbone of depth {depth} sees {2 * depth + 1}×{2 * depth + 1} "
-                                  f"patches but patch_size is {config.patch_size}; set depth = (patch_size − 1) / 2")
+    config.patch_geometry()
     if not (0 < config.n_components < 1 if isinstance(config.n_components, float) else config.n_components >= 1):
         raise HsiClusterError(f"n_components must be a count ≥ 1 or a variance fraction in (0, 1), "
                               f"got {config.n_components}")

@@ -114,7 +114,7 @@ def match_clusters(pred: np.ndarray, truth: np.ndarray) -> dict[int, int]:
     clusters, classes, table, _, _ = _contingency(p, t)
     mapping = {int(k): UNMATCHED for k in clusters}
     rows, cols = _hungarian(table)
-    for r, c in zip(rows, cols):
+    for r, c in zip(rows, cols, strict=True):
         mapping[int(clusters[r])] = int(classes[c])
     return mapping
 
@@ -279,7 +279,7 @@ def score_clustering(
     rows, cols = _hungarian(table)
 
     mapping = {int(k): UNMATCHED for k in clusters}
-    for r, c in zip(rows, cols):
+    for r, c in zip(rows, cols, strict=True):
         mapping[int(clusters[r])] = int(classes[c])
 
     # Class index each valid pixel is mapped to (-1: its cluster got no class).
@@ -289,7 +289,7 @@ def score_clustering(
     correct[valid] = class_of_cluster[ki] == ci
     acc = float(correct.sum() / n)
     hits = np.bincount(ci_all[correct], minlength=classes.size)
-    per_class = {int(c): float(h / cnt) for c, h, cnt in zip(classes, hits, class_counts)}
+    per_class = {int(c): float(h / cnt) for c, h, cnt in zip(classes, hits, class_counts, strict=True)}
 
     # Mapped prediction for kappa: unmatched clusters and invalid pixels get a value no class has.
     sentinel = int(classes.min()) - 1
@@ -315,7 +315,7 @@ def score_clustering(
         n_clusters_predicted=int(clusters.size),
         n_classes=int(classes.size),
         per_class=per_class,
-        class_counts={int(c): int(k) for c, k in zip(classes, class_counts)},
+        class_counts={int(c): int(k) for c, k in zip(classes, class_counts, strict=True)},
         mapping=mapping,
     )
 

@@ -6,8 +6,51 @@ All sizes and offsets are in pixels; ``row`` runs down (y), ``col`` runs right (
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+
+from hsi_cluster.errors import HsiClusterError
+
+#: Tile side (pixels) of tiled inference: the default, and the smallest that ``predict`` and ``batch`` accept.
+DEFAULT_TILE = 512
+MIN_TILE = 8
+
+
+def check_tile_size(tiles: int) -> None:
+    """Raise a one-line error for a tile side below :data:`MIN_TILE`."""
+    if tiles < MIN_TILE:
+        raise HsiClusterError(f"--tiles {tiles} is too small; use at least {MIN_TILE} pixels "
+                              f"({DEFAULT_TILE} is a good default)")
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """The pixel neighbourhood a model labels a pixel from: an odd ``patch_size`` p centred on the pixel.
+
+    Attributes:
+        patch_size: side p of the patch (odd, ≥ 1).
+        halo: pixels of context on each side of a tile, (p − 1) / 2.
+        receptive_field: side of the square of input pixels one label depends on (= p).
+    """
+
+    patch_size: int
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ValueError(f"patch size must be a positive odd number of pixels, got {self.patch_size}")
+
+    @classmethod
+    def from_depth(cls, depth: int) -> PatchGeometry:
+        """The geometry of ``depth`` stacked valid 3 × 3 convolutions: p = 2 · depth + 1."""
+        return cls(2 * depth + 1)
+
+    @property
+    def halo(self) -> int:
+        return (self.patch_size - 1) // 2
+
+    @property
+    def receptive_field(self) -> int:
+        return self.patch_size
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,18 +22,26 @@ from numpy.lib.stride_tricks import sliding_window_view
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import HsiClusterError
-from hsi_cluster.geo import BlockGrid
+from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size
+from hsi_cluster.io.checks import check_bands, check_patch_fits
 from hsi_cluster.io.files import check_distinct_outputs, check_output
-from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog, write_quicklook
-from hsi_cluster.io.label_raster import write_label_sidecar
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
+from hsi_cluster.io.label_raster import (
+    RasterGrid,
+    TileStore,
+    colour_table,
+    label_dtype,
+    write_cog,
+    write_label_sidecar,
+    write_quicklook,
+)
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
-from hsi_cluster.model.backbones import DenseBackbone
-from hsi_cluster.model.heads import apply_per_pixel
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import valid_pixel_mask
+
+if TYPE_CHECKING:
+    import zarr
 
 #: Label value of pixels that could not be labelled (invalid input) in in-memory results.
 NO_LABEL = -1
@@ -62,14 +71,14 @@ def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int
     opened = Store.open(store)
     _, height, width = opened.shape
     grid = opened.grid
-    halo = patch_size // 2
+    halo = PatchGeometry(patch_size).halo
     labels = np.full((height, width), NO_LABEL, dtype=np.int32)
     confidence = np.full((height, width), np.nan, dtype=np.float32)
     fill = invalid_fill([opened]) if fill is None else np.asarray(fill, dtype=np.float64)
     model = model.to(device).eval()
     for done, (i, j) in enumerate(grid, start=1):
         window = grid.window(i, j)
-        r, c = np.nonzero(opened.valid[window.slices])
+        r, c = np.nonzero(opened.valid_in(window))
         if len(r):
             padded = opened.read_window(window, halo, fill)
             views = sliding_window_view(padded, (patch_size, patch_size), axis=(1, 2))
@@ -109,71 +118,189 @@ class PredictResult:
 
 def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
                         tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
-    """Raise before any work when the scene's bands do not fit the model."""
-    source = scene.attrs["source"]
-    if scene.shape[0] != checkpoint.in_bands:
-        raise HsiClusterError(f"{source}: has {scene.shape[0]} bands but the model {checkpoint.path.name} was trained "
-                              f"on {checkpoint.in_bands}; use a scene from the same sensor/processing or retrain")
-    trained = checkpoint.wavelength
-    if trained is not None and "wavelength" in scene.coords:
-        band = mismatched_band(scene.coords["wavelength"].values, trained, tolerance_nm=tolerance_nm)
-        if band is not None:
-            raise HsiClusterError(f"{source}: band {band + 1} is at {scene.coords['wavelength'].values[band]:.1f} nm but "
-                                  f"the model expects {trained[band]:.1f} nm; the scene's wavelengths do not match the "
-                                  "training scene's")
-    patch = checkpoint.patch_size
-    if scene.shape[1] < patch or scene.shape[2] < patch:
-        raise HsiClusterError(f"{source}: the scene ({scene.shape[1]}×{scene.shape[2]} pixels) is smaller than the "
-                              f"model's {patch}×{patch} patch")
+    """Raise before any work when the scene's bands or size do not fit the model."""
+    check_bands(scene, n_bands=checkpoint.in_bands, wavelength=checkpoint.wavelength,
+                reference=f"the model {checkpoint.path.name}", tolerance_nm=tolerance_nm,
+                advice="use a scene from the same sensor and processing, or retrain")
+    check_patch_fits(scene, checkpoint.patch_size, whose="the model's")
 
 
-def _head_width(model: SSCC) -> int:
-    """Widest layer of the cluster head (its hidden width), to size strips of pixels."""
-    return max(layer.out_features for layer in model.cluster_head.modules() if isinstance(layer, torch.nn.Linear))
+@dataclass(frozen=True)
+class _Outputs:
+    """The files a prediction writes (absolute paths; None: not asked for)."""
+
+    labels: Path
+    confidence: Path | None
+    quicklook: Path | None
 
 
-@torch.no_grad()
-def _tile_logits(model: SSCC, padded: np.ndarray, *, halo: int, patch_size: int, device: torch.device,
-                 amp: bool, batch_size: int = 4096) -> torch.Tensor:
-    """Cluster probabilities of the interior of a padded tile (B, H + 2h, W + 2h) → (K, H, W).
+def _absolute(path: str | os.PathLike[str] | None) -> Path | None:
+    return Path(path).expanduser().absolute() if path is not None else None
 
-    The projection (a per-pixel linear map) is applied once to the whole tile, in row strips to
-    bound memory; the dense backbone then runs fully convolutionally, the ResNet one on unfolded
-    patches in batches.
-    """
-    n_bands, height, width = padded.shape
-    projected = torch.empty((1, model.projection.out_channels, height, width), dtype=torch.float32, device=device)
-    strip = max(1, (64 * 2**20) // (n_bands * width * 4))
-    for start in range(0, height, strip):
-        rows = torch.from_numpy(np.ascontiguousarray(padded[:, start:start + strip], dtype=np.float32))
-        projected[:, :, start:start + strip] = model.project(rows.unsqueeze(0).to(device))
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-        if isinstance(model.backbone, DenseBackbone):
-            # channels-last (NHWC) is the layout oneDNN's convolutions run fastest in on CPUs (~1.5×).
-            features = model.backbone.forward_dense(projected.contiguous(memory_format=torch.channels_last))
-            # The head's hidden layer is wide (512 per pixel): run it on row strips of ~32 MB.
-            rows = max(1, (32 * 2**20) // (features.shape[3] * _head_width(model) * 4))
-            logits = torch.cat([apply_per_pixel(model.cluster_head, features[:, :, r:r + rows])[0]
-                                for r in range(0, features.shape[2], rows)], dim=1)
-        else:
-            inner_h, inner_w = height - 2 * halo, width - 2 * halo
-            windows = projected[0].unfold(1, patch_size, 1).unfold(2, patch_size, 1)  # view (C, h, w, p, p)
-            rows = max(1, batch_size // inner_w)  # copy out only a batch of rows of patches at a time
-            strips = []
-            for r in range(0, inner_h, rows):
-                strip = windows[:, r:r + rows].permute(1, 2, 0, 3, 4)
-                batch = strip.reshape(-1, strip.shape[2], patch_size, patch_size)
-                strips.append(model.forward_projected(batch).reshape(strip.shape[0], inner_w, -1))
-            logits = torch.cat(strips).permute(2, 0, 1)
-    return torch.softmax(logits.float(), dim=0)
+
+def _check_outputs(scene_path: Path, checkpoint_path: Path, outputs: _Outputs, *, overwrite: bool,
+                   resume: bool) -> None:
+    """Outputs distinct, none an input, none existing unless replaced (before any work)."""
+    by_option = {"-o": outputs.labels, "--confidence": outputs.confidence, "--quicklook": outputs.quicklook}
+    check_distinct_outputs(by_option)
+    inputs = {**scene_inputs(scene_path), "the model": checkpoint_path}
+    # --resume continues an interrupted run; with nothing to continue, the outputs are new ones
+    replace = overwrite or (resume and TileStore.partial_path(outputs.labels).is_dir())
+    for path in by_option.values():
+        if path is not None:
+            check_output(path, replace=replace, inputs=inputs,
+                         exists_hint="pass --overwrite to replace it (--resume continues only an interrupted run)")
+
+
+@dataclass
+class _Job:
+    """Everything the tile loop and the writers need: the model, the scene, the grid and the label type."""
+
+    checkpoint: Checkpoint
+    scene: xr.DataArray
+    model: SSCC
+    device: torch.device
+    amp: bool
+    grid: BlockGrid
+    dtype: np.dtype
+    nodata: int
+    fill: np.ndarray
+    digest: str
+    source: Path
+
+    @property
+    def n_clusters(self) -> int:
+        return self.checkpoint.n_clusters
+
+    @property
+    def halo(self) -> int:
+        return self.checkpoint.halo
+
+    def identity(self, *, tiles: int, confidence: bool) -> dict[str, object]:
+        """What an interrupted run's finished tiles must have been made with to be resumed."""
+        return {"checkpoint": self.digest, "source": str(self.source), "mtime_ns": self.source.stat().st_mtime_ns,
+                "shape": list(self.scene.shape), "tiles": tiles, "confidence": confidence}
+
+
+def _prepare_job(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, tiles: int,
+                 device: str) -> _Job:
+    """Load and check the model and the scene (bands, size), pick the device and the label type."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    scene = open_scene(scene_path)
+    check_scene_matches(checkpoint, scene)
+    torch_device = device_from(device)
+    model = checkpoint.build_model().prepare_tiled(torch_device)
+    dtype, nodata = label_dtype(checkpoint.n_clusters)
+    _, height, width = scene.shape
+    return _Job(checkpoint=checkpoint, scene=scene, model=model, device=torch_device,
+                amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
+                dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=checkpoint.sha256(),
+                source=Path(scene.attrs["source"]))
+
+
+def _read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tile ``(i, j)`` with its halo, holes filled with the training mean, and its interior valid mask."""
+    window = job.grid.window(i, j)
+    halo = job.halo
+    scene = job.scene
+    good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
+    # np.asarray: read the (lazy, dask) window here, once, in the prefetch thread; left lazy it was
+    # read again by every later use (mask, fill, each projection strip) in the compute thread.
+    padded = np.asarray(read_haloed(scene.data, window, halo))
+    valid = valid_pixel_mask(padded, nodata=scene.attrs.get("nodata"), good_band=good_band)
+    if not valid.all():  # holes read as the training mean, as in training
+        padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
+    return padded, valid[halo:halo + window.height, halo:halo + window.width]
+
+
+def _label_tile(job: _Job, i: int, j: int, padded: np.ndarray,
+                valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (nodata outside ``valid``) and winning probabilities (NaN outside) of tile ``(i, j)``."""
+    window = job.grid.window(i, j)
+    tile_labels = np.full((window.height, window.width), job.nodata, dtype=job.dtype)
+    tile_confidence = np.full((window.height, window.width), np.nan, dtype=np.float32)
+    if valid.any():
+        probabilities = job.model.tile_probabilities(padded, patch_size=job.checkpoint.patch_size, device=job.device,
+                                                     amp=job.amp)
+        confidence, labels = probabilities.max(dim=0)
+        tile_labels[valid] = labels.cpu().numpy().astype(job.dtype)[valid]
+        tile_confidence[valid] = confidence.cpu().numpy()[valid]
+    return tile_labels, tile_confidence
+
+
+def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, with_confidence: bool,
+                 done: int, progress: Callable[[int, int], None] | None) -> None:
+    """Label the tiles ``todo`` into ``store``, reading the next tile in a thread while one computes."""
+    total = len(job.grid)
+    if progress:
+        progress(done, total)
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
+        upcoming = reader.submit(_read_tile, job, *todo[0])
+        for index, (i, j) in enumerate(todo):
+            padded, valid = upcoming.result()
+            if index + 1 < len(todo):  # read the next tile while this one computes
+                upcoming = reader.submit(_read_tile, job, *todo[index + 1])
+            tile_labels, tile_confidence = _label_tile(job, i, j, padded, valid)
+            store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
+                        tile_confidence if with_confidence else None)
+            done += 1
+            if progress:
+                progress(done, total)
+
+
+def _count_labels(labels: zarr.Array, job: _Job, *, step: int) -> np.ndarray:
+    """Pixels per cluster, then the nodata count last: (K + 1,), read ``step`` rows at a time."""
+    n_clusters = job.n_clusters
+    counts = np.zeros(n_clusters + 1, dtype=np.int64)
+    for start in range(0, labels.shape[0], step):
+        block = np.asarray(labels[start:start + step, :])
+        counts += np.bincount(np.where(block == job.nodata, n_clusters, block).ravel(), minlength=n_clusters + 1)
+    return counts
+
+
+def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
+                   tiles: int) -> tuple[Path | None, Path | None, np.ndarray]:
+    """The label COG, the optional confidence COG, the class sidecar and the quicklook, from the finished
+    tiles; returns the confidence and quicklook paths written and the counts of :func:`_count_labels`."""
+    scene, n_clusters, digest = job.scene, job.n_clusters, job.digest
+    _, height, width = scene.shape
+    raster = RasterGrid(height, width, scene.attrs.get("crs"),
+                        tuple(scene.attrs["transform"]) if scene.attrs.get("georeferenced") else None)
+    tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
+            "HSICLUSTER_BACKBONE": job.checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
+            "HSICLUSTER_SOURCE": str(job.source)}
+    labels_array = store.labels
+    write_cog(labels_array, outputs.labels, grid=raster, nodata=job.nodata, colormap=colour_table(n_clusters),
+              description=f"SSCC cluster label (K={n_clusters}, model {digest})", tags=tags)
+    confidence_out = None
+    if outputs.confidence is not None:
+        confidence_out = write_cog(store.confidence, outputs.confidence, grid=raster, nodata=float("nan"),
+                                   description="maximum cluster probability", tags=tags)
+    counts = _count_labels(labels_array, job, step=max(1, tiles))
+    per_cluster = dict(enumerate(counts[:-1].tolist()))
+    write_label_sidecar(outputs.labels, n_clusters=n_clusters, counts=per_cluster,
+                        nodata_count=int(counts[-1]))  # class names and counts for GIS tools
+    quicklook_out = None
+    if outputs.quicklook is not None:
+        stride = max(1, max(height, width) // 1024)
+        quicklook_out = write_quicklook(np.asarray(labels_array[::stride, ::stride]), outputs.quicklook,
+                                        n_clusters=n_clusters, nodata=job.nodata,
+                                        title=f"{job.source.name}: {n_clusters} clusters (model {digest})",
+                                        counts=per_cluster, nodata_count=int(counts[-1]))
+    return confidence_out, quicklook_out, counts
 
 
 def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str],
-                  output: str | os.PathLike[str], *, tiles: int = 512, device: str = "auto",
+                  output: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, device: str = "auto",
                   confidence_path: str | os.PathLike[str] | None = None,
                   quicklook_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
                   resume: bool = False, progress: Callable[[int, int], None] | None = None) -> PredictResult:
     """Label every pixel of a scene with a trained model and write a label COG.
+
+    Steps: check the outputs, prepare the job (model, scene, grid), label the tiles into a resumable
+    tile store, write the rasters from it.
 
     Args:
         scene_path: any raster :func:`~hsi_cluster.io.open_scene` reads, or a store.
@@ -191,109 +318,24 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
     """
     started = time.perf_counter()
-    absolute = lambda path: Path(path).expanduser().absolute() if path is not None else None  # noqa: E731
-    output = absolute(output)
-    outputs = {"-o": output, "--confidence": absolute(confidence_path), "--quicklook": absolute(quicklook_path)}
-    check_distinct_outputs(outputs)
-    inputs = {**scene_inputs(absolute(scene_path)), "the model": absolute(checkpoint_path)}
-    # --resume continues an interrupted run; with nothing to continue, the outputs are new ones
-    replace = overwrite or (resume and TileStore.partial_path(output).is_dir())
-    for path in outputs.values():
-        if path is not None:
-            check_output(path, replace=replace, inputs=inputs,
-                         exists_hint="pass --overwrite to replace it (--resume continues only an interrupted run)")
-    if tiles < 8:
-        raise HsiClusterError(f"--tiles {tiles} is too small; use at least 8 pixels (512 is a good default)")
-    checkpoint = load_checkpoint(checkpoint_path)
-    scene = open_scene(scene_path)
-    check_scene_matches(checkpoint, scene)
-    torch_device = device_from(device)
-    model = checkpoint.build_model().to(torch_device).eval()
-    if isinstance(model.backbone, DenseBackbone):
-        model.backbone.to(memory_format=torch.channels_last)
-    amp = bool(checkpoint.payload["train_config"].get("amp")) and torch_device.type == "cuda"
-    patch_size, halo = checkpoint.patch_size, checkpoint.patch_size // 2
-    n_clusters = checkpoint.n_clusters
-    dtype, nodata = label_dtype(n_clusters)
-    _, height, width = scene.shape
-    grid = BlockGrid(height, width, tiles)
-    fill = np.asarray(checkpoint.payload["spectral"]["mean"].numpy())
-    good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
-    scene_nodata = scene.attrs.get("nodata")
-    digest = checkpoint.sha256()
-    source = Path(scene.attrs["source"])
-    identity = {"checkpoint": digest, "source": str(source), "mtime_ns": source.stat().st_mtime_ns,
-                "shape": list(scene.shape), "tiles": tiles, "confidence": confidence_path is not None}
-    store = TileStore.open_or_create(output, grid=grid, dtype=dtype, nodata=nodata,
-                                     with_confidence=confidence_path is not None, identity=identity, resume=resume)
-    todo = [(i, j) for i, j in grid if not store.is_done(i, j)]
-    resumed = len(grid) - len(todo)
-    data = scene.data
-
-    def read(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        window = grid.window(i, j)
-        # np.asarray: read the (lazy, dask) window here, once, in the prefetch thread; left lazy it was
-        # read again by every later use (mask, fill, each projection strip) in the compute thread.
-        padded = np.asarray(read_haloed(data, window, halo))
-        valid = valid_pixel_mask(padded, nodata=scene_nodata, good_band=good_band)
-        if not valid.all():  # holes read as the training mean, as in training
-            padded = np.where(valid[None], padded, fill.astype(padded.dtype)[:, None, None])
-        return padded, valid[halo:halo + window.height, halo:halo + window.width]
-
-    done = resumed
-    if progress:
-        progress(done, len(grid))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
-        upcoming = reader.submit(read, *todo[0]) if todo else None
-        for index, (i, j) in enumerate(todo):
-            padded, valid = upcoming.result()
-            if index + 1 < len(todo):  # read the next tile while this one computes
-                upcoming = reader.submit(read, *todo[index + 1])
-            window = grid.window(i, j)
-            tile_labels = np.full((window.height, window.width), nodata, dtype=dtype)
-            tile_confidence = np.full((window.height, window.width), np.nan, dtype=np.float32)
-            if valid.any():
-                probabilities = _tile_logits(model, padded, halo=halo, patch_size=patch_size, device=torch_device,
-                                             amp=amp)
-                confidence, labels = probabilities.max(dim=0)
-                tile_labels[valid] = labels.cpu().numpy().astype(dtype)[valid]
-                tile_confidence[valid] = confidence.cpu().numpy()[valid]
-            store.write(i, j, *window.slices, tile_labels,
-                        tile_confidence if confidence_path is not None else None)
-            done += 1
-            if progress:
-                progress(done, len(grid))
-
-    raster = RasterGrid(height, width, scene.attrs.get("crs"),
-                        tuple(scene.attrs["transform"]) if scene.attrs.get("georeferenced") else None)
-    tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
-            "HSICLUSTER_BACKBONE": str(checkpoint.payload["backbone"]), "HSICLUSTER_VERSION": __version__,
-            "HSICLUSTER_SOURCE": str(source)}
-    labels_array = store.group["labels"]
-    write_cog(labels_array, output, grid=raster, nodata=nodata, colormap=colour_table(n_clusters),
-              description=f"SSCC cluster label (K={n_clusters}, model {digest})", tags=tags)
-    confidence_out = None
-    if confidence_path is not None:
-        confidence_out = write_cog(store.group["confidence"], Path(confidence_path).expanduser().absolute(),
-                                   grid=raster, nodata=float("nan"),
-                                   description="maximum cluster probability", tags=tags)
-    counts_array = np.zeros(n_clusters + 1, dtype=np.int64)
-    step = max(1, tiles)
-    for start in range(0, height, step):
-        block = labels_array[start:start + step, :]
-        counts_array += np.bincount(np.where(block == nodata, n_clusters, block).ravel(), minlength=n_clusters + 1)
-    write_label_sidecar(output, n_clusters=n_clusters, counts=dict(enumerate(counts_array[:-1].tolist())),
-                        nodata_count=int(counts_array[-1]))  # class names and counts for GIS tools
-    quicklook_out = None
-    if quicklook_path is not None:
-        stride = max(1, max(height, width) // 1024)
-        quicklook_out = write_quicklook(labels_array[::stride, ::stride], Path(quicklook_path).expanduser().absolute(),
-                                        n_clusters=n_clusters, nodata=nodata,
-                                        title=f"{source.name}: {n_clusters} clusters (model {digest})",
-                                        counts=dict(enumerate(counts_array[:-1].tolist())),
-                                        nodata_count=int(counts_array[-1]))
+    outputs = _Outputs(labels=Path(output).expanduser().absolute(), confidence=_absolute(confidence_path),
+                       quicklook=_absolute(quicklook_path))
+    scene_file = Path(scene_path).expanduser().absolute()
+    checkpoint_file = Path(checkpoint_path).expanduser().absolute()
+    _check_outputs(scene_file, checkpoint_file, outputs, overwrite=overwrite, resume=resume)
+    check_tile_size(tiles)
+    job = _prepare_job(scene_path, checkpoint_path, tiles=tiles, device=device)
+    with_confidence = outputs.confidence is not None
+    store = TileStore.open_or_create(outputs.labels, grid=job.grid, dtype=job.dtype, nodata=job.nodata,
+                                     with_confidence=with_confidence,
+                                     identity=job.identity(tiles=tiles, confidence=with_confidence), resume=resume)
+    todo = [(i, j) for i, j in job.grid if not store.is_done(i, j)]
+    resumed = len(job.grid) - len(todo)
+    _label_tiles(job, store, todo, with_confidence=with_confidence, done=resumed, progress=progress)
+    confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
     store.remove()
-    return PredictResult(output=output, confidence=confidence_out, quicklook=quicklook_out, tiles=len(grid),
-                         tiles_resumed=resumed, pixels=height * width, valid_pixels=int(counts_array[:-1].sum()),
-                         seconds=time.perf_counter() - started,
-                         counts={k: int(counts_array[k]) for k in range(n_clusters)})
+    _, height, width = job.scene.shape
+    return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,
+                         tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
+                         valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
+                         counts={k: int(counts[k]) for k in range(job.n_clusters)})

@@ -51,14 +51,14 @@ class BandStats:
     max: np.ndarray
 
     @classmethod
-    def empty(cls, n_bands: int) -> "BandStats":
+    def empty(cls, n_bands: int) -> BandStats:
         """The summary of no pixels (the identity of :meth:`merge`)."""
         zeros = np.zeros(n_bands)
         return cls(zeros, zeros.copy(), zeros.copy(), np.full(n_bands, np.inf),
                    np.full(n_bands, -np.inf))
 
     @classmethod
-    def of_block(cls, block: np.ndarray, valid: np.ndarray) -> "BandStats":
+    def of_block(cls, block: np.ndarray, valid: np.ndarray) -> BandStats:
         """Summarise the valid pixels of one block.
 
         Args:
@@ -89,7 +89,7 @@ class BandStats:
         return cls(np.full(n_bands, float(n_valid)), mean, m2,
                    pixels.min(axis=1).astype(np.float64), pixels.max(axis=1).astype(np.float64))
 
-    def merge(self, other: "BandStats") -> "BandStats":
+    def merge(self, other: BandStats) -> BandStats:
         """Combine two disjoint summaries (Chan et al. 1979)."""
         count = self.count + other.count
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -110,19 +110,19 @@ class BandStats:
         return np.stack([self.count, self.mean, self.m2, self.min, self.max])
 
     @classmethod
-    def unpack(cls, packed: np.ndarray) -> "BandStats":
+    def unpack(cls, packed: np.ndarray) -> BandStats:
         """Inverse of :meth:`pack`."""
         return cls(*(np.asarray(row, dtype=np.float64) for row in packed))
 
     @classmethod
-    def merge_packed(cls, packed: np.ndarray) -> "BandStats":
+    def merge_packed(cls, packed: np.ndarray) -> BandStats:
         """Merge packed block summaries ``(..., 5, bands)`` in row-major block order."""
         total = cls.empty(packed.shape[-1])
         for block in packed.reshape(-1, *packed.shape[-2:]):
             total = total.merge(cls.unpack(block))
         return total
 
-    def to_attrs(self) -> dict[str, list[float]]:
+    def to_attrs(self) -> dict[str, list[float | None]]:
         """JSON-ready per-band ``mean``, ``std``, ``min``, ``max`` and valid ``count``."""
         def clean(values: np.ndarray) -> list[float | None]:
             return [float(v) if np.isfinite(v) else None for v in values]

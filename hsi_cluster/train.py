@@ -11,9 +11,10 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ from hsi_cluster.data.spectral import sample_valid_spectra
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
+from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree
 from hsi_cluster.io.files import atomic_path, check_output
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
@@ -104,52 +105,15 @@ def _scene_identity(store: Path) -> dict[str, Any]:
             "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
 
 
-def check_scenes_agree(scenes: list[str | os.PathLike[str]], *,
-                       tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
-    """Raise before any work unless all ``scenes`` have the same bands.
-
-    Every scene is compared with the first: same band count, and band centres within
-    ``tolerance_nm`` where both carry wavelengths (the tolerance ``predict`` applies to a scene
-    against its model). Opening reads headers only.
-
-    Raises:
-        HsiClusterError: one line naming the two scenes and the difference.
-    """
-    if len(scenes) < 2:
-        return
-    opened = [open_scene(scene) for scene in scenes]
-    first = opened[0]
-    reference = None  # the first scene that has wavelengths: (its name, its wavelengths)
-    for scene in opened:
-        name = scene.attrs["source"]
-        if scene.shape[0] != first.shape[0]:
-            raise HsiClusterError(f"{name}: has {scene.shape[0]} bands but {first.attrs['source']} has "
-                                  f"{first.shape[0]}; train together only scenes from the same sensor and processing")
-        if "wavelength" not in scene.coords:
-            continue
-        wavelength = scene.coords["wavelength"].values
-        if reference is None:
-            reference = (name, wavelength)
-            continue
-        band = mismatched_band(wavelength, reference[1], tolerance_nm=tolerance_nm)
-        if band is not None:
-            raise HsiClusterError(f"{name}: band {band + 1} is at {wavelength[band]:.1f} nm but in {reference[0]} at "
-                                  f"{reference[1][band]:.1f} nm ({abs(wavelength[band] - reference[1][band]):.1f} nm "
-                                  f"apart, more than "
-                                  f"{tolerance_nm:g} nm); train together only scenes with the same bands")
-
-
 def _check_scene_shape(scene_path: Path, config: TrainConfig) -> None:
     """Checks of the band count and size, from the header: before a large raster is ingested for nothing."""
     scene = open_scene(scene_path)
-    n_bands, height, width = scene.shape
+    n_bands = scene.shape[0]
     name = scene.attrs["source"]
     if isinstance(config.n_components, int) and n_bands < config.n_components:
         raise HsiClusterError(f"{name}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
                               f"set n_components ≤ {n_bands} in a --config file")
-    if height < config.patch_size or width < config.patch_size:
-        raise HsiClusterError(f"{name}: the scene ({height}×{width} pixels) is smaller than the "
-                              f"{config.patch_size}×{config.patch_size} patch; use a larger scene")
+    check_patch_fits(scene, config.patch_geometry().patch_size)
 
 
 def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
@@ -188,7 +152,7 @@ def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) 
     if len(saved) != len(current):
         return (f"was trained on {len(saved)} scene{'s' * (len(saved) != 1)}, not {len(current)}; pass the same "
                 "scenes in the same order")
-    index = next(i for i, (a, b) in enumerate(zip(saved, current)) if key(a) != key(b))
+    index = next(i for i, (a, b) in enumerate(zip(saved, current, strict=True)) if key(a) != key(b))
     which = f"scene {index + 1} " if len(saved) > 1 else ""
     if saved[index]["source"] == current[index]["source"]:
         return (f"{which}{current[index]['source']} was modified after training began or reads differently (size, "
@@ -207,7 +171,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("epochs", "steps", "workers")}
 
 
-def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],
+def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],  # noqa: C901 — split pending (issue 13)
           config: TrainConfig, seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
           work_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 100,
           mask: np.ndarray | None = None, progress: ProgressFn | None = None, log: LogFn | None = None,
@@ -294,8 +258,6 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     model = SSCC.build(spectral["mean"].numpy(), spectral["std"].numpy(), spectral["components"].numpy(),
                        n_clusters=n_clusters, backbone=config.backbone, backbone_kwargs=config.backbone_kwargs,
                        head_hidden=config.head_hidden, instance_dim=config.instance_dim)
-    if model.patch_size is not None and model.patch_size != config.patch_size:
-        raise HsiClusterError(f"backbone sees {model.patch_size}-pixel patches but patch_size is {config.patch_size}")
     model.to(torch_device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma)
@@ -327,8 +289,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
         resumed_epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         if resume_from.complete and (step >= total_steps or epoch >= epochs):
-            curve = output.with_suffix(".loss.png")
-            return TrainResult(checkpoint=output, loss_curve=curve if curve.is_file() else None, steps=step,
+            plotted = output.with_suffix(".loss.png")
+            return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
                                epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
                                already_finished=True)
         log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")

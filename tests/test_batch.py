@@ -24,10 +24,10 @@ import pytest
 from click.testing import CliRunner
 
 from hsi_cluster.batch import ATTEMPTS_DIR, attempt_stem, output_paths, run_batch
-from hsi_cluster.io.files import sha256_of
 from hsi_cluster.cli import EXIT_SOME_FAILED, main
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io import open_scene
+from hsi_cluster.io.files import sha256_of
 from hsi_cluster.predict import predict_scene
 from tests import helpers
 from tests.predict_helpers import read_raster, train_tiny

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import hsi_cluster
-from hsi_cluster.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, make_payload,
-                                    save_checkpoint)
+from hsi_cluster.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, make_payload, save_checkpoint
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.model.sscc import SSCC
 from tests import helpers
-from tests.train_helpers import tiny_config
-from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.train_helpers import (
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    tiny_config,
+)
 
 
 def tiny_model(seed: int = 0, *, n_bands: int = 12, n_clusters: int = 3) -> SSCC:
@@ -214,3 +215,23 @@ def test_a_geotiff_is_not_a_checkpoint(tmp_path: Path) -> None:
     message = str(exc.value)
     assert "not a checkpoint (a TIFF image)" in message and "unsafe" not in message
     assert "hsicluster train" in message and "\n" not in message
+
+
+def test_geometry_accessors_follow_the_dense_depth(saved: tuple[SSCC, Path]) -> None:
+    model, path = saved
+    checkpoint = load_checkpoint(path)
+    assert model.backbone.depth == 2
+    assert (checkpoint.patch_size, checkpoint.halo, checkpoint.receptive_field) == (5, 2, 5)
+    assert checkpoint.halo == model.halo == checkpoint.payload["halo"]
+    assert checkpoint.backbone == "dense" and checkpoint.amp == bool(tiny_config().amp)
+    np.testing.assert_array_equal(checkpoint.spectral_mean, np.zeros(model.in_bands))
+
+
+def test_resnet_geometry_is_the_trained_patch_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    model = SSCC.build(rng.normal(500, 50, 12), np.ones(12), np.eye(4, 12), n_clusters=3, backbone="resnet",
+                       backbone_kwargs={"stem_width": 4, "widths": [4]}, head_hidden=8)
+    payload = make_payload(model, train_config={**tiny_config().to_dict(), "patch_size": 7},
+                           spectral={"mean": torch.zeros(12)}, scenes=[], wavelength=None, complete=True)
+    checkpoint = load_checkpoint(save_checkpoint(payload, tmp_path / "resnet.ckpt"))
+    assert (checkpoint.patch_size, checkpoint.halo, checkpoint.receptive_field) == (7, 3, 7)

@@ -158,7 +158,7 @@ def _brute_force_acc(pred: np.ndarray, truth: np.ndarray) -> float:
     best = 0
     # Every injective assignment of classes to clusters (clusters >= classes here).
     for chosen in itertools.permutations(clusters, len(classes)):
-        hits = sum(int(np.sum((pred == k) & (truth == c))) for k, c in zip(chosen, classes))
+        hits = sum(int(np.sum((pred == k) & (truth == c))) for k, c in zip(chosen, classes, strict=True))
         best = max(best, hits)
     return best / pred.size
 

@@ -114,3 +114,24 @@ def test_halo_read_rebuilds_the_reflect_padded_raster(height: int, width: int, b
 def test_halo_read_rejects_a_negative_halo() -> None:
     with pytest.raises(ValueError, match="halo must be ≥ 0"):
         halo_read(Window(0, 0, 2, 2), -1, height=4, width=4)
+
+
+def test_patch_geometry_from_depth_and_checks() -> None:
+    from hsi_cluster.geo import PatchGeometry
+
+    geometry = PatchGeometry.from_depth(5)
+    assert (geometry.patch_size, geometry.halo, geometry.receptive_field) == (11, 5, 11)
+    assert PatchGeometry(1).halo == 0
+    for bad in (0, 4, -3):
+        with pytest.raises(ValueError, match="positive odd"):
+            PatchGeometry(bad)
+
+
+def test_tile_size_minimum_is_one_definition() -> None:
+    from hsi_cluster.errors import HsiClusterError
+    from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE, check_tile_size
+
+    check_tile_size(MIN_TILE)
+    check_tile_size(DEFAULT_TILE)
+    with pytest.raises(HsiClusterError, match=f"at least {MIN_TILE} pixels"):
+        check_tile_size(MIN_TILE - 1)

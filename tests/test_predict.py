@@ -11,8 +11,14 @@ import torch
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, label_patches
 from hsi_cluster.train import fit_spectral_projection
-from tests.train_helpers import IngestedScene, make_scene, reference_filled, reflect_padded, structured_cube
-from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.train_helpers import (
+    IngestedScene,
+    make_scene,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    reference_filled,
+    reflect_padded,
+    structured_cube,
+)
 
 PATCH = 5
 K = 4
@@ -47,7 +53,7 @@ def model(request: pytest.FixtureRequest, scene: IngestedScene) -> SSCC:
 
 def cut(scene: IngestedScene, rows: list[int], cols: list[int]) -> torch.Tensor:
     padded = reflect_padded(reference_filled(scene.cube, scene.valid), PATCH // 2)
-    return torch.from_numpy(np.stack([padded[:, r:r + PATCH, c:c + PATCH] for r, c in zip(rows, cols)]))
+    return torch.from_numpy(np.stack([padded[:, r:r + PATCH, c:c + PATCH] for r, c in zip(rows, cols, strict=True)]))
 
 
 def test_labels_valid_pixels_and_marks_invalid_ones(model: SSCC, scene: IngestedScene) -> None:
@@ -70,13 +76,13 @@ def test_equals_predict_patches_on_hand_cut_patches(model: SSCC, scene: Ingested
     rows, cols = np.nonzero(scene.valid)
     picks = [(0, 0), (0, 36), (39, 0), (39, 36), (1, 1), (15, 16), (16, 15), (31, 32), (38, 2), (20, 36)]
     # and some valid pixels with an invalid neighbour inside their patch
-    near_hole = [(r, c) for r, c in zip(rows, cols)
+    near_hole = [(r, c) for r, c in zip(rows, cols, strict=True)
                  if not scene.valid[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].all()][::7][:8]
     assert len(near_hole) == 8
     picks = [p for p in picks if scene.valid[p]] + near_hole
     assert len(picks) >= 14
-    expected_labels, expected_confidence = model.predict_patches(cut(scene, *map(list, zip(*picks))))
-    for (r, c), label, conf in zip(picks, expected_labels.tolist(), expected_confidence.tolist()):
+    expected_labels, expected_confidence = model.predict_patches(cut(scene, *map(list, zip(*picks, strict=True))))
+    for (r, c), label, conf in zip(picks, expected_labels.tolist(), expected_confidence.tolist(), strict=True):
         assert labels[r, c] == label, (r, c)
         assert confidence[r, c] == pytest.approx(conf, rel=1e-5), (r, c)
 

@@ -9,8 +9,8 @@ structured scene with NaN/nodata pixels, a nodata border and an empty corner.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import dask.array as da
 import numpy as np
@@ -26,11 +26,24 @@ from hsi_cluster.evaluate import score_clustering
 from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
+from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
 from tests import helpers
-from tests.predict_helpers import (K, LABEL_NODATA, PATCH, CountingArray, TrainedModel, as_label_map, holey_cube,
-                                   mismatches, partial_store, read_raster, train_tiny, untrained_checkpoint,
-                                   write_scene)
+from tests.predict_helpers import (
+    LABEL_NODATA,
+    PATCH,
+    CountingArray,
+    K,
+    TrainedModel,
+    as_label_map,
+    holey_cube,
+    mismatches,
+    partial_store,
+    read_raster,
+    train_tiny,
+    untrained_checkpoint,
+    write_scene,
+)
 from tests.train_helpers import structured_cube
 
 HEIGHT, WIDTH = 70, 53
@@ -205,13 +218,13 @@ def test_tile_input_matches_training_patches_for_integer_scenes(tmp_path: Path,
     assert (np.abs(mean - np.round(mean)) > 0.2).all()  # rounding and truncating the mean differ
     untrained_checkpoint(store, tmp_path / "int.ckpt")
     seen: list[np.ndarray] = []
-    original = predict_module._tile_logits
+    original = SSCC.tile_probabilities
 
     def spy(model, padded, **kwargs):
         seen.append(np.array(padded))
         return original(model, padded, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_tile_logits", spy)
+    monkeypatch.setattr(SSCC, "tile_probabilities", spy)
     predict_scene(scene.path, tmp_path / "int.ckpt", tmp_path / "labels.tif", tiles=32, device="cpu")
     expected = opened.read_window(Window(0, 0, 20, 19), PATCH // 2, fill)
     (padded,) = seen
@@ -369,7 +382,7 @@ def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, t
     assert columns[:3] == [("Value", "0", "5"), ("Count", "0", "1"), ("Name", "2", "2")]  # MinMax, PixelCount, Name
     rows = [[f.text for f in row.findall("F")] for row in rat.findall("Row")]
     assert [(int(r[0]), int(r[1]), r[2]) for r in rows] == [(k, result.counts[k], names[k]) for k in range(K)]
-    assert all(r[1] == str(n) for r, n in zip(rows, result.counts.values()))
+    assert all(r[1] == str(n) for r, n in zip(rows, result.counts.values(), strict=True))
     if shutil.which("gdalinfo"):  # where GDAL's tools are installed: they list the names and the table
         info = subprocess.run(["gdalinfo", str(result.output)], capture_output=True, text=True).stdout
         assert names[0] in info and "Categories" in info
@@ -546,7 +559,7 @@ def test_killed_after_the_last_tile_resumes_without_computing(
     with pytest.raises(KeyboardInterrupt):
         predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", progress=Crash(6))
     assert not output.exists() and partial_store(output).is_dir()
-    monkeypatch.setattr(predict_module, "_tile_logits", lambda *a, **k: pytest.fail("a finished tile was recomputed"))
+    monkeypatch.setattr(SSCC, "tile_probabilities", lambda *a, **k: pytest.fail("a finished tile was recomputed"))
     result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
     assert result.tiles == result.tiles_resumed == 6
     assert np.array_equal(read_raster(output)[0], expected)

@@ -49,7 +49,7 @@ def random_blocks(rng: np.random.Generator, dtype: str, n_bands: int, *, loc: fl
 
 
 def valid_pixels(blocks: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([b[:, m].astype(np.float64) for b, m in zip(blocks, masks)], axis=1)
+    return np.concatenate([b[:, m].astype(np.float64) for b, m in zip(blocks, masks, strict=True)], axis=1)
 
 
 @pytest.mark.parametrize("dtype,loc,scale", [("float32", 0.0, 1.0), ("float64", 1e4, 0.5), ("int16", -200.0, 900.0),

@@ -100,7 +100,7 @@ class AugmentConfig:
                 raise ValueError(f"spectral_scale must satisfy 0 <= lo <= hi, or be None, got {self.spectral_scale}")
 
     @classmethod
-    def mild(cls, **overrides: Any) -> "AugmentConfig":
+    def mild(cls, **overrides: Any) -> AugmentConfig:
         """Milder settings that calibrated better (crop area 0.5–1, pixel and band masking at 0.2)."""
         return replace(cls(crop_scale=(0.5, 1.0), pixel_mask_prob=0.2, band_mask_prob=0.2), **overrides)
 

@@ -16,9 +16,9 @@ valid pixels. With one store the plan, the patches and their order are those of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ class PatchSampler(IterableDataset):
             raise ValueError(f"mask has shape {mask.shape} but the scene is {self.shape[1:]}; pass a (y, x) mask "
                              "of the scene's size")
         block_bytes = max(shape[0] * (grid.block + 2 * self.halo) ** 2 * s.dtype.itemsize
-                          for shape, grid, s in zip(self.shapes, self.grids, self._opened))
+                          for shape, grid, s in zip(self.shapes, self.grids, self._opened, strict=True))
         self.blocks_per_group = max(1, buffer_bytes // block_bytes)
         values = pooled_band_mean(self._opened) if fill is None else np.asarray(fill)
         self.fills = tuple(values.astype(s.dtype) for s in self._opened)
@@ -131,7 +131,7 @@ class PatchSampler(IterableDataset):
         scene, i, j = self._block(block_id)
         window = self.grids[scene].window(i, j)
         rows, cols = window.slices
-        usable = self._opened[scene].valid[rows, cols]
+        usable = self._opened[scene].valid_in(window)
         if self.mask is not None:
             usable = usable & self.mask[rows, cols]
         r, c = np.nonzero(usable)
@@ -144,7 +144,7 @@ class PatchSampler(IterableDataset):
     def valid_centres_per_store(self) -> list[int]:
         """Centres per epoch of each store, in order."""
         return [int(sum(len(self._centres(b)) for b in range(int(start), int(stop))))
-                for start, stop in zip(self._block_offsets[:-1], self._block_offsets[1:])]
+                for start, stop in zip(self._block_offsets[:-1], self._block_offsets[1:], strict=True)]
 
     def batches_per_epoch(self, shards: int = 1) -> int:
         """Full batches one epoch yields (summed over ``shards`` workers)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,19 +26,19 @@ def sample_valid_spectra(stores: Sequence[Store], n_samples: int, *, seed: int =
     valid_total = [int(counts.sum()) for counts in block_counts]
     everything = sum(valid_total)
     spectra = []
-    for store, counts, n_valid in zip(stores, block_counts, valid_total):
+    for store, counts, n_valid in zip(stores, block_counts, valid_total, strict=True):
         if n_valid == 0:
             continue
         per_store = max(1, n_samples * n_valid // everything)
         grid = store.grid
-        n_blocks = int(min(max_blocks, np.count_nonzero(counts)))
+        n_blocks = min(int(max_blocks), int(np.count_nonzero(counts)))
         if n_blocks == 0:
             continue
         chosen = rng.choice(len(counts), size=n_blocks, replace=False, p=counts / counts.sum())
         weights = counts[chosen] / counts[chosen].sum()
-        for block, weight in zip(chosen, weights):
+        for block, weight in zip(chosen, weights, strict=True):
             window = grid.window(*divmod(int(block), grid.shape[1]))
-            r, c = np.nonzero(store.valid[window.slices])
+            r, c = np.nonzero(store.valid_in(window))
             take = rng.choice(len(r), size=min(len(r), max(1, round(per_store * weight))), replace=False)
             cube = store.read_window(window)
             spectra.append(cube[:, r[take], c[take]].T)

@@ -12,9 +12,10 @@ import datetime as dt
 import os
 import shutil
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -27,13 +28,23 @@ from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene, scene_inputs
-from hsi_cluster.io.store import (BAND_COORDS, BLOCK_STATS, DATA, METADATA_KEY, STORE_FORMAT, STORE_VERSION, VALID,
-                                  is_complete_store, read_store_metadata)
+from hsi_cluster.io.store import (
+    BAND_COORDS,
+    BLOCK_STATS,
+    DATA,
+    METADATA_KEY,
+    STORE_FORMAT,
+    STORE_VERSION,
+    VALID,
+    array_of,
+    is_complete_store,
+    read_store_metadata,
+)
 from hsi_cluster.stats import BandStats, valid_pixel_mask
 
 PROGRESS_DIR = "_blocks_done"
 MIN_CHUNK = 16
-BLOSC = {"cname": "lz4", "clevel": 5}  # with byte shuffle: fast, ~1.7× on AVIRIS int16
+BLOSC: dict[str, Any] = {"cname": "lz4", "clevel": 5}  # with byte shuffle: fast, ~1.7× on AVIRIS int16
 COMPRESSOR = BloscCodec(**BLOSC, shuffle="shuffle")
 READ_BUDGET = 48 * 2**20  # bytes read from the source in one go
 
@@ -102,9 +113,9 @@ class ChunkWriter:
     """
 
     def __init__(self, path: Path, array: zarr.Array) -> None:
-        codecs = array.metadata.codecs
+        codecs = getattr(array.metadata, "codecs", ())  # zarr v3 metadata (v2 has none: refused below)
         expected = (BytesCodec, BloscCodec)
-        if len(codecs) != 2 or not all(isinstance(c, t) for c, t in zip(codecs, expected)):
+        if len(codecs) != 2 or not all(isinstance(c, t) for c, t in zip(codecs, expected, strict=True)):
             raise ValueError(f"ChunkWriter handles bytes + blosc arrays only, got {codecs}")
         self.root = path
         self.metadata = array.metadata
@@ -166,7 +177,7 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
         window = grid.window(i, j)
         local = (slice(window.row - row0, window.row - row0 + window.height),
                  slice(window.col - col0, window.col - col0 + window.width))
-        block = unit[(slice(None), *local)]
+        block = unit[:, local[0], local[1]]
         writers[DATA].write((0, i, j), block)
         writers[VALID].write((i, j), valid[local])
         summaries[i, j] = BandStats.of_block(block, valid[local]).pack()
@@ -226,7 +237,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
         _replace(work, store)
         return store
     group = zarr.open_group(str(work), mode="r+")
-    writers = {name: ChunkWriter(work / name, group[name]) for name in (DATA, VALID)}
+    writers = {name: ChunkWriter(work / name, array_of(group, name)) for name in (DATA, VALID)}
     good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
     n_block_rows, n_block_cols = grid.shape
     units = [[(i, j) for i in range(i0, min(i0 + unit_rows, n_block_rows))
@@ -258,7 +269,7 @@ def _finalise(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, An
     """Gather the block summaries from their markers, merge them, then mark the store complete."""
     packed = np.stack([np.stack([np.load(_marker(work, i, j)) for j in range(grid.shape[1])])
                        for i in range(grid.shape[0])])
-    group[BLOCK_STATS][...] = packed
+    array_of(group, BLOCK_STATS)[...] = packed
     total = BandStats.merge_packed(packed)
     meta = dict(meta, statistics=total.to_attrs(), valid_pixels=int(total.count.max(initial=0)),
                 complete=True, completed=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))

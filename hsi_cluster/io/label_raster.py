@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -28,6 +29,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from hsi_cluster.errors import OutputError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import atomic_path
+from hsi_cluster.io.store import array_of
 
 MARKERS = "_tiles_done"
 
@@ -43,15 +45,19 @@ def colour_table(n_clusters: int) -> dict[int, tuple[int, int, int, int]]:
     import colorsys
 
     from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
 
-    tab = colormaps["tab20"].colors
+    tab20 = colormaps["tab20"]
+    assert isinstance(tab20, ListedColormap)
+    tab = np.asarray(tab20.colors, dtype=np.float64)  # (20, 3) RGB in [0, 1]
     table = {}
     for label in range(n_clusters):
         if label < len(tab):
             rgb = tab[(label * 2) % 20 if label < 10 else (label - 10) * 2 + 1]
         else:
             rgb = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.65, 0.9)
-        table[label] = tuple(int(round(255 * c)) for c in rgb) + (255,)
+        red, green, blue = (int(round(255 * c)) for c in rgb)
+        table[label] = (red, green, blue, 255)
     return table
 
 
@@ -79,7 +85,7 @@ class TileStore:
 
     @classmethod
     def open_or_create(cls, output: Path, *, grid: BlockGrid, dtype: np.dtype, nodata: int, with_confidence: bool,
-                       identity: dict[str, Any], resume: bool) -> "TileStore":
+                       identity: dict[str, Any], resume: bool) -> TileStore:
         """Reuse ``OUTPUT.partial.zarr`` when resuming the same job, else start a fresh one."""
         path = cls.partial_path(output)
         if resume and path.is_dir():
@@ -103,14 +109,24 @@ class TileStore:
         (path / MARKERS).mkdir()
         return cls(path)
 
+    @property
+    def labels(self) -> zarr.Array:
+        """The (y, x) label array."""
+        return array_of(self.group, "labels")
+
+    @property
+    def confidence(self) -> zarr.Array:
+        """The (y, x) float32 confidence array (only when created ``with_confidence``)."""
+        return array_of(self.group, "confidence")
+
     def is_done(self, i: int, j: int) -> bool:
         return (self.path / MARKERS / f"{i}.{j}").exists()
 
     def write(self, i: int, j: int, rows: slice, cols: slice, labels: np.ndarray, confidence: np.ndarray | None) -> None:
         """Store one finished tile, then mark it done."""
-        self.group["labels"][rows, cols] = labels
+        self.labels[rows, cols] = labels
         if confidence is not None and "confidence" in self.group:
-            self.group["confidence"][rows, cols] = confidence
+            self.confidence[rows, cols] = confidence
         (self.path / MARKERS / f"{i}.{j}").touch()
 
     def remove(self) -> None:
@@ -256,12 +272,12 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
 
     if counts is None:
         present, found = np.unique(labels[labels != nodata], return_counts=True)
-        counts = {int(k): int(n) for k, n in zip(present, found)}
+        counts = {int(k): int(n) for k, n in zip(present, found, strict=True)}
     if nodata_count is None:
         nodata_count = int(np.count_nonzero(labels == nodata))
     total = sum(counts.values()) + nodata_count
     table = colour_table(n_clusters)
-    colours = [tuple(c / 255 for c in table[k]) for k in range(n_clusters)]
+    colours = [(r / 255, g / 255, b / 255, a / 255) for r, g, b, a in (table[k] for k in range(n_clusters))]
     cmap = ListedColormap(colours).with_extremes(bad=NODATA_COLOUR)
     shown = np.ma.masked_equal(labels, nodata)
     height, width = labels.shape

@@ -90,7 +90,8 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
     bbl = parse_envi_list(envi_tags.get("bbl"))
     if bbl is None:
         per_band = [tags.get("good_band", tags.get("bbl")) for tags in band_tags]
-        bbl = per_band if all(v is not None for v in per_band) and per_band else None
+        present = [v for v in per_band if v is not None]
+        bbl = present if per_band and len(present) == len(per_band) else None
     good = _floats(bbl, n_bands)
     if good is not None:
         coords["good_band"] = good != 0

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from hsi_cluster.errors import SceneError
 
 #: Files next to a raster that a pattern such as ``archive/*`` matches but that are not scenes.
 SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".prj", ".xml", ".json", ".txt")
-#: Names of the binary beside an ENVI header (the header is skipped when one of them exists).
-ENVI_BINARY_SUFFIXES = ("", ".img", ".dat", ".raw", ".bin", ".bsq", ".bil", ".bip")
+#: Names of the binary beside an ENVI header, in the order the reader looks for them (the first that
+#: exists is the scene's data; a glob skips the header when one of them exists).
+ENVI_BINARY_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".bin")
 
 
 def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]:

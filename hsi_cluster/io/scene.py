@@ -23,14 +23,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from hsi_cluster.errors import SceneError
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.metadata import spectral_coords
+from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES
 from hsi_cluster.io.scene_array import scene_array
 from hsi_cluster.io.store import is_store, open_store
 
 # GDAL's default block cache is 5 % of RAM; windows are read once each, so keep it small
 # to keep memory flat. A user's own setting wins.
 os.environ.setdefault("GDAL_CACHEMAX", "64")
-
-ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".bin")
 
 
 class RasterioWindowReader:
@@ -51,7 +50,7 @@ class RasterioWindowReader:
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["shape"], state["dtype"])
+        RasterioWindowReader.__init__(self, state["path"], state["shape"], state["dtype"])
 
     def _dataset(self) -> rasterio.io.DatasetReader:
         dataset = getattr(self._local, "dataset", None)
@@ -63,7 +62,7 @@ class RasterioWindowReader:
         return dataset
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
-        bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape))
+        bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape, strict=True))
         if bands[2] != 1 or rows[2] != 1 or cols[2] != 1:
             raise IndexError("RasterioWindowReader supports unit-step slices only")
         indexes = list(range(bands[0] + 1, bands[1] + 1))
@@ -96,7 +95,7 @@ class NpyWindowReader:
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["shape"], state["dtype"])
+        NpyWindowReader.__init__(self, state["path"], state["shape"], state["dtype"])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._array is None:
@@ -200,12 +199,12 @@ def envi_binary(path: Path) -> Path:
     """The ENVI binary for ``path`` (which may name the ``.hdr`` or the binary)."""
     if path.suffix.lower() != ".hdr":
         return path
-    for suffix in ENVI_DATA_SUFFIXES:
+    for suffix in ENVI_BINARY_SUFFIXES:
         candidate = path.with_suffix(suffix)
         if candidate.is_file():
             return candidate
     raise SceneError(f"{path}: ENVI header without its data file (looked for "
-                     f"{', '.join(path.with_suffix(s).name for s in ENVI_DATA_SUFFIXES)}); put the binary "
+                     f"{', '.join(path.with_suffix(s).name for s in ENVI_BINARY_SUFFIXES)}); put the binary "
                      "next to the header")
 
 

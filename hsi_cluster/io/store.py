@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -85,6 +86,18 @@ def _checked_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
+def array_of(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group`` (a typed lookup: a group's members may be arrays or groups).
+
+    Raises:
+        TypeError: ``name`` is a group.
+    """
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise TypeError(f"{name} in {group.store} is a group, not an array")
+    return member
+
+
 class Store:
     """A complete working store, opened read-only: its arrays, grid, statistics and haloed reads.
 
@@ -103,8 +116,8 @@ class Store:
         self.metadata = _checked_metadata(self.path)
         group = zarr.open_group(str(self.path), mode="r")
         self._group = group
-        self.data: zarr.Array = group[DATA]
-        self.valid: zarr.Array = group[VALID]
+        self.data: zarr.Array = array_of(group, DATA)
+        self.valid: zarr.Array = array_of(group, VALID)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
@@ -119,7 +132,7 @@ class Store:
         return {"path": str(self.path)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        Store.__init__(self, state["path"])
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
@@ -144,12 +157,16 @@ class Store:
     @property
     def block_stats(self) -> np.ndarray:
         """float64 ``(blocks_y, blocks_x, 5, band)``: each block's packed :class:`BandStats`."""
-        return self._group[BLOCK_STATS][...]
+        return np.asarray(array_of(self._group, BLOCK_STATS)[...])
 
     @property
     def valid_counts_per_block(self) -> np.ndarray:
         """float64 ``(blocks,)``: valid pixels of each block, in the grid's row-major order."""
-        return self._group[BLOCK_STATS][..., 0, 0].reshape(-1)
+        return np.asarray(array_of(self._group, BLOCK_STATS)[..., 0, 0]).reshape(-1)
+
+    def valid_in(self, window: Window) -> np.ndarray:
+        """bool ``(height, width)`` valid mask of ``window``."""
+        return np.asarray(self.valid[window.slices])
 
     def band_stats(self) -> BandStats:
         """Per-band statistics over all valid pixels, merged from the per-block summaries."""

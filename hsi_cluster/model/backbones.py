@@ -13,9 +13,15 @@ Two choices:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
+
+from hsi_cluster.geo import PatchGeometry
+
+#: Default number of valid 3 × 3 layers of :class:`DenseBackbone` (an 11 × 11 patch).
+DEFAULT_DEPTH = 5
 
 
 class BasicBlock(nn.Module):
@@ -124,7 +130,7 @@ class DenseBackbone(nn.Module):
         out_features: feature dimension F = width.
     """
 
-    def __init__(self, in_channels: int = 8, width: int = 64, depth: int = 5, stem: bool = True) -> None:
+    def __init__(self, in_channels: int = 8, width: int = 64, depth: int = DEFAULT_DEPTH, stem: bool = True) -> None:
         super().__init__()
         if in_channels < 1 or width < 1:
             raise ValueError(f"in_channels and width must be >= 1, got {in_channels} and {width}")
@@ -132,8 +138,9 @@ class DenseBackbone(nn.Module):
             raise ValueError(f"depth must be >= 1 (receptive field 2 * depth + 1), got {depth}")
         self.in_channels = in_channels
         self.depth = depth
-        self.halo = depth
-        self.receptive_field = 2 * depth + 1
+        self.geometry = PatchGeometry.from_depth(depth)
+        self.halo = self.geometry.halo
+        self.receptive_field = self.geometry.receptive_field
         self.out_features = width
         layers: list[nn.Module] = []
         channels = in_channels
@@ -191,6 +198,17 @@ class DenseBackbone(nn.Module):
 BACKBONES: dict[str, type[nn.Module]] = {"resnet": ResNetBackbone, "dense": DenseBackbone}
 
 
+def backbone_geometry(name: str, backbone_kwargs: Mapping[str, Any]) -> PatchGeometry | None:
+    """The patch geometry a backbone fixes, from its settings alone (without building it).
+
+    The dense backbone's ``depth`` decides it (p = 2 · depth + 1); the ResNet accepts any patch
+    size (None: the training configuration's ``patch_size`` decides).
+    """
+    if name != "dense":
+        return None
+    return PatchGeometry.from_depth(int(backbone_kwargs.get("depth", DEFAULT_DEPTH)))
+
+
 def build_backbone(name: str, in_channels: int, **kwargs: object) -> ResNetBackbone | DenseBackbone:
     """Make a backbone by name.
 
@@ -214,4 +232,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["BasicBlock", "ResNetBackbone", "DenseBackbone", "BACKBONES", "build_backbone", "count_parameters"]
+__all__ = ["BasicBlock", "ResNetBackbone", "DenseBackbone", "BACKBONES", "DEFAULT_DEPTH", "backbone_geometry",
+           "build_backbone", "count_parameters"]

@@ -1,5 +1,6 @@
 """Small MLP heads on backbone features (N, F), composed with a backbone by :class:`~hsi_cluster.model.sscc.SSCC`.
 
+* :class:`MLPHead`: the one head class, Linear → ReLU → Linear; the two heads below are it.
 * :class:`ClusterHead`: SSCC's cluster head (Cai et al., arXiv:2111.07945), Linear → ReLU → Linear
   to K logits; the softmax of the logits is the cluster-probability vector and its argmax the label.
 * :class:`InstanceProjector`: the 128-d instance projector of the reference code (disabled there).
@@ -14,8 +15,39 @@ import torch
 from torch import Tensor, nn
 
 
-class ClusterHead(nn.Module):
-    """Linear(F → hidden) → ReLU → Linear(hidden → K): cluster logits.
+class MLPHead(nn.Module):
+    """Linear(F → hidden) → ReLU → Linear(hidden → D), acting on the last dimension.
+
+    The one head class of the package: :class:`ClusterHead` and :class:`InstanceProjector` are this
+    head with their own argument checks (their ``state_dict`` keys are ``net.0.*`` and ``net.2.*``).
+
+    Args:
+        in_features: feature dimension F of the backbone.
+        out_features: output dimension D.
+        hidden: hidden width.
+
+    Shapes:
+        (..., F) → (..., D).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, hidden: int = 512) -> None:
+        super().__init__()
+        if min(in_features, out_features, hidden) < 1:
+            raise ValueError(f"in_features, out_features and hidden must be >= 1, "
+                             f"got {in_features}, {out_features}, {hidden}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.hidden = hidden  # the widest layer, which sizes strips of pixels in tiled inference
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out_features))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(..., F) → (..., D)."""
+        return self.net(features)
+
+
+class ClusterHead(MLPHead):
+    """SSCC's cluster head: Linear(F → hidden) → ReLU → Linear(hidden → K), cluster logits.
 
     Args:
         in_features: feature dimension F of the backbone.
@@ -27,23 +59,20 @@ class ClusterHead(nn.Module):
     """
 
     def __init__(self, in_features: int, n_clusters: int, *, hidden: int = 512) -> None:
-        super().__init__()
         if n_clusters < 2:
             raise ValueError(f"n_clusters must be >= 2 to cluster anything, got {n_clusters}")
         if in_features < 1 or hidden < 1:
             raise ValueError(f"in_features and hidden must be >= 1, got {in_features} and {hidden}")
-        self.in_features = in_features
-        self.n_clusters = n_clusters
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, n_clusters))
+        super().__init__(in_features, n_clusters, hidden=hidden)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Cluster logits: (..., F) → (..., K)."""
-        return self.net(features)
+    @property
+    def n_clusters(self) -> int:
+        """Number of clusters K."""
+        return self.out_features
 
 
-class InstanceProjector(nn.Module):
-    """Linear(F → hidden) → ReLU → Linear(hidden → D): instance embedding for contrastive losses.
+class InstanceProjector(MLPHead):
+    """Instance embedding for contrastive losses: Linear(F → hidden) → ReLU → Linear(hidden → D).
 
     Args:
         in_features: feature dimension F of the backbone.
@@ -56,18 +85,7 @@ class InstanceProjector(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int = 128, *, hidden: int = 512) -> None:
-        super().__init__()
-        if min(in_features, out_features, hidden) < 1:
-            raise ValueError(f"in_features, out_features and hidden must be >= 1, "
-                             f"got {in_features}, {out_features}, {hidden}")
-        self.in_features = in_features
-        self.out_features = out_features
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, out_features))
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Embeddings: (..., F) → (..., D)."""
-        return self.net(features)
+        super().__init__(in_features, out_features, hidden=hidden)
 
 
 def probs(logits: Tensor, dim: int = 1) -> Tensor:

@@ -160,7 +160,7 @@ class SpectralProjection(nn.Module):
         self.register_buffer("bias", torch.from_numpy(bias.astype(np.float32)))
 
     @classmethod
-    def placeholder(cls, *, in_bands: int, out_channels: int) -> "SpectralProjection":
+    def placeholder(cls, *, in_bands: int, out_channels: int) -> SpectralProjection:
         """A zero projection of the right shape, to be filled by ``load_state_dict``."""
         return cls(np.zeros(in_bands), np.ones(in_bands), np.zeros((out_channels, in_bands)))
 

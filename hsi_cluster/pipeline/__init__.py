@@ -1,8 +1,9 @@
 """Declarative YAML pipelines (ingest → train → predict → evaluate → batch → report), run like make.
 
-``hsicluster run FILE.yaml`` calls :func:`run`. The schema is in :mod:`.schema`, the up-to-date
-bookkeeping in :mod:`.state`, planning and the steps in :mod:`.runner`, the report's rendering in
-:mod:`.report`. No click here: the CLI is a thin layer over :func:`run`.
+``hsicluster run FILE.yaml`` calls :func:`run`. The schema is in :mod:`.schema`, planning in
+:mod:`.plan`, the six kinds of step in :mod:`.steps`, the up-to-date bookkeeping in :mod:`.state`, the
+report's rendering in :mod:`.report` and the run loop in :mod:`.runner`. No click here: the CLI is a
+thin layer over :func:`run`.
 """
 
 from hsi_cluster.pipeline.runner import RunResult, StepOutcome, describe, plan, run

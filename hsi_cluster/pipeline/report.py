@@ -20,10 +20,11 @@ def mean_std(runs: list[dict[str, Any]]) -> dict[str, list[float | None]]:
     out: dict[str, list[float | None]] = {}
     for name in METRICS:
         values = [run.get(name) for run in runs]
-        if not values or any(v is None for v in values):
+        present = [v for v in values if v is not None]
+        if not values or len(present) < len(values):
             out[name] = [None, None]
         else:
-            out[name] = [statistics.fmean(values), statistics.pstdev(values)]
+            out[name] = [statistics.fmean(present), statistics.pstdev(present)]
     return out
 
 

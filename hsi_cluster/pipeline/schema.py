@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 
 KINDS = ("ingest", "train", "predict", "evaluate", "batch", "report")
 
@@ -59,7 +62,7 @@ class Key:
     default: Any = None
     role: str = "option"
 
-    def but(self, **changes: Any) -> "Key":
+    def but(self, **changes: Any) -> Key:
         return dataclasses.replace(self, **changes)
 
 
@@ -205,7 +208,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "scene": _input().but(required=True),
         "model": _input().but(required=True),
         "output": _output(),
-        "tiles": integer(8).but(default=512),
+        "tiles": integer(MIN_TILE).but(default=DEFAULT_TILE),
         "device": DEVICE,
         "confidence": _output().but(required=False),
         "quicklook": _output().but(required=False),
@@ -222,7 +225,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "scenes": path_list().but(required=True),
         "model": _input().but(required=True),
         "output": _output(),
-        "tiles": integer(8).but(default=512),
+        "tiles": integer(MIN_TILE).but(default=DEFAULT_TILE),
         "scheduler": text(),
         "workers": integer(1),
         "retries": integer(0).but(default=2),
@@ -275,6 +278,17 @@ class StepSpec:
     @property
     def where(self) -> str:
         return f"steps[{self.index}]"
+
+    def ref(self, key: str) -> Ref:
+        """The step output that input ``key`` (a single input) refers to.
+
+        Raises:
+            KeyError: the input is a path, not a reference.
+        """
+        found = self.refs.get(key, [None])[0]
+        if found is None:
+            raise KeyError(f"{self.where}.{key} is not a reference to another step's output")
+        return found
 
     def upstream(self) -> set[str]:
         """Names of the steps whose outputs this one reads directly."""
@@ -388,7 +402,7 @@ def _check_keys(raw: dict[Any, Any], schema: dict[str, Key], where: str, path: P
     return values
 
 
-def load_pipeline(path: str | Path, *, workdir: str | Path | None = None) -> Pipeline:
+def load_pipeline(path: str | os.PathLike[str], *, workdir: str | os.PathLike[str] | None = None) -> Pipeline:
     """Read and validate a pipeline file.
 
     Args:
@@ -456,94 +470,117 @@ def load_pipeline(path: str | Path, *, workdir: str | Path | None = None) -> Pip
 
 def _link(pipeline: Pipeline, step: StepSpec) -> StepSpec:
     """Check the step's cross-key and cross-step rules; resolve its references."""
-    where, values = step.where, step.values
     earlier = pipeline.steps[:step.index]
-    outputs: dict[str, Ref] = {}  # an earlier output as written → the reference it stands for
+    outputs = _earlier_outputs(earlier)
+    _check_own_outputs(pipeline, step, outputs)
+    if step.kind == "train":
+        _check_train(pipeline, step)
+    refs = {key: _resolve_refs(pipeline, step, key, outputs) for key, spec in SCHEMAS[step.kind].items()
+            if spec.role in ("input", "inputs") and step.values[key] is not None}
+    values = step.values
+    if step.kind == "batch" and values["exclude_trained"] and refs["model"][0] is None:
+        raise pipeline.error(f"{step.where}.exclude_trained", "needs 'model' to be a train step's output "
+                             "(@STEP), to know which scenes it trained on")
+    if step.kind == "report":
+        values = dict(values, summarise=_check_report(pipeline, step))
+    return dataclasses.replace(step, values=values, refs=refs)
+
+
+def _earlier_outputs(earlier: tuple[StepSpec, ...]) -> dict[str, Ref]:
+    """Each earlier step's output as written → the reference it stands for."""
+    outputs: dict[str, Ref] = {}
     for other in earlier:
         for key, spec in SCHEMAS[other.kind].items():
             if spec.role == "output" and other.values[key] is not None:
                 outputs[other.values[key]] = Ref(other.name, key)
+    return outputs
+
+
+def _check_own_outputs(pipeline: Pipeline, step: StepSpec, outputs: dict[str, Ref]) -> None:
+    values = step.values
     for key, spec in SCHEMAS[step.kind].items():
         if spec.role == "output" and values[key] is not None and values[key] in outputs:
             owner = outputs[values[key]].step
-            raise pipeline.error(f"{where}.{key}", f"{values[key]!r} is already an output of step {owner!r}; "
+            raise pipeline.error(f"{step.where}.{key}", f"{values[key]!r} is already an output of step {owner!r}; "
                                  "give each output its own path")
 
-    if step.kind == "train":
-        if "scene" in step.given and "scenes" in step.given:
-            raise pipeline.error(where, "give either 'scene' or 'scenes', not both")
-        if "scene" not in step.given and "scenes" not in step.given:
-            raise pipeline.error(where, "missing required key 'scene' (or 'scenes': a list of paths or globs)")
-        if "seed" in step.given and "seeds" in step.given:
-            raise pipeline.error(where, "give either 'seed' or 'seeds', not both")
-        if "sample" in step.given and "scenes" not in step.given:
-            raise pipeline.error(f"{where}.sample", "needs 'scenes' (a list or glob to sample from)")
-        config = values["config"]
-        if isinstance(config, dict):
-            from hsi_cluster.config import load_config
 
-            try:
-                load_config(values["preset"], inline=config, epochs=values["epochs"], steps=values["steps"],
-                            batch_size=values["batch_size"])
-            except HsiClusterError as exc:
-                raise pipeline.error(f"{where}.config", str(exc)) from None
+def _check_train(pipeline: Pipeline, step: StepSpec) -> None:
+    """scene xor scenes, seed xor seeds, sample with scenes, an inline config that loads."""
+    where, values, given = step.where, step.values, step.given
+    if "scene" in given and "scenes" in given:
+        raise pipeline.error(where, "give either 'scene' or 'scenes', not both")
+    if "scene" not in given and "scenes" not in given:
+        raise pipeline.error(where, "missing required key 'scene' (or 'scenes': a list of paths or globs)")
+    if "seed" in given and "seeds" in given:
+        raise pipeline.error(where, "give either 'seed' or 'seeds', not both")
+    if "sample" in given and "scenes" not in given:
+        raise pipeline.error(f"{where}.sample", "needs 'scenes' (a list or glob to sample from)")
+    config = values["config"]
+    if isinstance(config, dict):
+        from hsi_cluster.config import load_config
 
-    refs: dict[str, list[Ref | None]] = {}
+        try:
+            load_config(values["preset"], inline=config, epochs=values["epochs"], steps=values["steps"],
+                        batch_size=values["batch_size"])
+        except HsiClusterError as exc:
+            raise pipeline.error(f"{where}.config", str(exc)) from None
+
+
+def _resolve_refs(pipeline: Pipeline, step: StepSpec, key: str, outputs: dict[str, Ref]) -> list[Ref | None]:
+    """Per item of input ``key``: the earlier output it refers to (``@STEP`` or written as that output), or None."""
+    spec = SCHEMAS[step.kind][key]
+    items = step.values[key] if spec.role == "inputs" else [step.values[key]]
+    found: list[Ref | None] = []
+    for position, item in enumerate(items):
+        at = f"{step.where}.{key}" + (f"[{position}]" if spec.role == "inputs" and len(items) > 1 else "")
+        ref = _named_ref(pipeline, step, item, at) if item.startswith("@") else outputs.get(item)
+        if ref is not None:
+            producer = pipeline.step(ref.step)
+            allowed = PRODUCERS.get(key, ())
+            if producer.kind not in allowed or ref.key != "output":
+                wanted = f"the output of a {' or '.join(allowed)} step" if allowed else "a file, not a step's output"
+                raise pipeline.error(at, f"{item!r} is the {ref.key} of {producer.kind} step {producer.name!r}; "
+                                     f"{key} must be {wanted}")
+        found.append(ref)
+    return found
+
+
+def _named_ref(pipeline: Pipeline, step: StepSpec, item: str, at: str) -> Ref:
+    """The reference ``@STEP`` stands for; STEP must come before ``step``."""
+    target = item[1:]
+    names = [other.name for other in pipeline.steps[:step.index]]
+    if target not in names:
+        later = [s.name for s in pipeline.steps[step.index:]]
+        if target in later:
+            raise pipeline.error(at, f"{item!r} names a step that does not come before this one; "
+                                 "steps run in file order")
+        close = difflib.get_close_matches(target, names, n=1, cutoff=0.5)
+        hint = f"did you mean '@{close[0]}'?" if close else f"earlier steps: {', '.join(names) or 'none'}"
+        raise pipeline.error(at, f"{item!r} names no earlier step; {hint}")
+    return Ref(target)
+
+
+def _check_report(pipeline: Pipeline, step: StepSpec) -> list[str]:
+    """The steps a report summarises (default: every earlier evaluate and batch step), checked."""
+    where, values = step.where, step.values
+    earlier = pipeline.steps[:step.index]
     names = [other.name for other in earlier]
-    for key, spec in SCHEMAS[step.kind].items():
-        if spec.role not in ("input", "inputs") or values[key] is None:
-            continue
-        items = values[key] if spec.role == "inputs" else [values[key]]
-        found: list[Ref | None] = []
-        for position, item in enumerate(items):
-            at = f"{where}.{key}" + (f"[{position}]" if spec.role == "inputs" and len(items) > 1 else "")
-            ref: Ref | None = None
-            if item.startswith("@"):
-                target = item[1:]
-                if target not in names:
-                    later = [s.name for s in pipeline.steps[step.index:]]
-                    if target in later:
-                        raise pipeline.error(at, f"{item!r} names a step that does not come before this one; "
-                                             "steps run in file order")
-                    close = difflib.get_close_matches(target, names, n=1, cutoff=0.5)
-                    hint = f"did you mean '@{close[0]}'?" if close else \
-                        f"earlier steps: {', '.join(names) or 'none'}"
-                    raise pipeline.error(at, f"{item!r} names no earlier step; {hint}")
-                ref = Ref(target)
-            elif item in outputs:
-                ref = outputs[item]
-            if ref is not None:
-                producer = pipeline.step(ref.step)
-                allowed = PRODUCERS.get(key, ())
-                if producer.kind not in allowed or ref.key != "output":
-                    wanted = f"the output of a {' or '.join(allowed)} step" if allowed else \
-                        "a file, not a step's output"
-                    raise pipeline.error(at, f"{item!r} is the {ref.key} of {producer.kind} step {producer.name!r}; "
-                                         f"{key} must be {wanted}")
-            found.append(ref)
-        refs[key] = found
-
-    if step.kind == "batch" and values["exclude_trained"]:
-        if refs["model"][0] is None:
-            raise pipeline.error(f"{where}.exclude_trained", "needs 'model' to be a train step's output "
-                                 "(@STEP), to know which scenes it trained on")
-    if step.kind == "report":
-        summarise = values["summarise"]
-        if summarise is None:
-            summarise = [s.name for s in earlier if s.kind in ("evaluate", "batch")]
+    summarise = values["summarise"]
+    if summarise is None:
+        summarise = [s.name for s in earlier if s.kind in ("evaluate", "batch")]
+    for name in summarise:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"earlier steps: {', '.join(names) or 'none'}"
+            raise pipeline.error(f"{where}.summarise", f"{name!r} names no earlier step; {hint}")
+        if pipeline.step(name).kind not in ("evaluate", "batch"):
+            raise pipeline.error(f"{where}.summarise", f"{name!r} is a {pipeline.step(name).kind} step; "
+                                 "a report summarises evaluate and batch steps")
+    if values["kmeans"]:
         for name in summarise:
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-                hint = f"did you mean {close[0]!r}?" if close else f"earlier steps: {', '.join(names) or 'none'}"
-                raise pipeline.error(f"{where}.summarise", f"{name!r} names no earlier step; {hint}")
-            if pipeline.step(name).kind not in ("evaluate", "batch"):
-                raise pipeline.error(f"{where}.summarise", f"{name!r} is a {pipeline.step(name).kind} step; "
-                                     "a report summarises evaluate and batch steps")
-        if values["kmeans"]:
-            for name in summarise:
-                other = pipeline.step(name)
-                if other.kind == "evaluate" and other.refs["labels"][0] is None:
-                    raise pipeline.error(f"{where}.kmeans", f"the k-means baseline needs the labels of evaluate "
-                                         f"step {name!r} to come from a predict step (@STEP), to know the scene")
-        values = dict(values, summarise=summarise)
-    return dataclasses.replace(step, values=values, refs=refs)
+            other = pipeline.step(name)
+            if other.kind == "evaluate" and other.refs["labels"][0] is None:
+                raise pipeline.error(f"{where}.kmeans", f"the k-means baseline needs the labels of evaluate "
+                                     f"step {name!r} to come from a predict step (@STEP), to know the scene")
+    return list(summarise)

@@ -21,7 +21,7 @@ from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.files import sha256_of, write_text_atomic
-from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES as ENVI_BINARIES
+from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES
 
 STATE_FILE = ".hsicluster-pipeline.json"
 LOCK_FILE = ".hsicluster-pipeline.lock"
@@ -74,8 +74,8 @@ def unchanged(recorded: dict[str, Any] | None, path: Path) -> bool:
 def companions(path: Path) -> list[Path]:
     """Files read together with ``path``: an ENVI header's binary, a binary's header."""
     if path.suffix.lower() == ".hdr":
-        return [p for ext in ENVI_BINARIES if (p := path.with_suffix(ext)).is_file() and p != path]
-    if path.suffix.lower() in ENVI_BINARIES and path.is_file():
+        return [p for ext in ENVI_BINARY_SUFFIXES if (p := path.with_suffix(ext)).is_file() and p != path]
+    if path.suffix.lower() in ENVI_BINARY_SUFFIXES and path.is_file():
         header = path.with_suffix(".hdr")
         return [header] if header.is_file() else []
     return []
@@ -107,7 +107,7 @@ class State:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, workdir: Path) -> "State":
+    def load(cls, workdir: Path) -> State:
         path = workdir / STATE_FILE
         try:
             saved = json.loads(path.read_text())
@@ -182,7 +182,7 @@ class WorkdirLock:
         self.path = workdir / LOCK_FILE
         self.handle: Any = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock

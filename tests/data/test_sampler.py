@@ -20,8 +20,15 @@ from hsi_cluster.data.sampler import PatchBatch, PatchSampler, collate_patches
 from hsi_cluster.io import ingest
 from hsi_cluster.io.store import Store
 from tests import helpers
-from tests.train_helpers import (NODATA, IngestedScene, make_scene, reference_filled, reference_patch,
-                                 reflect_padded, store_arrays)
+from tests.train_helpers import (
+    NODATA,
+    IngestedScene,
+    make_scene,
+    reference_filled,
+    reference_patch,
+    reflect_padded,
+    store_arrays,
+)
 
 PATCH = 5
 HALO = PATCH // 2
@@ -112,7 +119,7 @@ def test_patches_equal_reflect_padded_scene_everywhere(clean: IngestedScene, pat
     seen = np.zeros(clean.valid.shape, dtype=int)
     for batch in PatchSampler(clean.store, patch_size=patch_size, batch_size=40, seed=5):
         assert batch.patches.dtype == clean.cube.dtype
-        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
             np.testing.assert_array_equal(patch, reference_patch(padded, row, col, patch_size),
                                           err_msg=f"patch centred on ({row}, {col})")
             seen[row, col] += 1
@@ -130,7 +137,7 @@ def test_invalid_neighbours_are_filled_not_nan(holed: IngestedScene) -> None:
     for batch in PatchSampler(holed.store, patch_size=PATCH, batch_size=32, seed=0):
         assert np.isfinite(batch.patches).all(), "NaN from an invalid neighbour reached a patch"
         assert not (batch.patches == NODATA).any(), "the nodata value reached a patch"
-        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
             np.testing.assert_allclose(patch, reference_patch(padded, row, col, PATCH), rtol=1e-6)
             r0, c0 = max(row - HALO, 0), max(col - HALO, 0)
             touched += not holed.valid[r0:row + HALO + 1, c0:col + HALO + 1].all()
@@ -145,7 +152,7 @@ def test_patches_equal_numpy_cut_on_a_holed_scene_at_corners(holed: IngestedScen
     corners = {(0, 0), (0, 36), (39, 0), (39, 36)}
     found = set()
     for batch in PatchSampler(holed.store, patch_size=PATCH, batch_size=8, seed=9):
-        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
             if (row, col) in corners:
                 found.add((row, col))
                 np.testing.assert_allclose(patch, reference_patch(padded, row, col, PATCH), rtol=1e-6)
@@ -163,7 +170,7 @@ def test_deterministic_for_seed_and_epoch(holed: IngestedScene) -> None:
 
     first, again = run(7, 2), run(7, 2)
     assert len(first) == len(again)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_array_equal(a.cols, b.cols)
         np.testing.assert_array_equal(a.patches, b.patches)
@@ -177,7 +184,7 @@ def test_deterministic_for_seed_and_epoch(holed: IngestedScene) -> None:
 def test_batches_mix_blocks(clean: IngestedScene) -> None:
     """The shuffle buffer mixes regions: a batch is not one block's pixels in raster order."""
     batches = epoch_centres(PatchSampler(clean.store, patch_size=PATCH, batch_size=40, seed=0))
-    blocks_per_batch = [len(set(zip((rows // 16).tolist(), (cols // 16).tolist()))) for rows, cols in batches]
+    blocks_per_batch = [len(set(zip((rows // 16).tolist(), (cols // 16).tolist(), strict=True))) for rows, cols in batches]
     assert np.mean(blocks_per_batch) > 3
 
 
@@ -190,7 +197,7 @@ def test_set_epoch_start_batch_resumes_the_same_epoch(holed: IngestedScene, star
     sampler.set_epoch(4, start_batch=start_batch)
     rest = list(sampler)
     assert len(rest) == max(0, len(full) - start_batch)
-    for a, b in zip(full[start_batch:], rest):
+    for a, b in zip(full[start_batch:], rest, strict=True):
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_array_equal(a.cols, b.cols)
         np.testing.assert_array_equal(a.patches, b.patches)
@@ -317,7 +324,7 @@ def test_integer_store_holes_read_as_the_band_mean(tmp_path: Path) -> None:
     padded = reflect_padded(np.where(valid[None], cube, fill[:, None, None]), HALO)
     for batch in PatchSampler(store, patch_size=PATCH, batch_size=16, seed=0):
         assert batch.patches.dtype == np.int16 and not (batch.patches == -9999).any()
-        for patch, row, col in zip(batch.patches, batch.rows, batch.cols):
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
             np.testing.assert_array_equal(patch, reference_patch(padded, row, col, PATCH))
 
 
@@ -368,7 +375,7 @@ def test_several_stores_every_valid_centre_once_with_the_pooled_fill(holed: Inge
         assert scene.valid[mine[:, 1], mine[:, 2]].all()
         assert scene.valid.sum() - 31 <= len(mine) <= scene.valid.sum()  # only the last partial batch is dropped
     for batch in batches:
-        for patch, s, row, col in zip(batch.patches, batch.scene, batch.rows, batch.cols):
+        for patch, s, row, col in zip(batch.patches, batch.scene, batch.rows, batch.cols, strict=True):
             np.testing.assert_allclose(patch, reference_patch(padded[s], row, col, PATCH), rtol=1e-6)
 
 
@@ -384,7 +391,7 @@ def test_several_stores_draw_in_proportion_to_valid_pixels(holed: IngestedScene,
     """
     sampler = PatchSampler([holed.store, small.store], patch_size=PATCH, batch_size=32, seed=seed)
     assert sampler.blocks_per_group >= 13
-    first = triples([batch for _, batch in zip(range(10), sampler)])
+    first = triples([batch for _, batch in zip(range(10), sampler, strict=False)])
     from_holed = int((first[:, 0] == 0).sum())
     assert abs(from_holed - 320 * 1410 / 1875) <= 28, from_holed
 
@@ -398,7 +405,7 @@ def test_several_stores_deterministic_and_resumable(holed: IngestedScene, small:
 
     first, again, rest = run(7, 2), run(7, 2), run(7, 2, start_batch=20)
     assert len(first) == len(again) == len(rest) + 20
-    for a, b in zip(first + first[20:], again + rest):
+    for a, b in zip(first + first[20:], again + rest, strict=True):
         np.testing.assert_array_equal(a.scene, b.scene)
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_array_equal(a.cols, b.cols)

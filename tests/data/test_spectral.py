@@ -11,8 +11,13 @@ from hsi_cluster.io.store import Store
 from hsi_cluster.model.projection import SpectralProjection
 from hsi_cluster.train import fit_spectral_projection
 from tests import helpers
-from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
-from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.train_helpers import (
+    NODATA,
+    IngestedScene,
+    make_scene,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    structured_cube,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,7 @@ def test_components_are_the_principal_axes_of_the_standardised_valid_pixels(hole
     pixels = valid_pixels(holed)
     standardised = (pixels - pixels.mean(axis=0)) / pixels.std(axis=0)
     _, _, vt = np.linalg.svd(standardised - standardised.mean(axis=0), full_matrices=False)
-    for got, want in zip(fit.components, vt[:3]):
+    for got, want in zip(fit.components, vt[:3], strict=True):
         assert abs(float(got @ want)) == pytest.approx(1.0, abs=1e-4)
     # the projection built from the fit decorrelates the scene's pixels
     projection = SpectralProjection(fit.mean, fit.std, fit.components)

@@ -4,9 +4,9 @@ error naming the file (exit code ≠ 0, no traceback) from the CLI, and never a 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -160,7 +160,7 @@ def test_library_raises_scene_error(tmp_path: Path, case: str) -> None:
     else:
         opened = open_scene(scene)  # opening reads headers only
         with pytest.raises(SceneError) as info:
-            opened.values
+            opened.load()
     assert named.name in str(info.value)
     assert "\n" not in str(info.value)
     out = tmp_path / "out" / "store.zarr"

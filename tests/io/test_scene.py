@@ -241,7 +241,7 @@ def test_open_is_lazy_for_a_big_npy(tmp_path: Path, npy_scene: SyntheticScene) -
     big[-8:] = 2.5
     big.flush()
     del big
-    open_scene(npy_scene.path).values  # warm up imports outside the measurement
+    open_scene(npy_scene.path).load() # warm up imports outside the measurement
     before = _rss()
     start = time.perf_counter()
     scene = open_scene(path)
@@ -262,7 +262,7 @@ def test_open_is_lazy_for_a_big_envi(tmp_path: Path, envi_bsq: SyntheticScene) -
     fields = helpers.envi_header_fields(samples=width, lines=height, bands=bands, dtype="float32",
                                         wavelength_nm=helpers.spectral_axis(bands)[0])
     path.with_suffix(".hdr").write_text(helpers.envi_header_text(fields))
-    open_scene(envi_bsq.path).values
+    open_scene(envi_bsq.path).load()
     before = _rss()
     start = time.perf_counter()
     scene = open_scene(path)
@@ -334,7 +334,7 @@ def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
         handle.create_dataset("cube", shape=(96, 1000, 1200), dtype="float32", chunks=(96, 64, 64))
     with open(small.path, "rb") as src, open(path, "r+b") as dst:
         dst.write(src.read(128))  # the MATLAB 7.3 text header
-    open_scene(small.path).values
+    open_scene(small.path).load()
     before = _rss()
     start = time.perf_counter()
     scene = open_scene(path)

@@ -20,8 +20,7 @@ from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io.store import METADATA_KEY, Store, invalid_fill, pooled_band_mean, read_haloed
 from hsi_cluster.stats import BandStats
 from tests import helpers
-from tests.train_helpers import (NODATA, IngestedScene, make_scene, reference_filled, reflect_padded,
-                                 structured_cube)
+from tests.train_helpers import NODATA, IngestedScene, make_scene, reference_filled, reflect_padded, structured_cube
 
 HEIGHT, WIDTH, BANDS = 40, 37, 6
 #: The four corner blocks of the 40 × 37 scene in 16-pixel blocks, and one inner block.

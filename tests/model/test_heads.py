@@ -48,3 +48,21 @@ def test_apply_per_pixel_matches_pixel_loop():
     assert torch.allclose(probs(out).sum(dim=1), torch.ones(2, 3, 5))
     with pytest.raises(ValueError, match=r"\(N, F, H, W\)"):
         apply_per_pixel(head, torch.randn(2, 6))
+
+
+def test_both_heads_are_the_one_mlp_head_with_the_same_state_dict_keys():
+    from hsi_cluster.model.heads import MLPHead
+
+    cluster, projector = ClusterHead(8, 3, hidden=4), InstanceProjector(8, 6, hidden=4)
+    assert isinstance(cluster, MLPHead) and isinstance(projector, MLPHead)
+    keys = ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    assert list(cluster.state_dict()) == keys == list(projector.state_dict())
+    assert (cluster.hidden, cluster.out_features, cluster.n_clusters) == (4, 3, 3)
+    assert (projector.hidden, projector.out_features) == (4, 6)
+
+
+def test_losses_live_one_per_module_and_the_package_re_exports_them():
+    from hsi_cluster.model import losses
+    from hsi_cluster.model.losses.sscc import SSCCLoss
+
+    assert losses.SSCCLoss is SSCCLoss and SSCCLoss.__module__ == "hsi_cluster.model.losses.sscc"

@@ -131,3 +131,21 @@ def test_composition_checks_sizes():
         SSCC(projection, DenseBackbone(in_channels=N_COMP, width=8, depth=1), ClusterHead(16, K))
     with pytest.raises(ValueError, match="unknown backbone"):
         SSCC.build(*_stats(), n_clusters=K, backbone="unet")
+
+
+def test_tile_probabilities_match_forward_dense_and_the_unfolded_path():
+    """The tiled forward of inference (model-side): strips of the head give what forward_dense gives, and the
+    patch-by-patch (ResNet) path gives the same on a dense model."""
+    from hsi_cluster.geo import PatchGeometry
+
+    model = _dense_model().eval()
+    tile = _raw((N_BANDS, 9, 12)).numpy()
+    probabilities = model.tile_probabilities(tile, patch_size=model.patch_size, device=torch.device("cpu"))
+    with torch.no_grad():
+        reference = torch.softmax(model.forward_dense(torch.from_numpy(tile)[None]).float(), dim=1)[0]
+        strips = model.dense_logits(model.project(torch.from_numpy(tile)[None]), rows=1)
+        unfolded = model._unfolded_logits(model.project(torch.from_numpy(tile)[None])[0],
+                                          PatchGeometry(model.patch_size), batch_size=7)
+    torch.testing.assert_close(probabilities, reference)
+    torch.testing.assert_close(strips, model.forward_dense(torch.from_numpy(tile)[None]))
+    torch.testing.assert_close(torch.softmax(unfolded, dim=0), reference, atol=1e-5, rtol=1e-4)

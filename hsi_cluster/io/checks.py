@@ -1,0 +1,87 @@
+"""Checks a scene must pass before any work, shared by ``train`` and ``predict`` (headers only, no pixels).
+
+Each raises a one-line :class:`~hsi_cluster.errors.HsiClusterError` that names the scene and says
+what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
+from hsi_cluster.io.scene import open_scene
+
+
+def check_patch_fits(scene: xr.DataArray, patch_size: int, *, whose: str = "the") -> None:
+    """The scene is at least one ``patch_size × patch_size`` patch in both directions.
+
+    Args:
+        scene: an opened scene (band, y, x).
+        patch_size: side p of the patch.
+        whose: the words before the patch in the message ("the", "the model's").
+    """
+    _, height, width = scene.shape
+    if height < patch_size or width < patch_size:
+        raise HsiClusterError(f"{scene.attrs['source']}: the scene ({height}×{width} pixels) is smaller than "
+                              f"{whose} {patch_size}×{patch_size} patch; use a larger scene")
+
+
+def check_bands(scene: xr.DataArray, *, n_bands: int, wavelength: Sequence[float] | np.ndarray | None,
+                reference: str, advice: str, tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
+    """The scene has ``n_bands`` bands centred within ``tolerance_nm`` of ``wavelength``.
+
+    Args:
+        scene: an opened scene (band, y, x).
+        n_bands: the band count it must have.
+        wavelength: the band centres (nm) it must match, or None to check the count only; the
+            centres are compared only where the scene carries wavelengths too.
+        reference: what the scene is compared with, for the message ("the model m.ckpt", a scene).
+        advice: what to do about a mismatch, ending the message.
+        tolerance_nm: largest accepted difference of a band centre.
+    """
+    source = scene.attrs["source"]
+    if scene.shape[0] != n_bands:
+        raise HsiClusterError(f"{source}: has {scene.shape[0]} bands but {reference} has {n_bands}; {advice}")
+    if wavelength is None or "wavelength" not in scene.coords:
+        return
+    expected = np.asarray(wavelength, dtype=np.float64)
+    own = scene.coords["wavelength"].values
+    band = mismatched_band(own, expected, tolerance_nm=tolerance_nm)
+    if band is not None:
+        raise HsiClusterError(f"{source}: band {band + 1} is at {own[band]:.1f} nm but in {reference} at "
+                              f"{expected[band]:.1f} nm ({abs(own[band] - expected[band]):.1f} nm apart, more than "
+                              f"{tolerance_nm:g} nm); {advice}")
+
+
+def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
+                       tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
+    """Raise before any work unless all ``scenes`` have the same bands.
+
+    Every scene is compared with the first: same band count, and band centres within
+    ``tolerance_nm`` where both carry wavelengths (the tolerance ``predict`` applies to a scene
+    against its model). Opening reads headers only.
+
+    Raises:
+        HsiClusterError: one line naming the two scenes and the difference.
+    """
+    if len(scenes) < 2:
+        return
+    opened = [open_scene(scene) for scene in scenes]
+    first = opened[0]
+    reference = None  # the first scene that has wavelengths
+    for scene in opened:
+        check_bands(scene, n_bands=first.shape[0], wavelength=None, reference=first.attrs["source"],
+                    advice="train together only scenes from the same sensor and processing")
+        if "wavelength" not in scene.coords:
+            continue
+        if reference is None:
+            reference = scene
+            continue
+        check_bands(scene, n_bands=first.shape[0], wavelength=reference.coords["wavelength"].values,
+                    reference=reference.attrs["source"], tolerance_nm=tolerance_nm,
+                    advice="train together only scenes with the same bands")
