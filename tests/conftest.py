@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,22 @@ from tests import helpers
 from tests.helpers import SyntheticScene
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for the tests of a module that asks for it (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``); the previous setting is restored afterwards.
+
+    Tiny networks gain nothing from intra-op threads: on two cores shared with other jobs, two OpenMP
+    threads made their many tiny convolutions several (up to ten) times slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

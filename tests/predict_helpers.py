@@ -17,12 +17,11 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from hsi_cluster.checkpoint import load_checkpoint
-from hsi_cluster.config import TrainConfig, config_from_dict, preset_config
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, label_patches
 from hsi_cluster.train import prepare_store, train
 from tests import helpers
-from tests.train_helpers import structured_cube
+from tests.train_helpers import structured_cube, tiny_config
 
 PATCH = 5
 K = 4
@@ -30,20 +29,9 @@ NODATA = -9999.0
 #: Label value written for invalid pixels (uint8 labels: the dtype's maximum).
 LABEL_NODATA = 255
 
-#: Overrides of the ``fast`` preset for a tiny dense model (5 × 5 patches).
-TINY_DENSE: dict[str, Any] = {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size": PATCH, "batch_size": 64,
-                              "epochs": 1, "n_components": 4, "head_hidden": 16, "pca_samples": 2000}
-#: Overrides for a tiny ResNet model (one stage of one block). The cluster-balance term keeps this
-#: briefly trained network from putting every pixel into one cluster.
-TINY_RESNET: dict[str, Any] = {**TINY_DENSE, "backbone": "resnet",
-                               "backbone_kwargs": {"stem_width": 4, "widths": [8], "blocks_per_stage": 1},
-                               "entropy_weight": 1.0}
-
-
-def tiny_config(backbone: str = "dense", **overrides: Any) -> TrainConfig:
-    """The ``fast`` preset shrunk to a tiny ``backbone`` ("dense" or "resnet"), then ``overrides``."""
-    base = TINY_DENSE if backbone == "dense" else TINY_RESNET
-    return config_from_dict({**base, **overrides}, base=preset_config("fast"))
+#: The tiny training configuration (:func:`tests.train_helpers.tiny_config`) with the batch and length
+#: the prediction tests' models are trained with.
+PREDICT_TRAINING: dict[str, Any] = {"batch_size": 64, "epochs": 1}
 
 
 @dataclass
@@ -66,7 +54,7 @@ class TrainedModel:
 def train_tiny(scene: Path, output: Path, work_dir: Path, *, backbone: str = "dense", n_clusters: int = K,
                seed: int = 0, **overrides: Any) -> TrainedModel:
     """Train a tiny model on ``scene`` (CPU) and return it with its store."""
-    train([scene], n_clusters=n_clusters, output=output, config=tiny_config(backbone, **overrides), seed=seed,
+    train([scene], n_clusters=n_clusters, output=output, config=tiny_config(backbone, **{**PREDICT_TRAINING, **overrides}), seed=seed,
           device="cpu", overwrite=True, work_dir=work_dir)
     return TrainedModel(checkpoint=output, scene=scene, store=prepare_store(scene, work_dir), backbone=backbone)
 
@@ -161,6 +149,6 @@ def untrained_checkpoint(store: Path, output: Path, *, n_clusters: int = K, n_co
                        backbone_kwargs={"width": 4, "depth": PATCH // 2}, head_hidden=8)
     spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
                 "components": torch.from_numpy(fit.components)}
-    config = tiny_config(n_components=n_components).to_dict()
+    config = tiny_config(**{**PREDICT_TRAINING, "n_components": n_components}).to_dict()
     return save_checkpoint(make_payload(model.eval(), train_config=config, spectral=spectral, scenes=[],
                                         wavelength=wavelength, complete=True), output)

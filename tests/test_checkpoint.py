@@ -15,10 +15,9 @@ from hsi_cluster.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_chec
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.model.sscc import SSCC
 from tests import helpers
-from tests.train_helpers import (
-    one_torch_thread,  # noqa: F401  (autouse fixture)
-    tiny_config,
-)
+from tests.train_helpers import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int = 0, *, n_bands: int = 12, n_clusters: int = 3) -> SSCC:

@@ -21,11 +21,9 @@ from hsi_cluster.cli import main
 from hsi_cluster.pipeline import KINDS, PipelineError, load_pipeline, plan, run
 from tests import helpers
 from tests.predict_helpers import read_raster
-from tests.train_helpers import (
-    TINY,
-    one_torch_thread,  # noqa: F401  (autouse fixture)
-    structured_cube,
-)
+from tests.train_helpers import TINY, structured_cube
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"

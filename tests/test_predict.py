@@ -11,14 +11,9 @@ import torch
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, label_patches
 from hsi_cluster.train import fit_spectral_projection
-from tests.train_helpers import (
-    IngestedScene,
-    make_scene,
-    one_torch_thread,  # noqa: F401  (autouse fixture)
-    reference_filled,
-    reflect_padded,
-    structured_cube,
-)
+from tests.train_helpers import IngestedScene, make_scene, reference_filled, reflect_padded, structured_cube
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PATCH = 5
 K = 4

@@ -9,7 +9,7 @@ structured scene with NaN/nodata pixels, a nodata border and an empty corner.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dask.array as da
@@ -53,16 +53,7 @@ HEIGHT, WIDTH = 70, 53
 # fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run torch single-threaded here: on two cores shared with other jobs, two OpenMP threads made the
-    many tiny convolutions of these tests about ten times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

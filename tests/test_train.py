@@ -25,14 +25,9 @@ from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io.store import Store
 from hsi_cluster.train import TrainResult, fit_spectral_projection, partial_checkpoint_path, prepare_store, train
 from tests import helpers
-from tests.train_helpers import (
-    NODATA,
-    TINY,
-    IngestedScene,
-    make_scene,
-    one_torch_thread,  # noqa: F401  (autouse fixture)
-    tiny_config,
-)
+from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS_PER_EPOCH = 14  # 473 valid pixels // 32
 

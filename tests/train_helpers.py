@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-import torch
 
 from hsi_cluster.config import TrainConfig, config_from_dict, preset_config
 from hsi_cluster.io import ingest
@@ -29,22 +27,18 @@ TINY: dict[str, Any] = {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size
                         "epochs": 2, "n_components": 4, "head_hidden": 16, "pca_samples": 2000}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Autouse in the modules that import it: one intra-op thread for the module's tests.
-
-    Tiny networks gain nothing from intra-op threads and lose several-fold on a busy 2-core
-    machine; the previous setting is restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: What turns the tiny dense configuration into a tiny ResNet (one stage of one block). The
+#: cluster-balance term keeps a briefly trained ResNet from putting every pixel into one cluster.
+TINY_RESNET: dict[str, Any] = {"backbone": "resnet",
+                               "backbone_kwargs": {"stem_width": 4, "widths": [8], "blocks_per_stage": 1},
+                               "entropy_weight": 1.0}
 
 
-def tiny_config(**overrides: Any) -> TrainConfig:
-    """The ``fast`` preset shrunk by :data:`TINY`, then ``overrides``."""
-    return config_from_dict({**TINY, **overrides}, base=preset_config("fast"))
+def tiny_config(backbone: str = "dense", **overrides: Any) -> TrainConfig:
+    """The ``fast`` preset shrunk by :data:`TINY` (with :data:`TINY_RESNET` for ``backbone="resnet"``),
+    then ``overrides``: the one tiny training configuration of the tests."""
+    resnet = TINY_RESNET if backbone == "resnet" else {}
+    return config_from_dict({**TINY, **resnet, **overrides}, base=preset_config("fast"))
 
 
 @dataclass

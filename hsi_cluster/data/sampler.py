@@ -25,6 +25,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import IterableDataset, get_worker_info
 
+from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.io.store import Store, pooled_band_mean
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20
@@ -82,7 +83,7 @@ class PatchSampler(IterableDataset):
         self.stores = tuple(str(s) for s in stores)
         self.store = self.stores[0]
         self.patch_size = patch_size
-        self.halo = patch_size // 2
+        self.halo = PatchGeometry(patch_size).halo
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = epoch

@@ -196,6 +196,7 @@ class SSCC(nn.Module):
         (channels-last convolutions of the dense backbone: oneDNN's fastest on CPUs, ~1.5×)."""
         self.to(device).eval()
         if isinstance(self.backbone, DenseBackbone):
+            # torch's stubs of Module.to omit memory_format, which it accepts
             self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return self
 

@@ -11,13 +11,9 @@ from hsi_cluster.io.store import Store
 from hsi_cluster.model.projection import SpectralProjection
 from hsi_cluster.train import fit_spectral_projection
 from tests import helpers
-from tests.train_helpers import (
-    NODATA,
-    IngestedScene,
-    make_scene,
-    one_torch_thread,  # noqa: F401  (autouse fixture)
-    structured_cube,
-)
+from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

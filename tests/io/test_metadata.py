@@ -1,0 +1,59 @@
+"""io/metadata directly: ENVI lists, units, band centres from each metadata domain, the inverse tags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hsi_cluster.io.metadata import (
+    band_metadata_tags,
+    mismatched_band,
+    parse_envi_list,
+    spectral_coords,
+    unit_scale_to_nm,
+)
+
+
+def test_parse_envi_list() -> None:
+    assert parse_envi_list("{ 400.5, 410.2 ,420 }") == ["400.5", "410.2", "420"]
+    assert parse_envi_list("{ }") is None and parse_envi_list(None) is None
+
+
+@pytest.mark.parametrize(("units", "values", "scale"), [
+    ("Nanometers", [400.0], 1.0), ("micrometers", [0.4], 1000.0), ("µm", [0.4], 1000.0), ("mm", [4e-4], 1e6),
+    (None, [0.4, 2.5], 1000.0), ("unknown", [400.0, 2500.0], 1.0), ("wavenumber", [4000.0], None),
+])
+def test_unit_scale_to_nm(units: str | None, values: list[float], scale: float | None) -> None:
+    assert unit_scale_to_nm(units, np.asarray(values)) == scale
+
+
+def test_mismatched_band_names_the_farthest_band_beyond_the_tolerance() -> None:
+    reference = np.array([400.0, 500.0, 600.0])
+    assert mismatched_band(reference + [0.5, -0.9, 0.2], reference) is None
+    assert mismatched_band(reference + [1.5, -3.0, 0.2], reference) == 1
+    assert mismatched_band(reference + [1.5, 0, 0], reference, tolerance_nm=2.0) is None
+
+
+def test_spectral_coords_from_the_envi_domain_in_micrometres() -> None:
+    envi = {"wavelength": "{0.4, 0.5, 0.6}", "fwhm": "{0.01, 0.01, 0.02}", "wavelength_units": "Micrometers",
+            "bbl": "{1, 0, 1}"}
+    coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}])
+    np.testing.assert_allclose(coords["wavelength"], [400, 500, 600])
+    np.testing.assert_allclose(coords["fwhm"], [10, 10, 20])
+    np.testing.assert_array_equal(coords["good_band"], [True, False, True])
+
+
+def test_spectral_coords_from_per_band_tags_round_trip_through_band_metadata_tags() -> None:
+    coords = {"wavelength": np.array([450.0, 550.0]), "fwhm": np.array([5.0, 6.0]),
+              "good_band": np.array([True, False])}
+    tags = [band_metadata_tags(coords, i) for i in range(2)]
+    assert tags[0] == {"wavelength": "450.0", "wavelength_units": "nanometers", "fwhm": "5.0", "good_band": "1"}
+    again = spectral_coords(2, {}, {}, tags, [{}, {}])
+    for name, values in coords.items():
+        np.testing.assert_array_equal(again[name], values)
+
+
+def test_spectral_coords_without_metadata_and_with_a_wrong_count() -> None:
+    assert spectral_coords(2, {}, {}, [{}, {}], [{}, {}]) == {}
+    # a list of another length than the bands is not trusted
+    assert "wavelength" not in spectral_coords(3, {}, {"wavelength": "{400, 500}"}, [{}, {}, {}], [{}, {}, {}])
