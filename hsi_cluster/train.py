@@ -32,7 +32,7 @@ from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
-from hsi_cluster.model.heads import probs
+from hsi_cluster.model.heads import CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral
@@ -281,7 +281,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     resumed_epoch_losses: list[float] = []
     if resume_from is not None:
         state = resume_from.payload["training"]
-        model.load_state_dict(resume_from.payload["state_dict"])
+        model.load_state_dict({key: value for key, value in resume_from.payload["state_dict"].items()
+                               if not key.startswith("centroid_head.")})  # refitted at the end
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"].to(generator.get_state().device))
@@ -361,12 +362,44 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             save_checkpoint(payload(False), partial)
             if stop:  # stopped on the epoch's last batch: after its end-of-epoch bookkeeping
                 raise KeyboardInterrupt(f"stopped after {step} steps as asked")
+    if config.assignment == "centroids":
+        log(f"fitting {n_clusters} feature centroids on {config.centroid_samples} training pixels")
+        model.set_centroid_head(fit_centroid_head(model, stores, config=config, seed=seed, mask=mask,
+                                                  fill=spectral["mean"].numpy(), device=torch_device))
     seconds = elapsed_before + time.perf_counter() - started
     save_checkpoint(payload(True), output)
     partial.unlink(missing_ok=True)
     curve = write_loss_curve(history, output.with_suffix(".loss.png"))
     return TrainResult(checkpoint=output, loss_curve=curve, steps=step, epochs=epoch, seconds=seconds,
                        samples_per_second=samples_seen / max(time.perf_counter() - started, 1e-9), history=history)
+
+
+#: Epoch number of the sampler plan that draws the pixels of the feature centroids (not a training epoch).
+CENTROID_PLAN_EPOCH = 1_000_003
+
+
+@torch.no_grad()
+def fit_centroid_head(model: SSCC, stores: Sequence[Path], *, config: TrainConfig, seed: int,
+                      mask: np.ndarray | None, fill: np.ndarray, device: torch.device) -> CentroidHead:
+    """k-means centroids of the trained features of a random sample of training pixels.
+
+    Draws up to ``config.centroid_samples`` centres with the training sampler (every region
+    contributes in proportion to its valid pixels), encodes their patches in eval mode and fits
+    :meth:`CentroidHead.fit` with K = the model's clusters.
+    """
+    sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
+                           mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH)
+    model.eval()
+    features: list[np.ndarray] = []
+    drawn = 0
+    for batch in sampler:
+        raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(device)
+        features.append(model.encode(model.project(raw)).float().cpu().numpy())
+        drawn += len(raw)
+        if drawn >= config.centroid_samples:
+            break
+    model.train()
+    return CentroidHead.fit(np.concatenate(features)[:config.centroid_samples], model.n_clusters, seed=seed)
 
 
 def _contrastive_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter, generator: torch.Generator,

@@ -4,6 +4,8 @@
 * :class:`ClusterHead`: SSCC's cluster head (Cai et al., arXiv:2111.07945), Linear → ReLU → Linear
   to K logits; the softmax of the logits is the cluster-probability vector and its argmax the label.
 * :class:`InstanceProjector`: the 128-d instance projector of the reference code (disabled there).
+* :class:`CentroidHead`: k-means centroids of the trained backbone's features; labels each pixel
+  with its nearest centroid (fitted after training, see :meth:`CentroidHead.fit`).
 
 Heads act on the last dimension, so :func:`apply_per_pixel` runs them on feature maps (N, F, H, W)
 without loops, which is how the fully convolutional inference labels whole tiles.
@@ -11,7 +13,9 @@ without loops, which is how the fully convolutional inference labels whole tiles
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from sklearn.cluster import KMeans
 from torch import Tensor, nn
 
 
@@ -86,6 +90,57 @@ class InstanceProjector(MLPHead):
 
     def __init__(self, in_features: int, out_features: int = 128, *, hidden: int = 512) -> None:
         super().__init__(in_features, out_features, hidden=hidden)
+
+
+class CentroidHead(nn.Module):
+    """Nearest-centroid assignment in feature space: logits ``-‖f − c_k‖² / scale``.
+
+    The centroids are k-means centres of the backbone's features over a sample of the training
+    pixels, fitted once after training. Argmax of the logits is the nearest centroid; the softmax
+    is a confidence whose temperature ``scale`` is the mean squared distance of the sample to its
+    own centroid.
+
+    Args:
+        centroids: (K, F) cluster centres in feature space.
+        scale: positive temperature (squared feature units).
+
+    Shapes:
+        (..., F) → (..., K) logits.
+    """
+
+    centroids: Tensor
+    scale: Tensor
+
+    def __init__(self, centroids: Tensor, scale: float | Tensor = 1.0) -> None:
+        super().__init__()
+        if centroids.ndim != 2 or centroids.shape[0] < 2:
+            raise ValueError(f"centroids must be (K ≥ 2, F), got shape {tuple(centroids.shape)}")
+        self.register_buffer("centroids", centroids.detach().to(torch.float32).clone())
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
+        self.in_features = int(centroids.shape[1])
+        self.out_features = int(centroids.shape[0])
+        self.hidden = self.out_features  # widest per-pixel layer, which sizes strips of pixels in tiled inference
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of clusters K."""
+        return self.out_features
+
+    @classmethod
+    def fit(cls, features: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10) -> CentroidHead:
+        """k-means (scikit-learn, k-means++ with ``n_init`` restarts) on (N, F) features."""
+        if len(features) < n_clusters:
+            raise ValueError(f"{len(features)} feature vectors cannot make {n_clusters} centroids")
+        kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(features.astype(np.float64))
+        scale = max(float(kmeans.inertia_) / len(features), 1e-12)
+        return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(..., F) → (..., K) logits, the negative squared distances over ``scale``."""
+        centroids = self.centroids.to(features.dtype)
+        squared = (features * features).sum(-1, keepdim=True) - 2 * features @ centroids.T \
+            + (centroids * centroids).sum(-1)
+        return -squared / self.scale.to(features.dtype)
 
 
 def probs(logits: Tensor, dim: int = 1) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.model.backbones import DenseBackbone, ResNetBackbone, build_backbone
-from hsi_cluster.model.heads import ClusterHead, InstanceProjector, apply_per_pixel
+from hsi_cluster.model.heads import CentroidHead, ClusterHead, InstanceProjector, apply_per_pixel
 from hsi_cluster.model.projection import ArrayLike, SpectralProjection
 
 
@@ -63,6 +63,7 @@ class SSCC(nn.Module):
         self.backbone = backbone
         self.cluster_head = cluster_head
         self.instance_projector = instance_projector
+        self.centroid_head: CentroidHead | None = None
         self.config: dict[str, Any] | None = None
 
     @classmethod
@@ -102,10 +103,27 @@ class SSCC(nn.Module):
         ``weight`` and ``bias`` buffers are part of the state dict).
         """
         in_bands, n_components = int(config["in_bands"]), int(config["n_components"])
-        return cls.build(np.zeros(in_bands), np.ones(in_bands), np.zeros((n_components, in_bands)),
-                         n_clusters=int(config["n_clusters"]), backbone=str(config["backbone"]),
-                         backbone_kwargs=config.get("backbone_kwargs") or {},
-                         head_hidden=int(config.get("head_hidden", 512)), instance_dim=config.get("instance_dim"))
+        model = cls.build(np.zeros(in_bands), np.ones(in_bands), np.zeros((n_components, in_bands)),
+                          n_clusters=int(config["n_clusters"]), backbone=str(config["backbone"]),
+                          backbone_kwargs=config.get("backbone_kwargs") or {},
+                          head_hidden=int(config.get("head_hidden", 512)), instance_dim=config.get("instance_dim"))
+        if config.get("assignment", "head") == "centroids":
+            model.set_centroid_head(CentroidHead(torch.zeros(model.n_clusters, model.backbone.out_features)))
+        return model
+
+    def set_centroid_head(self, head: CentroidHead) -> None:
+        """Label pixels with ``head`` (nearest feature centroid) instead of the trained cluster head."""
+        if head.in_features != self.backbone.out_features or head.n_clusters != self.n_clusters:
+            raise ValueError(f"centroid head takes {head.in_features} features into {head.n_clusters} clusters; the "
+                             f"model has {self.backbone.out_features} features and {self.n_clusters} clusters")
+        self.centroid_head = head
+        if self.config is not None:
+            self.config["assignment"] = "centroids"
+
+    @property
+    def label_head(self) -> CentroidHead | ClusterHead:
+        """The head whose argmax is the label: the centroid head when fitted, else the cluster head."""
+        return self.centroid_head if self.centroid_head is not None else self.cluster_head
 
     # ----------------------------------------------------------------------------------- sizes
     @property
@@ -138,8 +156,8 @@ class SSCC(nn.Module):
         return self.backbone(projected)
 
     def forward_projected(self, projected: Tensor) -> Tensor:
-        """Cluster logits of projected (e.g. augmented) patches: (N, C, p, p) → (N, K)."""
-        return self.cluster_head(self.encode(projected))
+        """Cluster logits of projected (e.g. augmented) patches: (N, C, p, p) → (N, K), from :attr:`label_head`."""
+        return self.label_head(self.encode(projected))
 
     def forward(self, x: Tensor) -> Tensor:
         """Cluster logits of raw patches.
@@ -186,8 +204,8 @@ class SSCC(nn.Module):
             raise ValueError(f"dense_logits needs the 'dense' backbone, this model has {type(self.backbone).__name__}")
         features = self.backbone.forward_dense(projected)
         if rows is None:
-            return apply_per_pixel(self.cluster_head, features)
-        return torch.cat([apply_per_pixel(self.cluster_head, features[:, :, r:r + rows])
+            return apply_per_pixel(self.label_head, features)
+        return torch.cat([apply_per_pixel(self.label_head, features[:, :, r:r + rows])
                           for r in range(0, features.shape[2], rows)], dim=2)
 
     # ------------------------------------------------------------------------------ tiled inference
@@ -250,7 +268,7 @@ class SSCC(nn.Module):
 
     def _head_width(self) -> int:
         """Widest layer of the cluster head (its hidden width), to size strips of pixels."""
-        return max(self.cluster_head.hidden, self.cluster_head.out_features)
+        return max(self.label_head.hidden, self.label_head.out_features)
 
     # ------------------------------------------------------------------------------ prediction
     @torch.no_grad()

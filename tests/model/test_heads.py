@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from hsi_cluster.model.heads import ClusterHead, InstanceProjector, apply_per_pixel, probs
+from hsi_cluster.model.heads import CentroidHead, ClusterHead, InstanceProjector, apply_per_pixel, probs
 
 
 def test_cluster_head_shapes_and_layout():
@@ -66,3 +67,20 @@ def test_losses_live_one_per_module_and_the_package_re_exports_them():
     from hsi_cluster.model.losses.sscc import SSCCLoss
 
     assert losses.SSCCLoss is SSCCLoss and SSCCLoss.__module__ == "hsi_cluster.model.losses.sscc"
+
+
+def test_centroid_head_fit_finds_separated_groups():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = rng.integers(0, 3, 300)
+    features = centres[truth] + rng.normal(scale=0.5, size=(300, 2))
+    head = CentroidHead.fit(features, 3, seed=0)
+    labels = head(torch.from_numpy(features).float()).argmax(-1).numpy()
+    # One cluster per group (ids are arbitrary): the contingency table is a permutation.
+    table = np.zeros((3, 3), dtype=int)
+    np.add.at(table, (truth, labels), 1)
+    assert sorted((table > 0).sum(axis=1)) == [1, 1, 1] and sorted(table.max(axis=1)) == sorted(np.bincount(truth))
+    # The scale is the mean squared distance to the own centroid: about 2 · 0.5² here.
+    assert float(head.scale) == pytest.approx(0.5, rel=0.2)
+    with pytest.raises(ValueError, match="cannot make"):
+        CentroidHead.fit(features[:2], 3)

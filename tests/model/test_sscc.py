@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hsi_cluster.model.backbones import DenseBackbone
-from hsi_cluster.model.heads import ClusterHead
+from hsi_cluster.model.heads import CentroidHead, ClusterHead
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.projection import SpectralProjection
 from hsi_cluster.model.sscc import SSCC
@@ -149,3 +149,50 @@ def test_tile_probabilities_match_forward_dense_and_the_unfolded_path():
     torch.testing.assert_close(probabilities, reference)
     torch.testing.assert_close(strips, model.forward_dense(torch.from_numpy(tile)[None]))
     torch.testing.assert_close(torch.softmax(unfolded, dim=0), reference, atol=1e-5, rtol=1e-4)
+
+
+def _with_centroids(seed: int = 0) -> SSCC:
+    """A dense model whose labels come from centroids fitted on its own eval-mode features."""
+    model = _dense_model(seed).eval()
+    with torch.no_grad():
+        features = model.encode(model.project(_raw((64, N_BANDS, 7, 7), seed=seed + 1))).numpy()
+    model.set_centroid_head(CentroidHead.fit(features, K, seed=seed))
+    return model
+
+
+def test_centroid_head_labels_nearest_centroid_on_patches_and_tiles():
+    model = _with_centroids()
+    assert model.label_head is model.centroid_head and model.config["assignment"] == "centroids"
+    x = _raw((10, N_BANDS, 7, 7), seed=5)
+    with torch.no_grad():
+        features = model.encode(model.project(x))
+        nearest = torch.cdist(features, model.centroid_head.centroids).argmin(1)
+    labels, _ = model.predict_patches(x)
+    assert torch.equal(labels, nearest)
+    tile = _raw((1, N_BANDS, 12, 15), seed=9)
+    with torch.no_grad():
+        dense = model.forward_dense(tile)
+        patches = F.unfold(tile, 7).transpose(1, 2).reshape(-1, N_BANDS, 7, 7)
+        per_patch = model(patches).reshape(1, 6, 9, K).permute(0, 3, 1, 2)
+    assert torch.equal(dense.argmax(1), per_patch.argmax(1))
+    # Logits are negative squared distances over the scale (which is positive).
+    assert (dense <= 0).all() and float(model.centroid_head.scale) > 0
+
+
+def test_centroid_head_survives_the_config_round_trip():
+    model = _with_centroids(seed=2)
+    rebuilt = SSCC.from_config(model.config)
+    assert rebuilt.centroid_head is not None
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    x = _raw((5, N_BANDS, 7, 7), seed=3)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_centroid_head_must_fit_the_model():
+    model = _dense_model()
+    with pytest.raises(ValueError, match="centroid head"):
+        model.set_centroid_head(CentroidHead(torch.zeros(K, 3)))
+    with pytest.raises(ValueError, match="K ≥ 2"):
+        CentroidHead(torch.zeros(1, 8))
