@@ -24,7 +24,7 @@ import hsi_cluster as hc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("HSICLUSTER_QUICKSTART_STEPS", 0)) or None,
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("HSICLUSTER_QUICKSTART_STEPS", "0")) or None,
                         help="optimiser steps (default: the fast preset's full length; env HSICLUSTER_QUICKSTART_STEPS)")
     parser.add_argument("--out", type=Path, default=Path("quickstart-out"), help="folder for the outputs")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
