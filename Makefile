@@ -1,8 +1,8 @@
 # Two entry points for a fresh machine:  `make demo`  and  `make test`.
 # Both create ./.venv (Python >= 3.10) on first use and install hsicluster into it.
-# Torch: an existing torch in the venv is kept. On a machine without an NVIDIA GPU the CPU build
-# is installed; set TORCH_INDEX to a PyTorch wheel index (e.g. the CPU-only one) if your pip
-# would otherwise fetch a CUDA build, or TORCH_SPEC to pin another version.
+# Torch: an existing torch in the venv is kept (install your own CUDA build first to choose it).
+# Otherwise the pinned TORCH_SPEC is installed from PyPI, or from TORCH_INDEX, a PyTorch wheel index
+# (e.g. the CPU-only one, if your pip would otherwise fetch a CUDA build on a machine without a GPU).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,7 +24,6 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@if $(PY) -c 'import torch' 2>/dev/null; then echo "keeping installed torch"; \
-	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch; \
 	else $(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); fi
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@

@@ -283,9 +283,10 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
 @click.option("--quicklook", type=OutputFile("labels.png"), default=None, help="Also write a PNG with a legend.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished tiles.")
+@click.option("--stac", is_flag=True, help="Also write a STAC Item beside the labels (labels.stac.json).")
 @command_options
 def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
-            quicklook: Path | None, overwrite: bool, resume: bool, quiet: bool) -> None:
+            quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, quiet: bool) -> None:
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
     from hsi_cluster.predict import predict_scene
 
@@ -301,6 +302,13 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
                 update.bar.set_postfix_str(f"{done * tiles * tiles / 1e6 / (time.perf_counter() - started):.2f} Mpix/s")
         result = predict_scene(scene, checkpoint, output, tiles=tiles, device=device, confidence_path=confidence,
                                quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=on_tile)
+    if stac:
+        from hsi_cluster.io.stac import write_label_item
+
+        item = write_label_item(result.output, model=checkpoint, counts=result.counts, confidence=result.confidence,
+                                quicklook=result.quicklook)
+        if not quiet:
+            click.echo(f"wrote {item}")
     if not quiet:
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
@@ -323,9 +331,10 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
 @click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
               help="Extra attempts for a scene whose task crashed or whose worker died.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scene records as JSON.")
+@click.option("--stac", is_flag=True, help="Also write a STAC Item beside each label raster and OUTDIR/collection.json.")
 @command_options
 def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, scheduler: str | None,
-          workers: int | None, retries: int, as_json: bool, quiet: bool) -> None:
+          workers: int | None, retries: int, as_json: bool, stac: bool, quiet: bool) -> None:
     """Label many SCENES (files or quoted glob patterns, ** recursive) with one model on dask.
 
     Rerunning skips the scenes already done; a failing scene is recorded in OUTDIR/manifest.json and
@@ -360,6 +369,10 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             report_failure(record)
     summary = (f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
                f"{result.seconds:.0f} s; manifest: {result.manifest}")
+    if stac:
+        from hsi_cluster.io.stac import write_batch_catalog
+
+        summary += f"; STAC: {write_batch_catalog(result.records, outdir, model=checkpoint)}"
     if as_json:
         _echo_json(result.records)
         if not quiet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -339,7 +340,8 @@ def test_interrupt_says_how_to_continue(runner: CliRunner, geotiff: SyntheticSce
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(target, interrupted)
+    module, _, name = target.rpartition(".")  # the module object: hsi_cluster.train the attribute is the API function
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
     args = [{"SCENE": str(geotiff.path), "OUT": str(tmp_path / "out.tif")}.get(a, a) for a in command]
     result = runner.invoke(main, args)
     assert result.exit_code == 130

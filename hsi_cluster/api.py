@@ -1,0 +1,404 @@
+"""The Python API: what a notebook uses, a thin layer over the jobs that the CLI runs.
+
+    import hsi_cluster as hc
+    scene = hc.open_scene("scene.tif")               # lazy (band, y, x) DataArray
+    model = hc.train(scene, k=6)                     # preset "fast"; config keys as keywords (steps=200)
+    labels = model.predict(scene)                    # (y, x) DataArray with CRS/transform/nodata; .rio works
+    model.predict(scene, output="labels.tif")        # large scenes: tiled, straight to a label COG
+    hc.evaluate(labels, "gt.tif")                    # the numbers `hsicluster evaluate` prints
+    model.save("m.ckpt"); hc.load_model("m.ckpt")
+
+Training and writing go through the very functions the commands call (:func:`hsi_cluster.train.train`,
+:func:`hsi_cluster.predict.predict_scene`); in-memory prediction runs the same tiles, halo, hole filling
+and network as ``predict`` and returns the labels ``predict`` would write (same dtype, same nodata).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import rioxarray  # noqa: F401 — registers the .rio accessor on the DataArrays returned here
+import torch
+import xarray as xr
+from affine import Affine
+
+from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
+from hsi_cluster.config import load_config
+from hsi_cluster.device import device_from
+from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering
+from hsi_cluster.geo import BlockGrid
+from hsi_cluster.io.files import atomic_path, check_output, sha256_of
+from hsi_cluster.io.label_raster import label_dtype
+from hsi_cluster.io.labels import read_label_map, read_label_pair
+from hsi_cluster.io.scene import open_scene
+from hsi_cluster.io.store import read_haloed
+from hsi_cluster.model.backbones import DenseBackbone
+from hsi_cluster.predict import PredictResult, _tile_logits, check_scene_matches, predict_scene
+from hsi_cluster.stats import valid_pixel_mask
+
+SceneLike = Union[str, os.PathLike, xr.DataArray]
+
+__all__ = ["Model", "evaluate", "load_model", "open_scene", "train"]
+
+
+def _scene_path(scene: SceneLike, *, what: str) -> Path:
+    """The file behind ``scene``: a path as given, or the file an :func:`open_scene` DataArray was read from.
+
+    Raises:
+        ValueError: a DataArray that is not a whole scene as opened from a file (a crop, a computed array).
+    """
+    if isinstance(scene, (str, os.PathLike)):
+        return Path(scene).expanduser().absolute()
+    if isinstance(scene, xr.DataArray):
+        source = scene.attrs.get("source")
+        if source and Path(source).exists():
+            opened = open_scene(source)
+            same = opened.shape == scene.shape and all(
+                name not in scene.coords or np.array_equal(opened.coords[name].values, scene.coords[name].values)
+                for name in ("y", "x"))
+            if same:
+                return Path(source)
+        raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop "
+                         "or a computed array); write it to a file first, e.g. scene.rio.to_raster('crop.tif'), "
+                         "and pass that path")
+    raise TypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}")
+
+
+@dataclass
+class Model:
+    """A trained SSCC model: the checkpoint of ``hsicluster train``, held in memory.
+
+    Attributes:
+        checkpoint: the loaded checkpoint (weights, configuration, spectral projection).
+        path: the file it was read from or last saved to; None for a model trained with ``output=None``
+            and not saved yet.
+        history: per-epoch losses of the training run that made it (empty for a loaded model).
+    """
+
+    checkpoint: Checkpoint
+    data: bytes = field(repr=False)
+    path: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Model:
+        """Read a checkpoint file (safely: weights and plain data only)."""
+        checkpoint = load_checkpoint(path)
+        return cls(checkpoint=checkpoint, data=checkpoint.path.read_bytes(), path=checkpoint.path)
+
+    @property
+    def k(self) -> int:
+        """Number of clusters K."""
+        return self.checkpoint.n_clusters
+
+    @property
+    def n_bands(self) -> int:
+        """Bands a scene must have."""
+        return self.checkpoint.in_bands
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training configuration (preset with overrides)."""
+        return dict(self.checkpoint.payload["train_config"])
+
+    @property
+    def sha256(self) -> str:
+        """The checkpoint file's sha256 (hex); its first 16 digits tag every label raster it writes."""
+        import hashlib
+
+        return hashlib.sha256(self.data).hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"Model(k={self.k}, bands={self.n_bands}, backbone={self.checkpoint.payload['backbone']!r}, "
+                f"sha256={self.sha256[:16]!r}, path={str(self.path) if self.path else None!r})")
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the checkpoint, byte for byte as trained (so its hash is unchanged), atomically.
+
+        Raises:
+            OutputError: ``path`` exists and ``overwrite`` is False, or names a folder.
+        """
+        path = Path(path).expanduser().absolute()
+        check_output(path, replace=overwrite, exists_hint="pass overwrite=True to replace it")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(self.data)
+        self.path = path
+        return path
+
+    def _checkpoint_file(self, folder: str) -> Path:
+        """A file holding this checkpoint: its own, or a copy in ``folder`` when it has none (or it changed)."""
+        if self.path is not None and self.path.is_file() and sha256_of(self.path) == self.sha256:
+            return self.path
+        copy = Path(folder) / "model.ckpt"
+        copy.write_bytes(self.data)
+        return copy
+
+    def predict(self, scene: SceneLike, output: str | os.PathLike[str] | None = None, *, tiles: int = 512,
+                confidence: bool | str | os.PathLike[str] = False, device: str = "auto",
+                quicklook: str | os.PathLike[str] | None = None, overwrite: bool = False, stac: bool = False,
+                progress: bool = False) -> xr.DataArray | xr.Dataset | PredictResult:
+        """Label every pixel of ``scene``.
+
+        Args:
+            scene: a path, or a DataArray (band, y, x) such as :func:`open_scene` returns (in memory,
+                any such array works; to a file, it must be a whole scene as opened).
+            output: None: return the labels in memory. A path: write a label COG there through the
+                tiled path of ``hsicluster predict`` (for scenes larger than memory) and return its
+                :class:`~hsi_cluster.predict.PredictResult`.
+            tiles: tile side in pixels (labels do not depend on it).
+            confidence: in memory, True returns a Dataset with ``labels`` and ``confidence`` (the winning
+                probability, NaN on nodata). With ``output``, True writes ``OUTPUT_confidence.tif`` beside
+                it, or give that file's path.
+            device: "auto", "cpu" or "cuda".
+            quicklook: with ``output``: also write this PNG with a legend.
+            overwrite: with ``output``: replace existing files.
+            stac: with ``output``: also write a STAC Item beside it (``OUTPUT.stac.json``, see
+                :mod:`hsi_cluster.io.stac`).
+            progress: show a progress bar (tiles).
+
+        Returns:
+            In memory: a DataArray (y, x) of cluster ids 0 … K−1 (uint8, uint16 when K > 254) with the
+            dtype's maximum as nodata on invalid pixels, the scene's ``x``/``y`` coordinates and rioxarray's
+            conventions (``spatial_ref`` coordinate: ``.rio.crs``, ``.rio.transform()``, ``.rio.nodata``,
+            ``.rio.to_raster()``); or a Dataset of it and ``confidence``. With ``output``: the result of
+            the written file.
+        """
+        if output is None:
+            if quicklook is not None or stac:
+                raise ValueError("quicklook= and stac= describe a written label raster; pass output= as well")
+            array = scene if isinstance(scene, xr.DataArray) else open_scene(_scene_path(scene, what="predict"))
+            return label_array(self.checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
+                               progress=progress, model_sha256=self.sha256)
+        output = Path(output).expanduser().absolute()
+        scene_path = _scene_path(scene, what="predict(output=...)")
+        confidence_path = None
+        if confidence is True:
+            confidence_path = output.with_name(f"{output.stem}_confidence.tif")
+        elif confidence:
+            confidence_path = Path(confidence)
+        with tempfile.TemporaryDirectory(prefix="hsicluster-model-") as folder:
+            checkpoint_file = self._checkpoint_file(folder)
+            with _bar(progress, "predict", "tile") as update:
+                result = predict_scene(scene_path, checkpoint_file, output, tiles=tiles, device=device,
+                                       confidence_path=confidence_path, quicklook_path=quicklook,
+                                       overwrite=overwrite, progress=update)
+        if stac:
+            from hsi_cluster.io.stac import write_label_item
+
+            write_label_item(result.output, model_sha256=self.sha256, source=scene_path, counts=result.counts,
+                             confidence=result.confidence, quicklook=result.quicklook)
+        return result
+
+
+class _bar:
+    """A tqdm bar driven by ``update(done, total)``, or nothing."""
+
+    def __init__(self, enabled: bool, description: str, unit: str) -> None:
+        self.enabled, self.description, self.unit, self.bar = enabled, description, unit, None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(desc=self.description, unit=self.unit, file=sys.stderr)
+
+        def update(done: int, total: int, *_: Any) -> None:
+            if self.bar.total != total:
+                self.bar.reset(total=total)
+            self.bar.n = done
+            self.bar.refresh()
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@torch.no_grad()
+def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512, device: str = "auto",
+                confidence: bool = False, progress: bool = False,
+                model_sha256: str | None = None) -> xr.DataArray | xr.Dataset:
+    """Labels of a (band, y, x) DataArray in memory, tile by tile as ``predict`` computes them.
+
+    Same tiles with a reflect-padded halo, same valid-pixel rule (the scene's ``nodata`` and ``good_band``),
+    holes read as the training mean, same forward: the result equals the label raster ``predict`` writes.
+    See :meth:`Model.predict` for the result.
+    """
+    if scene.ndim != 3:
+        raise ValueError(f"expected a (band, y, x) scene, got dims {scene.dims}")
+    if scene.dims != ("band", "y", "x"):
+        scene = scene.transpose("band", "y", "x")
+    if "source" not in scene.attrs:
+        scene = scene.copy()
+        scene.attrs["source"] = str(scene.name or "the scene")
+    check_scene_matches(checkpoint, scene)
+    if tiles < 8:
+        raise ValueError(f"tiles={tiles} is too small; use at least 8 pixels (512 is a good default)")
+    torch_device = device_from(device)
+    model = checkpoint.build_model().to(torch_device).eval()
+    if isinstance(model.backbone, DenseBackbone):
+        model.backbone.to(memory_format=torch.channels_last)
+    amp = bool(checkpoint.payload["train_config"].get("amp")) and torch_device.type == "cuda"
+    patch_size, halo, n_clusters = checkpoint.patch_size, checkpoint.patch_size // 2, checkpoint.n_clusters
+    dtype, nodata = label_dtype(n_clusters)
+    _, height, width = scene.shape
+    grid = BlockGrid(height, width, tiles)
+    fill = np.asarray(checkpoint.payload["spectral"]["mean"].numpy())
+    good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
+    scene_nodata = scene.attrs.get("nodata")
+    labels = np.full((height, width), nodata, dtype=dtype)
+    probability = np.full((height, width), np.nan, dtype=np.float32) if confidence else None
+    with _bar(progress, "predict", "tile") as update:
+        for done, (i, j) in enumerate(grid, start=1):
+            window = grid.window(i, j)
+            padded = np.asarray(read_haloed(scene.data, window, halo))
+            valid_padded = valid_pixel_mask(padded, nodata=scene_nodata, good_band=good_band)
+            if not valid_padded.all():
+                padded = np.where(valid_padded[None], padded, fill.astype(padded.dtype)[:, None, None])
+            valid = valid_padded[halo:halo + window.height, halo:halo + window.width]
+            if valid.any():
+                probabilities = _tile_logits(model, padded, halo=halo, patch_size=patch_size, device=torch_device,
+                                             amp=amp)
+                winning, winner = probabilities.max(dim=0)
+                rows, cols = window.slices
+                labels[rows, cols][valid] = winner.cpu().numpy().astype(dtype)[valid]
+                if probability is not None:
+                    probability[rows, cols][valid] = winning.cpu().numpy()[valid]
+            if update:
+                update(done, len(grid))
+    result = _like_scene(labels, scene, name="labels", nodata=nodata,
+                         attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
+                                "model_sha256": model_sha256 or sha256_of(checkpoint.path), "source": scene.attrs["source"]})
+    if probability is None:
+        return result
+    conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),
+                       attrs={"long_name": "maximum cluster probability"})
+    return xr.Dataset({"labels": result, "confidence": conf})
+
+
+def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: float,
+                attrs: dict[str, Any]) -> xr.DataArray:
+    """A (y, x) DataArray on the scene's grid, with rioxarray's CRS/transform/nodata conventions."""
+    coords = {dim: scene.coords[dim].values for dim in ("y", "x") if dim in scene.coords}
+    array = xr.DataArray(values, dims=("y", "x"), coords=coords, name=name, attrs=dict(attrs))
+    if "transform" in scene.attrs:  # open_scene's attributes (crs None: not georeferenced)
+        transform, crs = scene.attrs["transform"], scene.attrs.get("crs")
+    else:  # another DataArray: rioxarray's conventions, if it follows them
+        rio_crs = scene.rio.crs
+        transform = tuple(scene.rio.transform())[:6] if {"x", "y"} <= set(scene.coords) else None
+        crs = rio_crs.to_wkt() if rio_crs is not None else None
+    if transform is not None:
+        a, b, c, d, e, f = (float(v) for v in transform[:6])
+        if b == 0 and d == 0 and {"x", "y"} <= set(coords) and min(values.shape) > 0:  # a crop: its own origin
+            x, y = np.asarray(coords["x"], float), np.asarray(coords["y"], float)
+            a, e = (x[1] - x[0] if x.size > 1 else a), (y[1] - y[0] if y.size > 1 else e)
+            c, f = x[0] - a / 2, y[0] - e / 2
+        array = array.rio.write_transform(Affine(a, b, c, d, e, f))
+    if crs:
+        array = array.rio.write_crs(crs)
+    return array.rio.write_nodata(nodata, encoded=False)
+
+
+def load_model(path: str | os.PathLike[str]) -> Model:
+    """A model from a checkpoint file written by ``hsicluster train``, :func:`train` or :meth:`Model.save`.
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint, unsafe content or another version.
+    """
+    return Model.from_file(path)
+
+
+def train(scenes: SceneLike | Sequence[SceneLike], k: int, *, preset: str = "fast",
+          output: str | os.PathLike[str] | None = None, seed: int = 0, device: str = "auto",
+          config: str | os.PathLike[str] | None = None, work_dir: str | os.PathLike[str] | None = None,
+          overwrite: bool = False, resume: bool = False, progress: bool = False, verbose: bool = False,
+          **overrides: Any) -> Model:
+    """Train an SSCC model with ``k`` clusters, as ``hsicluster train`` does.
+
+    Args:
+        scenes: a scene (path or :func:`open_scene` DataArray), several, or glob patterns
+            (``"archive/**/*.tif"``); several must have the same bands.
+        k: number of clusters K ≥ 2.
+        preset: "fast" (dense backbone, sized for CPUs) or "paper" (the published recipe).
+        output: checkpoint path to write (with its loss curve); None keeps the model in memory only
+            (:meth:`Model.save` writes it later, byte for byte).
+        seed: seeds the PCA sample, the weights, the patch order and the augmentations.
+        device: "auto", "cpu" or "cuda".
+        config: optional YAML file of training options, applied on top of the preset.
+        work_dir: cache folder for scenes ingested on the fly (default ``$HSICLUSTER_WORK`` or
+            ``~/.cache/hsicluster``).
+        overwrite: replace an existing ``output``. resume: continue an interrupted run of ``output``.
+        progress: show a progress bar. verbose: print the training log (one line per epoch) on stderr.
+        **overrides: any key of :class:`hsi_cluster.config.TrainConfig`, applied last, e.g.
+            ``steps=200``, ``epochs=10``, ``batch_size=256``, ``entropy_weight=0.3``.
+
+    Returns:
+        the trained model.
+
+    Raises:
+        HsiClusterError: a bad K, scene, configuration key or value, or output path (one-line message).
+    """
+    from hsi_cluster.train import train as run_train
+
+    if isinstance(scenes, (str, os.PathLike, xr.DataArray)):
+        scenes = [scenes]
+    paths = [_scene_path(scene, what="train") if isinstance(scene, xr.DataArray) else scene for scene in scenes]
+    settings = load_config(preset, config, inline=overrides or None)
+    log = (lambda message: print(message, file=sys.stderr)) if verbose else None
+    with tempfile.TemporaryDirectory(prefix="hsicluster-train-") as folder:
+        target = Path(output).expanduser().absolute() if output is not None else Path(folder) / "model.ckpt"
+        with _bar(progress, "train", "step") as update:
+            result = run_train(list(paths), n_clusters=k, output=target, config=settings, seed=seed, device=device,
+                               resume=resume, overwrite=overwrite, work_dir=work_dir, progress=update, log=log)
+        model = Model.from_file(result.checkpoint)
+        model.history = list(result.history)
+        if output is None:
+            model.path = None
+    return model
+
+
+def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None = 0, var: str | None = None) -> ClusteringScores:
+    """Score cluster labels against ground truth: the numbers ``hsicluster evaluate`` prints.
+
+    Args:
+        labels: a label raster path (``predict``'s COG, or any single-band raster / ``.npy`` / ``.mat``), a
+            DataArray from :meth:`Model.predict` (or its Dataset), or an array (y, x).
+        ground_truth: a path or an array (y, x) of class ids, same size as ``labels``.
+        unlabelled: ground-truth value of pixels not scored (None scores every pixel).
+        var: the variable of a MATLAB ground-truth file holding several arrays.
+
+    Labels' nodata (the raster's, the DataArray's ``.rio.nodata``/``_FillValue``, else -1 or 255/65535 of a
+    uint8/uint16 map) on labelled pixels counts as wrong, as in the CLI.
+
+    Returns:
+        :class:`~hsi_cluster.evaluate.ClusteringScores` (``.acc``, ``.nmi``, ``.kappa``, ``.ari``,
+        ``.per_class``; ``.to_dict()`` is the CLI's ``--json``).
+    """
+    if isinstance(labels, xr.Dataset):
+        labels = labels["labels"]
+    if isinstance(labels, (str, os.PathLike)) and isinstance(ground_truth, (str, os.PathLike)):
+        predicted, invalid, reference = read_label_pair(labels, ground_truth, var=var)
+        return score_clustering(predicted, reference, unlabelled=unlabelled,
+                                invalid_pred="auto" if invalid is None else invalid)
+    invalid_pred: int | None | str = "auto"
+    if isinstance(labels, (str, os.PathLike)):
+        labels, nodata = read_label_map(labels)
+        invalid_pred = "auto" if nodata is None else nodata
+    elif isinstance(labels, xr.DataArray):
+        invalid_pred = default_invalid_pred(labels)
+        labels = labels.values
+    if isinstance(ground_truth, (str, os.PathLike)):
+        ground_truth, _ = read_label_map(ground_truth, var=var)
+    elif isinstance(ground_truth, xr.DataArray):
+        ground_truth = ground_truth.values
+    return score_clustering(np.asarray(labels), np.asarray(ground_truth), unlabelled=unlabelled,
+                            invalid_pred=invalid_pred)

@@ -1,0 +1,169 @@
+"""The Python API (``import hsi_cluster as hc``), end to end, against what the CLI writes and prints.
+
+One short training (20 steps of the ``fast`` preset) on the bundled Salinas-A scene; a tiny model on a
+georeferenced synthetic GeoTIFF (EPSG:32633) for the CRS/transform round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from click.testing import CliRunner
+from rasterio.errors import NotGeoreferencedWarning
+
+import hsi_cluster as hc
+from hsi_cluster.cli import main
+from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.io.files import sha256_of
+from tests import helpers
+from tests.predict_helpers import LABEL_NODATA, TINY_DENSE, holey_cube, read_raster, write_scene
+from tests.train_helpers import one_torch_thread  # noqa: F401 — autouse: one torch thread per test process
+
+SAMPLE_GT = "SalinasA_gt.mat"
+
+
+def read_band(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as dataset:
+            return dataset.read(1)
+
+
+@pytest.fixture(scope="module")
+def salinas(tmp_path_factory: pytest.TempPathFactory, sample_salinas_a: Path) -> dict:
+    """A model trained through the API on the bundled scene (20 steps), in memory only."""
+    root = tmp_path_factory.mktemp("api")
+    scene = hc.open_scene(sample_salinas_a)
+    model = hc.train(scene, k=6, steps=20, device="cpu", work_dir=root / "work")
+    return {"root": root, "scene": scene, "model": model, "gt": sample_salinas_a.parent / SAMPLE_GT}
+
+
+def test_train_returns_a_model_held_in_memory(salinas: dict) -> None:
+    model = salinas["model"]
+    assert isinstance(model, hc.Model)
+    assert model.k == 6 and model.n_bands == 204 and model.path is None
+    assert model.config["steps"] == 20 and model.history
+    assert len(model.sha256) == 64
+
+
+def test_predict_in_memory_equals_the_written_cog(salinas: dict) -> None:
+    model, scene, root = salinas["model"], salinas["scene"], salinas["root"]
+    labels = model.predict(scene, device="cpu")
+    assert isinstance(labels, xr.DataArray) and labels.dims == ("y", "x") and labels.shape == (83, 86)
+    assert labels.dtype == np.uint8 and labels.rio.nodata == LABEL_NODATA
+    assert "spatial_ref" in labels.coords and labels.rio.crs is None  # the benchmark scene has no CRS
+    assert int(labels.max()) < 6
+
+    result = model.predict(scene, output=root / "labels.tif", confidence=True, device="cpu", stac=True)
+    assert result.output == root / "labels.tif" and result.confidence == root / "labels_confidence.tif"
+    np.testing.assert_array_equal(read_band(result.output), labels.values)
+    _, meta = read_raster(result.output)
+    assert meta["tags"]["HSICLUSTER_MODEL_SHA256"] == model.sha256[:16]
+    assert {k: int((labels.values == k).sum()) for k in range(6)} == result.counts
+
+    both = model.predict(sample := str(scene.attrs["source"]), confidence=True, tiles=32, device="cpu")
+    assert isinstance(both, xr.Dataset) and set(both.data_vars) == {"labels", "confidence"}
+    np.testing.assert_array_equal(both["labels"].values, labels.values)  # whatever the tile size
+    np.testing.assert_allclose(both["confidence"].values, read_band(result.confidence), rtol=1e-6)
+    assert sample.endswith(".img")
+
+    item = json.loads((root / "labels.stac.json").read_text())  # no CRS: null geometry and proj:code
+    assert item["geometry"] is None and item["properties"]["proj:code"] is None
+    assert item["properties"]["hsicluster:model_sha256"] == model.sha256
+
+
+def test_evaluate_equals_the_cli(salinas: dict) -> None:
+    model, scene, root, gt = salinas["model"], salinas["scene"], salinas["root"], salinas["gt"]
+    labels = model.predict(scene, device="cpu")
+    output = root / "eval_labels.tif"
+    model.predict(scene, output=output, device="cpu")
+    result = CliRunner().invoke(main, ["evaluate", str(output), str(gt), "--json"])
+    assert result.exit_code == 0, result.stderr
+    cli = json.loads(result.stdout)
+    assert hc.evaluate(output, gt).to_dict() == cli
+    assert hc.evaluate(labels, gt).to_dict() == cli
+    assert hc.evaluate(str(output), str(gt)).to_dict() == cli
+
+    # nodata on labelled pixels counts as wrong, from a DataArray, an array or a file alike
+    holed = labels.copy()
+    holed.values[:10] = LABEL_NODATA
+    holed_file = root / "holed.tif"
+    holed.rio.to_raster(holed_file)
+    cli = json.loads(CliRunner().invoke(main, ["evaluate", str(holed_file), str(gt), "--json"]).stdout)
+    assert cli["n_invalid_pred"] > 0
+    assert hc.evaluate(holed, gt).to_dict() == cli
+    assert hc.evaluate(holed.values, gt).to_dict() == cli
+    assert hc.evaluate(holed_file, gt).to_dict() == cli
+
+
+def test_save_and_load_keep_the_model_byte_for_byte(salinas: dict) -> None:
+    model, scene, root = salinas["model"], salinas["scene"], salinas["root"]
+    path = model.save(root / "model.ckpt")
+    assert model.path == path and sha256_of(path) == model.sha256
+    loaded = hc.load_model(path)
+    assert loaded.sha256 == model.sha256 and loaded.k == 6 and loaded.path == path
+    np.testing.assert_array_equal(loaded.predict(scene, device="cpu").values, model.predict(scene, device="cpu").values)
+    with pytest.raises(HsiClusterError, match="exists"):
+        model.save(path)
+    model.save(path, overwrite=True)
+
+
+def test_georeferenced_scene_round_trips_crs_and_transform(tmp_path: Path) -> None:
+    cube, valid = holey_cube()
+    scene_path = write_scene(tmp_path / "scene.tif", cube).path
+    model = hc.train(scene_path, k=4, output=tmp_path / "m.ckpt", device="cpu", work_dir=tmp_path / "work",
+                     **TINY_DENSE)
+    assert model.path == tmp_path / "m.ckpt" and (tmp_path / "m.loss.png").is_file()
+    scene = hc.open_scene(scene_path)
+    labels = model.predict(scene, tiles=16, device="cpu")
+    assert labels.rio.crs.to_epsg() == helpers.EPSG
+    assert labels.rio.transform() == helpers.utm_transform()
+    np.testing.assert_array_equal(labels.x.values, scene.x.values)
+    np.testing.assert_array_equal(labels.y.values, scene.y.values)
+    assert (labels.values[~valid] == LABEL_NODATA).all() and (labels.values[valid] < 4).all()
+
+    result = model.predict(scene_path, output=tmp_path / "labels.tif", device="cpu")
+    values, meta = read_raster(result.output)
+    np.testing.assert_array_equal(values, labels.values)
+    labels.rio.to_raster(tmp_path / "from_memory.tif")
+    with rasterio.open(tmp_path / "from_memory.tif") as written:
+        np.testing.assert_array_equal(written.read(1), values)
+        assert written.crs == meta["crs"] and written.transform == meta["transform"]
+        assert written.nodata == meta["nodata"] == LABEL_NODATA
+
+    # any (band, y, x) DataArray works in memory; a crop is not a file to train on or write from
+    crop = scene.isel(x=slice(5, 30), y=slice(3, 40))
+    cropped = model.predict(crop.load(), device="cpu")
+    assert cropped.shape == (37, 25) and cropped.rio.crs.to_epsg() == helpers.EPSG
+    assert cropped.rio.transform() == helpers.utm_transform() @ rasterio.Affine.translation(5, 3)
+    with pytest.raises(ValueError, match="not one as opened by open_scene"):
+        model.predict(crop, output=tmp_path / "crop.tif")
+    with pytest.raises(ValueError, match="not one as opened by open_scene"):
+        hc.train(crop, k=3)
+
+
+def test_train_checks_its_options(tmp_path: Path) -> None:
+    scene_path = write_scene(tmp_path / "scene.tif", holey_cube()[0]).path
+    with pytest.raises(HsiClusterError, match="epoch"):
+        hc.train(scene_path, k=3, epoch=3)  # a misspelt config key
+    with pytest.raises(HsiClusterError, match="at least 2"):
+        hc.train(scene_path, k=1, work_dir=tmp_path / "work")
+
+
+def test_import_is_light_and_names_stay_the_api() -> None:
+    code = ("import sys, hsi_cluster as hc; assert 'torch' not in sys.modules, 'torch imported'; "
+            "import hsi_cluster.train, hsi_cluster.evaluate; from hsi_cluster.train import train as job; "
+            "assert callable(hc.train) and hc.train is not job and hc.train.__module__ == 'hsi_cluster.api'; "
+            "assert hc.evaluate.__module__ == 'hsi_cluster.api'; "
+            "assert sys.modules['hsi_cluster.train'].train is job; "
+            "assert {'open_scene', 'train', 'load_model', 'evaluate', 'Model'} <= set(hc.__all__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
