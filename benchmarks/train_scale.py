@@ -26,6 +26,20 @@ Salinas-A's 204 bands is a 6.8 GB GeoTIFF: check the free disk space first.
 ``--budget-scale 0.1`` runs the same comparison at a tenth of the budget and of the cap (64 000
 samples, at most 3 passes: Indian Pines 123 steps, the mosaics 125), when the full runs take too long.
 
+Measured (seed 0, ``--budget-scale 0.1``, IP and IP×16 run side by side on the 2-core development
+machine under a load average of 8-15 from other jobs, so the wall times are far above those of an idle
+machine; CPU = the process's CPU time):
+
+======  =======  =====  =======  ======  =====  =====  =====
+scene   pixels   steps  samples  wall s  CPU s  ACC    NMI
+======  =======  =====  =======  ======  =====  =====  =====
+ip      21 025   123    62 976   1792    349    0.368  0.383
+ip16    336 400  125    64 000   1816    363    0.481  0.461
+======  =======  =====  =======  ======  =====  =====  =====
+
+IP×16 / IP: wall 1.01×, CPU 1.04×; ACC +0.113, NMI +0.078 (one seed of a tenth-length run; not the
+target's full-length, three-seed mean). The full-budget runs (1 230 / 1 250 steps) were not measured.
+
     python benchmarks/train_scale.py [--scenes ip ip4 ip16] [--seeds 0 1 2] [--budget-scale 1] [--json out.json]
     python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40]
 """
