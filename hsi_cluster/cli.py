@@ -220,11 +220,15 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @click.option("-k", "--clusters", "n_clusters", required=True, type=int, help="Number of clusters K (≥ 2).")
 @click.option("--output", "-o", required=True, type=OutputFile("model.ckpt"), help="Checkpoint to write.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
-              help="fast: dense backbone sized for CPUs; paper: the published recipe (ResNet, 200 epochs).")
+              help="fast: dense backbone sized for CPUs, 640 000 samples (at most 30 epochs); paper: the published "
+                   "recipe (ResNet, 200 epochs).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML file of training options applied on top of the preset.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over all valid pixels.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (overrides --epochs).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Length of the run as a sample budget: patches drawn in all, whatever the scenes' size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Length of the run in passes over all "
+              "valid pixels (instead of the preset's budget).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Length of the run in optimiser steps.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Patches per step.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -236,13 +240,16 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
               help="Steps between periodic checkpoints (also at every epoch end).")
 @command_options
 def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, config_file: Path | None,
-          epochs: int | None, steps: int | None, batch_size: int | None, device: str, seed: int, resume: bool,
+          samples: int | None, epochs: int | None, steps: int | None, batch_size: int | None, device: str, seed: int,
+          resume: bool,
           overwrite: bool,
           work: Path | None, checkpoint_every: int, quiet: bool) -> None:
     """Train an SSCC model with K clusters on SCENES (rasters, ingested stores or quoted glob patterns).
 
     Several scenes must have the same bands; patches are drawn from all of them in proportion to
     their valid pixels, e.g. hsicluster train 'archive/**/*.tif' -k 8 -o model.ckpt
+
+    The length of the run is one of --samples, --epochs or --steps (default: the preset's).
     """
     from hsi_cluster.config import load_config
     from hsi_cluster.io.files import check_output
@@ -250,24 +257,35 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
 
     if config_file is not None:  # the scenes are checked by train()
         check_output(output.expanduser().absolute(), replace=True, inputs={"the --config file": config_file})
-    config = load_config(preset, config_file, epochs=epochs, steps=steps, batch_size=batch_size)
-    log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    given = [option for option, value in (("--samples", samples), ("--epochs", epochs), ("--steps", steps))
+             if value is not None]
+    if len(given) > 1:
+        raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
+    config = load_config(preset, config_file, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size)
     with progress_bar("train", unit="step", quiet=quiet) as update:
+        # above the bar on a terminal (the bar shows step/total and the ETA), plain lines in a log
+        log = (lambda message: None) if quiet else (lambda message: update.bar.write(message, file=sys.stderr))
+        first: list[int] = []
+
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
             update(step, total)
+            if not first:  # a resumed run: the rate (and the ETA) count this session's steps only
+                first.append(step)
+                update.bar.initial = step - 1
             if not quiet and step % 5 == 0:
                 update.bar.set_postfix(loss=f"{metrics['loss']:.4f}", inst=f"{metrics['inst']:.3f}",
                                        cc=f"{metrics['cc']:.3f}", rate=f"{metrics['samples/s']:.0f}/s",
-                                       refresh=False)
+                                       samples=f"{metrics['samples']:,.0f}", refresh=False)
         result = run_train(list(scenes), n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log)
     if result.already_finished:
         click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {result.epochs} epochs); "
-                   "nothing to resume, the file is unchanged (pass more --epochs or --steps with --resume to train "
-                   "it further)", err=True)
+                   "nothing to resume, the file is unchanged (pass a longer --samples, --epochs or --steps with "
+                   "--resume to train it further)", err=True)
     elif not quiet:
-        click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.epochs} epochs, {result.seconds:.0f} s, "
+        click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.samples:,} samples, {result.epochs} "
+                   f"epochs, {result.seconds:.0f} s, "
                    f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
 
 

@@ -33,10 +33,22 @@ class TrainConfig:
         instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
             to the cluster probabilities (the paper).
         batch_size: patches per step.
-        epochs: passes over all valid pixels (ignored when ``steps`` is set).
-        steps: total optimiser steps, or None to use ``epochs``.
+        samples: the training length as a sample budget: patches drawn in all (whole batches of
+            ``batch_size``, rounded down), or None to train for ``epochs`` passes. With a budget,
+            ``epochs`` (if set) caps it at that many passes over the valid pixels, so a small scene
+            is not trained for hundreds of passes: the ``fast`` preset's 640 000 samples with a cap
+            of 30 epochs train Indian Pines (21 k pixels) and Salinas-A (7 k) for 30 passes, as
+            before the budget existed, and any scene past ~21 k pixels for 1 250 steps whatever its
+            size. A budget shorter than one pass draws the same share of every block's pixels.
+            A mapping that sets one of ``samples`` and ``epochs`` but not the other sets the other
+            to None (``epochs: 10`` means ten passes; ``samples: N`` means N samples, uncapped).
+        epochs: passes over all valid pixels (the cap of a budget; ignored when ``steps`` is set).
+        steps: total optimiser steps (overrides ``samples`` and ``epochs``), or None.
         lr, weight_decay: Adam parameters.
-        lr_step_epochs, lr_gamma: StepLR schedule (multiply lr by gamma every lr_step_epochs epochs).
+        lr_step_fraction, lr_gamma: the learning-rate schedule, defined on the fraction of the run
+            done: the lr is multiplied by gamma each time another ``lr_step_fraction`` of the run's
+            steps is done (2/3: one step, after two thirds of the run; 0.1: nine steps, at 10 %,
+            20 %, … 90 %).
         instance_weight, cluster_weight: weights of NT-Xent and Barlow-Twins terms.
         entropy_weight: weight of the cluster-balance regulariser (0: off, as in the paper).
         temperature, offdiag_weight: loss hyperparameters.
@@ -60,11 +72,12 @@ class TrainConfig:
     head_hidden: int = 512
     instance_dim: int | None = None
     batch_size: int = 512
-    epochs: int = 30
+    samples: int | None = 640_000
+    epochs: int | None = 30
     steps: int | None = None
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    lr_step_epochs: int = 20
+    lr_step_fraction: float = 2 / 3
     lr_gamma: float = 0.1
     instance_weight: float = 5e-5
     cluster_weight: float = 1.0
@@ -114,11 +127,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "self_label_epochs": 0, "n_components": 8,
         "backbone": "resnet", "backbone_kwargs": {}, "patch_size": 11, "batch_size": 512, "epochs": 200,
-        "lr": 2e-4, "weight_decay": 5e-3, "lr_step_epochs": 20, "lr_gamma": 0.1, "entropy_weight": 0.0,
-        "augment": AugmentConfig().to_dict(), "assignment": "head",
+        "samples": None, "lr": 2e-4, "weight_decay": 5e-3, "lr_step_fraction": 0.1, "lr_gamma": 0.1,
+        "entropy_weight": 0.0, "augment": AugmentConfig().to_dict(), "assignment": "head",
     },
     # CPU default (the TrainConfig defaults): dense (valid-convolution) backbone, milder augmentation,
-    # Adam 1e-3 with a ×0.1 step after 20 of 30 epochs, a light cluster-balance term (weight 0.1:
+    # a budget of 640 000 samples capped at 30 passes (1 250 steps of 512 past ~21 k valid pixels),
+    # Adam 1e-3 with a ×0.1 step after 2/3 of the run (20 of 30 epochs where the cap binds), a light cluster-balance term (weight 0.1:
     # at 1.0 it pushes towards equal cluster sizes and split Salinas-A's largest field in one seed of three),
     # and as many PCA components as keep 99 % of the standardised variance (Salinas-A 8, Indian Pines 40).
     # A 3 × 3 context (one valid 3 × 3 layer after the 1 × 1 stem): 11 × 11 blurred fine parcels and thin
@@ -154,6 +168,11 @@ def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None)
     base = base or TrainConfig()
     _check_known(values, [f.name for f in dataclasses.fields(TrainConfig)], "config key(s)")
     updates = _coerce_fields({k: v for k, v in values.items() if k != "augment"})
+    # The run's length: a mapping that sets passes or a budget, not both, means that one alone.
+    if "epochs" in updates and "samples" not in updates:
+        updates["samples"] = None
+    elif "samples" in updates and "epochs" not in updates:
+        updates["epochs"] = None
     if updates.get("backbone", base.backbone) != base.backbone and "backbone_kwargs" not in updates:
         updates["backbone_kwargs"] = {}  # the other backbone's sizes do not carry over: use its defaults
     if "augment" in values:
@@ -183,6 +202,8 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
     """A preset, then a YAML file's keys, then ``inline`` keys (a pipeline's ``config:`` mapping), then
     explicit overrides (None values ignored)."""
     config = preset_config(preset)
+    if overrides.get("epochs") is not None and overrides.get("samples") is not None:
+        raise HsiClusterError("--epochs and --samples each set the length of the run; pass only one")
     if path is not None:
         path = Path(path)
         try:
@@ -248,12 +269,19 @@ def validate_config(config: TrainConfig) -> None:
     if not (0 < config.n_components < 1 if isinstance(config.n_components, float) else config.n_components >= 1):
         raise HsiClusterError(f"n_components must be a count ≥ 1 or a variance fraction in (0, 1), "
                               f"got {config.n_components}")
-    minimum = {"batch_size": 2, "epochs": 1, "head_hidden": 1, "lr_step_epochs": 1,
+    minimum = {"batch_size": 2, "epochs": 1, "head_hidden": 1, "samples": 1,
                "pca_samples": 1, "steps": 1, "instance_dim": 1, "self_label_epochs": 0, "workers": 0}
     for name, least in minimum.items():
         value = getattr(config, name)
         if value is not None and value < least:
             raise HsiClusterError(f"{name} must be ≥ {least}, got {value}")
+    if config.steps is None and config.samples is None and config.epochs is None:
+        raise HsiClusterError("the length of the run is not set: set samples, epochs or steps")
+    if config.steps is None and config.samples is not None and config.samples < config.batch_size:
+        raise HsiClusterError(f"a budget of {config.samples} samples is less than one batch of {config.batch_size}; "
+                              "pass a larger --samples or a smaller --batch-size")
+    if not 0 < config.lr_step_fraction <= 1:
+        raise HsiClusterError(f"lr_step_fraction must be in (0, 1], got {config.lr_step_fraction}")
     for name in ("lr", "lr_gamma", "temperature"):
         if getattr(config, name) <= 0:
             raise HsiClusterError(f"{name} must be > 0, got {getattr(config, name)}")

@@ -96,6 +96,74 @@ class TrainResult:
     samples_per_second: float
     history: list[dict[str, float]] = field(default_factory=list)
     already_finished: bool = False  # --resume of a finished run of this length: nothing trained or written
+    samples: int = 0  # patches drawn over the whole run (resumed parts included)
+    budget: int | None = None  # the sample budget that set (or, capped, bounded) the length; None: epochs or steps
+    total_steps: int = 0  # the run's length in steps
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long a run is, derived from the config and the scenes' usable centres.
+
+    Attributes:
+        contrastive_steps: steps of the contrastive phase.
+        rule: what decided it: "steps", "samples" (the budget), "epochs (cap)" (a budget capped at
+            ``epochs`` passes) or "epochs".
+        fraction: share of each block's centres one pass draws (< 1 when the run is shorter than
+            one pass, see :class:`~hsi_cluster.data.sampler.PatchSampler`).
+    """
+
+    contrastive_steps: int
+    rule: str
+    fraction: float
+
+
+def run_length(config: TrainConfig, centres: int, per_pass: int | None = None) -> RunLength:
+    """The contrastive steps of a run on ``centres`` usable centres, and what decided them.
+
+    ``steps`` wins; else a ``samples`` budget (whole batches) capped at ``epochs`` passes if set;
+    else ``epochs`` passes. A run shorter than one pass draws that share of every block.
+    ``per_pass``: batches in one full pass (default ``centres // batch_size``; fewer with
+    DataLoader workers, which each drop a partial batch).
+    """
+    per_pass = centres // config.batch_size if per_pass is None else per_pass
+    if config.steps is not None:
+        steps, rule = config.steps, "steps"
+    elif config.samples is not None:
+        steps, rule = config.samples // config.batch_size, "samples"
+        if config.epochs is not None and config.epochs * per_pass < steps:
+            steps, rule = config.epochs * per_pass, "epochs (cap)"
+    else:
+        steps, rule = (config.epochs or 0) * per_pass, "epochs"
+    fraction = steps * config.batch_size / centres if 0 < steps < per_pass else 1.0
+    return RunLength(steps, rule, fraction)
+
+
+def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of the step after ``step`` steps of a ``total_steps`` run.
+
+    Multiplied by ``lr_gamma`` each time another ``lr_step_fraction`` of the run is done (the drops
+    fall on whole steps; computed as StepLR does, one multiplication per drop).
+    """
+    lr = config.lr
+    for _ in range(step // lr_drop_interval(config, total_steps)):
+        lr *= config.lr_gamma
+    return lr
+
+
+def lr_drop_interval(config: TrainConfig, total_steps: int) -> int:
+    """Steps between two learning-rate drops: ``lr_step_fraction`` of the run, rounded to a step."""
+    return max(1, round(config.lr_step_fraction * total_steps))
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min 05 s``, ``3 h 07 min``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _scene_identity(store: Path) -> dict[str, Any]:
@@ -166,9 +234,23 @@ def partial_checkpoint_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+#: Config keys that set the length of a run, with the option that sets each.
+LENGTH_KEYS = {"samples": "--samples", "epochs": "--epochs", "steps": "--steps"}
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """Config keys that must agree for a resume (not the length of the run)."""
-    return {k: v for k, v in config.items() if k not in ("epochs", "steps", "workers")}
+    return {k: v for k, v in config.items() if k not in (*LENGTH_KEYS, "workers")}
+
+
+def _length_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first length setting of an unfinished run that this run changes, said as an error (None: same)."""
+    for key, option in LENGTH_KEYS.items():
+        if saved.get(key) != current.get(key):
+            return (f"was started with {key} {saved.get(key)}, not {current.get(key)}; the learning-rate schedule "
+                    f"is defined on the run's length, so pass the same {option} (or the same config) or start "
+                    "without --resume")
+    return None
 
 
 def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],  # noqa: C901 — split pending (issue 13)
@@ -240,6 +322,13 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         mismatch = _scene_mismatch(saved["scenes"], identity)
         if mismatch:
             raise CheckpointError(f"--resume: {source.name} {mismatch}, or start without --resume")
+        if "lr_step_fraction" not in saved["train_config"]:
+            raise CheckpointError(f"--resume: {source.name} was made by an older hsicluster, whose learning-rate "
+                                  "schedule was counted in epochs; start without --resume")
+        if not resume_from.complete:
+            changed = _length_mismatch(saved["train_config"], config.to_dict())
+            if changed:
+                raise CheckpointError(f"--resume: {source.name} {changed}")
         if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
                 saved["model_config"]["n_clusters"] != n_clusters or saved["training"].get("seed") != seed:
             raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
@@ -260,7 +349,6 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
                        head_hidden=config.head_hidden, instance_dim=config.instance_dim)
     model.to(torch_device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma)
     criterion = SSCCLoss(instance_weight=config.instance_weight, cluster_weight=config.cluster_weight,
                          temperature=config.temperature, offdiag_weight=config.offdiag_weight)
     balance = ClusterEntropyLoss()
@@ -271,12 +359,21 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     # Holes inside patches read as the spectral mean (pooled over the scenes), as in predict.
     sampler = PatchSampler(stores, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask,
                            fill=spectral["mean"].numpy())
-    steps_per_epoch = sampler.batches_per_epoch(shards=max(1, config.workers))  # workers each drop a partial batch
+    centres = sampler.valid_centres()
+    shards = max(1, config.workers)
+    full_pass = sampler.batches_per_epoch(shards=shards)  # workers each drop a partial batch
+    length = run_length(config, centres, full_pass)
+    if length.contrastive_steps == 0:
+        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
+    sampler.fraction = length.fraction
+    steps_per_epoch = sampler.batches_per_epoch(shards=shards) if length.fraction < 1 else full_pass
     if steps_per_epoch == 0:
         raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
-    contrastive_steps = config.steps or config.epochs * steps_per_epoch
+    contrastive_steps = length.contrastive_steps
     total_steps = contrastive_steps + config.self_label_epochs * steps_per_epoch
     epochs = math.ceil(contrastive_steps / steps_per_epoch) + config.self_label_epochs
+    drop_every = lr_drop_interval(config, total_steps)
+    budget = None if length.rule == "steps" else config.samples  # the budget that applied, if any
     step, epoch, batch_in_epoch, history, elapsed_before = 0, 0, 0, [], 0.0
     resumed_epoch_losses: list[float] = []
     if resume_from is not None:
@@ -284,7 +381,6 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         model.load_state_dict({key: value for key, value in resume_from.payload["state_dict"].items()
                                if not key.startswith("centroid_head.")})  # refitted at the end
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"].to(generator.get_state().device))
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
@@ -293,19 +389,42 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             plotted = output.with_suffix(".loss.png")
             return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
                                epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
-                               already_finished=True)
+                               already_finished=True, samples=int(state.get("samples_drawn", 0)),
+                               budget=budget, total_steps=int(state.get("total_steps", step)))
         log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+    samples_before = int(resume_from.payload["training"].get("samples_drawn", step * config.batch_size)) \
+        if resume_from is not None else 0
+    passes = contrastive_steps * config.batch_size / centres
+    decided = {"steps": "set in steps", "samples": "the budget of {samples:,} samples",
+               "epochs (cap)": "the cap of {epochs} epochs on the budget of {samples:,} samples",
+               "epochs": "{epochs} epochs"}[length.rule].format(samples=config.samples or 0, epochs=config.epochs)
+    log(f"training length: {total_steps} steps of {config.batch_size} ({total_steps * config.batch_size:,} samples, "
+        f"{passes:.3g} passes over {centres:,} valid pixels; {decided})"
+        + (f"; each pass draws {length.fraction:.1%} of every block's pixels" if length.fraction < 1 else "")
+        + f"; lr ×{config.lr_gamma:g} every {drop_every} steps")
     use_amp = config.amp and torch_device.type == "cuda"
     started = time.perf_counter()
     samples_seen = 0
+    step_at_start = step
+    log_every = math.ceil(total_steps / 20)  # progress lines inside passes longer than 5 % of the run
+
+    def progress_line() -> str:
+        done = step - step_at_start
+        eta = (time.perf_counter() - started) / done * (total_steps - step) if done else float("nan")
+        return (f"step {step}/{total_steps} ({step / total_steps:.0%}), {samples_before + samples_seen:,} samples, "
+                f"elapsed {_duration(elapsed_before + time.perf_counter() - started)}, "
+                f"ETA {_duration(eta) if math.isfinite(eta) else '?'}")
 
     def payload(complete: bool) -> dict[str, Any]:
         training = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "seed": seed,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state().cpu(), "history": history,
                     "epoch_losses": list(epoch_losses),
                     "seconds": elapsed_before + time.perf_counter() - started, "total_steps": total_steps,
-                    "steps_per_epoch": steps_per_epoch, "device": str(torch_device)}
+                    "steps_per_epoch": steps_per_epoch, "device": str(torch_device),
+                    "samples_budget": budget, "samples_drawn": samples_before + samples_seen,
+                    "length_rule": length.rule, "pass_fraction": length.fraction, "valid_centres": centres,
+                    "lr_drop_every": drop_every}
         return make_payload(model, train_config=config.to_dict(), spectral=spectral, scenes=identity,
                             wavelength=wavelength, complete=complete, training=training)
 
@@ -317,6 +436,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
                                              collate_fn=None, pin_memory=torch_device.type == "cuda")
         for batch in loader:
             tick = time.perf_counter()
+            for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to resume
+                group["lr"] = lr_at(config, step, total_steps)
             raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(torch_device, non_blocking=True)
             with torch.no_grad():
                 projected = model.project(raw)
@@ -340,9 +461,13 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             if progress:
                 rate = samples_seen / max(time.perf_counter() - started, 1e-9)
                 progress(step, total_steps, {"loss": value, "inst": terms["instance"], "cc": terms["cluster"], "samples/s": rate,
-                                             "step_s": time.perf_counter() - tick})
+                                             "step_s": time.perf_counter() - tick,
+                                             "samples": float(samples_before + samples_seen),
+                                             "lr": optimizer.param_groups[0]["lr"]})
             if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
                 break
+            if step % log_every == 0 and batch_in_epoch < steps_per_epoch and steps_per_epoch > log_every:
+                log(f"{progress_line()}: loss {value:.4f}, lr {optimizer.param_groups[0]['lr']:.2e}")
             if checkpoint_every and step % checkpoint_every == 0 and config.workers == 0 and \
                     batch_in_epoch < steps_per_epoch:  # at the epoch's end, the epoch checkpoint follows
                 save_checkpoint(payload(False), partial)
@@ -353,9 +478,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
         history.append({"epoch": epoch + 1, "step": step, "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]})
         log(f"epoch {epoch + 1}/{epochs}: mean loss {mean_loss:.4f}, lr {optimizer.param_groups[0]['lr']:.2e}, "
-            f"{step}/{total_steps} steps")
+            f"{progress_line()}")
         epoch_losses = []
-        scheduler.step()
         epoch += 1
         batch_in_epoch = 0
         if step < total_steps:
@@ -371,7 +495,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     partial.unlink(missing_ok=True)
     curve = write_loss_curve(history, output.with_suffix(".loss.png"))
     return TrainResult(checkpoint=output, loss_curve=curve, steps=step, epochs=epoch, seconds=seconds,
-                       samples_per_second=samples_seen / max(time.perf_counter() - started, 1e-9), history=history)
+                       samples_per_second=samples_seen / max(time.perf_counter() - started, 1e-9), history=history,
+                       samples=samples_before + samples_seen, budget=budget, total_steps=total_steps)
 
 
 #: Epoch number of the sampler plan that draws the pixels of the feature centroids (not a training epoch).

@@ -31,8 +31,9 @@ def test_paper_preset_has_the_paper_recipe() -> None:
     config = preset_config("paper")
     assert config.backbone == "resnet"
     assert config.lr == 2e-4 and config.weight_decay == 5e-3
-    assert config.lr_step_epochs == 20 and config.lr_gamma == 0.1
-    assert config.epochs == 200 and config.steps is None
+    # StepLR ×0.1 every 20 of 200 epochs: every 10 % of the run
+    assert config.lr_step_fraction == 0.1 and config.lr_gamma == 0.1
+    assert config.epochs == 200 and config.steps is None and config.samples is None
     assert config.batch_size == 512 and config.patch_size == 11 and config.n_components == 8
     assert config.instance_weight == 5e-5 and config.cluster_weight == 1.0
     assert config.temperature == 0.5 and config.offdiag_weight == 0.005
@@ -152,7 +153,8 @@ def test_switching_backbone_drops_the_other_backbones_sizes() -> None:
 @pytest.mark.parametrize("values", [{"patch_size": 4, "backbone": "resnet"}, {"backbone": "vit"},
                                     {"batch_size": 1}, {"epochs": 0}, {"n_components": 0}, {"steps": 0},
                                     {"lr": 0.0}, {"head_hidden": 0}, {"weight_decay": -1e-4}, {"lr_gamma": 0},
-                                    {"lr_step_epochs": 0}, {"temperature": 0}, {"entropy_weight": -0.1},
+                                    {"lr_step_fraction": 0}, {"lr_step_fraction": 1.5}, {"samples": 0},
+                                    {"samples": 100}, {"temperature": 0}, {"entropy_weight": -0.1},
                                     {"instance_weight": -1}, {"offdiag_weight": -0.005}, {"workers": -1},
                                     {"self_label_threshold": 1.5}, {"self_label_epochs": -2}, {"instance_dim": 0},
                                     {"pca_samples": 0}])

@@ -55,8 +55,8 @@ def other_scene(tmp_path_factory: pytest.TempPathFactory) -> IngestedScene:
 
 
 def resume_config(**overrides):
-    """Two epochs with the learning rate stepping every epoch, so the scheduler state matters too."""
-    return tiny_config(**{"epochs": 2, "lr_step_epochs": 1, "lr_gamma": 0.5, **overrides})
+    """Two epochs with the learning rate stepping after half the run (the first epoch), so the schedule matters too."""
+    return tiny_config(**{"epochs": 2, "lr_step_fraction": 0.5, "lr_gamma": 0.5, **overrides})
 
 
 def run(scene: IngestedScene, output: Path, config=None, **kwargs) -> TrainResult:
@@ -174,13 +174,16 @@ def test_resume_ends_with_the_same_weights(uninterrupted, scene: IngestedScene, 
     assert final["training"]["optimizer"]["param_groups"] == expected["training"]["optimizer"]["param_groups"]
 
 
-def test_resume_a_finished_run_to_train_longer(uninterrupted, scene: IngestedScene, tmp_path: Path) -> None:
-    expected, *_ = uninterrupted
+def test_resume_a_finished_run_to_train_longer(scene: IngestedScene, tmp_path: Path) -> None:
+    """A finished run trains further on the longer run's schedule; with no lr drop, exactly as one long run."""
+    flat = {"lr_step_fraction": 1.0}
+    expected = run(scene, tmp_path / "long.ckpt", config=resume_config(epochs=2, **flat))
     output = tmp_path / "model.ckpt"
-    run(scene, output, config=resume_config(epochs=1))
-    result = run(scene, output, config=resume_config(epochs=2), resume=True)
-    assert result.steps == 2 * STEPS_PER_EPOCH
-    assert_same_weights(torch.load(output, weights_only=True)["state_dict"], expected["state_dict"])
+    run(scene, output, config=resume_config(epochs=1, **flat))
+    result = run(scene, output, config=resume_config(epochs=2, **flat), resume=True)
+    assert result.steps == 2 * STEPS_PER_EPOCH and result.samples == 2 * STEPS_PER_EPOCH * 32
+    assert_same_weights(torch.load(output, weights_only=True)["state_dict"],
+                        torch.load(expected.checkpoint, weights_only=True)["state_dict"])
 
 
 def test_resume_a_finished_run_says_so_and_leaves_it(scene: IngestedScene, tmp_path: Path) -> None:
@@ -257,9 +260,17 @@ def test_resume_after_the_scene_file_changed_is_refused(scene: IngestedScene, ot
     assert not output.exists() and partial_checkpoint_path(output).read_bytes() == before
 
 
-def test_resume_may_change_the_length_of_the_run(interrupted: Path, scene: IngestedScene) -> None:
-    result = run(scene, interrupted, config=resume_config(epochs=1), resume=True)
-    assert result.steps == STEPS_PER_EPOCH and interrupted.exists()
+@pytest.mark.parametrize("length, key", [({"epochs": 1}, "epochs"), ({"samples": 640}, "samples"),
+                                         ({"steps": 20}, "steps")])
+def test_resume_of_an_unfinished_run_with_another_length_is_refused(interrupted: Path, scene: IngestedScene,
+                                                                    length: dict, key: str) -> None:
+    """The lr schedule is defined on the run's length: an unfinished run resumes only with the same one."""
+    partial = partial_checkpoint_path(interrupted)
+    before = partial.read_bytes()
+    with pytest.raises(CheckpointError, match=f"--resume: model.ckpt.partial was started with {key} ") as exc:
+        run(scene, interrupted, config=resume_config(**length), resume=True)
+    one_line(exc)
+    assert not interrupted.exists() and partial.read_bytes() == before
 
 
 def test_resume_with_nothing_to_resume(scene: IngestedScene, tmp_path: Path) -> None:

@@ -8,6 +8,11 @@ are shuffled together (the shuffle buffer), so a batch mixes several regions whi
 of blocks is ever in memory. Each valid pixel is a centre once per epoch; the last partial batch
 is dropped.
 
+A run shorter than one pass (a sample budget on a large scene) sets ``fraction`` < 1: each epoch
+then takes a seeded random share of *every* block's centres (``ceil(fraction · n)`` of its ``n``),
+so every region of every scene contributes in proportion to its valid pixels, instead of all the
+centres of the few blocks that come first in the order.
+
 Several stores (scenes that agree in bands) form one plan: their blocks are numbered one after
 the other and drawn in one random order, and a centre is a ``(scene, row, col)`` triple packed into
 one integer, so the shuffle groups mix scenes and every scene contributes in proportion to its
@@ -16,6 +21,7 @@ valid pixels. With one store the plan, the patches and their order are those of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +65,8 @@ class PatchSampler(IterableDataset):
         buffer_bytes: memory for the blocks whose centres are shuffled together.
         epoch: which epoch to produce (set with :meth:`set_epoch`).
         start_batch: skip this many batches of the epoch without reading data (to resume).
+        fraction: share of each block's centres an epoch draws, in (0, 1] (a seeded random subset
+            of ``ceil(fraction · n)`` of a block's ``n`` centres, new each epoch); 1: all of them.
         fill: per-band values (B,) that invalid pixels inside a patch read as; default the band
             means over the valid pixels of all the stores (:func:`~hsi_cluster.io.store.invalid_fill`),
             i.e. the spectral mean a model trained on them stores.
@@ -71,8 +79,11 @@ class PatchSampler(IterableDataset):
 
     def __init__(self, store: str | Path | Sequence[str | Path], *, patch_size: int, batch_size: int, seed: int = 0,
                  mask: np.ndarray | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES, epoch: int = 0,
-                 start_batch: int = 0, fill: np.ndarray | None = None) -> None:
+                 start_batch: int = 0, fill: np.ndarray | None = None, fraction: float = 1.0) -> None:
         super().__init__()
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.fraction = float(fraction)
         if patch_size < 1 or patch_size % 2 == 0:
             raise ValueError(f"patch size must be a positive odd number of pixels, got {patch_size}")
         if batch_size < 1:
@@ -138,9 +149,25 @@ class PatchSampler(IterableDataset):
         r, c = np.nonzero(usable)
         return (r + window.row) * self.shapes[scene][2] + (c + window.col) + self._pixel_offsets[scene]
 
+    def _share(self, n: int) -> int:
+        """Centres an epoch draws from a block of ``n`` usable centres."""
+        return n if self.fraction >= 1 else min(n, math.ceil(self.fraction * n))
+
+    def _epoch_centres(self, block_id: int) -> np.ndarray:
+        """The centres of a block this epoch draws: all, or a seeded random share of them."""
+        centres = self._centres(block_id)
+        if self.fraction >= 1:
+            return centres
+        rng = np.random.default_rng([self.seed, self.epoch, block_id, 0xB10C])
+        return np.sort(rng.choice(centres, size=self._share(len(centres)), replace=False))
+
     def valid_centres(self) -> int:
-        """Number of centres per epoch (valid pixels of all stores, within the mask if any)."""
+        """Number of usable centres (valid pixels of all stores, within the mask if any)."""
         return int(sum(len(self._centres(b)) for b in range(int(self._block_offsets[-1]))))
+
+    def centres_per_epoch(self) -> int:
+        """Centres one epoch draws (:meth:`valid_centres` when ``fraction`` is 1)."""
+        return int(sum(self._share(len(self._centres(b))) for b in range(int(self._block_offsets[-1]))))
 
     def valid_centres_per_store(self) -> list[int]:
         """Centres per epoch of each store, in order."""
@@ -150,7 +177,7 @@ class PatchSampler(IterableDataset):
     def batches_per_epoch(self, shards: int = 1) -> int:
         """Full batches one epoch yields (summed over ``shards`` workers)."""
         if shards == 1:
-            return self.valid_centres() // self.batch_size
+            return self.centres_per_epoch() // self.batch_size
         return sum(sum(1 for _ in self._plan(shard, shards)) for shard in range(shards))
 
     def _plan(self, shard: int, shards: int) -> Iterator[np.ndarray]:
@@ -159,7 +186,7 @@ class PatchSampler(IterableDataset):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(int(self._block_offsets[-1]))[shard::shards]
         pool = np.empty(0, dtype=np.int64)
         for start in range(0, len(order), self.blocks_per_group):
-            members = [self._centres(int(b)) for b in order[start:start + self.blocks_per_group]]
+            members = [self._epoch_centres(int(b)) for b in order[start:start + self.blocks_per_group]]
             pool = np.concatenate([pool, *members])
             rng.shuffle(pool)
             n_full = len(pool) // self.batch_size

@@ -1,0 +1,229 @@
+"""Training cost and accuracy against scene size: Indian Pines and mosaics of it (issue 12, "Scale").
+
+Scenes (built in a temporary folder from ../shared/data/indian_pines):
+
+``ip``
+    Indian Pines as it is (145 × 145 = 21 025 px, 16 classes).
+``ip4``, ``ip16``
+    Mosaics of 2 × 2 and 4 × 4 copies (290² = 84 100 and 580² = 336 400 px). Each copy is flipped at
+    random (up/down, left/right) and gets a little Gaussian noise (1 % of each band's standard
+    deviation); the ground truth is mosaicked with the same flips, so the classes are those of
+    Indian Pines and K stays 16.
+
+Each scene is ingested first (timed apart), then trained with the ``fast`` preset's defaults (a
+budget of 640 000 samples capped at 30 passes: Indian Pines trains 30 passes = 1 230 steps, the
+mosaics 1 250 steps) for each seed, then every pixel is labelled with ``label_patches`` and scored
+with Hungarian ACC and NMI against the mosaicked ground truth (as ``benchmarks/accuracy.py``
+does). Printed per scene and seed: train wall time (ingest apart) and the process CPU time of the
+training, steps, samples drawn, ACC and NMI; then the ratios to Indian Pines.
+
+``--synthetic 1024 4096`` instead writes synthetic tiled scenes of those sides from real spectra
+(``_common.write_tiled_scene``), ingests them, and trains each in a fresh interpreter for
+``--steps`` steps of the default budget's sampling (the run's length and its share of each block
+are those of the full budget): median time per step and the child's peak RSS. A 4096² scene of
+Salinas-A's 204 bands is a 6.8 GB GeoTIFF: check the free disk space first.
+
+``--budget-scale 0.1`` runs the same comparison at a tenth of the budget and of the cap (64 000
+samples, at most 3 passes: Indian Pines 123 steps, the mosaics 125), when the full runs take too long.
+
+Measured (seed 0, ``--budget-scale 0.1``, IP and IP×16 run side by side on the 2-core development
+machine under a load average of 8-15 from other jobs, so the wall times are far above those of an idle
+machine; CPU = the process's CPU time):
+
+======  =======  =====  =======  ======  =====  =====  =====
+scene   pixels   steps  samples  wall s  CPU s  ACC    NMI
+======  =======  =====  =======  ======  =====  =====  =====
+ip      21 025   123    62 976   1792    349    0.368  0.383
+ip16    336 400  125    64 000   1816    363    0.481  0.461
+======  =======  =====  =======  ======  =====  =====  =====
+
+IP×16 / IP: wall 1.01×, CPU 1.04×; ACC +0.113, NMI +0.078 (one seed of a tenth-length run; not the
+target's full-length, three-seed mean). The full-budget runs (1 230 / 1 250 steps) were not measured.
+
+    python benchmarks/train_scale.py [--scenes ip ip4 ip16] [--seeds 0 1 2] [--budget-scale 1] [--json out.json]
+    python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_measured, write_tiled_scene  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "indian_pines"
+CUBE = DATA / "Indian_pines_corrected.npy"
+TRUTH = DATA / "Indian_pines_gt.npy"
+K = 16
+TILES = {"ip": 1, "ip4": 2, "ip16": 4}
+
+
+def mosaic(cube: np.ndarray, truth: np.ndarray, n: int, *, seed: int = 0,
+           noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """``n × n`` copies of ``cube`` (y, x, band) and ``truth`` (y, x), each flipped at random alike,
+    the cube with Gaussian noise of ``noise`` × each band's standard deviation (n = 1: the scene as it is)."""
+    if n == 1:
+        return cube, truth
+    rng = np.random.default_rng(seed)
+    height, width, bands = cube.shape
+    out = np.empty((n * height, n * width, bands), dtype=cube.dtype)
+    labels = np.empty((n * height, n * width), dtype=truth.dtype)
+    sigma = noise * cube.reshape(-1, bands).std(axis=0)
+    for i in range(n):
+        for j in range(n):
+            flip_y, flip_x = rng.choice([-1, 1]), rng.choice([-1, 1])
+            tile = cube[::flip_y, ::flip_x].astype(np.float64) + rng.normal(0.0, 1.0, cube.shape) * sigma
+            if np.issubdtype(cube.dtype, np.integer):
+                info = np.iinfo(cube.dtype)
+                tile = np.clip(np.rint(tile), info.min, info.max)
+            out[i * height:(i + 1) * height, j * width:(j + 1) * width] = tile.astype(cube.dtype)
+            labels[i * height:(i + 1) * height, j * width:(j + 1) * width] = truth[::flip_y, ::flip_x]
+    return out, labels
+
+
+def scaled_config(scale: float):
+    """The ``fast`` preset with its budget and epochs cap multiplied by ``scale`` (1: the preset itself)."""
+    from hsi_cluster.config import config_from_dict, preset_config
+
+    fast = preset_config("fast")
+    if scale == 1:
+        return fast
+    return config_from_dict({"samples": round(fast.samples * scale), "epochs": max(1, round(fast.epochs * scale))},
+                            base=fast)
+
+
+def run_scene(name: str, seeds: list[int], work: Path, scale: float = 1.0) -> dict:
+    from hsi_cluster.checkpoint import load_checkpoint
+    from hsi_cluster.evaluate import score_clustering
+    from hsi_cluster.predict import label_patches
+    from hsi_cluster.train import prepare_store, train
+
+    cube, truth = mosaic(np.load(CUBE), np.load(TRUTH).astype(np.int64), TILES[name])
+    path = work / f"{name}.npy"
+    np.save(path, np.ascontiguousarray(cube))
+    started = time.perf_counter()
+    store = prepare_store(path, work / "stores")
+    ingest_s = time.perf_counter() - started
+    config = scaled_config(scale)
+    result = {"scene": name, "samples_budget": config.samples, "epochs_cap": config.epochs, "shape": list(truth.shape), "pixels": int(truth.size), "ingest_s": ingest_s, "runs": []}
+    print(f"== {name}: {truth.shape[0]} × {truth.shape[1]} = {truth.size:,} px, {int((truth != 0).sum()):,} labelled; "
+          f"ingest {ingest_s:.1f} s; budget {config.samples:,} samples, at most {config.epochs} epochs", flush=True)
+    for seed in seeds:
+        cpu, wall = time.process_time(), time.perf_counter()
+        trained = train([store], n_clusters=K, output=work / f"{name}-{seed}.ckpt", config=config, seed=seed,
+                        device="cpu", overwrite=True, work_dir=work / "stores",
+                        log=lambda m: print(f"  {name} seed {seed}: {m}", flush=True))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        model = load_checkpoint(trained.checkpoint).build_model()
+        labels, _ = label_patches(model, store, patch_size=config.patch_size)
+        scores = score_clustering(labels, truth, invalid_pred=-1)
+        run = {"seed": seed, "train_wall_s": wall, "train_cpu_s": cpu, "steps": trained.steps,
+               "samples": trained.samples, "acc": scores.acc, "nmi": scores.nmi}
+        result["runs"].append(run)
+        print(f"{name} seed {seed}: train {wall:.0f} s wall ({cpu:.0f} s CPU), {trained.steps} steps, "
+              f"{trained.samples:,} samples drawn; ACC {scores.acc:.3f} NMI {scores.nmi:.3f}", flush=True)
+    return result
+
+
+def summary(results: list[dict]) -> str:
+    def mean(res: dict, key: str) -> float:
+        return statistics.mean(run[key] for run in res["runs"])
+
+    base = next((res for res in results if res["scene"] == "ip"), None)
+    head = (f"{'scene':6s} {'pixels':>9s} {'steps':>6s} {'samples':>9s} {'wall s':>8s} {'CPU s':>8s} {'ACC':>6s} "
+            f"{'NMI':>6s}" + (f"  {'wall/IP':>8s} {'CPU/IP':>7s} {'dACC':>7s} {'dNMI':>7s}" if base else ""))
+    lines = [head, "-" * len(head)]
+    for res in results:
+        line = (f"{res['scene']:6s} {res['pixels']:>9,d} {mean(res, 'steps'):>6.0f} {mean(res, 'samples'):>9,.0f} "
+                f"{mean(res, 'train_wall_s'):>8.0f} {mean(res, 'train_cpu_s'):>8.0f} {mean(res, 'acc'):>6.3f} "
+                f"{mean(res, 'nmi'):>6.3f}")
+        if base:
+            line += (f"  {mean(res, 'train_wall_s') / mean(base, 'train_wall_s'):>8.2f} "
+                     f"{mean(res, 'train_cpu_s') / mean(base, 'train_cpu_s'):>7.2f} "
+                     f"{mean(res, 'acc') - mean(base, 'acc'):>+7.3f} {mean(res, 'nmi') - mean(base, 'nmi'):>+7.3f}")
+        lines.append(line)
+    lines.append("means over the seeds run; wall and CPU time of training only (ingest apart, labelling apart)")
+    return "\n".join(lines)
+
+
+def synthetic(sizes: list[int], steps: int, work: Path) -> list[dict]:
+    from hsi_cluster.io import ingest
+
+    code = """
+import json, statistics, sys
+from hsi_cluster.config import preset_config
+from hsi_cluster.train import train
+store, output, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+times, totals = [], []
+try:
+    train([store], n_clusters=16, output=output, config=preset_config("fast"), seed=0, device="cpu",
+          overwrite=True, stop_after_steps=steps,
+          progress=lambda step, total, m: (times.append(m["step_s"]), totals.append(total)))
+except KeyboardInterrupt:
+    pass
+print(json.dumps({"median_step_s": statistics.median(times[3:] or times), "total_steps": totals[-1],
+                  "steps_run": len(times)}))
+"""
+    rows = []
+    for size in sizes:
+        scene = write_tiled_scene(work / f"synthetic{size}.tif", size, size)
+        started = time.perf_counter()
+        store = ingest(scene, work / f"synthetic{size}.zarr")
+        ingest_s = time.perf_counter() - started
+        scene.unlink()  # the store is what training reads
+        measured = run_measured(code, str(store), str(work / f"synthetic{size}.ckpt"), str(steps))
+        rows.append({"size": size, "ingest_s": ingest_s, **measured})
+        print(f"{size} × {size}: ingest {ingest_s:.0f} s; {measured['steps_run']} steps of a "
+              f"{measured['total_steps']}-step run: median {measured['median_step_s']:.2f} s/step, peak RSS "
+              f"{measured['peak_rss_mb']:.0f} MB (child wall {measured['wall_s']:.0f} s)", flush=True)
+        shutil.rmtree(store, ignore_errors=True)
+    if len(rows) > 1:
+        first = rows[0]
+        for row in rows[1:]:
+            print(f"{row['size']}² / {first['size']}²: time per step ×{row['median_step_s'] / first['median_step_s']:.2f}, "
+                  f"peak RSS ×{row['peak_rss_mb'] / first['peak_rss_mb']:.2f}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", nargs="+", choices=list(TILES), default=list(TILES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--synthetic", type=int, nargs="+", default=None, metavar="SIDE",
+                        help="time per step and peak RSS on synthetic scenes of these sides instead")
+    parser.add_argument("--steps", type=int, default=40, help="steps timed per synthetic scene")
+    parser.add_argument("--budget-scale", type=float, default=1.0, metavar="F",
+                        help="multiply the fast preset's budget and epochs cap by F (a quicker, shorter comparison)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the temporary files")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hsic-scale-", dir=args.work))
+    os.environ.setdefault("HSICLUSTER_WORK", str(work / "stores"))
+    try:
+        if args.synthetic:
+            results: list[dict] = synthetic(args.synthetic, args.steps, work)
+        else:
+            if not CUBE.exists() or not TRUTH.exists():
+                sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")
+            results = [run_scene(name, args.seeds, work, args.budget_scale) for name in args.scenes]
+            print()
+            print(summary(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
