@@ -123,7 +123,7 @@ def run_scene(name: str, seeds: list[int], work: Path, scale: float = 1.0) -> di
         cpu, wall = time.process_time(), time.perf_counter()
         trained = train([store], n_clusters=K, output=work / f"{name}-{seed}.ckpt", config=config, seed=seed,
                         device="cpu", overwrite=True, work_dir=work / "stores",
-                        log=lambda m: print(f"  {name} seed {seed}: {m}", flush=True))
+                        log=lambda m, tag=f"{name} seed {seed}": print(f"  {tag}: {m}", flush=True))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         model = load_checkpoint(trained.checkpoint).build_model()
         labels, _ = label_patches(model, store, patch_size=config.patch_size)

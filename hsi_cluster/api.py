@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import rioxarray  # noqa: F401 — registers the .rio accessor on the DataArrays returned here
@@ -33,17 +33,16 @@ from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
 from hsi_cluster.device import device_from
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering
-from hsi_cluster.geo import BlockGrid
+from hsi_cluster.geo import BlockGrid, check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
 from hsi_cluster.io.label_raster import label_dtype
 from hsi_cluster.io.labels import read_label_map, read_label_pair
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.io.store import read_haloed
-from hsi_cluster.model.backbones import DenseBackbone
-from hsi_cluster.predict import PredictResult, _tile_logits, check_scene_matches, predict_scene
+from hsi_cluster.predict import PredictResult, check_scene_matches, predict_scene
 from hsi_cluster.stats import valid_pixel_mask
 
-SceneLike = Union[str, os.PathLike, xr.DataArray]
+SceneLike = str | os.PathLike | xr.DataArray
 
 __all__ = ["Model", "evaluate", "load_model", "open_scene", "train"]
 
@@ -201,7 +200,8 @@ class _bar:
     """A tqdm bar driven by ``update(done, total)``, or nothing."""
 
     def __init__(self, enabled: bool, description: str, unit: str) -> None:
-        self.enabled, self.description, self.unit, self.bar = enabled, description, unit, None
+        self.enabled, self.description, self.unit = enabled, description, unit
+        self.bar: Any = None
 
     def __enter__(self) -> Any:
         if not self.enabled:
@@ -241,18 +241,15 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
         scene = scene.copy()
         scene.attrs["source"] = str(scene.name or "the scene")
     check_scene_matches(checkpoint, scene)
-    if tiles < 8:
-        raise ValueError(f"tiles={tiles} is too small; use at least 8 pixels (512 is a good default)")
+    check_tile_size(tiles)
     torch_device = device_from(device)
-    model = checkpoint.build_model().to(torch_device).eval()
-    if isinstance(model.backbone, DenseBackbone):
-        model.backbone.to(memory_format=torch.channels_last)
-    amp = bool(checkpoint.payload["train_config"].get("amp")) and torch_device.type == "cuda"
-    patch_size, halo, n_clusters = checkpoint.patch_size, checkpoint.patch_size // 2, checkpoint.n_clusters
+    model = checkpoint.build_model().prepare_tiled(torch_device)
+    amp = checkpoint.amp and torch_device.type == "cuda"
+    patch_size, halo, n_clusters = checkpoint.patch_size, checkpoint.halo, checkpoint.n_clusters
     dtype, nodata = label_dtype(n_clusters)
     _, height, width = scene.shape
     grid = BlockGrid(height, width, tiles)
-    fill = np.asarray(checkpoint.payload["spectral"]["mean"].numpy())
+    fill = checkpoint.spectral_mean
     good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
     scene_nodata = scene.attrs.get("nodata")
     labels = np.full((height, width), nodata, dtype=dtype)
@@ -266,8 +263,7 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
                 padded = np.where(valid_padded[None], padded, fill.astype(padded.dtype)[:, None, None])
             valid = valid_padded[halo:halo + window.height, halo:halo + window.width]
             if valid.any():
-                probabilities = _tile_logits(model, padded, halo=halo, patch_size=patch_size, device=torch_device,
-                                             amp=amp)
+                probabilities = model.tile_probabilities(padded, patch_size=patch_size, device=torch_device, amp=amp)
                 winning, winner = probabilities.max(dim=0)
                 rows, cols = window.slices
                 labels[rows, cols][valid] = winner.cpu().numpy().astype(dtype)[valid]
@@ -352,7 +348,7 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int, *, preset: str = "fas
     if isinstance(scenes, (str, os.PathLike, xr.DataArray)):
         scenes = [scenes]
     paths = [_scene_path(scene, what="train") if isinstance(scene, xr.DataArray) else scene for scene in scenes]
-    settings = load_config(preset, config, inline=overrides or None)
+    settings = load_config(preset, Path(config) if config is not None else None, inline=overrides or None)
     log = (lambda message: print(message, file=sys.stderr)) if verbose else None
     with tempfile.TemporaryDirectory(prefix="hsicluster-train-") as folder:
         target = Path(output).expanduser().absolute() if output is not None else Path(folder) / "model.ckpt"

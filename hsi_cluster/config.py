@@ -255,6 +255,14 @@ def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
+def _check_assignment(config: TrainConfig) -> None:
+    """How the trained model labels pixels: a known assignment and enough pixels for its centroids."""
+    if config.assignment not in ("centroids", "head"):
+        raise HsiClusterError(f"assignment must be 'centroids' or 'head', got {config.assignment!r}")
+    if config.centroid_samples < 100:
+        raise HsiClusterError(f"centroid_samples must be at least 100 pixels, got {config.centroid_samples}")
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise a one-line :class:`HsiClusterError` for inconsistent settings."""
     if config.backbone not in ("dense", "resnet"):
@@ -288,9 +296,6 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("weight_decay", "instance_weight", "cluster_weight", "entropy_weight", "offdiag_weight"):
         if getattr(config, name) < 0:
             raise HsiClusterError(f"{name} must be ≥ 0, got {getattr(config, name)}")
-    if config.assignment not in ("centroids", "head"):
-        raise HsiClusterError(f"assignment must be 'centroids' or 'head', got {config.assignment!r}")
-    if config.centroid_samples < 100:
-        raise HsiClusterError(f"centroid_samples must be at least 100 pixels, got {config.centroid_samples}")
+    _check_assignment(config)
     if not 0 <= config.self_label_threshold <= 1:
         raise HsiClusterError(f"self_label_threshold must be in [0, 1], got {config.self_label_threshold}")

@@ -22,8 +22,13 @@ from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.store import Store
 from hsi_cluster.train import lr_at, lr_drop_interval, partial_checkpoint_path, run_length, train
-from tests.train_helpers import TINY, IngestedScene, make_scene, tiny_config
-from tests.train_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.train_helpers import (
+    TINY,
+    IngestedScene,
+    make_scene,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    tiny_config,
+)
 
 BATCH = 32
 

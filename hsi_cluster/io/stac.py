@@ -297,7 +297,14 @@ def extension_problems(item: Mapping[str, Any]) -> list[str]:
     for uri in (ProjectionExtension.get_schema_uri(), ClassificationExtension.get_schema_uri()):
         if uri not in extensions:
             problems.append(f"stac_extensions lacks {uri}")
-    props = item.get("properties", {})
+    problems += _projection_problems(item.get("properties", {}))
+    problems += _classification_problems(item)
+    return problems
+
+
+def _projection_problems(props: Mapping[str, Any]) -> list[str]:
+    """The projection extension's rules on an Item's properties."""
+    problems = []
     code = props.get("proj:code", "missing")
     if code == "missing":
         problems.append("proj:code missing (null for a raster without a CRS)")
@@ -312,6 +319,12 @@ def extension_problems(item: Mapping[str, Any]) -> list[str]:
     if transform is not None and not (isinstance(transform, list) and len(transform) in (6, 9)
                                       and all(isinstance(v, (int, float)) for v in transform)):
         problems.append(f"proj:transform {transform!r} is not 6 or 9 numbers")
+    return problems
+
+
+def _classification_problems(item: Mapping[str, Any]) -> list[str]:
+    """The classification extension's rules on the labels asset."""
+    problems: list[str] = []
     labels = item.get("assets", {}).get("labels")
     if labels is None:
         return problems + ["no labels asset"]

@@ -124,7 +124,7 @@ def test_batch_stac_writes_items_and_a_collection(tiny: dict, tmp_path: Path) ->
     item_links = [link for link in collection["links"] if link["rel"] == "item"]
     assert len(item_links) == 2
     ids = set()
-    for link, record, source in zip(item_links, records, tiny["scenes"]):
+    for link, record, source in zip(item_links, records, tiny["scenes"], strict=True):
         path = (outdir / link["href"]).resolve()
         labels = Path(record["output"])
         assert path == item_path(labels).resolve()
