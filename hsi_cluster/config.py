@@ -66,8 +66,8 @@ class TrainConfig:
     """
 
     backbone: str = "dense"
-    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64, "depth": 1})
-    patch_size: int = 3
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64, "depth": 2})
+    patch_size: int = 5
     n_components: int | float = 0.99
     head_hidden: int = 512
     instance_dim: int | None = None
@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Adam 1e-3 with a ×0.1 step after 2/3 of the run (20 of 30 epochs where the cap binds), a light cluster-balance term (weight 0.1:
     # at 1.0 it pushes towards equal cluster sizes and split Salinas-A's largest field in one seed of three),
     # and as many PCA components as keep 99 % of the standardised variance (Salinas-A 8, Indian Pines 40).
-    # A 3 × 3 context (one valid 3 × 3 layer after the 1 × 1 stem): 11 × 11 blurred fine parcels and thin
+    # A 5 × 5 context (two valid 3 × 3 layers after the 1 × 1 stem): 11 × 11 blurred fine parcels and thin
     # features (Jasper Ridge ACC 0.75 against per-pixel k-means' 0.89, fine-parcel scenes 0.31 against 0.61);
     # labels are the nearest k-means centroid of the trained features (see docs/accuracy.md).
     "fast": {},

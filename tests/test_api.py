@@ -24,8 +24,12 @@ from hsi_cluster.cli import main
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.files import sha256_of
 from tests import helpers
-from tests.predict_helpers import LABEL_NODATA, TINY_DENSE, holey_cube, read_raster, write_scene
-from tests.train_helpers import one_torch_thread  # noqa: F401 — autouse: one torch thread per test process
+from tests.predict_helpers import LABEL_NODATA, PATCH, holey_cube, read_raster, write_scene
+
+#: A tiny dense model trained one pass in batches of 64 (training-config keys, as hc.train takes them).
+TINY_DENSE = {"backbone_kwargs": {"width": 8, "depth": 2}, "patch_size": PATCH, "batch_size": 64, "epochs": 1}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SAMPLE_GT = "SalinasA_gt.mat"
 

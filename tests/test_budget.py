@@ -26,9 +26,10 @@ from tests.train_helpers import (
     TINY,
     IngestedScene,
     make_scene,
-    one_torch_thread,  # noqa: F401  (autouse fixture)
     tiny_config,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BATCH = 32
 

@@ -22,7 +22,8 @@ from hsi_cluster.io.label_raster import colour_table
 from hsi_cluster.io.stac import extension_problems, item_path, validate_core
 from tests import helpers
 from tests.predict_helpers import LABEL_NODATA, K, holey_cube, read_raster, train_tiny, write_scene
-from tests.train_helpers import one_torch_thread  # noqa: F401 — autouse
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 CLASSIFICATION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
