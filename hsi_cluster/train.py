@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsi_cluster.checkpoint import CheckpointError, load_checkpoint, make_payload, save_checkpoint
+from hsi_cluster.checkpoint import Checkpoint, CheckpointError, load_checkpoint, make_payload, save_checkpoint
 from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, two_views
 from hsi_cluster.data.sampler import PatchSampler
@@ -253,7 +253,7 @@ def _length_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | No
     return None
 
 
-def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],  # noqa: C901 — split pending (issue 13)
+def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],
           config: TrainConfig, seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
           work_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 100,
           mask: np.ndarray | None = None, progress: ProgressFn | None = None, log: LogFn | None = None,
@@ -288,6 +288,32 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     partial = partial_checkpoint_path(output)
     if n_clusters < 2:
         raise HsiClusterError(f"-k must be at least 2 clusters, got {n_clusters}")
+    paths = _scene_paths(scenes, output=output, mask=mask, replace=overwrite or resume)
+    torch_device = device_from(device)
+    log = log or (lambda message: None)
+    work = Path(work_dir) if work_dir else default_work_dir()
+    stores, wavelength, identity = _ready_stores(paths, config, n_clusters, work, log)
+    resume_from = _resume_source(output, partial, identity, config, n_clusters, seed) if resume else None
+    run = _build(stores, identity, wavelength, config=config, n_clusters=n_clusters, seed=seed, mask=mask,
+                 device=torch_device, resume_from=resume_from, log=log)
+    resumed = _resume(run, resume_from, output, log) if resume_from is not None else _LoopState()
+    if isinstance(resumed, TrainResult):
+        return resumed
+    state = resumed
+    _log_length(run, log)
+    state.started = time.perf_counter()
+    state.step_at_start = state.step
+    hooks = _Hooks(partial=partial, checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps,
+                   progress=progress, log=log)
+    run.model.train()
+    while state.step < run.total_steps and state.epoch < run.epochs:
+        _train_epoch(run, state, hooks)
+    return _finish(run, state, output, partial, log)
+
+
+def _scene_paths(scenes: list[str | os.PathLike[str]] | str | os.PathLike[str], *, output: Path,
+                 mask: np.ndarray | None, replace: bool) -> list[Path]:
+    """The scene files of a run (patterns expanded), after the checks of the mask and the output path."""
     if isinstance(scenes, (str, os.PathLike)):
         scenes = [scenes]
     if len(scenes) != 1 and mask is not None:
@@ -295,65 +321,141 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     paths = expand_scene_paths(scenes)
     inputs = {role: file for i, path in enumerate(paths)
               for role, file in scene_inputs(path, "the scene" if len(paths) == 1 else f"scene {i + 1}").items()}
-    check_output(output, replace=overwrite or resume, inputs=inputs,
+    check_output(output, replace=replace, inputs=inputs,
                  exists_hint="pass --overwrite to replace it or --resume to train it further")
     if not paths:
         raise HsiClusterError("no scene to train on; pass at least one scene")
     if len(paths) != 1 and mask is not None:
         raise HsiClusterError("a training mask needs exactly one scene")
-    torch_device = device_from(device)
-    log = log or (lambda message: None)
-    work = Path(work_dir) if work_dir else default_work_dir()
+    return paths
+
+
+def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work: Path,
+                  log: LogFn) -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
+    """Checked stores of the scenes (ingested into ``work`` when needed), their wavelengths and identities."""
     check_scenes_agree(paths)  # before ingesting anything
     for path in paths:
         _check_scene_shape(path, config)
     stores = [prepare_store(path, work, log=log) for path in paths]
     wavelength = _check_scenes(stores, config, n_clusters)
     identity = [_scene_identity(s) for s in stores]
+    return stores, wavelength, identity
 
-    resume_from = None
-    if resume:
-        source = partial if partial.exists() else output if output.exists() else None
-        if source is None:
-            raise HsiClusterError(f"--resume: neither {partial.name} nor {output.name} exists in {output.parent}; "
-                                  "start without --resume")
-        resume_from = load_checkpoint(source)
-        saved = resume_from.payload
-        mismatch = _scene_mismatch(saved["scenes"], identity)
-        if mismatch:
-            raise CheckpointError(f"--resume: {source.name} {mismatch}, or start without --resume")
-        if "lr_step_fraction" not in saved["train_config"]:
-            raise CheckpointError(f"--resume: {source.name} was made by an older hsicluster, whose learning-rate "
-                                  "schedule was counted in epochs; start without --resume")
-        if not resume_from.complete:
-            changed = _length_mismatch(saved["train_config"], config.to_dict())
-            if changed:
-                raise CheckpointError(f"--resume: {source.name} {changed}")
-        if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
-                saved["model_config"]["n_clusters"] != n_clusters or saved["training"].get("seed") != seed:
-            raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
-                                  "pass the same options or start without --resume")
 
-    torch.manual_seed(seed)
+def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], config: TrainConfig,
+                   n_clusters: int, seed: int) -> Checkpoint:
+    """The checkpoint that ``--resume`` continues (``OUTPUT.partial``, else OUTPUT), checked against this run."""
+    source = partial if partial.exists() else output if output.exists() else None
+    if source is None:
+        raise HsiClusterError(f"--resume: neither {partial.name} nor {output.name} exists in {output.parent}; "
+                              "start without --resume")
+    resume_from = load_checkpoint(source)
+    saved = resume_from.payload
+    mismatch = _scene_mismatch(saved["scenes"], identity)
+    if mismatch:
+        raise CheckpointError(f"--resume: {source.name} {mismatch}, or start without --resume")
+    if "lr_step_fraction" not in saved["train_config"]:
+        raise CheckpointError(f"--resume: {source.name} was made by an older hsicluster, whose learning-rate "
+                              "schedule was counted in epochs; start without --resume")
+    if not resume_from.complete:
+        changed = _length_mismatch(saved["train_config"], config.to_dict())
+        if changed:
+            raise CheckpointError(f"--resume: {source.name} {changed}")
+    if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
+            saved["model_config"]["n_clusters"] != n_clusters or saved["training"].get("seed") != seed:
+        raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
+                              "pass the same options or start without --resume")
+    return resume_from
+
+
+@dataclass
+class _Run:
+    """What a run trains with: its scenes, model, optimizer, loss, sampler and length (see :func:`_build`)."""
+
+    config: TrainConfig
+    seed: int
+    n_clusters: int
+    mask: np.ndarray | None
+    device: torch.device
+    stores: list[Path]
+    identity: list[dict[str, Any]]
+    wavelength: list[float] | None
+    spectral: dict[str, Any]
+    model: SSCC
+    optimizer: torch.optim.Adam
+    criterion: SSCCLoss
+    balance: ClusterEntropyLoss
+    augmenter: Augmenter
+    generator: torch.Generator
+    sampler: PatchSampler
+    centres: int
+    length: RunLength
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    drop_every: int
+    budget: int | None  # the sample budget that applied, if any
+    use_amp: bool
+    log_every: int  # progress lines inside passes longer than 5 % of the run
+
+
+@dataclass
+class _LoopState:
+    """Where the training loop is: counters, loss history, samples drawn and timing."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)  # losses of the unfinished epoch so far
+    elapsed_before: float = 0.0  # seconds of the resumed run's earlier parts
+    samples_before: int = 0  # samples drawn by the resumed run's earlier parts
+    samples_seen: int = 0  # samples drawn by this process
+    step_at_start: int = 0
+    started: float = 0.0  # perf_counter when this process's loop began
+
+
+@dataclass
+class _Hooks:
+    """The caller's side of the loop: where partial checkpoints go and when, callbacks, a stop for tests."""
+
+    partial: Path
+    checkpoint_every: int
+    stop_after_steps: int | None
+    progress: ProgressFn | None
+    log: LogFn
+
+
+def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: Checkpoint | None,
+              log: LogFn) -> dict[str, Any]:
+    """The frozen spectral projection: the resumed checkpoint's, else fitted on the scenes."""
     if resume_from is not None:
-        spectral = resume_from.payload["spectral"]
-    else:
-        on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
-        fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
-        kept = f" ({config.n_components * 100:g} % of the variance)" if isinstance(config.n_components, float) else ""
-        log(f"spectral projection fitted on {on}: {fit.components.shape[0]} PCA components{kept}")
-        spectral = {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
-                    "components": torch.from_numpy(fit.components)}
+        spectral: dict[str, Any] = resume_from.payload["spectral"]
+        return spectral
+    on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
+    fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
+    kept = f" ({config.n_components * 100:g} % of the variance)" if isinstance(config.n_components, float) else ""
+    log(f"spectral projection fitted on {on}: {fit.components.shape[0]} PCA components{kept}")
+    return {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
+            "components": torch.from_numpy(fit.components)}
+
+
+def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[float] | None, *,
+           config: TrainConfig, n_clusters: int, seed: int, mask: np.ndarray | None, device: torch.device,
+           resume_from: Checkpoint | None, log: LogFn) -> _Run:
+    """Seed, spectral projection, model, optimizer, losses, augmenter, generator, sampler and the run's length."""
+    torch.manual_seed(seed)
+    spectral = _spectral(stores, config, seed, resume_from, log)
     model = SSCC.build(spectral["mean"].numpy(), spectral["std"].numpy(), spectral["components"].numpy(),
                        n_clusters=n_clusters, backbone=config.backbone, backbone_kwargs=config.backbone_kwargs,
                        head_hidden=config.head_hidden, instance_dim=config.instance_dim)
-    model.to(torch_device)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     criterion = SSCCLoss(instance_weight=config.instance_weight, cluster_weight=config.cluster_weight,
                          temperature=config.temperature, offdiag_weight=config.offdiag_weight)
     balance = ClusterEntropyLoss()
     augmenter = Augmenter(config.augment)
-    generator = torch.Generator(device=torch_device)
+    generator = torch.Generator(device=device)
     generator.manual_seed(seed)
 
     # Holes inside patches read as the spectral mean (pooled over the scenes), as in predict.
@@ -369,134 +471,174 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     steps_per_epoch = sampler.batches_per_epoch(shards=shards) if length.fraction < 1 else full_pass
     if steps_per_epoch == 0:
         raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
-    contrastive_steps = length.contrastive_steps
-    total_steps = contrastive_steps + config.self_label_epochs * steps_per_epoch
-    epochs = math.ceil(contrastive_steps / steps_per_epoch) + config.self_label_epochs
-    drop_every = lr_drop_interval(config, total_steps)
-    budget = None if length.rule == "steps" else config.samples  # the budget that applied, if any
-    step, epoch, batch_in_epoch, history, elapsed_before = 0, 0, 0, [], 0.0
-    resumed_epoch_losses: list[float] = []
-    if resume_from is not None:
-        state = resume_from.payload["training"]
-        model.load_state_dict({key: value for key, value in resume_from.payload["state_dict"].items()
+    total_steps = length.contrastive_steps + config.self_label_epochs * steps_per_epoch
+    return _Run(config=config, seed=seed, n_clusters=n_clusters, mask=mask, device=device, stores=stores,
+                identity=identity, wavelength=wavelength, spectral=spectral, model=model, optimizer=optimizer,
+                criterion=criterion, balance=balance, augmenter=augmenter, generator=generator, sampler=sampler,
+                centres=centres, length=length, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                epochs=math.ceil(length.contrastive_steps / steps_per_epoch) + config.self_label_epochs,
+                drop_every=lr_drop_interval(config, total_steps),
+                budget=None if length.rule == "steps" else config.samples,
+                use_amp=config.amp and device.type == "cuda", log_every=math.ceil(total_steps / 20))
+
+
+def _resume(run: _Run, resume_from: Checkpoint, output: Path, log: LogFn) -> _LoopState | TrainResult:
+    """Load a checkpoint's weights, optimizer and generator into ``run`` and return its loop state;
+    a finished run of this length returns its result instead (nothing trained or written)."""
+    state = resume_from.payload["training"]
+    run.model.load_state_dict({key: value for key, value in resume_from.payload["state_dict"].items()
                                if not key.startswith("centroid_head.")})  # refitted at the end
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].to(generator.get_state().device))
-        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
-        resumed_epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
-        if resume_from.complete and (step >= total_steps or epoch >= epochs):
-            plotted = output.with_suffix(".loss.png")
-            return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
-                               epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
-                               already_finished=True, samples=int(state.get("samples_drawn", 0)),
-                               budget=budget, total_steps=int(state.get("total_steps", step)))
-        log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
-    samples_before = int(resume_from.payload["training"].get("samples_drawn", step * config.batch_size)) \
-        if resume_from is not None else 0
-    passes = contrastive_steps * config.batch_size / centres
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.generator.set_state(state["generator"].to(run.generator.get_state().device))
+    step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+    history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
+    epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+    if resume_from.complete and (step >= run.total_steps or epoch >= run.epochs):
+        plotted = output.with_suffix(".loss.png")
+        return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
+                           epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
+                           already_finished=True, samples=int(state.get("samples_drawn", 0)),
+                           budget=run.budget, total_steps=int(state.get("total_steps", step)))
+    log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+    samples_before = int(state.get("samples_drawn", step * run.config.batch_size))
+    return _LoopState(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, history=history,
+                      epoch_losses=epoch_losses, elapsed_before=elapsed_before, samples_before=samples_before)
+
+
+def _log_length(run: _Run, log: LogFn) -> None:
+    """The line that says how long the run is and what decided it."""
+    config, length = run.config, run.length
+    passes = length.contrastive_steps * config.batch_size / run.centres
     decided = {"steps": "set in steps", "samples": "the budget of {samples:,} samples",
                "epochs (cap)": "the cap of {epochs} epochs on the budget of {samples:,} samples",
                "epochs": "{epochs} epochs"}[length.rule].format(samples=config.samples or 0, epochs=config.epochs)
-    log(f"training length: {total_steps} steps of {config.batch_size} ({total_steps * config.batch_size:,} samples, "
-        f"{passes:.3g} passes over {centres:,} valid pixels; {decided})"
+    log(f"training length: {run.total_steps} steps of {config.batch_size} "
+        f"({run.total_steps * config.batch_size:,} samples, "
+        f"{passes:.3g} passes over {run.centres:,} valid pixels; {decided})"
         + (f"; each pass draws {length.fraction:.1%} of every block's pixels" if length.fraction < 1 else "")
-        + f"; lr ×{config.lr_gamma:g} every {drop_every} steps")
-    use_amp = config.amp and torch_device.type == "cuda"
-    started = time.perf_counter()
-    samples_seen = 0
-    step_at_start = step
-    log_every = math.ceil(total_steps / 20)  # progress lines inside passes longer than 5 % of the run
+        + f"; lr ×{config.lr_gamma:g} every {run.drop_every} steps")
 
-    def progress_line() -> str:
-        done = step - step_at_start
-        eta = (time.perf_counter() - started) / done * (total_steps - step) if done else float("nan")
-        return (f"step {step}/{total_steps} ({step / total_steps:.0%}), {samples_before + samples_seen:,} samples, "
-                f"elapsed {_duration(elapsed_before + time.perf_counter() - started)}, "
-                f"ETA {_duration(eta) if math.isfinite(eta) else '?'}")
 
-    def payload(complete: bool) -> dict[str, Any]:
-        training = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "seed": seed,
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state().cpu(), "history": history,
-                    "epoch_losses": list(epoch_losses),
-                    "seconds": elapsed_before + time.perf_counter() - started, "total_steps": total_steps,
-                    "steps_per_epoch": steps_per_epoch, "device": str(torch_device),
-                    "samples_budget": budget, "samples_drawn": samples_before + samples_seen,
-                    "length_rule": length.rule, "pass_fraction": length.fraction, "valid_centres": centres,
-                    "lr_drop_every": drop_every}
-        return make_payload(model, train_config=config.to_dict(), spectral=spectral, scenes=identity,
-                            wavelength=wavelength, complete=complete, training=training)
+def _progress_line(run: _Run, state: _LoopState) -> str:
+    """``step S/T (P%), N samples, elapsed E, ETA R``."""
+    step, total_steps = state.step, run.total_steps
+    done = step - state.step_at_start
+    eta = (time.perf_counter() - state.started) / done * (total_steps - step) if done else float("nan")
+    return (f"step {step}/{total_steps} ({step / total_steps:.0%}), {state.samples_before + state.samples_seen:,} "
+            f"samples, elapsed {_duration(state.elapsed_before + time.perf_counter() - state.started)}, "
+            f"ETA {_duration(eta) if math.isfinite(eta) else '?'}")
 
-    model.train()
-    epoch_losses: list[float] = resumed_epoch_losses  # losses of the unfinished epoch so far
-    while step < total_steps and epoch < epochs:
-        sampler.set_epoch(epoch, start_batch=batch_in_epoch)
-        loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=config.workers,
-                                             collate_fn=None, pin_memory=torch_device.type == "cuda")
-        for batch in loader:
-            tick = time.perf_counter()
-            for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to resume
-                group["lr"] = lr_at(config, step, total_steps)
-            raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(torch_device, non_blocking=True)
-            with torch.no_grad():
-                projected = model.project(raw)
-            with torch.autocast(device_type=torch_device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if step < contrastive_steps:
-                    loss, terms = _contrastive_step(model, projected, augmenter, generator, criterion, balance,
-                                                    config.entropy_weight)
-                else:
-                    loss, terms = _self_label_step(model, projected, augmenter, generator,
-                                                   config.self_label_threshold)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            batch_in_epoch += 1
-            samples_seen += len(raw)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise HsiClusterError(f"training diverged at step {step} (loss {value}); lower the learning rate")
-            epoch_losses.append(value)
-            if progress:
-                rate = samples_seen / max(time.perf_counter() - started, 1e-9)
-                progress(step, total_steps, {"loss": value, "inst": terms["instance"], "cc": terms["cluster"], "samples/s": rate,
-                                             "step_s": time.perf_counter() - tick,
-                                             "samples": float(samples_before + samples_seen),
-                                             "lr": optimizer.param_groups[0]["lr"]})
-            if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
-                break
-            if step % log_every == 0 and batch_in_epoch < steps_per_epoch and steps_per_epoch > log_every:
-                log(f"{progress_line()}: loss {value:.4f}, lr {optimizer.param_groups[0]['lr']:.2e}")
-            if checkpoint_every and step % checkpoint_every == 0 and config.workers == 0 and \
-                    batch_in_epoch < steps_per_epoch:  # at the epoch's end, the epoch checkpoint follows
-                save_checkpoint(payload(False), partial)
-        stop = stop_after_steps is not None and step >= stop_after_steps and step < total_steps
-        if stop and batch_in_epoch < steps_per_epoch:
-            save_checkpoint(payload(False), partial)
-            raise KeyboardInterrupt(f"stopped after {step} steps as asked")
-        mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
-        history.append({"epoch": epoch + 1, "step": step, "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]})
-        log(f"epoch {epoch + 1}/{epochs}: mean loss {mean_loss:.4f}, lr {optimizer.param_groups[0]['lr']:.2e}, "
-            f"{progress_line()}")
-        epoch_losses = []
-        epoch += 1
-        batch_in_epoch = 0
-        if step < total_steps:
-            save_checkpoint(payload(False), partial)
-            if stop:  # stopped on the epoch's last batch: after its end-of-epoch bookkeeping
-                raise KeyboardInterrupt(f"stopped after {step} steps as asked")
+
+def _payload(run: _Run, state: _LoopState, complete: bool) -> dict[str, Any]:
+    """The checkpoint mapping of the run as it stands."""
+    training = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "seed": run.seed,
+                "optimizer": run.optimizer.state_dict(),
+                "generator": run.generator.get_state().cpu(), "history": state.history,
+                "epoch_losses": list(state.epoch_losses),
+                "seconds": state.elapsed_before + time.perf_counter() - state.started,
+                "total_steps": run.total_steps,
+                "steps_per_epoch": run.steps_per_epoch, "device": str(run.device),
+                "samples_budget": run.budget, "samples_drawn": state.samples_before + state.samples_seen,
+                "length_rule": run.length.rule, "pass_fraction": run.length.fraction, "valid_centres": run.centres,
+                "lr_drop_every": run.drop_every}
+    return make_payload(run.model, train_config=run.config.to_dict(), spectral=run.spectral, scenes=run.identity,
+                        wavelength=run.wavelength, complete=complete, training=training)
+
+
+def _train_step(run: _Run, state: _LoopState, batch: Any) -> tuple[float, dict[str, float]]:
+    """One optimizer step on a batch; returns its loss and loss terms."""
+    config, device, model = run.config, run.device, run.model
+    for group in run.optimizer.param_groups:  # the schedule is a function of the step: nothing to resume
+        group["lr"] = lr_at(config, state.step, run.total_steps)
+    raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(device, non_blocking=True)
+    with torch.no_grad():
+        projected = model.project(raw)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+        if state.step < run.length.contrastive_steps:
+            loss, terms = _contrastive_step(model, projected, run.augmenter, run.generator, run.criterion,
+                                            run.balance, config.entropy_weight)
+        else:
+            loss, terms = _self_label_step(model, projected, run.augmenter, run.generator,
+                                           config.self_label_threshold)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    state.step += 1
+    state.batch_in_epoch += 1
+    state.samples_seen += len(raw)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise HsiClusterError(f"training diverged at step {state.step} (loss {value}); lower the learning rate")
+    state.epoch_losses.append(value)
+    return value, terms
+
+
+def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
+    """The rest of the current epoch: steps, progress, periodic checkpoints, then the epoch's bookkeeping.
+
+    Raises KeyboardInterrupt after ``hooks.stop_after_steps`` steps, with the partial checkpoint written.
+    """
+    run.sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    loader = torch.utils.data.DataLoader(run.sampler, batch_size=None, num_workers=run.config.workers,
+                                         collate_fn=None, pin_memory=run.device.type == "cuda")
+    stop_after = hooks.stop_after_steps
+    for batch in loader:
+        tick = time.perf_counter()
+        value, terms = _train_step(run, state, batch)
+        if hooks.progress:
+            rate = state.samples_seen / max(time.perf_counter() - state.started, 1e-9)
+            hooks.progress(state.step, run.total_steps,
+                           {"loss": value, "inst": terms["instance"], "cc": terms["cluster"], "samples/s": rate,
+                            "step_s": time.perf_counter() - tick,
+                            "samples": float(state.samples_before + state.samples_seen),
+                            "lr": run.optimizer.param_groups[0]["lr"]})
+        if state.step >= run.total_steps or (stop_after is not None and state.step >= stop_after):
+            break
+        inside = state.batch_in_epoch < run.steps_per_epoch
+        if state.step % run.log_every == 0 and inside and run.steps_per_epoch > run.log_every:
+            hooks.log(f"{_progress_line(run, state)}: loss {value:.4f}, lr {run.optimizer.param_groups[0]['lr']:.2e}")
+        if hooks.checkpoint_every and state.step % hooks.checkpoint_every == 0 and run.config.workers == 0 and \
+                inside:  # at the epoch's end, the epoch checkpoint follows
+            save_checkpoint(_payload(run, state, False), hooks.partial)
+    stop = stop_after is not None and state.step >= stop_after and state.step < run.total_steps
+    if stop and state.batch_in_epoch < run.steps_per_epoch:
+        save_checkpoint(_payload(run, state, False), hooks.partial)
+        raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
+    _end_epoch(run, state, hooks.log)
+    if state.step < run.total_steps:
+        save_checkpoint(_payload(run, state, False), hooks.partial)
+        if stop:  # stopped on the epoch's last batch: after its end-of-epoch bookkeeping
+            raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
+
+
+def _end_epoch(run: _Run, state: _LoopState, log: LogFn) -> None:
+    """Record the finished epoch's mean loss in the history, log it and move on to the next epoch."""
+    mean_loss = float(np.mean(state.epoch_losses)) if state.epoch_losses else float("nan")
+    lr = run.optimizer.param_groups[0]["lr"]
+    state.history.append({"epoch": state.epoch + 1, "step": state.step, "loss": mean_loss, "lr": lr})
+    log(f"epoch {state.epoch + 1}/{run.epochs}: mean loss {mean_loss:.4f}, lr {lr:.2e}, "
+        f"{_progress_line(run, state)}")
+    state.epoch_losses = []
+    state.epoch += 1
+    state.batch_in_epoch = 0
+
+
+def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogFn) -> TrainResult:
+    """Fit the centroid head if asked, write the final checkpoint and loss curve, drop the partial checkpoint."""
+    config = run.config
     if config.assignment == "centroids":
-        log(f"fitting {n_clusters} feature centroids on {config.centroid_samples} training pixels")
-        model.set_centroid_head(fit_centroid_head(model, stores, config=config, seed=seed, mask=mask,
-                                                  fill=spectral["mean"].numpy(), device=torch_device))
-    seconds = elapsed_before + time.perf_counter() - started
-    save_checkpoint(payload(True), output)
+        log(f"fitting {run.n_clusters} feature centroids on {config.centroid_samples} training pixels")
+        run.model.set_centroid_head(fit_centroid_head(run.model, run.stores, config=config, seed=run.seed,
+                                                      mask=run.mask, fill=run.spectral["mean"].numpy(),
+                                                      device=run.device))
+    seconds = state.elapsed_before + time.perf_counter() - state.started
+    save_checkpoint(_payload(run, state, True), output)
     partial.unlink(missing_ok=True)
-    curve = write_loss_curve(history, output.with_suffix(".loss.png"))
-    return TrainResult(checkpoint=output, loss_curve=curve, steps=step, epochs=epoch, seconds=seconds,
-                       samples_per_second=samples_seen / max(time.perf_counter() - started, 1e-9), history=history,
-                       samples=samples_before + samples_seen, budget=budget, total_steps=total_steps)
+    curve = write_loss_curve(state.history, output.with_suffix(".loss.png"))
+    return TrainResult(checkpoint=output, loss_curve=curve, steps=state.step, epochs=state.epoch, seconds=seconds,
+                       samples_per_second=state.samples_seen / max(time.perf_counter() - state.started, 1e-9),
+                       history=state.history, samples=state.samples_before + state.samples_seen,
+                       budget=run.budget, total_steps=run.total_steps)
 
 
 #: Epoch number of the sampler plan that draws the pixels of the feature centroids (not a training epoch).
