@@ -31,16 +31,12 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
-from hsi_cluster.device import device_from
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering
-from hsi_cluster.geo import BlockGrid, check_tile_size
+from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
-from hsi_cluster.io.label_raster import label_dtype
 from hsi_cluster.io.labels import read_label_map, read_label_pair
 from hsi_cluster.io.scene import open_scene
-from hsi_cluster.io.store import read_haloed
-from hsi_cluster.predict import PredictResult, check_scene_matches, predict_scene
-from hsi_cluster.stats import valid_pixel_mask
+from hsi_cluster.predict import PredictResult, label_tile, predict_scene, read_tile, tile_job
 
 SceneLike = str | os.PathLike | xr.DataArray
 
@@ -240,40 +236,23 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     if "source" not in scene.attrs:
         scene = scene.copy()
         scene.attrs["source"] = str(scene.name or "the scene")
-    check_scene_matches(checkpoint, scene)
     check_tile_size(tiles)
-    torch_device = device_from(device)
-    model = checkpoint.build_model().prepare_tiled(torch_device)
-    amp = checkpoint.amp and torch_device.type == "cuda"
-    patch_size, halo, n_clusters = checkpoint.patch_size, checkpoint.halo, checkpoint.n_clusters
-    dtype, nodata = label_dtype(n_clusters)
-    _, height, width = scene.shape
-    grid = BlockGrid(height, width, tiles)
-    fill = checkpoint.spectral_mean
-    good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
-    scene_nodata = scene.attrs.get("nodata")
-    labels = np.full((height, width), nodata, dtype=dtype)
-    probability = np.full((height, width), np.nan, dtype=np.float32) if confidence else None
+    job = tile_job(checkpoint, scene, tiles=tiles, device=device, digest=model_sha256)
+    n_clusters, nodata = checkpoint.n_clusters, job.nodata
+    labels = np.full(scene.shape[1:], nodata, dtype=job.dtype)
+    probability = np.full(scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
     with _bar(progress, "predict", "tile") as update:
-        for done, (i, j) in enumerate(grid, start=1):
-            window = grid.window(i, j)
-            padded = np.asarray(read_haloed(scene.data, window, halo))
-            valid_padded = valid_pixel_mask(padded, nodata=scene_nodata, good_band=good_band)
-            if not valid_padded.all():
-                padded = np.where(valid_padded[None], padded, fill.astype(padded.dtype)[:, None, None])
-            valid = valid_padded[halo:halo + window.height, halo:halo + window.width]
-            if valid.any():
-                probabilities = model.tile_probabilities(padded, patch_size=patch_size, device=torch_device, amp=amp)
-                winning, winner = probabilities.max(dim=0)
-                rows, cols = window.slices
-                labels[rows, cols][valid] = winner.cpu().numpy().astype(dtype)[valid]
-                if probability is not None:
-                    probability[rows, cols][valid] = winning.cpu().numpy()[valid]
+        for done, (i, j) in enumerate(job.grid, start=1):
+            rows, cols = job.grid.window(i, j).slices
+            tile_labels, tile_confidence = label_tile(job, i, j, *read_tile(job, i, j))
+            labels[rows, cols] = tile_labels
+            if probability is not None:
+                probability[rows, cols] = tile_confidence
             if update:
-                update(done, len(grid))
+                update(done, len(job.grid))
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
-                                "model_sha256": model_sha256 or sha256_of(checkpoint.path), "source": scene.attrs["source"]})
+                                "model_sha256": job.digest, "source": scene.attrs["source"]})
     if probability is None:
         return result
     conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),

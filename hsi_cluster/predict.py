@@ -185,8 +185,15 @@ class _Job:
 def _prepare_job(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, tiles: int,
                  device: str) -> _Job:
     """Load and check the model and the scene (bands, size), pick the device and the label type."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    scene = open_scene(scene_path)
+    return tile_job(load_checkpoint(checkpoint_path), open_scene(scene_path), tiles=tiles, device=device)
+
+
+def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device: str,
+             digest: str | None = None) -> _Job:
+    """The tiled labelling of a (band, y, x) scene with a loaded model, after checking its bands and size.
+
+    ``digest`` is the checkpoint's sha256 when the caller knows it (default: hashed from its file).
+    """
     check_scene_matches(checkpoint, scene)
     torch_device = device_from(device)
     model = checkpoint.build_model().prepare_tiled(torch_device)
@@ -194,11 +201,11 @@ def _prepare_job(scene_path: str | os.PathLike[str], checkpoint_path: str | os.P
     _, height, width = scene.shape
     return _Job(checkpoint=checkpoint, scene=scene, model=model, device=torch_device,
                 amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
-                dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=checkpoint.sha256(),
+                dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=digest or checkpoint.sha256(),
                 source=Path(scene.attrs["source"]))
 
 
-def _read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     """Tile ``(i, j)`` with its halo, holes filled with the training mean, and its interior valid mask."""
     window = job.grid.window(i, j)
     halo = job.halo
@@ -213,7 +220,7 @@ def _read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     return padded, valid[halo:halo + window.height, halo:halo + window.width]
 
 
-def _label_tile(job: _Job, i: int, j: int, padded: np.ndarray,
+def label_tile(job: _Job, i: int, j: int, padded: np.ndarray,
                 valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels (nodata outside ``valid``) and winning probabilities (NaN outside) of tile ``(i, j)``."""
     window = job.grid.window(i, j)
@@ -237,12 +244,12 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
-        upcoming = reader.submit(_read_tile, job, *todo[0])
+        upcoming = reader.submit(read_tile, job, *todo[0])
         for index, (i, j) in enumerate(todo):
             padded, valid = upcoming.result()
             if index + 1 < len(todo):  # read the next tile while this one computes
-                upcoming = reader.submit(_read_tile, job, *todo[index + 1])
-            tile_labels, tile_confidence = _label_tile(job, i, j, padded, valid)
+                upcoming = reader.submit(read_tile, job, *todo[index + 1])
+            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
             store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
                         tile_confidence if with_confidence else None)
             done += 1
