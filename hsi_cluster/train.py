@@ -32,6 +32,7 @@ from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
+from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.heads import CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
@@ -630,7 +631,8 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
         log(f"fitting {run.n_clusters} feature centroids on {config.centroid_samples} training pixels")
         run.model.set_centroid_head(fit_centroid_head(run.model, run.stores, config=config, seed=run.seed,
                                                       mask=run.mask, fill=run.spectral["mean"].numpy(),
-                                                      device=run.device))
+                                                      device=run.device),
+                                    scales=config.centroid_features == "scales")
     seconds = state.elapsed_before + time.perf_counter() - state.started
     save_checkpoint(_payload(run, state, True), output)
     partial.unlink(missing_ok=True)
@@ -650,23 +652,34 @@ def fit_centroid_head(model: SSCC, stores: Sequence[Path], *, config: TrainConfi
                       mask: np.ndarray | None, fill: np.ndarray, device: torch.device) -> CentroidHead:
     """k-means centroids of the trained features of a random sample of training pixels.
 
-    Draws up to ``config.centroid_samples`` centres with the training sampler (every region
-    contributes in proportion to its valid pixels), encodes their patches in eval mode and fits
-    :meth:`CentroidHead.fit` with K = the model's clusters.
+    Draws up to ``config.centroid_samples`` centres with the training sampler, the same share of
+    every block's valid centres (so every region of every scene contributes in proportion to its
+    valid pixels, however large the scenes), encodes their patches in eval mode (the features of
+    every scale when ``config.centroid_features`` is "scales") and fits :meth:`CentroidHead.fit`
+    with K = the model's clusters.
     """
     sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
                            mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH)
+    sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
+    scales = config.centroid_features == "scales"
+    backbone = model.backbone
+    if scales and not isinstance(backbone, DenseBackbone):
+        raise HsiClusterError("centroid_features 'scales' needs the dense backbone: set centroid_features: last")
     model.eval()
     features: list[np.ndarray] = []
     drawn = 0
     for batch in sampler:
-        raw = torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(device)
-        features.append(model.encode(model.project(raw)).float().cpu().numpy())
-        drawn += len(raw)
+        projected = model.project(torch.from_numpy(batch.patches.astype(np.float32, copy=False)).to(device))
+        encoded = backbone.forward_scales(projected) if isinstance(backbone, DenseBackbone) and scales \
+            else model.encode(projected)
+        features.append(encoded.float().cpu().numpy())
+        drawn += len(projected)
         if drawn >= config.centroid_samples:
             break
     model.train()
-    return CentroidHead.fit(np.concatenate(features)[:config.centroid_samples], model.n_clusters, seed=seed)
+    blocks = backbone.n_scales if isinstance(backbone, DenseBackbone) and scales else 1
+    return CentroidHead.fit(np.concatenate(features)[:config.centroid_samples], model.n_clusters, seed=seed,
+                            blocks=blocks)
 
 
 def _contrastive_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter, generator: torch.Generator,

@@ -217,3 +217,14 @@ def test_to_dict_round_trips_and_is_yaml_ready(name: str, tmp_path: Path) -> Non
     path = tmp_path / "dump.yaml"
     path.write_text(yaml.safe_dump(values))  # plain types only
     assert load_config("fast", path) == config
+
+
+def test_centroid_features_default_to_every_scale_and_follow_the_backbone():
+    assert preset_config("fast").centroid_features == "scales"
+    assert preset_config("paper").centroid_features == "last"
+    # The ResNet has no stages of known receptive field: switching to it reads the last stage.
+    assert config_from_dict({"backbone": "resnet"}, base=preset_config("fast")).centroid_features == "last"
+    with pytest.raises(HsiClusterError, match="centroid_features must be"):
+        config_from_dict({"centroid_features": "all"})
+    with pytest.raises(HsiClusterError, match="needs the dense backbone"):
+        config_from_dict({"backbone": "resnet", "patch_size": 11, "centroid_features": "scales"})

@@ -623,11 +623,16 @@ def test_evaluate_indian_pines_reproduces_the_patch_by_patch_scores(indian_pines
     valid = ref_labels != NO_LABEL
     count = mismatches(labels, as_label_map(ref_labels), valid)
     print(f"Indian Pines, --tiles 64: {count} of {int(valid.sum())} valid pixels differ from label_patches")
+    # The tiled and patch paths run the convolutions in other layouts (float rounding ~1e-6): a pixel
+    # whose two nearest centroids are that close may flip. An untrained 4-step model has many such ties.
+    assert count <= valid.sum() // 10_000
     cli = CliRunner().invoke(main, ["evaluate", str(output), str(truth_path), "--json"])
     assert cli.exit_code == 0, cli.stderr
     truth = np.load(truth_path)
-    expected = score_clustering(ref_labels, truth, invalid_pred=NO_LABEL)
-    assert json.loads(cli.stdout) == json.loads(json.dumps(expected.to_dict()))
+    reported = json.loads(cli.stdout)
+    assert reported == json.loads(json.dumps(score_clustering(labels, truth).to_dict()))
+    patch_scores = score_clustering(ref_labels, truth, invalid_pred=NO_LABEL)
+    assert abs(reported["acc"] - patch_scores.acc) <= count / patch_scores.n_scored
 
 
 def test_cli_warns_when_no_pixel_could_be_labelled(dense: TrainedModel, tmp_path: Path) -> None:

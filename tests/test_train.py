@@ -108,8 +108,11 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     assert payload["patch_size"] == 5 and payload["backbone"] == "dense"
     assert payload["model_config"] == {"in_bands": 12, "n_components": 4, "n_clusters": 3, "backbone": "dense",
                                        "backbone_kwargs": {"width": 8, "depth": 2}, "head_hidden": 16,
-                                       "instance_dim": None, "assignment": "centroids"}
-    assert payload["state_dict"]["centroid_head.centroids"].shape == (3, 8)  # K × backbone features
+                                       "instance_dim": None, "assignment": "centroids",
+                                       "centroid_features": "scales"}
+    # K × (stem + 2 layers) × 8 features, each block centred and weighted
+    assert payload["state_dict"]["centroid_head.centroids"].shape == (3, 24)
+    assert payload["state_dict"]["centroid_head.weight"].shape == (24,)
     assert payload["bands"] == 12
     assert payload["wavelength"] == pytest.approx(helpers.spectral_axis(12)[0].tolist())
     spectral = payload["spectral"]

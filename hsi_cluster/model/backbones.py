@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from hsi_cluster.geo import PatchGeometry
@@ -193,6 +194,51 @@ class DenseBackbone(nn.Module):
             raise ValueError(f"tile {x.shape[2]} × {x.shape[3]} is smaller than the receptive field "
                              f"{self.receptive_field}: pad the tile by halo={self.halo} pixels per side")
         return self.layers(x)
+
+    @property
+    def n_scales(self) -> int:
+        """Stages whose features :meth:`forward_dense_scales` joins: the stem (1 × 1) and each 3 × 3 layer."""
+        return sum(isinstance(layer, nn.ReLU) for layer in self.layers)
+
+    @property
+    def scale_features(self) -> int:
+        """Feature dimension of :meth:`forward_scales`: ``n_scales · out_features``."""
+        return self.n_scales * self.out_features
+
+    def forward_dense_scales(self, x: Tensor) -> Tensor:
+        """Features of every interior pixel at every scale of the receptive field, joined.
+
+        The output of each stage (the 1 × 1 stem, then the 3 × 3 layers: receptive fields 1, 3, 5, …
+        pixels) is cropped to the final map and the stages are stacked along the channels, smallest
+        receptive field first. In eval mode each output pixel equals :meth:`forward_scales` on the
+        patch centred there, so tiled inference stays tile-invariant.
+
+        Args:
+            x: (N, in_channels, H, W) projected tile, as for :meth:`forward_dense`.
+
+        Returns:
+            (N, n_scales · out_features, H - 2 * halo, W - 2 * halo).
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected a tile of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] < self.receptive_field or x.shape[3] < self.receptive_field:
+            raise ValueError(f"tile {x.shape[2]} × {x.shape[3]} is smaller than the receptive field "
+                             f"{self.receptive_field}: pad the tile by halo={self.halo} pixels per side")
+        height, width = x.shape[2] - 2 * self.halo, x.shape[3] - 2 * self.halo
+        stages = []
+        for layer in self.layers:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                trim = (x.shape[2] - height) // 2
+                stages.append(x[:, :, trim:trim + height, trim:trim + width])
+        return torch.cat(stages, dim=1)
+
+    def forward_scales(self, x: Tensor) -> Tensor:
+        """Features of the centre pixel of each patch at every scale: (N, C, p, p) → (N, n_scales · out_features)."""
+        if x.ndim != 4 or x.shape[2] != self.receptive_field or x.shape[3] != self.receptive_field:
+            raise ValueError(f"DenseBackbone(depth={self.depth}) takes {self.receptive_field} × "
+                             f"{self.receptive_field} patches, got shape {tuple(x.shape)}")
+        return self.forward_dense_scales(x).flatten(1)
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"resnet": ResNetBackbone, "dense": DenseBackbone}

@@ -13,6 +13,8 @@ without loops, which is how the fully convolutional inference labels whole tiles
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
@@ -93,16 +95,21 @@ class InstanceProjector(MLPHead):
 
 
 class CentroidHead(nn.Module):
-    """Nearest-centroid assignment in feature space: logits ``-‖f − c_k‖² / scale``.
+    """Nearest-centroid assignment in feature space: logits ``-‖(f − offset) · weight − c_k‖² / scale``.
 
     The centroids are k-means centres of the backbone's features over a sample of the training
-    pixels, fitted once after training. Argmax of the logits is the nearest centroid; the softmax
-    is a confidence whose temperature ``scale`` is the mean squared distance of the sample to its
-    own centroid.
+    pixels, fitted once after training. The features are first centred and weighted: when they join
+    several blocks (the stages of :meth:`DenseBackbone.forward_dense_scales`), each block is centred
+    and scaled to unit mean squared norm, so every scale of the receptive field weighs the same in
+    the distance whatever its activations' magnitude. Argmax of the logits is the nearest centroid;
+    the softmax is a confidence whose temperature ``scale`` is the mean squared distance of the
+    sample to its own centroid.
 
     Args:
-        centroids: (K, F) cluster centres in feature space.
-        scale: positive temperature (squared feature units).
+        centroids: (K, F) cluster centres in the weighted feature space.
+        scale: positive temperature (squared weighted feature units).
+        offset: (F,) subtracted from the features first (default 0).
+        weight: (F,) multiplies the centred features (default 1).
 
     Shapes:
         (..., F) → (..., K) logits.
@@ -110,14 +117,25 @@ class CentroidHead(nn.Module):
 
     centroids: Tensor
     scale: Tensor
+    offset: Tensor
+    weight: Tensor
 
-    def __init__(self, centroids: Tensor, scale: float | Tensor = 1.0) -> None:
+    def __init__(self, centroids: Tensor, scale: float | Tensor = 1.0, *, offset: Tensor | None = None,
+                 weight: Tensor | None = None) -> None:
         super().__init__()
         if centroids.ndim != 2 or centroids.shape[0] < 2:
             raise ValueError(f"centroids must be (K ≥ 2, F), got shape {tuple(centroids.shape)}")
+        n_features = int(centroids.shape[1])
+        offset = torch.zeros(n_features) if offset is None else offset
+        weight = torch.ones(n_features) if weight is None else weight
+        if offset.shape != (n_features,) or weight.shape != (n_features,):
+            raise ValueError(f"offset and weight must be ({n_features},), got {tuple(offset.shape)} and "
+                             f"{tuple(weight.shape)}")
         self.register_buffer("centroids", centroids.detach().to(torch.float32).clone())
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
-        self.in_features = int(centroids.shape[1])
+        self.register_buffer("offset", offset.detach().to(torch.float32).clone())
+        self.register_buffer("weight", weight.detach().to(torch.float32).clone())
+        self.in_features = n_features
         self.out_features = int(centroids.shape[0])
         self.hidden = self.out_features  # widest per-pixel layer, which sizes strips of pixels in tiled inference
 
@@ -127,18 +145,45 @@ class CentroidHead(nn.Module):
         return self.out_features
 
     @classmethod
-    def fit(cls, features: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10) -> CentroidHead:
-        """k-means (scikit-learn, k-means++ with ``n_init`` restarts) on (N, F) features."""
+    def fit(cls, features: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10,
+            blocks: int = 1) -> CentroidHead:
+        """k-means (scikit-learn, k-means++ with ``n_init`` restarts) on (N, F) features.
+
+        With ``blocks`` > 1 the F features are that many equal blocks (scales), each centred on its
+        sample mean and divided by the root of its mean squared norm before k-means.
+        """
         if len(features) < n_clusters:
             raise ValueError(f"{len(features)} feature vectors cannot make {n_clusters} centroids")
-        kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(features.astype(np.float64))
-        scale = max(float(kmeans.inertia_) / len(features), 1e-12)
-        return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale)
+        if blocks < 1 or features.shape[1] % blocks:
+            raise ValueError(f"{features.shape[1]} features do not split into {blocks} equal blocks")
+        values = features.astype(np.float64)
+        offset = np.zeros(values.shape[1])
+        weight = np.ones(values.shape[1])
+        if blocks > 1:
+            offset = values.mean(0)
+            width = values.shape[1] // blocks
+            for b in range(blocks):
+                part = slice(b * width, (b + 1) * width)
+                norm = np.sqrt(((values[:, part] - offset[part]) ** 2).sum(1).mean())
+                weight[part] = 1.0 / max(norm, 1e-12)
+        values = (values - offset) * weight
+        kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(values)
+        scale = max(float(kmeans.inertia_) / len(values), 1e-12)
+        return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale,
+                   offset=torch.from_numpy(offset.astype(np.float32)), weight=torch.from_numpy(weight.astype(np.float32)))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before features were weighted have no offset/weight: identity.
+        for name, value in (("offset", 0.0), ("weight", 1.0)):
+            if prefix + "centroids" in state_dict and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.full((state_dict[prefix + "centroids"].shape[1],), value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: Tensor) -> Tensor:
         """(..., F) → (..., K) logits, the negative squared distances over ``scale``."""
+        weighted = (features - self.offset.to(features.dtype)) * self.weight.to(features.dtype)
         centroids = self.centroids.to(features.dtype)
-        squared = (features * features).sum(-1, keepdim=True) - 2 * features @ centroids.T \
+        squared = (weighted * weighted).sum(-1, keepdim=True) - 2 * weighted @ centroids.T \
             + (centroids * centroids).sum(-1)
         return -squared / self.scale.to(features.dtype)
 

@@ -64,6 +64,7 @@ class SSCC(nn.Module):
         self.cluster_head = cluster_head
         self.instance_projector = instance_projector
         self.centroid_head: CentroidHead | None = None
+        self.centroid_scales = False  # whether the centroid head reads the features of every scale
         self.config: dict[str, Any] | None = None
 
     @classmethod
@@ -108,17 +109,37 @@ class SSCC(nn.Module):
                           backbone_kwargs=config.get("backbone_kwargs") or {},
                           head_hidden=int(config.get("head_hidden", 512)), instance_dim=config.get("instance_dim"))
         if config.get("assignment", "head") == "centroids":
-            model.set_centroid_head(CentroidHead(torch.zeros(model.n_clusters, model.backbone.out_features)))
+            scales = config.get("centroid_features", "last") == "scales"
+            model.set_centroid_head(CentroidHead(torch.zeros(model.n_clusters, model.centroid_in_features(scales))),
+                                    scales=scales)
         return model
 
-    def set_centroid_head(self, head: CentroidHead) -> None:
-        """Label pixels with ``head`` (nearest feature centroid) instead of the trained cluster head."""
-        if head.in_features != self.backbone.out_features or head.n_clusters != self.n_clusters:
+    def centroid_in_features(self, scales: bool) -> int:
+        """Feature dimension a centroid head reads: every scale's features joined, or the last stage's."""
+        if not scales:
+            return self.backbone.out_features
+        if not isinstance(self.backbone, DenseBackbone):
+            raise ValueError(f"centroids on the features of every scale need the 'dense' backbone, this model has "
+                             f"{type(self.backbone).__name__}: use centroid_features 'last'")
+        return self.backbone.scale_features
+
+    def set_centroid_head(self, head: CentroidHead, *, scales: bool = False) -> None:
+        """Label pixels with ``head`` (nearest feature centroid) instead of the trained cluster head.
+
+        Args:
+            head: the fitted centroids.
+            scales: the head reads the features of every scale (:meth:`DenseBackbone.forward_scales`)
+                instead of the last stage's.
+        """
+        expected = self.centroid_in_features(scales)
+        if head.in_features != expected or head.n_clusters != self.n_clusters:
             raise ValueError(f"centroid head takes {head.in_features} features into {head.n_clusters} clusters; the "
-                             f"model has {self.backbone.out_features} features and {self.n_clusters} clusters")
+                             f"model has {expected} features and {self.n_clusters} clusters")
         self.centroid_head = head
+        self.centroid_scales = scales
         if self.config is not None:
             self.config["assignment"] = "centroids"
+            self.config["centroid_features"] = "scales" if scales else "last"
 
     @property
     def label_head(self) -> CentroidHead | ClusterHead:
@@ -155,9 +176,16 @@ class SSCC(nn.Module):
         """Backbone features of projected patches: (N, C, p, p) → (N, F)."""
         return self.backbone(projected)
 
+    def label_features(self, projected: Tensor) -> Tensor:
+        """The features :attr:`label_head` reads: (N, C, p, p) → (N, F), every scale's when the centroids use them."""
+        if self.centroid_head is not None and self.centroid_scales:
+            assert isinstance(self.backbone, DenseBackbone)  # set_centroid_head checked it
+            return self.backbone.forward_scales(projected)
+        return self.encode(projected)
+
     def forward_projected(self, projected: Tensor) -> Tensor:
         """Cluster logits of projected (e.g. augmented) patches: (N, C, p, p) → (N, K), from :attr:`label_head`."""
-        return self.label_head(self.encode(projected))
+        return self.label_head(self.label_features(projected))
 
     def forward(self, x: Tensor) -> Tensor:
         """Cluster logits of raw patches.
@@ -202,7 +230,10 @@ class SSCC(nn.Module):
         """
         if not isinstance(self.backbone, DenseBackbone):
             raise ValueError(f"dense_logits needs the 'dense' backbone, this model has {type(self.backbone).__name__}")
-        features = self.backbone.forward_dense(projected)
+        if self.centroid_head is not None and self.centroid_scales:
+            features = self.backbone.forward_dense_scales(projected)
+        else:
+            features = self.backbone.forward_dense(projected)
         if rows is None:
             return apply_per_pixel(self.label_head, features)
         return torch.cat([apply_per_pixel(self.label_head, features[:, :, r:r + rows])

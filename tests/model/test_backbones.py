@@ -78,6 +78,30 @@ def test_dense_tile_equals_patches_in_eval_mode(stem):
     assert torch.allclose(single[0], dense[1, :, 3, 7], atol=1e-4)
 
 
+@pytest.mark.parametrize("stem", [True, False])
+def test_dense_scales_join_every_stage_and_tiles_equal_patches(stem):
+    torch.manual_seed(1)
+    net = DenseBackbone(in_channels=6, width=4, depth=2, stem=stem)
+    _randomise_batchnorm(net, seed=1)
+    net.eval()
+    assert net.n_scales == 2 + stem and net.scale_features == 4 * net.n_scales
+    tile = torch.randn(1, 6, 9, 11)
+    with torch.no_grad():
+        joined = net.forward_dense_scales(tile)  # (1, S · 4, 5, 7)
+        # The last block is the ordinary feature map; the first, with the stem, the 1 × 1 stage alone.
+        assert torch.equal(joined[:, -4:], net.forward_dense(tile))
+        if stem:
+            stem_only = net.layers[:3](tile)[:, :, 2:-2, 2:-2]
+            assert torch.equal(joined[:, :4], stem_only)
+        p = net.receptive_field
+        patches = F.unfold(tile, p).transpose(1, 2).reshape(-1, 6, p, p)
+        per_patch = net.forward_scales(patches).reshape(1, 5, 7, -1).permute(0, 3, 1, 2)
+    assert joined.shape == per_patch.shape == (1, net.scale_features, 5, 7)
+    assert (joined - per_patch).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="5 × 5 patches"):
+        net.forward_scales(torch.randn(2, 6, 7, 7))
+
+
 def test_dense_is_trainable():
     net = DenseBackbone(in_channels=2, width=4, depth=2)
     net(torch.randn(4, 2, 5, 5)).sum().backward()

@@ -84,3 +84,33 @@ def test_centroid_head_fit_finds_separated_groups():
     assert float(head.scale) == pytest.approx(0.5, rel=0.2)
     with pytest.raises(ValueError, match="cannot make"):
         CentroidHead.fit(features[:2], 3)
+
+
+def test_centroid_head_weighs_every_block_the_same():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 2, 400)
+    # Block 1 separates the groups on a scale of 1; block 2 is noise 1000 times larger. Unweighted,
+    # k-means follows the noise; with blocks=2 each block counts the same and the groups come back.
+    informative = np.where(truth[:, None] == 1, 1.0, -1.0) + rng.normal(scale=0.1, size=(400, 3))
+    noise = rng.normal(scale=1000.0, size=(400, 3)) + 5000.0
+    features = np.hstack([informative, noise])
+    head = CentroidHead.fit(features, 2, seed=0, blocks=2)
+    labels = head(torch.from_numpy(features).float()).argmax(-1).numpy()
+    agreement = (labels == truth).mean()
+    assert max(agreement, 1 - agreement) > 0.95
+    # Each weighted block has unit mean squared norm around its mean.
+    weighted = (features - head.offset.numpy()) * head.weight.numpy()
+    for part in (slice(0, 3), slice(3, 6)):
+        assert (weighted[:, part] ** 2).sum(1).mean() == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="equal blocks"):
+        CentroidHead.fit(features, 2, blocks=4)
+
+
+def test_centroid_head_written_before_weights_loads_as_unweighted():
+    head = CentroidHead(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), 2.0)
+    old = {key: value for key, value in head.state_dict().items() if key in ("centroids", "scale")}
+    loaded = CentroidHead(torch.zeros(2, 2))
+    loaded.load_state_dict(old)
+    assert torch.equal(loaded.offset, torch.zeros(2)) and torch.equal(loaded.weight, torch.ones(2))
+    x = torch.tensor([[0.5, 1.5]])
+    assert torch.equal(loaded(x), head(x))

@@ -190,6 +190,28 @@ def test_centroid_head_survives_the_config_round_trip():
         assert torch.equal(rebuilt(x), model(x))
 
 
+def test_centroids_on_every_scale_label_tiles_as_patches_and_survive_the_round_trip():
+    model = _dense_model(3).eval()
+    with torch.no_grad():
+        features = model.backbone.forward_scales(model.project(_raw((64, N_BANDS, 7, 7), seed=4))).numpy()
+    model.set_centroid_head(CentroidHead.fit(features, K, seed=0, blocks=model.backbone.n_scales), scales=True)
+    assert model.config["centroid_features"] == "scales"
+    tile = _raw((1, N_BANDS, 12, 15), seed=9)
+    with torch.no_grad():
+        dense = model.forward_dense(tile)
+        patches = F.unfold(tile, 7).transpose(1, 2).reshape(-1, N_BANDS, 7, 7)
+        per_patch = model(patches).reshape(1, 6, 9, K).permute(0, 3, 1, 2)
+    torch.testing.assert_close(dense, per_patch, atol=1e-4, rtol=1e-4)
+    assert torch.equal(dense.argmax(1), per_patch.argmax(1))
+    rebuilt = SSCC.from_config(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(patches[:5]), model(patches[:5]))
+    with pytest.raises(ValueError, match="centroid head"):
+        model.set_centroid_head(CentroidHead.fit(features[:, :8], K), scales=True)
+
+
 def test_centroid_head_must_fit_the_model():
     model = _dense_model()
     with pytest.raises(ValueError, match="centroid head"):
