@@ -17,6 +17,12 @@ or hurts on a scene. ``--no-sscc`` prints only the k-means baseline.
 
     python benchmarks/accuracy.py --scene salinas_a --seeds 0 1 2 [--preset fast] [--set key=value ...]
     python benchmarks/accuracy.py --scene all --no-sscc --kmeans-smoothing 1 3 11
+
+``--k auto [--k-max N]`` trains with ``-k auto`` instead of K = the class count and prints the K chosen
+beside the class count; the scores then match clusters to classes one to one (Hungarian on the
+rectangular table), pixels of unmatched clusters counting as errors.
+
+    python benchmarks/accuracy.py --scene salinas_a indian_pines --seeds 0 --k auto --no-kmeans
 """
 
 from __future__ import annotations
@@ -115,17 +121,20 @@ def run_scene(name: str, args: argparse.Namespace, work: Path) -> dict:
     if not args.no_sscc:
         for seed in args.seeds:
             start = time.perf_counter()
-            result = train([store], n_clusters=k, output=work / f"{name}-seed{seed}.ckpt", config=config, seed=seed,
+            result = train([store], n_clusters=args.k if args.k == "auto" else k, k_max=args.k_max,
+                           output=work / f"{name}-seed{seed}.ckpt", config=config, seed=seed,
                            device="cpu", mask=mask, overwrite=True, work_dir=work / "stores", log=lambda m: None)
             seconds = time.perf_counter() - start
             model = load_checkpoint(result.checkpoint).build_model()
             labels, _ = label_patches(model, store, patch_size=config.patch_size)
             scores = score_clustering(labels, truth, invalid_pred=-1)
+            chosen = model.n_clusters
             results["runs"].append({"seed": seed, "seconds": seconds, "samples_per_second": result.samples_per_second,
-                                    "steps": result.steps, **scores.to_dict()})
+                                    "steps": result.steps, "k_chosen": chosen, **scores.to_dict()})
             print(f"sscc seed {seed}: ACC {scores.acc:.3f} NMI {scores.nmi:.3f} Kappa {scores.kappa:.3f} "
                   f"ARI {scores.ari:.3f}  train {seconds:.0f} s ({result.samples_per_second:.0f} samples/s, "
-                  f"{result.steps} steps)", flush=True)
+                  f"{result.steps} steps)" + (f"  K chosen {chosen} (classes {k})" if args.k == "auto" else ""),
+                  flush=True)
     for metric in ("acc", "nmi", "kappa", "ari"):
         line = f"{metric.upper():5s}"
         if results["runs"]:
@@ -181,6 +190,9 @@ def main() -> None:
     parser.add_argument("--no-sscc", action="store_true", help="only the k-means baseline (no training)")
     parser.add_argument("--kmeans-smoothing", type=int, nargs="+", default=[1], metavar="S",
                         help="also k-means on spectra box-averaged over S x S pixels (1 = per pixel, the baseline)")
+    parser.add_argument("--k", default="classes", choices=["classes", "auto"],
+                        help="train with K = the class count (default) or -k auto")
+    parser.add_argument("--k-max", type=int, default=None, help="with --k auto: the largest K considered")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     names = list(ALL_SCENES) if "all" in args.scene else list(dict.fromkeys(args.scene))

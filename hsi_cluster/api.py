@@ -94,6 +94,11 @@ class Model:
         return self.checkpoint.n_clusters
 
     @property
+    def k_choice(self) -> dict[str, Any] | None:
+        """How ``k="auto"`` chose K: ``{"k", "k_max", "candidates", "inertia", "distance", "rule"}``; None for a given K."""
+        return self.checkpoint.payload.get("training", {}).get("k_choice")
+
+    @property
     def n_bands(self) -> int:
         """Bands a scene must have."""
         return self.checkpoint.in_bands
@@ -292,7 +297,7 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     return Model.from_file(path)
 
 
-def train(scenes: SceneLike | Sequence[SceneLike], k: int, *, preset: str = "fast",
+def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str = "fast", k_max: int | None = None,
           output: str | os.PathLike[str] | None = None, seed: int = 0, device: str = "auto",
           config: str | os.PathLike[str] | None = None, work_dir: str | os.PathLike[str] | None = None,
           overwrite: bool = False, resume: bool = False, progress: bool = False, verbose: bool = False,
@@ -302,7 +307,10 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int, *, preset: str = "fas
     Args:
         scenes: a scene (path or :func:`open_scene` DataArray), several, or glob patterns
             (``"archive/**/*.tif"``); several must have the same bands.
-        k: number of clusters K ≥ 2.
+        k: number of clusters K ≥ 2, or "auto" to choose it without labels (the elbow of the k-means
+            curve of the trained features over K = 2..k_max; ``model.k`` is the choice and
+            ``model.k_choice`` its curve).
+        k_max: the largest K that ``k="auto"`` considers (default 20).
         preset: "fast" (dense backbone, sized for CPUs) or "paper" (the published recipe).
         output: checkpoint path to write (with its loss curve); None keeps the model in memory only
             (:meth:`Model.save` writes it later, byte for byte).
@@ -333,7 +341,8 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int, *, preset: str = "fas
         target = Path(output).expanduser().absolute() if output is not None else Path(folder) / "model.ckpt"
         with _bar(progress, "train", "step") as update:
             result = run_train(list(paths), n_clusters=k, output=target, config=settings, seed=seed, device=device,
-                               resume=resume, overwrite=overwrite, work_dir=work_dir, progress=update, log=log)
+                               resume=resume, overwrite=overwrite, work_dir=work_dir, progress=update, log=log,
+                               k_max=k_max)
         model = Model.from_file(result.checkpoint)
         model.history = list(result.history)
         if output is None:

@@ -85,6 +85,20 @@ class OutputFile(click.Path):
         return super().convert(value, param, ctx)
 
 
+class ClusterCount(click.ParamType):
+    """``-k``: a whole number of clusters, or ``auto``."""
+
+    name = "K|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number of clusters nor 'auto'", param, ctx)
+
+
 def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose``/``--quiet`` and turn library errors into one-line messages and exit codes."""
 
@@ -217,7 +231,11 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 
 @main.command()
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-k", "--clusters", "n_clusters", required=True, type=int, help="Number of clusters K (≥ 2).")
+@click.option("-k", "--clusters", "n_clusters", required=True, type=ClusterCount(),
+              help="Number of clusters K (≥ 2), or 'auto' to choose it without labels (see --k-max).")
+@click.option("--k-max", type=int, default=None,
+              help="With -k auto: the largest K considered (default 20). The elbow of the k-means curve of the "
+                   "trained features over K = 2..k-max is chosen; the curve is printed and kept in the checkpoint.")
 @click.option("--output", "-o", required=True, type=OutputFile("model.ckpt"), help="Checkpoint to write.")
 @click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
               help="fast: dense backbone sized for CPUs, 640 000 samples (at most 30 epochs); paper: the published "
@@ -239,7 +257,8 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1),
               help="Steps between periodic checkpoints (also at every epoch end).")
 @command_options
-def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, config_file: Path | None,
+def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, output: Path, preset: str,
+          config_file: Path | None,
           samples: int | None, epochs: int | None, steps: int | None, batch_size: int | None, device: str, seed: int,
           resume: bool,
           overwrite: bool,
@@ -278,7 +297,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
                                        samples=f"{metrics['samples']:,.0f}", refresh=False)
         result = run_train(list(scenes), n_clusters=n_clusters, output=output, config=config, seed=seed, device=device,
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
-                           progress=on_step, log=log)
+                           progress=on_step, log=log, k_max=k_max)
     if result.already_finished:
         click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {result.epochs} epochs); "
                    "nothing to resume, the file is unchanged (pass a longer --samples, --epochs or --steps with "
@@ -287,6 +306,9 @@ def train(scenes: tuple[Path, ...], n_clusters: int, output: Path, preset: str, 
         click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.samples:,} samples, {result.epochs} "
                    f"epochs, {result.seconds:.0f} s, "
                    f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
+        if result.k_choice is not None:
+            click.echo(f"-k auto chose K = {result.k_choice['k']} of 2..{result.k_choice['k_max']} "
+                       "(the elbow of the k-means curve of the trained features)")
 
 
 @main.command()

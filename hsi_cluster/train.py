@@ -33,6 +33,7 @@ from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.backbones import DenseBackbone
+from hsi_cluster.model.choose_k import DEFAULT_K_MAX, RULE, choose_k
 from hsi_cluster.model.heads import CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
@@ -100,6 +101,7 @@ class TrainResult:
     samples: int = 0  # patches drawn over the whole run (resumed parts included)
     budget: int | None = None  # the sample budget that set (or, capped, bounded) the length; None: epochs or steps
     total_steps: int = 0  # the run's length in steps
+    k_choice: dict[str, Any] | None = None  # -k auto: the K chosen and its curve (as in the checkpoint)
 
 
 @dataclass(frozen=True)
@@ -197,12 +199,14 @@ def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
     return source, valid, wavelength
 
 
-def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int) -> list[float] | None:
+def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
+                  option: str = "-k") -> list[float] | None:
     """Checks of every scene and of their valid pixels together; returns the wavelengths to record."""
     checked = [_check_scene(store) for store in stores]
     valid = sum(count for _, count, _ in checked)
     if n_clusters > valid:
-        raise HsiClusterError(f"-k {n_clusters} is larger than the number of valid pixels ({valid}); choose fewer clusters")
+        raise HsiClusterError(f"{option} {n_clusters} is larger than the number of valid pixels ({valid}); "
+                              "choose fewer clusters")
     if valid < config.batch_size and config.steps is None:
         where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
         raise HsiClusterError(f"{where} {valid} valid pixels, fewer than one batch of {config.batch_size}; "
@@ -254,11 +258,11 @@ def _length_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | No
     return None
 
 
-def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str | os.PathLike[str],
+def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output: str | os.PathLike[str],
           config: TrainConfig, seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
           work_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 100,
           mask: np.ndarray | None = None, progress: ProgressFn | None = None, log: LogFn | None = None,
-          stop_after_steps: int | None = None) -> TrainResult:
+          stop_after_steps: int | None = None, k_max: int | None = None) -> TrainResult:
     """Train an SSCC model and write its checkpoint.
 
     Args:
@@ -266,7 +270,9 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
             (``archive/**/*.tif``); several must agree in band count and wavelengths (within 1 nm).
             Patches are drawn from all scenes in proportion to their valid pixels, and the band
             statistics and PCA are fitted on all of them.
-        n_clusters: K ≥ 2.
+        n_clusters: K ≥ 2, or "auto": the network trains with ``k_max`` clusters and K is the elbow of the
+            k-means curve of its features (see :mod:`hsi_cluster.model.choose_k`), fitted with the
+            centroids at the end; the choice and the curve are recorded in the checkpoint.
         output: checkpoint path; periodic checkpoints go to ``OUTPUT.partial`` until the end.
         config: the training configuration.
         seed: seeds the PCA sample, the initial weights, the patch order and the augmentations.
@@ -280,6 +286,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
         log: receives one line per epoch and notices.
         stop_after_steps: stop (as if killed) after this many steps, leaving the partial
             checkpoint — for tests of resume.
+        k_max: the largest K that ``n_clusters="auto"`` considers (default
+            :data:`~hsi_cluster.model.choose_k.DEFAULT_K_MAX`).
 
     Raises:
         HsiClusterError: bad K, scene, config, output path or resume source; a pattern that matches
@@ -287,16 +295,17 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     """
     output = Path(output).expanduser().absolute()
     partial = partial_checkpoint_path(output)
-    if n_clusters < 2:
-        raise HsiClusterError(f"-k must be at least 2 clusters, got {n_clusters}")
+    head_clusters, k_max = _cluster_count(n_clusters, k_max, config)
     paths = _scene_paths(scenes, output=output, mask=mask, replace=overwrite or resume)
     torch_device = device_from(device)
     log = log or (lambda message: None)
     work = Path(work_dir) if work_dir else default_work_dir()
-    stores, wavelength, identity = _ready_stores(paths, config, n_clusters, work, log)
-    resume_from = _resume_source(output, partial, identity, config, n_clusters, seed) if resume else None
-    run = _build(stores, identity, wavelength, config=config, n_clusters=n_clusters, seed=seed, mask=mask,
+    stores, wavelength, identity = _ready_stores(paths, config, head_clusters, work, log,
+                                                 option="--k-max" if k_max else "-k")
+    resume_from = _resume_source(output, partial, identity, config, head_clusters, seed, k_max) if resume else None
+    run = _build(stores, identity, wavelength, config=config, n_clusters=head_clusters, seed=seed, mask=mask,
                  device=torch_device, resume_from=resume_from, log=log)
+    run.k_max = k_max
     resumed = _resume(run, resume_from, output, log) if resume_from is not None else _LoopState()
     if isinstance(resumed, TrainResult):
         return resumed
@@ -310,6 +319,25 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int, output: str 
     while state.step < run.total_steps and state.epoch < run.epochs:
         _train_epoch(run, state, hooks)
     return _finish(run, state, output, partial, log)
+
+
+def _cluster_count(n_clusters: int | str, k_max: int | None, config: TrainConfig) -> tuple[int, int | None]:
+    """The cluster head's K and, for ``-k auto``, the largest K considered (else None), checked."""
+    if n_clusters == "auto":
+        if config.assignment != "centroids":
+            raise HsiClusterError("-k auto chooses K for the feature centroids; it needs assignment: centroids "
+                                  f"(the fast preset), not {config.assignment!r}")
+        k_max = DEFAULT_K_MAX if k_max is None else k_max
+        if k_max < 2:
+            raise HsiClusterError(f"--k-max must be at least 2 clusters, got {k_max}")
+        return k_max, k_max
+    if k_max is not None:
+        raise HsiClusterError(f"--k-max only applies to -k auto; drop it or pass -k auto instead of -k {n_clusters}")
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int):
+        raise HsiClusterError(f"-k must be a whole number of clusters or 'auto', got {n_clusters!r}")
+    if n_clusters < 2:
+        raise HsiClusterError(f"-k must be at least 2 clusters, got {n_clusters}")
+    return n_clusters, None
 
 
 def _scene_paths(scenes: list[str | os.PathLike[str]] | str | os.PathLike[str], *, output: Path,
@@ -332,19 +360,19 @@ def _scene_paths(scenes: list[str | os.PathLike[str]] | str | os.PathLike[str], 
 
 
 def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work: Path,
-                  log: LogFn) -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
+                  log: LogFn, *, option: str = "-k") -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
     """Checked stores of the scenes (ingested into ``work`` when needed), their wavelengths and identities."""
     check_scenes_agree(paths)  # before ingesting anything
     for path in paths:
         _check_scene_shape(path, config)
     stores = [prepare_store(path, work, log=log) for path in paths]
-    wavelength = _check_scenes(stores, config, n_clusters)
+    wavelength = _check_scenes(stores, config, n_clusters, option=option)
     identity = [_scene_identity(s) for s in stores]
     return stores, wavelength, identity
 
 
 def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], config: TrainConfig,
-                   n_clusters: int, seed: int) -> Checkpoint:
+                   n_clusters: int, seed: int, k_max: int | None = None) -> Checkpoint:
     """The checkpoint that ``--resume`` continues (``OUTPUT.partial``, else OUTPUT), checked against this run."""
     source = partial if partial.exists() else output if output.exists() else None
     if source is None:
@@ -362,8 +390,16 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
         changed = _length_mismatch(saved["train_config"], config.to_dict())
         if changed:
             raise CheckpointError(f"--resume: {source.name} {changed}")
+    saved_auto = saved["training"].get("k_auto")
+    if (saved_auto is None) != (k_max is None):
+        fixed = saved["model_config"]["n_clusters"]
+        raise CheckpointError(f"--resume: {source.name} was trained with "
+                              + (f"-k auto --k-max {saved_auto['k_max']}; pass those" if saved_auto else
+                                 f"-k {fixed}; -k auto cannot continue it (pass -k {fixed})")
+                              + ", or start without --resume")
+    head_clusters = saved["model_config"].get("head_clusters", saved["model_config"]["n_clusters"])
     if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
-            saved["model_config"]["n_clusters"] != n_clusters or saved["training"].get("seed") != seed:
+            head_clusters != n_clusters or saved["training"].get("seed") != seed:
         raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
                               "pass the same options or start without --resume")
     return resume_from
@@ -398,6 +434,8 @@ class _Run:
     budget: int | None  # the sample budget that applied, if any
     use_amp: bool
     log_every: int  # progress lines inside passes longer than 5 % of the run
+    k_max: int | None = None  # -k auto: the largest K considered (the cluster head trains with it)
+    k_choice: dict[str, Any] | None = None  # -k auto: the K chosen at the end and its curve
 
 
 @dataclass
@@ -542,6 +580,10 @@ def _payload(run: _Run, state: _LoopState, complete: bool) -> dict[str, Any]:
                 "samples_budget": run.budget, "samples_drawn": state.samples_before + state.samples_seen,
                 "length_rule": run.length.rule, "pass_fraction": run.length.fraction, "valid_centres": run.centres,
                 "lr_drop_every": run.drop_every}
+    if run.k_max is not None:
+        training["k_auto"] = {"k_max": run.k_max}
+    if run.k_choice is not None:
+        training["k_choice"] = run.k_choice
     return make_payload(run.model, train_config=run.config.to_dict(), spectral=run.spectral, scenes=run.identity,
                         wavelength=run.wavelength, complete=complete, training=training)
 
@@ -628,10 +670,13 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
     """Fit the centroid head if asked, write the final checkpoint and loss curve, drop the partial checkpoint."""
     config = run.config
     if config.assignment == "centroids":
-        log(f"fitting {run.n_clusters} feature centroids on {config.centroid_samples} training pixels")
-        run.model.set_centroid_head(fit_centroid_head(run.model, run.stores, config=config, seed=run.seed,
-                                                      mask=run.mask, fill=run.spectral["mean"].numpy(),
-                                                      device=run.device),
+        features, blocks = centroid_sample(run.model, run.stores, config=config, seed=run.seed, mask=run.mask,
+                                           fill=run.spectral["mean"].numpy(), device=run.device)
+        n_clusters = run.n_clusters
+        if run.k_max is not None:
+            n_clusters = _choose_k(run, features, blocks, log)
+        log(f"fitting {n_clusters} feature centroids on {len(features)} training pixels")
+        run.model.set_centroid_head(CentroidHead.fit(features, n_clusters, seed=run.seed, blocks=blocks),
                                     scales=config.centroid_features == "scales")
     seconds = state.elapsed_before + time.perf_counter() - state.started
     save_checkpoint(_payload(run, state, True), output)
@@ -640,23 +685,40 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
     return TrainResult(checkpoint=output, loss_curve=curve, steps=state.step, epochs=state.epoch, seconds=seconds,
                        samples_per_second=state.samples_seen / max(time.perf_counter() - state.started, 1e-9),
                        history=state.history, samples=state.samples_before + state.samples_seen,
-                       budget=run.budget, total_steps=run.total_steps)
+                       budget=run.budget, total_steps=run.total_steps, k_choice=run.k_choice)
 
 
 #: Epoch number of the sampler plan that draws the pixels of the feature centroids (not a training epoch).
 CENTROID_PLAN_EPOCH = 1_000_003
 
 
+def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
+    """``-k auto``: the elbow K of the centroid sample's features, logged and kept for the checkpoint."""
+    assert run.k_max is not None
+    offset, weight = CentroidHead.block_weights(features, blocks)
+    log(f"-k auto: k-means on {len(features)} training pixels for K = 2..{run.k_max} ({RULE})")
+    choice = choose_k((features - offset) * weight, run.k_max, seed=run.seed)
+    for k, inertia, distance in zip(choice.candidates, choice.inertia, choice.distance, strict=True):
+        log(f"  K = {k:2d}: inertia per pixel {inertia:.4f}, below the chord by {distance:.3f}"
+            + ("  <- chosen" if k == choice.k else ""))
+    run.k_choice = choice.to_dict()
+    return choice.k
+
+
 @torch.no_grad()
-def fit_centroid_head(model: SSCC, stores: Sequence[Path], *, config: TrainConfig, seed: int,
-                      mask: np.ndarray | None, fill: np.ndarray, device: torch.device) -> CentroidHead:
-    """k-means centroids of the trained features of a random sample of training pixels.
+def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig, seed: int,
+                    mask: np.ndarray | None, fill: np.ndarray, device: torch.device) -> tuple[np.ndarray, int]:
+    """The trained features of a random sample of training pixels, and the blocks they join.
 
     Draws up to ``config.centroid_samples`` centres with the training sampler, the same share of
     every block's valid centres (so every region of every scene contributes in proportion to its
-    valid pixels, however large the scenes), encodes their patches in eval mode (the features of
-    every scale when ``config.centroid_features`` is "scales") and fits :meth:`CentroidHead.fit`
-    with K = the model's clusters.
+    valid pixels, however large the scenes), and encodes their patches in eval mode: the features
+    of every scale (one block per stage) when ``config.centroid_features`` is "scales", else the
+    last stage's (one block).
+
+    Returns:
+        ``(features, blocks)``: (N, F) float32 features, N ≤ ``centroid_samples``, and the number of
+        equal blocks F splits into.
     """
     sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
                            mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH)
@@ -678,8 +740,7 @@ def fit_centroid_head(model: SSCC, stores: Sequence[Path], *, config: TrainConfi
             break
     model.train()
     blocks = backbone.n_scales if isinstance(backbone, DenseBackbone) and scales else 1
-    return CentroidHead.fit(np.concatenate(features)[:config.centroid_samples], model.n_clusters, seed=seed,
-                            blocks=blocks)
+    return np.concatenate(features)[:config.centroid_samples], blocks
 
 
 def _contrastive_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter, generator: torch.Generator,

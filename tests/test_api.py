@@ -162,6 +162,15 @@ def test_train_checks_its_options(tmp_path: Path) -> None:
         hc.train(scene_path, k=1, work_dir=tmp_path / "work")
 
 
+def test_train_k_auto_gives_the_chosen_k_and_its_curve(tmp_path: Path) -> None:
+    scene_path = write_scene(tmp_path / "scene.tif", holey_cube()[0]).path
+    model = hc.train(scene_path, k="auto", k_max=4, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    assert model.k_choice is not None and model.k == model.k_choice["k"] and 2 <= model.k <= 4
+    assert model.k_choice["candidates"] == [2, 3, 4]
+    labels = model.predict(hc.open_scene(scene_path))
+    assert int(labels.where(labels != 255).max()) < model.k  # 255: nodata
+
+
 def test_import_is_light_and_names_stay_the_api() -> None:
     code = ("import sys, hsi_cluster as hc; assert 'torch' not in sys.modules, 'torch imported'; "
             "import hsi_cluster.train, hsi_cluster.evaluate; from hsi_cluster.train import train as job; "

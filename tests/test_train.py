@@ -772,3 +772,78 @@ def test_loss_curve_has_a_log_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     below_zero = [{"epoch": e, "loss": loss} for e, loss in enumerate([3.0, 0.1, -0.2], start=1)]
     write_loss_curve(below_zero, tmp_path / "b.png")
     assert scales == ["log", "symlog"]
+
+
+# ------------------------------------------------------------------------------- -k auto
+
+
+@pytest.fixture(scope="module")
+def auto_run(scene: IngestedScene, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny ``-k auto --k-max 5`` run: its checkpoint payload, result and log lines."""
+    output = tmp_path_factory.mktemp("auto") / "model.ckpt"
+    lines: list[str] = []
+    result = run(scene, output, n_clusters="auto", k_max=5, config=resume_config(epochs=1), log=lines.append)
+    return torch.load(output, weights_only=True), result, lines
+
+
+def test_k_auto_chooses_k_records_the_curve_and_labels_with_it(auto_run, scene: IngestedScene,
+                                                               tmp_path: Path) -> None:
+    from hsi_cluster.checkpoint import load_checkpoint
+    from hsi_cluster.predict import label_patches
+
+    payload, result, lines = auto_run
+    choice = payload["training"]["k_choice"]
+    assert payload["training"]["k_auto"] == {"k_max": 5}
+    assert choice["candidates"] == [2, 3, 4, 5] and 2 <= choice["k"] <= 5 and result.k_choice == choice
+    assert choice["distance"][choice["candidates"].index(choice["k"])] == max(choice["distance"])
+    # The criterion of every candidate is logged, and the choice marked.
+    assert sum(line.lstrip().startswith("K = ") for line in lines) == 4
+    assert sum("<- chosen" in line for line in lines) == 1
+    # The head trained with k_max clusters; the labels have the K chosen.
+    assert payload["model_config"]["n_clusters"] == choice["k"]
+    assert payload["state_dict"]["cluster_head.net.2.weight"].shape[0] == 5
+    model = load_checkpoint(result.checkpoint).build_model()
+    assert model.n_clusters == choice["k"]
+    labels, _ = label_patches(model, scene.store, patch_size=5)
+    assert set(np.unique(labels[scene.valid])) <= set(range(choice["k"]))
+
+
+def test_k_auto_resumes_only_as_k_auto(scene: IngestedScene, tmp_path: Path) -> None:
+    output = tmp_path / "model.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(scene, output, stop_after_steps=2)  # -k 3
+    partial = partial_checkpoint_path(output)
+    with pytest.raises(CheckpointError, match="was trained with -k 3; -k auto cannot continue it") as exc:
+        run(scene, output, n_clusters="auto", k_max=3, resume=True)
+    one_line(exc)
+    auto = tmp_path / "auto.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(scene, auto, n_clusters="auto", k_max=4, stop_after_steps=2)
+    with pytest.raises(CheckpointError, match="was trained with -k auto --k-max 4") as exc:
+        run(scene, auto, n_clusters=4, resume=True)
+    one_line(exc)
+    assert partial.exists() and not output.exists()
+    finished = run(scene, auto, n_clusters="auto", k_max=4, resume=True)  # the same options continue it
+    assert finished.k_choice is not None and finished.k_choice["k_max"] == 4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-k", "auto", "--k-max", "1"], "--k-max must be at least 2 clusters, got 1"),
+    (["-k", "auto", "--k-max", "100000"], "--k-max 100000 is larger than the number of valid pixels (473)"),
+    (["-k", "4", "--k-max", "8"], "--k-max only applies to -k auto"),
+    (["-k", "many"], "'many' is neither a whole number of clusters nor 'auto'"),
+    (["-k", "auto", "--preset", "paper"], "-k auto chooses K for the feature centroids; it needs assignment"),
+])
+def test_k_auto_bad_options_are_one_line_errors(scene: IngestedScene, tmp_path: Path, args: list[str],
+                                                message: str) -> None:
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+
+    output = tmp_path / "model.ckpt"
+    cli = CliRunner().invoke(main, ["train", str(scene.store), *args, "-o", str(output), "--work",
+                                    str(tmp_path / "work"), "--device", "cpu", "--steps", "2"])
+    assert cli.exit_code != 0
+    lines = cli.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[-1], cli.stderr
+    assert_no_output(output)

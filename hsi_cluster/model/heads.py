@@ -154,11 +154,21 @@ class CentroidHead(nn.Module):
         """
         if len(features) < n_clusters:
             raise ValueError(f"{len(features)} feature vectors cannot make {n_clusters} centroids")
+        offset, weight = cls.block_weights(features, blocks)
+        values = (features.astype(np.float64) - offset) * weight
+        kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(values)
+        scale = max(float(kmeans.inertia_) / len(values), 1e-12)
+        return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale,
+                   offset=torch.from_numpy(offset.astype(np.float32)), weight=torch.from_numpy(weight.astype(np.float32)))
+
+    @staticmethod
+    def block_weights(features: np.ndarray, blocks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The (F,) offset and weight that give each of ``blocks`` equal blocks of (N, F) features zero
+        mean and unit mean squared norm (identity for one block)."""
         if blocks < 1 or features.shape[1] % blocks:
             raise ValueError(f"{features.shape[1]} features do not split into {blocks} equal blocks")
         values = features.astype(np.float64)
-        offset = np.zeros(values.shape[1])
-        weight = np.ones(values.shape[1])
+        offset, weight = np.zeros(values.shape[1]), np.ones(values.shape[1])
         if blocks > 1:
             offset = values.mean(0)
             width = values.shape[1] // blocks
@@ -166,11 +176,7 @@ class CentroidHead(nn.Module):
                 part = slice(b * width, (b + 1) * width)
                 norm = np.sqrt(((values[:, part] - offset[part]) ** 2).sum(1).mean())
                 weight[part] = 1.0 / max(norm, 1e-12)
-        values = (values - offset) * weight
-        kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(values)
-        scale = max(float(kmeans.inertia_) / len(values), 1e-12)
-        return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale,
-                   offset=torch.from_numpy(offset.astype(np.float32)), weight=torch.from_numpy(weight.astype(np.float32)))
+        return offset, weight
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Checkpoints written before features were weighted have no offset/weight: identity.

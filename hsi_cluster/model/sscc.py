@@ -104,13 +104,14 @@ class SSCC(nn.Module):
         ``weight`` and ``bias`` buffers are part of the state dict).
         """
         in_bands, n_components = int(config["in_bands"]), int(config["n_components"])
+        n_clusters = int(config["n_clusters"])
         model = cls.build(np.zeros(in_bands), np.ones(in_bands), np.zeros((n_components, in_bands)),
-                          n_clusters=int(config["n_clusters"]), backbone=str(config["backbone"]),
+                          n_clusters=int(config.get("head_clusters", n_clusters)), backbone=str(config["backbone"]),
                           backbone_kwargs=config.get("backbone_kwargs") or {},
                           head_hidden=int(config.get("head_hidden", 512)), instance_dim=config.get("instance_dim"))
         if config.get("assignment", "head") == "centroids":
             scales = config.get("centroid_features", "last") == "scales"
-            model.set_centroid_head(CentroidHead(torch.zeros(model.n_clusters, model.centroid_in_features(scales))),
+            model.set_centroid_head(CentroidHead(torch.zeros(n_clusters, model.centroid_in_features(scales))),
                                     scales=scales)
         return model
 
@@ -126,20 +127,27 @@ class SSCC(nn.Module):
     def set_centroid_head(self, head: CentroidHead, *, scales: bool = False) -> None:
         """Label pixels with ``head`` (nearest feature centroid) instead of the trained cluster head.
 
+        Its K may differ from the cluster head's (``-k auto`` trains the head with ``k_max`` clusters
+        and chooses K for the centroids); :attr:`n_clusters` is then the centroids' K and the config
+        records the head's as ``head_clusters``.
+
         Args:
             head: the fitted centroids.
             scales: the head reads the features of every scale (:meth:`DenseBackbone.forward_scales`)
                 instead of the last stage's.
         """
         expected = self.centroid_in_features(scales)
-        if head.in_features != expected or head.n_clusters != self.n_clusters:
-            raise ValueError(f"centroid head takes {head.in_features} features into {head.n_clusters} clusters; the "
-                             f"model has {expected} features and {self.n_clusters} clusters")
+        if head.in_features != expected:
+            raise ValueError(f"centroid head takes {head.in_features} features; the model's centroids read "
+                             f"{expected}")
         self.centroid_head = head
         self.centroid_scales = scales
         if self.config is not None:
             self.config["assignment"] = "centroids"
             self.config["centroid_features"] = "scales" if scales else "last"
+            self.config["n_clusters"] = head.n_clusters
+            if head.n_clusters != self.cluster_head.n_clusters:
+                self.config["head_clusters"] = self.cluster_head.n_clusters
 
     @property
     def label_head(self) -> CentroidHead | ClusterHead:
@@ -154,8 +162,9 @@ class SSCC(nn.Module):
 
     @property
     def n_clusters(self) -> int:
-        """Number of clusters K."""
-        return self.cluster_head.n_clusters
+        """Number of clusters K of the labels (the centroids', which ``-k auto`` may choose below the cluster
+        head's count it trained with)."""
+        return self.label_head.n_clusters
 
     @property
     def patch_size(self) -> int | None:

@@ -79,6 +79,15 @@ def integer(minimum: int | None = None) -> Key:
     return Key(check, "an integer" + (f" ≥ {minimum}" if minimum is not None else ""))
 
 
+def cluster_count() -> Key:
+    def check(value: Any) -> int | str:
+        if value == "auto" or (_is_int(value) and value >= 2):
+            return value
+        raise _Invalid
+
+    return Key(check, "an integer ≥ 2 or 'auto'")
+
+
 def text() -> Key:
     def check(value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -192,7 +201,8 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "scene": _input(),
         "scenes": path_list(),
         "sample": integer(1),
-        "clusters": integer(2).but(required=True),
+        "clusters": cluster_count().but(required=True),
+        "k_max": integer(2),
         "output": _output(),
         "preset": choice("fast", "paper").but(default="fast"),
         "config": train_config(),

@@ -85,7 +85,8 @@ def _run_train(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     def attempt(resume: bool) -> Any:
         return train(job.inputs["scenes"], n_clusters=o["clusters"], output=output, config=config, seed=o["seed"],
                      device=o["device"], resume=resume, overwrite=True, work_dir=ctx.pipeline.workdir / "cache",
-                     checkpoint_every=o["checkpoint_every"], log=lambda message: ctx.log(f"    {message}"))
+                     checkpoint_every=o["checkpoint_every"], log=lambda message: ctx.log(f"    {message}"),
+                     k_max=o.get("k_max"))
 
     try:
         result = attempt(resume)
