@@ -309,7 +309,7 @@ def test_cli_bad_budget_with_the_preset_defaults(scene: IngestedScene, tmp_path:
 
 @pytest.mark.parametrize("length", [[], ["--samples", 10 * BATCH], ["--epochs", 2], ["--steps", 2]])
 def test_cli_scene_with_fewer_valid_pixels_than_a_batch(tmp_path: Path, length: list) -> None:
-    """20 valid pixels, batches of 32: whatever sets the length, a one-line error, exit code 1, no output."""
+    """20 valid pixels, batches of 32: whatever sets the length, a one-line error, exit code 2 (bad input), no output."""
     cube = np.full((12, 10, 10), -9999.0, dtype=np.float32)
     cube[:, :2, :] = np.random.default_rng(0).normal(500, 50, (12, 2, 10))
     small = make_scene(tmp_path / "small", height=10, width=10, cube=cube)
@@ -317,7 +317,7 @@ def test_cli_scene_with_fewer_valid_pixels_than_a_batch(tmp_path: Path, length: 
     config.write_text(yaml.safe_dump(TINY))
     output = tmp_path / "m.ckpt"
     result = cli("train", small.store, "-k", 3, "-o", output, "--config", config, "--device", "cpu", *length)
-    assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "fewer" in lines[0] and "batch of 32" in lines[0], result.stderr
     assert "Traceback" not in result.stderr and not output.exists()
