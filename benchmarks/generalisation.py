@@ -38,14 +38,11 @@ ground-truth quadrants stay in memory. For each seed:
   unseen quadrants standardised with the same statistics (``baseline.kmeans_transfer``), one matching;
 * also printed: the diagonal model on its own training quadrants (one matching over NW and SE).
 
-With ``--adapt-bn`` the same two checkpoints also label the four quadrants with their BatchNorm
-statistics re-estimated on each quadrant (``batch``'s ``adapt_batch_norm``, label-free), scored alike.
-
 Targets (issue 12): the mean unseen ACC is within 0.03 of the all-quadrant model's, and beats
 k-means by at least 0.05. ``--mode all`` runs both benchmarks.
 
     python benchmarks/generalisation.py [--mode halves|archive|all] [--seeds 0 1 2] [--preset fast]
-        [--adapt-bn] [--json out.json]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -243,10 +240,9 @@ def archive(args: argparse.Namespace) -> dict:
                            seed=seed, device="cpu", overwrite=True, work_dir=work / "cache", log=lambda m: None)
             return result.checkpoint, time.perf_counter() - start, result.steps
 
-        def label_all(checkpoint: Path, tag: str, adapt: bool = False) -> tuple[dict[str, np.ndarray], float]:
+        def label_all(checkpoint: Path, tag: str) -> tuple[dict[str, np.ndarray], float]:
             out = work / f"batch-{tag}"
-            done = run_batch([str(scenes[n]) for n in QUADRANTS], checkpoint, out, workers=1, retries=0,
-                             adapt_batch_norm=adapt)
+            done = run_batch([str(scenes[n]) for n in QUADRANTS], checkpoint, out, workers=1, retries=0)
             if done.failed:
                 raise RuntimeError(f"batch failed: {done.failed}")
             labels = {}
@@ -271,12 +267,6 @@ def archive(args: argparse.Namespace) -> dict:
                 "k-means fitted on NW + SE → unseen NE + SW": pooled_scores(kmeans, truths, UNSEEN),
                 "diagonal model → NW + SE (its training px)": pooled_scores(seen_labels, truths, SEEN),
             }
-            if args.adapt_bn:  # the same checkpoints, BatchNorm statistics re-estimated on each quadrant
-                adapted, _ = label_all(seen_model, f"diagonal-bn-{seed}", adapt=True)
-                adapted_all, _ = label_all(all_model, f"all-bn-{seed}", adapt=True)
-                scored["diagonal model, BN re-estimated → NE + SW"] = pooled_scores(adapted, truths, UNSEEN)
-                scored["all-quadrant model, BN re-estimated → NE + SW"] = pooled_scores(adapted_all, truths, UNSEEN)
-                scored["diagonal model, BN re-estimated → NW + SE"] = pooled_scores(adapted, truths, SEEN)
             print(f"seed {seed}: training {seen_s:.0f} s ({seen_steps} steps) on NW + SE, {all_s:.0f} s "
                   f"({all_steps} steps) on all four; batch of four {seen_batch_s:.0f} s and {all_batch_s:.0f} s",
                   flush=True)
@@ -295,12 +285,6 @@ def archive(args: argparse.Namespace) -> dict:
         print(f"targets (mean ACC): unseen − all-quadrant {unseen - reference:+.3f} (target ≥ −0.03: "
               f"{'met' if unseen - reference >= -0.03 else 'missed'}); unseen − k-means {unseen - kmeans_acc:+.3f} "
               f"(target ≥ +0.05: {'met' if unseen - kmeans_acc >= 0.05 else 'missed'})", flush=True)
-        if args.adapt_bn:
-            adapted_acc = statistics.mean(s.acc for s in rows["diagonal model, BN re-estimated → NE + SW"])
-            results["targets"]["adapted_minus_all_acc"] = adapted_acc - reference
-            results["targets"]["adapted_minus_kmeans_acc"] = adapted_acc - kmeans_acc
-            print(f"with BN re-estimated (mean ACC): unseen − all-quadrant {adapted_acc - reference:+.3f}; "
-                  f"unseen − k-means {adapted_acc - kmeans_acc:+.3f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -314,8 +298,6 @@ def main() -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps only (a smoke test)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--adapt-bn", action="store_true",
-                        help="archive: also label with BatchNorm statistics re-estimated on each quadrant")
     args = parser.parse_args()
     if not CUBE.exists() or not TRUTH.exists():
         sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")

@@ -64,12 +64,11 @@ def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
 
 
 def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_dir: str,
-                torch_threads: int | None = None, adapt_batch_norm: bool = False) -> dict[str, Any]:
+                torch_threads: int | None = None) -> dict[str, Any]:
     """The task run on a worker: tiled ``predict`` of one scene.
 
     ``torch_threads`` sets torch's thread count (default: the host's cores shared among the
     worker's task slots), so that concurrent tasks do not oversubscribe the cores.
-    ``adapt_batch_norm`` is passed to ``predict_scene``.
 
     A problem with the scene or model (:class:`HsiClusterError`) is returned as a failed record
     instead of raised, so dask does not retry what cannot succeed; anything else raises and is
@@ -95,8 +94,7 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
                               "worker": str(worker.address) if worker is not None else None}
     try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True, resume=True,
-                               adapt_batch_norm=adapt_batch_norm)
+        result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True, resume=True)
     except HsiClusterError as exc:
         return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
     return {**record, "status": "done", "error": None, "seconds": result.seconds, "pixels": result.pixels,
@@ -155,7 +153,7 @@ class Manifest:
             return manifest
         except (OSError, ValueError):
             return manifest  # unreadable: start afresh (outputs are checked against their checksums anyway)
-        same = all(saved.get(key) == header.get(key) for key in ("model_sha256", "tiles", "adapt_batch_norm"))
+        same = all(saved.get(key) == header.get(key) for key in ("model_sha256", "tiles"))
         if same and isinstance(saved.get("scenes"), dict):
             manifest.records = saved["scenes"]
         return manifest
@@ -228,7 +226,7 @@ def _dashboard(client: Any) -> str | None:
 def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.PathLike[str],
               outdir: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, scheduler: str | None = None,
               workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
-              log: Callable[[str], None] | None = None, adapt_batch_norm: bool = False) -> BatchResult:
+              log: Callable[[str], None] | None = None) -> BatchResult:
     """Label every scene with one model on dask.distributed; see the module docstring.
 
     Args:
@@ -241,8 +239,6 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         retries: extra attempts for a scene whose task raised or whose worker died.
         progress: called as each scene finishes.
         log: receives notices (dashboard link, skipped scenes).
-        adapt_batch_norm: re-estimate the model's BatchNorm statistics on each scene before labelling it
-            (label-free; see ``predict_scene``).
 
     Returns:
         the records of every scene, in input order; ``failed`` lists the failures.
@@ -272,8 +268,6 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     targets = output_paths(sources, out)
     header = {"format": "hsicluster-batch", "library_version": __version__, "model": str(checkpoint_path),
               "model_sha256": model_sha, "tiles": tiles}
-    if adapt_batch_norm:  # outputs made without it are not current (and the other way round)
-        header["adapt_batch_norm"] = True
     manifest = Manifest.load(out / MANIFEST, header)
     attempts_dir = out / ATTEMPTS_DIR
 
@@ -300,8 +294,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
             for source in todo:
                 _clear_attempts(attempts_dir, str(targets[source]))
                 future = client.submit(label_scene, str(source), str(checkpoint_path), str(targets[source]), tiles,
-                                       str(attempts_dir), torch_threads, adapt_batch_norm,
-                                       key=f"label-{uuid.uuid4().hex}",
+                                       str(attempts_dir), torch_threads, key=f"label-{uuid.uuid4().hex}",
                                        retries=retries, pure=False)
                 futures[future] = source
             for future in as_completed(futures):

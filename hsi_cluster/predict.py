@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +167,6 @@ class _Job:
     fill: np.ndarray
     digest: str
     source: Path
-    adapted: bool = False  # BatchNorm statistics re-estimated on this scene (predict_scene's adapt_batch_norm)
 
     @property
     def n_clusters(self) -> int:
@@ -179,18 +178,8 @@ class _Job:
 
     def identity(self, *, tiles: int, confidence: bool) -> dict[str, object]:
         """What an interrupted run's finished tiles must have been made with to be resumed."""
-        identity: dict[str, object] = {"checkpoint": self.digest, "source": str(self.source),
-                                       "mtime_ns": self.source.stat().st_mtime_ns, "shape": list(self.scene.shape),
-                                       "tiles": tiles, "confidence": confidence}
-        if self.adapted:
-            identity["adapt_batch_norm"] = True
-        return identity
-
-    def adapt_batch_norm(self) -> None:
-        """Re-estimate the backbone's BatchNorm statistics on this scene's tiles (one extra pass over it)."""
-        tiles = (padded for _, _, padded, _ in prefetched_tiles(self, list(self.grid)))
-        self.model.reestimate_batch_norm(tiles, patch_size=self.checkpoint.patch_size, device=self.device, amp=self.amp)
-        self.adapted = True
+        return {"checkpoint": self.digest, "source": str(self.source), "mtime_ns": self.source.stat().st_mtime_ns,
+                "shape": list(self.scene.shape), "tiles": tiles, "confidence": confidence}
 
 
 def _prepare_job(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, tiles: int,
@@ -246,10 +235,12 @@ def label_tile(job: _Job, i: int, j: int, padded: np.ndarray,
     return tile_labels, tile_confidence
 
 
-def prefetched_tiles(job: _Job, todo: list[tuple[int, int]]) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """``(i, j, padded, valid)`` of the tiles ``todo`` (:func:`read_tile`), the next one read in a thread
-    while the caller works on this one. The reads run in that thread, never in the caller's: inside a
-    dask worker's task (``batch``) a dask read from the task's own thread would wait for a free worker slot."""
+def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, with_confidence: bool,
+                 done: int, progress: Callable[[int, int], None] | None) -> None:
+    """Label the tiles ``todo`` into ``store``, reading the next tile in a thread while one computes."""
+    total = len(job.grid)
+    if progress:
+        progress(done, total)
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
@@ -258,22 +249,12 @@ def prefetched_tiles(job: _Job, todo: list[tuple[int, int]]) -> Iterator[tuple[i
             padded, valid = upcoming.result()
             if index + 1 < len(todo):  # read the next tile while this one computes
                 upcoming = reader.submit(read_tile, job, *todo[index + 1])
-            yield i, j, padded, valid
-
-
-def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, with_confidence: bool,
-                 done: int, progress: Callable[[int, int], None] | None) -> None:
-    """Label the tiles ``todo`` into ``store``, reading the next tile in a thread while one computes."""
-    total = len(job.grid)
-    if progress:
-        progress(done, total)
-    for i, j, padded, valid in prefetched_tiles(job, todo):
-        tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
-        store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
-                    tile_confidence if with_confidence else None)
-        done += 1
-        if progress:
-            progress(done, total)
+            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
+            store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
+                        tile_confidence if with_confidence else None)
+            done += 1
+            if progress:
+                progress(done, total)
 
 
 def _count_labels(labels: zarr.Array, job: _Job, *, step: int) -> np.ndarray:
@@ -297,8 +278,6 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
             "HSICLUSTER_BACKBONE": job.checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
             "HSICLUSTER_SOURCE": str(job.source)}
-    if job.adapted:
-        tags["HSICLUSTER_ADAPTED_BATCH_NORM"] = "1"
     labels_array = store.labels
     write_cog(labels_array, outputs.labels, grid=raster, nodata=job.nodata, colormap=colour_table(n_clusters),
               description=f"SSCC cluster label (K={n_clusters}, model {digest})", tags=tags)
@@ -324,8 +303,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
                   output: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, device: str = "auto",
                   confidence_path: str | os.PathLike[str] | None = None,
                   quicklook_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
-                  resume: bool = False, progress: Callable[[int, int], None] | None = None,
-                  adapt_batch_norm: bool = False) -> PredictResult:
+                  resume: bool = False, progress: Callable[[int, int], None] | None = None) -> PredictResult:
     """Label every pixel of a scene with a trained model and write a label COG.
 
     Steps: check the outputs, prepare the job (model, scene, grid), label the tiles into a resumable
@@ -342,8 +320,6 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         overwrite: replace existing outputs.
         resume: continue from the finished tiles of an interrupted run.
         progress: ``(tiles_done, tiles_total)`` callback.
-        adapt_batch_norm: first re-estimate the backbone's BatchNorm statistics on this scene
-            (label-free, one extra pass over the scene; see :meth:`SSCC.reestimate_batch_norm`).
 
     Raises:
         HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
@@ -356,8 +332,6 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     _check_outputs(scene_file, checkpoint_file, outputs, overwrite=overwrite, resume=resume)
     check_tile_size(tiles)
     job = _prepare_job(scene_path, checkpoint_path, tiles=tiles, device=device)
-    if adapt_batch_norm:
-        job.adapt_batch_norm()
     with_confidence = outputs.confidence is not None
     store = TileStore.open_or_create(outputs.labels, grid=job.grid, dtype=job.dtype, nodata=job.nodata,
                                      with_confidence=with_confidence,

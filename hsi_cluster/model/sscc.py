@@ -18,7 +18,7 @@ Inference: :meth:`SSCC.predict_patches` for patches, :meth:`SSCC.forward_dense` 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -269,59 +269,6 @@ class SSCC(nn.Module):
     def _head_width(self) -> int:
         """Widest layer of the cluster head (its hidden width), to size strips of pixels."""
         return max(self.label_head.hidden, self.label_head.out_features)
-
-    # ------------------------------------------------------------------------- label-free adaptation
-    @torch.no_grad()
-    def reestimate_batch_norm(self, tiles: Iterable[np.ndarray], *, patch_size: int, device: torch.device,
-                              amp: bool = False) -> int:
-        """Replace the backbone's BatchNorm running statistics by those of the given tiles (AdaBN).
-
-        Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation" (arXiv:1603.04779):
-        label-free, the network's weights are untouched, only each BatchNorm layer's mean and variance
-        become those of its input on the new scene. Each tile runs the tiled forward
-        (:meth:`tile_probabilities`) with the backbone in training mode (normalised by the tile's own
-        statistics); each layer's input mean and variance are pooled over all tiles' positions,
-        weighted by their pixel counts, and set as its running statistics. The model is left in eval
-        mode.
-
-        Args:
-            tiles: (B, H + 2·halo, W + 2·halo) raw tiles, holes filled, as :meth:`tile_probabilities` takes.
-            patch_size, device, amp: as for :meth:`tile_probabilities`.
-
-        Returns:
-            the number of BatchNorm layers re-estimated (0: the backbone has none; nothing changed).
-        """
-        norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return 0
-        sums: dict[nn.Module, list[Any]] = {m: [0.0, 0.0, 0] for m in norms}
-
-        def accumulate(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            x = inputs[0].float()
-            dims = [d for d in range(x.dim()) if d != 1]
-            sums[module][0] = sums[module][0] + x.sum(dims).double()
-            sums[module][1] = sums[module][1] + (x * x).sum(dims).double()
-            sums[module][2] += x.numel() // x.shape[1]
-
-        hooks = [m.register_forward_pre_hook(accumulate) for m in norms]
-        try:
-            self.eval()
-            self.backbone.train()
-            for padded in tiles:
-                self.tile_probabilities(padded, patch_size=patch_size, device=device, amp=amp)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            self.eval()
-        for module in norms:
-            total, squares, count = sums[module]
-            if count < 2:
-                raise ValueError("re-estimating BatchNorm statistics needs at least two pixels")
-            mean = total / count
-            variance = (squares / count - mean * mean).clamp_min(0) * (count / (count - 1))
-            module.running_mean.copy_(mean.to(module.running_mean.dtype))  # type: ignore[union-attr]
-            module.running_var.copy_(variance.to(module.running_var.dtype))  # type: ignore[union-attr]
-        return len(norms)
 
     # ------------------------------------------------------------------------------ prediction
     @torch.no_grad()
