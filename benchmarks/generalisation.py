@@ -1,4 +1,6 @@
-"""Generalisation to unseen pixels: train on Indian Pines' left half, label its right half.
+"""Generalisation to unseen pixels and scenes: Indian Pines cut into halves (issue 5) or quadrants (issue 12).
+
+``--mode halves`` (issue 5, the default): train on Indian Pines' left half, label its right half.
 
 Issue 5: "train on Indian Pines' left half, predict the right half; report ACC/NMI on the unseen
 half next to the model trained on the whole scene". The scene (145 × 145 × 200) is cut at column
@@ -17,7 +19,30 @@ temporary folder. For each seed:
 Every row is scored on the right half's labelled pixels (the left-half row on the left half's)
 with Hungarian-matched ACC, NMI, Kappa and ARI; the matching is computed per row, K = 16.
 
-    python benchmarks/generalisation.py [--seeds 0 1 2] [--preset fast] [--json out.json]
+``--mode archive`` (issue 12, "Archive"): the archive workflow, "train on a sample of scenes, label
+them all with ``batch``". Indian Pines is cut into its four quadrants (rows and columns at 72: NW
+72 × 72, NE 72 × 73, SW 73 × 72, SE 73 × 73), each written as a GeoTIFF of its own in EPSG:32616
+(UTM 16N) with 20 m pixels and a transform that places it where it lies in the original grid (the
+origin, 500 000 E / 4 480 000 N, is nominal: Indian Pines ships without georeferencing). Their
+ground-truth quadrants stay in memory. For each seed:
+
+* **diagonal → unseen**: the preset trained on the two diagonal quadrants (NW and SE, one
+  multi-scene ``train``), all four quadrants labelled by ``run_batch`` (the ``hsicluster batch``
+  path: a LocalCluster of one worker, label COGs and a manifest), and the two unseen quadrants (NE
+  and SW) scored with **one** Hungarian matching over their labelled pixels pooled, since a label
+  must mean the same thing in every scene;
+* **all four → same quadrants**: the preset trained on all four quadrants, labelled and scored alike
+  (the reference: a model that saw those pixels);
+* **k-means diagonal → unseen**: k-means (K = 16, 10 restarts, ``random_state`` = seed) fitted on
+  the diagonal quadrants' spectra standardised with their own band statistics, applied to the
+  unseen quadrants standardised with the same statistics (``baseline.kmeans_transfer``), one matching;
+* also printed: the diagonal model on its own training quadrants (one matching over NW and SE).
+
+Targets (issue 12): the mean unseen ACC is within 0.03 of the all-quadrant model's, and beats
+k-means by at least 0.05. ``--mode all`` runs both benchmarks.
+
+    python benchmarks/generalisation.py [--mode halves|archive|all] [--seeds 0 1 2] [--preset fast]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,17 +83,25 @@ def read_labels(path: Path) -> np.ndarray:
     return labels
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--preset", default="fast")
-    parser.add_argument("--steps", type=int, default=None, help="train this many steps only (a smoke test)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
-    if not CUBE.exists() or not TRUTH.exists():
-        sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")
-
+def preset(args: argparse.Namespace) -> Any:
+    """The training configuration: the named preset, cut to ``--steps`` for a smoke test."""
     from hsi_cluster.config import config_from_dict, preset_config
+
+    config = preset_config(args.preset)
+    return config_from_dict({"steps": args.steps}, base=config) if args.steps else config
+
+
+def print_means(rows: dict[str, list], seeds: list[int], width: int) -> None:
+    """Mean ± population std of every metric of every row over the seeds."""
+    print(f"mean ± std over seeds {' '.join(map(str, seeds))}:")
+    for name, scores in rows.items():
+        parts = [f"{m.upper()} {statistics.mean(getattr(s, m) for s in scores):.3f} ± "
+                 f"{statistics.pstdev(getattr(s, m) for s in scores):.3f}" for m in METRICS]
+        print(f"  {name:{width}s} " + "  ".join(parts))
+
+
+def halves(args: argparse.Namespace) -> dict:
+    """Issue 5: left half → right half, against the whole-scene model (see the module docstring)."""
     from hsi_cluster.evaluate import score_clustering
     from hsi_cluster.predict import predict_scene
     from hsi_cluster.train import train
@@ -75,9 +109,7 @@ def main() -> None:
     cube = np.load(CUBE)  # (y, x, band)
     truth = np.load(TRUTH).astype(np.int64)
     cut = cube.shape[1] // 2
-    config = preset_config(args.preset)
-    if args.steps:
-        config = config_from_dict({"steps": args.steps}, base=config)
+    config = preset(args)
     work = Path(tempfile.mkdtemp(prefix="hsic-gen-"))
     results: dict = {"preset": args.preset, "cut_column": cut, "runs": []}
     rows: dict[str, list] = {}
@@ -125,15 +157,157 @@ def main() -> None:
                 rows.setdefault(name, []).append(scores)
             results["runs"].append(run)
         if len(args.seeds) > 1:
-            print(f"mean ± std over seeds {' '.join(map(str, args.seeds))}:")
-            for name, scores in rows.items():
-                parts = [f"{m.upper()} {statistics.mean(getattr(s, m) for s in scores):.3f} ± "
-                         f"{statistics.pstdev(getattr(s, m) for s in scores):.3f}" for m in METRICS]
-                print(f"  {name:46s} " + "  ".join(parts))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str))
+            print_means(rows, args.seeds, 46)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+
+
+#: EPSG code, pixel size (m) and nominal upper-left corner of the quadrant GeoTIFFs.
+ARCHIVE_CRS = 32616
+ARCHIVE_PIXEL = 20.0
+ARCHIVE_ORIGIN = (500_000.0, 4_480_000.0)
+#: Quadrant names in the order written; the diagonal (NW, SE) trains, the other two are unseen.
+QUADRANTS = ("nw", "ne", "sw", "se")
+SEEN, UNSEEN = ("nw", "se"), ("ne", "sw")
+
+
+def write_quadrants(cube: np.ndarray, truth: np.ndarray, folder: Path) -> dict[str, tuple[Path, np.ndarray]]:
+    """Cut ``cube`` (y, x, band) into its four quadrants, each a GeoTIFF placed where it lies in the grid.
+
+    Returns:
+        per quadrant name: the GeoTIFF's path and its ground-truth quadrant (y, x).
+    """
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = truth.shape
+    rows, cols = ((0, height // 2), (height // 2, height)), ((0, width // 2), (width // 2, width))
+    out: dict[str, tuple[Path, np.ndarray]] = {}
+    for name, ((r0, r1), (c0, c1)) in zip(QUADRANTS, [(r, c) for r in rows for c in cols], strict=True):
+        part = np.ascontiguousarray(cube[r0:r1, c0:c1].transpose(2, 0, 1))  # (band, y, x)
+        transform = from_origin(ARCHIVE_ORIGIN[0] + c0 * ARCHIVE_PIXEL, ARCHIVE_ORIGIN[1] - r0 * ARCHIVE_PIXEL,
+                                ARCHIVE_PIXEL, ARCHIVE_PIXEL)
+        path = folder / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=c1 - c0, height=r1 - r0, count=part.shape[0],
+                           dtype=part.dtype.name, crs=CRS.from_epsg(ARCHIVE_CRS), transform=transform,
+                           interleave="pixel") as dst:
+            dst.write(part)
+        out[name] = (path, truth[r0:r1, c0:c1])
+    return out
+
+
+def pooled_scores(labels: dict[str, np.ndarray], truths: dict[str, np.ndarray], names: tuple[str, ...]) -> Any:
+    """One Hungarian matching over the labelled pixels of the named quadrants pooled."""
+    from hsi_cluster.evaluate import score_clustering
+
+    pred = np.concatenate([labels[name].ravel() for name in names])
+    truth = np.concatenate([truths[name].ravel() for name in names])
+    return score_clustering(pred, truth, invalid_pred=-1)
+
+
+def archive(args: argparse.Namespace) -> dict:
+    """Issue 12: train on the diagonal quadrants, label all four with ``batch``, score the unseen two."""
+    import rasterio
+
+    from hsi_cluster.baseline import kmeans_transfer
+    from hsi_cluster.batch import run_batch
+    from hsi_cluster.train import train
+
+    cube = np.load(CUBE)  # (y, x, band)
+    truth = np.load(TRUTH).astype(np.int64)
+    config = preset(args)
+    work = Path(tempfile.mkdtemp(prefix="hsic-archive-"))
+    results: dict = {"preset": args.preset, "crs": f"EPSG:{ARCHIVE_CRS}", "pixel_m": ARCHIVE_PIXEL, "runs": []}
+    rows: dict[str, list] = {}
+    width = 47
+    try:
+        quadrants = write_quadrants(cube, truth, work / "scenes")
+        truths = {name: t for name, (_, t) in quadrants.items()}
+        scenes = {name: path for name, (path, _) in quadrants.items()}
+        print("Indian Pines quadrants (EPSG:32616, 20 m): " + ", ".join(
+            f"{name.upper()} {t.shape[0]}×{t.shape[1]} ({int((t != 0).sum())} labelled)" for name, t in truths.items())
+            + f"; trained on {' + '.join(n.upper() for n in SEEN)}, unseen {' + '.join(n.upper() for n in UNSEEN)}; "
+            f"{args.preset} preset, K = {K}", flush=True)
+
+        def fit(names: tuple[str, ...], tag: str, seed: int) -> tuple[Path, float, int]:
+            start = time.perf_counter()
+            result = train([scenes[n] for n in names], n_clusters=K, output=work / f"{tag}-{seed}.ckpt", config=config,
+                           seed=seed, device="cpu", overwrite=True, work_dir=work / "cache", log=lambda m: None)
+            return result.checkpoint, time.perf_counter() - start, result.steps
+
+        def label_all(checkpoint: Path, tag: str) -> tuple[dict[str, np.ndarray], float]:
+            out = work / f"batch-{tag}"
+            done = run_batch([str(scenes[n]) for n in QUADRANTS], checkpoint, out, workers=1, retries=0)
+            if done.failed:
+                raise RuntimeError(f"batch failed: {done.failed}")
+            labels = {}
+            for record in done.records:
+                name = Path(record["source"]).stem
+                with rasterio.open(record["output"]) as src, rasterio.open(record["source"]) as source:
+                    if src.crs != source.crs or src.transform != source.transform:  # the batch keeps the grid
+                        raise RuntimeError(f"{record['output']}: grid differs from its scene's")
+                labels[name] = read_labels(Path(record["output"]))
+            return labels, done.seconds
+
+        for seed in args.seeds:
+            seen_model, seen_s, seen_steps = fit(SEEN, "diagonal", seed)
+            all_model, all_s, all_steps = fit(QUADRANTS, "all", seed)
+            seen_labels, seen_batch_s = label_all(seen_model, f"diagonal-{seed}")
+            all_labels, all_batch_s = label_all(all_model, f"all-{seed}")
+            kmeans = dict(zip(UNSEEN, kmeans_transfer([scenes[n] for n in SEEN], [scenes[n] for n in UNSEEN], K,
+                                                      seed=seed), strict=True))
+            scored = {
+                "diagonal model → unseen NE + SW": pooled_scores(seen_labels, truths, UNSEEN),
+                "all-quadrant model → NE + SW": pooled_scores(all_labels, truths, UNSEEN),
+                "k-means fitted on NW + SE → unseen NE + SW": pooled_scores(kmeans, truths, UNSEEN),
+                "diagonal model → NW + SE (its training px)": pooled_scores(seen_labels, truths, SEEN),
+            }
+            print(f"seed {seed}: training {seen_s:.0f} s ({seen_steps} steps) on NW + SE, {all_s:.0f} s "
+                  f"({all_steps} steps) on all four; batch of four {seen_batch_s:.0f} s and {all_batch_s:.0f} s",
+                  flush=True)
+            run = {"seed": seed, "train_seconds_diagonal": seen_s, "train_seconds_all": all_s,
+                   "steps_diagonal": seen_steps, "steps_all": all_steps}
+            for name, scores in scored.items():
+                print(f"  {name:{width}s} ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  Kappa {scores.kappa:.3f}  "
+                      f"ARI {scores.ari:.3f}  ({scores.n_scored} px)", flush=True)
+                run[name] = scores.to_dict()
+                rows.setdefault(name, []).append(scores)
+            results["runs"].append(run)
+        if len(args.seeds) > 1:
+            print_means(rows, args.seeds, width)
+        unseen, reference, kmeans_acc = (statistics.mean(s.acc for s in rows[name]) for name in list(rows)[:3])
+        results["targets"] = {"unseen_minus_all_acc": unseen - reference, "unseen_minus_kmeans_acc": unseen - kmeans_acc}
+        print(f"targets (mean ACC): unseen − all-quadrant {unseen - reference:+.3f} (target ≥ −0.03: "
+              f"{'met' if unseen - reference >= -0.03 else 'missed'}); unseen − k-means {unseen - kmeans_acc:+.3f} "
+              f"(target ≥ +0.05: {'met' if unseen - kmeans_acc >= 0.05 else 'missed'})", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("halves", "archive", "all"), default="halves",
+                        help="halves: left → right half (issue 5); archive: quadrants and batch (issue 12); all: both")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--preset", default="fast")
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps only (a smoke test)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if not CUBE.exists() or not TRUTH.exists():
+        sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")
+    results: dict = {"preset": args.preset, "seeds": args.seeds}
+    if args.mode in ("halves", "all"):
+        results["halves"] = halves(args)
+    if args.mode in ("archive", "all"):
+        results["archive"] = archive(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

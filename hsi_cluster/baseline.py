@@ -9,6 +9,7 @@ into memory (float64), which suits benchmark-sized scenes, not archive-sized one
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,8 +19,8 @@ from hsi_cluster.evaluate import ClusteringScores, score_clustering
 NO_LABEL = -1
 
 
-def standardised_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The valid pixels of a scene, standardised band by band, and the valid mask.
+def valid_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The valid pixels of a scene as they are, and the valid mask.
 
     Args:
         scene: a store from ``hsicluster ingest`` (its valid mask is used) or any raster
@@ -38,7 +39,19 @@ def standardised_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.n
     else:
         good_band = opened.coords["good_band"].values if "good_band" in opened.coords else None
         valid = valid_pixel_mask(cube, nodata=opened.attrs.get("nodata"), good_band=good_band)
-    pixels = cube.reshape(cube.shape[0], -1).T[valid.ravel()]
+    return cube.reshape(cube.shape[0], -1).T[valid.ravel()], valid
+
+
+def standardised_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The valid pixels of a scene, standardised band by band, and the valid mask.
+
+    Args:
+        scene: see :func:`valid_pixels`.
+
+    Returns:
+        ``(pixels, valid)``: float64 (n_valid, B) and bool (y, x).
+    """
+    pixels, valid = valid_pixels(scene)
     return (pixels - pixels.mean(0)) / (pixels.std(0) + 1e-12), valid
 
 
@@ -63,6 +76,46 @@ def kmeans_labels(scene: str | os.PathLike[str], n_clusters: int, *, seed: int =
     labels = np.full(valid.size, NO_LABEL, dtype=np.int64)
     labels[valid.ravel()] = KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(standardised)
     return labels.reshape(valid.shape)
+
+
+def kmeans_transfer(fit_scenes: Sequence[str | os.PathLike[str]], apply_scenes: Sequence[str | os.PathLike[str]],
+                    n_clusters: int, *, seed: int = 0, n_init: int = 10) -> list[np.ndarray]:
+    """k-means fitted on some scenes and applied to others: the baseline of the archive workflow.
+
+    The valid pixels of ``fit_scenes`` are pooled and standardised band by band with their own mean
+    and standard deviation; k-means is fitted on them. Each scene of ``apply_scenes`` is standardised
+    with the same (fit scenes') statistics and its pixels take the nearest centroid, so a label
+    means the same thing in every scene.
+
+    Args:
+        fit_scenes: scenes whose pixels fit the statistics and the centroids (see :func:`valid_pixels`).
+        apply_scenes: scenes to label; all scenes must have the same bands.
+        n_clusters: k.
+        seed: ``random_state`` of KMeans.
+        n_init: KMeans restarts (the best inertia wins).
+
+    Returns:
+        one int64 label map (y, x) per scene of ``apply_scenes``, :data:`NO_LABEL` on invalid pixels.
+
+    Raises:
+        ValueError: no fit scenes, or scenes whose band counts differ.
+    """
+    from sklearn.cluster import KMeans
+
+    if not fit_scenes:
+        raise ValueError("kmeans_transfer needs at least one scene to fit on")
+    pooled = np.concatenate([valid_pixels(scene)[0] for scene in fit_scenes])
+    mean, std = pooled.mean(0), pooled.std(0) + 1e-12
+    model = KMeans(n_clusters, n_init=n_init, random_state=seed).fit((pooled - mean) / std)
+    maps = []
+    for scene in apply_scenes:
+        pixels, valid = valid_pixels(scene)
+        if pixels.shape[1] != len(mean):
+            raise ValueError(f"{scene}: {pixels.shape[1]} bands, but the fit scenes have {len(mean)}")
+        labels = np.full(valid.size, NO_LABEL, dtype=np.int64)
+        labels[valid.ravel()] = model.predict((pixels - mean) / std)
+        maps.append(labels.reshape(valid.shape))
+    return maps
 
 
 def kmeans_baseline(scene: str | os.PathLike[str], truth: np.ndarray, n_clusters: int, *, seed: int = 0,

@@ -207,7 +207,7 @@ def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
     if n_clusters > valid:
         raise HsiClusterError(f"{option} {n_clusters} is larger than the number of valid pixels ({valid}); "
                               "choose fewer clusters")
-    if valid < config.batch_size and config.steps is None:
+    if valid < config.batch_size:  # the sampler drops a partial batch: no step could run, whatever the length
         where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
         raise HsiClusterError(f"{where} {valid} valid pixels, fewer than one batch of {config.batch_size}; "
                               "lower --batch-size")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import rasterio
 
-from hsi_cluster.baseline import NO_LABEL, kmeans_baseline, kmeans_labels, standardised_pixels
+from hsi_cluster.baseline import NO_LABEL, kmeans_baseline, kmeans_labels, kmeans_transfer, standardised_pixels
 from hsi_cluster.io import ingest
 from tests import helpers
 
@@ -46,3 +48,19 @@ def test_kmeans_separates_two_materials(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kmeans_labels(scene, 2, seed=0, n_init=2, prepared=prepared), labels)
     scores = kmeans_baseline(scene, truth, 2, seed=0, n_init=2)
     assert scores.acc == 1.0 and scores.nmi > 0.99
+
+
+def test_kmeans_transfer_gives_a_label_the_same_meaning_in_every_scene(tmp_path: Path) -> None:
+    scene, truth = _two_materials(tmp_path)
+    with rasterio.open(scene) as src:
+        cube = src.read()
+    swapped = helpers.write_geotiff(tmp_path / "swapped.tif", cube[:, :, ::-1].copy(), nodata=-9999).path
+    fitted, applied = kmeans_transfer([scene], [scene, swapped], 2, seed=0, n_init=2)
+    assert applied.shape == truth.shape and applied.dtype == np.int64
+    np.testing.assert_array_equal(fitted, kmeans_labels(scene, 2, seed=0, n_init=2))
+    np.testing.assert_array_equal(applied, fitted[:, ::-1])  # same spectra, same labels, wherever they lie
+    narrow = helpers.write_geotiff(tmp_path / "narrow.tif", cube[:4], nodata=-9999).path
+    with pytest.raises(ValueError, match="4 bands"):
+        kmeans_transfer([scene], [narrow], 2, n_init=1)
+    with pytest.raises(ValueError, match="at least one scene"):
+        kmeans_transfer([], [scene], 2)

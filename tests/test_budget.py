@@ -295,3 +295,29 @@ def test_cli_samples_trains_for_the_budget(scene: IngestedScene, tmp_path: Path)
     payload = torch.load(output, weights_only=True)
     assert payload["train_config"]["samples"] == 160 and payload["train_config"]["epochs"] is None
     assert payload["training"]["samples_drawn"] == 160
+
+
+@pytest.mark.parametrize("samples, words", [(0, "--samples"), (-1, "--samples"), (511, "less than one batch of 512")])
+def test_cli_bad_budget_with_the_preset_defaults(scene: IngestedScene, tmp_path: Path, samples: int, words: str) -> None:
+    """``hsicluster train SCENE -k 3 --samples N`` as typed, no config file (batches of 512)."""
+    output = tmp_path / "m.ckpt"
+    result = cli("train", scene.store, "-k", 3, "-o", output, "--device", "cpu", "--samples", samples)
+    assert result.exit_code == 2 and words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("length", [[], ["--samples", 10 * BATCH], ["--epochs", 2], ["--steps", 2]])
+def test_cli_scene_with_fewer_valid_pixels_than_a_batch(tmp_path: Path, length: list) -> None:
+    """20 valid pixels, batches of 32: whatever sets the length, a one-line error, exit code 2 (bad input), no output."""
+    cube = np.full((12, 10, 10), -9999.0, dtype=np.float32)
+    cube[:, :2, :] = np.random.default_rng(0).normal(500, 50, (12, 2, 10))
+    small = make_scene(tmp_path / "small", height=10, width=10, cube=cube)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    output = tmp_path / "m.ckpt"
+    result = cli("train", small.store, "-k", 3, "-o", output, "--config", config, "--device", "cpu", *length)
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fewer" in lines[0] and "batch of 32" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not output.exists()
