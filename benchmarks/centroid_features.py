@@ -105,7 +105,6 @@ def main() -> None:
     from hsi_cluster.io.labels import read_label_map
     from hsi_cluster.train import prepare_store, train
 
-    torch.set_num_threads(2)
     for name in args.scene:
         scene = build_scene(name, args.cache / "scenes")
         truth, _ = read_label_map(scene.truth)
