@@ -31,7 +31,7 @@ from scenes import SCENE_NAMES, build_scene  # noqa: E402
 
 #: Joined feature sets scored besides each stage alone (``last`` = L2, the trained features).
 JOINED = {"cat_L": ["L0", "L1", "L2"], "cat_P_last": ["P", "L2"], "PL": ["P", "L0", "L1", "L2"],
-          "PL0L2": ["P", "L0", "L2"], "L0L2": ["L0", "L2"], "PL1L2": ["P", "L1", "L2"]}
+          "PL0L2": ["P", "L0", "L2"], "L0L2": ["L0", "L2"], "PL1L2": ["P", "L1", "L2"], "L1L2": ["L1", "L2"]}
 
 
 def stage_features(model, store: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
