@@ -46,21 +46,17 @@ def stage_features(model, store: Path) -> tuple[dict[str, np.ndarray], np.ndarra
     model.eval()
     halo = model.backbone.halo
     x = torch.from_numpy(np.pad(cube, ((0, 0), (halo, halo), (halo, halo)), mode="reflect"))[None]
-    outputs = []
     with torch.no_grad():
         projected = model.project(x)
-        z = projected
-        for layer in model.backbone.layers:
-            z = layer(z)
-            if isinstance(layer, torch.nn.ReLU):
-                outputs.append(z)
+        joined = model.backbone.forward_dense_scales(projected)[0]  # (S · F, H, W), smallest field first
     height, width = valid.shape
+    keep = valid.ravel()
 
-    def crop(t: torch.Tensor) -> np.ndarray:
-        d = (t.shape[-1] - width) // 2
-        return t[0, :, d:d + height, d:d + width].reshape(t.shape[1], -1).T.numpy()[valid.ravel()]
+    def pixels(t: torch.Tensor) -> np.ndarray:
+        return t.reshape(t.shape[0], -1).T.numpy()[keep]
 
-    return {"P": crop(projected)} | {f"L{i}": crop(o) for i, o in enumerate(outputs)}, valid
+    stages = {f"L{i}": pixels(block) for i, block in enumerate(joined.split(model.backbone.out_features))}
+    return {"P": pixels(projected[0, :, halo:halo + height, halo:halo + width])} | stages, valid
 
 
 def equal_weight(block: np.ndarray) -> np.ndarray:

@@ -91,6 +91,16 @@ def preset(args: argparse.Namespace) -> Any:
     return config_from_dict({"steps": args.steps}, base=config) if args.steps else config
 
 
+def record_scores(scored: dict, run: dict, rows: dict, width: int) -> dict:
+    """Print one seed's scores, a line per row; add them to ``run`` (returned) and to the per-row lists ``rows``."""
+    for name, scores in scored.items():
+        print(f"  {name:{width}s} ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  Kappa {scores.kappa:.3f}  "
+              f"ARI {scores.ari:.3f}  ({scores.n_scored} px)", flush=True)
+        run[name] = scores.to_dict()
+        rows.setdefault(name, []).append(scores)
+    return run
+
+
 def print_means(rows: dict[str, list], seeds: list[int], width: int) -> None:
     """Mean ± population std of every metric of every row over the seeds."""
     print(f"mean ± std over seeds {' '.join(map(str, seeds))}:")
@@ -150,12 +160,7 @@ def halves(args: argparse.Namespace) -> dict:
             print(f"seed {seed}: training {left_s:.0f} s on the left half, {whole_s:.0f} s on the whole scene",
                   flush=True)
             run = {"seed": seed, "train_seconds_left": left_s, "train_seconds_whole": whole_s}
-            for name, scores in scored.items():
-                print(f"  {name:46s} ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  Kappa {scores.kappa:.3f}  "
-                      f"ARI {scores.ari:.3f}  ({scores.n_scored} px)", flush=True)
-                run[name] = scores.to_dict()
-                rows.setdefault(name, []).append(scores)
-            results["runs"].append(run)
+            results["runs"].append(record_scores(scored, run, rows, 46))
         if len(args.seeds) > 1:
             print_means(rows, args.seeds, 46)
     finally:
@@ -272,12 +277,7 @@ def archive(args: argparse.Namespace) -> dict:
                   flush=True)
             run = {"seed": seed, "train_seconds_diagonal": seen_s, "train_seconds_all": all_s,
                    "steps_diagonal": seen_steps, "steps_all": all_steps}
-            for name, scores in scored.items():
-                print(f"  {name:{width}s} ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  Kappa {scores.kappa:.3f}  "
-                      f"ARI {scores.ari:.3f}  ({scores.n_scored} px)", flush=True)
-                run[name] = scores.to_dict()
-                rows.setdefault(name, []).append(scores)
-            results["runs"].append(run)
+            results["runs"].append(record_scores(scored, run, rows, width))
         if len(args.seeds) > 1:
             print_means(rows, args.seeds, width)
         unseen, reference, kmeans_acc = (statistics.mean(s.acc for s in rows[name]) for name in list(rows)[:3])

@@ -38,7 +38,7 @@ ip16    336 400  125    64 000   1816    363    0.481  0.461
 ======  =======  =====  =======  ======  =====  =====  =====
 
 IP×16 / IP: wall 1.01×, CPU 1.04×; ACC +0.113, NMI +0.078 (one seed of a tenth-length run; not the
-target's full-length, three-seed mean). The full-budget runs (1 230 / 1 250 steps) were not measured.
+target's full-length, three-seed mean). The full-budget run of seed 0 follows.
 
 Measured 2026-12-01 at the full budget, with centroids on the 5 × 5 features alone (the preset until that
 evening; seed 0, ``--scenes ip ip16 --seeds 0``; IP×4 and seeds 1, 2 not
