@@ -17,6 +17,9 @@ from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.model.backbones import DEFAULT_DEPTH, DenseBackbone, ResNetBackbone, backbone_geometry
 
+#: The values of ``centroid_features``: choose the stages per run, every stage joined, the last stage alone.
+CENTROID_FEATURES = ("auto", "scales", "last")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -62,7 +65,9 @@ class TrainConfig:
         centroid_features: which features the centroids read: "scales" (the dense backbone's every
             stage joined, receptive fields 1, 3, 5, … pixels, each block weighing the same: the pixel's
             own spectrum stays decisive where its neighbours differ, and the context still counts
-            where parcels are large) or "last" (the last stage only, the whole receptive field).
+            where parcels are large), "last" (the last stage only, the whole receptive field) or
+            "auto" (k-means on every stage, on every stage but the 1 × 1 stem, and on the last; the
+            partition with the highest silhouette is kept: see :mod:`hsi_cluster.model.choose_scales`).
         centroid_samples: training pixels whose features fit the centroids.
         pca_samples: pixels sampled to fit the PCA.
         workers: DataLoader worker processes (0: in the main process).
@@ -92,7 +97,7 @@ class TrainConfig:
     self_label_epochs: int = 0
     self_label_threshold: float = 0.99
     assignment: str = "centroids"
-    centroid_features: str = "scales"
+    centroid_features: str = "auto"
     centroid_samples: int = 20_000
     pca_samples: int = 100_000
     workers: int = 0
@@ -118,6 +123,11 @@ class TrainConfig:
                                   f"sees {side}×{side} patches but patch_size is {self.patch_size}; "
                                   "set depth = (patch_size − 1) / 2")
         return PatchGeometry(self.patch_size)
+
+    @property
+    def centroids_read_scales(self) -> bool:
+        """The centroid sample holds every stage's features ("auto" and "scales"), not the last stage's alone."""
+        return self.centroid_features != "last"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready mapping (the inverse of :func:`config_from_dict`)."""
@@ -269,11 +279,12 @@ def _check_assignment(config: TrainConfig) -> None:
     """How the trained model labels pixels: a known assignment and enough pixels for its centroids."""
     if config.assignment not in ("centroids", "head"):
         raise HsiClusterError(f"assignment must be 'centroids' or 'head', got {config.assignment!r}")
-    if config.centroid_features not in ("scales", "last"):
-        raise HsiClusterError(f"centroid_features must be 'scales' or 'last', got {config.centroid_features!r}")
-    if config.assignment == "centroids" and config.centroid_features == "scales" and config.backbone != "dense":
-        raise HsiClusterError(f"centroid_features 'scales' needs the dense backbone, not {config.backbone!r}: "
-                              "set centroid_features: last")
+    if config.centroid_features not in CENTROID_FEATURES:
+        raise HsiClusterError(f"centroid_features must be one of {', '.join(map(repr, CENTROID_FEATURES))}, got "
+                              f"{config.centroid_features!r}")
+    if config.assignment == "centroids" and config.centroid_features != "last" and config.backbone != "dense":
+        raise HsiClusterError(f"centroid_features {config.centroid_features!r} needs the dense backbone, not "
+                              f"{config.backbone!r}: set centroid_features: last")
     if config.centroid_samples < 100:
         raise HsiClusterError(f"centroid_samples must be at least 100 pixels, got {config.centroid_samples}")
 

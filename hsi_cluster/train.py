@@ -34,6 +34,7 @@ from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.choose_k import DEFAULT_K_MAX, RULE, choose_k
+from hsi_cluster.model.choose_scales import choose_scales
 from hsi_cluster.model.heads import CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
@@ -436,6 +437,7 @@ class _Run:
     log_every: int  # progress lines inside passes longer than 5 % of the run
     k_max: int | None = None  # -k auto: the largest K considered (the cluster head trains with it)
     k_choice: dict[str, Any] | None = None  # -k auto: the K chosen at the end and its curve
+    scale_choice: dict[str, Any] | None = None  # centroid_features auto: the stages kept and their silhouettes
 
 
 @dataclass
@@ -584,6 +586,8 @@ def _payload(run: _Run, state: _LoopState, complete: bool) -> dict[str, Any]:
         training["k_auto"] = {"k_max": run.k_max}
     if run.k_choice is not None:
         training["k_choice"] = run.k_choice
+    if run.scale_choice is not None:
+        training["scale_choice"] = run.scale_choice
     return make_payload(run.model, train_config=run.config.to_dict(), spectral=run.spectral, scenes=run.identity,
                         wavelength=run.wavelength, complete=complete, training=training)
 
@@ -676,8 +680,11 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
         if run.k_max is not None:
             n_clusters = _choose_k(run, features, blocks, log)
         log(f"fitting {n_clusters} feature centroids on {len(features)} training pixels")
-        run.model.set_centroid_head(CentroidHead.fit(features, n_clusters, seed=run.seed, blocks=blocks),
-                                    scales=config.centroid_features == "scales")
+        if config.centroid_features == "auto" and blocks > 1:
+            head = _choose_scales(run, features, n_clusters, blocks, log)
+        else:
+            head = CentroidHead.fit(features, n_clusters, seed=run.seed, blocks=blocks)
+        run.model.set_centroid_head(head, scales=config.centroids_read_scales)
     seconds = state.elapsed_before + time.perf_counter() - state.started
     save_checkpoint(_payload(run, state, True), output)
     partial.unlink(missing_ok=True)
@@ -705,6 +712,20 @@ def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
     return choice.k
 
 
+def _choose_scales(run: _Run, features: np.ndarray, n_clusters: int, blocks: int, log: LogFn) -> CentroidHead:
+    """``centroid_features: auto``: the centroids of the best-separated stage set, logged and kept for the checkpoint."""
+    head, choice = choose_scales(features, n_clusters, blocks, seed=run.seed)
+    assert isinstance(run.model.backbone, DenseBackbone)  # the config check asks for it
+    fields = run.model.backbone.scale_fields
+    log(f"centroid_features auto: k-means on {len(choice.candidates)} sets of stages; the best-separated "
+        "partition (silhouette on every stage joined) is kept")
+    for stages, silhouette in zip(choice.candidates, choice.silhouette, strict=True):
+        names = " + ".join(f"{fields[i]}×{fields[i]}" for i in stages)
+        log(f"  centroids on {names}: silhouette {silhouette:.3f}" + ("  <- kept" if stages == choice.stages else ""))
+    run.scale_choice = choice.to_dict()
+    return head
+
+
 @torch.no_grad()
 def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig, seed: int,
                     mask: np.ndarray | None, fill: np.ndarray, device: torch.device) -> tuple[np.ndarray, int]:
@@ -713,8 +734,8 @@ def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig,
     Draws up to ``config.centroid_samples`` centres with the training sampler, the same share of
     every block's valid centres (so every region of every scene contributes in proportion to its
     valid pixels, however large the scenes), and encodes their patches in eval mode: the features
-    of every scale (one block per stage) when ``config.centroid_features`` is "scales", else the
-    last stage's (one block).
+    of every scale (one block per stage) when ``config.centroid_features`` is "scales" or "auto",
+    else the last stage's (one block).
 
     Returns:
         ``(features, blocks)``: (N, F) float32 features, N ≤ ``centroid_samples``, and the number of
@@ -723,10 +744,11 @@ def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig,
     sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
                            mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH)
     sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
-    scales = config.centroid_features == "scales"
+    scales = config.centroids_read_scales
     backbone = model.backbone
     if scales and not isinstance(backbone, DenseBackbone):
-        raise HsiClusterError("centroid_features 'scales' needs the dense backbone: set centroid_features: last")
+        raise HsiClusterError(f"centroid_features {config.centroid_features!r} needs the dense backbone: set "
+                              "centroid_features: last")
     model.eval()
     features: list[np.ndarray] = []
     drawn = 0

@@ -219,8 +219,11 @@ def test_to_dict_round_trips_and_is_yaml_ready(name: str, tmp_path: Path) -> Non
     assert load_config("fast", path) == config
 
 
-def test_centroid_features_default_to_every_scale_and_follow_the_backbone():
-    assert preset_config("fast").centroid_features == "scales"
+def test_centroid_features_default_to_a_choice_of_scales_and_follow_the_backbone():
+    assert preset_config("fast").centroid_features == "auto"
+    assert preset_config("fast").centroids_read_scales
+    assert config_from_dict({"centroid_features": "scales"}).centroids_read_scales
+    assert not config_from_dict({"centroid_features": "last"}).centroids_read_scales
     assert preset_config("paper").centroid_features == "last"
     # The ResNet has no stages of known receptive field: switching to it reads the last stage.
     assert config_from_dict({"backbone": "resnet"}, base=preset_config("fast")).centroid_features == "last"
@@ -228,3 +231,5 @@ def test_centroid_features_default_to_every_scale_and_follow_the_backbone():
         config_from_dict({"centroid_features": "all"})
     with pytest.raises(HsiClusterError, match="needs the dense backbone"):
         config_from_dict({"backbone": "resnet", "patch_size": 11, "centroid_features": "scales"})
+    with pytest.raises(HsiClusterError, match="'auto' needs the dense backbone"):
+        config_from_dict({"backbone": "resnet", "patch_size": 11, "centroid_features": "auto"})

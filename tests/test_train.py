@@ -113,6 +113,14 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     # K × (stem + 2 layers) × 8 features, each block centred and weighted
     assert payload["state_dict"]["centroid_head.centroids"].shape == (3, 24)
     assert payload["state_dict"]["centroid_head.weight"].shape == (24,)
+    # centroid_features auto: the stages kept, and the silhouettes they were chosen on, logged and recorded
+    choice = payload["training"]["scale_choice"]
+    assert choice["candidates"] == [[0, 1, 2], [1, 2], [2]] and choice["stages"] in choice["candidates"]
+    assert choice["silhouette"][choice["candidates"].index(choice["stages"])] == max(choice["silhouette"])
+    left_out = [b for b in range(3) if b not in choice["stages"]]
+    weight = payload["state_dict"]["centroid_head.weight"].reshape(3, 8)
+    assert not weight[left_out].any() and bool((weight[choice["stages"]] > 0).all())
+    assert sum(": silhouette " in line for line in lines) == 3 and sum("<- kept" in line for line in lines) == 1
     assert payload["bands"] == 12
     assert payload["wavelength"] == pytest.approx(helpers.spectral_axis(12)[0].tolist())
     spectral = payload["spectral"]

@@ -143,6 +143,7 @@ class DenseBackbone(nn.Module):
         self.halo = self.geometry.halo
         self.receptive_field = self.geometry.receptive_field
         self.out_features = width
+        self.stem = stem
         layers: list[nn.Module] = []
         channels = in_channels
         if stem:
@@ -199,6 +200,11 @@ class DenseBackbone(nn.Module):
     def n_scales(self) -> int:
         """Stages whose features :meth:`forward_dense_scales` joins: the stem (1 × 1) and each 3 × 3 layer."""
         return sum(isinstance(layer, nn.ReLU) for layer in self.layers)
+
+    @property
+    def scale_fields(self) -> list[int]:
+        """Receptive-field side, in pixels, of each stage of :meth:`forward_dense_scales` (1, 3, 5, … with the stem)."""
+        return ([1] if self.stem else []) + [2 * i + 3 for i in range(self.depth)]
 
     @property
     def scale_features(self) -> int:

@@ -13,6 +13,7 @@ without loops, which is how the fully convolutional inference labels whole tiles
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -146,15 +147,16 @@ class CentroidHead(nn.Module):
 
     @classmethod
     def fit(cls, features: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10,
-            blocks: int = 1) -> CentroidHead:
+            blocks: int = 1, stages: Sequence[int] | None = None) -> CentroidHead:
         """k-means (scikit-learn, k-means++ with ``n_init`` restarts) on (N, F) features.
 
         With ``blocks`` > 1 the F features are that many equal blocks (scales), each centred on its
-        sample mean and divided by the root of its mean squared norm before k-means.
+        sample mean and divided by the root of its mean squared norm before k-means; ``stages``, if
+        given, are the blocks k-means reads (the others weigh 0).
         """
         if len(features) < n_clusters:
             raise ValueError(f"{len(features)} feature vectors cannot make {n_clusters} centroids")
-        offset, weight = cls.block_weights(features, blocks)
+        offset, weight = cls.block_weights(features, blocks, stages=stages)
         values = (features.astype(np.float64) - offset) * weight
         kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(values)
         scale = max(float(kmeans.inertia_) / len(values), 1e-12)
@@ -162,11 +164,16 @@ class CentroidHead(nn.Module):
                    offset=torch.from_numpy(offset.astype(np.float32)), weight=torch.from_numpy(weight.astype(np.float32)))
 
     @staticmethod
-    def block_weights(features: np.ndarray, blocks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def block_weights(features: np.ndarray, blocks: int = 1, *,
+                      stages: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The (F,) offset and weight that give each of ``blocks`` equal blocks of (N, F) features zero
-        mean and unit mean squared norm (identity for one block)."""
+        mean and unit mean squared norm (identity for one block); blocks not in ``stages`` (default:
+        all) get weight 0."""
         if blocks < 1 or features.shape[1] % blocks:
             raise ValueError(f"{features.shape[1]} features do not split into {blocks} equal blocks")
+        kept = set(range(blocks)) if stages is None else set(stages)
+        if not kept or not kept <= set(range(blocks)):
+            raise ValueError(f"stages {sorted(kept)} must be a non-empty subset of 0..{blocks - 1}")
         values = features.astype(np.float64)
         offset, weight = np.zeros(values.shape[1]), np.ones(values.shape[1])
         if blocks > 1:
@@ -175,8 +182,13 @@ class CentroidHead(nn.Module):
             for b in range(blocks):
                 part = slice(b * width, (b + 1) * width)
                 norm = np.sqrt(((values[:, part] - offset[part]) ** 2).sum(1).mean())
-                weight[part] = 1.0 / max(norm, 1e-12)
+                weight[part] = 1.0 / max(norm, 1e-12) if b in kept else 0.0
         return offset, weight
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """(N, F) features → (N,) index of the nearest centroid."""
+        with torch.no_grad():
+            return self(torch.from_numpy(np.asarray(features, dtype=np.float32))).argmax(-1).numpy()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Checkpoints written before features were weighted have no offset/weight: identity.
