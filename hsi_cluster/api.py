@@ -99,6 +99,12 @@ class Model:
         return self.checkpoint.payload.get("training", {}).get("k_choice")
 
     @property
+    def scale_choice(self) -> dict[str, Any] | None:
+        """Which stages the centroids read (``centroid_features: auto``): ``{"stages", "candidates", "silhouette",
+        "rule"}``, stage 0 being the 1 × 1 stem; None when the preset fixed them."""
+        return self.checkpoint.payload.get("training", {}).get("scale_choice")
+
+    @property
     def n_bands(self) -> int:
         """Bands a scene must have."""
         return self.checkpoint.in_bands

@@ -167,6 +167,7 @@ def test_train_k_auto_gives_the_chosen_k_and_its_curve(tmp_path: Path) -> None:
     model = hc.train(scene_path, k="auto", k_max=4, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
     assert model.k_choice is not None and model.k == model.k_choice["k"] and 2 <= model.k <= 4
     assert model.k_choice["candidates"] == [2, 3, 4]
+    assert model.scale_choice is not None and model.scale_choice["stages"] in model.scale_choice["candidates"]
     labels = model.predict(hc.open_scene(scene_path))
     assert int(labels.where(labels != 255).max()) < model.k  # 255: nodata
 
