@@ -27,35 +27,19 @@ Salinas-A's 204 bands is a 6.8 GB GeoTIFF: check the free disk space first.
 ``--budget-scale 0.1`` runs the same comparison at a tenth of the budget and of the cap (64 000
 samples, at most 3 passes: Indian Pines 123 steps, the mosaics 125), when the full runs take too long.
 
-Measured (seed 0, ``--budget-scale 0.1``, IP and IP×16 run side by side on the 2-core development
-machine under a load average of 8-15 from other jobs, so the wall times are far above those of an idle
-machine; CPU = the process's CPU time):
+Measured 2026-12-02 at the full budget (``--scenes ip ip4 ip16 --seeds 0 1 2``, ``fast`` preset with
+``centroid_features: auto``, 2 cores; Indian Pines seeds 1-2 contended, see docs/performance.md), means
+of the three seeds:
 
 ======  =======  =====  =======  ======  =====  =====  =====
 scene   pixels   steps  samples  wall s  CPU s  ACC    NMI
 ======  =======  =====  =======  ======  =====  =====  =====
-ip      21 025   123    62 976   1792    349    0.368  0.383
-ip16    336 400  125    64 000   1816    363    0.481  0.461
+ip      21 025   1230   629 760  242     346    0.477  0.534
+ip4     84 100   1250   640 000  149     269    0.464  0.526
+ip16    336 400  1250   640 000  153     272    0.438  0.509
 ======  =======  =====  =======  ======  =====  =====  =====
 
-IP×16 / IP: wall 1.01×, CPU 1.04×; ACC +0.113, NMI +0.078 (one seed of a tenth-length run; not the
-target's full-length, three-seed mean). The full-budget run of seed 0 follows.
-
-Measured 2026-12-01 at the full budget, with centroids on the 5 × 5 features alone (the preset until that
-evening; seed 0, ``--scenes ip ip16 --seeds 0``; IP×4 and seeds 1, 2 not
-run for lack of time), the 2-core machine shared with another job that used about 1.75 cores (load average
-3.4-5.0), so both wall times are several times an idle machine's (Indian Pines trains in 102-116 s idle):
-
-======  =======  =====  =======  ======  =====  =====  =====
-scene   pixels   steps  samples  wall s  CPU s  ACC    NMI
-======  =======  =====  =======  ======  =====  =====  =====
-ip      21 025   1230   629 760  954     931    0.542  0.567
-ip16    336 400  1250   640 000  1225    1222   0.473  0.540
-======  =======  =====  =======  ======  =====  =====  =====
-
-IP×16 / IP: wall 1.28×, CPU 1.31× (target ≤ 1.3× wall: met on this one contended run); ACC −0.069,
-NMI −0.026 (target: mean ACC within 0.02: missed on seed 0; IP×16 trains 1.9 passes over its pixels
-against Indian Pines' 30).
+Seed 0 alone, both uncontended: ip 155 s, ip16 155 s (1.00×). ACC: ip4 −0.013, ip16 −0.038 against ip.
 
     python benchmarks/train_scale.py [--scenes ip ip4 ip16] [--seeds 0 1 2] [--budget-scale 1] [--json out.json]
     python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40]
