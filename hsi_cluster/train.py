@@ -702,9 +702,8 @@ CENTROID_PLAN_EPOCH = 1_000_003
 def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
     """``-k auto``: the elbow K of the centroid sample's features, logged and kept for the checkpoint."""
     assert run.k_max is not None
-    offset, weight = CentroidHead.block_weights(features, blocks)
     log(f"-k auto: k-means on {len(features)} training pixels for K = 2..{run.k_max} ({RULE})")
-    choice = choose_k((features - offset) * weight, run.k_max, seed=run.seed)
+    choice = choose_k(CentroidHead.weigh(features, blocks), run.k_max, seed=run.seed)
     for k, inertia, distance in zip(choice.candidates, choice.inertia, choice.distance, strict=True):
         log(f"  K = {k:2d}: inertia per pixel {inertia:.4f}, below the chord by {distance:.3f}"
             + ("  <- chosen" if k == choice.k else ""))
@@ -714,9 +713,9 @@ def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
 
 def _choose_scales(run: _Run, features: np.ndarray, n_clusters: int, blocks: int, log: LogFn) -> CentroidHead:
     """``centroid_features: auto``: the centroids of the best-separated stage set, logged and kept for the checkpoint."""
-    head, choice = choose_scales(features, n_clusters, blocks, seed=run.seed)
     assert isinstance(run.model.backbone, DenseBackbone)  # the config check asks for it
     fields = run.model.backbone.scale_fields
+    head, choice = choose_scales(features, n_clusters, blocks, seed=run.seed)
     log(f"centroid_features auto: k-means on {len(choice.candidates)} sets of stages; the best-separated "
         "partition (silhouette on every stage joined) is kept")
     for stages, silhouette in zip(choice.candidates, choice.silhouette, strict=True):

@@ -79,16 +79,14 @@ def choose_scales(features: np.ndarray, n_clusters: int, blocks: int, *, seed: i
     Returns:
         The fitted head (reads all ``blocks`` stages, with weight 0 on those left out) and the choice.
     """
-    offset, weight = CentroidHead.block_weights(features, blocks)
-    joined = (features.astype(np.float64) - offset) * weight
     sample = np.random.default_rng(seed).permutation(len(features))[:SILHOUETTE_SAMPLE]
+    referee = CentroidHead.weigh(features, blocks)[sample]  # every stage joined, the space all are scored in
     candidates = candidate_stages(blocks)
     heads, scores = [], []
     for stages in candidates:
         head = CentroidHead.fit(features, n_clusters, seed=seed, n_init=n_init, blocks=blocks, stages=stages)
-        labels = head.assign(features)
-        used = len(np.unique(labels[sample]))
-        scores.append(float(silhouette_score(joined[sample], labels[sample])) if used > 1 else -1.0)
+        labels = head.assign(features[sample])
+        scores.append(float(silhouette_score(referee, labels)) if len(np.unique(labels)) > 1 else -1.0)
         heads.append(head)
     best = int(np.argmax(scores))
     return heads[best], ScaleChoice(stages=candidates[best], candidates=candidates, silhouette=scores)

@@ -185,6 +185,12 @@ class CentroidHead(nn.Module):
                 weight[part] = 1.0 / max(norm, 1e-12) if b in kept else 0.0
         return offset, weight
 
+    @classmethod
+    def weigh(cls, features: np.ndarray, blocks: int = 1, *, stages: Sequence[int] | None = None) -> np.ndarray:
+        """(N, F) features centred and weighted as :meth:`fit` sees them (float64), per :meth:`block_weights`."""
+        offset, weight = cls.block_weights(features, blocks, stages=stages)
+        return (features.astype(np.float64) - offset) * weight
+
     def assign(self, features: np.ndarray) -> np.ndarray:
         """(N, F) features → (N,) index of the nearest centroid."""
         with torch.no_grad():

@@ -110,7 +110,7 @@ class SSCC(nn.Module):
                           backbone_kwargs=config.get("backbone_kwargs") or {},
                           head_hidden=int(config.get("head_hidden", 512)), instance_dim=config.get("instance_dim"))
         if config.get("assignment", "head") == "centroids":
-            scales = config.get("centroid_features", "last") in ("scales", "auto")
+            scales = config.get("centroid_features", "last") != "last"  # "scales" (or "auto", read as it)
             model.set_centroid_head(CentroidHead(torch.zeros(n_clusters, model.centroid_in_features(scales))),
                                     scales=scales)
         return model
