@@ -22,7 +22,8 @@ training, steps, samples drawn, ACC and NMI; then the ratios to Indian Pines.
 ``--steps`` steps of the default budget's sampling (the run's length and its share of each block
 are those of the full budget): the mean and median time from one step to the next (sampling included:
 the mean counts the bursts of block reads at the start of each shuffle group) and the median of the step
-alone, and the child's peak RSS. A 4096² scene of
+alone, and the child's peak RSS; ``--repeat R`` trains each R times, the sizes interleaved, and reports the
+medians. A 4096² scene of
 Salinas-A's 204 bands is a 6.8 GB GeoTIFF: check the free disk space first.
 
 ``--budget-scale 0.1`` runs the same comparison at a tenth of the budget and of the cap (64 000
@@ -43,7 +44,7 @@ ip16    336 400  1250   640 000  153     272    0.438  0.509
 Seed 0 alone, both uncontended: ip 155 s, ip16 155 s (1.00×). ACC: ip4 −0.013, ip16 −0.038 against ip.
 
     python benchmarks/train_scale.py [--scenes ip ip4 ip16] [--seeds 0 1 2] [--budget-scale 1] [--json out.json]
-    python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40]
+    python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def synthetic(sizes: list[int], steps: int, work: Path) -> list[dict]:
+def synthetic(sizes: list[int], steps: int, work: Path, repeats: int = 1) -> list[dict]:
     from hsi_cluster.io import ingest
 
     code = """
@@ -182,25 +183,33 @@ print(json.dumps({"mean_step_s": statistics.mean(between[3:] or between),
                   "median_compute_s": statistics.median(compute[3:] or compute), "total_steps": totals[-1],
                   "steps_run": len(ticks)}))
 """
-    rows = []
+    stores = {}
     for size in sizes:
         scene = write_tiled_scene(work / f"synthetic{size}.tif", size, size)
         started = time.perf_counter()
-        store = ingest(scene, work / f"synthetic{size}.zarr")
-        ingest_s = time.perf_counter() - started
+        stores[size] = ingest(scene, work / f"synthetic{size}.zarr")
+        print(f"{size} × {size}: ingest {time.perf_counter() - started:.0f} s", flush=True)
         scene.unlink()  # the store is what training reads
-        measured = run_measured(code, str(store), str(work / f"synthetic{size}.ckpt"), str(steps))
-        rows.append({"size": size, "ingest_s": ingest_s, **measured})
-        print(f"{size} × {size}: ingest {ingest_s:.0f} s; {measured['steps_run']} steps of a "
-              f"{measured['total_steps']}-step run: mean {measured['mean_step_s']:.3f} s/step with sampling (median "
-              f"{measured['median_step_s']:.3f}; the step itself {measured['median_compute_s']:.3f}), peak RSS "
-              f"{measured['peak_rss_mb']:.0f} MB (child wall {measured['wall_s']:.0f} s)", flush=True)
-        shutil.rmtree(store, ignore_errors=True)
-    if len(rows) > 1:
-        first = rows[0]
-        for row in rows[1:]:
-            print(f"{row['size']}² / {first['size']}²: time per step ×{row['mean_step_s'] / first['mean_step_s']:.2f}, "
-                  f"peak RSS ×{row['peak_rss_mb'] / first['peak_rss_mb']:.2f}")
+    runs: dict[int, list[dict]] = {size: [] for size in sizes}
+    for repeat in range(repeats):  # the sizes interleaved, so that a slow spell of the machine hits both
+        for size in sizes:
+            measured = run_measured(code, str(stores[size]), str(work / f"synthetic{size}.ckpt"), str(steps))
+            runs[size].append(measured)
+            print(f"{size} × {size}, run {repeat + 1}: {measured['steps_run']} steps of a {measured['total_steps']}-step "
+                  f"run: mean {measured['mean_step_s']:.3f} s/step with sampling (median "
+                  f"{measured['median_step_s']:.3f}; the step itself {measured['median_compute_s']:.3f}), peak RSS "
+                  f"{measured['peak_rss_mb']:.0f} MB (child wall {measured['wall_s']:.0f} s)", flush=True)
+    rows = [{"size": size, "runs": runs[size],
+             **{key: statistics.median(run[key] for run in runs[size])
+                for key in ("mean_step_s", "median_step_s", "median_compute_s", "peak_rss_mb")}} for size in sizes]
+    for row in rows:
+        print(f"{row['size']} × {row['size']}, median of {repeats}: mean {row['mean_step_s']:.3f} s/step with sampling, "
+              f"the step itself {row['median_compute_s']:.3f}, peak RSS {row['peak_rss_mb']:.0f} MB")
+    first = rows[0]
+    for row in rows[1:]:
+        print(f"{row['size']}² / {first['size']}²: time per step ×{row['mean_step_s'] / first['mean_step_s']:.2f} "
+              f"(the step itself ×{row['median_compute_s'] / first['median_compute_s']:.2f}), "
+              f"peak RSS ×{row['peak_rss_mb'] / first['peak_rss_mb']:.2f}")
     return rows
 
 
@@ -211,6 +220,8 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, nargs="+", default=None, metavar="SIDE",
                         help="time per step and peak RSS on synthetic scenes of these sides instead")
     parser.add_argument("--steps", type=int, default=40, help="steps timed per synthetic scene")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="train each synthetic scene R times, interleaved, and report the medians")
     parser.add_argument("--budget-scale", type=float, default=1.0, metavar="F",
                         help="multiply the fast preset's budget and epochs cap by F (a quicker, shorter comparison)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary files")
@@ -220,7 +231,7 @@ def main() -> None:
     os.environ.setdefault("HSICLUSTER_WORK", str(work / "stores"))
     try:
         if args.synthetic:
-            results: list[dict] = synthetic(args.synthetic, args.steps, work)
+            results: list[dict] = synthetic(args.synthetic, args.steps, work, args.repeat)
         else:
             if not CUBE.exists() or not TRUTH.exists():
                 sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")

@@ -1,14 +1,15 @@
-"""Sampler throughput vs training consumption, and training speed of both backbones (CPU).
+"""Sampler throughput against what training consumes, on the CPU or a CUDA GPU, in one command.
 
 In one process: (1) patches/s the streaming sampler delivers from a store on disk (a 1024 × 1024 ×
-200 scene made from real spectra, or Indian Pines itself with ``--scene``); (2) samples/s of full
-training steps (projection, two augmented views, forward, loss, backward, Adam) for the ``dense``
-(fast preset) and ``resnet`` (paper preset) backbones. Prints the ratio sampler / training. The
-sampler is timed on full passes and, where the ``fast`` preset's sample budget is shorter than one
-pass over the scene, at the share of each block's pixels that the budget draws (each block is read
-whole for fewer patches: the slower case).
+200 scene made from real spectra), in the main process and, with ``--workers N``, from N DataLoader
+worker processes together; (2) samples/s of full training steps (projection, two augmented views,
+forward, loss, backward, Adam; bf16 autocast on CUDA) for the ``dense`` (fast preset) and
+``resnet`` (paper preset) backbones on ``--device``. Prints the ratio sampler / training. The sampler
+is timed on full passes and, where the ``fast`` preset's sample budget is shorter than one pass over
+the scene, at the share of each block's pixels that the budget draws (each block then serves fewer
+patches: the slower case).
 
-    python benchmarks/train_speed.py [--size 1024] [--steps 10]
+    python benchmarks/train_speed.py [--size 1024] [--steps 10] [--device cpu|cuda] [--workers 0]
 """
 
 from __future__ import annotations
@@ -24,11 +25,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_tiled_scene  # noqa: E402
 from predict_speed import spectra_source  # noqa: E402
 
+MEASURED_PATCHES = 100_000
+
+
+def sampler_rate(sampler, workers: int) -> tuple[int, float]:
+    """Patches and seconds to draw about :data:`MEASURED_PATCHES` of them (workers: DataLoader processes)."""
+    import torch
+
+    from hsi_cluster.data.sampler import collate_patches
+
+    batches = sampler if workers == 0 else torch.utils.data.DataLoader(
+        sampler, batch_size=None, num_workers=workers, collate_fn=collate_patches)
+    start, patches = time.perf_counter(), 0
+    for batch in batches:
+        patches += len(batch.patches if workers == 0 else batch["patches"])
+        if patches >= MEASURED_PATCHES:
+            break
+    return patches, time.perf_counter() - start
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the training steps run")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also time the sampler in this many DataLoader worker processes")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
 
@@ -37,36 +59,45 @@ def main() -> None:
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.config import config_from_dict, preset_config
     from hsi_cluster.data.sampler import PatchSampler
+    from hsi_cluster.device import device_from
+    from hsi_cluster.errors import HsiClusterError
     from hsi_cluster.io import ingest
     from hsi_cluster.train import run_length, train
 
+    try:
+        device = device_from(args.device)
+    except HsiClusterError as error:
+        sys.exit(str(error))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    fast = preset_config("fast")
     work = Path(tempfile.mkdtemp(prefix="hsic-train-", dir=args.work))
     try:
         scene = write_tiled_scene(work / "scene.tif", args.size, args.size, source=spectra_source())
         store = ingest(scene, work / "scene.zarr")
-        sampler = PatchSampler(store, patch_size=11, batch_size=512, seed=0)
-        fraction = run_length(preset_config("fast"), sampler.valid_centres()).fraction
+        probe = PatchSampler(store, patch_size=fast.patch_size, batch_size=fast.batch_size, seed=0)
+        fraction = run_length(fast, probe.valid_centres()).fraction
         rates = []
         for share in sorted({1.0, fraction}, reverse=True):
-            sampler = PatchSampler(store, patch_size=11, batch_size=512, seed=0, fraction=share)
-            start, patches = time.perf_counter(), 0
-            for batch in sampler:
-                patches += len(batch.patches)
-                if patches >= 100_000:
-                    break
-            rates.append(patches / (time.perf_counter() - start))
             what = "full passes" if share == 1 else f"the fast budget's share of each block, {share:.1%}"
-            print(f"sampler ({what}): {patches} patches in {time.perf_counter() - start:.1f} s = {rates[-1]:.0f} "
-                  f"patches/s (from the store on disk, {torch.get_num_threads()} torch threads)", flush=True)
-        sampler_rate = min(rates)
+            for workers in sorted({0, args.workers}):
+                sampler = PatchSampler(store, patch_size=fast.patch_size, batch_size=fast.batch_size, seed=0,
+                                       fraction=share)
+                patches, seconds = sampler_rate(sampler, workers)
+                rates.append(patches / seconds)
+                print(f"sampler ({what}, {fast.patch_size} × {fast.patch_size} patches, "
+                      f"{'in the main process' if workers == 0 else f'{workers} DataLoader workers'}): {patches} "
+                      f"patches in {seconds:.1f} s = {rates[-1]:.0f} patches/s", flush=True)
+        slowest = min(rates)
         for name, preset in (("dense", "fast"), ("resnet", "paper")):
             config = config_from_dict({"steps": args.steps, "batch_size": 512}, base=preset_config(preset))
             result = train([store], n_clusters=16, output=work / f"{name}.ckpt", config=config, seed=0,
-                           device="cpu", overwrite=True, work_dir=work)
+                           device=args.device, overwrite=True, work_dir=work)
             rate = result.samples_per_second
             components = load_checkpoint(result.checkpoint).payload["spectral"]["components"].shape[0]
-            print(f"training ({name}, {preset} preset, {components} PCA components, {args.steps} steps of 512): "
-                  f"{rate:.0f} samples/s; sampler / training = {sampler_rate / rate:.1f}×", flush=True)
+            precision = "bf16 autocast" if device.type == "cuda" and config.amp else "fp32"
+            print(f"training ({name}, {preset} preset, {components} PCA components, {args.steps} steps of 512, "
+                  f"{where}, {precision}): {rate:.0f} samples/s; slowest sampler / training = {slowest / rate:.1f}×",
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

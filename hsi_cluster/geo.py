@@ -9,6 +9,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from hsi_cluster.errors import HsiClusterError
 
 #: Tile side (pixels) of tiled inference: the default, and the smallest that ``predict`` and ``batch`` accept.
@@ -51,6 +53,27 @@ class PatchGeometry:
     @property
     def receptive_field(self) -> int:
         return self.patch_size
+
+    def contained(self, window: Window, *, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Which rows (window.height,) and cols (window.width,) of ``window`` in a ``height × width``
+        raster have patches that read only the window's own pixels.
+
+        A patch reaches ``halo`` pixels each way; past the raster's edge it reads the reflection
+        (numpy's ``reflect``, as patches see the scene border), which may lie in the window. A pixel's
+        patch stays inside the window when both its row and its col do, so a reader of that window
+        alone (no neighbouring blocks) cuts the same patch as a reader of the whole scene.
+        """
+        return (_contained_axis(window.row, window.height, height, self.halo),
+                _contained_axis(window.col, window.width, width, self.halo))
+
+
+def _contained_axis(start: int, size: int, length: int, halo: int) -> np.ndarray:
+    """bool (size,): whether positions ``start …`` of an axis of ``length`` reach only ``[start, start + size)``
+    within ``halo`` steps, reflecting about the axis' first and last position."""
+    reach = np.arange(start, start + size)[:, None] + np.arange(-halo, halo + 1)[None, :]
+    reach = np.abs(reach)
+    reach = np.where(reach >= length, 2 * (length - 1) - reach, reach)
+    return np.asarray(((reach >= start) & (reach < start + size)).all(axis=1))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
+from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size
 from hsi_cluster.io.checks import check_bands, check_patch_fits
@@ -243,18 +243,14 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
         progress(done, total)
     if not todo:
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as reader:
-        upcoming = reader.submit(read_tile, job, *todo[0])
-        for index, (i, j) in enumerate(todo):
-            padded, valid = upcoming.result()
-            if index + 1 < len(todo):  # read the next tile while this one computes
-                upcoming = reader.submit(read_tile, job, *todo[index + 1])
-            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
-            store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
-                        tile_confidence if with_confidence else None)
-            done += 1
-            if progress:
-                progress(done, total)
+    tiles = prefetched(read_tile(job, i, j) for i, j in todo)  # the next tile is read while this one computes
+    for (i, j), (padded, valid) in zip(todo, tiles, strict=True):
+        tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
+        store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
+                    tile_confidence if with_confidence else None)
+        done += 1
+        if progress:
+            progress(done, total)
 
 
 def _count_labels(labels: zarr.Array, job: _Job, *, step: int) -> np.ndarray:

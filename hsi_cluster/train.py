@@ -22,6 +22,7 @@ import torch
 from hsi_cluster.checkpoint import Checkpoint, CheckpointError, load_checkpoint, make_payload, save_checkpoint
 from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, two_views
+from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_valid_spectra
 from hsi_cluster.device import device_from
@@ -629,7 +630,11 @@ def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
     loader = torch.utils.data.DataLoader(run.sampler, batch_size=None, num_workers=run.config.workers,
                                          collate_fn=None, pin_memory=run.device.type == "cuda")
     stop_after = hooks.stop_after_steps
-    for batch in loader:
+    # On CUDA one thread cuts (and pins) the next batch while the device computes. Not on the CPU: there the
+    # thread takes cores from the step (2 cores: 0.106 s per step against 0.090 without it), and DataLoader
+    # workers read ahead by themselves.
+    ahead = run.device.type == "cuda" and not run.config.workers
+    for batch in (prefetched(loader) if ahead else loader):
         tick = time.perf_counter()
         value, terms = _train_step(run, state, batch)
         if hooks.progress:

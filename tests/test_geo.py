@@ -111,6 +111,29 @@ def test_halo_read_rebuilds_the_reflect_padded_raster(height: int, width: int, b
                                                  window.col:window.col + window.width + 2 * halo])
 
 
+@pytest.mark.parametrize("height,width,block,halo", [(10, 10, 4, 2), (9, 7, 5, 2), (20, 13, 8, 2), (16, 3, 4, 1)])
+def test_contained_patches_read_only_their_window(height: int, width: int, block: int, halo: int) -> None:
+    """A pixel is contained exactly when every index of its reflect-padded patch lies in its block."""
+    from hsi_cluster.geo import PatchGeometry
+
+    index = np.pad(np.arange(height * width).reshape(height, width), halo, mode="reflect")
+    grid = BlockGrid(height, width, block)
+    contained = 0
+    for i, j in grid:
+        window = grid.window(i, j)
+        rows_ok, cols_ok = PatchGeometry(2 * halo + 1).contained(window, height=height, width=width)
+        assert rows_ok.shape == (window.height,) and cols_ok.shape == (window.width,)
+        for r in range(window.height):
+            for c in range(window.width):
+                row, col = window.row + r, window.col + c
+                patch = index[row:row + 2 * halo + 1, col:col + 2 * halo + 1]
+                inside = np.isin(patch // width, range(window.row, window.row + window.height)) & \
+                    np.isin(patch % width, range(window.col, window.col + window.width))
+                assert bool(rows_ok[r] and cols_ok[c]) == bool(inside.all()), f"pixel ({row}, {col})"
+                contained += bool(inside.all())
+    assert 0 < contained < height * width  # both kinds occur
+
+
 def test_halo_read_rejects_a_negative_halo() -> None:
     with pytest.raises(ValueError, match="halo must be ≥ 0"):
         halo_read(Window(0, 0, 2, 2), -1, height=4, width=4)

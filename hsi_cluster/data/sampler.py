@@ -11,7 +11,11 @@ is dropped.
 A run shorter than one pass (a sample budget on a large scene) sets ``fraction`` < 1: each epoch
 then takes a seeded random share of *every* block's centres (``ceil(fraction · n)`` of its ``n``),
 so every region of every scene contributes in proportion to its valid pixels, instead of all the
-centres of the few blocks that come first in the order.
+centres of the few blocks that come first in the order. A block is then read for about one batch,
+so its read must be cheap: the share is drawn from the centres whose patches lie inside the block
+(or reflect off the scene's edge into it), and the block is read without its halo, which would
+decompress up to eight neighbouring chunks. With 128-pixel blocks and 5 × 5 patches that leaves
+out the 2-pixel seams inside the scene (6 % of the pixels) as centres, not as context.
 
 Several stores (scenes that agree in bands) form one plan: their blocks are numbered one after
 the other and drawn in one random order, and a centre is a ``(scene, row, col)`` triple packed into
@@ -28,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hsi_cluster.geo import PatchGeometry
+from hsi_cluster.geo import PatchGeometry, Window, halo_read
 from hsi_cluster.io.store import Store, pooled_band_mean
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20
@@ -149,17 +152,37 @@ class PatchSampler(IterableDataset):
         r, c = np.nonzero(usable)
         return (r + window.row) * self.shapes[scene][2] + (c + window.col) + self._pixel_offsets[scene]
 
-    def _share(self, n: int) -> int:
-        """Centres an epoch draws from a block of ``n`` usable centres."""
-        return n if self.fraction >= 1 else min(n, math.ceil(self.fraction * n))
+    @property
+    def reads_neighbours(self) -> bool:
+        """Whether blocks are read with their halo from the neighbouring chunks (full passes), or
+        alone, for the centres whose patches they contain (a share of each block: ``fraction`` < 1)."""
+        return self.fraction >= 1
+
+    def _contained(self, block_id: int, centres: np.ndarray) -> np.ndarray:
+        """The ``centres`` of a block whose patches read only the block's pixels."""
+        scene, i, j = self._block(block_id)
+        window = self.grids[scene].window(i, j)
+        _, height, width = self.shapes[scene]
+        rows_ok, cols_ok = PatchGeometry(self.patch_size).contained(window, height=height, width=width)
+        rows, cols = np.divmod(centres - self._pixel_offsets[scene], width)
+        return centres[rows_ok[rows - window.row] & cols_ok[cols - window.col]]
+
+    def _draw(self, block_id: int) -> tuple[np.ndarray, int]:
+        """The centres a share is drawn from (all usable ones, or those the block contains) and its size."""
+        centres = self._centres(block_id)
+        if self.reads_neighbours:
+            return centres, len(centres)
+        share = math.ceil(self.fraction * len(centres))  # in proportion to all the block's centres
+        candidates = self._contained(block_id, centres)
+        return candidates, min(share, len(candidates))
 
     def _epoch_centres(self, block_id: int) -> np.ndarray:
         """The centres of a block this epoch draws: all, or a seeded random share of them."""
-        centres = self._centres(block_id)
-        if self.fraction >= 1:
-            return centres
+        candidates, share = self._draw(block_id)
+        if self.reads_neighbours:
+            return candidates
         rng = np.random.default_rng([self.seed, self.epoch, block_id, 0xB10C])
-        return np.sort(rng.choice(centres, size=self._share(len(centres)), replace=False))
+        return np.sort(rng.choice(candidates, size=share, replace=False))
 
     def valid_centres(self) -> int:
         """Number of usable centres (valid pixels of all stores, within the mask if any)."""
@@ -167,7 +190,7 @@ class PatchSampler(IterableDataset):
 
     def centres_per_epoch(self) -> int:
         """Centres one epoch draws (:meth:`valid_centres` when ``fraction`` is 1)."""
-        return int(sum(self._share(len(self._centres(b))) for b in range(int(self._block_offsets[-1]))))
+        return int(sum(self._draw(b)[1] for b in range(int(self._block_offsets[-1]))))
 
     def valid_centres_per_store(self) -> list[int]:
         """Centres per epoch of each store, in order."""
@@ -203,26 +226,42 @@ class PatchSampler(IterableDataset):
         return scene, rows, cols, block_ids
 
     # ---------------------------------------------------------------------------- extraction
-    def _extract(self, centres: np.ndarray, cache: dict[int, np.ndarray]) -> tuple[PatchBatch, np.ndarray]:
+    def _read(self, scene: int, window: Window) -> tuple[np.ndarray, int, int]:
+        """A block's values with what it needs of a halo, and the rows and cols of the haloed window
+        the read lacks above and on the left (0 with :attr:`reads_neighbours`)."""
+        store = self._opened[scene]
+        values = store.read_window(window, self.halo, self.fills[scene], neighbours=self.reads_neighbours)
+        if self.reads_neighbours:
+            return values, 0, 0
+        _, height, width = self.shapes[scene]
+        (top, _), (left, _) = halo_read(window, self.halo, height=height, width=width)[1]
+        return values, self.halo - top, self.halo - left
+
+    def _extract(self, centres: np.ndarray,
+                 cache: dict[int, tuple[np.ndarray, int, int]]) -> tuple[PatchBatch, np.ndarray]:
         scene, rows, cols, block_ids = self._locate(centres)
         p = self.patch_size
+        offsets = np.arange(p)
         patches = np.empty((len(centres), self.shape[0], p, p), dtype=self.dtype)
         for block_id in np.unique(block_ids):
             s, i, j = self._block(int(block_id))
             window = self.grids[s].window(i, j)
             if block_id not in cache:
-                cache[int(block_id)] = self._opened[s].read_window(window, self.halo, self.fills[s])
-            padded = cache[int(block_id)]
+                cache[int(block_id)] = self._read(s, window)
+            padded, shift_rows, shift_cols = cache[int(block_id)]
             members = np.nonzero(block_ids == block_id)[0]
-            local_rows, local_cols = rows[members] - window.row, cols[members] - window.col
-            views = sliding_window_view(padded, (p, p), axis=(1, 2))  # (band, y, x, p, p), no copy
-            patches[members] = views[:, local_rows, local_cols].transpose(1, 0, 2, 3)
+            top_rows = rows[members] - window.row - shift_rows  # the patches' first row and col in ``padded``
+            left_cols = cols[members] - window.col - shift_cols
+            bands, _, padded_width = padded.shape
+            flat = (top_rows[:, None, None] + offsets[:, None]) * padded_width + left_cols[:, None, None] + offsets
+            # one gather of (band, n, p, p) from the flattened block: ~2× faster than indexing a window view
+            patches[members] = np.take(padded.reshape(bands, -1), flat, axis=1).transpose(1, 0, 2, 3)
         return PatchBatch(patches, rows, cols, scene), block_ids
 
     def __iter__(self) -> Iterator[PatchBatch]:
         info = get_worker_info()
         shard, shards = (0, 1) if info is None else (info.id, info.num_workers)
-        cache: dict[int, np.ndarray] = {}
+        cache: dict[int, tuple[np.ndarray, int, int]] = {}
         skip = self.start_batch if shards == 1 else 0
         for index, centres in enumerate(self._plan(shard, shards)):
             if index < skip:

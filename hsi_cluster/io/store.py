@@ -172,17 +172,21 @@ class Store:
         """Per-band statistics over all valid pixels, merged from the per-block summaries."""
         return BandStats.merge_packed(self.block_stats)
 
-    def read_window(self, window: Window, halo: int = 0, fill: np.ndarray | None = None) -> np.ndarray:
+    def read_window(self, window: Window, halo: int = 0, fill: np.ndarray | None = None, *,
+                    neighbours: bool = True) -> np.ndarray:
         """``(band, height + 2·halo, width + 2·halo)`` values of ``window`` and a halo around it.
 
         See :func:`read_haloed`; with ``fill`` (one value per band) the store's invalid pixels
-        read as ``fill``, without it as stored.
+        read as ``fill``, without it as stored. ``neighbours=False`` reads the window's own chunk
+        alone (one decompression instead of up to nine for a block with a halo), with the halo
+        only past the raster's edges.
         """
-        return read_haloed(self.data, window, halo, valid=None if fill is None else self.valid, fill=fill)
+        return read_haloed(self.data, window, halo, valid=None if fill is None else self.valid, fill=fill,
+                           neighbours=neighbours)
 
 
 def read_haloed(data: Any, window: Window, halo: int, *, valid: Any = None,
-                fill: np.ndarray | None = None) -> np.ndarray:
+                fill: np.ndarray | None = None, neighbours: bool = True) -> np.ndarray:
     """``window`` grown by ``halo`` pixels from a ``(band, y, x)`` array, reflect-padded past its edges.
 
     Parts outside the raster are filled by reflection about the first/last row/column (numpy's
@@ -197,12 +201,20 @@ def read_haloed(data: Any, window: Window, halo: int, *, valid: Any = None,
             ``fill`` (before padding), so a valid pixel beside a hole never hands NaN or the nodata
             value to the network.
         fill: one value per band (B,), cast to the data's dtype; required with ``valid``.
+        neighbours: False reads ``window`` alone (one chunk for a block) and adds the halo only past
+            the raster's edges, by reflecting the window (the raster's reflection where the window
+            is wider than the halo); on its other sides the result stops at the window. For readers that cut only the patches
+            :meth:`~hsi_cluster.geo.PatchGeometry.contained` in the window.
 
     Returns:
-        ``(band, window.height + 2·halo, window.width + 2·halo)`` in the data's dtype.
+        ``(band, window.height + 2·halo, window.width + 2·halo)`` in the data's dtype; with
+        ``neighbours=False``, ``(band, window.height + top + bottom, window.width + left + right)``
+        with the pad widths of :func:`~hsi_cluster.geo.halo_read`.
     """
     _, height, width = data.shape
     inside, pad = halo_read(window, halo, height=height, width=width)
+    if not neighbours:
+        inside = window
     rows, cols = inside.slices
     values = data[:, rows, cols]
     if valid is not None:

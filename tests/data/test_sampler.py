@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from hsi_cluster.data.sampler import PatchBatch, PatchSampler, collate_patches
+from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.io import ingest
 from hsi_cluster.io.store import Store
 from tests import helpers
@@ -157,6 +158,40 @@ def test_patches_equal_numpy_cut_on_a_holed_scene_at_corners(holed: IngestedScen
                 found.add((row, col))
                 np.testing.assert_allclose(patch, reference_patch(padded, row, col, PATCH), rtol=1e-6)
     assert found == {c for c in corners if holed.valid[c]}
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_share_of_each_block_reads_blocks_alone_and_cuts_exact_patches(holed: IngestedScene,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         epoch: int) -> None:
+    """Below one pass a block is read without its neighbours, for the centres whose patches it holds;
+    each block still gives ceil(fraction · its usable centres) of them, and the patches are the scene's."""
+    calls: list[bool] = []
+    original = Store.read_window
+    monkeypatch.setattr(Store, "read_window",
+                        lambda self, *a, **k: (calls.append(k.get("neighbours", True)), original(self, *a, **k))[1])
+    padded = reflect_padded(reference_filled(holed.cube, holed.valid), HALO)
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=1, seed=2, epoch=epoch, fraction=0.3)
+    assert not sampler.reads_neighbours
+    drawn: dict[int, int] = {}
+    for batch in sampler:
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
+            np.testing.assert_allclose(patch, reference_patch(padded, row, col, PATCH), rtol=1e-6)
+            i, j = row // 16, col // 16
+            window = sampler.grid.window(i, j)
+            rows_ok, cols_ok = PatchGeometry(PATCH).contained(window, height=40, width=37)
+            assert rows_ok[row - window.row] and cols_ok[col - window.col], f"({row}, {col}) crosses its block"
+            drawn[i * sampler.grid.shape[1] + j] = drawn.get(i * sampler.grid.shape[1] + j, 0) + 1
+    assert calls and not any(calls)  # every block read alone
+    for block, (i, j) in enumerate(sampler.grid):
+        rows, cols = sampler.grid.window(i, j).slices
+        usable = int(holed.valid[rows, cols].sum())
+        assert drawn.get(block, 0) == min(int(np.ceil(0.3 * usable)), len(sampler._contained(block, sampler._centres(block))))
+    assert sum(drawn.values()) == sampler.centres_per_epoch()
+    calls.clear()
+    sampler.fraction = 1.0  # a full pass reads the halo from the neighbours again
+    next(iter(sampler))
+    assert calls and all(calls)
 
 
 # -------------------------------------------------------------------------------- determinism

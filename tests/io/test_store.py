@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hsi_cluster.errors import SceneError
-from hsi_cluster.geo import BlockGrid, Window
+from hsi_cluster.geo import BlockGrid, Window, halo_read
 from hsi_cluster.io.store import METADATA_KEY, Store, invalid_fill, pooled_band_mean, read_haloed
 from hsi_cluster.stats import BandStats
 from tests import helpers
@@ -84,6 +84,21 @@ def test_read_window_is_the_reflect_padded_scene_cut(clean: IngestedScene, windo
                                                   cols.start + halo:cols.stop + halo]
     assert got.shape == (BANDS, window.height + 2 * halo, window.width + 2 * halo)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("window", [*CORNERS, Window(16, 16, 16, 16), Window(37, 0, 3, 3)])
+@pytest.mark.parametrize("halo", [1, 2])
+def test_read_window_without_neighbours_is_the_haloed_read_cut_to_the_window(corner_holes: IngestedScene,
+                                                                             window: Window, halo: int) -> None:
+    """Read alone, a window keeps the halo past the raster's edges and nothing beyond its other sides."""
+    store = Store.open(corner_holes.store)
+    fill = invalid_fill([store])
+    full = store.read_window(window, halo, fill)
+    alone = store.read_window(window, halo, fill, neighbours=False)
+    (top, bottom), (left, right) = halo_read(window, halo, height=HEIGHT, width=WIDTH)[1]
+    assert alone.shape == (BANDS, window.height + top + bottom, window.width + left + right)
+    np.testing.assert_array_equal(alone, full[:, halo - top:full.shape[1] - halo + bottom,
+                                              halo - left:full.shape[2] - halo + right])
 
 
 @pytest.mark.parametrize("window", CORNERS)
