@@ -26,7 +26,7 @@ valid pixels. With one store the plan, the patches and their order are those of 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,8 @@ DEFAULT_BUFFER_BYTES = 128 * 2**20
 
 @dataclass(frozen=True)
 class PatchBatch:
-    """One batch: raw patches (N, bands, p, p) in the store's dtype and their centres (N,) rows/cols.
+    """One batch: patches (N, bands, p, p) in the store's dtype (or (N, C, p, p) as the sampler's
+    ``transform`` maps them) and their centres (N,) rows/cols.
 
     ``scene`` (N,) is the index of the store each centre lies in (all 0 with one store).
     """
@@ -74,6 +75,10 @@ class PatchSampler(IterableDataset):
             means over the valid pixels of all the stores (:func:`~hsi_cluster.io.store.invalid_fill`),
             i.e. the spectral mean a model trained on them stores.
 
+        transform: optional per-pixel map of a block, (B, h, w) raw → (C, h, w), applied to each block
+            as it is read (e.g. :meth:`~hsi_cluster.model.projection.SpectralProjection.block_map`):
+            patches are then cut from the mapped block and come as (N, C, p, p) in its dtype.
+
     Iterating yields :class:`PatchBatch` objects. In DataLoader workers (``batch_size=None``) each
     worker takes every n-th block of the epoch's order, so workers never duplicate a centre.
     ``store``, ``shape`` and ``grid`` describe the first store; ``stores``, ``shapes`` and ``grids``
@@ -82,11 +87,13 @@ class PatchSampler(IterableDataset):
 
     def __init__(self, store: str | Path | Sequence[str | Path], *, patch_size: int, batch_size: int, seed: int = 0,
                  mask: np.ndarray | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES, epoch: int = 0,
-                 start_batch: int = 0, fill: np.ndarray | None = None, fraction: float = 1.0) -> None:
+                 start_batch: int = 0, fill: np.ndarray | None = None, fraction: float = 1.0,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         super().__init__()
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         self.fraction = float(fraction)
+        self.transform = transform
         if patch_size < 1 or patch_size % 2 == 0:
             raise ValueError(f"patch size must be a positive odd number of pixels, got {patch_size}")
         if batch_size < 1:
@@ -231,6 +238,8 @@ class PatchSampler(IterableDataset):
         the read lacks above and on the left (0 with :attr:`reads_neighbours`)."""
         store = self._opened[scene]
         values = store.read_window(window, self.halo, self.fills[scene], neighbours=self.reads_neighbours)
+        if self.transform is not None:
+            values = np.ascontiguousarray(self.transform(values))
         if self.reads_neighbours:
             return values, 0, 0
         _, height, width = self.shapes[scene]
@@ -242,13 +251,18 @@ class PatchSampler(IterableDataset):
         scene, rows, cols, block_ids = self._locate(centres)
         p = self.patch_size
         offsets = np.arange(p)
-        patches = np.empty((len(centres), self.shape[0], p, p), dtype=self.dtype)
-        for block_id in np.unique(block_ids):
-            s, i, j = self._block(int(block_id))
-            window = self.grids[s].window(i, j)
+        unique_blocks = [int(block_id) for block_id in np.unique(block_ids)]
+        for block_id in unique_blocks:
             if block_id not in cache:
-                cache[int(block_id)] = self._read(s, window)
-            padded, shift_rows, shift_cols = cache[int(block_id)]
+                s, i, j = self._block(block_id)
+                cache[block_id] = self._read(s, self.grids[s].window(i, j))
+        first = cache[unique_blocks[0]][0]  # the channels the blocks hold (transformed or not)
+        patches = np.empty((len(centres), first.shape[0], p, p),
+                           dtype=self.dtype if self.transform is None else first.dtype)
+        for block_id in unique_blocks:
+            s, i, j = self._block(block_id)
+            window = self.grids[s].window(i, j)
+            padded, shift_rows, shift_cols = cache[block_id]
             members = np.nonzero(block_ids == block_id)[0]
             top_rows = rows[members] - window.row - shift_rows  # the patches' first row and col in ``padded``
             left_cols = cols[members] - window.col - shift_cols

@@ -191,6 +191,37 @@ class SpectralProjection(nn.Module):
     def extra_repr(self) -> str:
         return f"in_bands={self.in_bands}, out_channels={self.out_channels}"
 
+    def block_map(self) -> BlockProjection:
+        """This projection as a numpy map of one block of pixels (for the patch sampler, on the CPU)."""
+        return BlockProjection(self.weight[:, :, 0, 0].detach().cpu().numpy().copy(),
+                               self.bias.detach().cpu().numpy().copy())
+
+
+@dataclass(frozen=True)
+class BlockProjection:
+    """:class:`SpectralProjection` as a plain numpy map of a block: (B, H, W) raw → (C, H, W) float32.
+
+    The projection acts on each pixel alone, so cutting patches from a projected block gives the
+    projected patches: the sampler projects each block once as it reads it, and then cuts and
+    moves C channels per pixel instead of B. Picklable, for DataLoader workers.
+
+    Attributes:
+        weight: (C, B) float32, the folded ``components / std``.
+        bias: (C,) float32.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        bands, height, width = block.shape
+        if bands != self.weight.shape[1]:
+            raise ValueError(f"expected a block of {self.weight.shape[1]} bands, got {bands}")
+        # torch's matmul, not numpy's: numpy's BLAS threads would spin beside the training step's threads
+        pixels = torch.from_numpy(np.ascontiguousarray(block.reshape(bands, -1), dtype=np.float32))
+        projected = torch.addmm(torch.from_numpy(self.bias)[:, None], torch.from_numpy(self.weight), pixels)
+        return projected.numpy().reshape(-1, height, width)
+
 
 def _as_float64(values: ArrayLike) -> np.ndarray:
     if isinstance(values, Tensor):

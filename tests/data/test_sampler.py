@@ -194,6 +194,29 @@ def test_a_share_of_each_block_reads_blocks_alone_and_cuts_exact_patches(holed: 
     assert calls and all(calls)
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.4])
+def test_a_transform_maps_each_block_and_patches_are_cut_from_it(holed: IngestedScene, fraction: float) -> None:
+    """A per-pixel map applied to each block read gives the mapped reference patches (C channels)."""
+    weight = np.random.default_rng(1).normal(size=(3, holed.cube.shape[0])).astype(np.float32)
+
+    def transform(block: np.ndarray) -> np.ndarray:
+        return np.einsum("cb,bhw->chw", weight, block.astype(np.float32)) + 1.0
+
+    padded = reflect_padded(reference_filled(holed.cube, holed.valid), HALO)
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=16, seed=3, fraction=fraction,
+                           transform=transform)
+    plain = PatchSampler(holed.store, patch_size=PATCH, batch_size=16, seed=3, fraction=fraction)
+    count = 0
+    for batch, raw in zip(sampler, plain, strict=True):
+        assert batch.patches.shape == (16, 3, PATCH, PATCH) and batch.patches.dtype == np.float32
+        np.testing.assert_array_equal(batch.rows, raw.rows)  # the same centres, in the same order
+        for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
+            expected = transform(reference_patch(padded, row, col, PATCH))
+            np.testing.assert_allclose(patch, expected, rtol=1e-5, atol=1e-3)
+            count += 1
+    assert count > 100
+
+
 # -------------------------------------------------------------------------------- determinism
 
 

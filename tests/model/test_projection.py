@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,24 @@ def test_projection_any_spatial_size_and_integer_input(shape):
     assert out.shape == (3, 2, *shape)
     assert torch.equal(out, x[:, :2].float())
     assert projection.in_bands == 4 and projection.out_channels == 2
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_block_map_is_the_projection_of_a_block_and_pickles(dtype):
+    """The sampler's numpy map of a (B, H, W) block equals the module on (1, B, H, W), and survives a
+    trip to a DataLoader worker (pickle)."""
+    rng = np.random.default_rng(2)
+    samples = _correlated_samples(n_bands=6)
+    projection = SpectralProjection(samples.mean(0), samples.std(0), fit_pca(samples, 3, samples.mean(0),
+                                                                               samples.std(0)))
+    block = rng.uniform(900, 3500, size=(6, 9, 7)).astype(dtype)
+    block_map = pickle.loads(pickle.dumps(projection.block_map()))
+    got = block_map(block)
+    expected = projection(torch.from_numpy(block[None])).numpy()[0]
+    assert got.shape == (3, 9, 7) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="expected a block of 6 bands, got 5"):
+        block_map(block[:5])
 
 
 def test_projection_is_frozen_buffers():
