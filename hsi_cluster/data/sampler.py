@@ -104,7 +104,8 @@ class PatchSampler(IterableDataset):
         self.stores = tuple(str(s) for s in stores)
         self.store = self.stores[0]
         self.patch_size = patch_size
-        self.halo = PatchGeometry(patch_size).halo
+        self.geometry = PatchGeometry(patch_size)
+        self.halo = self.geometry.halo
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = epoch
@@ -170,7 +171,7 @@ class PatchSampler(IterableDataset):
         scene, i, j = self._block(block_id)
         window = self.grids[scene].window(i, j)
         _, height, width = self.shapes[scene]
-        rows_ok, cols_ok = PatchGeometry(self.patch_size).contained(window, height=height, width=width)
+        rows_ok, cols_ok = self.geometry.contained(window, height=height, width=width)
         rows, cols = np.divmod(centres - self._pixel_offsets[scene], width)
         return centres[rows_ok[rows - window.row] & cols_ok[cols - window.col]]
 
@@ -251,18 +252,16 @@ class PatchSampler(IterableDataset):
         scene, rows, cols, block_ids = self._locate(centres)
         p = self.patch_size
         offsets = np.arange(p)
-        unique_blocks = [int(block_id) for block_id in np.unique(block_ids)]
-        for block_id in unique_blocks:
-            if block_id not in cache:
-                s, i, j = self._block(block_id)
-                cache[block_id] = self._read(s, self.grids[s].window(i, j))
-        first = cache[unique_blocks[0]][0]  # the channels the blocks hold (transformed or not)
-        patches = np.empty((len(centres), first.shape[0], p, p),
-                           dtype=self.dtype if self.transform is None else first.dtype)
-        for block_id in unique_blocks:
+        patches: np.ndarray | None = None
+        for block_id in (int(b) for b in np.unique(block_ids)):
             s, i, j = self._block(block_id)
             window = self.grids[s].window(i, j)
+            if block_id not in cache:
+                cache[block_id] = self._read(s, window)
             padded, shift_rows, shift_cols = cache[block_id]
+            if patches is None:  # as many channels as the blocks hold (transformed or not)
+                patches = np.empty((len(centres), padded.shape[0], p, p),
+                                   dtype=self.dtype if self.transform is None else padded.dtype)
             members = np.nonzero(block_ids == block_id)[0]
             top_rows = rows[members] - window.row - shift_rows  # the patches' first row and col in ``padded``
             left_cols = cols[members] - window.col - shift_cols
@@ -270,6 +269,7 @@ class PatchSampler(IterableDataset):
             flat = (top_rows[:, None, None] + offsets[:, None]) * padded_width + left_cols[:, None, None] + offsets
             # one gather of (band, n, p, p) from the flattened block: ~2× faster than indexing a window view
             patches[members] = np.take(padded.reshape(bands, -1), flat, axis=1).transpose(1, 0, 2, 3)
+        assert patches is not None  # a batch has at least one centre
         return PatchBatch(patches, rows, cols, scene), block_ids
 
     def __iter__(self) -> Iterator[PatchBatch]:

@@ -203,8 +203,8 @@ def read_haloed(data: Any, window: Window, halo: int, *, valid: Any = None,
         fill: one value per band (B,), cast to the data's dtype; required with ``valid``.
         neighbours: False reads ``window`` alone (one chunk for a block) and adds the halo only past
             the raster's edges, by reflecting the window (the raster's reflection where the window
-            is wider than the halo); on its other sides the result stops at the window. For readers that cut only the patches
-            :meth:`~hsi_cluster.geo.PatchGeometry.contained` in the window.
+            is wider than the halo); on its other sides the result stops at the window. For readers
+            that cut only the patches :meth:`~hsi_cluster.geo.PatchGeometry.contained` in the window.
 
     Returns:
         ``(band, window.height + 2·halo, window.width + 2·halo)`` in the data's dtype; with
