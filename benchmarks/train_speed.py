@@ -26,17 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_tiled_scene  # noqa: E402
 from predict_speed import spectra_source  # noqa: E402
 
-MEASURED_PATCHES = 100_000
+MEASURED_PATCHES = 200_000
 
 
 def sampler_rate(sampler, workers: int) -> tuple[int, float]:
-    """Patches and seconds to draw about :data:`MEASURED_PATCHES` of them (workers: DataLoader processes)."""
+    """Patches and seconds to draw about :data:`MEASURED_PATCHES` of them after the first batch of each of
+    ``workers`` DataLoader processes (0: in this process), so worker start-up is not counted."""
     import torch
 
     from hsi_cluster.data.sampler import collate_patches
 
-    batches = sampler if workers == 0 else torch.utils.data.DataLoader(
-        sampler, batch_size=None, num_workers=workers, collate_fn=collate_patches)
+    batches = iter(sampler if workers == 0 else torch.utils.data.DataLoader(
+        sampler, batch_size=None, num_workers=workers, collate_fn=collate_patches))
+    for _ in range(max(1, workers)):  # the clock starts once every worker is up and has read its first blocks
+        next(batches)
     start, patches = time.perf_counter(), 0
     for batch in batches:
         patches += len(batch.patches if workers == 0 else batch["patches"])
@@ -77,7 +80,7 @@ def main() -> None:
         scene = write_tiled_scene(work / "scene.tif", args.size, args.size, source=spectra_source())
         store = ingest(scene, work / "scene.zarr")
         fit = fit_spectral_projection([store], fast.n_components)  # what training projects each block with
-        block_map = SpectralProjection(fit.mean, fit.std, fit.components).block_map()
+        pixel_map = SpectralProjection(fit.mean, fit.std, fit.components).pixel_map()
         probe = PatchSampler(store, patch_size=fast.patch_size, batch_size=fast.batch_size, seed=0)
         fraction = run_length(fast, probe.valid_centres()).fraction
         rates = []
@@ -85,7 +88,7 @@ def main() -> None:
             what = "full passes" if share == 1 else f"the fast budget's share of each block, {share:.1%}"
             for workers in sorted({0, args.workers}):
                 sampler = PatchSampler(store, patch_size=fast.patch_size, batch_size=fast.batch_size, seed=0,
-                                       fraction=share, transform=block_map)
+                                       fraction=share, transform=pixel_map)
                 patches, seconds = sampler_rate(sampler, workers)
                 rates.append(patches / seconds)
                 print(f"sampler ({what}, {fast.patch_size} × {fast.patch_size} patches of "

@@ -503,7 +503,7 @@ def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[
 
     # Holes inside patches read as the spectral mean (pooled over the scenes), as in predict.
     sampler = PatchSampler(stores, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask,
-                           fill=spectral["mean"].numpy(), transform=model.projection.block_map())
+                           fill=spectral["mean"].numpy(), transform=model.projection.pixel_map())
     centres = sampler.valid_centres()
     shards = max(1, config.workers)
     full_pass = sampler.batches_per_epoch(shards=shards)  # workers each drop a partial batch
@@ -599,7 +599,7 @@ def _train_step(run: _Run, state: _LoopState, batch: Any) -> tuple[float, dict[s
     config, device, model = run.config, run.device, run.model
     for group in run.optimizer.param_groups:  # the schedule is a function of the step: nothing to resume
         group["lr"] = lr_at(config, state.step, run.total_steps)
-    projected = torch.from_numpy(batch.patches).to(device, non_blocking=True)  # projected by the sampler
+    projected = batch.patch_tensor().to(device, non_blocking=True)  # projected by the sampler; pinned on CUDA
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
         if state.step < run.length.contrastive_steps:
             loss, terms = _contrastive_step(model, projected, run.augmenter, run.generator, run.criterion,
@@ -745,7 +745,7 @@ def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig,
         equal blocks F splits into.
     """
     sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
-                           mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH, transform=model.projection.block_map())
+                           mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH, transform=model.projection.pixel_map())
     sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
     scales = config.centroids_read_scales
     backbone = model.backbone
@@ -756,7 +756,7 @@ def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig,
     features: list[np.ndarray] = []
     drawn = 0
     for batch in sampler:
-        projected = torch.from_numpy(batch.patches).to(device)
+        projected = batch.patch_tensor().to(device)
         encoded = backbone.forward_scales(projected) if isinstance(backbone, DenseBackbone) and scales \
             else model.encode(projected)
         features.append(encoded.float().cpu().numpy())

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +48,19 @@ class PatchBatch:
     ``scene`` (N,) is the index of the store each centre lies in (all 0 with one store).
     """
 
-    patches: np.ndarray
+    patches: np.ndarray | torch.Tensor
     rows: np.ndarray
     cols: np.ndarray
     scene: np.ndarray | None = None
+
+    def patch_tensor(self) -> torch.Tensor:
+        """The patches as a CPU tensor (sharing memory with the array)."""
+        return self.patches if isinstance(self.patches, torch.Tensor) else torch.from_numpy(self.patches)
+
+    def pin_memory(self) -> PatchBatch:
+        """This batch with its patches as a tensor in page-locked host memory, so that the copy to a
+        CUDA device can overlap the computation (``DataLoader(pin_memory=True)`` calls this)."""
+        return replace(self, patches=self.patch_tensor().pin_memory())
 
 
 class PatchSampler(IterableDataset):
@@ -75,9 +84,10 @@ class PatchSampler(IterableDataset):
             means over the valid pixels of all the stores (:func:`~hsi_cluster.io.store.invalid_fill`),
             i.e. the spectral mean a model trained on them stores.
 
-        transform: optional per-pixel map of a block, (B, h, w) raw → (C, h, w), applied to each block
-            as it is read (e.g. :meth:`~hsi_cluster.model.projection.SpectralProjection.block_map`):
-            patches are then cut from the mapped block and come as (N, C, p, p) in its dtype.
+        transform: optional per-pixel map, (n, B) raw spectra → (n, C), applied to each block's
+            pixels as the block is read (e.g.
+            :meth:`~hsi_cluster.model.projection.SpectralProjection.pixel_map`): patches are then cut
+            from the mapped block and come as (N, C, p, p) in its dtype.
 
     Iterating yields :class:`PatchBatch` objects. In DataLoader workers (``batch_size=None``) each
     worker takes every n-th block of the epoch's order, so workers never duplicate a centre.
@@ -235,12 +245,18 @@ class PatchSampler(IterableDataset):
 
     # ---------------------------------------------------------------------------- extraction
     def _read(self, scene: int, window: Window) -> tuple[np.ndarray, int, int]:
-        """A block's values with what it needs of a halo, and the rows and cols of the haloed window
-        the read lacks above and on the left (0 with :attr:`reads_neighbours`)."""
+        """A block's values with what it needs of a halo, channel-last (h, w, C), and the rows and cols
+        of the haloed window the read lacks above and on the left (0 with :attr:`reads_neighbours`).
+
+        Channel-last, each pixel's channels lie together, so cutting scattered patches touches a few
+        cache lines per pixel instead of one per channel: 5× faster than from (C, h, w) blocks.
+        """
         store = self._opened[scene]
         values = store.read_window(window, self.halo, self.fills[scene], neighbours=self.reads_neighbours)
-        if self.transform is not None:
-            values = np.ascontiguousarray(self.transform(values))
+        bands, height, width = values.shape
+        pixels = values.reshape(bands, -1).T  # (h·w, B), a view
+        pixels = np.ascontiguousarray(pixels if self.transform is None else self.transform(pixels))
+        values = pixels.reshape(height, width, -1)
         if self.reads_neighbours:
             return values, 0, 0
         _, height, width = self.shapes[scene]
@@ -259,18 +275,18 @@ class PatchSampler(IterableDataset):
             if block_id not in cache:
                 cache[block_id] = self._read(s, window)
             padded, shift_rows, shift_cols = cache[block_id]
-            if patches is None:  # as many channels as the blocks hold (transformed or not)
-                patches = np.empty((len(centres), padded.shape[0], p, p),
+            _, padded_width, channels = padded.shape
+            if patches is None:  # (N, p, p, C): as many channels as the blocks hold (transformed or not)
+                patches = np.empty((len(centres), p, p, channels),
                                    dtype=self.dtype if self.transform is None else padded.dtype)
             members = np.nonzero(block_ids == block_id)[0]
             top_rows = rows[members] - window.row - shift_rows  # the patches' first row and col in ``padded``
             left_cols = cols[members] - window.col - shift_cols
-            bands, _, padded_width = padded.shape
             flat = (top_rows[:, None, None] + offsets[:, None]) * padded_width + left_cols[:, None, None] + offsets
-            # one gather of (band, n, p, p) from the flattened block: ~2× faster than indexing a window view
-            patches[members] = np.take(padded.reshape(bands, -1), flat, axis=1).transpose(1, 0, 2, 3)
+            # one gather of (n, p, p) pixels from the flattened block
+            patches[members] = np.take(padded.reshape(-1, channels), flat, axis=0)
         assert patches is not None  # a batch has at least one centre
-        return PatchBatch(patches, rows, cols, scene), block_ids
+        return PatchBatch(np.ascontiguousarray(patches.transpose(0, 3, 1, 2)), rows, cols, scene), block_ids
 
     def __iter__(self) -> Iterator[PatchBatch]:
         info = get_worker_info()
@@ -293,5 +309,5 @@ class PatchSampler(IterableDataset):
 def collate_patches(batch: PatchBatch) -> dict[str, torch.Tensor]:
     """DataLoader collate for ``batch_size=None``: numpy batch → tensors."""
     scene = batch.scene if batch.scene is not None else np.zeros(len(batch.rows), dtype=np.int64)
-    return {"patches": torch.from_numpy(batch.patches), "rows": torch.from_numpy(batch.rows),
+    return {"patches": batch.patch_tensor(), "rows": torch.from_numpy(batch.rows),
             "cols": torch.from_numpy(batch.cols), "scene": torch.from_numpy(scene)}

@@ -191,19 +191,19 @@ class SpectralProjection(nn.Module):
     def extra_repr(self) -> str:
         return f"in_bands={self.in_bands}, out_channels={self.out_channels}"
 
-    def block_map(self) -> BlockProjection:
-        """This projection as a numpy map of one block of pixels (for the patch sampler, on the CPU)."""
-        return BlockProjection(self.weight[:, :, 0, 0].detach().cpu().numpy().copy(),
+    def pixel_map(self) -> PixelProjection:
+        """This projection as a numpy map of pixels (for the patch sampler, on the CPU)."""
+        return PixelProjection(self.weight[:, :, 0, 0].detach().cpu().numpy().copy(),
                                self.bias.detach().cpu().numpy().copy())
 
 
 @dataclass(frozen=True)
-class BlockProjection:
-    """:class:`SpectralProjection` as a plain numpy map of a block: (B, H, W) raw → (C, H, W) float32.
+class PixelProjection:
+    """:class:`SpectralProjection` as a plain numpy map of pixels: (n, B) raw spectra → (n, C) float32.
 
     The projection acts on each pixel alone, so cutting patches from a projected block gives the
-    projected patches: the sampler projects each block once as it reads it, and then cuts and
-    moves C channels per pixel instead of B. Picklable, for DataLoader workers.
+    projected patches: the sampler projects each block's pixels once as it reads it, and then cuts
+    and moves C channels per pixel instead of B. Picklable, for DataLoader workers.
 
     Attributes:
         weight: (C, B) float32, the folded ``components / std``.
@@ -213,14 +213,13 @@ class BlockProjection:
     weight: np.ndarray
     bias: np.ndarray
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        bands, height, width = block.shape
-        if bands != self.weight.shape[1]:
-            raise ValueError(f"expected a block of {self.weight.shape[1]} bands, got {bands}")
-        # torch's matmul, not numpy's: numpy's BLAS threads would spin beside the training step's threads
-        pixels = torch.from_numpy(np.ascontiguousarray(block.reshape(bands, -1), dtype=np.float32))
-        projected = torch.addmm(torch.from_numpy(self.bias)[:, None], torch.from_numpy(self.weight), pixels)
-        return projected.numpy().reshape(-1, height, width)
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.ndim != 2 or pixels.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"expected pixels of shape (n, {self.weight.shape[1]}), got {pixels.shape}")
+        # torch's matmul, not numpy's: numpy's BLAS threads would spin beside the training step's threads.
+        # astype keeps the layout, so a transposed (B, n) block goes to the BLAS call without a copy.
+        spectra = torch.from_numpy(pixels.astype(np.float32, copy=False))
+        return torch.addmm(torch.from_numpy(self.bias)[None, :], spectra, torch.from_numpy(self.weight).T).numpy()
 
 
 def _as_float64(values: ArrayLike) -> np.ndarray:

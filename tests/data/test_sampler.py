@@ -199,8 +199,8 @@ def test_a_transform_maps_each_block_and_patches_are_cut_from_it(holed: Ingested
     """A per-pixel map applied to each block read gives the mapped reference patches (C channels)."""
     weight = np.random.default_rng(1).normal(size=(3, holed.cube.shape[0])).astype(np.float32)
 
-    def transform(block: np.ndarray) -> np.ndarray:
-        return np.einsum("cb,bhw->chw", weight, block.astype(np.float32)) + 1.0
+    def transform(pixels: np.ndarray) -> np.ndarray:  # (n, B) → (n, C)
+        return pixels.astype(np.float32) @ weight.T + 1.0
 
     padded = reflect_padded(reference_filled(holed.cube, holed.valid), HALO)
     sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=16, seed=3, fraction=fraction,
@@ -211,7 +211,8 @@ def test_a_transform_maps_each_block_and_patches_are_cut_from_it(holed: Ingested
         assert batch.patches.shape == (16, 3, PATCH, PATCH) and batch.patches.dtype == np.float32
         np.testing.assert_array_equal(batch.rows, raw.rows)  # the same centres, in the same order
         for patch, row, col in zip(batch.patches, batch.rows, batch.cols, strict=True):
-            expected = transform(reference_patch(padded, row, col, PATCH))
+            raw_patch = reference_patch(padded, row, col, PATCH)  # (B, p, p)
+            expected = transform(raw_patch.reshape(len(raw_patch), -1).T).T.reshape(3, PATCH, PATCH)
             np.testing.assert_allclose(patch, expected, rtol=1e-5, atol=1e-3)
             count += 1
     assert count > 100
@@ -303,6 +304,31 @@ def test_collate_patches_gives_tensors(holed: IngestedScene) -> None:
     tensors = collate_patches(batch)
     assert tensors["patches"].shape == (8, 12, PATCH, PATCH)
     assert torch.equal(tensors["rows"], torch.from_numpy(batch.rows))
+
+
+def test_pin_memory_gives_the_patches_as_a_page_locked_tensor(holed: IngestedScene,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """DataLoader(pin_memory=True) calls PatchBatch.pin_memory: the patches become a pinned tensor with
+    the same values, the centres stay, and training reads either form through patch_tensor."""
+    batch = next(iter(PatchSampler(holed.store, patch_size=PATCH, batch_size=8)))
+    pinned: list[torch.Tensor] = []
+
+    def pin(tensor: torch.Tensor) -> torch.Tensor:  # no CUDA here: record the call, return a copy
+        pinned.append(tensor)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    got = batch.pin_memory()
+    assert len(pinned) == 1 and isinstance(got.patches, torch.Tensor)
+    assert torch.equal(got.patch_tensor(), batch.patch_tensor())
+    assert got.rows is batch.rows and got.cols is batch.cols
+    assert torch.equal(collate_patches(got)["patches"], torch.from_numpy(batch.patches))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_pin_memory_pins_on_cuda(holed: IngestedScene) -> None:
+    batch = next(iter(PatchSampler(holed.store, patch_size=PATCH, batch_size=8)))
+    assert batch.pin_memory().patch_tensor().is_pinned()
 
 
 # ----------------------------------------------------------------------------------- memory

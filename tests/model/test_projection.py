@@ -48,21 +48,26 @@ def test_projection_any_spatial_size_and_integer_input(shape):
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
-def test_block_map_is_the_projection_of_a_block_and_pickles(dtype):
-    """The sampler's numpy map of a (B, H, W) block equals the module on (1, B, H, W), and survives a
-    trip to a DataLoader worker (pickle)."""
+@pytest.mark.parametrize("layout", ["pixel rows", "transposed block"])
+def test_pixel_map_is_the_projection_of_each_pixel_and_pickles(dtype, layout):
+    """The sampler's numpy map of (n, B) pixels equals the module on a (1, B, H, W) block, whether the
+    pixels come as rows or as the transposed view of a (B, H·W) block, and survives a trip to a
+    DataLoader worker (pickle)."""
     rng = np.random.default_rng(2)
     samples = _correlated_samples(n_bands=6)
     projection = SpectralProjection(samples.mean(0), samples.std(0), fit_pca(samples, 3, samples.mean(0),
                                                                                samples.std(0)))
     block = rng.uniform(900, 3500, size=(6, 9, 7)).astype(dtype)
-    block_map = pickle.loads(pickle.dumps(projection.block_map()))
-    got = block_map(block)
-    expected = projection(torch.from_numpy(block[None])).numpy()[0]
-    assert got.shape == (3, 9, 7) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
-    with pytest.raises(ValueError, match="expected a block of 6 bands, got 5"):
-        block_map(block[:5])
+    pixels = block.reshape(6, -1).T
+    if layout == "pixel rows":
+        pixels = np.ascontiguousarray(pixels)
+    pixel_map = pickle.loads(pickle.dumps(projection.pixel_map()))
+    got = pixel_map(pixels)
+    expected = projection(torch.from_numpy(block[None])).numpy()[0]  # (3, 9, 7)
+    assert got.shape == (63, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got.T.reshape(3, 9, 7), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match=r"expected pixels of shape \(n, 6\), got \(63, 5\)"):
+        pixel_map(pixels[:, :5])
 
 
 def test_projection_is_frozen_buffers():
