@@ -21,6 +21,9 @@ Scenes (:data:`SCENE_NAMES`):
 ``indian_pines_2x``, ``indian_pines_3x``, ``salinas_a_2x``, ``salinas_a_3x``
     Coarse-resolution versions (see :func:`coarse_scene`): block means of 2 × 2 or 3 × 3 pixels,
     ground truth by majority.
+``indian_pines_raw``, ``salinas_a_raw``
+    The two scenes as an uncorrected sensor delivers them (see :func:`raw_sensor_scene`): 20 bands of
+    noise only where the absorption windows would be, 2 dead bands, NaN nodata gaps.
 
 k-means on per-band standardised spectra (``benchmarks/accuracy.py --scene all --no-sscc
 --kmeans-smoothing 1 3 11``; ACC / NMI, mean of seeds 0–2; S × S: spectra box-averaged first):
@@ -224,6 +227,43 @@ def coarse_scene(source: str, factor: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Raw sensor data: noise-only and dead bands, nodata gaps
+
+#: Noise-only bands inserted in the raw-sensor scenes, in two runs (water-vapour absorption windows).
+NOISE_BANDS = (12, 8)
+#: Dead (constant 0) bands appended.
+DEAD_BANDS = 2
+
+
+def raw_sensor_scene(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``source`` as an uncorrected sensor delivers it: float32 ``(y, x, band)`` with bands of noise only.
+
+    :data:`NOISE_BANDS` runs of bands inserted at 60 % and 80 % of the spectrum hold Gaussian noise
+    around 5 % of the scene's mean level, each with its own spread (0.5–5 % of that level), as in the
+    water-vapour absorption windows that corrected releases drop; :data:`DEAD_BANDS` constant-zero bands
+    end the spectrum; NaN in every band marks nodata: three scan lines at a third of the height and a
+    hole of 6 × 6 pixels near the centre. The ground truth is 0 on the nodata pixels.
+    """
+    cube, truth = source_cube(source)
+    cube = cube.astype(np.float32)
+    height, width, bands = cube.shape
+    rng = np.random.default_rng(SEED)
+    level = float(cube.mean())
+    parts, start = [], 0
+    for at, count in zip((int(bands * 0.6), int(bands * 0.8)), NOISE_BANDS, strict=True):
+        spread = level * rng.uniform(0.005, 0.05, count)
+        parts += [cube[..., start:at], (level * 0.05 + rng.normal(size=(height, width, count)) * spread)]
+        start = at
+    parts += [cube[..., start:], np.zeros((height, width, DEAD_BANDS))]
+    out = np.concatenate(parts, axis=-1).astype(np.float32)
+    nodata = np.zeros((height, width), dtype=bool)
+    nodata[height // 3:height // 3 + 3] = True
+    nodata[height // 2 - 3:height // 2 + 3, width // 2 - 3:width // 2 + 3] = True
+    out[nodata] = np.nan
+    return out, np.where(nodata, 0, truth).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
 # Registry
 
 
@@ -279,12 +319,19 @@ def build_scene(name: str, out_dir: str | os.PathLike[str]) -> Scene:
                 cube_path, truth_path = _save(out_dir, name, cube, truth)
                 return Scene(name, cube_path, truth_path, _classes(truth_path),
                              f"{source} block-averaged {factor}x, majority truth")
+    if name in ("indian_pines_raw", "salinas_a_raw"):
+        source = name.removesuffix("_raw")
+        cube, truth = raw_sensor_scene(source)
+        cube_path, truth_path = _save(out_dir, name, cube, truth)
+        return Scene(name, cube_path, truth_path, _classes(truth_path),
+                     f"{source} with {sum(NOISE_BANDS)} noise-only and {DEAD_BANDS} dead bands, NaN nodata gaps")
     raise ValueError(f"unknown scene {name!r}; choose from {', '.join(SCENE_NAMES)}")
 
 
 #: Every scene :func:`build_scene` knows.
 SCENE_NAMES = ("indian_pines", "salinas_a", "samson", "jasper_ridge", "parcels_ip", "parcels_sa",
-               "indian_pines_2x", "indian_pines_3x", "salinas_a_2x", "salinas_a_3x")
+               "indian_pines_2x", "indian_pines_3x", "salinas_a_2x", "salinas_a_3x", "indian_pines_raw",
+               "salinas_a_raw")
 
 
 def main() -> None:

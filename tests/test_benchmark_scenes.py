@@ -111,3 +111,28 @@ def test_every_pixel_labelled_scenes_start_at_1(scenes, shared_data: Path, tmp_p
     zero_based = tmp_path / "zero.npy"
     np.save(zero_based, truth - 1)
     assert np.array_equal(np.load(scenes.every_pixel_labelled(zero_based, tmp_path)), truth)
+
+
+def test_raw_sensor_scene(scenes, indian_pines: Path, tmp_path: Path) -> None:
+    """Indian Pines with noise-only runs inside the spectrum, dead bands at its end and NaN gaps; the
+    real bands are kept in order and unchanged, and the truth is 0 where the data is missing."""
+    cube, truth = scenes.raw_sensor_scene("indian_pines")
+    source = np.load(indian_pines).astype(np.float32)
+    source_truth = np.load(indian_pines.parent / "Indian_pines_gt.npy")
+    noise, dead = sum(scenes.NOISE_BANDS), scenes.DEAD_BANDS
+    assert cube.shape == (145, 145, 200 + noise + dead) and cube.dtype == np.float32
+    gaps = np.isnan(cube).any(axis=-1)
+    assert np.array_equal(gaps, np.isnan(cube).all(axis=-1))  # a nodata pixel is missing in every band
+    assert gaps[48:51].all() and gaps[69:75, 69:75].all() and gaps.sum() == 3 * 145 + 36
+    first, second = int(200 * 0.6), int(200 * 0.8)
+    real = np.r_[0:first, first + 12:second + 12, second + noise:200 + noise]
+    np.testing.assert_array_equal(cube[~gaps][:, real], source[~gaps])
+    inserted = np.r_[first:first + 12, second + 12:second + noise]
+    spectra = cube[~gaps]
+    # noise only: no spatial structure, so a band is uncorrelated with its neighbouring pixels
+    lag = [abs(np.corrcoef(cube[:40, :-1, b].ravel(), cube[:40, 1:, b].ravel())[0, 1]) for b in inserted]
+    assert max(lag) < 0.1
+    assert (spectra[:, -dead:] == 0).all()
+    assert (truth[gaps] == 0).all() and np.array_equal(truth[~gaps], source_truth[~gaps])
+    built = scenes.build_scene("indian_pines_raw", tmp_path)
+    assert built.n_classes == 16

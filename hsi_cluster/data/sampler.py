@@ -3,10 +3,11 @@
 Two layers, as in torchgeo: a *plan* that decides which centre pixels form each batch (from the
 valid-pixel mask and a seeded RNG only, no scene data), and the *extraction* that reads a block of
 the store (plus a halo, reflect-padded at the scene border exactly as in inference) once and cuts
-all the patches the plan asks of it. Blocks are taken in a random order, in groups whose centres
-are shuffled together (the shuffle buffer), so a batch mixes several regions while only a group
-of blocks is ever in memory. Each valid pixel is a centre once per epoch; the last partial batch
-is dropped.
+all the patches the plan asks of it. Blocks are taken in a random order, in groups of near-equal
+size whose centres are shuffled together (the shuffle buffer: as many blocks as ``buffer_bytes``
+holds once read, and projected if a ``transform`` maps them), so a batch mixes several regions
+while only a group of blocks is ever in memory. Each valid pixel is a centre once per epoch; the
+last partial batch is dropped.
 
 A run shorter than one pass (a sample budget on a large scene) sets ``fraction`` < 1: each epoch
 then takes a seeded random share of *every* block's centres (``ceil(fraction · n)`` of its ``n``),
@@ -134,8 +135,12 @@ class PatchSampler(IterableDataset):
         if mask is not None and mask.shape != self.shape[1:]:
             raise ValueError(f"mask has shape {mask.shape} but the scene is {self.shape[1:]}; pass a (y, x) mask "
                              "of the scene's size")
-        block_bytes = max(shape[0] * (grid.block + 2 * self.halo) ** 2 * s.dtype.itemsize
-                          for shape, grid, s in zip(self.shapes, self.grids, self._opened, strict=True))
+        # A cached block holds what the transform makes of each pixel (C channels, its dtype), or the raw bands.
+        pixel_bytes = [shape[0] * s.dtype.itemsize if transform is None else
+                       transform(np.zeros((1, shape[0]), dtype=s.dtype)).nbytes
+                       for shape, s in zip(self.shapes, self._opened, strict=True)]
+        block_bytes = max(size * (grid.block + 2 * self.halo) ** 2 for size, grid in zip(pixel_bytes, self.grids,
+                                                                                         strict=True))
         self.blocks_per_group = max(1, buffer_bytes // block_bytes)
         values = pooled_band_mean(self._opened) if fill is None else np.asarray(fill)
         self.fills = tuple(values.astype(s.dtype) for s in self._opened)
@@ -221,13 +226,18 @@ class PatchSampler(IterableDataset):
             return self.centres_per_epoch() // self.batch_size
         return sum(sum(1 for _ in self._plan(shard, shards)) for shard in range(shards))
 
+    def _groups(self, order: np.ndarray) -> list[np.ndarray]:
+        """Block ids in ``order`` cut into shuffle groups of near-equal size, at most :attr:`blocks_per_group`
+        each: no small last group, whose batches would come from a few blocks only."""
+        return np.array_split(order, max(1, math.ceil(len(order) / self.blocks_per_group)))
+
     def _plan(self, shard: int, shards: int) -> Iterator[np.ndarray]:
         """Global centre ids of each batch of this shard, in order."""
         rng = np.random.default_rng([self.seed, self.epoch, shard, shards])
         order = np.random.default_rng([self.seed, self.epoch]).permutation(int(self._block_offsets[-1]))[shard::shards]
         pool = np.empty(0, dtype=np.int64)
-        for start in range(0, len(order), self.blocks_per_group):
-            members = [self._epoch_centres(int(b)) for b in order[start:start + self.blocks_per_group]]
+        for group in self._groups(order):
+            members = [self._epoch_centres(int(b)) for b in group]
             pool = np.concatenate([pool, *members])
             rng.shuffle(pool)
             n_full = len(pool) // self.batch_size

@@ -13,6 +13,7 @@ without loops, which is how the fully convolutional inference labels whole tiles
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,12 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from torch import Tensor, nn
+
+#: A k-means cluster with fewer members than this share of the mean cluster size (N / K) is taken for a
+#: handful of outlying pixels, not a class: :meth:`CentroidHead.fit` leaves them out and fits again.
+TINY_CLUSTER_SHARE = 0.01
+#: At most this many refits without the members of tiny clusters.
+TINY_CLUSTER_ROUNDS = 3
 
 
 class MLPHead(nn.Module):
@@ -153,13 +160,27 @@ class CentroidHead(nn.Module):
         With ``blocks`` > 1 the F features are that many equal blocks (scales), each centred on its
         sample mean and divided by the root of its mean squared norm before k-means; ``stages``, if
         given, are the blocks k-means reads (the others weigh 0).
+
+        A few outlying pixels (a bad detector element, a saturated roof) lower k-means' inertia most
+        when they get a centroid of their own, which then merges two real classes. A cluster of fewer
+        than :data:`TINY_CLUSTER_SHARE` of the mean cluster size (N / K) is taken for such outliers:
+        its members are left out and k-means is fitted again (at most :data:`TINY_CLUSTER_ROUNDS`
+        times); they still get the label of their nearest centroid.
         """
         if len(features) < n_clusters:
             raise ValueError(f"{len(features)} feature vectors cannot make {n_clusters} centroids")
         offset, weight = cls.block_weights(features, blocks, stages=stages)
         values = (features.astype(np.float64) - offset) * weight
-        kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(values)
-        scale = max(float(kmeans.inertia_) / len(values), 1e-12)
+        tiny = max(1, math.ceil(TINY_CLUSTER_SHARE * len(values) / n_clusters))
+        kept = np.arange(len(values))
+        for refits in range(TINY_CLUSTER_ROUNDS + 1):
+            kmeans = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(values[kept])
+            sizes = np.bincount(kmeans.labels_, minlength=n_clusters)
+            outliers = np.isin(kmeans.labels_, np.flatnonzero(sizes < tiny))
+            if not outliers.any() or refits == TINY_CLUSTER_ROUNDS or len(kept) - outliers.sum() < n_clusters:
+                break
+            kept = kept[~outliers]
+        scale = max(float(kmeans.inertia_) / len(kept), 1e-12)
         return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale,
                    offset=torch.from_numpy(offset.astype(np.float32)), weight=torch.from_numpy(weight.astype(np.float32)))
 

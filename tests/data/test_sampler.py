@@ -344,6 +344,34 @@ def test_blocks_per_group_respects_buffer_bytes(holed: IngestedScene) -> None:
     assert tiny.blocks_per_group == 1  # never zero
 
 
+def test_blocks_per_group_counts_the_bytes_a_transformed_block_holds(holed: IngestedScene) -> None:
+    """With a transform the cache holds its output (3 float64 channels here), not the 12 raw bands."""
+    side = 16 + 2 * HALO
+    weight = np.ones((3, 12))
+
+    def transform(pixels: np.ndarray) -> np.ndarray:  # (n, 12) → (n, 3) float64: 24 bytes per pixel
+        return pixels.astype(np.float64) @ weight.T
+
+    buffer = 5 * 24 * side**2
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=8, buffer_bytes=buffer, transform=transform)
+    assert sampler.blocks_per_group == 5
+    assert PatchSampler(holed.store, patch_size=PATCH, batch_size=8, buffer_bytes=buffer).blocks_per_group == 2
+
+
+def test_shuffle_groups_have_near_equal_sizes(wide: IngestedScene) -> None:
+    """24 blocks with room for 10 per group: three groups of 8, not 10 + 10 + 4 (a last group of a few
+    blocks would make its batches come from a small part of the scene); every block once."""
+    sampler = PatchSampler(wide.store, patch_size=PATCH, batch_size=32, seed=0,
+                           buffer_bytes=10 * 4 * (16 + 2 * HALO) ** 2 * 4)
+    assert sampler.blocks_per_group == 10
+    order = np.random.default_rng(0).permutation(len(sampler.grid))
+    groups = sampler._groups(order)
+    assert [len(group) for group in groups] == [8, 8, 8]
+    np.testing.assert_array_equal(np.concatenate(groups), order)
+    assert [len(g) for g in sampler._groups(order[:20])] == [10, 10]
+    assert [len(g) for g in sampler._groups(order[:0])] == [0]
+
+
 class ReadSpy:
     """Wraps ``Store.read_window``: counts reads and the blocks still alive (held by the sampler)."""
 

@@ -86,6 +86,29 @@ def test_centroid_head_fit_finds_separated_groups():
         CentroidHead.fit(features[:2], 3)
 
 
+def test_centroid_head_gives_no_centroid_to_a_few_outliers():
+    """Two far-off pixels would take a centroid of their own and merge two of the three groups (plain
+    k-means does so here); they are left out of the fit and join their nearest group."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    truth = np.repeat(np.arange(3), 300)
+    features = np.vstack([centres[truth] + rng.normal(scale=0.6, size=(900, 2)), [[300.0, 300.0], [310.0, 290.0]]])
+    plain = np.bincount(KMeans(3, n_init=10, random_state=0).fit(features).labels_, minlength=3)
+    assert plain.min() == 2  # the failure the rule exists for
+    head = CentroidHead.fit(features, 3, seed=0)
+    labels = head(torch.from_numpy(features).float()).argmax(-1).numpy()
+    table = np.zeros((3, 3), dtype=int)
+    np.add.at(table, (truth, labels[:900]), 1)
+    assert (table.max(axis=1) >= 280).all() and len(set(table.argmax(axis=1))) == 3
+    assert float(head.scale) < 2.0  # the outliers do not count in the temperature either
+    # a small but real group (5 % of the mean cluster size) keeps its own centroid
+    small = np.vstack([features[:900], centres[2] + [20.0, 20.0] + rng.normal(scale=0.6, size=(15, 2))])
+    labels = CentroidHead.fit(small, 4, seed=0)(torch.from_numpy(small).float()).argmax(-1).numpy()
+    assert len(set(labels[900:])) == 1 and not set(labels[900:]) & set(labels[:900])
+
+
 def test_centroid_head_weighs_every_block_the_same():
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 2, 400)
