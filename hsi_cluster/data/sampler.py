@@ -44,7 +44,8 @@ DEFAULT_BUFFER_BYTES = 128 * 2**20
 @dataclass(frozen=True)
 class PatchBatch:
     """One batch: patches (N, bands, p, p) in the store's dtype (or (N, C, p, p) as the sampler's
-    ``transform`` maps them) and their centres (N,) rows/cols.
+    ``transform`` maps them; a numpy array, or a page-locked tensor after :meth:`pin_memory`) and
+    their centres (N,) rows/cols.
 
     ``scene`` (N,) is the index of the store each centre lies in (all 0 with one store).
     """
