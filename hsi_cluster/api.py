@@ -236,7 +236,7 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
                 model_sha256: str | None = None) -> xr.DataArray | xr.Dataset:
     """Labels of a (band, y, x) DataArray in memory, tile by tile as ``predict`` computes them.
 
-    Same tiles with a reflect-padded halo, same valid-pixel rule (the scene's ``nodata`` and ``good_band``),
+    Same tiles with a reflect-padded halo, same valid-pixel rule (the scene's ``nodata`` in the good bands the model reads),
     holes read as the training mean, same forward: the result equals the label raster ``predict`` writes.
     See :meth:`Model.predict` for the result.
     """

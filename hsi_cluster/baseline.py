@@ -20,25 +20,27 @@ NO_LABEL = -1
 
 
 def valid_pixels(scene: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The valid pixels of a scene as they are, and the valid mask.
+    """The valid pixels of a scene as they are (bands flagged bad in its metadata left out), and the valid mask.
 
     Args:
         scene: a store from ``hsicluster ingest`` (its valid mask is used) or any raster
             :func:`~hsi_cluster.io.open_scene` reads (valid: finite and not nodata in every good band).
 
     Returns:
-        ``(pixels, valid)``: float64 (n_valid, B) and bool (y, x).
+        ``(pixels, valid)``: float64 (n_valid, B_good) and bool (y, x).
     """
     from hsi_cluster.io import is_complete_store, open_scene, open_valid_mask
     from hsi_cluster.stats import valid_pixel_mask
 
     opened = open_scene(scene)
     cube = opened.values.astype(np.float64)
+    good_band = opened.coords["good_band"].values.astype(bool) if "good_band" in opened.coords else None
     if is_complete_store(scene):
         valid = np.asarray(open_valid_mask(scene).compute())
     else:
-        good_band = opened.coords["good_band"].values if "good_band" in opened.coords else None
         valid = valid_pixel_mask(cube, nodata=opened.attrs.get("nodata"), good_band=good_band)
+    if good_band is not None:
+        cube = cube[good_band]
     return cube.reshape(cube.shape[0], -1).T[valid.ravel()], valid
 
 

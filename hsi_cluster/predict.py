@@ -167,6 +167,7 @@ class _Job:
     fill: np.ndarray
     digest: str
     source: Path
+    deciding_bands: np.ndarray | None = None  # bool (B,): the bands whose NaN/nodata makes a pixel invalid; None: all
 
     @property
     def n_clusters(self) -> int:
@@ -198,11 +199,17 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
     torch_device = device_from(device)
     model = checkpoint.build_model().prepare_tiled(torch_device)
     dtype, nodata = label_dtype(checkpoint.n_clusters)
-    _, height, width = scene.shape
+    n_bands, height, width = scene.shape
+    # A pixel is labelled when the good bands the model reads are usable: a band it left out (flagged,
+    # empty, noise) may hold NaN or the nodata value without costing the pixel.
+    deciding = np.ones(n_bands, bool) if "good_band" not in scene.coords else scene.coords["good_band"].values.astype(bool)
+    read = model.projection.used_bands()
+    if read is not None:
+        deciding &= np.isin(np.arange(n_bands), read.numpy())
     return _Job(checkpoint=checkpoint, scene=scene, model=model, device=torch_device,
                 amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
                 dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=digest or checkpoint.sha256(),
-                source=Path(scene.attrs["source"]))
+                source=Path(scene.attrs["source"]), deciding_bands=None if deciding.all() else deciding)
 
 
 def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,11 +217,10 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     window = job.grid.window(i, j)
     halo = job.halo
     scene = job.scene
-    good_band = scene.coords["good_band"].values if "good_band" in scene.coords else None
     # np.asarray: read the (lazy, dask) window here, once, in the prefetch thread; left lazy it was
     # read again by every later use (mask, fill, each projection strip) in the compute thread.
     padded = np.asarray(read_haloed(scene.data, window, halo))
-    valid = valid_pixel_mask(padded, nodata=scene.attrs.get("nodata"), good_band=good_band)
+    valid = valid_pixel_mask(padded, nodata=scene.attrs.get("nodata"), good_band=job.deciding_bands)
     if not valid.all():  # holes read as the training mean, as in training
         padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
     return padded, valid[halo:halo + window.height, halo:halo + window.width]

@@ -31,13 +31,15 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
         bool array (y, x), True where valid.
     """
     values = block if good_band is None or good_band.all() else block[np.asarray(good_band, bool)]
-    if np.issubdtype(values.dtype, np.floating):
-        valid = np.isfinite(values).all(axis=0)
-    else:
-        valid = np.ones(values.shape[1:], dtype=bool)
+    return np.asarray(usable_values(values, nodata=nodata).all(axis=0))
+
+
+def usable_values(values: np.ndarray, *, nodata: float | None = None) -> np.ndarray:
+    """bool, shaped like ``values``: finite and not equal to ``nodata``."""
+    usable = np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.ones(values.shape, dtype=bool)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
-        valid &= ~(values == nodata).any(axis=0)
-    return valid
+        usable &= values != nodata
+    return usable
 
 
 @dataclass(frozen=True)

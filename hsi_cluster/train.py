@@ -83,10 +83,15 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
 
 def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,
                             n_samples: int = 100_000, seed: int = 0) -> SpectralFit:
-    """Band statistics over all valid pixels of ``stores`` and PCA on a random sample of them."""
+    """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them.
+
+    A band flagged bad in the metadata of any store is left out.
+    """
     opened = [Store.open(store) for store in stores]
     spectra = sample_valid_spectra(opened, n_samples, seed=seed)
-    return fit_spectral(pooled_band_stats(opened), spectra, n_components)
+    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
+    good_band = np.logical_and.reduce(flags) if flags else None
+    return fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
 
 
 @dataclass
@@ -478,9 +483,9 @@ def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: C
     on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
     fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
     kept = f" ({config.n_components * 100:g} % of the variance)" if isinstance(config.n_components, float) else ""
-    log(f"spectral projection fitted on {on}: {fit.components.shape[0]} PCA components{kept}")
+    log(f"spectral projection fitted on {on}: {fit.screen.summary()}; {fit.components.shape[0]} PCA components{kept}")
     return {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
-            "components": torch.from_numpy(fit.components)}
+            "components": torch.from_numpy(fit.components), "band_screen": fit.screen.to_record()}
 
 
 def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[float] | None, *,

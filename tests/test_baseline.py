@@ -38,6 +38,19 @@ def test_standardised_pixels_of_a_raster_and_its_store_agree(tmp_path: Path) -> 
     np.testing.assert_allclose(from_store, pixels)
 
 
+def test_bands_flagged_bad_are_left_out_of_the_baseline(tmp_path: Path) -> None:
+    """An ENVI delivery with a ``bbl``-flagged band of NaN: k-means reads the 5 good bands, raster or store."""
+    scene, truth = _two_materials(tmp_path)
+    with rasterio.open(scene) as raster:
+        cube = raster.read()
+    cube[2] = np.nan
+    envi = helpers.write_envi(tmp_path / "flagged.img", cube, bbl=[1, 1, 0, 1, 1, 1], nodata=-9999).path
+    pixels, valid = standardised_pixels(envi)
+    assert pixels.shape == (12 * 16 - 2, 5) and np.isfinite(pixels).all()
+    np.testing.assert_allclose(standardised_pixels(ingest(envi, tmp_path / "flagged.zarr"))[0], pixels)
+    assert kmeans_baseline(envi, truth, 2, seed=0, n_init=2).acc == 1.0
+
+
 def test_kmeans_separates_two_materials(tmp_path: Path) -> None:
     scene, truth = _two_materials(tmp_path)
     labels = kmeans_labels(scene, 2, seed=0, n_init=2)

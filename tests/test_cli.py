@@ -355,6 +355,18 @@ def test_ingest_of_an_all_nodata_scene_warns(runner: CliRunner, tmp_path: Path) 
     assert result.stderr == f"hsicluster: warning: {scene}: every pixel is nodata or NaN; check the scene's nodata value\n"
 
 
+def test_ingest_of_a_scene_with_dead_bands_says_which_it_flagged(runner: CliRunner, tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(4, 8, 9, "float32", seed=1)
+    cube[2] = np.nan
+    scene = helpers.write_geotiff(tmp_path / "dead.tif", cube).path
+    result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "dead.zarr"), "-q"])
+    assert result.exit_code == 0
+    assert result.stderr == (f"hsicluster: warning: {scene}: band 3 is NaN or nodata in every pixel; flagged bad so "
+                             "that the other bands' pixels stay valid\n")
+    info = runner.invoke(main, ["info", str(tmp_path / "dead.zarr")])
+    assert "bad bands     1 flagged, of which 1 NaN or nodata in every pixel (bands 3)" in info.stdout
+
+
 def test_json_commands_keep_stdout_empty_on_errors(runner: CliRunner, tmp_path: Path) -> None:
     """A script reading stdout gets nothing (not half a document) and exit code 2, with one line on stderr."""
     missing = tmp_path / "missing.tif"

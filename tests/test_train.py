@@ -25,7 +25,7 @@ from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io.store import Store
 from hsi_cluster.train import TrainResult, fit_spectral_projection, partial_checkpoint_path, prepare_store, train
 from tests import helpers
-from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, tiny_config
+from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, structured_cube, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,6 +97,33 @@ def uninterrupted(scene: IngestedScene, tmp_path_factory: pytest.TempPathFactory
 # ------------------------------------------------------------------------------- a tiny run
 
 
+@pytest.mark.parametrize("flags", ["bbl", "none"])
+def test_a_delivery_with_bad_bands_trains_and_labels(tmp_path: Path, tiny_yaml: Path, flags: str) -> None:
+    """Two bad bands, one NaN everywhere and one at the nodata value (as many deliveries fill their
+    water-vapour bands), flagged by an ENVI ``bbl`` or not flagged at all (GeoTIFF): training leaves
+    them out, says so and records it, and predict on the delivery itself labels every pixel."""
+    cube = structured_cube(12, 24, 20, seed=3).astype(np.float32)
+    cube[4] = np.nan
+    cube[7] = NODATA
+    if flags == "bbl":
+        wavelength, fwhm = helpers.spectral_axis(12)
+        written = helpers.write_envi(tmp_path / "raw.img", cube, wavelength_nm=wavelength, fwhm_nm=fwhm,
+                                     bbl=[0 if band in (4, 7) else 1 for band in range(12)], nodata=NODATA)
+    else:
+        written = helpers.write_geotiff(tmp_path / "raw.tif", cube, nodata=NODATA)
+    model, labels = tmp_path / "model.ckpt", tmp_path / "labels.tif"
+    trained = cli("train", written.path, "-k", 3, "-o", model, "--config", tiny_yaml, "--epochs", 1, "--work",
+                  tmp_path / "work", "--device", "cpu")
+    assert trained.exit_code == 0, trained.stderr
+    assert ("left out 2 of 12 bands: 2 flagged bad (in the metadata, or empty at ingest) (bands 5, 8)"
+            in trained.stdout + trained.stderr)
+    assert load_checkpoint(model).payload["spectral"]["band_screen"]["flagged"] == [4, 7]
+    labelled = cli("predict", written.path, "-m", model, "-o", labels, "--tiles", 16, "-q")
+    assert labelled.exit_code == 0, labelled.stderr
+    with rasterio.open(labels) as raster:
+        assert set(np.unique(raster.read(1)).tolist()) <= {0, 1, 2}  # every pixel labelled, none left as nodata
+
+
 def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedScene) -> None:
     payload, result, steps, lines = uninterrupted
     output = result.checkpoint
@@ -130,6 +157,9 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     components = spectral["components"].numpy()
     assert components.shape == (4, 12)
     np.testing.assert_allclose(components @ components.T, np.eye(4), atol=1e-5)
+    # 12 bands: too few for the noise screen, none flagged or constant
+    assert spectral["band_screen"] == {"flagged": [], "constant": [], "noisy": [], "min_shared_variance": 0.5}
+    assert sum("spectral projection fitted on" in line and "all 12 bands used" in line for line in lines) == 1
     assert payload["scenes"][0]["shape"] == [12, 24, 20]
     # the model rebuilt from the checkpoint labels patches
     model = load_checkpoint(output).build_model()

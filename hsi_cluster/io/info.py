@@ -52,7 +52,7 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         info["wavelength_nm"] = None
     info["fwhm"] = "fwhm" in scene.coords
     info["bad_bands"] = int((~scene.coords["good_band"].values).sum()) if "good_band" in scene.coords else None
-    for key in ("variable", "statistics", "valid_pixels", "ingested_from"):
+    for key in ("variable", "statistics", "valid_pixels", "ingested_from", "empty_bands"):
         if scene.attrs.get(key) is not None:
             info[key] = scene.attrs[key]
     return info
@@ -72,7 +72,10 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"wavelengths   {wl['min']:.1f}–{wl['max']:.1f} nm" + (" (with FWHM)" if info["fwhm"] else "")
                  if wl else "wavelengths   not in the file")
     if info["bad_bands"] is not None:
-        lines.append(f"bad bands     {info['bad_bands']} flagged")
+        empty = info.get("empty_bands")
+        lines.append(f"bad bands     {info['bad_bands']} flagged" + (
+            f", of which {len(empty)} NaN or nodata in every pixel (bands {', '.join(str(b + 1) for b in empty)})"
+            if empty else ""))
     if info["georeferenced"]:
         crs = info["crs"]
         crs_text = f"EPSG:{crs['epsg']}" if crs and crs["epsg"] else (crs["wkt"][:60] + "…" if crs else "none")

@@ -40,7 +40,7 @@ from hsi_cluster.io.store import (
     is_complete_store,
     read_store_metadata,
 )
-from hsi_cluster.stats import BandStats, valid_pixel_mask
+from hsi_cluster.stats import BandStats, usable_values, valid_pixel_mask
 
 PROGRESS_DIR = "_blocks_done"
 MIN_CHUNK = 16
@@ -260,9 +260,47 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
     except SceneError:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    meta = _drop_empty_bands(work, group, grid, meta, nodata=scene.attrs.get("nodata"), good_band=good_band)
     _finalise(work, group, grid, meta)
     _replace(work, store)
     return store
+
+
+def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, Any], *,
+                      nodata: float | None, good_band: np.ndarray | None) -> dict[str, Any]:
+    """A band that is NaN or nodata in every pixel (a dead detector row, a band a delivery fills but
+    does not flag) makes every pixel invalid. When no pixel is valid, such bands are flagged bad
+    (``good_band`` False, listed in ``empty_bands``) and the valid mask and block summaries are made
+    again from the store without them. Costs nothing on a scene with valid pixels; a killed rerun
+    starts over from the store (a flag file in the progress folder marks the rerun).
+    """
+    redo = work / PROGRESS_DIR / "empty_bands.npy"
+    if redo.exists():
+        good = np.load(redo)
+    else:
+        counts = np.stack([np.load(_marker(work, i, j))[0] for i, j in grid])  # valid pixels per block and band
+        if counts.sum() > 0:
+            return meta
+        data = array_of(group, DATA)
+        filled = np.zeros(data.shape[0], bool)
+        for i, j in grid:
+            rows, cols = grid.window(i, j).slices
+            filled |= usable_values(np.asarray(data[:, rows, cols]), nodata=nodata).any(axis=(1, 2))
+        good = filled if good_band is None else filled & np.asarray(good_band, bool)
+        if not good.any() or (good_band is not None and good.sum() == np.sum(good_band)) or good.all():
+            return meta  # nothing to gain: every band is empty, or none is
+        with atomic_path(redo) as scratch, open(scratch, "wb") as file:
+            np.save(file, good)
+    data, valid = array_of(group, DATA), array_of(group, VALID)
+    for i, j in grid:
+        rows, cols = grid.window(i, j).slices
+        block = np.asarray(data[:, rows, cols])
+        mask = valid_pixel_mask(block, nodata=nodata, good_band=good)
+        valid[rows, cols] = mask
+        with atomic_path(_marker(work, i, j)) as scratch, open(scratch, "wb") as file:
+            np.save(file, BandStats.of_block(block, mask).pack())
+    empty = ~good if good_band is None else ~good & np.asarray(good_band, bool)
+    return dict(meta, good_band=good.tolist(), empty_bands=np.flatnonzero(empty).tolist())
 
 
 def _finalise(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, Any]) -> None:

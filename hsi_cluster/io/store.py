@@ -273,6 +273,7 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
                        nodata=meta.get("nodata"), source=str(store.path), fmt="zarr",
                        extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
                                     "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
+                                    "empty_bands": meta.get("empty_bands"),
                                     "file_block": (meta.get("chunk"), meta.get("chunk"))})
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsi_cluster.model.band_screen import MIN_BANDS_KEPT, BandScreen, screen_bands
 from hsi_cluster.stats import BandStats
 
 ArrayLike = Tensor | np.ndarray
@@ -94,29 +95,51 @@ def fit_pca(samples: np.ndarray, n_components: int | float, mean: ArrayLike, std
 
 @dataclass(frozen=True)
 class SpectralFit:
-    """Per-band ``mean``/``std`` (B,) float64 and PCA ``components`` (C, B) float32."""
+    """Per-band ``mean``/``std`` (B,) float64, PCA ``components`` (C, B) float32 and the band ``screen``.
+
+    The columns of ``components`` are 0 for the bands the screen left out, so the projection never
+    reads them (see :class:`SpectralProjection`).
+    """
 
     mean: np.ndarray
     std: np.ndarray
     components: np.ndarray
+    screen: BandScreen
 
 
-def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | float) -> SpectralFit:
-    """The spectral projection's parameters: band standardisation from ``stats``, PCA of ``spectra``.
+def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | float, *,
+                 good_band: np.ndarray | None = None) -> SpectralFit:
+    """The spectral projection's parameters: band screen and standardisation from ``stats``, PCA of ``spectra``.
 
-    Constant bands (std 0) get std 1 so they contribute nothing rather than dividing by zero; a
-    band with no valid pixel gets mean 0.
+    Bands flagged bad (``good_band`` False), empty or constant, and bands dominated by noise are left
+    out (:func:`~hsi_cluster.model.band_screen.screen_bands`); they get std 1 and mean 0 where they
+    have no usable statistics, and a zero column in the components.
 
     Args:
         stats: per-band statistics over all valid pixels (B bands).
         spectra: (n, B) a random sample of valid pixels.
-        n_components: as in :func:`fit_pca`.
+        n_components: as in :func:`fit_pca`, over the bands used.
+        good_band: optional bool (B,) from the scenes' metadata.
+
+    Raises:
+        ValueError: no band is usable, or more components are asked for than bands are used.
     """
     std = stats.std
+    mean = stats.mean
+    screen = screen_bands(mean, std, spectra, good_band=good_band, keep_at_least=max(
+        MIN_BANDS_KEPT, n_components if isinstance(n_components, int) else 1))
+    used = screen.used
+    if not used.any():
+        raise ValueError("no band is usable: every band is flagged bad, empty or constant over the valid pixels")
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-    mean = np.where(np.isfinite(stats.mean), stats.mean, 0.0)
-    components = fit_pca(spectra, n_components, mean, std)
-    return SpectralFit(mean=mean, std=std, components=components)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    if isinstance(n_components, int) and n_components > used.sum():
+        raise ValueError(f"n_components={n_components} but only {int(used.sum())} bands are usable "
+                         f"({screen.summary()}); choose at most {int(used.sum())} components")
+    kept = fit_pca(np.asarray(spectra)[:, used], n_components, mean[used], std[used])
+    components = np.zeros((kept.shape[0], std.size), np.float32)
+    components[:, used] = kept
+    return SpectralFit(mean=mean, std=std, components=components, screen=screen)
 
 
 class SpectralProjection(nn.Module):
@@ -134,6 +157,9 @@ class SpectralProjection(nn.Module):
     The folded weight is computed in float64 and stored as float32 buffers ``weight`` (C, B, 1, 1)
     and ``bias`` (C,). The forward always runs in float32 (autocast is disabled inside), since raw
     radiances and large per-band offsets lose too much precision in half precision.
+
+    Bands whose weight column is all zero (left out by the band screen) are not read at all, so
+    whatever they hold (NaN, a fill value, noise) cannot reach the output.
     """
 
     weight: Tensor
@@ -185,16 +211,26 @@ class SpectralProjection(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.in_bands:
             raise ValueError(f"expected input of shape (N, {self.in_bands}, H, W), got {tuple(x.shape)}")
+        weight, used = self.weight, self.used_bands()
+        if used is not None:
+            x, weight = x.index_select(1, used.to(x.device)), weight[:, used.to(weight.device)]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.conv2d(x.to(self.weight.dtype), self.weight, self.bias)
+            return F.conv2d(x.to(weight.dtype), weight, self.bias)
+
+    def used_bands(self) -> Tensor | None:
+        """Indices (B',) of the bands the projection reads, or None when it reads all B."""
+        used = self.weight[:, :, 0, 0].ne(0).any(dim=0)
+        return None if bool(used.all()) else torch.nonzero(used).squeeze(1).cpu()
 
     def extra_repr(self) -> str:
         return f"in_bands={self.in_bands}, out_channels={self.out_channels}"
 
     def pixel_map(self) -> PixelProjection:
         """This projection as a numpy map of pixels (for the patch sampler, on the CPU)."""
-        return PixelProjection(self.weight[:, :, 0, 0].detach().cpu().numpy().copy(),
-                               self.bias.detach().cpu().numpy().copy())
+        used = self.used_bands()
+        weight = self.weight[:, :, 0, 0].detach().cpu()
+        return PixelProjection(weight.numpy().copy() if used is None else weight[:, used].numpy().copy(),
+                               self.bias.detach().cpu().numpy().copy(), None if used is None else used.numpy())
 
 
 @dataclass(frozen=True)
@@ -206,14 +242,21 @@ class PixelProjection:
     and moves C channels per pixel instead of B. Picklable, for DataLoader workers.
 
     Attributes:
-        weight: (C, B) float32, the folded ``components / std``.
+        weight: (C, B') float32, the folded ``components / std`` of the bands read.
         bias: (C,) float32.
+        bands: int (B',) the bands read out of B, or None for all (then B' = B).
     """
 
     weight: np.ndarray
     bias: np.ndarray
+    bands: np.ndarray | None = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.bands is not None:
+            if pixels.ndim == 2 and pixels.shape[1] > int(self.bands.max()):
+                pixels = pixels[:, self.bands]
+            else:
+                raise ValueError(f"expected pixels of shape (n, > {int(self.bands.max())}), got {pixels.shape}")
         if pixels.ndim != 2 or pixels.shape[1] != self.weight.shape[1]:
             raise ValueError(f"expected pixels of shape (n, {self.weight.shape[1]}), got {pixels.shape}")
         # torch's matmul, not numpy's: numpy's BLAS threads would spin beside the training step's threads.

@@ -132,3 +132,27 @@ def test_several_stores_weigh_every_valid_pixel_alike(holed: IngestedScene, tmp_
     # shares 600 · n / N, then per-block rounding: at most ±0.5 per block (9 + 4 blocks)
     assert abs(from_second - 600 * n_second / (n_first + n_second)) <= 2 + 1
     assert abs(len(spectra) - from_second - 600 * n_first / (n_first + n_second)) <= 4.5 + 1
+
+
+def test_bands_flagged_bad_are_left_out_whatever_they_hold(tmp_path) -> None:
+    """An ENVI delivery whose ``bbl`` flags two bands, one NaN everywhere and one at the nodata value:
+    the fit leaves both out (zero columns, recorded in the screen), and the projection built from it
+    is finite on every valid pixel."""
+    cube = structured_cube(12, 30, 34, seed=4).astype(np.float32)
+    cube[4] = np.nan
+    cube[7] = NODATA
+    good = np.ones(12, bool)
+    good[[4, 7]] = False
+    wavelength, fwhm = helpers.spectral_axis(12)
+    written = helpers.write_envi(tmp_path / "scene.img", cube, wavelength_nm=wavelength, fwhm_nm=fwhm,
+                                 bbl=good.astype(int).tolist(), nodata=NODATA)
+    from hsi_cluster.io.ingest import ingest
+    store = ingest(written.path, tmp_path / "scene.zarr")
+    assert Store.open(store).valid[...].all()  # validity is decided by the good bands only
+
+    fit = fit_spectral_projection([store], 3, n_samples=5000, seed=0)
+
+    assert fit.screen.to_record()["flagged"] == [4, 7]
+    assert not fit.components[:, [4, 7]].any() and fit.components[:, good].any(axis=0).all()
+    projected = SpectralProjection(fit.mean, fit.std, fit.components)(torch.from_numpy(cube[None]))
+    assert torch.isfinite(projected).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -141,6 +142,58 @@ def test_all_pixels_invalid_is_not_an_error(tmp_path: Path) -> None:
     assert scene.attrs["statistics"]["count"] == [0, 0, 0]
     assert scene.attrs["statistics"]["mean"] == [None, None, None]
     assert not open_valid_mask(store).compute().any()
+
+
+def _dead_band_scene(tmp_path: Path) -> SyntheticScene:
+    """5 bands, 40 × 36, nodata -9999: band 1 at nodata and band 3 NaN in every pixel, not flagged
+    (as a delivery that fills its dead or absorption bands without a bad-band list), plus a few
+    nodata pixels in the other bands."""
+    cube = helpers.synthetic_cube(5, 40, 36, "float32", seed=6)
+    cube[1] = -9999
+    cube[3] = np.nan
+    cube[[0, 2, 4], 7, 9] = -9999
+    cube[0, 30, 4] = np.nan
+    return helpers.write_geotiff(tmp_path / "dead.tif", cube, nodata=-9999.0)
+
+
+def test_bands_empty_in_every_pixel_are_flagged_instead_of_voiding_the_scene(tmp_path: Path) -> None:
+    written = _dead_band_scene(tmp_path)
+    store = ingest(written.path, tmp_path / "out.zarr", chunk=16)
+    scene = open_scene(store)
+    good = np.array([True, False, True, False, True])
+    np.testing.assert_array_equal(scene.coords["good_band"].values, good)
+    assert scene.attrs["empty_bands"] == [1, 3]
+    valid = helpers.reference_valid_mask(written.cube, -9999, good)
+    assert valid.sum() == 40 * 36 - 2
+    np.testing.assert_array_equal(open_valid_mask(store).compute(), valid)
+    assert scene.attrs["valid_pixels"] == int(valid.sum())
+    assert_stats_match(scene.attrs["statistics"], written.cube, valid)
+    np.testing.assert_array_equal(scene.values, written.cube)  # the values stay as delivered
+
+
+def test_killed_while_flagging_empty_bands_then_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill while the valid mask is made again (after some blocks) and a rerun give the same store."""
+    written = _dead_band_scene(tmp_path)
+    reference = ingest(written.path, tmp_path / "reference.zarr", chunk=16)
+    ingest_module = importlib.import_module("hsi_cluster.io.ingest")  # the package re-exports the function
+    real, calls = ingest_module.valid_pixel_mask, []
+
+    def dies_on_the_third_revalidated_block(block, *, nodata=None, good_band=None):
+        if good_band is not None and not np.all(good_band):
+            calls.append(1)
+            if len(calls) == 3:
+                raise SimulatedKill
+        return real(block, nodata=nodata, good_band=good_band)
+
+    monkeypatch.setattr(ingest_module, "valid_pixel_mask", dies_on_the_third_revalidated_block)
+    store = tmp_path / "out.zarr"
+    with pytest.raises(SimulatedKill):
+        ingest(written.path, store, chunk=16, workers=1)
+    monkeypatch.setattr(ingest_module, "valid_pixel_mask", real)
+    ingest(written.path, store, chunk=16, workers=1)
+    np.testing.assert_array_equal(open_valid_mask(store).compute(), open_valid_mask(reference).compute())
+    assert open_scene(store).attrs["statistics"] == open_scene(reference).attrs["statistics"]
+    assert open_scene(store).attrs["empty_bands"] == [1, 3]
 
 
 def test_source_metadata(tmp_path: Path, geotiff: SyntheticScene) -> None:

@@ -157,3 +157,28 @@ def test_fit_pca_validation():
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         fit_pca(bad, 2, mean, std)
+
+
+def test_bands_with_zero_weight_are_never_read():
+    """A band the screen left out (zero column) may hold NaN or anything: neither the module nor the
+    sampler's pixel map reads it, and both equal the projection of the other bands alone."""
+    rng = np.random.default_rng(5)
+    samples = _correlated_samples(n_bands=6)
+    kept = [0, 1, 3, 4]
+    components = np.zeros((2, 6))
+    components[:, kept] = fit_pca(samples[:, kept], 2, samples[:, kept].mean(0), samples[:, kept].std(0))
+    projection = SpectralProjection(samples.mean(0), samples.std(0), components)
+    reference = SpectralProjection(samples[:, kept].mean(0), samples[:, kept].std(0), components[:, kept])
+    block = rng.uniform(900, 3500, size=(1, 6, 5, 4)).astype(np.float32)
+    block[:, 2] = np.nan
+    block[:, 5] = -9999.0
+
+    got = projection(torch.from_numpy(block)).numpy()
+    pixels = projection.pixel_map()(block[0].reshape(6, -1).T)
+
+    assert projection.used_bands().tolist() == kept
+    expected = reference(torch.from_numpy(block[:, kept])).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(pixels.T.reshape(1, 2, 5, 4), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="expected pixels"):
+        projection.pixel_map()(block[0].reshape(6, -1).T[:, :4])
