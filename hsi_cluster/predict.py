@@ -203,9 +203,9 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
     # A pixel is labelled when the good bands the model reads are usable: a band it left out (flagged,
     # empty, noise) may hold NaN or the nodata value without costing the pixel.
     deciding = np.ones(n_bands, bool) if "good_band" not in scene.coords else scene.coords["good_band"].values.astype(bool)
-    read = model.projection.used_bands()
-    if read is not None:
-        deciding &= np.isin(np.arange(n_bands), read.numpy())
+    left_out = model.projection.left_out_bands()
+    if left_out is not None:
+        deciding[left_out.numpy()] = False
     return _Job(checkpoint=checkpoint, scene=scene, model=model, device=torch_device,
                 amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
                 dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=digest or checkpoint.sha256(),

@@ -158,7 +158,7 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     assert components.shape == (4, 12)
     np.testing.assert_allclose(components @ components.T, np.eye(4), atol=1e-5)
     # 12 bands: too few for the noise screen, none flagged or constant
-    assert spectral["band_screen"] == {"flagged": [], "constant": [], "noisy": [], "min_shared_variance": 0.5}
+    assert spectral["band_screen"] == {"flagged": [], "constant": [], "noisy": [], "min_shared_variance": 0.05}
     assert sum("spectral projection fitted on" in line and "all 12 bands used" in line for line in lines) == 1
     assert payload["scenes"][0]["shape"] == [12, 24, 20]
     # the model rebuilt from the checkpoint labels patches

@@ -158,8 +158,8 @@ class SpectralProjection(nn.Module):
     and ``bias`` (C,). The forward always runs in float32 (autocast is disabled inside), since raw
     radiances and large per-band offsets lose too much precision in half precision.
 
-    Bands whose weight column is all zero (left out by the band screen) are not read at all, so
-    whatever they hold (NaN, a fill value, noise) cannot reach the output.
+    Bands whose weight column is all zero (left out by the band screen) do not count, whatever they
+    hold: NaN or Inf there is read as 0 (the input is copied only when there is any).
     """
 
     weight: Tensor
@@ -211,26 +211,26 @@ class SpectralProjection(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.in_bands:
             raise ValueError(f"expected input of shape (N, {self.in_bands}, H, W), got {tuple(x.shape)}")
-        weight, used = self.weight, self.used_bands()
-        if used is not None:
-            x, weight = x.index_select(1, used.to(x.device)), weight[:, used.to(weight.device)]
+        left_out = self.left_out_bands()
+        if left_out is not None and x.is_floating_point() and not torch.isfinite(x.index_select(1, left_out.to(x.device))).all():
+            x = x.index_fill(1, left_out.to(x.device), 0)  # zero weight × NaN would still be NaN
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.conv2d(x.to(weight.dtype), weight, self.bias)
+            return F.conv2d(x.to(self.weight.dtype), self.weight, self.bias)
 
-    def used_bands(self) -> Tensor | None:
-        """Indices (B',) of the bands the projection reads, or None when it reads all B."""
-        used = self.weight[:, :, 0, 0].ne(0).any(dim=0)
-        return None if bool(used.all()) else torch.nonzero(used).squeeze(1).cpu()
+    def left_out_bands(self) -> Tensor | None:
+        """Indices (on the CPU) of the bands the projection does not read (an all-zero weight column),
+        or None when it reads all B."""
+        read = self.weight[:, :, 0, 0].ne(0).any(dim=0)
+        return None if bool(read.all()) else torch.nonzero(~read).squeeze(1).cpu()
 
     def extra_repr(self) -> str:
         return f"in_bands={self.in_bands}, out_channels={self.out_channels}"
 
     def pixel_map(self) -> PixelProjection:
         """This projection as a numpy map of pixels (for the patch sampler, on the CPU)."""
-        used = self.used_bands()
-        weight = self.weight[:, :, 0, 0].detach().cpu()
-        return PixelProjection(weight.numpy().copy() if used is None else weight[:, used].numpy().copy(),
-                               self.bias.detach().cpu().numpy().copy(), None if used is None else used.numpy())
+        left_out = self.left_out_bands()
+        return PixelProjection(self.weight[:, :, 0, 0].detach().cpu().numpy().copy(),
+                               self.bias.detach().cpu().numpy().copy(), None if left_out is None else left_out.numpy())
 
 
 @dataclass(frozen=True)
@@ -242,23 +242,22 @@ class PixelProjection:
     and moves C channels per pixel instead of B. Picklable, for DataLoader workers.
 
     Attributes:
-        weight: (C, B') float32, the folded ``components / std`` of the bands read.
+        weight: (C, B) float32, the folded ``components / std`` (zero columns for bands left out).
         bias: (C,) float32.
-        bands: int (B',) the bands read out of B, or None for all (then B' = B).
+        left_out: int indices of the bands left out, or None: their values are never used (NaN included).
     """
 
     weight: np.ndarray
     bias: np.ndarray
-    bands: np.ndarray | None = None
+    left_out: np.ndarray | None = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        if self.bands is not None:
-            if pixels.ndim == 2 and pixels.shape[1] > int(self.bands.max()):
-                pixels = pixels[:, self.bands]
-            else:
-                raise ValueError(f"expected pixels of shape (n, > {int(self.bands.max())}), got {pixels.shape}")
         if pixels.ndim != 2 or pixels.shape[1] != self.weight.shape[1]:
             raise ValueError(f"expected pixels of shape (n, {self.weight.shape[1]}), got {pixels.shape}")
+        if (self.left_out is not None and np.issubdtype(pixels.dtype, np.floating)
+                and not np.isfinite(pixels[:, self.left_out]).all()):
+            pixels = pixels.copy(order="K")
+            pixels[:, self.left_out] = 0  # zero weight × NaN would still be NaN
         # torch's matmul, not numpy's: numpy's BLAS threads would spin beside the training step's threads.
         # astype keeps the layout, so a transposed (B, n) block goes to the BLAS call without a copy.
         spectra = torch.from_numpy(pixels.astype(np.float32, copy=False))

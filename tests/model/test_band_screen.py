@@ -51,7 +51,7 @@ def test_screen_leaves_out_noise_flagged_and_constant_bands_and_keeps_the_rest()
     assert screen.used.sum() == 40 - 6
     assert np.all(screen.shared_variance[screen.used] >= MIN_SHARED_VARIANCE)
     assert screen.summary() == ("left out 6 of 40 bands: 1 flagged bad (in the metadata, or empty at ingest) (bands 6); 1 empty or constant "
-                                "(bands 40); 4 noise-dominated (under 50% of their variance shared with other bands) "
+                                "(bands 40); 4 noise only (under 5% of their variance shared with other bands) "
                                 "(bands 21-24)")
     assert screen.to_record() == {"flagged": [5], "constant": [39], "noisy": [20, 21, 22, 23],
                                   "min_shared_variance": MIN_SHARED_VARIANCE}
@@ -79,3 +79,7 @@ def test_screen_is_skipped_with_too_few_samples_or_when_it_would_leave_too_few_b
     noise = np.random.default_rng(4).normal(size=(3000, 30))
     screen = screen_bands(noise.mean(0), noise.std(0), noise, keep_at_least=3)
     assert screen.used.all()  # every band is noise: leaving all out would leave nothing to project
+    spectra = _spectrometer(noise_bands=tuple(range(0, 40, 2)))  # half of the bands: still a noisy sensor
+    assert screen_bands(spectra.mean(0), spectra.std(0), spectra).noisy.sum() == 20
+    spectra = _spectrometer(noise_bands=tuple(range(0, 40, 2)) + (1, 3))  # over half: low contrast, keep all
+    assert screen_bands(spectra.mean(0), spectra.std(0), spectra).used.all()
