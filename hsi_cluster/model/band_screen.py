@@ -84,18 +84,21 @@ def shared_variance(samples: np.ndarray) -> np.ndarray:
     the sample size. A tiny ridge keeps nearly collinear bands (R² → 1) finite.
 
     Args:
-        samples: (n, B) values, finite, every column with variance > 0; n > B.
+        samples: (n, B) values, finite; n > B. A column constant in the sample scores about 1 (it is
+            not taken for noise: the band statistics decide on constant bands).
 
     Returns:
         float64 (B,), at most 1 (may dip below 0 for pure noise).
     """
-    samples = np.asarray(samples, dtype=np.float64)
-    n, n_bands = samples.shape
+    n, n_bands = np.shape(samples)
     if n <= n_bands:
         raise ValueError(f"need more samples than bands to screen bands, got {n} samples of {n_bands} bands")
-    centred = samples - samples.mean(axis=0)
-    scale = np.sqrt(np.einsum("ij,ij->j", centred, centred) / (n - 1))
-    correlation = (centred / scale).T @ (centred / scale) / (n - 1)
+    centred = np.array(samples, dtype=np.float64)  # the one (n, B) temporary
+    centred -= centred.mean(axis=0)
+    covariance = centred.T @ centred / (n - 1)
+    scale = np.sqrt(np.diag(covariance))
+    scale = np.where(scale > 0, scale, 1.0)  # constant in the sample: no correlation, R² ≈ 1 by the ridge
+    correlation = covariance / np.outer(scale, scale)
     precision = np.linalg.inv(correlation + 1e-6 * np.eye(n_bands))
     r2 = 1.0 - 1.0 / np.diag(precision)
     return 1.0 - (1.0 - r2) * (n - 1) / (n - n_bands)

@@ -30,6 +30,13 @@ def test_shared_variance_is_near_one_for_overlapping_bands_and_near_zero_for_noi
     assert np.all(np.abs(r2[[20, 21, 22]]) < 0.02)  # adjusted: about 0 for pure noise whatever n / B
 
 
+def test_a_column_constant_in_the_sample_is_not_taken_for_noise():
+    spectra = _spectrometer()
+    spectra[:, 7] = 3.0
+    r2 = shared_variance(spectra)
+    assert np.isfinite(r2).all() and r2[7] > 0.99
+
+
 def test_shared_variance_needs_more_samples_than_bands():
     with pytest.raises(ValueError, match="more samples than bands"):
         shared_variance(np.random.default_rng(0).normal(size=(10, 12)))
