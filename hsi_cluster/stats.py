@@ -14,13 +14,18 @@ import numpy as np
 #: Field order of a summary packed into one float64 array of shape (5, bands).
 PACKED_FIELDS = ("count", "mean", "m2", "min", "max")
 _BAND_GROUP = 16
+#: From this many (good) bands on, a pixel with the same value in every band is fill, not ground: a
+#: spectrometer never measures a flat spectrum, but an orthorectified swath's border often holds 0
+#: (or another fill) in every band without a declared nodata. Fewer bands (RGB: a grey pixel) may be real.
+FLAT_FILL_MIN_BANDS = 20
 
 
 def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
                      good_band: np.ndarray | None = None) -> np.ndarray:
     """Which pixels of a ``(bands, y, x)`` block are usable.
 
-    A pixel is invalid when any of its (good) bands is NaN or ±Inf, or equals ``nodata``.
+    A pixel is invalid when any of its (good) bands is NaN or ±Inf, or equals ``nodata``; and, with at
+    least :data:`FLAT_FILL_MIN_BANDS` good bands, when all of them hold the same value (fill).
 
     Args:
         block: values, shape (bands, y, x).
@@ -31,7 +36,10 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
         bool array (y, x), True where valid.
     """
     values = block if good_band is None or good_band.all() else block[np.asarray(good_band, bool)]
-    return np.asarray(usable_values(values, nodata=nodata).all(axis=0))
+    valid = np.asarray(usable_values(values, nodata=nodata).all(axis=0))
+    if values.shape[0] >= FLAT_FILL_MIN_BANDS:
+        valid &= ~(values == values[:1]).all(axis=0)
+    return valid
 
 
 def usable_values(values: np.ndarray, *, nodata: float | None = None) -> np.ndarray:

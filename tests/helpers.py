@@ -154,7 +154,8 @@ def synthetic_cube(bands: int = 6, height: int = 20, width: int = 24, dtype: str
 
 def reference_valid_mask(cube: np.ndarray, nodata: float | None = None,
                          good_band: np.ndarray | None = None) -> np.ndarray:
-    """Plain-numpy valid mask ``(y, x)``: every (good) band finite and different from nodata."""
+    """Plain-numpy valid mask ``(y, x)``: every (good) band finite and different from nodata, and, with 20
+    good bands or more, not the same value in all of them (fill)."""
     bands = cube if good_band is None else cube[np.asarray(good_band, dtype=bool)]
     valid = np.ones(cube.shape[1:], dtype=bool)
     for plane in bands:
@@ -162,6 +163,8 @@ def reference_valid_mask(cube: np.ndarray, nodata: float | None = None,
             valid &= np.isfinite(plane)
         if nodata is not None and not np.isnan(nodata):
             valid &= plane != nodata
+    if len(bands) >= 20:
+        valid &= np.ptp(bands, axis=0) != 0
     return valid
 
 

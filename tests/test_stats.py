@@ -163,3 +163,19 @@ def test_valid_mask_good_band() -> None:
     np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube, -1, good))
     everything = valid_pixel_mask(cube, nodata=-1, good_band=np.ones(4, bool))
     np.testing.assert_array_equal(everything, helpers.reference_valid_mask(cube, -1))
+
+
+@pytest.mark.parametrize("fill", [0, 65535])
+def test_a_flat_pixel_of_a_spectrometer_is_fill(fill: int) -> None:
+    """An orthorectified swath's border holds one value in every band without a declared nodata: with
+    20 good bands or more it is invalid; with fewer (RGB: a grey pixel can be real) it stays valid."""
+    cube = helpers.synthetic_cube(24, 10, 12, "uint16", seed=7)
+    cube[:, :, :3] = fill  # border columns
+    cube[:5, 4, 6] = cube[0, 4, 6]  # a pixel flat in some bands only is real
+    mask = valid_pixel_mask(cube)
+    assert not mask[:, :3].any() and mask[:, 3:].all()
+    np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube))
+    assert valid_pixel_mask(cube[:19]).all()
+    good = np.zeros(24, bool)
+    good[:19] = True  # fewer than 20 good bands decide
+    assert valid_pixel_mask(cube, good_band=good).all()

@@ -97,6 +97,25 @@ def uninterrupted(scene: IngestedScene, tmp_path_factory: pytest.TempPathFactory
 # ------------------------------------------------------------------------------- a tiny run
 
 
+def test_an_undeclared_fill_border_is_left_unlabelled(tmp_path: Path, tiny_yaml: Path) -> None:
+    """A 24-band GeoTIFF whose border columns hold 0 in every band and no nodata value is declared (an
+    orthorectified swath): training does not learn the border, and predict leaves it unlabelled."""
+    cube = structured_cube(24, 24, 20, seed=5).astype(np.float32) + 10.0
+    cube[:, :, :3] = 0.0
+    written = helpers.write_geotiff(tmp_path / "swath.tif", cube, nodata=None)
+    model, labels = tmp_path / "model.ckpt", tmp_path / "labels.tif"
+    trained = cli("train", written.path, "-k", 3, "-o", model, "--config", tiny_yaml, "--epochs", 1, "--work",
+                  tmp_path / "work", "--device", "cpu", "-q")
+    assert trained.exit_code == 0, trained.stderr
+    store = load_checkpoint(model).payload["scenes"][0]["store"]
+    assert Store.open(store).valid[...].sum() == 24 * 17  # the border is not among the training pixels
+    labelled = cli("predict", written.path, "-m", model, "-o", labels, "--tiles", 16, "-q")
+    assert labelled.exit_code == 0, labelled.stderr
+    with rasterio.open(labels) as raster:
+        values = raster.read(1)
+        assert (values[:, :3] == raster.nodata).all() and (values[:, 3:] != raster.nodata).all()
+
+
 @pytest.mark.parametrize("flags", ["bbl", "none"])
 def test_a_delivery_with_bad_bands_trains_and_labels(tmp_path: Path, tiny_yaml: Path, flags: str) -> None:
     """Two bad bands, one NaN everywhere and one at the nodata value (as many deliveries fill their
