@@ -38,7 +38,10 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
     values = block if good_band is None or good_band.all() else block[np.asarray(good_band, bool)]
     valid = np.asarray(usable_values(values, nodata=nodata).all(axis=0))
     if values.shape[0] >= FLAT_FILL_MIN_BANDS:
-        valid &= ~(values == values[:1]).all(axis=0)
+        rows, cols = np.nonzero(valid & (values[1] == values[0]))  # few pixels but fill pass this first test
+        if rows.size:
+            flat = (values[:, rows, cols] == values[0, rows, cols]).all(axis=0)
+            valid[rows[flat], cols[flat]] = False
     return valid
 
 
