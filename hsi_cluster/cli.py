@@ -43,7 +43,7 @@ def _warn(message: str) -> None:
     click.echo(f"hsicluster: warning: {message}", err=True)
 
 
-NO_VALID_PIXELS = "every pixel is nodata or NaN; check the scene's nodata value"
+NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
 
 TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
                             help="Tile side in pixels.")

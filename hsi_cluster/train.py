@@ -202,7 +202,8 @@ def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
     source = scene.attrs["ingested_from"]["path"]
     valid = int(scene.attrs.get("valid_pixels") or 0)
     if valid == 0:
-        raise HsiClusterError(f"{source}: every pixel is nodata or NaN; nothing to train on (check the nodata value)")
+        raise HsiClusterError(f"{source}: every pixel is nodata, NaN or fill (one value in every band); nothing to "
+                              "train on (check the nodata value)")
     wavelength = scene.coords["wavelength"].values.tolist() if "wavelength" in scene.coords else None
     return source, valid, wavelength
 

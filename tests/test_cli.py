@@ -352,7 +352,8 @@ def test_ingest_of_an_all_nodata_scene_warns(runner: CliRunner, tmp_path: Path) 
     scene = helpers.write_geotiff(tmp_path / "empty.tif", np.full((3, 8, 9), np.nan, np.float32)).path
     result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "empty.zarr"), "-q"])
     assert result.exit_code == 0
-    assert result.stderr == f"hsicluster: warning: {scene}: every pixel is nodata or NaN; check the scene's nodata value\n"
+    assert result.stderr == (f"hsicluster: warning: {scene}: every pixel is nodata, NaN or fill (one value in every "
+                             "band); check the scene's nodata value\n")
 
 
 def test_ingest_of_a_scene_with_dead_bands_says_which_it_flagged(runner: CliRunner, tmp_path: Path) -> None:
