@@ -37,7 +37,7 @@ from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.choose_k import DEFAULT_K_MAX, RULE, choose_k
 from hsi_cluster.model.choose_scales import choose_scales
-from hsi_cluster.model.heads import CentroidHead, probs
+from hsi_cluster.model.heads import TINY_CLUSTER_SHARE, CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral
@@ -446,6 +446,7 @@ class _Run:
     k_max: int | None = None  # -k auto: the largest K considered (the cluster head trains with it)
     k_choice: dict[str, Any] | None = None  # -k auto: the K chosen at the end and its curve
     scale_choice: dict[str, Any] | None = None  # centroid_features auto: the stages kept and their silhouettes
+    centroid_outliers: int | None = None  # pixels of tiny clusters the final k-means left out (CentroidHead.fit)
 
 
 @dataclass
@@ -596,6 +597,8 @@ def _payload(run: _Run, state: _LoopState, complete: bool) -> dict[str, Any]:
         training["k_choice"] = run.k_choice
     if run.scale_choice is not None:
         training["scale_choice"] = run.scale_choice
+    if run.centroid_outliers is not None:
+        training["centroid_outliers_left_out"] = run.centroid_outliers
     return make_payload(run.model, train_config=run.config.to_dict(), spectral=run.spectral, scenes=run.identity,
                         wavelength=run.wavelength, complete=complete, training=training)
 
@@ -694,6 +697,10 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
             head = _choose_scales(run, features, n_clusters, blocks, log)
         else:
             head = CentroidHead.fit(features, n_clusters, seed=run.seed, blocks=blocks)
+        run.centroid_outliers = head.outliers_left_out
+        if head.outliers_left_out:
+            log(f"  {head.outliers_left_out} outlying pixels formed clusters under {TINY_CLUSTER_SHARE:.0%} of the "
+                "mean cluster size; k-means was fitted again without them (they take their nearest centroid)")
         run.model.set_centroid_head(head, scales=config.centroids_read_scales)
     seconds = state.elapsed_before + time.perf_counter() - state.started
     save_checkpoint(_payload(run, state, True), output)

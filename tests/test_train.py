@@ -167,6 +167,8 @@ def test_tiny_run_writes_a_complete_checkpoint(uninterrupted, scene: IngestedSce
     weight = payload["state_dict"]["centroid_head.weight"].reshape(3, 8)
     assert not weight[left_out].any() and bool((weight[choice["stages"]] > 0).all())
     assert sum(": silhouette " in line for line in lines) == 3 and sum("<- kept" in line for line in lines) == 1
+    outliers = payload["training"]["centroid_outliers_left_out"]  # the tiny-cluster rule: recorded, logged if it acted
+    assert outliers >= 0 and (outliers > 0) == any("outlying pixels formed clusters" in line for line in lines)
     assert payload["bands"] == 12
     assert payload["wavelength"] == pytest.approx(helpers.spectral_axis(12)[0].tolist())
     spectral = payload["spectral"]

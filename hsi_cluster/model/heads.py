@@ -146,6 +146,7 @@ class CentroidHead(nn.Module):
         self.in_features = n_features
         self.out_features = int(centroids.shape[0])
         self.hidden = self.out_features  # widest per-pixel layer, which sizes strips of pixels in tiled inference
+        self.outliers_left_out = 0  # set by fit: members of tiny clusters left out of the last k-means (not saved)
 
     @property
     def n_clusters(self) -> int:
@@ -181,8 +182,10 @@ class CentroidHead(nn.Module):
                 break
             kept = kept[~outliers]
         scale = max(float(kmeans.inertia_) / len(kept), 1e-12)
-        return cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale,
+        head = cls(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), scale,
                    offset=torch.from_numpy(offset.astype(np.float32)), weight=torch.from_numpy(weight.astype(np.float32)))
+        head.outliers_left_out = len(values) - len(kept)
+        return head
 
     @staticmethod
     def block_weights(features: np.ndarray, blocks: int = 1, *,

@@ -103,10 +103,13 @@ def test_centroid_head_gives_no_centroid_to_a_few_outliers():
     np.add.at(table, (truth, labels[:900]), 1)
     assert (table.max(axis=1) >= 280).all() and len(set(table.argmax(axis=1))) == 3
     assert float(head.scale) < 2.0  # the outliers do not count in the temperature either
+    assert head.outliers_left_out == 2  # what training logs and records
     # a small but real group (5 % of the mean cluster size) keeps its own centroid
     small = np.vstack([features[:900], centres[2] + [20.0, 20.0] + rng.normal(scale=0.6, size=(15, 2))])
-    labels = CentroidHead.fit(small, 4, seed=0)(torch.from_numpy(small).float()).argmax(-1).numpy()
+    kept = CentroidHead.fit(small, 4, seed=0)
+    labels = kept(torch.from_numpy(small).float()).argmax(-1).numpy()
     assert len(set(labels[900:])) == 1 and not set(labels[900:]) & set(labels[:900])
+    assert kept.outliers_left_out == 0
 
 
 def test_centroid_head_weighs_every_block_the_same():
