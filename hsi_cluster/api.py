@@ -105,6 +105,13 @@ class Model:
         return self.checkpoint.payload.get("training", {}).get("scale_choice")
 
     @property
+    def bands_left_out(self) -> dict[str, Any] | None:
+        """Bands the projection does not read, 0-based, by reason: ``{"flagged", "constant", "noisy",
+        "min_shared_variance"}`` (see the band screen in the docs); None for checkpoints older than the screen."""
+        screen = self.checkpoint.payload["spectral"].get("band_screen")
+        return dict(screen) if screen is not None else None
+
+    @property
     def n_bands(self) -> int:
         """Bands a scene must have."""
         return self.checkpoint.in_bands

@@ -168,6 +168,7 @@ def test_train_k_auto_gives_the_chosen_k_and_its_curve(tmp_path: Path) -> None:
     assert model.k_choice is not None and model.k == model.k_choice["k"] and 2 <= model.k <= 4
     assert model.k_choice["candidates"] == [2, 3, 4]
     assert model.scale_choice is not None and model.scale_choice["stages"] in model.scale_choice["candidates"]
+    assert model.bands_left_out == {"flagged": [], "constant": [], "noisy": [], "min_shared_variance": 0.05}
     labels = model.predict(hc.open_scene(scene_path))
     assert int(labels.where(labels != 255).max()) < model.k  # 255: nodata
 
