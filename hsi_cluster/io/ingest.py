@@ -275,23 +275,22 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
     starts over from the store (a flag file in the progress folder marks the rerun).
     """
     redo = work / PROGRESS_DIR / "empty_bands.npy"
+    data, valid = array_of(group, DATA), array_of(group, VALID)
+    flagged_good = np.ones(data.shape[0], bool) if good_band is None else np.asarray(good_band, bool)
     if redo.exists():
         good = np.load(redo)
     else:
-        counts = np.stack([np.load(_marker(work, i, j))[0] for i, j in grid])  # valid pixels per block and band
-        if counts.sum() > 0:
+        if any(np.load(_marker(work, i, j))[0].any() for i, j in grid):  # some block has valid pixels
             return meta
-        data = array_of(group, DATA)
         filled = np.zeros(data.shape[0], bool)
         for i, j in grid:
             rows, cols = grid.window(i, j).slices
             filled |= usable_values(np.asarray(data[:, rows, cols]), nodata=nodata).any(axis=(1, 2))
-        good = filled if good_band is None else filled & np.asarray(good_band, bool)
-        if not good.any() or (good_band is not None and good.sum() == np.sum(good_band)) or good.all():
+        good = filled & flagged_good
+        if not good.any() or (good == flagged_good).all():
             return meta  # nothing to gain: every band is empty, or none is
         with atomic_path(redo) as scratch, open(scratch, "wb") as file:
             np.save(file, good)
-    data, valid = array_of(group, DATA), array_of(group, VALID)
     for i, j in grid:
         rows, cols = grid.window(i, j).slices
         block = np.asarray(data[:, rows, cols])
@@ -299,8 +298,7 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
         valid[rows, cols] = mask
         with atomic_path(_marker(work, i, j)) as scratch, open(scratch, "wb") as file:
             np.save(file, BandStats.of_block(block, mask).pack())
-    empty = ~good if good_band is None else ~good & np.asarray(good_band, bool)
-    return dict(meta, good_band=good.tolist(), empty_bands=np.flatnonzero(empty).tolist())
+    return dict(meta, good_band=good.tolist(), empty_bands=np.flatnonzero(flagged_good & ~good).tolist())
 
 
 def _finalise(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, Any]) -> None:

@@ -131,7 +131,7 @@ def screen_bands(mean: np.ndarray, std: np.ndarray, spectra: np.ndarray, *,
         values = spectra[:, candidates]
         finite = np.isfinite(values).all(axis=1)
         if finite.sum() >= MIN_SAMPLES_PER_BAND * candidates.size:
-            r2[candidates] = shared_variance(values[finite])
+            r2[candidates] = shared_variance(values if finite.all() else values[finite])
             low = candidates[r2[candidates] < MIN_SHARED_VARIANCE]
             # Over half the bands "noisy" means a low-contrast scene, not a noisy sensor: keep them all.
             if candidates.size - low.size >= keep_at_least and low.size <= candidates.size * MAX_SHARE_SCREENED:

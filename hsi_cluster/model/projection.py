@@ -13,6 +13,7 @@ buffers: saved in ``state_dict`` and moved by ``.to(device)``, never trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,6 +185,7 @@ class SpectralProjection(nn.Module):
         bias = -folded @ mean_np  # (C,)
         self.register_buffer("weight", torch.from_numpy(folded[:, :, None, None].astype(np.float32)))
         self.register_buffer("bias", torch.from_numpy(bias.astype(np.float32)))
+        self._left_out = self.left_out_bands()
 
     @classmethod
     def placeholder(cls, *, in_bands: int, out_channels: int) -> SpectralProjection:
@@ -211,9 +213,10 @@ class SpectralProjection(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.in_bands:
             raise ValueError(f"expected input of shape (N, {self.in_bands}, H, W), got {tuple(x.shape)}")
-        left_out = self.left_out_bands()
-        if left_out is not None and x.is_floating_point() and not torch.isfinite(x.index_select(1, left_out.to(x.device))).all():
-            x = x.index_fill(1, left_out.to(x.device), 0)  # zero weight × NaN would still be NaN
+        if self._left_out is not None and x.is_floating_point():
+            left_out = self._left_out.to(x.device)
+            if not torch.isfinite(x.index_select(1, left_out)).all():
+                x = x.index_fill(1, left_out, 0)  # zero weight × NaN would still be NaN
         with torch.autocast(device_type=x.device.type, enabled=False):
             return F.conv2d(x.to(self.weight.dtype), self.weight, self.bias)
 
@@ -222,6 +225,10 @@ class SpectralProjection(nn.Module):
         or None when it reads all B."""
         read = self.weight[:, :, 0, 0].ne(0).any(dim=0)
         return None if bool(read.all()) else torch.nonzero(~read).squeeze(1).cpu()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._left_out = self.left_out_bands()  # the loaded weights decide, once, not every forward
 
     def extra_repr(self) -> str:
         return f"in_bands={self.in_bands}, out_channels={self.out_channels}"
