@@ -36,6 +36,7 @@ from hsi_cluster.io.label_raster import (
 )
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene, scene_inputs
+from hsi_cluster.io.scene_array import file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import valid_pixel_mask
@@ -221,6 +222,9 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     # read again by every later use (mask, fill, each projection strip) in the compute thread.
     padded = np.asarray(read_haloed(scene.data, window, halo))
     valid = valid_pixel_mask(padded, nodata=scene.attrs.get("nodata"), good_band=job.deciding_bands)
+    masked_by_file = file_mask(scene)
+    if masked_by_file is not None:
+        valid &= np.asarray(read_haloed(masked_by_file[None], window, halo))[0]
     if not valid.all():  # holes read as the training mean, as in training
         padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
     return padded, valid[halo:halo + window.height, halo:halo + window.width]

@@ -345,6 +345,24 @@ def test_invalid_pixels_get_nodata_and_no_confidence(dense: TrainedModel, tmp_pa
                                                            "labels.tif.aux.xml"]
 
 
+def test_pixels_the_files_mask_band_hides_are_nodata(dense: TrainedModel, tmp_path: Path,
+                                                    holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """A GeoTIFF that marks its holes with an internal mask band (no nodata value) is read as one with nodata:
+    the store's valid mask and the labels are those of the same holes given as nodata/NaN."""
+    cube, valid = holey[0].cube.copy(), holey[1]
+    cube[:, ~valid] = np.random.default_rng(0).normal(50.0, 30.0, (cube.shape[0], int((~valid).sum())))
+    masked = write_scene(tmp_path / "masked.tif", cube.astype(np.float32), nodata=None)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked.path, "r+") as dst:
+        dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+    store = ingest(masked.path, tmp_path / "masked.zarr")
+    assert np.array_equal(np.asarray(Store.open(store).valid[...]), valid)
+    expected = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "holey.tif", tiles=16, device="cpu")
+    result = predict_scene(masked.path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
+    labels, _ = read_raster(result.output)
+    assert (labels[~valid] == LABEL_NODATA).all() and result.valid_pixels == int(valid.sum())
+    assert np.array_equal(labels, read_raster(expected.output)[0])
+
+
 def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, tmp_path: Path,
                                                           holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """Category names and a raster attribute table in GDAL's PAM sidecar, read back by GDAL (through rasterio)

@@ -28,6 +28,7 @@ from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene, scene_inputs
+from hsi_cluster.io.scene_array import file_mask
 from hsi_cluster.io.store import (
     BAND_COORDS,
     BLOCK_STATS,
@@ -172,6 +173,9 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
     cols = slice(col0, last.col + last.width)
     unit = np.asarray(scene.data[:, rows, cols].compute(scheduler="synchronous"))
     valid = valid_pixel_mask(unit, nodata=scene.attrs.get("nodata"), good_band=good_band)
+    masked_by_file = file_mask(scene)
+    if masked_by_file is not None:
+        valid &= np.asarray(masked_by_file[rows, cols].compute(scheduler="synchronous"))
     summaries = {}
     for i, j in blocks:
         window = grid.window(i, j)

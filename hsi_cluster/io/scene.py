@@ -3,7 +3,9 @@
 The returned array has dims ``(band, y, x)``; coordinates ``band`` (1-based), and where the file
 has them ``wavelength`` / ``fwhm`` (nm) and ``good_band`` (bool) on ``band``; attributes
 ``crs`` (WKT or None), ``transform`` (affine ``a, b, c, d, e, f`` as floats), ``georeferenced``,
-``nodata`` (or None), ``source`` (absolute path) and ``format``. Opening reads only headers.
+``nodata`` (or None), ``source`` (absolute path) and ``format``; and, where a GDAL raster has a
+mask band of its own (an internal or ``.msk`` mask, no nodata value), the lazy bool coordinate
+``source_valid`` on ``(y, x)``. Opening reads only headers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dask.array as da
 import numpy as np
 import rasterio
 import xarray as xr
+from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import SceneError
@@ -75,6 +78,41 @@ class RasterioWindowReader:
             raise SceneError(f"{self.path}: cannot read rows {rows[0]}–{rows[1]}, cols {cols[0]}–{cols[1]} "
                              f"({_first_line(exc)}); the file is truncated or corrupt — re-export or "
                              "re-download it") from exc
+
+
+class RasterioMaskReader(RasterioWindowReader):
+    """Array-like bool ``(y, x)`` view of a GDAL raster's mask band (True: usable), read by window."""
+
+    def __init__(self, path: str, shape: tuple[int, int]) -> None:
+        super().__init__(path, (1, *shape), np.dtype(bool))
+        self.shape = tuple(shape)  # type: ignore[assignment]
+        self.ndim = 2
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        RasterioMaskReader.__init__(self, state["path"], state["shape"])
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:  # type: ignore[override]
+        rows, cols = (k.indices(n) for k, n in zip(key, self.shape, strict=True))
+        window = rasterio.windows.Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+        if rows[2] != 1 or cols[2] != 1:
+            raise IndexError("RasterioMaskReader supports unit-step slices only")
+        if window.width <= 0 or window.height <= 0:
+            return np.empty((max(window.height, 0), max(window.width, 0)), bool)
+        try:
+            return self._dataset().dataset_mask(window=window) != 0
+        except RasterioIOError as exc:
+            raise SceneError(f"{self.path}: cannot read the mask band at rows {rows[0]}–{rows[1]}, cols "
+                             f"{cols[0]}–{cols[1]} ({_first_line(exc)}); the file is truncated or corrupt — "
+                             "re-export or re-download it") from exc
+
+
+def _has_mask_band(dataset: rasterio.io.DatasetReader) -> bool:
+    """True when every band shares a real mask band (GDAL's per-dataset mask), not a nodata value or alpha."""
+    return all(MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags and MaskFlags.all_valid not in flags
+               for flags in dataset.mask_flag_enums)
 
 
 class NpyWindowReader:
@@ -274,16 +312,22 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         driver = dataset.driver
         block_rows, block_cols = dataset.block_shapes[0]
         tiled = block_rows > 1 and block_cols < dataset.width
+        masked = _has_mask_band(dataset)
     reader = RasterioWindowReader(str(binary), shape, dtype)
     chunks = list(default_chunks(shape[0], dtype, spatial))
     if tiled and spatial is None:  # align dask chunks with the file's tiles
         chunks[1] = max(block_rows, chunks[1] // block_rows * block_rows)
         chunks[2] = max(block_cols, chunks[2] // block_cols * block_cols)
     # The chunking is part of the name: views of one file with other chunks must not share keys.
-    data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False,
-                         name=f"scene-{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}")
+    name = f"{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}"
+    data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False, name=f"scene-{name}")
+    source_valid = None
+    if masked:
+        source_valid = da.from_array(RasterioMaskReader(str(binary), shape[1:]), chunks=tuple(chunks[1:]),
+                                     asarray=False, fancy=False, name=f"mask-{name}")
     return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
-                  source=str(binary), fmt=driver, extra_attrs={"file_block": (block_rows, block_cols)})
+                       source=str(binary), fmt=driver, extra_attrs={"file_block": (block_rows, block_cols)},
+                       source_valid=source_valid)
 
 
 def open_scene(path: str | os.PathLike[str], *, var: str | None = None,

@@ -15,12 +15,19 @@ import xarray as xr
 
 #: The affine transform of a raster without georeferencing (pixel coordinates).
 IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: Coordinate on ``(y, x)``: the file's own mask of usable pixels (a GDAL mask band), lazy, where it has one.
+SOURCE_VALID = "source_valid"
 
 
 def scene_array(data: da.Array, *, coords: dict[str, np.ndarray] | None = None, crs: str | None = None,
                 transform: tuple[float, ...] | None = None, nodata: float | None = None,
-                source: str, fmt: str, extra_attrs: dict[str, Any] | None = None) -> xr.DataArray:
-    """Wrap a ``(band, y, x)`` dask array with the project's coordinates and attributes."""
+                source: str, fmt: str, extra_attrs: dict[str, Any] | None = None,
+                source_valid: da.Array | None = None) -> xr.DataArray:
+    """Wrap a ``(band, y, x)`` dask array with the project's coordinates and attributes.
+
+    ``source_valid``: bool ``(y, x)``, False where the file masks a pixel out (GDAL mask band); kept
+    as the :data:`SOURCE_VALID` coordinate and read with :func:`file_mask`.
+    """
     n_bands, height, width = data.shape
     georeferenced = transform is not None and (crs is not None or tuple(transform) != IDENTITY_TRANSFORM)
     transform = tuple(float(v) for v in (transform or IDENTITY_TRANSFORM))
@@ -34,5 +41,12 @@ def scene_array(data: da.Array, *, coords: dict[str, np.ndarray] | None = None, 
     attrs = {"crs": crs, "transform": transform, "georeferenced": bool(georeferenced),
              "nodata": None if nodata is None else float(nodata), "source": source, "format": fmt}
     attrs.update(extra_attrs or {})
+    if source_valid is not None:
+        band_coords[SOURCE_VALID] = (("y", "x"), source_valid)
     return xr.DataArray(data, dims=("band", "y", "x"), coords=band_coords, attrs=attrs,
                         name=Path(source).stem)
+
+
+def file_mask(scene: xr.DataArray) -> da.Array | None:
+    """The file's own bool ``(y, x)`` mask of usable pixels (lazy), or None when the file has none."""
+    return scene.coords[SOURCE_VALID].data if SOURCE_VALID in scene.coords else None
