@@ -91,7 +91,11 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     spectra = sample_valid_spectra(opened, n_samples, seed=seed)
     flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
     good_band = np.logical_and.reduce(flags) if flags else None
-    return fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
+    try:
+        return fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
+    except ValueError as exc:  # no band varies, or too few for the components: a property of the scenes
+        sources = ", ".join(str((store.metadata.get("source") or {}).get("path", store.path)) for store in opened)
+        raise HsiClusterError(f"{sources}: {exc}; check that the file holds the image you meant") from exc
 
 
 @dataclass
@@ -218,8 +222,8 @@ def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
                               "choose fewer clusters")
     if valid < config.batch_size:  # the sampler drops a partial batch: no step could run, whatever the length
         where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
-        raise HsiClusterError(f"{where} {valid} valid pixels, fewer than one batch of {config.batch_size}; "
-                              "lower --batch-size")
+        raise HsiClusterError(f"{where} {valid} valid pixels (not nodata, NaN or one value in every band), fewer "
+                              f"than one batch of {config.batch_size}; lower --batch-size")
     return next((wavelength for _, _, wavelength in checked if wavelength is not None), None)
 
 

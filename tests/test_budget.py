@@ -321,3 +321,18 @@ def test_cli_scene_with_fewer_valid_pixels_than_a_batch(tmp_path: Path, length: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "fewer" in lines[0] and "batch of 32" in lines[0], result.stderr
     assert "Traceback" not in result.stderr and not output.exists()
+
+
+def test_cli_scene_whose_every_band_is_constant(tmp_path: Path) -> None:
+    """Valid pixels, but no band varies (a different value per band, so no pixel is flat): a one-line input error
+    naming the scene, exit code 2, no output; it was an 'unexpected ValueError', exit code 1."""
+    cube = np.broadcast_to(np.arange(100.0, 112.0, dtype=np.float32)[:, None, None], (12, 40, 40)).copy()
+    flat = make_scene(tmp_path / "flat", height=40, width=40, cube=cube)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    output = tmp_path / "m.ckpt"
+    result = cli("train", flat.store, "-k", 3, "-o", output, "--config", config, "--device", "cpu")
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no band is usable" in lines[0] and "flat" in lines[0], result.stderr
+    assert "unexpected" not in lines[0] and not output.exists()
