@@ -407,14 +407,18 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             update(done, total)
             if record["status"] == "failed":
                 report_failure(record)
+            elif record["status"] == "done" and record.get("valid_pixels") == 0:
+                tqdm_write(f"hsicluster: warning: {record['source']}: {NO_VALID_PIXELS}; every label is nodata")
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
                            retries=retries, progress=on_scene, log=(lambda m: None) if quiet else tqdm_write)
         for record in result.failed:
             report_failure(record)
-    summary = (f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed in "
-               f"{result.seconds:.0f} s; manifest: {result.manifest}")
+    empty = sum(1 for record in result.done if record.get("valid_pixels") == 0)
+    summary = (f"{len(result.done)} done" + (f" ({empty} with no valid pixel)" if empty else "")
+               + f", {len(result.skipped)} skipped, {len(result.failed)} failed in {result.seconds:.0f} s; "
+               f"manifest: {result.manifest}")
     if stac:
         from hsi_cluster.io.stac import write_batch_catalog
 
