@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import click
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 
 EXIT_USER_ERROR = 2
@@ -41,6 +42,17 @@ def _fail(message: str, code: int) -> None:
 
 def _warn(message: str) -> None:
     click.echo(f"hsicluster: warning: {message}", err=True)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_metadata_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Print a scene's :class:`MetadataWarning` as one ``hsicluster: warning:`` line; others as Python does."""
+    if issubclass(category, MetadataWarning):
+        _warn(str(message))
+    else:
+        _python_showwarning(message, category, *args, **kwargs)
 
 
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
@@ -160,7 +172,9 @@ class OneLineErrors(click.Group):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:  # the command's name, options and arguments
-        with self._one_line():
+        with self._one_line(), warnings.catch_warnings():
+            warnings.simplefilter("once", MetadataWarning)  # a scene is opened several times per command
+            warnings.showwarning = _show_metadata_warning
             return super().invoke(ctx)
 
     @staticmethod

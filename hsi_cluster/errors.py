@@ -14,3 +14,7 @@ class SceneError(HsiClusterError):
 
 class OutputError(HsiClusterError):
     """An output path cannot be written or already holds a result."""
+
+
+class MetadataWarning(UserWarning):
+    """Part of a scene's metadata contradicts the data and is not used (the CLI prints it as a warning)."""

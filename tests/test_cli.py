@@ -16,7 +16,7 @@ import hsi_cluster
 from hsi_cluster.cli import main
 from hsi_cluster.io import is_complete_store, open_scene
 from tests import helpers
-from tests.helpers import EPSG, SyntheticScene
+from tests.helpers import EPSG, SyntheticScene, write_envi
 
 INFO_KEYS = {"source", "format", "bands", "rows", "cols", "dtype", "size_bytes", "nodata", "georeferenced", "crs",
              "transform", "resolution", "bounds", "chunks", "wavelength_nm", "fwhm", "bad_bands"}
@@ -85,6 +85,16 @@ def test_info_envi_bad_bands(runner: CliRunner, envi_bsq: SyntheticScene) -> Non
     assert info["bad_bands"] == 2
     assert info["crs"]["epsg"] == EPSG
     assert "2 flagged" in invoke(runner, "info", envi_bsq.header).stdout
+
+
+def test_info_warns_of_a_bad_band_list_of_the_wrong_length(runner: CliRunner, tmp_path: Path) -> None:
+    cube = np.random.default_rng(0).normal(500, 50, (6, 8, 9)).astype(np.float32)
+    scene = write_envi(tmp_path / "short.img", cube, header_fields={"bbl": [1, 1, 0, 1]})
+    result = invoke(runner, "info", scene.header)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("hsicluster: warning:")]
+    assert warnings == [f"hsicluster: warning: {scene.header}: the header's 'bbl' lists 4 values for 6 bands, so it "
+                        "is not used; correct the header"]
+    assert "flagged" not in result.stdout
 
 
 def test_info_salinas_a_not_georeferenced(runner: CliRunner, sample_salinas_a: Path) -> None:

@@ -5,7 +5,11 @@ Wavelengths and FWHM are returned in nanometres.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from hsi_cluster.errors import MetadataWarning
 
 #: Largest wavelength difference (nm) at which two scenes' bands count as the same band.
 WAVELENGTH_TOLERANCE_NM = 1.0
@@ -58,17 +62,24 @@ def _floats(items: list[str] | None, n_bands: int) -> np.ndarray | None:
         return None
 
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
-                    band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]]) -> dict[str, np.ndarray]:
+                    band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]], *,
+                    source: str = "the scene") -> dict[str, np.ndarray]:
     """Collect per-band ``wavelength`` (nm), ``fwhm`` (nm) and ``good_band`` (bool) where known.
 
     Looks, in order, at the ENVI header domain, GDAL per-band metadata (``wavelength``,
     ``fwhm``, ``wavelength_units``, ``bbl``/``good_band``) and GDAL's IMAGERY domain
-    (``CENTRAL_WAVELENGTH_UM``, ``FWHM_UM``).
+    (``CENTRAL_WAVELENGTH_UM``, ``FWHM_UM``). An ENVI list whose length is not the band count is
+    not used, with a :class:`~hsi_cluster.errors.MetadataWarning` naming ``source``.
 
     Returns:
         mapping from coordinate name to an array of shape (bands,); absent fields are omitted.
     """
     coords: dict[str, np.ndarray] = {}
+    for key in ("wavelength", "fwhm", "bbl"):
+        listed = parse_envi_list(envi_tags.get(key))
+        if listed is not None and len(listed) != n_bands:
+            warnings.warn(MetadataWarning(f"{source}: the header's '{key}' lists {len(listed)} values for {n_bands} "
+                                          "bands, so it is not used; correct the header"), stacklevel=2)
     units = envi_tags.get("wavelength_units") or dataset_tags.get("wavelength_units")
     for name in ("wavelength", "fwhm"):
         values = _floats(parse_envi_list(envi_tags.get(name)), n_bands)

@@ -304,7 +304,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
             dataset.count, dataset.tags(),
             dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {},
             [dataset.tags(i) for i in dataset.indexes],
-            [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes])
+            [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes], source=str(path))
         crs = dataset.crs.to_wkt() if dataset.crs else None
         has_transform = crs is not None or not dataset.transform.is_identity
         transform = tuple(dataset.transform)[:6] if has_transform else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hsi_cluster.errors import MetadataWarning
 from hsi_cluster.io.metadata import (
     band_metadata_tags,
     mismatched_band,
@@ -55,5 +56,7 @@ def test_spectral_coords_from_per_band_tags_round_trip_through_band_metadata_tag
 
 def test_spectral_coords_without_metadata_and_with_a_wrong_count() -> None:
     assert spectral_coords(2, {}, {}, [{}, {}], [{}, {}]) == {}
-    # a list of another length than the bands is not trusted
-    assert "wavelength" not in spectral_coords(3, {}, {"wavelength": "{400, 500}"}, [{}, {}, {}], [{}, {}, {}])
+    # a list of another length than the bands is not trusted, and the user is told which
+    with pytest.warns(MetadataWarning, match=r"x.hdr: the header's 'wavelength' lists 2 values for 3 bands"):
+        coords = spectral_coords(3, {}, {"wavelength": "{400, 500}"}, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
+    assert "wavelength" not in coords
