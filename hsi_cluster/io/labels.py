@@ -66,9 +66,10 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
                          f"{truth_path.name} has {truth.shape[0]}×{truth.shape[1]}; score labels of the scene the "
                          "ground truth belongs to")
     if labels_grid is not None and truth_grid is not None and labels_grid != truth_grid:
-        raise SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} (CRS "
-                         f"{labels_grid[0]} vs {truth_grid[0]}, or a different geotransform); score labels of the "
-                         "scene the ground truth belongs to")
+        differs = (f"CRS {labels_grid[0]} vs {truth_grid[0]}" if labels_grid[0] != truth_grid[0] else
+                   f"same CRS, geotransform {_affine_text(labels_grid[1])} vs {_affine_text(truth_grid[1])}")
+        raise SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} ({differs}); "
+                         "score labels of the scene the ground truth belongs to")
     return labels, nodata, truth
 
 
@@ -88,6 +89,10 @@ def written_by_hsicluster(path: str | os.PathLike[str]) -> bool:
                 return LABELS_TAG in dataset.tags()
     except (RasterioIOError, ValueError, OSError):
         return False
+
+
+def _affine_text(transform: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{value:g}" for value in transform) + ")"
 
 
 def _read(path: Path, var: str | None) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:

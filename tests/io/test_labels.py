@@ -111,7 +111,8 @@ def test_label_pair_on_different_grids_is_refused(tmp_path: Path, case: str) -> 
         shifted = helpers.utm_transform(origin=(helpers.ORIGIN[0] + helpers.PIXEL_SIZE, helpers.ORIGIN[1]))
         kwargs = {"crs": "EPSG:4326"} if case == "crs" else {"transform": shifted}
         truth = helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None], **kwargs).path
-        words = "not on the pixel grid of the ground truth gt.tif"
+        words = "not on the pixel grid of the ground truth gt.tif " + (
+            r"\(CRS EPSG:32633 vs EPSG:4326\)" if case == "crs" else r"\(same CRS, geotransform \(30, 0, 500000, ")
     with pytest.raises(SceneError, match=words) as info:
         read_label_pair(labels, truth)
     assert str(info.value).startswith(str(labels))
