@@ -45,6 +45,35 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
     return valid
 
 
+#: Share of the valid pixels above which one value held in every band is reported as a likely fill.
+FLAT_FILL_WARN_SHARE = 0.005
+
+
+def likely_fill(spectra: np.ndarray) -> tuple[float, float] | None:
+    """The value most pixels of a sample hold in every band, and their share, when above :data:`FLAT_FILL_WARN_SHARE`.
+
+    With fewer than :data:`FLAT_FILL_MIN_BANDS` bands a flat pixel stays valid (it may be ground), so an
+    undeclared fill value such as −9999 in every band gets through and takes the variance of the PCA;
+    this finds it, to tell the user.
+
+    Args:
+        spectra: (n, B) valid pixels, B ≥ 2.
+
+    Returns:
+        ``(value, share of the n pixels)``, or None.
+    """
+    spectra = np.asarray(spectra)
+    if spectra.ndim != 2 or spectra.shape[1] < 2 or not len(spectra):
+        return None
+    flat = spectra[(spectra == spectra[:, :1]).all(axis=1), 0]
+    if flat.size <= FLAT_FILL_WARN_SHARE * len(spectra):
+        return None
+    values, counts = np.unique(flat, return_counts=True)
+    top = int(np.argmax(counts))
+    share = counts[top] / len(spectra)
+    return (float(values[top]), float(share)) if share > FLAT_FILL_WARN_SHARE else None
+
+
 def usable_values(values: np.ndarray, *, nodata: float | None = None) -> np.ndarray:
     """bool, shaped like ``values``: finite and not equal to ``nodata``."""
     usable = np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.ones(values.shape, dtype=bool)

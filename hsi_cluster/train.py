@@ -42,6 +42,7 @@ from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral
 from hsi_cluster.model.sscc import SSCC
+from hsi_cluster.stats import likely_fill
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 LogFn = Callable[[str], None]
@@ -82,13 +83,19 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
 
 
 def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,
-                            n_samples: int = 100_000, seed: int = 0) -> SpectralFit:
+                            n_samples: int = 100_000, seed: int = 0, log: LogFn | None = None) -> SpectralFit:
     """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them.
 
-    A band flagged bad in the metadata of any store is left out.
+    A band flagged bad in the metadata of any store is left out. ``log`` is told when many sampled
+    pixels hold one value in every band (an undeclared fill of a scene with few bands).
     """
     opened = [Store.open(store) for store in stores]
     spectra = sample_valid_spectra(opened, n_samples, seed=seed)
+    fill = likely_fill(spectra)
+    if fill is not None and log is not None:
+        value, share = fill
+        log(f"warning: {share:.1%} of the valid pixels hold {value:g} in every band; if that is a fill value, "
+            f"declare it as the scene's nodata (rio edit-info --nodata {value:g} SCENE) and train again")
     flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
     good_band = np.logical_and.reduce(flags) if flags else None
     try:
@@ -487,7 +494,7 @@ def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: C
         spectral: dict[str, Any] = resume_from.payload["spectral"]
         return spectral
     on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
-    fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed)
+    fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed, log=log)
     kept = f" ({config.n_components * 100:g} % of the variance)" if isinstance(config.n_components, float) else ""
     log(f"spectral projection fitted on {on}: {fit.screen.summary()}; {fit.components.shape[0]} PCA components{kept}")
     return {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),

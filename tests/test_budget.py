@@ -336,3 +336,17 @@ def test_cli_scene_whose_every_band_is_constant(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no band is usable" in lines[0] and "flat" in lines[0], result.stderr
     assert "unexpected" not in lines[0] and not output.exists()
+
+
+def test_cli_warns_of_an_undeclared_fill_in_a_scene_of_few_bands(tmp_path: Path) -> None:
+    """8 bands, a sixth of the pixels 0 in every band, no nodata for 0: the training log says which value to declare."""
+    cube = np.random.default_rng(0).normal(500, 50, (8, 48, 40)).astype(np.float32)
+    cube[:, :8] = 0.0
+    filled = make_scene(tmp_path / "filled", height=48, width=40, cube=cube)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    result = cli("train", filled.store, "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config, "--device", "cpu",
+                 "--steps", 2)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert "warning: 16.7% of the valid pixels hold 0 in every band" in result.output
+    assert "rio edit-info --nodata 0 SCENE" in result.output

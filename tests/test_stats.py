@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hsi_cluster.stats import PACKED_FIELDS, BandStats, valid_pixel_mask
+from hsi_cluster.stats import PACKED_FIELDS, BandStats, likely_fill, valid_pixel_mask
 from tests import helpers
 
 
@@ -179,3 +179,14 @@ def test_a_flat_pixel_of_a_spectrometer_is_fill(fill: int) -> None:
     good = np.zeros(24, bool)
     good[:19] = True  # fewer than 20 good bands decide
     assert valid_pixel_mask(cube, good_band=good).all()
+
+
+def test_likely_fill_finds_the_value_many_pixels_hold_in_every_band() -> None:
+    rng = np.random.default_rng(0)
+    spectra = rng.normal(500, 50, (1000, 8))
+    spectra[:100] = -9999.0  # an undeclared fill
+    spectra[100:102] = 7.0  # two flat pixels of another value
+    value, share = likely_fill(spectra)
+    assert value == -9999.0 and share == pytest.approx(0.1)
+    assert likely_fill(spectra[100:]) is None  # 2 flat pixels of 900: too few to report
+    assert likely_fill(rng.normal(size=(1000, 8))) is None
