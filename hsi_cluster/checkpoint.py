@@ -99,6 +99,11 @@ class Checkpoint:
         """Per-band mean of the training scenes (B,): what invalid pixels inside a patch read as."""
         return np.asarray(self.payload["spectral"]["mean"].numpy())
 
+    @property
+    def spectral_std(self) -> np.ndarray:
+        """Per-band std of the training scenes (B,), 1 where a band had none."""
+        return np.asarray(self.payload["spectral"]["std"].numpy())
+
     def build_model(self) -> SSCC:
         """The trained network (CPU, eval mode)."""
         model = SSCC.from_config(self.payload["model_config"])

@@ -55,6 +55,12 @@ def _show_metadata_warning(message: Warning | str, category: type[Warning], *arg
         _python_showwarning(message, category, *args, **kwargs)
 
 
+def _units_differ(scene: object, spread: float | None) -> str:
+    return (f"{scene}: its values vary {spread:.3g}× as much as the model's training scenes (first tile): other "
+            "units or scaling (digital numbers against reflectance?); the labels are likely meaningless. Convert the "
+            "scene to the training data's units, or train on it")
+
+
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
 
 TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
@@ -375,6 +381,8 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
                    f"{result.megapixels_per_second:.2f} Mpix/s)")
     if result.valid_pixels == 0:
         _warn(f"{scene}: {NO_VALID_PIXELS}; every label is nodata")
+    if result.units_differ:
+        _warn(_units_differ(scene, result.spread))
 
 
 @main.command()
@@ -423,6 +431,8 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
                 report_failure(record)
             elif record["status"] == "done" and record.get("valid_pixels") == 0:
                 tqdm_write(f"hsicluster: warning: {record['source']}: {NO_VALID_PIXELS}; every label is nodata")
+            elif record["status"] == "done" and record.get("units_differ"):
+                tqdm_write(f"hsicluster: warning: {_units_differ(record['source'], record.get('spread'))}")
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,

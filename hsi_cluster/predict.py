@@ -39,13 +39,15 @@ from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.scene_array import file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.stats import valid_pixel_mask
+from hsi_cluster.stats import spread_against, valid_pixel_mask
 
 if TYPE_CHECKING:
     import zarr
 
 #: Label value of pixels that could not be labelled (invalid input) in in-memory results.
 NO_LABEL = -1
+#: A scene whose values vary this many times more or less than the training scenes' is in other units.
+SPREAD_LIMIT = 100.0
 
 
 @torch.no_grad()
@@ -111,6 +113,12 @@ class PredictResult:
     valid_pixels: int
     seconds: float
     counts: dict[int, int]
+    spread: float | None = None  # the first labelled tile's spread against the training scenes (stats.spread_against)
+
+    @property
+    def units_differ(self) -> bool:
+        """The scene's values vary over 100× more or less than the training scenes': other units or scaling."""
+        return self.spread is not None and not 1 / SPREAD_LIMIT <= self.spread <= SPREAD_LIMIT
 
     @property
     def megapixels_per_second(self) -> float:
@@ -169,6 +177,7 @@ class _Job:
     digest: str
     source: Path
     deciding_bands: np.ndarray | None = None  # bool (B,): the bands whose NaN/nodata makes a pixel invalid; None: all
+    spread: float | None = None  # set from the first tile with valid pixels (stats.spread_against)
 
     @property
     def n_clusters(self) -> int:
@@ -255,6 +264,11 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
         return
     tiles = prefetched(read_tile(job, i, j) for i, j in todo)  # the next tile is read while this one computes
     for (i, j), (padded, valid) in zip(todo, tiles, strict=True):
+        if job.spread is None and valid.sum() >= 2:
+            halo = job.halo
+            interior = padded[:, halo:halo + valid.shape[0], halo:halo + valid.shape[1]]
+            bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
+            job.spread = spread_against(interior[bands][:, valid].T, job.checkpoint.spectral_std[bands])
         tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
         store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
                     tile_confidence if with_confidence else None)
@@ -351,4 +365,4 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,
                          tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
                          valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
-                         counts={k: int(counts[k]) for k in range(job.n_clusters)})
+                         counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread)

@@ -74,6 +74,20 @@ def likely_fill(spectra: np.ndarray) -> tuple[float, float] | None:
     return (float(values[top]), float(share)) if share > FLAT_FILL_WARN_SHARE else None
 
 
+def spread_against(pixels: np.ndarray, std: np.ndarray) -> float:
+    """How widely ``pixels`` vary against a model's training statistics: the median over bands of their std
+    divided by the training std. About 1 on ground like the training scenes (0.1–0.5 on one land cover);
+    1e-4 or 1e4 on the same ground in other units, such as reflectance against digital numbers scaled by
+    10 000.
+
+    Args:
+        pixels: (n ≥ 2, B) valid pixels.
+        std: (B,) the training std of each band (> 0).
+    """
+    spread = np.asarray(pixels, dtype=np.float64).std(axis=0)
+    return float(np.median(spread / np.asarray(std, dtype=np.float64)))
+
+
 def usable_values(values: np.ndarray, *, nodata: float | None = None) -> np.ndarray:
     """bool, shaped like ``values``: finite and not equal to ``nodata``."""
     usable = np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.ones(values.shape, dtype=bool)

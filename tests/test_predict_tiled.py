@@ -363,6 +363,24 @@ def test_pixels_the_files_mask_band_hides_are_nodata(dense: TrainedModel, tmp_pa
     assert np.array_equal(labels, read_raster(expected.output)[0])
 
 
+def test_a_scene_in_other_units_than_the_training_scenes_is_warned_of(dense: TrainedModel, tmp_path: Path,
+                                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]
+                                                                     ) -> None:
+    """The training scene itself varies as the model expects; the same ground scaled by 1e-4 (reflectance against
+    digital numbers) is labelled, with a warning naming the scene and the factor."""
+    same = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "same.tif", tiles=16, device="cpu")
+    assert same.spread is not None and 0.1 < same.spread < 10 and not same.units_differ
+    reflectance = np.where(holey[1], holey[0].cube * 1e-4, np.nan).astype(np.float32)
+    scaled = write_scene(tmp_path / "reflectance.tif", reflectance, nodata=None)
+    result = CliRunner().invoke(main, ["predict", str(scaled.path), "-m", str(dense.checkpoint), "-o",
+                                       str(tmp_path / "labels.tif"), "--tiles", "16", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hsicluster: warning: {scaled.path}: its values vary ")
+    assert float(lines[0].split("its values vary ")[1].split("×")[0]) < 1e-3
+    assert "other units or scaling" in lines[0]
+
+
 def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, tmp_path: Path,
                                                           holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """Category names and a raster attribute table in GDAL's PAM sidecar, read back by GDAL (through rasterio)

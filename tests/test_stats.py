@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hsi_cluster.stats import PACKED_FIELDS, BandStats, likely_fill, valid_pixel_mask
+from hsi_cluster.stats import PACKED_FIELDS, BandStats, likely_fill, spread_against, valid_pixel_mask
 from tests import helpers
 
 
@@ -190,3 +190,12 @@ def test_likely_fill_finds_the_value_many_pixels_hold_in_every_band() -> None:
     assert value == -9999.0 and share == pytest.approx(0.1)
     assert likely_fill(spectra[100:]) is None  # 2 flat pixels of 900: too few to report
     assert likely_fill(rng.normal(size=(1000, 8))) is None
+
+
+def test_spread_against_training_statistics_tells_other_units() -> None:
+    rng = np.random.default_rng(0)
+    std = np.array([50.0, 80.0, 120.0])
+    pixels = rng.normal([500, 900, 1500], std, (2000, 3))
+    assert spread_against(pixels, std) == pytest.approx(1.0, abs=0.05)
+    assert spread_against(pixels * 1e-4, std) == pytest.approx(1e-4, rel=0.05)  # reflectance against DN
+    assert spread_against(pixels * 1e4, std) == pytest.approx(1e4, rel=0.05)
