@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -134,6 +135,12 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
             hint = RESUME_HINTS.get(click.get_current_context().info_name or "")
             _fail(f"interrupted; {hint}" if hint else "interrupted", 130)
         except Exception as exc:  # an unexpected failure: keep it to one line unless asked
+            full = _disk_full(exc)
+            if full is not None:
+                if verbose:
+                    traceback.print_exc()
+                hint = RESUME_HINTS.get(click.get_current_context().info_name or "", "rerun the same command")
+                _fail(f"no space left on the device{full}; free some space, then {hint}", EXIT_USER_ERROR)
             if verbose:
                 traceback.print_exc()
                 sys.exit(EXIT_UNEXPECTED)
@@ -141,6 +148,20 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                   "report it if it persists)", EXIT_UNEXPECTED)
 
     return wrapper
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """`` (writing FILE)`` (or ``""`` without a file name) when ``exc`` or its causes say the disk or quota is full, else None."""
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f" (writing {seen.filename})" if seen.filename else ""
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return ""
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class ProgressUpdate:

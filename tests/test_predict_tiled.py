@@ -381,6 +381,37 @@ def test_a_scene_in_other_units_than_the_training_scenes_is_warned_of(dense: Tra
     assert "other units or scaling" in lines[0]
 
 
+@pytest.mark.parametrize("failure", ["oserror", "gdal"])
+def test_a_full_disk_is_one_line_that_says_to_free_space_and_resume(dense: TrainedModel, tmp_path: Path,
+                                                                      holey: tuple[helpers.SyntheticScene, np.ndarray],
+                                                                      monkeypatch: pytest.MonkeyPatch, failure: str
+                                                                      ) -> None:
+    """The disk fills while the quicklook is written (the last output): exit code 2, the file named where the
+    error names one, and after space is freed ``--resume`` finishes the job."""
+    import errno
+
+    png = tmp_path / "labels.png"
+
+    def full_disk(*args, **kwargs):
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device", str(png))
+        raise RuntimeError("TIFFWriteDirectoryTagData: _tiffSeekProc: No space left on device")
+
+    monkeypatch.setattr(predict_module, "write_quicklook", full_disk)
+    args = ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o", str(tmp_path / "labels.tif"),
+            "--quicklook", str(png), "--tiles", "16", "--device", "cpu", "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hsicluster: error: no space left on the device")
+    assert "free some space, then rerun it with --resume" in lines[0] and "unexpected" not in lines[0]
+    assert (f"(writing {png})" in lines[0]) == (failure == "oserror")
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(main, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert png.is_file() and (tmp_path / "labels.tif").is_file()
+
+
 def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, tmp_path: Path,
                                                           holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """Category names and a raster attribute table in GDAL's PAM sidecar, read back by GDAL (through rasterio)
