@@ -42,7 +42,7 @@ from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.stats import likely_fill
+from hsi_cluster.stats import VALIDITY_RULES, likely_fill
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 LogFn = Callable[[str], None]
@@ -57,7 +57,8 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
     """A complete store for ``scene``: the scene itself if it is one, else a cached ingest of it.
 
     The cache name depends on the source's path, size and modification time, so an edited
-    scene is ingested again and an unchanged one is reused.
+    scene is ingested again and an unchanged one is reused, unless its store was made under other rules of
+    validity (:data:`~hsi_cluster.stats.VALIDITY_RULES`).
     """
     path = Path(scene).expanduser().absolute()
     if is_complete_store(path):
@@ -67,8 +68,8 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
     stat = source.stat()
     key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     store = work_dir / f"{source.stem}-{key}.zarr"
-    if is_complete_store(store):
-        return store
+    if is_complete_store(store) and Store.open(store).metadata.get("validity_rules") == VALIDITY_RULES:
+        return store  # else made by a version with other validity rules: ingested again below
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

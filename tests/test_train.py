@@ -23,6 +23,7 @@ from hsi_cluster.cli import main
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io.store import Store
+from hsi_cluster.stats import VALIDITY_RULES
 from hsi_cluster.train import TrainResult, fit_spectral_projection, partial_checkpoint_path, prepare_store, train
 from tests import helpers
 from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, structured_cube, tiny_config
@@ -521,6 +522,26 @@ def test_prepare_store_ingests_once_and_reuses(scene: IngestedScene, tmp_path: P
     os.utime(source, ns=(stamp + 10**9, stamp + 10**9))  # a different modification time, whatever the clock
     changed = prepare_store(source, tmp_path / "work", log=messages.append)
     assert changed != first and len(messages) == 2
+
+
+def test_prepare_store_ingests_again_a_cache_made_under_other_validity_rules(scene: IngestedScene,
+                                                                           tmp_path: Path) -> None:
+    """A store cached by a version whose rules of valid pixels differ (say, one that ignored flat fill) is made
+    again, in place; one made under today's rules is reused."""
+    import json
+
+    source = helpers.write_geotiff(tmp_path / "s.tif", scene.cube, nodata=NODATA).path
+    messages: list[str] = []
+    first = prepare_store(source, tmp_path / "work", log=messages.append)
+    meta_file = first / "zarr.json"
+    document = json.loads(meta_file.read_text())
+    assert document["attributes"]["hsicluster"]["validity_rules"] == VALIDITY_RULES
+    document["attributes"]["hsicluster"]["validity_rules"] = VALIDITY_RULES - 1
+    meta_file.write_text(json.dumps(document))
+    again = prepare_store(source, tmp_path / "work", log=messages.append)
+    assert again == first and len(messages) == 2
+    assert Store.open(again).metadata["validity_rules"] == VALIDITY_RULES
+    assert prepare_store(source, tmp_path / "work", log=messages.append) == first and len(messages) == 2
 
 
 def test_prepare_store_reports_an_unreadable_scene(tmp_path: Path) -> None:

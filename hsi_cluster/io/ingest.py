@@ -41,7 +41,7 @@ from hsi_cluster.io.store import (
     is_complete_store,
     read_store_metadata,
 )
-from hsi_cluster.stats import BandStats, usable_values, valid_pixel_mask
+from hsi_cluster.stats import VALIDITY_RULES, BandStats, usable_values, valid_pixel_mask
 
 PROGRESS_DIR = "_blocks_done"
 MIN_CHUNK = 16
@@ -73,7 +73,8 @@ def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None
 
 def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "format": STORE_FORMAT, "version": STORE_VERSION, "complete": False, "library_version": __version__,
+        "format": STORE_FORMAT, "version": STORE_VERSION, "validity_rules": VALIDITY_RULES, "complete": False,
+        "library_version": __version__,
         "source": source, "shape": list(scene.shape), "dtype": str(scene.dtype), "chunk": chunk,
         "crs": scene.attrs.get("crs"), "transform": list(scene.attrs["transform"]),
         "georeferenced": bool(scene.attrs.get("georeferenced")), "nodata": scene.attrs.get("nodata"),
@@ -86,7 +87,7 @@ def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> 
 
 
 def _same_job(existing: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
-    keys = ("source", "shape", "dtype", "chunk", "version")
+    keys = ("source", "shape", "dtype", "chunk", "version", "validity_rules")
     return existing is not None and all(existing.get(k) == wanted.get(k) for k in keys)
 
 
