@@ -31,10 +31,10 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
-from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering
+from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
-from hsi_cluster.io.labels import read_label_map, read_label_pair
+from hsi_cluster.io.labels import read_label_map
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.predict import PredictResult, label_tile, predict_scene, read_tile, tile_job
 
@@ -383,9 +383,7 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None = 0, var:
     if isinstance(labels, xr.Dataset):
         labels = labels["labels"]
     if isinstance(labels, (str, os.PathLike)) and isinstance(ground_truth, (str, os.PathLike)):
-        predicted, invalid, reference = read_label_pair(labels, ground_truth, var=var)
-        return score_clustering(predicted, reference, unlabelled=unlabelled,
-                                invalid_pred="auto" if invalid is None else invalid)
+        return score_label_files(labels, ground_truth, unlabelled=unlabelled, var=var)
     invalid_pred: int | None | str = "auto"
     if isinstance(labels, (str, os.PathLike)):
         labels, nodata = read_label_map(labels)

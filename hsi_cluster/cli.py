@@ -493,12 +493,9 @@ def _failure(record: dict[str, Any]) -> str:
 @command_options
 def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str | None, quiet: bool) -> None:
     """Score a cluster-label raster LABELS against ground truth TRUTH (ACC, NMI, Kappa, ARI)."""
-    from hsi_cluster.evaluate import score_clustering
-    from hsi_cluster.io.labels import read_label_pair
+    from hsi_cluster.evaluate import score_label_files
 
-    predicted, invalid, reference = read_label_pair(labels, truth, var=var)
-    scores = score_clustering(predicted, reference, unlabelled=unlabelled,
-                              invalid_pred="auto" if invalid is None else invalid)
+    scores = score_label_files(labels, truth, unlabelled=unlabelled, var=var)
     if as_json:
         _echo_json(scores.to_dict())
     else:

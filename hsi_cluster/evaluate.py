@@ -11,6 +11,7 @@ Pure numpy / scipy / scikit-learn; no file I/O.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "match_clusters",
     "mean_std",
     "score_clustering",
+    "score_label_files",
 ]
 
 UNMATCHED = -1
@@ -340,3 +342,17 @@ def mean_std(scores: list[ClusteringScores]) -> dict[str, tuple[float, float]]:
         vals = np.array([getattr(s, name) for s in scores], dtype=np.float64)
         out[name] = (float(vals.mean()), float(vals.std(ddof=0)))
     return out
+
+
+def score_label_files(labels_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
+                      unlabelled: int | None = 0, var: str | None = None) -> ClusteringScores:
+    """:func:`score_clustering` of a label raster against a ground-truth file, as ``hsicluster evaluate`` scores them.
+
+    Both are read by :func:`~hsi_cluster.io.labels.read_label_pair` (one pixel grid; truth nodata/NaN pixels
+    become ``unlabelled``); the labels' nodata on labelled pixels counts as wrong.
+    """
+    from hsi_cluster.io.labels import read_label_pair
+
+    predicted, invalid, reference = read_label_pair(labels_path, truth_path, var=var, unlabelled=unlabelled)
+    return score_clustering(predicted, reference, unlabelled=unlabelled,
+                            invalid_pred="auto" if invalid is None else invalid)

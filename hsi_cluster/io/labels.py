@@ -44,11 +44,14 @@ def read_label_map(path: str | os.PathLike[str], *, var: str | None = None) -> t
 
 
 def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
-                    var: str | None = None) -> tuple[np.ndarray, int | None, np.ndarray]:
+                    var: str | None = None, unlabelled: int | None = 0) -> tuple[np.ndarray, int | None, np.ndarray]:
     """Read cluster labels and their ground truth, checked to lie on one pixel grid.
 
+    Ground-truth pixels that are the truth raster's nodata value, or NaN in a float raster (rasterised
+    vector ground truth often is), are set to ``unlabelled``, so they are not scored.
+
     Returns:
-        ``(labels, labels_nodata, truth)``, both maps (y, x).
+        ``(labels, labels_nodata, truth)``, both maps (y, x); the truth as int64.
 
     Raises:
         SceneError: either file unreadable (see :func:`read_label_map`), the two of different sizes, or
@@ -56,7 +59,14 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
     """
     labels_path, truth_path = (Path(p).expanduser().absolute() for p in (labels_path, truth_path))
     labels, nodata, labels_grid = _read(labels_path, None)
-    truth, _, truth_grid = _read(truth_path, var)
+    truth, truth_nodata, truth_grid = _read(truth_path, var, missing_ok=True)
+    missing = np.isnan(truth) if truth.dtype.kind == "f" else np.zeros(truth.shape, bool)
+    if truth_nodata is not None:
+        missing |= truth == truth_nodata
+    if missing.any() and unlabelled is None:
+        raise SceneError(f"{truth_path}: {int(missing.sum())} pixels are nodata or NaN, and every pixel is to be "
+                         "scored; pass the value of unlabelled pixels instead")
+    truth = np.where(missing, unlabelled if unlabelled is not None else 0, truth).astype(np.int64)
     if written_by_hsicluster(truth_path) and not written_by_hsicluster(labels_path):
         raise SceneError(f"{truth_path.name} holds cluster labels written by hsicluster predict and {labels_path.name} "
                          "does not: the arguments look swapped; pass the labels first, then the ground truth "
@@ -95,8 +105,11 @@ def _affine_text(transform: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{value:g}" for value in transform) + ")"
 
 
-def _read(path: Path, var: str | None) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:
-    """A label map, its nodata value and, for a georeferenced raster, its grid (CRS string, geotransform)."""
+def _read(path: Path, var: str | None, *,
+          missing_ok: bool = False) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:
+    """A label map, its nodata value and, for a georeferenced raster, its grid (CRS string, geotransform).
+
+    ``missing_ok``: a float map may hold NaN (missing pixels) besides its integer ids."""
     if not path.is_file():
         raise SceneError(f"{path}: no such file; check the path")
     suffix = path.suffix.lower()
@@ -131,7 +144,8 @@ def _read(path: Path, var: str | None) -> tuple[np.ndarray, int | None, tuple[st
         raise SceneError(f"{path}: cannot read a label map ({str(exc).splitlines()[0]}); check the file") from exc
     if labels.ndim != 2:
         raise SceneError(f"{path}: label map has shape {labels.shape}; expected a 2-D (y, x) array")
-    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):  # NaN too
+    ids = labels[~np.isnan(labels)] if missing_ok and labels.dtype.kind == "f" else labels
+    if labels.dtype.kind == "f" and not np.array_equal(ids, np.round(ids)):  # NaN too, unless missing_ok
         raise SceneError(f"{path}: holds non-integer values ({labels.dtype}); a label map holds integer cluster or "
                          "class ids (a --confidence raster is not one)")
     if nodata is not None and not float(nodata).is_integer():

@@ -112,13 +112,10 @@ def _run_predict(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
 
 
 def _run_evaluate(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
-    from hsi_cluster.evaluate import score_clustering
-    from hsi_cluster.io.labels import read_label_pair
+    from hsi_cluster.evaluate import score_label_files
 
     o = job.options
-    predicted, invalid, reference = read_label_pair(job.inputs["labels"], job.inputs["truth"], var=o["var"])
-    scores = score_clustering(predicted, reference, unlabelled=o["unlabelled"],
-                              invalid_pred="auto" if invalid is None else invalid)
+    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], unlabelled=o["unlabelled"], var=o["var"])
     _write_json(job.outputs["output"], {"step": step.name, "seed": job.variant, "title": o["title"] or step.name,
                                         "labels": str(job.inputs["labels"]), "truth": str(job.inputs["truth"]),
                                         "unlabelled": o["unlabelled"], "scores": scores.to_dict()})

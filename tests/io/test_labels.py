@@ -116,3 +116,26 @@ def test_label_pair_on_different_grids_is_refused(tmp_path: Path, case: str) -> 
     with pytest.raises(SceneError, match=words) as info:
         read_label_pair(labels, truth)
     assert str(info.value).startswith(str(labels))
+
+
+def test_truth_nodata_and_nan_pixels_are_not_scored(tmp_path: Path) -> None:
+    """A ground truth whose nodata is −1 (class 0 real) or a float one with NaN holes: those pixels become
+    ``unlabelled`` instead of a class "-1" (or a refusal of the NaN)."""
+    from hsi_cluster.evaluate import score_label_files
+
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path
+    truth = LABELS.astype(np.int16)
+    truth[0] = -1
+    with_nodata = helpers.write_geotiff(tmp_path / "gt.tif", truth[None], nodata=-1).path
+    _, _, reference = read_label_pair(labels, with_nodata, unlabelled=-1)
+    assert (reference[0] == -1).all() and np.array_equal(reference[1:], LABELS[1:])
+    scores = score_label_files(labels, with_nodata, unlabelled=99)  # the nodata pixels take the unlabelled value
+    assert -1 not in scores.per_class and scores.n_scored == LABELS[1:].size
+    assert scores.acc == pytest.approx(1.0)
+    holes = (LABELS + 1).astype(np.float32)
+    holes[:, 0] = np.nan
+    with_nan = helpers.write_geotiff(tmp_path / "gt_nan.tif", holes[None]).path
+    _, _, reference = read_label_pair(labels, with_nan, unlabelled=0)
+    assert reference.dtype == np.int64 and (reference[:, 0] == 0).all()
+    with pytest.raises(SceneError, match="pixels are nodata or NaN"):
+        read_label_pair(labels, with_nan, unlabelled=None)
