@@ -30,6 +30,7 @@ from hsi_cluster.io.label_raster import (
     TileStore,
     colour_table,
     label_dtype,
+    sidecar_path,
     write_cog,
     write_label_sidecar,
     write_quicklook,
@@ -150,7 +151,8 @@ def _absolute(path: str | os.PathLike[str] | None) -> Path | None:
 def _check_outputs(scene_path: Path, checkpoint_path: Path, outputs: _Outputs, *, overwrite: bool,
                    resume: bool) -> None:
     """Outputs distinct, none an input, none existing unless replaced (before any work)."""
-    by_option = {"-o": outputs.labels, "--confidence": outputs.confidence, "--quicklook": outputs.quicklook}
+    by_option = {"-o": outputs.labels, "--confidence": outputs.confidence, "--quicklook": outputs.quicklook,
+                 "-o (its class sidecar)": sidecar_path(outputs.labels)}
     check_distinct_outputs(by_option)
     inputs = {**scene_inputs(scene_path), "the model": checkpoint_path}
     # --resume continues an interrupted run; with nothing to continue, the outputs are new ones

@@ -558,6 +558,9 @@ def test_two_outputs_on_one_path_are_refused(dense: TrainedModel, tmp_path: Path
     output = tmp_path / "labels.tif"
     with pytest.raises(OutputError, match="given as both -o and --confidence"):
         predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", confidence_path=output)
+    with pytest.raises(OutputError, match=r"labels.tif.aux.xml: given as both --confidence and -o \(its class sidecar\)"):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu",
+                      confidence_path=tmp_path / "labels.tif.aux.xml")
     assert list(tmp_path.iterdir()) == []
 
 

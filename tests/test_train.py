@@ -797,6 +797,9 @@ def test_expand_scene_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     # order kept, repeats dropped, a literal name with glob characters and a missing name kept as given
     assert expand_scene_paths(["archive/b.tif", "archive/*.tif", "odd[1].tif", "missing.tif"]) == \
         [archive / "b.tif", archive / "a.tif", tmp_path / "odd[1].tif", tmp_path / "missing.tif"]
+    # one file named two ways (through '..' or a link) is one scene
+    (tmp_path / "link.tif").symlink_to(archive / "a.tif")
+    assert expand_scene_paths(["archive/a.tif", "archive/deep/../a.tif", "link.tif"]) == [archive / "a.tif"]
     with pytest.raises(HsiClusterError, match=r"nothing/\*\*/\*\.tif: the pattern matches no scene") as exc:
         expand_scene_paths(["archive/*.tif", "nothing/**/*.tif"])
     one_line(exc)

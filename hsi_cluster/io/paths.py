@@ -24,8 +24,9 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
     any number of folders), its matches sorted by name, skipping what is not a scene of its own
     (GDAL sidecar files, an ENVI header whose binary exists, folders other than ``*.zarr`` stores,
     anything inside a store).
-    Other arguments are kept as they are, so that the reader reports a missing file. A path given
-    twice (or matched by two patterns) is kept where it first appears.
+    Other arguments are kept as they are, so that the reader reports a missing file. A file named
+    twice (by two patterns, or two paths such as ``a.tif`` and ``./x/../a.tif`` or a link) is kept where
+    it first appears.
 
     Args:
         patterns: paths and patterns, e.g. ``["archive/*.tif", "extra/scene.zarr"]``; ``~`` is expanded.
@@ -36,7 +37,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
     Raises:
         SceneError: a pattern matches no scene (one line naming the pattern).
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}  # the file itself (links and '..' resolved) -> the path as first given
     for pattern in patterns:
         text = os.path.expanduser(os.fspath(pattern))
         if not os.path.lexists(text) and glob.has_magic(text):
@@ -47,8 +48,8 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
         else:
             matches = [Path(text)]
         for match in matches:
-            found.setdefault(match.absolute(), None)
-    return list(found)
+            found.setdefault(match.resolve(), match.absolute())
+    return list(found.values())
 
 
 def is_scene_match(path: Path) -> bool:
