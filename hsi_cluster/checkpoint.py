@@ -176,7 +176,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
                               f"(expects {CHECKPOINT_VERSION}); retrain with this version")
+    missing = [key for key in REQUIRED_KEYS if not isinstance(payload.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete hsicluster checkpoint (no {', '.join(missing)}); it was edited "
+                              "or written by another program — retrain or restore it")
     return Checkpoint(payload, path)
+
+
+#: Parts every checkpoint holds (mappings); a file without one of them cannot be used.
+REQUIRED_KEYS = ("model_config", "state_dict", "spectral", "train_config")
 
 
 #: Leading bytes of files that are often passed by mistake where a checkpoint goes.

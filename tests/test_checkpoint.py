@@ -86,6 +86,16 @@ def test_incomplete_flag(tmp_path: Path) -> None:
     assert not load_checkpoint(path).complete
 
 
+@pytest.mark.parametrize("key", ["spectral", "model_config", "state_dict", "train_config"])
+def test_a_checkpoint_without_a_required_part_is_refused(tmp_path: Path, key: str) -> None:
+    payload = payload_of(tiny_model())
+    del payload[key]
+    path = tmp_path / "edited.ckpt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"not a complete hsicluster checkpoint \\(no {key}\\)"):
+        load_checkpoint(path)
+
+
 class Exploit:
     """Pickles to a call of ``os.system`` when unpickled."""
 
