@@ -232,6 +232,11 @@ def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
         where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
         raise HsiClusterError(f"{where} {valid} valid pixels (not nodata, NaN or one value in every band), fewer "
                               f"than one batch of {config.batch_size}; lower --batch-size")
+    sampled = min(valid, config.centroid_samples) // config.batch_size * config.batch_size  # whole batches
+    if config.assignment == "centroids" and n_clusters > sampled:
+        raise HsiClusterError(f"{option} {n_clusters} is more than the {sampled} pixels the cluster centroids are "
+                              f"fitted on (whole batches of {config.batch_size} of the {valid} valid pixels); choose "
+                              "fewer clusters or lower --batch-size")
     return next((wavelength for _, _, wavelength in checked if wavelength is not None), None)
 
 

@@ -350,3 +350,19 @@ def test_cli_warns_of_an_undeclared_fill_in_a_scene_of_few_bands(tmp_path: Path)
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert "warning: 16.7% of the valid pixels hold 0 in every band" in result.output
     assert "rio edit-info --nodata 0 SCENE" in result.output
+
+
+def test_cli_more_clusters_than_the_centroid_sample_is_refused_before_training(tmp_path: Path) -> None:
+    """72 valid pixels, batches of 32: the centroids are fitted on 64, so -k 70 (or --k-max 70) is refused up front
+    (it trained to the end, then failed with an unexpected ValueError and left a partial checkpoint)."""
+    cube = np.random.default_rng(0).normal(500, 50, (12, 8, 9)).astype(np.float32)
+    small = make_scene(tmp_path / "small", height=8, width=9, cube=cube)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    output = tmp_path / "m.ckpt"
+    for k in (["-k", 70], ["-k", "auto", "--k-max", 70]):
+        result = cli("train", small.store, *k, "-o", output, "--config", config, "--device", "cpu")
+        assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "70 is more than the 64 pixels the cluster centroids are fitted on" in lines[0]
+        assert not output.exists() and not list(tmp_path.glob("*.partial"))
