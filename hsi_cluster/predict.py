@@ -40,15 +40,13 @@ from hsi_cluster.io.scene import open_scene, scene_inputs
 from hsi_cluster.io.scene_array import file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.stats import spread_against, valid_pixel_mask
+from hsi_cluster.stats import UNITS_SPREAD_LIMIT, spread_against, valid_pixel_mask
 
 if TYPE_CHECKING:
     import zarr
 
 #: Label value of pixels that could not be labelled (invalid input) in in-memory results.
 NO_LABEL = -1
-#: A scene whose values vary this many times more or less than the training scenes' is in other units.
-SPREAD_LIMIT = 100.0
 
 
 @torch.no_grad()
@@ -119,7 +117,7 @@ class PredictResult:
     @property
     def units_differ(self) -> bool:
         """The scene's values vary over 100× more or less than the training scenes': other units or scaling."""
-        return self.spread is not None and not 1 / SPREAD_LIMIT <= self.spread <= SPREAD_LIMIT
+        return self.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= self.spread <= UNITS_SPREAD_LIMIT
 
     @property
     def megapixels_per_second(self) -> float:

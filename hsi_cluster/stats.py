@@ -7,6 +7,7 @@ over all valid pixels up to float64 rounding, whatever the block order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,22 @@ def likely_fill(spectra: np.ndarray) -> tuple[float, float] | None:
     top = int(np.argmax(counts))
     share = counts[top] / len(spectra)
     return (float(values[top]), float(share)) if share > FLAT_FILL_WARN_SHARE else None
+
+
+#: Scenes whose values vary this many times more or less than each other are in other units or scaling.
+UNITS_SPREAD_LIMIT = 100.0
+
+
+def spread_ratios(stds: Sequence[np.ndarray]) -> np.ndarray:
+    """For each of several scenes' per-band std (each (B,)), the median over bands of its std divided by the
+    median std of all the scenes: about 1 each for scenes in the same units, 1e-4 or 1e4 for one in others.
+    Bands without a finite positive std in every scene are not compared."""
+    table = np.asarray(stds, dtype=np.float64)  # (scenes, B)
+    usable = np.all(np.isfinite(table) & (table > 0), axis=0)
+    if not usable.any():
+        return np.ones(len(table))
+    table = table[:, usable]
+    return np.median(table / np.median(table, axis=0), axis=1)
 
 
 def spread_against(pixels: np.ndarray, std: np.ndarray) -> float:

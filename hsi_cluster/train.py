@@ -42,7 +42,7 @@ from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.stats import VALIDITY_RULES, likely_fill
+from hsi_cluster.stats import UNITS_SPREAD_LIMIT, VALIDITY_RULES, likely_fill, spread_ratios
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 LogFn = Callable[[str], None]
@@ -92,6 +92,13 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     """
     opened = [Store.open(store) for store in stores]
     spectra = sample_valid_spectra(opened, n_samples, seed=seed)
+    ratios = spread_ratios([store.band_stats().std for store in opened])
+    for store, ratio in zip(opened, ratios, strict=True):
+        if log is not None and not 1 / UNITS_SPREAD_LIMIT <= ratio <= UNITS_SPREAD_LIMIT:
+            source = (store.metadata.get("source") or {}).get("path", store.path)
+            log(f"warning: {source}: its values vary {ratio:.3g}× as much as the other training scenes': other units "
+                "or scaling (digital numbers against reflectance?); the clusters will mostly separate the scenes. "
+                "Convert the scenes to one unit, or train on them apart")
     fill = likely_fill(spectra)
     if fill is not None and log is not None:
         value, share = fill

@@ -366,3 +366,17 @@ def test_cli_more_clusters_than_the_centroid_sample_is_refused_before_training(t
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "70 is more than the 64 pixels the cluster centroids are fitted on" in lines[0]
         assert not output.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_warns_of_training_scenes_in_other_units(tmp_path: Path) -> None:
+    """Two tiles of one archive, one in digital numbers and one in reflectance (÷ 10 000): the log names the odd one."""
+    cube = np.random.default_rng(0).normal(500, 50, (12, 30, 30)).astype(np.float32)
+    counts = make_scene(tmp_path / "dn", height=30, width=30, cube=cube)
+    reflectance = make_scene(tmp_path / "refl", height=30, width=30, cube=cube * 1e-4)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    result = cli("train", counts.store, reflectance.store, "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config,
+                 "--device", "cpu", "--steps", 2)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    warned = [line for line in result.output.splitlines() if "as much as the other training scenes" in line]
+    assert len(warned) == 1 and "refl" in warned[0] and "other units or scaling" in warned[0]

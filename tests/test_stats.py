@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hsi_cluster.stats import PACKED_FIELDS, BandStats, likely_fill, spread_against, valid_pixel_mask
+from hsi_cluster.stats import PACKED_FIELDS, BandStats, likely_fill, spread_against, spread_ratios, valid_pixel_mask
 from tests import helpers
 
 
@@ -199,3 +199,11 @@ def test_spread_against_training_statistics_tells_other_units() -> None:
     assert spread_against(pixels, std) == pytest.approx(1.0, abs=0.05)
     assert spread_against(pixels * 1e-4, std) == pytest.approx(1e-4, rel=0.05)  # reflectance against DN
     assert spread_against(pixels * 1e4, std) == pytest.approx(1e4, rel=0.05)
+
+
+def test_spread_ratios_single_out_a_scene_in_other_units() -> None:
+    rng = np.random.default_rng(1)
+    std = rng.uniform(20, 200, 30)
+    ratios = spread_ratios([std, std * 1.3, std * 1e-4, std * 0.8])
+    assert ratios[2] < 1e-3 and all(0.5 < r < 2 for r in ratios[[0, 1, 3]])
+    assert spread_ratios([std, np.full(30, np.nan)]).tolist() == [1.0, 1.0]  # nothing to compare
