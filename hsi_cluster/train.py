@@ -220,9 +220,6 @@ def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
     scene = open_scene(store)
     source = scene.attrs["ingested_from"]["path"]
     valid = int(scene.attrs.get("valid_pixels") or 0)
-    if valid == 0:
-        raise HsiClusterError(f"{source}: every pixel is nodata, NaN or fill (one value in every band); nothing to "
-                              "train on (check the nodata value)")
     wavelength = scene.coords["wavelength"].values.tolist() if "wavelength" in scene.coords else None
     return source, valid, wavelength
 
@@ -399,6 +396,15 @@ def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work:
     for path in paths:
         _check_scene_shape(path, config)
     stores = [prepare_store(path, work, log=log) for path in paths]
+    empty = [store for store in stores if not int(Store.open(store).metadata.get("valid_pixels") or 0)]
+    if len(empty) == len(stores):
+        where = _check_scene(stores[0])[0] if len(stores) == 1 else f"all {len(stores)} scenes"
+        raise HsiClusterError(f"{where}: every pixel is nodata, NaN or fill (one value in every band); nothing to "
+                              "train on (check the nodata value)")
+    for store in empty:  # a tile of an archive outside the swath: the others train
+        log(f"warning: {_check_scene(store)[0]}: every pixel is nodata, NaN or fill (one value in every band); "
+            "left out of the training")
+    stores = [store for store in stores if store not in empty]
     wavelength = _check_scenes(stores, config, n_clusters, option=option)
     identity = [_scene_identity(s) for s in stores]
     return stores, wavelength, identity

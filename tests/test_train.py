@@ -402,6 +402,25 @@ def test_bad_scene_is_a_one_line_error_and_writes_nothing(tmp_path: Path, kind: 
         assert not (tmp_path / "work").exists()
 
 
+def test_an_empty_tile_of_an_archive_is_left_out_of_training(scene: IngestedScene, tmp_path: Path) -> None:
+    """Of two tiles, one entirely nodata (outside the swath): the other trains, the log names the empty one, and
+    the checkpoint lists only the tile used; with every tile empty, the one-line error."""
+    good = helpers.write_geotiff(tmp_path / "good.tif", scene.cube, nodata=NODATA).path
+    for folder in ("empty", "nan"):
+        (tmp_path / folder).mkdir()
+    empty = bad_scene("all-nodata", tmp_path / "empty")
+    messages: list[str] = []
+    result = train([good, empty], n_clusters=3, output=tmp_path / "m.ckpt", config=tiny_config(), device="cpu",
+                   work_dir=tmp_path / "work", log=messages.append)
+    assert [s["source"] for s in load_checkpoint(result.checkpoint).payload["scenes"]] == [str(good)]
+    assert [m for m in messages if "left out of the training" in m] == [
+        f"warning: {empty}: every pixel is nodata, NaN or fill (one value in every band); left out of the training"]
+    with pytest.raises(HsiClusterError, match="all 2 scenes: every pixel is nodata") as exc:
+        train([empty, bad_scene("all-nan", tmp_path / "nan")], n_clusters=3, output=tmp_path / "n.ckpt",
+              config=tiny_config(), device="cpu", work_dir=tmp_path / "work")
+    one_line(exc)
+
+
 @pytest.mark.parametrize("k", [1, 0, -3])
 def test_k_below_two(scene: IngestedScene, tmp_path: Path, k: int) -> None:
     with pytest.raises(HsiClusterError, match="-k") as exc:
