@@ -425,6 +425,9 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
     if "lr_step_fraction" not in saved["train_config"]:
         raise CheckpointError(f"--resume: {source.name} was made by an older hsicluster, whose learning-rate "
                               "schedule was counted in epochs; start without --resume")
+    if _comparable(saved["train_config"]) != _comparable(config.to_dict()):  # before the length: a preset sets it too
+        raise CheckpointError(f"--resume: {source.name} was made with another configuration (--preset, --config or "
+                              "a training option); pass the same options or start without --resume")
     if not resume_from.complete:
         changed = _length_mismatch(saved["train_config"], config.to_dict())
         if changed:
@@ -437,10 +440,9 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
                                  f"-k {fixed}; -k auto cannot continue it (pass -k {fixed})")
                               + ", or start without --resume")
     head_clusters = saved["model_config"].get("head_clusters", saved["model_config"]["n_clusters"])
-    if _comparable(saved["train_config"]) != _comparable(config.to_dict()) or \
-            head_clusters != n_clusters or saved["training"].get("seed") != seed:
-        raise CheckpointError(f"--resume: {source.name} was made with another configuration, K or seed; "
-                              "pass the same options or start without --resume")
+    if head_clusters != n_clusters or saved["training"].get("seed") != seed:
+        raise CheckpointError(f"--resume: {source.name} was made with another K or seed ({head_clusters} clusters, seed "
+                              f"{saved['training'].get('seed')}); pass the same options or start without --resume")
     return resume_from
 
 

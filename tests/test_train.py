@@ -281,7 +281,7 @@ def interrupted(scene: IngestedScene, tmp_path: Path) -> Path:
     return output
 
 
-@pytest.mark.parametrize("change", ["scene", "config", "K", "seed", "backbone"])
+@pytest.mark.parametrize("change", ["scene", "config", "K", "seed", "backbone", "preset"])
 def test_resume_with_another_scene_or_config_is_refused(interrupted: Path, scene: IngestedScene,
                                                         other_scene: IngestedScene, change: str) -> None:
     partial = partial_checkpoint_path(interrupted)
@@ -296,11 +296,15 @@ def test_resume_with_another_scene_or_config_is_refused(interrupted: Path, scene
         kwargs["n_clusters"] = 4
     elif change == "seed":
         kwargs["seed"] = 3
+    elif change == "preset":  # another preset changes the length keys too: the message names the configuration
+        config = resume_config(lr=0.5, epochs=None, samples=64 * 32)
     else:
         config = resume_config(backbone_kwargs={"width": 16, "depth": 2})
     with pytest.raises(CheckpointError, match="--resume") as exc:
         run(target, interrupted, config=config, resume=True, **kwargs)
     one_line(exc)
+    if change in ("config", "preset", "backbone"):
+        assert "another configuration" in str(exc.value)
     assert not interrupted.exists() and partial.read_bytes() == before
 
 
