@@ -381,12 +381,15 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
             _warn(f"{path}: {option} is written as a GeoTIFF whatever its name; name it .tif so that other tools "
                   "recognise it")
+    if quicklook is not None and quicklook.suffix.lower() != ".png":
+        _warn(f"{quicklook}: --quicklook is written as a PNG whatever its name; name it .png so that other tools "
+              "recognise it")
     started = time.perf_counter()
     with progress_bar("predict", unit="tile", quiet=quiet) as update:
         def on_tile(done: int, total: int) -> None:
             update(done, total)
             if not quiet and done:  # edge tiles are smaller: the rate is approximate until the end
-                update.bar.set_postfix_str(f"{done * tiles * tiles / 1e6 / (time.perf_counter() - started):.2f} Mpix/s")
+                update.bar.set_postfix_str(f"{done * tiles * tiles / 1e6 / (time.perf_counter() - started):.3g} Mpix/s")
         result = predict_scene(scene, checkpoint, output, tiles=tiles, device=device, confidence_path=confidence,
                                quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=on_tile)
     if stac:
@@ -399,7 +402,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
     if not quiet:
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
-                   f"{result.megapixels_per_second:.2f} Mpix/s)")
+                   f"{result.megapixels_per_second:.3g} Mpix/s)")
     if result.valid_pixels == 0:
         _warn(f"{scene}: {NO_VALID_PIXELS}; every label is nodata")
     if result.units_differ:

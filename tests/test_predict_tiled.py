@@ -727,3 +727,11 @@ def test_cli_warns_about_an_output_name_that_is_not_a_geotiff_name(dense: Traine
                              ".tif so that other tools recognise it\n")
     with rasterio.open(output) as written:
         assert written.driver == "GTiff"
+    picture = tmp_path / "labels.jpg"
+    result = CliRunner().invoke(main, ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o",
+                                       str(tmp_path / "labels.tif"), "--quicklook", str(picture), "--tiles", "32",
+                                       "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == (f"hsicluster: warning: {picture}: --quicklook is written as a PNG whatever its name; "
+                             "name it .png so that other tools recognise it\n")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -357,6 +357,9 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     if not os.access(path, os.R_OK):
         raise SceneError(f"{path}: permission denied; make the file readable")
     suffix = path.suffix.lower()
+    if var is not None and suffix != ".mat":
+        raise SceneError(f"{path}: --var {var} names a variable of a MATLAB .mat file, and this is not one; leave "
+                         "--var out")
     if suffix == ".npy":
         return _open_npy(path, chunks)
     if suffix == ".mat":

@@ -213,7 +213,7 @@ def describe(kind: str, summary: dict[str, Any]) -> str:
     if kind == "train":
         return f"{summary['steps']} steps, {summary['epochs']} epochs, {summary['samples_per_second']:.0f} samples/s"
     if kind == "predict":
-        return f"{summary['valid_pixels']} labelled pixels, {summary['megapixels_per_second']:.2f} Mpix/s"
+        return f"{summary['valid_pixels']} labelled pixels, {summary['megapixels_per_second']:.3g} Mpix/s"
     if kind == "evaluate":
         return "  ".join(f"{k.upper() if k != 'kappa' else 'Kappa'} {v:.3f}" for k, v in summary.items())
     if kind == "batch":

@@ -343,3 +343,8 @@ def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
     assert scene.shape == (96, 1200, 1000)
     assert elapsed < 0.5
     assert grown < 50e6
+
+
+def test_var_for_a_file_that_is_not_matlab_is_refused(geotiff: SyntheticScene) -> None:
+    with pytest.raises(SceneError, match="--var cube names a variable of a MATLAB .mat file, and this is not one"):
+        open_scene(geotiff.path, var="cube")
