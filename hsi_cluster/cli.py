@@ -57,9 +57,9 @@ def _show_metadata_warning(message: Warning | str, category: type[Warning], *arg
 
 
 def _units_differ(scene: object, spread: float | None) -> str:
-    return (f"{scene}: its values vary {spread:.3g}× as much as the model's training scenes (first tile): other "
-            "units or scaling (digital numbers against reflectance?); the labels are likely meaningless. Convert the "
-            "scene to the training data's units, or train on it")
+    return (f"{scene}: its values vary {spread:.3g}× as much as the model's training scenes (first valid pixels "
+            "read): other units or scaling (digital numbers against reflectance?); the labels are likely meaningless. "
+            "Convert the scene to the training data's units, or train on it")
 
 
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 #: Label value of pixels that could not be labelled (invalid input) in in-memory results.
 NO_LABEL = -1
+#: Valid pixels (from the first tiles) whose spread is compared with the training scenes' (units check).
+SPREAD_SAMPLE = 1000
 
 
 @torch.no_grad()
@@ -112,7 +114,7 @@ class PredictResult:
     valid_pixels: int
     seconds: float
     counts: dict[int, int]
-    spread: float | None = None  # the first labelled tile's spread against the training scenes (stats.spread_against)
+    spread: float | None = None  # the first valid pixels' spread against the training scenes' (stats.spread_against)
 
     @property
     def units_differ(self) -> bool:
@@ -177,7 +179,7 @@ class _Job:
     digest: str
     source: Path
     deciding_bands: np.ndarray | None = None  # bool (B,): the bands whose NaN/nodata makes a pixel invalid; None: all
-    spread: float | None = None  # set from the first tile with valid pixels (stats.spread_against)
+    spread: float | None = None  # set from the first SPREAD_SAMPLE valid pixels (stats.spread_against)
 
     @property
     def n_clusters(self) -> int:
@@ -263,12 +265,16 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
     if not todo:
         return
     tiles = prefetched(read_tile(job, i, j) for i, j in todo)  # the next tile is read while this one computes
-    for (i, j), (padded, valid) in zip(todo, tiles, strict=True):
-        if job.spread is None and valid.sum() >= 2:
+    bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
+    spread_sample: list[np.ndarray] = []  # valid pixels of the first tiles, until SPREAD_SAMPLE of them
+    for index, ((i, j), (padded, valid)) in enumerate(zip(todo, tiles, strict=True)):
+        if job.spread is None:
             halo = job.halo
-            interior = padded[:, halo:halo + valid.shape[0], halo:halo + valid.shape[1]]
-            bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
-            job.spread = spread_against(interior[bands][:, valid].T, job.checkpoint.spectral_std[bands])
+            pixels = padded[:, halo:halo + valid.shape[0], halo:halo + valid.shape[1]][bands][:, valid].T
+            spread_sample.append(pixels[::max(1, len(pixels) // SPREAD_SAMPLE)])
+            gathered = sum(len(p) for p in spread_sample)
+            if gathered >= SPREAD_SAMPLE or (index == len(todo) - 1 and gathered >= 2):
+                job.spread = spread_against(np.concatenate(spread_sample), job.checkpoint.spectral_std[bands])
         tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
         store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
                     tile_confidence if with_confidence else None)
