@@ -87,8 +87,10 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
                             n_samples: int = 100_000, seed: int = 0, log: LogFn | None = None) -> SpectralFit:
     """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them.
 
-    A band flagged bad in the metadata of any store is left out. ``log`` is told when many sampled
-    pixels hold one value in every band (an undeclared fill of a scene with few bands).
+    A band flagged bad in the metadata of any store is left out. ``log`` is told of a store whose values
+    vary over :data:`~hsi_cluster.stats.UNITS_SPREAD_LIMIT` times more or less than the others' (other
+    units), and when many sampled pixels hold one value in every band (an undeclared fill of a scene
+    with few bands).
     """
     opened = [Store.open(store) for store in stores]
     spectra = sample_valid_spectra(opened, n_samples, seed=seed)
