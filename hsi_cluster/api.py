@@ -34,7 +34,7 @@ from hsi_cluster.config import load_config
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
-from hsi_cluster.io.labels import read_label_map
+from hsi_cluster.io.labels import read_label_map, truth_unlabelled
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.predict import PredictResult, label_tile, predict_scene, read_tile, tile_job
 
@@ -363,14 +363,16 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
     return model
 
 
-def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None = 0, var: str | None = None) -> ClusteringScores:
+def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "auto",
+             var: str | None = None) -> ClusteringScores:
     """Score cluster labels against ground truth: the numbers ``hsicluster evaluate`` prints.
 
     Args:
         labels: a label raster path (``predict``'s COG, or any single-band raster / ``.npy`` / ``.mat``), a
             DataArray from :meth:`Model.predict` (or its Dataset), or an array (y, x).
         ground_truth: a path or an array (y, x) of class ids, same size as ``labels``.
-        unlabelled: ground-truth value of pixels not scored (None scores every pixel).
+        unlabelled: ground-truth value of pixels not scored (None scores every pixel); "auto": the ground-truth
+            raster's nodata value when it declares one, else 0.
         var: the variable of a MATLAB ground-truth file holding several arrays.
 
     Labels' nodata (the raster's, the DataArray's ``.rio.nodata``/``_FillValue``, else -1 or 255/65535 of a
@@ -391,9 +393,11 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None = 0, var:
     elif isinstance(labels, xr.DataArray):
         invalid_pred = default_invalid_pred(labels)
         labels = labels.values
+    scored_as = 0 if unlabelled == "auto" else (None if unlabelled is None else int(unlabelled))
     if isinstance(ground_truth, (str, os.PathLike)):
+        scored_as = truth_unlabelled(ground_truth, unlabelled)
         ground_truth, _ = read_label_map(ground_truth, var=var)
     elif isinstance(ground_truth, xr.DataArray):
         ground_truth = ground_truth.values
-    return score_clustering(np.asarray(labels), np.asarray(ground_truth), unlabelled=unlabelled,
+    return score_clustering(np.asarray(labels), np.asarray(ground_truth), unlabelled=scored_as,
                             invalid_pred=invalid_pred)

@@ -491,14 +491,16 @@ def _failure(record: dict[str, Any]) -> str:
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.argument("truth", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--unlabelled", default=0, show_default=True, help="Ground-truth value of unlabelled pixels.")
+@click.option("--unlabelled", type=int, default=None,
+              help="Ground-truth value of unlabelled pixels (default: the ground truth's nodata value when it "
+                   "declares one, else 0).")
 @click.option("--var", default=None, help="Variable in a MATLAB ground-truth file with several arrays.")
 @command_options
-def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int, var: str | None, quiet: bool) -> None:
+def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int | None, var: str | None, quiet: bool) -> None:
     """Score a cluster-label raster LABELS against ground truth TRUTH (ACC, NMI, Kappa, ARI)."""
     from hsi_cluster.evaluate import score_label_files
 
-    scores = score_label_files(labels, truth, unlabelled=unlabelled, var=var)
+    scores = score_label_files(labels, truth, unlabelled="auto" if unlabelled is None else unlabelled, var=var)
     if as_json:
         _echo_json(scores.to_dict())
     else:

@@ -345,14 +345,16 @@ def mean_std(scores: list[ClusteringScores]) -> dict[str, tuple[float, float]]:
 
 
 def score_label_files(labels_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
-                      unlabelled: int | None = 0, var: str | None = None) -> ClusteringScores:
+                      unlabelled: int | None | str = "auto", var: str | None = None) -> ClusteringScores:
     """:func:`score_clustering` of a label raster against a ground-truth file, as ``hsicluster evaluate`` scores them.
 
     Both are read by :func:`~hsi_cluster.io.labels.read_label_pair` (one pixel grid; truth nodata/NaN pixels
-    become ``unlabelled``); the labels' nodata on labelled pixels counts as wrong.
+    become ``unlabelled``); the labels' nodata on labelled pixels counts as wrong. ``unlabelled="auto"``: the
+    truth raster's nodata value when it declares one, else 0.
     """
-    from hsi_cluster.io.labels import read_label_pair
+    from hsi_cluster.io.labels import read_label_pair, truth_unlabelled
 
+    unlabelled = truth_unlabelled(truth_path, unlabelled)
     predicted, invalid, reference = read_label_pair(labels_path, truth_path, var=var, unlabelled=unlabelled)
     return score_clustering(predicted, reference, unlabelled=unlabelled,
                             invalid_pred="auto" if invalid is None else invalid)

@@ -83,6 +83,24 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
     return labels, nodata, truth
 
 
+def truth_unlabelled(truth_path: str | os.PathLike[str], unlabelled: int | None | str) -> int | None:
+    """The ground-truth value of unscored pixels: ``unlabelled`` as given, or for ``"auto"`` the truth raster's
+    nodata value when it declares an integer one, else 0 (the benchmarks' convention)."""
+    if unlabelled != "auto":
+        return None if unlabelled is None else int(unlabelled)
+    path = Path(truth_path).expanduser().absolute()
+    if path.suffix.lower() in (".npy", ".mat") or not path.is_file():
+        return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(envi_binary(path)) as dataset:
+                nodata = dataset.nodata
+    except (RasterioIOError, ValueError, OSError):
+        return 0  # the reader itself reports an unreadable file
+    return int(nodata) if nodata is not None and float(nodata).is_integer() else 0
+
+
 #: Dataset tag that ``predict`` writes into every label raster (with the model hash, source, …).
 LABELS_TAG = "HSICLUSTER_K"
 

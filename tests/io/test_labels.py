@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hsi_cluster.errors import SceneError
-from hsi_cluster.io.labels import read_label_map, read_label_pair
+from hsi_cluster.io.labels import read_label_map, read_label_pair, truth_unlabelled
 from tests import helpers
 
 LABELS = np.arange(9 * 7, dtype=np.uint8).reshape(9, 7) % 5  # y != x catches a transpose
@@ -132,6 +132,10 @@ def test_truth_nodata_and_nan_pixels_are_not_scored(tmp_path: Path) -> None:
     scores = score_label_files(labels, with_nodata, unlabelled=99)  # the nodata pixels take the unlabelled value
     assert -1 not in scores.per_class and scores.n_scored == LABELS[1:].size
     assert scores.acc == pytest.approx(1.0)
+    # by default the truth's own nodata is its unlabelled value, so class 0 is scored as the class it is
+    assert score_label_files(labels, with_nodata).per_class.keys() == set(np.unique(LABELS[1:]))
+    assert truth_unlabelled(with_nodata, "auto") == -1 and truth_unlabelled(labels, 7) == 7
+    assert truth_unlabelled(tmp_path / "gt.npy", "auto") == 0
     holes = (LABELS + 1).astype(np.float32)
     holes[:, 0] = np.nan
     with_nan = helpers.write_geotiff(tmp_path / "gt_nan.tif", holes[None]).path
