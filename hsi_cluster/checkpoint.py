@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if kind is not None:
         raise CheckpointError(f"{path}: not a checkpoint ({kind}); pass the .ckpt file written by 'hsicluster train'")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle makes torch warn of its protocol before it is refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than weights and plain "
                               "data (it may be unsafe or not an hsicluster checkpoint)") from exc

@@ -106,7 +106,7 @@ class Exploit:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.filterwarnings("error:Detected pickle protocol")  # torch's warning must not reach the user
 @pytest.mark.parametrize("writer", ["torch", "torch-inside-a-real-payload", "pickle"])
 def test_crafted_checkpoint_cannot_execute_code(tmp_path: Path, writer: str) -> None:
     marker = tmp_path / "pwned"
