@@ -268,10 +268,10 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
     bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
     spread_sample: list[np.ndarray] = []  # valid pixels of the first tiles, until SPREAD_SAMPLE of them
     for index, ((i, j), (padded, valid)) in enumerate(zip(todo, tiles, strict=True)):
-        if job.spread is None:
-            halo = job.halo
-            pixels = padded[:, halo:halo + valid.shape[0], halo:halo + valid.shape[1]][bands][:, valid].T
-            spread_sample.append(pixels[::max(1, len(pixels) // SPREAD_SAMPLE)])
+        if job.spread is None:  # pick the pixels first: indexing the bands of a whole tile would copy it
+            rows, cols = np.nonzero(valid)
+            step = max(1, len(rows) // SPREAD_SAMPLE)
+            spread_sample.append(padded[:, rows[::step] + job.halo, cols[::step] + job.halo][bands].T)
             gathered = sum(len(p) for p in spread_sample)
             if gathered >= SPREAD_SAMPLE or (index == len(todo) - 1 and gathered >= 2):
                 job.spread = spread_against(np.concatenate(spread_sample), job.checkpoint.spectral_std[bands])

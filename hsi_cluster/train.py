@@ -97,8 +97,7 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     ratios = spread_ratios([store.band_stats().std for store in opened])
     for store, ratio in zip(opened, ratios, strict=True):
         if log is not None and not 1 / UNITS_SPREAD_LIMIT <= ratio <= UNITS_SPREAD_LIMIT:
-            source = (store.metadata.get("source") or {}).get("path", store.path)
-            log(f"warning: {source}: its values vary {ratio:.3g}× as much as the other training scenes': other units "
+            log(f"warning: {_source_of(store)}: its values vary {ratio:.3g}× as much as the other training scenes': other units "
                 "or scaling (digital numbers against reflectance?); the clusters will mostly separate the scenes. "
                 "Convert the scenes to one unit, or train on them apart")
     fill = likely_fill(spectra)
@@ -111,8 +110,13 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     try:
         return fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
     except ValueError as exc:  # no band varies, or too few for the components: a property of the scenes
-        sources = ", ".join(str((store.metadata.get("source") or {}).get("path", store.path)) for store in opened)
+        sources = ", ".join(_source_of(store) for store in opened)
         raise HsiClusterError(f"{sources}: {exc}; check that the file holds the image you meant") from exc
+
+
+def _source_of(store: Store) -> str:
+    """The file a store was ingested from (the store itself when it does not say)."""
+    return str((store.metadata.get("source") or {}).get("path", store.path))
 
 
 @dataclass
@@ -400,11 +404,11 @@ def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work:
     stores = [prepare_store(path, work, log=log) for path in paths]
     empty = [store for store in stores if not int(Store.open(store).metadata.get("valid_pixels") or 0)]
     if len(empty) == len(stores):
-        where = _check_scene(stores[0])[0] if len(stores) == 1 else f"all {len(stores)} scenes"
+        where = _source_of(Store.open(stores[0])) if len(stores) == 1 else f"all {len(stores)} scenes"
         raise HsiClusterError(f"{where}: every pixel is nodata, NaN or fill (one value in every band); nothing to "
                               "train on (check the nodata value)")
     for store in empty:  # a tile of an archive outside the swath: the others train
-        log(f"warning: {_check_scene(store)[0]}: every pixel is nodata, NaN or fill (one value in every band); "
+        log(f"warning: {_source_of(Store.open(store))}: every pixel is nodata, NaN or fill (one value in every band); "
             "left out of the training")
     stores = [store for store in stores if store not in empty]
     wavelength = _check_scenes(stores, config, n_clusters, option=option)

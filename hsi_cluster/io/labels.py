@@ -88,16 +88,8 @@ def truth_unlabelled(truth_path: str | os.PathLike[str], unlabelled: int | None 
     nodata value when it declares an integer one, else 0 (the benchmarks' convention)."""
     if unlabelled != "auto":
         return None if unlabelled is None else int(unlabelled)
-    path = Path(truth_path).expanduser().absolute()
-    if path.suffix.lower() in (".npy", ".mat") or not path.is_file():
-        return 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(envi_binary(path)) as dataset:
-                nodata = dataset.nodata
-    except (RasterioIOError, ValueError, OSError):
-        return 0  # the reader itself reports an unreadable file
+    header = _raster_header(truth_path)
+    nodata = header[0] if header is not None else None
     return int(nodata) if nodata is not None and float(nodata).is_integer() else 0
 
 
@@ -108,15 +100,22 @@ LABELS_TAG = "HSICLUSTER_K"
 def written_by_hsicluster(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a raster carrying the tags that ``hsicluster predict`` writes (False for ``.npy``/``.mat``
     and for anything unreadable)."""
+    header = _raster_header(path)
+    return header is not None and LABELS_TAG in header[1]
+
+
+def _raster_header(path: str | os.PathLike[str]) -> tuple[float | None, dict[str, str]] | None:
+    """A raster's nodata value and dataset tags (header only), or None for ``.npy``/``.mat`` and anything
+    unreadable (the reader reports those)."""
     if Path(path).suffix.lower() in (".npy", ".mat"):
-        return False
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(envi_binary(Path(path))) as dataset:
-                return LABELS_TAG in dataset.tags()
+            with rasterio.open(envi_binary(Path(path).expanduser().absolute())) as dataset:
+                return dataset.nodata, dataset.tags()
     except (RasterioIOError, ValueError, OSError):
-        return False
+        return None
 
 
 def _affine_text(transform: tuple[float, ...]) -> str:
