@@ -10,11 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "hsi_cluster" / "sample_data" / "salinas_a" / "SalinasA_corrected.hdr"
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """``--set`` overrides ``key=value`` (``a.b=value`` for a nested key; YAML values) as a config mapping."""
+    overrides: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        target = overrides
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
+    return overrides
 
 
 def real_cube() -> np.ndarray:

@@ -37,25 +37,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_sets  # noqa: E402
 from scenes import SCENE_NAMES, build_scene  # noqa: E402
 
 #: What ``--scene all`` runs: the development benchmark of issue 11.
 ALL_SCENES = SCENE_NAMES
-
-
-def parse_sets(pairs: list[str]) -> dict:
-    overrides: dict = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        target = overrides
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(value)
-    return overrides
 
 
 def smoothed_pixels(store: Path, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import torch
 
 from hsi_cluster.checkpoint import Checkpoint, CheckpointError, load_checkpoint, make_payload, save_checkpoint
 from hsi_cluster.config import TrainConfig
-from hsi_cluster.data.augment import Augmenter, two_views
+from hsi_cluster.data.augment import Augmenter, RadiometricBasis, two_views
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_valid_spectra
@@ -542,7 +542,9 @@ def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[
     criterion = SSCCLoss(instance_weight=config.instance_weight, cluster_weight=config.cluster_weight,
                          temperature=config.temperature, offdiag_weight=config.offdiag_weight)
     balance = ClusterEntropyLoss()
-    augmenter = Augmenter(config.augment)
+    radiometry = (RadiometricBasis.from_projection(spectral["mean"], spectral["std"], spectral["components"],
+                                                  device=device) if config.augment.radiometric else None)
+    augmenter = Augmenter(config.augment, radiometry)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
 

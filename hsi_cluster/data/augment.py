@@ -13,7 +13,10 @@ applied through masks. The blur is spatial (the authors' code blurs over the wro
 
 The augmentation runs AFTER the spectral projection, on projected patches (N, C, p, p) (C = 8 PCA
 components in standardised units): masking zeroes a channel or pixel at the scene mean, and the
-projection is not repeated per view. Random numbers come from an optional ``torch.Generator`` on
+projection is not repeated per view. An optional radiometric change (not in the paper) mimics another
+acquisition of the same ground: a brightness factor and a linear spectral tilt of the *raw* spectrum,
+carried into the projected space exactly for the brightness and in the span of the components for
+the tilt (:class:`RadiometricBasis`). Random numbers come from an optional ``torch.Generator`` on
 the same device as the patches, so results are reproducible given its seed.
 """
 
@@ -52,6 +55,11 @@ class AugmentConfig:
             (standardised) units; 0: off.
         spectral_scale: range of a per-sample multiplicative factor on all values, sampled
             uniformly; None: off.
+        brightness: range of a per-sample factor on the raw spectrum (illumination, a scene of
+            another date), sampled log-uniformly; None: off. Needs a :class:`RadiometricBasis`.
+        spectral_tilt: largest per-sample linear gain across the bands: the raw spectrum is
+            multiplied by ``1 + tau · (2 b / (B − 1) − 1)`` with tau ~ U(−tilt, tilt) (calibration
+            or atmosphere of another scene); 0: off. Needs a :class:`RadiometricBasis`.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -67,10 +75,12 @@ class AugmentConfig:
     band_mask_prob: float = 0.5
     spectral_noise_std: float = 0.0
     spectral_scale: tuple[float, float] | None = None
+    brightness: tuple[float, float] | None = None
+    spectral_tilt: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from YAML) and store tuples, so the config stays hashable.
-        for name in ("crop_scale", "crop_ratio", "blur_sigma", "one_of", "spectral_scale"):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "one_of", "spectral_scale", "brightness"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
@@ -92,12 +102,27 @@ class AugmentConfig:
             raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma}")
         if self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be a positive odd number, got {self.blur_kernel_size}")
+        self._check_spectral()
+
+    def _check_spectral(self) -> None:
+        """The options that change the spectrum (noise, scale, brightness, tilt)."""
         if self.spectral_noise_std < 0:
             raise ValueError(f"spectral_noise_std must be >= 0, got {self.spectral_noise_std}")
         if self.spectral_scale is not None:
             lo, hi = _range(self.spectral_scale, "spectral_scale")
             if not 0 <= lo <= hi:
                 raise ValueError(f"spectral_scale must satisfy 0 <= lo <= hi, or be None, got {self.spectral_scale}")
+        if self.brightness is not None:
+            lo, hi = _range(self.brightness, "brightness")
+            if not 0 < lo <= hi:
+                raise ValueError(f"brightness must satisfy 0 < lo <= hi, or be None, got {self.brightness}")
+        if not 0 <= self.spectral_tilt < 1:
+            raise ValueError(f"spectral_tilt must be in [0, 1), got {self.spectral_tilt}")
+
+    @property
+    def radiometric(self) -> bool:
+        """Whether the pool changes the raw spectrum (brightness or tilt), which needs a :class:`RadiometricBasis`."""
+        return self.brightness is not None or self.spectral_tilt > 0
 
     @classmethod
     def mild(cls, **overrides: Any) -> AugmentConfig:
@@ -113,6 +138,61 @@ def _range(value: tuple[float, ...], name: str) -> tuple[float, float]:
     if len(value) != 2:
         raise ValueError(f"{name} must be a (low, high) pair, got {value}")
     return float(value[0]), float(value[1])
+
+
+@dataclass(frozen=True)
+class RadiometricBasis:
+    """What a change of the raw spectrum does to projected pixels, for the projection ``p = C ((x − μ) / σ)``.
+
+    Scaling the raw spectrum x by a gain g (per band) gives ``p' = C (g ∘ z) + C ((g − 1) ∘ μ / σ)``
+    with z = (x − μ) / σ. For g = a (brightness) that is exactly ``a p + (1 − a) origin``, origin being
+    the projection of a zero spectrum. For the tilt g = 1 + tau s, s = 2 b / (B − 1) − 1, the first term
+    is read in the span of the components (z ≈ Cᵀ p): ``p + tau (S p + u)`` with S = C diag(s) Cᵀ and
+    u = C (s ∘ μ / σ).
+
+    Attributes:
+        origin: (C,) projection of a zero spectrum, ``−C (μ / σ)``.
+        tilt_matrix: (C, C) S.
+        tilt_offset: (C,) u.
+    """
+
+    origin: Tensor
+    tilt_matrix: Tensor
+    tilt_offset: Tensor
+
+    @classmethod
+    def from_projection(cls, mean: Any, std: Any, components: Any, *,
+                        device: torch.device | str = "cpu") -> RadiometricBasis:
+        """The basis of a projection given its per-band ``mean``, ``std`` (B,) and ``components`` (C, B)."""
+        mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
+        comp = torch.as_tensor(components, dtype=torch.float64)
+        n_bands = comp.shape[1]
+        if mean_t.shape != (n_bands,) or std_t.shape != (n_bands,):
+            raise ValueError(f"mean and std need one value per band ({n_bands}), got {tuple(mean_t.shape)} "
+                             f"and {tuple(std_t.shape)}")
+        slope = torch.linspace(-1.0, 1.0, n_bands, dtype=torch.float64) if n_bands > 1 else torch.zeros(1)
+        ratio = mean_t / std_t
+        return cls(origin=(-comp @ ratio).float().to(device),
+                   tilt_matrix=((comp * slope) @ comp.T).float().to(device),
+                   tilt_offset=(comp @ (slope * ratio)).float().to(device))
+
+    def apply(self, x: Tensor, brightness: Tensor, tilt: Tensor) -> Tensor:
+        """Projected patches after a raw gain ``brightness · (1 + tilt · s)`` per sample.
+
+        Args:
+            x: (N, C, p, p) projected patches.
+            brightness: (N,) factors a > 0.
+            tilt: (N,) tilts tau.
+
+        Returns:
+            (N, C, p, p), same dtype.
+        """
+        matrix = self.tilt_matrix.to(x.dtype)
+        tilted = torch.einsum("cd,ndhw->nchw", matrix, x) + self.tilt_offset.to(x.dtype)[None, :, None, None]
+        out = x + tilt.to(x.dtype)[:, None, None, None] * tilted
+        scale = brightness.to(x.dtype)[:, None, None, None]
+        return scale * out + (1 - scale) * self.origin.to(x.dtype)[None, :, None, None]
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, *, kernel_size: int = 3) -> Tensor:
@@ -142,19 +222,25 @@ def gaussian_blur(x: Tensor, sigma: Tensor, *, kernel_size: int = 3) -> Tensor:
 class Augmenter:
     """Draw one random augmentation per sample from the SSCC pool, for a whole batch at once.
 
-    Order: random resized crop with flips / rotation (one bilinear resampling), spectral scale and
-    noise (if enabled), then exactly one of blur / pixel masking / band masking.
+    Order: random resized crop with flips / rotation (one bilinear resampling), the radiometric
+    change, spectral scale and noise (each if enabled), then exactly one of blur / pixel masking /
+    band masking.
 
     Args:
         config: the pool's parameters.
+        radiometry: the projection's basis; required when the config sets ``brightness`` or
+            ``spectral_tilt``.
 
     Example:
         >>> augment = Augmenter(AugmentConfig())
         >>> view = augment(projected_patches, generator=torch.Generator().manual_seed(0))
     """
 
-    def __init__(self, config: AugmentConfig | None = None) -> None:
+    def __init__(self, config: AugmentConfig | None = None, radiometry: RadiometricBasis | None = None) -> None:
         self.config = AugmentConfig() if config is None else config
+        if self.config.radiometric and radiometry is None:
+            raise ValueError("brightness or spectral_tilt need the projection's RadiometricBasis")
+        self.radiometry = radiometry
 
     def __repr__(self) -> str:
         return f"Augmenter({self.config!r})"
@@ -178,6 +264,14 @@ class Augmenter:
             return x.clone()
         cfg = self.config
         out = self._crop_flip_rotate(x, generator)
+        if cfg.radiometric and self.radiometry is not None:
+            n_samples = x.shape[0]
+            brightness = torch.ones(n_samples, device=x.device)
+            if cfg.brightness is not None:
+                log_lo, log_hi = math.log(cfg.brightness[0]), math.log(cfg.brightness[1])
+                brightness = torch.exp(log_lo + (log_hi - log_lo) * self._uniform((n_samples,), x, generator))
+            tilt = cfg.spectral_tilt * (2 * self._uniform((n_samples,), x, generator) - 1)
+            out = self.radiometry.apply(out, brightness, tilt)
         if cfg.spectral_scale is not None:
             lo, hi = cfg.spectral_scale
             factor = lo + (hi - lo) * self._uniform((x.shape[0], 1, 1, 1), x, generator)

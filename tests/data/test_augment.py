@@ -171,3 +171,61 @@ def test_cuda_matches_shapes_and_is_deterministic():
     assert a.device.type == "cuda" and torch.equal(a, b)
     with pytest.raises(ValueError, match="generator"):
         augment(x, torch.Generator().manual_seed(0))
+
+
+def _projection(bands: int, components: int, seed: int = 0):
+    """A random projection: per-band mean and std (B,), orthonormal components (C, B)."""
+    rng = torch.Generator().manual_seed(seed)
+    mean = 1000 + 500 * torch.rand(bands, generator=rng, dtype=torch.float64)
+    std = 50 + 100 * torch.rand(bands, generator=rng, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(bands, bands, generator=rng, dtype=torch.float64))
+    return mean, std, q[:, :components].T.contiguous()
+
+
+def _project(x: torch.Tensor, mean, std, comp) -> torch.Tensor:
+    """(N, B, p, p) raw → (N, C, p, p) projected, as SpectralProjection does."""
+    return torch.einsum("cb,nbhw->nchw", comp, (x - mean[None, :, None, None]) / std[None, :, None, None])
+
+
+def test_radiometric_basis_matches_a_gain_on_the_raw_spectrum():
+    from hsi_cluster.data.augment import RadiometricBasis
+
+    bands = 12
+    mean, std, comp = _projection(bands, bands)  # every component: the tilt is exact too
+    basis = RadiometricBasis.from_projection(mean, std, comp)
+    raw = mean[None, :, None, None] + std[None, :, None, None] * torch.randn(3, bands, 5, 5, dtype=torch.float64)
+    brightness = torch.tensor([0.8, 1.0, 1.25], dtype=torch.float64)
+    tilt = torch.tensor([0.05, -0.1, 0.0], dtype=torch.float64)
+    slope = torch.linspace(-1, 1, bands, dtype=torch.float64)
+    gain = brightness[:, None] * (1 + tilt[:, None] * slope[None, :])  # (N, B)
+    expected = _project(raw * gain[:, :, None, None], mean, std, comp)
+    got = basis.apply(_project(raw, mean, std, comp).float(), brightness.float(), tilt.float())
+    assert torch.allclose(got.double(), expected, atol=1e-3)
+    # With fewer components, brightness alone stays exact (a scaling about the projection of 0).
+    mean, std, comp = _projection(bands, 4, seed=1)
+    basis = RadiometricBasis.from_projection(mean, std, comp)
+    expected = _project(raw * brightness[:, None, None, None], mean, std, comp)
+    got = basis.apply(_project(raw, mean, std, comp).float(), brightness.float(), torch.zeros(3))
+    assert torch.allclose(got.double(), expected, atol=1e-3)
+
+
+def test_radiometric_change_draws_per_sample_and_needs_the_basis():
+    from hsi_cluster.data.augment import RadiometricBasis
+
+    config = AugmentConfig(**IDENTITY, brightness=(0.8, 1.25), spectral_tilt=0.05)
+    assert config.radiometric and not AugmentConfig().radiometric
+    with pytest.raises(ValueError, match="RadiometricBasis"):
+        Augmenter(config)
+    with pytest.raises(ValueError, match="brightness"):
+        AugmentConfig(brightness=(0.0, 1.2))
+    with pytest.raises(ValueError, match="spectral_tilt"):
+        AugmentConfig(spectral_tilt=-0.1)
+    mean, std, comp = _projection(10, 4)
+    augment = Augmenter(config, RadiometricBasis.from_projection(mean, std, comp))
+    x = _patches(n=64, channels=4, size=5)
+    out = augment(x, _gen(3))
+    assert torch.equal(out, augment(x, _gen(3)))
+    # Each sample gets one change for all its pixels: an affine map per sample, not the identity.
+    changed = (out - x).abs().flatten(1).amax(dim=1)
+    assert (changed > 1e-3).float().mean() > 0.9
+    assert AugmentConfig.mild(brightness=[0.9, 1.1]).to_dict()["brightness"] == [0.9, 1.1]
