@@ -211,6 +211,20 @@ def test_training_changes_the_weights_and_depends_on_the_seed(uninterrupted, sce
                for name, tensor in torch.load(other_seed.checkpoint, weights_only=True)["state_dict"].items())
 
 
+def test_the_radiometric_augmentation_trains_and_is_recorded(scene: IngestedScene, tmp_path: Path) -> None:
+    config = resume_config(epochs=1)
+    radiometric = resume_config(epochs=1, augment={"brightness": [0.8, 1.25], "spectral_tilt": 0.05})
+    plain = run(scene, tmp_path / "plain.ckpt", config=config)
+    changed = run(scene, tmp_path / "radiometric.ckpt", config=radiometric)
+    saved = load_checkpoint(changed.checkpoint)
+    augment = saved.payload["train_config"]["augment"]
+    assert augment["brightness"] == [0.8, 1.25] and augment["spectral_tilt"] == 0.05
+    # The option changes what the network sees: the same seed trains to other weights.
+    a = torch.load(plain.checkpoint, weights_only=True)["state_dict"]
+    b = torch.load(changed.checkpoint, weights_only=True)["state_dict"]
+    assert any(not torch.equal(a[name], b[name]) for name in a if a[name].is_floating_point())
+
+
 # --------------------------------------------------------------------------------- resume
 
 
