@@ -12,12 +12,13 @@ independently of :mod:`hsi_cluster.stats`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,3 +505,21 @@ def listing(folder: str | os.PathLike[str]) -> list[str]:
 def iter_formats() -> Iterable[str]:
     """Names of the synthetic formats the ``scene_factory`` fixture can write."""
     return ("geotiff", "geotiff-tiled", "envi-bsq", "envi-bil", "envi-bip", "npy", "mat-v5", "mat-v7.3")
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(script: str, *, imports: Iterable[str] = ()) -> Iterator[Any]:
+    """For a module fixture: the benchmark ``benchmarks/<script>`` loaded as a module; afterwards the
+    modules it imported from ``benchmarks/`` (``imports``) are dropped from ``sys.modules``."""
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", BENCHMARKS / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for name in (spec.name, *imports):
+            sys.modules.pop(name, None)

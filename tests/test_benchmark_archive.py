@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-GENERALISATION_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "generalisation.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def generalisation():
-    spec = importlib.util.spec_from_file_location("bench_generalisation", GENERALISATION_PY)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("_common", None)  # imported from benchmarks/ by the module
+    yield from load_benchmark("generalisation.py", imports=("_common",))
 
 
 def test_shift_changes_the_unseen_quadrants_only(generalisation) -> None:

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCENES_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "scenes.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def scenes():
-    spec = importlib.util.spec_from_file_location("bench_scenes", SCENES_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("scenes.py")
 
 
 def test_majority_rule_on_a_hand_made_map(scenes) -> None:

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SMOOTHING_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "feature_smoothing.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def smoothing():
-    spec = importlib.util.spec_from_file_location("bench_smoothing", SMOOTHING_PY)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        for name in ("centroid_features", "scenes"):  # imported from benchmarks/ by the module
-            sys.modules.pop(name, None)
+    yield from load_benchmark("feature_smoothing.py", imports=("centroid_features", "scenes"))
 
 
 def two_fields(noise: float = 0.05) -> np.ndarray:
