@@ -230,7 +230,7 @@ def main() -> None:
 @click.option("--chunk", type=click.IntRange(min=1), default=None,
               help="Spatial chunk side in pixels (default: chunks of about 8 MB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--var", default=None, help="Variable to read from a MATLAB .mat file with several cubes.")
+@click.option("--var", default=None, help="Variable to read from a MATLAB .mat or NetCDF file with several cubes.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Reader/compressor threads.")
 @command_options
 def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: str | None,
@@ -260,7 +260,7 @@ def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: st
 @main.command()
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--var", default=None, help="Variable to read from a MATLAB .mat file with several cubes.")
+@click.option("--var", default=None, help="Variable to read from a MATLAB .mat or NetCDF file with several cubes.")
 @command_options
 def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
     """Describe SCENE (any readable raster or an ingested store)."""

@@ -124,6 +124,11 @@ def scene_factory(tmp_path: Path) -> Callable[..., SyntheticScene]:
             return helpers.write_mat_v5(tmp_path / f"s{n}.mat", cube, **options)
         if fmt == "mat-v7.3":
             return helpers.write_mat_v73(tmp_path / f"s{n}.mat", cube, **options)
+        if fmt == "netcdf":  # bands last, as many NetCDF products store them
+            path = helpers.write_netcdf(tmp_path / f"s{n}.nc", {"cube": (("y", "x", "band"), cube.transpose(1, 2, 0))})
+            return helpers.SyntheticScene(path=path, cube=cube)
+        if fmt == "emit":  # a swath mirrored onto a map of the same size by its lookup table
+            return helpers.write_emit_netcdf(tmp_path / f"s{n}.nc", cube, map_shape=cube.shape[1:], offset=(0, 0))
         raise ValueError(f"unknown synthetic format {fmt!r}")
 
     return make

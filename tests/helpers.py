@@ -504,7 +504,8 @@ def listing(folder: str | os.PathLike[str]) -> list[str]:
 
 def iter_formats() -> Iterable[str]:
     """Names of the synthetic formats the ``scene_factory`` fixture can write."""
-    return ("geotiff", "geotiff-tiled", "envi-bsq", "envi-bil", "envi-bip", "npy", "mat-v5", "mat-v7.3")
+    return ("geotiff", "geotiff-tiled", "envi-bsq", "envi-bil", "envi-bip", "npy", "mat-v5", "mat-v7.3", "netcdf",
+            "emit")
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -523,3 +524,73 @@ def load_benchmark(script: str, *, imports: Iterable[str] = ()) -> Iterator[Any]
     finally:
         for name in (spec.name, *imports):
             sys.modules.pop(name, None)
+
+
+WGS84_WKT = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],'
+             'UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]')
+#: EMIT-like map grid: (x0, dx, 0, y0, 0, dy) in GDAL order, degrees.
+EMIT_GEOTRANSFORM = (-118.0, 0.0005, 0.0, 34.0, 0.0, -0.0005)
+
+
+def emit_lookup(swath_rows: int, swath_cols: int, map_shape: tuple[int, int],
+                offset: tuple[int, int] = (3, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """A geometry lookup table ``(glt_x, glt_y)`` (1-based, 0 = no pixel): the swath shifted by ``offset``
+    on the map and mirrored left-right, so a reader that ignores it or applies it the wrong way round fails."""
+    glt_x, glt_y = np.zeros(map_shape, np.int32), np.zeros(map_shape, np.int32)
+    rows, cols = np.indices(map_shape)
+    source_row, source_col = rows - offset[0], swath_cols - 1 - (cols - offset[1])
+    inside = (source_row >= 0) & (source_row < swath_rows) & (source_col >= 0) & (source_col < swath_cols)
+    glt_y[inside], glt_x[inside] = source_row[inside] + 1, source_col[inside] + 1
+    return glt_x, glt_y
+
+
+def emit_map(swath: np.ndarray, map_shape: tuple[int, int], offset: tuple[int, int] = (3, 2),
+             fill: float = -9999.0) -> np.ndarray:
+    """What the lookup table of :func:`emit_lookup` makes of ``swath`` (band, row, col): float32, NaN where no
+    swath pixel falls and where the swath holds ``fill``."""
+    glt_x, glt_y = emit_lookup(swath.shape[1], swath.shape[2], map_shape, offset)
+    hit = glt_x > 0
+    out = np.full((swath.shape[0], *map_shape), np.nan, np.float32)
+    out[:, hit] = swath[:, glt_y[hit] - 1, glt_x[hit] - 1]
+    return np.where(out == fill, np.nan, out)
+
+
+def write_emit_netcdf(path: str | os.PathLike[str], swath: np.ndarray, *, map_shape: tuple[int, int],
+                      offset: tuple[int, int] = (3, 2), good: Sequence[int] | None = None,
+                      fill: float = -9999.0) -> SyntheticScene:
+    """A NetCDF-4 file laid out as NASA EMIT's L2A reflectance: ``reflectance(downtrack, crosstrack, bands)``
+    with ``_FillValue``, groups ``sensor_band_parameters`` (wavelengths, fwhm, good_wavelengths) and
+    ``location`` (the lookup table of :func:`emit_lookup`), file-wide ``geotransform`` and ``spatial_ref``.
+
+    ``swath``: (band, row, col); ``cube`` of the result is the map a reader should return (:func:`emit_map`).
+    """
+    import xarray as xr
+
+    path = Path(path)
+    n_bands, rows, cols = swath.shape
+    wavelength, fwhm = spectral_axis(n_bands)
+    root = xr.Dataset({"reflectance": (("downtrack", "crosstrack", "bands"), swath.transpose(1, 2, 0),
+                                       {"units": "unitless"})},
+                      attrs={"geotransform": np.array(EMIT_GEOTRANSFORM), "spatial_ref": WGS84_WKT})
+    root.to_netcdf(path, engine="h5netcdf", encoding={"reflectance": {"_FillValue": swath.dtype.type(fill)}})
+    bands = xr.Dataset({"wavelengths": ("bands", wavelength, {"units": "nm"}), "fwhm": ("bands", fwhm),
+                        "good_wavelengths": ("bands", np.asarray(good if good is not None else [1] * n_bands,
+                                                                 np.uint8))})
+    bands.to_netcdf(path, group="sensor_band_parameters", mode="a", engine="h5netcdf")
+    glt_x, glt_y = emit_lookup(rows, cols, map_shape, offset)
+    xr.Dataset({"glt_x": (("ortho_y", "ortho_x"), glt_x), "glt_y": (("ortho_y", "ortho_x"), glt_y)}).to_netcdf(
+        path, group="location", mode="a", engine="h5netcdf")
+    return SyntheticScene(path=path, cube=emit_map(swath, map_shape, offset, fill))
+
+
+def write_netcdf(path: str | os.PathLike[str], variables: dict[str, tuple[tuple[str, ...], np.ndarray]], *,
+                 coords: dict[str, tuple[str, np.ndarray, dict[str, Any]]] | None = None,
+                 attrs: dict[str, dict[str, Any]] | None = None, engine: str = "h5netcdf") -> Path:
+    """A NetCDF file of ``variables`` (name → (dims, values)) with 1-D ``coords`` (name → (dim, values, attrs))
+    and per-variable ``attrs``; ``engine="scipy"`` writes classic NetCDF 3."""
+    import xarray as xr
+
+    dataset = xr.Dataset({name: (dims, values, (attrs or {}).get(name, {})) for name, (dims, values) in variables.items()},
+                         coords={name: (dim, values, extra) for name, (dim, values, extra) in (coords or {}).items()})
+    dataset.to_netcdf(path, engine=engine)
+    return Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "source": scene.attrs["source"], "format": scene.attrs["format"],
         "bands": n_bands, "rows": height, "cols": width, "dtype": str(scene.dtype),
         "size_bytes": int(scene.size * scene.dtype.itemsize),
-        "nodata": scene.attrs.get("nodata"),
+        "nodata": _json_number(scene.attrs.get("nodata")),
         "georeferenced": scene.attrs["georeferenced"],
         "crs": _crs_summary(scene.attrs.get("crs")),
         "transform": [a, b, c, d, e, f] if scene.attrs["georeferenced"] else None,
@@ -100,3 +101,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"statistics    per-band mean {rng(stats['mean'])}, std {rng(stats['std'])}, "
                      f"min {rng(stats['min'])}, max {rng(stats['max'])}")
     return "\n".join(lines)
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """``value``, or its text for NaN and ±Inf, which JSON cannot hold (as ``gdalinfo -json`` writes them)."""
+    return value if value is None or math.isfinite(value) else str(value)

@@ -26,6 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from hsi_cluster.errors import SceneError
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.metadata import spectral_coords
+from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES
 from hsi_cluster.io.scene_array import scene_array
 from hsi_cluster.io.store import is_store, open_store
@@ -290,6 +291,11 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
                 else "it is not a raster GDAL can read, or it is corrupt")
         raise SceneError(f"{path}: cannot open ({_first_line(exc)}); {hint}") from exc
     with dataset:
+        if dataset.count == 0 and dataset.subdatasets:
+            listing = ", ".join(dataset.subdatasets[:4]) + (" ..." if len(dataset.subdatasets) > 4 else "")
+            raise SceneError(f"{path}: a container of {len(dataset.subdatasets)} subdatasets ({listing}), not one "
+                             "image; write the cube you want to a GeoTIFF (gdal_translate SUBDATASET cube.tif) and "
+                             "pass that")
         shape = (dataset.count, dataset.height, dataset.width)
         if min(shape) == 0:
             raise SceneError(f"{path}: the raster is empty (bands, rows, cols = {shape}); pass a non-empty scene")
@@ -336,8 +342,9 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
 
     Args:
         path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …), a Zarr store made
-            by ``hsicluster ingest``, a ``.npy`` cube (y, x, band) or a MATLAB ``.mat`` file.
-        var: the variable to use in a ``.mat`` file holding several 3-D arrays.
+            by ``hsicluster ingest``, a ``.npy`` cube (y, x, band), a MATLAB ``.mat`` file or a NetCDF
+            file (``.nc``, EMIT's included: see :mod:`hsi_cluster.io.netcdf`).
+        var: the variable to use in a ``.mat`` or NetCDF file holding several 3-D arrays.
         chunks: spatial dask chunk ``(rows, cols)``; default: the file's tiles or chunks of a few MB.
 
     Returns:
@@ -357,11 +364,13 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     if not os.access(path, os.R_OK):
         raise SceneError(f"{path}: permission denied; make the file readable")
     suffix = path.suffix.lower()
-    if var is not None and suffix != ".mat":
-        raise SceneError(f"{path}: --var {var} names a variable of a MATLAB .mat file, and this is not one; leave "
-                         "--var out")
+    if var is not None and suffix != ".mat" and suffix not in NETCDF_SUFFIXES:
+        raise SceneError(f"{path}: --var {var} names a variable of a MATLAB .mat or NetCDF file, and this is neither; "
+                         "leave --var out")
     if suffix == ".npy":
         return _open_npy(path, chunks)
     if suffix == ".mat":
         return _open_mat(path, var, chunks)
+    if suffix in NETCDF_SUFFIXES:
+        return open_netcdf(path, var, chunks)
     return _open_gdal(path, chunks)

@@ -312,7 +312,7 @@ def test_sample_salinas_a_equals_shared_copy(sample_salinas_a: Path, salinas_a: 
     np.testing.assert_array_equal(open_scene(sample_salinas_a).values, open_scene(salinas_a).values)
 
 
-@pytest.mark.parametrize("fmt", ["geotiff", "envi-bip", "npy"])
+@pytest.mark.parametrize("fmt", ["geotiff", "envi-bip", "npy", "netcdf", "emit"])
 def test_views_with_other_chunks_combine_correctly(scene_factory, fmt: str) -> None:
     """Two opens of one file with different chunking must not share dask keys (silent wrong sums)."""
     written = scene_factory(fmt, helpers.synthetic_cube(4, 40, 36, "float32", seed=11))
@@ -346,5 +346,5 @@ def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
 
 
 def test_var_for_a_file_that_is_not_matlab_is_refused(geotiff: SyntheticScene) -> None:
-    with pytest.raises(SceneError, match="--var cube names a variable of a MATLAB .mat file, and this is not one"):
+    with pytest.raises(SceneError, match="--var cube names a variable of a MATLAB .mat or NetCDF file, and this is neither"):
         open_scene(geotiff.path, var="cube")

@@ -1,0 +1,155 @@
+"""NetCDF scenes: the band dimension found by name, CF decoding, georeferencing, EMIT's swath orthorectified."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from click.testing import CliRunner
+
+from hsi_cluster.cli import main
+from hsi_cluster.errors import SceneError
+from hsi_cluster.io import open_scene
+from tests import helpers
+from tests.train_helpers import TINY
+
+FILL = -9999.0
+
+
+@pytest.fixture
+def emit(tmp_path: Path) -> helpers.SyntheticScene:
+    swath = helpers.synthetic_cube(8, 24, 20, "float32", seed=4)  # (band, row, col)
+    swath[:, 0, :5] = FILL  # fill pixels in the swath
+    return helpers.write_emit_netcdf(tmp_path / "EMIT_L2A_RFL.nc", swath, map_shape=(30, 26), good=[1, 1, 1, 0, 1, 1, 1, 1])
+
+
+def test_emit_swath_is_orthorectified_by_its_lookup_table(emit: helpers.SyntheticScene) -> None:
+    scene = open_scene(emit.path, chunks=(16, 16))  # several map chunks, each reading its own swath window
+    assert scene.dims == ("band", "y", "x") and scene.shape == (8, 30, 26)
+    np.testing.assert_array_equal(scene.values, emit.cube)
+    assert scene.attrs["crs"] == helpers.WGS84_WKT and scene.attrs["georeferenced"]
+    x0, dx, _, y0, _, dy = helpers.EMIT_GEOTRANSFORM
+    assert scene.attrs["transform"] == (dx, 0.0, x0, 0.0, dy, y0)
+    assert np.isnan(scene.attrs["nodata"])
+    wavelength, fwhm = helpers.spectral_axis(8)
+    np.testing.assert_allclose(scene.coords["wavelength"].values, wavelength)
+    np.testing.assert_allclose(scene.coords["fwhm"].values, fwhm)
+    assert scene.coords["good_band"].values.tolist() == [True, True, True, False, True, True, True, True]
+    assert scene.attrs["variable"] == "/reflectance" and "lookup table" in scene.attrs["orthorectified"]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(scene)).values, scene.values)
+
+
+def test_band_dimension_by_name_on_any_axis_south_up_grid_flipped(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(5, 6, 7, "float32", seed=5)  # (band, y, x), row 0 north
+    lat = 40.0 - 0.01 * np.arange(6)  # north to south
+    lon = 10.0 + 0.02 * np.arange(7)
+    path = helpers.write_netcdf(
+        tmp_path / "grid.nc", {"radiance": (("lat", "lon", "wavelength"), cube[:, ::-1].transpose(1, 2, 0))},
+        coords={"lat": ("lat", lat[::-1], {}), "lon": ("lon", lon, {}),
+                "wavelength": ("wavelength", np.linspace(0.4, 2.4, 5), {"units": "micrometers"})})
+    scene = open_scene(path)
+    np.testing.assert_array_equal(scene.values, cube)  # bands first, flipped back to north-up
+    assert scene.attrs["crs"] == "EPSG:4326"
+    a, _, c, _, e, f = scene.attrs["transform"]
+    assert (a, e) == pytest.approx((0.02, -0.01)) and (c, f) == pytest.approx((9.99, 40.005))
+    np.testing.assert_allclose(scene.coords["wavelength"].values, np.linspace(400, 2400, 5))
+
+
+def test_cf_scale_fill_and_grid_mapping_crs(tmp_path: Path) -> None:
+    counts = np.arange(2 * 3 * 4, dtype=np.int16).reshape(3, 4, 2)
+    counts[0, 0, :] = -1
+    path = helpers.write_netcdf(
+        tmp_path / "scaled.nc", {"rfl": (("y", "x", "band"), counts), "crs": ((), np.int32(0))},
+        coords={"y": ("y", 5_000_030.0 - 30 * np.arange(3), {}), "x": ("x", 500_015.0 + 30 * np.arange(4), {})},
+        attrs={"rfl": {"scale_factor": 0.5, "add_offset": 1.0, "_FillValue": np.int16(-1), "grid_mapping": "crs"},
+               "crs": {"crs_wkt": rasterio.crs.CRS.from_epsg(32633).to_wkt()}})
+    scene = open_scene(path)
+    values = scene.values
+    assert np.isnan(values[:, 0, 0]).all()
+    np.testing.assert_array_equal(values[:, 1, 2], counts[1, 2] * 0.5 + 1.0)
+    assert rasterio.crs.CRS.from_wkt(scene.attrs["crs"]).to_epsg() == 32633
+    assert scene.attrs["transform"] == pytest.approx((30.0, 0.0, 500_000.0, 0.0, -30.0, 5_000_045.0))
+
+
+def test_band_dimension_from_a_wavelength_variable_classic_netcdf(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(4, 5, 6, "float32", seed=6)
+    path = helpers.write_netcdf(tmp_path / "classic.nc", {"cube": (("spec", "line", "sample"), cube),
+                                                          "wavelength": (("spec",), np.array([450., 550, 650, 850]))},
+                                engine="scipy")
+    scene = open_scene(path)
+    np.testing.assert_array_equal(scene.values, cube)
+    assert not scene.attrs["georeferenced"]
+    np.testing.assert_allclose(scene.coords["wavelength"].values, [450, 550, 650, 850])
+
+
+@pytest.mark.parametrize(("variables", "var", "message"), [
+    ({"cube": (("a", "b", "c"), np.zeros((3, 4, 5), np.float32))}, None,
+     r"cannot tell which dimension of /cube \(a 3, b 4, c 5\) holds the bands; name it 'band'"),
+    ({"one": (("y", "x", "band"), np.zeros((3, 4, 5))), "two": (("y", "x", "band"), np.ones((3, 4, 5)))}, None,
+     r"several 3-D variables \(/one .*, /two .*\); choose one with --var NAME"),
+    ({"one": (("y", "x", "band"), np.zeros((3, 4, 5)))}, "three", r"no variable 'three'; it holds /one"),
+    ({"image": (("y", "x"), np.zeros((3, 4)))}, None, r"no 3-D variable \(it holds /image\)"),
+    ({"image": (("y", "x"), np.zeros((3, 4)))}, "image", r"variable 'image' has dimensions \('y', 'x'\)"),
+])
+def test_netcdf_errors_name_the_problem(tmp_path: Path, variables: dict, var: str | None, message: str) -> None:
+    path = helpers.write_netcdf(tmp_path / "bad.nc", variables)
+    with pytest.raises(SceneError, match=message):
+        open_scene(path, var=var)
+
+
+def test_var_chooses_among_several_cubes(tmp_path: Path) -> None:
+    path = helpers.write_netcdf(tmp_path / "two.nc", {"one": (("y", "x", "band"), np.zeros((3, 4, 5))),
+                                                      "two": (("y", "x", "band"), np.ones((3, 4, 5)))})
+    assert float(open_scene(path, var="two").values.mean()) == 1.0
+    assert float(open_scene(path, var="/one").values.mean()) == 0.0
+
+
+def test_a_file_that_is_not_netcdf_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.nc"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(SceneError, match=r"junk.nc: not a readable NetCDF file \(.*\); check the file"):
+        open_scene(path)
+
+
+def test_gdal_container_of_subdatasets_is_refused_with_a_way_out(tmp_path: Path) -> None:
+    path = tmp_path / "container.h5"
+    import h5py
+    with h5py.File(path, "w") as handle:
+        handle["VNIR"] = np.zeros((4, 5, 6), np.float32)
+        handle["SWIR"] = np.zeros((4, 5, 6), np.float32)
+    with pytest.raises(SceneError, match=r"a container of 2 subdatasets \(HDF5:.*\), not one image; write the cube"):
+        open_scene(path)
+
+
+def test_emit_file_trains_and_predicts_a_georeferenced_map(tmp_path: Path, emit: helpers.SyntheticScene) -> None:
+    runner = CliRunner()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    model, labels = tmp_path / "m.ckpt", tmp_path / "labels.tif"
+    for args in (["train", emit.path, "-k", "3", "-o", model, "--config", config, "--work", tmp_path / "work", "-q"],
+                 ["predict", emit.path, "-m", model, "-o", labels, "-q"]):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    expected = emit.cube
+    with rasterio.open(labels) as raster:
+        assert raster.crs.to_epsg() == 4326 and raster.shape == (30, 26)
+        x0, dx, _, y0, _, dy = helpers.EMIT_GEOTRANSFORM
+        assert tuple(raster.transform)[:6] == pytest.approx((dx, 0.0, x0, 0.0, dy, y0))
+        labelled = raster.read_masks(1) > 0
+    np.testing.assert_array_equal(labelled, np.isfinite(expected).all(axis=0))
+
+
+def test_info_json_stays_strict_json_with_a_nan_nodata(emit: helpers.SyntheticScene) -> None:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    result = CliRunner().invoke(main, ["info", str(emit.path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout, parse_constant=refuse)
+    assert info["nodata"] == "nan" and (info["bands"], info["rows"], info["cols"]) == (8, 30, 26)
+    assert info["crs"]["epsg"] == 4326 and info["wavelength_nm"]["min"] == pytest.approx(400.0)
