@@ -578,6 +578,7 @@ def write_emit_netcdf(path: str | os.PathLike[str], swath: np.ndarray, *, map_sh
                                                                  np.uint8))})
     bands.to_netcdf(path, group="sensor_band_parameters", mode="a", engine="h5netcdf")
     glt_x, glt_y = emit_lookup(rows, cols, map_shape, offset)
+    glt_x[::5], glt_y[::5] = -glt_x[::5], -glt_y[::5]  # "filled from the nearest swath pixel": the same pixel
     xr.Dataset({"glt_x": (("ortho_y", "ortho_x"), glt_x), "glt_y": (("ortho_y", "ortho_x"), glt_y)}).to_netcdf(
         path, group="location", mode="a", engine="h5netcdf")
     return SyntheticScene(path=path, cube=emit_map(swath, map_shape, offset, fill))

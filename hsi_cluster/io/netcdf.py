@@ -14,7 +14,7 @@ its bands on an image axis. This reader finds the band dimension by its name (``
 - Spectral metadata: ``wavelength(s)``, ``fwhm`` and ``good_wavelengths`` / ``good_band`` / ``bbl``
   variables along the band dimension, in any group.
 - EMIT (L1B radiance, L2A reflectance): when the file has a geometry lookup table
-  (``location/glt_x``, ``glt_y``, 1-based, 0 = no pixel) and a file-wide ``geotransform``, the swath
+  (``location/glt_x``, ``glt_y``, 1-based, 0 = no pixel, negative = filled from that pixel) and a file-wide ``geotransform``, the swath
   is orthorectified onto that map grid, as NASA's ``emit_tools`` does: each map pixel takes the
   swath pixel its GLT names, lazily, a map chunk at a time.
 """
@@ -225,8 +225,9 @@ def _orthorectify(path: Path, swath: da.Array, glt_x: xr.DataArray, glt_y: xr.Da
     """The swath ``(band, row, col)`` resampled onto the GLT's map grid ``(band, y, x)``, NaN where no pixel falls."""
     from hsi_cluster.io.scene import default_chunks
 
-    columns = np.asarray(glt_x.values).astype(np.int64)
-    rows = np.asarray(glt_y.values).astype(np.int64)
+    # A negative entry marks a map pixel filled from its nearest swath pixel: its absolute value is that pixel.
+    columns = np.abs(np.asarray(glt_x.values).astype(np.int64))
+    rows = np.abs(np.asarray(glt_y.values).astype(np.int64))
     n_bands, swath_rows, swath_cols = swath.shape
     if columns.shape != rows.shape or columns.ndim != 2:
         raise SceneError(f"{path}: location/glt_x and glt_y differ in shape ({columns.shape}, {rows.shape}); "
