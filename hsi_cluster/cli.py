@@ -295,6 +295,8 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
               "valid pixels (instead of the preset's budget).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Length of the run in optimiser steps.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Patches per step.")
+@click.option("--restarts", type=click.IntRange(min=1), default=None,
+              help="Networks to train (N times the time); the one whose labels agree most with the others' is kept.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT.partial.")
@@ -306,8 +308,8 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @command_options
 def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, output: Path, preset: str,
           config_file: Path | None,
-          samples: int | None, epochs: int | None, steps: int | None, batch_size: int | None, device: str, seed: int,
-          resume: bool,
+          samples: int | None, epochs: int | None, steps: int | None, batch_size: int | None, restarts: int | None,
+          device: str, seed: int, resume: bool,
           overwrite: bool,
           work: Path | None, checkpoint_every: int, quiet: bool) -> None:
     """Train an SSCC model with K clusters on SCENES (rasters, ingested stores or quoted glob patterns).
@@ -327,7 +329,8 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
              if value is not None]
     if len(given) > 1:
         raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
-    config = load_config(preset, config_file, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size)
+    config = load_config(preset, config_file, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size,
+                         restarts=restarts)
     with progress_bar("train", unit="step", quiet=quiet) as update:
         # above the bar on a terminal (the bar shows step/total and the ETA), plain lines in a log
         log = (lambda message: None) if quiet else (lambda message: update.bar.write(message, file=sys.stderr))
@@ -356,6 +359,11 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
         if result.k_choice is not None:
             click.echo(f"-k auto chose K = {result.k_choice['k']} of 2..{result.k_choice['k_max']} "
                        "(the elbow of the k-means curve of the trained features)")
+        if result.restart_choice is not None:
+            kept = result.restart_choice["chosen"]
+            click.echo(f"kept restart {kept + 1} of {len(result.restart_choice['seeds'])} (seed "
+                       f"{result.restart_choice['seeds'][kept]}): its labels agree most with the others' (mean NMI "
+                       f"{result.restart_choice['mean_agreement'][kept]:.3f})")
 
 
 @main.command()

@@ -35,6 +35,8 @@ class TrainConfig:
         head_hidden: hidden width of the cluster head.
         instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
             to the cluster probabilities (the paper).
+        restarts: networks trained per run (seeds ``seed + 1000 r``); the one whose labels agree most
+            with the others' is kept (see :mod:`hsi_cluster.model.choose_restart`). 1: one network.
         batch_size: patches per step.
         samples: the training length as a sample budget: patches drawn in all (whole batches of
             ``batch_size``, rounded down), or None to train for ``epochs`` passes. With a budget,
@@ -81,6 +83,7 @@ class TrainConfig:
     head_hidden: int = 512
     instance_dim: int | None = None
     batch_size: int = 512
+    restarts: int = 1
     samples: int | None = 640_000
     epochs: int | None = 30
     steps: int | None = None
@@ -303,7 +306,7 @@ def validate_config(config: TrainConfig) -> None:
     if not (0 < config.n_components < 1 if isinstance(config.n_components, float) else config.n_components >= 1):
         raise HsiClusterError(f"n_components must be a count ≥ 1 or a variance fraction in (0, 1), "
                               f"got {config.n_components}")
-    minimum = {"batch_size": 2, "epochs": 1, "head_hidden": 1, "samples": 1,
+    minimum = {"batch_size": 2, "epochs": 1, "head_hidden": 1, "samples": 1, "restarts": 1,
                "pca_samples": 1, "steps": 1, "instance_dim": 1, "self_label_epochs": 0, "workers": 0}
     for name, least in minimum.items():
         value = getattr(config, name)

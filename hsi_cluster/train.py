@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from hsi_cluster.io.scene import scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.choose_k import DEFAULT_K_MAX, RULE, choose_k
+from hsi_cluster.model.choose_restart import choose_restart
 from hsi_cluster.model.choose_scales import choose_scales
 from hsi_cluster.model.heads import TINY_CLUSTER_SHARE, CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
@@ -135,6 +136,8 @@ class TrainResult:
     budget: int | None = None  # the sample budget that set (or, capped, bounded) the length; None: epochs or steps
     total_steps: int = 0  # the run's length in steps
     k_choice: dict[str, Any] | None = None  # -k auto: the K chosen and its curve (as in the checkpoint)
+    stores: list[Path] = field(default_factory=list)  # the stores trained on
+    restart_choice: dict[str, Any] | None = None  # restarts > 1: the seeds, their agreement, the one kept
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,12 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
           stop_after_steps: int | None = None, k_max: int | None = None) -> TrainResult:
     """Train an SSCC model and write its checkpoint.
 
+    With ``config.restarts`` R > 1, R networks are trained (seeds ``seed``, ``seed`` + 1000, …, each
+    checkpointed to ``OUTPUT.restartN.ckpt`` while it trains, so ``resume`` continues where a run
+    stopped), each labels the same sample of training pixels, and the one whose labels agree most with
+    the others' is written to OUTPUT (:mod:`hsi_cluster.model.choose_restart`); the seeds, their
+    agreement and the choice are recorded in it.
+
     Args:
         scenes: rasters (ingested on the fly into ``work_dir``), stores, or glob patterns of them
             (``archive/**/*.tif``); several must agree in band count and wavelengths (within 1 nm).
@@ -329,6 +338,98 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
         HsiClusterError: bad K, scene, config, output path or resume source; a pattern that matches
             nothing; scenes whose bands disagree.
     """
+    options: dict[str, Any] = {"n_clusters": n_clusters, "config": config, "device": device, "work_dir": work_dir,
+               "checkpoint_every": checkpoint_every, "mask": mask, "log": log, "stop_after_steps": stop_after_steps,
+               "k_max": k_max}
+    if config.restarts > 1:
+        return _train_restarts(scenes, Path(output).expanduser().absolute(), seed=seed, resume=resume,
+                               overwrite=overwrite, progress=progress, **options)
+    return _train_one(scenes, output=output, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
+                      **options)
+
+
+#: Seed step between restarts: restart r of a run of seed s trains with seed s + r · RESTART_SEED_STEP.
+RESTART_SEED_STEP = 1000
+
+
+def restart_checkpoint_path(output: Path, restart: int) -> Path:
+    """Where restart ``restart`` (0-based) of a run writing ``output`` keeps its checkpoint until the choice."""
+    return output.with_name(f"{output.stem}.restart{restart + 1}{output.suffix}")
+
+
+def _train_restarts(scenes: list[str | os.PathLike[str]], output: Path, *, seed: int, resume: bool, overwrite: bool,
+                    progress: ProgressFn | None, **options: Any) -> TrainResult:
+    """Train ``config.restarts`` networks and write the one that agrees most with the others to ``output``."""
+    config: TrainConfig = options["config"]
+    log: LogFn = options["log"] or (lambda message: None)
+    count = config.restarts
+    paths = [restart_checkpoint_path(output, r) for r in range(count)]
+    if resume and output.exists() and not any(p.exists() or partial_checkpoint_path(p).exists() for p in paths):
+        raise HsiClusterError(f"--resume: {output.name} was chosen among {count} restarts, which are gone; it cannot "
+                              "be trained further: train again without --resume")
+    _scene_paths(scenes, output=output, mask=options["mask"], replace=overwrite or resume)  # checks before any work
+    results: list[TrainResult] = []
+    for r, path in enumerate(paths):
+        restart_seed = seed + r * RESTART_SEED_STEP
+        log(f"restart {r + 1} of {count} (seed {restart_seed})")
+        again = resume and (path.exists() or partial_checkpoint_path(path).exists())
+
+        def step_of_all(step: int, total: int, metrics: dict[str, float], r: int = r) -> None:
+            assert progress is not None
+            progress(r * total + step, count * total, metrics)
+
+        results.append(_train_one(scenes, output=path, seed=restart_seed, resume=again, overwrite=True,
+                                  progress=step_of_all if progress is not None else None, **options))
+    models = [load_checkpoint(result.checkpoint) for result in results]
+    labels = restart_labels([checkpoint.build_model() for checkpoint in models], results[0].stores, config=config,
+                            seed=seed, mask=options["mask"], device=device_from(options["device"]))
+    choice = choose_restart(labels)
+    seeds = [seed + r * RESTART_SEED_STEP for r in range(count)]
+    for r, agreement in enumerate(choice.mean_agreement):
+        log(f"  restart {r + 1} (seed {seeds[r]}): mean agreement with the others {agreement:.3f} (NMI of their labels)"
+            + ("  <- kept" if r == choice.chosen else ""))
+    payload = dict(models[choice.chosen].payload)
+    payload["training"] = {**payload["training"], "restarts": {"seeds": seeds, **choice.to_dict()}}
+    save_checkpoint(payload, output)
+    kept = results[choice.chosen]
+    curve = None
+    if kept.loss_curve is not None:
+        curve = kept.loss_curve.replace(output.with_suffix(".loss.png"))
+    for result, path in zip(results, paths, strict=True):
+        path.unlink(missing_ok=True)
+        if result.loss_curve is not None:
+            result.loss_curve.unlink(missing_ok=True)
+    return replace(kept, checkpoint=output, loss_curve=curve, seconds=sum(r.seconds for r in results),
+                               restart_choice=payload["training"]["restarts"])
+
+
+@torch.no_grad()
+def restart_labels(models: list[SSCC], stores: Sequence[Path], *, config: TrainConfig, seed: int,
+                   mask: np.ndarray | None, device: torch.device) -> list[np.ndarray]:
+    """Each model's labels (N,) of the same random sample of training pixels (as :func:`centroid_sample` draws them)."""
+    sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
+                           mask=mask, epoch=CENTROID_PLAN_EPOCH)
+    sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
+    labels: list[list[np.ndarray]] = [[] for _ in models]
+    for model in models:
+        model.to(device)
+    drawn = 0
+    for batch in sampler:
+        patches = batch.patch_tensor().to(device)
+        for model, out in zip(models, labels, strict=True):
+            out.append(model.predict_patches(patches)[0].cpu().numpy())
+        drawn += len(patches)
+        if drawn >= config.centroid_samples:
+            break
+    return [np.concatenate(out)[:config.centroid_samples] for out in labels]
+
+
+def _train_one(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output: str | os.PathLike[str],
+               config: TrainConfig, seed: int, device: str, resume: bool, overwrite: bool,
+               work_dir: str | os.PathLike[str] | None, checkpoint_every: int, mask: np.ndarray | None,
+               progress: ProgressFn | None, log: LogFn | None, stop_after_steps: int | None,
+               k_max: int | None) -> TrainResult:
+    """One training run (see :func:`train`)."""
     output = Path(output).expanduser().absolute()
     partial = partial_checkpoint_path(output)
     head_clusters, k_max = _cluster_count(n_clusters, k_max, config)
@@ -588,7 +689,7 @@ def _resume(run: _Run, resume_from: Checkpoint, output: Path, log: LogFn) -> _Lo
         return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
                            epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
                            already_finished=True, samples=int(state.get("samples_drawn", 0)),
-                           budget=run.budget, total_steps=int(state.get("total_steps", step)))
+                           budget=run.budget, total_steps=int(state.get("total_steps", step)), stores=list(run.stores))
     log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     samples_before = int(state.get("samples_drawn", step * run.config.batch_size))
     return _LoopState(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, history=history,
@@ -749,7 +850,8 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
     return TrainResult(checkpoint=output, loss_curve=curve, steps=state.step, epochs=state.epoch, seconds=seconds,
                        samples_per_second=state.samples_seen / max(time.perf_counter() - state.started, 1e-9),
                        history=state.history, samples=state.samples_before + state.samples_seen,
-                       budget=run.budget, total_steps=run.total_steps, k_choice=run.k_choice)
+                       budget=run.budget, total_steps=run.total_steps, k_choice=run.k_choice,
+                       stores=list(run.stores))
 
 
 #: Epoch number of the sampler plan that draws the pixels of the feature centroids (not a training epoch).

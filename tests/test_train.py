@@ -24,7 +24,14 @@ from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io.store import Store
 from hsi_cluster.stats import VALIDITY_RULES
-from hsi_cluster.train import TrainResult, fit_spectral_projection, partial_checkpoint_path, prepare_store, train
+from hsi_cluster.train import (
+    TrainResult,
+    fit_spectral_projection,
+    partial_checkpoint_path,
+    prepare_store,
+    restart_checkpoint_path,
+    train,
+)
 from tests import helpers
 from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, structured_cube, tiny_config
 
@@ -967,3 +974,40 @@ def test_k_auto_bad_options_are_one_line_errors(scene: IngestedScene, tmp_path: 
     lines = cli.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[-1], cli.stderr
     assert_no_output(output)
+
+
+def test_restarts_keep_the_network_that_agrees_most_and_record_the_choice(scene: IngestedScene,
+                                                                        tmp_path: Path) -> None:
+    messages: list[str] = []
+    steps: list[tuple[int, int]] = []
+    output = tmp_path / "model.ckpt"
+    result = run(scene, output, config=tiny_config(epochs=1, restarts=3), log=messages.append,
+                 progress=lambda step, total, metrics: steps.append((step, total)))
+    record = torch.load(output, weights_only=True)["training"]["restarts"]
+    assert record["seeds"] == [0, 1000, 2000] and record == result.restart_choice
+    chosen = record["chosen"]
+    assert record["mean_agreement"][chosen] == max(record["mean_agreement"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["model.ckpt", "model.loss.png"]
+    assert steps[-1][0] == steps[-1][1]
+    assert steps[-1][1] == 3 * result.total_steps  # one bar over the three restarts
+    assert any("<- kept" in m and f"seed {record['seeds'][chosen]}" in m for m in messages)
+    (tmp_path / "alone").mkdir()
+    alone = run(scene, tmp_path / "alone" / "model.ckpt", config=tiny_config(epochs=1), seed=record["seeds"][chosen])
+    assert_same_weights(load_checkpoint(output).payload["state_dict"], load_checkpoint(alone.checkpoint).payload["state_dict"])
+
+
+def test_restarts_resume_where_they_stopped_and_a_finished_choice_is_not_resumed(scene: IngestedScene,
+                                                                                tmp_path: Path) -> None:
+    output = tmp_path / "model.ckpt"
+    config = tiny_config(epochs=1, restarts=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(scene, output, config=config, stop_after_steps=3)
+    assert partial_checkpoint_path(restart_checkpoint_path(output, 0)).exists() and not output.exists()
+    resumed = run(scene, output, config=config, resume=True)
+    (tmp_path / "fresh").mkdir()
+    fresh = run(scene, tmp_path / "fresh" / "model.ckpt", config=config)
+    assert resumed.restart_choice == fresh.restart_choice
+    assert_same_weights(load_checkpoint(output).payload["state_dict"], load_checkpoint(fresh.checkpoint).payload["state_dict"])
+    with pytest.raises(HsiClusterError, match="was chosen among 2 restarts, which are gone") as exc:
+        run(scene, output, config=config, resume=True)
+    one_line(exc)
