@@ -1011,3 +1011,17 @@ def test_restarts_resume_where_they_stopped_and_a_finished_choice_is_not_resumed
     with pytest.raises(HsiClusterError, match="was chosen among 2 restarts, which are gone") as exc:
         run(scene, output, config=config, resume=True)
     one_line(exc)
+
+
+def test_cli_train_with_restarts_says_which_it_kept(scene: IngestedScene, tmp_path: Path, tiny_yaml: Path) -> None:
+    output = tmp_path / "out.ckpt"
+    result = cli("train", scene.store, "-k", "3", "-o", output, "--config", tiny_yaml, "--restarts", "2",
+                 "--work", tmp_path / "work", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    record = torch.load(output, weights_only=True)["training"]["restarts"]
+    kept = record["chosen"]
+    assert f"kept restart {kept + 1} of 2 (seed {record['seeds'][kept]})" in result.stdout
+    assert "restart 2 of 2 (seed 1000)" in result.stderr
+    assert torch.load(output, weights_only=True)["train_config"]["restarts"] == 2
+    bad = cli("train", scene.store, "-k", "3", "-o", tmp_path / "x.ckpt", "--restarts", "0")
+    assert bad.exit_code == 2 and "--restarts" in bad.stderr
