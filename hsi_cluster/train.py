@@ -339,8 +339,8 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
             nothing; scenes whose bands disagree.
     """
     options: dict[str, Any] = {"n_clusters": n_clusters, "config": config, "device": device, "work_dir": work_dir,
-               "checkpoint_every": checkpoint_every, "mask": mask, "log": log, "stop_after_steps": stop_after_steps,
-               "k_max": k_max}
+                               "checkpoint_every": checkpoint_every, "mask": mask, "log": log,
+                               "stop_after_steps": stop_after_steps, "k_max": k_max}
     if config.restarts > 1:
         return _train_restarts(scenes, Path(output).expanduser().absolute(), seed=seed, resume=resume,
                                overwrite=overwrite, progress=progress, **options)
@@ -363,14 +363,14 @@ def _train_restarts(scenes: list[str | os.PathLike[str]], output: Path, *, seed:
     config: TrainConfig = options["config"]
     log: LogFn = options["log"] or (lambda message: None)
     count = config.restarts
+    seeds = [seed + r * RESTART_SEED_STEP for r in range(count)]
     paths = [restart_checkpoint_path(output, r) for r in range(count)]
     if resume and output.exists() and not any(p.exists() or partial_checkpoint_path(p).exists() for p in paths):
         raise HsiClusterError(f"--resume: {output.name} was chosen among {count} restarts, which are gone; it cannot "
                               "be trained further: train again without --resume")
     _scene_paths(scenes, output=output, mask=options["mask"], replace=overwrite or resume)  # checks before any work
     results: list[TrainResult] = []
-    for r, path in enumerate(paths):
-        restart_seed = seed + r * RESTART_SEED_STEP
+    for r, (path, restart_seed) in enumerate(zip(paths, seeds, strict=True)):
         log(f"restart {r + 1} of {count} (seed {restart_seed})")
         again = resume and (path.exists() or partial_checkpoint_path(path).exists())
 
@@ -384,7 +384,6 @@ def _train_restarts(scenes: list[str | os.PathLike[str]], output: Path, *, seed:
     labels = restart_labels([checkpoint.build_model() for checkpoint in models], results[0].stores, config=config,
                             seed=seed, mask=options["mask"], device=device_from(options["device"]))
     choice = choose_restart(labels)
-    seeds = [seed + r * RESTART_SEED_STEP for r in range(count)]
     for r, agreement in enumerate(choice.mean_agreement):
         log(f"  restart {r + 1} (seed {seeds[r]}): mean agreement with the others {agreement:.3f} (NMI of their labels)"
             + ("  <- kept" if r == choice.chosen else ""))
@@ -400,16 +399,14 @@ def _train_restarts(scenes: list[str | os.PathLike[str]], output: Path, *, seed:
         if result.loss_curve is not None:
             result.loss_curve.unlink(missing_ok=True)
     return replace(kept, checkpoint=output, loss_curve=curve, seconds=sum(r.seconds for r in results),
-                               restart_choice=payload["training"]["restarts"])
+                   restart_choice=payload["training"]["restarts"])
 
 
 @torch.no_grad()
 def restart_labels(models: list[SSCC], stores: Sequence[Path], *, config: TrainConfig, seed: int,
                    mask: np.ndarray | None, device: torch.device) -> list[np.ndarray]:
     """Each model's labels (N,) of the same random sample of training pixels (as :func:`centroid_sample` draws them)."""
-    sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
-                           mask=mask, epoch=CENTROID_PLAN_EPOCH)
-    sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
+    sampler = centroid_sampler(stores, config=config, seed=seed, mask=mask)
     labels: list[list[np.ndarray]] = [[] for _ in models]
     for model in models:
         model.to(device)
@@ -884,6 +881,16 @@ def _choose_scales(run: _Run, features: np.ndarray, n_clusters: int, blocks: int
     return head
 
 
+def centroid_sampler(stores: Sequence[Path], *, config: TrainConfig, seed: int, mask: np.ndarray | None,
+                     **options: Any) -> PatchSampler:
+    """The sampler of the centroid sample: its own plan, the same share of every block's valid centres, about
+    ``config.centroid_samples`` in all (``options``: ``fill``, ``transform`` of :class:`PatchSampler`)."""
+    sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
+                           mask=mask, epoch=CENTROID_PLAN_EPOCH, **options)
+    sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
+    return sampler
+
+
 @torch.no_grad()
 def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig, seed: int,
                     mask: np.ndarray | None, fill: np.ndarray, device: torch.device) -> tuple[np.ndarray, int]:
@@ -899,9 +906,8 @@ def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig,
         ``(features, blocks)``: (N, F) float32 features, N ≤ ``centroid_samples``, and the number of
         equal blocks F splits into.
     """
-    sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
-                           mask=mask, fill=fill, epoch=CENTROID_PLAN_EPOCH, transform=model.projection.pixel_map())
-    sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
+    sampler = centroid_sampler(stores, config=config, seed=seed, mask=mask, fill=fill,
+                               transform=model.projection.pixel_map())
     scales = config.centroids_read_scales
     backbone = model.backbone
     if scales and not isinstance(backbone, DenseBackbone):

@@ -138,30 +138,30 @@ def _band_dimension(path: Path, name: str, cube: xr.DataArray, tree: xr.DataTree
                      "(e.g. with ncrename -d OLD,band) or convert the cube to a GeoTIFF")
 
 
-def _variable(tree: xr.DataTree, names: tuple[str, ...], dim: str, size: int) -> np.ndarray | None:
+def _variable(tree: xr.DataTree, names: tuple[str, ...], dim: str, size: int) -> xr.DataArray | None:
     """The first 1-D variable of one of ``names`` (any case, any group) that runs along ``dim``."""
     for node in tree.subtree:
         for key, array in node.dataset.variables.items():
             if str(key).lower() in names and array.dims == (dim,) and array.size == size:
-                return np.asarray(array.values)
+                return array
     return None
 
 
 def _spectral_coords(tree: xr.DataTree, band_dim: str, n_bands: int) -> dict[str, np.ndarray]:
     coords: dict[str, np.ndarray] = {}
     wavelength = _variable(tree, _WAVELENGTH_NAMES, band_dim, n_bands)
-    if wavelength is not None and np.isfinite(wavelength.astype(np.float64)).all():
-        units = next((str(array.attrs.get("units", "")) for node in tree.subtree
-                      for key, array in node.dataset.variables.items() if str(key).lower() in _WAVELENGTH_NAMES), "")
-        scale = unit_scale_to_nm(units, wavelength.astype(np.float64))
+    values = None if wavelength is None else np.asarray(wavelength.values, dtype=np.float64)
+    if wavelength is not None and values is not None and np.isfinite(values).all():
+        scale = unit_scale_to_nm(str(wavelength.attrs.get("units", "")), values)
         if scale is not None:
-            coords["wavelength"] = wavelength.astype(np.float64) * scale
+            coords["wavelength"] = values * scale
             fwhm = _variable(tree, _FWHM_NAMES, band_dim, n_bands)
-            if fwhm is not None and np.isfinite(fwhm.astype(np.float64)).all():
-                coords["fwhm"] = fwhm.astype(np.float64) * scale
+            widths = None if fwhm is None else np.asarray(fwhm.values, dtype=np.float64)
+            if widths is not None and np.isfinite(widths).all():
+                coords["fwhm"] = widths * scale
     good = _variable(tree, _GOOD_BAND_NAMES, band_dim, n_bands)
     if good is not None:
-        coords["good_band"] = np.asarray(good).astype(np.float64) != 0
+        coords["good_band"] = np.asarray(good.values).astype(np.float64) != 0
     return coords
 
 
