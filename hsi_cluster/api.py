@@ -34,7 +34,7 @@ from hsi_cluster.config import load_config
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
-from hsi_cluster.io.labels import read_label_map, truth_unlabelled
+from hsi_cluster.io.labels import read_label_map, truth_class_names, truth_unlabelled
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.predict import PredictResult, label_tile, predict_scene, read_tile, tile_job
 
@@ -394,10 +394,12 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
         invalid_pred = default_invalid_pred(labels)
         labels = labels.values
     scored_as = 0 if unlabelled == "auto" else (None if unlabelled is None else int(unlabelled))
+    names: dict[int, str] = {}
     if isinstance(ground_truth, (str, os.PathLike)):
         scored_as = truth_unlabelled(ground_truth, unlabelled)
+        names = truth_class_names(ground_truth)
         ground_truth, _ = read_label_map(ground_truth, var=var)
     elif isinstance(ground_truth, xr.DataArray):
         ground_truth = ground_truth.values
     return score_clustering(np.asarray(labels), np.asarray(ground_truth), unlabelled=scored_as,
-                            invalid_pred=invalid_pred)
+                            invalid_pred=invalid_pred, class_names=names)

@@ -106,9 +106,17 @@ class Checkpoint:
         return np.asarray(self.payload["spectral"]["std"].numpy())
 
     def build_model(self) -> SSCC:
-        """The trained network (CPU, eval mode)."""
-        model = SSCC.from_config(self.payload["model_config"])
-        model.load_state_dict(self.payload["state_dict"])
+        """The trained network (CPU, eval mode).
+
+        Raises:
+            CheckpointError: the weights do not fit the recorded architecture (an edited file).
+        """
+        try:
+            model = SSCC.from_config(self.payload["model_config"])
+            model.load_state_dict(self.payload["state_dict"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+            raise CheckpointError(_inconsistent(self.path, f"its weights do not fit its model_config: {reason}")) from exc
         return model.eval()
 
     def sha256(self) -> str:
@@ -152,10 +160,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint safely (``weights_only=True``) and check its format.
+    """Read a checkpoint safely (``weights_only=True``) and check its format and that its parts agree.
 
     Raises:
-        CheckpointError: missing file, not a checkpoint, unsafe content or other version.
+        CheckpointError: missing file, not a checkpoint, unsafe content, other version, or parts that
+            disagree with the size of its spectral projection (an edited band count, wavelength list,
+            band statistics, …).
     """
     path = Path(path).expanduser().absolute()
     if not path.is_file():
@@ -180,14 +190,92 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
                               f"(expects {CHECKPOINT_VERSION}); retrain with this version")
     missing = [key for key in REQUIRED_KEYS if not isinstance(payload.get(key), dict)]
+    missing += [f"spectral {key}" for key in ("mean", "std") if "spectral" not in missing
+                and not isinstance(payload["spectral"].get(key), torch.Tensor)]
     if missing:
         raise CheckpointError(f"{path}: not a complete hsicluster checkpoint (no {', '.join(missing)}); it was edited "
                               "or written by another program — retrain or restore it")
+    problem = _band_mismatch(payload)
+    if problem is not None:
+        raise CheckpointError(_inconsistent(path, problem))
     return Checkpoint(payload, path)
 
 
 #: Parts every checkpoint holds (mappings); a file without one of them cannot be used.
 REQUIRED_KEYS = ("model_config", "state_dict", "spectral", "train_config")
+
+
+def _inconsistent(path: Path, problem: str) -> str:
+    return (f"{path}: not a consistent hsicluster checkpoint ({problem}); it was edited or written by another "
+            "program — retrain or restore it")
+
+
+def _band_mismatch(payload: dict[str, Any]) -> str | None:
+    """What in a checkpoint disagrees with the size of its spectral projection (B bands in, C components out):
+    the recorded band count, wavelengths, band statistics, PCA components, band screen or scene shapes; None
+    when all agree."""
+    weight = payload["state_dict"].get("projection.weight")
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        return "no spectral projection weights (projection.weight)"
+    n_components, n_bands = (int(n) for n in weight.shape[:2])
+    config = payload["model_config"]
+    for key, expected in (("in_bands", n_bands), ("n_components", n_components)):
+        if not _is_count(config.get(key), expected):
+            return f"model_config {key} is {config.get(key)!r} but the spectral projection has {expected}"
+    if "bands" in payload and not _is_count(payload["bands"], n_bands):
+        return f"it records {payload['bands']!r} bands but its spectral projection reads {n_bands}"
+    wavelength = payload.get("wavelength")
+    if wavelength is not None:
+        values = _numbers(wavelength)
+        if values is None:
+            return "wavelengths that are not a list of numbers"
+        if values.shape != (n_bands,):
+            return f"{values.size} wavelengths for the {n_bands} bands of its spectral projection"
+    problem = _spectral_mismatch(payload["spectral"], n_bands, n_components)
+    if problem is not None:
+        return problem
+    for scene in payload.get("scenes") or []:
+        shape = scene.get("shape") if isinstance(scene, dict) else None
+        if isinstance(shape, list) and shape and not _is_count(shape[0], n_bands):
+            return f"a training scene of {shape[0]!r} bands, but its spectral projection reads {n_bands}"
+    return None
+
+
+def _spectral_mismatch(spectral: dict[str, Any], n_bands: int, n_components: int) -> str | None:
+    """What in the recorded spectral fit (band statistics, PCA components, band screen) disagrees with a
+    projection of ``n_bands`` bands and ``n_components`` components, or None."""
+    for key, shape in (("mean", (n_bands,)), ("std", (n_bands,)), ("components", (n_components, n_bands))):
+        value = spectral.get(key)
+        if value is None and key == "components":
+            continue
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            return f"spectral {key} of shape {found}, but its spectral projection needs {shape}"
+        if not bool(torch.isfinite(value).all()):
+            return f"spectral {key} holds values that are not finite"
+    screen = spectral.get("band_screen")
+    if screen is not None:
+        lists = [screen.get(key) for key in ("flagged", "constant", "noisy") if screen.get(key) is not None] \
+            if isinstance(screen, dict) else [None]
+        if not all(isinstance(v, list) and all(_is_index(i, n_bands) for i in v) for v in lists):
+            return f"a band screen whose bands are not indices of its {n_bands} bands"
+    return None
+
+
+def _is_count(value: Any, expected: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value == expected
+
+
+def _is_index(value: Any, n_bands: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_bands
+
+
+def _numbers(values: Any) -> np.ndarray | None:
+    """``values`` as float64 when it is a list or tuple of plain numbers, else None."""
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    return np.asarray(values, dtype=np.float64)
 
 
 #: Leading bytes of files that are often passed by mistake where a checkpoint goes.

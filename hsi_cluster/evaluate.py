@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,8 @@ class ClusteringScores:
         per_class: Class id -> accuracy (recall) of that class after matching.
         class_counts: Class id -> labelled pixel count.
         mapping: Valid cluster id -> matched class id (-1 when unmatched).
+        class_names: Class id -> name, for the scored classes the ground truth names (an ENVI
+            classification's ``class names``); empty when it names none.
     """
 
     acc: float
@@ -154,6 +157,7 @@ class ClusteringScores:
     per_class: dict[int, float]
     class_counts: dict[int, int]
     mapping: dict[int, int]
+    class_names: dict[int, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns plain JSON-serialisable types.
@@ -178,6 +182,7 @@ class ClusteringScores:
             "per_class": {str(k): num(v) for k, v in self.per_class.items()},
             "class_counts": {str(k): int(v) for k, v in self.class_counts.items()},
             "mapping": {str(k): int(v) for k, v in self.mapping.items()},
+            "class_names": {str(k): v for k, v in self.class_names.items()},
         }
 
     def format_table(self) -> str:
@@ -192,13 +197,19 @@ class ClusteringScores:
             f"  ARI     {self.ari:.4f}",
             f"  Purity  {self.purity:.4f}",
             "",
-            f"{'Class':>7} {'Pixels':>9} {'Accuracy':>9} {'Cluster':>8}",
         ]
+        width = max([len("Name"), *(len(name) for name in self.class_names.values())])
+
+        def named(text: str) -> str:
+            """The Name column, present when the ground truth names its classes."""
+            return f"  {text:<{width}}" if self.class_names else ""
+
+        lines.append(f"{'Class':>7}{named('Name')} {'Pixels':>9} {'Accuracy':>9} {'Cluster':>8}")
         for c in sorted(self.per_class):
             k = cluster_of.get(c)
             lines.append(
-                f"{c:>7d} {self.class_counts[c]:>9d} {self.per_class[c]:>9.4f} "
-                f"{'-' if k is None else str(k):>8}"
+                f"{c:>7d}{named(self.class_names.get(c, '-'))} {self.class_counts[c]:>9d} "
+                f"{self.per_class[c]:>9.4f} {'-' if k is None else str(k):>8}"
             )
         return "\n".join(lines)
 
@@ -228,6 +239,7 @@ def score_clustering(
     *,
     unlabelled: int | None = 0,
     invalid_pred: int | str | None = "auto",
+    class_names: Mapping[int, str] | None = None,
 ) -> ClusteringScores:
     """Scores a clustering on the labelled pixels of a ground-truth map.
 
@@ -244,6 +256,8 @@ def score_clustering(
             of ``pred`` when it carries one (a DataArray's ``nodata``/``_FillValue`` attribute or
             ``.rio.nodata``), else -1 for signed labels and the dtype's maximum for uint8/uint16
             labels (the nodata value of a label raster written by ``predict``: 255 or 65535).
+        class_names: Class id -> name (e.g. :func:`~hsi_cluster.io.labels.truth_class_names`); the
+            scored classes among them are kept in the result and shown by :meth:`~ClusteringScores.format_table`.
 
     Returns:
         The scores.
@@ -268,6 +282,7 @@ def score_clustering(
             f"unlabelled value were given."
         )
 
+    names = class_names or {}
     invalid = (p == invalid_pred) if invalid_pred is not None else np.zeros(n, dtype=bool)
     valid = ~invalid
     n_invalid = int(invalid.sum())
@@ -319,6 +334,7 @@ def score_clustering(
         per_class=per_class,
         class_counts={int(c): int(k) for c, k in zip(classes, class_counts, strict=True)},
         mapping=mapping,
+        class_names={c: str(names[c]) for c in per_class if c in names},
     )
 
 
@@ -350,11 +366,12 @@ def score_label_files(labels_path: str | os.PathLike[str], truth_path: str | os.
 
     Both are read by :func:`~hsi_cluster.io.labels.read_label_pair` (one pixel grid; truth nodata/NaN pixels
     become ``unlabelled``); the labels' nodata on labelled pixels counts as wrong. ``unlabelled="auto"``: the
-    truth raster's nodata value when it declares one, else 0.
+    truth raster's nodata value when it declares one, else 0. Classes an ENVI classification names are shown by name.
     """
-    from hsi_cluster.io.labels import read_label_pair, truth_unlabelled
+    from hsi_cluster.io.labels import read_label_pair, truth_class_names, truth_unlabelled
 
     unlabelled = truth_unlabelled(truth_path, unlabelled)
     predicted, invalid, reference = read_label_pair(labels_path, truth_path, var=var, unlabelled=unlabelled)
     return score_clustering(predicted, reference, unlabelled=unlabelled,
-                            invalid_pred="auto" if invalid is None else invalid)
+                            invalid_pred="auto" if invalid is None else invalid,
+                            class_names=truth_class_names(truth_path))

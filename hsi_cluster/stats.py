@@ -49,7 +49,8 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: Version of the rules that decide which pixels are valid (this module's and the file's own mask band),
 #: recorded in each store: ``train`` ingests a scene again when its cached store was made under other rules.
 #: 2 (2026-12-02): flat fill pixels, bands empty everywhere, and GDAL mask bands.
-VALIDITY_RULES = 2
+#: 3: a GDAL raster's band scale/offset applied on reading (the stored values change, not which pixels are valid).
+VALIDITY_RULES = 3
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

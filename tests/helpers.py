@@ -189,11 +189,13 @@ def write_geotiff(path: str | os.PathLike[str], cube: np.ndarray, *, crs: CRS | 
                   blocksize: int = 16, compress: str | None = None, interleave: str = "pixel",
                   wavelength_nm: Sequence[float] | None = None, fwhm_nm: Sequence[float] | None = None,
                   wavelength_units: str = "nanometers", good_band: Sequence[bool] | None = None,
-                  driver: str = "GTiff") -> SyntheticScene:
+                  driver: str = "GTiff", scales: Sequence[float] | None = None,
+                  offsets: Sequence[float] | None = None) -> SyntheticScene:
     """Write ``cube`` ``(band, y, x)`` as a GeoTIFF with a real CRS (EPSG:32633 unless ``crs=None``).
 
     Per-band GDAL metadata items ``wavelength``, ``fwhm`` and ``wavelength_units`` are written in
-    ``wavelength_units`` (``"micrometers"`` divides the nm values by 1000); ``good_band`` as 0/1.
+    ``wavelength_units`` (``"micrometers"`` divides the nm values by 1000); ``good_band`` as 0/1;
+    ``scales`` / ``offsets`` as GDAL's band SCALE / OFFSET (``cube`` holds the stored values).
     """
     path = Path(path)
     crs = utm_crs() if crs == "default" else crs
@@ -215,6 +217,10 @@ def write_geotiff(path: str | os.PathLike[str], cube: np.ndarray, *, crs: CRS | 
     scale = 1000.0 if wavelength_units.lower().startswith("micro") else 1.0
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(cube)
+        if scales is not None:
+            dst.scales = tuple(float(v) for v in scales)
+        if offsets is not None:
+            dst.offsets = tuple(float(v) for v in offsets)
         for i in range(bands):
             tags: dict[str, str] = {}
             if wavelength_nm is not None:

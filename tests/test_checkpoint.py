@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,88 @@ def test_a_checkpoint_without_a_required_part_is_refused(tmp_path: Path, key: st
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match=f"not a complete hsicluster checkpoint \\(no {key}\\)"):
         load_checkpoint(path)
+
+
+def _edit(payload: dict, edit: str) -> None:
+    """Edit a 12-band, 4-component checkpoint payload so that one part disagrees with its projection's size."""
+    if edit == "wavelength-one-short":
+        payload["wavelength"] = payload["wavelength"][:-1]
+    elif edit == "wavelength-one-more":
+        payload["wavelength"] = [*payload["wavelength"], 2600.0]
+    elif edit == "wavelength-text":
+        payload["wavelength"] = "400-2500"
+    elif edit == "bands":
+        payload["bands"] = 11
+    elif edit == "in-bands":
+        payload["model_config"]["in_bands"] = 13
+    elif edit == "n-components":
+        payload["model_config"]["n_components"] = 5
+    elif edit == "projection":
+        payload["state_dict"]["projection.weight"] = torch.zeros(4, 11, 1, 1)
+    elif edit == "spectral-mean":
+        payload["spectral"]["mean"] = payload["spectral"]["mean"][:-1]
+    elif edit == "spectral-std-nan":
+        payload["spectral"]["std"] = torch.full((12,), float("nan"))
+    elif edit == "components":
+        payload["spectral"]["components"] = torch.eye(4, 11)
+    elif edit == "band-screen":
+        payload["spectral"]["band_screen"] = {"flagged": [3, 12], "constant": [], "noisy": []}
+    elif edit == "scene-shape":
+        payload["scenes"][0]["shape"] = [11, 4, 4]
+    else:
+        raise ValueError(edit)
+
+
+EDITS = ["wavelength-one-short", "wavelength-one-more", "wavelength-text", "bands", "in-bands", "n-components",
+         "projection", "spectral-mean", "spectral-std-nan", "components", "band-screen", "scene-shape"]
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_checkpoint_whose_bands_disagree_with_its_projection_is_refused(tmp_path: Path, edit: str) -> None:
+    payload = payload_of(tiny_model())
+    _edit(payload, edit)
+    path = save_checkpoint(payload, tmp_path / "edited.ckpt")
+    with pytest.raises(CheckpointError, match="edited.ckpt: not a consistent hsicluster checkpoint \\(.+\\); it was "
+                                              "edited or written by another program") as exc:
+        load_checkpoint(path)
+    assert "\n" not in str(exc.value)
+
+
+def test_consistency_messages_name_the_part_and_the_sizes(tmp_path: Path) -> None:
+    expected = {"wavelength-one-short": "11 wavelengths for the 12 bands", "bands": "records 11 bands",
+                "in-bands": "in_bands is 13 but the spectral projection has 12",
+                "spectral-mean": "spectral mean of shape (11,)", "band-screen": "indices of its 12 bands"}
+    for edit, text in expected.items():
+        payload = payload_of(tiny_model())
+        _edit(payload, edit)
+        with pytest.raises(CheckpointError, match=re.escape(text)):
+            load_checkpoint(save_checkpoint(payload, tmp_path / f"{edit}.ckpt"))
+
+
+def test_a_checkpoint_without_band_statistics_is_refused(tmp_path: Path) -> None:
+    payload = payload_of(tiny_model())
+    del payload["spectral"]["std"]
+    with pytest.raises(CheckpointError, match="not a complete hsicluster checkpoint \\(no spectral std\\)"):
+        load_checkpoint(save_checkpoint(payload, tmp_path / "edited.ckpt"))
+
+
+def test_weights_that_do_not_fit_the_recorded_architecture_are_refused(tmp_path: Path) -> None:
+    payload = payload_of(tiny_model())
+    payload["state_dict"]["backbone.layers.0.weight"] = torch.zeros(9, 4, 1, 1)  # the bands agree, a layer does not
+    checkpoint = load_checkpoint(save_checkpoint(payload, tmp_path / "edited.ckpt"))
+    with pytest.raises(CheckpointError, match="not a consistent hsicluster checkpoint \\(its weights do not fit its "
+                                              "model_config: .+\\); it was edited") as exc:
+        checkpoint.build_model()
+    assert "\n" not in str(exc.value)
+
+
+def test_a_checkpoint_without_optional_records_still_loads(tmp_path: Path) -> None:
+    payload = payload_of(tiny_model())
+    payload["wavelength"] = None  # a scene without wavelengths
+    del payload["spectral"]["components"], payload["bands"]
+    payload["scenes"] = []
+    payload["spectral"]["band_screen"] = {"flagged": [0, 11], "constant": [], "noisy": [5], "min_shared_variance": 0.05}
+    assert load_checkpoint(save_checkpoint(payload, tmp_path / "m.ckpt")).in_bands == 12
 
 
 class Exploit:
@@ -241,6 +324,7 @@ def test_resnet_geometry_is_the_trained_patch_size(tmp_path: Path) -> None:
     model = SSCC.build(rng.normal(500, 50, 12), np.ones(12), np.eye(4, 12), n_clusters=3, backbone="resnet",
                        backbone_kwargs={"stem_width": 4, "widths": [4]}, head_hidden=8)
     payload = make_payload(model, train_config={**tiny_config().to_dict(), "patch_size": 7},
-                           spectral={"mean": torch.zeros(12)}, scenes=[], wavelength=None, complete=True)
+                           spectral={"mean": torch.zeros(12), "std": torch.ones(12)}, scenes=[], wavelength=None,
+                           complete=True)
     checkpoint = load_checkpoint(save_checkpoint(payload, tmp_path / "resnet.ckpt"))
     assert (checkpoint.patch_size, checkpoint.halo, checkpoint.receptive_field) == (7, 3, 7)

@@ -228,6 +228,47 @@ def test_to_dict_json_and_format_table() -> None:
     assert rows == [["1", "7", "0.4286", "1"], ["2", "3", "1.0000", "0"]]
 
 
+def test_class_names_in_the_table_and_the_json() -> None:
+    names = {0: "Unclassified", 1: "Corn notill", 2: "Grass", 9: "not in the scene"}
+    s = score_clustering(HAND_PRED, HAND_TRUTH, unlabelled=None, class_names=names)
+    assert s.class_names == {1: "Corn notill", 2: "Grass"}  # the scored classes only
+    d = s.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["class_names"] == {"1": "Corn notill", "2": "Grass"}
+    lines = s.format_table().splitlines()
+    assert lines[-3].split() == ["Class", "Name", "Pixels", "Accuracy", "Cluster"]
+    assert lines[-2].split() == ["1", "Corn", "notill", "7", "0.4286", "1"]
+    assert lines[-1].split() == ["2", "Grass", "3", "1.0000", "0"]
+    assert lines[-2].index("7") == lines[-1].index("3")  # the columns stay aligned
+    # without names: no Name column, and an empty mapping in the JSON
+    plain = score_clustering(HAND_PRED, HAND_TRUTH, unlabelled=None)
+    assert plain.to_dict()["class_names"] == {}
+    assert "Name" not in plain.format_table()
+
+
+def test_score_label_files_names_the_classes_of_an_envi_classification(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+    from hsi_cluster.evaluate import score_label_files
+    from tests import helpers
+
+    labels, truth = _labels_and_truth()
+    names = ["Unclassified", "Corn notill", "Grass-pasture", "Woods"]
+    gt = helpers.write_envi(tmp_path / "gt.img", truth[None], header_fields={
+        "file type": "ENVI Classification", "classes": 4, "class names": names}).header
+    np.save(tmp_path / "labels.npy", labels)
+    scores = score_label_files(tmp_path / "labels.npy", gt)
+    assert scores.class_names == {1: "Corn notill", 2: "Grass-pasture", 3: "Woods"}  # 0 is unlabelled
+    cli = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt)])
+    assert cli.exit_code == 0, cli.stderr
+    rows = {line.split()[0]: line for line in cli.stdout.splitlines()[-3:]}
+    assert "Corn notill" in rows["1"] and "Grass-pasture" in rows["2"] and "Woods" in rows["3"]
+    as_json = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt), "--json"])
+    assert json.loads(as_json.stdout)["class_names"] == {"1": "Corn notill", "2": "Grass-pasture", "3": "Woods"}
+    assert json.loads(as_json.stdout) == scores.to_dict()
+
+
 def test_mean_std_population() -> None:
     truth = np.array([1, 1, 2, 2])
     runs = [

@@ -364,3 +364,18 @@ def test_cli_run_dry_run_and_errors(project: Path, tmp_path: Path) -> None:
     assert bad.stderr == f"hsicluster: error: {project}: steps[2].tile: unknown key; did you mean 'tiles'?\n"
     missing = runner.invoke(main, ["run", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and missing.stderr.count("\n") == 1 and "no such pipeline file" in missing.stderr
+
+
+def test_report_names_the_classes_the_ground_truth_names() -> None:
+    from hsi_cluster.pipeline.report import to_markdown
+
+    run_scores = {"acc": 0.9, "nmi": 0.8, "kappa": 0.85, "ari": 0.7, "n_scored": 30, "n_classes": 2,
+                  "per_class": {"1": 0.8, "2": 1.0}, "class_counts": {"1": 20, "2": 10}, "labels": "labels.tif"}
+    section = {"title": "Scene", "step": "evaluate", "truth": "gt.hdr", "runs": [
+        {**run_scores, "seed": None, "class_names": {"1": "Corn notill", "2": "Grass|pasture"}}]}
+    report = {"title": "t", "file": "p.yaml", "workdir": "w", "library_version": "0", "generated": "now",
+              "evaluations": [section], "batches": [], "steps": []}
+    text = to_markdown(report)
+    assert "| 1 Corn notill | 20 | 0.800 |" in text and "| 2 Grass\\|pasture | 10 | 1.000 |" in text
+    del section["runs"][0]["class_names"]  # scores written before class names were kept
+    assert "| 1 | 20 | 0.800 |" in to_markdown(report)

@@ -79,6 +79,8 @@ def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> 
         "crs": scene.attrs.get("crs"), "transform": list(scene.attrs["transform"]),
         "georeferenced": bool(scene.attrs.get("georeferenced")), "nodata": scene.attrs.get("nodata"),
     }
+    if scene.attrs.get("scaled_from"):
+        meta["scaled_from"] = scene.attrs["scaled_from"]
     for name in BAND_COORDS:
         if name in scene.coords:
             values = scene.coords[name].values

@@ -10,7 +10,8 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.io.metadata import parse_envi_list
 from hsi_cluster.io.scene import envi_binary
 
 
@@ -91,6 +92,34 @@ def truth_unlabelled(truth_path: str | os.PathLike[str], unlabelled: int | None 
     header = _raster_header(truth_path)
     nodata = header[0] if header is not None else None
     return int(nodata) if nodata is not None and float(nodata).is_integer() else 0
+
+
+def truth_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
+    """The class names a ground-truth raster carries: an ENVI classification header's ``class names`` (the
+    i-th name is class value i). Empty for a file without them (``.npy``, ``.mat``, another raster).
+
+    A ``class names`` list whose length is not the header's ``classes`` count is not used, with a
+    :class:`~hsi_cluster.errors.MetadataWarning`.
+    """
+    if Path(path).suffix.lower() in (".npy", ".mat"):
+        return {}
+    binary = envi_binary(Path(path).expanduser().absolute())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(binary) as dataset:
+                envi = dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {}
+    except (RasterioIOError, ValueError, OSError):
+        return {}
+    names = parse_envi_list(envi.get("class_names"))
+    if not names:
+        return {}
+    classes = envi.get("classes", "").strip()
+    if classes.isdigit() and int(classes) != len(names):
+        warnings.warn(MetadataWarning(f"{binary}: the header's 'class names' lists {len(names)} names for {classes} "
+                                      "classes, so classes are shown by number; correct the header"), stacklevel=2)
+        return {}
+    return dict(enumerate(names))
 
 
 #: Dataset tag that ``predict`` writes into every label raster (with the model hash, source, …).

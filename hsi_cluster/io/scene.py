@@ -6,15 +6,22 @@ has them ``wavelength`` / ``fwhm`` (nm) and ``good_band`` (bool) on ``band``; at
 ``nodata`` (or None), ``source`` (absolute path) and ``format``; and, where a GDAL raster has a
 mask band of its own (an internal or ``.msk`` mask, no nodata value), the lazy bool coordinate
 ``source_valid`` on ``(y, x)``. Opening reads only headers.
+
+A GDAL raster whose bands carry a scale or offset (GDAL's band SCALE/OFFSET, as a GeoTIFF stores
+them; ENVI's ``data gain values`` / ``data offset values``) reads as physical values, ``value * scale
++ offset`` in floating point, as the NetCDF reader applies CF ``scale_factor`` / ``add_offset``: the
+nodata test is made on the stored values first, and nodata pixels read as NaN (``nodata`` is then NaN);
+the attribute ``scaled_from`` names the stored dtype.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -36,25 +43,36 @@ from hsi_cluster.io.store import is_store, open_store
 os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 
+class BandScaling(NamedTuple):
+    """A raster's per-band ``scale`` and ``offset`` (float64 (B,)) and the ``nodata`` of its stored values."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+    nodata: float | None
+
+
 class RasterioWindowReader:
     """Array-like view of a GDAL raster as ``(band, y, x)`` that reads windows on demand.
 
-    Each thread keeps its own open dataset; pickling keeps only the path, so the reader can
-    travel to dask workers.
+    With ``scaling``, values read as ``stored * scale + offset`` in ``dtype`` (floating point), and
+    stored values equal to ``scaling.nodata`` as NaN. Each thread keeps its own open dataset; pickling
+    keeps only the path and settings, so the reader can travel to dask workers.
     """
 
-    def __init__(self, path: str, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+    def __init__(self, path: str, shape: tuple[int, int, int], dtype: np.dtype,
+                 scaling: BandScaling | None = None) -> None:
         self.path = path
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.ndim = 3
+        self.scaling = scaling
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "shape": self.shape, "dtype": self.dtype}
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "scaling": self.scaling}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        RasterioWindowReader.__init__(self, state["path"], state["shape"], state["dtype"])
+        RasterioWindowReader.__init__(self, state["path"], state["shape"], state["dtype"], state.get("scaling"))
 
     def _dataset(self) -> rasterio.io.DatasetReader:
         dataset = getattr(self._local, "dataset", None)
@@ -74,11 +92,38 @@ class RasterioWindowReader:
         if not indexes or window.width <= 0 or window.height <= 0:
             return np.empty((len(indexes), max(window.height, 0), max(window.width, 0)), self.dtype)
         try:
-            return self._dataset().read(indexes, window=window)
+            stored = self._dataset().read(indexes, window=window)
         except RasterioIOError as exc:
             raise SceneError(f"{self.path}: cannot read rows {rows[0]}–{rows[1]}, cols {cols[0]}–{cols[1]} "
                              f"({_first_line(exc)}); the file is truncated or corrupt — re-export or "
                              "re-download it") from exc
+        return stored if self.scaling is None else _apply_scaling(stored, self.scaling, slice(*bands[:2]), self.dtype)
+
+
+def _apply_scaling(stored: np.ndarray, scaling: BandScaling, bands: slice, dtype: np.dtype) -> np.ndarray:
+    """``stored * scale + offset`` of the bands ``bands`` in ``dtype``; stored nodata (tested before scaling) → NaN."""
+    values = stored.astype(dtype)
+    values *= scaling.scale[bands].astype(dtype)[:, None, None]
+    values += scaling.offset[bands].astype(dtype)[:, None, None]
+    if scaling.nodata is not None and not np.isnan(scaling.nodata):
+        values[stored == scaling.nodata] = np.nan
+    return values
+
+
+def _band_scaling(dataset: rasterio.io.DatasetReader, path: Path) -> BandScaling | None:
+    """The bands' scale and offset (GDAL band SCALE/OFFSET, ENVI data gain/offset values), or None when
+    every band has scale 1 and offset 0."""
+    scale = np.array([1.0 if v is None else v for v in dataset.scales], dtype=np.float64)
+    offset = np.array([0.0 if v is None else v for v in dataset.offsets], dtype=np.float64)
+    if (scale == 1).all() and (offset == 0).all():
+        return None
+    bad = np.flatnonzero(~np.isfinite(scale) | (scale == 0) | ~np.isfinite(offset))
+    if bad.size:
+        band = int(bad[0])
+        raise SceneError(f"{path}: band {band + 1} has scale {scale[band]:g} and offset {offset[band]:g}, which "
+                         "would void its values; fix or remove the scale/offset metadata (gdal_edit.py -scale / "
+                         "-offset, or the ENVI header's data gain values / data offset values)")
+    return BandScaling(scale, offset, dataset.nodata)
 
 
 class RasterioMaskReader(RasterioWindowReader):
@@ -306,6 +351,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         if dataset.driver == "ENVI":
             _check_envi_size(dataset, binary)
         dtype = np.dtype(dataset.dtypes[0])
+        scaling = _band_scaling(dataset, path)
         coords = spectral_coords(
             dataset.count, dataset.tags(),
             dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {},
@@ -319,21 +365,27 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         block_rows, block_cols = dataset.block_shapes[0]
         tiled = block_rows > 1 and block_cols < dataset.width
         masked = _has_mask_band(dataset)
-    reader = RasterioWindowReader(str(binary), shape, dtype)
+    extra: dict[str, Any] = {"file_block": (block_rows, block_cols)}
+    if scaling is not None:  # physical values in floating point; stored nodata reads as NaN
+        extra["scaled_from"] = str(dtype)
+        dtype = np.result_type(dtype, np.float32)
+        nodata = None if nodata is None else float("nan")
+    reader = RasterioWindowReader(str(binary), shape, dtype, scaling)
     chunks = list(default_chunks(shape[0], dtype, spatial))
     if tiled and spatial is None:  # align dask chunks with the file's tiles
         chunks[1] = max(block_rows, chunks[1] // block_rows * block_rows)
         chunks[2] = max(block_cols, chunks[2] // block_cols * block_cols)
     # The chunking is part of the name: views of one file with other chunks must not share keys.
     name = f"{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}"
+    if scaling is not None:  # a scale edited in a sidecar (.aux.xml) leaves the file's mtime as it was
+        name += "-" + hashlib.sha256(scaling.scale.tobytes() + scaling.offset.tobytes()).hexdigest()[:12]
     data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False, name=f"scene-{name}")
     source_valid = None
     if masked:
         source_valid = da.from_array(RasterioMaskReader(str(binary), shape[1:]), chunks=tuple(chunks[1:]),
                                      asarray=False, fancy=False, name=f"mask-{name}")
     return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=nodata,
-                       source=str(binary), fmt=driver, extra_attrs={"file_block": (block_rows, block_cols)},
-                       source_valid=source_valid)
+                       source=str(binary), fmt=driver, extra_attrs=extra, source_valid=source_valid)
 
 
 def open_scene(path: str | os.PathLike[str], *, var: str | None = None,

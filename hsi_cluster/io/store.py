@@ -13,7 +13,7 @@ Layout of ``STORE.zarr/``::
 Metadata: ``format``/``version``, ``complete`` (set last), ``source`` (path, size, mtime_ns),
 ``crs`` (WKT), ``transform``, ``georeferenced``, ``nodata``, ``chunk``, ``wavelength``/``fwhm``
 (nm)/``good_band``, ``statistics`` (per-band mean, std, min, max, count over valid pixels) and
-``valid_pixels``.
+``valid_pixels``; ``scaled_from`` (the file's stored dtype) when a band scale/offset was applied.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
                        nodata=meta.get("nodata"), source=str(store.path), fmt="zarr",
                        extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
                                     "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
-                                    "empty_bands": meta.get("empty_bands"),
+                                    "empty_bands": meta.get("empty_bands"), "scaled_from": meta.get("scaled_from"),
                                     "file_block": (meta.get("chunk"), meta.get("chunk"))})
 
 

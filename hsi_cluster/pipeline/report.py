@@ -76,8 +76,10 @@ def _evaluation_markdown(section: dict[str, Any]) -> list[str]:
     lines += ["", "Per-class accuracy:", "",
               "| class | pixels | " + " | ".join(name for name, _ in columns) + " |",
               "|---|---|" + "---|" * len(columns)]
+    names = first.get("class_names") or {}  # scores written before class names were kept have none
     for cls, count in first["class_counts"].items():
-        lines.append(f"| {cls} | {count} | " + " | ".join(_num(run["per_class"].get(cls)) for _, run in columns)
+        label = f"{cls} {_cell(names[cls])}" if cls in names else cls
+        lines.append(f"| {label} | {count} | " + " | ".join(_num(run["per_class"].get(cls)) for _, run in columns)
                      + " |")
     return lines + [""]
 

@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.io import ingest, is_complete_store, is_store, open_scene, open_valid_mask
+from hsi_cluster.io.info import describe, format_info
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
 
@@ -194,6 +195,39 @@ def test_killed_while_flagging_empty_bands_then_rerun(tmp_path: Path, monkeypatc
     np.testing.assert_array_equal(open_valid_mask(store).compute(), open_valid_mask(reference).compute())
     assert open_scene(store).attrs["statistics"] == open_scene(reference).attrs["statistics"]
     assert open_scene(store).attrs["empty_bands"] == [1, 3]
+
+
+def test_band_scale_and_offset_are_applied_after_the_nodata_test(tmp_path: Path) -> None:
+    scales, offsets = [1e-4, 1e-4, 1e-4, 2e-4], [0.0, 0.0, 0.05, 0.0]
+    cube = helpers.synthetic_cube(4, 37, 29, "int16", seed=8, nodata=-9999, nodata_pixels=9)
+    written = helpers.write_geotiff(tmp_path / "refl.tif", cube, nodata=-9999, scales=scales, offsets=offsets)
+    store = ingest(written.path, tmp_path / "out.zarr", chunk=16)
+    stored = open_scene(store)
+    physical = cube.astype(np.float32) * np.float32(scales)[:, None, None] + np.float32(offsets)[:, None, None]
+    valid = helpers.reference_valid_mask(cube, -9999)  # decided on the stored int16 values
+    assert 0 < valid.sum() < valid.size
+    assert stored.dtype == np.float32
+    np.testing.assert_allclose(stored.values[:, valid], physical[:, valid], rtol=1e-6)
+    assert np.isnan(stored.values[:, ~valid]).any(axis=0).all()  # stored nodata reads as NaN
+    np.testing.assert_array_equal(open_valid_mask(store).compute(), valid)
+    assert_stats_match(stored.attrs["statistics"], physical, valid, rtol=1e-6)
+    assert stored.attrs["scaled_from"] == "int16"
+    assert "stored as int16" in format_info(describe(stored))
+
+
+def test_band_scale_one_and_offset_zero_give_the_same_store(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(4, 21, 23, "int16", seed=9, nodata=-9999, nodata_pixels=5)
+    plain = ingest(helpers.write_geotiff(tmp_path / "plain.tif", cube, nodata=-9999).path, tmp_path / "plain.zarr",
+                   chunk=16)
+    unit = ingest(helpers.write_geotiff(tmp_path / "unit.tif", cube, nodata=-9999, scales=[1.0] * 4,
+                                        offsets=[0.0] * 4).path, tmp_path / "unit.zarr", chunk=16)
+    for name, values in store_arrays(unit).items():
+        np.testing.assert_array_equal(values, store_arrays(plain)[name])
+        assert values.dtype == store_arrays(plain)[name].dtype
+    assert store_arrays(unit)["data"].dtype == np.int16
+    skip = {"source", "completed"}
+    assert ({k: v for k, v in store_metadata(unit).items() if k not in skip}
+            == {k: v for k, v in store_metadata(plain).items() if k not in skip})
 
 
 def test_source_metadata(tmp_path: Path, geotiff: SyntheticScene) -> None:

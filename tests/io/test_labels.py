@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsi_cluster.errors import SceneError
-from hsi_cluster.io.labels import read_label_map, read_label_pair, truth_unlabelled
+from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.io.labels import read_label_map, read_label_pair, truth_class_names, truth_unlabelled
 from tests import helpers
 
 LABELS = np.arange(9 * 7, dtype=np.uint8).reshape(9, 7) % 5  # y != x catches a transpose
@@ -57,6 +57,40 @@ def test_envi_label_map_named_by_its_header(tmp_path: Path) -> None:
     helpers.write_geotiff(tmp_path / "gt.img", LABELS[None], driver="ENVI")
     assert (tmp_path / "gt.hdr").is_file()
     np.testing.assert_array_equal(read_label_map(tmp_path / "gt.hdr")[0], LABELS)
+
+
+CLASS_NAMES = ["Unclassified", "Corn notill", "Grass-pasture", "Soybean mintill", "Woods"]
+
+
+def write_envi_classification(path: Path, labels: np.ndarray, names: list[str], classes: int | None = None) -> Path:
+    """A uint8 ENVI classification (``file type = ENVI Classification``) with ``class names``; returns its header."""
+    header = helpers.write_envi(path, labels[None].astype(np.uint8), header_fields={
+        "file type": "ENVI Classification", "classes": len(names) if classes is None else classes,
+        "class names": names}).header
+    assert header is not None
+    return header
+
+
+def test_envi_classification_class_names(tmp_path: Path) -> None:
+    header = write_envi_classification(tmp_path / "gt.img", LABELS, CLASS_NAMES)
+    expected = dict(enumerate(CLASS_NAMES))
+    assert truth_class_names(header) == expected
+    assert truth_class_names(tmp_path / "gt.img") == expected  # the binary names the same file
+    np.testing.assert_array_equal(read_label_map(header)[0], LABELS)
+
+
+def test_ground_truth_without_class_names_has_none(tmp_path: Path) -> None:
+    np.save(tmp_path / "gt.npy", LABELS)
+    helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None])
+    helpers.write_envi(tmp_path / "plain.img", LABELS[None])
+    for name in ("gt.npy", "gt.tif", "plain.hdr", "missing.tif"):
+        assert truth_class_names(tmp_path / name) == {}, name
+
+
+def test_class_names_of_another_count_than_the_classes_are_not_used(tmp_path: Path) -> None:
+    header = write_envi_classification(tmp_path / "gt.img", LABELS, CLASS_NAMES[:3], classes=5)
+    with pytest.warns(MetadataWarning, match="'class names' lists 3 names for 5 classes"):
+        assert truth_class_names(header) == {}
 
 
 @pytest.mark.parametrize("case", ["missing", "multiband", "3d-npy", "text", "confidence-raster", "fractional-npy"])

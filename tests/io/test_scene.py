@@ -105,6 +105,64 @@ def test_geotiff_without_crs_is_not_georeferenced(tmp_path: Path) -> None:
     assert_not_georeferenced(scene)
 
 
+def physical(cube: np.ndarray, scales: list[float], offsets: list[float], nodata: float | None) -> np.ndarray:
+    """Plain numpy ``stored * scale + offset`` per band in float32, NaN where the stored value is nodata."""
+    values = cube.astype(np.float32) * np.float32(scales)[:, None, None] + np.float32(offsets)[:, None, None]
+    if nodata is not None:
+        values[cube == nodata] = np.nan
+    return values
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["striped", "tiled"])
+def test_geotiff_band_scale_and_offset_give_physical_values(tmp_path: Path, tiled: bool) -> None:
+    # int16 reflectance × 0.0001 (EnMAP, PRISMA, DESIS deliveries), one band with an offset; the nodata
+    # test is made on the stored values: -9999 × 0.0001 + offset is no longer -9999.
+    scales, offsets = [1e-4, 1e-4, 2e-4, 1e-4], [0.0, 0.0, 0.0, -0.1]
+    cube = helpers.synthetic_cube(4, 19, 21, "int16", seed=3, nodata=-9999, nodata_pixels=6)
+    written = helpers.write_geotiff(tmp_path / "s.tif", cube, nodata=-9999, tiled=tiled, scales=scales,
+                                    offsets=offsets)
+    scene = open_scene(written.path)
+    assert scene.dtype == np.float32
+    assert scene.attrs["scaled_from"] == "int16"
+    assert np.isnan(scene.attrs["nodata"])  # nodata pixels now read as NaN
+    expected = physical(cube, scales, offsets, -9999)
+    assert np.isnan(expected).sum() > 0
+    np.testing.assert_allclose(scene.values, expected, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(np.isnan(scene.values), cube == -9999)
+    window = scene.isel(band=slice(2, 4), y=slice(4, 15), x=slice(3, 20)).values  # band offsets follow the window
+    np.testing.assert_allclose(window, expected[2:4, 4:15, 3:20], rtol=1e-6)
+    clone = pickle.loads(pickle.dumps(scene.data))  # the scaling travels to dask workers
+    np.testing.assert_array_equal(clone.compute(scheduler="synchronous"), scene.values)
+    assert_georeferenced_utm(scene)
+
+
+def test_geotiff_with_scale_one_and_offset_zero_reads_as_stored(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(4, 9, 11, "int16", seed=3, nodata=-9999, nodata_pixels=3)
+    plain = open_scene(helpers.write_geotiff(tmp_path / "plain.tif", cube, nodata=-9999).path)
+    unit = open_scene(helpers.write_geotiff(tmp_path / "unit.tif", cube, nodata=-9999, scales=[1.0] * 4,
+                                            offsets=[0.0] * 4).path)
+    assert_same_values(unit, cube)
+    assert unit.attrs["nodata"] == plain.attrs["nodata"] == -9999.0
+    assert "scaled_from" not in unit.attrs
+
+
+@pytest.mark.parametrize("dtype,expected", [("uint16", np.float32), ("int32", np.float64), ("float64", np.float64)])
+def test_geotiff_scaled_dtype_keeps_the_stored_precision(tmp_path: Path, dtype: str, expected: type) -> None:
+    cube = helpers.synthetic_cube(3, 6, 7, dtype, seed=1)
+    scene = open_scene(helpers.write_geotiff(tmp_path / "s.tif", cube, scales=[0.5, 2.0, 0.01]).path)
+    assert scene.dtype == expected
+    assert scene.attrs["nodata"] is None  # no nodata declared: none made up
+    np.testing.assert_allclose(scene.values, cube * np.array([0.5, 2.0, 0.01])[:, None, None], rtol=1e-6)
+
+
+def test_geotiff_band_scale_of_zero_is_refused(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(3, 6, 7, "int16")
+    written = helpers.write_geotiff(tmp_path / "s.tif", cube, scales=[1e-4, 0.0, 1e-4])
+    with pytest.raises(SceneError, match=r"band 2 has scale 0 .*gdal_edit\.py") as info:
+        open_scene(written.path)
+    assert "\n" not in str(info.value)
+
+
 # --------------------------------------------------------------------------------------------
 # ENVI
 
@@ -164,6 +222,16 @@ def test_envi_without_map_info(tmp_path: Path) -> None:
     assert_same_values(scene, cube)
     assert_not_georeferenced(scene)
     assert scene.attrs["nodata"] is None
+
+
+def test_envi_data_gain_and_offset_values_are_applied(tmp_path: Path) -> None:
+    # GDAL exposes the header's data gain values / data offset values as the bands' scale and offset
+    cube = helpers.synthetic_cube(3, 7, 8, "int16", seed=5, nodata=-9999, nodata_pixels=2)
+    written = helpers.write_envi(tmp_path / "s.img", cube, nodata=-9999, header_fields={
+        "data gain values": [0.0001, 0.0001, 0.0002], "data offset values": [0, 0.5, 0]})
+    scene = open_scene(written.header)
+    assert scene.dtype == np.float32 and scene.attrs["scaled_from"] == "int16"
+    np.testing.assert_allclose(scene.values, physical(cube, [1e-4, 1e-4, 2e-4], [0.0, 0.5, 0.0], -9999), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
