@@ -358,3 +358,40 @@ def two_views(x: Tensor, augmenter: Augmenter, generator: torch.Generator | None
         (view1, view2), each (N, C, p, p).
     """
     return augmenter(x, generator), augmenter(x, generator)
+
+
+def neighbour_positives(patches: Tensor, patch_size: int,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Anchor and positive patches for a twin pair cut from larger patches: the anchor is centred on
+    the sampled pixel, the positive on a random pixel within ``r`` of it whose spectrum is as close to
+    the centre's as a typical 4-neighbour is (the batch's median of the centres' mean squared distance
+    to their 4 neighbours), or on the pixel itself.
+
+    Args:
+        patches: (N, C, P, P) projected patches, P = ``patch_size`` + 2 r.
+        patch_size: side p of the patches the network reads.
+        generator: random source on ``patches.device``.
+
+    Returns:
+        (anchor, positive), each (N, C, p, p).
+    """
+    n_samples, _, side, _ = patches.shape
+    radius = (side - patch_size) // 2
+    if radius < 1 or side != patch_size + 2 * radius:
+        raise ValueError(f"patches of side {side} do not hold patches of {patch_size} with a radius ≥ 1 around them")
+    centre, width = side // 2, 2 * radius + 1
+    window = patches[:, :, centre - radius:centre + radius + 1, centre - radius:centre + radius + 1]
+    distance = (window - patches[:, :, centre, centre, None, None]).float().pow(2).sum(dim=1).flatten(1)  # (N, M)
+    middle = radius * width + radius
+    four = torch.tensor([middle - width, middle + width, middle - 1, middle + 1], device=patches.device)
+    typical = distance[:, four].mean(dim=1).median()
+    score = torch.rand(distance.shape, generator=generator, device=patches.device)
+    choice = torch.where(distance <= typical, score, -1.0).argmax(dim=1)  # the centre itself always qualifies
+    top, left = choice // width, choice % width
+    offsets = torch.arange(patch_size, device=patches.device)
+    rows = (top[:, None] + offsets)[:, :, None]  # (N, p, 1)
+    cols = (left[:, None] + offsets)[:, None, :]  # (N, 1, p)
+    samples = torch.arange(n_samples, device=patches.device)[:, None, None]
+    positive = patches[samples, :, rows, cols].permute(0, 3, 1, 2)  # (N, p, p, C) → (N, C, p, p)
+    anchor = patches[:, :, radius:radius + patch_size, radius:radius + patch_size]
+    return anchor.contiguous(), positive.contiguous()
