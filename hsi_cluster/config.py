@@ -58,9 +58,6 @@ class TrainConfig:
         entropy_weight: weight of the cluster-balance regulariser (0: off, as in the paper).
         temperature, offdiag_weight: loss hyperparameters.
         augment: the augmentation pool's parameters (see :class:`AugmentConfig`).
-        positive_radius: 0, or r ≥ 1: the second view of a pair is centred on a pixel within r of the
-            first whose spectrum is as close as a typical neighbour's (see
-            :func:`~hsi_cluster.data.augment.neighbour_positives`), not on the same pixel.
         self_label_epochs: epochs of self-labelling after the contrastive epochs (0: off, as in the
             paper): confident predictions on clean patches supervise augmented views.
         self_label_threshold: minimum cluster probability for a pseudo-label.
@@ -100,7 +97,6 @@ class TrainConfig:
     temperature: float = 0.5
     offdiag_weight: float = 0.005
     augment: AugmentConfig = field(default_factory=AugmentConfig.mild)
-    positive_radius: int = 0
     self_label_epochs: int = 0
     self_label_threshold: float = 0.99
     assignment: str = "centroids"

@@ -22,7 +22,7 @@ import torch
 
 from hsi_cluster.checkpoint import Checkpoint, CheckpointError, load_checkpoint, make_payload, save_checkpoint
 from hsi_cluster.config import TrainConfig
-from hsi_cluster.data.augment import Augmenter, RadiometricBasis, neighbour_positives, two_views
+from hsi_cluster.data.augment import Augmenter, RadiometricBasis, two_views
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_valid_spectra
@@ -647,8 +647,7 @@ def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[
     generator.manual_seed(seed)
 
     # Holes inside patches read as the spectral mean (pooled over the scenes), as in predict.
-    sampler = PatchSampler(stores, patch_size=config.patch_size + 2 * config.positive_radius,
-                           batch_size=config.batch_size, seed=seed, mask=mask,
+    sampler = PatchSampler(stores, patch_size=config.patch_size, batch_size=config.batch_size, seed=seed, mask=mask,
                            fill=spectral["mean"].numpy(), transform=model.projection.pixel_map())
     centres = sampler.valid_centres()
     shards = max(1, config.workers)
@@ -751,11 +750,9 @@ def _train_step(run: _Run, state: _LoopState, batch: Any) -> tuple[float, dict[s
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
         if state.step < run.length.contrastive_steps:
             loss, terms = _contrastive_step(model, projected, run.augmenter, run.generator, run.criterion,
-                                            run.balance, config.entropy_weight, config.patch_size)
+                                            run.balance, config.entropy_weight)
         else:
-            edge = config.positive_radius
-            centred = projected[:, :, edge:projected.shape[2] - edge, edge:projected.shape[3] - edge]
-            loss, terms = _self_label_step(model, centred, run.augmenter, run.generator,
+            loss, terms = _self_label_step(model, projected, run.augmenter, run.generator,
                                            config.self_label_threshold)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -934,14 +931,9 @@ def centroid_sample(model: SSCC, stores: Sequence[Path], *, config: TrainConfig,
 
 def _contrastive_step(model: SSCC, projected: torch.Tensor, augmenter: Augmenter, generator: torch.Generator,
                       criterion: SSCCLoss, balance: ClusterEntropyLoss,
-                      entropy_weight: float, patch_size: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """SSCC's objective on two augmented views of projected patches (N, C, p, p), or of an anchor and a
-    similar neighbour's patch cut from larger patches (N, C, p + 2r, p + 2r; ``positive_radius``)."""
-    if projected.shape[-1] > patch_size:
-        anchor, positive = neighbour_positives(projected, patch_size, generator)
-        view1, view2 = augmenter(anchor, generator), augmenter(positive, generator)
-    else:
-        view1, view2 = two_views(projected, augmenter, generator)
+                      entropy_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """SSCC's objective on two augmented views of projected patches (N, C, p, p)."""
+    view1, view2 = two_views(projected, augmenter, generator)
     features1, features2 = model.encode(view1), model.encode(view2)
     probs1 = probs(model.cluster_head(features1))
     probs2 = probs(model.cluster_head(features2))
