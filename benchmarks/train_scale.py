@@ -26,6 +26,9 @@ alone, and the child's peak RSS; ``--repeat R`` trains each R times, the sizes i
 medians. A 4096² scene of
 Salinas-A's 204 bands is a 6.8 GB GeoTIFF: check the free disk space first.
 
+``--noise 0 --no-flips`` builds the mosaics of exact, unflipped copies instead (the scene itself repeated):
+whether a gap to Indian Pines comes from the copies' noise and orientation or from the scene's size.
+
 ``--budget-scale 0.1`` runs the same comparison at a tenth of the budget and of the cap (64 000
 samples, at most 3 passes: Indian Pines 123 steps, the mosaics 125), when the full runs take too long.
 
@@ -44,6 +47,7 @@ ip16    336 400  1250   640 000  153     272    0.438  0.509
 Seed 0 alone, both uncontended: ip 155 s, ip16 155 s (1.00×). ACC: ip4 −0.013, ip16 −0.038 against ip.
 
     python benchmarks/train_scale.py [--scenes ip ip4 ip16] [--seeds 0 1 2] [--budget-scale 1] [--json out.json]
+    python benchmarks/train_scale.py --scenes ip16 --noise 0 --no-flips
     python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40] [--repeat 1]
 """
 
@@ -73,9 +77,10 @@ TILES = {"ip": 1, "ip4": 2, "ip16": 4}
 
 
 def mosaic(cube: np.ndarray, truth: np.ndarray, n: int, *, seed: int = 0,
-           noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """``n × n`` copies of ``cube`` (y, x, band) and ``truth`` (y, x), each flipped at random alike,
-    the cube with Gaussian noise of ``noise`` × each band's standard deviation (n = 1: the scene as it is)."""
+           noise: float = 0.01, flips: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``n × n`` copies of ``cube`` (y, x, band) and ``truth`` (y, x), each flipped at random alike (unless
+    ``flips`` is False), the cube with Gaussian noise of ``noise`` × each band's standard deviation (n = 1:
+    the scene as it is)."""
     if n == 1:
         return cube, truth
     rng = np.random.default_rng(seed)
@@ -86,6 +91,8 @@ def mosaic(cube: np.ndarray, truth: np.ndarray, n: int, *, seed: int = 0,
     for i in range(n):
         for j in range(n):
             flip_y, flip_x = rng.choice([-1, 1]), rng.choice([-1, 1])
+            if not flips:
+                flip_y = flip_x = 1
             tile = cube[::flip_y, ::flip_x].astype(np.float64) + rng.normal(0.0, 1.0, cube.shape) * sigma
             if np.issubdtype(cube.dtype, np.integer):
                 info = np.iinfo(cube.dtype)
@@ -106,13 +113,14 @@ def scaled_config(scale: float):
                             base=fast)
 
 
-def run_scene(name: str, seeds: list[int], work: Path, scale: float = 1.0) -> dict:
+def run_scene(name: str, seeds: list[int], work: Path, scale: float = 1.0, *, noise: float = 0.01,
+              flips: bool = True) -> dict:
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.evaluate import score_clustering
     from hsi_cluster.predict import label_patches
     from hsi_cluster.train import prepare_store, train
 
-    cube, truth = mosaic(np.load(CUBE), np.load(TRUTH).astype(np.int64), TILES[name])
+    cube, truth = mosaic(np.load(CUBE), np.load(TRUTH).astype(np.int64), TILES[name], noise=noise, flips=flips)
     path = work / f"{name}.npy"
     np.save(path, np.ascontiguousarray(cube))
     started = time.perf_counter()
@@ -224,6 +232,9 @@ def main() -> None:
                         help="train each synthetic scene R times, interleaved, and report the medians")
     parser.add_argument("--budget-scale", type=float, default=1.0, metavar="F",
                         help="multiply the fast preset's budget and epochs cap by F (a quicker, shorter comparison)")
+    parser.add_argument("--noise", type=float, default=0.01, metavar="F",
+                        help="Gaussian noise on each mosaic copy, as a share of each band's standard deviation")
+    parser.add_argument("--no-flips", dest="flips", action="store_false", help="mosaic the copies unflipped")
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary files")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -235,7 +246,8 @@ def main() -> None:
         else:
             if not CUBE.exists() or not TRUTH.exists():
                 sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")
-            results = [run_scene(name, args.seeds, work, args.budget_scale) for name in args.scenes]
+            results = [run_scene(name, args.seeds, work, args.budget_scale, noise=args.noise, flips=args.flips)
+                       for name in args.scenes]
             print()
             print(summary(results))
         if args.json:
