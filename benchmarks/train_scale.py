@@ -90,7 +90,7 @@ def mosaic(cube: np.ndarray, truth: np.ndarray, n: int, *, seed: int = 0,
     sigma = noise * cube.reshape(-1, bands).std(axis=0)
     for i in range(n):
         for j in range(n):
-            flip_y, flip_x = rng.choice([-1, 1]), rng.choice([-1, 1])
+            flip_y, flip_x = rng.choice([-1, 1]), rng.choice([-1, 1])  # drawn either way: the same noise
             if not flips:
                 flip_y = flip_x = 1
             tile = cube[::flip_y, ::flip_x].astype(np.float64) + rng.normal(0.0, 1.0, cube.shape) * sigma

@@ -262,12 +262,17 @@ def _spectral_mismatch(spectral: dict[str, Any], n_bands: int, n_components: int
     return None
 
 
+def _is_int(value: Any) -> bool:
+    """A plain integer (JSON/YAML booleans are ints to Python, not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_count(value: Any, expected: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value == expected
+    return _is_int(value) and value == expected
 
 
 def _is_index(value: Any, n_bands: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_bands
+    return _is_int(value) and 0 <= value < n_bands
 
 
 def _numbers(values: Any) -> np.ndarray | None:
