@@ -50,7 +50,8 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: recorded in each store: ``train`` ingests a scene again when its cached store was made under other rules.
 #: 2 (2026-12-02): flat fill pixels, bands empty everywhere, and GDAL mask bands.
 #: 3: a GDAL raster's band scale/offset applied on reading (the stored values change, not which pixels are valid).
-VALIDITY_RULES = 3
+#: 4: an ENVI header's reflectance scale factor applied on reading (likewise: int16 reflectance × 10000 reads ÷ 10000).
+VALIDITY_RULES = 4
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

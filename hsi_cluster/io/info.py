@@ -53,7 +53,8 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         info["wavelength_nm"] = None
     info["fwhm"] = "fwhm" in scene.coords
     info["bad_bands"] = int((~scene.coords["good_band"].values).sum()) if "good_band" in scene.coords else None
-    for key in ("variable", "statistics", "valid_pixels", "ingested_from", "empty_bands", "scaled_from"):
+    for key in ("variable", "statistics", "valid_pixels", "ingested_from", "empty_bands", "scaled_from",
+                "reflectance_scale_factor"):
         if scene.attrs.get(key) is not None:
             info[key] = scene.attrs[key]
     return info
@@ -70,7 +71,10 @@ def format_info(info: dict[str, Any]) -> str:
     if info.get("variable"):
         lines.append(f"variable      {info['variable']}")
     if info.get("scaled_from"):
-        lines.append(f"values        stored as {info['scaled_from']}, read × the file's band scale + offset")
+        factor = info.get("reflectance_scale_factor")
+        how = (f"÷ the header's reflectance scale factor {factor:g}" if factor
+               else "× the file's band scale + offset")
+        lines.append(f"values        stored as {info['scaled_from']}, read {how}")
     wl = info["wavelength_nm"]
     lines.append(f"wavelengths   {wl['min']:.1f}–{wl['max']:.1f} nm" + (" (with FWHM)" if info["fwhm"] else "")
                  if wl else "wavelengths   not in the file")

@@ -81,6 +81,8 @@ def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> 
     }
     if scene.attrs.get("scaled_from"):
         meta["scaled_from"] = scene.attrs["scaled_from"]
+    if scene.attrs.get("reflectance_scale_factor"):
+        meta["reflectance_scale_factor"] = float(scene.attrs["reflectance_scale_factor"])
     for name in BAND_COORDS:
         if name in scene.coords:
             values = scene.coords[name].values

@@ -12,6 +12,14 @@ them; ENVI's ``data gain values`` / ``data offset values``) reads as physical va
 + offset`` in floating point, as the NetCDF reader applies CF ``scale_factor`` / ``add_offset``: the
 nodata test is made on the stored values first, and nodata pixels read as NaN (``nodata`` is then NaN);
 the attribute ``scaled_from`` names the stored dtype.
+
+An ENVI header's ``reflectance scale factor`` (ENVI: "the value that, when divided into your data, would
+scale it from 0-1 reflectance", e.g. 10000 for int16 reflectance × 10000; GDAL keeps it in the ENVI
+metadata domain only and does not apply it) is applied the same way, ``value / factor`` (attribute
+``reflectance_scale_factor``), when the bands have no scale or offset. When they have one (``data gain
+values`` / ``data offset values``, which ENVI defines as the calibration of the stored values, or a GDAL
+scale set on the file) that one is applied and the factor is not, with a warning: both describe the
+stored values, and applying the two would scale them twice.
 """
 
 from __future__ import annotations
@@ -30,11 +38,12 @@ import xarray as xr
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.metadata import spectral_coords
 from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES
+from hsi_cluster.io.prisma import PRISMA_SUFFIXES, open_prisma
 from hsi_cluster.io.scene_array import scene_array
 from hsi_cluster.io.store import is_store, open_store
 
@@ -44,11 +53,13 @@ os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 
 class BandScaling(NamedTuple):
-    """A raster's per-band ``scale`` and ``offset`` (float64 (B,)) and the ``nodata`` of its stored values."""
+    """A raster's per-band ``scale`` and ``offset`` (float64 (B,)) and the ``nodata`` of its stored values;
+    ``divisor``: an ENVI reflectance scale factor the values are divided by (1: none)."""
 
     scale: np.ndarray
     offset: np.ndarray
     nodata: float | None
+    divisor: float = 1.0
 
 
 class RasterioWindowReader:
@@ -101,22 +112,52 @@ class RasterioWindowReader:
 
 
 def _apply_scaling(stored: np.ndarray, scaling: BandScaling, bands: slice, dtype: np.dtype) -> np.ndarray:
-    """``stored * scale + offset`` of the bands ``bands`` in ``dtype``; stored nodata (tested before scaling) → NaN."""
+    """``stored * scale + offset`` (or ``stored / divisor``) of the bands ``bands`` in ``dtype``; stored nodata
+    (tested before scaling) → NaN."""
     values = stored.astype(dtype)
-    values *= scaling.scale[bands].astype(dtype)[:, None, None]
-    values += scaling.offset[bands].astype(dtype)[:, None, None]
+    if scaling.divisor != 1:  # a division, not × 1/factor: 1234 / 10000 is then the nearest float to 0.1234
+        values /= np.asarray(scaling.divisor, dtype=dtype)
+    else:
+        values *= scaling.scale[bands].astype(dtype)[:, None, None]
+        values += scaling.offset[bands].astype(dtype)[:, None, None]
     if scaling.nodata is not None and not np.isnan(scaling.nodata):
         values[stored == scaling.nodata] = np.nan
     return values
 
 
+def _reflectance_scale_factor(dataset: rasterio.io.DatasetReader) -> str | None:
+    """The text of an ENVI header's ``reflectance scale factor`` (GDAL's ENVI domain, keys as written with
+    ``_`` for spaces), or None."""
+    if "ENVI" not in dataset.tag_namespaces():
+        return None
+    tags = {key.lower().replace(" ", "_"): value for key, value in dataset.tags(ns="ENVI").items()}
+    text = tags.get("reflectance_scale_factor", "").strip().strip("{}").strip()
+    return text or None
+
+
 def _band_scaling(dataset: rasterio.io.DatasetReader, path: Path) -> BandScaling | None:
-    """The bands' scale and offset (GDAL band SCALE/OFFSET, ENVI data gain/offset values), or None when
-    every band has scale 1 and offset 0."""
+    """The bands' scale and offset (GDAL band SCALE/OFFSET, ENVI data gain/offset values), else an ENVI
+    reflectance scale factor (module docstring), or None when the values read as stored."""
     scale = np.array([1.0 if v is None else v for v in dataset.scales], dtype=np.float64)
     offset = np.array([0.0 if v is None else v for v in dataset.offsets], dtype=np.float64)
+    factor_text = _reflectance_scale_factor(dataset)
     if (scale == 1).all() and (offset == 0).all():
-        return None
+        if factor_text is None:
+            return None
+        try:
+            factor = float(factor_text)
+        except ValueError:
+            factor = float("nan")
+        if not np.isfinite(factor) or factor <= 0:
+            raise SceneError(f"{path}: the ENVI header's reflectance scale factor is {factor_text!r}, which would "
+                             "void the values; set it to the number the reflectance was multiplied by (such as "
+                             "10000) or delete that line of the header")
+        return None if factor == 1 else BandScaling(scale, offset, dataset.nodata, divisor=factor)
+    if factor_text is not None:
+        warnings.warn(MetadataWarning(f"{path}: the ENVI header's reflectance scale factor {factor_text} is not "
+                                      "applied: the bands' scale/offset (data gain values / data offset values, or "
+                                      "GDAL's scale) is, and applying both would scale the values twice"),
+                      stacklevel=2)
     bad = np.flatnonzero(~np.isfinite(scale) | (scale == 0) | ~np.isfinite(offset))
     if bad.size:
         band = int(bad[0])
@@ -368,6 +409,8 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     extra: dict[str, Any] = {"file_block": (block_rows, block_cols)}
     if scaling is not None:  # physical values in floating point; stored nodata reads as NaN
         extra["scaled_from"] = str(dtype)
+        if scaling.divisor != 1:
+            extra["reflectance_scale_factor"] = scaling.divisor
         dtype = np.result_type(dtype, np.float32)
         nodata = None if nodata is None else float("nan")
     reader = RasterioWindowReader(str(binary), shape, dtype, scaling)
@@ -378,7 +421,8 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     # The chunking is part of the name: views of one file with other chunks must not share keys.
     name = f"{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}"
     if scaling is not None:  # a scale edited in a sidecar (.aux.xml) leaves the file's mtime as it was
-        name += "-" + hashlib.sha256(scaling.scale.tobytes() + scaling.offset.tobytes()).hexdigest()[:12]
+        name += "-" + hashlib.sha256(scaling.scale.tobytes() + scaling.offset.tobytes()
+                                     + np.float64(scaling.divisor).tobytes()).hexdigest()[:12]
     data = da.from_array(reader, chunks=tuple(chunks), asarray=False, fancy=False, name=f"scene-{name}")
     source_valid = None
     if masked:
@@ -395,7 +439,8 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     Args:
         path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …), a Zarr store made
             by ``hsicluster ingest``, a ``.npy`` cube (y, x, band), a MATLAB ``.mat`` file or a NetCDF
-            file (``.nc``, EMIT's included: see :mod:`hsi_cluster.io.netcdf`).
+            file (``.nc``, EMIT's included: see :mod:`hsi_cluster.io.netcdf`) or a PRISMA L2D ``.he5``
+            product (see :mod:`hsi_cluster.io.prisma`).
         var: the variable to use in a ``.mat`` or NetCDF file holding several 3-D arrays.
         chunks: spatial dask chunk ``(rows, cols)``; default: the file's tiles or chunks of a few MB.
 
@@ -425,4 +470,6 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
         return _open_mat(path, var, chunks)
     if suffix in NETCDF_SUFFIXES:
         return open_netcdf(path, var, chunks)
+    if suffix in PRISMA_SUFFIXES:
+        return open_prisma(path, chunks)
     return _open_gdal(path, chunks)

@@ -12,11 +12,17 @@ An Item (``labels.tif`` → ``labels.stac.json`` beside it) describes one label 
   sha256 as ``hsicluster:model_sha256``, K as ``hsicluster:k``;
 - the GDAL sidecar (attribute table), and the confidence raster and quicklook when there are, as assets.
 
-Geometry and bbox are the raster's footprint in WGS 84, or null for a raster without a CRS (the benchmark
-scenes). ``datetime`` is when the label raster was written (its modification time): a scene file does not
-say when it was acquired.
+Geometry and bbox are the raster's footprint in WGS 84 (:func:`footprint`: the outline of the pixel grid
+through its transform, rotation and shear included, densified along the edges and reprojected; cut in two
+at the antimeridian, with a bbox whose west > east there, by the ``antimeridian`` package), or null for a
+raster without a CRS (the benchmark scenes). ``datetime`` is when the label raster was written (its
+modification time): a scene file does not say when it was acquired.
 
-Hrefs are relative (``./labels.tif``), so a folder of outputs can move as a whole. :func:`validate_core`
+Hrefs are relative (``./labels.tif``), so a folder of outputs can move as a whole. They are file paths with
+``/`` separators, written as pystac itself writes local hrefs (``pystac.utils.make_relative_href``) and not
+percent-encoded: pystac (1.15) and GDAL resolve a local href as a path without decoding it, so
+``./my%20labels.tif`` would name a file that does not exist for them, while a browser's URL parser encodes a
+space or ``é`` itself when it resolves ``./my labels é.tif`` against the Item's URL. :func:`validate_core`
 checks a document against the STAC core JSON schemas that pystac ships (offline); the extensions' schemas
 live on the web, so :func:`extension_problems` checks their fields directly.
 """
@@ -32,9 +38,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import antimeridian
 import numpy as np
 import pystac
 import rasterio
+import shapely
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 from rasterio.errors import NotGeoreferencedWarning
@@ -55,7 +63,10 @@ def item_path(labels: str | os.PathLike[str]) -> Path:
 
 
 def _href(target: str | os.PathLike[str], base_dir: Path) -> str:
-    """``target`` relative to ``base_dir`` (``./x.tif``, ``../scenes/a.tif``), absolute when on another drive."""
+    """``target`` relative to ``base_dir`` (``./x.tif``, ``../scenes/a.tif``), absolute when on another drive.
+
+    A path, not percent-encoded (see the module docstring): ``./scene 1.tif`` as pystac writes and reads it.
+    """
     try:
         relative = os.path.relpath(Path(target).absolute(), base_dir.absolute())
     except ValueError:
@@ -73,6 +84,49 @@ def _count_labels(dataset: rasterio.io.DatasetReader, n_clusters: int, nodata: i
     for _, window in dataset.block_windows(1):
         counts += np.bincount(dataset.read(1, window=window).ravel(), minlength=counts.size)[:counts.size]
     return {k: int(counts[k]) for k in range(n_clusters)}, int(counts[nodata])
+
+
+# ------------------------------------------------------------------------------------------------
+# Footprints in WGS 84
+
+#: Points per edge of the pixel grid, corners included, reprojected for a footprint (GDAL's own default
+#: for ``transform_bounds``): straight edges of the grid curve in WGS 84.
+EDGE_POINTS = 21
+
+
+def footprint(crs: Any, transform: Sequence[float], *, width: int, height: int,
+              edge_points: int = EDGE_POINTS) -> tuple[dict[str, Any] | None, list[float] | None]:
+    """The GeoJSON geometry and bbox in WGS 84 of a ``height`` × ``width`` pixel grid.
+
+    The outline is the grid's four corners through the affine ``transform`` (rotation and shear included)
+    with ``edge_points`` points along each edge, reprojected from ``crs`` with :func:`rasterio.warp.transform`.
+    The antimeridian and the poles are left to :func:`antimeridian.fix_polygon` and :func:`antimeridian.bbox`:
+    as RFC 7946 asks, rings are closed and counter-clockwise, a footprint that crosses the antimeridian is cut
+    there into a MultiPolygon whose bbox has west > east (RFC 7946 §5.2, which the STAC Item spec follows), and
+    an outline around a pole is closed along the pole, its bbox spanning every longitude. Edges are straight
+    lines in longitude/latitude (RFC 7946 §3.1.1), also where they meet 180°; vertices on straight stretches
+    (a north-up grid in a geographic CRS) are dropped. (None, None) when the points of the outline that can
+    be projected enclose no area.
+    """
+    from rasterio.warp import transform as reproject
+
+    a, b, c, d, e, f = (float(v) for v in list(transform)[:6])
+    t = np.linspace(0.0, 1.0, edge_points)[:-1]
+    # (col, row) around the grid: down the left edge, along the bottom, up the right edge, back along the top;
+    # counter-clockwise in the CRS (the interior on the left, which tells a ring around a pole which pole)
+    # unless the transform mirrors the grid (a * e - b * d > 0, e.g. south-up), then the other way round
+    cols = np.concatenate([np.zeros_like(t), t * width, np.full_like(t, width), (1 - t) * width])
+    rows = np.concatenate([t * height, np.full_like(t, height), (1 - t) * height, np.zeros_like(t)])
+    if a * e - b * d > 0:
+        cols, rows = cols[::-1], rows[::-1]
+    lon, lat = (np.asarray(v, dtype=np.float64) for v in reproject(
+        crs, "EPSG:4326", (a * cols + b * rows + c).tolist(), (d * cols + e * rows + f).tolist()))
+    finite = np.isfinite(lon) & np.isfinite(lat)
+    outline = shapely.Polygon(np.column_stack([lon[finite], lat[finite]])) if finite.sum() >= 3 else None
+    if outline is None or outline.area == 0:
+        return None, None
+    shape = antimeridian.fix_polygon(outline, fix_winding=True, great_circle=False).simplify(0)
+    return json.loads(shapely.to_geojson(shape)), antimeridian.bbox(shape)
 
 
 def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str | os.PathLike[str] | None = None,
@@ -103,7 +157,7 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
             n_clusters = int(tags[LABELS_TAG])
             nodata = int(dataset.nodata)
             height, width = dataset.height, dataset.width
-            crs, transform, bounds = dataset.crs, dataset.transform, dataset.bounds
+            crs, transform = dataset.crs, dataset.transform
             colormap = dataset.colormap(1)
             if counts is None:
                 counts, _ = _count_labels(dataset, n_clusters, nodata)
@@ -113,14 +167,7 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
     source = Path(source).absolute() if source is not None else (Path(tags["HSICLUSTER_SOURCE"])
                                                                   if tags.get("HSICLUSTER_SOURCE") else None)
 
-    geometry, bbox = None, None
-    if crs is not None:
-        from rasterio.warp import transform_bounds
-
-        west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
-        bbox = [west, south, east, north]
-        geometry = {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north], [west, north],
-                                                         [west, south]]]}
+    geometry, bbox = footprint(crs, transform, width=width, height=height) if crs is not None else (None, None)
     written = dt.datetime.fromtimestamp(labels.stat().st_mtime, tz=dt.timezone.utc).replace(microsecond=0)
     properties: dict[str, Any] = {
         "title": f"{labels.name}: {n_clusters} clusters",
@@ -194,14 +241,11 @@ def write_collection(items: Sequence[tuple[Path, pystac.Item]], outdir: str | os
     """Write ``items`` (each with the path it goes to) and a Collection over them, ``OUTDIR/collection.json``.
 
     Each Item links to the Collection (``collection``, ``parent``, ``root``) and the Collection to each Item.
-    Its extent is the union of the Items' bboxes (the whole globe when none has one) and the span of their
-    datetimes.
+    Its extent is the union of the Items' bboxes (:func:`union_bbox`) and the span of their datetimes.
     """
     outdir = Path(outdir).absolute()
     path = outdir / COLLECTION_NAME
-    boxes = [item.bbox for _, item in items if item.bbox]
-    spatial = ([min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                max(b[3] for b in boxes)] if boxes else [-180.0, -90.0, 180.0, 90.0])
+    spatial = union_bbox([item.bbox for _, item in items if item.bbox])
     times = sorted(item.datetime for _, item in items if item.datetime) or [dt.datetime.now(dt.timezone.utc)]
     collection_id = collection_id or _identifier(outdir.name) or "hsicluster-labels"
     collection = pystac.Collection(
@@ -225,6 +269,30 @@ def write_collection(items: Sequence[tuple[Path, pystac.Item]], outdir: str | os
     write_text_atomic(path, json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False),
                                        indent=2) + "\n")
     return path
+
+
+def union_bbox(boxes: Sequence[Sequence[float]]) -> list[float]:
+    """The narrowest bbox ``[west, south, east, north]`` holding every one of ``boxes`` (the whole globe for none).
+
+    Longitudes are taken on the circle: a box with west > east crosses the antimeridian, and so does the
+    union when that is the narrower way round (scenes on either side of 180°). The union is the circle less
+    its widest stretch that no box covers. (:func:`antimeridian.bbox` of the boxes would not do: it cuts
+    a MultiPolygon across 180° at the westmost east and eastmost west of its parts.)
+    """
+    if not boxes:
+        return [-180.0, -90.0, 180.0, 90.0]
+    west, south, east, north = np.asarray(boxes, dtype=np.float64).T
+    start = (west + 180.0) % 360.0 - 180.0  # in [-180, 180)
+    span = np.where(east >= west, east - west, east - west + 360.0)
+    order = np.argsort(start)
+    reach = np.maximum.accumulate(start[order] + span[order])  # covered up to, by the boxes starting so far
+    # the uncovered stretch just west of each start, past the boxes before it and those wrapping past 180°
+    gaps = start[order] - np.maximum(np.concatenate([[-np.inf], reach[:-1]]), reach[-1] - 360.0)
+    if gaps.max() <= 0:
+        return [-180.0, float(south.min()), 180.0, float(north.max())]
+    first = order[np.argmax(gaps)]
+    last = np.argmax((start - start[first]) % 360.0 + span)  # the box reaching furthest east of ``first``
+    return [float(west[first]), float(south.min()), float(east[last]), float(north.max())]
 
 
 def _identifier(text: str) -> str:

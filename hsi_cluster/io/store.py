@@ -13,7 +13,8 @@ Layout of ``STORE.zarr/``::
 Metadata: ``format``/``version``, ``complete`` (set last), ``source`` (path, size, mtime_ns),
 ``crs`` (WKT), ``transform``, ``georeferenced``, ``nodata``, ``chunk``, ``wavelength``/``fwhm``
 (nm)/``good_band``, ``statistics`` (per-band mean, std, min, max, count over valid pixels) and
-``valid_pixels``; ``scaled_from`` (the file's stored dtype) when a band scale/offset was applied.
+``valid_pixels``; ``scaled_from`` (the file's stored dtype) when a band scale/offset was applied, and
+``reflectance_scale_factor`` when that was an ENVI header's reflectance scale factor (values ÷ it).
 """
 
 from __future__ import annotations
@@ -274,6 +275,7 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
                        extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
                                     "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
                                     "empty_bands": meta.get("empty_bands"), "scaled_from": meta.get("scaled_from"),
+                                    "reflectance_scale_factor": meta.get("reflectance_scale_factor"),
                                     "file_block": (meta.get("chunk"), meta.get("chunk"))})
 
 

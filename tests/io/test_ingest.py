@@ -18,6 +18,7 @@ from rasterio.crs import CRS
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.io import ingest, is_complete_store, is_store, open_scene, open_valid_mask
 from hsi_cluster.io.info import describe, format_info
+from hsi_cluster.io.store import Store
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
 
@@ -213,6 +214,21 @@ def test_band_scale_and_offset_are_applied_after_the_nodata_test(tmp_path: Path)
     assert_stats_match(stored.attrs["statistics"], physical, valid, rtol=1e-6)
     assert stored.attrs["scaled_from"] == "int16"
     assert "stored as int16" in format_info(describe(stored))
+
+
+def test_envi_reflectance_scale_factor_is_applied_and_recorded_in_the_store(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(4, 21, 23, "int16", seed=8, nodata=-9999, nodata_pixels=5)
+    written = helpers.write_envi(tmp_path / "refl.img", cube, nodata=-9999,
+                                 header_fields={"reflectance scale factor": "10000"})
+    store = ingest(written.header, tmp_path / "out.zarr", chunk=16)
+    stored = open_scene(store)
+    valid = helpers.reference_valid_mask(cube, -9999)
+    assert 0 < valid.sum() < valid.size
+    np.testing.assert_array_equal(stored.values[:, valid], (cube / 10000.0).astype(np.float32)[:, valid])
+    assert stored.attrs["scaled_from"] == "int16" and stored.attrs["reflectance_scale_factor"] == 10000.0
+    assert Store.open(store).metadata["reflectance_scale_factor"] == 10000.0
+    assert "stored as int16, read ÷ the header's reflectance scale factor 10000" in format_info(describe(stored))
+    assert "reflectance scale factor 10000" in format_info(describe(open_scene(written.header)))
 
 
 def test_band_scale_one_and_offset_zero_give_the_same_store(tmp_path: Path) -> None:

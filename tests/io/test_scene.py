@@ -14,7 +14,7 @@ import rasterio
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.io import open_scene
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
@@ -232,6 +232,51 @@ def test_envi_data_gain_and_offset_values_are_applied(tmp_path: Path) -> None:
     scene = open_scene(written.header)
     assert scene.dtype == np.float32 and scene.attrs["scaled_from"] == "int16"
     np.testing.assert_allclose(scene.values, physical(cube, [1e-4, 1e-4, 2e-4], [0.0, 0.5, 0.0], -9999), rtol=1e-6)
+
+
+@pytest.mark.parametrize("keyword", ["reflectance scale factor", "Reflectance Scale Factor"])
+def test_envi_reflectance_scale_factor_divides_the_stored_values(tmp_path: Path, keyword: str) -> None:
+    # AVIRIS-NG / FLAASH style: int16 reflectance × 10000; ENVI: stored value / factor = reflectance (0-1)
+    cube = helpers.synthetic_cube(3, 7, 8, "int16", seed=5, nodata=-9999, nodata_pixels=2)
+    written = helpers.write_envi(tmp_path / "s.img", cube, nodata=-9999, header_fields={keyword: "10000.000"})
+    scene = open_scene(written.header)
+    assert scene.dtype == np.float32 and scene.attrs["scaled_from"] == "int16"
+    assert scene.attrs["reflectance_scale_factor"] == 10000.0 and np.isnan(scene.attrs["nodata"])
+    expected = (cube / 10000.0).astype(np.float32)  # the nearest float32 to each quotient
+    expected[cube == -9999] = np.nan  # the nodata test on the stored values
+    assert np.isnan(expected).any()
+    np.testing.assert_array_equal(scene.values, expected)
+    clone = pickle.loads(pickle.dumps(scene.data))  # the factor travels to dask workers
+    np.testing.assert_array_equal(clone.compute(scheduler="synchronous"), expected)
+
+
+def test_envi_reflectance_scale_factor_of_one_reads_as_stored(tmp_path: Path) -> None:
+    cube = helpers.synthetic_cube(3, 7, 8, "int16", seed=5, nodata=-9999, nodata_pixels=2)
+    scene = open_scene(helpers.write_envi(tmp_path / "s.img", cube, nodata=-9999,
+                                          header_fields={"reflectance scale factor": "1.0"}).header)
+    assert_same_values(scene, cube)  # int16, as without the line
+    assert scene.attrs["nodata"] == -9999.0
+    assert "scaled_from" not in scene.attrs and "reflectance_scale_factor" not in scene.attrs
+
+
+@pytest.mark.parametrize("factor", ["0", "-10000", "nan", "inf", "ten thousand"])
+def test_envi_bad_reflectance_scale_factor_is_refused(tmp_path: Path, factor: str) -> None:
+    cube = helpers.synthetic_cube(3, 6, 7, "int16")
+    written = helpers.write_envi(tmp_path / "s.img", cube, header_fields={"reflectance scale factor": factor})
+    with pytest.raises(SceneError, match=r"reflectance scale factor is .*delete that line") as info:
+        open_scene(written.header)
+    assert "\n" not in str(info.value) and str(written.header) in str(info.value)
+
+
+def test_envi_data_gain_values_win_over_a_reflectance_scale_factor(tmp_path: Path) -> None:
+    # both describe the stored values: the gains are applied, the factor is not (no double scaling)
+    cube = helpers.synthetic_cube(3, 7, 8, "int16", seed=5)
+    written = helpers.write_envi(tmp_path / "s.img", cube, header_fields={
+        "data gain values": [0.0001, 0.0001, 0.0001], "reflectance scale factor": "10000"})
+    with pytest.warns(MetadataWarning, match="reflectance scale factor 10000 is not applied"):
+        scene = open_scene(written.header)
+    assert "reflectance_scale_factor" not in scene.attrs
+    np.testing.assert_allclose(scene.values, physical(cube, [1e-4] * 3, [0.0] * 3, None), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
