@@ -51,7 +51,9 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: 2 (2026-12-02): flat fill pixels, bands empty everywhere, and GDAL mask bands.
 #: 3: a GDAL raster's band scale/offset applied on reading (the stored values change, not which pixels are valid).
 #: 4: an ENVI header's reflectance scale factor applied on reading (likewise: int16 reflectance × 10000 reads ÷ 10000).
-VALIDITY_RULES = 4
+#: 5: an EnMAP product's METADATA.XML applied on reading its spectral image: gain/offset, and the fill value (L2A:
+#: -32768) as nodata where the file has none (the values change, and fill pixels become invalid).
+VALIDITY_RULES = 5
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

@@ -57,8 +57,9 @@ def default_work_dir() -> Path:
 def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn | None = None) -> Path:
     """A complete store for ``scene``: the scene itself if it is one, else a cached ingest of it.
 
-    The cache name depends on the source's path, size and modification time, so an edited
-    scene is ingested again and an unchanged one is reused, unless its store was made under other rules of
+    The cache name depends on the path, size and modification time of the source and of the files read with it
+    (:func:`~hsi_cluster.io.scene.scene_inputs`: an ENVI header, an EnMAP product's ``METADATA.XML``), so an
+    edited scene is ingested again and an unchanged one is reused, unless its store was made under other rules of
     validity (:data:`~hsi_cluster.stats.VALIDITY_RULES`).
     """
     path = Path(scene).expanduser().absolute()
@@ -66,8 +67,11 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
         return path
     opened = open_scene(path)  # fails early with a clear message for bad input
     source = Path(opened.attrs["source"])
-    stat = source.stat()
-    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    identity = ""
+    for file in [source, *(f for f in scene_inputs(source).values() if f != source)]:
+        stat = file.stat()
+        identity += f"{'|' if identity else ''}{file}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]  # a lone file keeps the key of older versions
     store = work_dir / f"{source.stem}-{key}.zarr"
     if is_complete_store(store) and Store.open(store).metadata.get("validity_rules") == VALIDITY_RULES:
         return store  # else made by a version with other validity rules: ingested again below

@@ -73,7 +73,7 @@ def format_info(info: dict[str, Any]) -> str:
     if info.get("scaled_from"):
         factor = info.get("reflectance_scale_factor")
         how = (f"÷ the header's reflectance scale factor {factor:g}" if factor
-               else "× the file's band scale + offset")
+               else "× the bands' scale + offset (from the file or its product's metadata)")
         lines.append(f"values        stored as {info['scaled_from']}, read {how}")
     wl = info["wavelength_nm"]
     lines.append(f"wavelengths   {wl['min']:.1f}–{wl['max']:.1f} nm" + (" (with FWHM)" if info["fwhm"] else "")

@@ -56,10 +56,18 @@ def partial_path(store: Path) -> Path:
 
 
 def _source_identity(scene: xr.DataArray) -> dict[str, Any]:
+    """Path, size, modification time and format of the scene's file; ``companions``: the same of the files read
+    with it (an ENVI header, an EnMAP ``METADATA.XML``), where there are any, so that a resumed ingest of an
+    edited companion starts again."""
     source = Path(scene.attrs["source"])
     stat = source.stat()
-    return {"path": str(source), "size": stat.st_size if source.is_file() else None,
-            "mtime_ns": stat.st_mtime_ns, "format": scene.attrs["format"]}
+    identity: dict[str, Any] = {"path": str(source), "size": stat.st_size if source.is_file() else None,
+                                "mtime_ns": stat.st_mtime_ns, "format": scene.attrs["format"]}
+    companions = [file for file in scene_inputs(source).values() if file != source] if source.is_file() else []
+    if companions:
+        identity["companions"] = [{"path": str(file), "size": file.stat().st_size,
+                                   "mtime_ns": file.stat().st_mtime_ns} for file in companions]
+    return identity
 
 
 def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None) -> None:

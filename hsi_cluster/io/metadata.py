@@ -63,12 +63,15 @@ def _floats(items: list[str] | None, n_bands: int) -> np.ndarray | None:
 
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
                     band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]], *,
-                    source: str = "the scene") -> dict[str, np.ndarray]:
+                    source: str = "the scene",
+                    fallback: dict[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """Collect per-band ``wavelength`` (nm), ``fwhm`` (nm) and ``good_band`` (bool) where known.
 
     Looks, in order, at the ENVI header domain, GDAL per-band metadata (``wavelength``,
     ``fwhm``, ``wavelength_units``, ``bbl``/``good_band``) and GDAL's IMAGERY domain
-    (``CENTRAL_WAVELENGTH_UM``, ``FWHM_UM``). An ENVI list whose length is not the band count is
+    (``CENTRAL_WAVELENGTH_UM``, ``FWHM_UM``), then at ``fallback`` (nm, from a product's own metadata file
+    such as an EnMAP ``METADATA.XML``): its ``wavelength`` and ``fwhm`` where the tags give no wavelengths, its
+    ``fwhm`` alone where they give wavelengths but no FWHM. An ENVI list whose length is not the band count is
     not used, with a :class:`~hsi_cluster.errors.MetadataWarning` naming ``source``.
 
     Returns:
@@ -96,6 +99,13 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
             scale = unit_scale_to_nm(band_units, reference)
             if scale is not None:
                 coords[name] = values * scale
+    extra = {name: np.asarray(values, np.float64) for name, values in (fallback or {}).items()
+             if name in ("wavelength", "fwhm") and values is not None and len(values) == n_bands}
+    if "wavelength" not in coords and "wavelength" in extra:
+        coords.pop("fwhm", None)  # the tags' widths were not read against the wavelengths used
+        coords.update(extra)
+    elif "wavelength" in coords and "fwhm" not in coords and "fwhm" in extra:
+        coords["fwhm"] = extra["fwhm"]
     if "fwhm" in coords and "wavelength" not in coords:
         del coords["fwhm"]
     bbl = parse_envi_list(envi_tags.get("bbl"))

@@ -8,12 +8,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hsi_cluster.errors import SceneError
+from hsi_cluster.io.enmap import is_product_layer
 
 #: Files next to a raster that a pattern such as ``archive/*`` matches but that are not scenes.
 SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".prj", ".xml", ".json", ".txt")
 #: Names of the binary beside an ENVI header, in the order the reader looks for them (the first that
-#: exists is the scene's data; a glob skips the header when one of them exists).
+#: exists is the scene's data; a glob skips the header when one of them exists), each in lower or upper case
+#: (an EnMAP product's ``.BSQ`` beside its ``.HDR``).
 ENVI_BINARY_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".bin")
+
+
+def existing_with_suffix(path: Path, suffix: str) -> Path | None:
+    """``path`` with ``suffix`` in lower case, else in upper case, whichever is a file; or None."""
+    for candidate in dict.fromkeys((path.with_suffix(suffix.lower()), path.with_suffix(suffix.upper()))):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -22,8 +32,8 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
     An argument that exists is taken literally (even if its name holds ``*``, ``?`` or ``[``).
     Otherwise an argument with glob characters is expanded with :func:`glob.glob` (``**`` matches
     any number of folders), its matches sorted by name, skipping what is not a scene of its own
-    (GDAL sidecar files, an ENVI header whose binary exists, folders other than ``*.zarr`` stores,
-    anything inside a store).
+    (GDAL sidecar files, an ENVI header whose binary exists, the quality layers and quicklooks of an EnMAP
+    product, folders other than ``*.zarr`` stores, anything inside a store).
     Other arguments are kept as they are, so that the reader reports a missing file. A file named
     twice (by two patterns, or two paths such as ``a.tif`` and ``./x/../a.tif`` or a link) is kept where
     it first appears.
@@ -59,8 +69,8 @@ def is_scene_match(path: Path) -> bool:
     if path.is_dir():
         return path.suffix.lower() == ".zarr"
     name = path.name.lower()
-    if name.endswith(SIDECAR_SUFFIXES):
+    if name.endswith(SIDECAR_SUFFIXES) or is_product_layer(path):
         return False
     if name.endswith(".hdr"):
-        return not any(path.with_suffix(ext).is_file() for ext in ENVI_BINARY_SUFFIXES)
+        return not any(existing_with_suffix(path, ext) not in (None, path) for ext in ENVI_BINARY_SUFFIXES)
     return True

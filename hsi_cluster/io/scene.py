@@ -20,6 +20,11 @@ metadata domain only and does not apply it) is applied the same way, ``value / f
 values`` / ``data offset values``, which ENVI defines as the calibration of the stored values, or a GDAL
 scale set on the file) that one is applied and the factor is not, with a warning: both describe the
 stored values, and applying the two would scale them twice.
+
+The spectral image of a DLR EnMAP product (``…-SPECTRAL_IMAGE.TIF`` and its ENVI flavours) takes from the
+product's ``METADATA.XML`` beside it (:mod:`hsi_cluster.io.enmap`) what the file itself lacks: wavelengths and
+FWHM, the per-band gain and offset (applied as a band scale/offset, so ``scaled_from`` is set) and the fill
+value as nodata (-32768 for L2A).
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.geo import auto_chunk_size
+from hsi_cluster.io.enmap import EnmapBands, metadata_file, read_band_metadata
 from hsi_cluster.io.metadata import spectral_coords
 from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
-from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES
+from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES, existing_with_suffix
 from hsi_cluster.io.prisma import PRISMA_SUFFIXES, open_prisma
 from hsi_cluster.io.scene_array import scene_array
 from hsi_cluster.io.store import is_store, open_store
@@ -135,11 +141,17 @@ def _reflectance_scale_factor(dataset: rasterio.io.DatasetReader) -> str | None:
     return text or None
 
 
-def _band_scaling(dataset: rasterio.io.DatasetReader, path: Path) -> BandScaling | None:
-    """The bands' scale and offset (GDAL band SCALE/OFFSET, ENVI data gain/offset values), else an ENVI
-    reflectance scale factor (module docstring), or None when the values read as stored."""
+def _band_scaling(dataset: rasterio.io.DatasetReader, path: Path, *, nodata: float | None,
+                  product: EnmapBands | None = None) -> BandScaling | None:
+    """The bands' scale and offset (GDAL band SCALE/OFFSET, ENVI data gain/offset values; else the gain and offset
+    of an EnMAP product's ``METADATA.XML``), else an ENVI reflectance scale factor (module docstring), or None when
+    the values read as stored. ``nodata``: the stored value of pixels without data."""
     scale = np.array([1.0 if v is None else v for v in dataset.scales], dtype=np.float64)
     offset = np.array([0.0 if v is None else v for v in dataset.offsets], dtype=np.float64)
+    source = "data gain values / data offset values, or GDAL's scale"
+    if (scale == 1).all() and (offset == 0).all() and product is not None and product.gain is not None:
+        scale, offset = product.gain.copy(), np.asarray(product.offset, np.float64).copy()
+        source = f"{product.path.name}'s GainOfBand / OffsetOfBand"
     factor_text = _reflectance_scale_factor(dataset)
     if (scale == 1).all() and (offset == 0).all():
         if factor_text is None:
@@ -152,11 +164,11 @@ def _band_scaling(dataset: rasterio.io.DatasetReader, path: Path) -> BandScaling
             raise SceneError(f"{path}: the ENVI header's reflectance scale factor is {factor_text!r}, which would "
                              "void the values; set it to the number the reflectance was multiplied by (such as "
                              "10000) or delete that line of the header")
-        return None if factor == 1 else BandScaling(scale, offset, dataset.nodata, divisor=factor)
+        return None if factor == 1 else BandScaling(scale, offset, nodata, divisor=factor)
     if factor_text is not None:
         warnings.warn(MetadataWarning(f"{path}: the ENVI header's reflectance scale factor {factor_text} is not "
-                                      "applied: the bands' scale/offset (data gain values / data offset values, or "
-                                      "GDAL's scale) is, and applying both would scale the values twice"),
+                                      f"applied: the bands' scale/offset ({source}) is, and applying both would "
+                                      "scale the values twice"),
                       stacklevel=2)
     bad = np.flatnonzero(~np.isfinite(scale) | (scale == 0) | ~np.isfinite(offset))
     if bad.size:
@@ -164,7 +176,7 @@ def _band_scaling(dataset: rasterio.io.DatasetReader, path: Path) -> BandScaling
         raise SceneError(f"{path}: band {band + 1} has scale {scale[band]:g} and offset {offset[band]:g}, which "
                          "would void its values; fix or remove the scale/offset metadata (gdal_edit.py -scale / "
                          "-offset, or the ENVI header's data gain values / data offset values)")
-    return BandScaling(scale, offset, dataset.nodata)
+    return BandScaling(scale, offset, nodata)
 
 
 class RasterioMaskReader(RasterioWindowReader):
@@ -325,8 +337,8 @@ def envi_binary(path: Path) -> Path:
     if path.suffix.lower() != ".hdr":
         return path
     for suffix in ENVI_BINARY_SUFFIXES:
-        candidate = path.with_suffix(suffix)
-        if candidate.is_file():
+        candidate = existing_with_suffix(path, suffix)
+        if candidate is not None and candidate != path:
             return candidate
     raise SceneError(f"{path}: ENVI header without its data file (looked for "
                      f"{', '.join(path.with_suffix(s).name for s in ENVI_BINARY_SUFFIXES)}); put the binary "
@@ -334,18 +346,25 @@ def envi_binary(path: Path) -> Path:
 
 
 def scene_inputs(path: Path, role: str = "the scene") -> dict[str, Path]:
-    """The files of a scene that an output must never replace, by role: ``path`` itself and, for ENVI, its
-    companion (the binary of a header, the header of a binary)."""
+    """The files a scene is read from, by role: ``path`` itself and, for ENVI, its companion (the binary of a
+    header, the header of a binary) and, for an EnMAP spectral image, its product's ``METADATA.XML``. An output
+    must never replace one of them, and a cached ingest of the scene is stale when one of them changes."""
     try:
         companion = envi_binary(path) if path.suffix.lower() == ".hdr" else _envi_header(path)
     except SceneError:
         companion = None
-    return {role: path, **({f"{role}'s ENVI companion file": companion} if companion is not None else {})}
+    inputs = {role: path}
+    if companion is not None:
+        inputs[f"{role}'s ENVI companion file"] = companion
+    product_metadata = metadata_file(path)
+    if product_metadata is not None:
+        inputs[f"{role}'s EnMAP METADATA.XML"] = product_metadata
+    return inputs
 
 
 def _envi_header(binary: Path) -> Path | None:
-    for candidate in (binary.with_suffix(".hdr"), Path(str(binary) + ".hdr")):
-        if candidate.is_file():
+    for candidate in (existing_with_suffix(binary, ".hdr"), Path(f"{binary}.hdr"), Path(f"{binary}.HDR")):
+        if candidate is not None and candidate != binary and candidate.is_file():
             return candidate
     return None
 
@@ -362,6 +381,22 @@ def _check_envi_size(dataset: rasterio.io.DatasetReader, binary: Path) -> None:
         raise SceneError(f"{binary}: ENVI data file is truncated: {actual} bytes, but the header describes "
                          f"{dataset.height}×{dataset.width}×{dataset.count} {dataset.dtypes[0]} ({expected} "
                          "bytes); re-export the scene or fix the header")
+
+
+def _enmap_bands(binary: Path, n_bands: int) -> EnmapBands | None:
+    """The band metadata of the EnMAP product whose spectral image is ``binary``, or None (not one, no XML)."""
+    xml = metadata_file(binary)
+    return None if xml is None else read_band_metadata(xml, n_bands, image=binary)
+
+
+def _holds(dtype: np.dtype, value: float | None) -> bool:
+    """Whether ``dtype`` can store ``value`` (a fill value that it cannot hold marks no pixel)."""
+    if value is None:
+        return False
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
 
 
 def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
@@ -392,16 +427,20 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         if dataset.driver == "ENVI":
             _check_envi_size(dataset, binary)
         dtype = np.dtype(dataset.dtypes[0])
-        scaling = _band_scaling(dataset, path)
+        product = _enmap_bands(binary, dataset.count)
+        nodata = dataset.nodata
+        if nodata is None and product is not None and _holds(dtype, product.fill):
+            nodata = product.fill
+        scaling = _band_scaling(dataset, path, nodata=nodata, product=product)
         coords = spectral_coords(
             dataset.count, dataset.tags(),
             dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {},
             [dataset.tags(i) for i in dataset.indexes],
-            [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes], source=str(path))
+            [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes], source=str(path),
+            fallback=None if product is None else {"wavelength": product.wavelength, "fwhm": product.fwhm})
         crs = dataset.crs.to_wkt() if dataset.crs else None
         has_transform = crs is not None or not dataset.transform.is_identity
         transform = tuple(dataset.transform)[:6] if has_transform else None
-        nodata = dataset.nodata
         driver = dataset.driver
         block_rows, block_cols = dataset.block_shapes[0]
         tiled = block_rows > 1 and block_cols < dataset.width
@@ -437,7 +476,8 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     """Open a hyperspectral scene lazily as ``(band, y, x)``.
 
     Args:
-        path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …), a Zarr store made
+        path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …; an EnMAP product's
+            ``SPECTRAL_IMAGE`` with its ``METADATA.XML``: see :mod:`hsi_cluster.io.enmap`), a Zarr store made
             by ``hsicluster ingest``, a ``.npy`` cube (y, x, band), a MATLAB ``.mat`` file or a NetCDF
             file (``.nc``, EMIT's included: see :mod:`hsi_cluster.io.netcdf`) or a PRISMA L2D ``.he5``
             product (see :mod:`hsi_cluster.io.prisma`).
