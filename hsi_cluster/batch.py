@@ -3,8 +3,9 @@
 One task per scene (:func:`label_scene`, which runs the tiled ``predict`` on a worker). The client
 keeps ``OUTDIR/manifest.json``: one record per scene (source, output, status, error, timings, pixel
 counts, sha256 of the output, attempts), rewritten atomically as each scene finishes, so it survives
-a crash of the client. A rerun skips the scenes whose output still matches its recorded checksum
-and redoes the others; an interrupted scene continues from its finished tiles (``predict --resume``).
+a crash of the client. A rerun skips the scenes whose output still matches its recorded checksum and
+whose files (the scene's, an ENVI header, an EnMAP ``METADATA.XML``) are unchanged, and redoes the others;
+an interrupted scene continues from its finished tiles (``predict --resume``).
 
 Scheduling, retries after a lost worker and the dashboard are dask.distributed's: a
 :class:`~distributed.LocalCluster` of worker processes by default, or any running scheduler
@@ -31,10 +32,13 @@ from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
 from hsi_cluster.io.files import sha256_of, write_text_atomic
 from hsi_cluster.io.paths import expand_scene_paths
+from hsi_cluster.io.scene import scene_files_identity
 
 MANIFEST = "manifest.json"
 ATTEMPTS_DIR = ".attempts"
 OUTPUT_SUFFIX = "_labels.tif"
+#: The fields of a scene's manifest record that tell whether it changed since it was labelled (:func:`_source_fields`).
+SOURCE_FIELDS = ("source_mtime_ns", "source_companions")
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 """``(scenes_finished, scenes_total, record_just_finished)``."""
@@ -136,6 +140,20 @@ class BatchResult:
         return [r for r in self.records if r["status"] == "skipped"]
 
 
+def _source_fields(source: Path) -> dict[str, Any]:
+    """A scene's manifest fields that tell whether it changed since it was labelled: ``source_mtime_ns`` (None for
+    a missing scene) and ``source_companions``, the files read with it (an ENVI header, an EnMAP
+    ``METADATA.XML``), both from :func:`~hsi_cluster.io.scene.scene_files_identity`; the latter is left out for a
+    lone file, as in manifests of versions that watched the scene's own file alone."""
+    if not source.exists():
+        return {"source_mtime_ns": None}
+    identity = scene_files_identity(source)
+    fields = {"source_mtime_ns": identity["mtime_ns"]}
+    if "companions" in identity:
+        fields["source_companions"] = identity["companions"]
+    return fields
+
+
 @dataclass
 class Manifest:
     """OUTDIR/manifest.json: the batch's model, settings and one record per scene, by source."""
@@ -170,8 +188,8 @@ class Manifest:
         record = self.records.get(str(source))
         if not record or record.get("status") not in ("done", "skipped") or not output.is_file():
             return False
-        stat = source.stat() if source.exists() else None
-        if stat is None or record.get("source_mtime_ns") != stat.st_mtime_ns:
+        current = _source_fields(source)
+        if current["source_mtime_ns"] is None or any(record.get(key) != current.get(key) for key in SOURCE_FIELDS):
             return False
         return record.get("sha256") == sha256_of(output)
 
@@ -306,7 +324,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
                     record = {"source": str(source), "output": str(targets[source]), "status": "failed",
                               "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
                 record["attempts"] = _count_attempts(attempts_dir, record["output"])
-                record["source_mtime_ns"] = source.stat().st_mtime_ns if source.exists() else None
+                record.update(_source_fields(source))
                 record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 manifest.records[str(source)] = record
                 manifest.save()

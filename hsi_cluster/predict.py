@@ -36,7 +36,7 @@ from hsi_cluster.io.label_raster import (
     write_quicklook,
 )
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
-from hsi_cluster.io.scene import open_scene, scene_inputs
+from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
 from hsi_cluster.io.scene_array import file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
@@ -191,8 +191,13 @@ class _Job:
 
     def identity(self, *, tiles: int, confidence: bool) -> dict[str, object]:
         """What an interrupted run's finished tiles must have been made with to be resumed."""
-        return {"checkpoint": self.digest, "source": str(self.source), "mtime_ns": self.source.stat().st_mtime_ns,
-                "shape": list(self.scene.shape), "tiles": tiles, "confidence": confidence}
+        files = scene_files_identity(self.source)
+        identity: dict[str, object] = {"checkpoint": self.digest, "source": str(self.source),
+                                       "mtime_ns": files["mtime_ns"], "shape": list(self.scene.shape), "tiles": tiles,
+                                       "confidence": confidence}
+        if "companions" in files:  # the files read with the scene (left out for a lone file, as before)
+            identity["companions"] = files["companions"]
+        return identity
 
 
 def _prepare_job(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, tiles: int,

@@ -32,7 +32,7 @@ from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.paths import expand_scene_paths
-from hsi_cluster.io.scene import scene_inputs
+from hsi_cluster.io.scene import scene_files_identity, scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.backbones import DenseBackbone
 from hsi_cluster.model.choose_k import DEFAULT_K_MAX, RULE, choose_k
@@ -58,7 +58,7 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
     """A complete store for ``scene``: the scene itself if it is one, else a cached ingest of it.
 
     The cache name depends on the path, size and modification time of the source and of the files read with it
-    (:func:`~hsi_cluster.io.scene.scene_inputs`: an ENVI header, an EnMAP product's ``METADATA.XML``), so an
+    (:func:`~hsi_cluster.io.scene.scene_files_identity`: an ENVI header, an EnMAP product's ``METADATA.XML``), so an
     edited scene is ingested again and an unchanged one is reused, unless its store was made under other rules of
     validity (:data:`~hsi_cluster.stats.VALIDITY_RULES`).
     """
@@ -67,10 +67,9 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
         return path
     opened = open_scene(path)  # fails early with a clear message for bad input
     source = Path(opened.attrs["source"])
-    identity = ""
-    for file in [source, *(f for f in scene_inputs(source).values() if f != source)]:
-        stat = file.stat()
-        identity += f"{'|' if identity else ''}{file}|{stat.st_size}|{stat.st_mtime_ns}"
+    files = scene_files_identity(source)
+    identity = "|".join(f"{file['path']}|{file['size']}|{file['mtime_ns']}"
+                        for file in [files, *files.get("companions", [])])
     key = hashlib.sha256(identity.encode()).hexdigest()[:12]  # a lone file keeps the key of older versions
     store = work_dir / f"{source.stem}-{key}.zarr"
     if is_complete_store(store) and Store.open(store).metadata.get("validity_rules") == VALIDITY_RULES:
@@ -212,8 +211,11 @@ def _duration(seconds: float) -> str:
 def _scene_identity(store: Path) -> dict[str, Any]:
     scene = open_scene(store)
     origin = scene.attrs.get("ingested_from") or {}
-    return {"store": str(store), "source": origin.get("path"), "size": origin.get("size"),
-            "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
+    identity = {"store": str(store), "source": origin.get("path"), "size": origin.get("size"),
+                "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
+    if origin.get("companions"):  # the files read with it (scene_files_identity); left out for a lone file
+        identity["companions"] = origin["companions"]
+    return identity
 
 
 def _check_scene_shape(scene_path: Path, config: TrainConfig) -> None:
@@ -260,9 +262,10 @@ def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
 def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> str | None:
     """How the training scenes of a checkpoint differ from this run's (None when they agree).
 
-    A scene is the same file (path), unchanged since training (size and modification time) and of the same shape.
+    A scene is the same file (path), unchanged since training (size and modification time, and those of the files
+    read with it: an ENVI header, an EnMAP ``METADATA.XML``) and of the same shape.
     """
-    key = lambda s: (s["shape"], s["source"], s["size"], s.get("mtime_ns"))  # noqa: E731
+    key = lambda s: (s["shape"], s["source"], s["size"], s.get("mtime_ns"), s.get("companions"))  # noqa: E731
     if [key(s) for s in saved] == [key(s) for s in current]:
         return None
     if len(saved) != len(current):
@@ -271,8 +274,8 @@ def _scene_mismatch(saved: list[dict[str, Any]], current: list[dict[str, Any]]) 
     index = next(i for i, (a, b) in enumerate(zip(saved, current, strict=True)) if key(a) != key(b))
     which = f"scene {index + 1} " if len(saved) > 1 else ""
     if saved[index]["source"] == current[index]["source"]:
-        return (f"{which}{current[index]['source']} was modified after training began or reads differently (size, "
-                "modification time or shape differ); restore it")
+        return (f"{which}{current[index]['source']} was modified after training began or reads differently (its size, "
+                "modification time or shape, or those of a file read with it, differ); restore it")
     return (f"{which}was trained on {saved[index]['source']}, not on {current[index]['source']}; "
             f"pass the same scene{'s in the same order' if len(saved) > 1 else ''}")
 

@@ -374,6 +374,15 @@ def truncate_file(path: str | os.PathLike[str], fraction: float = 0.5) -> int:
     return size
 
 
+def edit_file(path: str | os.PathLike[str]) -> None:
+    """Edit a text file as a user would: a newline appended (which an ENVI header's or an XML's reader ignores) and
+    its modification time 1 s later than before, whatever the clock's resolution."""
+    path = Path(path)
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes() + b"\n")
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+
+
 def write_big_envi_bsq(path: str | os.PathLike[str], *, bands: int, height: int, width: int,
                        dtype: str = "float32", georeferenced: bool = True) -> SyntheticScene:
     """A large ENVI BSQ scene written band by band, never holding more than one band in memory.

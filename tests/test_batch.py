@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hsi_cluster.batch import ATTEMPTS_DIR, attempt_stem, output_paths, run_batch
+from hsi_cluster.batch import ATTEMPTS_DIR, Manifest, _source_fields, attempt_stem, output_paths, run_batch
 from hsi_cluster.cli import EXIT_SOME_FAILED, main
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io import open_scene
 from hsi_cluster.io.files import sha256_of
 from hsi_cluster.predict import predict_scene
 from tests import helpers
+from tests.io.test_enmap import write_product
 from tests.predict_helpers import read_raster, train_tiny
 
 TILES = 32
@@ -56,6 +57,26 @@ def test_output_paths_never_name_a_scene(tmp_path: Path) -> None:
     for outdir in (tmp_path, tmp_path / "link", tmp_path / "sub" / ".."):  # also through a link or '..'
         with pytest.raises(HsiClusterError, match="s_labels.tif: is a scene and would also be the labels of"):
             output_paths([tmp_path / "s.tif", tmp_path / "s_labels.tif"], outdir)
+
+
+def test_a_scene_is_current_until_one_of_its_files_changes(tmp_path: Path) -> None:
+    """A record skips its scene while the scene, its ENVI header and its EnMAP METADATA.XML are unchanged; the record
+    of a lone file written by versions that watched the scene's own file alone still skips it."""
+    lone = helpers.write_geotiff(tmp_path / "lone.tif", helpers.synthetic_cube(3, 8, 8)).path
+    envi = helpers.write_envi(tmp_path / "envi.img", helpers.synthetic_cube(3, 8, 8))
+    product = write_product(tmp_path / "product")
+    output = tmp_path / "labels.tif"
+    output.write_bytes(b"labels")
+    manifest = Manifest(tmp_path / "manifest.json", {})
+    manifest.records[str(lone)] = {"source": str(lone), "output": str(output), "status": "done",
+                                   "sha256": sha256_of(output), "source_mtime_ns": lone.stat().st_mtime_ns}
+    assert manifest.is_current(lone, output)  # a manifest of the previous version: no spurious relabelling
+    for source, companion in [(envi.path, envi.header), (product.image, product.xml)]:
+        manifest.records[str(source)] = {"source": str(source), "output": str(output), "status": "done",
+                                         "sha256": sha256_of(output), **_source_fields(source)}
+        assert manifest.is_current(source, output), source
+        helpers.edit_file(companion)
+        assert not manifest.is_current(source, output), f"{companion} was edited: {source} is labelled again"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +174,21 @@ def test_batch_on_a_local_cluster_isolates_a_corrupt_scene(archive: dict, tmp_pa
     third = run_batch(patterns, archive["model"], out, tiles=TILES, workers=1)
     assert [r["output"] for r in third.done] == [str(victim)]
     assert_outputs_match_predict(archive, third.records, tmp_path)
+
+
+def test_editing_an_envi_header_labels_the_scene_again(archive: dict, tmp_path: Path) -> None:
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for name in ("salinas_a.img", "salinas_a.hdr"):
+        shutil.copy(archive["scenes"] / "south" / name, scenes / name)
+    scene, out = scenes / "salinas_a.img", tmp_path / "out"
+    first = run_batch([scene], archive["model"], out, tiles=TILES, workers=1)
+    assert [r["status"] for r in first.records] == ["done"]
+    assert run_batch([scene], archive["model"], out, tiles=TILES, workers=1).records[0]["status"] == "skipped"
+    helpers.edit_file(scene.with_suffix(".hdr"))
+    again = run_batch([scene], archive["model"], out, tiles=TILES, workers=1)
+    assert [r["status"] for r in again.records] == ["done"]
+    assert run_batch([scene], archive["model"], out, tiles=TILES, workers=1).records[0]["status"] == "skipped"
 
 
 def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ dense model for a handful of steps, so every run of it takes a few seconds.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
 from hsi_cluster.pipeline import KINDS, PipelineError, load_pipeline, plan, run
 from tests import helpers
+from tests.io.test_enmap import write_product
 from tests.predict_helpers import read_raster
 from tests.train_helpers import TINY, structured_cube
 
@@ -259,6 +261,31 @@ def test_tiny_pipeline_runs_skips_and_reruns_what_depends_on_a_change(project: P
     (workdir / "scores.json").unlink()
     assert run(project, dry_run=True).outcome("evaluate").reason == "output scores.json is missing"
     assert run(project).ran[0] == "evaluate" and (workdir / "scores.json").is_file()
+
+
+@pytest.mark.parametrize("envi", [False, True], ids=["geotiff", "envi"])
+def test_a_file_read_with_the_scene_is_an_input_of_its_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            envi: bool) -> None:
+    """An EnMAP product's METADATA.XML and an ENVI header (here upper-case, as delivered) are inputs of a step that
+    reads the scene: editing or removing one reruns the step; unchanged, it is skipped."""
+    product = write_product(tmp_path / "product", envi=envi)
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path / "pipes" / "enmap.yaml",
+                          [{"kind": "ingest", "scene": f"../product/{product.image.name}", "output": "scene.zarr"}])
+    workdir = tmp_path / "runs" / "tiny"
+    assert run(path).ran == ["ingest"]
+    assert run(path).skipped == ["ingest"]
+    companions = [product.image.with_suffix(".HDR"), product.xml] if envi else [product.xml]
+    for companion in companions:
+        helpers.edit_file(companion)
+        key = os.path.relpath(companion, workdir)
+        assert run(path, dry_run=True).outcome("ingest").reason == f"input {key} changed"
+        assert run(path).ran == ["ingest"]
+        assert run(path).skipped == ["ingest"]
+    product.xml.unlink()  # the image now reads as stored
+    assert run(path, dry_run=True).outcome("ingest").reason == f"input {os.path.relpath(product.xml, workdir)} is missing"
+    assert run(path).ran == ["ingest"]
+    assert run(path).skipped == ["ingest"]
 
 
 def test_seeds_fan_out_to_one_output_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

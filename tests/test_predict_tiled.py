@@ -637,6 +637,24 @@ def test_resume_with_another_tile_size_starts_afresh(dense: TrainedModel, tiled,
     assert np.array_equal(read_raster(output)[0], tiled(dense, 32)[0])
 
 
+def test_resume_after_the_envi_header_changed_starts_afresh(dense: TrainedModel, tiled, tmp_path: Path,
+                                                           holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """The finished tiles were made from the scene as its header then described it: an edited header is another
+    scene, whose labels are computed anew; an unchanged one resumes."""
+    wl, fw = helpers.spectral_axis(holey[0].cube.shape[0])
+    scene = helpers.write_envi(tmp_path / "holey.img", holey[0].cube, nodata=-9999.0, wavelength_nm=wl, fwhm_nm=fw)
+    output = tmp_path / "labels.tif"
+    for edit, resumed in [(False, 3), (True, 0)]:
+        with pytest.raises(KeyboardInterrupt):
+            predict_scene(scene.path, dense.checkpoint, output, tiles=16, device="cpu", overwrite=True,
+                          progress=Crash(3))
+        if edit:
+            helpers.edit_file(scene.header)
+        result = predict_scene(scene.path, dense.checkpoint, output, tiles=16, device="cpu", resume=True)
+        assert result.tiles_resumed == resumed
+        assert np.array_equal(read_raster(output)[0], tiled(dense, 16)[0])
+
+
 # ------------------------------------------------------------------------------------------------
 # 7. command line
 

@@ -33,6 +33,7 @@ from hsi_cluster.train import (
     train,
 )
 from tests import helpers
+from tests.io.test_enmap import write_product
 from tests.train_helpers import NODATA, TINY, IngestedScene, make_scene, structured_cube, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -348,6 +349,49 @@ def test_resume_after_the_scene_file_changed_is_refused(scene: IngestedScene, ot
     assert not output.exists() and partial_checkpoint_path(output).read_bytes() == before
 
 
+@pytest.mark.parametrize("kind", ["envi", "enmap"])
+def test_resume_after_a_file_read_with_the_scene_changed_is_refused(scene: IngestedScene, tmp_path: Path,
+                                                                   kind: str) -> None:
+    """An edited ENVI header or EnMAP METADATA.XML makes the scene read differently: it is ingested again and a
+    resume of a run on the scene as it was is refused; an unchanged one resumes, and its checkpoint lists the
+    files read with the scene."""
+    if kind == "envi":
+        raster = helpers.write_envi(tmp_path / "scene.img", scene.cube, nodata=NODATA).path
+        companion = raster.with_suffix(".hdr")
+    else:
+        product = write_product(tmp_path / "product")
+        raster, companion = product.image, product.xml
+    output, work = tmp_path / "model.ckpt", tmp_path / "work"
+    kwargs = {"n_clusters": 3, "output": output, "config": resume_config(), "device": "cpu", "work_dir": work}
+    with pytest.raises(KeyboardInterrupt):
+        train([raster], stop_after_steps=2, **kwargs)
+    (recorded,) = load_checkpoint(partial_checkpoint_path(output)).payload["scenes"]
+    assert [file["path"] for file in recorded["companions"]] == [str(companion)]
+    with pytest.raises(KeyboardInterrupt):
+        train([raster], resume=True, stop_after_steps=3, **kwargs)  # unchanged: resumes
+    assert len(list(work.glob("*.zarr"))) == 1
+    helpers.edit_file(companion)
+    before = partial_checkpoint_path(output).read_bytes()
+    with pytest.raises(CheckpointError, match=f"{raster} was modified after training began") as exc:
+        train([raster], resume=True, **kwargs)
+    one_line(exc)
+    assert len(list(work.glob("*.zarr"))) == 2, "the edited scene is ingested again"
+    assert not output.exists() and partial_checkpoint_path(output).read_bytes() == before
+
+
+def test_a_lone_file_keeps_the_scene_record_of_older_versions(scene: IngestedScene, tmp_path: Path) -> None:
+    """A checkpoint's scene record for a lone file has the keys older versions wrote, so their checkpoints resume."""
+    output = tmp_path / "model.ckpt"
+    kwargs = {"n_clusters": 3, "output": output, "config": resume_config(), "device": "cpu",
+              "work_dir": tmp_path / "work"}
+    with pytest.raises(KeyboardInterrupt):
+        train([scene.path], stop_after_steps=2, **kwargs)
+    (recorded,) = load_checkpoint(partial_checkpoint_path(output)).payload["scenes"]
+    assert set(recorded) == {"store", "source", "size", "mtime_ns", "shape", "dtype"}
+    with pytest.raises(KeyboardInterrupt):
+        train([scene.path], resume=True, stop_after_steps=3, **kwargs)
+
+
 @pytest.mark.parametrize("length, key", [({"epochs": 1}, "epochs"), ({"samples": 640}, "samples"),
                                          ({"steps": 20}, "steps")])
 def test_resume_of_an_unfinished_run_with_another_length_is_refused(interrupted: Path, scene: IngestedScene,
@@ -566,6 +610,14 @@ def test_prepare_store_ingests_once_and_reuses(scene: IngestedScene, tmp_path: P
     os.utime(source, ns=(stamp + 10**9, stamp + 10**9))  # a different modification time, whatever the clock
     changed = prepare_store(source, tmp_path / "work", log=messages.append)
     assert changed != first and len(messages) == 2
+
+
+def test_prepare_store_ingests_again_a_scene_whose_envi_header_changed(scene: IngestedScene, tmp_path: Path) -> None:
+    source = helpers.write_envi(tmp_path / "s.img", scene.cube, nodata=NODATA)
+    first = prepare_store(source.path, tmp_path / "work")
+    assert prepare_store(source.header, tmp_path / "work") == first  # by its header too: the same scene
+    helpers.edit_file(source.header)
+    assert prepare_store(source.path, tmp_path / "work") != first
 
 
 def test_prepare_store_ingests_again_a_cache_made_under_other_validity_rules(scene: IngestedScene,

@@ -27,7 +27,7 @@ from hsi_cluster import __version__
 from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
-from hsi_cluster.io.scene import open_scene, scene_inputs
+from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
 from hsi_cluster.io.scene_array import file_mask
 from hsi_cluster.io.store import (
     BAND_COORDS,
@@ -56,18 +56,10 @@ def partial_path(store: Path) -> Path:
 
 
 def _source_identity(scene: xr.DataArray) -> dict[str, Any]:
-    """Path, size, modification time and format of the scene's file; ``companions``: the same of the files read
-    with it (an ENVI header, an EnMAP ``METADATA.XML``), where there are any, so that a resumed ingest of an
-    edited companion starts again."""
-    source = Path(scene.attrs["source"])
-    stat = source.stat()
-    identity: dict[str, Any] = {"path": str(source), "size": stat.st_size if source.is_file() else None,
-                                "mtime_ns": stat.st_mtime_ns, "format": scene.attrs["format"]}
-    companions = [file for file in scene_inputs(source).values() if file != source] if source.is_file() else []
-    if companions:
-        identity["companions"] = [{"path": str(file), "size": file.stat().st_size,
-                                   "mtime_ns": file.stat().st_mtime_ns} for file in companions]
-    return identity
+    """The scene's :func:`~hsi_cluster.io.scene.scene_files_identity` (its file and those read with it: an ENVI
+    header, an EnMAP ``METADATA.XML``) and its ``format``, so that a resumed ingest of an edited scene or companion
+    starts again."""
+    return {**scene_files_identity(Path(scene.attrs["source"])), "format": scene.attrs["format"]}
 
 
 def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None) -> None:

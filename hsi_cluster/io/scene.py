@@ -362,6 +362,43 @@ def scene_inputs(path: Path, role: str = "the scene") -> dict[str, Path]:
     return inputs
 
 
+def scene_files(path: Path) -> list[Path]:
+    """Every file a scene is read from, ``path`` first: the files of :func:`scene_inputs` (a folder, a Zarr store,
+    is read from itself alone). What a cache, a resume or a skipped rerun of work on the scene must watch."""
+    if not path.is_file():
+        return [path]
+    return [path, *(file for file in scene_inputs(path).values() if file != path)]
+
+
+def scene_files_identity(path: Path) -> dict[str, Any]:
+    """Whether a scene's files changed, as a JSON record to keep and compare with a later one (``==``).
+
+    ``path``, ``size`` (None for a folder) and ``mtime_ns`` of the scene's own file and, under ``companions``, a
+    list of the same for each other file of :func:`scene_files` (an ENVI header or binary, an EnMAP
+    ``METADATA.XML``): a key left out for a lone file, whose record is then what versions that watched the scene's
+    own file alone wrote. Every record that tells whether a scene changed (a store's ``source``, a checkpoint's
+    scenes, a batch manifest, a resumable prediction) is this record or a part of it, companions included.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    def stamp(file: Path) -> dict[str, Any]:
+        stat = file.stat()
+        return {"path": str(file), "size": stat.st_size if file.is_file() else None, "mtime_ns": stat.st_mtime_ns}
+
+    own, *others = scene_files(path)
+    identity = stamp(own)
+    companions = []
+    for file in others:
+        try:
+            companions.append(stamp(file))
+        except FileNotFoundError:  # removed since it was listed: the scene reads without it
+            continue
+    if companions:
+        identity["companions"] = companions
+    return identity
+
+
 def _envi_header(binary: Path) -> Path | None:
     for candidate in (existing_with_suffix(binary, ".hdr"), Path(f"{binary}.hdr"), Path(f"{binary}.HDR")):
         if candidate is not None and candidate != binary and candidate.is_file():

@@ -10,11 +10,12 @@ Layout of ``STORE.zarr/``::
     valid/             (y, x) bool, True where the pixel is usable (finite, not nodata)
     block_stats/       (blocks_y, blocks_x, 5, band) float64 per-block summaries (see hsi_cluster.stats)
 
-Metadata: ``format``/``version``, ``complete`` (set last), ``source`` (path, size, mtime_ns),
-``crs`` (WKT), ``transform``, ``georeferenced``, ``nodata``, ``chunk``, ``wavelength``/``fwhm``
-(nm)/``good_band``, ``statistics`` (per-band mean, std, min, max, count over valid pixels) and
-``valid_pixels``; ``scaled_from`` (the file's stored dtype) when a band scale/offset was applied, and
-``reflectance_scale_factor`` when that was an ENVI header's reflectance scale factor (values ÷ it).
+Metadata: ``format``/``version``, ``complete`` (set last), ``source`` (path, size, mtime_ns, format and
+``companions``: :func:`~hsi_cluster.io.scene.scene_files_identity`), ``crs`` (WKT), ``transform``,
+``georeferenced``, ``nodata``, ``chunk``, ``wavelength``/``fwhm`` (nm)/``good_band``, ``statistics``
+(per-band mean, std, min, max, count over valid pixels) and ``valid_pixels``; ``scaled_from`` (the file's
+stored dtype) when a band scale/offset was applied, and ``reflectance_scale_factor`` when that was an ENVI
+header's reflectance scale factor (values ÷ it).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.paths import expand_scene_paths
+from hsi_cluster.io.scene import scene_files
 from hsi_cluster.pipeline.schema import SCHEMAS, Pipeline, StepSpec
-from hsi_cluster.pipeline.state import companions
 
 Variant = int | None  # the seed a job belongs to, or None
 
@@ -51,11 +51,12 @@ class Job:
     extra_inputs: dict[str, Path] = field(default_factory=dict)  # read too (k-means scenes, models, ...)
 
     def input_files(self) -> list[Path]:
-        """Every file the job reads (ENVI companions included), to fingerprint."""
+        """Every file the job reads (:func:`~hsi_cluster.io.scene.scene_files`: an ENVI header or binary, an EnMAP
+        ``METADATA.XML`` included), to fingerprint."""
         paths: list[Path] = []
         for value in [*self.inputs.values(), *self.extra_inputs.values()]:
             for path in value if isinstance(value, list) else [value]:
-                paths += [path, *companions(path)]
+                paths += scene_files(path)
         return paths
 
     def params(self, kind: str, workdir: Path) -> dict[str, Any]:

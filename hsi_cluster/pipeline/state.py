@@ -1,12 +1,12 @@
 """What a pipeline remembers between runs: per job, a hash of its parameters and fingerprints of its
 inputs and outputs, in ``WORKDIR/.hsicluster-pipeline.json``.
 
-A job is up to date when its entry exists, the parameter hash is the same, and every input and
-output still has its recorded fingerprint. A file's fingerprint is its size and modification time,
-plus its sha256 when it is small (≤ 16 MiB): a small file whose time changed but whose content did
-not still counts as unchanged (so rewriting an identical file reruns nothing downstream). A folder's
-fingerprint is the hash of its ``zarr.json`` for a Zarr store (rewritten on every ingest), else of
-the names, sizes and times of the files in it.
+A job is up to date when its entry exists, the parameter hash is the same, and every input (with the files
+read with it: :func:`~hsi_cluster.io.scene.scene_files`) and output still has its recorded fingerprint. A
+file's fingerprint is its size and modification time, plus its sha256 when it is small (≤ 16 MiB): a small
+file whose time changed but whose content did not still counts as unchanged (so rewriting an identical file
+reruns nothing downstream). A folder's fingerprint is the hash of its ``zarr.json`` for a Zarr store
+(rewritten on every ingest), else of the names, sizes and times of the files in it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.files import sha256_of, write_text_atomic
-from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES
 
 STATE_FILE = ".hsicluster-pipeline.json"
 LOCK_FILE = ".hsicluster-pipeline.lock"
@@ -69,16 +68,6 @@ def unchanged(recorded: dict[str, Any] | None, path: Path) -> bool:
     if stat.st_mtime_ns == recorded.get("mtime_ns"):
         return True
     return "sha256" in recorded and stat.st_size <= HASH_LIMIT and sha256_of(path) == recorded["sha256"]
-
-
-def companions(path: Path) -> list[Path]:
-    """Files read together with ``path``: an ENVI header's binary, a binary's header."""
-    if path.suffix.lower() == ".hdr":
-        return [p for ext in ENVI_BINARY_SUFFIXES if (p := path.with_suffix(ext)).is_file() and p != path]
-    if path.suffix.lower() in ENVI_BINARY_SUFFIXES and path.is_file():
-        header = path.with_suffix(".hdr")
-        return [header] if header.is_file() else []
-    return []
 
 
 def params_hash(params: Any) -> str:
@@ -143,6 +132,9 @@ class State:
         for key, path in inputs.items():
             if not unchanged(entry.get("inputs", {}).get(key), path):
                 return f"input {key} changed" if path.exists() else f"input {key} is missing"
+        for key in entry.get("inputs", {}):
+            if key not in inputs:  # a file read with a scene (an EnMAP METADATA.XML) removed since the job ran
+                return f"input {key} is missing"
         return None
 
     def record(self, step: str, kind: str, job: str, *, params: dict[str, Any],

@@ -21,6 +21,7 @@ from hsi_cluster.io.info import describe, format_info
 from hsi_cluster.io.store import Store
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
+from tests.io.test_enmap import write_product
 
 PARTIAL = ".partial"
 PROGRESS_DIR = "_blocks_done"
@@ -254,6 +255,7 @@ def test_source_metadata(tmp_path: Path, geotiff: SyntheticScene) -> None:
     assert meta["source"]["path"] == str(geotiff.path.absolute())
     assert meta["source"]["size"] == stat.st_size
     assert meta["source"]["mtime_ns"] == stat.st_mtime_ns
+    assert set(meta["source"]) == {"path", "size", "mtime_ns", "format"}  # a lone file: the record of older versions
     assert open_scene(store).attrs["ingested_from"]["path"] == str(geotiff.path.absolute())
     assert CRS.from_wkt(meta["crs"]).to_epsg() == EPSG
     assert meta["transform"] == pytest.approx(list(helpers.utm_transform())[:6])
@@ -330,6 +332,28 @@ def test_leftover_from_another_source_is_discarded(tmp_path: Path, scene_factory
     ingest(new.path, store, chunk=16, progress=lambda done, total: calls.append((done, total)))
     assert calls[0][0] == 0, "blocks of another source must not be reused"
     assert_round_trip(store, new, 16)
+
+
+@pytest.mark.parametrize("kind", ["envi", "enmap"])
+def test_leftover_of_a_scene_whose_companion_changed_is_discarded(tmp_path: Path, envi_bsq: SyntheticScene,
+                                                                  kind: str) -> None:
+    """Blocks read while an ENVI header or an EnMAP METADATA.XML said otherwise are not reused; with the companion
+    unchanged they are."""
+    if kind == "envi":
+        scene, companion = envi_bsq.path, envi_bsq.header
+    else:
+        product = write_product(tmp_path / "product")
+        scene, companion = product.image, product.xml
+    for edit, resumed in [(False, True), (True, False)]:
+        store = tmp_path / f"edited-{edit}.zarr"
+        with pytest.raises(SimulatedKill):
+            ingest(scene, store, chunk=16, workers=1, progress=stop_after(1))
+        if edit:
+            helpers.edit_file(companion)
+        calls: list[tuple[int, int]] = []
+        ingest(scene, store, chunk=16, workers=1, progress=lambda done, total: calls.append((done, total)))  # noqa: B023
+        assert (calls[0][0] > 0) == resumed
+        assert [file["path"] for file in store_metadata(store)["source"]["companions"]] == [str(companion)]
 
 
 def test_leftover_with_other_chunk_is_discarded(tmp_path: Path, geotiff: SyntheticScene) -> None:

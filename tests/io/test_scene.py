@@ -15,9 +15,11 @@ import xarray as xr
 from rasterio.crs import CRS
 
 from hsi_cluster.errors import MetadataWarning, SceneError
-from hsi_cluster.io import open_scene
+from hsi_cluster.io import ingest, open_scene
+from hsi_cluster.io.scene import scene_files, scene_files_identity
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
+from tests.io.test_enmap import write_product
 
 UTM_TRANSFORM = tuple(helpers.utm_transform())[:6]
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -461,3 +463,33 @@ def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
 def test_var_for_a_file_that_is_not_matlab_is_refused(geotiff: SyntheticScene) -> None:
     with pytest.raises(SceneError, match="--var cube names a variable of a MATLAB .mat or NetCDF file, and this is neither"):
         open_scene(geotiff.path, var="cube")
+
+
+# --------------------------------------------------------------------------------------------
+# the files a scene is read from, and whether they changed
+
+
+def test_the_identity_of_a_lone_file_is_the_record_of_older_versions(geotiff: SyntheticScene, tmp_path: Path) -> None:
+    stat = geotiff.path.stat()
+    assert scene_files(geotiff.path) == [geotiff.path]
+    assert scene_files_identity(geotiff.path) == {"path": str(geotiff.path), "size": stat.st_size,
+                                                  "mtime_ns": stat.st_mtime_ns}
+    store = ingest(geotiff.path, tmp_path / "out.zarr", chunk=16)
+    assert scene_files(store) == [store]  # a store is read from itself alone
+    assert scene_files_identity(store) == {"path": str(store), "size": None, "mtime_ns": store.stat().st_mtime_ns}
+
+
+def test_the_identity_watches_the_files_read_with_the_scene(envi_bsq: SyntheticScene, tmp_path: Path) -> None:
+    assert scene_files(envi_bsq.path) == [envi_bsq.path, envi_bsq.header]
+    assert scene_files(envi_bsq.header) == [envi_bsq.header, envi_bsq.path]
+    product = write_product(tmp_path / "product", envi=True)
+    header = product.image.with_suffix(".HDR")
+    assert scene_files(product.image) == [product.image, header, product.xml]
+    for scene, companion in [(envi_bsq.path, envi_bsq.header), (product.image, header), (product.image, product.xml)]:
+        before = scene_files_identity(scene)
+        own = {key: before[key] for key in ("path", "size", "mtime_ns")}
+        assert before == {**own, "companions": [{"path": str(file), "size": file.stat().st_size,
+                                                 "mtime_ns": file.stat().st_mtime_ns} for file in scene_files(scene)[1:]]}
+        helpers.edit_file(companion)
+        after = scene_files_identity(scene)
+        assert after != before and {key: after[key] for key in own} == own, companion
