@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, cohen_kappa_score, normalized_mutual_info_score
 
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning
 
 __all__ = [
     "ClusteringScores",
@@ -142,7 +142,8 @@ class ClusteringScores:
         class_counts: Class id -> labelled pixel count.
         mapping: Valid cluster id -> matched class id (-1 when unmatched).
         class_names: Class id -> name, for the scored classes the ground truth names (an ENVI
-            classification's ``class names``); empty when it names none.
+            classification's ``class names``, a GDAL raster's category names or attribute table);
+            empty when it names none.
     """
 
     acc: float
@@ -258,6 +259,8 @@ def score_clustering(
             labels (the nodata value of a label raster written by ``predict``: 255 or 65535).
         class_names: Class id -> name (e.g. :func:`~hsi_cluster.io.labels.truth_class_names`); the
             scored classes among them are kept in the result and shown by :meth:`~ClusteringScores.format_table`.
+            When they name some scored classes but not all, a :class:`~hsi_cluster.errors.MetadataWarning`
+            says which are shown without a name.
 
     Returns:
         The scores.
@@ -334,8 +337,20 @@ def score_clustering(
         per_class=per_class,
         class_counts={int(c): int(k) for c, k in zip(classes, class_counts, strict=True)},
         mapping=mapping,
-        class_names={c: str(names[c]) for c in per_class if c in names},
+        class_names=_scored_names(names, per_class),
     )
+
+
+def _scored_names(names: Mapping[int, str], scored: Mapping[int, float]) -> dict[int, str]:
+    """The names of the scored classes; a warning when the names miss some of them."""
+    unnamed = [c for c in scored if c not in names]
+    if names and unnamed:
+        listed = ", ".join(map(str, unnamed[:10])) + (", …" if len(unnamed) > 10 else "")
+        warnings.warn(MetadataWarning(
+            f"the ground truth's class names cover {len(scored) - len(unnamed)} of its {len(scored)} scored classes; "
+            f"class{'es' if len(unnamed) > 1 else ''} {listed} {'are' if len(unnamed) > 1 else 'is'} shown without "
+            "a name"), stacklevel=3)
+    return {c: str(names[c]) for c in scored if c in names}
 
 
 def mean_std(scores: list[ClusteringScores]) -> dict[str, tuple[float, float]]:
@@ -366,7 +381,8 @@ def score_label_files(labels_path: str | os.PathLike[str], truth_path: str | os.
 
     Both are read by :func:`~hsi_cluster.io.labels.read_label_pair` (one pixel grid; truth nodata/NaN pixels
     become ``unlabelled``); the labels' nodata on labelled pixels counts as wrong. ``unlabelled="auto"``: the
-    truth raster's nodata value when it declares one, else 0. Classes an ENVI classification names are shown by name.
+    truth raster's nodata value when it declares one, else 0. Classes the truth names (an ENVI classification's
+    ``class names``; a GDAL raster's category names or attribute table) are shown by name.
     """
     from hsi_cluster.io.labels import read_label_pair, truth_class_names, truth_unlabelled
 

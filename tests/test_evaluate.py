@@ -269,6 +269,43 @@ def test_score_label_files_names_the_classes_of_an_envi_classification(tmp_path)
     assert json.loads(as_json.stdout) == scores.to_dict()
 
 
+def test_cli_names_the_classes_of_a_geotiff_ground_truth(tmp_path) -> None:
+    """A GeoTIFF ground truth named by GDAL's PAM sidecar (category names, or a raster attribute table as QGIS
+    and ArcGIS write it): the Name column and ``class_names``; names missing for a scored class: a warning."""
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+    from tests import helpers
+
+    labels, truth = _labels_and_truth()
+    np.save(tmp_path / "labels.npy", labels)
+    gt = helpers.write_geotiff(tmp_path / "gt.tif", truth[None]).path  # EPSG:32633
+    categories = "".join(f"<Category>{n}</Category>" for n in ["Unclassified", "Corn notill", "Grass-pasture", "Woods"])
+    (tmp_path / "gt.tif.aux.xml").write_text(
+        f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{categories}</CategoryNames></PAMRasterBand></PAMDataset>')
+    cli = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt)])
+    assert cli.exit_code == 0, cli.stderr
+    assert cli.stdout.splitlines()[-4].split() == ["Class", "Name", "Pixels", "Accuracy", "Cluster"]
+    rows = {line.split()[0]: line for line in cli.stdout.splitlines()[-3:]}
+    assert "Corn notill" in rows["1"] and "Grass-pasture" in rows["2"] and "Woods" in rows["3"]
+    assert "warning" not in cli.stderr
+    as_json = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt), "--json"])
+    assert json.loads(as_json.stdout)["class_names"] == {"1": "Corn notill", "2": "Grass-pasture", "3": "Woods"}
+    # an attribute table (Value: MinMax, Class: Name) that names classes 1 and 3 only
+    fields = [("Value", 0, 5), ("Count", 0, 1), ("Class", 2, 2)]
+    table = "".join(f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+                    for i, (n, t, u) in enumerate(fields))
+    table += '<Row index="0"><F>1</F><F>9</F><F>Corn notill</F></Row><Row index="1"><F>3</F><F>9</F><F>Woods</F></Row>'
+    (tmp_path / "gt.tif.aux.xml").write_text(f'<PAMDataset><PAMRasterBand band="1"><GDALRasterAttributeTable>{table}'
+                                             "</GDALRasterAttributeTable></PAMRasterBand></PAMDataset>")
+    cli = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt)])
+    assert cli.exit_code == 0, cli.stderr
+    rows = {line.split()[0]: line.split() for line in cli.stdout.splitlines()[-3:]}
+    assert rows["1"][1:3] == ["Corn", "notill"] and rows["2"][1] == "-" and rows["3"][1] == "Woods"
+    assert cli.stderr.strip() == ("hsicluster: warning: the ground truth's class names cover 2 of its 3 scored "
+                                  "classes; class 2 is shown without a name")
+
+
 def test_mean_std_population() -> None:
     truth = np.array([1, 1, 2, 2])
     runs = [

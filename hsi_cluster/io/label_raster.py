@@ -189,9 +189,16 @@ def share_text(count: int, total: int) -> str:
     return "<0.1 %" if 0 < share < 0.05 else f"{share:.1f} %"
 
 
-#: GDAL raster attribute table codes (gdal.h): field types and usages.
-_RAT_INTEGER, _RAT_REAL, _RAT_STRING = 0, 1, 2
-_RAT_GENERIC, _RAT_PIXEL_COUNT, _RAT_NAME, _RAT_MIN_MAX, _RAT_RED, _RAT_GREEN, _RAT_BLUE, _RAT_ALPHA = 0, 1, 2, 5, 6, 7, 8, 9
+class RatType:
+    """GDAL raster attribute table field types (gdal.h ``GDALRATFieldType``)."""
+
+    INTEGER, REAL, STRING = 0, 1, 2
+
+
+class RatUsage:
+    """GDAL raster attribute table field usages (gdal.h ``GDALRATFieldUsage``)."""
+
+    GENERIC, PIXEL_COUNT, NAME, MIN, MAX, MIN_MAX, RED, GREEN, BLUE, ALPHA = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
 def sidecar_path(output: Path) -> Path:
@@ -226,9 +233,10 @@ def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, i
     for k in range(n_clusters):
         ET.SubElement(names, "Category").text = class_name(k, int(counts.get(k, 0)), total)
     table = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
-    fields = [("Value", _RAT_INTEGER, _RAT_MIN_MAX), ("Count", _RAT_INTEGER, _RAT_PIXEL_COUNT),
-              ("Name", _RAT_STRING, _RAT_NAME), ("Percent", _RAT_REAL, _RAT_GENERIC), ("Red", _RAT_INTEGER, _RAT_RED),
-              ("Green", _RAT_INTEGER, _RAT_GREEN), ("Blue", _RAT_INTEGER, _RAT_BLUE), ("Alpha", _RAT_INTEGER, _RAT_ALPHA)]
+    fields = [("Value", RatType.INTEGER, RatUsage.MIN_MAX), ("Count", RatType.INTEGER, RatUsage.PIXEL_COUNT),
+              ("Name", RatType.STRING, RatUsage.NAME), ("Percent", RatType.REAL, RatUsage.GENERIC),
+              ("Red", RatType.INTEGER, RatUsage.RED), ("Green", RatType.INTEGER, RatUsage.GREEN),
+              ("Blue", RatType.INTEGER, RatUsage.BLUE), ("Alpha", RatType.INTEGER, RatUsage.ALPHA)]
     for index, (name, kind, usage) in enumerate(fields):
         field = ET.SubElement(table, "FieldDefn", index=str(index))
         ET.SubElement(field, "Name").text = name

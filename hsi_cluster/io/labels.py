@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
 from hsi_cluster.io.scene import envi_binary
 
@@ -95,11 +98,16 @@ def truth_unlabelled(truth_path: str | os.PathLike[str], unlabelled: int | None 
 
 
 def truth_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
-    """The class names a ground-truth raster carries: an ENVI classification header's ``class names`` (the
-    i-th name is class value i). Empty for a file without them (``.npy``, ``.mat``, another raster).
+    """The class names a ground-truth raster carries, as GDAL (and so QGIS, ArcGIS, ENVI) keeps them:
 
-    A ``class names`` list whose length is not the header's ``classes`` count is not used, with a
-    :class:`~hsi_cluster.errors.MetadataWarning`.
+    - an ENVI classification header's ``class names`` (the i-th name is class value i);
+    - otherwise band 1 of GDAL's PAM sidecar ``TRUTH.aux.xml`` (a GeoTIFF's or any GDAL raster's): its raster
+      attribute table (see :func:`band_class_names`), or else its category names (the i-th is class value i).
+
+    Empty for a file without them (``.npy``, ``.mat``, a raster without either). Never fails: a ``class names``
+    list whose length is not the header's ``classes`` count, or a sidecar that is not GDAL's PAM XML, gives no
+    names and a :class:`~hsi_cluster.errors.MetadataWarning`. (A names list that misses some of the scored classes
+    is used for those it names; :func:`~hsi_cluster.evaluate.score_clustering` warns about the others.)
     """
     if Path(path).suffix.lower() in (".npy", ".mat"):
         return {}
@@ -111,15 +119,118 @@ def truth_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
                 envi = dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {}
     except (RasterioIOError, ValueError, OSError):
         return {}
-    names = parse_envi_list(envi.get("class_names"))
+    names = parse_envi_list(envi.get("class_names"), keep_empty=True)
     if not names:
-        return {}
+        return _sidecar_class_names(binary)
     classes = envi.get("classes", "").strip()
     if classes.isdigit() and int(classes) != len(names):
         warnings.warn(MetadataWarning(f"{binary}: the header's 'class names' lists {len(names)} names for {classes} "
                                       "classes, so classes are shown by number; correct the header"), stacklevel=2)
         return {}
-    return dict(enumerate(names))
+    return {value: name for value, name in enumerate(names) if name}
+
+
+def _sidecar_class_names(raster: Path) -> dict[int, str]:
+    """Class names of band 1 in the GDAL PAM sidecar of ``raster`` (none without one; a warning for a bad one)."""
+    sidecar = sidecar_path(raster)
+    if not sidecar.is_file():
+        return {}
+    try:
+        root = ET.parse(sidecar).getroot()
+        band = next((b for b in root.findall("PAMRasterBand") if b.get("band", "").strip() == "1"), None)
+        return {} if band is None else band_class_names(band)
+    except (ET.ParseError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        warnings.warn(MetadataWarning(f"{sidecar}: class names not read, so classes are shown by number ({reason}); "
+                                      "correct or remove this GDAL sidecar"), stacklevel=3)
+        return {}
+
+
+#: Most class values one attribute-table row (a range, or a bin) may name; wider rows are not classes.
+_MAX_ROW_SPAN = 1 << 16
+
+
+def band_class_names(band: ET.Element) -> dict[int, str]:
+    """Class value -> name of one band in GDAL's XML (a ``PAMRasterBand`` of an ``.aux.xml``; a ``VRTRasterBand``).
+
+    Its raster attribute table (``GDALRasterAttributeTable``) when that names classes, else its category names
+    (``CategoryNames``: the i-th ``Category`` names value i). Empty names are skipped. In the table, the name is
+    the column of usage Name (2), else the first string column of generic usage (as QGIS guesses); the value is
+    read as GDAL's ``GetRowOfValue`` does: linear binning (``Row0Min``, ``BinSize``: row i holds
+    ``Row0Min + i·BinSize`` up to the next bin), else the Min (3) and Max (4) columns, either of them being the
+    MinMax (5) column when missing (a row names the integers from Min to Max), else (as ArcGIS writes) a
+    numeric column named ``Value``. The first row naming a value wins.
+
+    Raises:
+        ValueError: the table's values or binning are not numbers, or it has names but no values.
+    """
+    table = band.find("GDALRasterAttributeTable")
+    names = _table_class_names(table) if table is not None else {}
+    if names:
+        return names
+    categories = band.find("CategoryNames")
+    if categories is None:
+        return {}
+    listed = [(c.text or "").strip() for c in categories if c.tag == "Category"]
+    return {value: name for value, name in enumerate(listed) if name}
+
+
+def _table_class_names(table: ET.Element) -> dict[int, str]:
+    fields = [((f.findtext("Name") or "").strip(), _int_text(f.findtext("Type"), 1), _int_text(f.findtext("Usage"), 0))
+              for f in table.findall("FieldDefn")]
+    usages = [usage for _, _, usage in fields]
+    name_col = (usages.index(RatUsage.NAME) if RatUsage.NAME in usages else
+                next((i for i, (_, kind, usage) in enumerate(fields) if kind == RatType.STRING and usage == RatUsage.GENERIC),
+                     None))
+    if name_col is None:
+        return {}
+    rows: dict[int, list[str]] = {}
+    for position, row in enumerate(table.findall("Row")):
+        rows.setdefault(_int_text(row.get("index"), position), [(f.text or "").strip() for f in row.findall("F")])
+    binning = table.get("Row0Min"), table.get("BinSize")
+    min_max = usages.index(RatUsage.MIN_MAX) if RatUsage.MIN_MAX in usages else None
+    min_col = usages.index(RatUsage.MIN) if RatUsage.MIN in usages else min_max
+    max_col = usages.index(RatUsage.MAX) if RatUsage.MAX in usages else min_max
+    if min_col is None and max_col is None:
+        min_col = max_col = next((i for i, (name, kind, _) in enumerate(fields)
+                                  if name.lower() == "value" and kind != RatType.STRING), None)
+    if None not in binning:
+        row0, size = float(binning[0] or "nan"), float(binning[1] or "nan")
+        if not (math.isfinite(row0) and math.isfinite(size) and size > 0):
+            raise ValueError(f"attribute table binning Row0Min={binning[0]!r} BinSize={binning[1]!r} is not usable")
+        spans = {i: (row0 + i * size, row0 + (i + 1) * size, False) for i in rows}
+    elif min_col is not None or max_col is not None:
+        low_col, high_col = (min_col if min_col is not None else max_col), (max_col if max_col is not None else min_col)
+        spans = {i: (_number(cells, low_col), _number(cells, high_col), True) for i, cells in rows.items()}
+    else:
+        raise ValueError("its attribute table names classes but has no column of class values (usage MinMax)")
+    names: dict[int, str] = {}
+    for i in sorted(rows):
+        name = rows[i][name_col] if name_col < len(rows[i]) else ""
+        low, high, inclusive = spans[i]
+        if not name or high - low > _MAX_ROW_SPAN:
+            continue
+        values = range(math.ceil(low), math.floor(high) + 1 if inclusive else math.ceil(high))
+        for value in values:
+            names.setdefault(value, name)
+    return names
+
+
+def _number(cells: list[str], column: int | None) -> float:
+    """A table cell as a number (a Min, Max or MinMax column; a lone Min or Max column is both bounds)."""
+    assert column is not None
+    text = cells[column] if column < len(cells) else ""
+    value = float(text)  # ValueError for text that is not a number
+    if not math.isfinite(value):
+        raise ValueError(f"attribute table value {text!r} is not a finite number")
+    return value
+
+
+def _int_text(text: str | None, default: int) -> int:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return default
 
 
 #: Dataset tag that ``predict`` writes into every label raster (with the model hash, source, …).

@@ -28,13 +28,18 @@ _MICROMETRE_UNITS = {"micrometers", "micrometer", "micrometres", "micrometre", "
 _NANOMETRE_UNITS = {"nanometers", "nanometer", "nanometres", "nanometre", "nm"}
 _MILLIMETRE_UNITS = {"millimeters", "millimeter", "mm"}
 
-def parse_envi_list(text: str | None) -> list[str] | None:
-    """Split an ENVI header list such as ``"{ 400.5, 410.2 }"`` into its items."""
+def parse_envi_list(text: str | None, *, keep_empty: bool = False) -> list[str] | None:
+    """Split an ENVI header list such as ``"{ 400.5, 410.2 }"`` into its items (None for no item).
+
+    ``keep_empty``: keep empty items in their places (``{A, , C}`` → ``["A", "", "C"]``, as in a ``class names``
+    list whose positions are the class values); by default they are dropped.
+    """
     if text is None:
         return None
     items = [item.strip() for item in text.strip().strip("{}").split(",")]
-    items = [item for item in items if item]
-    return items or None
+    if not any(items):
+        return None
+    return items if keep_empty else [item for item in items if item]
 
 def unit_scale_to_nm(units: str | None, values: np.ndarray) -> float | None:
     """Factor that turns ``values`` given in ``units`` into nanometres, or None if not a length.

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from hsi_cluster.errors import MetadataWarning, SceneError
-from hsi_cluster.io.labels import read_label_map, read_label_pair, truth_class_names, truth_unlabelled
+from hsi_cluster.io.labels import (
+    band_class_names,
+    read_label_map,
+    read_label_pair,
+    truth_class_names,
+    truth_unlabelled,
+)
 from tests import helpers
 
 LABELS = np.arange(9 * 7, dtype=np.uint8).reshape(9, 7) % 5  # y != x catches a transpose
@@ -79,6 +85,14 @@ def test_envi_classification_class_names(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_label_map(header)[0], LABELS)
 
 
+def test_an_empty_class_name_keeps_the_others_in_place(tmp_path: Path) -> None:
+    """GDAL writes a class without a name as an empty item (``{A, B, , D}``): the list still has one item per class."""
+    names = ["Unclassified", "Corn notill", "", "Soybean mintill", "Woods"]
+    header = write_envi_classification(tmp_path / "gt.img", LABELS, names)
+    assert "Corn notill, , Soybean" in header.read_text()
+    assert truth_class_names(header) == {0: "Unclassified", 1: "Corn notill", 3: "Soybean mintill", 4: "Woods"}
+
+
 def test_ground_truth_without_class_names_has_none(tmp_path: Path) -> None:
     np.save(tmp_path / "gt.npy", LABELS)
     helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None])
@@ -91,6 +105,138 @@ def test_class_names_of_another_count_than_the_classes_are_not_used(tmp_path: Pa
     header = write_envi_classification(tmp_path / "gt.img", LABELS, CLASS_NAMES[:3], classes=5)
     with pytest.warns(MetadataWarning, match="'class names' lists 3 names for 5 classes"):
         assert truth_class_names(header) == {}
+
+
+# GDAL's PAM sidecar (TRUTH.aux.xml), as GDAL, QGIS and ArcGIS write a GeoTIFF's class names: element names as
+# GDAL's gdalpamrasterband.cpp / gdal_rat.cpp serialise them; usages from gdal.h (2 Name, 3 Min, 4 Max, 5 MinMax).
+CATEGORY_NAMES_PAM = """<PAMDataset>
+  <PAMRasterBand band="1">
+    <CategoryNames>
+      <Category>Unclassified</Category>
+      <Category>Corn notill</Category>
+      <Category></Category>
+      <Category>Soybean mintill</Category>
+      <Category>Woods</Category>
+    </CategoryNames>
+  </PAMRasterBand>
+</PAMDataset>
+"""
+
+
+def _rat_pam(fields: list[tuple[str, int, int]], rows: list[list[object]], binning: str = "") -> str:
+    """A PAM sidecar whose band 1 has a thematic raster attribute table of ``fields`` (name, type, usage)."""
+    defs = "".join(f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+                   for i, (n, t, u) in enumerate(fields))
+    cells = "".join(f'<Row index="{i}">' + "".join(f"<F>{v}</F>" for v in row) + "</Row>" for i, row in enumerate(rows))
+    return (f'<PAMDataset><PAMRasterBand band="1"><GDALRasterAttributeTable tableType="thematic"{binning}>'
+            f"{defs}{cells}</GDALRasterAttributeTable></PAMRasterBand></PAMDataset>")
+
+
+RAT_NAMES = {1: "Corn notill", 3: "Soybean mintill", 4: "Woods"}
+RAT_SIDECARS = {  # each names classes 1, 3 and 4 of LABELS (values 0..4), as a tool writes it
+    "gdal-qgis": _rat_pam([("Value", 0, 5), ("Count", 0, 1), ("Class", 2, 2), ("Red", 0, 6)],
+                          [[v, 10, n, 200] for v, n in RAT_NAMES.items()]),
+    "arcgis": _rat_pam([("OID", 0, 0), ("Value", 0, 0), ("Count", 1, 0), ("Class_Name", 2, 0)],
+                       [[i, v, 12.0, n] for i, (v, n) in enumerate(RAT_NAMES.items())]),
+    "min-max": _rat_pam([("Min", 1, 3), ("Max", 1, 4), ("Name", 2, 2)],
+                        [[v, v, n] for v, n in RAT_NAMES.items()]),
+    "linear-binning": _rat_pam([("Name", 2, 2), ("Count", 0, 1)],
+                               [["Corn notill", 1], ["", 0], ["Soybean mintill", 1], ["Woods", 1]],
+                               binning=' Row0Min="1" BinSize="1"'),
+}
+
+
+def write_geotiff_truth(path: Path, sidecar: str | None) -> Path:
+    """A uint8 GeoTIFF ground truth (EPSG:32633) of ``LABELS`` with ``sidecar`` as its ``.aux.xml``."""
+    helpers.write_geotiff(path, LABELS[None])
+    if sidecar is not None:
+        path.with_name(path.name + ".aux.xml").write_text(sidecar, encoding="utf-8")
+    return path
+
+
+def gdal_band_xml(path: Path, tmp_path: Path):
+    """Band 1 as GDAL itself reads it (sidecar included), serialised by GDAL's VRT driver (no gdalinfo needed)."""
+    import xml.etree.ElementTree as ET
+
+    import rasterio.shutil
+
+    vrt = tmp_path / f"{path.stem}.gdal.vrt"
+    rasterio.shutil.copy(path, vrt, driver="VRT")
+    band = ET.parse(vrt).getroot().find("VRTRasterBand[@band='1']")
+    assert band is not None
+    return band
+
+
+def test_geotiff_category_names(tmp_path: Path) -> None:
+    """GDAL category names in a GeoTIFF's PAM sidecar: the i-th names class value i; an empty one names none."""
+    import rasterio
+
+    truth = write_geotiff_truth(tmp_path / "gt.tif", CATEGORY_NAMES_PAM)
+    expected = {0: "Unclassified", 1: "Corn notill", 3: "Soybean mintill", 4: "Woods"}
+    assert truth_class_names(truth) == expected
+    with rasterio.open(truth) as dataset:
+        assert dataset.crs.to_epsg() == 32633
+    # GDAL reads the fixture's names (GDALGetRasterCategoryNames, seen through its VRT serialisation)
+    band = gdal_band_xml(truth, tmp_path)
+    assert [c.text or "" for c in band.find("CategoryNames")] == ["Unclassified", "Corn notill", "", "Soybean mintill",
+                                                                   "Woods"]
+    assert band_class_names(band) == expected
+    # names of another band are not the label band's
+    other_band = CATEGORY_NAMES_PAM.replace('band="1"', 'band="2"')
+    assert truth_class_names(write_geotiff_truth(tmp_path / "other.tif", other_band)) == {}
+
+
+@pytest.mark.parametrize("style", list(RAT_SIDECARS))
+def test_geotiff_raster_attribute_table_class_names(tmp_path: Path, style: str) -> None:
+    """A raster attribute table in the sidecar: the Name column by the value column (MinMax, Min+Max, an
+    ArcGIS 'Value' column of generic usage, or linear binning), read as GDAL reads the table."""
+    truth = write_geotiff_truth(tmp_path / "gt.tif", RAT_SIDECARS[style])
+    assert truth_class_names(truth) == RAT_NAMES
+    band = gdal_band_xml(truth, tmp_path)  # GDAL parses the fixture's table into the same table
+    assert band.find("GDALRasterAttributeTable") is not None
+    assert band_class_names(band) == RAT_NAMES
+
+
+def test_attribute_table_before_category_names(tmp_path: Path) -> None:
+    categories = CATEGORY_NAMES_PAM[CATEGORY_NAMES_PAM.index("<CategoryNames>"):CATEGORY_NAMES_PAM.index("</PAMRasterBand>")]
+    table = RAT_SIDECARS["gdal-qgis"].replace("</PAMRasterBand>", categories + "</PAMRasterBand>")
+    assert "<CategoryNames>" in table
+    assert truth_class_names(write_geotiff_truth(tmp_path / "gt.tif", table)) == RAT_NAMES
+    # a table without a name column leaves the category names
+    no_names = table.replace("<Usage>2</Usage>", "<Usage>0</Usage>").replace("<Type>2</Type>", "<Type>0</Type>")
+    assert truth_class_names(write_geotiff_truth(tmp_path / "gt2.tif", no_names))[1] == "Corn notill"
+
+
+@pytest.mark.parametrize("case", ["not-xml", "value-not-a-number", "no-value-column", "bad-binning", "binary"])
+def test_malformed_sidecar_warns_and_names_nothing(tmp_path: Path, case: str) -> None:
+    """A broken ``.aux.xml``: a warning, no names, and the ground truth is still scored."""
+    from hsi_cluster.evaluate import score_label_files
+
+    sidecar = {
+        "not-xml": CATEGORY_NAMES_PAM.replace("</CategoryNames>", ""),
+        "value-not-a-number": RAT_SIDECARS["gdal-qgis"].replace("<F>3</F>", "<F>three</F>"),
+        "no-value-column": _rat_pam([("Class", 2, 2)], [["Corn"], ["Woods"]]),
+        "bad-binning": RAT_SIDECARS["linear-binning"].replace('BinSize="1"', 'BinSize="0"'),
+        "binary": "\x00\x01garbage",
+    }[case]
+    truth = write_geotiff_truth(tmp_path / "gt.tif", sidecar)
+    with pytest.warns(MetadataWarning, match=r"gt\.tif\.aux\.xml: class names not read, so classes are shown by "
+                                             r"number \(.+\); correct or remove this GDAL sidecar"):
+        assert truth_class_names(truth) == {}
+    np.save(tmp_path / "labels.npy", LABELS)
+    with pytest.warns(MetadataWarning, match="class names not read"):
+        scores = score_label_files(tmp_path / "labels.npy", truth)
+    assert scores.acc == pytest.approx(1.0) and scores.class_names == {}
+
+
+def test_envi_classification_sidecar_names_when_its_header_has_none(tmp_path: Path) -> None:
+    """Any GDAL raster's sidecar counts: an ENVI binary's ``.img.aux.xml`` (the header's names come first)."""
+    helpers.write_envi(tmp_path / "plain.img", LABELS[None])
+    (tmp_path / "plain.img.aux.xml").write_text(CATEGORY_NAMES_PAM, encoding="utf-8")
+    assert truth_class_names(tmp_path / "plain.hdr")[4] == "Woods"
+    header = write_envi_classification(tmp_path / "gt.img", LABELS, CLASS_NAMES)
+    (tmp_path / "gt.img.aux.xml").write_text(RAT_SIDECARS["gdal-qgis"], encoding="utf-8")
+    assert truth_class_names(header) == dict(enumerate(CLASS_NAMES))
 
 
 @pytest.mark.parametrize("case", ["missing", "multiband", "3d-npy", "text", "confidence-raster", "fractional-npy"])
