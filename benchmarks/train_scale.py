@@ -29,6 +29,12 @@ Salinas-A's 204 bands is a 6.8 GB GeoTIFF: check the free disk space first.
 ``--noise 0 --no-flips`` builds the mosaics of exact, unflipped copies instead (the scene itself repeated):
 whether a gap to Indian Pines comes from the copies' noise and orientation or from the scene's size.
 
+``--repeat-draws 16 [--draw-order shuffled|stacked]`` trains Indian Pines alone (``--scenes ip``) with each pass of
+the sampler drawing 16 copies of every centre, at the budget's 1 250 steps: ``shuffled``, the copies in one
+shuffle (the order in which a pass over 16 exact copies of the scene draws its spectra), or ``stacked``, 16
+permutations one after the other (the order of 16 passes over the scene). Whether a gap of the mosaics comes
+from the order in which their repeated content is drawn.
+
 ``--budget-scale 0.1`` runs the same comparison at a tenth of the budget and of the cap (64 000
 samples, at most 3 passes: Indian Pines 123 steps, the mosaics 125), when the full runs take too long.
 
@@ -48,12 +54,14 @@ Seed 0 alone, both uncontended: ip 155 s, ip16 155 s (1.00×). ACC: ip4 −0.013
 
     python benchmarks/train_scale.py [--scenes ip ip4 ip16] [--seeds 0 1 2] [--budget-scale 1] [--json out.json]
     python benchmarks/train_scale.py --scenes ip16 --noise 0 --no-flips
+    python benchmarks/train_scale.py --scenes ip --repeat-draws 16 --draw-order shuffled --seeds 0 1 2 3 4 5
     python benchmarks/train_scale.py --synthetic 1024 4096 [--steps 40] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -100,6 +108,46 @@ def mosaic(cube: np.ndarray, truth: np.ndarray, n: int, *, seed: int = 0,
             out[i * height:(i + 1) * height, j * width:(j + 1) * width] = tile.astype(cube.dtype)
             labels[i * height:(i + 1) * height, j * width:(j + 1) * width] = truth[::flip_y, ::flip_x]
     return out, labels
+
+
+@contextlib.contextmanager
+def repeated_draws(copies: int, order: str = "shuffled"):
+    """While active, each training pass of :class:`~hsi_cluster.data.sampler.PatchSampler` draws ``copies`` copies
+    of every centre: ``shuffled`` in one shuffle (the sampler's own plan over the repeated centres), ``stacked``
+    as ``copies`` permutations one after the other. Full passes only; the centroid sample is drawn as usual."""
+    from hsi_cluster.data.sampler import PatchSampler
+    from hsi_cluster.train import CENTROID_PLAN_EPOCH
+
+    if order not in ("shuffled", "stacked"):
+        raise ValueError(f"order must be 'shuffled' or 'stacked', got {order!r}")
+    draw, epoch_centres, plan = PatchSampler._draw, PatchSampler._epoch_centres, PatchSampler._plan
+
+    def training(sampler) -> bool:
+        return sampler.epoch != CENTROID_PLAN_EPOCH and sampler.fraction >= 1
+
+    def repeated_draw(sampler, block_id):
+        centres, count = draw(sampler, block_id)
+        return (centres, count * copies) if training(sampler) else (centres, count)
+
+    def repeated_centres(sampler, block_id):
+        centres = epoch_centres(sampler, block_id)
+        return np.tile(centres, copies) if training(sampler) and order == "shuffled" else centres
+
+    def stacked_plan(sampler, shard, shards):
+        if not training(sampler) or order == "shuffled":
+            yield from plan(sampler, shard, shards)
+            return
+        rng = np.random.default_rng([sampler.seed, sampler.epoch, 77])
+        every = np.concatenate([draw(sampler, b)[0] for b in range(int(sampler._block_offsets[-1]))])
+        pool = np.concatenate([rng.permutation(every) for _ in range(copies)])
+        for k in range(len(pool) // sampler.batch_size):
+            yield pool[k * sampler.batch_size:(k + 1) * sampler.batch_size]
+
+    PatchSampler._draw, PatchSampler._epoch_centres, PatchSampler._plan = repeated_draw, repeated_centres, stacked_plan
+    try:
+        yield
+    finally:
+        PatchSampler._draw, PatchSampler._epoch_centres, PatchSampler._plan = draw, epoch_centres, plan
 
 
 def scaled_config(scale: float):
@@ -235,6 +283,10 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.01, metavar="F",
                         help="Gaussian noise on each mosaic copy, as a share of each band's standard deviation")
     parser.add_argument("--no-flips", dest="flips", action="store_false", help="mosaic the copies unflipped")
+    parser.add_argument("--repeat-draws", type=int, default=1, metavar="R",
+                        help="each training pass draws R copies of every centre (with --scenes ip: the draw order of R copies)")
+    parser.add_argument("--draw-order", choices=("shuffled", "stacked"), default="shuffled",
+                        help="with --repeat-draws: the copies in one shuffle, or R permutations one after the other")
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary files")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -246,8 +298,11 @@ def main() -> None:
         else:
             if not CUBE.exists() or not TRUTH.exists():
                 sys.exit(f"{DATA} not found: the benchmark needs ../shared/data/indian_pines beside the repository")
-            results = [run_scene(name, args.seeds, work, args.budget_scale, noise=args.noise, flips=args.flips)
-                       for name in args.scenes]
+            order = (repeated_draws(args.repeat_draws, args.draw_order) if args.repeat_draws > 1
+                     else contextlib.nullcontext())
+            with order:
+                results = [run_scene(name, args.seeds, work, args.budget_scale, noise=args.noise, flips=args.flips)
+                           for name in args.scenes]
             print()
             print(summary(results))
         if args.json:

@@ -38,6 +38,7 @@ refused with a message naming the level; so is an ``.he5`` file that is not PRIS
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ L2D_SWATH = "HDFEOS/SWATHS/PRS_L2D_HCO"
 DN_MAX = 65535
 #: Pixel size of the L2D VNIR/SWIR grid (metres).
 PIXEL_SIZE = 30.0
+#: Largest block of counts (bytes, per cube) a read widens to whole HDF5 chunks and keeps for the next read.
+BLOCK_CACHE_BYTES = 64 * 2**20
 _DETECTORS = ("VNIR", "SWIR")
 _SWATH_NAME = re.compile(r"PRS_(L[0-9][A-Z]?)_[A-Z]+")
 _OTHER_LEVELS = {
@@ -76,7 +79,8 @@ class DetectorBands:
 
     ``dataset``: the cube's HDF5 path; ``keep``: indices on its stored band axis, in stored order;
     ``fill_test``: bool over ``keep``, the bands whose counts all 0 mark a fill pixel; ``low`` / ``high``:
-    the reflectance of counts 0 and :data:`DN_MAX`.
+    the reflectance of counts 0 and :data:`DN_MAX`; ``chunks``: the cube's HDF5 chunk ``(lines, samples)``,
+    None when it is stored contiguously; ``n_stored``: its stored band count.
     """
 
     dataset: str
@@ -84,6 +88,8 @@ class DetectorBands:
     fill_test: np.ndarray
     low: float
     high: float
+    chunks: tuple[int, int] | None = None
+    n_stored: int = 0
 
 
 class PrismaWindowReader:
@@ -91,7 +97,10 @@ class PrismaWindowReader:
 
     Each read opens the file, reads the window ``[rows, :, cols]`` of each detector's cube, keeps the
     ``detectors``' bands, scales them, puts them in ``order`` (ascending wavelength) and sets fill pixels
-    to NaN. It holds no open file, so it pickles to dask workers as its settings.
+    to NaN. A chunked (compressed) cube is read in whole HDF5 chunks: the window is widened to the chunks it
+    touches (up to :data:`BLOCK_CACHE_BYTES`) and that block of counts is kept for the next window, so that
+    the windows of one strip of a line-chunked file decompress each chunk once, not once per window. It
+    holds no open file, so it pickles to dask workers as its settings.
     """
 
     def __init__(self, path: str, shape: tuple[int, int, int], detectors: tuple[DetectorBands, ...],
@@ -102,6 +111,18 @@ class PrismaWindowReader:
         self.ndim = 3
         self.detectors = detectors
         self.order = order
+        self._lock = threading.Lock()
+        self._blocks: dict[str, tuple[tuple[int, int, int, int], np.ndarray]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_blocks"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._blocks = {}
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
         bands, rows, cols = (k.indices(n) for k, n in zip(key, self.shape, strict=True))
@@ -110,22 +131,68 @@ class PrismaWindowReader:
         height, width = max(rows[1] - rows[0], 0), max(cols[1] - cols[0], 0)
         if bands[1] <= bands[0] or height == 0 or width == 0:
             return np.empty((max(bands[1] - bands[0], 0), height, width), self.dtype)
-        window = np.s_[rows[0]:rows[1], :, cols[0]:cols[1]]
         parts, fill = [], np.zeros((height, width), bool)
         try:
-            with h5py.File(self.path, "r") as handle:
-                for detector in self.detectors:
-                    counts = np.asarray(handle[detector.dataset][window])[:, detector.keep, :].transpose(1, 0, 2)
-                    if detector.fill_test.any():
-                        fill |= (counts[detector.fill_test] == 0).all(axis=0)
-                    step = (detector.high - detector.low) / DN_MAX
-                    parts.append((detector.low + counts * step).astype(self.dtype))
+            windows = self._read_counts(rows[0], rows[1], cols[0], cols[1])
         except (OSError, KeyError, ValueError) as exc:
             raise SceneError(f"{self.path}: cannot read rows {rows[0]}–{rows[1]}, cols {cols[0]}–{cols[1]} "
                              f"({_first_line(exc)}); the file is truncated or corrupt — download it again") from exc
+        for detector, window in zip(self.detectors, windows, strict=True):
+            counts = window[:, detector.keep, :].transpose(1, 0, 2)
+            if detector.fill_test.any():
+                fill |= (counts[detector.fill_test] == 0).all(axis=0)
+            step = (detector.high - detector.low) / DN_MAX
+            parts.append((detector.low + counts * step).astype(self.dtype))
         cube = np.concatenate(parts)[self.order[bands[0]:bands[1]]]
         cube[:, fill] = np.nan
         return cube
+
+    def _read_counts(self, row0: int, row1: int, col0: int, col1: int) -> list[np.ndarray]:
+        """Each detector's stored counts ``[row0:row1, :, col0:col1]`` (lines, bands, samples), from the kept
+        block of whole HDF5 chunks where it holds them, else read (widened to whole chunks, and kept, where the
+        cube is chunked)."""
+        out: list[np.ndarray | None] = [None] * len(self.detectors)
+        with self._lock:  # a window read by another thread is served from its block, not decompressed again
+            todo: list[tuple[int, tuple[int, int, int, int]]] = []
+            for index, detector in enumerate(self.detectors):
+                span = self._span(detector, row0, row1, col0, col1)
+                kept = self._blocks.get(detector.dataset)
+                if kept is not None and _contains(kept[0], span):
+                    out[index] = _cut(kept, row0, row1, col0, col1)
+                else:
+                    todo.append((index, span))
+            if todo:
+                with h5py.File(self.path, "r") as handle:
+                    for index, span in todo:
+                        detector = self.detectors[index]
+                        block = np.asarray(handle[detector.dataset][span[0]:span[1], :, span[2]:span[3]])
+                        if span != (row0, row1, col0, col1):
+                            self._blocks[detector.dataset] = (span, block)
+                        out[index] = _cut((span, block), row0, row1, col0, col1)
+        return [window for window in out if window is not None]
+
+    def _span(self, detector: DetectorBands, row0: int, row1: int, col0: int,
+              col1: int) -> tuple[int, int, int, int]:
+        """The window widened to the whole HDF5 chunks it touches, where the cube is chunked and that block
+        stays under :data:`BLOCK_CACHE_BYTES`; else the window itself."""
+        if detector.chunks is None:
+            return row0, row1, col0, col1
+        (chunk_rows, chunk_cols), (_, lines, samples) = detector.chunks, self.shape
+        span = (row0 // chunk_rows * chunk_rows, min(lines, -(-row1 // chunk_rows) * chunk_rows),
+                col0 // chunk_cols * chunk_cols, min(samples, -(-col1 // chunk_cols) * chunk_cols))
+        size = (span[1] - span[0]) * (span[3] - span[2]) * detector.n_stored * 2
+        return span if size <= BLOCK_CACHE_BYTES else (row0, row1, col0, col1)
+
+
+def _contains(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> bool:
+    return outer[0] <= inner[0] and inner[1] <= outer[1] and outer[2] <= inner[2] and inner[3] <= outer[3]
+
+
+def _cut(kept: tuple[tuple[int, int, int, int], np.ndarray], row0: int, row1: int, col0: int,
+         col1: int) -> np.ndarray:
+    """The window ``[row0:row1, :, col0:col1]`` of a block of counts read at ``kept[0]``."""
+    (top, _, left, _), block = kept
+    return block[row0 - top:row1 - top, :, col0 - left:col1 - left]
 
 
 def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
@@ -154,6 +221,8 @@ def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise SceneError(f"{path}: cannot read its PRISMA metadata ({_first_line(exc)}); the file is truncated or "
                          "corrupt — download it again") from exc
+    # the file's layout, for readers that follow it: ingest reads strips of a line-interleaved or line-chunked cube
+    file_block = (1, samples) if file_chunks is None else (file_chunks[0], file_chunks[2])
     order = np.argsort(wavelength, kind="stable")
     n_bands = order.size
     if n_bands < 2:
@@ -168,7 +237,7 @@ def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     name = f"prisma-{path}-{path.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}"
     data = da.from_array(reader, chunks=chunks, asarray=False, fancy=False, name=name)
     return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=float("nan"), source=str(path),
-                       fmt="PRISMA-L2D", extra_attrs={"scaled_from": "uint16",
+                       fmt="PRISMA-L2D", extra_attrs={"scaled_from": "uint16", "file_block": file_block,
                                                       "variable": f"{L2D_SWATH}/Data Fields/VNIR_Cube + SWIR_Cube"})
 
 
@@ -230,7 +299,9 @@ def _read_layout(path: Path, handle: h5py.File) -> tuple[int, int, tuple[Detecto
         keep = np.flatnonzero((entry["centre"] > 0) & entry["below"])
         if keep.size == 0:
             continue
-        detectors.append(DetectorBands(entry["dataset"], keep, entry["used"][keep], entry["low"], entry["high"]))
+        chunks = handle[entry["dataset"]].chunks
+        detectors.append(DetectorBands(entry["dataset"], keep, entry["used"][keep], entry["low"], entry["high"],
+                                       None if chunks is None else (chunks[0], chunks[2]), entry["shape"][1]))
         wavelength.append(entry["centre"][keep])
         fwhm.append(None if entry["width"] is None else entry["width"][keep])
         good.append(entry["used"][keep])

@@ -13,12 +13,14 @@ import h5py
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from click.testing import CliRunner
 
 from hsi_cluster.cli import main
 from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.io import open_scene
 from tests import helpers
+from tests.train_helpers import TINY
 
 LINES, SAMPLES = 20, 24  # not square: a transposed reader fails
 EPSG = 32633
@@ -63,18 +65,26 @@ class Prisma:
 
 
 def write_prisma(path: Path, *, level: str = "L2D", chunks: tuple[int, int, int] | None = None,
-                 drop: tuple[str, ...] = (), **overrides: Any) -> Prisma:
-    """A tiny PRISMA-structured HDF-EOS5 file: both cubes, real root attribute names, a UTM grid."""
-    rng = np.random.default_rng(7)
-    vnir = rng.integers(1, 65535, size=(LINES, VNIR_CW.size, SAMPLES), dtype=np.uint16)
-    swir = rng.integers(1, 65535, size=(LINES, SWIR_CW.size, SAMPLES), dtype=np.uint16)
+                 drop: tuple[str, ...] = (), counts: tuple[np.ndarray, np.ndarray] | None = None,
+                 **overrides: Any) -> Prisma:
+    """A tiny PRISMA-structured HDF-EOS5 file: both cubes, real root attribute names, a UTM grid.
+
+    ``counts``: the VNIR and SWIR cubes as stored (lines, bands, samples); by default random counts with
+    the fill pixels and the extreme counts of the module constants.
+    """
+    if counts is None:
+        rng = np.random.default_rng(7)
+        vnir = rng.integers(1, 65535, size=(LINES, VNIR_CW.size, SAMPLES), dtype=np.uint16)
+        swir = rng.integers(1, 65535, size=(LINES, SWIR_CW.size, SAMPLES), dtype=np.uint16)
+        vnir[BORDER[0], :, BORDER[1]] = 0
+        swir[BORDER[0], :, BORDER[1]] = 0
+        vnir[VNIR_GAP[0], :, VNIR_GAP[1]] = 0
+        vnir[ZERO_BAND[0], 5, ZERO_BAND[1]] = 0
+        swir[FULL_BAND[0], 1, FULL_BAND[1]] = 65535
+    else:
+        vnir, swir = (cube.copy() for cube in counts)
     vnir[:, 0, :] = 0  # the unused bands hold nothing
     swir[:, -1, :] = 0
-    vnir[BORDER[0], :, BORDER[1]] = 0
-    swir[BORDER[0], :, BORDER[1]] = 0
-    vnir[VNIR_GAP[0], :, VNIR_GAP[1]] = 0
-    vnir[ZERO_BAND[0], 5, ZERO_BAND[1]] = 0
-    swir[FULL_BAND[0], 1, FULL_BAND[1]] = 65535
     attrs: dict[str, Any] = {
         "Processing_Level": np.bytes_(level[1:]), "Epsg_Code": np.int32(EPSG),
         "Product_ULcorner_easting": UL[0], "Product_ULcorner_northing": UL[1],
@@ -167,6 +177,28 @@ def test_dask_chunks_follow_the_files_hdf5_chunks(tmp_path: Path) -> None:
     np.testing.assert_allclose(scene.values, written.reflectance(), rtol=1e-6, equal_nan=True)
 
 
+def test_windows_of_a_line_chunked_file_decompress_each_chunk_once(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    written = write_prisma(tmp_path / "chunked.he5", chunks=(4, 0, SAMPLES))  # whole lines, 4 at a time
+    reads: list[tuple[str, Any]] = []
+    original = h5py.Dataset.__getitem__
+
+    def recording(self: h5py.Dataset, key: Any) -> Any:
+        if self.name.endswith("_Cube"):
+            reads.append((self.name.rsplit("/", 1)[-1], key))
+        return original(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
+    scene = open_scene(written.path, chunks=(4, 8))  # three windows across each strip of chunks
+    assert scene.attrs["file_block"] == (4, SAMPLES)
+    np.testing.assert_allclose(scene.values, written.reflectance(), rtol=1e-6, equal_nan=True)
+    for name in ("VNIR_Cube", "SWIR_Cube"):
+        strips = sorted((key[0].start, key[0].stop, key[2].start, key[2].stop) for cube, key in reads if cube == name)
+        assert strips == [(row, row + 4, 0, SAMPLES) for row in range(0, LINES, 4)]
+    restored = pickle.loads(pickle.dumps(scene))  # the kept block stays behind
+    np.testing.assert_array_equal(restored[:, 5:11, 3:19].values, scene[:, 5:11, 3:19].values)
+
+
 def test_the_scene_pickles_for_dask_workers(prisma: Prisma) -> None:
     scene = open_scene(prisma.path, chunks=(8, 8))
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(scene)).values, scene.values)
@@ -239,3 +271,65 @@ def test_cli_info_and_ingest(tmp_path: Path, prisma: Prisma) -> None:
     assert ingested.attrs["valid_pixels"] == LINES * SAMPLES - 6
     np.testing.assert_allclose(ingested.values, prisma.reflectance(), rtol=1e-6, equal_nan=True)
     assert ingested.coords["wavelength"].values.tolist() == EXPECTED_CW
+
+
+def _grouped_counts() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of three spectrally distinct groups laid out so that no flip or transpose of the grid keeps the
+    partition: a top stripe (group 0), a narrow lower-left block (1), a wide lower-right block (2). Fill pixels:
+    :data:`BORDER` and a lower-right corner (0 in both cubes) and :data:`VNIR_GAP` (0 in VNIR only).
+
+    Returns the VNIR and SWIR counts as stored (lines, bands, samples), the group of each pixel and the fill mask.
+    """
+    groups = np.full((LINES, SAMPLES), 2)
+    groups[:6] = 0
+    groups[6:, :8] = 1
+    # reflectance spectra: vegetation (red edge), bright soil rising with wavelength, dark water falling
+    spectra = [lambda cw: np.interp(cw, [400, 550, 680, 750, 1300, 2400], [0.04, 0.10, 0.04, 0.45, 0.40, 0.15]),
+               lambda cw: np.interp(cw, [400, 2400], [0.12, 0.45]),
+               lambda cw: np.interp(cw, [400, 550, 700, 900, 2400], [0.15, 0.10, 0.05, 0.03, 0.02])]
+    rng = np.random.default_rng(3)
+    cubes = []
+    for centre, title in ((VNIR_CW, "Vnir"), (SWIR_CW, "Swir")):
+        low, high = float(SCALE[f"L2Scale{title}Min"]), float(SCALE[f"L2Scale{title}Max"])
+        reflectance = np.stack([spectrum(centre) for spectrum in spectra])[groups]  # (lines, samples, bands)
+        reflectance += rng.normal(0, 0.004, reflectance.shape)
+        counts = np.clip(np.rint((reflectance - low) / (high - low) * 65535), 1, 65535).astype(np.uint16)
+        cubes.append(np.ascontiguousarray(counts.transpose(0, 2, 1)))
+    vnir, swir = cubes
+    fill = np.zeros((LINES, SAMPLES), bool)
+    fill[BORDER] = True
+    fill[-3:, -4:] = True
+    for cube in (vnir, swir):
+        cube.transpose(0, 2, 1)[fill] = 0  # a view: every band of the fill pixels
+    vnir[VNIR_GAP[0], :, VNIR_GAP[1]] = 0
+    fill[VNIR_GAP] = True
+    return vnir, swir, groups, fill
+
+
+def test_prisma_file_trains_and_predicts_its_groups_on_its_grid(tmp_path: Path) -> None:
+    vnir, swir, groups, fill = _grouped_counts()
+    written = write_prisma(tmp_path / "PRS_L2D_STD_20240101101010_20240101101014_0001.he5", counts=(vnir, swir))
+    assert (np.isnan(written.reflectance()).all(axis=0) == fill).all()  # the fill as the reader must see it
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    model, labels = tmp_path / "m.ckpt", tmp_path / "labels.tif"
+    runner = CliRunner()
+    for args in (["train", written.path, "-k", "3", "-o", model, "--config", config, "--work", tmp_path / "work",
+                  "-q"],
+                 ["predict", written.path, "-m", model, "-o", labels, "-q"]):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    with rasterio.open(labels) as raster:
+        assert raster.crs.to_epsg() == EPSG and raster.shape == (LINES, SAMPLES)
+        assert tuple(raster.transform)[:6] == (30.0, 0.0, UL[0] - 15, 0.0, -30.0, UL[1] + 15)
+        assert raster.xy(0, 0) == UL  # the corner attributes are the corner pixels' centres
+        mapped = raster.read(1)
+        nodata = raster.nodata
+        np.testing.assert_array_equal(raster.read_masks(1) == 0, fill)
+    assert (mapped[fill] == nodata).all()
+    # the three groups get three different labels, each over (nearly) all of its own pixels: the layout of
+    # the label map is the layout of the groups, which a transposed or flipped read would not give
+    majority = [np.bincount(mapped[(groups == g) & ~fill]).argmax() for g in range(3)]
+    assert len(set(majority)) == 3, majority
+    agree = mapped[~fill] == np.asarray(majority)[groups[~fill]]
+    assert agree.mean() >= 0.95, f"{agree.mean():.3f} of the valid pixels carry their group's label"
