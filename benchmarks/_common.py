@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,24 @@ def run_measured(code: str, *args: str) -> dict[str, float]:
         if line.startswith("{"):
             result.update(json.loads(line))
     return result
+
+
+def floor_against_ingest(floor: str, ingest: str, scene: Path, store: Path, *, repeats: int, gb: float,
+                         prefix: str = "", after_run: Callable[[], str] | None = None) -> tuple[float, float, float]:
+    """Time the ``floor`` code (a plain read of ``scene``) and the ``ingest`` code (``scene`` → ``store``) in fresh
+    interpreters, interleaved ``repeats`` times after one warm-up read, printing each run (rates on ``gb``
+    gigabytes; ``after_run()`` appends to the line). Returns the median floor and ingest seconds and the
+    ingest's largest peak RSS (MB)."""
+    run_measured(floor, str(scene))  # warm the page cache so both sides read from memory
+    floors, ingests, peaks = [], [], []
+    for repeat in range(repeats):
+        read = run_measured(floor, str(scene))
+        result = run_measured(ingest, str(scene), str(store))
+        floors.append(read["wall_s"])
+        ingests.append(result["wall_s"])
+        peaks.append(result["peak_rss_mb"])
+        print(f"{prefix}run {repeat + 1}: floor {read['wall_s']:.2f} s ({gb / read['wall_s']:.2f} GB/s), ingest "
+              f"{result['wall_s']:.2f} s ({gb / result['wall_s']:.2f} GB/s), ratio {result['wall_s'] / read['wall_s']:.2f}, "
+              f"ingest peak RSS {result['peak_rss_mb']:.0f} MB, floor peak RSS {read['peak_rss_mb']:.0f} MB"
+              + (f", {after_run()}" if after_run else ""), flush=True)
+    return statistics.median(floors), statistics.median(ingests), max(peaks)

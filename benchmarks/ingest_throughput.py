@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_measured, write_tiled_scene  # noqa: E402
+from _common import floor_against_ingest, write_tiled_scene  # noqa: E402
 
 FLOOR = """
 import sys, rasterio
@@ -46,23 +45,15 @@ def main() -> None:
         scene = write_tiled_scene(work / "scene.tif", args.rows, args.cols)
         size_gb = scene.stat().st_size / 1e9
         print(f"scene: {args.rows}×{args.cols}×204 int16 GeoTIFF, {size_gb:.2f} GB on disk")
-        run_measured(FLOOR, str(scene))  # warm the page cache so both sides read from memory
-        floors, ingests, peaks = [], [], []
-        for repeat in range(args.repeats):
-            floor = run_measured(FLOOR, str(scene))
-            store = work / "scene.zarr"
-            result = run_measured(INGEST, str(scene), str(store))
-            floors.append(floor["wall_s"])
-            ingests.append(result["wall_s"])
-            peaks.append(result["peak_rss_mb"])
-            stored_gb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 1e9
-            print(f"run {repeat + 1}: floor {floor['wall_s']:.2f} s ({size_gb / floor['wall_s']:.2f} GB/s), "
-                  f"ingest {result['wall_s']:.2f} s ({size_gb / result['wall_s']:.2f} GB/s), "
-                  f"ratio {result['wall_s'] / floor['wall_s']:.2f}, ingest peak RSS {result['peak_rss_mb']:.0f} MB, "
-                  f"floor peak RSS {floor['peak_rss_mb']:.0f} MB, store {stored_gb:.2f} GB")
-        floor_s, ingest_s = statistics.median(floors), statistics.median(ingests)
+        store = work / "scene.zarr"
+
+        def stored() -> str:
+            return f"store {sum(f.stat().st_size for f in store.rglob('*') if f.is_file()) / 1e9:.2f} GB"
+
+        floor_s, ingest_s, peak = floor_against_ingest(FLOOR, INGEST, scene, store, repeats=args.repeats, gb=size_gb,
+                                                       after_run=stored)
         print(f"median: floor {floor_s:.2f} s, ingest {ingest_s:.2f} s, ratio ingest/floor {ingest_s / floor_s:.2f} "
-              f"(target ≤ 2.0), peak RSS {max(peaks):.0f} MB (target < 600 MB)")
+              f"(target ≤ 2.0), peak RSS {peak:.0f} MB (target < 600 MB)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import real_cube, run_measured  # noqa: E402
+from _common import floor_against_ingest, real_cube  # noqa: E402
 
 VNIR_BANDS, SWIR_BANDS = 66, 173
 FIELDS = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields"
@@ -116,22 +115,10 @@ def main() -> None:
             size_gb = scene.stat().st_size / 1e9
             print(f"{layout}: {args.lines}×{args.samples} PRISMA L2D, {VNIR_BANDS} VNIR + {SWIR_BANDS} SWIR uint16 "
                   f"bands, (lines, bands, samples), {raw_gb:.2f} GB of counts, {size_gb:.2f} GB on disk")
-            run_measured(FLOOR, str(scene))  # warm the page cache so both sides read from memory
-            floors, ingests, peaks = [], [], []
-            for repeat in range(args.repeats):
-                floor = run_measured(FLOOR, str(scene))
-                store = work / "scene.zarr"
-                result = run_measured(INGEST, str(scene), str(store))
-                floors.append(floor["wall_s"])
-                ingests.append(result["wall_s"])
-                peaks.append(result["peak_rss_mb"])
-                print(f"  run {repeat + 1}: floor {floor['wall_s']:.2f} s ({raw_gb / floor['wall_s']:.2f} GB/s of "
-                      f"counts), ingest {result['wall_s']:.2f} s ({raw_gb / result['wall_s']:.2f} GB/s), ratio "
-                      f"{result['wall_s'] / floor['wall_s']:.2f}, ingest peak RSS {result['peak_rss_mb']:.0f} MB, "
-                      f"floor peak RSS {floor['peak_rss_mb']:.0f} MB")
-            floor_s, ingest_s = statistics.median(floors), statistics.median(ingests)
+            floor_s, ingest_s, peak = floor_against_ingest(FLOOR, INGEST, scene, work / "scene.zarr",
+                                                           repeats=args.repeats, gb=raw_gb, prefix="  ")
             print(f"  {layout} median: floor {floor_s:.2f} s, ingest {ingest_s:.2f} s, ratio ingest/floor "
-                  f"{ingest_s / floor_s:.2f} (target ≤ 2.5), ingest peak RSS {max(peaks):.0f} MB")
+                  f"{ingest_s / floor_s:.2f} (target ≤ 2.5), ingest peak RSS {peak:.0f} MB")
             scene.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -148,7 +148,9 @@ def test_fill_pixels_read_nan_and_a_single_zero_band_does_not(prisma: Prisma) ->
     assert np.isnan(values).any(axis=0).sum() == 5 + 1
 
 
-def test_a_chunk_reads_only_its_window(prisma: Prisma, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def cube_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every read of a ``*_Cube`` dataset while the test runs: (cube name, h5py key)."""
     reads: list[tuple[str, Any]] = []
     original = h5py.Dataset.__getitem__
 
@@ -158,6 +160,11 @@ def test_a_chunk_reads_only_its_window(prisma: Prisma, monkeypatch: pytest.Monke
         return original(self, key)
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
+    return reads
+
+
+def test_a_chunk_reads_only_its_window(prisma: Prisma, cube_reads: list[tuple[str, Any]]) -> None:
+    reads = cube_reads
     scene = open_scene(prisma.path, chunks=(8, 8))
     assert reads == []  # opening reads no cube data
     assert scene.data.numblocks == (1, 3, 3)
@@ -178,17 +185,9 @@ def test_dask_chunks_follow_the_files_hdf5_chunks(tmp_path: Path) -> None:
 
 
 def test_windows_of_a_line_chunked_file_decompress_each_chunk_once(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     cube_reads: list[tuple[str, Any]]) -> None:
     written = write_prisma(tmp_path / "chunked.he5", chunks=(4, 0, SAMPLES))  # whole lines, 4 at a time
-    reads: list[tuple[str, Any]] = []
-    original = h5py.Dataset.__getitem__
-
-    def recording(self: h5py.Dataset, key: Any) -> Any:
-        if self.name.endswith("_Cube"):
-            reads.append((self.name.rsplit("/", 1)[-1], key))
-        return original(self, key)
-
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
+    reads = cube_reads
     scene = open_scene(written.path, chunks=(4, 8))  # three windows across each strip of chunks
     assert scene.attrs["file_block"] == (4, SAMPLES)
     np.testing.assert_allclose(scene.values, written.reflectance(), rtol=1e-6, equal_nan=True)
