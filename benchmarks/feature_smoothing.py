@@ -64,6 +64,29 @@ def window_mean(features: np.ndarray, valid: np.ndarray, radius: int, width: flo
     return total / np.maximum(weights, 1e-12)[..., None]
 
 
+def label_features(checkpoint, store: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A loaded checkpoint's label features of every pixel, as its centroid head weighs them.
+
+    Returns ``(features, valid, centroids, projected)``: float64 (H, W, F) (zero on invalid pixels),
+    bool (H, W), float64 (K, F), and the projected spectra (N valid, C) the network reads.
+    """
+    model = checkpoint.build_model()
+    head = model.centroid_head
+    if head is None or not model.centroid_scales:
+        raise SystemExit("the checkpoint needs a centroid head on every scale's features (the fast preset)")
+    stages, valid = stage_features(model, store)
+    joined = np.hstack([stages[f"L{i}"] for i in range(len(stages) - 1)]).astype(np.float64)
+    image = np.zeros(valid.shape + (joined.shape[1],))
+    image[valid] = (joined - head.offset.numpy()) * head.weight.numpy()
+    return image, valid, head.centroids.numpy().astype(np.float64), stages["P"]
+
+
+def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ``centroids`` (K, F) for features (..., F)."""
+    distance = (features ** 2).sum(-1)[..., None] - 2 * features @ centroids.T + (centroids ** 2).sum(-1)
+    return distance.argmin(-1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
@@ -79,21 +102,11 @@ def main() -> None:
     truth, _ = read_label_map(scene.truth)
     store = prepare_store(scene.cube, args.work / "stores")
     for checkpoint in args.checkpoint:
-        model = load_checkpoint(checkpoint).build_model()
-        head = model.centroid_head
-        if head is None or not model.centroid_scales:
-            raise SystemExit(f"{checkpoint}: needs a centroid head on every scale's features (the fast preset)")
-        stages, valid = stage_features(model, store)
-        joined = np.hstack([stages[f"L{i}"] for i in range(len(stages) - 1)]).astype(np.float64)
-        image = np.zeros(valid.shape + (joined.shape[1],))
-        image[valid] = (joined - head.offset.numpy()) * head.weight.numpy()
-        centroids = head.centroids.numpy().astype(np.float64)
+        image, valid, centroids, _ = label_features(load_checkpoint(checkpoint), store)
 
         def score(features: np.ndarray, centroids: np.ndarray = centroids,
                   valid: np.ndarray = valid) -> tuple[float, float]:
-            distance = (features ** 2).sum(-1)[..., None] - 2 * features @ centroids.T + (centroids ** 2).sum(-1)
-            labels = np.where(valid, distance.argmin(-1), -1)
-            scores = score_clustering(labels, truth, invalid_pred=-1)
+            scores = score_clustering(np.where(valid, nearest_centroid(features, centroids), -1), truth, invalid_pred=-1)
             return round(scores.acc, 3), round(scores.nmi, 3)
 
         row = {"head": score(image)}

@@ -1,20 +1,27 @@
-"""A noise-adjusted projection (MNF) instead of PCA (issue 11, a measured variant; not in the product).
+"""A noise-adjusted projection (MNF) instead of PCA (issue 11): two noise estimates compared.
 
 The minimum noise fraction transform (Green et al. 1988; ENVI's "MNF") whitens the noise before the
 principal components, so the leading components are those of highest signal-to-noise ratio rather
-than of highest variance. The noise covariance is estimated without labels from the differences of
-4-neighbours (half their covariance), on the scene's standardised bands.
+than of highest variance. The noise covariance is estimated without labels, on the scene's
+standardised bands, from one of (``NOISE_ESTIMATES``):
+
+- ``neighbours``: the differences of all 4-neighbour pairs (half their covariance). Every parcel
+  edge and texture counts as noise;
+- ``nearest``: each pixel's difference to its most similar 4-neighbour, which lies on the pixel's
+  own side of an edge. This is the estimate the product's ``projection: mnf`` uses (there on the
+  pixels sampled for the PCA, with neighbours inside their block).
 
 Two measurements:
 
 - k-means (K = the class count, 10 restarts, two k-means seeds averaged) on every pixel of the
   standardised spectra, of their PCA scores (as many components as the ``fast`` preset keeps: 99 %
-  of the variance) and of MNF scores (the same count, and 8 and 16);
-- with ``--train``, the ``fast`` preset trained with the MNF components in place of the PCA ones
-  (same count, scores in noise units), through ``benchmarks/accuracy.py``'s run.
+  of the variance) and of MNF scores with each noise estimate (the same count, and 8 and 16);
+- with ``--train``, the ``fast`` preset trained with MNF components of every pixel in place of the
+  PCA ones (same count, scores in noise units), through ``benchmarks/accuracy.py``'s run. (The product's
+  option is measured with ``benchmarks/accuracy.py --set projection=mnf``.)
 
     python benchmarks/mnf.py --scene indian_pines salinas_a samson jasper_ridge
-    python benchmarks/mnf.py --scene indian_pines jasper_ridge --train --seeds 0
+    python benchmarks/mnf.py --scene indian_pines jasper_ridge --train --noise nearest --no-table --seeds 0
 """
 
 from __future__ import annotations
@@ -43,6 +50,35 @@ def neighbour_noise_covariance(image: np.ndarray) -> np.ndarray:
         differences.append(pairs[np.isfinite(pairs).all(axis=1)])
     stacked = np.concatenate(differences)
     return stacked.T @ stacked / len(stacked) / 2
+
+
+def nearest_neighbour_noise_covariance(image: np.ndarray) -> np.ndarray:
+    """Noise covariance (B, B) of a (B, H, W) image from each pixel's difference to its most similar 4-neighbour.
+
+    Inside a field the most similar neighbour differs from the pixel by noise; at a parcel edge it is
+    the neighbour on the same side, so edges and texture weigh far less than in
+    :func:`neighbour_noise_covariance` (half the covariance of the differences; pixels with a
+    non-finite value, or without a finite neighbour, are left out). Keeping the closest of up to four
+    differences scales the estimate down by a factor common to all bands, which leaves the MNF axes as
+    they are.
+    """
+    n_bands, height, width = image.shape
+    padded = np.pad(image, ((0, 0), (1, 1), (1, 1)), constant_values=np.nan)
+    closest = np.full((height, width), np.inf)
+    difference = np.zeros_like(image)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        step = image - padded[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+        norm = (step ** 2).sum(axis=0)
+        norm = np.where(np.isfinite(norm), norm, np.inf)
+        nearer = norm < closest
+        closest = np.where(nearer, norm, closest)
+        difference[:, nearer] = step[:, nearer]
+    kept = difference[:, np.isfinite(closest)].T
+    return kept.T @ kept / len(kept) / 2
+
+
+#: Noise estimates ``--noise`` chooses between.
+NOISE_ESTIMATES = {"neighbours": neighbour_noise_covariance, "nearest": nearest_neighbour_noise_covariance}
 
 
 def mnf_components(pixels: np.ndarray, noise_covariance: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +122,7 @@ def kmeans_table(name: str, work: Path) -> None:
     centred = pixels - pixels.mean(axis=0)
     _, pca_axes = np.linalg.eigh(centred.T @ centred / len(centred))
     pca = centred @ pca_axes[:, ::-1]
-    components, snr = mnf_components(pixels, neighbour_noise_covariance(image), max(16, count))
-    mnf = centred @ components.T
-    print(f"== {name}: {pixels.shape[1]} bands, PCA count (99 %) {count}, MNF 1 + SNR of the first six "
-          f"{np.round(snr[:6], 1).tolist()}", flush=True)
+    print(f"== {name}: {pixels.shape[1]} bands, PCA count (99 %) {count}", flush=True)
 
     def score(features: np.ndarray, label: str) -> None:
         results = []
@@ -103,11 +136,15 @@ def kmeans_table(name: str, work: Path) -> None:
 
     score(pixels, "standardised spectra")
     score(pca[:, :count], f"PCA, {count} components")
-    for n in sorted({8, 16, count}):
-        score(mnf[:, :n], f"MNF, {n} components")
+    for noise, estimate in NOISE_ESTIMATES.items():
+        components, snr = mnf_components(pixels, estimate(image), max(16, count))
+        mnf = centred @ components.T
+        print(f"  MNF, noise from {noise}: 1 + SNR of the first six {np.round(snr[:6], 1).tolist()}", flush=True)
+        for n in sorted({8, 16, count}):
+            score(mnf[:, :n], f"MNF ({noise}), {n} components")
 
 
-def train_with_mnf(names: list[str], seeds: list[int]) -> None:
+def train_with_mnf(names: list[str], seeds: list[int], noise: str) -> None:
     """``accuracy.py``'s run with the PCA components of every training replaced by MNF ones (same count)."""
     train_module = importlib.import_module("hsi_cluster.train")
     accuracy = importlib.import_module("accuracy")
@@ -123,7 +160,7 @@ def train_with_mnf(names: list[str], seeds: list[int]) -> None:
         standardised = (pixels[:, used] - fit.mean[used]) / fit.std[used]
         image = np.full((standardised.shape[1], *valid.shape), np.nan)
         image[:, valid] = standardised.T
-        components, _ = mnf_components(standardised, neighbour_noise_covariance(image), fit.components.shape[0])
+        components, _ = mnf_components(standardised, NOISE_ESTIMATES[noise](image), fit.components.shape[0])
         full = np.zeros_like(fit.components)
         full[:, used] = components
         return dataclasses.replace(fit, components=full.astype(np.float32))
@@ -141,12 +178,15 @@ def main() -> None:
     parser.add_argument("--scene", nargs="+", required=True, choices=SCENE_NAMES, metavar="NAME")
     parser.add_argument("--train", action="store_true", help="also train the fast preset on MNF components")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--noise", choices=sorted(NOISE_ESTIMATES), default="neighbours",
+                        help="with --train: the noise estimate of the MNF components")
+    parser.add_argument("--no-table", action="store_true", help="with --train: skip the k-means table")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hsic-mnf-"))
-    for name in args.scene:
+    for name in [] if args.no_table else args.scene:
         kmeans_table(name, work)
     if args.train:
-        train_with_mnf(args.scene, args.seeds)
+        train_with_mnf(args.scene, args.seeds, args.noise)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from hsi_cluster.model.backbones import DEFAULT_DEPTH, DenseBackbone, ResNetBack
 
 #: The values of ``centroid_features``: choose the stages per run, every stage joined, the last stage alone.
 CENTROID_FEATURES = ("auto", "scales", "last")
+#: The values of ``projection``: principal components, or minimum-noise-fraction components.
+PROJECTIONS = ("pca", "mnf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +34,10 @@ class TrainConfig:
         n_components: PCA components C after band standardisation: a count (int ≥ 1), or the fraction
             of the standardised variance to keep (float in (0, 1); C is then the fewest components
             that reach it, fitted per training run and recorded in the checkpoint).
+        projection: the components the network reads: "pca" (principal components of the
+            standardised bands, sorted by variance) or "mnf" (minimum noise fraction, ENVI's MNF:
+            sorted by signal-to-noise ratio, the noise estimated from each sampled pixel's closest
+            4-neighbour; as many components as the PCA rule gives).
         head_hidden: hidden width of the cluster head.
         instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
             to the cluster probabilities (the paper).
@@ -80,6 +86,7 @@ class TrainConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64, "depth": 2})
     patch_size: int = 5
     n_components: int | float = 0.99
+    projection: str = "pca"
     head_hidden: int = 512
     instance_dim: int | None = None
     batch_size: int = 512
@@ -282,6 +289,8 @@ def _check_assignment(config: TrainConfig) -> None:
     """How the trained model labels pixels: a known assignment and enough pixels for its centroids."""
     if config.assignment not in ("centroids", "head"):
         raise HsiClusterError(f"assignment must be 'centroids' or 'head', got {config.assignment!r}")
+    if config.projection not in PROJECTIONS:
+        raise HsiClusterError(f"projection must be one of {', '.join(map(repr, PROJECTIONS))}, got {config.projection!r}")
     if config.centroid_features not in CENTROID_FEATURES:
         raise HsiClusterError(f"centroid_features must be one of {', '.join(map(repr, CENTROID_FEATURES))}, got "
                               f"{config.centroid_features!r}")

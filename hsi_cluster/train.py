@@ -25,7 +25,7 @@ from hsi_cluster.config import TrainConfig
 from hsi_cluster.data.augment import Augmenter, RadiometricBasis, two_views
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
-from hsi_cluster.data.spectral import sample_valid_spectra
+from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
@@ -88,8 +88,12 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
 
 
 def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,
-                            n_samples: int = 100_000, seed: int = 0, log: LogFn | None = None) -> SpectralFit:
+                            n_samples: int = 100_000, seed: int = 0, log: LogFn | None = None,
+                            projection: str = "pca") -> SpectralFit:
     """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them.
+
+    ``projection`` "mnf" fits MNF components instead, with the noise of the same sampled pixels (each
+    one's difference to its closest 4-neighbour, see :func:`sample_spectra_and_noise`).
 
     A band flagged bad in the metadata of any store is left out. ``log`` is told of a store whose values
     vary over :data:`~hsi_cluster.stats.UNITS_SPREAD_LIMIT` times more or less than the others' (other
@@ -97,7 +101,16 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     with few bands).
     """
     opened = [Store.open(store) for store in stores]
-    spectra = sample_valid_spectra(opened, n_samples, seed=seed)
+    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
+    good_band = np.logical_and.reduce(flags) if flags else None
+    stats = pooled_band_stats(opened)
+    noise = None
+    if projection == "mnf":
+        usable = np.isfinite(stats.std) & (stats.std > 0) & (True if good_band is None else good_band)
+        spectra, noise = sample_spectra_and_noise(opened, n_samples, np.where(usable, 1 / np.where(usable, stats.std, 1), 0),
+                                                  seed=seed)
+    else:
+        spectra = sample_valid_spectra(opened, n_samples, seed=seed)
     ratios = spread_ratios([store.band_stats().std for store in opened])
     for store, ratio in zip(opened, ratios, strict=True):
         if log is not None and not 1 / UNITS_SPREAD_LIMIT <= ratio <= UNITS_SPREAD_LIMIT:
@@ -109,10 +122,8 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
         value, share = fill
         log(f"warning: {share:.1%} of the valid pixels hold {value:g} in every band; if that is a fill value, "
             f"declare it as the scene's nodata (rio edit-info --nodata {value:g} SCENE) and train again")
-    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
-    good_band = np.logical_and.reduce(flags) if flags else None
     try:
-        return fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
+        return fit_spectral(stats, spectra, n_components, good_band=good_band, noise_differences=noise)
     except ValueError as exc:  # no band varies, or too few for the components: a property of the scenes
         sources = ", ".join(_source_of(store) for store in opened)
         raise HsiClusterError(f"{sources}: {exc}; check that the file holds the image you meant") from exc
@@ -289,9 +300,13 @@ def partial_checkpoint_path(output: Path) -> Path:
 LENGTH_KEYS = {"samples": "--samples", "epochs": "--epochs", "steps": "--steps"}
 
 
+#: Config keys added after checkpoints were first written, with the value that older checkpoints trained with.
+KEYS_ADDED_LATER: dict[str, Any] = {"projection": "pca"}
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """Config keys that must agree for a resume (not the length of the run)."""
-    return {k: v for k, v in config.items() if k not in (*LENGTH_KEYS, "workers")}
+    """Config keys that must agree for a resume (not the length of the run); a key added later takes its old value."""
+    return {k: v for k, v in {**KEYS_ADDED_LATER, **config}.items() if k not in (*LENGTH_KEYS, "workers")}
 
 
 def _length_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -626,9 +641,14 @@ def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: C
         spectral: dict[str, Any] = resume_from.payload["spectral"]
         return spectral
     on = stores[0].name if len(stores) == 1 else f"{len(stores)} scenes"
-    fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed, log=log)
-    kept = f" ({config.n_components * 100:g} % of the variance)" if isinstance(config.n_components, float) else ""
-    log(f"spectral projection fitted on {on}: {fit.screen.summary()}; {fit.components.shape[0]} PCA components{kept}")
+    fit = fit_spectral_projection(stores, config.n_components, n_samples=config.pca_samples, seed=seed, log=log,
+                                  projection=config.projection)
+    kept = ""
+    if isinstance(config.n_components, float):
+        kept = f" ({'as many as PCA needs for ' if config.projection == 'mnf' else ''}{config.n_components * 100:g} % " \
+               "of the variance)"
+    log(f"spectral projection fitted on {on}: {fit.screen.summary()}; {fit.components.shape[0]} "
+        f"{config.projection.upper()} components{kept}")
     return {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
             "components": torch.from_numpy(fit.components), "band_screen": fit.screen.to_record()}
 

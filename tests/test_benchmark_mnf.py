@@ -36,3 +36,19 @@ def test_pca_count_is_the_presets_variance_rule(mnf) -> None:
     pixels = np.random.default_rng(1).normal(size=(5000, 3)) * np.array([2.0, 1.0, 0.01])  # variances 4, 1, 1e-4
     assert mnf.pca_count(pixels, 0.99) == 2
     assert mnf.pca_count(pixels, 0.5) == 1
+
+
+def test_nearest_neighbour_noise_leaves_edges_out(mnf) -> None:
+    """Vertical stripes 3 pixels wide, 10 units apart, noise of std 0.2: half the covariance of all
+    4-neighbour differences takes the edges for noise, each pixel's closest neighbour does not."""
+    rng = np.random.default_rng(2)
+    stripes = np.repeat((np.arange(14) % 2) * 10.0, 3)[:40]
+    image = np.stack([stripes[None, :] * np.ones((40, 1))] * 3) + 0.2 * rng.normal(size=(3, 40, 40))
+    image[:, 0, 0] = np.nan  # a pixel without a value is left out
+    all_pairs = np.sqrt(np.diag(mnf.neighbour_noise_covariance(image)))
+    nearest = np.sqrt(np.diag(mnf.nearest_neighbour_noise_covariance(image)))
+    assert (all_pairs > 2.5).all()
+    # under the noise by a factor common to every band (the closest of up to four differences is kept);
+    # the MNF axes depend only on the covariance's shape
+    assert (0.1 < nearest).all() and (nearest < 0.2).all()
+    np.testing.assert_allclose(nearest / nearest.mean(), 1.0, rtol=0.1)

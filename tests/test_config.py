@@ -157,7 +157,7 @@ def test_switching_backbone_drops_the_other_backbones_sizes() -> None:
                                     {"samples": 100}, {"temperature": 0}, {"entropy_weight": -0.1},
                                     {"instance_weight": -1}, {"offdiag_weight": -0.005}, {"workers": -1},
                                     {"self_label_threshold": 1.5}, {"self_label_epochs": -2}, {"instance_dim": 0},
-                                    {"pca_samples": 0}])
+                                    {"pca_samples": 0}, {"projection": "ica"}])
 def test_invalid_values(values: dict) -> None:
     with pytest.raises(HsiClusterError, match=next(iter(values))) as exc:
         config_from_dict(values)

@@ -303,7 +303,7 @@ def interrupted(scene: IngestedScene, tmp_path: Path) -> Path:
     return output
 
 
-@pytest.mark.parametrize("change", ["scene", "config", "K", "seed", "backbone", "preset"])
+@pytest.mark.parametrize("change", ["scene", "config", "K", "seed", "backbone", "preset", "projection"])
 def test_resume_with_another_scene_or_config_is_refused(interrupted: Path, scene: IngestedScene,
                                                         other_scene: IngestedScene, change: str) -> None:
     partial = partial_checkpoint_path(interrupted)
@@ -320,12 +320,14 @@ def test_resume_with_another_scene_or_config_is_refused(interrupted: Path, scene
         kwargs["seed"] = 3
     elif change == "preset":  # another preset changes the length keys too: the message names the configuration
         config = resume_config(lr=0.5, epochs=None, samples=64 * 32)
+    elif change == "projection":
+        config = resume_config(projection="mnf")
     else:
         config = resume_config(backbone_kwargs={"width": 16, "depth": 2})
     with pytest.raises(CheckpointError, match="--resume") as exc:
         run(target, interrupted, config=config, resume=True, **kwargs)
     one_line(exc)
-    if change in ("config", "preset", "backbone"):
+    if change in ("config", "preset", "backbone", "projection"):
         assert "another configuration" in str(exc.value)
     assert not interrupted.exists() and partial.read_bytes() == before
 
@@ -1077,3 +1079,34 @@ def test_cli_train_with_restarts_says_which_it_kept(scene: IngestedScene, tmp_pa
     assert torch.load(output, weights_only=True)["train_config"]["restarts"] == 2
     bad = cli("train", scene.store, "-k", "3", "-o", tmp_path / "x.ckpt", "--restarts", "0")
     assert bad.exit_code == 2 and "--restarts" in bad.stderr
+
+
+def test_mnf_projection_is_trained_recorded_and_reloaded(scene: IngestedScene, tmp_path: Path) -> None:
+    config = resume_config(epochs=1, n_components=0.999, projection="mnf")
+    expected = fit_spectral_projection([scene.store], 0.999, n_samples=config.pca_samples, seed=0,
+                                       projection="mnf").components
+    pca = fit_spectral_projection([scene.store], 0.999, n_samples=config.pca_samples, seed=0).components
+    assert expected.shape == pca.shape and not np.allclose(np.abs(expected), np.abs(pca), atol=1e-2)
+    messages: list[str] = []
+    result = run(scene, tmp_path / "model.ckpt", config=config, log=messages.append)
+    payload = load_checkpoint(result.checkpoint).payload
+    assert payload["train_config"]["projection"] == "mnf"
+    np.testing.assert_array_equal(payload["spectral"]["components"].numpy(), expected)
+    assert any(f"{expected.shape[0]} MNF components (as many as PCA needs for 99.9 % of the variance)" in m
+               for m in messages)
+
+
+def test_resume_of_a_run_made_before_the_projection_option(scene: IngestedScene, tmp_path: Path) -> None:
+    """A partial checkpoint of an older hsicluster has no ``projection`` in its config: it trained with PCA,
+    so a PCA run resumes it (and an MNF run is refused)."""
+    output = tmp_path / "model.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(scene, output, stop_after_steps=2)
+    partial = partial_checkpoint_path(output)
+    state = torch.load(partial, weights_only=True)
+    del state["train_config"]["projection"]
+    torch.save(state, partial)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        run(scene, output, config=resume_config(projection="mnf"), resume=True)
+    result = run(scene, output, resume=True)
+    assert output.exists() and result.steps == torch.load(output, weights_only=True)["training"]["step"]

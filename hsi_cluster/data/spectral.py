@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -21,11 +21,55 @@ def sample_valid_spectra(stores: Sequence[Store], n_samples: int, *, seed: int =
     Returns:
         (n, B) array in the stores' common dtype, n ≤ ``n_samples`` (about, with rounding).
     """
+    spectra = [cube[:, rows, cols].T for cube, _, rows, cols in _drawn_pixels(stores, n_samples, seed, max_blocks)]
+    return np.concatenate(spectra) if spectra else np.empty((0, 0))
+
+
+def sample_spectra_and_noise(stores: Sequence[Store], n_samples: int, band_scale: np.ndarray, *, seed: int = 0,
+                             max_blocks: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The spectra of :func:`sample_valid_spectra` (the same draw), and each one's difference to its closest neighbour.
+
+    The closest of a pixel's four neighbours (valid, in the same block) is the one at the smallest
+    Euclidean distance over the bands scaled by ``band_scale`` (1 / std on the bands to compare, 0 on
+    the others). Inside a field it differs from the pixel by noise alone; at a parcel edge it lies on
+    the pixel's own side, so the differences estimate the sensor noise without counting edges and
+    texture as noise (the noise statistics of the MNF projection).
+
+    Returns:
+        ``(spectra, differences)``: (n, B) in the stores' dtype, and (n, B) float32 pixel minus
+        closest neighbour, in the stores' units; a row is NaN where the pixel has no valid neighbour.
+    """
+    scale = np.asarray(band_scale, dtype=np.float32)
+    spectra, differences = [], []
+    for cube, valid, rows, cols in _drawn_pixels(stores, n_samples, seed, max_blocks):
+        height, width = valid.shape
+        pixels = cube[:, rows, cols].astype(np.float32)
+        closest = np.full(len(rows), np.inf, np.float32)
+        nearest = np.full(pixels.shape, np.nan, np.float32)
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            r, c = rows + dy, cols + dx
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            r, c = np.where(inside, r, rows), np.where(inside, c, cols)
+            step = pixels - cube[:, r, c].astype(np.float32)
+            distance = (np.where(scale[:, None] > 0, step * scale[:, None], 0) ** 2).sum(axis=0)
+            usable = inside & valid[r, c] & np.isfinite(distance)
+            closer = usable & (distance < closest)
+            closest[closer] = distance[closer]
+            nearest[:, closer] = step[:, closer]
+        spectra.append(pixels.T.astype(cube.dtype, copy=False))
+        differences.append(nearest.T)
+    if not spectra:
+        return np.empty((0, 0)), np.empty((0, 0), np.float32)
+    return np.concatenate(spectra), np.concatenate(differences)
+
+
+def _drawn_pixels(stores: Sequence[Store], n_samples: int, seed: int,
+                  max_blocks: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The blocks and pixels drawn (see :func:`sample_valid_spectra`): (cube (B, h, w), valid (h, w), rows, cols)."""
     rng = np.random.default_rng(seed)
     block_counts = [store.valid_counts_per_block for store in stores]
     valid_total = [int(counts.sum()) for counts in block_counts]
     everything = sum(valid_total)
-    spectra = []
     for store, counts, n_valid in zip(stores, block_counts, valid_total, strict=True):
         if n_valid == 0:
             continue
@@ -38,8 +82,7 @@ def sample_valid_spectra(stores: Sequence[Store], n_samples: int, *, seed: int =
         weights = counts[chosen] / counts[chosen].sum()
         for block, weight in zip(chosen, weights, strict=True):
             window = grid.window(*divmod(int(block), grid.shape[1]))
-            r, c = np.nonzero(store.valid_in(window))
+            valid = store.valid_in(window)
+            r, c = np.nonzero(valid)
             take = rng.choice(len(r), size=min(len(r), max(1, round(per_store * weight))), replace=False)
-            cube = store.read_window(window)
-            spectra.append(cube[:, r[take], c[take]].T)
-    return np.concatenate(spectra) if spectra else np.empty((0, 0))
+            yield store.read_window(window), valid, r[take], c[take]

@@ -94,9 +94,65 @@ def fit_pca(samples: np.ndarray, n_components: int | float, mean: ArrayLike, std
     return components.astype(np.float32)
 
 
+def fit_mnf(samples: np.ndarray, noise_differences: np.ndarray, n_components: int, mean: ArrayLike,
+            std: ArrayLike) -> np.ndarray:
+    """Minimum-noise-fraction axes of standardised spectra (ENVI's MNF; Green et al. 1988).
+
+    The noise covariance is half the covariance of ``noise_differences`` (each sampled pixel minus a
+    neighbour that differs from it by noise alone, see
+    :func:`~hsi_cluster.data.spectral.sample_spectra_and_noise`). The components whiten the noise,
+    then take the principal axes of the whitened spectra: they are sorted by decreasing
+    signal-to-noise ratio instead of variance, so a band set where the classes differ little but
+    cleanly is not outranked by a noisy one. Scores come out in noise standard deviations.
+
+    Args:
+        samples: spectra (n, B), finite; n >= 2.
+        noise_differences: (m, B) differences in the units of ``samples``; rows with a non-finite
+            value are left out, and at least B + 1 must remain.
+        n_components: components C to keep, 1 <= C <= B.
+        mean, std: per-band standardisation (B,), std > 0.
+
+    Returns:
+        float32 (C, B), acting on standardised bands; each row's entry of largest magnitude positive.
+
+    Raises:
+        ValueError: on inconsistent shapes, non-finite samples or too few usable differences.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    n_bands = samples.shape[1] if samples.ndim == 2 else -1
+    differences = np.asarray(noise_differences, dtype=np.float64)
+    if n_bands < 1 or mean.shape != (n_bands,) or std.shape != (n_bands,) or differences.ndim != 2 \
+            or differences.shape[1] != n_bands:
+        raise ValueError(f"samples (n, B), noise differences (m, B) and per-band mean and std (B,) must agree, got "
+                         f"shapes {samples.shape}, {differences.shape}, {mean.shape} and {std.shape}")
+    if not 1 <= n_components <= n_bands:
+        raise ValueError(f"n_components={n_components} must be between 1 and the number of bands ({n_bands})")
+    _check_std(std)
+    standardised = (samples - mean) / std
+    if len(standardised) < 2 or not np.isfinite(standardised).all():
+        raise ValueError("need at least 2 finite samples to fit the MNF projection")
+    differences = differences[np.isfinite(differences).all(axis=1)] / std
+    if len(differences) <= n_bands:
+        raise ValueError(f"only {len(differences)} sampled pixels have a valid neighbour, too few to estimate the "
+                         f"noise of {n_bands} bands: the scene's valid pixels are too scattered for projection "
+                         "'mnf'; use projection 'pca'")
+    noise = differences.T @ differences / len(differences) / 2
+    noise += 1e-6 * max(np.trace(noise) / n_bands, 1e-12) * np.eye(n_bands)  # a band without noise stays finite
+    noise_variance, noise_axes = np.linalg.eigh(noise)
+    whiten = noise_axes / np.sqrt(noise_variance)  # (B, B): noise covariance → identity
+    whitened = (standardised - standardised.mean(axis=0)) @ whiten
+    ratios, axes = np.linalg.eigh(whitened.T @ whitened / (len(whitened) - 1))
+    components = (whiten @ axes[:, np.argsort(ratios)[::-1][:n_components]]).T  # (C, B)
+    largest = np.argmax(np.abs(components), axis=1)
+    signs = np.sign(components[np.arange(n_components), largest])
+    return (components * np.where(signs == 0, 1.0, signs)[:, None]).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class SpectralFit:
-    """Per-band ``mean``/``std`` (B,) float64, PCA ``components`` (C, B) float32 and the band ``screen``.
+    """Per-band ``mean``/``std`` (B,) float64, PCA or MNF ``components`` (C, B) float32 and the band ``screen``.
 
     The columns of ``components`` are 0 for the bands the screen left out, so the projection never
     reads them (see :class:`SpectralProjection`).
@@ -109,8 +165,11 @@ class SpectralFit:
 
 
 def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | float, *,
-                 good_band: np.ndarray | None = None) -> SpectralFit:
+                 good_band: np.ndarray | None = None, noise_differences: np.ndarray | None = None) -> SpectralFit:
     """The spectral projection's parameters: band screen and standardisation from ``stats``, PCA of ``spectra``.
+
+    With ``noise_differences`` the components are MNF axes (:func:`fit_mnf`) instead of principal
+    axes, as many as the PCA rule gives (a variance fraction is counted on the principal axes).
 
     Bands flagged bad (``good_band`` False), empty or constant, and bands dominated by noise are left
     out (:func:`~hsi_cluster.model.band_screen.screen_bands`); they get std 1 and mean 0 where they
@@ -121,9 +180,11 @@ def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | floa
         spectra: (n, B) a random sample of valid pixels.
         n_components: as in :func:`fit_pca`, over the bands used.
         good_band: optional bool (B,) from the scenes' metadata.
+        noise_differences: optional (m, B) neighbour differences of sampled pixels (see :func:`fit_mnf`).
 
     Raises:
-        ValueError: no band is usable, or more components are asked for than bands are used.
+        ValueError: no band is usable, more components are asked for than bands are used, or
+            (MNF) too few noise differences.
     """
     std = stats.std
     mean = stats.mean
@@ -138,6 +199,9 @@ def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | floa
         raise ValueError(f"n_components={n_components} but only {int(used.sum())} bands are usable "
                          f"({screen.summary()}); choose at most {int(used.sum())} components")
     kept = fit_pca(np.asarray(spectra)[:, used], n_components, mean[used], std[used])
+    if noise_differences is not None:
+        kept = fit_mnf(np.asarray(spectra)[:, used], np.asarray(noise_differences)[:, used], kept.shape[0],
+                       mean[used], std[used])
     components = np.zeros((kept.shape[0], std.size), np.float32)
     components[:, used] = kept
     return SpectralFit(mean=mean, std=std, components=components, screen=screen)

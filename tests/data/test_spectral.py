@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hsi_cluster.data.spectral import sample_valid_spectra
+from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.io.store import Store
-from hsi_cluster.model.projection import SpectralProjection
+from hsi_cluster.model.projection import SpectralProjection, fit_mnf
 from hsi_cluster.train import fit_spectral_projection
 from tests import helpers
 from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
@@ -156,3 +156,52 @@ def test_bands_flagged_bad_are_left_out_whatever_they_hold(tmp_path) -> None:
     assert not fit.components[:, [4, 7]].any() and fit.components[:, good].any(axis=0).all()
     projected = SpectralProjection(fit.mean, fit.std, fit.components)(torch.from_numpy(cube[None]))
     assert torch.isfinite(projected).all()
+
+
+def test_noise_sample_is_each_pixel_minus_its_closest_neighbour(tmp_path) -> None:
+    """Two fields with a straight edge between them, a little noise, and one valid pixel whose four
+    neighbours are nodata: the spectra are those of :func:`sample_valid_spectra` (same draw), every
+    difference is the pixel minus its closest valid neighbour of the same block (so no difference
+    crosses the edge), and the lone pixel's row is NaN."""
+    rng = np.random.default_rng(0)
+    cube = np.where(np.arange(32)[None, None, :] < 11, 100.0, 400.0) * np.ones((5, 32, 1))
+    cube = (cube + rng.normal(size=cube.shape)).astype(np.float32)
+    cube[:, 5, 20] = 250.0  # the lone valid pixel
+    for r, c in ((4, 20), (6, 20), (5, 19), (5, 21)):
+        cube[:, r, c] = np.nan
+    scene = make_scene(tmp_path, cube=cube)
+    stores = [Store.open(scene.store)]
+    scale = 1 / cube[:, scene.valid].std(axis=1)
+
+    spectra, differences = sample_spectra_and_noise(stores, 100_000, scale, seed=3)
+
+    np.testing.assert_array_equal(spectra, sample_valid_spectra(stores, 100_000, seed=3))
+    assert len(spectra) == scene.valid.sum() and differences.dtype == np.float32
+    lone = np.flatnonzero((spectra == 250.0).all(axis=1))
+    assert len(lone) == 1 and np.isnan(differences[lone]).all()
+    rest = np.delete(differences, lone, axis=0)
+    assert np.isfinite(rest).all() and np.abs(rest).max() < 10  # never across the 300-unit edge
+    # each difference is the pixel minus one of its valid neighbours inside its 16 × 16 block, the closest
+    position = {tuple(cube[:, r, c].tolist()): (r, c) for r, c in zip(*np.nonzero(scene.valid), strict=True)}
+    for pixel, difference in zip(np.delete(spectra, lone, axis=0)[::37], rest[::37], strict=True):
+        r, c = position[tuple(pixel.tolist())]
+        candidates = [cube[:, r + dy, c + dx] for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
+                      if (r + dy) // 16 == r // 16 and (c + dx) // 16 == c // 16 and 0 <= r + dy < 32
+                      and 0 <= c + dx < 32 and scene.valid[r + dy, c + dx]]
+        closest = min(candidates, key=lambda n, p=pixel: float((((p - n) * scale) ** 2).sum()))
+        np.testing.assert_allclose(difference, pixel - closest, rtol=1e-6)
+
+
+def test_mnf_projection_is_fitted_from_the_noise_sample(holed: IngestedScene) -> None:
+    """``projection="mnf"``: same statistics and band screen as PCA, as many components, and the
+    components fit_mnf gives on the sampled spectra and their neighbour differences."""
+    pca = fit_spectral_projection([holed.store], 0.9, n_samples=100_000, seed=0)
+    mnf = fit_spectral_projection([holed.store], 0.9, n_samples=100_000, seed=0, projection="mnf")
+    np.testing.assert_array_equal(mnf.mean, pca.mean)
+    np.testing.assert_array_equal(mnf.std, pca.std)
+    assert mnf.components.shape == pca.components.shape
+    assert not np.allclose(np.abs(mnf.components), np.abs(pca.components), atol=1e-2)
+    stores = [Store.open(holed.store)]
+    spectra, differences = sample_spectra_and_noise(stores, 100_000, 1 / pca.std, seed=0)
+    expected = fit_mnf(spectra, differences, pca.components.shape[0], pca.mean, pca.std)
+    np.testing.assert_allclose(mnf.components, expected, rtol=1e-4, atol=1e-5)

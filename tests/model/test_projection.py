@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsi_cluster.model.projection import SpectralProjection, fit_pca
+from hsi_cluster.model.projection import SpectralProjection, fit_mnf, fit_pca
 
 
 def _correlated_samples(n: int = 500, n_bands: int = 6, seed: int = 0) -> np.ndarray:
@@ -183,3 +183,40 @@ def test_bands_with_zero_weight_are_never_read():
     assert np.isnan(block[:, 2]).all()  # the caller's input is left as it was
     with pytest.raises(ValueError, match="expected pixels"):
         projection.pixel_map()(block[0].reshape(6, -1).T[:, :4])
+
+
+def _signal_and_noise(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four bands: a weak clean signal in band 0 (std 1, noise 0.05), band 1 pure noise of std 10,
+    bands 2-3 a moderate signal with noise 1. Returns the spectra and one noise difference per pixel
+    (the difference of two noise draws, as between two pixels of one field)."""
+    rng = np.random.default_rng(seed)
+    noise_std = np.array([0.05, 10.0, 1.0, 1.0])
+    signal = np.stack([rng.normal(size=n), np.zeros(n), 3 * rng.normal(size=n), 3 * rng.normal(size=n)], axis=1)
+    spectra = signal + rng.normal(size=(n, 4)) * noise_std + 100.0
+    differences = (rng.normal(size=(n, 4)) - rng.normal(size=(n, 4))) * noise_std
+    return spectra, differences
+
+
+def test_mnf_ranks_components_by_signal_to_noise_not_variance():
+    spectra, differences = _signal_and_noise()
+    mean, std = spectra.mean(axis=0), spectra.std(axis=0)
+    first_pca = fit_pca(spectra, 1, mean, std)[0]
+    first_mnf = fit_mnf(spectra, differences, 1, mean, std)[0]
+    assert np.argmax(np.abs(first_pca)) != 0  # PCA's first axis is not the clean band
+    assert np.argmax(np.abs(first_mnf)) == 0 and first_mnf[0] > 0  # MNF's is, sign fixed positive
+    # scores come out in noise units: the noise of each component has unit variance
+    components = fit_mnf(spectra, differences, 4, mean, std).astype(np.float64)
+    noise_scores = differences / std @ components.T
+    np.testing.assert_allclose(noise_scores.var(axis=0) / 2, 1.0, rtol=0.1)
+
+
+def test_mnf_skips_non_finite_differences_and_refuses_too_few():
+    spectra, differences = _signal_and_noise(n=300)
+    mean, std = spectra.mean(axis=0), spectra.std(axis=0)
+    holed = differences.copy()
+    holed[::2] = np.nan  # pixels without a valid neighbour
+    np.testing.assert_allclose(fit_mnf(spectra, holed, 2, mean, std), fit_mnf(spectra, differences[1::2], 2, mean, std))
+    with pytest.raises(ValueError, match="only 4 sampled pixels have a valid neighbour.*projection 'pca'"):
+        fit_mnf(spectra, differences[:4], 2, mean, std)
+    with pytest.raises(ValueError, match="must agree"):
+        fit_mnf(spectra, differences[:, :3], 2, mean, std)
