@@ -87,21 +87,31 @@ def nearest_centroid(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return distance.argmin(-1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def checkpoints_of_a_scene(description: str, work: str) -> tuple[list[Path], np.ndarray, Path]:
+    """The command line of a script that reads checkpoints of one development scene.
+
+    Returns ``(checkpoints, truth, store)``: the ``--checkpoint`` paths, the scene's (H, W) ground truth
+    and its store (built under ``--work``, default ``work``).
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
     parser.add_argument("--scene", required=True, choices=SCENE_NAMES, help="the scene the checkpoints were trained on")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/hsic-smoothing"), help="folder for the scene and store")
+    parser.add_argument("--work", type=Path, default=Path(work), help="folder for the scene and store")
     args = parser.parse_args()
-    from hsi_cluster.checkpoint import load_checkpoint
-    from hsi_cluster.evaluate import score_clustering
     from hsi_cluster.io.labels import read_label_map
     from hsi_cluster.train import prepare_store
 
     scene = build_scene(args.scene, args.work / "scenes")
     truth, _ = read_label_map(scene.truth)
-    store = prepare_store(scene.cube, args.work / "stores")
-    for checkpoint in args.checkpoint:
+    return args.checkpoint, truth, prepare_store(scene.cube, args.work / "stores")
+
+
+def main() -> None:
+    checkpoints, truth, store = checkpoints_of_a_scene(__doc__ or "", "/tmp/hsic-smoothing")
+    from hsi_cluster.checkpoint import load_checkpoint
+    from hsi_cluster.evaluate import score_clustering
+
+    for checkpoint in checkpoints:
         image, valid, centroids, _ = label_features(load_checkpoint(checkpoint), store)
 
         def score(features: np.ndarray, centroids: np.ndarray = centroids,

@@ -18,7 +18,6 @@ Needs scikit-image (``pip install scikit-image``), which the product does not de
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from feature_smoothing import label_features, nearest_centroid  # noqa: E402
-from scenes import SCENE_NAMES, build_scene  # noqa: E402
+from feature_smoothing import checkpoints_of_a_scene, label_features, nearest_centroid  # noqa: E402
 
 AREAS = (9, 25, 49)
 COMPACTNESS = (0.5, 2.0)
@@ -64,22 +62,13 @@ def segment_mean_labels(features: np.ndarray, segments: np.ndarray, valid: np.nd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
-    parser.add_argument("--scene", required=True, choices=SCENE_NAMES, help="the scene the checkpoints were trained on")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/hsic-superpixels"), help="folder for the scene and store")
-    args = parser.parse_args()
+    checkpoints, truth, store = checkpoints_of_a_scene(__doc__ or "", "/tmp/hsic-superpixels")
     from skimage.segmentation import slic
 
     from hsi_cluster.checkpoint import load_checkpoint
     from hsi_cluster.evaluate import score_clustering
-    from hsi_cluster.io.labels import read_label_map
-    from hsi_cluster.train import prepare_store
 
-    scene = build_scene(args.scene, args.work / "scenes")
-    truth, _ = read_label_map(scene.truth)
-    store = prepare_store(scene.cube, args.work / "stores")
-    for checkpoint in args.checkpoint:
+    for checkpoint in checkpoints:
         features, valid, centroids, projected_pixels = label_features(load_checkpoint(checkpoint), store)
         labels = np.where(valid, nearest_centroid(features, centroids), -1)
         projected = np.zeros(valid.shape + projected_pixels.shape[1:])

@@ -41,7 +41,7 @@ from hsi_cluster.model.choose_scales import choose_scales
 from hsi_cluster.model.heads import TINY_CLUSTER_SHARE, CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
-from hsi_cluster.model.projection import SpectralFit, fit_spectral
+from hsi_cluster.model.projection import SpectralFit, fit_spectral, fit_spectral_mnf
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import UNITS_SPREAD_LIMIT, VALIDITY_RULES, likely_fill, spread_ratios
 
@@ -101,16 +101,7 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     with few bands).
     """
     opened = [Store.open(store) for store in stores]
-    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
-    good_band = np.logical_and.reduce(flags) if flags else None
-    stats = pooled_band_stats(opened)
-    noise = None
-    if projection == "mnf":
-        usable = np.isfinite(stats.std) & (stats.std > 0) & (True if good_band is None else good_band)
-        spectra, noise = sample_spectra_and_noise(opened, n_samples, np.where(usable, 1 / np.where(usable, stats.std, 1), 0),
-                                                  seed=seed)
-    else:
-        spectra = sample_valid_spectra(opened, n_samples, seed=seed)
+    spectra = sample_valid_spectra(opened, n_samples, seed=seed)
     ratios = spread_ratios([store.band_stats().std for store in opened])
     for store, ratio in zip(opened, ratios, strict=True):
         if log is not None and not 1 / UNITS_SPREAD_LIMIT <= ratio <= UNITS_SPREAD_LIMIT:
@@ -122,8 +113,14 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
         value, share = fill
         log(f"warning: {share:.1%} of the valid pixels hold {value:g} in every band; if that is a fill value, "
             f"declare it as the scene's nodata (rio edit-info --nodata {value:g} SCENE) and train again")
+    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
+    good_band = np.logical_and.reduce(flags) if flags else None
     try:
-        return fit_spectral(stats, spectra, n_components, good_band=good_band, noise_differences=noise)
+        fit = fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
+        if projection == "mnf":  # the closest neighbour is judged on the bands the projection reads
+            spectra, noise = sample_spectra_and_noise(opened, n_samples, np.where(fit.screen.used, 1 / fit.std, 0), seed=seed)
+            fit = fit_spectral_mnf(fit, spectra, noise)
+        return fit
     except ValueError as exc:  # no band varies, or too few for the components: a property of the scenes
         sources = ", ".join(_source_of(store) for store in opened)
         raise HsiClusterError(f"{sources}: {exc}; check that the file holds the image you meant") from exc

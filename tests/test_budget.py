@@ -380,3 +380,20 @@ def test_cli_warns_of_training_scenes_in_other_units(tmp_path: Path) -> None:
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     warned = [line for line in result.output.splitlines() if "as much as the other training scenes" in line]
     assert len(warned) == 1 and "refl" in warned[0] and "other units or scaling" in warned[0]
+
+
+def test_cli_projection_mnf_from_a_config_file(scene: IngestedScene, tmp_path: Path) -> None:
+    """``projection: mnf`` in a ``--config`` file reaches the run: the log says so and the checkpoint records it;
+    an unknown projection is a one-line usage error."""
+    config = tmp_path / "mnf.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "projection": "mnf"}))
+    output = tmp_path / "m.ckpt"
+    result = cli("train", scene.store, "-k", 3, "-o", output, "--config", config, "--device", "cpu",
+                 "--work", tmp_path / "work")
+    assert result.exit_code == 0, result.stderr
+    assert " MNF components" in result.stderr
+    assert torch.load(output, weights_only=True)["train_config"]["projection"] == "mnf"
+    config.write_text(yaml.safe_dump({**TINY, "projection": "ica"}))
+    result = cli("train", scene.store, "-k", 3, "-o", tmp_path / "other.ckpt", "--config", config, "--device", "cpu")
+    assert result.exit_code == 2 and "projection must be one of 'pca', 'mnf'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "other.ckpt").exists()

@@ -12,6 +12,7 @@ buffers: saved in ``state_dict`` and moved by ``.to(device)``, never trained.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,11 +166,8 @@ class SpectralFit:
 
 
 def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | float, *,
-                 good_band: np.ndarray | None = None, noise_differences: np.ndarray | None = None) -> SpectralFit:
+                 good_band: np.ndarray | None = None) -> SpectralFit:
     """The spectral projection's parameters: band screen and standardisation from ``stats``, PCA of ``spectra``.
-
-    With ``noise_differences`` the components are MNF axes (:func:`fit_mnf`) instead of principal
-    axes, as many as the PCA rule gives (a variance fraction is counted on the principal axes).
 
     Bands flagged bad (``good_band`` False), empty or constant, and bands dominated by noise are left
     out (:func:`~hsi_cluster.model.band_screen.screen_bands`); they get std 1 and mean 0 where they
@@ -180,11 +178,9 @@ def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | floa
         spectra: (n, B) a random sample of valid pixels.
         n_components: as in :func:`fit_pca`, over the bands used.
         good_band: optional bool (B,) from the scenes' metadata.
-        noise_differences: optional (m, B) neighbour differences of sampled pixels (see :func:`fit_mnf`).
 
     Raises:
-        ValueError: no band is usable, more components are asked for than bands are used, or
-            (MNF) too few noise differences.
+        ValueError: no band is usable, or more components are asked for than bands are used.
     """
     std = stats.std
     mean = stats.mean
@@ -199,12 +195,23 @@ def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | floa
         raise ValueError(f"n_components={n_components} but only {int(used.sum())} bands are usable "
                          f"({screen.summary()}); choose at most {int(used.sum())} components")
     kept = fit_pca(np.asarray(spectra)[:, used], n_components, mean[used], std[used])
-    if noise_differences is not None:
-        kept = fit_mnf(np.asarray(spectra)[:, used], np.asarray(noise_differences)[:, used], kept.shape[0],
-                       mean[used], std[used])
     components = np.zeros((kept.shape[0], std.size), np.float32)
     components[:, used] = kept
     return SpectralFit(mean=mean, std=std, components=components, screen=screen)
+
+
+def fit_spectral_mnf(pca: SpectralFit, spectra: np.ndarray, noise_differences: np.ndarray) -> SpectralFit:
+    """``pca`` (from :func:`fit_spectral`) with its components replaced by as many MNF axes (:func:`fit_mnf`).
+
+    Same standardisation and band screen; ``spectra`` (n, B) and ``noise_differences`` (m, B) are
+    read on the bands the screen keeps.
+    """
+    used = pca.screen.used
+    kept = fit_mnf(np.asarray(spectra)[:, used], np.asarray(noise_differences)[:, used], pca.components.shape[0],
+                   pca.mean[used], pca.std[used])
+    components = np.zeros_like(pca.components)
+    components[:, used] = kept
+    return dataclasses.replace(pca, components=components)
 
 
 class SpectralProjection(nn.Module):
