@@ -79,7 +79,7 @@ def main() -> None:
     try:
         scene = write_tiled_scene(work / "scene.tif", args.size, args.size, source=spectra_source())
         store = ingest(scene, work / "scene.zarr")
-        fit = fit_spectral_projection([store], fast.n_components)  # what training projects each block with
+        fit = fit_spectral_projection([store], fast.n_components, projection=fast.projection)  # as training projects
         pixel_map = SpectralProjection(fit.mean, fit.std, fit.components).pixel_map()
         probe = PatchSampler(store, patch_size=fast.patch_size, batch_size=fast.batch_size, seed=0)
         fraction = run_length(fast, probe.valid_centres()).fraction

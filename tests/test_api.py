@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 import xarray as xr
 from click.testing import CliRunner
 from rasterio.errors import NotGeoreferencedWarning
@@ -160,6 +161,17 @@ def test_train_checks_its_options(tmp_path: Path) -> None:
         hc.train(scene_path, k=3, epoch=3)  # a misspelt config key
     with pytest.raises(HsiClusterError, match="at least 2"):
         hc.train(scene_path, k=1, work_dir=tmp_path / "work")
+    with pytest.raises(HsiClusterError, match="projection must be one of"):
+        hc.train(scene_path, k=3, projection="MNF ", work_dir=tmp_path / "work")
+
+
+def test_train_with_the_mnf_projection(tmp_path: Path) -> None:
+    scene_path = write_scene(tmp_path / "scene.tif", holey_cube()[0]).path
+    model = hc.train(scene_path, k=3, projection="mnf", output=tmp_path / "m.ckpt", device="cpu",
+                     work_dir=tmp_path / "work", **TINY_DENSE)
+    assert torch.load(model.path, weights_only=True)["train_config"]["projection"] == "mnf"
+    labels = model.predict(hc.open_scene(scene_path), device="cpu")
+    assert int(labels.where(labels != 255).max()) < 3
 
 
 def test_train_k_auto_gives_the_chosen_k_and_its_curve(tmp_path: Path) -> None:
