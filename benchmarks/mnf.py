@@ -8,8 +8,8 @@ standardised bands, from one of (``NOISE_ESTIMATES``):
 - ``neighbours``: the differences of all 4-neighbour pairs (half their covariance). Every parcel
   edge and texture counts as noise;
 - ``nearest``: each pixel's difference to its most similar 4-neighbour, which lies on the pixel's
-  own side of an edge. This is the estimate of the product's ``projection: mnf`` (the ``fast`` default
-  since 2026-12-06; there on the pixels sampled for the projection, with neighbours inside their block).
+  own side of an edge. This is the estimate of the product's opt-in ``projection: mnf`` (there on the
+  pixels sampled for the projection, with neighbours inside their block).
 
 Two measurements:
 
@@ -18,7 +18,7 @@ Two measurements:
   of the variance) and of MNF scores with each noise estimate (the same count, and 8 and 16);
 - with ``--train``, the ``fast`` preset trained with MNF components of every pixel in place of the
   PCA ones (same count, scores in noise units), through ``benchmarks/accuracy.py``'s run. (The product's
-  two projections are compared with ``benchmarks/accuracy.py --set projection=pca`` against the default.)
+  two projections are compared with ``benchmarks/accuracy.py --set projection=mnf`` against the default.)
 
     python benchmarks/mnf.py --scene indian_pines salinas_a samson jasper_ridge
     python benchmarks/mnf.py --scene indian_pines jasper_ridge --train --noise nearest --no-table --seeds 0

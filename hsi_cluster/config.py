@@ -34,10 +34,10 @@ class TrainConfig:
         n_components: PCA components C after band standardisation: a count (int ≥ 1), or the fraction
             of the standardised variance to keep (float in (0, 1); C is then the fewest components
             that reach it, fitted per training run and recorded in the checkpoint).
-        projection: the components the network reads: "mnf" (minimum noise fraction, ENVI's MNF:
-            sorted by signal-to-noise ratio, the noise estimated from each sampled pixel's closest
-            4-neighbour; as many components as the PCA rule gives; the ``fast`` default) or "pca"
-            (principal components of the standardised bands, sorted by variance; the paper's).
+        projection: the components the network reads: "pca" (principal components of the
+            standardised bands, sorted by variance; both presets) or "mnf" (minimum noise fraction,
+            ENVI's MNF: sorted by signal-to-noise ratio, the noise estimated from each sampled pixel's
+            closest 4-neighbour; as many components as the PCA rule gives).
         head_hidden: hidden width of the cluster head.
         instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
             to the cluster probabilities (the paper).
@@ -86,7 +86,7 @@ class TrainConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64, "depth": 2})
     patch_size: int = 5
     n_components: int | float = 0.99
-    projection: str = "mnf"
+    projection: str = "pca"
     head_hidden: int = 512
     instance_dim: int | None = None
     batch_size: int = 512
@@ -160,10 +160,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a budget of 640 000 samples capped at 30 passes (1 250 steps of 512 past ~21 k valid pixels),
     # Adam 1e-3 with a ×0.1 step after 2/3 of the run (20 of 30 epochs where the cap binds), a light cluster-balance term (weight 0.1:
     # at 1.0 it pushes towards equal cluster sizes and split Salinas-A's largest field in one seed of three),
-    # and as many components as PCA needs for 99 % of the standardised variance (Salinas-A 8, Indian Pines
-    # 40), taken from the minimum noise fraction (MNF, noise from each pixel's closest neighbour): over seeds
-    # 0-2 it lifted the noisy and coarse development scenes by 0.03-0.20 ACC and cost the Salinas-A family
-    # 0.05-0.10 (see docs/accuracy.md).
+    # and as many PCA components as keep 99 % of the standardised variance (Salinas-A 8, Indian Pines 40).
+    # (projection: mnf lifted the noisy and coarse development scenes by 0.03-0.20 ACC but cost the Salinas-A
+    # family 0.05-0.10, and k-means on it collapses when the bands carry column stripes: see docs/accuracy.md.)
     # A 5 × 5 context (two valid 3 × 3 layers after the 1 × 1 stem): 11 × 11 blurred fine parcels and thin
     # features (Jasper Ridge ACC 0.75 against per-pixel k-means' 0.89, fine-parcel scenes 0.31 against 0.61);
     # labels are the nearest k-means centroid of the trained features of every scale (1 × 1, 3 × 3, 5 × 5)
