@@ -8,8 +8,9 @@ protocol), reported as such.
 
 Scenes (built from ../shared/data at run time into a temporary folder, see benchmarks/scenes.py):
 indian_pines, salinas_a, samson, jasper_ridge, parcels_ip, parcels_sa, indian_pines_2x,
-indian_pines_3x, salinas_a_2x, salinas_a_3x. ``--scene all`` runs every one of them (the
-development benchmark); several names may be given.
+indian_pines_3x, salinas_a_2x, salinas_a_3x, indian_pines_raw, salinas_a_raw, jasper_ridge_striped,
+indian_pines_striped. ``--scene all`` runs every one of them (the development benchmark); several
+names may be given.
 
 ``--kmeans-smoothing 1 3 11`` also scores k-means on spectra box-averaged over s × s pixels
 (scipy.ndimage.uniform_filter over y, x per band, valid pixels only): whether spatial context helps

@@ -24,6 +24,10 @@ Scenes (:data:`SCENE_NAMES`):
 ``indian_pines_raw``, ``salinas_a_raw``
     The two scenes as an uncorrected sensor delivers them (see :func:`raw_sensor_scene`): 20 bands of
     noise only where the absorption windows would be, 2 dead bands, NaN nodata gaps.
+``jasper_ridge_striped``, ``indian_pines_striped``
+    Vertical stripes (see :func:`striped_scene`): an independent offset per band and column, of
+    0.1 band standard deviation. Per-pixel k-means hardly notices; a noise-adjusted projection
+    (MNF) that misses them ranks them as signal.
 
 k-means on per-band standardised spectra (``benchmarks/accuracy.py --scene all --no-sscc
 --kmeans-smoothing 1 3 11``; ACC / NMI, mean of seeds 0–2; S × S: spectra box-averaged first):
@@ -91,7 +95,8 @@ def _need(path: Path) -> Path:
 
 
 def source_cube(source: str) -> tuple[np.ndarray, np.ndarray]:
-    """A real scene as ``(cube (y, x, band), truth (y, x) uint8)``: ``indian_pines`` or ``salinas_a``."""
+    """A real scene as ``(cube (y, x, band), truth (y, x) uint8)``: ``indian_pines``, ``salinas_a``, ``samson``
+    or ``jasper_ridge`` (the last two every pixel labelled, from 1)."""
     from hsi_cluster.io import open_scene
     from hsi_cluster.io.labels import read_label_map
 
@@ -102,6 +107,10 @@ def source_cube(source: str) -> tuple[np.ndarray, np.ndarray]:
         folder = DATA / "salinas_a" if (DATA / "salinas_a" / "SalinasA_corrected.img").is_file() else SAMPLE_SALINAS_A
         cube = np.asarray(open_scene(_need(folder / "SalinasA_corrected.hdr")).values).transpose(1, 2, 0)
         truth, _ = read_label_map(_need(folder / "SalinasA_gt.mat"))
+    elif source in ("samson", "jasper_ridge"):
+        cube = np.asarray(open_scene(_need(DATA / source / f"{source}.hdr")).values).transpose(1, 2, 0)
+        truth = np.load(_need(DATA / source / f"{source}_gt.npy"))
+        truth = truth if truth.min() > 0 else truth.astype(np.int64) + 1  # every pixel labelled
     else:
         raise ValueError(f"unknown source scene {source!r}")
     return cube, truth.astype(np.uint8)
@@ -263,6 +272,23 @@ def raw_sensor_scene(source: str) -> tuple[np.ndarray, np.ndarray]:
     return out, np.where(nodata, 0, truth).astype(np.uint8)
 
 
+#: Standard deviation of the stripe offsets, in units of each band's standard deviation.
+STRIPE_STRENGTH = 0.1
+
+
+def striped_scene(source: str, strength: float = STRIPE_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """``source`` with vertical stripes: float32 ``(y, x, band)`` plus an offset per band and column.
+
+    The offsets are independent Gaussians of ``strength`` times the band's standard deviation, as
+    left by a pushbroom sensor's detector elements when the relative calibration is imperfect
+    (Hyperion's stripes are the known case). The truth is unchanged.
+    """
+    cube, truth = source_cube(source)
+    cube = cube.astype(np.float32)
+    offsets = np.random.default_rng(SEED).normal(0, strength, (cube.shape[1], cube.shape[2]))  # (x, band)
+    return cube + (offsets * cube.std(axis=(0, 1)))[None].astype(np.float32), truth
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry
 
@@ -325,13 +351,19 @@ def build_scene(name: str, out_dir: str | os.PathLike[str]) -> Scene:
         cube_path, truth_path = _save(out_dir, name, cube, truth)
         return Scene(name, cube_path, truth_path, _classes(truth_path),
                      f"{source} with {sum(NOISE_BANDS)} noise-only and {DEAD_BANDS} dead bands, NaN nodata gaps")
+    if name in ("jasper_ridge_striped", "indian_pines_striped"):
+        source = name.removesuffix("_striped")
+        cube, truth = striped_scene(source)
+        cube_path, truth_path = _save(out_dir, name, cube, truth)
+        return Scene(name, cube_path, truth_path, _classes(truth_path),
+                     f"{source} with column stripes of {STRIPE_STRENGTH} band std")
     raise ValueError(f"unknown scene {name!r}; choose from {', '.join(SCENE_NAMES)}")
 
 
 #: Every scene :func:`build_scene` knows.
 SCENE_NAMES = ("indian_pines", "salinas_a", "samson", "jasper_ridge", "parcels_ip", "parcels_sa",
                "indian_pines_2x", "indian_pines_3x", "salinas_a_2x", "salinas_a_3x", "indian_pines_raw",
-               "salinas_a_raw")
+               "salinas_a_raw", "jasper_ridge_striped", "indian_pines_striped")
 
 
 def main() -> None:

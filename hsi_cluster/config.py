@@ -37,7 +37,8 @@ class TrainConfig:
         projection: the components the network reads: "pca" (principal components of the
             standardised bands, sorted by variance; both presets) or "mnf" (minimum noise fraction,
             ENVI's MNF: sorted by signal-to-noise ratio, the noise estimated from each sampled pixel's
-            closest 4-neighbour; as many components as the PCA rule gives).
+            closer neighbour along each axis; as many components as the PCA rule gives, sought within
+            twice as many leading principal axes).
         head_hidden: hidden width of the cluster head.
         instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
             to the cluster probabilities (the paper).
@@ -162,7 +163,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # at 1.0 it pushes towards equal cluster sizes and split Salinas-A's largest field in one seed of three),
     # and as many PCA components as keep 99 % of the standardised variance (Salinas-A 8, Indian Pines 40).
     # (projection: mnf lifted the noisy and coarse development scenes by 0.03-0.20 ACC but cost the Salinas-A
-    # family 0.05-0.10, and k-means on it collapses when the bands carry column stripes: see docs/accuracy.md.)
+    # family 0.05-0.10, and with column stripes the network on it stays below PCA: see docs/accuracy.md.)
     # A 5 × 5 context (two valid 3 × 3 layers after the 1 × 1 stem): 11 × 11 blurred fine parcels and thin
     # features (Jasper Ridge ACC 0.75 against per-pixel k-means' 0.89, fine-parcel scenes 0.31 against 0.61);
     # labels are the nearest k-means centroid of the trained features of every scale (1 × 1, 3 × 3, 5 × 5)

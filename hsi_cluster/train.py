@@ -93,7 +93,7 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them.
 
     ``projection`` "mnf" fits MNF components instead, with the noise of the same sampled pixels (each
-    one's difference to its closest 4-neighbour, see :func:`sample_spectra_and_noise`).
+    one's differences to its closer neighbour along each axis, see :func:`sample_spectra_and_noise`).
 
     A band flagged bad in the metadata of any store is left out. ``log`` is told of a store whose values
     vary over :data:`~hsi_cluster.stats.UNITS_SPREAD_LIMIT` times more or less than the others' (other
@@ -117,7 +117,7 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     good_band = np.logical_and.reduce(flags) if flags else None
     try:
         fit = fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
-        if projection == "mnf":  # the closest neighbour is judged on the bands the projection reads
+        if projection == "mnf":  # the closer neighbour is judged on the bands the projection reads
             spectra, noise = sample_spectra_and_noise(opened, n_samples, np.where(fit.screen.used, 1 / fit.std, 0), seed=seed)
             fit = fit_spectral_mnf(fit, spectra, noise)
         return fit

@@ -52,3 +52,25 @@ def test_nearest_neighbour_noise_leaves_edges_out(mnf) -> None:
     # the MNF axes depend only on the covariance's shape
     assert (0.1 < nearest).all() and (nearest < 0.2).all()
     np.testing.assert_allclose(nearest / nearest.mean(), 1.0, rtol=0.1)
+
+
+def test_axis_noise_counts_column_stripes(mnf) -> None:
+    """A flat image with one offset per band and column (std 1) and faint noise: the closest of four
+    neighbours is the one in the same column and hides the stripes; one neighbour per axis does not."""
+    rng = np.random.default_rng(3)
+    image = mnf.add_column_stripes(0.01 * rng.normal(size=(3, 40, 60)), 1.0, seed=4)
+    offsets = image[:, 0, :]  # (B, W): the image is constant down each column up to the noise
+    assert np.abs(image - image[:, :1, :]).max() < 0.1 and 0.8 < offsets.std() < 1.2
+    nearest = np.diag(mnf.nearest_neighbour_noise_covariance(image))
+    axes = np.diag(mnf.axis_nearest_noise_covariance(image))
+    assert (nearest < 1e-3).all() and (axes > 0.05).all()
+
+
+def test_mnf_within_principal_axes_stays_in_their_span(mnf) -> None:
+    rng = np.random.default_rng(5)
+    pixels = rng.normal(size=(2000, 6)) * np.array([5.0, 3.0, 2.0, 1.0, 0.1, 0.01])
+    noise = np.diag([1.0, 1.0, 1.0, 1.0, 1e-4, 1e-8])  # the faint last bands look noiseless
+    everywhere, _ = mnf.mnf_components(pixels, noise, 1)
+    assert np.argmax(np.abs(everywhere[0])) == 5  # the faintest direction wins on all bands
+    inside, _ = mnf.mnf_components(pixels, noise, 2, subspace=4)
+    assert np.abs(inside[:, 4:]).max() < 1e-2 * np.abs(inside).max()  # not in the four leading axes

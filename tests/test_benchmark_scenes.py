@@ -127,3 +127,17 @@ def test_raw_sensor_scene(scenes, indian_pines: Path, tmp_path: Path) -> None:
     assert (truth[gaps] == 0).all() and np.array_equal(truth[~gaps], source_truth[~gaps])
     built = scenes.build_scene("indian_pines_raw", tmp_path)
     assert built.n_classes == 16
+
+
+def test_striped_scene(scenes, indian_pines: Path, tmp_path: Path) -> None:
+    """Indian Pines plus one offset per band and column, of about 0.1 band std; the truth is unchanged."""
+    cube, truth = scenes.striped_scene("indian_pines")
+    source = np.load(indian_pines).astype(np.float32)
+    assert cube.shape == source.shape and cube.dtype == np.float32
+    stripes = cube - source
+    np.testing.assert_allclose(stripes, np.broadcast_to(stripes[:1], stripes.shape), atol=1e-2)  # constant down a column
+    relative = stripes[0] / source.std(axis=(0, 1))  # (x, band)
+    assert abs(relative.std() - scenes.STRIPE_STRENGTH) < 0.01 and abs(relative.mean()) < 0.01
+    assert np.array_equal(truth, np.load(indian_pines.parent / "Indian_pines_gt.npy"))
+    built = scenes.build_scene("indian_pines_striped", tmp_path)
+    assert built.n_classes == 16 and np.load(built.cube).shape == source.shape

@@ -27,37 +27,41 @@ def sample_valid_spectra(stores: Sequence[Store], n_samples: int, *, seed: int =
 
 def sample_spectra_and_noise(stores: Sequence[Store], n_samples: int, band_scale: np.ndarray, *, seed: int = 0,
                              max_blocks: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The spectra of :func:`sample_valid_spectra` (the same draw), and each one's difference to its closest neighbour.
+    """The spectra of :func:`sample_valid_spectra` (the same draw), and each one's differences to its closest neighbours.
 
-    The closest of a pixel's four neighbours (valid, in the same block) is the one at the smallest
-    Euclidean distance over the bands scaled by ``band_scale`` (1 / std on the bands to compare, 0 on
-    the others). Inside a field it differs from the pixel by noise alone; at a parcel edge it lies on
-    the pixel's own side, so the differences estimate the sensor noise without counting edges and
-    texture as noise (the noise statistics of the MNF projection).
+    Along each axis, the closer of a pixel's two neighbours (valid, in the same block) is the one at
+    the smaller Euclidean distance over the bands scaled by ``band_scale`` (1 / std on the bands to
+    compare, 0 on the others). Inside a field it differs from the pixel by noise alone; at a parcel
+    edge it lies on the pixel's own side, so the differences estimate the sensor noise without
+    counting edges and texture as noise (the noise statistics of the MNF projection). Taking one
+    neighbour per axis, rather than the closest of all four, keeps the across-track difference, so a
+    pushbroom sensor's column stripes count as noise too.
 
     Returns:
-        ``(spectra, differences)``: (n, B) in the stores' dtype, and (n, B) float32 pixel minus
-        closest neighbour, in the stores' units; a row is NaN where the pixel has no valid neighbour.
+        ``(spectra, differences)``: (n, B) in the stores' dtype, and (2n, B) float32 pixel minus
+        closer neighbour, in the stores' units (per block, the along-row differences of its pixels,
+        then the along-column ones); a row is NaN where the pixel has no valid neighbour on that axis.
     """
-    scale = np.asarray(band_scale, dtype=np.float32)
+    scale = np.asarray(band_scale, dtype=np.float32)[:, None]
     spectra, differences = [], []
     for cube, valid, rows, cols in _drawn_pixels(stores, n_samples, seed, max_blocks):
         height, width = valid.shape
         pixels = cube[:, rows, cols].astype(np.float32)
-        closest = np.full(len(rows), np.inf, np.float32)
-        nearest = np.full(pixels.shape, np.nan, np.float32)
-        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-            r, c = rows + dy, cols + dx
-            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            r, c = np.where(inside, r, rows), np.where(inside, c, cols)
-            step = pixels - cube[:, r, c].astype(np.float32)
-            distance = (np.where(scale[:, None] > 0, step * scale[:, None], 0) ** 2).sum(axis=0)
-            usable = inside & valid[r, c] & np.isfinite(distance)
-            closer = usable & (distance < closest)
-            closest[closer] = distance[closer]
-            nearest[:, closer] = step[:, closer]
+        for neighbours in (((0, 1), (0, -1)), ((1, 0), (-1, 0))):
+            closest = np.full(len(rows), np.inf, np.float32)
+            nearest = np.full(pixels.shape, np.nan, np.float32)
+            for dy, dx in neighbours:
+                r, c = rows + dy, cols + dx
+                inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+                r, c = np.where(inside, r, rows), np.where(inside, c, cols)
+                step = pixels - cube[:, r, c].astype(np.float32)
+                distance = (np.where(scale > 0, step * scale, 0) ** 2).sum(axis=0)
+                usable = inside & valid[r, c] & np.isfinite(distance)
+                closer = usable & (distance < closest)
+                closest[closer] = distance[closer]
+                nearest[:, closer] = step[:, closer]
+            differences.append(nearest.T)
         spectra.append(pixels.T.astype(cube.dtype, copy=False))
-        differences.append(nearest.T)
     if not spectra:
         return np.empty((0, 0)), np.empty((0, 0), np.float32)
     return np.concatenate(spectra), np.concatenate(differences)

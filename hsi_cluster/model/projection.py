@@ -96,7 +96,7 @@ def fit_pca(samples: np.ndarray, n_components: int | float, mean: ArrayLike, std
 
 
 def fit_mnf(samples: np.ndarray, noise_differences: np.ndarray, n_components: int, mean: ArrayLike,
-            std: ArrayLike) -> np.ndarray:
+            std: ArrayLike, subspace: np.ndarray | None = None) -> np.ndarray:
     """Minimum-noise-fraction axes of standardised spectra (ENVI's MNF; Green et al. 1988).
 
     The noise covariance is half the covariance of ``noise_differences`` (each sampled pixel minus a
@@ -105,6 +105,11 @@ def fit_mnf(samples: np.ndarray, noise_differences: np.ndarray, n_components: in
     then take the principal axes of the whitened spectra: they are sorted by decreasing
     signal-to-noise ratio instead of variance, so a band set where the classes differ little but
     cleanly is not outranked by a noisy one. Scores come out in noise standard deviations.
+
+    With ``subspace``, both covariances are first restricted to its span. Whitening ranks a direction
+    of tiny variance first when its noise estimate is tinier still; where the bands outnumber the
+    columns (or rows), a faint stripe pattern is such a direction. Inside the leading principal axes it
+    cannot be.
 
     Args:
         samples: spectra (n, B), finite; n >= 2.
@@ -128,21 +133,26 @@ def fit_mnf(samples: np.ndarray, noise_differences: np.ndarray, n_components: in
             or differences.shape[1] != n_bands:
         raise ValueError(f"samples (n, B), noise differences (m, B) and per-band mean and std (B,) must agree, got "
                          f"shapes {samples.shape}, {differences.shape}, {mean.shape} and {std.shape}")
-    if not 1 <= n_components <= n_bands:
-        raise ValueError(f"n_components={n_components} must be between 1 and the number of bands ({n_bands})")
+    basis = np.eye(n_bands) if subspace is None else np.asarray(subspace, dtype=np.float64)  # (D, B)
+    if basis.ndim != 2 or basis.shape[1] != n_bands:
+        raise ValueError(f"the subspace must be (D, {n_bands}) rows over the bands, got shape {basis.shape}")
+    n_dims = basis.shape[0]
+    if not 1 <= n_components <= n_dims:
+        raise ValueError(f"n_components={n_components} must be between 1 and the number of bands or subspace "
+                         f"dimensions ({n_dims})")
     _check_std(std)
     standardised = (samples - mean) / std
     if len(standardised) < 2 or not np.isfinite(standardised).all():
         raise ValueError("need at least 2 finite samples to fit the MNF projection")
-    differences = differences[np.isfinite(differences).all(axis=1)] / std
-    if len(differences) <= n_bands:
-        raise ValueError(f"only {len(differences)} sampled pixels have a valid neighbour, too few to estimate the "
-                         f"noise of {n_bands} bands: the scene's valid pixels are too scattered for projection "
+    differences = differences[np.isfinite(differences).all(axis=1)] / std @ basis.T  # (m, D)
+    if len(differences) <= n_dims:
+        raise ValueError(f"only {len(differences)} neighbour differences are valid, too few to estimate the "
+                         f"noise of {n_dims} dimensions: the scene's valid pixels are too scattered for projection "
                          "'mnf'; use projection 'pca'")
     noise = differences.T @ differences / len(differences) / 2
-    noise += 1e-6 * max(np.trace(noise) / n_bands, 1e-12) * np.eye(n_bands)  # a band without noise stays finite
+    noise += 1e-6 * max(np.trace(noise) / n_dims, 1e-12) * np.eye(n_dims)  # a direction without noise stays finite
     noise_variance, noise_axes = np.linalg.eigh(noise)
-    whiten = noise_axes / np.sqrt(noise_variance)  # (B, B): noise covariance → identity
+    whiten = basis.T @ (noise_axes / np.sqrt(noise_variance))  # (B, D): noise covariance → identity
     whitened = (standardised - standardised.mean(axis=0)) @ whiten
     ratios, axes = np.linalg.eigh(whitened.T @ whitened / (len(whitened) - 1))
     components = (whiten @ axes[:, np.argsort(ratios)[::-1][:n_components]]).T  # (C, B)
@@ -200,15 +210,24 @@ def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | floa
     return SpectralFit(mean=mean, std=std, components=components, screen=screen)
 
 
+#: The MNF projection is fitted within the leading ``MNF_SUBSPACE`` × C principal axes (C: its components).
+MNF_SUBSPACE = 2
+
+
 def fit_spectral_mnf(pca: SpectralFit, spectra: np.ndarray, noise_differences: np.ndarray) -> SpectralFit:
-    """``pca`` (from :func:`fit_spectral`) with its components replaced by as many MNF axes (:func:`fit_mnf`).
+    """``pca`` (from :func:`fit_spectral`) with its C components replaced by as many MNF axes (:func:`fit_mnf`).
 
     Same standardisation and band screen; ``spectra`` (n, B) and ``noise_differences`` (m, B) are
-    read on the bands the screen keeps.
+    read on the bands the screen keeps. The MNF axes are sought within the leading
+    :data:`MNF_SUBSPACE` × C principal axes of ``spectra``, so they stay in the directions that carry
+    the scene's variance.
     """
     used = pca.screen.used
-    kept = fit_mnf(np.asarray(spectra)[:, used], np.asarray(noise_differences)[:, used], pca.components.shape[0],
-                   pca.mean[used], pca.std[used])
+    samples = np.asarray(spectra)[:, used]
+    n_components = pca.components.shape[0]
+    subspace = fit_pca(samples, min(MNF_SUBSPACE * n_components, int(used.sum())), pca.mean[used], pca.std[used])
+    kept = fit_mnf(samples, np.asarray(noise_differences)[:, used], n_components, pca.mean[used], pca.std[used],
+                   subspace)
     components = np.zeros_like(pca.components)
     components[:, used] = kept
     return dataclasses.replace(pca, components=components)

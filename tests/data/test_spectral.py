@@ -8,7 +8,7 @@ import torch
 
 from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.io.store import Store
-from hsi_cluster.model.projection import SpectralProjection, fit_mnf
+from hsi_cluster.model.projection import MNF_SUBSPACE, SpectralProjection, fit_mnf, fit_pca
 from hsi_cluster.train import fit_spectral_projection
 from tests import helpers
 from tests.train_helpers import NODATA, IngestedScene, make_scene, structured_cube
@@ -158,11 +158,11 @@ def test_bands_flagged_bad_are_left_out_whatever_they_hold(tmp_path) -> None:
     assert torch.isfinite(projected).all()
 
 
-def test_noise_sample_is_each_pixel_minus_its_closest_neighbour(tmp_path) -> None:
+def test_noise_sample_is_each_pixel_minus_its_closer_neighbour_on_each_axis(tmp_path) -> None:
     """Two fields with a straight edge between them, a little noise, and one valid pixel whose four
-    neighbours are nodata: the spectra are those of :func:`sample_valid_spectra` (same draw), every
-    difference is the pixel minus its closest valid neighbour of the same block (so no difference
-    crosses the edge), and the lone pixel's row is NaN."""
+    neighbours are nodata: the spectra are those of :func:`sample_valid_spectra` (same draw); each
+    pixel gives two differences, to the closer valid neighbour (same block) along its row and along
+    its column (so no difference crosses the edge), and the lone pixel's two rows are NaN."""
     rng = np.random.default_rng(0)
     cube = np.where(np.arange(32)[None, None, :] < 11, 100.0, 400.0) * np.ones((5, 32, 1))
     cube = (cube + rng.normal(size=cube.shape)).astype(np.float32)
@@ -176,20 +176,43 @@ def test_noise_sample_is_each_pixel_minus_its_closest_neighbour(tmp_path) -> Non
     spectra, differences = sample_spectra_and_noise(stores, 100_000, scale, seed=3)
 
     np.testing.assert_array_equal(spectra, sample_valid_spectra(stores, 100_000, seed=3))
-    assert len(spectra) == scene.valid.sum() and differences.dtype == np.float32
-    lone = np.flatnonzero((spectra == 250.0).all(axis=1))
-    assert len(lone) == 1 and np.isnan(differences[lone]).all()
-    rest = np.delete(differences, lone, axis=0)
-    assert np.isfinite(rest).all() and np.abs(rest).max() < 10  # never across the 300-unit edge
-    # each difference is the pixel minus one of its valid neighbours inside its 16 × 16 block, the closest
-    position = {tuple(cube[:, r, c].tolist()): (r, c) for r, c in zip(*np.nonzero(scene.valid), strict=True)}
-    for pixel, difference in zip(np.delete(spectra, lone, axis=0)[::37], rest[::37], strict=True):
-        r, c = position[tuple(pixel.tolist())]
-        candidates = [cube[:, r + dy, c + dx] for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
+    assert len(spectra) == scene.valid.sum() and differences.shape == (2 * len(spectra), 5)
+    assert differences.dtype == np.float32
+    missing = np.isnan(differences).all(axis=1)
+    assert missing.sum() == 2 and np.isfinite(differences[~missing]).all()
+    assert np.abs(differences[~missing]).max() < 10  # never across the 300-unit edge
+
+    def closer(pixel: np.ndarray, r: int, c: int, steps: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+        candidates = [cube[:, r + dy, c + dx] for dy, dx in steps
                       if (r + dy) // 16 == r // 16 and (c + dx) // 16 == c // 16 and 0 <= r + dy < 32
                       and 0 <= c + dx < 32 and scene.valid[r + dy, c + dx]]
-        closest = min(candidates, key=lambda n, p=pixel: float((((p - n) * scale) ** 2).sum()))
-        np.testing.assert_allclose(difference, pixel - closest, rtol=1e-6)
+        if not candidates:
+            return None
+        return pixel - min(candidates, key=lambda n: float((((pixel - n) * scale) ** 2).sum()))
+
+    position = {tuple(cube[:, r, c].tolist()): (r, c) for r, c in zip(*np.nonzero(scene.valid), strict=True)}
+    expected = []
+    for pixel in spectra:
+        r, c = position[tuple(pixel.tolist())]
+        expected += [closer(pixel, r, c, ((0, 1), (0, -1))), closer(pixel, r, c, ((1, 0), (-1, 0)))]
+    assert sum(d is None for d in expected) == 2
+    expected_rows = np.array([d for d in expected if d is not None])
+    got = differences[~missing]
+    np.testing.assert_allclose(got[np.lexsort(got.T)], expected_rows[np.lexsort(expected_rows.T)], rtol=1e-5)
+
+
+def test_noise_sample_counts_column_stripes(tmp_path) -> None:
+    """A flat scene with one offset per band and column (std 1) and faint noise (std 0.01): half the
+    covariance of the differences holds the stripes (the closest of all four neighbours, the one in
+    the same column, would leave them out)."""
+    rng = np.random.default_rng(1)
+    cube = (50.0 + rng.normal(size=(4, 1, 32)) + 0.01 * rng.normal(size=(4, 32, 32))).astype(np.float32)
+    stores = [Store.open(make_scene(tmp_path, cube=cube).store)]
+
+    _, differences = sample_spectra_and_noise(stores, 100_000, np.ones(4), seed=0)
+
+    noise_variance = np.nanmean(differences.astype(np.float64) ** 2, axis=0) / 2
+    assert (noise_variance > 0.05).all()
 
 
 def test_mnf_projection_is_fitted_from_the_noise_sample(holed: IngestedScene) -> None:
@@ -203,5 +226,7 @@ def test_mnf_projection_is_fitted_from_the_noise_sample(holed: IngestedScene) ->
     assert not np.allclose(np.abs(mnf.components), np.abs(pca.components), atol=1e-2)
     stores = [Store.open(holed.store)]
     spectra, differences = sample_spectra_and_noise(stores, 100_000, 1 / pca.std, seed=0)
-    expected = fit_mnf(spectra, differences, pca.components.shape[0], pca.mean, pca.std)
+    count = pca.components.shape[0]
+    subspace = fit_pca(spectra, min(MNF_SUBSPACE * count, spectra.shape[1]), pca.mean, pca.std)
+    expected = fit_mnf(spectra, differences, count, pca.mean, pca.std, subspace)
     np.testing.assert_allclose(mnf.components, expected, rtol=1e-4, atol=1e-5)

@@ -210,13 +210,32 @@ def test_mnf_ranks_components_by_signal_to_noise_not_variance():
     np.testing.assert_allclose(noise_scores.var(axis=0) / 2, 1.0, rtol=0.1)
 
 
+def test_mnf_within_a_subspace_ignores_a_faint_direction_without_noise():
+    """Band 4 repeats band 0 plus a faint pattern (std 0.05) that no neighbour difference holds, as a
+    stripe pattern can be built when bands outnumber columns: on all bands MNF ranks that direction
+    first; within the leading four principal axes it cannot, and the clean signal comes first."""
+    spectra, differences = _signal_and_noise()
+    faint = 0.05 * np.random.default_rng(5).normal(size=len(spectra))
+    spectra = np.column_stack([spectra, spectra[:, 0] + faint])
+    differences = np.column_stack([differences, differences[:, 0]])
+    mean, std = spectra.mean(axis=0), spectra.std(axis=0)
+    everywhere = fit_mnf(spectra, differences, 1, mean, std)[0]
+    assert everywhere[0] * everywhere[4] < 0  # band 4 minus band 0: the faint pattern
+    subspace = fit_pca(spectra, 4, mean, std)
+    inside = fit_mnf(spectra, differences, 2, mean, std, subspace)
+    assert inside[0, 0] * inside[0, 4] > 0 and np.argmax(np.abs(inside[0])) in (0, 4)  # the clean signal
+    np.testing.assert_allclose(inside @ subspace.T @ subspace, inside, atol=1e-5)  # in the span
+    with pytest.raises(ValueError, match="between 1 and the number of bands or subspace dimensions \\(4\\)"):
+        fit_mnf(spectra, differences, 5, mean, std, subspace)
+
+
 def test_mnf_skips_non_finite_differences_and_refuses_too_few():
     spectra, differences = _signal_and_noise(n=300)
     mean, std = spectra.mean(axis=0), spectra.std(axis=0)
     holed = differences.copy()
     holed[::2] = np.nan  # pixels without a valid neighbour
     np.testing.assert_allclose(fit_mnf(spectra, holed, 2, mean, std), fit_mnf(spectra, differences[1::2], 2, mean, std))
-    with pytest.raises(ValueError, match="only 4 sampled pixels have a valid neighbour.*projection 'pca'"):
+    with pytest.raises(ValueError, match="only 4 neighbour differences are valid.*projection 'pca'"):
         fit_mnf(spectra, differences[:4], 2, mean, std)
     with pytest.raises(ValueError, match="must agree"):
         fit_mnf(spectra, differences[:, :3], 2, mean, std)
