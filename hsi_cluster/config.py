@@ -38,7 +38,7 @@ class TrainConfig:
             standardised bands, sorted by variance; both presets) or "mnf" (minimum noise fraction,
             ENVI's MNF: sorted by signal-to-noise ratio, the noise estimated from each sampled pixel's
             closer neighbour along each axis; as many components as the PCA rule gives, sought within
-            twice as many leading principal axes).
+            four times as many leading principal axes).
         head_hidden: hidden width of the cluster head.
         instance_dim: size of an instance projector for the NT-Xent term, or None to apply NT-Xent
             to the cluster probabilities (the paper).

@@ -211,7 +211,7 @@ def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | floa
 
 
 #: The MNF projection is fitted within the leading ``MNF_SUBSPACE`` × C principal axes (C: its components).
-MNF_SUBSPACE = 2
+MNF_SUBSPACE = 4
 
 
 def fit_spectral_mnf(pca: SpectralFit, spectra: np.ndarray, noise_differences: np.ndarray) -> SpectralFit:
