@@ -314,6 +314,12 @@ def _save(out_dir: Path, name: str, cube: np.ndarray, truth: np.ndarray) -> tupl
     return cube_path, truth_path
 
 
+def _derived_scene(out_dir: Path, name: str, cube: np.ndarray, truth: np.ndarray, description: str) -> Scene:
+    """A scene built here: saved into ``out_dir`` (see :func:`_save`), its class count read from the truth."""
+    cube_path, truth_path = _save(out_dir, name, cube, truth)
+    return Scene(name, cube_path, truth_path, _classes(truth_path), description)
+
+
 def _classes(truth_path: Path) -> int:
     return int(np.count_nonzero(np.unique(np.load(truth_path)) != 0)) if truth_path.suffix == ".npy" else 0
 
@@ -335,28 +341,22 @@ def build_scene(name: str, out_dir: str | os.PathLike[str]) -> Scene:
     if name in ("parcels_ip", "parcels_sa"):
         source = "indian_pines" if name == "parcels_ip" else "salinas_a"
         cube, truth, _ = parcel_scene(source)
-        cube_path, truth_path = _save(out_dir, name, cube, truth)
-        return Scene(name, cube_path, truth_path, _classes(truth_path),
-                     f"fine parcels 1-6 px of real {source} spectra")
+        return _derived_scene(out_dir, name, cube, truth, f"fine parcels 1-6 px of real {source} spectra")
     for source in ("indian_pines", "salinas_a"):
         for factor in (2, 3):
             if name == f"{source}_{factor}x":
                 cube, truth = coarse_scene(source, factor)
-                cube_path, truth_path = _save(out_dir, name, cube, truth)
-                return Scene(name, cube_path, truth_path, _classes(truth_path),
-                             f"{source} block-averaged {factor}x, majority truth")
+                return _derived_scene(out_dir, name, cube, truth,
+                                      f"{source} block-averaged {factor}x, majority truth")
     if name in ("indian_pines_raw", "salinas_a_raw"):
         source = name.removesuffix("_raw")
         cube, truth = raw_sensor_scene(source)
-        cube_path, truth_path = _save(out_dir, name, cube, truth)
-        return Scene(name, cube_path, truth_path, _classes(truth_path),
-                     f"{source} with {sum(NOISE_BANDS)} noise-only and {DEAD_BANDS} dead bands, NaN nodata gaps")
+        return _derived_scene(out_dir, name, cube, truth, f"{source} with {sum(NOISE_BANDS)} noise-only and "
+                              f"{DEAD_BANDS} dead bands, NaN nodata gaps")
     if name in ("jasper_ridge_striped", "indian_pines_striped"):
         source = name.removesuffix("_striped")
         cube, truth = striped_scene(source)
-        cube_path, truth_path = _save(out_dir, name, cube, truth)
-        return Scene(name, cube_path, truth_path, _classes(truth_path),
-                     f"{source} with column stripes of {STRIPE_STRENGTH} band std")
+        return _derived_scene(out_dir, name, cube, truth, f"{source} with column stripes of {STRIPE_STRENGTH} band std")
     raise ValueError(f"unknown scene {name!r}; choose from {', '.join(SCENE_NAMES)}")
 
 
