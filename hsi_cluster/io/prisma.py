@@ -141,8 +141,8 @@ class PrismaWindowReader:
             counts = window[:, detector.keep, :].transpose(1, 0, 2)
             if detector.fill_test.any():
                 fill |= (counts[detector.fill_test] == 0).all(axis=0)
-            step = (detector.high - detector.low) / DN_MAX
-            parts.append((detector.low + counts * step).astype(self.dtype))
+            step = np.float32((detector.high - detector.low) / DN_MAX)  # float32 throughout: no float64 block
+            parts.append(counts.astype(self.dtype) * step + np.float32(detector.low))
         cube = np.concatenate(parts)[self.order[bands[0]:bands[1]]]
         cube[:, fill] = np.nan
         return cube
