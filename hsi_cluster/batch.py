@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -234,7 +235,10 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[tuple[An
         cluster.close()
 
 
-def _dashboard(client: Any) -> str | None:
+def _dashboard(client: Any, *, local: bool) -> str | None:
+    """The scheduler's dashboard link; None when it has none, or when a local one cannot serve it (no bokeh)."""
+    if local and importlib.util.find_spec("bokeh") is None:  # the page would only say that bokeh is missing
+        return None
     try:
         services = client.scheduler_info().get("services", {})
     except Exception:  # noqa: BLE001 — the link is a nicety, never a reason to fail
@@ -305,7 +309,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     dashboard, n_workers = None, 0
     if todo:
         with dask_client(scheduler, workers) as (client, torch_threads):
-            dashboard = _dashboard(client)
+            dashboard = _dashboard(client, local=not scheduler)
             n_workers = len(client.scheduler_info().get("workers", {}))
             if dashboard:
                 log(f"dask dashboard: {dashboard}")

@@ -23,7 +23,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hsi_cluster.batch import ATTEMPTS_DIR, Manifest, _source_fields, attempt_stem, output_paths, run_batch
+from hsi_cluster.batch import (
+    ATTEMPTS_DIR,
+    Manifest,
+    _dashboard,
+    _source_fields,
+    attempt_stem,
+    output_paths,
+    run_batch,
+)
 from hsi_cluster.cli import EXIT_SOME_FAILED, main
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io import open_scene
@@ -383,3 +391,24 @@ def test_interrupted_client_resumes_without_redoing_finished_scenes(archive: dic
     for source, record in records.items():  # each copy labelled as its original is by a single predict
         assert_same_labels(read_raster(Path(record["output"]))[0], reference_labels(archive, originals[source], tmp_path),
                            source)
+
+
+class _SchedulerWithDashboard:
+    dashboard_link = "http://127.0.0.1:8787/status"
+
+    def scheduler_info(self) -> dict[str, object]:
+        return {"services": {"dashboard": 8787}}
+
+
+@pytest.mark.parametrize(("bokeh", "local", "shown"), [(True, True, True), (False, True, False), (False, False, True)])
+def test_dashboard_link_only_where_the_page_can_be_served(monkeypatch: pytest.MonkeyPatch, bokeh: bool,
+                                                          local: bool, shown: bool) -> None:
+    """Without bokeh a local scheduler's dashboard page only says bokeh is missing: no link then.
+    A remote scheduler may have bokeh where this machine has not, so its link is shown."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real("json") if bokeh else None) if name == "bokeh" else real(name, *a))
+    link = _dashboard(_SchedulerWithDashboard(), local=local)
+    assert link == (_SchedulerWithDashboard.dashboard_link if shown else None)

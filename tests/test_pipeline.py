@@ -406,3 +406,27 @@ def test_report_names_the_classes_the_ground_truth_names() -> None:
     assert "| 1 Corn notill | 20 | 0.800 |" in text and "| 2 Grass\\|pasture | 10 | 1.000 |" in text
     del section["runs"][0]["class_names"]  # scores written before class names were kept
     assert "| 1 | 20 | 0.800 |" in to_markdown(report)
+
+
+def test_evaluate_step_reads_unlabelled_from_the_truth_nodata_as_the_command_does(project: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A ground truth declaring nodata 255 scores its class 0 (as ``hsicluster evaluate`` does), unless told."""
+    truth = truth_map().astype(np.uint8)
+    truth[:5] = 255  # unlabelled rows; class 0 (the band of columns 0–2) is a class here
+    helpers.write_geotiff(tmp_path / "data" / "truth.tif", truth[None], nodata=255)
+    pipeline = write_pipeline(project, tiny_steps(evaluate={"truth": "../data/truth.tif"}))
+    assert run(pipeline).failures == []
+    workdir = tmp_path / "runs" / "tiny"
+    written = json.loads((workdir / "scores.json").read_text())
+    assert written["unlabelled"] == 255 and written["scores"]["n_scored"] == int((truth != 255).sum())
+    cli = CliRunner().invoke(main, ["evaluate", str(workdir / "labels.tif"), str(tmp_path / "data" / "truth.tif"),
+                                    "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    assert json.loads(cli.stdout)["acc"] == written["scores"]["acc"]
+    assert json.loads((workdir / "report.json").read_text())["evaluations"][0]["kmeans"][0]["n_scored"] == \
+        written["scores"]["n_scored"]
+
+    write_pipeline(project, tiny_steps(evaluate={"truth": "../data/truth.tif", "unlabelled": 0}))
+    run(pipeline)
+    assert json.loads((workdir / "scores.json").read_text())["scores"]["n_scored"] == int(
+        ((truth != 255) & (truth != 0)).sum())

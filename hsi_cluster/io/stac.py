@@ -18,7 +18,8 @@ at the antimeridian, with a bbox whose west > east there, by the ``antimeridian`
 raster without a CRS (the benchmark scenes). ``datetime`` is when the label raster was written (its
 modification time): a scene file does not say when it was acquired.
 
-Hrefs are relative (``./labels.tif``), so a folder of outputs can move as a whole. They are file paths with
+Asset hrefs are relative (``./labels.tif``), so a folder of outputs can move as a whole; the ``derived_from``
+link to the scene, which usually lies elsewhere, is absolute. Hrefs are file paths with
 ``/`` separators, written as pystac itself writes local hrefs (``pystac.utils.make_relative_href``) and not
 percent-encoded: pystac (1.15) and GDAL resolve a local href as a path without decoding it, so
 ``./my%20labels.tif`` would name a file that does not exist for them, while a browser's URL parser encodes a

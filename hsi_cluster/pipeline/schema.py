@@ -227,7 +227,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "labels": _input().but(required=True),
         "truth": _input().but(required=True),
         "output": _output(),
-        "unlabelled": integer().but(default=0),
+        "unlabelled": integer(),  # none: the truth's nodata value, else 0 (as `hsicluster evaluate`)
         "var": text(),
         "title": text(),
     },

@@ -115,11 +115,19 @@ def _run_evaluate(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     from hsi_cluster.evaluate import score_label_files
 
     o = job.options
-    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], unlabelled=o["unlabelled"], var=o["var"])
+    unlabelled = _unlabelled(o, job.inputs["truth"])
+    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], unlabelled=unlabelled, var=o["var"])
     _write_json(job.outputs["output"], {"step": step.name, "seed": job.variant, "title": o["title"] or step.name,
                                         "labels": str(job.inputs["labels"]), "truth": str(job.inputs["truth"]),
-                                        "unlabelled": o["unlabelled"], "scores": scores.to_dict()})
+                                        "unlabelled": unlabelled, "scores": scores.to_dict()})
     return {name: getattr(scores, name) for name in ("acc", "nmi", "kappa", "ari")}
+
+
+def _unlabelled(options: dict[str, Any], truth: Path) -> int | None:
+    """The evaluate step's ``unlabelled``: as given, else the truth's nodata value, else 0 (as ``hsicluster evaluate``)."""
+    from hsi_cluster.io.labels import truth_unlabelled
+
+    return truth_unlabelled(truth, "auto" if options["unlabelled"] is None else options["unlabelled"])
 
 
 def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
@@ -149,7 +157,8 @@ def _kmeans_section(ctx: StepContext, evaluation: StepPlan, seeds: list[int]) ->
     for seed in seeds:
         ctx.log(f"    k-means (K = {k}, seed {seed}) on {scene.name}")
         prepared = prepared or standardised_pixels(scene)  # read once for all seeds
-        runs.append({"seed": seed, **kmeans_baseline(scene, truth, k, seed=seed, unlabelled=o["unlabelled"],
+        runs.append({"seed": seed, **kmeans_baseline(scene, truth, k, seed=seed,
+                                                      unlabelled=_unlabelled(o, evaluation.jobs[0].inputs["truth"]),
                                                       prepared=prepared).to_dict()})
     return {"kmeans": runs, "kmeans_mean": report_format.mean_std(runs), "kmeans_k": k, "kmeans_inits": 10,
             "kmeans_scene": relative(scene, ctx.pipeline.workdir)}
