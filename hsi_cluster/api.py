@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,15 @@ from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
 from hsi_cluster.io.labels import read_label_map, truth_class_names, truth_unlabelled
 from hsi_cluster.io.scene import open_scene
-from hsi_cluster.predict import PredictResult, label_tile, predict_scene, read_tile, tile_job
+from hsi_cluster.predict import (
+    PredictResult,
+    SpreadProbe,
+    label_tile,
+    predict_scene,
+    read_tile,
+    tile_job,
+    units_warning,
+)
 
 SceneLike = str | os.PathLike | xr.DataArray
 
@@ -55,14 +64,17 @@ def _scene_path(scene: SceneLike, *, what: str) -> Path:
         source = scene.attrs.get("source")
         if source and Path(source).exists():
             opened = open_scene(source)
-            same = opened.shape == scene.shape and all(
-                name not in scene.coords or np.array_equal(opened.coords[name].values, scene.coords[name].values)
-                for name in ("y", "x"))
+            # the lazy array's name is a token of the file and its reading: any change (.where, .astype, a
+            # crop, .load()) makes another array, which the file does not hold
+            same = (getattr(scene.data, "name", None) == getattr(opened.data, "name", False)
+                    and opened.shape == scene.shape and all(
+                        name not in scene.coords or np.array_equal(opened.coords[name].values, scene.coords[name].values)
+                        for name in ("y", "x")))
             if same:
                 return Path(source)
-        raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop "
-                         "or a computed array); write it to a file first, e.g. scene.rio.to_raster('crop.tif'), "
-                         "and pass that path")
+        raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
+                         "a changed, loaded or computed array); write it to a file first, e.g. "
+                         "scene.rio.to_raster('crop.tif'), and pass that path")
     raise TypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}")
 
 
@@ -187,8 +199,12 @@ class Model:
             if quicklook is not None or stac:
                 raise ValueError("quicklook= and stac= describe a written label raster; pass output= as well")
             array = scene if isinstance(scene, xr.DataArray) else open_scene(_scene_path(scene, what="predict"))
-            return label_array(self.checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
-                               progress=progress, model_sha256=self.sha256)
+            labelled = label_array(self.checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
+                                   progress=progress, model_sha256=self.sha256)
+            attrs = (labelled["labels"] if isinstance(labelled, xr.Dataset) else labelled).attrs
+            if attrs["units_differ"]:
+                warnings.warn(units_warning(attrs["source"], attrs["spread"]), UserWarning, stacklevel=2)
+            return labelled
         output = Path(output).expanduser().absolute()
         scene_path = _scene_path(scene, what="predict(output=...)")
         confidence_path = None
@@ -202,6 +218,8 @@ class Model:
                 result = predict_scene(scene_path, checkpoint_file, output, tiles=tiles, device=device,
                                        confidence_path=confidence_path, quicklook_path=quicklook,
                                        overwrite=overwrite, progress=update)
+        if result.units_differ:
+            warnings.warn(units_warning(scene_path, result.spread), UserWarning, stacklevel=2)
         if stac:
             from hsi_cluster.io.stac import write_label_item
 
@@ -259,10 +277,13 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     n_clusters, nodata = checkpoint.n_clusters, job.nodata
     labels = np.full(scene.shape[1:], nodata, dtype=job.dtype)
     probability = np.full(scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
+    probe = SpreadProbe(job, len(job.grid))
     with _bar(progress, "predict", "tile") as update:
         for done, (i, j) in enumerate(job.grid, start=1):
             rows, cols = job.grid.window(i, j).slices
-            tile_labels, tile_confidence = label_tile(job, i, j, *read_tile(job, i, j))
+            padded, valid = read_tile(job, i, j)
+            probe.add(padded, valid)
+            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
             labels[rows, cols] = tile_labels
             if probability is not None:
                 probability[rows, cols] = tile_confidence
@@ -270,7 +291,9 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
                 update(done, len(job.grid))
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
-                                "model_sha256": job.digest, "source": scene.attrs["source"]})
+                                "model_sha256": job.digest, "source": scene.attrs["source"],
+                                "units_differ": int(probe.units_differ),
+                                **({} if probe.spread is None else {"spread": probe.spread})})
     if probability is None:
         return result
     conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),

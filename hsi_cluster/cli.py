@@ -56,12 +56,6 @@ def _show_metadata_warning(message: Warning | str, category: type[Warning], *arg
         _python_showwarning(message, category, *args, **kwargs)
 
 
-def _units_differ(scene: object, spread: float | None) -> str:
-    return (f"{scene}: its values vary {spread:.3g}× as much as the model's training scenes (first valid pixels "
-            "read): other units or scaling (digital numbers against reflectance?); the labels are likely meaningless. "
-            "Convert the scene to the training data's units, or train on it")
-
-
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
 
 TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
@@ -383,7 +377,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
 def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
             quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, quiet: bool) -> None:
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
-    from hsi_cluster.predict import predict_scene
+    from hsi_cluster.predict import predict_scene, units_warning
 
     for option, path in (("-o", output), ("--confidence", confidence)):
         if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
@@ -414,7 +408,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
     if result.valid_pixels == 0:
         _warn(f"{scene}: {NO_VALID_PIXELS}; every label is nodata")
     if result.units_differ:
-        _warn(_units_differ(scene, result.spread))
+        _warn(units_warning(scene, result.spread))
 
 
 @main.command()
@@ -441,6 +435,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
     the others go on. Exit code 3 when some scenes failed.
     """
     from hsi_cluster.batch import run_batch
+    from hsi_cluster.predict import units_warning
 
     reported: set[str] = set()  # failures already printed as they happened: each is printed once
 
@@ -464,7 +459,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             elif record["status"] == "done" and record.get("valid_pixels") == 0:
                 tqdm_write(f"hsicluster: warning: {record['source']}: {NO_VALID_PIXELS}; every label is nodata")
             elif record["status"] == "done" and record.get("units_differ"):
-                tqdm_write(f"hsicluster: warning: {_units_differ(record['source'], record.get('spread'))}")
+                tqdm_write(f"hsicluster: warning: {units_warning(record['source'], record.get('spread'))}")
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,

@@ -51,6 +51,42 @@ NO_LABEL = -1
 SPREAD_SAMPLE = 1000
 
 
+def units_warning(scene: object, spread: float | None) -> str:
+    """The warning for a scene whose values vary far more or less than the training scenes' (``spread``)."""
+    return (f"{scene}: its values vary {spread:.3g}× as much as the model's training scenes (first valid pixels "
+            "read): other units or scaling (digital numbers against reflectance?); the labels are likely meaningless. "
+            "Convert the scene to the training data's units, or train on it")
+
+
+class SpreadProbe:
+    """The units check: the spread (:func:`~hsi_cluster.stats.spread_against`) of the first
+    :data:`SPREAD_SAMPLE` valid pixels of the tiles, in the order they are labelled."""
+
+    def __init__(self, job: _Job, n_tiles: int) -> None:
+        self.job, self.left = job, n_tiles
+        self.bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
+        self.sample: list[np.ndarray] = []
+        self.spread: float | None = None
+
+    def add(self, padded: np.ndarray, valid: np.ndarray) -> None:
+        """Take the valid pixels of one tile (``padded`` (B, h + 2 halo, w + 2 halo), ``valid`` (h, w))."""
+        self.left -= 1
+        if self.spread is not None:
+            return
+        rows, cols = np.nonzero(valid)  # pick the pixels first: indexing the bands of a whole tile would copy it
+        step = max(1, len(rows) // SPREAD_SAMPLE)
+        self.sample.append(padded[:, rows[::step] + self.job.halo, cols[::step] + self.job.halo][self.bands].T)
+        gathered = sum(len(p) for p in self.sample)
+        if gathered >= SPREAD_SAMPLE or (self.left <= 0 and gathered >= 2):
+            self.spread = spread_against(np.concatenate(self.sample), self.job.checkpoint.spectral_std[self.bands])
+            self.sample = []
+
+    @property
+    def units_differ(self) -> bool:
+        """The scene's values vary over 100× more or less than the training scenes': other units or scaling."""
+        return self.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= self.spread <= UNITS_SPREAD_LIMIT
+
+
 @torch.no_grad()
 def label_patches(model: SSCC, store: str | os.PathLike[str], *, patch_size: int, batch_size: int = 1024,
                   device: torch.device | str = "cpu", fill: np.ndarray | None = None,
@@ -270,16 +306,11 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
     if not todo:
         return
     tiles = prefetched(read_tile(job, i, j) for i, j in todo)  # the next tile is read while this one computes
-    bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
-    spread_sample: list[np.ndarray] = []  # valid pixels of the first tiles, until SPREAD_SAMPLE of them
-    for index, ((i, j), (padded, valid)) in enumerate(zip(todo, tiles, strict=True)):
-        if job.spread is None:  # pick the pixels first: indexing the bands of a whole tile would copy it
-            rows, cols = np.nonzero(valid)
-            step = max(1, len(rows) // SPREAD_SAMPLE)
-            spread_sample.append(padded[:, rows[::step] + job.halo, cols[::step] + job.halo][bands].T)
-            gathered = sum(len(p) for p in spread_sample)
-            if gathered >= SPREAD_SAMPLE or (index == len(todo) - 1 and gathered >= 2):
-                job.spread = spread_against(np.concatenate(spread_sample), job.checkpoint.spectral_std[bands])
+    probe = SpreadProbe(job, len(todo))
+    for (i, j), (padded, valid) in zip(todo, tiles, strict=True):
+        if job.spread is None:
+            probe.add(padded, valid)
+            job.spread = probe.spread
         tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
         store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
                     tile_confidence if with_confidence else None)

@@ -153,6 +153,17 @@ def test_georeferenced_scene_round_trips_crs_and_transform(tmp_path: Path) -> No
         model.predict(crop, output=tmp_path / "crop.tif")
     with pytest.raises(ValueError, match="not one as opened by open_scene"):
         hc.train(crop, k=3)
+    # nor is a whole scene changed in xarray: its shape and coordinates match the file, its values do not
+    masked = scene.where(scene > 1e9)  # every pixel NaN, the file's attrs kept
+    assert int((model.predict(masked, device="cpu").values != LABEL_NODATA).sum()) == 0
+    for changed in (masked, scene.astype("float64") * 2, hc.open_scene(scene_path).load()):
+        with pytest.raises(ValueError, match="a changed, loaded or computed array"):
+            model.predict(changed, output=tmp_path / "changed.tif")
+        with pytest.raises(ValueError, match="a changed, loaded or computed array"):
+            hc.train(changed, k=3)
+    assert not (tmp_path / "changed.tif").exists()
+    reopened = model.predict(hc.open_scene(scene_path), output=tmp_path / "reopened.tif", device="cpu")
+    np.testing.assert_array_equal(read_raster(reopened.output)[0], values)
 
 
 def test_train_checks_its_options(tmp_path: Path) -> None:
@@ -194,3 +205,24 @@ def test_import_is_light_and_names_stay_the_api() -> None:
             "assert {'open_scene', 'train', 'load_model', 'evaluate', 'Model'} <= set(hc.__all__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_predict_warns_of_a_scene_in_other_units_in_memory_and_to_a_file(tmp_path: Path) -> None:
+    """The command's units check holds in Python too: reflectance against scaled digital numbers is labelled
+    with a UserWarning naming the factor, and the in-memory labels say so in their attributes."""
+    cube, valid = holey_cube()
+    scene_path = write_scene(tmp_path / "scene.tif", cube).path
+    model = hc.train(scene_path, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        same = model.predict(hc.open_scene(scene_path), device="cpu")
+    assert same.attrs["units_differ"] == 0 and 0.1 < same.attrs["spread"] < 10
+    reflectance = write_scene(tmp_path / "reflectance.tif", np.where(valid, cube * 1e-4, np.nan).astype(np.float32),
+                              nodata=None).path
+    for scene in (hc.open_scene(reflectance), hc.open_scene(reflectance).load() * 1):
+        with pytest.warns(UserWarning, match=r"its values vary [\d.e-]+× as much as the model's training scenes"):
+            labels = model.predict(scene, device="cpu")
+        assert labels.attrs["units_differ"] == 1 and labels.attrs["spread"] < 1e-3
+    with pytest.warns(UserWarning, match=f"{reflectance}: its values vary"):
+        result = model.predict(reflectance, output=tmp_path / "labels.tif", device="cpu")
+    assert result.units_differ
