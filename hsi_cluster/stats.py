@@ -25,8 +25,12 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
                      good_band: np.ndarray | None = None) -> np.ndarray:
     """Which pixels of a ``(bands, y, x)`` block are usable.
 
-    A pixel is invalid when any of its (good) bands is NaN or ±Inf, or equals ``nodata``; and, with at
-    least :data:`FLAT_FILL_MIN_BANDS` good bands, when all of them hold the same value (fill).
+    A pixel is invalid when any of its (good) bands is NaN, ±Inf or fill-sized (:data:`FILL_MAGNITUDE`), or
+    equals ``nodata``; and, with at
+    least :data:`FLAT_FILL_MIN_BANDS` good bands, when all of them hold the same value (fill). A nodata
+    of 0 is the exception: 0 is also a value that ground takes (reflectance clipped at zero on dark
+    water or at the edge of an absorption band), so it marks a gap only where at least half the good
+    bands hold it, as a gap in a delivery (a swath's border, a detector's missing half) does.
 
     Args:
         block: values, shape (bands, y, x).
@@ -37,7 +41,11 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
         bool array (y, x), True where valid.
     """
     values = block if good_band is None or good_band.all() else block[np.asarray(good_band, bool)]
-    valid = np.asarray(usable_values(values, nodata=nodata).all(axis=0))
+    if nodata is not None and nodata == 0:
+        valid = np.asarray(usable_values(values).all(axis=0))
+        valid &= 2 * np.count_nonzero(values == 0, axis=0) < values.shape[0]
+    else:
+        valid = np.asarray(usable_values(values, nodata=nodata).all(axis=0))
     if values.shape[0] >= FLAT_FILL_MIN_BANDS:
         rows, cols = np.nonzero(valid & (values[1] == values[0]))  # few pixels but fill pass this first test
         if rows.size:
@@ -53,7 +61,9 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: 4: an ENVI header's reflectance scale factor applied on reading (likewise: int16 reflectance × 10000 reads ÷ 10000).
 #: 5: an EnMAP product's METADATA.XML applied on reading its spectral image: gain/offset, and the fill value (L2A:
 #: -32768) as nodata where the file has none (the values change, and fill pixels become invalid).
-VALIDITY_RULES = 5
+#: 6: a nodata of 0 marks a gap only where at least half the good bands hold it (clipped dark pixels are ground);
+#: float values of magnitude ≥ FILL_MAGNITUDE (1e30) are fill, like ±Inf.
+VALIDITY_RULES = 6
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005
@@ -114,9 +124,17 @@ def spread_against(pixels: np.ndarray, std: np.ndarray) -> float:
     return float(np.median(spread / np.asarray(std, dtype=np.float64)))
 
 
+#: Floating-point values this large are fill, like ±Inf: float fills such as ±1e30, netCDF's default 9.97e36
+#: or ±3.4e38 (float32's largest), where no radiance, reflectance or digital number comes near.
+FILL_MAGNITUDE = 1e30
+
+
 def usable_values(values: np.ndarray, *, nodata: float | None = None) -> np.ndarray:
-    """bool, shaped like ``values``: finite and not equal to ``nodata``."""
-    usable = np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.ones(values.shape, dtype=bool)
+    """bool, shaped like ``values``: finite, under :data:`FILL_MAGNITUDE` in magnitude and not equal to ``nodata``."""
+    if np.issubdtype(values.dtype, np.floating):  # NaN compares False: not usable
+        usable = (values < FILL_MAGNITUDE) & (values > -FILL_MAGNITUDE)
+    else:
+        usable = np.ones(values.shape, dtype=bool)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         usable &= values != nodata
     return usable

@@ -155,15 +155,20 @@ def synthetic_cube(bands: int = 6, height: int = 20, width: int = 24, dtype: str
 
 def reference_valid_mask(cube: np.ndarray, nodata: float | None = None,
                          good_band: np.ndarray | None = None) -> np.ndarray:
-    """Plain-numpy valid mask ``(y, x)``: every (good) band finite and different from nodata, and, with 20
-    good bands or more, not the same value in all of them (fill)."""
+    """Plain-numpy valid mask ``(y, x)``: every (good) band finite, under 1e30 in magnitude and different from nodata (a nodata of 0:
+    fewer than half the good bands 0), and, with 20 good bands or more, not the same value in all of them (fill)."""
     bands = cube if good_band is None else cube[np.asarray(good_band, dtype=bool)]
     valid = np.ones(cube.shape[1:], dtype=bool)
+    zeros = np.zeros(cube.shape[1:], dtype=int)
     for plane in bands:
         if np.issubdtype(plane.dtype, np.floating):
-            valid &= np.isfinite(plane)
-        if nodata is not None and not np.isnan(nodata):
+            valid &= np.isfinite(plane) & (np.abs(plane) < 1e30)  # ±1e30 and beyond: float fill
+        if nodata == 0:
+            zeros += plane == 0
+        elif nodata is not None and not np.isnan(nodata):
             valid &= plane != nodata
+    if nodata == 0:
+        valid &= zeros < len(bands) / 2
     if len(bands) >= 20:
         valid &= np.ptp(bands, axis=0) != 0
     return valid

@@ -138,10 +138,47 @@ def test_valid_mask_nan_inf_nodata() -> None:
 
 
 def test_valid_mask_nodata_integer() -> None:
-    cube = helpers.synthetic_cube(4, 9, 8, "uint16", seed=5, nodata=0, nodata_pixels=7)
-    np.testing.assert_array_equal(valid_pixel_mask(cube, nodata=0.0), helpers.reference_valid_mask(cube, 0))
-    assert (~valid_pixel_mask(cube, nodata=0.0)).sum() == 7
+    cube = helpers.synthetic_cube(4, 9, 8, "uint16", seed=5, nodata=65535, nodata_pixels=7)
+    np.testing.assert_array_equal(valid_pixel_mask(cube, nodata=65535.0), helpers.reference_valid_mask(cube, 65535))
+    assert (~valid_pixel_mask(cube, nodata=65535.0)).sum() == 7  # one band or all: a fill value is never ground
     assert valid_pixel_mask(cube).all()
+
+
+def test_a_nodata_of_zero_is_a_gap_only_in_at_least_half_the_bands() -> None:
+    """Reflectance clipped at 0 in a few bands (dark water, absorption edges) is ground; a swath's border or a
+    detector's missing half holds 0 in at least half the bands."""
+    cube = helpers.synthetic_cube(6, 5, 4, "uint16", seed=5)
+    cube[2, 0, 0] = 0  # one band of six: clipped water
+    cube[[0, 4], 0, 1] = 0  # two of six
+    cube[3:, 0, 2] = 0  # three of six: the SWIR detector's missing half
+    cube[:, 0, 3] = 0  # every band: the border
+    cube[1:3, 1, 3] = 0  # two of six, but one of them a band flagged bad
+    for nodata in (0, 0.0):
+        mask = valid_pixel_mask(cube, nodata=nodata)
+        np.testing.assert_array_equal(mask[0], [True, True, False, False])
+        assert mask[1:].all()
+        np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube, nodata))
+    good = np.array([True, True, False, True, True, True])  # five good bands: 3 of them zero at (0, 2)
+    assert not valid_pixel_mask(cube, nodata=0, good_band=good)[0, 2]
+    np.testing.assert_array_equal(valid_pixel_mask(cube, nodata=0, good_band=good),
+                                  helpers.reference_valid_mask(cube, 0, good))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float_fill_values_are_invalid_like_inf(dtype: str) -> None:
+    """±1e30, netCDF's default fill and float32's largest value mark fill in one band as in all: a few such
+    pixels would otherwise take over a band's statistics."""
+    cube = helpers.synthetic_cube(5, 4, 4, dtype, seed=3)
+    cube[2, 0, 0] = 1e30
+    cube[0, 0, 1] = -1e30
+    cube[4, 0, 2] = 9.96921e36
+    cube[1, 0, 3] = -3.4e38
+    cube[3, 1, 0] = 9.9e29  # large, but under the fill magnitude
+    mask = valid_pixel_mask(cube)
+    np.testing.assert_array_equal(mask[0], [False] * 4)
+    assert mask[1:].all()
+    np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube))
+    np.testing.assert_array_equal(valid_pixel_mask(cube, nodata=0), mask)
 
 
 def test_valid_mask_nan_nodata_means_non_finite() -> None:
