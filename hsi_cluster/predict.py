@@ -37,7 +37,7 @@ from hsi_cluster.io.label_raster import (
 )
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
-from hsi_cluster.io.scene_array import file_mask
+from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import UNITS_SPREAD_LIMIT, spread_against, valid_pixel_mask
@@ -336,7 +336,8 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     scene, n_clusters, digest = job.scene, job.n_clusters, job.digest
     _, height, width = scene.shape
     raster = RasterGrid(height, width, scene.attrs.get("crs"),
-                        tuple(scene.attrs["transform"]) if scene.attrs.get("georeferenced") else None)
+                        tuple(scene.attrs["transform"]) if scene.attrs.get("georeferenced") else None,
+                        gcps=scene.attrs.get(GCPS))
     tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
             "HSICLUSTER_BACKBONE": job.checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
             "HSICLUSTER_SOURCE": str(job.source)}

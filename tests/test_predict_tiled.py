@@ -753,3 +753,30 @@ def test_cli_warns_about_an_output_name_that_is_not_a_geotiff_name(dense: Traine
     assert result.stderr == (f"hsicluster: warning: {picture}: --quicklook is written as a PNG whatever its name; "
                              "name it .png so that other tools recognise it\n")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_scene_located_by_ground_control_points_gives_labels_that_carry_them(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """A raw (L1) scene without a geotransform but with GCPs: the label and confidence rasters carry the same
+    points and their CRS (so gdalwarp can map them), from the file and from its store; ``info`` says so."""
+    from rasterio.control import GroundControlPoint
+
+    cube = holey[0].cube
+    raw = write_scene(tmp_path / "raw.tif", cube, crs=None, transform=rasterio.Affine.identity())
+    points = [GroundControlPoint(row=r, col=c, x=15.0 + c * 1e-4, y=45.0 - r * 1e-4, z=0.0)
+              for r, c in ((0, 0), (0, WIDTH), (HEIGHT, 0), (HEIGHT, WIDTH))]
+    with rasterio.open(raw.path, "r+") as dst:
+        dst.gcps = (points, rasterio.crs.CRS.from_epsg(4326))
+    store = ingest(raw.path, tmp_path / "raw.zarr")
+    for source in (raw.path, store):
+        out = tmp_path / f"labels_{Path(source).suffix[1:]}.tif"
+        result = predict_scene(source, dense.checkpoint, out, tiles=16, device="cpu",
+                               confidence_path=out.with_name(out.stem + "_conf.tif"))
+        for written in (result.output, result.confidence):
+            with rasterio.open(written) as labels:
+                carried, crs = labels.gcps
+                assert crs.to_epsg() == 4326 and labels.transform.is_identity
+                assert [(g.row, g.col, g.x, g.y) for g in carried] == [(g.row, g.col, g.x, g.y) for g in points]
+        info = CliRunner().invoke(main, ["info", str(source)])
+        assert "located by 4 ground control points (EPSG:4326), which the label rasters carry" in info.stdout
+    assert np.array_equal(read_raster(tmp_path / "labels_tif.tif")[0], read_raster(tmp_path / "labels_zarr.tif")[0])

@@ -9,6 +9,8 @@ import numpy as np
 import xarray as xr
 from rasterio.crs import CRS
 
+from hsi_cluster.io.scene_array import GCPS
+
 
 def _crs_summary(wkt: str | None) -> dict[str, Any] | None:
     if not wkt:
@@ -42,6 +44,8 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "bounds": None,
         "chunks": [int(ch[0]) for ch in scene.data.chunks],
     }
+    if scene.attrs.get(GCPS):
+        info["gcps"] = {"count": len(scene.attrs[GCPS]["points"]), "crs": _crs_summary(scene.attrs[GCPS]["crs"])}
     if scene.attrs["georeferenced"]:
         xs = [c, c + a * width, c + b * height, c + a * width + b * height]
         ys = [f, f + d * width, f + e * height, f + d * width + e * height]
@@ -92,6 +96,11 @@ def format_info(info: dict[str, Any]) -> str:
         bounds = info["bounds"]
         lines.append(f"bounds        left {bounds['left']:g}, bottom {bounds['bottom']:g}, "
                      f"right {bounds['right']:g}, top {bounds['top']:g}")
+    elif info.get("gcps"):
+        crs = info["gcps"]["crs"]
+        crs_text = f"EPSG:{crs['epsg']}" if crs and crs["epsg"] else ("a CRS" if crs else "no CRS")
+        lines.append(f"crs           none; located by {info['gcps']['count']} ground control points ({crs_text}), "
+                     "which the label rasters carry (gdalwarp them to map them)")
     else:
         lines.append("crs           none: the file is not georeferenced (pixel grid, origin top-left, 1 unit/pixel)")
     lines.append(f"nodata        {info['nodata'] if info['nodata'] is not None else 'not set'}")

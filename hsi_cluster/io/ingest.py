@@ -28,7 +28,7 @@ from hsi_cluster.errors import OutputError, SceneError
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
-from hsi_cluster.io.scene_array import file_mask
+from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import (
     BAND_COORDS,
     BLOCK_STATS,
@@ -79,6 +79,8 @@ def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> 
         "crs": scene.attrs.get("crs"), "transform": list(scene.attrs["transform"]),
         "georeferenced": bool(scene.attrs.get("georeferenced")), "nodata": scene.attrs.get("nodata"),
     }
+    if scene.attrs.get(GCPS):
+        meta[GCPS] = scene.attrs[GCPS]
     if scene.attrs.get("scaled_from"):
         meta["scaled_from"] = scene.attrs["scaled_from"]
     if scene.attrs.get("reflectance_scale_factor"):

@@ -29,6 +29,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from hsi_cluster.errors import OutputError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import atomic_path
+from hsi_cluster.io.scene_array import rasterio_gcps
 from hsi_cluster.io.store import array_of
 
 MARKERS = "_tiles_done"
@@ -69,6 +70,7 @@ class RasterGrid:
     width: int
     crs: str | None
     transform: tuple[float, ...] | None
+    gcps: dict[str, Any] | None = None  # without a transform: the scene's ground control points (scene_array.GCPS)
 
 
 class TileStore:
@@ -141,6 +143,8 @@ def _profile(grid: RasterGrid, dtype: np.dtype, nodata: float | int, block: int)
         profile["crs"] = CRS.from_wkt(grid.crs)
     if grid.transform is not None:
         profile["transform"] = Affine(*grid.transform)
+    elif (gcps := rasterio_gcps(grid.gcps)) is not None:
+        profile["gcps"], profile["crs"] = gcps
     return profile
 
 

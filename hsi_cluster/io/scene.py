@@ -50,7 +50,7 @@ from hsi_cluster.io.metadata import spectral_coords
 from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES, existing_with_suffix
 from hsi_cluster.io.prisma import PRISMA_SUFFIXES, open_prisma
-from hsi_cluster.io.scene_array import scene_array
+from hsi_cluster.io.scene_array import GCPS, gcp_records, scene_array
 from hsi_cluster.io.store import is_store, open_store
 
 # GDAL's default block cache is 5 % of RAM; windows are read once each, so keep it small
@@ -478,11 +478,14 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         crs = dataset.crs.to_wkt() if dataset.crs else None
         has_transform = crs is not None or not dataset.transform.is_identity
         transform = tuple(dataset.transform)[:6] if has_transform else None
+        gcps, gcp_crs = dataset.gcps if not has_transform else ([], None)
         driver = dataset.driver
         block_rows, block_cols = dataset.block_shapes[0]
         tiled = block_rows > 1 and block_cols < dataset.width
         masked = _has_mask_band(dataset)
     extra: dict[str, Any] = {"file_block": (block_rows, block_cols)}
+    if gcps:  # a raw (L1) scene located by ground control points: carried to the labels as they are
+        extra[GCPS] = gcp_records(gcps, gcp_crs)
     if scaling is not None:  # physical values in floating point; stored nodata reads as NaN
         extra["scaled_from"] = str(dtype)
         if scaling.divisor != 1:

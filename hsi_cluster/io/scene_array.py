@@ -17,6 +17,26 @@ import xarray as xr
 IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: Coordinate on ``(y, x)``: the file's own mask of usable pixels (a GDAL mask band), lazy, where it has one.
 SOURCE_VALID = "source_valid"
+#: Attribute of a scene without a geotransform that a GDAL raster locates by ground control points:
+#: ``{"points": [[row, col, x, y, z], ...], "crs": WKT or None}`` (rows and columns in pixels, as GDAL gives them).
+GCPS = "gcps"
+
+
+def gcp_records(gcps: Any, crs: Any) -> dict[str, Any]:
+    """rasterio's ``dataset.gcps`` (points, CRS) as the plain :data:`GCPS` attribute."""
+    return {"points": [[float(g.row), float(g.col), float(g.x), float(g.y), float(g.z or 0.0)] for g in gcps],
+            "crs": crs.to_wkt() if crs else None}
+
+
+def rasterio_gcps(records: dict[str, Any] | None) -> tuple[list[Any], Any] | None:
+    """The :data:`GCPS` attribute as rasterio's ``(points, CRS)`` for writing, or None."""
+    if not records or not records.get("points"):
+        return None
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    points = [GroundControlPoint(row=r, col=c, x=x, y=y, z=z) for r, c, x, y, z in records["points"]]
+    return points, CRS.from_wkt(records["crs"]) if records.get("crs") else None
 
 
 def scene_array(data: da.Array, *, coords: dict[str, np.ndarray] | None = None, crs: str | None = None,

@@ -33,7 +33,7 @@ import zarr
 
 from hsi_cluster.errors import SceneError
 from hsi_cluster.geo import BlockGrid, Window, halo_read
-from hsi_cluster.io.scene_array import scene_array
+from hsi_cluster.io.scene_array import GCPS, scene_array
 from hsi_cluster.stats import BandStats
 
 STORE_FORMAT = "hsicluster-store"
@@ -277,7 +277,8 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
                                     "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
                                     "empty_bands": meta.get("empty_bands"), "scaled_from": meta.get("scaled_from"),
                                     "reflectance_scale_factor": meta.get("reflectance_scale_factor"),
-                                    "file_block": (meta.get("chunk"), meta.get("chunk"))})
+                                    "file_block": (meta.get("chunk"), meta.get("chunk")),
+                                    **({GCPS: meta[GCPS]} if meta.get(GCPS) else {})})
 
 
 def open_valid_mask(path: str | os.PathLike[str]) -> da.Array:
