@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, first_line
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.io.files import sha256_of
 from hsi_cluster.model.backbones import backbone_geometry
@@ -115,7 +115,7 @@ class Checkpoint:
             model = SSCC.from_config(self.payload["model_config"])
             model.load_state_dict(self.payload["state_dict"])
         except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+            reason = first_line(exc).rstrip(":")
             raise CheckpointError(_inconsistent(self.path, f"its weights do not fit its model_config: {reason}")) from exc
         return model.eval()
 
@@ -181,7 +181,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than weights and plain "
                               "data (it may be unsafe or not an hsicluster checkpoint)") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # EOFError of an empty file: no text
+        reason = first_line(exc)  # EOFError of an empty file: no text, its type then
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); "
                               "it may be truncated — retrain or restore it") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

@@ -18,3 +18,15 @@ class OutputError(HsiClusterError):
 
 class MetadataWarning(UserWarning):
     """Part of a scene's metadata contradicts the data and is not used (the CLI prints it as a warning)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a one-line error (its type's name when it has none).
+
+    GDAL errors raised through rasterio often say only "Read failed. See previous exception for details.":
+    then the cause's first line is given, which names the block and what failed.
+    """
+    if "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        return first_line(exc.__cause__ or exc.__context__)  # type: ignore[arg-type]
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

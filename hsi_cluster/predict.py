@@ -22,6 +22,7 @@ from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
+from hsi_cluster.errors import SceneError
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size
 from hsi_cluster.io.checks import check_bands, check_patch_fits
 from hsi_cluster.io.files import check_distinct_outputs, check_output
@@ -401,7 +402,11 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
                                      identity=job.identity(tiles=tiles, confidence=with_confidence), resume=resume)
     todo = [(i, j) for i, j in job.grid if not store.is_done(i, j)]
     resumed = len(job.grid) - len(todo)
-    _label_tiles(job, store, todo, with_confidence=with_confidence, done=resumed, progress=progress)
+    try:
+        _label_tiles(job, store, todo, with_confidence=with_confidence, done=resumed, progress=progress)
+    except SceneError:  # the scene cannot be read: the file fixed or fetched again is another input, which
+        store.remove()  # these tiles could not resume, so nothing is left behind
+        raise
     confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
     store.remove()
     _, height, width = job.scene.shape

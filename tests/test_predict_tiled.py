@@ -780,3 +780,20 @@ def test_a_scene_located_by_ground_control_points_gives_labels_that_carry_them(
         info = CliRunner().invoke(main, ["info", str(source)])
         assert "located by 4 ground control points (EPSG:4326), which the label rasters carry" in info.stdout
     assert np.array_equal(read_raster(tmp_path / "labels_tif.tif")[0], read_raster(tmp_path / "labels_zarr.tif")[0])
+
+
+def test_a_scene_found_corrupt_while_labelling_leaves_no_partial_output(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """The first tiles read, a later one does not (a truncated download): a one-line error with GDAL's reason,
+    and nothing left behind, not even the resumable tiles (a file fetched again is another input)."""
+    cube = np.tile(holey[0].cube, (1, 8, 1))  # 560 rows: more than one 256-row chunk of the lazy scene
+    cut = write_scene(tmp_path / "cut.tif", cube, wavelengths=False).path  # its header first: it opens
+    helpers.truncate_file(cut, 0.6)  # rows from about 330 on are gone
+    out = tmp_path / "out" / "labels.tif"
+    out.parent.mkdir()
+    done: list[int] = []
+    with pytest.raises(HsiClusterError, match="cut.tif") as info:
+        predict_scene(cut, dense.checkpoint, out, tiles=64, device="cpu", progress=lambda d, t: done.append(d))
+    assert max(done) > 0, "the truncation should be found after some tiles were labelled"
+    assert "previous exception" not in str(info.value) and "truncated or corrupt" in str(info.value)
+    assert sorted(p.name for p in out.parent.iterdir()) == []

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsi_cluster.errors import MetadataWarning
+from hsi_cluster.errors import MetadataWarning, first_line
 from hsi_cluster.io.metadata import unit_scale_to_nm
 
 #: The root element of an EnMAP product's metadata file.
@@ -136,7 +136,7 @@ def read_band_metadata(xml: Path, n_bands: int, *, image: Path) -> EnmapBands | 
     try:
         root = ET.parse(xml).getroot()
     except (ET.ParseError, OSError) as exc:
-        _warn(xml, f"cannot be read as XML ({_first_line(exc)})", whole)
+        _warn(xml, f"cannot be read as XML ({first_line(exc)})", whole)
         return None
     if root.tag != ROOT_TAG:
         _warn(xml, f"is not an EnMAP metadata file (its root element is <{root.tag}>, not <{ROOT_TAG}>)", whole)
@@ -217,6 +217,3 @@ def _warn(xml: Path, problem: str, consequence: str) -> None:
     warnings.warn(MetadataWarning(f"{xml}: {problem}; {consequence}"), stacklevel=3)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -26,7 +26,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 
-from hsi_cluster.errors import OutputError
+from hsi_cluster.errors import OutputError, first_line
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import atomic_path
 from hsi_cluster.io.scene_array import rasterio_gcps
@@ -172,7 +172,7 @@ def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: floa
                                  OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
         os.replace(final_tmp, output)
     except rasterio.errors.RasterioIOError as exc:
-        raise OutputError(f"{output}: cannot write the raster ({str(exc).splitlines()[0]})") from exc
+        raise OutputError(f"{output}: cannot write the raster ({first_line(exc)})") from exc
     finally:
         staging.unlink(missing_ok=True)
         final_tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
 from hsi_cluster.io.scene import envi_binary
@@ -140,7 +140,7 @@ def _sidecar_class_names(raster: Path) -> dict[int, str]:
         band = next((b for b in root.findall("PAMRasterBand") if b.get("band", "").strip() == "1"), None)
         return {} if band is None else band_class_names(band)
     except (ET.ParseError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         warnings.warn(MetadataWarning(f"{sidecar}: class names not read, so classes are shown by number ({reason}); "
                                       "correct or remove this GDAL sidecar"), stacklevel=3)
         return {}
@@ -298,7 +298,7 @@ def _read(path: Path, var: str | None, *,
                     if dataset.crs is not None:
                         grid = (dataset.crs.to_string(), tuple(dataset.transform)[:6])
     except (RasterioIOError, ValueError, OSError) as exc:
-        raise SceneError(f"{path}: cannot read a label map ({str(exc).splitlines()[0]}); check the file") from exc
+        raise SceneError(f"{path}: cannot read a label map ({first_line(exc)}); check the file") from exc
     if labels.ndim != 2:
         raise SceneError(f"{path}: label map has shape {labels.shape}; expected a 2-D (y, x) array")
     ids = labels[~np.isnan(labels)] if missing_ok and labels.dtype.kind == "f" else labels

@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import SceneError, first_line
 from hsi_cluster.io.metadata import unit_scale_to_nm
 from hsi_cluster.io.scene_array import scene_array
 
@@ -96,8 +96,7 @@ def _open_tree(path: Path) -> xr.DataTree:
             return xr.DataTree(xr.open_dataset(path, engine="scipy", **options))
         return xr.open_datatree(path, engine="h5netcdf", **options)
     except Exception as exc:  # any backend error means the same thing here: not a NetCDF file we can read
-        text = str(exc).strip().splitlines()
-        raise SceneError(f"{path}: not a readable NetCDF file ({text[0] if text else type(exc).__name__}); "
+        raise SceneError(f"{path}: not a readable NetCDF file ({first_line(exc)}); "
                          "check the file, or convert it to GeoTIFF with gdal_translate") from exc
 
 

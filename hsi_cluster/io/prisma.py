@@ -51,7 +51,7 @@ import xarray as xr
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.io.scene_array import scene_array
 
 #: File suffixes read by this module.
@@ -136,7 +136,7 @@ class PrismaWindowReader:
             windows = self._read_counts(rows[0], rows[1], cols[0], cols[1])
         except (OSError, KeyError, ValueError) as exc:
             raise SceneError(f"{self.path}: cannot read rows {rows[0]}–{rows[1]}, cols {cols[0]}–{cols[1]} "
-                             f"({_first_line(exc)}); the file is truncated or corrupt — download it again") from exc
+                             f"({first_line(exc)}); the file is truncated or corrupt — download it again") from exc
         for detector, window in zip(self.detectors, windows, strict=True):
             counts = window[:, detector.keep, :].transpose(1, 0, 2)
             if detector.fill_test.any():
@@ -210,7 +210,7 @@ def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise SceneError(f"{path}: not a readable HDF5 file ({_first_line(exc)}); the file is truncated or "
+        raise SceneError(f"{path}: not a readable HDF5 file ({first_line(exc)}); the file is truncated or "
                          "corrupt — download it again") from exc
     try:
         with handle:
@@ -219,7 +219,7 @@ def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
             crs, transform = _grid(path, handle.attrs, lines, samples)
             file_chunks = handle[detectors[0].dataset].chunks
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise SceneError(f"{path}: cannot read its PRISMA metadata ({_first_line(exc)}); the file is truncated or "
+        raise SceneError(f"{path}: cannot read its PRISMA metadata ({first_line(exc)}); the file is truncated or "
                          "corrupt — download it again") from exc
     # the file's layout, for readers that follow it: ingest reads strips of a line-interleaved or line-chunked cube
     file_block = (1, samples) if file_chunks is None else (file_chunks[0], file_chunks[2])
@@ -354,7 +354,7 @@ def _grid(path: Path, attrs: h5py.AttributeManager, lines: int,
         try:
             crs = CRS.from_epsg(int(epsg)).to_wkt()
         except (CRSError, ValueError, OverflowError) as exc:
-            missing = [f"a usable Epsg_Code ({_first_line(exc)})"]
+            missing = [f"a usable Epsg_Code ({first_line(exc)})"]
     if missing or crs is None:
         warnings.warn(MetadataWarning(f"{path}: PRISMA L2D file without {', '.join(missing)}; read without "
                                       "georeferencing"), stacklevel=3)
@@ -382,6 +382,3 @@ def _chunks(default: tuple[int, int, int], file_chunks: tuple[int, ...] | None, 
     return n_bands, aligned_rows, aligned_cols
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

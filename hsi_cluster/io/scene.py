@@ -43,7 +43,7 @@ import xarray as xr
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.enmap import EnmapBands, metadata_file, read_band_metadata
 from hsi_cluster.io.metadata import spectral_coords
@@ -112,7 +112,7 @@ class RasterioWindowReader:
             stored = self._dataset().read(indexes, window=window)
         except RasterioIOError as exc:
             raise SceneError(f"{self.path}: cannot read rows {rows[0]}–{rows[1]}, cols {cols[0]}–{cols[1]} "
-                             f"({_first_line(exc)}); the file is truncated or corrupt — re-export or "
+                             f"({first_line(exc)}); the file is truncated or corrupt — re-export or "
                              "re-download it") from exc
         return stored if self.scaling is None else _apply_scaling(stored, self.scaling, slice(*bands[:2]), self.dtype)
 
@@ -204,7 +204,7 @@ class RasterioMaskReader(RasterioWindowReader):
             return self._dataset().dataset_mask(window=window) != 0
         except RasterioIOError as exc:
             raise SceneError(f"{self.path}: cannot read the mask band at rows {rows[0]}–{rows[1]}, cols "
-                             f"{cols[0]}–{cols[1]} ({_first_line(exc)}); the file is truncated or corrupt — "
+                             f"{cols[0]}–{cols[1]} ({first_line(exc)}); the file is truncated or corrupt — "
                              "re-export or re-download it") from exc
 
 
@@ -240,10 +240,6 @@ class NpyWindowReader:
         return np.array(self._array[key])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
 
 def default_chunks(n_bands: int, dtype: np.dtype, spatial: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """Dask chunking ``(all bands, rows, cols)``: ``spatial`` if given, else square chunks of a few MB."""
@@ -272,7 +268,7 @@ def _open_npy(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     try:
         cube = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise SceneError(f"{path}: not a readable .npy array ({_first_line(exc)}); check the file") from exc
+        raise SceneError(f"{path}: not a readable .npy array ({first_line(exc)}); check the file") from exc
     _check_cube(cube.shape, path)
     n_bands, rows, cols = default_chunks(cube.shape[2], cube.dtype, spatial)
     # Not the memmap itself: dask copies array-likes (reading the whole file) and hashes them.
@@ -289,7 +285,7 @@ def _open_mat(path: Path, var: str | None, spatial: tuple[int, int] | None) -> x
     except NotImplementedError:  # MATLAB v7.3 = HDF5
         return _open_mat_hdf5(path, var, spatial)
     except (ValueError, OSError, TypeError) as exc:
-        raise SceneError(f"{path}: not a readable MATLAB file ({_first_line(exc)}); check the file") from exc
+        raise SceneError(f"{path}: not a readable MATLAB file ({first_line(exc)}); check the file") from exc
     name = _pick_mat_variable(path, [(n, shape) for n, shape, _ in variables], var)
     cube = scipy.io.loadmat(path, variable_names=[name])[name]
     _check_cube(cube.shape, path, f"variable {name!r}")
@@ -304,7 +300,7 @@ def _open_mat_hdf5(path: Path, var: str | None, spatial: tuple[int, int] | None)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise SceneError(f"{path}: not a readable MATLAB v7.3 file ({_first_line(exc)}); check the file") from exc
+        raise SceneError(f"{path}: not a readable MATLAB v7.3 file ({first_line(exc)}); check the file") from exc
     datasets = [(n, tuple(reversed(d.shape))) for n, d in handle.items() if isinstance(d, h5py.Dataset)]
     name = _pick_mat_variable(path, datasets, var)
     dataset = handle[name]
@@ -447,7 +443,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         hint = ("the ENVI header is malformed or does not match the data; check samples, lines, bands, "
                 "data type and interleave" if header is not None or path.suffix.lower() == ".hdr"
                 else "it is not a raster GDAL can read, or it is corrupt")
-        raise SceneError(f"{path}: cannot open ({_first_line(exc)}); {hint}") from exc
+        raise SceneError(f"{path}: cannot open ({first_line(exc)}); {hint}") from exc
     with dataset:
         if dataset.count == 0 and dataset.subdatasets:
             listing = ", ".join(dataset.subdatasets[:4]) + (" ..." if len(dataset.subdatasets) > 4 else "")
