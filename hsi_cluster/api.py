@@ -75,7 +75,8 @@ def _scene_path(scene: SceneLike, *, what: str) -> Path:
         raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
                          "a changed, loaded or computed array); write it to a file first, e.g. "
                          "scene.rio.to_raster('crop.tif'), and pass that path")
-    raise TypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}")
+    raise TypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}; write an "
+                    "array to a file first (np.save('scene.npy', cube) for a (y, x, band) cube) and pass that path")
 
 
 @dataclass
@@ -267,6 +268,9 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     """
     if scene.ndim != 3:
         raise ValueError(f"expected a (band, y, x) scene, got dims {scene.dims}")
+    if set(scene.dims) != {"band", "y", "x"}:
+        raise ValueError(f"expected a scene with dims band, y, x (as open_scene gives), got {scene.dims}; rename them, "
+                         "e.g. scene.rename({'b': 'band', 'row': 'y', 'col': 'x'})")
     if scene.dims != ("band", "y", "x"):
         scene = scene.transpose("band", "y", "x")
     if "source" not in scene.attrs:
@@ -368,9 +372,9 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
     """
     from hsi_cluster.train import train as run_train
 
-    if isinstance(scenes, (str, os.PathLike, xr.DataArray)):
+    if isinstance(scenes, (str, os.PathLike, xr.DataArray, np.ndarray)):
         scenes = [scenes]
-    paths = [_scene_path(scene, what="train") if isinstance(scene, xr.DataArray) else scene for scene in scenes]
+    paths = [scene if isinstance(scene, (str, os.PathLike)) else _scene_path(scene, what="train") for scene in scenes]
     settings = load_config(preset, Path(config) if config is not None else None, inline=overrides or None)
     log = (lambda message: print(message, file=sys.stderr)) if verbose else None
     with tempfile.TemporaryDirectory(prefix="hsicluster-train-") as folder:

@@ -108,13 +108,13 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
             log(f"warning: {_source_of(store)}: its values vary {ratio:.3g}× as much as the other training scenes': other units "
                 "or scaling (digital numbers against reflectance?); the clusters will mostly separate the scenes. "
                 "Convert the scenes to one unit, or train on them apart")
-    fill = likely_fill(spectra)
+    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
+    good_band = np.logical_and.reduce(flags) if flags else None
+    fill = likely_fill(spectra) if good_band is None or good_band.any() else None  # no band: fit_spectral says so
     if fill is not None and log is not None:
         value, share = fill
         log(f"warning: {share:.1%} of the valid pixels hold {value:g} in every band; if that is a fill value, "
             f"declare it as the scene's nodata (rio edit-info --nodata {value:g} SCENE) and train again")
-    flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
-    good_band = np.logical_and.reduce(flags) if flags else None
     try:
         fit = fit_spectral(pooled_band_stats(opened), spectra, n_components, good_band=good_band)
         if projection == "mnf":  # the closer neighbour is judged on the bands the projection reads

@@ -226,3 +226,20 @@ def test_predict_warns_of_a_scene_in_other_units_in_memory_and_to_a_file(tmp_pat
     with pytest.warns(UserWarning, match=f"{reflectance}: its values vary"):
         result = model.predict(reflectance, output=tmp_path / "labels.tif", device="cpu")
     assert result.units_differ
+
+
+def test_arrays_that_are_not_scenes_get_a_message_that_says_what_to_do(tmp_path: Path) -> None:
+    cube, _ = holey_cube()
+    with pytest.raises(TypeError, match=r"train: expected a path or a DataArray from open_scene\(\), got ndarray; "
+                                        r"write an array to a file first \(np.save"):
+        hc.train(cube, k=3)
+    with pytest.raises(TypeError, match="got ndarray"):
+        hc.train([cube], k=3)
+    model = hc.train(write_scene(tmp_path / "scene.tif", cube).path, k=3, device="cpu", work_dir=tmp_path / "work",
+                     **TINY_DENSE)
+    other_dims = xr.DataArray(cube, dims=("b", "row", "col"))
+    with pytest.raises(ValueError, match=r"dims band, y, x \(as open_scene gives\), got \('b', 'row', 'col'\); "
+                                         r"rename them"):
+        model.predict(other_dims, device="cpu")
+    renamed = model.predict(other_dims.rename({"b": "band", "row": "y", "col": "x"}), device="cpu")
+    assert renamed.shape == cube.shape[1:]

@@ -397,3 +397,22 @@ def test_cli_projection_mnf_from_a_config_file(scene: IngestedScene, tmp_path: P
     result = cli("train", scene.store, "-k", 3, "-o", tmp_path / "other.ckpt", "--config", config, "--device", "cpu")
     assert result.exit_code == 2 and "projection must be one of 'pca', 'mnf'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "other.ckpt").exists()
+
+
+def test_cli_scene_whose_every_band_is_flagged_bad(tmp_path: Path) -> None:
+    """An ENVI bad-band list of zeros and a declared fill: one line saying no band is usable, not first a
+    warning that the (declared) fill may be undeclared."""
+    from tests import helpers
+
+    cube = helpers.synthetic_cube(24, 30, 30, "int16", seed=2)
+    cube[:, :10] = -9999  # a swath's border, declared as the data ignore value
+    scene = helpers.write_envi(tmp_path / "scene.img", cube, bbl=[False] * 24, nodata=-9999)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    output = tmp_path / "m.ckpt"
+    result = cli("train", scene.path, "-k", 3, "-o", output, "--config", config, "--device", "cpu",
+                 "--work", tmp_path / "work", "-q")
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no band is usable: every band is flagged bad" in lines[0], result.stderr
+    assert not output.exists()
