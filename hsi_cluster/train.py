@@ -708,9 +708,12 @@ def _resume(run: _Run, resume_from: Checkpoint, output: Path, log: LogFn) -> _Lo
     if resume_from.complete and (step >= run.total_steps or epoch >= run.epochs):
         plotted = output.with_suffix(".loss.png")
         return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
-                           epochs=epoch, seconds=elapsed_before, samples_per_second=0.0, history=history,
+                           epochs=epoch + (batch_in_epoch > 0), seconds=elapsed_before, samples_per_second=0.0,
+                           history=history,
                            already_finished=True, samples=int(state.get("samples_drawn", 0)),
                            budget=run.budget, total_steps=int(state.get("total_steps", step)), stores=list(run.stores))
+    if resume_from.complete and batch_in_epoch and history and history[-1]["epoch"] == epoch + 1:
+        history.pop()  # the finished run's last, part-way epoch: this run finishes it and records it whole
     log(f"resuming from {resume_from.path.name} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     samples_before = int(state.get("samples_drawn", step * run.config.batch_size))
     return _LoopState(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, history=history,
@@ -826,20 +829,28 @@ def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
     if stop and state.batch_in_epoch < run.steps_per_epoch:
         save_checkpoint(_payload(run, state, False), hooks.partial)
         raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
-    _end_epoch(run, state, hooks.log)
+    # the run's last epoch may end part-way (its length is in steps): its position is kept, so that a resume
+    # with a longer run continues that epoch instead of skipping the rest of it
+    _end_epoch(run, state, hooks.log, keep_position=0 < state.batch_in_epoch < run.steps_per_epoch)
     if state.step < run.total_steps:
         save_checkpoint(_payload(run, state, False), hooks.partial)
         if stop:  # stopped on the epoch's last batch: after its end-of-epoch bookkeeping
             raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
 
 
-def _end_epoch(run: _Run, state: _LoopState, log: LogFn) -> None:
-    """Record the finished epoch's mean loss in the history, log it and move on to the next epoch."""
+def _end_epoch(run: _Run, state: _LoopState, log: LogFn, *, keep_position: bool = False) -> None:
+    """Record the finished epoch's mean loss in the history, log it and move on to the next epoch.
+
+    ``keep_position``: the run ends part-way through this epoch; it is recorded and logged, but the loop
+    state stays inside it (a resume to a longer run finishes it, and replaces this history entry).
+    """
     mean_loss = float(np.mean(state.epoch_losses)) if state.epoch_losses else float("nan")
     lr = run.optimizer.param_groups[0]["lr"]
     state.history.append({"epoch": state.epoch + 1, "step": state.step, "loss": mean_loss, "lr": lr})
     log(f"epoch {state.epoch + 1}/{run.epochs}: mean loss {mean_loss:.4f}, lr {lr:.2e}, "
         f"{_progress_line(run, state)}")
+    if keep_position:
+        return
     state.epoch_losses = []
     state.epoch += 1
     state.batch_in_epoch = 0
@@ -868,7 +879,8 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
     save_checkpoint(_payload(run, state, True), output)
     partial.unlink(missing_ok=True)
     curve = write_loss_curve(state.history, output.with_suffix(".loss.png"))
-    return TrainResult(checkpoint=output, loss_curve=curve, steps=state.step, epochs=state.epoch, seconds=seconds,
+    return TrainResult(checkpoint=output, loss_curve=curve, steps=state.step,
+                       epochs=state.epoch + (state.batch_in_epoch > 0), seconds=seconds,
                        samples_per_second=state.samples_seen / max(time.perf_counter() - state.started, 1e-9),
                        history=state.history, samples=state.samples_before + state.samples_seen,
                        budget=run.budget, total_steps=run.total_steps, k_choice=run.k_choice,

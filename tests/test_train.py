@@ -271,6 +271,24 @@ def test_resume_a_finished_run_to_train_longer(scene: IngestedScene, tmp_path: P
                         torch.load(expected.checkpoint, weights_only=True)["state_dict"])
 
 
+def test_resume_a_run_that_ended_part_way_through_an_epoch_finishes_that_epoch(scene: IngestedScene,
+                                                                               tmp_path: Path) -> None:
+    """A run whose length in steps ends inside an epoch, resumed to a longer one, continues that epoch: the
+    longer run's full length, weights and per-epoch history as one long run (no lr drop), not a skipped rest."""
+    flat = {"lr_step_fraction": 1.0, "epochs": None}
+    expected = run(scene, tmp_path / "long.ckpt", config=resume_config(steps=2 * STEPS_PER_EPOCH, **flat))
+    output = tmp_path / "model.ckpt"
+    short = run(scene, output, config=resume_config(steps=STEPS_PER_EPOCH + 3, **flat))
+    assert short.steps == STEPS_PER_EPOCH + 3 and short.epochs == 2
+    assert [h["step"] for h in short.history] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 3]
+    result = run(scene, output, config=resume_config(steps=2 * STEPS_PER_EPOCH, **flat), resume=True)
+    assert result.steps == 2 * STEPS_PER_EPOCH and result.epochs == 2 and not result.already_finished
+    final = torch.load(output, weights_only=True)
+    assert_same_weights(final["state_dict"], torch.load(expected.checkpoint, weights_only=True)["state_dict"])
+    assert [h["step"] for h in final["training"]["history"]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert final["training"]["history"] == torch.load(expected.checkpoint, weights_only=True)["training"]["history"]
+
+
 def test_resume_a_finished_run_says_so_and_leaves_it(scene: IngestedScene, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
