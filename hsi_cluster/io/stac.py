@@ -31,10 +31,12 @@ live on the web, so :func:`extension_problems` checks their fields directly.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -303,9 +305,11 @@ def _identifier(text: str) -> str:
 def batch_items(records: Sequence[Mapping[str, Any]], outdir: str | os.PathLike[str], *,
                 model_sha256: str) -> list[tuple[Path, pystac.Item]]:
     """Items of a batch's finished scenes (manifest records with status ``done`` or ``skipped``), ids from
-    their paths under OUTDIR (``north/scene3_labels.tif`` → ``north-scene3_labels``) so that they are unique."""
+    their paths under OUTDIR (``north/scene3_labels.tif`` → ``north-scene3_labels``). Paths that give the
+    same id (``north/s1`` and ``north-s1``; ``ä/x`` and ``ö/x``, whose letters an id leaves out) get the
+    first 8 hex digits of their path's sha256 appended, so that every id in the Collection is unique."""
     outdir = Path(outdir).absolute()
-    items = []
+    finished = []
     for record in records:
         if record.get("status") not in ("done", "skipped") or not record.get("output"):
             continue
@@ -316,11 +320,17 @@ def batch_items(records: Sequence[Mapping[str, Any]], outdir: str | os.PathLike[
             relative = output.relative_to(outdir).with_suffix("").as_posix()
         except ValueError:
             relative = output.stem
+        finished.append((record, output, relative, _identifier(relative.replace("/", "-"))))
+    shared = Counter(identifier for *_, identifier in finished)
+    items = []
+    for record, output, relative, identifier in finished:
+        if shared[identifier] > 1:
+            identifier += "-" + hashlib.sha256(relative.encode()).hexdigest()[:8]
         counts = record.get("counts")
         where = item_path(output)
         item = label_item(output, model_sha256=model_sha256, source=record.get("source"),
                           counts={int(k): int(v) for k, v in counts.items()} if counts else None,
-                          item_id=_identifier(relative.replace("/", "-")), href=where)
+                          item_id=identifier, href=where)
         items.append((where, item))
     return items
 

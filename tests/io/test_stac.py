@@ -318,3 +318,24 @@ def test_hrefs_with_spaces_resolve_in_pystac(tmp_path: Path) -> None:
     for i in read:
         assert Path(i.assets["labels"].get_absolute_href()).is_file()
         assert Path(i.get_single_link("collection").get_absolute_href()) == outdir / "collection.json"
+
+
+def test_batch_item_ids_are_unique_when_paths_would_share_one(tmp_path: Path) -> None:
+    """``north/s1`` and ``north-s1`` give the same id, as do ``ä/x`` and ``ö/x`` (an id keeps ASCII only): those
+    get a hash of their path appended; an id no other path shares stays readable. The same set, the same ids."""
+    outdir = tmp_path / "out"
+    paths = ["north/s1_labels.tif", "north-s1_labels.tif", "ä/x_labels.tif", "ö/x_labels.tif", "south/y_labels.tif"]
+    records = []
+    for relative in paths:
+        (outdir / relative).parent.mkdir(parents=True, exist_ok=True)
+        records.append({"status": "done", "output": str(write_labels(outdir / relative, crs=helpers.utm_crs(),
+                                                                     transform=helpers.utm_transform()))})
+    ids = [item.id for _, item in batch_items(records, outdir, model_sha256="0" * 64)]
+    assert len(set(ids)) == len(ids) == 5
+    assert ids[4] == "south-y_labels"
+    for identifier, stem in zip(ids[:4], ["north-s1_labels", "north-s1_labels", "x_labels", "x_labels"], strict=True):
+        assert identifier.startswith(stem + "-") and len(identifier) == len(stem) + 9
+    assert [item.id for _, item in batch_items(records, outdir, model_sha256="0" * 64)] == ids
+    collection = pystac.Collection.from_file(str(write_collection(batch_items(records, outdir, model_sha256="0" * 64),
+                                                                  outdir, model_sha256="0" * 64)))
+    assert sorted(i.id for i in collection.get_items()) == sorted(ids)
