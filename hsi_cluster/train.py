@@ -887,6 +887,8 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
                        stores=list(run.stores))
 
 
+#: ``-k auto`` warns when ``--k-max`` leaves fewer sampled pixels per cluster than this.
+K_AUTO_MIN_PIXELS = 10
 #: Epoch number of the sampler plan that draws the pixels of the feature centroids (not a training epoch).
 CENTROID_PLAN_EPOCH = 1_000_003
 
@@ -894,6 +896,10 @@ CENTROID_PLAN_EPOCH = 1_000_003
 def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
     """``-k auto``: the elbow K of the centroid sample's features, logged and kept for the checkpoint."""
     assert run.k_max is not None
+    if run.k_max * K_AUTO_MIN_PIXELS > len(features):
+        log(f"warning: --k-max {run.k_max} leaves fewer than {K_AUTO_MIN_PIXELS} of the {len(features)} sampled pixels "
+            f"per cluster at the end of the curve, where k-means splits noise and the elbow follows --k-max; "
+            f"choose a --k-max of at most {max(2, len(features) // K_AUTO_MIN_PIXELS)}")
     log(f"-k auto: k-means on {len(features)} training pixels for K = 2..{run.k_max} ({RULE})")
     choice = choose_k(CentroidHead.weigh(features, blocks), run.k_max, seed=run.seed)
     for k, inertia, distance in zip(choice.candidates, choice.inertia, choice.distance, strict=True):

@@ -998,6 +998,7 @@ def test_k_auto_chooses_k_records_the_curve_and_labels_with_it(auto_run, scene: 
     # The criterion of every candidate is logged, and the choice marked.
     assert sum(line.lstrip().startswith("K = ") for line in lines) == 4
     assert sum("<- chosen" in line for line in lines) == 1
+    assert not any("warning" in line for line in lines)
     # The head trained with k_max clusters; the labels have the K chosen.
     assert payload["model_config"]["n_clusters"] == choice["k"]
     assert payload["state_dict"]["cluster_head.net.2.weight"].shape[0] == 5
@@ -1005,6 +1006,16 @@ def test_k_auto_chooses_k_records_the_curve_and_labels_with_it(auto_run, scene: 
     assert model.n_clusters == choice["k"]
     labels, _ = label_patches(model, scene.store, patch_size=5)
     assert set(np.unique(labels[scene.valid])) <= set(range(choice["k"]))
+
+
+def test_k_auto_warns_when_k_max_leaves_few_pixels_per_cluster(scene: IngestedScene, tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run(scene, tmp_path / "model.ckpt", n_clusters="auto", k_max=60, config=resume_config(epochs=1),
+                 log=lines.append)
+    [warning] = [line for line in lines if line.startswith("warning:")]
+    assert warning.startswith("warning: --k-max 60 leaves fewer than 10 of the ")
+    assert "choose a --k-max of at most" in warning
+    assert result.k_choice is not None and result.k_choice["k_max"] == 60
 
 
 def test_k_auto_resumes_only_as_k_auto(scene: IngestedScene, tmp_path: Path) -> None:
