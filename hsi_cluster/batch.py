@@ -275,7 +275,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
 
     started = time.perf_counter()
     log = log or (lambda message: None)
-    sources = expand_scene_paths(scenes)
+    sources = expand_scene_paths(scenes, log=log)
     if not sources:
         raise HsiClusterError("no scenes given; pass files or a quoted glob pattern")
     check_tile_size(tiles)

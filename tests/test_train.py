@@ -915,7 +915,14 @@ def test_expand_scene_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         [archive / "b.tif", archive / "a.tif", tmp_path / "odd[1].tif", tmp_path / "missing.tif"]
     # one file named two ways (through '..' or a link) is one scene
     (tmp_path / "link.tif").symlink_to(archive / "a.tif")
-    assert expand_scene_paths(["archive/a.tif", "archive/deep/../a.tif", "link.tif"]) == [archive / "a.tif"]
+    told: list[str] = []
+    assert expand_scene_paths(["archive/a.tif", "archive/deep/../a.tif", "link.tif"], log=told.append) == \
+        [archive / "a.tif"]
+    assert told == ["2 of the 3 paths matched name a file already matched (by another pattern, or through a link): "
+                    "1 scene, each taken once"]
+    told.clear()
+    expand_scene_paths(["archive/*.tif"], log=told.append)
+    assert told == []  # nothing named twice: nothing said
     with pytest.raises(HsiClusterError, match=r"nothing/\*\*/\*\.tif: the pattern matches no scene") as exc:
         expand_scene_paths(["archive/*.tif", "nothing/**/*.tif"])
     one_line(exc)

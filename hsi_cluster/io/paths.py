@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hsi_cluster.errors import SceneError
@@ -26,7 +26,8 @@ def existing_with_suffix(path: Path, suffix: str) -> Path | None:
     return None
 
 
-def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
+                       log: Callable[[str], None] | None = None) -> list[Path]:
     """Scenes named by paths and glob patterns, in the order given, each once.
 
     An argument that exists is taken literally (even if its name holds ``*``, ``?`` or ``[``).
@@ -40,6 +41,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
 
     Args:
         patterns: paths and patterns, e.g. ``["archive/*.tif", "extra/scene.zarr"]``; ``~`` is expanded.
+        log: told how many paths named a file already named, when some did.
 
     Returns:
         absolute paths.
@@ -48,6 +50,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
         SceneError: a pattern matches no scene (one line naming the pattern).
     """
     found: dict[Path, Path] = {}  # the file itself (links and '..' resolved) -> the path as first given
+    named = 0
     for pattern in patterns:
         text = os.path.expanduser(os.fspath(pattern))
         if not os.path.lexists(text) and glob.has_magic(text):
@@ -59,6 +62,10 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]]) -> list[Path]
             matches = [Path(text)]
         for match in matches:
             found.setdefault(match.resolve(), match.absolute())
+        named += len(matches)
+    if log is not None and named > len(found):
+        log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
+            f"or through a link): {len(found)} scene{'s' if len(found) != 1 else ''}, each taken once")
     return list(found.values())
 
 
