@@ -183,3 +183,19 @@ def auto_chunk_size(n_bands: int, itemsize: int, *, target_bytes: int = 8 * 2**2
     while side > minimum and n_bands * itemsize * side * side > target_bytes:
         side //= 2
     return side
+
+
+def north_up(array: np.ndarray, transform: tuple[float, ...] | None) -> np.ndarray:
+    """A (y, x) raster as a map shows it: rows flipped for a south-up grid (``e`` > 0), columns for a grid whose
+    x runs west (``a`` < 0); unchanged without a transform or for a rotated one (``b``, ``d`` ≠ 0).
+
+    Args:
+        array: (y, x) values in file order.
+        transform: the affine ``a, b, c, d, e, f`` of the grid, or None.
+    """
+    if transform is None:
+        return array
+    a, b, _, d, e, _ = transform[:6]
+    if b or d:
+        return array
+    return array[:: -1 if e > 0 else 1, :: -1 if a < 0 else 1]

@@ -23,7 +23,7 @@ from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import SceneError
-from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size
+from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
 from hsi_cluster.io.checks import check_bands, check_patch_fits
 from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import (
@@ -356,7 +356,8 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     quicklook_out = None
     if outputs.quicklook is not None:
         stride = max(1, max(height, width) // 1024)
-        quicklook_out = write_quicklook(np.asarray(labels_array[::stride, ::stride]), outputs.quicklook,
+        shown = north_up(np.asarray(labels_array[::stride, ::stride]), raster.transform)  # as a map shows it
+        quicklook_out = write_quicklook(shown, outputs.quicklook,
                                         n_clusters=n_clusters, nodata=job.nodata,
                                         title=f"{job.source.name}: {n_clusters} clusters (model {digest})",
                                         counts=per_cluster, nodata_count=int(counts[-1]))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size, halo_read
+from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size, halo_read, north_up
 
 
 @pytest.mark.parametrize("height,width,block", [(1, 1, 1), (1, 1, 512), (1, 1000, 32), (1000, 1, 32),
@@ -158,3 +158,18 @@ def test_tile_size_minimum_is_one_definition() -> None:
     check_tile_size(DEFAULT_TILE)
     with pytest.raises(HsiClusterError, match=f"at least {MIN_TILE} pixels"):
         check_tile_size(MIN_TILE - 1)
+
+
+def test_north_up_turns_a_grid_as_a_map_shows_it() -> None:
+    """A south-up grid's first row is its southern edge: flipped for the quicklook; a west-running x likewise;
+    north-up, rotated and ungeoreferenced grids are shown as stored."""
+    values = np.arange(12).reshape(3, 4)
+    north = (30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
+    south = (30.0, 0.0, 500000.0, 0.0, 30.0, 3900000.0)
+    west = (-30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
+    rotated = (29.5, 5.2, 500000.0, 5.2, -29.5, 4000000.0)
+    assert np.array_equal(north_up(values, north), values)
+    assert np.array_equal(north_up(values, south), values[::-1])
+    assert np.array_equal(north_up(values, west), values[:, ::-1])
+    assert np.array_equal(north_up(values, rotated), values)
+    assert np.array_equal(north_up(values, None), values)

@@ -797,3 +797,20 @@ def test_a_scene_found_corrupt_while_labelling_leaves_no_partial_output(
     assert max(done) > 0, "the truncation should be found after some tiles were labelled"
     assert "previous exception" not in str(info.value) and "truncated or corrupt" in str(info.value)
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_the_quicklook_of_a_south_up_scene_is_drawn_north_up(dense: TrainedModel, tmp_path: Path,
+                                                             holey: tuple[helpers.SyntheticScene, np.ndarray],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The label raster keeps the file's south-up grid; the quicklook shows the map the right way up."""
+    south_up = rasterio.Affine(30.0, 0.0, 500000.0, 0.0, 30.0, 3_900_000.0)
+    scene = write_scene(tmp_path / "south.tif", holey[0].cube, transform=south_up)
+    drawn: list[np.ndarray] = []
+    real = predict_module.write_quicklook
+    monkeypatch.setattr(predict_module, "write_quicklook", lambda labels, *a, **k: (drawn.append(labels),
+                                                                                     real(labels, *a, **k))[1])
+    result = predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu",
+                           quicklook_path=tmp_path / "labels.png")
+    labels, meta = read_raster(result.output)
+    assert meta["transform"] == south_up
+    assert np.array_equal(drawn[0], labels[::-1]) and result.quicklook.is_file()
