@@ -375,6 +375,23 @@ def mean_std(scores: list[ClusteringScores]) -> dict[str, tuple[float, float]]:
     return out
 
 
+#: Values that mark unlabelled pixels in ground truths more often than they name a class.
+UNLABELLED_LOOKALIKES = (255, 65535, -1, -9999)
+
+
+def _warn_if_another_value_looks_unlabelled(truth_path: str | os.PathLike[str], reference: np.ndarray) -> None:
+    """With no nodata declared, 0 is taken as unlabelled; warn when the truth also holds a value that usually is."""
+    for value in UNLABELLED_LOOKALIKES:
+        held = int(np.count_nonzero(reference == value))
+        if held:
+            zeros = int(np.count_nonzero(reference == 0))
+            warnings.warn(MetadataWarning(
+                f"{truth_path}: declares no nodata value, so 0 is taken as unlabelled ({zeros} pixels), but it also "
+                f"holds {value} ({held} pixels), which is scored as a class; if {value} marks unlabelled pixels, pass "
+                f"--unlabelled {value}"), stacklevel=3)
+            return
+
+
 def score_label_files(labels_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
                       unlabelled: int | None | str = "auto", var: str | None = None) -> ClusteringScores:
     """:func:`score_clustering` of a label raster against a ground-truth file, as ``hsicluster evaluate`` scores them.
@@ -384,10 +401,13 @@ def score_label_files(labels_path: str | os.PathLike[str], truth_path: str | os.
     truth raster's nodata value when it declares one, else 0. Classes the truth names (an ENVI classification's
     ``class names``; a GDAL raster's category names or attribute table) are shown by name.
     """
-    from hsi_cluster.io.labels import read_label_pair, truth_class_names, truth_unlabelled
+    from hsi_cluster.io.labels import read_label_pair, truth_class_names, truth_nodata, truth_unlabelled
 
+    guessed = unlabelled == "auto" and truth_nodata(truth_path) is None
     unlabelled = truth_unlabelled(truth_path, unlabelled)
     predicted, invalid, reference = read_label_pair(labels_path, truth_path, var=var, unlabelled=unlabelled)
+    if guessed:
+        _warn_if_another_value_looks_unlabelled(truth_path, reference)
     return score_clustering(predicted, reference, unlabelled=unlabelled,
                             invalid_pred="auto" if invalid is None else invalid,
                             class_names=truth_class_names(truth_path))

@@ -376,3 +376,31 @@ def test_score_clustering_reads_the_nodata_of_a_dataarray() -> None:
     assert _same(score_clustering(xr.DataArray(coded, dims=("y", "x"), attrs={"nodata": 7}), truth).to_dict(), expected)
     with pytest.raises(EvaluationError, match="invalid_pred"):
         score_clustering(labels, truth, invalid_pred="nodata")
+
+
+def test_a_ground_truth_without_nodata_that_holds_255_gets_a_hint(tmp_path) -> None:
+    """0 is the default unlabelled value when the truth declares no nodata; a truth whose class 0 is real and whose
+    unlabelled pixels hold 255 would be scored wrong without a word: a warning names the option to pass."""
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+    from tests import helpers
+
+    labels, truth = _labels_and_truth()
+    truth = truth.astype(np.uint8)
+    truth[truth == 0] = 255  # unlabelled
+    truth[:, :2] = 0  # class 0 is a real class here
+    np.save(tmp_path / "labels.npy", labels)
+    gt = helpers.write_geotiff(tmp_path / "gt.tif", truth[None]).path  # no nodata declared
+    cli = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt), "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    assert cli.stderr.strip() == (
+        f"hsicluster: warning: {gt}: declares no nodata value, so 0 is taken as unlabelled "
+        f"({int((truth == 0).sum())} pixels), but it also holds 255 ({int((truth == 255).sum())} pixels), which is "
+        "scored as a class; if 255 marks unlabelled pixels, pass --unlabelled 255")
+    told = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(gt), "--json", "--unlabelled", "255"])
+    assert told.exit_code == 0 and told.stderr == ""
+    assert json.loads(told.stdout)["n_scored"] == int((truth != 255).sum())
+    declared = helpers.write_geotiff(tmp_path / "declared.tif", truth[None], nodata=255).path
+    quiet = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(declared), "--json"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.stdout) == json.loads(told.stdout)

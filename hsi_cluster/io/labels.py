@@ -87,13 +87,18 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
     return labels, nodata, truth
 
 
+def truth_nodata(truth_path: str | os.PathLike[str]) -> float | None:
+    """The nodata value a ground-truth raster declares, or None (none declared, or not a raster with a header)."""
+    header = _raster_header(truth_path)
+    return header[0] if header is not None else None
+
+
 def truth_unlabelled(truth_path: str | os.PathLike[str], unlabelled: int | None | str) -> int | None:
     """The ground-truth value of unscored pixels: ``unlabelled`` as given, or for ``"auto"`` the truth raster's
     nodata value when it declares an integer one, else 0 (the benchmarks' convention)."""
     if unlabelled != "auto":
         return None if unlabelled is None else int(unlabelled)
-    header = _raster_header(truth_path)
-    nodata = header[0] if header is not None else None
+    nodata = truth_nodata(truth_path)
     return int(nodata) if nodata is not None and float(nodata).is_integer() else 0
 
 
