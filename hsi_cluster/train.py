@@ -515,7 +515,7 @@ def _scene_paths(scenes: list[str | os.PathLike[str]] | str | os.PathLike[str], 
 def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work: Path,
                   log: LogFn, *, option: str = "-k") -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
     """Checked stores of the scenes (ingested into ``work`` when needed), their wavelengths and identities."""
-    check_scenes_agree(paths)  # before ingesting anything
+    check_scenes_agree(paths, log=log)  # before ingesting anything
     for path in paths:
         _check_scene_shape(path, config)
     stores = [prepare_store(path, work, log=log) for path in paths]

@@ -7,10 +7,11 @@ what to do.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import xarray as xr
+from rasterio.crs import CRS
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
@@ -58,13 +59,19 @@ def check_bands(scene: xr.DataArray, *, n_bands: int, wavelength: Sequence[float
                               f"{tolerance_nm:g} nm); {advice}")
 
 
+#: Scenes trained together whose pixel sides differ by more than this factor get a warning.
+PIXEL_SIZE_RATIO_WARN = 1.5
+
+
 def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
-                       tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
+                       tolerance_nm: float = WAVELENGTH_TOLERANCE_NM, log: Callable[[str], None] | None = None) -> None:
     """Raise before any work unless all ``scenes`` have the same bands.
 
     Every scene is compared with the first: same band count, and band centres within
     ``tolerance_nm`` where both carry wavelengths (the tolerance ``predict`` applies to a scene
-    against its model). Opening reads headers only.
+    against its model). Opening reads headers only. ``log`` is warned of what does not stop the run
+    but changes what the clusters mean: pixel sizes that differ (in one CRS unit) by over
+    :data:`PIXEL_SIZE_RATIO_WARN` times, and scenes without wavelengths among scenes with them.
 
     Raises:
         HsiClusterError: one line naming the two scenes and the difference.
@@ -72,6 +79,9 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
     if len(scenes) < 2:
         return
     opened = [open_scene(scene) for scene in scenes]
+    if log is not None:
+        for notice in _mixed_scene_notices(opened):
+            log(f"warning: {notice}")
     first = opened[0]
     reference = None  # the first scene that has wavelengths
     for scene in opened:
@@ -85,3 +95,33 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
         check_bands(scene, n_bands=first.shape[0], wavelength=reference.coords["wavelength"].values,
                     reference=reference.attrs["source"], tolerance_nm=tolerance_nm,
                     advice="train together only scenes with the same bands")
+
+
+def _mixed_scene_notices(opened: Sequence[xr.DataArray]) -> list[str]:
+    """What :func:`check_scenes_agree` warns of (see there), as sentences."""
+    notices = []
+    by_unit: dict[str, list[tuple[float, str]]] = {}  # CRS linear unit -> (pixel side, scene) on georeferenced grids
+    for scene in opened:
+        a, b, _, d, e, _ = scene.attrs["transform"]
+        if scene.attrs.get("georeferenced") and scene.attrs.get("crs"):
+            unit = CRS.from_wkt(scene.attrs["crs"]).linear_units or "unknown"
+            by_unit.setdefault(unit, []).append((float(np.sqrt(abs(a * e - b * d))), str(scene.attrs["source"])))
+    for unit, sides in by_unit.items():
+        (fine, fine_source), (coarse, coarse_source) = min(sides, key=_side), max(sides, key=_side)
+        if coarse > PIXEL_SIZE_RATIO_WARN * fine:
+            notices.append(f"the scenes have different pixel sizes ({fine_source}: {fine:g} {unit}; {coarse_source}: "
+                           f"{coarse:g} {unit}): a patch spans {coarse / fine:.3g}× as much ground in one as in the "
+                           "other, so clusters may follow the resolution; resample them to one pixel size "
+                           "(gdalwarp -tr) or train on them apart")
+    with_wl = [scene for scene in opened if "wavelength" in scene.coords]
+    without = [str(scene.attrs["source"]) for scene in opened if "wavelength" not in scene.coords]
+    if with_wl and without:
+        many = len(without) > 1
+        notices.append(f"{without[0]}" + (f" and {len(without) - 1} more carry" if many else " carries")
+                       + f" no wavelengths, so {'their' if many else 'its'} bands cannot be checked against the "
+                       "others'; they are taken to be the same bands in the same order")
+    return notices
+
+
+def _side(entry: tuple[float, str]) -> float:
+    return entry[0]

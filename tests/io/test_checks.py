@@ -39,3 +39,30 @@ def test_scenes_agree_compares_with_the_first(tmp_path) -> None:
     check_scenes_agree([a, b])
     with pytest.raises(HsiClusterError, match="has 5 bands but .*a.tif has 6"):
         check_scenes_agree([a, b, c])
+
+
+def test_scenes_agree_warns_of_mixed_pixel_sizes_and_missing_wavelengths(tmp_path) -> None:
+    """Scenes that may train together but whose clusters would then follow the resolution, or whose bands
+    cannot be checked: a warning each, through ``log``; scenes alike: nothing said."""
+    import rasterio
+
+    cube = helpers.synthetic_cube(6, 12, 12, "float32", seed=0)
+    wl, fw = helpers.spectral_axis(6)
+    fine = helpers.write_geotiff(tmp_path / "fine.tif", cube, wavelength_nm=wl, fwhm_nm=fw,
+                                 transform=rasterio.Affine(10, 0, 500000, 0, -10, 4000000)).path
+    same = helpers.write_geotiff(tmp_path / "same.tif", cube, wavelength_nm=wl, fwhm_nm=fw,
+                                 transform=rasterio.Affine(12, 0, 600000, 0, -12, 4000000)).path
+    coarse = helpers.write_geotiff(tmp_path / "coarse.tif", cube, wavelength_nm=wl, fwhm_nm=fw,
+                                   transform=rasterio.Affine(30, 0, 500000, 0, -30, 4000000)).path
+    bare = helpers.write_geotiff(tmp_path / "bare.tif", cube,
+                                 transform=rasterio.Affine(10, 0, 500000, 0, -10, 4000000)).path
+    said: list[str] = []
+    check_scenes_agree([fine, same], log=said.append)
+    assert said == []
+    check_scenes_agree([fine, same, coarse, bare], log=said.append)
+    assert said == [
+        f"warning: the scenes have different pixel sizes ({fine}: 10 metre; {coarse}: 30 metre): a patch spans 3× "
+        "as much ground in one as in the other, so clusters may follow the resolution; resample them to one pixel "
+        "size (gdalwarp -tr) or train on them apart",
+        f"warning: {bare} carries no wavelengths, so its bands cannot be checked against the others'; they are "
+        "taken to be the same bands in the same order"]
