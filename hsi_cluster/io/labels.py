@@ -75,6 +75,18 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
         raise SceneError(f"{truth_path.name} holds cluster labels written by hsicluster predict and {labels_path.name} "
                          "does not: the arguments look swapped; pass the labels first, then the ground truth "
                          f"(hsicluster evaluate {truth_path.name} {labels_path.name})")
+    if labels_grid is not None and truth_grid is not None and labels_grid != truth_grid:
+        overlap = aligned_overlap(labels_grid, labels.shape, truth_grid, truth.shape)
+        if overlap is not None:  # one pixel grid, other extents (a ground truth over part of the scene)
+            (label_rows, label_cols), (truth_rows, truth_cols) = overlap
+            scored = np.ones(truth.shape, bool) if unlabelled is None else truth != unlabelled
+            outside = int(np.count_nonzero(scored)) - int(np.count_nonzero(scored[truth_rows, truth_cols]))
+            if outside:
+                warnings.warn(MetadataWarning(
+                    f"{truth_path}: {outside} labelled pixels lie outside the label raster {labels_path.name} and "
+                    "are not scored"), stacklevel=2)
+            labels, truth = labels[label_rows, label_cols], truth[truth_rows, truth_cols]
+            labels_grid = truth_grid = None  # now one window of one grid
     if labels.shape != truth.shape:
         raise SceneError(f"{labels_path}: {labels.shape[0]}×{labels.shape[1]} pixels but the ground truth "
                          f"{truth_path.name} has {truth.shape[0]}×{truth.shape[1]}; score labels of the scene the "
@@ -85,6 +97,29 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
         raise SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} ({differs}); "
                          "score labels of the scene the ground truth belongs to")
     return labels, nodata, truth
+
+
+def aligned_overlap(first: tuple[str, tuple[float, ...]], first_shape: tuple[int, ...],
+                    second: tuple[str, tuple[float, ...]], second_shape: tuple[int, ...]
+                    ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where two rasters on one pixel grid overlap: ``((rows, cols) of the first, (rows, cols) of the second)``.
+
+    One grid: the same CRS, the same north-up pixel size, and origins a whole number of pixels apart. None
+    when they are not on one grid, or do not overlap.
+    """
+    (crs_a, (a1, b1, c1, d1, e1, f1)), (crs_b, (a2, b2, c2, d2, e2, f2)) = first, second
+    if crs_a != crs_b or b1 or d1 or b2 or d2 or not math.isclose(a1, a2, rel_tol=1e-9) or \
+            not math.isclose(e1, e2, rel_tol=1e-9):
+        return None
+    col_shift, row_shift = (c2 - c1) / a1, (f2 - f1) / e1  # the second's origin in pixels of the first
+    if abs(col_shift - round(col_shift)) > 1e-6 or abs(row_shift - round(row_shift)) > 1e-6:
+        return None
+    dy, dx = round(row_shift), round(col_shift)
+    top, left = max(0, dy), max(0, dx)
+    bottom, right = min(first_shape[0], dy + second_shape[0]), min(first_shape[1], dx + second_shape[1])
+    if bottom <= top or right <= left:
+        return None
+    return (slice(top, bottom), slice(left, right)), (slice(top - dy, bottom - dy), slice(left - dx, right - dx))
 
 
 def truth_nodata(truth_path: str | os.PathLike[str]) -> float | None:

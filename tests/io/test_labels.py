@@ -288,7 +288,7 @@ def test_label_pair_on_different_grids_is_refused(tmp_path: Path, case: str) -> 
         truth = helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None, :, :5]).path
         words = "9×7 pixels but the ground truth gt.tif has 9×5"
     else:
-        shifted = helpers.utm_transform(origin=(helpers.ORIGIN[0] + helpers.PIXEL_SIZE, helpers.ORIGIN[1]))
+        shifted = helpers.utm_transform(origin=(helpers.ORIGIN[0] + helpers.PIXEL_SIZE / 2, helpers.ORIGIN[1]))
         kwargs = {"crs": "EPSG:4326"} if case == "crs" else {"transform": shifted}
         truth = helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None], **kwargs).path
         words = "not on the pixel grid of the ground truth gt.tif " + (
@@ -296,6 +296,27 @@ def test_label_pair_on_different_grids_is_refused(tmp_path: Path, case: str) -> 
     with pytest.raises(SceneError, match=words) as info:
         read_label_pair(labels, truth)
     assert str(info.value).startswith(str(labels))
+
+
+def test_a_ground_truth_over_part_of_the_scene_on_its_grid_is_scored_where_they_overlap(tmp_path: Path) -> None:
+    """A truth raster on the labels' pixel grid but another extent (a survey over part of the scene, or reaching
+    past it): both are cut to their overlap; labelled truth pixels outside the labels are named in a warning."""
+    from hsi_cluster.errors import MetadataWarning
+
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path  # 9 × 7
+    inside = helpers.utm_transform(origin=(helpers.ORIGIN[0] + 2 * helpers.PIXEL_SIZE,
+                                           helpers.ORIGIN[1] - 3 * helpers.PIXEL_SIZE))
+    part = helpers.write_geotiff(tmp_path / "part.tif", (LABELS[3:7, 2:5] + 1)[None], transform=inside).path
+    read, _, reference = read_label_pair(labels, part)
+    np.testing.assert_array_equal(read, LABELS[3:7, 2:5])
+    np.testing.assert_array_equal(reference, LABELS[3:7, 2:5] + 1)
+    past = helpers.utm_transform(origin=(helpers.ORIGIN[0] + 5 * helpers.PIXEL_SIZE, helpers.ORIGIN[1]))
+    wider = np.ones((9, 4), np.uint8)  # columns 5, 6 lie on the labels, 7 and 8 past their edge
+    beyond = helpers.write_geotiff(tmp_path / "beyond.tif", wider[None], transform=past).path
+    with pytest.warns(MetadataWarning, match="beyond.tif: 18 labelled pixels lie outside the label raster labels.tif"):
+        read, _, reference = read_label_pair(labels, beyond)
+    np.testing.assert_array_equal(read, LABELS[:, 5:])
+    assert reference.shape == (9, 2)
 
 
 def test_truth_nodata_and_nan_pixels_are_not_scored(tmp_path: Path) -> None:
