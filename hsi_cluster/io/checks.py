@@ -53,6 +53,10 @@ def check_bands(scene: xr.DataArray, *, n_bands: int, wavelength: Sequence[float
     expected = np.asarray(wavelength, dtype=np.float64)
     own = scene.coords["wavelength"].values
     band = mismatched_band(own, expected, tolerance_nm=tolerance_nm)
+    if band is not None and mismatched_band(own[::-1], expected, tolerance_nm=tolerance_nm) is None:
+        raise HsiClusterError(f"{source}: its bands run the other way ({own[0]:.1f} → {own[-1]:.1f} nm) from those "
+                              f"of {reference} ({expected[0]:.1f} → {expected[-1]:.1f} nm); write them in the same "
+                              f"order (gdal_translate with -b {len(own)} … -b 1 reverses them); {advice}")
     if band is not None:
         raise HsiClusterError(f"{source}: band {band + 1} is at {own[band]:.1f} nm but in {reference} at "
                               f"{expected[band]:.1f} nm ({abs(own[band] - expected[band]):.1f} nm apart, more than "

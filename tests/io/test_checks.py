@@ -66,3 +66,12 @@ def test_scenes_agree_warns_of_mixed_pixel_sizes_and_missing_wavelengths(tmp_pat
         "size (gdalwarp -tr) or train on them apart",
         f"warning: {bare} carries no wavelengths, so its bands cannot be checked against the others'; they are "
         "taken to be the same bands in the same order"]
+
+
+def test_bands_in_the_reverse_order_are_named_so(geotiff) -> None:
+    scene = open_scene(geotiff.path)
+    wavelength = scene.coords["wavelength"].values
+    with pytest.raises(HsiClusterError, match=r"its bands run the other way \(.* → .* nm\) from those of the model "
+                                              r"\(.* nm\); write them in the same order \(gdal_translate with -b 6 … "
+                                              r"-b 1 reverses them\); retrain"):
+        check_bands(scene, n_bands=6, wavelength=wavelength[::-1], reference="the model", advice="retrain")
