@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
+from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.pipeline import KINDS, PipelineError, load_pipeline, plan, run
 from tests import helpers
 from tests.io.test_enmap import write_product
@@ -430,3 +431,24 @@ def test_evaluate_step_reads_unlabelled_from_the_truth_nodata_as_the_command_doe
     run(pipeline)
     assert json.loads((workdir / "scores.json").read_text())["scores"]["n_scored"] == int(
         ((truth != 255) & (truth != 0)).sum())
+
+
+def test_a_step_that_fails_is_named_and_reruns_saying_so(project: Path, tmp_path: Path) -> None:
+    """A step failing on its input (a scene of other bands than the model's): the error names the step and says
+    the later steps did not run; the finished steps stay done, and the failed one reruns 'failed last time'."""
+    other = structured_cube(12, HEIGHT, WIDTH, seed=3)[:10]
+    helpers.write_geotiff(tmp_path / "data" / "other.tif", other, nodata=-9999.0)
+    failing = write_pipeline(project, tiny_steps(predict={"scene": "../data/other.tif"}))
+    with pytest.raises(HsiClusterError) as caught:
+        run(failing)
+    message = str(caught.value)
+    assert message.startswith("step predict: ") and "has 10 bands but" in message
+    assert message.endswith("; the steps after it did not run (fix it and run the pipeline again: finished steps "
+                            "are skipped)")
+    dry = run(failing, dry_run=True)
+    assert dry.outcome("ingest").status == dry.outcome("train").status == "up to date"
+    assert dry.outcome("predict").reason == "failed last time"
+    cli = CliRunner().invoke(main, ["run", str(failing)])
+    assert cli.exit_code == 2 and cli.stderr.splitlines()[-1].startswith("hsicluster: error: step predict: ")
+    fixed = run(write_pipeline(project, tiny_steps()))
+    assert fixed.ran == ["predict", "evaluate", "report"] and fixed.skipped == ["ingest", "train"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.pipeline.plan import Job, StepPlan, plan, relative, sample_scenes
 from hsi_cluster.pipeline.schema import Pipeline, PipelineError, StepSpec, load_pipeline
 from hsi_cluster.pipeline.state import State, WorkdirLock, fingerprint
@@ -154,7 +155,14 @@ def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: l
             for path in job.outputs.values():
                 path.parent.mkdir(parents=True, exist_ok=True)
             tick = time.perf_counter()
-            summary = RUNNERS[step.kind](step, job, ctx)
+            try:
+                summary = RUNNERS[step.kind](step, job, ctx)
+            except HsiClusterError as exc:  # the run stops here; what finished before stays done
+                ctx.state.record_failure(step.name, step.kind, job.key, str(exc))
+                ctx.state.save()
+                exc.args = (f"step {label}: {exc}; the steps after it did not run (fix it and run the pipeline "
+                            "again: finished steps are skipped)",)
+                raise
             seconds = time.perf_counter() - tick
             outcome.status, outcome.reason = "ran", outcome.reason or reason
             outcome.jobs_run += 1

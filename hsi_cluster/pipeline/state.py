@@ -121,6 +121,8 @@ class State:
         entry = self.job(step, job)
         if entry is None:
             return "never ran"
+        if "failed" in entry:
+            return "failed last time"
         if entry.get("params") != params_hash(params):
             changed = _changed(entry.get("param_hashes") or {}, _param_hashes(params))
             return "parameters changed" + (f" ({', '.join(changed)})" if changed and entry.get("param_hashes") else "")
@@ -146,6 +148,12 @@ class State:
         entry["jobs"][job] = {"params": params_hash(params), "param_hashes": _param_hashes(params), "inputs": inputs,
                               "outputs": {key: fingerprint(path) for key, path in outputs.items()},
                               "seconds": round(seconds, 3), "summary": summary or {},
+                              "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+    def record_failure(self, step: str, kind: str, job: str, reason: str) -> None:
+        """Remember that a job failed (it runs again next time, and says why)."""
+        entry = self.steps.setdefault(step, {"kind": kind, "jobs": {}})
+        entry["jobs"][job] = {"failed": reason,
                               "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
     def forget_job(self, step: str, job: str) -> None:
