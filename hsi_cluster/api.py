@@ -63,15 +63,18 @@ def _scene_path(scene: SceneLike, *, what: str) -> Path:
     if isinstance(scene, xr.DataArray):
         source = scene.attrs.get("source")
         if source and Path(source).exists():
-            opened = open_scene(source)
-            # the lazy array's name is a token of the file and its reading: any change (.where, .astype, a
-            # crop, .load()) makes another array, which the file does not hold
-            same = (getattr(scene.data, "name", None) == getattr(opened.data, "name", False)
-                    and opened.shape == scene.shape and all(
-                        name not in scene.coords or np.array_equal(opened.coords[name].values, scene.coords[name].values)
-                        for name in ("y", "x")))
-            if same:
-                return Path(source)
+            # the lazy array's name is a token of the file, its reading and its chunks: any change (.where,
+            # .astype, a crop, .load()) makes another array, which the file does not hold
+            chunks = getattr(scene.data, "chunks", None)
+            for spatial in (None, (chunks[1][0], chunks[2][0]) if chunks and len(chunks) == 3 else None):
+                opened = open_scene(source, chunks=spatial)
+                same = (getattr(scene.data, "name", None) == getattr(opened.data, "name", False)
+                        and opened.shape == scene.shape and all(
+                            name not in scene.coords
+                            or np.array_equal(opened.coords[name].values, scene.coords[name].values)
+                            for name in ("y", "x")))
+                if same:
+                    return Path(source)
         raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
                          "a changed, loaded or computed array); write it to a file first, e.g. "
                          "scene.rio.to_raster('crop.tif'), and pass that path")

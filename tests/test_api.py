@@ -164,6 +164,8 @@ def test_georeferenced_scene_round_trips_crs_and_transform(tmp_path: Path) -> No
     assert not (tmp_path / "changed.tif").exists()
     reopened = model.predict(hc.open_scene(scene_path), output=tmp_path / "reopened.tif", device="cpu")
     np.testing.assert_array_equal(read_raster(reopened.output)[0], values)
+    chunked = model.predict(hc.open_scene(scene_path, chunks=(16, 16)), output=tmp_path / "chunked.tif", device="cpu")
+    np.testing.assert_array_equal(read_raster(chunked.output)[0], values)  # its own chunks: still the file
 
 
 def test_train_checks_its_options(tmp_path: Path) -> None:
