@@ -39,6 +39,7 @@ from hsi_cluster.io.store import (
     VALID,
     array_of,
     is_complete_store,
+    is_store,
     read_store_metadata,
 )
 from hsi_cluster.stats import VALIDITY_RULES, BandStats, usable_values, valid_pixel_mask
@@ -65,7 +66,13 @@ def _source_identity(scene: xr.DataArray) -> dict[str, Any]:
 def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None) -> None:
     """Fail early when ``store`` exists (without ``overwrite``), is the scene itself, or its folder is not
     writable."""
-    check_output(store, replace=True, inputs=scene_inputs(scene) if scene else {}, file_output=False)
+    inputs = scene_inputs(scene) if scene else {}
+    check_output(store, replace=True, inputs=inputs, file_output=False)
+    if store.exists() and overwrite and not is_store(store):  # --overwrite replaces a store, never anything else
+        inside = [role for role, path in inputs.items() if store.resolve() in path.resolve().parents]
+        what = f"it holds {inside[0]}" if inside else "it is not an hsicluster store"
+        raise OutputError(f"{store}: already exists and --overwrite would delete it, but {what}; choose another path "
+                          "(a new name ending in .zarr)")
     if store.exists() and not overwrite:
         what = "a complete store" if is_complete_store(store) else "something that is not a finished store"
         raise OutputError(f"{store}: already exists ({what}); pass --overwrite to replace it or choose another path")
@@ -224,9 +231,11 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
     check_output_path(store, overwrite=overwrite, scene=Path(scene_path).expanduser().absolute())
     scene = open_scene(scene_path, var=var)
     n_bands, height, width = scene.shape
-    chunk = chunk or auto_chunk_size(n_bands, scene.dtype.itemsize)
-    if chunk < MIN_CHUNK:
+    if chunk is not None and chunk < MIN_CHUNK:
         raise OutputError(f"--chunk {chunk} is too small; use at least {MIN_CHUNK} pixels")
+    if chunk is not None:  # a block larger than the scene would only hold padding: the power of two that covers it
+        chunk = min(chunk, max(MIN_CHUNK, 1 << (max(height, width) - 1).bit_length()))
+    chunk = chunk or auto_chunk_size(n_bands, scene.dtype.itemsize)
     unit_rows, unit_cols = read_unit_shape(scene, chunk)
     scene = open_scene(scene_path, var=var, chunks=(unit_rows * chunk, unit_cols * chunk))  # one read per unit
     grid = BlockGrid(height, width, chunk)

@@ -302,6 +302,38 @@ def test_the_scene_itself_as_output_is_refused_even_with_overwrite(tmp_path: Pat
     assert helpers.tree_snapshot(tmp_path) == before
 
 
+def test_overwrite_never_deletes_a_folder_that_is_not_a_store(tmp_path: Path, geotiff: SyntheticScene) -> None:
+    """``-o FOLDER --overwrite`` where FOLDER holds the scene (or is just a folder of other files): refused, nothing
+    deleted; it used to remove the folder with the scene in it."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    scene = folder / "scene.tif"
+    scene.write_bytes(geotiff.path.read_bytes())
+    (folder / "notes.txt").write_text("keep")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    before = helpers.tree_snapshot(tmp_path)
+    with pytest.raises(OutputError, match=r"work: already exists and --overwrite would delete it, but it holds the "
+                                          r"scene; choose another path"):
+        ingest(scene, folder, chunk=16, overwrite=True)
+    with pytest.raises(OutputError, match="other: already exists and --overwrite would delete it, but it is not an "
+                                          "hsicluster store"):
+        ingest(scene, other, chunk=16, overwrite=True)
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
+def test_a_chunk_larger_than_the_scene_is_cut_to_the_power_of_two_that_covers_it(tmp_path: Path,
+                                                                               geotiff: SyntheticScene) -> None:
+    """``--chunk 100000`` on a small scene allocated a (bands, 100000, 100000) block: a MemoryError."""
+    height, width = geotiff.cube.shape[1:]
+    side = 1 << (max(height, width) - 1).bit_length()
+    store = ingest(geotiff.path, tmp_path / "big.zarr", chunk=100_000)
+    assert open_scene(store).attrs["chunk"] == side
+    np.testing.assert_array_equal(open_scene(store).values, open_scene(ingest(geotiff.path, tmp_path / "x.zarr",
+                                                                              chunk=side)).values)
+
+
 def test_interrupted_then_resumed_in_process(tmp_path: Path, scene_factory) -> None:
     written = scene_factory("geotiff-tiled", helpers.synthetic_cube(4, 96, 80, "float32", seed=3, nan_pixels=9))
     store = tmp_path / "out.zarr"
