@@ -155,7 +155,11 @@ class Model:
             OutputError: ``path`` exists and ``overwrite`` is False, or names a folder.
         """
         path = Path(path).expanduser().absolute()
-        check_output(path, replace=overwrite, exists_hint="pass overwrite=True to replace it")
+        scenes = self.checkpoint.payload.get("scenes") or []
+        inputs = {f"training scene {i + 1}{suffix}": Path(scene[key])  # its own scenes: never written over
+                  for i, scene in enumerate(scenes) if isinstance(scene, dict)
+                  for key, suffix in (("source", ""), ("store", " (its store)")) if scene.get(key)}
+        check_output(path, replace=overwrite, inputs=inputs, exists_hint="pass overwrite=True to replace it")
         with atomic_path(path) as tmp:
             tmp.write_bytes(self.data)
         self.path = path

@@ -245,3 +245,17 @@ def test_arrays_that_are_not_scenes_get_a_message_that_says_what_to_do(tmp_path:
         model.predict(other_dims, device="cpu")
     renamed = model.predict(other_dims.rename({"b": "band", "row": "y", "col": "x"}), device="cpu")
     assert renamed.shape == cube.shape[1:]
+
+
+def test_save_never_writes_over_a_training_scene(tmp_path: Path) -> None:
+    """``save(scene, overwrite=True)`` replaced the GeoTIFF it was trained on with a checkpoint."""
+    scene_path = write_scene(tmp_path / "scene.tif", holey_cube()[0]).path
+    model = hc.train(scene_path, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    before = scene_path.read_bytes()
+    with pytest.raises(HsiClusterError, match="scene.tif: is training scene 1, an input of this command"):
+        model.save(scene_path, overwrite=True)
+    assert scene_path.read_bytes() == before
+    store = Path(model.checkpoint.payload["scenes"][0]["store"])
+    with pytest.raises(HsiClusterError, match=r"is training scene 1 \(its store\)"):
+        model.save(store, overwrite=True)
+    assert model.save(tmp_path / "m.ckpt").is_file()
