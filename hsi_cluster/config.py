@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 
 from hsi_cluster.data.augment import AugmentConfig
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, first_line
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.model.backbones import DEFAULT_DEPTH, DenseBackbone, ResNetBackbone, backbone_geometry
 
@@ -243,8 +244,11 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
             values = yaml.safe_load(path.read_text()) or {}
         except OSError as exc:
             raise HsiClusterError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise HsiClusterError(f"{path}: not a text file, so not a YAML config; pass the YAML file of training "
+                                  "options") from exc
         except yaml.YAMLError as exc:
-            raise HsiClusterError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+            raise HsiClusterError(f"{path}: not valid YAML ({first_line(exc)})") from exc
         if not isinstance(values, dict):
             raise HsiClusterError(f"{path}: a config file must be a mapping of keys to values")
         config = config_from_dict(values, base=config)
@@ -284,6 +288,8 @@ def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
             expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                         dict: "a mapping"}[base] + (" or null" if optional else "")
             raise HsiClusterError(f"config key {name!r} must be {expected}, got {value!r}")
+        if base is float and not math.isfinite(value):  # YAML's .nan and .inf pass as floats
+            raise HsiClusterError(f"config key {name!r} must be a finite number, got {value!r}")
         converted[name] = value
     return converted
 
@@ -304,8 +310,8 @@ def _check_assignment(config: TrainConfig) -> None:
         raise HsiClusterError(f"centroid_samples must be at least 100 pixels, got {config.centroid_samples}")
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Raise a one-line :class:`HsiClusterError` for inconsistent settings."""
+def _check_backbone(config: TrainConfig) -> None:
+    """A known backbone, and ``backbone_kwargs`` it takes, whose sizes (a count or a list of counts) are ≥ 1."""
     if config.backbone not in ("dense", "resnet"):
         raise HsiClusterError(f"backbone must be 'dense' or 'resnet', got {config.backbone!r}")
     backbone_class = DenseBackbone if config.backbone == "dense" else ResNetBackbone
@@ -314,6 +320,15 @@ def validate_config(config: TrainConfig) -> None:
     if unknown:
         raise HsiClusterError(f"unknown backbone_kwargs {sorted(unknown)} for the {config.backbone} backbone; "
                               f"valid: {sorted(accepted)}")
+    for key, value in config.backbone_kwargs.items():
+        counts = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in counts):
+            raise HsiClusterError(f"backbone_kwargs {key} must be at least 1, got {value!r}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise a one-line :class:`HsiClusterError` for inconsistent settings."""
+    _check_backbone(config)
     config.patch_geometry()
     if not (0 < config.n_components < 1 if isinstance(config.n_components, float) else config.n_components >= 1):
         raise HsiClusterError(f"n_components must be a count ≥ 1 or a variance fraction in (0, 1), "

@@ -177,6 +177,32 @@ def test_wrongly_typed_values_are_named(values: dict, word: str) -> None:
     one_line(exc)
 
 
+@pytest.mark.parametrize("text, words", [
+    ("temperature: .nan\n", "config key 'temperature' must be a finite number, got nan"),
+    ("lr: .inf\n", "config key 'lr' must be a finite number, got inf"),
+    ("entropy_weight: .nan\n", "config key 'entropy_weight' must be a finite number, got nan"),
+    ("weight_decay: -.inf\n", "config key 'weight_decay' must be a finite number, got -inf"),
+    ("backbone_kwargs: {width: 0, depth: 2}\n", "backbone_kwargs width must be at least 1, got 0"),
+    ("backbone: resnet\nbackbone_kwargs: {widths: [8, -3]}\n", r"backbone_kwargs widths must be at least 1, got \[8, -3\]"),
+])
+def test_values_no_run_could_use_are_refused_before_any_work(tmp_path: Path, text: str, words: str) -> None:
+    """YAML's .nan and .inf, and sizes under 1: a one-line error naming the key (they were 'unexpected' errors,
+    some after the ingest, or a NaN weight stored in the checkpoint)."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(HsiClusterError, match=words) as exc:
+        load_config("fast", path)
+    one_line(exc)
+
+
+def test_a_binary_file_as_config_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "scene.tif"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(HsiClusterError, match="scene.tif: not a text file, so not a YAML config") as exc:
+        load_config("fast", path)
+    one_line(exc)
+
+
 def test_yaml_numbers_are_read_as_a_user_means_them(tmp_path: Path) -> None:
     """YAML 1.1 reads ``1e-3`` as a string and ``2`` as an int: a float key still gets a float."""
     path = tmp_path / "cfg.yaml"
