@@ -57,6 +57,10 @@ def _show_metadata_warning(message: Warning | str, category: type[Warning], *arg
 
 
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
+#: predict and batch: the model reads bands the scene may hold no value in.
+NO_LABELLED_PIXELS = ("every pixel is nodata, NaN or fill in at least one band the model reads; check the scene's "
+                      "nodata value, and whether one of those bands is empty in this scene (then train on it, or "
+                      "flag the band bad); every label is nodata")
 
 TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
                             help="Tile side in pixels.")
@@ -406,7 +410,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
                    f"{result.megapixels_per_second:.3g} Mpix/s)")
     if result.valid_pixels == 0:
-        _warn(f"{scene}: {NO_VALID_PIXELS}; every label is nodata")
+        _warn(f"{scene}: {NO_LABELLED_PIXELS}")
     if result.units_differ:
         _warn(units_warning(scene, result.spread))
 
@@ -457,7 +461,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             if record["status"] == "failed":
                 report_failure(record)
             elif record["status"] == "done" and record.get("valid_pixels") == 0:
-                tqdm_write(f"hsicluster: warning: {record['source']}: {NO_VALID_PIXELS}; every label is nodata")
+                tqdm_write(f"hsicluster: warning: {record['source']}: {NO_LABELLED_PIXELS}")
             elif record["status"] == "done" and record.get("units_differ"):
                 tqdm_write(f"hsicluster: warning: {units_warning(record['source'], record.get('spread'))}")
             if not quiet:

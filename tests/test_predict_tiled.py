@@ -729,8 +729,10 @@ def test_cli_warns_when_no_pixel_could_be_labelled(dense: TrainedModel, tmp_path
     result = CliRunner().invoke(main, ["predict", str(scene.path), "-m", str(dense.checkpoint), "-o", str(output),
                                        "--tiles", "16", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.stderr
-    assert result.stderr == (f"hsicluster: warning: {scene.path}: every pixel is nodata, NaN or fill (one value in "
-                             "every band); check the scene's nodata value; every label is nodata\n")
+    assert result.stderr == (f"hsicluster: warning: {scene.path}: every pixel is nodata, NaN or fill in at least "
+                             "one band the model reads; check the scene's nodata value, and whether one of those "
+                             "bands is empty in this scene (then train on it, or flag the band bad); every label is "
+                             "nodata\n")
     assert (read_raster(output)[0] == LABEL_NODATA).all()
 
 
