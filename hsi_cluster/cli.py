@@ -108,8 +108,10 @@ class ClusterCount(click.ParamType):
     name = "K|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int) or value == "auto":
+        if isinstance(value, int):
             return value
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
         try:
             return int(value)
         except ValueError:

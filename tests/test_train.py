@@ -1066,6 +1066,12 @@ def test_k_auto_bad_options_are_one_line_errors(scene: IngestedScene, tmp_path: 
     assert_no_output(output)
 
 
+def test_k_auto_is_read_in_any_case() -> None:
+    from hsi_cluster.cli import ClusterCount
+
+    assert [ClusterCount().convert(v, None, None) for v in ("AUTO", "Auto", " auto ", "7", 3)] == ["auto"] * 3 + [7, 3]
+
+
 def test_restarts_keep_the_network_that_agrees_most_and_record_the_choice(scene: IngestedScene,
                                                                         tmp_path: Path) -> None:
     messages: list[str] = []

@@ -526,6 +526,9 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     Raises:
         SceneError: the path is missing, unreadable, or not a 3-D cube.
     """
+    if chunks is not None and (not isinstance(chunks, (tuple, list)) or len(chunks) != 2 or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in chunks)):
+        raise ValueError(f"chunks must be (rows, cols), two whole numbers ≥ 1, got {chunks!r}")
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise SceneError(f"{path}: no such file or directory; check the path")

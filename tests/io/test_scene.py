@@ -440,6 +440,15 @@ def test_views_with_other_chunks_combine_correctly(scene_factory, fmt: str) -> N
     assert float((default.data - small.data).max().compute()) == 0.0
 
 
+@pytest.mark.parametrize("chunks", [8, (0, 5), (10,), "auto", (16.5, 16), (True, 4)])
+def test_chunks_must_be_rows_and_cols(scene_factory, chunks) -> None:
+    """An int, a 0, one value or a string gave a TypeError, ZeroDivisionError, IndexError or a dask error."""
+    written = scene_factory("geotiff", helpers.synthetic_cube(4, 20, 18, "float32", seed=1))
+    with pytest.raises(ValueError, match=r"chunks must be \(rows, cols\), two whole numbers ≥ 1, got "):
+        open_scene(written.path, chunks=chunks)
+    assert open_scene(written.path, chunks=[8, 8]).data.chunks[1:] == ((8, 8, 4), (8, 8, 2))
+
+
 def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
     import h5py
 
