@@ -708,7 +708,7 @@ def _resume(run: _Run, resume_from: Checkpoint, output: Path, log: LogFn) -> _Lo
     if resume_from.complete and (step >= run.total_steps or epoch >= run.epochs):
         plotted = output.with_suffix(".loss.png")
         return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
-                           epochs=epoch + (batch_in_epoch > 0), seconds=elapsed_before, samples_per_second=0.0,
+                           epochs=_epochs_begun(epoch, batch_in_epoch), seconds=elapsed_before, samples_per_second=0.0,
                            history=history,
                            already_finished=True, samples=int(state.get("samples_drawn", 0)),
                            budget=run.budget, total_steps=int(state.get("total_steps", step)), stores=list(run.stores))
@@ -838,6 +838,11 @@ def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
             raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
 
 
+def _epochs_begun(epoch: int, batch_in_epoch: int) -> int:
+    """Epochs a run has begun: those finished, and the one it stopped part-way through (a length in steps)."""
+    return epoch + (batch_in_epoch > 0)
+
+
 def _end_epoch(run: _Run, state: _LoopState, log: LogFn, *, keep_position: bool = False) -> None:
     """Record the finished epoch's mean loss in the history, log it and move on to the next epoch.
 
@@ -880,7 +885,7 @@ def _finish(run: _Run, state: _LoopState, output: Path, partial: Path, log: LogF
     partial.unlink(missing_ok=True)
     curve = write_loss_curve(state.history, output.with_suffix(".loss.png"))
     return TrainResult(checkpoint=output, loss_curve=curve, steps=state.step,
-                       epochs=state.epoch + (state.batch_in_epoch > 0), seconds=seconds,
+                       epochs=_epochs_begun(state.epoch, state.batch_in_epoch), seconds=seconds,
                        samples_per_second=state.samples_seen / max(time.perf_counter() - state.started, 1e-9),
                        history=state.history, samples=state.samples_before + state.samples_seen,
                        budget=run.budget, total_steps=run.total_steps, k_choice=run.k_choice,

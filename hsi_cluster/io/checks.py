@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 
 import numpy as np
 import xarray as xr
@@ -111,21 +112,16 @@ def _mixed_scene_notices(opened: Sequence[xr.DataArray]) -> list[str]:
             unit = CRS.from_wkt(scene.attrs["crs"]).linear_units or "unknown"
             by_unit.setdefault(unit, []).append((float(np.sqrt(abs(a * e - b * d))), str(scene.attrs["source"])))
     for unit, sides in by_unit.items():
-        (fine, fine_source), (coarse, coarse_source) = min(sides, key=_side), max(sides, key=_side)
+        (fine, fine_source), (coarse, coarse_source) = min(sides, key=itemgetter(0)), max(sides, key=itemgetter(0))
         if coarse > PIXEL_SIZE_RATIO_WARN * fine:
             notices.append(f"the scenes have different pixel sizes ({fine_source}: {fine:g} {unit}; {coarse_source}: "
                            f"{coarse:g} {unit}): a patch spans {coarse / fine:.3g}× as much ground in one as in the "
                            "other, so clusters may follow the resolution; resample them to one pixel size "
                            "(gdalwarp -tr) or train on them apart")
-    with_wl = [scene for scene in opened if "wavelength" in scene.coords]
     without = [str(scene.attrs["source"]) for scene in opened if "wavelength" not in scene.coords]
-    if with_wl and without:
+    if without and len(without) < len(opened):
         many = len(without) > 1
         notices.append(f"{without[0]}" + (f" and {len(without) - 1} more carry" if many else " carries")
                        + f" no wavelengths, so {'their' if many else 'its'} bands cannot be checked against the "
                        "others'; they are taken to be the same bands in the same order")
     return notices
-
-
-def _side(entry: tuple[float, str]) -> float:
-    return entry[0]

@@ -231,11 +231,12 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
     check_output_path(store, overwrite=overwrite, scene=Path(scene_path).expanduser().absolute())
     scene = open_scene(scene_path, var=var)
     n_bands, height, width = scene.shape
-    if chunk is not None and chunk < MIN_CHUNK:
+    if not chunk:
+        chunk = auto_chunk_size(n_bands, scene.dtype.itemsize)
+    elif chunk < MIN_CHUNK:
         raise OutputError(f"--chunk {chunk} is too small; use at least {MIN_CHUNK} pixels")
-    if chunk is not None:  # a block larger than the scene would only hold padding: the power of two that covers it
+    else:  # a block larger than the scene would only hold padding: the power of two that covers it
         chunk = min(chunk, max(MIN_CHUNK, 1 << (max(height, width) - 1).bit_length()))
-    chunk = chunk or auto_chunk_size(n_bands, scene.dtype.itemsize)
     unit_rows, unit_cols = read_unit_shape(scene, chunk)
     scene = open_scene(scene_path, var=var, chunks=(unit_rows * chunk, unit_cols * chunk))  # one read per unit
     grid = BlockGrid(height, width, chunk)

@@ -13,6 +13,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import MetadataWarning, SceneError, first_line
+from hsi_cluster.geo import aligned_overlap
 from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
 from hsi_cluster.io.scene import envi_binary
@@ -97,29 +98,6 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
         raise SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} ({differs}); "
                          "score labels of the scene the ground truth belongs to")
     return labels, nodata, truth
-
-
-def aligned_overlap(first: tuple[str, tuple[float, ...]], first_shape: tuple[int, ...],
-                    second: tuple[str, tuple[float, ...]], second_shape: tuple[int, ...]
-                    ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
-    """Where two rasters on one pixel grid overlap: ``((rows, cols) of the first, (rows, cols) of the second)``.
-
-    One grid: the same CRS, the same north-up pixel size, and origins a whole number of pixels apart. None
-    when they are not on one grid, or do not overlap.
-    """
-    (crs_a, (a1, b1, c1, d1, e1, f1)), (crs_b, (a2, b2, c2, d2, e2, f2)) = first, second
-    if crs_a != crs_b or b1 or d1 or b2 or d2 or not math.isclose(a1, a2, rel_tol=1e-9) or \
-            not math.isclose(e1, e2, rel_tol=1e-9):
-        return None
-    col_shift, row_shift = (c2 - c1) / a1, (f2 - f1) / e1  # the second's origin in pixels of the first
-    if abs(col_shift - round(col_shift)) > 1e-6 or abs(row_shift - round(row_shift)) > 1e-6:
-        return None
-    dy, dx = round(row_shift), round(col_shift)
-    top, left = max(0, dy), max(0, dx)
-    bottom, right = min(first_shape[0], dy + second_shape[0]), min(first_shape[1], dx + second_shape[1])
-    if bottom <= top or right <= left:
-        return None
-    return (slice(top, bottom), slice(left, right)), (slice(top - dy, bottom - dy), slice(left - dx, right - dx))
 
 
 def truth_nodata(truth_path: str | os.PathLike[str]) -> float | None:

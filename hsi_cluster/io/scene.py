@@ -240,7 +240,6 @@ class NpyWindowReader:
         return np.array(self._array[key])
 
 
-
 def default_chunks(n_bands: int, dtype: np.dtype, spatial: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """Dask chunking ``(all bands, rows, cols)``: ``spatial`` if given, else square chunks of a few MB."""
     if spatial is not None:
