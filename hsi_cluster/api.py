@@ -32,6 +32,7 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
+from hsi_cluster.errors import SceneError
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
@@ -52,8 +53,12 @@ SceneLike = str | os.PathLike | xr.DataArray
 __all__ = ["Model", "evaluate", "load_model", "open_scene", "train"]
 
 
-def _scene_path(scene: SceneLike, *, what: str) -> Path:
+def _scene_path(scene: SceneLike, *, what: str, work_dir: str | os.PathLike[str] | None = None) -> Path:
     """The file behind ``scene``: a path as given, or the file an :func:`open_scene` DataArray was read from.
+
+    A DataArray opened with ``var=`` from a ``.mat`` or NetCDF file holding several cubes stands for that cube
+    alone, which the file's path does not name: its path is then that of the cube's cached store (ingested
+    once into ``work_dir``, default ``$HSICLUSTER_WORK`` or ``~/.cache/hsicluster``), which every job reads.
 
     Raises:
         ValueError: a DataArray that is not a whole scene as opened from a file (a crop, a computed array).
@@ -62,19 +67,29 @@ def _scene_path(scene: SceneLike, *, what: str) -> Path:
         return Path(scene).expanduser().absolute()
     if isinstance(scene, xr.DataArray):
         source = scene.attrs.get("source")
+        variable = scene.attrs.get("variable") if scene.attrs.get("format") in ("mat", "mat-v7.3", "netCDF") else None
         if source and Path(source).exists():
             # the lazy array's name is a token of the file, its reading and its chunks: any change (.where,
             # .astype, a crop, .load()) makes another array, which the file does not hold
             chunks = getattr(scene.data, "chunks", None)
-            for spatial in (None, (chunks[1][0], chunks[2][0]) if chunks and len(chunks) == 3 else None):
-                opened = open_scene(source, chunks=spatial)
-                same = (getattr(scene.data, "name", None) == getattr(opened.data, "name", False)
-                        and opened.shape == scene.shape and all(
-                            name not in scene.coords
-                            or np.array_equal(opened.coords[name].values, scene.coords[name].values)
-                            for name in ("y", "x")))
-                if same:
-                    return Path(source)
+            for var in dict.fromkeys((None, variable)):  # the file's only cube first: no store needed
+                for spatial in (None, (chunks[1][0], chunks[2][0]) if chunks and len(chunks) == 3 else None):
+                    try:
+                        opened = open_scene(source, chunks=spatial, var=var)
+                    except SceneError:  # several cubes and no var: that reading is not this array
+                        continue
+                    same = (getattr(scene.data, "name", None) == getattr(opened.data, "name", False)
+                            and opened.shape == scene.shape and all(
+                                name not in scene.coords
+                                or np.array_equal(opened.coords[name].values, scene.coords[name].values)
+                                for name in ("y", "x")))
+                    if same and var is None:
+                        return Path(source)
+                    if same:
+                        from hsi_cluster.train import default_work_dir, prepare_store
+
+                        work = Path(work_dir).expanduser() if work_dir is not None else default_work_dir()
+                        return prepare_store(source, work, var=var)
         raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
                          "a changed, loaded or computed array); write it to a file first, e.g. "
                          "scene.rio.to_raster('crop.tif'), and pass that path")
@@ -214,7 +229,8 @@ class Model:
                 warnings.warn(units_warning(attrs["source"], attrs["spread"]), UserWarning, stacklevel=2)
             return labelled
         output = Path(output).expanduser().absolute()
-        scene_path = _scene_path(scene, what="predict(output=...)")
+        scene_path = _scene_path(scene, what="predict(output=...)")  # a var= cube's store: name the file
+        source = Path(scene.attrs["source"]) if isinstance(scene, xr.DataArray) else scene_path
         confidence_path = None
         if confidence is True:
             confidence_path = output.with_name(f"{output.stem}_confidence.tif")
@@ -227,11 +243,11 @@ class Model:
                                        confidence_path=confidence_path, quicklook_path=quicklook,
                                        overwrite=overwrite, progress=update)
         if result.units_differ:
-            warnings.warn(units_warning(scene_path, result.spread), UserWarning, stacklevel=2)
+            warnings.warn(units_warning(source, result.spread), UserWarning, stacklevel=2)
         if stac:
             from hsi_cluster.io.stac import write_label_item
 
-            write_label_item(result.output, model_sha256=self.sha256, source=scene_path, counts=result.counts,
+            write_label_item(result.output, model_sha256=self.sha256, source=source, counts=result.counts,
                              confidence=result.confidence, quicklook=result.quicklook)
         return result
 
@@ -381,7 +397,8 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
 
     if isinstance(scenes, (str, os.PathLike, xr.DataArray, np.ndarray)):
         scenes = [scenes]
-    paths = [scene if isinstance(scene, (str, os.PathLike)) else _scene_path(scene, what="train") for scene in scenes]
+    paths = [scene if isinstance(scene, (str, os.PathLike)) else _scene_path(scene, what="train", work_dir=work_dir)
+             for scene in scenes]
     settings = load_config(preset, Path(config) if config is not None else None, inline=overrides or None)
     log = (lambda message: print(message, file=sys.stderr)) if verbose else None
     with tempfile.TemporaryDirectory(prefix="hsicluster-train-") as folder:

@@ -54,22 +54,26 @@ def default_work_dir() -> Path:
     return Path(os.environ.get("HSICLUSTER_WORK", Path.home() / ".cache" / "hsicluster"))
 
 
-def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn | None = None) -> Path:
+def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, var: str | None = None,
+                  log: LogFn | None = None) -> Path:
     """A complete store for ``scene``: the scene itself if it is one, else a cached ingest of it.
 
     The cache name depends on the path, size and modification time of the source and of the files read with it
-    (:func:`~hsi_cluster.io.scene.scene_files_identity`: an ENVI header, an EnMAP product's ``METADATA.XML``), so an
-    edited scene is ingested again and an unchanged one is reused, unless its store was made under other rules of
-    validity (:data:`~hsi_cluster.stats.VALIDITY_RULES`).
+    (:func:`~hsi_cluster.io.scene.scene_files_identity`: an ENVI header, an EnMAP product's ``METADATA.XML``) and on
+    ``var`` (the cube of a ``.mat`` or NetCDF file holding several), so an edited scene is ingested again and an
+    unchanged one is reused, unless its store was made under other rules of validity
+    (:data:`~hsi_cluster.stats.VALIDITY_RULES`).
     """
     path = Path(scene).expanduser().absolute()
     if is_complete_store(path):
         return path
-    opened = open_scene(path)  # fails early with a clear message for bad input
+    opened = open_scene(path, var=var)  # fails early with a clear message for bad input
     source = Path(opened.attrs["source"])
     files = scene_files_identity(source)
     identity = "|".join(f"{file['path']}|{file['size']}|{file['mtime_ns']}"
                         for file in [files, *files.get("companions", [])])
+    if var is not None:
+        identity += f"|var={var}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:12]  # a lone file keeps the key of older versions
     store = work_dir / f"{source.stem}-{key}.zarr"
     if is_complete_store(store) and Store.open(store).metadata.get("validity_rules") == VALIDITY_RULES:
@@ -84,7 +88,7 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, log: LogFn |
                           "writable folder (or set HSICLUSTER_WORK)")
     if log:
         log(f"ingesting {path} into {store}")
-    return ingest(path, store, overwrite=True)
+    return ingest(path, store, overwrite=True, var=var)
 
 
 def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import scipy.io
 import torch
 import xarray as xr
 from click.testing import CliRunner
@@ -259,3 +260,20 @@ def test_save_never_writes_over_a_training_scene(tmp_path: Path) -> None:
     with pytest.raises(HsiClusterError, match=r"is training scene 1 \(its store\)"):
         model.save(store, overwrite=True)
     assert model.save(tmp_path / "m.ckpt").is_file()
+
+
+def test_a_cube_chosen_with_var_is_the_one_trained_on_and_labelled(tmp_path: Path) -> None:
+    """A .mat file of two cubes: ``open_scene(path, var="b")`` trains and labels cube b (train refused the file:
+    "several 3-D arrays; choose one with --var"), in memory and to a file alike."""
+    cube, _ = holey_cube()
+    other = np.random.default_rng(1).normal(5, 1, (cube.shape[1], cube.shape[2], 5)).astype(np.float32)
+    path = tmp_path / "two.mat"
+    scipy.io.savemat(path, {"a": other, "b": np.ascontiguousarray(cube.transpose(1, 2, 0))})
+    scene = hc.open_scene(path, var="b")
+    model = hc.train(scene, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    assert model.n_bands == cube.shape[0]
+    in_memory = model.predict(scene, device="cpu").values
+    written = model.predict(scene, output=tmp_path / "labels.tif", device="cpu")
+    assert np.array_equal(read_band(written.output), in_memory)
+    with pytest.raises(HsiClusterError, match=f"has 5 bands but the model .* has {cube.shape[0]}"):
+        model.predict(hc.open_scene(path, var="a"), output=tmp_path / "a.tif", device="cpu")

@@ -94,7 +94,9 @@ def _open_tree(path: Path) -> xr.DataTree:
     try:
         if magic[:3] == b"CDF":  # classic NetCDF: no groups
             return xr.DataTree(xr.open_dataset(path, engine="scipy", **options))
-        return xr.open_datatree(path, engine="h5netcdf", **options)
+        # HDF5 variables without dimension scales get phony dimension names in order of access (the
+        # default of h5netcdf ≥ 1.4, which warns unless it is asked for)
+        return xr.open_datatree(path, engine="h5netcdf", phony_dims="access", **options)
     except Exception as exc:  # any backend error means the same thing here: not a NetCDF file we can read
         raise SceneError(f"{path}: not a readable NetCDF file ({first_line(exc)}); "
                          "check the file, or convert it to GeoTIFF with gdal_translate") from exc

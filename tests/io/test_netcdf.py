@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,22 @@ def test_info_json_stays_strict_json_with_a_nan_nodata(emit: helpers.SyntheticSc
     info = json.loads(result.stdout, parse_constant=refuse)
     assert info["nodata"] == "nan" and (info["bands"], info["rows"], info["cols"]) == (8, 30, 26)
     assert info["crs"]["epsg"] == 4326 and info["wavelength_nm"]["min"] == pytest.approx(400.0)
+
+
+def test_a_variable_without_dimension_scales_opens_without_a_warning(tmp_path: Path) -> None:
+    """A file with one HDF5 variable that has no dimension scales (as some EMIT exports): h5netcdf's phony_dims
+    warning leaked to the user."""
+    import h5netcdf
+    import h5py
+    path = tmp_path / "plain.nc"
+    cube = np.random.default_rng(0).random((10, 12, 20), dtype=np.float32)
+    with h5netcdf.File(path, "w") as handle:
+        handle.dimensions = {"downtrack": 10, "crosstrack": 12, "bands": 20}
+        handle.create_variable("reflectance", ("downtrack", "crosstrack", "bands"), data=cube)
+    with h5py.File(path, "a") as handle:
+        handle["extra/quality"] = np.zeros((4, 3), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scene = open_scene(path)
+    assert scene.shape == (20, 10, 12)
+    np.testing.assert_array_equal(scene.values, cube.transpose(2, 0, 1))
