@@ -21,6 +21,7 @@ its bands on an image axis. This reader finds the band dimension by its name (``
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from hsi_cluster.errors import SceneError, first_line
+from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.io.metadata import unit_scale_to_nm
 from hsi_cluster.io.scene_array import scene_array
 
@@ -69,7 +70,7 @@ def open_netcdf(path: Path, var: str | None, spatial: tuple[int, int] | None) ->
     coords = _spectral_coords(tree, band_dim, n_bands)
     nodata = float("nan") if _declares_fill(cube) else None
     data = cube.transpose(band_dim, row_dim, col_dim).data
-    glt = _emit_glt(tree) if name.count("/") == 1 else None
+    glt = _emit_glt(path, tree) if name.count("/") == 1 else None
     crs: str | None
     transform: tuple[float, ...] | None
     if glt is not None:
@@ -209,13 +210,20 @@ def _crs(tree: xr.DataTree, cube: xr.DataArray, row_dim: str, col_dim: str) -> s
     return None
 
 
-def _emit_glt(tree: xr.DataTree) -> tuple[xr.DataArray, xr.DataArray, tuple[float, ...], str] | None:
-    """EMIT's lookup table ``(glt_x, glt_y)`` with the map grid's GDAL geotransform and CRS, if the file has them."""
+def _emit_glt(path: Path, tree: xr.DataTree) -> tuple[xr.DataArray, xr.DataArray, tuple[float, ...], str] | None:
+    """EMIT's lookup table ``(glt_x, glt_y)`` with the map grid's GDAL geotransform and CRS, if the file has them
+    (with a warning when it has a ``location`` group without all four: the swath is then read as stored)."""
     if "location" not in tree.children:
         return None
     location = tree["location"].dataset
     transform, wkt = tree.attrs.get("geotransform"), tree.attrs.get("spatial_ref")
-    if "glt_x" not in location or "glt_y" not in location or transform is None or wkt is None:
+    missing = [name for name, there in (("location/glt_x", "glt_x" in location), ("location/glt_y", "glt_y" in location),
+                                        ("the geotransform attribute", transform is not None),
+                                        ("the spatial_ref attribute", wkt is not None)) if not there]
+    if missing:
+        warnings.warn(MetadataWarning(f"{path}: has a location group but not {', '.join(missing)}, so the swath "
+                                      "is read as stored, without map coordinates; use the complete file to get "
+                                      "a map"), stacklevel=4)
         return None
     return location["glt_x"], location["glt_y"], tuple(float(v) for v in np.ravel(transform)), str(wkt)
 

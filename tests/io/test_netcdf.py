@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from hsi_cluster.cli import main
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.io import open_scene
 from tests import helpers
 from tests.train_helpers import TINY
@@ -173,3 +173,20 @@ def test_a_variable_without_dimension_scales_opens_without_a_warning(tmp_path: P
         scene = open_scene(path)
     assert scene.shape == (20, 10, 12)
     np.testing.assert_array_equal(scene.values, cube.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("damage", ["no glt_y", "no geotransform"])
+def test_an_incomplete_location_group_warns_and_reads_the_swath(tmp_path: Path, damage: str) -> None:
+    """An EMIT file whose lookup table or map grid is incomplete was read as the unprojected swath in silence."""
+    import h5py
+    swath = helpers.synthetic_cube(8, 24, 20, "float32", seed=4)
+    emit = helpers.write_emit_netcdf(tmp_path / "EMIT_L2A_RFL.nc", swath, map_shape=(30, 26))
+    with h5py.File(emit.path, "a") as handle:
+        if damage == "no glt_y":
+            del handle["location/glt_y"]
+        else:
+            del handle.attrs["geotransform"]
+    with pytest.warns(MetadataWarning, match=r"has a location group but not (location/glt_y|the geotransform "
+                                             r"attribute), so the swath is read as stored, without map coordinates"):
+        scene = open_scene(emit.path)
+    assert scene.shape == (8, 24, 20) and not scene.attrs["georeferenced"]
