@@ -13,7 +13,8 @@ opengeos/HyperCoast (``hypercoast/prisma.py``):
   readers move the band axis first and georeference the result from the upper-left corner, unflipped).
 - Reflectance = ``min + DN · (max − min) / 65535``, with the file's root attributes ``L2ScaleVnirMin`` /
   ``L2ScaleVnirMax`` for VNIR and ``L2ScaleSwirMin`` / ``L2ScaleSwirMax`` for SWIR (prismaread, HyperCoast,
-  EnMAP-Box's older importer).
+  EnMAP-Box's older importer). A cube stored as floating point (a re-export, not ASI's product) is read as
+  stored, taken as reflectance, with a warning.
 - Bands: root attributes ``List_Cw_Vnir`` / ``List_Cw_Swir`` (centre wavelengths, nm) and ``List_Fwhm_Vnir`` /
   ``List_Fwhm_Swir`` give one value per band of each cube in stored order, which is *descending* wavelength
   (EnMAP-Box reverses both cubes; prismaread and HyperCoast sort): the output is sorted ascending.
@@ -218,6 +219,7 @@ def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
             lines, samples, detectors, wavelength, fwhm, good = _read_layout(path, handle)
             crs, transform = _grid(path, handle.attrs, lines, samples)
             file_chunks = handle[detectors[0].dataset].chunks
+            stored = handle[detectors[0].dataset].dtype
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise SceneError(f"{path}: cannot read its PRISMA metadata ({first_line(exc)}); the file is truncated or "
                          "corrupt — download it again") from exc
@@ -237,7 +239,8 @@ def open_prisma(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     name = f"prisma-{path}-{path.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}"
     data = da.from_array(reader, chunks=chunks, asarray=False, fancy=False, name=name)
     return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=float("nan"), source=str(path),
-                       fmt="PRISMA-L2D", extra_attrs={"scaled_from": "uint16", "file_block": file_block,
+                       fmt="PRISMA-L2D", extra_attrs={"scaled_from": str(stored) if stored.kind in "ui" else None,
+                                                      "file_block": file_block,
                                                       "variable": f"{L2D_SWATH}/Data Fields/VNIR_Cube + SWIR_Cube"})
 
 
@@ -264,6 +267,7 @@ def _read_layout(path: Path, handle: h5py.File) -> tuple[int, int, tuple[Detecto
     (concatenated VNIR then SWIR, stored order)."""
     attrs = handle.attrs
     per_detector: list[dict[str, Any]] = []
+    floats: list[str] = []
     for name in _DETECTORS:
         dataset_path = f"{L2D_SWATH}/Data Fields/{name}_Cube"
         if dataset_path not in handle:
@@ -277,13 +281,22 @@ def _read_layout(path: Path, handle: h5py.File) -> tuple[int, int, tuple[Detecto
         centre = _required_floats(path, attrs, f"List_Cw_{title}", shape[1])
         width = _float_list(path, attrs, f"List_Fwhm_{title}", shape[1], required=False)
         flags = _float_list(path, attrs, f"List_Cw_{title}_Flags", shape[1], required=False)
-        low, high = (float(_required_floats(path, attrs, f"L2Scale{title}{end}", 1)[0]) for end in ("Min", "Max"))
+        if handle[dataset_path].dtype.kind == "f":  # a re-export that holds reflectance, not ASI's 16-bit counts
+            floats.append(f"{name}_Cube ({handle[dataset_path].dtype})")
+            low, high = 0.0, float(DN_MAX)  # the identity: counts · (high − low) / DN_MAX + low
+        else:
+            low, high = (float(_required_floats(path, attrs, f"L2Scale{title}{end}", 1)[0]) for end in ("Min", "Max"))
         if not (np.isfinite(low) and np.isfinite(high) and high > low):
             raise SceneError(f"{path}: L2Scale{title}Min/Max = {low:g}/{high:g} cannot scale counts to reflectance; "
                              "the file's metadata is damaged — download it again")
         used = np.ones(shape[1], bool) if flags is None else flags != 0
         per_detector.append({"dataset": dataset_path, "shape": shape, "centre": centre, "width": width,
                              "used": used, "low": low, "high": high})
+    if floats:
+        warnings.warn(MetadataWarning(
+            f"{path}: {' and '.join(floats)} hold{'s' if len(floats) == 1 else ''} floating-point values, not the "
+            "16-bit counts of an ASI product, so they are read as stored (taken as reflectance; the L2Scale "
+            "attributes are not applied)"), stacklevel=4)
     vnir, swir = per_detector
     if vnir["shape"][0::2] != swir["shape"][0::2]:
         raise SceneError(f"{path}: VNIR_Cube {tuple(vnir['shape'])} and SWIR_Cube {tuple(swir['shape'])} differ in "

@@ -332,3 +332,18 @@ def test_prisma_file_trains_and_predicts_its_groups_on_its_grid(tmp_path: Path) 
     assert len(set(majority)) == 3, majority
     agree = mapped[~fill] == np.asarray(majority)[groups[~fill]]
     assert agree.mean() >= 0.95, f"{agree.mean():.3f} of the valid pixels carry their group's label"
+
+
+def test_cubes_stored_as_float_read_as_stored_with_a_warning(tmp_path: Path) -> None:
+    """A re-export holding float reflectance in the cubes was scaled as 16-bit counts (values ÷ 65 535 · 0.62)."""
+    rng = np.random.default_rng(3)
+    vnir = rng.uniform(0.01, 0.6, (LINES, VNIR_CW.size, SAMPLES)).astype(np.float32)
+    swir = rng.uniform(0.01, 0.6, (LINES, SWIR_CW.size, SAMPLES)).astype(np.float32)
+    product = write_prisma(tmp_path / "PRS_L2D_STD_20240101101010_20240101101014_0001.he5", counts=(vnir, swir))
+    with pytest.warns(MetadataWarning, match=r"VNIR_Cube \(float32\) and SWIR_Cube \(float32\) hold "
+                                             r"floating-point values, not the 16-bit counts of an ASI product, so "
+                                             r"they are read as stored"):
+        scene = open_scene(product.path)
+    expected = np.concatenate([vnir[:, VNIR_KEPT, :].transpose(1, 0, 2), swir[:, SWIR_KEPT, :].transpose(1, 0, 2)])
+    np.testing.assert_array_equal(scene.values, expected)
+    assert scene.attrs["scaled_from"] is None
