@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning
 from hsi_cluster.pipeline import KINDS, PipelineError, load_pipeline, plan, run
 from tests import helpers
 from tests.io.test_enmap import write_product
@@ -431,6 +431,19 @@ def test_evaluate_step_reads_unlabelled_from_the_truth_nodata_as_the_command_doe
     run(pipeline)
     assert json.loads((workdir / "scores.json").read_text())["scores"]["n_scored"] == int(
         ((truth != 255) & (truth != 0)).sum())
+
+
+def test_evaluate_step_warns_of_a_value_that_looks_unlabelled_as_the_command_does(project: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A ground truth without nodata that holds 255 beside 0: ``hsicluster evaluate`` warns that 255 is scored
+    as a class; the pipeline's evaluate step did not."""
+    truth = truth_map().astype(np.uint8)
+    truth[:5] = 255
+    helpers.write_geotiff(tmp_path / "data" / "truth.tif", truth[None])
+    pipeline = write_pipeline(project, tiny_steps(evaluate={"truth": "../data/truth.tif"}))
+    with pytest.warns(MetadataWarning, match=r"declares no nodata value, so 0 is taken as unlabelled .* but it "
+                                             r"also holds 255"):
+        assert run(pipeline).failures == []
 
 
 def test_a_step_that_fails_is_named_and_reruns_saying_so(project: Path, tmp_path: Path) -> None:

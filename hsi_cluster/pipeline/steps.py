@@ -116,7 +116,9 @@ def _run_evaluate(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
 
     o = job.options
     unlabelled = _unlabelled(o, job.inputs["truth"])
-    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], unlabelled=unlabelled, var=o["var"])
+    # "auto" when not given, as the command passes it: the truth then warns of a value that looks unlabelled
+    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], var=o["var"],
+                               unlabelled="auto" if o["unlabelled"] is None else o["unlabelled"])
     _write_json(job.outputs["output"], {"step": step.name, "seed": job.variant, "title": o["title"] or step.name,
                                         "labels": str(job.inputs["labels"]), "truth": str(job.inputs["truth"]),
                                         "unlabelled": unlabelled, "scores": scores.to_dict()})
