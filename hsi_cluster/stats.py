@@ -63,7 +63,9 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: -32768) as nodata where the file has none (the values change, and fill pixels become invalid).
 #: 6: a nodata of 0 marks a gap only where at least half the good bands hold it (clipped dark pixels are ground);
 #: float values of magnitude ≥ FILL_MAGNITUDE (1e30) are fill, like ±Inf.
-VALIDITY_RULES = 6
+#: 7: rule 6 also where a band scale/offset is applied (a stored 0 read as NaN voided the pixel: 5 % of Salinas-A
+#: clipped at 0 and scaled by 0.0001).
+VALIDITY_RULES = 7
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

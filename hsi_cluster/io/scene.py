@@ -72,7 +72,8 @@ class RasterioWindowReader:
     """Array-like view of a GDAL raster as ``(band, y, x)`` that reads windows on demand.
 
     With ``scaling``, values read as ``stored * scale + offset`` in ``dtype`` (floating point), and
-    stored values equal to ``scaling.nodata`` as NaN. Each thread keeps its own open dataset; pickling
+    stored values equal to ``scaling.nodata`` as NaN (as 0 for a nodata of 0, which the validity rules
+    take for a gap only where half the bands hold it). Each thread keeps its own open dataset; pickling
     keeps only the path and settings, so the reader can travel to dask workers.
     """
 
@@ -119,7 +120,8 @@ class RasterioWindowReader:
 
 def _apply_scaling(stored: np.ndarray, scaling: BandScaling, bands: slice, dtype: np.dtype) -> np.ndarray:
     """``stored * scale + offset`` (or ``stored / divisor``) of the bands ``bands`` in ``dtype``; stored nodata
-    (tested before scaling) → NaN."""
+    (tested before scaling) → NaN, or 0 for a nodata of 0 (a stored 0 in a few bands is ground: clipped dark
+    reflectance; :func:`~hsi_cluster.stats.valid_pixel_mask` decides per pixel)."""
     values = stored.astype(dtype)
     if scaling.divisor != 1:  # a division, not × 1/factor: 1234 / 10000 is then the nearest float to 0.1234
         values /= np.asarray(scaling.divisor, dtype=dtype)
@@ -127,7 +129,7 @@ def _apply_scaling(stored: np.ndarray, scaling: BandScaling, bands: slice, dtype
         values *= scaling.scale[bands].astype(dtype)[:, None, None]
         values += scaling.offset[bands].astype(dtype)[:, None, None]
     if scaling.nodata is not None and not np.isnan(scaling.nodata):
-        values[stored == scaling.nodata] = np.nan
+        values[stored == scaling.nodata] = 0 if scaling.nodata == 0 else np.nan
     return values
 
 
@@ -481,12 +483,12 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     extra: dict[str, Any] = {"file_block": (block_rows, block_cols)}
     if gcps:  # a raw (L1) scene located by ground control points: carried to the labels as they are
         extra[GCPS] = gcp_records(gcps, gcp_crs)
-    if scaling is not None:  # physical values in floating point; stored nodata reads as NaN
+    if scaling is not None:  # physical values in floating point; stored nodata reads as NaN (0 stays 0)
         extra["scaled_from"] = str(dtype)
         if scaling.divisor != 1:
             extra["reflectance_scale_factor"] = scaling.divisor
         dtype = np.result_type(dtype, np.float32)
-        nodata = None if nodata is None else float("nan")
+        nodata = None if nodata is None else 0.0 if nodata == 0 else float("nan")
     reader = RasterioWindowReader(str(binary), shape, dtype, scaling)
     chunks = list(default_chunks(shape[0], dtype, spatial))
     if tiled and spatial is None:  # align dask chunks with the file's tiles

@@ -185,12 +185,15 @@ def test_l1c_takes_its_fill_from_the_background_value(tmp_path: Path) -> None:
     product = write_product(tmp_path / "product", base=base, xml_text=metadata_xml(level="L1C", background="0"))
     stored = product.stored.copy()
     stored[stored == FILL] = 7
-    stored[0, 3, 3] = 0
+    stored[0, 3, 3] = 0  # one band at 0: ground (validity rules 7)
+    stored[:, 4, 4] = 0  # every band: background
     helpers.write_geotiff(product.image, stored)
     scene = open_scene(product.image)
-    assert np.isnan(scene.attrs["nodata"])
+    assert scene.attrs["nodata"] == 0
     values = scene.values
-    assert np.isnan(values[0, 3, 3]) and np.isfinite(values[1, 3, 3])
+    assert values[0, 3, 3] == 0 and np.isfinite(values[1, 3, 3]) and (values[:, 4, 4] == 0).all()
+    valid = valid_pixel_mask(values, nodata=scene.attrs["nodata"])
+    assert valid[3, 3] and not valid[4, 4]
 
 
 def test_cli_info_shows_wavelengths_and_scaling(product: Product) -> None:

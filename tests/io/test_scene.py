@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.io import ingest, open_scene
 from hsi_cluster.io.scene import scene_files, scene_files_identity
+from hsi_cluster.stats import valid_pixel_mask
 from tests import helpers
 from tests.helpers import EPSG, SyntheticScene
 from tests.io.test_enmap import write_product
@@ -155,6 +156,22 @@ def test_geotiff_scaled_dtype_keeps_the_stored_precision(tmp_path: Path, dtype: 
     assert scene.dtype == expected
     assert scene.attrs["nodata"] is None  # no nodata declared: none made up
     np.testing.assert_allclose(scene.values, cube * np.array([0.5, 2.0, 0.01])[:, None, None], rtol=1e-6)
+
+
+def test_scaled_reflectance_clipped_at_a_nodata_of_0_stays_ground(tmp_path: Path) -> None:
+    """int16 reflectance × 10 000 clipped at 0, nodata 0, scale 1e-4: a 0 in a few bands is dark ground and the
+    pixel stays valid, as without the scale (each stored 0 read NaN and voided the pixel: 5 % of Salinas-A)."""
+    cube = np.random.default_rng(0).integers(100, 5000, (24, 8, 8)).astype(np.int16)
+    cube[:3, 2, 2] = 0  # clipped in three bands: ground
+    cube[:, 5, 5] = 0  # 0 in every band: a gap
+    scaled = open_scene(helpers.write_geotiff(tmp_path / "s.tif", cube, nodata=0, scales=[1e-4] * 24).path)
+    plain = open_scene(helpers.write_geotiff(tmp_path / "p.tif", cube, nodata=0).path)
+    assert scaled.attrs["nodata"] == 0
+    values = scaled.values
+    assert (values[:3, 2, 2] == 0).all() and np.isfinite(values).all()
+    valid = valid_pixel_mask(values, nodata=scaled.attrs["nodata"])
+    np.testing.assert_array_equal(valid, valid_pixel_mask(plain.values, nodata=plain.attrs["nodata"]))
+    assert valid[2, 2] and not valid[5, 5] and valid.sum() == 63
 
 
 def test_geotiff_band_scale_of_zero_is_refused(tmp_path: Path) -> None:
