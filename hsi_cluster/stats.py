@@ -96,20 +96,26 @@ def likely_fill(spectra: np.ndarray) -> tuple[float, float] | None:
     return (float(values[top]), float(share)) if share > FLAT_FILL_WARN_SHARE else None
 
 
-#: Scenes whose values vary this many times more or less than each other are in other units or scaling.
+#: A scene whose values vary this many times more or less than a model's training scenes is in other units or
+#: scaling (a tile of one land cover varies 0.1–0.5 times as much as a whole training scene).
 UNITS_SPREAD_LIMIT = 100.0
+#: Training scenes, each compared with the others as a whole: those of one archive in one unit vary within a
+#: few times of each other, reflectance in percent against fractions 100 times, scaled digital numbers 10 000.
+SCENES_SPREAD_LIMIT = 30.0
 
 
 def spread_ratios(stds: Sequence[np.ndarray]) -> np.ndarray:
     """For each of several scenes' per-band std (each (B,)), the median over bands of its std divided by the
-    median std of all the scenes: about 1 each for scenes in the same units, 1e-4 or 1e4 for one in others.
-    Bands without a finite positive std in every scene are not compared."""
+    median std of the *other* scenes: about 1 each for scenes in the same units, 0.01 or 100 for one in percent
+    among fractions (both of a pair), 1e-4 or 1e4 for digital numbers. Bands without a finite positive std in
+    every scene are not compared; a single scene has nothing to compare (1)."""
     table = np.asarray(stds, dtype=np.float64)  # (scenes, B)
     usable = np.all(np.isfinite(table) & (table > 0), axis=0)
-    if not usable.any():
+    if not usable.any() or len(table) < 2:
         return np.ones(len(table))
     table = table[:, usable]
-    return np.median(table / np.median(table, axis=0), axis=1)
+    return np.array([np.median(row / np.median(np.delete(table, i, axis=0), axis=0))
+                     for i, row in enumerate(table)])
 
 
 def spread_against(pixels: np.ndarray, std: np.ndarray) -> float:

@@ -43,7 +43,7 @@ from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral, fit_spectral_mnf
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.stats import UNITS_SPREAD_LIMIT, VALIDITY_RULES, likely_fill, spread_ratios
+from hsi_cluster.stats import SCENES_SPREAD_LIMIT, VALIDITY_RULES, likely_fill, spread_ratios
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 LogFn = Callable[[str], None]
@@ -100,18 +100,24 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
     one's differences to its closer neighbour along each axis, see :func:`sample_spectra_and_noise`).
 
     A band flagged bad in the metadata of any store is left out. ``log`` is told of a store whose values
-    vary over :data:`~hsi_cluster.stats.UNITS_SPREAD_LIMIT` times more or less than the others' (other
+    vary :data:`~hsi_cluster.stats.SCENES_SPREAD_LIMIT` times or more (or less) than the others' (other
     units), and when many sampled pixels hold one value in every band (an undeclared fill of a scene
     with few bands).
     """
     opened = [Store.open(store) for store in stores]
     spectra = sample_valid_spectra(opened, n_samples, seed=seed)
     ratios = spread_ratios([store.band_stats().std for store in opened])
-    for store, ratio in zip(opened, ratios, strict=True):
-        if log is not None and not 1 / UNITS_SPREAD_LIMIT <= ratio <= UNITS_SPREAD_LIMIT:
-            log(f"warning: {_source_of(store)}: its values vary {ratio:.3g}× as much as the other training scenes': other units "
-                "or scaling (digital numbers against reflectance?); the clusters will mostly separate the scenes. "
-                "Convert the scenes to one unit, or train on them apart")
+    odd = [(store, ratio) for store, ratio in zip(opened, ratios, strict=True)
+           if not 1 / SCENES_SPREAD_LIMIT < ratio < SCENES_SPREAD_LIMIT]
+    advice = ("other units or scaling (digital numbers against reflectance, percent against fractions?); the "
+              "clusters will mostly separate the scenes. Convert the scenes to one unit, or train on them apart")
+    if log is not None and len(opened) == 2 and odd:  # a pair: neither is the odd one
+        log(f"warning: {_source_of(opened[0])} and {_source_of(opened[1])}: their values vary "
+            f"{max(ratios[0], ratios[1]):.3g}× apart: {advice}")
+    elif log is not None:
+        for store, ratio in odd:
+            log(f"warning: {_source_of(store)}: its values vary {ratio:.3g}× as much as the other training scenes': "
+                f"{advice}")
     flags = [np.asarray(store.metadata["good_band"], bool) for store in opened if store.metadata.get("good_band")]
     good_band = np.logical_and.reduce(flags) if flags else None
     fill = likely_fill(spectra) if good_band is None or good_band.any() else None  # no band: fit_spectral says so
@@ -263,11 +269,11 @@ def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
         where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
         raise HsiClusterError(f"{where} {valid} valid pixels (not nodata, NaN or one value in every band), fewer "
                               f"than one batch of {config.batch_size}; lower --batch-size")
-    sampled = min(valid, config.centroid_samples) // config.batch_size * config.batch_size  # whole batches
+    sampled = min(valid, config.centroid_samples)
     if config.assignment == "centroids" and n_clusters > sampled:
         raise HsiClusterError(f"{option} {n_clusters} is more than the {sampled} pixels the cluster centroids are "
-                              f"fitted on (whole batches of {config.batch_size} of the {valid} valid pixels); choose "
-                              "fewer clusters or lower --batch-size")
+                              f"fitted on (centroid_samples of the {valid} valid pixels); choose fewer clusters or "
+                              "raise centroid_samples")
     return next((wavelength for _, _, wavelength in checked if wavelength is not None), None)
 
 
@@ -937,7 +943,7 @@ def centroid_sampler(stores: Sequence[Path], *, config: TrainConfig, seed: int, 
     """The sampler of the centroid sample: its own plan, the same share of every block's valid centres, about
     ``config.centroid_samples`` in all (``options``: ``fill``, ``transform`` of :class:`PatchSampler`)."""
     sampler = PatchSampler(list(stores), patch_size=config.patch_size, batch_size=config.batch_size, seed=seed,
-                           mask=mask, epoch=CENTROID_PLAN_EPOCH, **options)
+                           mask=mask, epoch=CENTROID_PLAN_EPOCH, keep_partial=True, **options)
     sampler.fraction = min(1.0, config.centroid_samples / max(sampler.valid_centres(), 1))
     return sampler
 

@@ -353,33 +353,50 @@ def test_cli_warns_of_an_undeclared_fill_in_a_scene_of_few_bands(tmp_path: Path)
 
 
 def test_cli_more_clusters_than_the_centroid_sample_is_refused_before_training(tmp_path: Path) -> None:
-    """72 valid pixels, batches of 32: the centroids are fitted on 64, so -k 70 (or --k-max 70) is refused up front
+    """150 valid pixels, centroids fitted on 100 of them: -k 120 (or --k-max 120) is refused up front
     (it trained to the end, then failed with an unexpected ValueError and left a partial checkpoint)."""
+    cube = np.random.default_rng(0).normal(500, 50, (12, 10, 15)).astype(np.float32)
+    small = make_scene(tmp_path / "small", height=10, width=15, cube=cube)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "centroid_samples": 100}))
+    output = tmp_path / "m.ckpt"
+    for k in (["-k", 120], ["-k", "auto", "--k-max", 120]):
+        result = cli("train", small.store, *k, "-o", output, "--config", config, "--device", "cpu")
+        assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "120 is more than the 100 pixels the cluster centroids are fitted on" in lines[0]
+        assert not output.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_centroid_sample_takes_the_last_partial_batch(tmp_path: Path) -> None:
+    """72 valid pixels in batches of 32: the feature centroids are fitted on all 72, not the 64 of whole batches."""
     cube = np.random.default_rng(0).normal(500, 50, (12, 8, 9)).astype(np.float32)
     small = make_scene(tmp_path / "small", height=8, width=9, cube=cube)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
-    output = tmp_path / "m.ckpt"
-    for k in (["-k", 70], ["-k", "auto", "--k-max", 70]):
-        result = cli("train", small.store, *k, "-o", output, "--config", config, "--device", "cpu")
-        assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "70 is more than the 64 pixels the cluster centroids are fitted on" in lines[0]
-        assert not output.exists() and not list(tmp_path.glob("*.partial"))
+    result = cli("train", small.store, "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config, "--device", "cpu",
+                 "--steps", 2)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert "on 72 training pixels" in result.stdout + result.stderr
 
 
 def test_cli_warns_of_training_scenes_in_other_units(tmp_path: Path) -> None:
-    """Two tiles of one archive, one in digital numbers and one in reflectance (÷ 10 000): the log names the odd one."""
+    """Tiles of one archive, one in reflectance (÷ 10 000) among digital numbers: the log names the odd one; of a pair
+    100× apart (percent against fractions, silent under 200× before) it names both."""
     cube = np.random.default_rng(0).normal(500, 50, (12, 30, 30)).astype(np.float32)
     counts = make_scene(tmp_path / "dn", height=30, width=30, cube=cube)
+    counts2 = make_scene(tmp_path / "dn2", height=30, width=30, cube=cube[:, ::-1] * 1.2)
     reflectance = make_scene(tmp_path / "refl", height=30, width=30, cube=cube * 1e-4)
+    percent = make_scene(tmp_path / "pct", height=30, width=30, cube=cube * 1e-2)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
-    result = cli("train", counts.store, reflectance.store, "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config,
-                 "--device", "cpu", "--steps", 2)
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    warned = [line for line in result.output.splitlines() if "as much as the other training scenes" in line]
-    assert len(warned) == 1 and "refl" in warned[0] and "other units or scaling" in warned[0]
+    for scenes, expected in (([counts, counts2, reflectance], "as much as the other training scenes"),
+                             ([reflectance, percent], "their values vary 100× apart")):
+        result = cli("train", *[s.store for s in scenes], "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config,
+                     "--device", "cpu", "--steps", 2, "--overwrite")
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+        warned = [line for line in result.output.splitlines() if "other units or scaling" in line]
+        assert len(warned) == 1 and "refl" in warned[0] and expected in warned[0], warned
 
 
 def test_cli_projection_mnf_from_a_config_file(scene: IngestedScene, tmp_path: Path) -> None:

@@ -244,3 +244,12 @@ def test_spread_ratios_single_out_a_scene_in_other_units() -> None:
     ratios = spread_ratios([std, std * 1.3, std * 1e-4, std * 0.8])
     assert ratios[2] < 1e-3 and all(0.5 < r < 2 for r in ratios[[0, 1, 3]])
     assert spread_ratios([std, np.full(30, np.nan)]).tolist() == [1.0, 1.0]  # nothing to compare
+    assert spread_ratios([std]).tolist() == [1.0]
+
+
+def test_spread_ratios_of_two_scenes_single_out_percent_against_fractions() -> None:
+    """Two scenes 100× apart (reflectance in percent and in fractions): each is compared with the other, so the
+    pair shows 100× (against the median of both, 1.98× and 0.0198×: no warning under 200×)."""
+    std = np.random.default_rng(2).uniform(0.01, 0.2, 30)
+    np.testing.assert_allclose(spread_ratios([std, std * 100]), [0.01, 100.0])
+    np.testing.assert_allclose(spread_ratios([std, std * 3]), [1 / 3, 3.0])

@@ -7,7 +7,8 @@ all the patches the plan asks of it. Blocks are taken in a random order, in grou
 size whose centres are shuffled together (the shuffle buffer: as many blocks as ``buffer_bytes``
 holds once read, and projected if a ``transform`` maps them), so a batch mixes several regions
 while only a group of blocks is ever in memory. Each valid pixel is a centre once per epoch; the
-last partial batch is dropped.
+last partial batch is dropped (training steps are whole batches) unless ``keep_partial`` is set
+(a sample of the scene, such as the one the feature centroids are fitted on, takes every centre).
 
 A run shorter than one pass (a sample budget on a large scene) sets ``fraction`` < 1: each epoch
 then takes a seeded random share of *every* block's centres (``ceil(fraction · n)`` of its ``n``),
@@ -85,11 +86,11 @@ class PatchSampler(IterableDataset):
         fill: per-band values (B,) that invalid pixels inside a patch read as; default the band
             means over the valid pixels of all the stores (:func:`~hsi_cluster.io.store.invalid_fill`),
             i.e. the spectral mean a model trained on them stores.
-
         transform: optional per-pixel map, (n, B) raw spectra → (n, C), applied to each block's
             pixels as the block is read (e.g.
             :meth:`~hsi_cluster.model.projection.SpectralProjection.pixel_map`): patches are then cut
             from the mapped block and come as (N, C, p, p) in its dtype.
+        keep_partial: also yield the epoch's last, partial batch (every drawn centre once).
 
     Iterating yields :class:`PatchBatch` objects. In DataLoader workers (``batch_size=None``) each
     worker takes every n-th block of the epoch's order, so workers never duplicate a centre.
@@ -100,8 +101,9 @@ class PatchSampler(IterableDataset):
     def __init__(self, store: str | Path | Sequence[str | Path], *, patch_size: int, batch_size: int, seed: int = 0,
                  mask: np.ndarray | None = None, buffer_bytes: int = DEFAULT_BUFFER_BYTES, epoch: int = 0,
                  start_batch: int = 0, fill: np.ndarray | None = None, fraction: float = 1.0,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None, keep_partial: bool = False) -> None:
         super().__init__()
+        self.keep_partial = keep_partial
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         self.fraction = float(fraction)
@@ -222,9 +224,11 @@ class PatchSampler(IterableDataset):
                 for start, stop in zip(self._block_offsets[:-1], self._block_offsets[1:], strict=True)]
 
     def batches_per_epoch(self, shards: int = 1) -> int:
-        """Full batches one epoch yields (summed over ``shards`` workers)."""
+        """Batches one epoch yields (summed over ``shards`` workers): full ones, and the last partial
+        one with ``keep_partial``."""
         if shards == 1:
-            return self.centres_per_epoch() // self.batch_size
+            return (-(-self.centres_per_epoch() // self.batch_size) if self.keep_partial
+                    else self.centres_per_epoch() // self.batch_size)
         return sum(sum(1 for _ in self._plan(shard, shards)) for shard in range(shards))
 
     def _groups(self, order: np.ndarray) -> list[np.ndarray]:
@@ -245,6 +249,8 @@ class PatchSampler(IterableDataset):
             for k in range(n_full):
                 yield pool[k * self.batch_size:(k + 1) * self.batch_size]
             pool = pool[n_full * self.batch_size:]
+        if self.keep_partial and len(pool):
+            yield pool
 
     def _locate(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Store index, row, col and global block id (N,) of global centre ids."""

@@ -78,6 +78,17 @@ def test_every_valid_centre_once_per_epoch_except_dropped_partial_batch(holed: I
     assert sampler.batches_per_epoch() == len(batches) == n_valid // batch_size
 
 
+
+@pytest.mark.parametrize("batch_size", [32, 1000])
+def test_keep_partial_yields_every_valid_centre_once(holed: IngestedScene, batch_size: int) -> None:
+    sampler = PatchSampler(holed.store, patch_size=PATCH, batch_size=batch_size, seed=1, keep_partial=True)
+    batches = list(sampler)
+    n_valid = int(holed.valid.sum())
+    centres = flat([(b.rows, b.cols) for b in batches], holed.valid.shape[1])
+    assert np.array_equal(np.sort(centres), np.flatnonzero(holed.valid))
+    assert [len(b.rows) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    assert sampler.batches_per_epoch() == len(batches) == -(-n_valid // batch_size)
+
 def test_all_centres_when_batch_divides_the_valid_count(clean: IngestedScene) -> None:
     width = clean.valid.shape[1]
     centres = flat(epoch_centres(PatchSampler(clean.store, patch_size=PATCH, batch_size=40, seed=0)), width)
