@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
 from hsi_cluster.io.checks import check_bands, check_patch_fits
 from hsi_cluster.io.files import check_distinct_outputs, check_output
@@ -216,6 +217,7 @@ class _Job:
     digest: str
     source: Path
     deciding_bands: np.ndarray | None = None  # bool (B,): the bands whose NaN/nodata makes a pixel invalid; None: all
+    replaced_bands: np.ndarray | None = None  # bool (B,): bands flagged bad in the scene that the model reads
     spread: float | None = None  # set from the first SPREAD_SAMPLE valid pixels (stats.spread_against)
 
     @property
@@ -256,14 +258,35 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
     n_bands, height, width = scene.shape
     # A pixel is labelled when the good bands the model reads are usable: a band it left out (flagged,
     # empty, noise) may hold NaN or the nodata value without costing the pixel.
-    deciding = np.ones(n_bands, bool) if "good_band" not in scene.coords else scene.coords["good_band"].values.astype(bool)
+    flagged = ~scene.coords["good_band"].values.astype(bool) if "good_band" in scene.coords else np.zeros(n_bands, bool)
+    deciding = ~flagged
+    read = np.ones(n_bands, bool)
     left_out = model.projection.left_out_bands()
     if left_out is not None:
         deciding[left_out.numpy()] = False
+        read[left_out.numpy()] = False
+    replaced = flagged & read  # bad in this scene, read by the model: the training mean stands in for them
+    if replaced.any():
+        warnings.warn(MetadataWarning(
+            f"{scene.attrs['source']}: flags {int(replaced.sum())} bands bad ({_band_names(scene, replaced)}) that the "
+            "model reads (they were good in its training scenes); they read as the training mean in every pixel, so "
+            "the labels rest on the other bands. If these bands are good here, clear their bad-band flag (ENVI bbl)"),
+            stacklevel=2)
     return _Job(checkpoint=checkpoint, scene=scene, model=model, device=torch_device,
                 amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
                 dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=digest or checkpoint.sha256(),
-                source=Path(scene.attrs["source"]), deciding_bands=None if deciding.all() else deciding)
+                source=Path(scene.attrs["source"]), deciding_bands=None if deciding.all() else deciding,
+                replaced_bands=replaced if replaced.any() else None)
+
+
+def _band_names(scene: xr.DataArray, bands: np.ndarray) -> str:
+    """Bands (bool (B,)) named by wavelength where the scene has them, else by number (from 1); the first six."""
+    indices = np.flatnonzero(bands)
+    if "wavelength" in scene.coords:
+        names = [f"{scene.coords['wavelength'].values[i]:.0f} nm" for i in indices[:6]]
+    else:
+        names = [f"band {i + 1}" for i in indices[:6]]
+    return ", ".join(names) + (", …" if len(indices) > 6 else "")
 
 
 def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,6 +303,9 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         valid &= np.asarray(read_haloed(masked_by_file[None], window, halo))[0]
     if not valid.all():  # holes read as the training mean, as in training
         padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
+    if job.replaced_bands is not None:
+        padded = padded.copy() if valid.all() else padded  # np.asarray may share a cached block's memory
+        padded[job.replaced_bands] = job.fill.astype(padded.dtype)[job.replaced_bands, None, None]
     return padded, valid[halo:halo + window.height, halo:halo + window.width]
 
 
