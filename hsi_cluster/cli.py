@@ -199,8 +199,13 @@ class OneLineErrors(click.Group):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:  # the command's name, options and arguments
+        from rasterio.errors import NotGeoreferencedWarning
+
         with self._one_line(), warnings.catch_warnings():
             warnings.simplefilter("once", MetadataWarning)  # a scene is opened several times per command
+            # a raster without a CRS is a fact `info` states, not a warning; silenced here for all threads (the
+            # readers' own catch_warnings is not thread-safe: dask's threads let rasterio's through)
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.showwarning = _show_metadata_warning
             return super().invoke(ctx)
 

@@ -316,6 +316,17 @@ def test_evaluate_shape_mismatch_is_an_error(runner: CliRunner, tmp_path: Path, 
 # the real console script
 
 
+def test_a_scene_without_georeferencing_gives_no_rasterio_warning_from_reader_threads(tmp_path: Path) -> None:
+    """A scaled GeoTIFF without CRS or transform, read by dask's threads: rasterio's NotGeoreferencedWarning leaked
+    to stderr as two raw Python lines, even with -q."""
+    cube = helpers.synthetic_cube(204, 83, 86, "int16")
+    scene = helpers.write_geotiff(tmp_path / "plain.tif", cube, crs=None, nodata=0, scales=[1e-4] * 204).path
+    ingest = subprocess.run(helpers.python_module_command("ingest", str(scene), "-o", str(tmp_path / "s.zarr"), "-q"),
+                            capture_output=True, text=True, timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    assert "NotGeoreferencedWarning" not in ingest.stderr and ingest.stderr == "", ingest.stderr
+
+
 def test_console_script_ingest_and_info_on_sample(tmp_path: Path, sample_salinas_a: Path) -> None:
     store = tmp_path / "salinas_a.zarr"
     ingest = subprocess.run(helpers.python_module_command("ingest", str(sample_salinas_a), "-o", str(store)),
