@@ -225,6 +225,7 @@ def _emit_glt(path: Path, tree: xr.DataTree) -> tuple[xr.DataArray, xr.DataArray
                                       "is read as stored, without map coordinates; use the complete file to get "
                                       "a map"), stacklevel=4)
         return None
+    assert transform is not None  # not missing
     return location["glt_x"], location["glt_y"], tuple(float(v) for v in np.ravel(transform)), str(wkt)
 
 
