@@ -32,11 +32,14 @@ from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
 from hsi_cluster.io.files import sha256_of, write_text_atomic
+from hsi_cluster.io.label_raster import sidecar_path
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files_identity
 
 MANIFEST = "manifest.json"
 ATTEMPTS_DIR = ".attempts"
+#: Held (an exclusive ``flock``) by the batch writing to OUTDIR; a second batch on the same OUTDIR is refused.
+LOCK_FILE = ".hsicluster-batch.lock"
 OUTPUT_SUFFIX = "_labels.tif"
 #: The fields of a scene's manifest record that tell whether it changed since it was labelled (:func:`_source_fields`).
 SOURCE_FIELDS = ("source_mtime_ns", "source_companions")
@@ -47,15 +50,15 @@ ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
     """Where each scene's labels go: OUTDIR / (path relative to the scenes' common folder) with
-    ``_labels.tif`` in place of the extension, so scenes of the same name in different folders
-    do not collide."""
+    ``_labels.tif`` in place of the (last) extension, so scenes of the same name in different folders
+    do not collide (``HLS.S30.T33UVP.2024001.v2.0.tif`` → ``HLS.S30.T33UVP.2024001.v2.0_labels.tif``)."""
     if not sources:
         return {}
     common = Path(os.path.commonpath([str(s.parent) for s in sources]))
     targets: dict[Path, Path] = {}
     for source in sources:
         relative = source.relative_to(common)
-        targets[source] = outdir / relative.parent / (relative.name.split(".")[0] + OUTPUT_SUFFIX)
+        targets[source] = outdir / relative.parent / (relative.stem + OUTPUT_SUFFIX)
     seen: dict[Path, Path] = {}
     resolved_sources = {source.resolve() for source in sources}
     for source, target in targets.items():
@@ -185,9 +188,11 @@ class Manifest:
         write_text_atomic(self.path, json.dumps(body, indent=2))
 
     def is_current(self, source: Path, output: Path) -> bool:
-        """Whether ``source`` finished before and its output is still the file recorded."""
+        """Whether ``source`` finished before and its output is still the file recorded (with its sidecar of
+        class names)."""
         record = self.records.get(str(source))
-        if not record or record.get("status") not in ("done", "skipped") or not output.is_file():
+        if not record or record.get("status") not in ("done", "skipped") or not output.is_file() \
+                or not sidecar_path(output).is_file():
             return False
         current = _source_fields(source)
         if current["source_mtime_ns"] is None or any(record.get(key) != current.get(key) for key in SOURCE_FIELDS):
@@ -269,8 +274,6 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     Raises:
         HsiClusterError: no scenes, an unreadable checkpoint, an unusable OUTDIR or scheduler.
     """
-    from distributed import as_completed
-
     from hsi_cluster.checkpoint import load_checkpoint
 
     started = time.perf_counter()
@@ -288,11 +291,71 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         raise OutputError(f"{out}: cannot create the output folder ({exc.strerror}); choose another") from exc
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: the output folder is not writable; choose another")
+    with _outdir_lock(out):
+        return _run_locked(sources, checkpoint_path, model_sha, out, tiles=tiles, scheduler=scheduler,
+                           workers=workers, retries=retries, progress=progress, log=log, started=started)
+
+
+@contextmanager
+def _outdir_lock(out: Path) -> Iterator[None]:
+    """Hold OUTDIR's lock file for the run: two batches writing one OUTDIR would both resume the same partial
+    outputs and record each other's half-written files as done."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock
+        yield
+        return
+    with open(out / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputError(f"{out}: another hsicluster batch is writing to this folder (pid {holder}); wait for it "
+                              "to finish, or choose another OUTDIR") from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _outputs_of_earlier_runs(sources: list[Path], out: Path, log: Callable[[str], None]) -> list[Path]:
+    """``sources`` without the label rasters of earlier batches inside OUTDIR (a glob over a folder that holds
+    OUTDIR matches them)."""
+    from hsi_cluster.io.labels import written_by_hsicluster
+
+    kept = [source for source in sources
+            if not (source.is_relative_to(out) and source.name.endswith(OUTPUT_SUFFIX) and written_by_hsicluster(source))]
+    if len(kept) < len(sources):
+        log(f"left out {len(sources) - len(kept)} label rasters under {out} that earlier runs wrote (not scenes)")
+    return kept
+
+
+def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,
+                scheduler: str | None, workers: int | None, retries: int, progress: ProgressFn | None,
+                log: Callable[[str], None], started: float) -> BatchResult:
+    """:func:`run_batch` once OUTDIR is checked and locked."""
+    from distributed import as_completed
+
+    sources = _outputs_of_earlier_runs(sources, out, log)
+    if not sources:
+        raise HsiClusterError(f"no scenes given: every file matched is a label raster under {out}")
     targets = output_paths(sources, out)
     header = {"format": "hsicluster-batch", "library_version": __version__, "model": str(checkpoint_path),
               "model_sha256": model_sha, "tiles": tiles}
     manifest = Manifest.load(out / MANIFEST, header)
     attempts_dir = out / ATTEMPTS_DIR
+    owners = {record.get("output"): other for other, record in manifest.records.items()
+              if record.get("status") in ("done", "skipped")}
+    for source in sources:
+        owner = owners.get(str(targets[source]))
+        if owner is not None and owner != str(source) and targets[source].is_file():
+            raise OutputError(f"{targets[source]}: holds the labels of {owner} (see {MANIFEST}), and this run would "
+                              f"write those of {source} over them; choose another OUTDIR for these scenes")
 
     todo: list[Path] = []
     for source in sources:

@@ -21,19 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 
 from hsi_cluster.batch import (
     ATTEMPTS_DIR,
+    LOCK_FILE,
     Manifest,
     _dashboard,
+    _outputs_of_earlier_runs,
     _source_fields,
     attempt_stem,
     output_paths,
     run_batch,
 )
 from hsi_cluster.cli import EXIT_SOME_FAILED, main
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import open_scene
 from hsi_cluster.io.files import sha256_of
 from hsi_cluster.predict import predict_scene
@@ -58,6 +61,14 @@ def test_output_paths_keep_folders_apart(tmp_path: Path) -> None:
         output_paths([tmp_path / "s.tif", tmp_path / "s.img"], tmp_path / "out")
 
 
+def test_output_names_keep_every_dot_but_the_extensions(tmp_path: Path) -> None:
+    """Dotted archive names (HLS, Sentinel) were cut at the first dot: two tiles of one folder collided."""
+    sources = [tmp_path / "HLS.S30.T33UVP.2024001.v2.0.tif", tmp_path / "HLS.S30.T33UVQ.2024001.v2.0.tif"]
+    targets = output_paths(sources, tmp_path / "out")
+    assert [t.name for t in targets.values()] == ["HLS.S30.T33UVP.2024001.v2.0_labels.tif",
+                                                  "HLS.S30.T33UVQ.2024001.v2.0_labels.tif"]
+
+
 def test_output_paths_never_name_a_scene(tmp_path: Path) -> None:
     # labels of an earlier run written beside the scenes, now matched by the glob too
     (tmp_path / "link").symlink_to(tmp_path)
@@ -75,10 +86,15 @@ def test_a_scene_is_current_until_one_of_its_files_changes(tmp_path: Path) -> No
     product = write_product(tmp_path / "product")
     output = tmp_path / "labels.tif"
     output.write_bytes(b"labels")
+    sidecar = tmp_path / "labels.tif.aux.xml"
+    sidecar.write_text("<PAMDataset/>")
     manifest = Manifest(tmp_path / "manifest.json", {})
     manifest.records[str(lone)] = {"source": str(lone), "output": str(output), "status": "done",
                                    "sha256": sha256_of(output), "source_mtime_ns": lone.stat().st_mtime_ns}
     assert manifest.is_current(lone, output)  # a manifest of the previous version: no spurious relabelling
+    sidecar.unlink()  # the class names and attribute table beside the labels: a rerun writes them again
+    assert not manifest.is_current(lone, output)
+    sidecar.write_text("<PAMDataset/>")
     for source, companion in [(envi.path, envi.header), (product.image, product.xml)]:
         manifest.records[str(source)] = {"source": str(source), "output": str(output), "status": "done",
                                          "sha256": sha256_of(output), **_source_fields(source)}
@@ -113,6 +129,60 @@ def archive(tmp_path_factory: pytest.TempPathFactory, sample_salinas_a: Path) ->
     corrupt = scenes / "north" / "corrupt.tif"
     corrupt.write_bytes(good[0].read_bytes()[:5000])
     return {"model": model.checkpoint, "scenes": scenes, "good": good, "corrupt": corrupt, "root": root}
+
+
+def test_a_second_batch_on_the_same_outdir_is_refused(archive: dict, tmp_path: Path) -> None:
+    """Two batches writing one OUTDIR at once both resumed the same partial outputs and recorded each other's
+    half-written files as done (a tile of nodata, a whole map of nodata); the second is now refused."""
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / LOCK_FILE, "w") as held:
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match=r"another hsicluster batch is writing to this folder \(pid 4242\); "
+                                              r"wait for it to finish, or choose another OUTDIR"):
+            run_batch([str(archive["good"][0])], archive["model"], out)
+    assert not (out / "manifest.json").exists()
+
+
+def test_labels_of_another_scene_in_the_outdir_are_not_written_over(archive: dict, tmp_path: Path) -> None:
+    """Two runs with other globs into one OUTDIR (north/scene.tif, then south/scene.tif) wrote the same
+    OUTDIR/scene_labels.tif in turn; the second is now refused, naming the scene whose labels are there."""
+    from hsi_cluster.checkpoint import load_checkpoint
+
+    north, south = tmp_path / "north" / "scene.tif", tmp_path / "south" / "scene.tif"
+    for path in (north, south):
+        path.parent.mkdir()
+        shutil.copy(archive["good"][0], path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scene_labels.tif").write_bytes(b"labels of north")
+    manifest = {"model_sha256": load_checkpoint(archive["model"]).sha256(), "tiles": TILES,
+                "scenes": {str(north): {"source": str(north), "output": str(out / "scene_labels.tif"),
+                                        "status": "done"}}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match=r"scene_labels.tif: holds the labels of .*north/scene.tif \(see "
+                                          r"manifest.json\), and this run would write those of .*south/scene.tif"):
+        run_batch([str(south)], archive["model"], out, tiles=TILES)
+    assert (out / "scene_labels.tif").read_bytes() == b"labels of north"
+
+
+def test_label_rasters_of_earlier_runs_under_the_outdir_are_not_scenes(tmp_path: Path) -> None:
+    """OUTDIR inside the globbed tree (-o archive/labels with 'archive/**/*.tif'): a rerun took its own labels for
+    scenes and was refused; they are left out, and only they."""
+    out = tmp_path / "archive" / "labels"
+    out.mkdir(parents=True)
+    scene = helpers.write_geotiff(tmp_path / "archive" / "a.tif", helpers.synthetic_cube(3, 8, 8)).path
+    ours = helpers.write_geotiff(out / "a_labels.tif", helpers.synthetic_cube(1, 8, 8, "uint8")).path
+    with rasterio.open(ours, "r+") as dataset:
+        dataset.update_tags(HSICLUSTER_K="4")
+    named_alike = helpers.write_geotiff(out / "b_labels.tif", helpers.synthetic_cube(3, 8, 8)).path  # a scene
+    told: list[str] = []
+    assert _outputs_of_earlier_runs([scene, ours, named_alike], out, told.append) == [scene, named_alike]
+    assert told == [f"left out 1 label rasters under {out} that earlier runs wrote (not scenes)"]
 
 
 def reference_labels(archive: dict, source: Path, tmp: Path) -> np.ndarray:
