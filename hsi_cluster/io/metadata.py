@@ -66,6 +66,27 @@ def _floats(items: list[str] | None, n_bands: int) -> np.ndarray | None:
     except ValueError:
         return None
 
+def _band_values(name: str, n_bands: int, envi_tags: dict[str, str], band_tags: list[dict[str, str]],
+                 imagery_tags: list[dict[str, str]], *, units: str | None,
+                 source: str) -> tuple[np.ndarray, str | None] | None:
+    """``name`` ("wavelength" or "fwhm") of every band and its units, from the first domain that has them all."""
+    listed = parse_envi_list(envi_tags.get(name))
+    values = _floats(listed, n_bands)
+    if listed is not None and len(listed) == n_bands and values is None:  # GDAL's band tags read it as 0
+        word = next(item for item in listed if _floats([item], 1) is None)
+        warnings.warn(MetadataWarning(f"{source}: the header's '{name}' holds {word!r}, not a number, so it is "
+                                      "not used; correct the header"), stacklevel=3)
+        return None
+    if values is not None:
+        return values, units
+    values = _floats([tags.get(name, "") for tags in band_tags], n_bands)
+    if values is not None:
+        return values, next((t["wavelength_units"] for t in band_tags if "wavelength_units" in t), units)
+    key = "CENTRAL_WAVELENGTH_UM" if name == "wavelength" else "FWHM_UM"
+    values = _floats([tags.get(key, "") for tags in imagery_tags], n_bands)
+    return None if values is None else (values, "micrometers")
+
+
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
                     band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]], *,
                     source: str = "the scene",
@@ -89,21 +110,25 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
             warnings.warn(MetadataWarning(f"{source}: the header's '{key}' lists {len(listed)} values for {n_bands} "
                                           "bands, so it is not used; correct the header"), stacklevel=2)
     units = envi_tags.get("wavelength_units") or dataset_tags.get("wavelength_units")
+    micrometres_as_nm = False
     for name in ("wavelength", "fwhm"):
-        values = _floats(parse_envi_list(envi_tags.get(name)), n_bands)
-        band_units = units
-        if values is None:
-            values = _floats([tags.get(name, "") for tags in band_tags], n_bands)
-            band_units = next((t["wavelength_units"] for t in band_tags if "wavelength_units" in t), units)
-        if values is None:
-            key = "CENTRAL_WAVELENGTH_UM" if name == "wavelength" else "FWHM_UM"
-            values = _floats([tags.get(key, "") for tags in imagery_tags], n_bands)
-            band_units = "micrometers"
-        if values is not None:
-            reference = coords.get("wavelength", values) if name == "fwhm" else values
-            scale = unit_scale_to_nm(band_units, reference)
-            if scale is not None:
-                coords[name] = values * scale
+        found = _band_values(name, n_bands, envi_tags, band_tags, imagery_tags, units=units, source=source)
+        if found is None:
+            continue
+        values, band_units = found
+        reference = coords.get("wavelength", values) if name == "fwhm" else values
+        scale = unit_scale_to_nm(band_units, reference)
+        if scale == 1.0 and name == "wavelength" and np.nanmax(values) < 100:
+            # no spectrometer band lies below 100 nm: micrometres under a nanometre label
+            warnings.warn(MetadataWarning(
+                f"{source}: its wavelengths ({np.nanmin(values):g}–{np.nanmax(values):g}) are labelled "
+                "nanometres, but no band lies below 100 nm, so they are read as micrometres; correct the "
+                "wavelength units"), stacklevel=2)
+            scale, micrometres_as_nm = 1000.0, True
+        elif scale == 1.0 and name == "fwhm" and micrometres_as_nm:
+            scale = 1000.0
+        if scale is not None:
+            coords[name] = values * scale
     extra = {name: np.asarray(values, np.float64) for name, values in (fallback or {}).items()
              if name in ("wavelength", "fwhm") and values is not None and len(values) == n_bands}
     if "wavelength" not in coords and "wavelength" in extra:

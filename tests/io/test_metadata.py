@@ -60,3 +60,23 @@ def test_spectral_coords_without_metadata_and_with_a_wrong_count() -> None:
     with pytest.warns(MetadataWarning, match=r"x.hdr: the header's 'wavelength' lists 2 values for 3 bands"):
         coords = spectral_coords(3, {}, {"wavelength": "{400, 500}"}, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
     assert "wavelength" not in coords
+
+
+def test_micrometres_labelled_nanometres_are_read_as_micrometres_with_a_warning() -> None:
+    """A header saying 'Nanometers' over values 0.4–2.5 gave band centres of 0.4–2.5 nm without a word."""
+    envi = {"wavelength": "{0.4, 1.0, 2.5}", "fwhm": "{0.01, 0.01, 0.02}", "wavelength_units": "Nanometers"}
+    with pytest.warns(MetadataWarning, match=r"x.hdr: its wavelengths \(0.4–2.5\) are labelled nanometres, but no "
+                                             r"band lies below 100 nm, so they are read as micrometres"):
+        coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
+    np.testing.assert_allclose(coords["wavelength"], [400, 1000, 2500])
+    np.testing.assert_allclose(coords["fwhm"], [10, 10, 20])
+
+
+def test_a_wavelength_list_with_a_word_is_not_read_as_zero() -> None:
+    """One 'n/a' in the header's list: GDAL's band tags hold 0 for it, and the scene got a 0 nm band."""
+    envi = {"wavelength": "{400, n/a, 600}", "wavelength_units": "Nanometers"}
+    gdal_bands = [{"wavelength": "400"}, {"wavelength": "0"}, {"wavelength": "600"}]
+    with pytest.warns(MetadataWarning, match=r"x.hdr: the header's 'wavelength' holds 'n/a', not a number, so it is "
+                                             r"not used"):
+        coords = spectral_coords(3, {}, envi, gdal_bands, [{}, {}, {}], source="x.hdr")
+    assert "wavelength" not in coords
