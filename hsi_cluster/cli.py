@@ -20,6 +20,7 @@ import click
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError, MetadataWarning
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
+from hsi_cluster.progress import PlainProgress
 
 EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
@@ -165,25 +166,33 @@ def _disk_full(exc: BaseException) -> str | None:
 
 
 class ProgressUpdate:
-    """``update(done, total)`` drives a tqdm bar; ``update.bar`` is the bar (for a postfix)."""
+    """``update(done, total)`` drives a tqdm bar; ``update.bar`` is the bar (for a postfix). Where no bar is
+    drawn (stderr is a log file), ``plain`` writes a progress line every 30 s instead."""
 
-    def __init__(self, bar: Any) -> None:
+    def __init__(self, bar: Any, plain: PlainProgress | None = None) -> None:
         self.bar = bar
+        self.plain = plain
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar.total != total:
             self.bar.reset(total=total)
         self.bar.n = done
         self.bar.refresh()
+        if self.plain is not None:
+            self.plain(done, total)
 
 
 @contextmanager
-def progress_bar(description: str, *, unit: str, quiet: bool) -> Iterator[ProgressUpdate]:
-    """A tqdm bar on stderr driven by ``update(done, total)``; silent when quiet or not a terminal."""
+def progress_bar(description: str, *, unit: str, quiet: bool, plain_lines: bool = True) -> Iterator[ProgressUpdate]:
+    """A tqdm bar on stderr driven by ``update(done, total)``; silent when quiet; when stderr is not a terminal,
+    a progress line with the ETA every 30 s (``plain_lines``) or nothing."""
     from tqdm import tqdm
 
-    update = ProgressUpdate(tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr,
-                                 dynamic_ncols=True))
+    bar = tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+    plain = None
+    if plain_lines and not quiet and bar.disable:
+        plain = PlainProgress(description, unit, lambda line: click.echo(f"hsicluster: {line}", err=True))
+    update = ProgressUpdate(bar, plain)
     try:
         yield update
     finally:
@@ -336,7 +345,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
         raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
     config = load_config(preset, config_file, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size,
                          restarts=restarts)
-    with progress_bar("train", unit="step", quiet=quiet) as update:
+    with progress_bar("train", unit="step", quiet=quiet, plain_lines=False) as update:  # the log has its own
         # above the bar on a terminal (the bar shows step/total and the ETA), plain lines in a log
         log = (lambda message: None) if quiet else (lambda message: update.bar.write(message, file=sys.stderr))
         first: list[int] = []

@@ -43,6 +43,7 @@ from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
 from hsi_cluster.model.projection import SpectralFit, fit_spectral, fit_spectral_mnf
 from hsi_cluster.model.sscc import SSCC
+from hsi_cluster.progress import duration_text
 from hsi_cluster.stats import SCENES_SPREAD_LIMIT, VALIDITY_RULES, likely_fill, spread_ratios
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -214,16 +215,6 @@ def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
 def lr_drop_interval(config: TrainConfig, total_steps: int) -> int:
     """Steps between two learning-rate drops: ``lr_step_fraction`` of the run, rounded to a step."""
     return max(1, round(config.lr_step_fraction * total_steps))
-
-
-def _duration(seconds: float) -> str:
-    """``45 s``, ``12 min 05 s``, ``3 h 07 min``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _scene_identity(store: Path) -> dict[str, Any]:
@@ -750,8 +741,8 @@ def _progress_line(run: _Run, state: _LoopState) -> str:
     done = step - state.step_at_start
     eta = (time.perf_counter() - state.started) / done * (total_steps - step) if done else float("nan")
     return (f"step {step}/{total_steps} ({step / total_steps:.0%}), {state.samples_before + state.samples_seen:,} "
-            f"samples, elapsed {_duration(state.elapsed_before + time.perf_counter() - state.started)}, "
-            f"ETA {_duration(eta) if math.isfinite(eta) else '?'}")
+            f"samples, elapsed {duration_text(state.elapsed_before + time.perf_counter() - state.started)}, "
+            f"ETA {duration_text(eta) if math.isfinite(eta) else '?'}")
 
 
 def _payload(run: _Run, state: _LoopState, complete: bool) -> dict[str, Any]:

@@ -1,0 +1,26 @@
+"""progress: durations and the throttled progress lines of a log file."""
+
+from __future__ import annotations
+
+from hsi_cluster.progress import PlainProgress, duration_text
+
+
+def test_duration_text() -> None:
+    assert [duration_text(s) for s in (0.4, 45, 725, 11_220)] == ["0 s", "45 s", "12 min 05 s", "3 h 07 min"]
+
+
+def test_plain_progress_writes_a_line_every_period_with_the_eta_of_this_runs_rate() -> None:
+    """Resumed work (40 tiles done before the first update) does not shorten the ETA; a short run prints nothing."""
+    now = [0.0]
+    lines: list[str] = []
+    progress = PlainProgress("predict", "tile", lines.append, every=30.0, clock=lambda: now[0])
+    for done, at in ((41, 2.0), (50, 20.0), (60, 31.0), (70, 45.0), (80, 62.0)):
+        now[0] = at
+        progress(done, 100)
+    assert lines == ["predict: 60/100 tiles, elapsed 31 s, ETA 1 min 02 s", "predict: 80/100 tiles, elapsed 1 min 02 s, "
+                     "ETA 31 s"]
+    quick: list[str] = []
+    short = PlainProgress("batch", "scene", quick.append, every=30.0, clock=lambda: now[0])
+    short(1, 2)
+    short(2, 2)
+    assert quick == []
