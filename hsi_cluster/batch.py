@@ -22,6 +22,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError
 from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
 from hsi_cluster.io.files import sha256_of, write_text_atomic
 from hsi_cluster.io.label_raster import sidecar_path
@@ -102,13 +103,18 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
                               "worker": str(worker.address) if worker is not None else None}
     try:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True, resume=True)
+        # the scene's metadata warnings go to the client with the record (a worker's stderr is not the user's)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MetadataWarning)
+            result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True,
+                                   resume=True)
     except HsiClusterError as exc:
         return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
+    notices = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetadataWarning)))
     return {**record, "status": "done", "error": None, "seconds": result.seconds, "pixels": result.pixels,
             "valid_pixels": result.valid_pixels, "tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output)),
-            "spread": result.spread, "units_differ": result.units_differ}
+            "spread": result.spread, "units_differ": result.units_differ, "warnings": notices}
 
 
 def _current_worker() -> Any | None:

@@ -431,6 +431,21 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         _warn(units_warning(scene, result.spread))
 
 
+def _scene_warnings(record: dict[str, Any]) -> list[str]:
+    """What a batch tells of a scene it labelled: no labelled pixel, other units, and its metadata's warnings
+    as the worker read them (a worker's stderr is not the user's)."""
+    from hsi_cluster.predict import units_warning
+
+    if record["status"] != "done":
+        return []
+    told = list(record.get("warnings") or [])
+    if record.get("valid_pixels") == 0:
+        told.insert(0, f"{record['source']}: {NO_LABELLED_PIXELS}")
+    elif record.get("units_differ"):
+        told.insert(0, units_warning(record["source"], record.get("spread")))
+    return told
+
+
 @main.command()
 @click.argument("scenes", nargs=-1, required=True)
 @click.option("--model", "-m", "checkpoint", required=True, type=click.Path(path_type=Path),
@@ -455,7 +470,6 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
     the others go on. Exit code 3 when some scenes failed.
     """
     from hsi_cluster.batch import run_batch
-    from hsi_cluster.predict import units_warning
 
     reported: set[str] = set()  # failures already printed as they happened: each is printed once
 
@@ -476,10 +490,8 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             update(done, total)
             if record["status"] == "failed":
                 report_failure(record)
-            elif record["status"] == "done" and record.get("valid_pixels") == 0:
-                tqdm_write(f"hsicluster: warning: {record['source']}: {NO_LABELLED_PIXELS}")
-            elif record["status"] == "done" and record.get("units_differ"):
-                tqdm_write(f"hsicluster: warning: {units_warning(record['source'], record.get('spread'))}")
+            for warning in _scene_warnings(record):
+                tqdm_write(f"hsicluster: warning: {warning}")
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,

@@ -29,7 +29,7 @@ from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spe
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError
 from hsi_cluster.io import ingest, is_complete_store, open_scene
-from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree
+from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree, pixel_side
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files_identity, scene_inputs
@@ -224,6 +224,9 @@ def _scene_identity(store: Path) -> dict[str, Any]:
                 "mtime_ns": origin.get("mtime_ns"), "shape": list(scene.shape), "dtype": str(scene.dtype)}
     if origin.get("companions"):  # the files read with it (scene_files_identity); left out for a lone file
         identity["companions"] = origin["companions"]
+    side = pixel_side(scene)
+    if side is not None:  # predict warns of a scene of other pixel sizes
+        identity["pixel_side"], identity["pixel_unit"] = side
     return identity
 
 

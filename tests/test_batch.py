@@ -305,13 +305,19 @@ def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
 
 
 def test_batch_cli_warns_of_a_scene_with_no_valid_pixel(archive: dict, tmp_path: Path) -> None:
-    """A tile of an archive that is all NaN is labelled (all nodata) and named in a warning and the summary."""
+    """A tile of an archive that is all NaN is labelled (all nodata) and named in a warning and the summary; a
+    warning of a scene's metadata read on a worker (bands it flags bad) reaches the user as one line too (it
+    went to the worker's stderr as a raw Python warning)."""
     blank = helpers.write_geotiff(tmp_path / "blank.tif", np.full((204, 20, 30), np.nan, np.float32)).path
-    result = CliRunner().invoke(main, ["batch", str(blank), str(archive["good"][3]), "-m", str(archive["model"]),
+    cube = open_scene(archive["good"][3]).values
+    flagged = helpers.write_geotiff(tmp_path / "flagged.tif", cube, good_band=[i not in (5, 6) for i in range(204)]).path
+    result = CliRunner().invoke(main, ["batch", str(blank), str(flagged), "-m", str(archive["model"]),
                                        "-o", str(tmp_path / "out"), "--tiles", str(TILES), "--workers", "1"])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
-    assert len(warnings) == 1 and str(blank.absolute()) in warnings[0] and "every pixel is nodata" in warnings[0]
+    assert len(warnings) == 2, warnings
+    assert str(blank.absolute()) in warnings[0] and "every pixel is nodata" in warnings[0]
+    assert warnings[1].startswith(f"hsicluster: warning: {flagged.absolute()}: flags 2 bands bad (band 6, band 7)")
     assert "2 done (1 with no valid pixel), 0 skipped, 0 failed" in result.stdout
     labels, meta = read_raster(next((tmp_path / "out").rglob("blank_labels.tif")))
     assert (labels == meta["nodata"]).all()

@@ -841,3 +841,17 @@ def test_the_quicklook_of_a_south_up_scene_is_drawn_north_up(dense: TrainedModel
     labels, meta = read_raster(result.output)
     assert meta["transform"] == south_up
     assert np.array_equal(drawn[0], labels[::-1]) and result.quicklook.is_file()
+
+
+def test_a_scene_of_finer_pixels_than_the_training_scene_is_warned_of(dense: TrainedModel, tmp_path: Path,
+                                                                      holey: tuple[helpers.SyntheticScene, np.ndarray]
+                                                                      ) -> None:
+    """The same ground resampled to a third of the pixel size (a 10 m tile, a 30 m model): labelled, with a warning
+    (train warned of mixed pixel sizes; predict and batch did not)."""
+    fine = write_scene(tmp_path / "fine.tif", holey[0].cube,
+                       transform=helpers.utm_transform(helpers.PIXEL_SIZE / 3))
+    result = CliRunner().invoke(main, ["predict", str(fine.path), "-m", str(dense.checkpoint), "-o",
+                                       str(tmp_path / "labels.tif"), "--tiles", "16", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"its pixels are {helpers.PIXEL_SIZE / 3:g} metre across" in lines[0], lines

@@ -102,15 +102,40 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
                     advice="train together only scenes with the same bands")
 
 
+def pixel_side(scene: xr.DataArray) -> tuple[float, str] | None:
+    """The side of a georeferenced scene's pixels (the square root of their area) and its CRS's linear unit
+    ("metre", "degree", …), or None without a CRS."""
+    if not (scene.attrs.get("georeferenced") and scene.attrs.get("crs")):
+        return None
+    a, b, _, d, e, _ = scene.attrs["transform"]
+    return float(np.sqrt(abs(a * e - b * d))), CRS.from_wkt(scene.attrs["crs"]).linear_units or "unknown"
+
+
+def pixel_size_notice(scene: xr.DataArray, trained: Sequence[tuple[float, str]], *, model: str) -> str | None:
+    """A warning when ``scene``'s pixels are over :data:`PIXEL_SIZE_RATIO_WARN` times finer or coarser than every
+    one of the model's training scenes' (``trained``: their :func:`pixel_side`) in the same CRS unit."""
+    own = pixel_side(scene)
+    sides = [side for side, unit in trained if own is not None and unit == own[1]]
+    if own is None or not sides:
+        return None
+    side, unit = own
+    nearest = min(sides, key=lambda other: abs(np.log(side / other)))
+    if max(side / nearest, nearest / side) <= PIXEL_SIZE_RATIO_WARN:
+        return None
+    return (f"{scene.attrs['source']}: its pixels are {side:g} {unit} across, those the model {model} was trained "
+            f"on {nearest:g} {unit}: a patch spans {side / nearest:.3g}× the ground it learned, so the clusters may "
+            f"not mean the same here; resample the scene (gdalwarp -tr {nearest:g} {nearest:g}) or train on such "
+            "scenes")
+
+
 def _mixed_scene_notices(opened: Sequence[xr.DataArray]) -> list[str]:
     """What :func:`check_scenes_agree` warns of (see there), as sentences."""
     notices = []
     by_unit: dict[str, list[tuple[float, str]]] = {}  # CRS linear unit -> (pixel side, scene) on georeferenced grids
     for scene in opened:
-        a, b, _, d, e, _ = scene.attrs["transform"]
-        if scene.attrs.get("georeferenced") and scene.attrs.get("crs"):
-            unit = CRS.from_wkt(scene.attrs["crs"]).linear_units or "unknown"
-            by_unit.setdefault(unit, []).append((float(np.sqrt(abs(a * e - b * d))), str(scene.attrs["source"])))
+        measured = pixel_side(scene)
+        if measured is not None:
+            by_unit.setdefault(measured[1], []).append((measured[0], str(scene.attrs["source"])))
     for unit, sides in by_unit.items():
         (fine, fine_source), (coarse, coarse_source) = min(sides, key=itemgetter(0)), max(sides, key=itemgetter(0))
         if coarse > PIXEL_SIZE_RATIO_WARN * fine:

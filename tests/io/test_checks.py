@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import xarray as xr
+from rasterio.crs import CRS
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.io import open_scene
@@ -75,3 +78,22 @@ def test_bands_in_the_reverse_order_are_named_so(geotiff) -> None:
                                               r"\(.* nm\); write them in the same order \(gdal_translate with -b 6 … "
                                               r"-b 1 reverses them\); retrain"):
         check_bands(scene, n_bands=6, wavelength=wavelength[::-1], reference="the model", advice="retrain")
+
+
+def test_a_scene_of_other_pixel_sizes_than_the_training_scenes_is_named() -> None:
+    """A 10 m tile labelled with a model trained on 30 m scenes: a patch spans a third of the ground it learned."""
+    from hsi_cluster.io.checks import pixel_size_notice
+
+    def scene(pixel: float, crs: str | None = "EPSG:32633") -> xr.DataArray:
+        attrs = {"source": f"tile{pixel:g}.tif", "georeferenced": crs is not None,
+                 "crs": CRS.from_string(crs).to_wkt() if crs else None, "transform": (pixel, 0, 0, 0, -pixel, 0)}
+        return xr.DataArray(np.zeros((2, 3, 3)), dims=("band", "y", "x"), attrs=attrs)
+
+    trained = [(30.0, "metre"), (29.0, "metre")]
+    notice = pixel_size_notice(scene(10), trained, model="m.ckpt")
+    assert notice is not None and notice.startswith("tile10.tif: its pixels are 10 metre across, those the model "
+                                                    "m.ckpt was trained on 29 metre")
+    assert "gdalwarp -tr 29 29" in notice
+    assert pixel_size_notice(scene(40), trained, model="m.ckpt") is None  # within 1.5×
+    assert pixel_size_notice(scene(10, crs=None), trained, model="m.ckpt") is None  # no CRS: nothing to compare
+    assert pixel_size_notice(scene(10), [(0.0003, "degree")], model="m.ckpt") is None  # other units
