@@ -473,6 +473,12 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
             [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes], source=str(path),
             fallback=None if product is None else {"wavelength": product.wavelength, "fwhm": product.fwhm})
         crs = dataset.crs.to_wkt() if dataset.crs else None
+        if crs is not None and dataset.transform.is_identity and not dataset.gcps[0]:
+            warnings.warn(MetadataWarning(
+                f"{path}: has a CRS ({dataset.crs.to_string()}) but no geotransform, so it is read without "
+                "georeferencing (1-unit pixels at the CRS's origin would be placed off the map); set the "
+                "geotransform (gdal_edit.py -a_ullr ULX ULY LRX LRY) to georeference the labels"), stacklevel=2)
+            crs = None
         has_transform = crs is not None or not dataset.transform.is_identity
         transform = tuple(dataset.transform)[:6] if has_transform else None
         gcps, gcp_crs = dataset.gcps if not has_transform else ([], None)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from affine import Affine
 from rasterio.crs import CRS
 
 from hsi_cluster.errors import MetadataWarning, SceneError
@@ -519,3 +520,14 @@ def test_the_identity_watches_the_files_read_with_the_scene(envi_bsq: SyntheticS
         helpers.edit_file(companion)
         after = scene_files_identity(scene)
         assert after != before and {key: after[key] for key in own} == own, companion
+
+
+def test_a_crs_without_a_geotransform_is_read_without_georeferencing(tmp_path: Path) -> None:
+    """A GeoTIFF with EPSG:32633 and no geotransform read as 1 m pixels at the CRS's origin: its STAC footprint
+    lay near 10.5° E, 0° N and info showed a 1 × 1 resolution, without a word."""
+    path = helpers.write_geotiff(tmp_path / "nogt.tif", helpers.synthetic_cube(3, 8, 8), crs="EPSG:32633",
+                                 transform=Affine.identity()).path
+    with pytest.warns(MetadataWarning, match=r"nogt.tif: has a CRS \(EPSG:32633\) but no geotransform, so it is "
+                                             r"read without georeferencing"):
+        scene = open_scene(path)
+    assert not scene.attrs["georeferenced"] and scene.attrs["crs"] is None
