@@ -397,6 +397,7 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
                     record = {"source": str(source), "output": str(targets[source]), "status": "failed",
                               "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
                 record["attempts"] = _count_attempts(attempts_dir, record["output"])
+                _clear_attempts(attempts_dir, record["output"])  # counted: the markers have served
                 record.update(_source_fields(source))
                 record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 manifest.records[str(source)] = record
@@ -404,6 +405,8 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
                 finished += 1
                 if progress:
                     progress(finished, len(sources), record)
+    if attempts_dir.is_dir() and not any(attempts_dir.iterdir()):
+        attempts_dir.rmdir()
     records = [manifest.records[str(source)] for source in sources]
     return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
                        dashboard=dashboard, workers=n_workers)

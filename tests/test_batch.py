@@ -238,6 +238,7 @@ def test_batch_on_a_local_cluster_isolates_a_corrupt_scene(archive: dict, tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["scenes"][str(archive["corrupt"])]["status"] == "failed"
     assert all(r["attempts"] == 1 for r in result.done)
+    assert not (out / ATTEMPTS_DIR).exists(), "the attempt markers stay after they are counted"
 
     # Rerun: finished scenes are skipped (files untouched), the failed one is tried again.
     before = {r["output"]: os.stat(r["output"]).st_mtime_ns for r in result.done}
