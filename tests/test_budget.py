@@ -262,6 +262,13 @@ def cli(*args):
     return CliRunner().invoke(main, list(map(str, args)))
 
 
+def tiny_train(tmp_path: Path, *args, **config):
+    """``hsicluster train ARGS`` on the CPU with the tiny configuration (and ``config`` keys on top)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **config}))
+    return cli("train", *args, "--config", path, "--device", "cpu")
+
+
 @pytest.mark.parametrize("options", [["--samples", 640, "--epochs", 2], ["--samples", 640, "--steps", 2],
                                      ["--epochs", 1, "--steps", 2]])
 def test_cli_length_options_are_mutually_exclusive(scene: IngestedScene, tmp_path: Path, options: list) -> None:
@@ -357,11 +364,9 @@ def test_cli_more_clusters_than_the_centroid_sample_is_refused_before_training(t
     (it trained to the end, then failed with an unexpected ValueError and left a partial checkpoint)."""
     cube = np.random.default_rng(0).normal(500, 50, (12, 10, 15)).astype(np.float32)
     small = make_scene(tmp_path / "small", height=10, width=15, cube=cube)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "centroid_samples": 100}))
     output = tmp_path / "m.ckpt"
     for k in (["-k", 120], ["-k", "auto", "--k-max", 120]):
-        result = cli("train", small.store, *k, "-o", output, "--config", config, "--device", "cpu")
+        result = tiny_train(tmp_path, small.store, *k, "-o", output, centroid_samples=100)
         assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "120 is more than the 100 pixels the cluster centroids are fitted on" in lines[0]
@@ -372,10 +377,7 @@ def test_centroid_sample_takes_the_last_partial_batch(tmp_path: Path) -> None:
     """72 valid pixels in batches of 32: the feature centroids are fitted on all 72, not the 64 of whole batches."""
     cube = np.random.default_rng(0).normal(500, 50, (12, 8, 9)).astype(np.float32)
     small = make_scene(tmp_path / "small", height=8, width=9, cube=cube)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
-    result = cli("train", small.store, "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config, "--device", "cpu",
-                 "--steps", 2)
+    result = tiny_train(tmp_path, small.store, "-k", 3, "-o", tmp_path / "m.ckpt", "--steps", 2)
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert "on 72 training pixels" in result.stdout + result.stderr
 
@@ -388,12 +390,10 @@ def test_cli_warns_of_training_scenes_in_other_units(tmp_path: Path) -> None:
     counts2 = make_scene(tmp_path / "dn2", height=30, width=30, cube=cube[:, ::-1] * 1.2)
     reflectance = make_scene(tmp_path / "refl", height=30, width=30, cube=cube * 1e-4)
     percent = make_scene(tmp_path / "pct", height=30, width=30, cube=cube * 1e-2)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
     for scenes, expected in (([counts, counts2, reflectance], "as much as the other training scenes"),
                              ([reflectance, percent], "their values vary 100× apart")):
-        result = cli("train", *[s.store for s in scenes], "-k", 3, "-o", tmp_path / "m.ckpt", "--config", config,
-                     "--device", "cpu", "--steps", 2, "--overwrite")
+        result = tiny_train(tmp_path, *[s.store for s in scenes], "-k", 3, "-o", tmp_path / "m.ckpt", "--steps", 2,
+                            "--overwrite")
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
         warned = [line for line in result.output.splitlines() if "other units or scaling" in line]
         assert len(warned) == 1 and "refl" in warned[0] and expected in warned[0], warned
