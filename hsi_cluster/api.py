@@ -421,7 +421,8 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
     Args:
         labels: a label raster path (``predict``'s COG, or any single-band raster / ``.npy`` / ``.mat``), a
             DataArray from :meth:`Model.predict` (or its Dataset), or an array (y, x).
-        ground_truth: a path or an array (y, x) of class ids, same size as ``labels``.
+        ground_truth: a path or an array (y, x) of class ids, same size as ``labels``; for a georeferenced
+            DataArray (the labels of a crop), a raster on the same pixel grid, scored on their overlap.
         unlabelled: ground-truth value of pixels not scored (None scores every pixel); "auto": the ground-truth
             raster's nodata value when it declares one, else 0.
         var: the variable of a MATLAB ground-truth file holding several arrays.
@@ -437,6 +438,14 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
         labels = labels["labels"]
     if isinstance(labels, (str, os.PathLike)) and isinstance(ground_truth, (str, os.PathLike)):
         return score_label_files(labels, ground_truth, unlabelled=unlabelled, var=var)
+    if isinstance(labels, xr.DataArray) and isinstance(ground_truth, (str, os.PathLike)) \
+            and labels.rio.crs is not None and labels.shape != read_label_map(ground_truth, var=var)[0].shape:
+        # a map of part of the scene (a crop) against the scene's georeferenced truth: scored on their overlap,
+        # as `hsicluster evaluate` scores the written file
+        with tempfile.TemporaryDirectory(prefix="hsicluster-evaluate-") as folder:
+            written = Path(folder) / "labels.tif"
+            labels.rio.to_raster(written)
+            return score_label_files(written, ground_truth, unlabelled=unlabelled, var=var)
     invalid_pred: int | None | str = "auto"
     if isinstance(labels, (str, os.PathLike)):
         labels, nodata = read_label_map(labels)

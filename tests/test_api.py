@@ -277,3 +277,21 @@ def test_a_cube_chosen_with_var_is_the_one_trained_on_and_labelled(tmp_path: Pat
     assert np.array_equal(read_band(written.output), in_memory)
     with pytest.raises(HsiClusterError, match=f"has 5 bands but the model .* has {cube.shape[0]}"):
         model.predict(hc.open_scene(path, var="a"), output=tmp_path / "a.tif", device="cpu")
+
+
+def test_evaluate_scores_the_map_of_a_crop_on_its_overlap_with_the_truth(tmp_path: Path) -> None:
+    """Labels of a crop of a georeferenced scene against the whole scene's ground truth raster: scored on their
+    overlap, as the CLI scores the written file (it was refused: the shapes differ)."""
+    cube, valid = holey_cube()
+    scene_path = write_scene(tmp_path / "scene.tif", cube).path
+    truth = np.where(valid, 1 + (np.arange(cube.shape[2]) * 3 // cube.shape[2])[None, :], 0).astype(np.uint8)
+    truth_path = helpers.write_geotiff(tmp_path / "truth.tif", truth[None]).path
+    model = hc.train(scene_path, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    crop = model.predict(hc.open_scene(scene_path).isel(y=slice(5, 40), x=slice(10, 50)), device="cpu")
+    crop.rio.to_raster(tmp_path / "crop.tif")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "crop.tif"), str(truth_path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    with pytest.warns(UserWarning, match="labelled pixels lie outside the label raster"):
+        scores = hc.evaluate(crop, truth_path)
+    assert scores.to_dict() == json.loads(result.stdout)
+    assert scores.n_scored == int((truth[5:40, 10:50] != 0).sum())
