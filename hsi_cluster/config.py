@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hsi_cluster.data.augment import AugmentConfig
@@ -195,9 +196,22 @@ def _augment_from(values: dict[str, Any] | AugmentConfig) -> AugmentConfig:
         raise HsiClusterError(f"bad augment option: {exc}") from exc
 
 
+def _plain(value: Any) -> Any:
+    """Numpy scalars and arrays (from a notebook: ``lr=np.float64(1e-3)``, a ``np.linspace`` sweep) as plain Python
+    values, in mappings and lists too: the checkpoint holds plain data only, and loads without running code."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
+
+
 def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
     """Apply ``values`` on top of ``base`` (default: the dataclass defaults), validating keys."""
     base = base or TrainConfig()
+    values = _plain(values)
     _check_known(values, [f.name for f in dataclasses.fields(TrainConfig)], "config key(s)")
     updates = _coerce_fields({k: v for k, v in values.items() if k != "augment"})
     # The run's length: a mapping that sets passes or a budget, not both, means that one alone.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -361,6 +362,11 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
         HsiClusterError: bad K, scene, config, output path or resume source; a pattern that matches
             nothing; scenes whose bands disagree.
     """
+    # whole numbers of any integer type (numpy's from a notebook sweep); the checkpoint keeps plain ints
+    seed = whole_number(seed, "seed")
+    k_max = None if k_max is None else whole_number(k_max, "--k-max")
+    n_clusters = n_clusters if isinstance(n_clusters, str) else whole_number(
+        n_clusters, "-k", hint="a whole number of clusters or 'auto'")
     options: dict[str, Any] = {"n_clusters": n_clusters, "config": config, "device": device, "work_dir": work_dir,
                                "checkpoint_every": checkpoint_every, "mask": mask, "log": log,
                                "stop_after_steps": stop_after_steps, "k_max": k_max}
@@ -369,6 +375,13 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
                                overwrite=overwrite, progress=progress, **options)
     return _train_one(scenes, output=output, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
                       **options)
+
+
+def whole_number(value: Any, what: str, *, hint: str = "a whole number") -> int:
+    """``value`` as a plain int when it is a whole number of any integer type (numpy's included), else one error."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise HsiClusterError(f"{what} must be {hint}, got {value!r}")
 
 
 #: Seed step between restarts: restart r of a run of seed s trains with seed s + r · RESTART_SEED_STEP.

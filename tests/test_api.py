@@ -295,3 +295,18 @@ def test_evaluate_scores_the_map_of_a_crop_on_its_overlap_with_the_truth(tmp_pat
         scores = hc.evaluate(crop, truth_path)
     assert scores.to_dict() == json.loads(result.stdout)
     assert scores.n_scored == int((truth[5:40, 10:50] != 0).sum())
+
+
+def test_numpy_numbers_from_a_notebook_sweep_train_a_model_that_loads(tmp_path: Path) -> None:
+    """``lr=np.float64(1e-3)`` trained fully, then left a checkpoint that nothing could load (numpy scalars are not
+    plain data); ``k=np.int64(3)`` was refused and ``seed=np.int64(1)`` failed with a raw TypeError after the ingest."""
+    scene_path = write_scene(tmp_path / "scene.tif", holey_cube()[0]).path
+    settings = {**TINY_DENSE, "epochs": None, "steps": np.int64(2), "lr": np.float64(1e-3),
+                "augment": {"pixel_mask_prob": np.float64(0.1)}}
+    model = hc.train(scene_path, k=np.int64(3), seed=np.int64(1), device="cpu", output=tmp_path / "m.ckpt",
+                     work_dir=tmp_path / "work", **settings)
+    again = hc.load_model(tmp_path / "m.ckpt")
+    assert again.k == 3 and type(again.config["lr"]) is float and again.config["lr"] == 1e-3
+    assert model.sha256 == again.sha256
+    with pytest.raises(HsiClusterError, match=r"seed must be a whole number, got 'a'"):
+        hc.train(scene_path, k=3, seed="a", device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
