@@ -280,6 +280,11 @@ def _affine_text(transform: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{value:g}" for value in transform) + ")"
 
 
+def _netcdf_has_crs(path: Path) -> bool:
+    with rasterio.open(path) as dataset:
+        return dataset.crs is not None
+
+
 def _read(path: Path, var: str | None, *,
           missing_ok: bool = False) -> tuple[np.ndarray, int | None, tuple[str, tuple[float, ...]] | None]:
     """A label map, its nodata value and, for a georeferenced raster, its grid (CRS string, geotransform).
@@ -308,7 +313,9 @@ def _read(path: Path, var: str | None, *,
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(envi_binary(path)) as dataset:
+                # a NetCDF map without a CRS (labels saved by xarray) holds image rows: not flipped as south-up
+                bottom_up = "NO" if suffix in (".nc", ".nc4") and not _netcdf_has_crs(path) else "YES"
+                with rasterio.Env(GDAL_NETCDF_BOTTOMUP=bottom_up), rasterio.open(envi_binary(path)) as dataset:
                     if dataset.count != 1:
                         raise SceneError(f"{path}: has {dataset.count} bands; a label map has exactly one")
                     labels = dataset.read(1)

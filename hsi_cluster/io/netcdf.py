@@ -78,8 +78,9 @@ def open_netcdf(path: Path, var: str | None, spatial: tuple[int, int] | None) ->
         nodata = float("nan")
         extra = {"variable": name, "orthorectified": "the file's geometry lookup table (location/glt_x, glt_y)"}
     else:
-        data, transform = _north_up(data, cube, row_dim, col_dim)
-        crs = _crs(tree, cube, row_dim, col_dim) if transform is not None else None
+        crs = _crs(tree, cube, row_dim, col_dim)
+        data, transform = _north_up(data, cube, row_dim, col_dim, located=crs is not None)
+        crs = crs if transform is not None else None
         extra = {"variable": name}
     data = data.rechunk(default_chunks(n_bands, data.dtype, spatial))
     return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=nodata, source=str(path),
@@ -180,13 +181,20 @@ def _regular(values: np.ndarray) -> float | None:
     return step if step != 0 and np.allclose(steps, step, rtol=1e-4, atol=0) else None
 
 
-def _north_up(data: da.Array, cube: xr.DataArray, row_dim: str, col_dim: str) -> tuple[da.Array, tuple[float, ...] | None]:
-    """The grid transform from regular 1-D coordinates, flipping a south-up grid; None without them."""
+def _north_up(data: da.Array, cube: xr.DataArray, row_dim: str, col_dim: str, *,
+              located: bool) -> tuple[da.Array, tuple[float, ...] | None]:
+    """The grid transform from regular 1-D coordinates, flipping a south-up grid; None without them.
+
+    Row coordinates that grow down the array are a south-up map only on a grid with a CRS (``located``);
+    without one they are image rows (0.5, 1.5, … of a scene without georeferencing, as :func:`open_scene`
+    gives them and xarray writes them): the cube is read as stored, without a transform."""
     if row_dim not in cube.coords or col_dim not in cube.coords:
         return data, None
     rows, cols = np.asarray(cube[row_dim].values), np.asarray(cube[col_dim].values)
     dy, dx = _regular(rows), _regular(cols)
     if dy is None or dx is None:
+        return data, None
+    if dy > 0 and not located:
         return data, None
     if dy > 0:  # first row southmost: flip so that row 0 is the north edge
         data, rows, dy = data[:, ::-1, :], rows[::-1], -dy

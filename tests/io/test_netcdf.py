@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 import yaml
 from click.testing import CliRunner
 
@@ -190,3 +191,22 @@ def test_an_incomplete_location_group_warns_and_reads_the_swath(tmp_path: Path, 
                                              r"attribute), so the swath is read as stored, without map coordinates"):
         scene = open_scene(emit.path)
     assert scene.shape == (8, 24, 20) and not scene.attrs["georeferenced"]
+
+
+def test_a_scene_without_georeferencing_round_trips_through_xarrays_netcdf(tmp_path: Path) -> None:
+    """open_scene's array of a scene without a CRS (rows 0.5, 1.5, …), written by xarray: it came back upside down
+    (ascending rows taken for a south-up map) and 'georeferenced'; labels saved so were read flipped by evaluate."""
+    from hsi_cluster.io.labels import read_label_map
+
+    cube = helpers.synthetic_cube(5, 12, 9, "float32")
+    plain = open_scene(helpers.write_geotiff(tmp_path / "plain.tif", cube, crs=None).path).load()
+    copy = plain.copy()
+    copy.attrs = {}
+    copy.to_dataset(name="cube").to_netcdf(tmp_path / "scene.nc")
+    again = open_scene(tmp_path / "scene.nc")
+    np.testing.assert_array_equal(again.values, cube)
+    assert not again.attrs["georeferenced"]
+    labels = xr.DataArray(np.arange(12 * 9, dtype=np.uint8).reshape(12, 9), dims=("y", "x"),
+                          coords={"y": plain.y, "x": plain.x})
+    labels.to_netcdf(tmp_path / "labels.nc")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "labels.nc")[0], labels.values)
