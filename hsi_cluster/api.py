@@ -296,6 +296,9 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
                          "e.g. scene.rename({'b': 'band', 'row': 'y', 'col': 'x'})")
     if scene.dims != ("band", "y", "x"):
         scene = scene.transpose("band", "y", "x")
+    ids = scene.coords["band"].values if "band" in scene.coords else np.arange(scene.shape[0])
+    if ids.dtype.kind in "iu" and np.unique(ids).size == ids.size and (np.diff(ids) < 0).any():
+        scene = scene.sortby("band")  # reordered by .isel (reversed, permuted): the model reads the file's order
     if "source" not in scene.attrs:
         scene = scene.copy()
         scene.attrs["source"] = str(scene.name or "the scene")
