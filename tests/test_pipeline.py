@@ -313,6 +313,14 @@ def test_seeds_fan_out_to_one_output_per_seed(tmp_path: Path, monkeypatch: pytes
     assert "| SSCC, mean ± std (2 seeds) |" in (workdir / "summary.md").read_text()
 
 
+def test_a_seed_placeholder_in_a_step_that_runs_once_is_refused(project: Path, tmp_path: Path) -> None:
+    """``seed: 7`` with ``output: m_{seed}.ckpt`` wrote a file named literally ``m_{seed}.ckpt``."""
+    with pytest.raises(PipelineError, match=r"steps\[1\]\.output: 'm_\{seed\}\.ckpt' places a seed, but the step "
+                                            r"runs once, not per seed"):
+        run(write_pipeline(project, tiny_steps(train={"seed": 7, "output": "m_{seed}.ckpt"})))
+    assert not list((tmp_path / "runs").rglob("*{seed}*"))
+
+
 def test_missing_input_and_only_name_errors(project: Path, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"steps\[3\]\.truth: .*truth2\.npy does not exist"):
         run(write_pipeline(project, tiny_steps(evaluate={"truth": "../data/truth2.npy"})))

@@ -177,6 +177,10 @@ def _job_outputs(pipeline: Pipeline, step: StepSpec, variant: Variant) -> dict[s
     for key, spec in SCHEMAS[step.kind].items():
         if spec.role == "output" and step.values[key] is not None:
             template = step.values[key]
+            if variant is None and "{seed}" in template:  # it would stay in the file name as written
+                raise pipeline.error(f"{step.where}.{key}", f"{template!r} places a seed, but the step runs once, not "
+                                     "per seed (it has no seeds list and reads no per-seed output); write the seed "
+                                     "into the name, or give its train step a seeds list")
             path = Path(os.path.normpath(pipeline.workdir / os.path.expanduser(template)))
             outputs[key] = _variant_path(path, template, variant)
     return outputs
