@@ -36,12 +36,13 @@ from hsi_cluster.errors import SceneError
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
-from hsi_cluster.io.labels import read_label_map, truth_class_names, truth_unlabelled
+from hsi_cluster.io.labels import read_label_map, truth_class_names, truth_unlabelled, unlabelled_value
 from hsi_cluster.io.scene import open_scene
 from hsi_cluster.predict import (
     PredictResult,
     SpreadProbe,
     label_tile,
+    output_name_notices,
     predict_scene,
     read_tile,
     tile_job,
@@ -221,6 +222,9 @@ class Model:
         if output is None:
             if quicklook is not None or stac:
                 raise ValueError("quicklook= and stac= describe a written label raster; pass output= as well")
+            if not isinstance(confidence, bool):
+                raise ValueError(f"confidence={str(confidence)!r} names a file, which is written beside output=; in "
+                                 "memory pass confidence=True (a Dataset of labels and confidence)")
             array = scene if isinstance(scene, xr.DataArray) else open_scene(_scene_path(scene, what="predict"))
             labelled = label_array(self.checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
                                    progress=progress, model_sha256=self.sha256)
@@ -236,6 +240,9 @@ class Model:
             confidence_path = output.with_name(f"{output.stem}_confidence.tif")
         elif confidence:
             confidence_path = Path(confidence)
+        for notice in output_name_notices([("output=", output, "GeoTIFF"), ("confidence=", confidence_path, "GeoTIFF"),
+                                           ("quicklook=", None if quicklook is None else Path(quicklook), "PNG")]):
+            warnings.warn(notice, UserWarning, stacklevel=2)
         with tempfile.TemporaryDirectory(prefix="hsicluster-model-") as folder:
             checkpoint_file = self._checkpoint_file(folder)
             with _bar(progress, "predict", "tile") as update:
@@ -456,7 +463,7 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
     elif isinstance(labels, xr.DataArray):
         invalid_pred = default_invalid_pred(labels)
         labels = labels.values
-    scored_as = 0 if unlabelled == "auto" else (None if unlabelled is None else int(unlabelled))
+    scored_as = 0 if unlabelled == "auto" else unlabelled_value(unlabelled)
     names: dict[int, str] = {}
     if isinstance(ground_truth, (str, os.PathLike)):
         scored_as = truth_unlabelled(ground_truth, unlabelled)

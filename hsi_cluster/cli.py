@@ -397,15 +397,11 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
 def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
             quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, quiet: bool) -> None:
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
-    from hsi_cluster.predict import predict_scene, units_warning
+    from hsi_cluster.predict import output_name_notices, predict_scene, units_warning
 
-    for option, path in (("-o", output), ("--confidence", confidence)):
-        if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
-            _warn(f"{path}: {option} is written as a GeoTIFF whatever its name; name it .tif so that other tools "
-                  "recognise it")
-    if quicklook is not None and quicklook.suffix.lower() != ".png":
-        _warn(f"{quicklook}: --quicklook is written as a PNG whatever its name; name it .png so that other tools "
-              "recognise it")
+    for notice in output_name_notices([("-o", output, "GeoTIFF"), ("--confidence", confidence, "GeoTIFF"),
+                                       ("--quicklook", quicklook, "PNG")]):
+        _warn(notice)
     started = time.perf_counter()
     with progress_bar("predict", unit="tile", quiet=quiet) as update:
         def on_tile(done: int, total: int) -> None:

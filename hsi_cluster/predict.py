@@ -164,6 +164,17 @@ class PredictResult:
         return self.pixels / 1e6 / max(self.seconds, 1e-9)
 
 
+#: Name endings other tools recognise for each format ``predict`` writes; the first is the one suggested.
+_SUFFIXES = {"GeoTIFF": (".tif", ".tiff"), "PNG": (".png",)}
+
+
+def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
+    """A notice per output whose name hides its format: ``files`` holds (option, path or None, "GeoTIFF" or "PNG")."""
+    return [f"{path}: {option} is written as a {kind} whatever its name; name it {_SUFFIXES[kind][0]} so that other "
+            "tools recognise it" for option, path, kind in files
+            if path is not None and path.suffix.lower() not in _SUFFIXES[kind]]
+
+
 def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
                         tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
     """Raise before any work when the scene's bands or size do not fit the model."""

@@ -320,3 +320,22 @@ def test_bands_reordered_in_memory_are_read_in_the_order_of_their_band_numbers(s
     permutation = np.random.default_rng(0).permutation(scene.sizes["band"])
     for reordered in (scene.isel(band=slice(None, None, -1)), scene.isel(band=permutation)):
         np.testing.assert_array_equal(model.predict(reordered, device="cpu").values, expected)
+
+
+def test_options_that_would_be_ignored_or_fail_raw_are_named(salinas: dict) -> None:
+    """In memory, confidence='c.tif' returned a Dataset and wrote nothing; output='x.npy' wrote a GeoTIFF under that
+    name in silence (the CLI warns); tiles='big' / 64.0 and unlabelled='zero' were raw TypeError/ValueError."""
+    model, scene, root = salinas["model"], salinas["scene"], salinas["root"]
+    with pytest.raises(ValueError, match=r"confidence='c.tif' names a file, which is written beside output="):
+        model.predict(scene, confidence="c.tif", device="cpu")
+    with pytest.warns(UserWarning, match=r"x.npy: output= is written as a GeoTIFF whatever its name; name it .tif"):
+        model.predict(scene, output=root / "x.npy", device="cpu")
+    for tiles in ("big", 64.0):
+        with pytest.raises(HsiClusterError, match=f"--tiles must be a whole number of pixels, got {tiles!r}"):
+            model.predict(scene, tiles=tiles, device="cpu")
+    labels = model.predict(scene, device="cpu")
+    with pytest.raises(HsiClusterError, match="unlabelled must be a whole class value, None or 'auto', got 'zero'"):
+        hc.evaluate(labels, salinas["gt"], unlabelled="zero")
+    with pytest.raises(HsiClusterError, match="unlabelled must be a whole class value"):
+        hc.evaluate(labels.values, labels.values, unlabelled="zero")
+    assert hc.evaluate(labels, salinas["gt"], unlabelled=np.int64(0)).acc == hc.evaluate(labels, salinas["gt"]).acc

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import MetadataWarning, SceneError, first_line
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, SceneError, first_line
 from hsi_cluster.geo import aligned_overlap
 from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
@@ -106,11 +108,21 @@ def truth_nodata(truth_path: str | os.PathLike[str]) -> float | None:
     return header[0] if header is not None else None
 
 
+def unlabelled_value(unlabelled: Any) -> int | None:
+    """A given ``unlabelled``: a whole class value (of any number type) as an int, or None (score every pixel)."""
+    if unlabelled is None:
+        return None
+    if isinstance(unlabelled, (numbers.Integral, float)) and not isinstance(unlabelled, bool) \
+            and float(unlabelled).is_integer():
+        return int(unlabelled)
+    raise HsiClusterError(f"unlabelled must be a whole class value, None or 'auto', got {unlabelled!r}")
+
+
 def truth_unlabelled(truth_path: str | os.PathLike[str], unlabelled: int | None | str) -> int | None:
     """The ground-truth value of unscored pixels: ``unlabelled`` as given, or for ``"auto"`` the truth raster's
     nodata value when it declares an integer one, else 0 (the benchmarks' convention)."""
     if unlabelled != "auto":
-        return None if unlabelled is None else int(unlabelled)
+        return unlabelled_value(unlabelled)
     nodata = truth_nodata(truth_path)
     return int(nodata) if nodata is not None and float(nodata).is_integer() else 0
 
