@@ -405,6 +405,8 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
     """
     from hsi_cluster.train import train as run_train
 
+    if resume and output is None:
+        raise ValueError("resume=True continues the interrupted run of a checkpoint file; pass its path as output=")
     if isinstance(scenes, (str, os.PathLike, xr.DataArray, np.ndarray)):
         scenes = [scenes]
     paths = [scene if isinstance(scene, (str, os.PathLike)) else _scene_path(scene, what="train", work_dir=work_dir)

@@ -310,6 +310,9 @@ def test_numpy_numbers_from_a_notebook_sweep_train_a_model_that_loads(tmp_path: 
     assert model.sha256 == again.sha256
     with pytest.raises(HsiClusterError, match=r"seed must be a whole number, got 'a'"):
         hc.train(scene_path, k=3, seed="a", device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    with pytest.raises(ValueError, match=r"resume=True continues the interrupted run of a checkpoint file; pass its "
+                                         r"path as output="):
+        hc.train(scene_path, k=3, resume=True)
 
 
 def test_bands_reordered_in_memory_are_read_in_the_order_of_their_band_numbers(salinas: dict) -> None:
