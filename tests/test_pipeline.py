@@ -321,6 +321,20 @@ def test_a_seed_placeholder_in_a_step_that_runs_once_is_refused(project: Path, t
     assert not list((tmp_path / "runs").rglob("*{seed}*"))
 
 
+def test_a_workdir_holding_another_pipelines_runs_is_refused(project: Path, tmp_path: Path) -> None:
+    """Two pipelines of other names with one workdir overwrote each other's model and labels in silence."""
+    steps = tiny_steps()[:2]
+    first = write_pipeline(tmp_path / "pipes" / "first.yaml", steps, name="first", workdir="shared")
+    second = write_pipeline(tmp_path / "pipes" / "second.yaml", steps, name="second", workdir="shared")
+    assert run(first).failures == []
+    model = (tmp_path / "shared" / "model.ckpt").read_bytes()
+    with pytest.raises(PipelineError, match=r"second.yaml: its workdir .*shared holds the runs of the pipeline "
+                                            r"'first', whose files this one would overwrite"):
+        run(second)
+    assert (tmp_path / "shared" / "model.ckpt").read_bytes() == model
+    assert run(first).skipped == ["ingest", "train"]
+
+
 def test_missing_input_and_only_name_errors(project: Path, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"steps\[3\]\.truth: .*truth2\.npy does not exist"):
         run(write_pipeline(project, tiny_steps(evaluate={"truth": "../data/truth2.npy"})))

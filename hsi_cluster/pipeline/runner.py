@@ -100,9 +100,20 @@ def _job_reason(ctx: StepContext, step: StepSpec, job: Job, *,
     return reason, params, inputs
 
 
+def _state_of(pipeline: Pipeline) -> State:
+    """The workdir's state, refused when it holds the runs of another pipeline (whose files would be overwritten)."""
+    state = State.load(pipeline.workdir)
+    if state.pipeline is not None and state.pipeline != pipeline.name:
+        raise PipelineError(f"{pipeline.path}: its workdir {pipeline.workdir} holds the runs of the pipeline "
+                            f"{state.pipeline!r}, whose files this one would overwrite; give it its own workdir "
+                            f"(workdir: in the YAML, or --workdir)")
+    state.pipeline = pipeline.name
+    return state
+
+
 def _dry_run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: list[str] | None, log: LogFn,
              started: float) -> RunResult:
-    ctx = StepContext(pipeline, plans, State.load(pipeline.workdir), [], log)
+    ctx = StepContext(pipeline, plans, _state_of(pipeline), [], log)
     would: set[str] = set()
     for step in pipeline.steps:
         step_plan = plans[step.name]
@@ -129,7 +140,7 @@ def _dry_run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, onl
 
 def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: list[str] | None, log: LogFn,
          started: float) -> RunResult:
-    ctx = StepContext(pipeline, plans, State.load(pipeline.workdir), [], log)
+    ctx = StepContext(pipeline, plans, _state_of(pipeline), [], log)
     failures: list[str] = []
     report: Path | None = None
     for step in pipeline.steps:

@@ -94,6 +94,7 @@ class State:
 
     path: Path
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipeline: str | None = None  # the name of the pipeline whose runs the workdir holds (None: written before it was kept)
 
     @classmethod
     def load(cls, workdir: Path) -> State:
@@ -106,11 +107,12 @@ class State:
             return cls(path)  # unreadable: every step reruns, which is always safe
         if not isinstance(saved, dict) or saved.get("version") != STATE_VERSION:
             return cls(path)
-        return cls(path, steps=dict(saved.get("steps") or {}))
+        return cls(path, steps=dict(saved.get("steps") or {}), pipeline=saved.get("pipeline"))
 
     def save(self) -> None:
         """Write atomically."""
-        write_text_atomic(self.path, json.dumps({"version": STATE_VERSION, "steps": self.steps}, indent=1))
+        body = {"version": STATE_VERSION, "pipeline": self.pipeline, "steps": self.steps}
+        write_text_atomic(self.path, json.dumps(body, indent=1))
 
     def job(self, step: str, job: str) -> dict[str, Any] | None:
         return (self.steps.get(step) or {}).get("jobs", {}).get(job)
