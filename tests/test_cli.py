@@ -82,9 +82,15 @@ def test_info_text_synthetic_geotiff(runner: CliRunner, geotiff: SyntheticScene)
 
 def test_info_envi_bad_bands(runner: CliRunner, envi_bsq: SyntheticScene) -> None:
     info = json.loads(invoke(runner, "info", envi_bsq.header, "--json").stdout)
-    assert info["bad_bands"] == 2
+    assert info["bad_bands"] == 2 and info["bad_band_numbers"] == [3, 6]  # bbl 1, 1, 0, 1, 1, 0, 1
     assert info["crs"]["epsg"] == EPSG
-    assert "2 flagged" in invoke(runner, "info", envi_bsq.header).stdout
+    assert "2 flagged (bands 3, 6)" in invoke(runner, "info", envi_bsq.header).stdout
+
+
+def test_band_numbers_read_as_ranges() -> None:
+    from hsi_cluster.io.info import _ranges
+
+    assert _ranges([1, 2, 3, 5, 101, 102, 204]) == "1–3, 5, 101–102, 204"
 
 
 def test_info_warns_of_a_bad_band_list_of_the_wrong_length(runner: CliRunner, tmp_path: Path) -> None:

@@ -57,11 +57,24 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         info["wavelength_nm"] = None
     info["fwhm"] = "fwhm" in scene.coords
     info["bad_bands"] = int((~scene.coords["good_band"].values).sum()) if "good_band" in scene.coords else None
+    if info["bad_bands"]:
+        info["bad_band_numbers"] = [int(i) + 1 for i in np.flatnonzero(~scene.coords["good_band"].values)]
     for key in ("variable", "statistics", "valid_pixels", "ingested_from", "empty_bands", "scaled_from",
                 "reflectance_scale_factor"):
         if scene.attrs.get(key) is not None:
             info[key] = scene.attrs[key]
     return info
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7, 9, 10]`` → ``"1–3, 7, 9–10"``."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -84,7 +97,9 @@ def format_info(info: dict[str, Any]) -> str:
                  if wl else "wavelengths   not in the file")
     if info["bad_bands"] is not None:
         empty = info.get("empty_bands")
-        lines.append(f"bad bands     {info['bad_bands']} flagged" + (
+        numbers = info.get("bad_band_numbers")
+        listed = numbers and len(empty or []) < len(numbers)  # else the empty bands below are all of them
+        lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {_ranges(numbers)})" if listed else "") + (
             f", of which {len(empty)} NaN or nodata in every pixel (bands {', '.join(str(b + 1) for b in empty)})"
             if empty else ""))
     if info["georeferenced"]:
