@@ -97,8 +97,8 @@ def format_info(info: dict[str, Any]) -> str:
                  if wl else "wavelengths   not in the file")
     if info["bad_bands"] is not None:
         empty = info.get("empty_bands")
-        numbers = info.get("bad_band_numbers")
-        listed = numbers and len(empty or []) < len(numbers)  # else the empty bands below are all of them
+        numbers = info.get("bad_band_numbers") or []
+        listed = len(empty or []) < len(numbers)  # else the empty bands below are all of them
         lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {_ranges(numbers)})" if listed else "") + (
             f", of which {len(empty)} NaN or nodata in every pixel (bands {', '.join(str(b + 1) for b in empty)})"
             if empty else ""))

@@ -5,6 +5,7 @@ Wavelengths and FWHM are returned in nanometres.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -87,9 +88,27 @@ def _band_values(name: str, n_bands: int, envi_tags: dict[str, str], band_tags: 
     return None if values is None else (values, "micrometers")
 
 
+#: A band description that names its centre: "452.3 nm", "Band 1 (0.4523 µm)", "B12: 2190 nanometers".
+_DESCRIBED_WAVELENGTH = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(nm|nanometers?|nanometres?|µm|um|micrometers?|"
+                                   r"micrometres?|microns?)\b", re.IGNORECASE)
+
+
+def described_wavelengths(descriptions: list[str | None]) -> np.ndarray | None:
+    """Band centres (nm) when every band's description names one length with its unit (GeoTIFFs written by
+    tools that keep wavelengths nowhere else), else None."""
+    values = []
+    for text in descriptions:
+        found = _DESCRIBED_WAVELENGTH.findall(text or "")
+        if len(found) != 1:
+            return None
+        number, unit = found[0]
+        values.append(float(number) * (1.0 if unit.lower().startswith("n") else 1000.0))
+    return np.asarray(values, np.float64) if values else None
+
+
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
                     band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]], *,
-                    source: str = "the scene",
+                    source: str = "the scene", descriptions: list[str | None] | None = None,
                     fallback: dict[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """Collect per-band ``wavelength`` (nm), ``fwhm`` (nm) and ``good_band`` (bool) where known.
 
@@ -97,7 +116,8 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
     ``fwhm``, ``wavelength_units``, ``bbl``/``good_band``) and GDAL's IMAGERY domain
     (``CENTRAL_WAVELENGTH_UM``, ``FWHM_UM``), then at ``fallback`` (nm, from a product's own metadata file
     such as an EnMAP ``METADATA.XML``): its ``wavelength`` and ``fwhm`` where the tags give no wavelengths, its
-    ``fwhm`` alone where they give wavelengths but no FWHM. An ENVI list whose length is not the band count is
+    ``fwhm`` alone where they give wavelengths but no FWHM; else at the band ``descriptions``
+    (:func:`described_wavelengths`). An ENVI list whose length is not the band count is
     not used, with a :class:`~hsi_cluster.errors.MetadataWarning` naming ``source``.
 
     Returns:
@@ -131,6 +151,11 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
             coords[name] = values * scale
     extra = {name: np.asarray(values, np.float64) for name, values in (fallback or {}).items()
              if name in ("wavelength", "fwhm") and values is not None and len(values) == n_bands}
+    if "wavelength" not in coords and "wavelength" not in extra and descriptions is not None \
+            and len(descriptions) == n_bands:
+        described = described_wavelengths(descriptions)
+        if described is not None:
+            coords["wavelength"] = described
     if "wavelength" not in coords and "wavelength" in extra:
         coords.pop("fwhm", None)  # the tags' widths were not read against the wavelengths used
         coords.update(extra)

@@ -471,6 +471,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
             dataset.tags(ns="ENVI") if "ENVI" in dataset.tag_namespaces() else {},
             [dataset.tags(i) for i in dataset.indexes],
             [dataset.tags(i, ns="IMAGERY") for i in dataset.indexes], source=str(path),
+            descriptions=list(dataset.descriptions),
             fallback=None if product is None else {"wavelength": product.wavelength, "fwhm": product.fwhm})
         crs = dataset.crs.to_wkt() if dataset.crs else None
         if crs is not None and dataset.transform.is_identity and not dataset.gcps[0]:

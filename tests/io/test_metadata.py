@@ -80,3 +80,18 @@ def test_a_wavelength_list_with_a_word_is_not_read_as_zero() -> None:
                                              r"not used"):
         coords = spectral_coords(3, {}, envi, gdal_bands, [{}, {}, {}], source="x.hdr")
     assert "wavelength" not in coords
+
+
+def test_wavelengths_named_in_every_band_description_are_read() -> None:
+    """GeoTIFFs whose writer kept the band centres only in the descriptions ("452.30 nm", "Band 1 (0.4523 µm)")."""
+    from hsi_cluster.io.metadata import described_wavelengths
+
+    np.testing.assert_allclose(described_wavelengths(["452.30 nm", "Band 2 (0.5 µm)", "B3: 2190 nanometers"]),
+                               [452.3, 500.0, 2190.0])
+    assert described_wavelengths(["Band 1", "452 nm"]) is None  # not every band
+    assert described_wavelengths(["400 nm to 410 nm", "420 nm"]) is None  # two lengths: not a centre
+    coords = spectral_coords(2, {}, {}, [{}, {}], [{}, {}], descriptions=["Band 1 (452.3 nm)", "Band 2 (560 nm)"])
+    np.testing.assert_allclose(coords["wavelength"], [452.3, 560.0])
+    tagged = spectral_coords(2, {}, {}, [{"wavelength": "400"}, {"wavelength": "500"}], [{}, {}],
+                             descriptions=["452 nm", "560 nm"])
+    np.testing.assert_allclose(tagged["wavelength"], [400, 500])  # the metadata items come first
