@@ -412,6 +412,12 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
                        dashboard=dashboard, workers=n_workers)
 
 
+def failure_text(record: dict[str, Any]) -> str:
+    """A failed scene's error, led by its path once (library errors already start with it)."""
+    error = str(record.get("error"))
+    return error if error.startswith(str(record.get("source"))) else f"{record.get('source')}: {error}"
+
+
 def attempt_stem(output: str) -> str:
     """Name prefix of the attempt markers of the scene written to ``output``."""
     return hashlib.sha1(output.encode()).hexdigest()[:16]
@@ -426,4 +432,4 @@ def _clear_attempts(attempts_dir: Path, output: str) -> None:
         marker.unlink(missing_ok=True)
 
 
-__all__ = ["run_batch", "label_scene", "attempt_stem", "output_paths", "BatchResult", "Manifest"]
+__all__ = ["run_batch", "label_scene", "failure_text", "attempt_stem", "output_paths", "BatchResult", "Manifest"]

@@ -465,14 +465,14 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
     Rerunning skips the scenes already done; a failing scene is recorded in OUTDIR/manifest.json and
     the others go on. Exit code 3 when some scenes failed.
     """
-    from hsi_cluster.batch import run_batch
+    from hsi_cluster.batch import failure_text, run_batch
 
     reported: set[str] = set()  # failures already printed as they happened: each is printed once
 
     def report_failure(record: dict[str, Any]) -> None:
         if record["source"] not in reported:
             reported.add(record["source"])
-            tqdm_write(f"hsicluster: failed: {_failure(record)}")
+            tqdm_write(f"hsicluster: failed: {failure_text(record)}")
 
     with progress_bar("batch", unit="scene", quiet=quiet) as update:
         pixels = 0
@@ -510,12 +510,6 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
         click.echo(summary)
     if result.failed:
         sys.exit(EXIT_SOME_FAILED)
-
-
-def _failure(record: dict[str, Any]) -> str:
-    """A failed scene's error, led by its path once (library errors already start with it)."""
-    error = str(record.get("error"))
-    return error if error.startswith(record["source"]) else f"{record['source']}: {error}"
 
 
 @main.command()

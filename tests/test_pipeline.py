@@ -386,7 +386,8 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
     assert result.failures == [f"batch: {call['scenes'][-1]}: boom"]
     markdown = (tmp_path / "runs" / "tiny" / "report.md").read_text()
     assert "2 scenes: 1 done, 0 skipped (already done), 1 failed" in markdown and "| boom |" in markdown
-    # the failed batch is not recorded as done: the next run retries it, the rest is up to date
+    # the failed batch is not recorded as done: the next run retries it, says why, the rest is up to date
+    assert run(path, dry_run=True).outcome("batch").reason == "failed last time"
     again = run(path)
     assert again.ran == ["batch"] and again.skipped == ["train", "report"] and len(calls) == 2  # same manifest
 

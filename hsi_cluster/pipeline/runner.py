@@ -184,7 +184,8 @@ def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: l
                 outcome.status = "failed"
                 failures += [f"{label}: {failure}" for failure in summary["failures"]]
                 log(f"{label}: {len(summary['failures'])} scene(s) failed; the step reruns next time")
-                ctx.state.forget_job(step.name, job.key)  # the next run retries (the batch skips finished scenes)
+                # the next run retries, saying why (the batch itself skips the scenes it finished)
+                ctx.state.record_failure(step.name, step.kind, job.key, f"{len(summary['failures'])} scene(s) failed")
                 ctx.state.save()
                 continue
             ctx.state.record(step.name, step.kind, job.key, params=params, inputs=input_prints,

@@ -133,7 +133,7 @@ def _unlabelled(options: dict[str, Any], truth: Path) -> int | None:
 
 
 def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
-    from hsi_cluster.batch import run_batch
+    from hsi_cluster.batch import failure_text, run_batch
 
     o = job.options
     result = run_batch([str(p) for p in job.inputs["scenes"]], job.inputs["model"], job.outputs["manifest"].parent,
@@ -141,7 +141,7 @@ def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
                        log=lambda message: ctx.log(f"    {message}"))
     counts = {status: sum(1 for r in result.records if r.get("status") == status)
               for status in ("done", "skipped", "failed")}
-    failed = [f"{r.get('source')}: {r.get('error')}" for r in result.failed]
+    failed = [failure_text(r) for r in result.failed]
     return {**counts, "failures": failed}
 
 
