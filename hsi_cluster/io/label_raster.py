@@ -8,6 +8,7 @@ onto OUTPUT: the destination never holds a partial file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import rasterio
 import rasterio.shutil
 import zarr
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
@@ -170,13 +172,32 @@ def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: floa
                 dst.update_tags(**(tags or {}))
             rasterio.shutil.copy(staging, final_tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=block,
                                  OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")
+            # libtiff reports a failed write (a full disk) to GDAL's log, and the copy returns: read it back
+            _check_written(final_tmp, array, block)
         os.replace(final_tmp, output)
-    except rasterio.errors.RasterioIOError as exc:
+    except (rasterio.errors.RasterioError, CPLE_BaseError, _Unreadable) as exc:
+        needed = grid.height * grid.width * dtype.itemsize
+        if shutil.disk_usage(output.parent).free < max(needed, 2**20):  # the likely cause: the CLI says so
+            raise OSError(errno.ENOSPC, "No space left on device", str(output)) from exc
         raise OutputError(f"{output}: cannot write the raster ({first_line(exc)})") from exc
     finally:
         staging.unlink(missing_ok=True)
         final_tmp.unlink(missing_ok=True)
     return output
+
+
+class _Unreadable(Exception):
+    """A raster just written does not read back as written."""
+
+
+def _check_written(path: Path, array: zarr.Array, block: int) -> None:
+    """Raise :class:`_Unreadable` unless the raster at ``path`` holds ``array``, read a strip of rows at a time."""
+    with rasterio.open(path) as written:
+        for rows_start in range(0, written.height, block):
+            rows = slice(rows_start, min(rows_start + block, written.height))
+            if not np.array_equal(written.read(1, window=((rows.start, rows.stop), (0, written.width))),
+                                  array[rows, :], equal_nan=np.dtype(array.dtype).kind == "f"):
+                raise _Unreadable(f"rows {rows.start}–{rows.stop} do not read back as written")
 
 
 #: Colour of nodata pixels in a quicklook: a light grey, apart from the white page and the cluster colours.

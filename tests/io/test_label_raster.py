@@ -3,13 +3,16 @@ the resumable TileStore."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 import zarr
 
+from hsi_cluster.errors import OutputError
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.label_raster import RasterGrid, TileStore, colour_table, label_dtype, write_cog
 from tests import helpers
@@ -79,3 +82,32 @@ def test_tile_store_marks_tiles_and_resumes_only_the_same_job(tmp_path: Path) ->
         _ = other.confidence  # made without confidence: there is none
     other.remove()
     assert not TileStore.partial_path(output).exists()
+
+
+@pytest.mark.parametrize("free", [10_000, 10**12])
+def test_a_cog_that_does_not_read_back_is_never_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           free: int) -> None:
+    """libtiff reports a full disk to GDAL's log and the COG copy returns: the truncated file was renamed into place
+    and predict said 'wrote'. Now nothing is published, and a full disk is named as such (the CLI's disk-full line)."""
+    import shutil
+    from collections import namedtuple
+
+    values = np.random.default_rng(0).integers(0, 4, (40, 70)).astype(np.uint8)
+    copy = rasterio.shutil.copy
+
+    def truncating_copy(source, target, **options):
+        copy(source, target, **options)
+        whole = Path(target).read_bytes()
+        Path(target).write_bytes(whole[:len(whole) * 3 // 4])
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(rasterio.shutil, "copy", truncating_copy)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, free))
+    expected = OSError if free < 10**6 else OutputError
+    with pytest.raises(expected) as raised:
+        write_cog(_array(tmp_path, values), tmp_path / "labels.tif", grid=RasterGrid(40, 70, None, None), nodata=255)
+    if expected is OSError:
+        assert raised.value.errno == errno.ENOSPC
+    else:
+        assert "labels.tif: cannot write the raster" in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]
