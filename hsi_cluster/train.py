@@ -12,8 +12,11 @@ import hashlib
 import math
 import numbers
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -486,8 +489,9 @@ def _train_one(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, o
     hooks = _Hooks(partial=partial, checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps,
                    progress=progress, log=log)
     run.model.train()
-    while state.step < run.total_steps and state.epoch < run.epochs:
-        _train_epoch(run, state, hooks)
+    with _stop_at_a_step_on_ctrl_c(hooks):
+        while state.step < run.total_steps and state.epoch < run.epochs:
+            _train_epoch(run, state, hooks)
     return _finish(run, state, output, partial, log)
 
 
@@ -639,13 +643,36 @@ class _LoopState:
 
 @dataclass
 class _Hooks:
-    """The caller's side of the loop: where partial checkpoints go and when, callbacks, a stop for tests."""
+    """The caller's side of the loop: where partial checkpoints go and when, callbacks, a stop for tests, and
+    ``interrupted``: Ctrl-C was pressed (the loop stops after the step under way, writing the partial checkpoint)."""
 
     partial: Path
     checkpoint_every: int
     stop_after_steps: int | None
     progress: ProgressFn | None
     log: LogFn
+    interrupted: bool = False
+
+
+@contextmanager
+def _stop_at_a_step_on_ctrl_c(hooks: _Hooks) -> Iterator[None]:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the step under way, so the partial checkpoint holds
+    every finished step and ``--resume`` continues exactly; a second one interrupts at once. Main thread only
+    (Python handles signals there); elsewhere Ctrl-C stays Python's KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        hooks.interrupted = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C does not wait for the step
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: Checkpoint | None,
@@ -814,7 +841,8 @@ def _train_step(run: _Run, state: _LoopState, batch: Any) -> tuple[float, dict[s
 def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
     """The rest of the current epoch: steps, progress, periodic checkpoints, then the epoch's bookkeeping.
 
-    Raises KeyboardInterrupt after ``hooks.stop_after_steps`` steps, with the partial checkpoint written.
+    Raises KeyboardInterrupt after ``hooks.stop_after_steps`` steps or on Ctrl-C (after the step under way), with
+    the partial checkpoint written.
     """
     run.sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
     loader = torch.utils.data.DataLoader(run.sampler, batch_size=None, num_workers=run.config.workers,
@@ -834,6 +862,8 @@ def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
                             "step_s": time.perf_counter() - tick,
                             "samples": float(state.samples_before + state.samples_seen),
                             "lr": run.optimizer.param_groups[0]["lr"]})
+        if hooks.interrupted:  # Ctrl-C: stop here as a test's stop_after_steps does, the partial checkpoint written
+            stop_after = hooks.stop_after_steps = state.step
         if state.step >= run.total_steps or (stop_after is not None and state.step >= stop_after):
             break
         inside = state.batch_in_epoch < run.steps_per_epoch

@@ -1153,3 +1153,33 @@ def test_resume_of_a_run_made_before_the_projection_option(scene: IngestedScene,
         run(scene, output, config=resume_config(projection="mnf"), resume=True)
     result = run(scene, output, resume=True)
     assert output.exists() and result.steps == torch.load(output, weights_only=True)["training"]["step"]
+
+
+def test_ctrl_c_stops_at_a_step_and_leaves_a_checkpoint_to_resume(tmp_path: Path) -> None:
+    """Ctrl-C before the first periodic checkpoint and inside the first pass lost the whole run (`--resume`: "neither
+    m.ckpt.partial nor m.ckpt exists"); now the step under way finishes, the partial checkpoint is written, and
+    `--resume` completes the run."""
+    import signal
+    import subprocess
+
+    scene = helpers.write_geotiff(tmp_path / "scene.tif", structured_cube(12, 60, 60)).path
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k != "epochs"}))
+    output = tmp_path / "m.ckpt"
+    args = ["train", str(scene), "-k", "3", "-o", str(output), "--config", str(config), "--steps", "100",
+            "--device", "cpu", "--checkpoint-every", "1000", "--work", str(tmp_path / "work")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(helpers.python_module_command(*args), stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stderr is not None
+    for line in process.stderr:  # the first progress line inside the pass (every 5 steps): the loop runs
+        if ": loss " in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, rest
+    partial = load_checkpoint(Path(f"{output}.partial"))
+    assert 0 < partial.payload["training"]["step"] < 100 and "--resume" in rest
+    resumed = subprocess.run(helpers.python_module_command(*args, "--resume"), capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(output).payload["training"]["step"] == 100
