@@ -161,7 +161,9 @@ class PredictResult:
 
     @property
     def megapixels_per_second(self) -> float:
-        return self.pixels / 1e6 / max(self.seconds, 1e-9)
+        """The rate of this run: the pixels of the tiles it labelled (not those resumed) over its time."""
+        labelled = self.pixels * (self.tiles - self.tiles_resumed) / max(self.tiles, 1)
+        return labelled / 1e6 / max(self.seconds, 1e-9)
 
 
 #: Name endings other tools recognise for each format ``predict`` writes; the first is the one suggested.

@@ -134,3 +134,16 @@ def test_fill_decides_what_holes_read_as(model: SSCC, scene: IngestedScene) -> N
     np.testing.assert_array_equal(other[1][clean], default[1][clean])  # patches without holes: unchanged
     near_hole = scene.valid & ~clean
     assert not np.allclose(other[1][near_hole], default[1][near_hole])
+
+
+def test_the_rate_of_a_resumed_run_counts_the_tiles_it_labelled() -> None:
+    """After --resume the rate divided every pixel, resumed tiles included, by this run's time (8.6 Mpix/s when only
+    the COG was left to write)."""
+    from hsi_cluster.predict import PredictResult
+
+    fresh = PredictResult(output=Path("l.tif"), confidence=None, quicklook=None, tiles=16, tiles_resumed=0,
+                          pixels=1_600_000, valid_pixels=1_500_000, seconds=8.0, counts={})
+    resumed = PredictResult(output=Path("l.tif"), confidence=None, quicklook=None, tiles=16, tiles_resumed=12,
+                            pixels=1_600_000, valid_pixels=1_500_000, seconds=2.0, counts={})
+    assert fresh.megapixels_per_second == pytest.approx(0.2)
+    assert resumed.megapixels_per_second == pytest.approx(0.2)
