@@ -450,14 +450,7 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
         labels = labels["labels"]
     if isinstance(labels, (str, os.PathLike)) and isinstance(ground_truth, (str, os.PathLike)):
         return score_label_files(labels, ground_truth, unlabelled=unlabelled, var=var)
-    if isinstance(labels, xr.DataArray) and isinstance(ground_truth, (str, os.PathLike)) \
-            and labels.rio.crs is not None and labels.shape != read_label_map(ground_truth, var=var)[0].shape:
-        # a map of part of the scene (a crop) against the scene's georeferenced truth: scored on their overlap,
-        # as `hsicluster evaluate` scores the written file
-        with tempfile.TemporaryDirectory(prefix="hsicluster-evaluate-") as folder:
-            written = Path(folder) / "labels.tif"
-            labels.rio.to_raster(written)
-            return score_label_files(written, ground_truth, unlabelled=unlabelled, var=var)
+    given = labels  # a georeferenced DataArray of a crop is scored on its overlap with the truth raster
     invalid_pred: int | None | str = "auto"
     if isinstance(labels, (str, os.PathLike)):
         labels, nodata = read_label_map(labels)
@@ -468,9 +461,16 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
     scored_as = 0 if unlabelled == "auto" else unlabelled_value(unlabelled)
     names: dict[int, str] = {}
     if isinstance(ground_truth, (str, os.PathLike)):
-        scored_as = truth_unlabelled(ground_truth, unlabelled)
-        names = truth_class_names(ground_truth)
-        ground_truth, _ = read_label_map(ground_truth, var=var)
+        truth_path = ground_truth
+        ground_truth, _ = read_label_map(truth_path, var=var)
+        if isinstance(given, xr.DataArray) and given.rio.crs is not None and given.shape != ground_truth.shape:
+            # as `hsicluster evaluate` scores the written file
+            with tempfile.TemporaryDirectory(prefix="hsicluster-evaluate-") as folder:
+                written = Path(folder) / "labels.tif"
+                given.rio.to_raster(written)
+                return score_label_files(written, truth_path, unlabelled=unlabelled, var=var)
+        scored_as = truth_unlabelled(truth_path, unlabelled)
+        names = truth_class_names(truth_path)
     elif isinstance(ground_truth, xr.DataArray):
         ground_truth = ground_truth.values
     return score_clustering(np.asarray(labels), np.asarray(ground_truth), unlabelled=scored_as,
