@@ -1,5 +1,10 @@
 """User-facing errors: the CLI prints their message on one line and exits non-zero."""
 
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
 
 class HsiClusterError(Exception):
     """A problem the user can fix (bad input, bad option, existing output).
@@ -30,3 +35,11 @@ def first_line(exc: BaseException) -> str:
         return first_line(exc.__cause__ or exc.__context__)  # type: ignore[arg-type]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def whole_number(value: Any, what: str, *, hint: str = "a whole number") -> int:
+    """``value`` as a plain int when it is a whole number of any integer type (numpy's included, bools not),
+    else an :class:`HsiClusterError` saying ``what`` must be ``hint``. Floats are refused, even 64.0."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy bools are not Integral
+        return int(value)
+    raise HsiClusterError(f"{what} must be {hint}, got {value!r}")

@@ -6,13 +6,12 @@ All sizes and offsets are in pixels; ``row`` runs down (y), ``col`` runs right (
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, whole_number
 
 #: Tile side (pixels) of tiled inference: the default, and the smallest that ``predict`` and ``batch`` accept.
 DEFAULT_TILE = 512
@@ -21,9 +20,7 @@ MIN_TILE = 8
 
 def check_tile_size(tiles: int) -> None:
     """Raise a one-line error for a tile side that is not a whole number of at least :data:`MIN_TILE`."""
-    if not isinstance(tiles, numbers.Integral) or isinstance(tiles, bool):
-        raise HsiClusterError(f"--tiles must be a whole number of pixels, got {tiles!r} ({DEFAULT_TILE} is a good "
-                              "default)")
+    tiles = whole_number(tiles, "--tiles", hint=f"a whole number of pixels ({DEFAULT_TILE} is a good default)")
     if tiles < MIN_TILE:
         raise HsiClusterError(f"--tiles {tiles} is too small; use at least {MIN_TILE} pixels "
                               f"({DEFAULT_TILE} is a good default)")

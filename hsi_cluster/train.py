@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import os
 import signal
 import threading
@@ -31,7 +30,7 @@ from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError, OutputError, whole_number
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree, pixel_side
 from hsi_cluster.io.files import atomic_path, check_output
@@ -378,13 +377,6 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
                                overwrite=overwrite, progress=progress, **options)
     return _train_one(scenes, output=output, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
                       **options)
-
-
-def whole_number(value: Any, what: str, *, hint: str = "a whole number") -> int:
-    """``value`` as a plain int when it is a whole number of any integer type (numpy's included), else one error."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-        return int(value)
-    raise HsiClusterError(f"{what} must be {hint}, got {value!r}")
 
 
 #: Seed step between restarts: restart r of a run of seed s trains with seed s + r · RESTART_SEED_STEP.

@@ -173,3 +173,14 @@ def test_north_up_turns_a_grid_as_a_map_shows_it() -> None:
     assert np.array_equal(north_up(values, west), values[:, ::-1])
     assert np.array_equal(north_up(values, rotated), values)
     assert np.array_equal(north_up(values, None), values)
+
+
+def test_whole_numbers_of_any_integer_type_pass_and_other_values_are_refused() -> None:
+    """One check of counts and sizes for the API and the CLI: numpy ints from a notebook sweep are whole numbers;
+    bools, floats (even 64.0) and strings are refused naming the option."""
+    from hsi_cluster.errors import HsiClusterError, whole_number
+
+    assert whole_number(np.int64(64), "--tiles") == 64 and type(whole_number(np.uint8(3), "k")) is int
+    for value in (True, np.bool_(True), 64.0, "64", None):
+        with pytest.raises(HsiClusterError, match=r"^--tiles must be a whole number, got "):
+            whole_number(value, "--tiles")
