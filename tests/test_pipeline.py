@@ -312,6 +312,19 @@ def test_seeds_fan_out_to_one_output_per_seed(tmp_path: Path, monkeypatch: pytes
     assert section["mean"]["acc"][1] == pytest.approx(np.std(accs))
     assert "| SSCC, mean ± std (2 seeds) |" in (workdir / "summary.md").read_text()
 
+    # one seed's labels removed: the dry run says what the run does, one job of predict and of evaluate
+    # (it said "evaluate: would run (2 of 2 jobs)", following the predict step as a whole)
+    (workdir / "labels" / "1.tif").unlink()
+    dry = run(path, dry_run=True)
+    assert [(s.status, s.jobs_run, s.jobs) for s in dry.steps] == [
+        ("up to date", 0, 1), ("up to date", 0, 2), ("would run", 1, 2), ("would run", 1, 2), ("would run", 1, 1)]
+    assert dry.outcome("evaluate").reason == "input labels/1.tif is missing"
+    assert dry.outcome("report").reason == "after 'predict', 'evaluate'"
+    rerun = run(path)
+    # the labels come back identical, so the scores stay up to date (a dry run cannot know that)
+    assert [(s.name, s.status, s.jobs_run) for s in rerun.steps[2:]] == [
+        ("predict", "ran", 1), ("evaluate", "skipped", 0), ("report", "ran", 1)]
+
 
 def test_a_seed_placeholder_in_a_step_that_runs_once_is_refused(project: Path, tmp_path: Path) -> None:
     """``seed: 7`` with ``output: m_{seed}.ckpt`` wrote a file named literally ``m_{seed}.ckpt``."""

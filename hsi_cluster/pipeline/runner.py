@@ -115,19 +115,25 @@ def _dry_run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, onl
              started: float) -> RunResult:
     ctx = StepContext(pipeline, plans, _state_of(pipeline), [], log)
     would: set[str] = set()
+    rewritten: dict[Path, str] = {}  # output of a job that would run → its step
     for step in pipeline.steps:
         step_plan = plans[step.name]
         if only and step.name not in only:
             ctx.outcomes.append(StepOutcome(step.name, step.kind, "not selected", jobs=len(step_plan.jobs)))
             continue
         reasons = [_job_reason(ctx, step, job, force=force)[0] for job in step_plan.jobs]
-        # a report also shows every step's timings, so it follows any of them
-        depends = {s.name for s in pipeline.steps[:step.index]} if step.kind == "report" else step.upstream()
-        after = sorted(depends & would) if not only else []
-        if any(reasons) or after:
-            reason = next((r for r in reasons if r), None) or f"after {', '.join(repr(a) for a in after)}"
-            count = sum(1 for r in reasons if r) if not after else len(reasons)
+        if not only:
+            if step.kind == "report":  # it also shows every step's timings, so it follows any of them
+                after = [s.name for s in pipeline.steps[:step.index] if s.name in would]  # in pipeline order
+                reasons = [r or (f"after {', '.join(repr(a) for a in after)}" if after else None) for r in reasons]
+            else:  # a job follows the upstream jobs whose outputs it reads, not the whole step
+                reasons = [r or _reads_rewritten(job, rewritten) for r, job in zip(reasons, step_plan.jobs, strict=True)]
+        if any(reasons):
+            reason = next(r for r in reasons if r)
+            count = sum(1 for r in reasons if r)
             would.add(step.name)
+            rewritten.update({path: step.name for r, job in zip(reasons, step_plan.jobs, strict=True) if r
+                              for path in job.outputs.values()})
             ctx.outcomes.append(StepOutcome(step.name, step.kind, "would run", reason, jobs_run=count,
                                             jobs=len(reasons)))
             jobs = f" ({count} of {len(reasons)} jobs)" if len(reasons) > 1 else ""
@@ -136,6 +142,16 @@ def _dry_run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, onl
             ctx.outcomes.append(StepOutcome(step.name, step.kind, "up to date", jobs=len(reasons)))
             log(f"{step.name}: up to date")
     return RunResult(pipeline, ctx.outcomes, time.perf_counter() - started)
+
+
+def _reads_rewritten(job: Job, rewritten: dict[Path, str]) -> str | None:
+    """"after 'step'" when one of the job's inputs is (or lies in) an output that step's jobs would rewrite."""
+    for value in job.inputs.values():
+        for path in value if isinstance(value, list) else [value]:
+            for output, step in rewritten.items():
+                if path == output or output in path.parents:
+                    return f"after {step!r}"
+    return None
 
 
 def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: list[str] | None, log: LogFn,
