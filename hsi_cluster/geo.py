@@ -202,22 +202,29 @@ def north_up(array: np.ndarray, transform: tuple[float, ...] | None) -> np.ndarr
     return array[:: -1 if e > 0 else 1, :: -1 if a < 0 else 1]
 
 
-def aligned_overlap(first: tuple[str, tuple[float, ...]], first_shape: tuple[int, ...],
-                    second: tuple[str, tuple[float, ...]], second_shape: tuple[int, ...]
-                    ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
-    """Where two rasters on one pixel grid overlap: ``((rows, cols) of the first, (rows, cols) of the second)``.
-
-    One grid: the same CRS, the same north-up pixel size, and origins a whole number of pixels apart. None
-    when they are not on one grid, or do not overlap.
-    """
+def grid_offset(first: tuple[str, tuple[float, ...]], second: tuple[str, tuple[float, ...]]) -> tuple[int, int] | None:
+    """The second raster's origin in whole pixels (rows, cols) of the first, when both lie on one pixel grid (the
+    same CRS, the same north-up pixel size, origins a whole number of pixels apart); else None."""
     (crs_a, (a1, b1, c1, d1, e1, f1)), (crs_b, (a2, b2, c2, d2, e2, f2)) = first, second
     if crs_a != crs_b or b1 or d1 or b2 or d2 or not math.isclose(a1, a2, rel_tol=1e-9) or \
             not math.isclose(e1, e2, rel_tol=1e-9):
         return None
-    col_shift, row_shift = (c2 - c1) / a1, (f2 - f1) / e1  # the second's origin in pixels of the first
+    col_shift, row_shift = (c2 - c1) / a1, (f2 - f1) / e1
     if abs(col_shift - round(col_shift)) > 1e-6 or abs(row_shift - round(row_shift)) > 1e-6:
         return None
-    dy, dx = round(row_shift), round(col_shift)
+    return round(row_shift), round(col_shift)
+
+
+def aligned_overlap(first: tuple[str, tuple[float, ...]], first_shape: tuple[int, ...],
+                    second: tuple[str, tuple[float, ...]], second_shape: tuple[int, ...]
+                    ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where two rasters on one pixel grid (:func:`grid_offset`) overlap: ``((rows, cols) of the first, (rows, cols)
+    of the second)``. None when they are not on one grid, or do not overlap.
+    """
+    offset = grid_offset(first, second)
+    if offset is None:
+        return None
+    dy, dx = offset
     top, left = max(0, dy), max(0, dx)
     bottom, right = min(first_shape[0], dy + second_shape[0]), min(first_shape[1], dx + second_shape[1])
     if bottom <= top or right <= left:

@@ -15,7 +15,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import HsiClusterError, MetadataWarning, SceneError, first_line
-from hsi_cluster.geo import aligned_overlap
+from hsi_cluster.geo import aligned_overlap, grid_offset
 from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
 from hsi_cluster.io.scene import envi_binary
@@ -78,28 +78,38 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
         raise SceneError(f"{truth_path.name} holds cluster labels written by hsicluster predict and {labels_path.name} "
                          "does not: the arguments look swapped; pass the labels first, then the ground truth "
                          f"(hsicluster evaluate {truth_path.name} {labels_path.name})")
-    if labels_grid is not None and truth_grid is not None and labels_grid != truth_grid:
-        overlap = aligned_overlap(labels_grid, labels.shape, truth_grid, truth.shape)
-        if overlap is not None:  # one pixel grid, other extents (a ground truth over part of the scene)
-            (label_rows, label_cols), (truth_rows, truth_cols) = overlap
-            scored = np.ones(truth.shape, bool) if unlabelled is None else truth != unlabelled
-            outside = int(np.count_nonzero(scored)) - int(np.count_nonzero(scored[truth_rows, truth_cols]))
-            if outside:
-                warnings.warn(MetadataWarning(
-                    f"{truth_path}: {outside} labelled pixels lie outside the label raster {labels_path.name} and "
-                    "are not scored"), stacklevel=2)
-            labels, truth = labels[label_rows, label_cols], truth[truth_rows, truth_cols]
-            labels_grid = truth_grid = None  # now one window of one grid
+    georeferenced = labels_grid is not None and truth_grid is not None
+    if georeferenced and (labels_grid != truth_grid or labels.shape != truth.shape):
+        overlap = aligned_overlap(labels_grid, labels.shape, truth_grid, truth.shape)  # type: ignore[arg-type]
+        if overlap is None:
+            raise _grid_error(labels_path, truth_path, labels_grid, truth_grid)  # type: ignore[arg-type]
+        # one pixel grid, other extents (a ground truth over part of the scene, from the same corner or not)
+        (label_rows, label_cols), (truth_rows, truth_cols) = overlap
+        scored = np.ones(truth.shape, bool) if unlabelled is None else truth != unlabelled
+        outside = int(np.count_nonzero(scored)) - int(np.count_nonzero(scored[truth_rows, truth_cols]))
+        if outside:
+            warnings.warn(MetadataWarning(
+                f"{truth_path}: {outside} labelled pixels lie outside the label raster {labels_path.name} and "
+                "are not scored"), stacklevel=2)
+        labels, truth = labels[label_rows, label_cols], truth[truth_rows, truth_cols]
     if labels.shape != truth.shape:
         raise SceneError(f"{labels_path}: {labels.shape[0]}×{labels.shape[1]} pixels but the ground truth "
                          f"{truth_path.name} has {truth.shape[0]}×{truth.shape[1]}; score labels of the scene the "
                          "ground truth belongs to")
-    if labels_grid is not None and truth_grid is not None and labels_grid != truth_grid:
-        differs = (f"CRS {labels_grid[0]} vs {truth_grid[0]}" if labels_grid[0] != truth_grid[0] else
-                   f"same CRS, geotransform {_affine_text(labels_grid[1])} vs {_affine_text(truth_grid[1])}")
-        raise SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} ({differs}); "
-                         "score labels of the scene the ground truth belongs to")
     return labels, nodata, truth
+
+
+def _grid_error(labels_path: Path, truth_path: Path, labels_grid: tuple[str, tuple[float, ...]],
+                truth_grid: tuple[str, tuple[float, ...]]) -> SceneError:
+    """The labels and the ground truth lie on different pixel grids (another CRS, or pixels shifted or resized), or on
+    one grid without a pixel in common."""
+    if grid_offset(labels_grid, truth_grid) is not None:
+        return SceneError(f"{labels_path}: no pixel in common with the ground truth {truth_path.name} (one pixel grid, "
+                          "disjoint extents); score labels of the scene the ground truth belongs to")
+    differs = (f"CRS {labels_grid[0]} vs {truth_grid[0]}" if labels_grid[0] != truth_grid[0] else
+               f"same CRS, geotransform {_affine_text(labels_grid[1])} vs {_affine_text(truth_grid[1])}")
+    return SceneError(f"{labels_path}: not on the pixel grid of the ground truth {truth_path.name} ({differs}); "
+                      "score labels of the scene the ground truth belongs to")
 
 
 def truth_nodata(truth_path: str | os.PathLike[str]) -> float | None:
@@ -342,6 +352,8 @@ def _read(path: Path, var: str | None, *,
     if labels.dtype.kind == "f" and not np.array_equal(ids, np.round(ids)):  # NaN too, unless missing_ok
         raise SceneError(f"{path}: holds non-integer values ({labels.dtype}); a label map holds integer cluster or "
                          "class ids (a --confidence raster is not one)")
+    if nodata is not None and missing_ok and math.isnan(nodata):
+        nodata = None  # NaN pixels are missing already (a float truth rasterised by QGIS or GDAL declares NaN)
     if nodata is not None and not float(nodata).is_integer():
         raise SceneError(f"{path}: nodata value {nodata} is not an integer; a label map holds integer ids")
     return labels, None if nodata is None else int(nodata), grid

@@ -86,7 +86,8 @@ def choose_scales(features: np.ndarray, n_clusters: int, blocks: int, *, seed: i
     for stages in candidates:
         head = CentroidHead.fit(features, n_clusters, seed=seed, n_init=n_init, blocks=blocks, stages=stages)
         labels = head.assign(features[sample])
-        scores.append(float(silhouette_score(referee, labels)) if len(np.unique(labels)) > 1 else -1.0)
+        # the silhouette needs 2 ≤ clusters < pixels (a scene of exactly K valid pixels has one pixel per cluster)
+        scores.append(float(silhouette_score(referee, labels)) if 1 < len(np.unique(labels)) < len(labels) else -1.0)
         heads.append(head)
     best = int(np.argmax(scores))
     return heads[best], ScaleChoice(stages=candidates[best], candidates=candidates, silhouette=scores)

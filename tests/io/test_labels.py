@@ -284,9 +284,9 @@ def test_label_pair_on_one_grid(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["size", "crs", "transform"])
 def test_label_pair_on_different_grids_is_refused(tmp_path: Path, case: str) -> None:
     labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path
-    if case == "size":
-        truth = helpers.write_geotiff(tmp_path / "gt.tif", LABELS[None, :, :5]).path
-        words = "9×7 pixels but the ground truth gt.tif has 9×5"
+    if case == "size":  # without georeferencing, only the size can be checked
+        np.save(tmp_path / "gt.npy", LABELS[:, :5])
+        truth, words = tmp_path / "gt.npy", "9×7 pixels but the ground truth gt.npy has 9×5"
     else:
         shifted = helpers.utm_transform(origin=(helpers.ORIGIN[0] + helpers.PIXEL_SIZE / 2, helpers.ORIGIN[1]))
         kwargs = {"crs": "EPSG:4326"} if case == "crs" else {"transform": shifted}
@@ -317,6 +317,44 @@ def test_a_ground_truth_over_part_of_the_scene_on_its_grid_is_scored_where_they_
         read, _, reference = read_label_pair(labels, beyond)
     np.testing.assert_array_equal(read, LABELS[:, 5:])
     assert reference.shape == (9, 2)
+
+
+def test_a_ground_truth_from_the_labels_corner_is_scored_on_the_overlap(tmp_path: Path) -> None:
+    """A survey cut from the same top-left corner has the labels' geotransform and another size: it was refused
+    as "9×7 pixels but the ground truth has 4×3" (the overlap was sought only for differing geotransforms)."""
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path
+    corner = helpers.write_geotiff(tmp_path / "corner.tif", (LABELS[:4, :3] + 1)[None]).path
+    read, _, reference = read_label_pair(labels, corner)
+    np.testing.assert_array_equal(read, LABELS[:4, :3])
+    np.testing.assert_array_equal(reference, LABELS[:4, :3] + 1)
+
+
+def test_a_ground_truth_off_the_grid_or_beside_it_is_refused_saying_so(tmp_path: Path) -> None:
+    """Half a pixel off and of another size, the error named the sizes instead of the grids; on the grid but
+    beside the labels, it names the missing overlap."""
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path
+    half = helpers.utm_transform(origin=(helpers.ORIGIN[0] + helpers.PIXEL_SIZE / 2, helpers.ORIGIN[1]))
+    off = helpers.write_geotiff(tmp_path / "off.tif", LABELS[None, :4, :3], transform=half).path
+    with pytest.raises(SceneError, match=r"not on the pixel grid of the ground truth off.tif \(same CRS, geotransform"):
+        read_label_pair(labels, off)
+    beside = helpers.utm_transform(origin=(helpers.ORIGIN[0] + 7 * helpers.PIXEL_SIZE, helpers.ORIGIN[1]))
+    apart = helpers.write_geotiff(tmp_path / "apart.tif", LABELS[None], transform=beside).path
+    with pytest.raises(SceneError, match=r"no pixel in common with the ground truth apart.tif \(one pixel grid, "
+                                         r"disjoint extents\)"):
+        read_label_pair(labels, apart)
+
+
+def test_a_float_truth_declaring_nan_as_nodata_is_read(tmp_path: Path) -> None:
+    """QGIS and GDAL rasterise vector truth to float with nodata NaN: it was refused as "nodata value nan is not
+    an integer"; its NaN pixels are unlabelled, as without the declaration."""
+    labels = helpers.write_geotiff(tmp_path / "labels.tif", LABELS[None]).path
+    holes = (LABELS + 1).astype(np.float32)
+    holes[:, 0] = np.nan
+    truth = helpers.write_geotiff(tmp_path / "gt_nan.tif", holes[None], nodata=float("nan")).path
+    _, _, reference = read_label_pair(labels, truth, unlabelled=0)
+    assert (reference[:, 0] == 0).all() and np.array_equal(reference[:, 1:], LABELS[:, 1:] + 1)
+    with pytest.raises(SceneError, match="holds non-integer values"):  # a cluster-label raster holds no NaN
+        read_label_map(helpers.write_geotiff(tmp_path / "l_nan.tif", holes[None], nodata=float("nan")).path)
 
 
 def test_truth_nodata_and_nan_pixels_are_not_scored(tmp_path: Path) -> None:

@@ -67,3 +67,12 @@ def test_block_weights_leave_out_stages_not_kept():
         CentroidHead.block_weights(features, 3, stages=[3])
     with pytest.raises(ValueError, match="non-empty subset"):
         CentroidHead.block_weights(features, 3, stages=[])
+
+
+def test_as_many_pixels_as_clusters_choose_without_a_silhouette() -> None:
+    """A scene of exactly K valid pixels: one pixel per cluster, where no silhouette exists (sklearn raised
+    "Number of labels is 5. Valid values are 2 to n_samples - 1", and ``train -k 5`` failed after training)."""
+    features = np.random.default_rng(2).normal(size=(5, 3 * WIDTH))
+    head, choice = choose_scales(features, 5, 3, seed=0, n_init=2)
+    assert choice.stages == [0, 1, 2] and choice.silhouette == [-1.0, -1.0, -1.0]
+    assert sorted(head.assign(features).tolist()) == [0, 1, 2, 3, 4]
