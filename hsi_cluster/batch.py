@@ -89,7 +89,7 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
     """
     import torch
 
-    from hsi_cluster.predict import predict_scene
+    from hsi_cluster.predict import predict_scene, result_warnings
 
     Path(attempts_dir).mkdir(parents=True, exist_ok=True)
     (Path(attempts_dir) / f"{attempt_stem(output)}.{uuid.uuid4().hex[:8]}").write_text(str(os.getpid()))
@@ -110,7 +110,8 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
                                    resume=True)
     except HsiClusterError as exc:
         return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
-    notices = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetadataWarning)))
+    notices = result_warnings(source, result)
+    notices += dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetadataWarning))
     return {**record, "status": "done", "error": None, "seconds": result.seconds, "pixels": result.pixels,
             "valid_pixels": result.valid_pixels, "tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output)),

@@ -58,10 +58,6 @@ def _show_metadata_warning(message: Warning | str, category: type[Warning], *arg
 
 
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
-#: predict and batch: the model reads bands the scene may hold no value in.
-NO_LABELLED_PIXELS = ("every pixel is nodata, NaN or fill in at least one band the model reads; check the scene's "
-                      "nodata value, and whether one of those bands is empty in this scene (then train on it, or "
-                      "flag the band bad); every label is nodata")
 
 TILES_OPTION = click.option("--tiles", default=DEFAULT_TILE, show_default=True, type=click.IntRange(min=MIN_TILE),
                             help="Tile side in pixels.")
@@ -397,7 +393,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
 def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
             quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, quiet: bool) -> None:
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
-    from hsi_cluster.predict import output_name_notices, predict_scene, units_warning
+    from hsi_cluster.predict import output_name_notices, predict_scene, result_warnings
 
     for notice in output_name_notices([("-o", output, "GeoTIFF"), ("--confidence", confidence, "GeoTIFF"),
                                        ("--quicklook", quicklook, "PNG")]):
@@ -421,25 +417,14 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
                    f"{result.megapixels_per_second:.3g} Mpix/s)")
-    if result.valid_pixels == 0:
-        _warn(f"{scene}: {NO_LABELLED_PIXELS}")
-    if result.units_differ:
-        _warn(units_warning(scene, result.spread))
+    for warning in result_warnings(scene, result):
+        _warn(warning)
 
 
 def _scene_warnings(record: dict[str, Any]) -> list[str]:
-    """What a batch tells of a scene it labelled: no labelled pixel, other units, and its metadata's warnings
-    as the worker read them (a worker's stderr is not the user's)."""
-    from hsi_cluster.predict import units_warning
-
-    if record["status"] != "done":
-        return []
-    told = list(record.get("warnings") or [])
-    if record.get("valid_pixels") == 0:
-        told.insert(0, f"{record['source']}: {NO_LABELLED_PIXELS}")
-    elif record.get("units_differ"):
-        told.insert(0, units_warning(record["source"], record.get("spread")))
-    return told
+    """What a batch tells of a scene it labelled: the warnings the worker kept in its record (no labelled pixel,
+    other units, the scene's metadata: a worker's stderr is not the user's)."""
+    return list(record.get("warnings") or []) if record["status"] == "done" else []
 
 
 @main.command()

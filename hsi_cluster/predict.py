@@ -170,6 +170,19 @@ class PredictResult:
 _SUFFIXES = {"GeoTIFF": (".tif", ".tiff"), "PNG": (".png",)}
 
 
+#: predict and batch: the model reads bands the scene may hold no value in.
+NO_LABELLED_PIXELS = ("every pixel is nodata, NaN or fill in at least one band the model reads; check the scene's "
+                      "nodata value, and whether one of those bands is empty in this scene (then train on it, or "
+                      "flag the band bad); every label is nodata")
+
+
+def result_warnings(scene: object, result: PredictResult) -> list[str]:
+    """What a finished labelling warns of: no pixel labelled, or a scene in other units than the training scenes."""
+    if result.valid_pixels == 0:
+        return [f"{scene}: {NO_LABELLED_PIXELS}"]
+    return [units_warning(scene, result.spread)] if result.units_differ else []
+
+
 def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
     """A notice per output whose name hides its format: ``files`` holds (option, path or None, "GeoTIFF" or "PNG")."""
     return [f"{path}: {option} is written as a {kind} whatever its name; name it {_SUFFIXES[kind][0]} so that other "

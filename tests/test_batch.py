@@ -320,6 +320,11 @@ def test_batch_cli_warns_of_a_scene_with_no_valid_pixel(archive: dict, tmp_path:
     assert str(blank.absolute()) in warnings[0] and "every pixel is nodata" in warnings[0]
     assert warnings[1].startswith(f"hsicluster: warning: {flagged.absolute()}: flags 2 bands bad (band 6, band 7)")
     assert "2 done (1 with no valid pixel), 0 skipped, 0 failed" in result.stdout
+    # the manifest keeps every warning printed of a scene (the no-labelled-pixel one was printed only)
+    records = json.loads((tmp_path / "out" / "manifest.json").read_text())["scenes"]
+    kept = {Path(record["source"]).name: record["warnings"] for record in records.values()}
+    assert [warning.split(": ", 1)[1][:26] for warning in kept["blank.tif"]] == ["every pixel is nodata, NaN"]
+    assert kept["flagged.tif"][0].startswith(f"{flagged.absolute()}: flags 2 bands bad (band 6, band 7)")
     labels, meta = read_raster(next((tmp_path / "out").rglob("blank_labels.tif")))
     assert (labels == meta["nodata"]).all()
 
