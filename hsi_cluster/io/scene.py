@@ -404,17 +404,29 @@ def _envi_header(binary: Path) -> Path | None:
 
 
 def _check_envi_size(dataset: rasterio.io.DatasetReader, binary: Path) -> None:
+    """The header's layout agrees with the data file: a known interleave, and as many bytes as it describes."""
     envi = dataset.tags(ns="ENVI")
+    interleave = envi.get("interleave", "bsq").strip().lower()
+    if interleave not in ("bsq", "bil", "bip"):  # GDAL reads anything else as bsq
+        raise SceneError(f"{binary}: its ENVI header gives interleave = {interleave}, which is none of bsq, bil, bip; "
+                         "fix the header")
     try:
         offset = int(envi.get("header_offset", "0"))
     except ValueError:
         offset = 0
     expected = offset + dataset.count * dataset.height * dataset.width * np.dtype(dataset.dtypes[0]).itemsize
     actual = binary.stat().st_size
+    described = f"{dataset.height}×{dataset.width}×{dataset.count} {dataset.dtypes[0]} ({expected} bytes)"
     if actual < expected:
         raise SceneError(f"{binary}: ENVI data file is truncated: {actual} bytes, but the header describes "
-                         f"{dataset.height}×{dataset.width}×{dataset.count} {dataset.dtypes[0]} ({expected} "
-                         "bytes); re-export the scene or fix the header")
+                         f"{described}; re-export the scene or fix the header")
+    itemsize = np.dtype(dataset.dtypes[0]).itemsize
+    if actual - expected >= dataset.width * itemsize:  # a line or more left over: the cube would read shifted
+        plane = dataset.height * dataset.width * itemsize
+        fits = f" ({(actual - offset) // plane} bands would fit)" if (actual - offset) % plane == 0 else ""
+        raise SceneError(f"{binary}: ENVI data file holds {actual} bytes, more than the header describes: "
+                         f"{described}{fits}; its samples, lines, bands, data type or header offset is wrong, and "
+                         "the cube would read shifted; fix the header")
 
 
 def _enmap_bands(binary: Path, n_bands: int) -> EnmapBands | None:

@@ -114,6 +114,10 @@ BAD_SCENES = {
     "envi-missing-samples": Bad(_envi_with({"samples": None})),
     "envi-unknown-data-type": Bad(_envi_with({"data type": 99})),
     "envi-header-without-binary": Bad(_header_without_binary),
+    # a data file larger than its header describes read shifted (pixel (0, 1) already wrong), in silence
+    "envi-header-gives-fewer-bands": Bad(_envi_with({"bands": 5})),
+    "envi-header-gives-a-smaller-data-type": Bad(_envi_with({"data type": 1})),
+    "envi-unknown-interleave": Bad(_envi_with({"interleave": "bxx"})),  # GDAL read it as bsq
     "npy-2d": Bad(_npy(np.zeros((8, 9), np.float32), "flat.npy")),
     "npy-4d": Bad(_npy(np.zeros((2, 3, 4, 5), np.float32), "hyper.npy")),
     "npy-zero-size": Bad(_npy(np.zeros((0, 5, 5), np.float32), "empty.npy")),
