@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -43,3 +44,14 @@ def whole_number(value: Any, what: str, *, hint: str = "a whole number") -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy bools are not Integral
         return int(value)
     raise HsiClusterError(f"{what} must be {hint}, got {value!r}")
+
+
+def number_ranges(numbers: Iterable[int]) -> str:
+    """Sorted whole numbers as runs, for messages naming bands: ``[1, 2, 3, 7, 9, 10]`` → ``"1–3, 7, 9–10"``."""
+    runs: list[list[int]] = []
+    for number in (int(n) for n in numbers):
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)

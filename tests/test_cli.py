@@ -88,9 +88,9 @@ def test_info_envi_bad_bands(runner: CliRunner, envi_bsq: SyntheticScene) -> Non
 
 
 def test_band_numbers_read_as_ranges() -> None:
-    from hsi_cluster.io.info import _ranges
+    from hsi_cluster.errors import number_ranges
 
-    assert _ranges([1, 2, 3, 5, 101, 102, 204]) == "1–3, 5, 101–102, 204"
+    assert number_ranges([1, 2, 3, 5, 101, 102, 204]) == "1–3, 5, 101–102, 204"
 
 
 def test_info_warns_of_a_bad_band_list_of_the_wrong_length(runner: CliRunner, tmp_path: Path) -> None:

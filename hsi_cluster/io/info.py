@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 from rasterio.crs import CRS
 
+from hsi_cluster.errors import number_ranges
 from hsi_cluster.io.scene_array import GCPS
 
 
@@ -66,17 +67,6 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
     return info
 
 
-def _ranges(numbers: list[int]) -> str:
-    """``[1, 2, 3, 7, 9, 10]`` → ``"1–3, 7, 9–10"``."""
-    runs: list[list[int]] = []
-    for number in numbers:
-        if runs and number == runs[-1][-1] + 1:
-            runs[-1].append(number)
-        else:
-            runs.append([number])
-    return ", ".join(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
-
-
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable multi-line rendering of :func:`describe`'s mapping."""
     gib = info["size_bytes"] / 2**30
@@ -99,7 +89,7 @@ def format_info(info: dict[str, Any]) -> str:
         empty = info.get("empty_bands")
         numbers = info.get("bad_band_numbers") or []
         listed = len(empty or []) < len(numbers)  # else the empty bands below are all of them
-        lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {_ranges(numbers)})" if listed else "") + (
+        lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {number_ranges(numbers)})" if listed else "") + (
             f", of which {len(empty)} NaN or nodata in every pixel (bands {', '.join(str(b + 1) for b in empty)})"
             if empty else ""))
     if info["georeferenced"]:

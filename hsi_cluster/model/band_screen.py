@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from hsi_cluster.errors import number_ranges
+
 #: A band is left out when the other bands explain less than this share of its variance: what they
 #: share with it is then hard to tell from nothing (the adjusted R² of a noise-only band is 0 ± 0.01 on
 #: a few thousand pixels). Bands of weak but real signal stay: at 0.5 the screen also left out bands
@@ -62,7 +64,7 @@ class BandScreen:
     def summary(self) -> str:
         """One line for the training log, band numbers 1-based as in GDAL, e.g.
         ``left out 2 of 12 bands: 2 flagged bad (…) (bands 5, 8)``."""
-        parts = [f"{int(mask.sum())} {why} (bands {_ranges(np.flatnonzero(mask) + 1)})"
+        parts = [f"{int(mask.sum())} {why} (bands {number_ranges(np.flatnonzero(mask) + 1)})"
                  for mask, why in ((self.flagged, "flagged bad (in the metadata, or empty at ingest)"), (self.constant, "empty or constant"),
                                    (self.noisy, f"noise only (under {MIN_SHARED_VARIANCE:.0%} of their "
                                                 "variance shared with other bands)")) if mask.any()]
@@ -137,13 +139,3 @@ def screen_bands(mean: np.ndarray, std: np.ndarray, spectra: np.ndarray, *,
             if candidates.size - low.size >= keep_at_least and low.size <= candidates.size * MAX_SHARE_SCREENED:
                 noisy[low] = True
     return BandScreen(flagged=flagged, constant=constant, noisy=noisy, shared_variance=r2)
-
-
-def _ranges(indices: np.ndarray) -> str:
-    """``[0, 1, 2, 7, 9, 10]`` → ``"0-2, 7, 9-10"``."""
-    if indices.size == 0:
-        return ""
-    breaks = np.flatnonzero(np.diff(indices) != 1)
-    starts = np.concatenate([[indices[0]], indices[breaks + 1]])
-    ends = np.concatenate([indices[breaks], [indices[-1]]])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts.tolist(), ends.tolist(), strict=True))

@@ -59,7 +59,7 @@ def test_screen_leaves_out_noise_flagged_and_constant_bands_and_keeps_the_rest()
     assert np.all(screen.shared_variance[screen.used] >= MIN_SHARED_VARIANCE)
     assert screen.summary() == ("left out 6 of 40 bands: 1 flagged bad (in the metadata, or empty at ingest) (bands 6); 1 empty or constant "
                                 "(bands 40); 4 noise only (under 5% of their variance shared with other bands) "
-                                "(bands 21-24)")
+                                "(bands 21–24)")
     assert screen.to_record() == {"flagged": [5], "constant": [39], "noisy": [20, 21, 22, 23],
                                   "min_shared_variance": MIN_SHARED_VARIANCE}
 
