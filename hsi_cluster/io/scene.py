@@ -30,6 +30,7 @@ value as nodata (-32768 for L2A).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import warnings
@@ -40,10 +41,10 @@ import dask.array as da
 import numpy as np
 import rasterio
 import xarray as xr
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import MetadataWarning, SceneError, first_line
+from hsi_cluster.errors import MetadataWarning, SceneError, first_line, number_ranges
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.enmap import EnmapBands, metadata_file, read_band_metadata
 from hsi_cluster.io.metadata import spectral_coords
@@ -429,6 +430,32 @@ def _check_envi_size(dataset: rasterio.io.DatasetReader, binary: Path) -> None:
                          "the cube would read shifted; fix the header")
 
 
+def _check_no_alpha(dataset: rasterio.io.DatasetReader, path: Path) -> None:
+    """Refuse a raster with an alpha band: it would be read as one more spectral band, its transparent pixels
+    labelled (GDAL makes alpha a mask only for 2- or 4-band rasters)."""
+    alpha = [i for i, colour in enumerate(dataset.colorinterp, start=1) if colour == ColorInterp.alpha]
+    if alpha and dataset.count > 1:
+        which = ("band " if len(alpha) == 1 else "bands ") + number_ranges(alpha)
+        raise SceneError(f"{path}: {which} of {dataset.count} is an alpha band, not a spectral one; write the "
+                         f"spectral bands with it as a mask (gdal_translate -b 1 … -mask {alpha[0]}) or with a nodata "
+                         "value, and read that")
+
+
+def _one_nodata(dataset: rasterio.io.DatasetReader, path: Path) -> float | None:
+    """The nodata value the bands declare (the bands that declare none share it), refused when they differ."""
+    declared = {("nan" if math.isnan(value) else value): value for value in dataset.nodatavals if value is not None}
+    if len(declared) > 1:
+        by_value: dict[Any, list[int]] = {}
+        for band, value in enumerate(dataset.nodatavals, start=1):
+            if value is not None:
+                by_value.setdefault("nan" if math.isnan(value) else value, []).append(band)
+        listing = "; ".join(f"{value:g} in bands {number_ranges(bands)}" for value, bands in
+                            ((declared[key], bands) for key, bands in by_value.items()))
+        raise SceneError(f"{path}: its bands declare different nodata values ({listing}); only one is used for the "
+                         "whole scene, so write the scene with one nodata value and read that")
+    return next(iter(declared.values()), None)
+
+
 def _enmap_bands(binary: Path, n_bands: int) -> EnmapBands | None:
     """The band metadata of the EnMAP product whose spectral image is ``binary``, or None (not one, no XML)."""
     xml = metadata_file(binary)
@@ -467,6 +494,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         if min(shape) == 0:
             raise SceneError(f"{path}: the raster is empty (bands, rows, cols = {shape}); pass a non-empty scene")
         _check_band_count(shape[0], path)
+        _check_no_alpha(dataset, path)
         if len(set(dataset.dtypes)) != 1:
             raise SceneError(f"{path}: bands have different data types {sorted(set(dataset.dtypes))}; "
                              "convert to one type first (gdal_translate -ot Float32)")
@@ -474,7 +502,7 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
             _check_envi_size(dataset, binary)
         dtype = np.dtype(dataset.dtypes[0])
         product = _enmap_bands(binary, dataset.count)
-        nodata = dataset.nodata
+        nodata = _one_nodata(dataset, path)
         if nodata is None and product is not None and _holds(dtype, product.fill):
             nodata = product.fill
         scaling = _band_scaling(dataset, path, nodata=nodata, product=product)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
+from rasterio.enums import ColorInterp
 
 from hsi_cluster.cli import main
 from hsi_cluster.errors import HsiClusterError, OutputError, SceneError
@@ -55,6 +57,27 @@ def _envi_with(fields: dict, *, open_header: bool = False):
                                      header_fields=fields)
         return written.header if open_header else written.path
     return make
+
+
+def _alpha_band(tmp: Path) -> Path:
+    """Ten spectral bands and an 11th whose colour interpretation is alpha (read as data, its 0s labelled)."""
+    path = helpers.write_geotiff(tmp / "alpha.tif", helpers.synthetic_cube(11, 10, 12, "uint8")).path
+    with rasterio.open(path, "r+") as dataset:
+        dataset.colorinterp = [ColorInterp.gray] * 10 + [ColorInterp.alpha]
+    return path
+
+
+def _bands_with_other_nodata(tmp: Path) -> Path:
+    """A VRT stacking bands that declare −9999 (1–2) and −32768 (3–4), as a per-band delivery can: band 1's
+    value was used for all, and the others' fill read as data."""
+    source = helpers.write_geotiff(tmp / "bands.tif", helpers.synthetic_cube(4, 10, 12, "int16")).path
+    bands = "".join(
+        f'<VRTRasterBand dataType="Int16" band="{b}"><NoDataValue>{-9999 if b <= 2 else -32768}</NoDataValue>'
+        f'<SimpleSource><SourceFilename relativeToVRT="1">{source.name}</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>" for b in range(1, 5))
+    vrt = tmp / "stack.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="12" rasterYSize="10">{bands}</VRTDataset>')
+    return vrt
 
 
 def _header_without_binary(tmp: Path) -> Path:
@@ -118,6 +141,8 @@ BAD_SCENES = {
     "envi-header-gives-fewer-bands": Bad(_envi_with({"bands": 5})),
     "envi-header-gives-a-smaller-data-type": Bad(_envi_with({"data type": 1})),
     "envi-unknown-interleave": Bad(_envi_with({"interleave": "bxx"})),  # GDAL read it as bsq
+    "alpha-band": Bad(_alpha_band),
+    "bands-with-other-nodata": Bad(_bands_with_other_nodata),
     "npy-2d": Bad(_npy(np.zeros((8, 9), np.float32), "flat.npy")),
     "npy-4d": Bad(_npy(np.zeros((2, 3, 4, 5), np.float32), "hyper.npy")),
     "npy-zero-size": Bad(_npy(np.zeros((0, 5, 5), np.float32), "empty.npy")),
