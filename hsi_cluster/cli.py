@@ -258,11 +258,6 @@ def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: st
     if not quiet:
         click.echo(f"wrote {path}")
     attrs = open_scene(path).attrs
-    if attrs.get("empty_bands"):
-        empty = attrs["empty_bands"]
-        which = ("band " if len(empty) == 1 else "bands ") + ", ".join(str(b + 1) for b in empty)
-        _warn(f"{scene}: {which} {'is' if len(empty) == 1 else 'are'} NaN or nodata in every pixel; flagged bad so "
-              "that the other bands' pixels stay valid")
     if not attrs.get("valid_pixels"):
         _warn(f"{scene}: {NO_VALID_PIXELS}")
 

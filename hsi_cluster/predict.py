@@ -172,8 +172,8 @@ _SUFFIXES = {"GeoTIFF": (".tif", ".tiff"), "PNG": (".png",)}
 
 #: predict and batch: the model reads bands the scene may hold no value in.
 NO_LABELLED_PIXELS = ("every pixel is nodata, NaN or fill in at least one band the model reads; check the scene's "
-                      "nodata value, and whether one of those bands is empty in this scene (then train on it, or "
-                      "flag the band bad); every label is nodata")
+                      "nodata value, and whether one of those bands is empty in this scene (hsicluster ingest flags "
+                      "such a band bad, and predict then reads it as the training mean); every label is nodata")
 
 
 def result_warnings(scene: object, result: PredictResult) -> list[str]:

@@ -54,6 +54,19 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
     return valid
 
 
+def lone_band_voids(block: np.ndarray, *, nodata: float | None = None,
+                    good_band: np.ndarray | None = None) -> np.ndarray:
+    """int64 (bands,): for each good band, the pixels of a ``(bands, y, x)`` block whose only unusable value
+    (NaN, ±Inf, fill-sized, or nodata other than 0) is in that band: what the band alone makes invalid."""
+    good = np.ones(block.shape[0], bool) if good_band is None else np.asarray(good_band, bool)
+    unusable = ~usable_values(block[good], nodata=None if nodata == 0 else nodata)
+    counts = np.zeros(block.shape[0], np.int64)
+    lone = np.count_nonzero(unusable, axis=0) == 1
+    if lone.any():
+        counts[good] = np.count_nonzero(unusable[:, lone], axis=1)
+    return counts
+
+
 #: Version of the rules that decide which pixels are valid (this module's and the file's own mask band),
 #: recorded in each store: ``train`` ingests a scene again when its cached store was made under other rules.
 #: 2 (2026-12-02): flat fill pixels, bands empty everywhere, and GDAL mask bands.
@@ -65,7 +78,9 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: float values of magnitude ≥ FILL_MAGNITUDE (1e30) are fill, like ±Inf.
 #: 7: rule 6 also where a band scale/offset is applied (a stored 0 read as NaN voided the pixel: 5 % of Salinas-A
 #: clipped at 0 and scaled by 0.0001).
-VALIDITY_RULES = 7
+#: 8: a band whose NaN/nodata alone voids at least as many pixels as stay valid is flagged bad (a dropout over
+#:    most of a swath voided the scene but for 3 %).
+VALIDITY_RULES = 8
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

@@ -395,6 +395,26 @@ def test_ingest_of_a_scene_with_dead_bands_says_which_it_flagged(runner: CliRunn
     assert "bad bands     1 flagged, of which 1 NaN or nodata in every pixel (bands 3)" in info.stdout
 
 
+def test_a_band_missing_over_most_of_the_scene_is_flagged_bad(runner: CliRunner, tmp_path: Path) -> None:
+    """A band NaN in 56 of 72 pixels (52 of them usable in every other band; a detector's dropout over most of the swath) made them invalid in silence:
+    the scene trained and was labelled on the other 16. Flagged bad now, with a warning naming it; a band missing
+    in a few pixels leaves those pixels invalid, as before."""
+    cube = helpers.synthetic_cube(6, 8, 9, "float32", seed=1)
+    cube[2, :, :7] = np.nan
+    cube[4, :2, :2] = np.nan
+    scene = helpers.write_geotiff(tmp_path / "dropout.tif", cube).path
+    result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "dropout.zarr"), "-q"])
+    assert result.exit_code == 0
+    assert result.stderr == (f"hsicluster: warning: {scene}: band 3 alone made 52 pixels invalid (NaN or nodata where "
+                             "the other bands hold values), more than stayed valid; flagged bad so that those pixels "
+                             "stay valid\n")
+    store = open_scene(tmp_path / "dropout.zarr")
+    assert store.attrs["valid_pixels"] == 72 - 4 and not store.coords["good_band"].values[2]
+    info = runner.invoke(main, ["info", str(tmp_path / "dropout.zarr")])
+    assert ("bad bands     1 flagged, of which 1 NaN or nodata in more pixels than the other bands left valid "
+            "(bands 3)") in info.stdout
+
+
 def test_json_commands_keep_stdout_empty_on_errors(runner: CliRunner, tmp_path: Path) -> None:
     """A script reading stdout gets nothing (not half a document) and exit code 2, with one line on stderr."""
     missing = tmp_path / "missing.tif"

@@ -60,8 +60,8 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
     info["bad_bands"] = int((~scene.coords["good_band"].values).sum()) if "good_band" in scene.coords else None
     if info["bad_bands"]:
         info["bad_band_numbers"] = [int(i) + 1 for i in np.flatnonzero(~scene.coords["good_band"].values)]
-    for key in ("variable", "statistics", "valid_pixels", "ingested_from", "empty_bands", "scaled_from",
-                "reflectance_scale_factor"):
+    for key in ("variable", "statistics", "valid_pixels", "ingested_from", "empty_bands", "voiding_bands",
+                "scaled_from", "reflectance_scale_factor"):
         if scene.attrs.get(key) is not None:
             info[key] = scene.attrs[key]
     return info
@@ -86,12 +86,15 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"wavelengths   {wl['min']:.1f}–{wl['max']:.1f} nm" + (" (with FWHM)" if info["fwhm"] else "")
                  if wl else "wavelengths   not in the file")
     if info["bad_bands"] is not None:
-        empty = info.get("empty_bands")
+        empty = info.get("empty_bands") or []
+        voiding = [int(b) for b in info.get("voiding_bands") or {}]
         numbers = info.get("bad_band_numbers") or []
-        listed = len(empty or []) < len(numbers)  # else the empty bands below are all of them
-        lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {number_ranges(numbers)})" if listed else "") + (
-            f", of which {len(empty)} NaN or nodata in every pixel (bands {', '.join(str(b + 1) for b in empty)})"
-            if empty else ""))
+        listed = len(empty) + len(voiding) < len(numbers)  # else the bands named below are all of them
+        why = [f"{len(empty)} NaN or nodata in every pixel (bands {number_ranges(b + 1 for b in empty)})"] if empty else []
+        why += [f"{len(voiding)} NaN or nodata in more pixels than the other bands left valid (bands "
+                f"{number_ranges(b + 1 for b in voiding)})"] if voiding else []
+        lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {number_ranges(numbers)})" if listed else "")
+                     + (", of which " + ", ".join(why) if why else ""))
     if info["georeferenced"]:
         crs = info["crs"]
         crs_text = f"EPSG:{crs['epsg']}" if crs and crs["epsg"] else (crs["wkt"][:60] + "…" if crs else "none")

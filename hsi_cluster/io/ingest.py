@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import OutputError, SceneError
+from hsi_cluster.errors import MetadataWarning, OutputError, SceneError, number_ranges
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
@@ -42,7 +43,7 @@ from hsi_cluster.io.store import (
     is_store,
     read_store_metadata,
 )
-from hsi_cluster.stats import VALIDITY_RULES, BandStats, usable_values, valid_pixel_mask
+from hsi_cluster.stats import VALIDITY_RULES, BandStats, lone_band_voids, usable_values, valid_pixel_mask
 
 PROGRESS_DIR = "_blocks_done"
 MIN_CHUNK = 16
@@ -155,6 +156,11 @@ def _marker(path: Path, i: int, j: int) -> Path:
     return path / PROGRESS_DIR / f"{i}.{j}"
 
 
+def _lone_marker(path: Path, i: int, j: int) -> Path:
+    """Block (i, j)'s :func:`~hsi_cluster.stats.lone_band_voids`, written before its marker."""
+    return path / PROGRESS_DIR / f"{i}.{j}.lone"
+
+
 def read_unit_shape(scene: xr.DataArray, chunk: int, *, budget_bytes: int = READ_BUDGET) -> tuple[int, int]:
     """How many store chunks ``(rows, cols)`` to read from the source at once.
 
@@ -199,6 +205,8 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
         writers[DATA].write((0, i, j), block)
         writers[VALID].write((i, j), valid[local])
         summaries[i, j] = BandStats.of_block(block, valid[local]).pack()
+        with atomic_path(_lone_marker(path, i, j)) as scratch, open(scratch, "wb") as file:
+            np.save(file, lone_band_voids(block, nodata=scene.attrs.get("nodata"), good_band=good_band))
     for (i, j), packed in summaries.items():
         marker = _marker(path, i, j)
         with atomic_path(marker) as scratch, open(scratch, "wb") as file:
@@ -289,28 +297,37 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
 
 def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, Any], *,
                       nodata: float | None, good_band: np.ndarray | None) -> dict[str, Any]:
-    """A band that is NaN or nodata in every pixel (a dead detector row, a band a delivery fills but
-    does not flag) makes every pixel invalid. When no pixel is valid, such bands are flagged bad
-    (``good_band`` False, listed in ``empty_bands``) and the valid mask and block summaries are made
-    again from the store without them. Costs nothing on a scene with valid pixels; a killed rerun
-    starts over from the store (a flag file in the progress folder marks the rerun).
+    """Flag bad the bands that void most of the scene, so that the other bands' pixels stay valid.
+
+    Two kinds: a band NaN or nodata in every pixel (a dead detector row, a band a delivery fills but does not
+    flag), when no pixel is valid (listed in ``empty_bands``); and a band whose missing values alone make at
+    least as many pixels invalid as are valid (a detector's dropout over most of the swath: listed in
+    ``voiding_bands``, band → pixels it voided). The valid mask and block summaries are then made again from
+    the store without them. Costs nothing on a scene without such a band; a killed rerun starts over from the
+    store (a flag file in the progress folder marks the rerun).
     """
-    redo = work / PROGRESS_DIR / "empty_bands.npy"
     data, valid = array_of(group, DATA), array_of(group, VALID)
     flagged_good = np.ones(data.shape[0], bool) if good_band is None else np.asarray(good_band, bool)
-    if redo.exists():
-        good = np.load(redo)
+    # (a block of a run resumed from an older version has no such file: it counts none)
+    voided = np.sum([np.load(path) if (path := _lone_marker(work, i, j)).exists() else np.zeros(data.shape[0], np.int64)
+                     for i, j in grid], axis=0)
+    redone = {kind: work / PROGRESS_DIR / f"{kind}.npy" for kind in ("empty_bands", "voiding_bands")}
+    kind = next((k for k, path in redone.items() if path.exists()), None)
+    if kind is not None:
+        good = np.load(redone[kind])
     else:
-        if any(np.load(_marker(work, i, j))[0].any() for i, j in grid):  # some block has valid pixels
-            return meta
-        filled = np.zeros(data.shape[0], bool)
-        for i, j in grid:
-            rows, cols = grid.window(i, j).slices
-            filled |= usable_values(np.asarray(data[:, rows, cols]), nodata=nodata).any(axis=(1, 2))
-        good = filled & flagged_good
+        valid_pixels = int(sum(np.load(_marker(work, i, j))[0].max(initial=0) for i, j in grid))
+        if valid_pixels:
+            kind, good = "voiding_bands", flagged_good & (voided < valid_pixels)
+        else:
+            filled = np.zeros(data.shape[0], bool)
+            for i, j in grid:
+                rows, cols = grid.window(i, j).slices
+                filled |= usable_values(np.asarray(data[:, rows, cols]), nodata=nodata).any(axis=(1, 2))
+            kind, good = "empty_bands", filled & flagged_good
         if not good.any() or (good == flagged_good).all():
             return meta  # nothing to gain: every band is empty, or none is
-        with atomic_path(redo) as scratch, open(scratch, "wb") as file:
+        with atomic_path(redone[kind]) as scratch, open(scratch, "wb") as file:
             np.save(file, good)
     for i, j in grid:
         rows, cols = grid.window(i, j).slices
@@ -319,7 +336,19 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
         valid[rows, cols] = mask
         with atomic_path(_marker(work, i, j)) as scratch, open(scratch, "wb") as file:
             np.save(file, BandStats.of_block(block, mask).pack())
-    return dict(meta, good_band=good.tolist(), empty_bands=np.flatnonzero(flagged_good & ~good).tolist())
+    dropped = np.flatnonzero(flagged_good & ~good)
+    which = ("band " if len(dropped) == 1 else "bands ") + number_ranges(dropped + 1)
+    source = meta["source"]["path"]
+    if kind == "empty_bands":
+        warnings.warn(MetadataWarning(f"{source}: {which} {'is' if len(dropped) == 1 else 'are'} NaN or nodata in "
+                                      "every pixel; flagged bad so that the other bands' pixels stay valid"),
+                      stacklevel=3)
+        return dict(meta, good_band=good.tolist(), empty_bands=dropped.tolist())
+    counts = ", ".join(f"{voided[b]}" for b in dropped)
+    warnings.warn(MetadataWarning(
+        f"{source}: {which} alone made {counts} pixels invalid (NaN or nodata where the other bands hold values), "
+        "more than stayed valid; flagged bad so that those pixels stay valid"), stacklevel=3)
+    return dict(meta, good_band=good.tolist(), voiding_bands={str(b): int(voided[b]) for b in dropped})
 
 
 def _finalise(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict[str, Any]) -> None:

@@ -275,7 +275,8 @@ def open_store(path: str | os.PathLike[str], *, chunks: tuple[int, int] | None =
                        nodata=meta.get("nodata"), source=str(store.path), fmt="zarr",
                        extra_attrs={"statistics": meta.get("statistics"), "valid_pixels": meta.get("valid_pixels"),
                                     "chunk": meta.get("chunk"), "ingested_from": meta.get("source"),
-                                    "empty_bands": meta.get("empty_bands"), "scaled_from": meta.get("scaled_from"),
+                                    "empty_bands": meta.get("empty_bands"), "voiding_bands": meta.get("voiding_bands"),
+                                    "scaled_from": meta.get("scaled_from"),
                                     "reflectance_scale_factor": meta.get("reflectance_scale_factor"),
                                     "file_block": (meta.get("chunk"), meta.get("chunk")),
                                     **({GCPS: meta[GCPS]} if meta.get(GCPS) else {})})
