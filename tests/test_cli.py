@@ -415,6 +415,20 @@ def test_a_band_missing_over_most_of_the_scene_is_flagged_bad(runner: CliRunner,
             "(bands 3)") in info.stdout
 
 
+def test_info_says_when_a_mask_band_marks_the_unusable_pixels(runner: CliRunner, tmp_path: Path) -> None:
+    """``nodata not set`` alone hid that the file's own mask band leaves pixels out of training and labels."""
+    import rasterio
+
+    scene = helpers.write_geotiff(tmp_path / "masked.tif", helpers.synthetic_cube(4, 8, 9, "float32")).path
+    plain = runner.invoke(main, ["info", str(scene)])
+    assert "nodata        not set\n" in plain.stdout
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(scene, "r+") as dst:
+        dst.write_mask(np.full((8, 9), 255, np.uint8))
+    masked = runner.invoke(main, ["info", str(scene)])
+    assert "nodata        not set (a mask band of the file marks the unusable pixels)\n" in masked.stdout
+    assert json.loads(runner.invoke(main, ["info", str(scene), "--json"]).stdout)["mask_band"] is True
+
+
 def test_json_commands_keep_stdout_empty_on_errors(runner: CliRunner, tmp_path: Path) -> None:
     """A script reading stdout gets nothing (not half a document) and exit code 2, with one line on stderr."""
     missing = tmp_path / "missing.tif"

@@ -10,7 +10,7 @@ import xarray as xr
 from rasterio.crs import CRS
 
 from hsi_cluster.errors import number_ranges
-from hsi_cluster.io.scene_array import GCPS
+from hsi_cluster.io.scene_array import GCPS, file_mask
 
 
 def _crs_summary(wkt: str | None) -> dict[str, Any] | None:
@@ -38,6 +38,7 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "bands": n_bands, "rows": height, "cols": width, "dtype": str(scene.dtype),
         "size_bytes": int(scene.size * scene.dtype.itemsize),
         "nodata": _json_number(scene.attrs.get("nodata")),
+        "mask_band": file_mask(scene) is not None,  # the file marks unusable pixels in a mask band of its own
         "georeferenced": scene.attrs["georeferenced"],
         "crs": _crs_summary(scene.attrs.get("crs")),
         "transform": [a, b, c, d, e, f] if scene.attrs["georeferenced"] else None,
@@ -111,7 +112,8 @@ def format_info(info: dict[str, Any]) -> str:
                      "which the label rasters carry (gdalwarp them to map them)")
     else:
         lines.append("crs           none: the file is not georeferenced (pixel grid, origin top-left, 1 unit/pixel)")
-    lines.append(f"nodata        {info['nodata'] if info['nodata'] is not None else 'not set'}")
+    lines.append(f"nodata        {info['nodata'] if info['nodata'] is not None else 'not set'}"
+                 + (" (a mask band of the file marks the unusable pixels)" if info.get("mask_band") else ""))
     lines.append(f"chunks        {' × '.join(str(c) for c in info['chunks'])} (band × y × x)")
     if info.get("valid_pixels") is not None:
         total = info["rows"] * info["cols"]

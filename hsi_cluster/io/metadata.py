@@ -106,6 +106,23 @@ def described_wavelengths(descriptions: list[str | None]) -> np.ndarray | None:
     return np.asarray(values, np.float64) if values else None
 
 
+def _relabelled_scale(wavelengths: np.ndarray, scale: float, source: str) -> float | None:
+    """The nm scale that wavelengths call for when their unit label contradicts them (with a warning), else None.
+
+    No imaging spectrometer has a band below 100 nm, nor one above 100 µm (thermal bands end near 14 µm).
+    """
+    if scale == 1.0 and np.nanmax(wavelengths) < 100:
+        label, read, scale_read = "nanometres", "no band lies below 100 nm, so they are read as micrometres", 1000.0
+    elif scale == 1000.0 and np.nanmin(wavelengths) > 100:
+        label, read, scale_read = "micrometres", "every band lies above 100 µm, so they are read as nanometres", 1.0
+    else:
+        return None
+    warnings.warn(MetadataWarning(
+        f"{source}: its wavelengths ({np.nanmin(wavelengths):g}–{np.nanmax(wavelengths):g}) are labelled {label}, "
+        f"but {read}; correct the wavelength units"), stacklevel=3)
+    return scale_read
+
+
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
                     band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]], *,
                     source: str = "the scene", descriptions: list[str | None] | None = None,
@@ -130,7 +147,7 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
             warnings.warn(MetadataWarning(f"{source}: the header's '{key}' lists {len(listed)} values for {n_bands} "
                                           "bands, so it is not used; correct the header"), stacklevel=2)
     units = envi_tags.get("wavelength_units") or dataset_tags.get("wavelength_units")
-    micrometres_as_nm = False
+    relabelled: float | None = None  # the scale the wavelengths' values called for, against their label
     for name in ("wavelength", "fwhm"):
         found = _band_values(name, n_bands, envi_tags, band_tags, imagery_tags, units=units, source=source)
         if found is None:
@@ -138,15 +155,10 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
         values, band_units = found
         reference = coords.get("wavelength", values) if name == "fwhm" else values
         scale = unit_scale_to_nm(band_units, reference)
-        if scale == 1.0 and name == "wavelength" and np.nanmax(values) < 100:
-            # no spectrometer band lies below 100 nm: micrometres under a nanometre label
-            warnings.warn(MetadataWarning(
-                f"{source}: its wavelengths ({np.nanmin(values):g}–{np.nanmax(values):g}) are labelled "
-                "nanometres, but no band lies below 100 nm, so they are read as micrometres; correct the "
-                "wavelength units"), stacklevel=2)
-            scale, micrometres_as_nm = 1000.0, True
-        elif scale == 1.0 and name == "fwhm" and micrometres_as_nm:
-            scale = 1000.0
+        if name == "wavelength" and scale is not None:
+            relabelled = _relabelled_scale(values, scale, source)
+        if relabelled is not None and scale in (1.0, 1000.0):
+            scale = relabelled
         if scale is not None:
             coords[name] = values * scale
     extra = {name: np.asarray(values, np.float64) for name, values in (fallback or {}).items()

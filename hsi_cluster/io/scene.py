@@ -456,6 +456,20 @@ def _one_nodata(dataset: rasterio.io.DatasetReader, path: Path) -> float | None:
     return next(iter(declared.values()), None)
 
 
+def _envi_nodata(dataset: rasterio.io.DatasetReader, path: Path, nodata: float | None) -> float | None:
+    """GDAL reads an ENVI ``data ignore value`` that is not a number as 0: that is no nodata value (with a warning)."""
+    text = dataset.tags(ns="ENVI").get("data_ignore_value")
+    if text is None:
+        return nodata
+    try:
+        float(text)
+    except ValueError:
+        warnings.warn(MetadataWarning(f"{path}: its header's data ignore value {text.strip()!r} is not a number, so the "
+                                      "scene has no nodata value; correct the header"), stacklevel=3)
+        return None
+    return nodata
+
+
 def _enmap_bands(binary: Path, n_bands: int) -> EnmapBands | None:
     """The band metadata of the EnMAP product whose spectral image is ``binary``, or None (not one, no XML)."""
     xml = metadata_file(binary)
@@ -503,6 +517,8 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         dtype = np.dtype(dataset.dtypes[0])
         product = _enmap_bands(binary, dataset.count)
         nodata = _one_nodata(dataset, path)
+        if dataset.driver == "ENVI":
+            nodata = _envi_nodata(dataset, path, nodata)
         if nodata is None and product is not None and _holds(dtype, product.fill):
             nodata = product.fill
         scaling = _band_scaling(dataset, path, nodata=nodata, product=product)

@@ -72,6 +72,17 @@ def test_micrometres_labelled_nanometres_are_read_as_micrometres_with_a_warning(
     np.testing.assert_allclose(coords["fwhm"], [10, 10, 20])
 
 
+def test_nanometres_labelled_micrometres_are_read_as_nanometres_with_a_warning() -> None:
+    """The reverse: 'Micrometers' over 400–2500 gave band centres of 400 000–2 500 000 nm without a word, and a
+    model of the same sensor then refused the scene as another sensor's."""
+    envi = {"wavelength": "{400, 1000, 2500}", "fwhm": "{10, 10, 20}", "wavelength_units": "Micrometers"}
+    with pytest.warns(MetadataWarning, match=r"x.hdr: its wavelengths \(400–2500\) are labelled micrometres, but "
+                                             r"every band lies above 100 µm, so they are read as nanometres"):
+        coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
+    np.testing.assert_allclose(coords["wavelength"], [400, 1000, 2500])
+    np.testing.assert_allclose(coords["fwhm"], [10, 10, 20])
+
+
 def test_a_wavelength_list_with_a_word_is_not_read_as_zero() -> None:
     """One 'n/a' in the header's list: GDAL's band tags hold 0 for it, and the scene got a 0 nm band."""
     envi = {"wavelength": "{400, n/a, 600}", "wavelength_units": "Nanometers"}

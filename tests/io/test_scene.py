@@ -531,3 +531,15 @@ def test_a_crs_without_a_geotransform_is_read_without_georeferencing(tmp_path: P
                                              r"read without georeferencing"):
         scene = open_scene(path)
     assert not scene.attrs["georeferenced"] and scene.attrs["crs"] is None
+
+
+def test_an_envi_data_ignore_value_that_is_not_a_number_is_no_nodata(tmp_path: Path) -> None:
+    """GDAL reads ``data ignore value = abc`` as 0, so every 0 became a gap, in silence."""
+    from hsi_cluster.errors import MetadataWarning
+
+    written = helpers.write_envi(tmp_path / "x.img", helpers.synthetic_cube(4, 5, 6, "int16"),
+                                 header_fields={"data ignore value": "abc"})
+    with pytest.warns(MetadataWarning, match=r"x.img: its header's data ignore value 'abc' is not a number, so the "
+                                             r"scene has no nodata value"):
+        scene = open_scene(written.path)
+    assert scene.attrs["nodata"] is None
