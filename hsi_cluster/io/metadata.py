@@ -106,11 +106,16 @@ def described_wavelengths(descriptions: list[str | None]) -> np.ndarray | None:
     return np.asarray(values, np.float64) if values else None
 
 
-def _relabelled_scale(wavelengths: np.ndarray, scale: float, source: str) -> float | None:
+def _relabelled_scale(wavelengths: np.ndarray, scale: float | None, units: str | None, source: str) -> float | None:
     """The nm scale that wavelengths call for when their unit label contradicts them (with a warning), else None.
 
-    No imaging spectrometer has a band below 100 nm, nor one above 100 µm (thermal bands end near 14 µm).
+    No imaging spectrometer has a band below 100 nm, nor one above 100 µm (thermal bands end near 14 µm). Units
+    that are not a length (``scale`` None: wavenumbers, an index) are warned of too: the wavelengths are dropped.
     """
+    if scale is None:
+        warnings.warn(MetadataWarning(f"{source}: its wavelength units {units!r} are not a length, so its "
+                                      "wavelengths are not used; give them in nm or µm"), stacklevel=3)
+        return None
     if scale == 1.0 and np.nanmax(wavelengths) < 100:
         label, read, scale_read = "nanometres", "no band lies below 100 nm, so they are read as micrometres", 1000.0
     elif scale == 1000.0 and np.nanmin(wavelengths) > 100:
@@ -155,8 +160,8 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
         values, band_units = found
         reference = coords.get("wavelength", values) if name == "fwhm" else values
         scale = unit_scale_to_nm(band_units, reference)
-        if name == "wavelength" and scale is not None:
-            relabelled = _relabelled_scale(values, scale, source)
+        if name == "wavelength":
+            relabelled = _relabelled_scale(values, scale, band_units, source)
         if relabelled is not None and scale in (1.0, 1000.0):
             scale = relabelled
         if scale is not None:

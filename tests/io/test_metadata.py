@@ -106,3 +106,12 @@ def test_wavelengths_named_in_every_band_description_are_read() -> None:
     tagged = spectral_coords(2, {}, {}, [{"wavelength": "400"}, {"wavelength": "500"}], [{}, {}],
                              descriptions=["452 nm", "560 nm"])
     np.testing.assert_allclose(tagged["wavelength"], [400, 500])  # the metadata items come first
+
+
+def test_wavelengths_in_units_that_are_not_a_length_are_dropped_with_a_warning() -> None:
+    """'Wavenumber' (or 'Index') made the wavelengths vanish, and info said they were not in the file."""
+    envi = {"wavelength": "{25000, 10000, 4000}", "wavelength_units": "Wavenumber"}
+    with pytest.warns(MetadataWarning, match=r"x.hdr: its wavelength units 'Wavenumber' are not a length, so its "
+                                             r"wavelengths are not used"):
+        coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
+    assert "wavelength" not in coords
