@@ -756,8 +756,8 @@ def test_cli_warns_when_no_pixel_could_be_labelled(dense: TrainedModel, tmp_path
     assert result.exit_code == 0, result.stderr
     assert result.stderr == (f"hsicluster: warning: {scene.path}: every pixel is nodata, NaN or fill in at least "
                              "one band the model reads; check the scene's nodata value, and whether one of those "
-                             "bands is empty in this scene (then train on it, or flag the band bad); every label is "
-                             "nodata\n")
+                             "bands is empty in this scene (hsicluster ingest flags such a band bad, and predict then "
+                             "reads it as the training mean); every label is nodata\n")
     assert (read_raster(output)[0] == LABEL_NODATA).all()
 
 
