@@ -54,13 +54,22 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
     return valid
 
 
-def lone_band_voids(block: np.ndarray, *, nodata: float | None = None,
+def lone_band_voids(block: np.ndarray, valid: np.ndarray, *, nodata: float | None = None,
                     good_band: np.ndarray | None = None) -> np.ndarray:
-    """int64 (bands,): for each good band, the pixels of a ``(bands, y, x)`` block whose only unusable value
-    (NaN, ±Inf, fill-sized, or nodata other than 0) is in that band: what the band alone makes invalid."""
-    good = np.ones(block.shape[0], bool) if good_band is None else np.asarray(good_band, bool)
-    unusable = ~usable_values(block[good], nodata=None if nodata == 0 else nodata)
+    """int64 (bands,): for each good band, the invalid pixels of a ``(bands, y, x)`` block (``valid``: bool (y, x))
+    whose only unusable value (NaN, ±Inf, fill-sized, or nodata other than 0) is in that band: what the band alone
+    makes invalid. Free on a block without invalid pixels."""
     counts = np.zeros(block.shape[0], np.int64)
+    if valid.all():
+        return counts
+    good = np.ones(block.shape[0], bool) if good_band is None else np.asarray(good_band, bool)
+    missing = None if nodata == 0 else nodata
+    # a pixel missing in two bands is no band's alone (a footprint's fill, missing in all): only the others are read
+    first_two = ~usable_values(block[np.flatnonzero(good)[:2]], nodata=missing)
+    candidates = ~valid & ~first_two.all(axis=0) if len(first_two) == 2 else ~valid
+    if not candidates.any():
+        return counts
+    unusable = ~usable_values(block[:, candidates][good], nodata=missing)  # (good bands, candidate pixels)
     lone = np.count_nonzero(unusable, axis=0) == 1
     if lone.any():
         counts[good] = np.count_nonzero(unusable[:, lone], axis=1)

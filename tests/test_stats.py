@@ -253,3 +253,20 @@ def test_spread_ratios_of_two_scenes_single_out_percent_against_fractions() -> N
     std = np.random.default_rng(2).uniform(0.01, 0.2, 30)
     np.testing.assert_allclose(spread_ratios([std, std * 100]), [0.01, 100.0])
     np.testing.assert_allclose(spread_ratios([std, std * 3]), [1 / 3, 3.0])
+
+
+def test_lone_band_voids_counts_the_pixels_one_band_alone_makes_invalid() -> None:
+    """What ingest's voiding-band rule reads: a band missing where the others hold values, not a footprint's fill."""
+    from hsi_cluster.stats import lone_band_voids
+
+    cube = np.random.default_rng(0).normal(1.0, 0.1, (5, 6, 8)).astype(np.float32)
+    cube[:, :, :2] = -9999.0          # a footprint: missing in every band, no band's alone
+    cube[2, :4, 2:] = np.nan          # a dropout of band 3 over 24 pixels
+    cube[4, 5, 7] = np.inf            # band 5 alone at one pixel
+    cube[[1, 3], 5, 2] = np.nan       # two bands at one pixel: neither alone
+    valid = valid_pixel_mask(cube, nodata=-9999.0)
+    assert lone_band_voids(cube, valid, nodata=-9999.0).tolist() == [0, 0, 24, 0, 1]
+    good = np.array([True, True, False, True, True])  # a band flagged bad counts nothing and decides nothing
+    assert lone_band_voids(cube, valid_pixel_mask(cube, nodata=-9999.0, good_band=good), nodata=-9999.0,
+                           good_band=good).tolist() == [0, 0, 0, 0, 1]
+    assert not lone_band_voids(cube[:, :, 2:4][:, 4:], np.ones((2, 2), bool)).any()  # nothing invalid: free

@@ -206,7 +206,7 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
         writers[VALID].write((i, j), valid[local])
         summaries[i, j] = BandStats.of_block(block, valid[local]).pack()
         with atomic_path(_lone_marker(path, i, j)) as scratch, open(scratch, "wb") as file:
-            np.save(file, lone_band_voids(block, nodata=scene.attrs.get("nodata"), good_band=good_band))
+            np.save(file, lone_band_voids(block, valid[local], nodata=scene.attrs.get("nodata"), good_band=good_band))
     for (i, j), packed in summaries.items():
         marker = _marker(path, i, j)
         with atomic_path(marker) as scratch, open(scratch, "wb") as file:
