@@ -145,7 +145,9 @@ class CentroidHead(nn.Module):
         self.register_buffer("weight", weight.detach().to(torch.float32).clone())
         self.in_features = n_features
         self.out_features = int(centroids.shape[0])
-        self.hidden = self.out_features  # widest per-pixel layer, which sizes strips of pixels in tiled inference
+        # widest per-pixel tensor (the weighted features, F wide), which sizes strips of pixels in tiled inference:
+        # sized by K it ran whole tiles at once, 4× slower than in strips that stay in the caches
+        self.hidden = max(n_features, self.out_features)
         self.outliers_left_out = 0  # set by fit: members of tiny clusters left out of the last k-means (not saved)
 
     @property

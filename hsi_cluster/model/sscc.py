@@ -30,6 +30,11 @@ from hsi_cluster.model.backbones import DenseBackbone, ResNetBackbone, build_bac
 from hsi_cluster.model.heads import CentroidHead, ClusterHead, InstanceProjector, apply_per_pixel
 from hsi_cluster.model.projection import ArrayLike, SpectralProjection
 
+#: Bytes of the head's widest per-pixel tensor per row strip in tiled inference. Strips that stay in the caches
+#: run the head faster than larger ones: 16 rows of a 512-wide tile's 192 features took 0.10 s per tile, the
+#: whole tile at once 0.47–0.83 s (2 cores).
+HEAD_STRIP_BYTES = 8 * 2**20
+
 
 class SSCC(nn.Module):
     """Spectral-spatial contrastive clustering network.
@@ -286,8 +291,8 @@ class SSCC(nn.Module):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             if isinstance(self.backbone, DenseBackbone):
                 inner_width = width - 2 * self.backbone.halo
-                # The head's hidden layer is wide (512 per pixel): run it on row strips of ~32 MB.
-                head_rows = max(1, (32 * 2**20) // (inner_width * self._head_width() * 4))
+                # The head's widest layer is wide (512 or F per pixel): run it on row strips of ~HEAD_STRIP_BYTES.
+                head_rows = max(1, HEAD_STRIP_BYTES // (inner_width * self._head_width() * 4))
                 logits = self.dense_logits(projected.contiguous(memory_format=torch.channels_last), rows=head_rows)[0]
             else:
                 logits = self._unfolded_logits(projected[0], PatchGeometry(patch_size), batch_size=batch_size)
