@@ -330,25 +330,12 @@ def _outdir_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _outputs_of_earlier_runs(sources: list[Path], out: Path, log: Callable[[str], None]) -> list[Path]:
-    """``sources`` without the label rasters of earlier batches inside OUTDIR (a glob over a folder that holds
-    OUTDIR matches them)."""
-    from hsi_cluster.io.labels import written_by_hsicluster
-
-    kept = [source for source in sources
-            if not (source.is_relative_to(out) and source.name.endswith(OUTPUT_SUFFIX) and written_by_hsicluster(source))]
-    if len(kept) < len(sources):
-        log(f"left out {len(sources) - len(kept)} label rasters under {out} that earlier runs wrote (not scenes)")
-    return kept
-
-
 def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,
                 scheduler: str | None, workers: int | None, retries: int, progress: ProgressFn | None,
                 log: Callable[[str], None], started: float) -> BatchResult:
     """:func:`run_batch` once OUTDIR is checked and locked."""
     from distributed import as_completed
 
-    sources = _outputs_of_earlier_runs(sources, out, log)
     if not sources:
         raise HsiClusterError(f"no scenes given: every file matched is a label raster under {out}")
     targets = output_paths(sources, out)

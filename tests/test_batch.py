@@ -29,14 +29,13 @@ from hsi_cluster.batch import (
     LOCK_FILE,
     Manifest,
     _dashboard,
-    _outputs_of_earlier_runs,
     _source_fields,
     attempt_stem,
     output_paths,
     run_batch,
 )
 from hsi_cluster.cli import EXIT_SOME_FAILED, main
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError, OutputError, SceneError
 from hsi_cluster.io import open_scene
 from hsi_cluster.io.files import sha256_of
 from hsi_cluster.predict import predict_scene
@@ -170,9 +169,12 @@ def test_labels_of_another_scene_in_the_outdir_are_not_written_over(archive: dic
     assert (out / "scene_labels.tif").read_bytes() == b"labels of north"
 
 
-def test_label_rasters_of_earlier_runs_under_the_outdir_are_not_scenes(tmp_path: Path) -> None:
-    """OUTDIR inside the globbed tree (-o archive/labels with 'archive/**/*.tif'): a rerun took its own labels for
-    scenes and was refused; they are left out, and only they."""
+def test_rasters_that_hsicluster_wrote_are_not_scenes(tmp_path: Path) -> None:
+    """OUTDIR inside the globbed tree (-o archive/labels with 'archive/**/*.tif'): a batch rerun took its own labels
+    for scenes and was refused, and ``train`` on the same glob failed on them ("has a single band"). They are left
+    out, globbed here or by the shell, and only they."""
+    from hsi_cluster.io.paths import expand_scene_paths
+
     out = tmp_path / "archive" / "labels"
     out.mkdir(parents=True)
     scene = helpers.write_geotiff(tmp_path / "archive" / "a.tif", helpers.synthetic_cube(3, 8, 8)).path
@@ -181,8 +183,12 @@ def test_label_rasters_of_earlier_runs_under_the_outdir_are_not_scenes(tmp_path:
         dataset.update_tags(HSICLUSTER_K="4")
     named_alike = helpers.write_geotiff(out / "b_labels.tif", helpers.synthetic_cube(3, 8, 8)).path  # a scene
     told: list[str] = []
-    assert _outputs_of_earlier_runs([scene, ours, named_alike], out, told.append) == [scene, named_alike]
-    assert told == [f"left out 1 label rasters under {out} that earlier runs wrote (not scenes)"]
+    assert expand_scene_paths([str(tmp_path / "archive" / "**" / "*.tif")], log=told.append) == [scene, named_alike]
+    assert expand_scene_paths([scene, ours, named_alike]) == [scene, named_alike]  # the shell expanded the glob
+    assert told == ["left out 1 rasters that hsicluster wrote (cluster labels, confidence), not scenes"]
+    with pytest.raises(SceneError, match=r"labels/a_\*.tif: the pattern matches only rasters that hsicluster wrote "
+                                         r"\(labels, confidence\)"):
+        expand_scene_paths([str(out / "a_*.tif")])
 
 
 def reference_labels(archive: dict, source: Path, tmp: Path) -> np.ndarray:

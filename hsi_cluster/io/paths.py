@@ -35,13 +35,15 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
     any number of folders), its matches sorted by name, skipping what is not a scene of its own
     (GDAL sidecar files, an ENVI header whose binary exists, the quality layers and quicklooks of an EnMAP
     product, folders other than ``*.zarr`` stores, anything inside a store).
-    Other arguments are kept as they are, so that the reader reports a missing file. A file named
+    Rasters that hsicluster wrote (label and confidence GeoTIFFs) are left out, globbed or named, and counted
+    in ``log``. Other arguments are kept as they are, so that the reader reports a missing file. A file named
     twice (by two patterns, or two paths such as ``a.tif`` and ``./x/../a.tif`` or a link) is kept where
     it first appears.
 
     Args:
         patterns: paths and patterns, e.g. ``["archive/*.tif", "extra/scene.zarr"]``; ``~`` is expanded.
-        log: told how many paths named a file already named, when some did.
+        log: told how many rasters hsicluster wrote were left out, and how many paths named a file already
+            named, when some did.
 
     Returns:
         absolute paths.
@@ -50,23 +52,40 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
         SceneError: a pattern matches no scene (one line naming the pattern).
     """
     found: dict[Path, Path] = {}  # the file itself (links and '..' resolved) -> the path as first given
-    named = 0
+    named = ours = 0
     for pattern in patterns:
         text = os.path.expanduser(os.fspath(pattern))
         if not os.path.lexists(text) and glob.has_magic(text):
-            matches = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if is_scene_match(Path(p))]
+            candidates = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if is_scene_match(Path(p))]
+            matches = [path for path in candidates if not written_by_hsicluster_glob(path)]
+            ours += len(candidates) - len(matches)
             if not matches:
-                raise SceneError(f"{os.fspath(pattern)}: the pattern matches no scene; check it (and quote it so "
+                what = "only rasters that hsicluster wrote (labels, confidence)" if candidates else "no scene"
+                raise SceneError(f"{os.fspath(pattern)}: the pattern matches {what}; check it (and quote it so "
                                  "that the shell passes it on unexpanded)")
+        elif written_by_hsicluster_glob(Path(text)):  # a shell-expanded glob names earlier outputs one by one
+            ours += 1
+            continue
         else:
             matches = [Path(text)]
         for match in matches:
             found.setdefault(match.resolve(), match.absolute())
         named += len(matches)
+    if log is not None and ours:
+        log(f"left out {ours} rasters that hsicluster wrote (cluster labels, confidence), not scenes")
     if log is not None and named > len(found):
         log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
             f"or through a link): {len(found)} scene{'s' if len(found) != 1 else ''}, each taken once")
     return list(found.values())
+
+
+def written_by_hsicluster_glob(path: Path) -> bool:
+    """A GeoTIFF that ``predict`` or ``batch`` wrote (its labels or confidence: tagged ``HSICLUSTER_K``), which a
+    glob over an archive holding earlier outputs (``'archive/**/*.tif'`` with ``-o archive/labels``) also matches;
+    left out of the scenes, whether the glob was expanded here or by the shell."""
+    from hsi_cluster.io.labels import written_by_hsicluster  # io.labels reads scenes: imported on use
+
+    return path.suffix.lower() in (".tif", ".tiff") and written_by_hsicluster(path)
 
 
 def is_scene_match(path: Path) -> bool:
