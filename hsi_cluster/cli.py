@@ -408,6 +408,12 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
                                 quicklook=result.quicklook)
         if not quiet:
             click.echo(f"wrote {item}")
+    elif result.tiles_resumed < result.tiles:  # new labels: an Item of the ones they replaced would describe them
+        from hsi_cluster.io.stac import remove_stale_item
+
+        stale = remove_stale_item(result.output)
+        if stale is not None:
+            _warn(f"{stale}: removed, the STAC Item of the labels this run replaced; pass --stac to write a new one")
     if not quiet:
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "

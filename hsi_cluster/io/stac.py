@@ -223,6 +223,24 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
     return item
 
 
+def remove_stale_item(labels: str | os.PathLike[str]) -> Path | None:
+    """Remove the Item beside ``labels`` that describes the label raster a new run just replaced (its ``labels``
+    asset names this file), and return its path; None when there is none (or the file there is not such an Item).
+
+    Its model hash, class counts and colours are those of the replaced labels, and its other assets may be gone.
+    """
+    path = item_path(labels)
+    try:
+        document = json.loads(path.read_text())
+        href = document["assets"]["labels"]["href"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (path.parent / href).resolve() != Path(labels).resolve():
+        return None
+    path.unlink()
+    return path
+
+
 def write_label_item(labels: str | os.PathLike[str], *, model_sha256: str | None = None,
                      model: str | os.PathLike[str] | None = None, **options: Any) -> Path:
     """Write the Item of ``labels`` beside it (:func:`item_path`) and return its path.

@@ -115,6 +115,21 @@ def test_predict_stac_writes_a_valid_item(tiny: dict, tmp_path: Path) -> None:
     assert item["id"] == "labels"
 
 
+def test_labels_made_again_without_stac_remove_the_item_of_the_old_ones(tiny: dict, tmp_path: Path) -> None:
+    """``predict --overwrite`` without ``--stac`` left the old Item beside the new labels: another model's hash,
+    other counts and colours, assets that may be gone. It is removed, with a warning; another file is kept."""
+    labels = tmp_path / "labels.tif"
+    invoke("predict", tiny["scenes"][0], "-m", tiny["model"], "-o", labels, "--stac", "-q")
+    result = CliRunner().invoke(main, [str(a) for a in ("predict", tiny["scenes"][0], "-m", tiny["model"], "-o",
+                                                        labels, "--overwrite", "-q")])
+    assert result.exit_code == 0 and not item_path(labels).exists()
+    assert result.stderr == (f"hsicluster: warning: {item_path(labels)}: removed, the STAC Item of the labels this run "
+                             "replaced; pass --stac to write a new one\n")
+    item_path(labels).write_text('{"type": "Feature", "assets": {"labels": {"href": "./other.tif"}}}')
+    invoke("predict", tiny["scenes"][0], "-m", tiny["model"], "-o", labels, "--overwrite", "-q")
+    assert item_path(labels).is_file()  # an Item of another raster under that name is not ours to remove
+
+
 def test_core_validation_rejects_a_broken_item(tiny: dict, tmp_path: Path) -> None:
     labels = tmp_path / "labels.tif"
     invoke("predict", tiny["scenes"][0], "-m", tiny["model"], "-o", labels, "--stac", "-q")
