@@ -202,6 +202,19 @@ def north_up(array: np.ndarray, transform: tuple[float, ...] | None) -> np.ndarr
     return array[:: -1 if e > 0 else 1, :: -1 if a < 0 else 1]
 
 
+def north_up_grid(array: np.ndarray, transform: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """:func:`north_up` of a (y, x) raster with the transform of the flipped array (the same footprint)."""
+    a, b, c, d, e, f = transform[:6]
+    if b or d:
+        return array, (a, b, c, d, e, f)
+    height, width = array.shape
+    if e > 0:
+        f, e = f + e * height, -e
+    if a < 0:
+        c, a = c + a * width, -a
+    return north_up(array, transform), (a, b, c, d, e, f)
+
+
 def grid_offset(first: tuple[str, tuple[float, ...]], second: tuple[str, tuple[float, ...]]) -> tuple[int, int] | None:
     """The second raster's origin in whole pixels (rows, cols) of the first, when both lie on one pixel grid (the
     same CRS, the same north-up pixel size, origins a whole number of pixels apart); else None."""

@@ -15,7 +15,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import HsiClusterError, MetadataWarning, SceneError, first_line
-from hsi_cluster.geo import aligned_overlap, grid_offset
+from hsi_cluster.geo import aligned_overlap, grid_offset, north_up_grid
 from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
 from hsi_cluster.io.scene import envi_binary
@@ -79,6 +79,10 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
                          "does not: the arguments look swapped; pass the labels first, then the ground truth "
                          f"(hsicluster evaluate {truth_path.name} {labels_path.name})")
     georeferenced = labels_grid is not None and truth_grid is not None
+    if georeferenced:  # a south-up map and a north-up one of the same pixels are compared as a map shows them
+        labels, labels_transform = north_up_grid(labels, labels_grid[1])  # type: ignore[index]
+        truth, truth_transform = north_up_grid(truth, truth_grid[1])  # type: ignore[index]
+        labels_grid, truth_grid = (labels_grid[0], labels_transform), (truth_grid[0], truth_transform)  # type: ignore[index]
     if georeferenced and (labels_grid != truth_grid or labels.shape != truth.shape):
         overlap = aligned_overlap(labels_grid, labels.shape, truth_grid, truth.shape)  # type: ignore[arg-type]
         if overlap is None:

@@ -344,6 +344,21 @@ def test_a_ground_truth_off_the_grid_or_beside_it_is_refused_saying_so(tmp_path:
         read_label_pair(labels, apart)
 
 
+def test_south_up_labels_are_scored_against_a_north_up_truth_of_the_same_pixels(tmp_path: Path) -> None:
+    """Labels of a south-up scene (predict keeps its transform) against the survey's north-up raster were refused
+    as "not on the pixel grid": the same CRS, pixel size and footprint, the rows stored the other way up."""
+    from affine import Affine
+
+    labels = LABELS[::-1]  # row 0 is the southernmost
+    bottom = helpers.ORIGIN[1] - LABELS.shape[0] * helpers.PIXEL_SIZE
+    south_up = Affine(helpers.PIXEL_SIZE, 0.0, helpers.ORIGIN[0], 0.0, helpers.PIXEL_SIZE, bottom)
+    written = helpers.write_geotiff(tmp_path / "labels.tif", labels[None], transform=south_up).path
+    truth = helpers.write_geotiff(tmp_path / "gt.tif", (LABELS + 1)[None]).path
+    read, _, reference = read_label_pair(written, truth)
+    np.testing.assert_array_equal(read, LABELS)
+    np.testing.assert_array_equal(reference, LABELS + 1)
+
+
 def test_a_float_truth_declaring_nan_as_nodata_is_read(tmp_path: Path) -> None:
     """QGIS and GDAL rasterise vector truth to float with nodata NaN: it was refused as "nodata value nan is not
     an integer"; its NaN pixels are unlabelled, as without the declaration."""
