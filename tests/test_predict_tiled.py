@@ -807,6 +807,12 @@ def test_a_scene_located_by_ground_control_points_gives_labels_that_carry_them(
         info = CliRunner().invoke(main, ["info", str(source)])
         assert "located by 4 ground control points (EPSG:4326), which the label rasters carry" in info.stdout
     assert np.array_equal(read_raster(tmp_path / "labels_tif.tif")[0], read_raster(tmp_path / "labels_zarr.tif")[0])
+    # its STAC Item is found by place: the footprint of the points (it had null geometry and bbox)
+    from hsi_cluster.io.stac import label_item
+
+    item = label_item(tmp_path / "labels_tif.tif", model_sha256="0" * 64).to_dict()
+    assert item["bbox"] == pytest.approx([15.0, 45.0 - HEIGHT * 1e-4, 15.0 + WIDTH * 1e-4, 45.0])
+    assert item["geometry"]["type"] == "Polygon" and item["properties"]["proj:code"] is None
 
 
 def test_a_scene_found_corrupt_while_labelling_leaves_no_partial_output(

@@ -161,6 +161,7 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
             nodata = int(dataset.nodata)
             height, width = dataset.height, dataset.width
             crs, transform = dataset.crs, dataset.transform
+            gcps, gcp_crs = dataset.gcps
             colormap = dataset.colormap(1)
             if counts is None:
                 counts, _ = _count_labels(dataset, n_clusters, nodata)
@@ -171,6 +172,9 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
                                                                   if tags.get("HSICLUSTER_SOURCE") else None)
 
     geometry, bbox = footprint(crs, transform, width=width, height=height) if crs is not None else (None, None)
+    if crs is None and gcps and gcp_crs is not None:  # a raw scene located by ground control points: the footprint
+        # of the affine fit of its points, so that a search by place finds it (the raster keeps no geotransform)
+        geometry, bbox = footprint(gcp_crs, rasterio.transform.from_gcps(gcps), width=width, height=height)
     written = dt.datetime.fromtimestamp(labels.stat().st_mtime, tz=dt.timezone.utc).replace(microsecond=0)
     properties: dict[str, Any] = {
         "title": f"{labels.name}: {n_clusters} clusters",
