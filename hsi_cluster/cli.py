@@ -354,12 +354,12 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log, k_max=k_max)
     if result.already_finished:
-        click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {result.epochs} epochs); "
+        click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {_count(result.epochs, 'epoch')}); "
                    "nothing to resume, the file is unchanged (pass a longer --samples, --epochs or --steps with "
                    "--resume to train it further)", err=True)
     elif not quiet:
-        click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.samples:,} samples, {result.epochs} "
-                   f"epochs, {result.seconds:.0f} s, "
+        click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.samples:,} samples, "
+                   f"{_count(result.epochs, 'epoch')}, {result.seconds:.0f} s, "
                    f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
         if result.k_choice is not None:
             click.echo(f"-k auto chose K = {result.k_choice['k']} of 2..{result.k_choice['k_max']} "
@@ -420,6 +420,11 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
                    f"{result.megapixels_per_second:.3g} Mpix/s)")
     for warning in result_warnings(scene, result):
         _warn(warning)
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _scene_warnings(record: dict[str, Any]) -> list[str]:

@@ -307,7 +307,7 @@ def test_resume_a_finished_run_says_so_and_leaves_it(scene: IngestedScene, tmp_p
     cli = CliRunner().invoke(main, ["train", str(scene.store), "-k", "3", "-o", str(output), "--config",
                                     str(config_file), "--resume", "--work", str(tmp_path / "work"), "--device", "cpu"])
     assert cli.exit_code == 0, cli.stderr
-    assert "training already finished (14 steps, 1 epochs); nothing to resume" in cli.stderr
+    assert "training already finished (14 steps, 1 epoch); nothing to resume" in cli.stderr
     assert "samples/s" not in cli.output and cli.stdout == ""
     assert output.stat().st_mtime_ns == mtime
 
