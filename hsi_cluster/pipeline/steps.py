@@ -222,7 +222,8 @@ RUNNERS: dict[str, Callable[[StepSpec, Job, StepContext], dict[str, Any]]] = {
 def describe(kind: str, summary: dict[str, Any]) -> str:
     """One line about a finished job of a step of ``kind`` from its summary ("" when there is nothing to say)."""
     if kind == "train":
-        return f"{summary['steps']} steps, {summary['epochs']} epochs, {summary['samples_per_second']:.0f} samples/s"
+        epochs = f"{summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'}"
+        return f"{summary['steps']} steps, {epochs}, {summary['samples_per_second']:.0f} samples/s"
     if kind == "predict":
         return f"{summary['valid_pixels']} labelled pixels, {summary['megapixels_per_second']:.3g} Mpix/s"
     if kind == "evaluate":
