@@ -11,6 +11,7 @@ import os
 import pickle
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,17 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
     return path
 
 
+def _damaged_entry(path: Path) -> str | None:
+    """The first part of a checkpoint's zip container whose bytes fail their recorded CRC, or None (all sound, or
+    not a zip file: ``torch.load`` says what it is). torch reads the weights without checking the CRCs, so flipped
+    bytes in a stored tensor loaded as other weights, and labels came out wrong in silence."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint safely (``weights_only=True``) and check its format and that its parts agree.
 
@@ -173,6 +185,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     kind = _other_file_kind(path)
     if kind is not None:
         raise CheckpointError(f"{path}: not a checkpoint ({kind}); pass the .ckpt file written by 'hsicluster train'")
+    damaged = _damaged_entry(path)
+    if damaged is not None:
+        raise CheckpointError(f"{path}: not a readable checkpoint (its part {damaged} fails its checksum: the file is "
+                              "corrupt); retrain or restore it")
     try:
         with warnings.catch_warnings():  # a plain pickle makes torch warn of its protocol before it is refused below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
