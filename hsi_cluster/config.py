@@ -282,6 +282,9 @@ def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if args and optional else kind
         if set(args) == {int, float}:  # a count or a fraction (n_components)
+            if isinstance(value, float) and value == 1.0:  # "all the variance" trained one component, in silence
+                raise HsiClusterError(f"{name} 1.0 is ambiguous: a fraction of the variance lies below 1 (0.999 keeps "
+                                      "nearly all of it), and one component is written 1")
             if isinstance(value, float) and value.is_integer() and value >= 1:
                 value = int(value)
             base = int if isinstance(value, int) else float

@@ -67,6 +67,12 @@ def test_bad_n_components(value) -> None:
     one_line(exc)
 
 
+def test_n_components_of_one_point_zero_is_refused_as_ambiguous() -> None:
+    """``n_components: 1.0`` ("all the variance") trained a one-component model, in silence."""
+    with pytest.raises(HsiClusterError, match=r"n_components 1.0 is ambiguous: a fraction of the variance lies below 1"):
+        config_from_dict({"n_components": 1.0})
+
+
 def test_unknown_preset() -> None:
     with pytest.raises(HsiClusterError, match="slow") as exc:
         preset_config("slow")
