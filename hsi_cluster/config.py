@@ -268,7 +268,10 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
         config = config_from_dict(values, base=config)
     if inline:
         config = config_from_dict(inline, base=config)
-    return config_from_dict({k: v for k, v in overrides.items() if v is not None}, base=config)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    if ("epochs" in explicit or "samples" in explicit) and "steps" not in explicit:
+        explicit["steps"] = None  # the length given here replaces the file's (a file's steps: 10 beat --epochs 1)
+    return config_from_dict(explicit, base=config)
 
 
 def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:

@@ -265,3 +265,14 @@ def test_centroid_features_default_to_a_choice_of_scales_and_follow_the_backbone
         config_from_dict({"backbone": "resnet", "patch_size": 11, "centroid_features": "scales"})
     with pytest.raises(HsiClusterError, match="'auto' needs the dense backbone"):
         config_from_dict({"backbone": "resnet", "patch_size": 11, "centroid_features": "auto"})
+
+
+def test_a_length_given_explicitly_replaces_the_config_files_steps(tmp_path) -> None:
+    """A file's ``steps: 10`` beat ``--epochs 1`` (or ``--samples``) in silence: it trained 10 steps."""
+    cfg = tmp_path / "steps10.yaml"
+    cfg.write_text("steps: 10\nlr: 0.002\n")
+    by_epochs = load_config("fast", cfg, epochs=1)
+    assert (by_epochs.steps, by_epochs.epochs, by_epochs.samples, by_epochs.lr) == (None, 1, None, 0.002)
+    by_samples = load_config("fast", cfg, samples=2048)
+    assert (by_samples.steps, by_samples.samples) == (None, 2048)
+    assert load_config("fast", cfg).steps == 10 and load_config("fast", cfg, steps=5).steps == 5
