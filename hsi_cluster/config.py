@@ -267,11 +267,16 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
             raise HsiClusterError(f"{path}: a config file must be a mapping of keys to values")
         config = config_from_dict(values, base=config)
     if inline:
-        config = config_from_dict(inline, base=config)
-    explicit = {k: v for k, v in overrides.items() if v is not None}
-    if ("epochs" in explicit or "samples" in explicit) and "steps" not in explicit:
-        explicit["steps"] = None  # the length given here replaces the file's (a file's steps: 10 beat --epochs 1)
-    return config_from_dict(explicit, base=config)
+        config = config_from_dict(_length_replaced(inline), base=config)
+    return config_from_dict(_length_replaced({k: v for k, v in overrides.items() if v is not None}), base=config)
+
+
+def _length_replaced(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` that set ``epochs`` or ``samples`` replace an earlier layer's ``steps`` too (which would override
+    them: a file's ``steps: 10`` beat ``--epochs 1`` in silence)."""
+    if ("epochs" in values or "samples" in values) and "steps" not in values:
+        return {**values, "steps": None}
+    return values
 
 
 def _coerce_fields(values: dict[str, Any]) -> dict[str, Any]:

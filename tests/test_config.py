@@ -276,3 +276,4 @@ def test_a_length_given_explicitly_replaces_the_config_files_steps(tmp_path) -> 
     by_samples = load_config("fast", cfg, samples=2048)
     assert (by_samples.steps, by_samples.samples) == (None, 2048)
     assert load_config("fast", cfg).steps == 10 and load_config("fast", cfg, steps=5).steps == 5
+    assert load_config("fast", cfg, inline={"epochs": 2}).steps is None  # hc.train(..., config=cfg, epochs=2)
