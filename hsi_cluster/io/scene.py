@@ -443,17 +443,15 @@ def _check_no_alpha(dataset: rasterio.io.DatasetReader, path: Path) -> None:
 
 def _one_nodata(dataset: rasterio.io.DatasetReader, path: Path) -> float | None:
     """The nodata value the bands declare (the bands that declare none share it), refused when they differ."""
-    declared = {("nan" if math.isnan(value) else value): value for value in dataset.nodatavals if value is not None}
-    if len(declared) > 1:
-        by_value: dict[Any, list[int]] = {}
-        for band, value in enumerate(dataset.nodatavals, start=1):
-            if value is not None:
-                by_value.setdefault("nan" if math.isnan(value) else value, []).append(band)
-        listing = "; ".join(f"{value:g} in bands {number_ranges(bands)}" for value, bands in
-                            ((declared[key], bands) for key, bands in by_value.items()))
+    bands_of: dict[Any, list[int]] = {}  # one key for every NaN, which compares unequal to itself
+    for band, value in enumerate(dataset.nodatavals, start=1):
+        if value is not None:
+            bands_of.setdefault("nan" if math.isnan(value) else value, []).append(band)
+    if len(bands_of) > 1:
+        listing = "; ".join(f"{float(value):g} in bands {number_ranges(bands)}" for value, bands in bands_of.items())
         raise SceneError(f"{path}: its bands declare different nodata values ({listing}); only one is used for the "
                          "whole scene, so write the scene with one nodata value and read that")
-    return next(iter(declared.values()), None)
+    return next((dataset.nodatavals[bands[0] - 1] for bands in bands_of.values()), None)
 
 
 def _envi_nodata(dataset: rasterio.io.DatasetReader, path: Path, nodata: float | None) -> float | None:
