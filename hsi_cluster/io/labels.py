@@ -78,15 +78,16 @@ def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.Pa
         raise SceneError(f"{truth_path.name} holds cluster labels written by hsicluster predict and {labels_path.name} "
                          "does not: the arguments look swapped; pass the labels first, then the ground truth "
                          f"(hsicluster evaluate {truth_path.name} {labels_path.name})")
-    georeferenced = labels_grid is not None and truth_grid is not None
-    if georeferenced:  # a south-up map and a north-up one of the same pixels are compared as a map shows them
-        labels, labels_transform = north_up_grid(labels, labels_grid[1])  # type: ignore[index]
-        truth, truth_transform = north_up_grid(truth, truth_grid[1])  # type: ignore[index]
-        labels_grid, truth_grid = (labels_grid[0], labels_transform), (truth_grid[0], truth_transform)  # type: ignore[index]
-    if georeferenced and (labels_grid != truth_grid or labels.shape != truth.shape):
-        overlap = aligned_overlap(labels_grid, labels.shape, truth_grid, truth.shape)  # type: ignore[arg-type]
+    if labels_grid is not None and truth_grid is not None:
+        # a south-up map and a north-up one of the same pixels are compared as a map shows them
+        labels, labels_transform = north_up_grid(labels, labels_grid[1])
+        truth, truth_transform = north_up_grid(truth, truth_grid[1])
+        labels_grid, truth_grid = (labels_grid[0], labels_transform), (truth_grid[0], truth_transform)
+    if labels_grid is not None and truth_grid is not None and (labels_grid != truth_grid
+                                                              or labels.shape != truth.shape):
+        overlap = aligned_overlap(labels_grid, labels.shape, truth_grid, truth.shape)
         if overlap is None:
-            raise _grid_error(labels_path, truth_path, labels_grid, truth_grid)  # type: ignore[arg-type]
+            raise _grid_error(labels_path, truth_path, labels_grid, truth_grid)
         # one pixel grid, other extents (a ground truth over part of the scene, from the same corner or not)
         (label_rows, label_cols), (truth_rows, truth_cols) = overlap
         scored = np.ones(truth.shape, bool) if unlabelled is None else truth != unlabelled
