@@ -6,7 +6,9 @@ import errno
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -18,13 +20,14 @@ from typing import Any
 import click
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, MetadataWarning
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 from hsi_cluster.progress import PlainProgress
 
 EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
 EXIT_SOME_FAILED = 3
+EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's code for a process SIGTERM ended
 
 
 # What a user does after Ctrl-C (or a kill), by command; commands that keep no partial work are absent.
@@ -128,9 +131,10 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
             if verbose:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USER_ERROR)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             hint = RESUME_HINTS.get(click.get_current_context().info_name or "")
-            _fail(f"interrupted; {hint}" if hint else "interrupted", 130)
+            what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", 130)
+            _fail(f"{what}; {hint}" if hint else what, code)
         except Exception as exc:  # an unexpected failure: keep it to one line unless asked
             full = _disk_full(exc)
             if full is not None:
@@ -206,7 +210,7 @@ class OneLineErrors(click.Group):
     def invoke(self, ctx: click.Context) -> Any:  # the command's name, options and arguments
         from rasterio.errors import NotGeoreferencedWarning
 
-        with self._one_line(), warnings.catch_warnings():
+        with self._one_line(), warnings.catch_warnings(), _terminate_like_ctrl_c():
             warnings.simplefilter("once", MetadataWarning)  # a scene is opened several times per command
             # a raster without a CRS is a fact `info` states, not a warning; silenced here for all threads (the
             # readers' own catch_warnings is not thread-safe: dask's threads let rasterio's through)
@@ -225,6 +229,24 @@ class OneLineErrors(click.Group):
             sub = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else None
             command = f"hsicluster {sub}" if sub is not None else "hsicluster"
             _fail(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM")
+
+
+@contextmanager
+def _terminate_like_ctrl_c() -> Iterator[None]:
+    """While a command runs, SIGTERM (a scheduler's time limit, ``kill``) stops it as Ctrl-C does: what is
+    finished is kept and the resume hint printed, instead of dying mid-write (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

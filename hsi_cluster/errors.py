@@ -22,6 +22,10 @@ class OutputError(HsiClusterError):
     """An output path cannot be written or already holds a result."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, ``kill``): stops a command as Ctrl-C does, keeping its finished work."""
+
+
 class MetadataWarning(UserWarning):
     """Part of a scene's metadata contradicts the data and is not used (the CLI prints it as a warning)."""
 

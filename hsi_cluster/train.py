@@ -30,7 +30,7 @@ from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import HsiClusterError, OutputError, whole_number
+from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, whole_number
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree, pixel_side
 from hsi_cluster.io.files import atomic_path, check_output
@@ -372,11 +372,34 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
     options: dict[str, Any] = {"n_clusters": n_clusters, "config": config, "device": device, "work_dir": work_dir,
                                "checkpoint_every": checkpoint_every, "mask": mask, "log": log,
                                "stop_after_steps": stop_after_steps, "k_max": k_max}
+    _check_interrupted_runs(Path(output).expanduser().absolute(), config, resume=resume, overwrite=overwrite)
     if config.restarts > 1:
         return _train_restarts(scenes, Path(output).expanduser().absolute(), seed=seed, resume=resume,
                                overwrite=overwrite, progress=progress, **options)
     return _train_one(scenes, output=output, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
                       **options)
+
+
+def _check_interrupted_runs(output: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start afresh over the periodic checkpoints of an interrupted run of ``output`` (they would be
+    overwritten by the new run's) unless ``overwrite``; with it they are removed now, so a later ``--resume``
+    cannot continue the old run."""
+    if resume:
+        return
+    restarts = [restart_checkpoint_path(output, r) for r in range(config.restarts)] if config.restarts > 1 else []
+    unfinished = [path for path in [output, *restarts] if partial_checkpoint_path(path).exists()] + [
+        path for path in restarts if path.exists()]
+    if not unfinished:
+        return
+    if not overwrite:
+        first = unfinished[0]
+        kept = partial_checkpoint_path(first) if partial_checkpoint_path(first).exists() else first
+        raise HsiClusterError(f"{kept}: an interrupted run of {output.name} kept its steps there; pass --resume to "
+                              "continue it, or --overwrite to start again and discard it")
+    for path in unfinished:
+        partial_checkpoint_path(path).unlink(missing_ok=True)
+        if path in restarts:
+            path.unlink(missing_ok=True)
 
 
 #: Seed step between restarts: restart r of a run of seed s trains with seed s + r · RESTART_SEED_STEP.
@@ -636,35 +659,40 @@ class _LoopState:
 @dataclass
 class _Hooks:
     """The caller's side of the loop: where partial checkpoints go and when, callbacks, a stop for tests, and
-    ``interrupted``: Ctrl-C was pressed (the loop stops after the step under way, writing the partial checkpoint)."""
+    ``interrupted``: the exception of the Ctrl-C (KeyboardInterrupt) or SIGTERM (Terminated) received, None before;
+    the loop stops after the step under way, writing the partial checkpoint, and raises it."""
 
     partial: Path
     checkpoint_every: int
     stop_after_steps: int | None
     progress: ProgressFn | None
     log: LogFn
-    interrupted: bool = False
+    interrupted: type[KeyboardInterrupt] | None = None
 
 
 @contextmanager
 def _stop_at_a_step_on_ctrl_c(hooks: _Hooks) -> Iterator[None]:
-    """The first Ctrl-C (SIGINT) asks the loop to stop after the step under way, so the partial checkpoint holds
-    every finished step and ``--resume`` continues exactly; a second one interrupts at once. Main thread only
+    """The first Ctrl-C (SIGINT) or SIGTERM (a scheduler's time limit) asks the loop to stop after the step under
+    way, so the partial checkpoint holds every finished step and ``--resume`` continues exactly; a second one
+    interrupts at once. Main thread only
     (Python handles signals there); elsewhere Ctrl-C stays Python's KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def request_stop(signum: int, frame: Any) -> None:
-        hooks.interrupted = True
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C does not wait for the step
+        hooks.interrupted = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        for restored, handler in previous.items():  # a second signal does not wait for the step
+            signal.signal(restored, handler)
 
-    signal.signal(signal.SIGINT, request_stop)
+    for signum in previous:
+        signal.signal(signum, request_stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: Checkpoint | None,
@@ -854,7 +882,7 @@ def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
                             "step_s": time.perf_counter() - tick,
                             "samples": float(state.samples_before + state.samples_seen),
                             "lr": run.optimizer.param_groups[0]["lr"]})
-        if hooks.interrupted:  # Ctrl-C: stop here as a test's stop_after_steps does, the partial checkpoint written
+        if hooks.interrupted is not None:  # Ctrl-C: stop here as a test's stop_after_steps does, the partial checkpoint written
             stop_after = hooks.stop_after_steps = state.step
         if state.step >= run.total_steps or (stop_after is not None and state.step >= stop_after):
             break
@@ -867,14 +895,14 @@ def _train_epoch(run: _Run, state: _LoopState, hooks: _Hooks) -> None:
     stop = stop_after is not None and state.step >= stop_after and state.step < run.total_steps
     if stop and state.batch_in_epoch < run.steps_per_epoch:
         save_checkpoint(_payload(run, state, False), hooks.partial)
-        raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
+        raise (hooks.interrupted or KeyboardInterrupt)(f"stopped after {state.step} steps as asked")
     # the run's last epoch may end part-way (its length is in steps): its position is kept, so that a resume
     # with a longer run continues that epoch instead of skipping the rest of it
     _end_epoch(run, state, hooks.log, keep_position=0 < state.batch_in_epoch < run.steps_per_epoch)
     if state.step < run.total_steps:
         save_checkpoint(_payload(run, state, False), hooks.partial)
         if stop:  # stopped on the epoch's last batch: after its end-of-epoch bookkeeping
-            raise KeyboardInterrupt(f"stopped after {state.step} steps as asked")
+            raise (hooks.interrupted or KeyboardInterrupt)(f"stopped after {state.step} steps as asked")
 
 
 def _epochs_begun(epoch: int, batch_in_epoch: int) -> int:

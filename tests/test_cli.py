@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -373,6 +376,23 @@ def test_interrupt_says_how_to_continue(runner: CliRunner, geotiff: SyntheticSce
     result = runner.invoke(main, args)
     assert result.exit_code == 130
     assert result.stderr.startswith(f"hsicluster: error: interrupted; {hint}") and result.stderr.count("\n") == 1
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(runner: CliRunner, geotiff: SyntheticScene, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduler's time limit (SIGTERM) gets the resume hint and the shell's code 143, not a silent death."""
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(importlib.import_module("hsi_cluster.predict"), "predict_scene", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    result = runner.invoke(main, ["predict", str(geotiff.path), "-m", "m.ckpt", "-o", str(tmp_path / "out.tif")])
+    assert result.exit_code == 143
+    assert result.stderr == ("hsicluster: error: terminated (SIGTERM); rerun it with --resume to continue from the "
+                             "finished tiles\n")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_ingest_of_an_all_nodata_scene_warns(runner: CliRunner, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import hsi_cluster
 from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
 from hsi_cluster.cli import main
 from hsi_cluster.data.sampler import PatchSampler
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError, OutputError, Terminated
 from hsi_cluster.io.store import Store
 from hsi_cluster.stats import VALIDITY_RULES
 from hsi_cluster.train import (
@@ -319,6 +320,37 @@ def interrupted(scene: IngestedScene, tmp_path: Path) -> Path:
     with pytest.raises(KeyboardInterrupt):
         run(scene, output, stop_after_steps=2)
     return output
+
+
+def test_a_fresh_run_over_an_interrupted_one_is_refused_unless_overwrite(interrupted: Path,
+                                                                        scene: IngestedScene) -> None:
+    partial = partial_checkpoint_path(interrupted)
+    before = partial.read_bytes()
+    with pytest.raises(HsiClusterError, match=r"model\.ckpt\.partial: an interrupted run of model\.ckpt kept its "
+                       r"steps there; pass --resume to continue it, or --overwrite"):
+        run(scene, interrupted)
+    assert partial.read_bytes() == before and not interrupted.exists()  # its steps are not lost
+    with pytest.raises(KeyboardInterrupt):  # --overwrite: the old steps go at once, so --resume cannot mix the runs
+        run(scene, interrupted, overwrite=True, stop_after_steps=1)
+    assert torch.load(partial, weights_only=True)["training"]["step"] == 1
+    result = run(scene, interrupted, resume=True)
+    assert result.steps == STEPS_PER_EPOCH * 2 and not partial.exists()
+
+
+def test_sigterm_stops_after_the_step_under_way_keeping_it(scene: IngestedScene, tmp_path: Path) -> None:
+    """A scheduler's time limit (SIGTERM) stops the run as Ctrl-C does: the partial checkpoint holds every step."""
+    output = tmp_path / "model.ckpt"
+
+    def terminate_at_step_3(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        run(scene, output, progress=terminate_at_step_3, checkpoint_every=100)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    assert torch.load(partial_checkpoint_path(output), weights_only=True)["training"]["step"] == 3
+    assert run(scene, output, resume=True).steps == STEPS_PER_EPOCH * 2
 
 
 @pytest.mark.parametrize("change", ["scene", "config", "K", "seed", "backbone", "preset", "projection"])
