@@ -38,7 +38,7 @@ from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files_identity, scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
 from hsi_cluster.model.backbones import DenseBackbone
-from hsi_cluster.model.choose_k import DEFAULT_K_MAX, RULE, choose_k
+from hsi_cluster.model.choose_k import DEFAULT_K_MAX, K_MAX_MIN, RULE, choose_k
 from hsi_cluster.model.choose_restart import choose_restart
 from hsi_cluster.model.choose_scales import choose_scales
 from hsi_cluster.model.heads import TINY_CLUSTER_SHARE, CentroidHead, probs
@@ -517,8 +517,10 @@ def _cluster_count(n_clusters: int | str, k_max: int | None, config: TrainConfig
             raise HsiClusterError("-k auto chooses K for the feature centroids; it needs assignment: centroids "
                                   f"(the fast preset), not {config.assignment!r}")
         k_max = DEFAULT_K_MAX if k_max is None else k_max
-        if k_max < 2:
-            raise HsiClusterError(f"--k-max must be at least 2 clusters, got {k_max}")
+        if k_max < K_MAX_MIN:
+            raise HsiClusterError(f"--k-max must be at least {K_MAX_MIN}, got {k_max}: -k auto chooses the elbow inside "
+                                  f"the curve K = 2..k_max, between 3 and k_max - 1; for 2 or 3 clusters pass -k 2 "
+                                  "or -k 3")
         return k_max, k_max
     if k_max is not None:
         raise HsiClusterError(f"--k-max only applies to -k auto; drop it or pass -k auto instead of -k {n_clusters}")
@@ -971,7 +973,8 @@ def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
     if run.k_max * K_AUTO_MIN_PIXELS > len(features):
         log(f"warning: --k-max {run.k_max} leaves fewer than {K_AUTO_MIN_PIXELS} of the {len(features)} sampled pixels "
             f"per cluster at the end of the curve, where k-means splits noise and the elbow follows --k-max; "
-            f"choose a --k-max of at most {max(2, len(features) // K_AUTO_MIN_PIXELS)}")
+            + (f"choose a --k-max of at most {len(features) // K_AUTO_MIN_PIXELS}"
+               if len(features) // K_AUTO_MIN_PIXELS >= K_MAX_MIN else "too few to choose K: pass -k"))
     log(f"-k auto: k-means on {len(features)} training pixels for K = 2..{run.k_max} ({RULE})")
     choice = choose_k(CentroidHead.weigh(features, blocks), run.k_max, seed=run.seed)
     for k, inertia, distance in zip(choice.candidates, choice.inertia, choice.distance, strict=True):

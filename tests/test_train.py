@@ -1064,7 +1064,7 @@ def test_k_auto_resumes_only_as_k_auto(scene: IngestedScene, tmp_path: Path) -> 
         run(scene, output, stop_after_steps=2)  # -k 3
     partial = partial_checkpoint_path(output)
     with pytest.raises(CheckpointError, match="was trained with -k 3; -k auto cannot continue it") as exc:
-        run(scene, output, n_clusters="auto", k_max=3, resume=True)
+        run(scene, output, n_clusters="auto", k_max=5, resume=True)
     one_line(exc)
     auto = tmp_path / "auto.ckpt"
     with pytest.raises(KeyboardInterrupt):
@@ -1078,7 +1078,9 @@ def test_k_auto_resumes_only_as_k_auto(scene: IngestedScene, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["-k", "auto", "--k-max", "1"], "--k-max must be at least 2 clusters, got 1"),
+    (["-k", "auto", "--k-max", "1"], "--k-max must be at least 4, got 1"),
+    (["-k", "auto", "--k-max", "3"], "--k-max must be at least 4, got 3: -k auto chooses the elbow inside the curve "
+                                     "K = 2..k_max, between 3 and k_max - 1; for 2 or 3 clusters pass -k 2 or -k 3"),
     (["-k", "auto", "--k-max", "100000"], "--k-max 100000 is larger than the number of valid pixels (473)"),
     (["-k", "4", "--k-max", "8"], "--k-max only applies to -k auto"),
     (["-k", "many"], "'many' is neither a whole number of clusters nor 'auto'"),

@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 #: ``-k auto``'s default largest K.
 DEFAULT_K_MAX = 20
+#: The smallest ``k_max`` that leaves a choice: the elbow lies strictly inside K = 2 … k_max (both ends lie on the
+#: chord), so it is one of 3 … k_max − 1, or 2 where the curve has no elbow.
+K_MAX_MIN = 4
 #: How the choice is recorded in the checkpoint and the docs.
 RULE = "kneedle elbow of the k-means inertia per pixel over K = 2..k_max"
 
@@ -78,6 +80,8 @@ def choose_k(features: np.ndarray, k_max: int, *, seed: int = 0, n_init: int = 3
     Raises:
         ValueError: k_max < 2 or more than the feature vectors.
     """
+    from sklearn.cluster import KMeans  # here: the pipeline schema reads K_MAX_MIN without loading scikit-learn
+
     if k_max < 2:
         raise ValueError(f"k_max must be at least 2, got {k_max}")
     if k_max > len(features):

@@ -27,6 +27,7 @@ import yaml
 
 from hsi_cluster.errors import HsiClusterError
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
+from hsi_cluster.model.choose_k import K_MAX_MIN
 
 KINDS = ("ingest", "train", "predict", "evaluate", "batch", "report")
 
@@ -202,7 +203,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "scenes": path_list(),
         "sample": integer(1),
         "clusters": cluster_count().but(required=True),
-        "k_max": integer(2),
+        "k_max": integer(K_MAX_MIN),
         "output": _output(),
         "preset": choice("fast", "paper").but(default="fast"),
         "config": train_config(),
