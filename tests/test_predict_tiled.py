@@ -9,6 +9,7 @@ structured scene with NaN/nodata pixels, a nodata border and an empty corner.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -515,10 +516,18 @@ def test_wavelength_mismatch_fails(dense: TrainedModel, tmp_path: Path) -> None:
     with pytest.raises(HsiClusterError, match="nm"):
         predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=8, device="cpu")
     assert no_outputs_left(tmp_path, "labels")
-    # the same cube with the training wavelengths, or with none, is accepted
+    # the same cube with the training wavelengths is accepted; with none, only its band count can be checked,
+    # which is said
     for name, options in (("same.tif", {}), ("none.tif", {"wavelengths": False})):
         ok = write_scene(tmp_path / name, structured_cube(12, 20, 20, seed=2), **options)
-        predict_scene(ok.path, dense.checkpoint, tmp_path / f"labels-{name}", tiles=32, device="cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predict_scene(ok.path, dense.checkpoint, tmp_path / f"labels-{name}", tiles=32, device="cpu")
+        said = [str(w.message) for w in caught if "carries no wavelengths" in str(w.message)]
+        assert said == ([] if name == "same.tif" else [
+            f"{ok.path}: carries no wavelengths, so only its band count can be checked against the model "
+            f"{dense.checkpoint.name} (400–2500 nm); its bands are taken to be the model's in the same order (an "
+            "ENVI header's 'wavelength' or the GeoTIFF's band metadata would let them be checked)"])
 
 
 # ------------------------------------------------------------------------------------------------

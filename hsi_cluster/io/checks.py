@@ -128,6 +128,17 @@ def pixel_size_notice(scene: xr.DataArray, trained: Sequence[tuple[float, str]],
             "scenes")
 
 
+def unchecked_bands_notice(scene: xr.DataArray, wavelength: Sequence[float] | None, *, model: str) -> str | None:
+    """A warning when a model that knows its bands' wavelengths labels a scene that carries none: only the band
+    count can be checked, so another sensor's scene with as many bands, or the same bands reordered, would pass."""
+    if wavelength is None or not len(wavelength) or "wavelength" in scene.coords:
+        return None
+    return (f"{scene.attrs['source']}: carries no wavelengths, so only its band count can be checked against the "
+            f"model {model} ({min(wavelength):.0f}–{max(wavelength):.0f} nm); its bands are taken to be the model's "
+            "in the same order (an ENVI header's 'wavelength' or the GeoTIFF's band metadata would let them be "
+            "checked)")
+
+
 def _mixed_scene_notices(opened: Sequence[xr.DataArray]) -> list[str]:
     """What :func:`check_scenes_agree` warns of (see there), as sentences."""
     notices = []
