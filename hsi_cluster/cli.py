@@ -290,10 +290,16 @@ def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: st
 @click.option("--var", default=None, help="Variable to read from a MATLAB .mat or NetCDF file with several cubes.")
 @command_options
 def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
-    """Describe SCENE (any readable raster or an ingested store)."""
+    """Describe SCENE (any readable raster or an ingested store), or a model checkpoint."""
     from hsi_cluster.io import open_scene
-    from hsi_cluster.io.info import describe, format_info
+    from hsi_cluster.io.info import describe, describe_model, format_info, format_model_info, is_checkpoint_file
 
+    if is_checkpoint_file(scene):
+        from hsi_cluster.checkpoint import load_checkpoint
+
+        model = describe_model(load_checkpoint(scene))
+        _echo_json(model) if as_json else click.echo(format_model_info(model))
+        return
     summary = describe(open_scene(scene, var=var))
     if as_json:
         _echo_json(summary)

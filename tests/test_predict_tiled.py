@@ -19,6 +19,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+import hsi_cluster
 import hsi_cluster.predict as predict_module
 from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
@@ -856,6 +857,23 @@ def test_the_quicklook_of_a_south_up_scene_is_drawn_north_up(dense: TrainedModel
     labels, meta = read_raster(result.output)
     assert meta["transform"] == south_up
     assert np.array_equal(drawn[0], labels[::-1]) and result.quicklook.is_file()
+
+
+def test_info_describes_a_checkpoint(dense: TrainedModel) -> None:
+    """``hsicluster info model.ckpt`` says what the model needs and holds (it said "not a raster")."""
+    result = CliRunner().invoke(main, ["info", str(dense.checkpoint)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"source        {dense.checkpoint}  (hsicluster checkpoint, library {hsi_cluster.__version__})"
+    assert lines[1] == f"sha256        {load_checkpoint(dense.checkpoint).sha256()} (label rasters it writes carry it)"
+    assert lines[2:5] == ["state         finished", f"clusters      {K}", "bands         12, 400.0–2500.0 nm"]
+    assert lines[5] == ("network       PCA to 4 components, dense backbone, 5 × 5 patches, labels from centroids of "
+                        "its 1 × 1, 3 × 3, 5 × 5 features")
+    assert lines[-1] == f"trained on    {dense.scene} ({HEIGHT} × {WIDTH} px, {helpers.PIXEL_SIZE:g} metre pixels)"
+    summary = json.loads(CliRunner().invoke(main, ["info", "--json", str(dense.checkpoint)]).stdout)
+    assert (summary["clusters"], summary["bands"], summary["complete"], summary["k_choice"]) == (K, 12, True, None)
+    assert summary["wavelength_nm"] == {"min": 400.0, "max": 2500.0}
+    assert [scene["source"] for scene in summary["scenes"]] == [str(dense.scene)]
 
 
 def test_a_scene_of_finer_pixels_than_the_training_scene_is_warned_of(dense: TrainedModel, tmp_path: Path,

@@ -337,6 +337,14 @@ def test_a_fresh_run_over_an_interrupted_one_is_refused_unless_overwrite(interru
     assert result.steps == STEPS_PER_EPOCH * 2 and not partial.exists()
 
 
+def test_info_says_a_partial_checkpoint_is_unfinished(interrupted: Path) -> None:
+    result = CliRunner().invoke(main, ["info", str(partial_checkpoint_path(interrupted))])
+    assert result.exit_code == 0, result.output
+    assert ("state         unfinished (2 of 28 steps; continue it with hsicluster train … --resume)"
+            in result.stdout.splitlines())
+    assert "centroids" not in result.stdout  # not fitted yet
+
+
 def test_sigterm_stops_after_the_step_under_way_keeping_it(scene: IngestedScene, tmp_path: Path) -> None:
     """A scheduler's time limit (SIGTERM) stops the run as Ctrl-C does: the partial checkpoint holds every step."""
     output = tmp_path / "model.ckpt"

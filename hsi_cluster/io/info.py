@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -11,6 +14,9 @@ from rasterio.crs import CRS
 
 from hsi_cluster.errors import number_ranges
 from hsi_cluster.io.scene_array import GCPS, file_mask
+
+if TYPE_CHECKING:
+    from hsi_cluster.checkpoint import Checkpoint
 
 
 def _crs_summary(wkt: str | None) -> dict[str, Any] | None:
@@ -131,3 +137,91 @@ def format_info(info: dict[str, Any]) -> str:
 def _json_number(value: float | None) -> float | str | None:
     """``value``, or its text for NaN and ±Inf, which JSON cannot hold (as ``gdalinfo -json`` writes them)."""
     return value if value is None or math.isfinite(value) else str(value)
+
+
+def is_checkpoint_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a torch zip archive (what ``hsicluster train`` writes), whatever its name; rasters and
+    stores never are (a zipped Zarr store has no pickled part)."""
+    if not Path(path).is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/data.pkl") for name in archive.namelist())
+
+
+def describe_model(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a checkpoint holds, for ``hsicluster info model.ckpt``: K and how it was chosen, the bands a scene
+    must have, the projection and network, the length of training and the scenes it read. JSON-ready."""
+    payload = checkpoint.payload
+    training = payload.get("training") or {}
+    config = payload.get("train_config") or {}
+    wavelength = checkpoint.wavelength
+    screen = payload["spectral"].get("band_screen") or {}
+    left_out = sorted({int(b) for bands in screen.values() if isinstance(bands, (list, tuple)) for b in bands})
+    return {
+        "source": str(checkpoint.path), "format": "hsicluster checkpoint", "sha256": checkpoint.sha256(),
+        "library_version": payload.get("library_version"),
+        "complete": checkpoint.complete,
+        "clusters": checkpoint.n_clusters, "k_choice": training.get("k_choice"),
+        "bands": checkpoint.in_bands,
+        "wavelength_nm": {"min": float(min(wavelength)), "max": float(max(wavelength))} if wavelength else None,
+        "bands_left_out": [b + 1 for b in left_out],
+        "projection": config.get("projection", "pca"),
+        "components": int(payload["spectral"]["components"].shape[0]) if "components" in payload["spectral"] else None,
+        "backbone": checkpoint.backbone, "patch_size": checkpoint.patch_size,
+        "centroid_fields": _centroid_fields(checkpoint),
+        "steps": training.get("step"), "total_steps": training.get("total_steps"),
+        "samples_drawn": training.get("samples_drawn"), "seed": training.get("seed"),
+        "device": training.get("device"), "train_seconds": training.get("seconds"),
+        "scenes": [{"source": scene.get("source"), "shape": scene.get("shape"), "dtype": scene.get("dtype"),
+                    "pixel_side": scene.get("pixel_side"), "pixel_unit": scene.get("pixel_unit")}
+                   for scene in payload.get("scenes") or [] if isinstance(scene, dict)],
+    }
+
+
+def _centroid_fields(checkpoint: Checkpoint) -> list[int] | None:
+    """Receptive-field sides (pixels) of the features the centroid head reads; None without a (fitted) centroid
+    head."""
+    config = checkpoint.payload["model_config"]
+    if config.get("assignment") != "centroids" or checkpoint.backbone != "dense" or not checkpoint.complete:
+        return None
+    from hsi_cluster.model.backbones import DenseBackbone
+
+    kwargs = {key: value for key, value in (config.get("backbone_kwargs") or {}).items() if key in ("depth", "stem")}
+    fields = DenseBackbone(in_channels=1, width=1, **kwargs).scale_fields
+    if config.get("centroid_features") == "last":
+        return fields[-1:]
+    stages = (checkpoint.payload.get("training", {}).get("scale_choice") or {}).get("stages")
+    return [fields[s] for s in stages] if stages is not None else fields
+
+
+def format_model_info(info: dict[str, Any]) -> str:
+    """Human-readable rendering of :func:`describe_model`'s mapping."""
+    choice = info["k_choice"]
+    steps = f"{info['steps']} of {info['total_steps']} steps" if info["total_steps"] else f"{info['steps']} steps"
+    lines = [
+        f"source        {info['source']}  (hsicluster checkpoint, library {info['library_version']})",
+        f"sha256        {info['sha256'][:16]} (label rasters it writes carry it)",
+        "state         " + ("finished" if info["complete"] else
+                            f"unfinished ({steps}; continue it with hsicluster train … --resume)"),
+        f"clusters      {info['clusters']}" + (f" (chosen by -k auto among 2..{choice['k_max']})" if choice else ""),
+    ]
+    wl = info["wavelength_nm"]
+    lines.append(f"bands         {info['bands']}" + (f", {wl['min']:.1f}–{wl['max']:.1f} nm" if wl else
+                                                      ", wavelengths unknown (only the band count is checked)"))
+    if info["bands_left_out"]:
+        lines.append(f"left out      {len(info['bands_left_out'])} bands (bad, constant or noisy in its training "
+                     f"scenes: {number_ranges(info['bands_left_out'])})")
+    lines.append(f"network       {info['projection'].upper()} to {info['components']} components, {info['backbone']} "
+                 f"backbone, {info['patch_size']} × {info['patch_size']} patches"
+                 + (", labels from centroids of its " + ", ".join(f"{side} × {side}" for side in info["centroid_fields"])
+                    + " features" if info["centroid_fields"] else ""))
+    if info["complete"]:
+        drawn = f", {info['samples_drawn']} samples" if info["samples_drawn"] else ""
+        took = f", {info['train_seconds']:.0f} s on {info['device']}" if info["train_seconds"] else ""
+        lines.append(f"training      {steps}{drawn}, seed {info['seed']}{took}")
+    for i, scene in enumerate(info["scenes"]):
+        shape = scene["shape"]
+        size = f" ({shape[1]} × {shape[2]} px" + (f", {scene['pixel_side']:g} {scene['pixel_unit']} pixels"
+                                                  if scene["pixel_side"] else "") + ")" if shape else ""
+        lines.append(f"{'trained on' if i == 0 else '':<14}{scene['source']}{size}")
+    return "\n".join(lines)
