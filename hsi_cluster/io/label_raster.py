@@ -158,6 +158,10 @@ def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: floa
     block = 256 if min(grid.height, grid.width) < 512 else block
     staging = output.with_name(f".{output.name}.staging.tif")
     final_tmp = output.with_name(f".{output.name}.cog.tmp")
+    # the COG driver builds the overviews in a temporary file of its own beside the copy
+    temporary = [staging, final_tmp, final_tmp.with_name(final_tmp.name + ".ovr.tmp")]
+    for leftover in temporary:  # a killed run's: GDAL would read a half-written one before writing over it
+        leftover.unlink(missing_ok=True)
     try:
         with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -181,8 +185,8 @@ def write_cog(array: zarr.Array, output: Path, *, grid: RasterGrid, nodata: floa
             raise OSError(errno.ENOSPC, "No space left on device", str(output)) from exc
         raise OutputError(f"{output}: cannot write the raster ({first_line(exc)})") from exc
     finally:
-        staging.unlink(missing_ok=True)
-        final_tmp.unlink(missing_ok=True)
+        for leftover in temporary:
+            leftover.unlink(missing_ok=True)
     return output
 
 

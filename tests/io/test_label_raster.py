@@ -111,3 +111,18 @@ def test_a_cog_that_does_not_read_back_is_never_published(tmp_path: Path, monkey
     else:
         assert "labels.tif: cannot write the raster" in str(raised.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]
+
+
+def test_half_written_files_of_a_killed_run_do_not_stop_the_next(tmp_path: Path) -> None:
+    """A kill mid-write leaves a header-only staging file (and the COG driver's overview file); GDAL read it back
+    ("TIFFReadDirectory: Failed to read directory") and every resume failed until someone deleted it by hand."""
+    values = np.arange(12 * 9, dtype=np.uint8).reshape(12, 9) % 5
+    leftovers = [tmp_path / ".labels.tif.staging.tif", tmp_path / ".labels.tif.cog.tmp",
+                 tmp_path / ".labels.tif.cog.tmp.ovr.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"II*\x00\x08\x00\x00\x00")
+    output = write_cog(_array(tmp_path, values), tmp_path / "labels.tif", grid=RasterGrid(12, 9, None, None),
+                       nodata=255)
+    with rasterio.open(output) as written:
+        assert np.array_equal(written.read(1), values)
+    assert not any(leftover.exists() for leftover in leftovers)
