@@ -137,6 +137,8 @@ class BatchResult:
     seconds: float
     dashboard: str | None = None
     workers: int = 0
+    #: STAC files of an earlier ``--stac`` run that described labels this run replaced, removed (see run_batch).
+    stale_stac: list[Path] = field(default_factory=list)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -350,6 +352,7 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
         if owner is not None and owner != str(source) and targets[source].is_file():
             raise OutputError(f"{targets[source]}: holds the labels of {owner} (see {MANIFEST}), and this run would "
                               f"write those of {source} over them; choose another OUTDIR for these scenes")
+        _check_unrecorded_output(source, targets[source], manifest)
 
     todo: list[Path] = []
     for source in sources:
@@ -397,7 +400,41 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
         attempts_dir.rmdir()
     records = [manifest.records[str(source)] for source in sources]
     return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
-                       dashboard=dashboard, workers=n_workers)
+                       dashboard=dashboard, workers=n_workers, stale_stac=_remove_stale_stac(records, out))
+
+
+def _check_unrecorded_output(source: Path, target: Path, manifest: Manifest) -> None:
+    """Refuse to write ``source``'s labels over a file at ``target`` that is neither recorded in the manifest as its
+    output nor labels hsicluster made of it (a file of the user's, another scene's ``predict`` output): batch has no
+    ``--overwrite``, and never replaces what it did not write."""
+    from hsi_cluster.io.labels import labelled_source
+
+    record = manifest.records.get(str(source))
+    if not target.exists() or (record is not None and record.get("output") == str(target)):
+        return
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder where the labels of {source} go; move it away or choose another "
+                          "OUTDIR")
+    made_from = labelled_source(target)
+    if made_from == str(source):
+        return  # its labels from an earlier run (another model, or a manifest lost): relabelled
+    held = f"holds the labels of {made_from}" if made_from else "is a file this batch did not write"
+    raise OutputError(f"{target}: {held}, and this run would write the labels of {source} over it; move it away "
+                      "or choose another OUTDIR")
+
+
+def _remove_stale_stac(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Remove the STAC Items of the label rasters this run rewrote and, when there were any, OUTDIR's Collection:
+    an earlier ``--stac`` run's, they name another model and other class counts (``--stac`` writes new ones)."""
+    from hsi_cluster.io.stac import COLLECTION_NAME, remove_stale_item
+
+    removed = [item for record in records if record["status"] == "done"
+               for item in [remove_stale_item(record["output"])] if item is not None]
+    collection = out / COLLECTION_NAME
+    if removed and collection.is_file():
+        collection.unlink()
+        removed.append(collection)
+    return removed
 
 
 def failure_text(record: dict[str, Any]) -> str:

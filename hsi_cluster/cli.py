@@ -521,6 +521,9 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
         from hsi_cluster.io.stac import write_batch_catalog
 
         summary += f"; STAC: {write_batch_catalog(result.records, outdir, model=checkpoint)}"
+    elif result.stale_stac:
+        _warn(f"removed {len(result.stale_stac)} STAC files of an earlier --stac run ({result.stale_stac[0].name}, …) "
+              "that described labels this run replaced; pass --stac to write new ones")
     if as_json:
         _echo_json(result.records)
         if not quiet:

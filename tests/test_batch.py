@@ -169,6 +169,50 @@ def test_labels_of_another_scene_in_the_outdir_are_not_written_over(archive: dic
     assert (out / "scene_labels.tif").read_bytes() == b"labels of north"
 
 
+def test_a_file_batch_did_not_write_is_not_written_over(archive: dict, tmp_path: Path) -> None:
+    """batch has no --overwrite: a file of the user's, or another scene's labels from `predict`, where a scene's labels
+    go was replaced in silence when the manifest did not record it; the scene's own labels from `predict` are
+    relabelled."""
+    scene, other = archive["good"][1], archive["good"][3]
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / f"{scene.stem}_labels.tif"
+    target.write_bytes(b"precious")
+    with pytest.raises(OutputError, match=rf"{target.name}: is a file this batch did not write, and this run would "
+                                          rf"write the labels of .*{scene.name} over it; move it away or choose another "
+                                          "OUTDIR"):
+        run_batch([str(scene)], archive["model"], out, tiles=TILES)
+    assert target.read_bytes() == b"precious"
+    predict_scene(other, archive["model"], target, tiles=TILES, device="cpu", overwrite=True)
+    before = target.read_bytes()
+    with pytest.raises(OutputError, match=rf"{target.name}: holds the labels of .*{other.name}, and this run would"):
+        run_batch([str(scene)], archive["model"], out, tiles=TILES)
+    assert target.read_bytes() == before
+    predict_scene(scene, archive["model"], target, tiles=TILES, device="cpu", overwrite=True)
+    result = run_batch([str(scene)], archive["model"], out, tiles=TILES, workers=1)
+    assert [record["status"] for record in result.records] == ["done"]
+
+
+def test_a_rerun_without_stac_removes_the_stac_files_of_the_labels_it_replaced(archive: dict, tmp_path: Path) -> None:
+    """The Items and Collection of an earlier --stac run named the old model and class counts beside new labels."""
+    out = tmp_path / "out"
+    scenes = [str(archive["good"][1]), str(archive["good"][3])]
+    args = ["batch", *scenes, "-m", str(archive["model"]), "-o", str(out), "--tiles", str(TILES), "--workers", "1",
+            "-q"]
+    assert CliRunner().invoke(main, [*args, "--stac"]).exit_code == 0
+    items = sorted(out.rglob("*.stac.json"))
+    assert len(items) == 2 and (out / "collection.json").is_file()
+    skipped = CliRunner().invoke(main, args)  # nothing relabelled: the catalogue still describes the labels
+    assert skipped.exit_code == 0 and skipped.stderr == "" and (out / "collection.json").is_file()
+    (out / "manifest.json").unlink()  # as after another model: every scene is labelled again
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ("hsicluster: warning: removed 3 STAC files of an earlier --stac run "
+                             f"({items[0].name}, …) that described labels this run replaced; pass --stac to write new "
+                             "ones\n")
+    assert not any(path.exists() for path in items) and not (out / "collection.json").exists()
+
+
 def test_rasters_that_hsicluster_wrote_are_not_scenes(tmp_path: Path) -> None:
     """OUTDIR inside the globbed tree (-o archive/labels with 'archive/**/*.tif'): a batch rerun took its own labels
     for scenes and was refused, and ``train`` on the same glob failed on them ("has a single band"). They are left

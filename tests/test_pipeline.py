@@ -376,10 +376,12 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
         records = [{"source": s, "output": str(Path(outdir) / (Path(s).stem + "_labels.tif")),
                     "status": "failed" if s == scenes[-1] else "done",
                     "error": "boom" if s == scenes[-1] else None, "seconds": 0.1, "pixels": 1480,
-                    "valid_pixels": 1480, "sha256": "0"} for s in scenes]
+                    "valid_pixels": 1480, "sha256": "0",
+                    "warnings": [f"{s}: every pixel is nodata"] if s != scenes[-1] else []} for s in scenes]
         manifest = Path(outdir) / "manifest.json"
         manifest.write_text(json.dumps({"scenes": {r["source"]: r for r in records}}))
-        return type("BatchResult", (), {"manifest": manifest, "records": records,
+        return type("BatchResult", (), {"manifest": manifest, "records": records, "stale_stac": [],
+                                        "done": [r for r in records if r["status"] == "done"],
                                         "failed": [r for r in records if r["status"] == "failed"]})()
 
     monkeypatch.setattr("hsi_cluster.batch.run_batch", fake_run_batch)
@@ -390,8 +392,11 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
               "tiles": 16, "workers": 1, "output": "labels"},
              {"kind": "report"}]
     path = write_pipeline(tmp_path / "pipes" / "archive.yaml", steps)
-    result = run(path)
+    lines: list[str] = []
+    result = run(path, log=lines.append)
     (call,) = calls
+    # the warnings a worker kept of a scene reach the log, as `hsicluster batch` prints them
+    assert f"    warning: {call['scenes'][0]}: every pixel is nodata" in lines
     (trained,) = [s["source"] for s in load_checkpoint(tmp_path / "runs" / "tiny" / "model.ckpt").payload["scenes"]]
     everything = [str(archive / f"scene{i}.tif") for i in range(3)]
     assert trained in everything and call["scenes"] == [s for s in everything if s != trained]

@@ -289,6 +289,13 @@ def written_by_hsicluster(path: str | os.PathLike[str]) -> bool:
     return header is not None and LABELS_TAG in header[1]
 
 
+def labelled_source(path: str | os.PathLike[str]) -> str | None:
+    """The scene a label raster that ``predict`` wrote was made from (its ``HSICLUSTER_SOURCE`` tag); None for any
+    other file, or one without the tag."""
+    header = _raster_header(path)
+    return header[1].get("HSICLUSTER_SOURCE") if header is not None and LABELS_TAG in header[1] else None
+
+
 def _raster_header(path: str | os.PathLike[str]) -> tuple[float | None, dict[str, str]] | None:
     """A raster's nodata value and dataset tags (header only), or None for ``.npy``/``.mat`` and anything
     unreadable (the reader reports those)."""

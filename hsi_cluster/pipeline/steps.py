@@ -139,6 +139,12 @@ def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     result = run_batch([str(p) for p in job.inputs["scenes"]], job.inputs["model"], job.outputs["manifest"].parent,
                        tiles=o["tiles"], scheduler=o["scheduler"], workers=o["workers"], retries=o["retries"],
                        log=lambda message: ctx.log(f"    {message}"))
+    for record in result.done:  # what `hsicluster batch` prints of each scene (a worker's stderr is not the user's)
+        for warning in record.get("warnings") or []:
+            ctx.log(f"    warning: {warning}")
+    if result.stale_stac:
+        ctx.log(f"    warning: removed {len(result.stale_stac)} STAC files of an earlier batch --stac run that "
+                "described labels this step replaced")
     counts = {status: sum(1 for r in result.records if r.get("status") == status)
               for status in ("done", "skipped", "failed")}
     failed = [failure_text(r) for r in result.failed]
