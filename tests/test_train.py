@@ -951,9 +951,16 @@ def test_expand_scene_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                                                                               "x.zarr")]
     assert archive / "x.zarr" in expand_scene_paths(["archive/**"])
     assert all(".zarr/" not in str(p) for p in expand_scene_paths(["archive/**"]))
-    # order kept, repeats dropped, a literal name with glob characters and a missing name kept as given
-    assert expand_scene_paths(["archive/b.tif", "archive/*.tif", "odd[1].tif", "missing.tif"]) == \
-        [archive / "b.tif", archive / "a.tif", tmp_path / "odd[1].tif", tmp_path / "missing.tif"]
+    # order kept, repeats dropped, a literal name with glob characters kept as given
+    assert expand_scene_paths(["archive/b.tif", "archive/*.tif", "odd[1].tif", "archive/x.zarr"]) == \
+        [archive / "b.tif", archive / "a.tif", tmp_path / "odd[1].tif", archive / "x.zarr"]
+    # a missing name, or a plain folder, is refused before any work (batch recorded it as a failed scene, exit 3)
+    with pytest.raises(HsiClusterError, match=r"^missing.tif: no such file or directory; check the path$"):
+        expand_scene_paths(["archive/b.tif", "missing.tif"])
+    with pytest.raises(HsiClusterError, match=r"^archive/deep/: is a folder, not a scene or a store made by 'hsicluster "
+                                              r"ingest'; for the scenes in it pass a quoted pattern, 'archive/deep/\*\.tif' "
+                                              r"or 'archive/deep/\*\*/\*\.tif'$"):
+        expand_scene_paths(["archive/deep/"])
     # one file named two ways (through '..' or a link) is one scene
     (tmp_path / "link.tif").symlink_to(archive / "a.tif")
     told: list[str] = []

@@ -36,7 +36,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
     (GDAL sidecar files, an ENVI header whose binary exists, the quality layers and quicklooks of an EnMAP
     product, folders other than ``*.zarr`` stores, anything inside a store).
     Rasters that hsicluster wrote (label and confidence GeoTIFFs) are left out, globbed or named, and counted
-    in ``log``. Other arguments are kept as they are, so that the reader reports a missing file. A file named
+    in ``log``. A path that does not exist, or names a folder that is not a store, is refused. A file named
     twice (by two patterns, or two paths such as ``a.tif`` and ``./x/../a.tif`` or a link) is kept where
     it first appears.
 
@@ -49,7 +49,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
         absolute paths.
 
     Raises:
-        SceneError: a pattern matches no scene (one line naming the pattern).
+        SceneError: a pattern matches no scene, a path names nothing or a plain folder (one line naming it).
     """
     found: dict[Path, Path] = {}  # the file itself (links and '..' resolved) -> the path as first given
     named = ours = 0
@@ -67,6 +67,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
             ours += 1
             continue
         else:
+            _check_named_scene(Path(text), os.fspath(pattern))
             matches = [Path(text)]
         for match in matches:
             found.setdefault(match.resolve(), match.absolute())
@@ -77,6 +78,19 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
         log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
             f"or through a link): {len(found)} scene{'s' if len(found) != 1 else ''}, each taken once")
     return list(found.values())
+
+
+def _check_named_scene(path: Path, given: str) -> None:
+    """A scene named by its path (not a pattern) exists and is not a plain folder: refused before any work, as a
+    pattern that matches nothing is."""
+    if not os.path.lexists(path):
+        raise SceneError(f"{given}: no such file or directory; check the path")
+    from hsi_cluster.io.store import is_store  # io.store reads zarr: imported on use
+
+    if path.is_dir() and not is_scene_match(path) and not is_store(path):  # a .zarr folder: the reader says more
+        folder = given.rstrip("/\\")
+        raise SceneError(f"{given}: is a folder, not a scene or a store made by 'hsicluster ingest'; for the scenes in "
+                         f"it pass a quoted pattern, '{folder}/*.tif' or '{folder}/**/*.tif'")
 
 
 def written_by_hsicluster_glob(path: Path) -> bool:

@@ -598,7 +598,8 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
     if is_store(path):
         return open_store(path, chunks=chunks)
     if path.is_dir():
-        raise SceneError(f"{path}: is a directory, not a scene or a store made by 'hsicluster ingest'")
+        raise SceneError(f"{path}: is a folder, not a scene or a store made by 'hsicluster ingest'; for the scenes in "
+                         f"it pass a quoted pattern, '{path}/*.tif' or '{path}/**/*.tif'")
     if not os.access(path, os.R_OK):
         raise SceneError(f"{path}: permission denied; make the file readable")
     suffix = path.suffix.lower()
