@@ -488,7 +488,7 @@ def test_interrupted_client_resumes_without_redoing_finished_scenes(archive: dic
     # inherited SIG_IGN (so under `make test &` the Ctrl-C below was a no-op and the batch ran to the
     # end): the child takes Ctrl-C as a command typed in a terminal does.
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=helpers.default_sigint)
+                            preexec_fn=helpers.default_sigint, start_new_session=True)
     manifest = out / "manifest.json"
     deadline = time.monotonic() + 180
     done_before: dict[str, str] = {}
@@ -502,15 +502,18 @@ def test_interrupted_client_resumes_without_redoing_finished_scenes(archive: dic
             if done_before:
                 break
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, once
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, once, to the whole process group as a terminal sends it
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert done_before, "the batch finished or stalled before it could be interrupted"
     records = json.loads(manifest.read_text())["scenes"]
     statuses = sorted(r["status"] for r in records.values())
-    assert proc.returncode == 130, f"exit {proc.returncode}, scenes {statuses}: {proc.stderr.read().decode()}"
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == 130, f"exit {proc.returncode}, scenes {statuses}: {stderr}"
+    # one line: the workers, which got the Ctrl-C too, printed their KeyboardInterrupt tracebacks before it
+    assert stderr == "hsicluster: error: interrupted; rerun the same command to resume where it stopped\n", stderr
     assert any(r["status"] == "pending" for r in records.values()), "nothing was left to resume"
     mtimes = {s: os.stat(records[s]["output"]).st_mtime_ns for s in done_before}
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
