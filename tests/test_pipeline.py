@@ -379,7 +379,8 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
                     "valid_pixels": 1480, "sha256": "0",
                     "warnings": [f"{s}: every pixel is nodata"] if s != scenes[-1] else []} for s in scenes]
         manifest = Path(outdir) / "manifest.json"
-        manifest.write_text(json.dumps({"scenes": {r["source"]: r for r in records}}))
+        gone = {"source": "/archive/removed.tif", "status": "failed", "error": "of a scene since removed"}
+        manifest.write_text(json.dumps({"scenes": {gone["source"]: gone, **{r["source"]: r for r in records}}}))
         return type("BatchResult", (), {"manifest": manifest, "records": records, "stale_stac": [],
                                         "done": [r for r in records if r["status"] == "done"],
                                         "failed": [r for r in records if r["status"] == "failed"]})()
@@ -405,6 +406,7 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
     assert result.failures == [f"batch: {call['scenes'][-1]}: boom"]
     markdown = (tmp_path / "runs" / "tiny" / "report.md").read_text()
     assert "2 scenes: 1 done, 0 skipped (already done), 1 failed" in markdown and "| boom |" in markdown
+    assert "since removed" not in markdown  # the manifest's record of an earlier run's scene is not this run's
     # the failed batch is not recorded as done: the next run retries it, says why, the rest is up to date
     assert run(path, dry_run=True).outcome("batch").reason == "failed last time"
     again = run(path)

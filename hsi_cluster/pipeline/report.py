@@ -84,6 +84,11 @@ def _evaluation_markdown(section: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _count(value: int | None) -> str:
+    """A pixel count of the table: 0 is a count (a tile outside the swath), only a missing one is '–'."""
+    return "–" if value is None else str(value)
+
+
 def _batch_markdown(section: dict[str, Any]) -> list[str]:
     records = section["records"]
     counts = section["counts"]
@@ -98,7 +103,7 @@ def _batch_markdown(section: dict[str, Any]) -> list[str]:
     for record in shown:
         detail = record.get("error") if record.get("status") == "failed" else record.get("output")
         lines.append(f"| `{_cell(record.get('source'))}` | {record.get('status')} | {_seconds(record.get('seconds'))} "
-                     f"| {record.get('pixels') or '–'} | {record.get('valid_pixels') or '–'} | {_cell(detail)} |")
+                     f"| {_count(record.get('pixels'))} | {_count(record.get('valid_pixels'))} | {_cell(detail)} |")
     if len(shown) < len(records):
         lines.append(f"| … {len(records) - len(shown)} more in the JSON report | | | | | |")
     return lines + [""]

@@ -191,7 +191,9 @@ def _run_report(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
         else:
             for other in summarised.jobs:
                 manifest = json.loads(other.outputs["manifest"].read_text())
-                records = list((manifest.get("scenes") or {}).values())
+                # this job's scenes: the manifest also keeps those of earlier runs (scenes since removed)
+                scenes = {str(Path(scene).absolute()) for scene in other.inputs["scenes"]}
+                records = [record for source, record in (manifest.get("scenes") or {}).items() if source in scenes]
                 batches.append({"step": name if not other.key else f"{name} ({other.key})",
                                 "manifest": relative(other.outputs["manifest"], workdir), "records": records,
                                 "counts": {s: sum(1 for r in records if r.get("status") == s)
