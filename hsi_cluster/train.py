@@ -233,15 +233,25 @@ def _scene_identity(store: Path) -> dict[str, Any]:
     return identity
 
 
-def _check_scene_shape(scene_path: Path, config: TrainConfig) -> None:
-    """Checks of the band count and size, from the header: before a large raster is ingested for nothing."""
+def _check_scene_shape(scene_path: Path, config: TrainConfig, *, alone: bool) -> str | None:
+    """Checks of the band count and size, from the header: before a large raster is ingested for nothing.
+
+    Returns None, or for a scene smaller than one patch among others (a sliver at an archive's edge) the warning
+    that it is left out; ``alone`` (the run's only scene), that is an error.
+    """
     scene = open_scene(scene_path)
     n_bands = scene.shape[0]
     name = scene.attrs["source"]
     if isinstance(config.n_components, int) and n_bands < config.n_components:
         raise HsiClusterError(f"{name}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
                               f"set n_components ≤ {n_bands} in a --config file")
-    check_patch_fits(scene, config.patch_geometry().patch_size)
+    try:
+        check_patch_fits(scene, config.patch_geometry().patch_size)
+    except HsiClusterError as exc:
+        if alone:
+            raise
+        return f"warning: {exc}".replace("; use a larger scene", "; left out of the training")
+    return None
 
 
 def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
@@ -554,9 +564,14 @@ def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work:
                   log: LogFn, *, option: str = "-k") -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
     """Checked stores of the scenes (ingested into ``work`` when needed), their wavelengths and identities."""
     check_scenes_agree(paths, log=log)  # before ingesting anything
-    for path in paths:
-        _check_scene_shape(path, config)
-    stores = [prepare_store(path, work, log=log) for path in paths]
+    too_small = {path: notice for path in paths
+                 for notice in [_check_scene_shape(path, config, alone=len(paths) == 1)] if notice is not None}
+    if len(too_small) == len(paths):
+        raise HsiClusterError(f"every scene is smaller than the {config.patch_geometry().patch_size}×"
+                              f"{config.patch_geometry().patch_size} patch (the first: {paths[0]}); nothing to train on")
+    for notice in too_small.values():
+        log(notice)
+    stores = [prepare_store(path, work, log=log) for path in paths if path not in too_small]
     empty = [store for store in stores if not int(Store.open(store).metadata.get("valid_pixels") or 0)]
     if len(empty) == len(stores):
         where = _source_of(Store.open(stores[0])) if len(stores) == 1 else f"all {len(stores)} scenes"

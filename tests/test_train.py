@@ -551,6 +551,25 @@ def test_an_empty_tile_of_an_archive_is_left_out_of_training(scene: IngestedScen
     one_line(exc)
 
 
+def test_a_sliver_tile_of_an_archive_is_left_out_of_training(scene: IngestedScene, tmp_path: Path) -> None:
+    """A tile at an archive's edge one row high stopped the whole run ('smaller than the 5×5 patch') where an empty
+    tile is left out; it is left out too, and the error stays for a run with no scene large enough."""
+    good = helpers.write_geotiff(tmp_path / "good.tif", scene.cube, nodata=NODATA).path
+    sliver = helpers.write_geotiff(tmp_path / "sliver.tif", scene.cube[:, :1], nodata=NODATA).path
+    thin = helpers.write_geotiff(tmp_path / "thin.tif", scene.cube[:, :, :3], nodata=NODATA).path
+    messages: list[str] = []
+    result = train([good, sliver], n_clusters=3, output=tmp_path / "m.ckpt", config=tiny_config(), device="cpu",
+                   work_dir=tmp_path / "work", log=messages.append)
+    assert [s["source"] for s in load_checkpoint(result.checkpoint).payload["scenes"]] == [str(good)]
+    assert [m for m in messages if "left out of the training" in m] == [
+        f"warning: {sliver}: the scene (1×20 pixels) is smaller than the 5×5 patch; left out of the training"]
+    with pytest.raises(HsiClusterError, match=r"every scene is smaller than the 5×5 patch \(the first: .*sliver.tif\); "
+                                              "nothing to train on") as exc:
+        train([sliver, thin], n_clusters=3, output=tmp_path / "n.ckpt", config=tiny_config(), device="cpu",
+              work_dir=tmp_path / "work")
+    one_line(exc)
+
+
 @pytest.mark.parametrize("k", [1, 0, -3])
 def test_k_below_two(scene: IngestedScene, tmp_path: Path, k: int) -> None:
     with pytest.raises(HsiClusterError, match="-k") as exc:
