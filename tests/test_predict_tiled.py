@@ -23,7 +23,7 @@ import hsi_cluster
 import hsi_cluster.predict as predict_module
 from hsi_cluster.checkpoint import load_checkpoint
 from hsi_cluster.cli import main
-from hsi_cluster.errors import HsiClusterError, OutputError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError
 from hsi_cluster.evaluate import score_clustering
 from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
@@ -667,7 +667,11 @@ def test_resume_with_another_tile_size_starts_afresh(dense: TrainedModel, tiled,
     output = tmp_path / "labels.tif"
     with pytest.raises(KeyboardInterrupt):
         predict_scene(holey[0].path, dense.checkpoint, output, tiles=16, device="cpu", progress=Crash(2))
-    result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
+    with pytest.warns(MetadataWarning) as said:  # the finished tiles were discarded in silence
+        result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", resume=True)
+    assert [str(w.message) for w in said] == [
+        f"{output}: the interrupted run's 2 finished tiles were made with --tiles 16 (pass it again to continue them); "
+        "they are discarded and every tile is labelled again"]
     assert result.tiles_resumed == 0
     assert np.array_equal(read_raster(output)[0], tiled(dense, 32)[0])
 

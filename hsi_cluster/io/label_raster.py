@@ -28,7 +28,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 
-from hsi_cluster.errors import OutputError, first_line
+from hsi_cluster.errors import MetadataWarning, OutputError, first_line
 from hsi_cluster.geo import BlockGrid
 from hsi_cluster.io.files import atomic_path
 from hsi_cluster.io.scene_array import rasterio_gcps
@@ -75,6 +75,22 @@ class RasterGrid:
     gcps: dict[str, Any] | None = None  # without a transform: the scene's ground control points (scene_array.GCPS)
 
 
+def _discarded_notice(output: Path, path: Path, existing: Any, identity: dict[str, Any]) -> str | None:
+    """What a resume says when the interrupted run's finished tiles were made otherwise and are labelled again (None:
+    no finished tile, or nothing to compare)."""
+    markers = path / MARKERS
+    finished = sum(1 for _ in markers.iterdir()) if markers.is_dir() else 0
+    if not finished or not isinstance(existing, dict):
+        return None
+    why = {"tiles": f"--tiles {existing.get('tiles')} (pass it again to continue them)", "checkpoint": "another model",
+           "confidence": "confidence " + ("on" if existing.get("confidence") else "off"), "shape": "another scene",
+           "source": "another scene", "mtime_ns": "the scene's files before they changed",
+           "companions": "the scene's files before they changed"}
+    changed = list(dict.fromkeys(why[key] for key in why if existing.get(key) != identity.get(key)))
+    return (f"{output}: the interrupted run's {finished} finished tiles were made with "
+            f"{', '.join(changed) or 'other settings'}; they are discarded and every tile is labelled again")
+
+
 class TileStore:
     """Resumable store of finished label (and confidence) tiles for one output raster."""
 
@@ -99,6 +115,9 @@ class TileStore:
                 existing = None
             if existing == json.loads(json.dumps(identity)):
                 return cls(path)
+            notice = _discarded_notice(output, path, existing, identity)
+            if notice is not None:
+                warnings.warn(MetadataWarning(notice), stacklevel=2)
         if path.exists():
             shutil.rmtree(path)
         try:
