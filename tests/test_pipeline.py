@@ -408,7 +408,11 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
     assert "2 scenes: 1 done, 0 skipped (already done), 1 failed" in markdown and "| boom |" in markdown
     assert "since removed" not in markdown  # the manifest's record of an earlier run's scene is not this run's
     # the failed batch is not recorded as done: the next run retries it, says why, the rest is up to date
-    assert run(path, dry_run=True).outcome("batch").reason == "failed last time"
+    dry: list[str] = []
+    assert run(path, dry_run=True, log=dry.append).outcome("batch").reason == "failed last time"
+    # the scenes the pipeline chose are named: which ones `sample` picked, how many `exclude_trained` leaves
+    assert f"    sample: 1 scene, {Path(trained).name}" in dry
+    assert "    exclude_trained: labels 2 scenes, not those the model trains on" in dry
     again = run(path)
     assert again.ran == ["batch"] and again.skipped == ["train", "report"] and len(calls) == 2  # same manifest
 

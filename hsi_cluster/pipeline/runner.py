@@ -141,7 +141,32 @@ def _dry_run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, onl
         else:
             ctx.outcomes.append(StepOutcome(step.name, step.kind, "up to date", jobs=len(reasons)))
             log(f"{step.name}: up to date")
+        for line in _chosen_scenes(step, step_plan):
+            log(f"    {line}")
     return RunResult(pipeline, ctx.outcomes, time.perf_counter() - started)
+
+
+#: Scenes a dry run names per job before it says "… and N more".
+DRY_RUN_SCENES_SHOWN = 5
+
+
+def _scenes(count: int) -> str:
+    return f"{count} scene" + ("" if count == 1 else "s")
+
+
+def _chosen_scenes(step: StepSpec, step_plan: StepPlan) -> list[str]:
+    """A dry run's word on scenes the pipeline chose, not the user: those a train step's ``sample`` picked, and how
+    many a batch step's ``exclude_trained`` left out."""
+    lines = []
+    for job in step_plan.jobs:
+        scenes = job.inputs.get("scenes") or []
+        if step.kind == "train" and step.values.get("sample") is not None:
+            names = ", ".join(Path(scene).name for scene in scenes[:DRY_RUN_SCENES_SHOWN])
+            more = f" and {len(scenes) - DRY_RUN_SCENES_SHOWN} more" if len(scenes) > DRY_RUN_SCENES_SHOWN else ""
+            lines.append(f"sample: {_scenes(len(scenes))}, {names}{more}")
+        elif step.kind == "batch" and step.values.get("exclude_trained"):
+            lines.append(f"exclude_trained: labels {_scenes(len(scenes))}, not those the model trains on")
+    return list(dict.fromkeys(lines))
 
 
 def _reads_rewritten(job: Job, rewritten: dict[Path, str]) -> str | None:
