@@ -390,34 +390,54 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
             n_workers = len(client.scheduler_info().get("workers", {}))
             if dashboard:
                 log(f"dask dashboard: {dashboard}")
-            futures = {}
+            collector = _Collector(manifest, targets, attempts_dir)
             for source in todo:
                 _clear_attempts(attempts_dir, str(targets[source]))
                 future = client.submit(label_scene, str(source), str(checkpoint_path), str(targets[source]), tiles,
                                        str(attempts_dir), torch_threads, key=f"label-{uuid.uuid4().hex}",
                                        retries=retries, pure=False)
-                futures[future] = source
-            for future in as_completed(futures):
-                source = futures[future]
-                try:
-                    record = future.result()
-                except Exception as exc:  # noqa: BLE001 — a scene fails alone; dask already retried it
-                    record = {"source": str(source), "output": str(targets[source]), "status": "failed",
-                              "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-                record["attempts"] = _count_attempts(attempts_dir, record["output"])
-                _clear_attempts(attempts_dir, record["output"])  # counted: the markers have served
-                record.update(_source_fields(source))
-                record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-                manifest.records[str(source)] = record
-                manifest.save()
-                finished += 1
-                if progress:
-                    progress(finished, len(sources), record)
+                collector.futures[future] = source
+            try:
+                for future in as_completed(list(collector.futures)):
+                    record = collector.record(future)
+                    finished += 1
+                    if progress:
+                        progress(finished, len(sources), record)
+            except KeyboardInterrupt:  # keep the scenes that finished meanwhile, or a rerun labels them again
+                for future in [f for f in collector.futures if f.status == "finished"]:
+                    collector.record(future)
+                raise
     if attempts_dir.is_dir() and not any(attempts_dir.iterdir()):
         attempts_dir.rmdir()
     records = [manifest.records[str(source)] for source in sources]
     return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
                        dashboard=dashboard, workers=n_workers, stale_stac=_remove_stale_stac(records, out))
+
+
+@dataclass
+class _Collector:
+    """Records each finished task of a run in the manifest (saved at once), by its future."""
+
+    manifest: Manifest
+    targets: dict[Path, Path]
+    attempts_dir: Path
+    futures: dict[Any, Path] = field(default_factory=dict)  # pending future -> its scene
+
+    def record(self, future: Any) -> dict[str, Any]:
+        """The finished ``future``'s record, kept in the manifest."""
+        source = self.futures.pop(future)
+        try:
+            record: dict[str, Any] = future.result()
+        except Exception as exc:  # noqa: BLE001 — a scene fails alone; dask already retried it
+            record = {"source": str(source), "output": str(self.targets[source]), "status": "failed",
+                      "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        record["attempts"] = _count_attempts(self.attempts_dir, record["output"])
+        _clear_attempts(self.attempts_dir, record["output"])  # counted: the markers have served
+        record.update(_source_fields(source))
+        record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.manifest.records[str(source)] = record
+        self.manifest.save()
+        return record
 
 
 def _check_unrecorded_output(source: Path, target: Path, manifest: Manifest) -> None:

@@ -547,3 +547,43 @@ def test_dashboard_link_only_where_the_page_can_be_served(monkeypatch: pytest.Mo
                         lambda name, *a: (real("json") if bokeh else None) if name == "bokeh" else real(name, *a))
     link = _dashboard(_SchedulerWithDashboard(), local=local)
     assert link == (_SchedulerWithDashboard.dashboard_link if shown else None)
+
+
+def test_scenes_that_finish_while_ctrl_c_stops_the_batch_are_recorded(archive: dict, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenes whose task finished while the client was stopping were written but left `pending`, and the rerun
+    labelled them again; they are recorded as done now (a dask client stood in for, so the timing is exact)."""
+    import contextlib
+
+    import distributed
+
+    import hsi_cluster.batch as batch_module
+
+    class Finished:
+        status = "finished"
+
+        def __init__(self, record: dict) -> None:
+            self.record_ = record
+
+        def result(self) -> dict:
+            return self.record_
+
+    class Client:
+        def submit(self, function, source, checkpoint, output, *args, **kwargs) -> Finished:
+            return Finished({"source": source, "output": output, "status": "done", "error": None, "sha256": "x"})
+
+        def scheduler_info(self) -> dict:
+            return {"workers": {}}
+
+    def first_then_ctrl_c(futures):
+        yield futures[0]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_module, "dask_client", lambda *a: contextlib.nullcontext((Client(), 1)))
+    monkeypatch.setattr(distributed, "as_completed", first_then_ctrl_c)
+    scenes = [str(scene) for scene in archive["good"][:3]]
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(scenes, archive["model"], out, tiles=TILES)
+    records = json.loads((out / "manifest.json").read_text())["scenes"]
+    assert [records[str(Path(scene).absolute())]["status"] for scene in scenes] == ["done", "done", "done"]
