@@ -298,7 +298,10 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
         from hsi_cluster.checkpoint import load_checkpoint
 
         model = describe_model(load_checkpoint(scene))
-        _echo_json(model) if as_json else click.echo(format_model_info(model))
+        if as_json:
+            _echo_json(model)
+        else:
+            click.echo(format_model_info(model))
         return
     summary = describe(open_scene(scene, var=var))
     if as_json:
