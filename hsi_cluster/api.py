@@ -45,6 +45,7 @@ from hsi_cluster.predict import (
     output_name_notices,
     predict_scene,
     read_tile,
+    screen_bands,
     tile_job,
     units_warning,
 )
@@ -312,20 +313,11 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     check_tile_size(tiles)
     job = tile_job(checkpoint, scene, tiles=tiles, device=device, digest=model_sha256)
     n_clusters, nodata = checkpoint.n_clusters, job.nodata
-    labels = np.full(scene.shape[1:], nodata, dtype=job.dtype)
-    probability = np.full(scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
-    probe = SpreadProbe(job, len(job.grid))
-    with _bar(progress, "predict", "tile") as update:
-        for done, (i, j) in enumerate(job.grid, start=1):
-            rows, cols = job.grid.window(i, j).slices
-            padded, valid = read_tile(job, i, j)
-            probe.add(padded, valid)
-            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
-            labels[rows, cols] = tile_labels
-            if probability is not None:
-                probability[rows, cols] = tile_confidence
-            if update:
-                update(done, len(job.grid))
+    labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
+    redo = screen_bands(job, stats)  # bands that voided most of the scene: read as the mean, labelled again
+    if redo is not None:
+        job = redo
+        labels, probability, probe, _ = _label_in_memory(job, confidence=confidence, progress=progress)
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
                                 "model_sha256": job.digest, "source": scene.attrs["source"],
@@ -336,6 +328,29 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),
                        attrs={"long_name": "maximum cluster probability"})
     return xr.Dataset({"labels": result, "confidence": conf})
+
+
+def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.ndarray, np.ndarray | None,
+                                                                             SpreadProbe, np.ndarray]:
+    """Every tile of a :func:`~hsi_cluster.predict.tile_job` labelled in memory: labels (y, x), winning probabilities
+    (y, x) when ``confidence``, the units probe, and the tiles' summed band statistics."""
+    labels = np.full(job.scene.shape[1:], job.nodata, dtype=job.dtype)
+    probability = np.full(job.scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
+    probe = SpreadProbe(job, len(job.grid))
+    stats = np.zeros(1 + 2 * job.scene.shape[0], np.int64)
+    with _bar(progress, "predict", "tile") as update:
+        for done, (i, j) in enumerate(job.grid, start=1):
+            rows, cols = job.grid.window(i, j).slices
+            padded, valid, tile_stats = read_tile(job, i, j)
+            stats += tile_stats
+            probe.add(padded, valid)
+            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
+            labels[rows, cols] = tile_labels
+            if probability is not None:
+                probability[rows, cols] = tile_confidence
+            if update:
+                update(done, len(job.grid))
+    return labels, probability, probe, stats
 
 
 def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: float,

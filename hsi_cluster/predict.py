@@ -10,7 +10,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import MetadataWarning, SceneError
+from hsi_cluster.errors import MetadataWarning, SceneError, number_ranges
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
 from hsi_cluster.io.checks import check_bands, check_patch_fits, pixel_size_notice, unchecked_bands_notice
 from hsi_cluster.io.files import check_distinct_outputs, check_output
@@ -42,7 +42,14 @@ from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
 from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.stats import UNITS_SPREAD_LIMIT, spread_against, valid_pixel_mask
+from hsi_cluster.stats import (
+    UNITS_SPREAD_LIMIT,
+    lone_band_voids,
+    spread_against,
+    usable_values,
+    valid_pixel_mask,
+    voiding_bands,
+)
 
 if TYPE_CHECKING:
     import zarr
@@ -244,6 +251,7 @@ class _Job:
     source: Path
     deciding_bands: np.ndarray | None = None  # bool (B,): the bands whose NaN/nodata makes a pixel invalid; None: all
     replaced_bands: np.ndarray | None = None  # bool (B,): bands flagged bad in the scene that the model reads
+    screened_bands: np.ndarray | None = None  # bool (B,): of those, the ones this run's first pass flagged (screen_bands)
     spread: float | None = None  # set from the first SPREAD_SAMPLE valid pixels (stats.spread_against)
 
     @property
@@ -262,6 +270,8 @@ class _Job:
                                        "confidence": confidence}
         if "companions" in files:  # the files read with the scene (left out for a lone file, as before)
             identity["companions"] = files["companions"]
+        if self.screened_bands is not None:
+            identity["screened_bands"] = np.flatnonzero(self.screened_bands).tolist()
         return identity
 
 
@@ -321,8 +331,9 @@ def _band_names(scene: xr.DataArray, bands: np.ndarray) -> str:
     return ", ".join(names) + (", …" if len(indices) > 6 else "")
 
 
-def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tile ``(i, j)`` with its halo, holes filled with the training mean, and its interior valid mask."""
+def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile ``(i, j)`` with its halo, holes filled with the training mean, its interior valid mask, and its
+    :func:`tile_band_stats`."""
     window = job.grid.window(i, j)
     halo = job.halo
     scene = job.scene
@@ -333,12 +344,53 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     masked_by_file = file_mask(scene)
     if masked_by_file is not None:
         valid &= np.asarray(read_haloed(masked_by_file[None], window, halo))[0]
+    inner = (slice(halo, halo + window.height), slice(halo, halo + window.width))
+    stats = tile_band_stats(padded[:, inner[0], inner[1]], valid[inner], nodata=scene.attrs.get("nodata"),
+                            deciding=job.deciding_bands)
     if not valid.all():  # holes read as the training mean, as in training
         padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
     if job.replaced_bands is not None:
         padded = padded.copy() if valid.all() else padded  # np.asarray may share a cached block's memory
         padded[job.replaced_bands] = job.fill.astype(padded.dtype)[job.replaced_bands, None, None]
-    return padded, valid[halo:halo + window.height, halo:halo + window.width]
+    return padded, valid[inner], stats
+
+
+def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | None,
+                    deciding: np.ndarray | None) -> np.ndarray:
+    """int64 (1 + 2 B,): a tile's valid pixel count, the pixels each deciding band alone made invalid
+    (:func:`~hsi_cluster.stats.lone_band_voids`), and whether each band holds a usable value (counted only on a tile
+    without a valid pixel: elsewhere 1): what :func:`screen_bands` needs, summed over the tiles."""
+    count = int(valid.sum())
+    voided = lone_band_voids(block, valid, nodata=nodata, good_band=deciding)
+    filled = usable_values(block, nodata=nodata).any(axis=(1, 2)) if count == 0 else np.ones(block.shape[0], bool)
+    return np.concatenate([[count], voided, filled.astype(np.int64)]).astype(np.int64)
+
+
+def screen_bands(job: _Job, stats: np.ndarray | None) -> _Job | None:
+    """The job again with the bands that voided most of the scene read as the training mean, as ``ingest`` flags
+    them bad (validity rules 8), when the first pass over a raw raster found such bands (``stats``: the sum of
+    every tile's :func:`tile_band_stats`, None when some tile has none); None when it found none. Warns, naming them."""
+    if stats is None:
+        return None
+    n_bands = job.scene.shape[0]
+    deciding = np.ones(n_bands, bool) if job.deciding_bands is None else job.deciding_bands
+    valid_pixels, voided, filled = int(stats[0]), stats[1:n_bands + 1], stats[n_bands + 1:].astype(bool)
+    flagged = voiding_bands(valid_pixels, voided, filled, deciding)
+    if not flagged.any():
+        return None
+    numbers = np.flatnonzero(flagged)
+    names = ("band " if len(numbers) == 1 else "bands ") + number_ranges(numbers + 1) + (
+        f" ({_band_names(job.scene, flagged)})" if "wavelength" in job.scene.coords else "")
+    why = (f"alone made {', '.join(str(int(voided[b])) for b in np.flatnonzero(flagged))} pixels invalid (NaN or "
+           "nodata where the other bands hold values), more than stayed valid" if valid_pixels else
+           "NaN or nodata in every pixel")
+    verb = "" if valid_pixels else "is " if len(numbers) == 1 else "are "
+    warnings.warn(MetadataWarning(
+        f"{job.scene.attrs['source']}: {names} {verb}{why}; {'they read' if flagged.sum() > 1 else 'it reads'} as the "
+        "training mean so that the other bands label those pixels, as after hsicluster ingest, which flags such "
+        "bands bad (every tile is labelled again)"), stacklevel=2)
+    replaced = flagged if job.replaced_bands is None else job.replaced_bands | flagged
+    return replace(job, deciding_bands=deciding & ~flagged, replaced_bands=replaced, screened_bands=flagged)
 
 
 def label_tile(job: _Job, i: int, j: int, padded: np.ndarray,
@@ -366,13 +418,13 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
         return
     tiles = prefetched(read_tile(job, i, j) for i, j in todo)  # the next tile is read while this one computes
     probe = SpreadProbe(job, len(todo))
-    for (i, j), (padded, valid) in zip(todo, tiles, strict=True):
+    for (i, j), (padded, valid, stats) in zip(todo, tiles, strict=True):
         if job.spread is None:
             probe.add(padded, valid)
             job.spread = probe.spread
         tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
         store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
-                    tile_confidence if with_confidence else None)
+                    tile_confidence if with_confidence else None, stats=stats)
         done += 1
         if progress:
             progress(done, total)
@@ -422,6 +474,23 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     return confidence_out, quicklook_out, counts
 
 
+def _label_scene(job: _Job, output: Path, *, tiles: int, with_confidence: bool, resume: bool,
+                 progress: Callable[[int, int], None] | None) -> tuple[TileStore, int]:
+    """Every tile of the job labelled into the tile store of ``output`` (resuming its finished ones when asked);
+    returns the store and the count of tiles resumed."""
+    store = TileStore.open_or_create(output, grid=job.grid, dtype=job.dtype, nodata=job.nodata,
+                                     with_confidence=with_confidence,
+                                     identity=job.identity(tiles=tiles, confidence=with_confidence), resume=resume)
+    todo = [(i, j) for i, j in job.grid if not store.is_done(i, j)]
+    try:
+        _label_tiles(job, store, todo, with_confidence=with_confidence, done=len(job.grid) - len(todo),
+                     progress=progress)
+    except SceneError:  # the scene cannot be read: the file fixed or fetched again is another input, which
+        store.remove()  # these tiles could not resume, so nothing is left behind
+        raise
+    return store, len(job.grid) - len(todo)
+
+
 def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str],
                   output: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, device: str = "auto",
                   confidence_path: str | os.PathLike[str] | None = None,
@@ -456,16 +525,20 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     check_tile_size(tiles)
     job = _prepare_job(scene_path, checkpoint_path, tiles=tiles, device=device)
     with_confidence = outputs.confidence is not None
-    store = TileStore.open_or_create(outputs.labels, grid=job.grid, dtype=job.dtype, nodata=job.nodata,
-                                     with_confidence=with_confidence,
-                                     identity=job.identity(tiles=tiles, confidence=with_confidence), resume=resume)
-    todo = [(i, j) for i, j in job.grid if not store.is_done(i, j)]
-    resumed = len(job.grid) - len(todo)
-    try:
-        _label_tiles(job, store, todo, with_confidence=with_confidence, done=resumed, progress=progress)
-    except SceneError:  # the scene cannot be read: the file fixed or fetched again is another input, which
-        store.remove()  # these tiles could not resume, so nothing is left behind
-        raise
+    saved = TileStore.saved_identity(outputs.labels) if resume else None
+    if saved is not None and saved.get("screened_bands"):  # an interrupted second pass: its bands, then its tiles
+        flagged = np.zeros(job.scene.shape[0], bool)
+        flagged[saved["screened_bands"]] = True
+        deciding = np.ones_like(flagged) if job.deciding_bands is None else job.deciding_bands
+        job = replace(job, deciding_bands=deciding & ~flagged, screened_bands=flagged, replaced_bands=flagged
+                      if job.replaced_bands is None else job.replaced_bands | flagged)
+    store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=resume,
+                                  progress=progress)
+    redo = screen_bands(job, store.summed_stats(job.grid)) if job.screened_bands is None else None
+    if redo is not None:
+        job = redo
+        store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=False,
+                                      progress=progress)
     confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
     store.remove()
     _, height, width = job.scene.shape

@@ -76,6 +76,21 @@ def lone_band_voids(block: np.ndarray, valid: np.ndarray, *, nodata: float | Non
     return counts
 
 
+def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """bool (bands,): the good bands to flag bad so that the others' pixels stay valid (validity rules 8).
+
+    With valid pixels, a band whose missing values alone voided at least as many (``voided``: the sums of
+    :func:`lone_band_voids`); with none, the bands that hold no usable value at all (``filled``: bool, a band holds
+    one somewhere), unless every band is so. ``good``: the bands considered.
+    """
+    good = np.asarray(good, bool)
+    if valid_pixels:
+        flagged = good & (np.asarray(voided) >= valid_pixels)
+        return flagged if (good & ~flagged).any() else np.zeros_like(good)  # never every band
+    kept = good & np.asarray(filled, bool)
+    return good & ~kept if kept.any() else np.zeros_like(good)
+
+
 #: Version of the rules that decide which pixels are valid (this module's and the file's own mask band),
 #: recorded in each store: ``train`` ingests a scene again when its cached store was made under other rules.
 #: 2 (2026-12-02): flat fill pixels, bands empty everywhere, and GDAL mask bands.

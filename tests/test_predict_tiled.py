@@ -408,6 +408,33 @@ def test_bands_the_scene_flags_bad_that_the_model_reads_read_as_the_training_mea
     np.testing.assert_array_equal(read_raster(tmp_path / "labels.tif")[0], read_raster(expected.output)[0])
 
 
+@pytest.mark.parametrize("case", ["empty", "dropout"])
+def test_a_band_that_voids_most_of_a_raw_scene_reads_as_the_training_mean(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray], case: str) -> None:
+    """A raw raster whose band 4 is NaN in every pixel (or in 97 % of them) was labelled all (or 97 %) nodata by
+    predict, where its ingested store labels every pixel (ingest flags such a band bad): the raw path now finds the
+    band in its first pass, reads it as the training mean and labels every tile again, as the store path does."""
+    cube, valid = holey[0].cube.copy(), holey[1]
+    gone = np.ones(cube.shape[1:], bool) if case == "empty" else np.random.default_rng(1).random(cube.shape[1:]) < 0.97
+    cube[3][gone] = np.nan
+    raw = write_scene(tmp_path / "raw.tif", cube)
+    store = tmp_path / "raw.zarr"
+    with pytest.warns(MetadataWarning, match="band 4"):
+        ingest(raw.path, store)
+    expected = predict_scene(store, dense.checkpoint, tmp_path / "store.tif", tiles=16, device="cpu")
+    assert expected.valid_pixels >= valid.sum()  # and those that only band 4 made invalid
+    with pytest.warns(MetadataWarning) as said:
+        result = predict_scene(raw.path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
+    notices = [str(w.message) for w in said if "training mean" in str(w.message)]
+    why = "is NaN or nodata in every pixel" if case == "empty" else "alone made"
+    assert len(notices) == 1 and notices[0].startswith(f"{raw.path}: band 4 (973 nm) {why}"), notices
+    assert result.valid_pixels == expected.valid_pixels
+    np.testing.assert_array_equal(read_raster(result.output)[0], read_raster(expected.output)[0])
+    # the in-memory API the same
+    in_memory = hsi_cluster.load_model(dense.checkpoint).predict(raw.path, tiles=16, device="cpu")
+    np.testing.assert_array_equal(in_memory.values, read_raster(expected.output)[0])
+
+
 @pytest.mark.parametrize("failure", ["oserror", "gdal"])
 def test_a_full_disk_is_one_line_that_says_to_free_space_and_resume(dense: TrainedModel, tmp_path: Path,
                                                                       holey: tuple[helpers.SyntheticScene, np.ndarray],

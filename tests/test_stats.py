@@ -270,3 +270,16 @@ def test_lone_band_voids_counts_the_pixels_one_band_alone_makes_invalid() -> Non
     assert lone_band_voids(cube, valid_pixel_mask(cube, nodata=-9999.0, good_band=good), nodata=-9999.0,
                            good_band=good).tolist() == [0, 0, 0, 0, 1]
     assert not lone_band_voids(cube[:, :, 2:4][:, 4:], np.ones((2, 2), bool)).any()  # nothing invalid: free
+
+
+def test_voiding_bands_flags_a_band_that_voids_as_many_pixels_as_stay_valid_never_all() -> None:
+    from hsi_cluster.stats import voiding_bands
+
+    good = np.array([True, True, True, False])
+    voided = np.array([10, 9, 0, 50])
+    assert voiding_bands(10, voided, np.ones(4, bool), good).tolist() == [True, False, False, False]
+    assert voiding_bands(5, np.array([5, 6, 7, 0]), np.ones(4, bool), good).tolist() == [False] * 4  # not every band
+    # no valid pixel: the good bands that hold no usable value anywhere, unless every one is so
+    filled = np.array([True, False, True, False])
+    assert voiding_bands(0, voided, filled, good).tolist() == [False, True, False, False]
+    assert voiding_bands(0, voided, np.zeros(4, bool), good).tolist() == [False] * 4

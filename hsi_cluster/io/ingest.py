@@ -43,7 +43,14 @@ from hsi_cluster.io.store import (
     is_store,
     read_store_metadata,
 )
-from hsi_cluster.stats import VALIDITY_RULES, BandStats, lone_band_voids, usable_values, valid_pixel_mask
+from hsi_cluster.stats import (
+    VALIDITY_RULES,
+    BandStats,
+    lone_band_voids,
+    usable_values,
+    valid_pixel_mask,
+    voiding_bands,
+)
 
 PROGRESS_DIR = "_blocks_done"
 MIN_CHUNK = 16
@@ -317,14 +324,14 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
         good = np.load(redone[kind])
     else:
         valid_pixels = int(sum(np.load(_marker(work, i, j))[0].max(initial=0) for i, j in grid))
-        if valid_pixels:
-            kind, good = "voiding_bands", flagged_good & (voided < valid_pixels)
-        else:
-            filled = np.zeros(data.shape[0], bool)
+        filled = np.ones(data.shape[0], bool)
+        if not valid_pixels:
+            filled[:] = False
             for i, j in grid:
                 rows, cols = grid.window(i, j).slices
                 filled |= usable_values(np.asarray(data[:, rows, cols]), nodata=nodata).any(axis=(1, 2))
-            kind, good = "empty_bands", filled & flagged_good
+        kind = "voiding_bands" if valid_pixels else "empty_bands"
+        good = flagged_good & ~voiding_bands(valid_pixels, voided, filled, flagged_good)
         if not good.any() or (good == flagged_good).all():
             return meta  # nothing to gain: every band is empty, or none is
         with atomic_path(redone[kind]) as scratch, open(scratch, "wb") as file:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ def _discarded_notice(output: Path, path: Path, existing: Any, identity: dict[st
     why = {"tiles": f"--tiles {existing.get('tiles')} (pass it again to continue them)", "checkpoint": "another model",
            "confidence": "confidence " + ("on" if existing.get("confidence") else "off"), "shape": "another scene",
            "source": "another scene", "mtime_ns": "the scene's files before they changed",
-           "companions": "the scene's files before they changed"}
+           "companions": "the scene's files before they changed", "screened_bands": "other bands read as the mean"}
     changed = list(dict.fromkeys(why[key] for key in why if existing.get(key) != identity.get(key)))
     return (f"{output}: the interrupted run's {finished} finished tiles were made with "
             f"{', '.join(changed) or 'other settings'}; they are discarded and every tile is labelled again")
@@ -109,10 +109,7 @@ class TileStore:
         """Reuse ``OUTPUT.partial.zarr`` when resuming the same job, else start a fresh one."""
         path = cls.partial_path(output)
         if resume and path.is_dir():
-            try:
-                existing = zarr.open_group(str(path), mode="r").attrs.get("job")
-            except (FileNotFoundError, ValueError, KeyError):
-                existing = None
+            existing = cls.saved_identity(output)
             if existing == json.loads(json.dumps(identity)):
                 return cls(path)
             notice = _discarded_notice(output, path, existing, identity)
@@ -145,12 +142,47 @@ class TileStore:
     def is_done(self, i: int, j: int) -> bool:
         return (self.path / MARKERS / f"{i}.{j}").exists()
 
-    def write(self, i: int, j: int, rows: slice, cols: slice, labels: np.ndarray, confidence: np.ndarray | None) -> None:
-        """Store one finished tile, then mark it done."""
+    def write(self, i: int, j: int, rows: slice, cols: slice, labels: np.ndarray, confidence: np.ndarray | None,
+              stats: np.ndarray | None = None) -> None:
+        """Store one finished tile, then mark it done; the marker keeps ``stats`` (int64, the tile's band
+        statistics that predict gathers) when given."""
         self.labels[rows, cols] = labels
         if confidence is not None and "confidence" in self.group:
             self.confidence[rows, cols] = confidence
-        (self.path / MARKERS / f"{i}.{j}").touch()
+        marker = self.path / MARKERS / f"{i}.{j}"
+        if stats is None:
+            marker.touch()
+            return
+        with open(marker.with_name(marker.name + ".tmp"), "wb") as file:
+            np.save(file, np.asarray(stats, np.int64))
+        os.replace(marker.with_name(marker.name + ".tmp"), marker)
+
+    def tile_stats(self, i: int, j: int) -> np.ndarray | None:
+        """The statistics a finished tile's marker keeps (None: none kept, as by earlier versions)."""
+        marker = self.path / MARKERS / f"{i}.{j}"
+        try:
+            return np.load(marker) if marker.stat().st_size else None
+        except (OSError, ValueError):
+            return None
+
+    def summed_stats(self, tiles: Iterable[tuple[int, int]]) -> np.ndarray | None:
+        """The sum of the ``tiles``' statistics; None when a tile kept none (finished by an earlier version)."""
+        total: np.ndarray | None = None
+        for i, j in tiles:
+            stats = self.tile_stats(i, j)
+            if stats is None:
+                return None
+            total = stats if total is None else total + stats
+        return total
+
+    @classmethod
+    def saved_identity(cls, output: Path) -> dict[str, Any] | None:
+        """The job an interrupted run of ``output`` recorded (None: no such run, or unreadable)."""
+        try:
+            job = zarr.open_group(str(cls.partial_path(output)), mode="r").attrs.get("job")
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+        return job if isinstance(job, dict) else None
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
