@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ClusteringScores", "Model", "__version__", "evaluate", "load_model", "open_scene", "score_clustering",
-           "train"]
+__all__ = ["ClusteringScores", "HsiClusterError", "Model", "__version__", "evaluate", "load_model", "open_scene",
+           "score_clustering", "train"]
 
 _LAZY = {"Model": "hsi_cluster.api", "load_model": "hsi_cluster.api", "open_scene": "hsi_cluster.io.scene",
-         "ClusteringScores": "hsi_cluster.evaluate", "score_clustering": "hsi_cluster.evaluate"}
+         "ClusteringScores": "hsi_cluster.evaluate", "score_clustering": "hsi_cluster.evaluate",
+         "HsiClusterError": "hsi_cluster.errors"}
 
 if TYPE_CHECKING:
     from hsi_cluster.api import Model, evaluate, load_model, train
+    from hsi_cluster.errors import HsiClusterError
     from hsi_cluster.evaluate import ClusteringScores, score_clustering
     from hsi_cluster.io.scene import open_scene
 
