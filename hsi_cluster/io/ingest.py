@@ -57,6 +57,10 @@ MIN_CHUNK = 16
 BLOSC: dict[str, Any] = {"cname": "lz4", "clevel": 5}  # with byte shuffle: fast, ~1.7× on AVIRIS int16
 COMPRESSOR = BloscCodec(**BLOSC, shuffle="shuffle")
 READ_BUDGET = 48 * 2**20  # bytes read from the source in one go
+#: A file tile is read whole up to this size even over READ_BUDGET: GDAL decodes a whole compressed tile to serve
+#: any window of it, so reading a 512² COG tile of 100 int16 bands (52 MB) in store chunks decoded it 16 times
+#: (ingest 9× slower than with 256² tiles, docs/performance.md).
+MAX_TILE_READ = 256 * 2**20
 
 
 def partial_path(store: Path) -> Path:
@@ -172,7 +176,8 @@ def read_unit_shape(scene: xr.DataArray, chunk: int, *, budget_bytes: int = READ
     """How many store chunks ``(rows, cols)`` to read from the source at once.
 
     Reads follow the file's layout: whole tiles of a tiled file, long strips of a striped (line-
-    interleaved) one, so that no file block is read twice; a read stays under ``budget_bytes``.
+    interleaved) one, so that no file block is read twice; a read stays under ``budget_bytes``, but for a file
+    tile larger than that, read whole up to :data:`MAX_TILE_READ`.
     """
     n_bands, height, width = scene.shape
     chunk_bytes = n_bands * chunk * chunk * scene.dtype.itemsize
@@ -182,7 +187,7 @@ def read_unit_shape(scene: xr.DataArray, chunk: int, *, budget_bytes: int = READ
         return 1, min(-(-width // chunk), most)
     if block_rows % chunk == 0 and block_cols % chunk == 0:
         rows, cols = block_rows // chunk, block_cols // chunk
-        if rows * cols <= most:
+        if rows * cols <= most or rows * cols * chunk_bytes <= MAX_TILE_READ:
             return rows, cols
     return 1, 1
 

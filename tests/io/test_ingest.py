@@ -558,3 +558,22 @@ def test_chunk_writer_refuses_arrays_with_other_codecs(tmp_path: Path) -> None:
     array = group.create_array("a", shape=(4, 4), dtype="int16", chunks=(2, 2), compressors=None)
     with pytest.raises(ValueError, match="bytes \\+ blosc"):
         ChunkWriter(tmp_path / "s.zarr" / "a", array)
+
+
+def test_a_file_tile_over_the_read_budget_is_read_whole() -> None:
+    """A 512² COG tile of 100 int16 bands (52 MB, over the 48 MB budget) was read in 128² pieces, and GDAL decoded
+    the whole tile for each: ingest took 51 s instead of 6 s. Such a tile is read whole, up to MAX_TILE_READ."""
+    import dask.array as da
+    import xarray as xr
+
+    from hsi_cluster.io.ingest import MAX_TILE_READ, READ_BUDGET, read_unit_shape
+
+    def scene(bands: int, block: tuple[int, int]) -> xr.DataArray:
+        return xr.DataArray(da.zeros((bands, 2048, 2048), dtype=np.int16, chunks=(bands, 128, 128)),
+                            dims=("band", "y", "x"), attrs={"file_block": block})
+
+    assert 100 * 512 * 512 * 2 > READ_BUDGET
+    assert read_unit_shape(scene(100, (512, 512)), 128) == (4, 4)
+    assert read_unit_shape(scene(100, (256, 256)), 128) == (2, 2)  # within the budget, as before
+    assert 600 * 1024 * 1024 * 2 > MAX_TILE_READ
+    assert read_unit_shape(scene(600, (1024, 1024)), 128) == (1, 1)  # too large to hold: pieces
