@@ -25,7 +25,13 @@ from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import MetadataWarning, SceneError, number_ranges
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
-from hsi_cluster.io.checks import check_bands, check_patch_fits, pixel_size_notice, unchecked_bands_notice
+from hsi_cluster.io.checks import (
+    check_bands,
+    check_patch_fits,
+    pixel_size_notice,
+    slow_layout_notice,
+    unchecked_bands_notice,
+)
 from hsi_cluster.io.files import check_distinct_outputs, check_output
 from hsi_cluster.io.label_raster import (
     RasterGrid,
@@ -291,7 +297,8 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
     trained = [(record["pixel_side"], record["pixel_unit"]) for record in checkpoint.payload.get("scenes", [])
                if "pixel_side" in record]
     for notice in (pixel_size_notice(scene, trained, model=checkpoint.path.name),
-                   unchecked_bands_notice(scene, checkpoint.wavelength, model=checkpoint.path.name)):
+                   unchecked_bands_notice(scene, checkpoint.wavelength, model=checkpoint.path.name),
+                   slow_layout_notice(scene)):
         if notice is not None:
             warnings.warn(MetadataWarning(notice), stacklevel=2)
     torch_device = device_from(device)

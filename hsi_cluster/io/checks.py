@@ -102,6 +102,30 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
                     advice="train together only scenes with the same bands")
 
 
+#: GDAL decodes a compressed block whole; a raw raster whose blocks (all bands) exceed this, or whose 128-row bands
+#: of full-width strips exceed twice this, no longer fit GDAL's 64 MB block cache as predict's threads read it in
+#: pieces, and each piece decodes its blocks again (a 512²-tiled file of 100 int16 bands: predict 8.8× slower).
+SLOW_BLOCK_BYTES = 32 * 2**20
+
+
+def slow_layout_notice(scene: xr.DataArray) -> str | None:
+    """A warning for a raw raster stored in compressed blocks too large to be read tile by tile at speed (see
+    :data:`SLOW_BLOCK_BYTES`); None for any other scene (a store, an uncompressed file, small blocks)."""
+    if not scene.attrs.get("file_compressed") or not scene.attrs.get("file_block"):
+        return None
+    n_bands, _, width = scene.shape
+    block_rows, block_cols = scene.attrs["file_block"]
+    pixel_bytes = n_bands * scene.dtype.itemsize
+    block_bytes = block_rows * block_cols * pixel_bytes
+    striped = block_cols >= width and 128 * width * pixel_bytes > 2 * SLOW_BLOCK_BYTES
+    if block_bytes <= SLOW_BLOCK_BYTES and not striped:
+        return None
+    return (f"{scene.attrs['source']}: stored in compressed {block_rows} × {block_cols} blocks ({block_bytes / 2**20:.0f} "
+            "MB with all bands), which are decoded again for each piece read: labelling it tile by tile can be several "
+            "times slower; hsicluster ingest it first and predict the store (or rewrite it tiled 256 × 256: "
+            "gdal_translate -co TILED=YES -co BLOCKXSIZE=256 -co BLOCKYSIZE=256)")
+
+
 def pixel_side(scene: xr.DataArray) -> tuple[float, str] | None:
     """The side of a georeferenced scene's pixels (the square root of their area) and its CRS's linear unit
     ("metre", "degree", …), or None without a CRS."""

@@ -541,7 +541,8 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         block_rows, block_cols = dataset.block_shapes[0]
         tiled = block_rows > 1 and block_cols < dataset.width
         masked = _has_mask_band(dataset)
-    extra: dict[str, Any] = {"file_block": (block_rows, block_cols)}
+        compressed = dataset.compression is not None
+    extra: dict[str, Any] = {"file_block": (block_rows, block_cols), "file_compressed": compressed}
     if gcps:  # a raw (L1) scene located by ground control points: carried to the labels as they are
         extra[GCPS] = gcp_records(gcps, gcp_crs)
     if scaling is not None:  # physical values in floating point; stored nodata reads as NaN (0 stays 0)
