@@ -362,15 +362,7 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
               "model_sha256": model_sha, "tiles": tiles}
     manifest = Manifest.load(out / MANIFEST, header)
     attempts_dir = out / ATTEMPTS_DIR
-    owners = {record.get("output"): other for other, record in manifest.records.items()
-              if record.get("status") in ("done", "skipped")}
-    for source in sources:
-        owner = owners.get(str(targets[source]))
-        if owner is not None and owner != str(source) and targets[source].is_file():
-            raise OutputError(f"{targets[source]}: holds the labels of {owner} (see {MANIFEST}), and this run would "
-                              f"write those of {source} over them; choose another OUTDIR for these scenes")
-        _check_unrecorded_output(source, targets[source], manifest)
-
+    _check_targets(sources, targets, manifest, log)
     todo: list[Path] = []
     for source in sources:
         if manifest.is_current(source, targets[source]):
@@ -412,6 +404,29 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
     records = [manifest.records[str(source)] for source in sources]
     return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
                        dashboard=dashboard, workers=n_workers, stale_stac=_remove_stale_stac(records, out))
+
+
+def _check_targets(sources: list[Path], targets: dict[Path, Path], manifest: Manifest,
+                   log: Callable[[str], None]) -> None:
+    """Refuse outputs that would replace another scene's labels or a file batch did not write; say when scenes
+    labelled before go to other paths now (other patterns, another common folder)."""
+    owners = {record.get("output"): other for other, record in manifest.records.items()
+              if record.get("status") in ("done", "skipped")}
+    for source in sources:
+        owner = owners.get(str(targets[source]))
+        if owner is not None and owner != str(source) and targets[source].is_file():
+            raise OutputError(f"{targets[source]}: holds the labels of {owner} (see {MANIFEST}), and this run would "
+                              f"write those of {source} over them; choose another OUTDIR for these scenes")
+        _check_unrecorded_output(source, targets[source], manifest)
+    earlier = {source: str(record["output"]) for source in sources
+               if (record := manifest.records.get(str(source))) is not None
+               and record.get("status") in ("done", "skipped") and record.get("output") != str(targets[source])
+               and Path(str(record.get("output"))).is_file()}
+    if earlier:  # outputs mirror the folders under the scenes' common folder, which these patterns changed
+        first = next(iter(earlier))
+        log(f"{len(earlier)} of these scenes were labelled before into other paths under OUTDIR ({first.name}: "
+            f"{earlier[first]}, now {targets[first]}), as other patterns had another common folder; they are "
+            "labelled again there and the earlier outputs are left as they are")
 
 
 @dataclass

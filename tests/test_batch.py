@@ -587,3 +587,20 @@ def test_scenes_that_finish_while_ctrl_c_stops_the_batch_are_recorded(archive: d
         run_batch(scenes, archive["model"], out, tiles=TILES)
     records = json.loads((out / "manifest.json").read_text())["scenes"]
     assert [records[str(Path(scene).absolute())]["status"] for scene in scenes] == ["done", "done", "done"]
+
+
+def test_scenes_labelled_before_into_other_paths_are_named(archive: dict, tmp_path: Path) -> None:
+    """Outputs mirror the folders under the scenes' common folder, so other patterns into one OUTDIR relabelled
+    scenes into new paths in silence, the earlier outputs left beside them; the log now says so."""
+    north, south = archive["good"][0], archive["good"][2]  # north/scene0.tif, south/scene2.tif
+    out = tmp_path / "out"
+    run_batch([str(north)], archive["model"], out, tiles=TILES, workers=1)
+    assert (out / "scene0_labels.tif").is_file()
+    said: list[str] = []
+    result = run_batch([str(north), str(south)], archive["model"], out, tiles=TILES, workers=1, log=said.append)
+    assert [record["status"] for record in result.records] == ["done", "done"]
+    assert (out / "north" / "scene0_labels.tif").is_file() and (out / "scene0_labels.tif").is_file()
+    assert [line for line in said if "labelled before" in line] == [
+        f"1 of these scenes were labelled before into other paths under OUTDIR (scene0.tif: {out / 'scene0_labels.tif'}, "
+        f"now {out / 'north' / 'scene0_labels.tif'}), as other patterns had another common folder; they are labelled "
+        "again there and the earlier outputs are left as they are"]
