@@ -396,6 +396,13 @@ def screen_bands(job: _Job, stats: np.ndarray | None) -> _Job | None:
         f"{job.scene.attrs['source']}: {names} {verb}{why}; {'they read' if flagged.sum() > 1 else 'it reads'} as the "
         "training mean so that the other bands label those pixels, as after hsicluster ingest, which flags such "
         "bands bad (every tile is labelled again)"), stacklevel=2)
+    return _bands_read_as_mean(job, flagged)
+
+
+def _bands_read_as_mean(job: _Job, flagged: np.ndarray) -> _Job:
+    """The job with the bands ``flagged`` (bool (B,)) screened: no longer deciding a pixel's validity, read as the
+    training mean in every pixel."""
+    deciding = np.ones_like(flagged) if job.deciding_bands is None else job.deciding_bands
     replaced = flagged if job.replaced_bands is None else job.replaced_bands | flagged
     return replace(job, deciding_bands=deciding & ~flagged, replaced_bands=replaced, screened_bands=flagged)
 
@@ -536,9 +543,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     if saved is not None and saved.get("screened_bands"):  # an interrupted second pass: its bands, then its tiles
         flagged = np.zeros(job.scene.shape[0], bool)
         flagged[saved["screened_bands"]] = True
-        deciding = np.ones_like(flagged) if job.deciding_bands is None else job.deciding_bands
-        job = replace(job, deciding_bands=deciding & ~flagged, screened_bands=flagged, replaced_bands=flagged
-                      if job.replaced_bands is None else job.replaced_bands | flagged)
+        job = _bands_read_as_mean(job, flagged)
     store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=resume,
                                   progress=progress)
     redo = screen_bands(job, store.summed_stats(job.grid)) if job.screened_bands is None else None
