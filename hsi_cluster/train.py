@@ -245,12 +245,12 @@ def _check_scene_shape(scene_path: Path, config: TrainConfig, *, alone: bool) ->
     if isinstance(config.n_components, int) and n_bands < config.n_components:
         raise HsiClusterError(f"{name}: has {n_bands} bands, fewer than the {config.n_components} PCA components; "
                               f"set n_components ≤ {n_bands} in a --config file")
-    try:
-        check_patch_fits(scene, config.patch_geometry().patch_size)
-    except HsiClusterError as exc:
-        if alone:
-            raise
-        return f"warning: {exc}".replace("; use a larger scene", "; left out of the training")
+    patch = config.patch_geometry().patch_size
+    _, height, width = scene.shape
+    if not alone and min(height, width) < patch:
+        return (f"warning: {name}: the scene ({height}×{width} pixels) is smaller than the {patch}×{patch} patch; left "
+                "out of the training")
+    check_patch_fits(scene, patch)
     return None
 
 
