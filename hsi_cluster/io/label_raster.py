@@ -153,9 +153,8 @@ class TileStore:
         if stats is None:
             marker.touch()
             return
-        with open(marker.with_name(marker.name + ".tmp"), "wb") as file:
+        with atomic_path(marker) as scratch, open(scratch, "wb") as file:
             np.save(file, np.asarray(stats, np.int64))
-        os.replace(marker.with_name(marker.name + ".tmp"), marker)
 
     def tile_stats(self, i: int, j: int) -> np.ndarray | None:
         """The statistics a finished tile's marker keeps (None: none kept, as by earlier versions)."""
