@@ -37,7 +37,7 @@ from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_c
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
 from hsi_cluster.io.labels import read_label_map, truth_class_names, truth_unlabelled, unlabelled_value
-from hsi_cluster.io.scene import open_scene
+from hsi_cluster.io.scene import open_scene, reusing_reads
 from hsi_cluster.predict import (
     PredictResult,
     SpreadProbe,
@@ -338,7 +338,7 @@ def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.
     probability = np.full(job.scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
     probe = SpreadProbe(job, len(job.grid))
     stats = np.zeros(1 + 2 * job.scene.shape[0], np.int64)
-    with _bar(progress, "predict", "tile") as update:
+    with _bar(progress, "predict", "tile") as update, reusing_reads(job.scene, job.kept_reads):
         for done, (i, j) in enumerate(job.grid, start=1):
             rows, cols = job.grid.window(i, j).slices
             padded, valid, tile_stats = read_tile(job, i, j)

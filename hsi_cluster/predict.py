@@ -10,6 +10,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_s
 from hsi_cluster.io.checks import (
     check_bands,
     check_patch_fits,
+    kept_reads_budget,
+    kept_reads_bytes,
     pixel_size_notice,
     slow_layout_notice,
     unchecked_bands_notice,
@@ -44,7 +47,7 @@ from hsi_cluster.io.label_raster import (
     write_quicklook,
 )
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
-from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
+from hsi_cluster.io.scene import open_scene, reusing_reads, scene_files_identity, scene_inputs
 from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
@@ -259,6 +262,7 @@ class _Job:
     replaced_bands: np.ndarray | None = None  # bool (B,): bands flagged bad in the scene that the model reads
     screened_bands: np.ndarray | None = None  # bool (B,): of those, the ones this run's first pass flagged (screen_bands)
     spread: float | None = None  # set from the first SPREAD_SAMPLE valid pixels (stats.spread_against)
+    kept_reads: int = 0  # bytes of the scene's reads kept while its tiles are read (io.scene.reusing_reads)
 
     @property
     def n_clusters(self) -> int:
@@ -296,9 +300,11 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
     check_scene_matches(checkpoint, scene)
     trained = [(record["pixel_side"], record["pixel_unit"]) for record in checkpoint.payload.get("scenes", [])
                if "pixel_side" in record]
+    # Large compressed file tiles are read again for each neighbour's halo: keep the reads of two tile rows.
+    kept_reads = min(kept_reads_bytes(scene, tile=tiles, halo=checkpoint.halo), kept_reads_budget())
     for notice in (pixel_size_notice(scene, trained, model=checkpoint.path.name),
                    unchecked_bands_notice(scene, checkpoint.wavelength, model=checkpoint.path.name),
-                   slow_layout_notice(scene)):
+                   slow_layout_notice(scene, kept=kept_reads, tile=tiles, halo=checkpoint.halo)):
         if notice is not None:
             warnings.warn(MetadataWarning(notice), stacklevel=2)
     torch_device = device_from(device)
@@ -325,7 +331,7 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
                 amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
                 dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=digest or checkpoint.sha256(),
                 source=Path(scene.attrs["source"]), deciding_bands=None if deciding.all() else deciding,
-                replaced_bands=replaced if replaced.any() else None)
+                replaced_bands=replaced if replaced.any() else None, kept_reads=kept_reads)
 
 
 def _band_names(scene: xr.DataArray, bands: np.ndarray) -> str:
@@ -432,16 +438,17 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
         return
     tiles = prefetched(read_tile(job, i, j) for i, j in todo)  # the next tile is read while this one computes
     probe = SpreadProbe(job, len(todo))
-    for (i, j), (padded, valid, stats) in zip(todo, tiles, strict=True):
-        if job.spread is None:
-            probe.add(padded, valid)
-            job.spread = probe.spread
-        tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
-        store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
-                    tile_confidence if with_confidence else None, stats=stats)
-        done += 1
-        if progress:
-            progress(done, total)
+    with reusing_reads(job.scene, job.kept_reads), closing(tiles):  # the reader thread stops before the reads go
+        for (i, j), (padded, valid, stats) in zip(todo, tiles, strict=True):
+            if job.spread is None:
+                probe.add(padded, valid)
+                job.spread = probe.spread
+            tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
+            store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
+                        tile_confidence if with_confidence else None, stats=stats)
+            done += 1
+            if progress:
+                progress(done, total)
 
 
 def _count_labels(labels: zarr.Array, job: _Job, *, step: int) -> np.ndarray:

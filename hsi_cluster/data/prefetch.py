@@ -8,7 +8,7 @@ order are those of the iterator: only *when* they are produced changes.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -16,7 +16,7 @@ T = TypeVar("T")
 _END = object()
 
 
-def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+def prefetched(items: Iterable[T], depth: int = 1) -> Generator[T, None, None]:
     """Iterate ``items``, producing up to ``depth`` items ahead in one background thread.
 
     An exception raised while producing an item is raised here, when that item is due. Closing the

@@ -6,11 +6,14 @@ what to do.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
+import dask.array as da
 import numpy as np
+import psutil
 import xarray as xr
 from rasterio.crs import CRS
 
@@ -104,13 +107,59 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
 
 #: GDAL decodes a compressed block whole; a raw raster whose blocks (all bands) exceed this, or whose 128-row bands
 #: of full-width strips exceed twice this, no longer fit GDAL's 64 MB block cache as predict's threads read it in
-#: pieces, and each piece decodes its blocks again (a 512²-tiled file of 100 int16 bands: predict 8.8× slower).
+#: pieces, and each piece decodes its blocks again (a 512²-tiled file of 100 int16 bands: predict 8.8× slower, 28×
+#: at 2048², until such tiles were kept: :func:`kept_reads_bytes`).
 SLOW_BLOCK_BYTES = 32 * 2**20
 
+#: The most memory a tiled labelling keeps of a raster's decoded blocks (:func:`kept_reads_bytes`); less where an
+#: eighth of the memory available when the labelling starts, or a quarter of a dask worker's memory limit, is less.
+KEPT_READS_MAX = 2**31
 
-def slow_layout_notice(scene: xr.DataArray) -> str | None:
+def _large_compressed_tiles(scene: xr.DataArray) -> bool:
+    """A raw raster stored in compressed tiles (not strips) over :data:`SLOW_BLOCK_BYTES` with all bands."""
+    if not scene.attrs.get("file_compressed") or not scene.attrs.get("file_block"):
+        return False
+    n_bands, _, width = scene.shape
+    block_rows, block_cols = scene.attrs["file_block"]
+    return block_cols < width and block_rows * block_cols * n_bands * scene.dtype.itemsize > SLOW_BLOCK_BYTES
+
+
+def kept_reads_bytes(scene: xr.DataArray, *, tile: int, halo: int) -> int:
+    """Bytes of a raw raster's reads to keep while it is labelled in ``tile``-pixel tiles with a ``halo`` (pixels),
+    row by row, so that each of its blocks is decoded once (:func:`~hsi_cluster.io.scene.reusing_reads`): the dask
+    chunks read between two reads of one chunk, about three rows of chunks across the scene (fewer where it holds
+    fewer; with two rows the saving halves). 0 where reading again costs little (a store, an uncompressed file,
+    blocks under :data:`SLOW_BLOCK_BYTES`, strips)."""
+    if not _large_compressed_tiles(scene) or not isinstance(scene.data, da.Array):
+        return 0
+    _, row_chunks, col_chunks = scene.data.chunks
+    chunk_bytes = scene.shape[0] * max(row_chunks) * max(col_chunks) * scene.dtype.itemsize
+    window_cols = math.ceil((tile + 2 * halo) / max(col_chunks)) + 1  # chunk columns one window can touch
+    two_tile_rows = math.ceil((2 * tile + 2 * halo) / max(row_chunks)) + 1  # chunk rows two tile rows touch
+    # A chunk is read again by the tiles of the same row or of the next: what comes between is at most what two tile
+    # rows read, and on a wide scene the rest of one tile row and the start of the next, about one chunk row less.
+    between = min(two_tile_rows, two_tile_rows - 1 + window_cols / len(col_chunks)) * len(col_chunks)
+    return int(min(between, len(row_chunks) * len(col_chunks))) * chunk_bytes
+
+
+def kept_reads_budget() -> int:
+    """The memory :func:`kept_reads_bytes` may take now: :data:`KEPT_READS_MAX`, an eighth of the memory available,
+    and in a dask worker (``batch``, whose workers share the machine) a quarter of its memory limit, the least."""
+    share = min(KEPT_READS_MAX, psutil.virtual_memory().available // 8)
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):  # not in a worker
+        limit = None
+    return min(share, limit // 4) if limit else share
+
+
+def slow_layout_notice(scene: xr.DataArray, *, kept: int = 0, tile: int = 0, halo: int = 0) -> str | None:
     """A warning for a raw raster stored in compressed blocks too large to be read tile by tile at speed (see
-    :data:`SLOW_BLOCK_BYTES`); None for any other scene (a store, an uncompressed file, small blocks)."""
+    :data:`SLOW_BLOCK_BYTES`); None for any other scene (a store, an uncompressed file, small blocks), and for large
+    tiles when ``kept`` bytes of reads hold what ``tile``-pixel tiles with a ``halo`` read again
+    (:func:`kept_reads_bytes`)."""
     if not scene.attrs.get("file_compressed") or not scene.attrs.get("file_block"):
         return None
     n_bands, _, width = scene.shape
@@ -119,6 +168,8 @@ def slow_layout_notice(scene: xr.DataArray) -> str | None:
     block_bytes = block_rows * block_cols * pixel_bytes
     striped = block_cols >= width and 128 * width * pixel_bytes > 2 * SLOW_BLOCK_BYTES
     if block_bytes <= SLOW_BLOCK_BYTES and not striped:
+        return None
+    if not striped and 0 < kept_reads_bytes(scene, tile=tile, halo=halo) <= kept:
         return None
     return (f"{scene.attrs['source']}: stored in compressed {block_rows} × {block_cols} blocks ({block_bytes / 2**20:.0f} "
             "MB with all bands), which are decoded again for each piece read: labelling it tile by tile can be several "

@@ -105,7 +105,7 @@ def test_a_raw_raster_in_large_compressed_blocks_is_named(tmp_path) -> None:
     import numpy as np
 
     from hsi_cluster.io import open_scene
-    from hsi_cluster.io.checks import slow_layout_notice
+    from hsi_cluster.io.checks import kept_reads_bytes, slow_layout_notice
     from tests import helpers
 
     cube = np.zeros((70, 520, 520), np.int16)
@@ -113,6 +113,51 @@ def test_a_raw_raster_in_large_compressed_blocks_is_named(tmp_path) -> None:
     notice = slow_layout_notice(open_scene(large))
     assert notice is not None and notice.startswith(f"{large}: stored in compressed 512 × 512 blocks (35 MB with all "
                                                     "bands)") and "hsicluster ingest it first" in notice
+    needed = kept_reads_bytes(open_scene(large), tile=512, halo=2)
+    assert needed == 4 * 70 * 512 * 512 * 2  # the scene's 2 × 2 blocks: fewer than three rows of them
+    assert slow_layout_notice(open_scene(large), kept=needed, tile=512, halo=2) is None  # kept: each decoded once
+    assert slow_layout_notice(open_scene(large), kept=needed - 1, tile=512, halo=2) is not None
     for name, options in (("small.tif", {"blocksize": 256, "compress": "deflate"}), ("plain.tif", {"blocksize": 512})):
         path = helpers.write_geotiff(tmp_path / name, cube, tiled=True, **options).path
         assert slow_layout_notice(open_scene(path)) is None, name
+
+
+def test_the_reads_kept_for_large_tiles_are_about_three_rows_of_blocks_across_the_scene() -> None:
+    """Measured on a 2048² file of 100 bands in 512² DEFLATE tiles: keeping 11 of its 16 blocks labels it as fast as
+    keeping all, 8 (two rows) takes 1.7× as long. The rule keeps three rows and one window's columns, and nothing for
+    uncompressed files or small blocks."""
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+
+    from hsi_cluster.io.checks import kept_reads_bytes
+
+    def scene(width: int, block: int = 512, compressed: bool = True) -> xr.DataArray:
+        data = da.zeros((100, 4096, width), dtype=np.int16, chunks=(100, block, block))
+        return xr.DataArray(data, dims=("band", "y", "x"),
+                            attrs={"file_block": (block, block), "file_compressed": compressed, "source": "s.tif"})
+
+    block_bytes = 100 * 512 * 512 * 2
+    assert kept_reads_bytes(scene(2048), tile=512, halo=2) == (3 * 4 + 3) * block_bytes
+    assert kept_reads_bytes(scene(20480), tile=512, halo=2) == (3 * 40 + 3) * block_bytes  # grows with the width only
+    assert kept_reads_bytes(scene(20480), tile=1024, halo=2) == (5 * 40 + 4) * block_bytes
+    assert kept_reads_bytes(scene(2048, compressed=False), tile=512, halo=2) == 0
+    assert kept_reads_bytes(scene(2048, block=256), tile=512, halo=2) == 0  # 13 MB blocks: cheap to read again
+
+
+def test_the_memory_for_kept_reads_is_a_share_of_what_is_available(monkeypatch) -> None:
+    """An eighth of the available memory, at most KEPT_READS_MAX; in a dask worker (batch's workers share the
+    machine) at most a quarter of its memory limit."""
+    from types import SimpleNamespace
+
+    import distributed
+
+    from hsi_cluster.io import checks
+
+    monkeypatch.setattr(checks.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * 2**30))
+    assert checks.kept_reads_budget() == 2**30
+    monkeypatch.setattr(checks.psutil, "virtual_memory", lambda: SimpleNamespace(available=64 * 2**30))
+    assert checks.kept_reads_budget() == checks.KEPT_READS_MAX
+    worker = SimpleNamespace(memory_manager=SimpleNamespace(memory_limit=400 * 2**20))
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    assert checks.kept_reads_budget() == 100 * 2**20

@@ -543,3 +543,40 @@ def test_an_envi_data_ignore_value_that_is_not_a_number_is_no_nodata(tmp_path: P
                                              r"scene has no nodata value"):
         scene = open_scene(written.path)
     assert scene.attrs["nodata"] is None
+
+
+def test_reusing_reads_keeps_the_last_reads_read_only_and_forgets_them_after(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within ``reusing_reads`` a window read again comes from memory (the same values, read-only), the least
+    recently used read is dropped past the capacity, and after the block the reader reads the file again."""
+    from hsi_cluster.io.scene import RasterioWindowReader, reusing_reads
+
+    cube = np.arange(3 * 40 * 40, dtype=np.int16).reshape(3, 40, 40)
+    path = helpers.write_geotiff(tmp_path / "t.tif", cube, tiled=True, blocksize=16, compress="deflate").path
+    monkeypatch.setattr("hsi_cluster.io.scene.auto_chunk_size", lambda *args, **kwargs: 16)
+    scene = open_scene(path)
+    decoded: list[tuple[int, ...]] = []
+    read = RasterioWindowReader._read
+    monkeypatch.setattr(RasterioWindowReader, "_read", lambda self, *span: decoded.append(span) or read(self, *span))
+    chunk_bytes = 3 * 16 * 16 * 2
+    with reusing_reads(scene, 2 * chunk_bytes):
+        first = np.asarray(scene.data[:, :16, :16])
+        again = np.asarray(scene.data[:, :16, :16])
+        assert len(decoded) == 1
+        np.testing.assert_array_equal(again, cube[:, :16, :16])
+        np.testing.assert_array_equal(first, again)
+        np.asarray(scene.data[:, :16, 16:32])
+        np.asarray(scene.data[:, 16:32, :16])  # a third chunk: the least recently used (the first) is dropped
+        np.asarray(scene.data[:, :16, 16:32])
+        assert len(decoded) == 3
+        np.asarray(scene.data[:, :16, :16])
+        assert len(decoded) == 4
+        reader = next(v for v in scene.data.__dask_graph__().values() if isinstance(v, RasterioWindowReader))
+        kept = reader[:, 0:16, 0:16]
+        assert not kept.flags.writeable  # a caller cannot change what the next read returns
+    np.asarray(scene.data[:, :16, :16])
+    assert len(decoded) == 5 and reader.memo is None
+    with reusing_reads(scene, 0):  # no capacity: nothing kept
+        np.asarray(scene.data[:, :16, :16])
+        np.asarray(scene.data[:, :16, :16])
+    assert len(decoded) == 7
