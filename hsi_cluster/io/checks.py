@@ -115,22 +115,25 @@ SLOW_BLOCK_BYTES = 32 * 2**20
 #: eighth of the memory available when the labelling starts, or a quarter of a dask worker's memory limit, is less.
 KEPT_READS_MAX = 2**31
 
-def _large_compressed_tiles(scene: xr.DataArray) -> bool:
-    """A raw raster stored in compressed tiles (not strips) over :data:`SLOW_BLOCK_BYTES` with all bands."""
+def _costly_rereads(scene: xr.DataArray) -> bool:
+    """A raw raster whose blocks are decoded whole for any piece read from them: compressed tiles over
+    :data:`SLOW_BLOCK_BYTES` with all bands, or compressed strips read in chunks of whole strips."""
     if not scene.attrs.get("file_compressed") or not scene.attrs.get("file_block"):
         return False
     n_bands, _, width = scene.shape
     block_rows, block_cols = scene.attrs["file_block"]
-    return block_cols < width and block_rows * block_cols * n_bands * scene.dtype.itemsize > SLOW_BLOCK_BYTES
+    if block_cols >= width:
+        return isinstance(scene.data, da.Array) and max(scene.data.chunks[2]) == width
+    return block_rows * block_cols * n_bands * scene.dtype.itemsize > SLOW_BLOCK_BYTES
 
 
 def kept_reads_bytes(scene: xr.DataArray, *, tile: int, halo: int) -> int:
     """Bytes of a raw raster's reads to keep while it is labelled in ``tile``-pixel tiles with a ``halo`` (pixels),
     row by row, so that each of its blocks is decoded once (:func:`~hsi_cluster.io.scene.reusing_reads`): the dask
     chunks read between two reads of one chunk, about three rows of chunks across the scene (fewer where it holds
-    fewer; with two rows the saving halves). 0 where reading again costs little (a store, an uncompressed file,
-    blocks under :data:`SLOW_BLOCK_BYTES`, strips)."""
-    if not _large_compressed_tiles(scene) or not isinstance(scene.data, da.Array):
+    fewer; with two rows the saving halves), or for compressed strips, the chunks under two tile rows. 0 where
+    reading again costs little (a store, an uncompressed file, tiles under :data:`SLOW_BLOCK_BYTES`).""" 
+    if not _costly_rereads(scene) or not isinstance(scene.data, da.Array):
         return 0
     _, row_chunks, col_chunks = scene.data.chunks
     chunk_bytes = scene.shape[0] * max(row_chunks) * max(col_chunks) * scene.dtype.itemsize
@@ -169,7 +172,7 @@ def slow_layout_notice(scene: xr.DataArray, *, kept: int = 0, tile: int = 0, hal
     striped = block_cols >= width and 128 * width * pixel_bytes > 2 * SLOW_BLOCK_BYTES
     if block_bytes <= SLOW_BLOCK_BYTES and not striped:
         return None
-    if not striped and 0 < kept_reads_bytes(scene, tile=tile, halo=halo) <= kept:
+    if 0 < kept_reads_bytes(scene, tile=tile, halo=halo) <= kept:
         return None
     return (f"{scene.attrs['source']}: stored in compressed {block_rows} × {block_cols} blocks ({block_bytes / 2**20:.0f} "
             "MB with all bands), which are decoded again for each piece read: labelling it tile by tile can be several "

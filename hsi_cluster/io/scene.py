@@ -310,6 +310,21 @@ def default_chunks(n_bands: int, dtype: np.dtype, spatial: tuple[int, int] | Non
     return (n_bands, side, side)
 
 
+def _file_chunks(shape: tuple[int, int, int], dtype: np.dtype, block: tuple[int, int], *,
+                 compressed: bool) -> tuple[int, int, int]:
+    """Dask chunking of a GDAL raster of ``shape`` stored in ``block``s (rows, cols): :func:`default_chunks` aligned
+    with the file's tiles; for compressed strips, which decode whole, chunks of whole strips as large as a square
+    chunk, so that a strip is decoded once per chunk read, not again for each chunk across."""
+    n_bands, _, width = shape
+    _, rows, cols = default_chunks(n_bands, dtype)
+    block_rows, block_cols = block
+    if block_rows > 1 and block_cols < width:  # tiled
+        return n_bands, max(block_rows, rows // block_rows * block_rows), max(block_cols, cols // block_cols * block_cols)
+    if compressed and block_rows < rows:
+        return n_bands, max(block_rows, rows * cols // width // block_rows * block_rows), width
+    return n_bands, rows, cols
+
+
 def _check_cube(shape: tuple[int, ...], path: Path, what: str = "array", band_axis: int = -1) -> None:
     if len(shape) != 3:
         raise SceneError(f"{path}: the {what} has {len(shape)} dimension(s) {tuple(shape)}, but a "
@@ -598,7 +613,6 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         gcps, gcp_crs = dataset.gcps if not has_transform else ([], None)
         driver = dataset.driver
         block_rows, block_cols = dataset.block_shapes[0]
-        tiled = block_rows > 1 and block_cols < dataset.width
         masked = _has_mask_band(dataset)
         compressed = dataset.compression is not None
     extra: dict[str, Any] = {"file_block": (block_rows, block_cols), "file_compressed": compressed}
@@ -611,10 +625,8 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         dtype = np.result_type(dtype, np.float32)
         nodata = None if nodata is None else 0.0 if nodata == 0 else float("nan")
     reader = RasterioWindowReader(str(binary), shape, dtype, scaling)
-    chunks = list(default_chunks(shape[0], dtype, spatial))
-    if tiled and spatial is None:  # align dask chunks with the file's tiles
-        chunks[1] = max(block_rows, chunks[1] // block_rows * block_rows)
-        chunks[2] = max(block_cols, chunks[2] // block_cols * block_cols)
+    chunks = default_chunks(shape[0], dtype, spatial) if spatial else _file_chunks(shape, dtype, (block_rows, block_cols),
+                                                                                  compressed=compressed)
     # The chunking is part of the name: views of one file with other chunks must not share keys.
     name = f"{binary}-{binary.stat().st_mtime_ns}-{chunks[1]}x{chunks[2]}"
     if scaling is not None:  # a scale edited in a sidecar (.aux.xml) leaves the file's mtime as it was
