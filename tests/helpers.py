@@ -195,8 +195,10 @@ def write_geotiff(path: str | os.PathLike[str], cube: np.ndarray, *, crs: CRS | 
                   wavelength_nm: Sequence[float] | None = None, fwhm_nm: Sequence[float] | None = None,
                   wavelength_units: str = "nanometers", good_band: Sequence[bool] | None = None,
                   driver: str = "GTiff", scales: Sequence[float] | None = None,
-                  offsets: Sequence[float] | None = None) -> SyntheticScene:
+                  offsets: Sequence[float] | None = None, rows_per_strip: int | None = None) -> SyntheticScene:
     """Write ``cube`` ``(band, y, x)`` as a GeoTIFF with a real CRS (EPSG:32633 unless ``crs=None``).
+
+    Untiled, it is written in strips of ``rows_per_strip`` rows (default: GDAL's).
 
     Per-band GDAL metadata items ``wavelength``, ``fwhm`` and ``wavelength_units`` are written in
     ``wavelength_units`` (``"micrometers"`` divides the nm values by 1000); ``good_band`` as 0/1;
@@ -217,6 +219,8 @@ def write_geotiff(path: str | os.PathLike[str], cube: np.ndarray, *, crs: CRS | 
         profile["nodata"] = nodata
     if tiled:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    elif rows_per_strip is not None:
+        profile["blockysize"] = rows_per_strip
     if compress:
         profile["compress"] = compress
     scale = 1000.0 if wavelength_units.lower().startswith("micro") else 1.0

@@ -28,7 +28,7 @@ from hsi_cluster import __version__
 from hsi_cluster.errors import MetadataWarning, OutputError, SceneError, number_ranges
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
-from hsi_cluster.io.scene import open_scene, scene_files_identity, scene_inputs
+from hsi_cluster.io.scene import MAX_TILE_READ, open_scene, scene_files_identity, scene_inputs
 from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import (
     BAND_COORDS,
@@ -57,10 +57,6 @@ MIN_CHUNK = 16
 BLOSC: dict[str, Any] = {"cname": "lz4", "clevel": 5}  # with byte shuffle: fast, ~1.7× on AVIRIS int16
 COMPRESSOR = BloscCodec(**BLOSC, shuffle="shuffle")
 READ_BUDGET = 48 * 2**20  # bytes read from the source in one go
-#: A file tile is read whole up to this size even over READ_BUDGET: GDAL decodes a whole compressed tile to serve
-#: any window of it, so reading a 512² COG tile of 100 int16 bands (52 MB) in store chunks decoded it 16 times
-#: (ingest 9× slower than with 256² tiles, docs/performance.md).
-MAX_TILE_READ = 256 * 2**20
 
 
 def partial_path(store: Path) -> Path:

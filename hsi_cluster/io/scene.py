@@ -61,6 +61,12 @@ from hsi_cluster.io.store import is_store, open_store
 # to keep memory flat. A user's own setting wins.
 os.environ.setdefault("GDAL_CACHEMAX", "64")
 
+#: A compressed file block is read whole up to this size (all bands), even over a read budget: GDAL decodes the
+#: whole block to serve any window of it, so reading a 512² COG tile of 100 int16 bands (52 MB) in store chunks
+#: decoded it 16 times (ingest 9× slower than with 256² tiles), and a DEFLATE strip holding the whole image was
+#: decompressed from its start for every window (docs/performance.md).
+MAX_TILE_READ = 256 * 2**20
+
 
 class BandScaling(NamedTuple):
     """A raster's per-band ``scale`` and ``offset`` (float64 (B,)) and the ``nodata`` of its stored values;
@@ -314,13 +320,14 @@ def _file_chunks(shape: tuple[int, int, int], dtype: np.dtype, block: tuple[int,
                  compressed: bool) -> tuple[int, int, int]:
     """Dask chunking of a GDAL raster of ``shape`` stored in ``block``s (rows, cols): :func:`default_chunks` aligned
     with the file's tiles; for compressed strips, which decode whole, chunks of whole strips as large as a square
-    chunk, so that a strip is decoded once per chunk read, not again for each chunk across."""
+    chunk (or one strip, up to :data:`MAX_TILE_READ`), so that a strip is decoded once per chunk read, not again
+    for each chunk across."""
     n_bands, _, width = shape
     _, rows, cols = default_chunks(n_bands, dtype)
     block_rows, block_cols = block
     if block_rows > 1 and block_cols < width:  # tiled
         return n_bands, max(block_rows, rows // block_rows * block_rows), max(block_cols, cols // block_cols * block_cols)
-    if compressed and block_rows < rows:
+    if compressed and block_rows * width * n_bands * np.dtype(dtype).itemsize <= MAX_TILE_READ:
         return n_bands, max(block_rows, rows * cols // width // block_rows * block_rows), width
     return n_bands, rows, cols
 
