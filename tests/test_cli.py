@@ -81,6 +81,7 @@ def test_info_text_synthetic_geotiff(runner: CliRunner, geotiff: SyntheticScene)
     assert "30 × 30" in text
     assert "-9999" in text
     assert "not georeferenced" not in text
+    assert "file layout   uncompressed strips of " in text  # how the file stores its pixels (read speed)
 
 
 def test_info_envi_bad_bands(runner: CliRunner, envi_bsq: SyntheticScene) -> None:

@@ -52,6 +52,11 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "bounds": None,
         "chunks": [int(ch[0]) for ch in scene.data.chunks],
     }
+    if scene.attrs.get("file_block"):  # a GDAL raster: how the file stores its pixels
+        block_rows, block_cols = (int(v) for v in scene.attrs["file_block"])
+        info["file_layout"] = {"block": [block_rows, block_cols], "compressed": bool(scene.attrs.get("file_compressed")),
+                               "tiled": block_rows > 1 and block_cols < width,
+                               "block_bytes": block_rows * block_cols * n_bands * scene.dtype.itemsize}
     if scene.attrs.get(GCPS):
         info["gcps"] = {"count": len(scene.attrs[GCPS]["points"]), "crs": _crs_summary(scene.attrs[GCPS]["crs"])}
     if scene.attrs["georeferenced"]:
@@ -120,6 +125,12 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append("crs           none: the file is not georeferenced (pixel grid, origin top-left, 1 unit/pixel)")
     lines.append(f"nodata        {info['nodata'] if info['nodata'] is not None else 'not set'}"
                  + (" (a mask band of the file marks the unusable pixels)" if info.get("mask_band") else ""))
+    layout = info.get("file_layout")
+    if layout:
+        rows, cols = layout["block"]
+        blocks = f"tiles of {rows} × {cols}" if layout["tiled"] else f"strips of {rows} row{'s' if rows > 1 else ''}"
+        lines.append(f"file layout   {'compressed' if layout['compressed'] else 'uncompressed'} {blocks} "
+                     f"({layout['block_bytes'] / 2**20:.3g} MB each with all bands)")
     lines.append(f"chunks        {' × '.join(str(c) for c in info['chunks'])} (band × y × x)")
     if info.get("valid_pixels") is not None:
         total = info["rows"] * info["cols"]
