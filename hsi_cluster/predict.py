@@ -53,7 +53,7 @@ from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
     UNITS_SPREAD_LIMIT,
-    lone_band_voids,
+    band_voids,
     spread_against,
     usable_values,
     valid_pixel_mask,
@@ -370,18 +370,18 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | None,
                     deciding: np.ndarray | None) -> np.ndarray:
-    """int64 (1 + 2 B,): a tile's valid pixel count, the pixels each deciding band alone made invalid
-    (:func:`~hsi_cluster.stats.lone_band_voids`), and whether each band holds a usable value (counted only on a tile
+    """int64 (1 + 2 B,): a tile's valid pixel count, the pixels each deciding band made invalid
+    (:func:`~hsi_cluster.stats.band_voids`), and whether each band holds a usable value (counted only on a tile
     without a valid pixel: elsewhere 1): what :func:`screen_bands` needs, summed over the tiles."""
     count = int(valid.sum())
-    voided = lone_band_voids(block, valid, nodata=nodata, good_band=deciding)
+    voided = band_voids(block, valid, nodata=nodata, good_band=deciding)
     filled = usable_values(block, nodata=nodata).any(axis=(1, 2)) if count == 0 else np.ones(block.shape[0], bool)
     return np.concatenate([[count], voided, filled.astype(np.int64)]).astype(np.int64)
 
 
 def screen_bands(job: _Job, stats: np.ndarray | None) -> _Job | None:
     """The job again with the bands that voided most of the scene read as the training mean, as ``ingest`` flags
-    them bad (validity rules 8), when the first pass over a raw raster found such bands (``stats``: the sum of
+    them bad (validity rules 9), when the first pass over a raw raster found such bands (``stats``: the sum of
     every tile's :func:`tile_band_stats`, None when some tile has none); None when it found none. Warns, naming them."""
     if stats is None:
         return None
@@ -394,10 +394,10 @@ def screen_bands(job: _Job, stats: np.ndarray | None) -> _Job | None:
     numbers = np.flatnonzero(flagged)
     names = ("band " if len(numbers) == 1 else "bands ") + number_ranges(numbers + 1) + (
         f" ({_band_names(job.scene, flagged)})" if "wavelength" in job.scene.coords else "")
-    why = (f"alone made {', '.join(str(int(voided[b])) for b in np.flatnonzero(flagged))} pixels invalid (NaN or "
-           "nodata where the other bands hold values), more than stayed valid" if valid_pixels else
-           "NaN or nodata in every pixel")
-    verb = "" if valid_pixels else "is " if len(numbers) == 1 else "are "
+    dropouts = bool(filled[flagged].any())  # else the bands hold no value at all: said so
+    why = (f"made {', '.join(str(int(voided[b])) for b in np.flatnonzero(flagged))} pixels invalid (NaN or "
+           "nodata where most bands hold values)" if dropouts else "NaN or nodata in every pixel")
+    verb = "" if dropouts else "is " if len(numbers) == 1 else "are "
     warnings.warn(MetadataWarning(
         f"{job.scene.attrs['source']}: {names} {verb}{why}; {'they read' if flagged.sum() > 1 else 'it reads'} as the "
         "training mean so that the other bands label those pixels, as after hsicluster ingest, which flags such "

@@ -54,41 +54,60 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
     return valid
 
 
-def lone_band_voids(block: np.ndarray, valid: np.ndarray, *, nodata: float | None = None,
-                    good_band: np.ndarray | None = None) -> np.ndarray:
+#: A good band is a dropout band when it is NaN or nodata in at least this share of as many pixels as are valid,
+#: among pixels most bands hold (validity rules 9) ...
+DROPOUT_SHARE = 0.05
+#: ... and the dropout bands are flagged bad together when they are at most this share of the good bands (more: a
+#: part of the sensor missing over part of the scene, such as PRISMA's VNIR beyond its footprint; those pixels stay
+#: invalid, and only a band voiding as many pixels as stay valid is flagged, rule 8).
+DROPOUT_BANDS_MAX_SHARE = 0.2
+
+
+def band_voids(block: np.ndarray, valid: np.ndarray, *, nodata: float | None = None,
+               good_band: np.ndarray | None = None) -> np.ndarray:
     """int64 (bands,): for each good band, the invalid pixels of a ``(bands, y, x)`` block (``valid``: bool (y, x))
-    whose only unusable value (NaN, ±Inf, fill-sized, or nodata other than 0) is in that band: what the band alone
-    makes invalid. Free on a block without invalid pixels."""
+    where that band is unusable (NaN, ±Inf, fill-sized, or nodata other than 0) though at least half the good bands
+    are usable: the pixels the band voids, alone or with other dropout bands, inside the scene's footprint. Free on
+    a block without invalid pixels."""
     counts = np.zeros(block.shape[0], np.int64)
     if valid.all():
         return counts
-    good = np.ones(block.shape[0], bool) if good_band is None else np.asarray(good_band, bool)
+    good = np.flatnonzero(np.ones(block.shape[0], bool) if good_band is None else np.asarray(good_band, bool))
+    if not len(good):
+        return counts
     missing = None if nodata == 0 else nodata
-    # a pixel missing in two bands is no band's alone (a footprint's fill, missing in all): only the others are read
-    first_two = ~usable_values(block[np.flatnonzero(good)[:2]], nodata=missing)
-    candidates = ~valid & ~first_two.all(axis=0) if len(first_two) == 2 else ~valid
+    # a pixel missing in the first, middle and last good band is a footprint's fill (missing in all): skipped cheaply
+    probes = ~usable_values(block[good[[0, len(good) // 2, -1]]], nodata=missing)
+    candidates = ~valid & ~probes.all(axis=0)
     if not candidates.any():
         return counts
     unusable = ~usable_values(block[:, candidates][good], nodata=missing)  # (good bands, candidate pixels)
-    lone = np.count_nonzero(unusable, axis=0) == 1
-    if lone.any():
-        counts[good] = np.count_nonzero(unusable[:, lone], axis=1)
+    inside = np.count_nonzero(unusable, axis=0) <= len(good) // 2
+    if inside.any():
+        counts[good] = np.count_nonzero(unusable[:, inside], axis=1)
     return counts
 
 
 def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """bool (bands,): the good bands to flag bad so that the others' pixels stay valid (validity rules 8).
+    """bool (bands,): the good bands to flag bad so that the others' pixels stay valid (validity rules 9).
 
-    With valid pixels, a band whose missing values alone voided at least as many (``voided``: the sums of
-    :func:`lone_band_voids`); with none, the bands that hold no usable value at all (``filled``: bool, a band holds
-    one somewhere), unless every band is so. ``good``: the bands considered.
+    The dropout bands (``voided``: the sums of :func:`band_voids`, at least :data:`DROPOUT_SHARE` of
+    ``valid_pixels`` and at least one pixel) when they are few (:data:`DROPOUT_BANDS_MAX_SHARE`); else a band that
+    voided at least as many pixels as stayed valid; with no valid pixel and no dropout band, the bands that hold no
+    usable value at all (``filled``: bool, a band holds one somewhere). Never every band. ``good``: the bands
+    considered.
     """
     good = np.asarray(good, bool)
+    voided = np.asarray(voided)
+    none = np.zeros_like(good)
+    dropouts = good & (voided >= max(1.0, DROPOUT_SHARE * valid_pixels))
+    if dropouts.any() and dropouts.sum() <= DROPOUT_BANDS_MAX_SHARE * good.sum():
+        return dropouts if (good & ~dropouts).any() else none
     if valid_pixels:
-        flagged = good & (np.asarray(voided) >= valid_pixels)
-        return flagged if (good & ~flagged).any() else np.zeros_like(good)  # never every band
+        flagged = good & (voided >= valid_pixels)
+        return flagged if (good & ~flagged).any() else none
     kept = good & np.asarray(filled, bool)
-    return good & ~kept if kept.any() else np.zeros_like(good)
+    return good & ~kept if kept.any() else none
 
 
 #: Version of the rules that decide which pixels are valid (this module's and the file's own mask band),
@@ -104,7 +123,10 @@ def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, goo
 #: clipped at 0 and scaled by 0.0001).
 #: 8: a band whose NaN/nodata alone voids at least as many pixels as stay valid is flagged bad (a dropout over
 #:    most of a swath voided the scene but for 3 %).
-VALIDITY_RULES = 8
+#: 9: dropout bands (NaN/nodata in ≥ 5 % as many pixels as are valid, where most bands hold values) are flagged bad
+#:    together when they are few (≤ 20 % of the good bands): ten bands with 10 % scattered dropouts each voided 64 %
+#:    of a scene in silence, and sixteen sparse bands all of it.
+VALIDITY_RULES = 9
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

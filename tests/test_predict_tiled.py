@@ -408,26 +408,33 @@ def test_bands_the_scene_flags_bad_that_the_model_reads_read_as_the_training_mea
     np.testing.assert_array_equal(read_raster(tmp_path / "labels.tif")[0], read_raster(expected.output)[0])
 
 
-@pytest.mark.parametrize("case", ["empty", "dropout"])
+@pytest.mark.parametrize("case", ["empty", "dropout", "scattered"])
 def test_a_band_that_voids_most_of_a_raw_scene_reads_as_the_training_mean(
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray], case: str) -> None:
     """A raw raster whose band 4 is NaN in every pixel (or in 97 % of them) was labelled all (or 97 %) nodata by
     predict, where its ingested store labels every pixel (ingest flags such a band bad): the raw path now finds the
-    band in its first pass, reads it as the training mean and labels every tile again, as the store path does."""
+    band in its first pass, reads it as the training mean and labels every tile again, as the store path does. Two
+    bands NaN in an independent 30 % of pixels each (no band alone voiding as many as stay valid) left half the
+    scene nodata in silence on both paths (validity rules 8); both now flag them (rules 9)."""
     cube, valid = holey[0].cube.copy(), holey[1]
-    gone = np.ones(cube.shape[1:], bool) if case == "empty" else np.random.default_rng(1).random(cube.shape[1:]) < 0.97
+    rng = np.random.default_rng(1)
+    gone = np.ones(cube.shape[1:], bool) if case == "empty" else rng.random(cube.shape[1:]) < 0.97
+    if case == "scattered":
+        gone = rng.random(cube.shape[1:]) < 0.3
+        cube[7][rng.random(cube.shape[1:]) < 0.3] = np.nan
     cube[3][gone] = np.nan
     raw = write_scene(tmp_path / "raw.tif", cube)
     store = tmp_path / "raw.zarr"
-    with pytest.warns(MetadataWarning, match="band 4"):
+    with pytest.warns(MetadataWarning, match="bands? 4"):
         ingest(raw.path, store)
     expected = predict_scene(store, dense.checkpoint, tmp_path / "store.tif", tiles=16, device="cpu")
     assert expected.valid_pixels >= valid.sum()  # and those that only band 4 made invalid
     with pytest.warns(MetadataWarning) as said:
         result = predict_scene(raw.path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
     notices = [str(w.message) for w in said if "training mean" in str(w.message)]
-    why = "is NaN or nodata in every pixel" if case == "empty" else "alone made"
-    assert len(notices) == 1 and notices[0].startswith(f"{raw.path}: band 4 (973 nm) {why}"), notices
+    why = "is NaN or nodata in every pixel" if case == "empty" else "made"
+    named = "bands 4, 8 (973 nm, 1736 nm)" if case == "scattered" else "band 4 (973 nm)"
+    assert len(notices) == 1 and notices[0].startswith(f"{raw.path}: {named} {why}"), notices
     assert result.valid_pixels == expected.valid_pixels
     np.testing.assert_array_equal(read_raster(result.output)[0], read_raster(expected.output)[0])
     # the in-memory API the same

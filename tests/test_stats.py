@@ -255,31 +255,51 @@ def test_spread_ratios_of_two_scenes_single_out_percent_against_fractions() -> N
     np.testing.assert_allclose(spread_ratios([std, std * 3]), [1 / 3, 3.0])
 
 
-def test_lone_band_voids_counts_the_pixels_one_band_alone_makes_invalid() -> None:
-    """What ingest's voiding-band rule reads: a band missing where the others hold values, not a footprint's fill."""
-    from hsi_cluster.stats import lone_band_voids
+def test_band_voids_counts_the_pixels_a_band_makes_invalid_where_most_bands_hold_values() -> None:
+    """What ingest's dropout rule reads: a band missing where most bands hold values, alone or with others, not a
+    footprint's fill."""
+    from hsi_cluster.stats import band_voids
 
     cube = np.random.default_rng(0).normal(1.0, 0.1, (5, 6, 8)).astype(np.float32)
-    cube[:, :, :2] = -9999.0          # a footprint: missing in every band, no band's alone
+    cube[:, :, :2] = -9999.0          # a footprint: missing in every band, no band's dropout
     cube[2, :4, 2:] = np.nan          # a dropout of band 3 over 24 pixels
-    cube[4, 5, 7] = np.inf            # band 5 alone at one pixel
-    cube[[1, 3], 5, 2] = np.nan       # two bands at one pixel: neither alone
+    cube[4, 5, 7] = np.inf            # band 5 at one pixel
+    cube[[1, 3], 5, 2] = np.nan       # bands 2 and 4 together at one pixel (2 of 5: the others hold values)
+    cube[[0, 1, 3], 5, 3] = np.nan    # three of five bands: most are missing, no band's dropout
     valid = valid_pixel_mask(cube, nodata=-9999.0)
-    assert lone_band_voids(cube, valid, nodata=-9999.0).tolist() == [0, 0, 24, 0, 1]
+    assert band_voids(cube, valid, nodata=-9999.0).tolist() == [0, 1, 24, 1, 1]
     good = np.array([True, True, False, True, True])  # a band flagged bad counts nothing and decides nothing
-    assert lone_band_voids(cube, valid_pixel_mask(cube, nodata=-9999.0, good_band=good), nodata=-9999.0,
-                           good_band=good).tolist() == [0, 0, 0, 0, 1]
-    assert not lone_band_voids(cube[:, :, 2:4][:, 4:], np.ones((2, 2), bool)).any()  # nothing invalid: free
+    assert band_voids(cube, valid_pixel_mask(cube, nodata=-9999.0, good_band=good), nodata=-9999.0,
+                      good_band=good).tolist() == [0, 1, 0, 1, 1]
+    assert not band_voids(cube[:, :, 2:4][:, 4:], np.ones((2, 2), bool)).any()  # nothing invalid: free
 
 
-def test_voiding_bands_flags_a_band_that_voids_as_many_pixels_as_stay_valid_never_all() -> None:
+def test_voiding_bands_flags_few_dropout_bands_together_else_a_band_voiding_as_many_as_stay_valid() -> None:
+    """Validity rules 9: ten of 200 bands with 10 % scattered dropouts each voided 64 % of a scene in silence (no
+    band alone voided as many as stayed valid); sixteen sparse bands voided all of it. Dropout bands (≥ 5 % of the
+    valid count) are flagged together when they are at most a fifth of the good bands; more (a part of the sensor
+    missing beyond its footprint) leave those pixels invalid, as before. Never every band."""
     from hsi_cluster.stats import voiding_bands
 
+    good = np.ones(200, bool)
+    voided = np.zeros(200, np.int64)
+    voided[190:] = 1200  # ten dropout bands, 4 300 pixels valid
+    voided[5] = 200  # under 5 % of the valid count: those pixels stay invalid
+    assert np.flatnonzero(voiding_bands(4300, voided, np.ones(200, bool), good)).tolist() == list(range(190, 200))
+    sparse = np.zeros(200, np.int64)
+    sparse[:16] = 11500  # sixteen bands with 3 % of their values: no pixel valid
+    assert voiding_bands(0, sparse, np.ones(200, bool), good).sum() == 16
+    vnir = np.zeros(200, np.int64)
+    vnir[:60] = 300  # 60 bands missing beyond their footprint: too many to drop
+    assert not voiding_bands(8000, vnir, np.ones(200, bool), good).any()
+    vnir[:60] = 9000  # ... unless they void more pixels than stay valid (rule 8)
+    assert voiding_bands(8000, vnir, np.ones(200, bool), good).sum() == 60
+
     good = np.array([True, True, True, False])
-    voided = np.array([10, 9, 0, 50])
+    voided = np.array([10, 0, 0, 50])
     assert voiding_bands(10, voided, np.ones(4, bool), good).tolist() == [True, False, False, False]
     assert voiding_bands(5, np.array([5, 6, 7, 0]), np.ones(4, bool), good).tolist() == [False] * 4  # not every band
-    # no valid pixel: the good bands that hold no usable value anywhere, unless every one is so
+    # no valid pixel and no dropout: the good bands that hold no usable value anywhere, unless every one is so
     filled = np.array([True, False, True, False])
-    assert voiding_bands(0, voided, filled, good).tolist() == [False, True, False, False]
-    assert voiding_bands(0, voided, np.zeros(4, bool), good).tolist() == [False] * 4
+    assert voiding_bands(0, np.zeros(4), filled, good).tolist() == [False, True, False, False]
+    assert voiding_bands(0, np.zeros(4), np.zeros(4, bool), good).tolist() == [False] * 4

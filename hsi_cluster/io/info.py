@@ -103,7 +103,7 @@ def format_info(info: dict[str, Any]) -> str:
         numbers = info.get("bad_band_numbers") or []
         listed = len(empty) + len(voiding) < len(numbers)  # else the bands named below are all of them
         why = [f"{len(empty)} NaN or nodata in every pixel (bands {number_ranges(b + 1 for b in empty)})"] if empty else []
-        why += [f"{len(voiding)} NaN or nodata in more pixels than the other bands left valid (bands "
+        why += [f"{len(voiding)} dropping out where most bands hold values (bands "
                 f"{number_ranges(b + 1 for b in voiding)})"] if voiding else []
         lines.append(f"bad bands     {info['bad_bands']} flagged" + (f" (bands {number_ranges(numbers)})" if listed else "")
                      + (", of which " + ", ".join(why) if why else ""))

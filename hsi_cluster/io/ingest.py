@@ -46,7 +46,7 @@ from hsi_cluster.io.store import (
 from hsi_cluster.stats import (
     VALIDITY_RULES,
     BandStats,
-    lone_band_voids,
+    band_voids,
     usable_values,
     valid_pixel_mask,
     voiding_bands,
@@ -164,7 +164,7 @@ def _marker(path: Path, i: int, j: int) -> Path:
 
 
 def _lone_marker(path: Path, i: int, j: int) -> Path:
-    """Block (i, j)'s :func:`~hsi_cluster.stats.lone_band_voids`, written before its marker."""
+    """Block (i, j)'s :func:`~hsi_cluster.stats.band_voids`, written before its marker."""
     return path / PROGRESS_DIR / f"{i}.{j}.lone"
 
 
@@ -214,7 +214,7 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
         writers[VALID].write((i, j), valid[local])
         summaries[i, j] = BandStats.of_block(block, valid[local]).pack()
         with atomic_path(_lone_marker(path, i, j)) as scratch, open(scratch, "wb") as file:
-            np.save(file, lone_band_voids(block, valid[local], nodata=scene.attrs.get("nodata"), good_band=good_band))
+            np.save(file, band_voids(block, valid[local], nodata=scene.attrs.get("nodata"), good_band=good_band))
     for (i, j), packed in summaries.items():
         marker = _marker(path, i, j)
         with atomic_path(marker) as scratch, open(scratch, "wb") as file:
@@ -307,10 +307,10 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
                       nodata: float | None, good_band: np.ndarray | None) -> dict[str, Any]:
     """Flag bad the bands that void most of the scene, so that the other bands' pixels stay valid.
 
-    Two kinds: a band NaN or nodata in every pixel (a dead detector row, a band a delivery fills but does not
-    flag), when no pixel is valid (listed in ``empty_bands``); and a band whose missing values alone make at
-    least as many pixels invalid as are valid (a detector's dropout over most of the swath: listed in
-    ``voiding_bands``, band → pixels it voided). The valid mask and block summaries are then made again from
+    Two kinds (:func:`~hsi_cluster.stats.voiding_bands`): a band NaN or nodata in every pixel (a dead detector
+    row, a band a delivery fills but does not flag), when no pixel is valid (listed in ``empty_bands``); and
+    dropout bands, NaN or nodata in pixels the other bands hold (a detector's dropout over part of the swath,
+    bands with scattered gaps: listed in ``voiding_bands``, band → pixels it voided). The valid mask and block summaries are then made again from
     the store without them. Costs nothing on a scene without such a band; a killed rerun starts over from the
     store (a flag file in the progress folder marks the rerun).
     """
@@ -331,8 +331,9 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
             for i, j in grid:
                 rows, cols = grid.window(i, j).slices
                 filled |= usable_values(np.asarray(data[:, rows, cols]), nodata=nodata).any(axis=(1, 2))
-        kind = "voiding_bands" if valid_pixels else "empty_bands"
-        good = flagged_good & ~voiding_bands(valid_pixels, voided, filled, flagged_good)
+        flagged = voiding_bands(valid_pixels, voided, filled, flagged_good)
+        kind = "voiding_bands" if filled[flagged].any() else "empty_bands"  # bands with no value: said so
+        good = flagged_good & ~flagged
         if not good.any() or (good == flagged_good).all():
             return meta  # nothing to gain: every band is empty, or none is
         with atomic_path(redone[kind]) as scratch, open(scratch, "wb") as file:
@@ -354,8 +355,8 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
         return dict(meta, good_band=good.tolist(), empty_bands=dropped.tolist())
     counts = ", ".join(f"{voided[b]}" for b in dropped)
     warnings.warn(MetadataWarning(
-        f"{source}: {which} alone made {counts} pixels invalid (NaN or nodata where the other bands hold values), "
-        "more than stayed valid; flagged bad so that those pixels stay valid"), stacklevel=3)
+        f"{source}: {which} made {counts} pixels invalid (NaN or nodata where most bands hold values); flagged bad "
+        "so that those pixels stay valid"), stacklevel=3)
     return dict(meta, good_band=good.tolist(), voiding_bands={str(b): int(voided[b]) for b in dropped})
 
 
