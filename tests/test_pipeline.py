@@ -364,6 +364,16 @@ def test_missing_input_and_only_name_errors(project: Path, tmp_path: Path) -> No
 
 
 def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+    import time
+    from types import SimpleNamespace
+
+    class Frozen(dt.datetime):  # a failed job's finishing time (to the second) is in the report's timings: the
+        @classmethod            # two failed batch runs below must finish in the same second, however slow the machine
+        def now(cls, tz: dt.tzinfo | None = None) -> Frozen:  # type: ignore[override]
+            return cls(2026, 12, 7, 8, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr("hsi_cluster.pipeline.state.dt", SimpleNamespace(datetime=Frozen, timezone=dt.timezone))
     archive = tmp_path / "pipes" / "archive"
     for i in range(3):
         write_data(archive / f"s{i}", seed=i)
@@ -413,6 +423,7 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
     # the scenes the pipeline chose are named: which ones `sample` picked, how many `exclude_trained` leaves
     assert f"    sample: 1 scene, {Path(trained).name}" in dry
     assert "    exclude_trained: labels 2 scenes, not those the model trains on" in dry
+    time.sleep(1.1)  # the failed runs finish in other seconds on the clock, not on the frozen one
     again = run(path)
     assert again.ran == ["batch"] and again.skipped == ["train", "report"] and len(calls) == 2  # same manifest
 
