@@ -118,12 +118,12 @@ KEPT_READS_MAX = 2**31
 def _costly_rereads(scene: xr.DataArray) -> bool:
     """A raw raster whose blocks are decoded whole for any piece read from them: compressed tiles over
     :data:`SLOW_BLOCK_BYTES` with all bands, or compressed strips read in chunks of whole strips."""
-    if not scene.attrs.get("file_compressed") or not scene.attrs.get("file_block"):
+    if not scene.attrs.get("file_compressed") or not scene.attrs.get("file_block") or not isinstance(scene.data, da.Array):
         return False
     n_bands, _, width = scene.shape
     block_rows, block_cols = scene.attrs["file_block"]
     if block_cols >= width:
-        return isinstance(scene.data, da.Array) and max(scene.data.chunks[2]) == width
+        return max(scene.data.chunks[2]) == width
     return block_rows * block_cols * n_bands * scene.dtype.itemsize > SLOW_BLOCK_BYTES
 
 
@@ -132,8 +132,8 @@ def kept_reads_bytes(scene: xr.DataArray, *, tile: int, halo: int) -> int:
     row by row, so that each of its blocks is decoded once (:func:`~hsi_cluster.io.scene.reusing_reads`): the dask
     chunks read between two reads of one chunk, about three rows of chunks across the scene (fewer where it holds
     fewer; with two rows the saving halves), or for compressed strips, the chunks under two tile rows. 0 where
-    reading again costs little (a store, an uncompressed file, tiles under :data:`SLOW_BLOCK_BYTES`).""" 
-    if not _costly_rereads(scene) or not isinstance(scene.data, da.Array):
+    reading again costs little (a store, an uncompressed file, tiles under :data:`SLOW_BLOCK_BYTES`)."""
+    if not _costly_rereads(scene):
         return 0
     _, row_chunks, col_chunks = scene.data.chunks
     chunk_bytes = scene.shape[0] * max(row_chunks) * max(col_chunks) * scene.dtype.itemsize

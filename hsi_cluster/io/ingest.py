@@ -310,8 +310,8 @@ def _drop_empty_bands(work: Path, group: zarr.Group, grid: BlockGrid, meta: dict
     Two kinds (:func:`~hsi_cluster.stats.voiding_bands`): a band NaN or nodata in every pixel (a dead detector
     row, a band a delivery fills but does not flag), when no pixel is valid (listed in ``empty_bands``); and
     dropout bands, NaN or nodata in pixels the other bands hold (a detector's dropout over part of the swath,
-    bands with scattered gaps: listed in ``voiding_bands``, band → pixels it voided). The valid mask and block summaries are then made again from
-    the store without them. Costs nothing on a scene without such a band; a killed rerun starts over from the
+    bands with scattered gaps: listed in ``voiding_bands``, band → pixels it voided). The valid mask and block
+    summaries are then made again from the store without them. Costs nothing on a scene without such a band; a killed rerun starts over from the
     store (a flag file in the progress folder marks the rerun).
     """
     data, valid = array_of(group, DATA), array_of(group, VALID)
