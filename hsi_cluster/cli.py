@@ -52,12 +52,20 @@ def _warn(message: str) -> None:
 _python_showwarning = warnings.showwarning
 
 
-def _show_metadata_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """Print a scene's :class:`MetadataWarning` as one ``hsicluster: warning:`` line; others as Python does."""
-    if issubclass(category, MetadataWarning):
-        _warn(str(message))
-    else:
-        _python_showwarning(message, category, *args, **kwargs)
+class _MetadataWarnings:
+    """``warnings.showwarning`` for one command: a scene's :class:`MetadataWarning` as one ``hsicluster: warning:``
+    line, each text once (a scene is opened several times per command, and Python's "once" filter forgets what it
+    showed whenever a reader enters ``warnings.catch_warnings``); other warnings as Python shows them."""
+
+    def __init__(self) -> None:
+        self.shown: set[str] = set()
+
+    def __call__(self, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, MetadataWarning):
+            _python_showwarning(message, category, *args, **kwargs)
+        elif str(message) not in self.shown:
+            self.shown.add(str(message))
+            _warn(str(message))
 
 
 NO_VALID_PIXELS = "every pixel is nodata, NaN or fill (one value in every band); check the scene's nodata value"
@@ -211,11 +219,11 @@ class OneLineErrors(click.Group):
         from rasterio.errors import NotGeoreferencedWarning
 
         with self._one_line(), warnings.catch_warnings(), _terminate_like_ctrl_c():
-            warnings.simplefilter("once", MetadataWarning)  # a scene is opened several times per command
+            warnings.simplefilter("always", MetadataWarning)  # shown once each by _MetadataWarnings
             # a raster without a CRS is a fact `info` states, not a warning; silenced here for all threads (the
             # readers' own catch_warnings is not thread-safe: dask's threads let rasterio's through)
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            warnings.showwarning = _show_metadata_warning
+            warnings.showwarning = _MetadataWarnings()
             return super().invoke(ctx)
 
     @staticmethod

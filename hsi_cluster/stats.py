@@ -246,15 +246,16 @@ class BandStats:
         # groups so the float64 temporaries stay in cache.
         total = np.empty(n_bands)
         squares = np.empty(n_bands)
-        for start in range(0, n_bands, _BAND_GROUP):
-            group = slice(start, start + _BAND_GROUP)
-            shifted = pixels[group].astype(np.float64)
-            shifted -= shifted[:, :1].copy()
-            total[group] = shifted.sum(axis=1)
-            squares[group] = np.einsum("ij,ij->i", shifted, shifted)
-        shift = pixels[:, 0].astype(np.float64)
-        mean = shift + total / n_valid
-        m2 = np.maximum(squares - total**2 / n_valid, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):  # a band flagged bad may hold ±Inf: its sums are NaN
+            for start in range(0, n_bands, _BAND_GROUP):
+                group = slice(start, start + _BAND_GROUP)
+                shifted = pixels[group].astype(np.float64)
+                shifted -= shifted[:, :1].copy()
+                total[group] = shifted.sum(axis=1)
+                squares[group] = np.einsum("ij,ij->i", shifted, shifted)
+            shift = pixels[:, 0].astype(np.float64)
+            mean = shift + total / n_valid
+            m2 = np.maximum(squares - total**2 / n_valid, 0.0)
         return cls(np.full(n_bands, float(n_valid)), mean, m2,
                    pixels.min(axis=1).astype(np.float64), pixels.max(axis=1).astype(np.float64))
 

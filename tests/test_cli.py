@@ -416,6 +416,36 @@ def test_ingest_of_a_scene_with_dead_bands_says_which_it_flagged(runner: CliRunn
     assert "bad bands     1 flagged, of which 1 NaN or nodata in every pixel (bands 3)" in info.stdout
 
 
+@pytest.mark.parametrize("fill", [np.inf, 3.4e38])
+def test_a_band_of_inf_or_float_fill_is_flagged_with_one_warning_and_left_out_of_the_statistics(
+        runner: CliRunner, tmp_path: Path, fill: float) -> None:
+    """A band of +Inf leaked numpy's 'invalid value encountered in subtract' before the warning, and `info` gave
+    a band of float32's largest value (fill) as the scene's largest per-band mean, 3.4e38."""
+    cube = helpers.synthetic_cube(4, 8, 9, "float32", seed=1)
+    cube[1] = fill
+    scene = helpers.write_geotiff(tmp_path / "dead.tif", cube).path
+    result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "dead.zarr"), "-q"])
+    assert result.exit_code == 0
+    assert result.stderr == (f"hsicluster: warning: {scene}: band 2 is NaN or nodata in every pixel; flagged bad so "
+                             "that the other bands' pixels stay valid\n")
+    info = runner.invoke(main, ["info", str(tmp_path / "dead.zarr")]).stdout
+    good = cube[[0, 2, 3]].reshape(3, -1).astype(np.float64)
+    assert f"statistics    per-band mean {good.mean(axis=1).min():.4g}–{good.mean(axis=1).max():.4g}, " in info
+    assert info.rstrip().endswith("(good bands)")
+
+
+def test_a_metadata_warning_is_printed_once_though_the_scene_is_opened_twice(runner: CliRunner,
+                                                                             tmp_path: Path) -> None:
+    """`ingest` opens a scene twice; Python's "once" filter forgot the first warning whenever a reader entered
+    warnings.catch_warnings, so the units warning was printed twice."""
+    cube = helpers.synthetic_cube(4, 8, 9, "float32", seed=1)
+    scene = helpers.write_envi(tmp_path / "um.img", cube, wavelength_nm=[0.4, 0.9, 1.6, 2.3]).path
+    result = runner.invoke(main, ["ingest", str(scene), "-o", str(tmp_path / "um.zarr"), "-q"])
+    assert result.exit_code == 0
+    assert result.stderr.count("hsicluster: warning:") == 1
+    assert "are labelled nanometres" in result.stderr
+
+
 def test_a_band_missing_over_most_of_the_scene_is_flagged_bad(runner: CliRunner, tmp_path: Path) -> None:
     """A band NaN in 56 of 72 pixels (52 of them usable in every other band; a detector's dropout over most of the swath) made them invalid in silence:
     the scene trained and was labelled on the other 16. Flagged bad now, with a warning naming it; a band missing

@@ -137,11 +137,13 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"valid pixels  {info['valid_pixels']} of {total} ({100 * info['valid_pixels'] / total:.1f} %)")
     stats = info.get("statistics")
     if stats:
+        bad = {number - 1 for number in info.get("bad_band_numbers") or []}  # their values may be fill (3.4e38)
+
         def rng(values: list[float | None]) -> str:
-            finite = [v for v in values if v is not None]
+            finite = [v for band, v in enumerate(values) if v is not None and band not in bad]
             return f"{min(finite):.4g}–{max(finite):.4g}" if finite else "n/a"
         lines.append(f"statistics    per-band mean {rng(stats['mean'])}, std {rng(stats['std'])}, "
-                     f"min {rng(stats['min'])}, max {rng(stats['max'])}")
+                     f"min {rng(stats['min'])}, max {rng(stats['max'])}" + (" (good bands)" if bad else ""))
     return "\n".join(lines)
 
 

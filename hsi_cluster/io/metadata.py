@@ -117,15 +117,38 @@ def _relabelled_scale(wavelengths: np.ndarray, scale: float | None, units: str |
                                       "wavelengths are not used; give them in nm or µm"), stacklevel=3)
         return None
     if scale == 1.0 and np.nanmax(wavelengths) < 100:
-        label, read, scale_read = "nanometres", "no band lies below 100 nm, so they are read as micrometres", 1000.0
+        label, read, scale_read = ("nanometres", "every band would lie below 100 nm, where no imaging spectrometer "
+                                   "has one, so they are read as micrometres", 1000.0)
     elif scale == 1000.0 and np.nanmin(wavelengths) > 100:
-        label, read, scale_read = "micrometres", "every band lies above 100 µm, so they are read as nanometres", 1.0
+        label, read, scale_read = ("micrometres", "every band would lie above 100 µm, where no imaging spectrometer "
+                                   "has one, so they are read as nanometres", 1.0)
     else:
         return None
     warnings.warn(MetadataWarning(
         f"{source}: its wavelengths ({np.nanmin(wavelengths):g}–{np.nanmax(wavelengths):g}) are labelled {label}, "
         f"but {read}; correct the wavelength units"), stacklevel=3)
     return scale_read
+
+
+#: No imaging spectrometer has bands narrower than this (nm): FWHMs below it are in micrometres, whatever their label.
+MIN_FWHM_NM = 0.05
+
+
+def _plausible_fwhm(fwhm: np.ndarray, wavelength: np.ndarray, source: str) -> np.ndarray:
+    """``fwhm`` (nm, read with the wavelengths' unit label) rescaled by 1 000 when that label cannot hold for them,
+    with a warning: a band is never wider than its centre (FWHM in nm under a micrometre label), nor narrower than
+    :data:`MIN_FWHM_NM` (FWHM in µm under a nanometre label)."""
+    typical, centre = float(np.nanmedian(fwhm)), float(np.nanmedian(wavelength))
+    if typical > centre:
+        factor, read = 1e-3, "nanometres"
+    elif 0 < typical < MIN_FWHM_NM and typical * 1e3 < centre:
+        factor, read = 1e3, "micrometres"
+    else:
+        return fwhm
+    warnings.warn(MetadataWarning(
+        f"{source}: its band widths (FWHM, median {typical:g} nm as labelled) do not fit its band centres (median "
+        f"{centre:g} nm), so they are read as {read}; give the FWHM in the wavelengths' units"), stacklevel=3)
+    return fwhm * factor
 
 
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
@@ -166,6 +189,8 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
             scale = relabelled
         if scale is not None:
             coords[name] = values * scale
+    if "fwhm" in coords and "wavelength" in coords:
+        coords["fwhm"] = _plausible_fwhm(coords["fwhm"], coords["wavelength"], source)
     extra = {name: np.asarray(values, np.float64) for name, values in (fallback or {}).items()
              if name in ("wavelength", "fwhm") and values is not None and len(values) == n_bands}
     if "wavelength" not in coords and "wavelength" not in extra and descriptions is not None \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -65,8 +67,8 @@ def test_spectral_coords_without_metadata_and_with_a_wrong_count() -> None:
 def test_micrometres_labelled_nanometres_are_read_as_micrometres_with_a_warning() -> None:
     """A header saying 'Nanometers' over values 0.4–2.5 gave band centres of 0.4–2.5 nm without a word."""
     envi = {"wavelength": "{0.4, 1.0, 2.5}", "fwhm": "{0.01, 0.01, 0.02}", "wavelength_units": "Nanometers"}
-    with pytest.warns(MetadataWarning, match=r"x.hdr: its wavelengths \(0.4–2.5\) are labelled nanometres, but no "
-                                             r"band lies below 100 nm, so they are read as micrometres"):
+    with pytest.warns(MetadataWarning, match=r"x.hdr: its wavelengths \(0.4–2.5\) are labelled nanometres, but every "
+                                             r"band would lie below 100 nm, .* so they are read as micrometres"):
         coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
     np.testing.assert_allclose(coords["wavelength"], [400, 1000, 2500])
     np.testing.assert_allclose(coords["fwhm"], [10, 10, 20])
@@ -77,10 +79,35 @@ def test_nanometres_labelled_micrometres_are_read_as_nanometres_with_a_warning()
     model of the same sensor then refused the scene as another sensor's."""
     envi = {"wavelength": "{400, 1000, 2500}", "fwhm": "{10, 10, 20}", "wavelength_units": "Micrometers"}
     with pytest.warns(MetadataWarning, match=r"x.hdr: its wavelengths \(400–2500\) are labelled micrometres, but "
-                                             r"every band lies above 100 µm, so they are read as nanometres"):
+                                             r"every band would lie above 100 µm, .* so they are read as nanometres"):
         coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
     np.testing.assert_allclose(coords["wavelength"], [400, 1000, 2500])
     np.testing.assert_allclose(coords["fwhm"], [10, 10, 20])
+
+
+@pytest.mark.parametrize(("units", "fwhm", "read_as"), [
+    ("Micrometers", "{9.5, 10, 12}", "nanometres"),  # the sensor's FWHM list kept in nm under a µm header
+    ("Nanometers", "{0.0095, 0.01, 0.012}", "micrometres"),
+])
+def test_band_widths_in_other_units_than_the_centres_are_read_in_those_units_with_a_warning(
+        units: str, fwhm: str, read_as: str) -> None:
+    """FWHM 9.5 nm under 'Micrometers' was stored as 9 500 nm (a band wider than its centre), without a word."""
+    scale = 1.0 if units == "Nanometers" else 1e-3
+    envi = {"wavelength": "{" + ", ".join(str(v * scale) for v in (400, 1000, 2500)) + "}", "fwhm": fwhm,
+            "wavelength_units": units}
+    with pytest.warns(MetadataWarning, match=rf"x.hdr: its band widths \(FWHM, median .* nm as labelled\) do not fit "
+                                             rf"its band centres .* so they are read as {read_as}"):
+        coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
+    np.testing.assert_allclose(coords["wavelength"], [400, 1000, 2500])
+    np.testing.assert_allclose(coords["fwhm"], [9.5, 10, 12])
+
+
+def test_plausible_band_widths_are_kept_as_labelled() -> None:
+    envi = {"wavelength": "{0.4, 1.0, 2.5}", "fwhm": "{0.0095, 0.01, 0.012}", "wavelength_units": "Micrometers"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetadataWarning)
+        coords = spectral_coords(3, {}, envi, [{}, {}, {}], [{}, {}, {}], source="x.hdr")
+    np.testing.assert_allclose(coords["fwhm"], [9.5, 10, 12])
 
 
 def test_a_wavelength_list_with_a_word_is_not_read_as_zero() -> None:
