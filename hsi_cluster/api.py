@@ -314,7 +314,8 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     job = tile_job(checkpoint, scene, tiles=tiles, device=device, digest=model_sha256)
     n_clusters, nodata = checkpoint.n_clusters, job.nodata
     labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
-    redo = screen_bands(job, stats)  # bands that voided most of the scene: read as the mean, labelled again
+    # bands that voided most of the scene, or lie far from the training values: read as the mean, labelled again
+    redo = screen_bands(job, stats, probe.outlying)
     if redo is not None:
         job = redo
         labels, probability, probe, _ = _label_in_memory(job, confidence=confidence, progress=progress)

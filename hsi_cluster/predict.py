@@ -52,7 +52,10 @@ from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
+    DROPOUT_BANDS_MAX_SHARE,
+    OUTLYING_LIMIT,
     UNITS_SPREAD_LIMIT,
+    band_deviations,
     band_voids,
     spread_against,
     usable_values,
@@ -85,6 +88,7 @@ class SpreadProbe:
         self.bands = np.ones(len(job.fill), bool) if job.deciding_bands is None else job.deciding_bands
         self.sample: list[np.ndarray] = []
         self.spread: float | None = None
+        self.outlying: np.ndarray | None = None  # bool (B,), set with the spread: outlying_bands
 
     def add(self, padded: np.ndarray, valid: np.ndarray) -> None:
         """Take the valid pixels of one tile (``padded`` (B, h + 2 halo, w + 2 halo), ``valid`` (h, w))."""
@@ -96,13 +100,29 @@ class SpreadProbe:
         self.sample.append(padded[:, rows[::step] + self.job.halo, cols[::step] + self.job.halo][self.bands].T)
         gathered = sum(len(p) for p in self.sample)
         if gathered >= SPREAD_SAMPLE or (self.left <= 0 and gathered >= 2):
-            self.spread = spread_against(np.concatenate(self.sample), self.job.checkpoint.spectral_std[self.bands])
+            pixels = np.concatenate(self.sample)
+            self.spread = spread_against(pixels, self.job.checkpoint.spectral_std[self.bands])
+            self.outlying = outlying_bands(pixels, self.job, self.bands)
             self.sample = []
 
     @property
     def units_differ(self) -> bool:
         """The scene's values vary over 100× more or less than the training scenes': other units or scaling."""
         return self.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= self.spread <= UNITS_SPREAD_LIMIT
+
+
+def outlying_bands(pixels: np.ndarray, job: _Job, bands: np.ndarray) -> np.ndarray:
+    """bool (B,): of the ``bands`` that decide a pixel's validity (bool (B,): good and read by the model; ``pixels``
+    (n, their count) holds their values), those that lie over
+    :data:`~hsi_cluster.stats.OUTLYING_LIMIT` training standard deviations from the training mean, when they are
+    few (:data:`~hsi_cluster.stats.DROPOUT_BANDS_MAX_SHARE` of the bands): garbage, saturated or scaled bands among
+    bands that fit the model (more: another scene altogether, which the units check speaks of)."""
+    outlying = np.zeros(len(bands), bool)
+    far = band_deviations(pixels, job.checkpoint.spectral_mean[bands], job.checkpoint.spectral_std[bands]) > \
+        OUTLYING_LIMIT
+    if far.any() and far.sum() <= DROPOUT_BANDS_MAX_SHARE * bands.sum():
+        outlying[np.flatnonzero(bands)[far]] = True
+    return outlying
 
 
 @torch.no_grad()
@@ -262,6 +282,7 @@ class _Job:
     replaced_bands: np.ndarray | None = None  # bool (B,): bands flagged bad in the scene that the model reads
     screened_bands: np.ndarray | None = None  # bool (B,): of those, the ones this run's first pass flagged (screen_bands)
     spread: float | None = None  # set from the first SPREAD_SAMPLE valid pixels (stats.spread_against)
+    outlying_bands: np.ndarray | None = None  # bool (B,), set with the spread (predict.outlying_bands)
     kept_reads: int = 0  # bytes of the scene's reads kept while its tiles are read (io.scene.reusing_reads)
 
     @property
@@ -379,10 +400,34 @@ def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | Non
     return np.concatenate([[count], voided, filled.astype(np.int64)]).astype(np.int64)
 
 
-def screen_bands(job: _Job, stats: np.ndarray | None) -> _Job | None:
-    """The job again with the bands that voided most of the scene read as the training mean, as ``ingest`` flags
-    them bad (validity rules 9), when the first pass over a raw raster found such bands (``stats``: the sum of
-    every tile's :func:`tile_band_stats`, None when some tile has none); None when it found none. Warns, naming them."""
+def screen_bands(job: _Job, stats: np.ndarray | None, outlying: np.ndarray | None = None) -> _Job | None:
+    """The job again with bands read as the training mean, when the first pass found bands that voided most of the
+    scene, as ``ingest`` flags them bad (validity rules 9; ``stats``: the sum of every tile's
+    :func:`tile_band_stats`, None when some tile has none), or ``outlying`` bands (bool (B,), from the units
+    probe: :func:`outlying_bands`); None when it found none. Warns, naming them."""
+    flagged = _voiding_bands(job, stats)
+    if outlying is not None and outlying.any():
+        warnings.warn(MetadataWarning(
+            f"{job.scene.attrs['source']}: {_numbered(job.scene, outlying)} {'lie' if outlying.sum() > 1 else 'lies'} "
+            f"over {OUTLYING_LIMIT:g} training "
+            "standard deviations from the model's training values (first valid pixels read), where the other bands "
+            "fit them: "
+            f"garbage, saturated or in other units; {'they read' if outlying.sum() > 1 else 'it reads'} as the "
+            "training mean so that the other bands label the pixels (every tile is labelled again). If they hold "
+            "ground here, train on this scene"), stacklevel=2)
+        flagged = outlying if flagged is None else flagged | outlying
+    return None if flagged is None else _bands_read_as_mean(job, flagged)
+
+
+def _numbered(scene: xr.DataArray, bands: np.ndarray) -> str:
+    """``band 3`` or ``bands 5–8 (950 nm, …)``: bands (bool (B,)) by number from 1, and wavelength where known."""
+    numbers = np.flatnonzero(bands)
+    return ("band " if len(numbers) == 1 else "bands ") + number_ranges(numbers + 1) + (
+        f" ({_band_names(scene, bands)})" if "wavelength" in scene.coords else "")
+
+
+def _voiding_bands(job: _Job, stats: np.ndarray | None) -> np.ndarray | None:
+    """bool (B,): the bands that voided most of the scene (:func:`screen_bands`), warned of; None when none did."""
     if stats is None:
         return None
     n_bands = job.scene.shape[0]
@@ -391,18 +436,16 @@ def screen_bands(job: _Job, stats: np.ndarray | None) -> _Job | None:
     flagged = voiding_bands(valid_pixels, voided, filled, deciding)
     if not flagged.any():
         return None
-    numbers = np.flatnonzero(flagged)
-    names = ("band " if len(numbers) == 1 else "bands ") + number_ranges(numbers + 1) + (
-        f" ({_band_names(job.scene, flagged)})" if "wavelength" in job.scene.coords else "")
+    names = _numbered(job.scene, flagged)
     dropouts = bool(filled[flagged].any())  # else the bands hold no value at all: said so
     why = (f"made {', '.join(str(int(voided[b])) for b in np.flatnonzero(flagged))} pixels invalid (NaN or "
            "nodata where most bands hold values)" if dropouts else "NaN or nodata in every pixel")
-    verb = "" if dropouts else "is " if len(numbers) == 1 else "are "
+    verb = "" if dropouts else "is " if flagged.sum() == 1 else "are "
     warnings.warn(MetadataWarning(
         f"{job.scene.attrs['source']}: {names} {verb}{why}; {'they read' if flagged.sum() > 1 else 'it reads'} as the "
         "training mean so that the other bands label those pixels, as after hsicluster ingest, which flags such "
-        "bands bad (every tile is labelled again)"), stacklevel=2)
-    return _bands_read_as_mean(job, flagged)
+        "bands bad (every tile is labelled again)"), stacklevel=3)
+    return flagged
 
 
 def _bands_read_as_mean(job: _Job, flagged: np.ndarray) -> _Job:
@@ -442,7 +485,7 @@ def _label_tiles(job: _Job, store: TileStore, todo: list[tuple[int, int]], *, wi
         for (i, j), (padded, valid, stats) in zip(todo, tiles, strict=True):
             if job.spread is None:
                 probe.add(padded, valid)
-                job.spread = probe.spread
+                job.spread, job.outlying_bands = probe.spread, probe.outlying
             tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
             store.write(i, j, *job.grid.window(i, j).slices, tile_labels,
                         tile_confidence if with_confidence else None, stats=stats)
@@ -553,7 +596,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         job = _bands_read_as_mean(job, flagged)
     store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=resume,
                                   progress=progress)
-    redo = screen_bands(job, store.summed_stats(job.grid)) if job.screened_bands is None else None
+    redo = screen_bands(job, store.summed_stats(job.grid), job.outlying_bands) if job.screened_bands is None else None
     if redo is not None:
         job = redo
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=False,

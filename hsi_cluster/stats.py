@@ -193,6 +193,19 @@ def spread_against(pixels: np.ndarray, std: np.ndarray) -> float:
     return float(np.median(spread / np.asarray(std, dtype=np.float64)))
 
 
+#: A band the model reads is outlying in a scene when its values lie typically this many of the training scenes'
+#: standard deviations from their mean (the median over pixels): a band of garbage, saturated or in other units, where
+#: the other bands fit. Ground unlike the training scenes (snow, cloud) lies within ten or twenty.
+OUTLYING_LIMIT = 100.0
+
+
+def band_deviations(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """float64 (B,): for each band, the median over ``pixels`` ((n, B) valid pixels) of their distance from the
+    training ``mean`` in training standard deviations ``std`` (each (B,), std > 0)."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    return np.median(np.abs(pixels - np.asarray(mean, np.float64)) / np.asarray(std, np.float64), axis=0)
+
+
 #: Floating-point values this large are fill, like ±Inf: float fills such as ±1e30, netCDF's default 9.97e36
 #: or ±3.4e38 (float32's largest), where no radiance, reflectance or digital number comes near.
 FILL_MAGNITUDE = 1e30

@@ -442,6 +442,37 @@ def test_a_band_that_voids_most_of_a_raw_scene_reads_as_the_training_mean(
     np.testing.assert_array_equal(in_memory.values, read_raster(expected.output)[0])
 
 
+@pytest.mark.parametrize("garbage", ["noise", "saturated"])
+def test_a_band_far_outside_the_training_values_reads_as_the_training_mean(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray], garbage: str) -> None:
+    """One band of uniform ±5e4 noise (or stuck at a saturated 65 535) among bands that fit the model: its
+    standardised values dwarfed the others, every pixel got the same label, with exit 0 and no warning (the units
+    check takes the median over bands). The band now reads as the training mean, with a warning naming it, and the
+    labels are those of the scene whose band holds that mean; on the raw file, its store, and in memory."""
+    cube = holey[0].cube.copy()
+    usable = np.isfinite(cube[4]) & (cube[4] != NODATA)
+    noise = np.random.default_rng(0).uniform(-5e4, 5e4, cube.shape[1:]) if garbage == "noise" else 65535.0
+    cube[4] = np.where(usable, noise, cube[4])
+    scene = write_scene(tmp_path / "garbage.tif", cube)
+    mean = hsi_cluster.load_model(dense.checkpoint).checkpoint.spectral_mean
+    fitting = holey[0].cube.copy()
+    fitting[4] = mean[4]
+    expected = predict_scene(write_scene(tmp_path / "mean.tif", fitting).path, dense.checkpoint,
+                             tmp_path / "expected.tif", tiles=16, device="cpu")
+    ingest(scene.path, tmp_path / "garbage.zarr")
+    for source, output in ((scene.path, "labels.tif"), (tmp_path / "garbage.zarr", "store.tif")):
+        with pytest.warns(MetadataWarning) as said:
+            result = predict_scene(source, dense.checkpoint, tmp_path / output, tiles=16, device="cpu")
+        notices = [str(w.message) for w in said if "training standard deviations" in str(w.message)]
+        assert len(notices) == 1 and notices[0].startswith(f"{source}: band 5 ("), notices
+        assert "it reads as the training mean" in notices[0]
+        assert result.valid_pixels == expected.valid_pixels
+        np.testing.assert_array_equal(read_raster(result.output)[0], read_raster(expected.output)[0])
+    with pytest.warns(MetadataWarning, match="band 5 .* training standard deviations"):
+        in_memory = hsi_cluster.load_model(dense.checkpoint).predict(scene.path, tiles=16, device="cpu")
+    np.testing.assert_array_equal(in_memory.values, read_raster(expected.output)[0])
+
+
 @pytest.mark.parametrize("layout", ["tiles", "strips", "one strip"])
 def test_a_raster_in_large_compressed_tiles_or_strips_is_decoded_once_per_block(
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray],

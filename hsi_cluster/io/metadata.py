@@ -205,15 +205,21 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
         coords["fwhm"] = extra["fwhm"]
     if "fwhm" in coords and "wavelength" not in coords:
         del coords["fwhm"]
+    good = _good_bands(n_bands, envi_tags, band_tags)
+    if good is not None:
+        coords["good_band"] = good
+    return coords
+
+
+def _good_bands(n_bands: int, envi_tags: dict[str, str], band_tags: list[dict[str, str]]) -> np.ndarray | None:
+    """bool (bands,) from the ENVI header's ``bbl``, else from every band's ``good_band``/``bbl`` tag; None without."""
     bbl = parse_envi_list(envi_tags.get("bbl"))
     if bbl is None:
         per_band = [tags.get("good_band", tags.get("bbl")) for tags in band_tags]
         present = [v for v in per_band if v is not None]
         bbl = present if per_band and len(present) == len(per_band) else None
     good = _floats(bbl, n_bands)
-    if good is not None:
-        coords["good_band"] = good != 0
-    return coords
+    return None if good is None else good != 0
 
 def band_metadata_tags(coords: dict[str, np.ndarray], index: int) -> dict[str, str]:
     """GDAL per-band metadata for band ``index`` (0-based), the inverse of :func:`spectral_coords`."""
