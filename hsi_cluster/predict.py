@@ -402,7 +402,7 @@ def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | Non
 
 def screen_bands(job: _Job, stats: np.ndarray | None, outlying: np.ndarray | None = None) -> _Job | None:
     """The job again with bands read as the training mean, when the first pass found bands that voided most of the
-    scene, as ``ingest`` flags them bad (validity rules 9; ``stats``: the sum of every tile's
+    scene, as ``ingest`` flags them bad (validity rules 9 and 10; ``stats``: the sum of every tile's
     :func:`tile_band_stats`, None when some tile has none), or ``outlying`` bands (bool (B,), from the units
     probe: :func:`outlying_bands`); None when it found none. Warns, naming them."""
     flagged = _voiding_bands(job, stats)

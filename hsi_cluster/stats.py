@@ -57,6 +57,8 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 #: A good band is a dropout band when it is NaN or nodata in at least this share of as many pixels as are valid,
 #: among pixels most bands hold (validity rules 9) ...
 DROPOUT_SHARE = 0.05
+#: ... or in at least this share, when such bands void that many pixels together (the sum of their counts: rules 10).
+DROPOUT_MIN_SHARE = 0.005
 #: ... and the dropout bands are flagged bad together when they are at most this share of the good bands (more: a
 #: part of the sensor missing over part of the scene, such as PRISMA's VNIR beyond its footprint; those pixels stay
 #: invalid, and only a band voiding as many pixels as stay valid is flagged, rule 8).
@@ -91,8 +93,9 @@ def band_voids(block: np.ndarray, valid: np.ndarray, *, nodata: float | None = N
 def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, good: np.ndarray) -> np.ndarray:
     """bool (bands,): the good bands to flag bad so that the others' pixels stay valid (validity rules 9).
 
-    The dropout bands (``voided``: the sums of :func:`band_voids`, at least :data:`DROPOUT_SHARE` of
-    ``valid_pixels`` and at least one pixel) when they are few (:data:`DROPOUT_BANDS_MAX_SHARE`); else a band that
+    The dropout bands (``voided``: the sums of :func:`band_voids`, each at least :data:`DROPOUT_MIN_SHARE` of
+    ``valid_pixels`` and one pixel, together at least :data:`DROPOUT_SHARE` of it) when they are few
+    (:data:`DROPOUT_BANDS_MAX_SHARE`); else a band that
     voided at least as many pixels as stayed valid; with no valid pixel and no dropout band, the bands that hold no
     usable value at all (``filled``: bool, a band holds one somewhere). Never every band. ``good``: the bands
     considered.
@@ -100,7 +103,9 @@ def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, goo
     good = np.asarray(good, bool)
     voided = np.asarray(voided)
     none = np.zeros_like(good)
-    dropouts = good & (voided >= max(1.0, DROPOUT_SHARE * valid_pixels))
+    dropouts = good & (voided >= max(1.0, DROPOUT_MIN_SHARE * valid_pixels))
+    if voided[dropouts].sum() < max(1.0, DROPOUT_SHARE * valid_pixels):
+        dropouts = none
     if dropouts.any() and dropouts.sum() <= DROPOUT_BANDS_MAX_SHARE * good.sum():
         return dropouts if (good & ~dropouts).any() else none
     if valid_pixels:
@@ -126,7 +131,9 @@ def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, goo
 #: 9: dropout bands (NaN/nodata in ≥ 5 % as many pixels as are valid, where most bands hold values) are flagged bad
 #:    together when they are few (≤ 20 % of the good bands): ten bands with 10 % scattered dropouts each voided 64 %
 #:    of a scene in silence, and sixteen sparse bands all of it.
-VALIDITY_RULES = 9
+#: 10: and bands that each void at least 0.5 % as many pixels as are valid, when they void 5 % together (ten bands
+#:    with 4 % scattered gaps each voided a third of a scene in silence).
+VALIDITY_RULES = 10
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

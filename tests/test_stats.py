@@ -275,7 +275,7 @@ def test_band_voids_counts_the_pixels_a_band_makes_invalid_where_most_bands_hold
 
 
 def test_voiding_bands_flags_few_dropout_bands_together_else_a_band_voiding_as_many_as_stay_valid() -> None:
-    """Validity rules 9: ten of 200 bands with 10 % scattered dropouts each voided 64 % of a scene in silence (no
+    """Validity rules 9 and 10: ten of 200 bands with 10 % scattered dropouts each voided 64 % of a scene in silence (no
     band alone voided as many as stayed valid); sixteen sparse bands voided all of it. Dropout bands (≥ 5 % of the
     valid count) are flagged together when they are at most a fifth of the good bands; more (a part of the sensor
     missing beyond its footprint) leave those pixels invalid, as before. Never every band."""
@@ -284,8 +284,17 @@ def test_voiding_bands_flags_few_dropout_bands_together_else_a_band_voiding_as_m
     good = np.ones(200, bool)
     voided = np.zeros(200, np.int64)
     voided[190:] = 1200  # ten dropout bands, 4 300 pixels valid
-    voided[5] = 200  # under 5 % of the valid count: those pixels stay invalid
+    voided[5] = 20  # under 0.5 % of the valid count: those pixels stay invalid
     assert np.flatnonzero(voiding_bands(4300, voided, np.ones(200, bool), good)).tolist() == list(range(190, 200))
+    voided[5] = 200  # 4.7 %, beside bands of 5 % or more: flagged with them (rules 10)
+    assert np.flatnonzero(voiding_bands(4300, voided, np.ones(200, bool), good)).tolist() == [5, *range(190, 200)]
+    few = np.zeros(200, np.int64)
+    few[:10] = 172  # ten bands of 4 % each: a third of the scene together (rules 10)
+    assert np.flatnonzero(voiding_bands(4300, few, np.ones(200, bool), good)).tolist() == list(range(10))
+    few[:10] = 20  # ten bands of 0.47 % each: under 0.5 %, those pixels stay invalid
+    assert not voiding_bands(4300, few, np.ones(200, bool), good).any()
+    few[:4] = 40  # four bands of 0.9 %, 3.7 % together: under 5 %, they stay invalid too
+    assert not voiding_bands(4300, few, np.ones(200, bool), good).any()
     sparse = np.zeros(200, np.int64)
     sparse[:16] = 11500  # sixteen bands with 3 % of their values: no pixel valid
     assert voiding_bands(0, sparse, np.ones(200, bool), good).sum() == 16
