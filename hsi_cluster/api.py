@@ -315,6 +315,7 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     n_clusters, nodata = checkpoint.n_clusters, job.nodata
     labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
     # bands that voided most of the scene, or lie far from the training values: read as the mean, labelled again
+    job.spread = probe.spread
     redo = screen_bands(job, stats, probe.outlying)
     if redo is not None:
         job = redo

@@ -113,15 +113,11 @@ class SpreadProbe:
 
 def outlying_bands(pixels: np.ndarray, job: _Job, bands: np.ndarray) -> np.ndarray:
     """bool (B,): of the ``bands`` that decide a pixel's validity (bool (B,): good and read by the model; ``pixels``
-    (n, their count) holds their values), those that lie over
-    :data:`~hsi_cluster.stats.OUTLYING_LIMIT` training standard deviations from the training mean, when they are
-    few (:data:`~hsi_cluster.stats.DROPOUT_BANDS_MAX_SHARE` of the bands): garbage, saturated or scaled bands among
-    bands that fit the model (more: another scene altogether, which the units check speaks of)."""
+    (n, their count) holds their values), those that lie over :data:`~hsi_cluster.stats.OUTLYING_LIMIT` training
+    standard deviations from the training mean: garbage, saturated or scaled bands (:func:`screen_bands`)."""
     outlying = np.zeros(len(bands), bool)
-    far = band_deviations(pixels, job.checkpoint.spectral_mean[bands], job.checkpoint.spectral_std[bands]) > \
-        OUTLYING_LIMIT
-    if far.any() and far.sum() <= DROPOUT_BANDS_MAX_SHARE * bands.sum():
-        outlying[np.flatnonzero(bands)[far]] = True
+    far = band_deviations(pixels, job.checkpoint.spectral_mean[bands], job.checkpoint.spectral_std[bands])
+    outlying[np.flatnonzero(bands)[far > OUTLYING_LIMIT]] = True
     return outlying
 
 
@@ -403,10 +399,20 @@ def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | Non
 def screen_bands(job: _Job, stats: np.ndarray | None, outlying: np.ndarray | None = None) -> _Job | None:
     """The job again with bands read as the training mean, when the first pass found bands that voided most of the
     scene, as ``ingest`` flags them bad (validity rules 9 and 10; ``stats``: the sum of every tile's
-    :func:`tile_band_stats`, None when some tile has none), or ``outlying`` bands (bool (B,), from the units
-    probe: :func:`outlying_bands`); None when it found none. Warns, naming them."""
+    :func:`tile_band_stats`, None when some tile has none), or a few ``outlying`` bands (bool (B,), from the units
+    probe: :func:`outlying_bands`; up to :data:`~hsi_cluster.stats.DROPOUT_BANDS_MAX_SHARE` of the bands read,
+    among bands that fit the model; more are warned of, unless the units check speaks of them); None when it found
+    none. Warns, naming them."""
     flagged = _voiding_bands(job, stats)
-    if outlying is not None and outlying.any():
+    read = len(job.fill) if job.deciding_bands is None else int(job.deciding_bands.sum())
+    if outlying is not None and outlying.sum() > DROPOUT_BANDS_MAX_SHARE * read:  # another scene, not a few bands
+        if job.spread is not None and 1 / UNITS_SPREAD_LIMIT <= job.spread <= UNITS_SPREAD_LIMIT:  # else said so
+            warnings.warn(MetadataWarning(
+                f"{job.scene.attrs['source']}: {int(outlying.sum())} of the {read} bands the model reads lie over "
+                f"{OUTLYING_LIMIT:g} training standard deviations from its training values (first valid pixels "
+                "read), too many to set aside: the labels are likely meaningless. Check the scene's bands and units "
+                "against the training scenes', or train on it"), stacklevel=2)
+    elif outlying is not None and outlying.any():
         warnings.warn(MetadataWarning(
             f"{job.scene.attrs['source']}: {_numbered(job.scene, outlying)} {'lie' if outlying.sum() > 1 else 'lies'} "
             f"over {OUTLYING_LIMIT:g} training "

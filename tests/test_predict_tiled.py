@@ -473,6 +473,22 @@ def test_a_band_far_outside_the_training_values_reads_as_the_training_mean(
     np.testing.assert_array_equal(in_memory.values, read_raster(expected.output)[0])
 
 
+def test_many_bands_far_outside_the_training_values_are_warned_of_not_set_aside(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """Four of twelve bands of garbage: too many to read as the mean (a fifth at most), and the units check (the
+    median over bands) saw nothing, so the labels were meaningless in silence."""
+    cube = holey[0].cube.copy()
+    usable = np.isfinite(cube) & (cube != NODATA)
+    cube[:4] = np.where(usable[:4], np.random.default_rng(0).uniform(-5e5, 5e5, cube[:4].shape), cube[:4])
+    scene = write_scene(tmp_path / "garbage.tif", cube)
+    with pytest.warns(MetadataWarning) as said:
+        result = predict_scene(scene.path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
+    notices = [str(w.message) for w in said if "training standard deviations" in str(w.message)]
+    assert len(notices) == 1 and "4 of the 12 bands the model reads lie over 100" in notices[0], notices
+    assert "too many to set aside: the labels are likely meaningless" in notices[0]
+    assert not result.units_differ and result.valid_pixels == holey[1].sum()
+
+
 @pytest.mark.parametrize("layout", ["tiles", "strips", "one strip"])
 def test_a_raster_in_large_compressed_tiles_or_strips_is_decoded_once_per_block(
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray],
