@@ -29,6 +29,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from rasterio.crs import CRS
 
 from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.io.metadata import unit_scale_to_nm
@@ -44,7 +45,8 @@ _FWHM_NAMES = ("fwhm", "bandwidth", "fwhm_nm")
 _GOOD_BAND_NAMES = ("good_wavelengths", "good_band", "good_bands", "bbl")
 _LATITUDE_NAMES = {"lat", "latitude"}
 _LONGITUDE_NAMES = {"lon", "long", "longitude"}
-_WGS84 = "EPSG:4326"
+#: The CRS of latitude/longitude dimensions, as WKT like every scene's ``crs`` attribute.
+_WGS84 = CRS.from_epsg(4326).to_wkt()
 
 
 def open_netcdf(path: Path, var: str | None, spatial: tuple[int, int] | None) -> xr.DataArray:

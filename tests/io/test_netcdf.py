@@ -56,10 +56,34 @@ def test_band_dimension_by_name_on_any_axis_south_up_grid_flipped(tmp_path: Path
                 "wavelength": ("wavelength", np.linspace(0.4, 2.4, 5), {"units": "micrometers"})})
     scene = open_scene(path)
     np.testing.assert_array_equal(scene.values, cube)  # bands first, flipped back to north-up
-    assert scene.attrs["crs"] == "EPSG:4326"
+    assert rasterio.crs.CRS.from_wkt(scene.attrs["crs"]).to_epsg() == 4326
     a, _, c, _, e, f = scene.attrs["transform"]
     assert (a, e) == pytest.approx((0.02, -0.01)) and (c, f) == pytest.approx((9.99, 40.005))
     np.testing.assert_allclose(scene.coords["wavelength"].values, np.linspace(400, 2400, 5))
+
+
+def test_a_latitude_longitude_grid_trains_and_predicts_a_wgs84_map(tmp_path: Path) -> None:
+    """Its CRS was the text 'EPSG:4326' where every reader of a scene's CRS expects WKT: `info` and `train` failed
+    with 'unexpected CRSError: The WKT could not be parsed'."""
+    cube = helpers.synthetic_cube(5, 24, 20, "float32", seed=5)
+    lat, lon = 40.0 - 0.0002 * np.arange(24), -87.0 + 0.0002 * np.arange(20)
+    path = helpers.write_netcdf(tmp_path / "grid.nc", {"refl": (("band", "lat", "lon"), cube)},
+                                coords={"lat": ("lat", lat, {}), "lon": ("lon", lon, {}),
+                                        "wavelength": ("band", np.linspace(400, 2400, 5), {"units": "nm"})})
+    runner = CliRunner()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    model, labels = tmp_path / "m.ckpt", tmp_path / "labels.tif"
+    info = runner.invoke(main, ["info", str(path), "--json"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["crs"]["epsg"] == 4326
+    for args in (["train", path, "-k", "3", "-o", model, "--config", config, "--work", tmp_path / "work", "-q"],
+                 ["predict", path, "-m", model, "-o", labels, "-q"]):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    with rasterio.open(labels) as raster:
+        assert raster.crs.to_epsg() == 4326 and raster.shape == (24, 20)
+        assert tuple(raster.transform)[:6] == pytest.approx((0.0002, 0.0, -87.0001, 0.0, -0.0002, 40.0001))
 
 
 def test_cf_scale_fill_and_grid_mapping_crs(tmp_path: Path) -> None:
