@@ -161,8 +161,15 @@ def test_ingest_mat_with_var(runner: CliRunner, tmp_path: Path, scene_factory) -
     cube = helpers.synthetic_cube(4, 10, 12, "float32", seed=3)
     written = scene_factory("mat-v5", cube, var="first",
                             extra={"second": np.zeros((10, 12, 3), np.float32)})
-    refused = runner.invoke(main, ["ingest", str(written.path), "-o", str(tmp_path / "a.zarr")])
-    assert refused.exit_code != 0 and "--var" in refused.stderr
+    written_with_a_list = scene_factory("mat-v5", cube, var="first", extra={
+        "second": np.zeros((10, 12, 3), np.float32), "wl": np.arange(4.0)[None]})
+    for command in (["ingest"], ["train", "-k", "3"]):  # train has no --var: the message says to ingest with it
+        refused = runner.invoke(main, [*command, str(written_with_a_list.path), "-o", str(tmp_path / "a.zarr")])
+        assert refused.exit_code != 0 and refused.stderr.count("\n") == 1
+        listed = refused.stderr.split("several 3-D arrays (")[1].split(")); ")[0]
+        assert sorted(listed.split("), ")) == ["first (10, 12, 4", "second (10, 12, 3"]  # not the 2-D wl
+        assert "choose one with --var NAME" in refused.stderr
+        assert "ingest it with --var, then train and predict the store" in refused.stderr
     invoke(runner, "ingest", written.path, "-o", tmp_path / "a.zarr", "--var", "first", "--quiet")
     np.testing.assert_array_equal(open_scene(tmp_path / "a.zarr").values, cube)
 

@@ -33,7 +33,7 @@ from rasterio.crs import CRS
 
 from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.io.metadata import unit_scale_to_nm
-from hsi_cluster.io.scene_array import scene_array
+from hsi_cluster.io.scene_array import CHOOSE_VARIABLE, scene_array
 
 #: File suffixes read by this module.
 NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf")
@@ -125,7 +125,7 @@ def _pick_variable(path: Path, tree: xr.DataTree, var: str | None) -> tuple[str,
     if not cubes:
         raise SceneError(f"{path}: no 3-D variable (it holds {', '.join(variables) or 'nothing'}); a hyperspectral "
                          "cube needs two image axes and the bands")
-    raise SceneError(f"{path}: several 3-D variables ({listing}); choose one with --var NAME")
+    raise SceneError(f"{path}: several 3-D variables ({listing}); {CHOOSE_VARIABLE}")
 
 
 def _band_dimension(path: Path, name: str, cube: xr.DataArray, tree: xr.DataTree) -> str:

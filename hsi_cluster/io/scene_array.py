@@ -20,6 +20,9 @@ SOURCE_VALID = "source_valid"
 #: Attribute of a scene without a geotransform that a GDAL raster locates by ground control points:
 #: ``{"points": [[row, col, x, y, z], ...], "crs": WKT or None}`` (rows and columns in pixels, as GDAL gives them).
 GCPS = "gcps"
+#: How to pick one cube of a file holding several: `train` and `predict` read the store that `ingest` writes.
+CHOOSE_VARIABLE = ("choose one with --var NAME (hsicluster ingest, info and evaluate take it: ingest it with --var, "
+                   "then train and predict the store)")
 
 
 def gcp_records(gcps: Any, crs: Any) -> dict[str, Any]:
