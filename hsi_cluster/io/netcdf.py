@@ -1,6 +1,7 @@
-"""NetCDF scenes (``.nc``): a 3-D variable with a named band dimension, and EMIT's swath products.
+"""NetCDF scenes (``.nc``; plain HDF5 ``.h5`` alike): a 3-D variable with a named band dimension, and EMIT's
+swath products.
 
-GDAL's netCDF driver takes the last two dimensions of a variable as rows and columns, so a cube
+GDAL's netCDF and HDF5 drivers take the last two dimensions of a variable as rows and columns, so a cube
 stored ``(downtrack, crosstrack, bands)`` (NASA EMIT) or ``(y, x, wavelength)`` would come out with
 its bands on an image axis. This reader finds the band dimension by its name (``band``,
 ``wavelength``, ``channel``, … or the length of a ``wavelength`` variable) and returns
@@ -36,7 +37,7 @@ from hsi_cluster.io.metadata import unit_scale_to_nm
 from hsi_cluster.io.scene_array import CHOOSE_VARIABLE, scene_array
 
 #: File suffixes read by this module.
-NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf")
+NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf", ".h5", ".hdf5")  # plain HDF5 too: GDAL would take its first axis for bands
 #: Dimension names (lower case) that hold the bands.
 BAND_DIMENSIONS = {"band", "bands", "wavelength", "wavelengths", "spectral", "spectral_band", "spectral_bands",
                    "channel", "channels", "lambda", "wl"}

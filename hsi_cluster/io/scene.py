@@ -657,9 +657,9 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
         path: a GDAL raster (GeoTIFF, COG, VRT, ENVI binary or its ``.hdr``, …; an EnMAP product's
             ``SPECTRAL_IMAGE`` with its ``METADATA.XML``: see :mod:`hsi_cluster.io.enmap`), a Zarr store made
             by ``hsicluster ingest``, a ``.npy`` cube (y, x, band), a MATLAB ``.mat`` file or a NetCDF
-            file (``.nc``, EMIT's included: see :mod:`hsi_cluster.io.netcdf`) or a PRISMA L2D ``.he5``
+            file (``.nc``, EMIT's included, or a plain HDF5 ``.h5``: see :mod:`hsi_cluster.io.netcdf`) or a PRISMA L2D ``.he5``
             product (see :mod:`hsi_cluster.io.prisma`).
-        var: the variable to use in a ``.mat`` or NetCDF file holding several 3-D arrays.
+        var: the variable to use in a ``.mat``, NetCDF or HDF5 file holding several 3-D arrays.
         chunks: spatial dask chunk ``(rows, cols)``; default: the file's tiles or chunks of a few MB.
 
     Returns:
@@ -684,7 +684,7 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
         raise SceneError(f"{path}: permission denied; make the file readable")
     suffix = path.suffix.lower()
     if var is not None and suffix != ".mat" and suffix not in NETCDF_SUFFIXES:
-        raise SceneError(f"{path}: --var {var} names a variable of a MATLAB .mat or NetCDF file, and this is neither; "
+        raise SceneError(f"{path}: --var {var} names a variable of a MATLAB .mat, NetCDF or HDF5 file, and this is none; "
                          "leave --var out")
     if suffix == ".npy":
         return _open_npy(path, chunks)

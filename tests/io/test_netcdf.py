@@ -142,14 +142,33 @@ def test_a_file_that_is_not_netcdf_is_refused(tmp_path: Path) -> None:
         open_scene(path)
 
 
-def test_gdal_container_of_subdatasets_is_refused_with_a_way_out(tmp_path: Path) -> None:
-    path = tmp_path / "container.h5"
+def test_a_plain_hdf5_cube_is_read_with_its_bands_found_by_the_wavelengths(tmp_path: Path) -> None:
+    """An HDF5 file holding a (y, x, band) cube and a wavelength list went to GDAL, which took its first axis
+    (rows) for the bands: 100 rows × 200 cols × 100 bands, trained and labelled with exit 0. It reads as the
+    NetCDF reader reads a NetCDF-4 file (HDF5 too), with several cubes refused as there."""
     import h5py
+
+    cube = helpers.synthetic_cube(5, 6, 7, "float32", seed=5)
+    path = tmp_path / "scene.h5"
     with h5py.File(path, "w") as handle:
+        handle["data/reflectance"] = cube.transpose(1, 2, 0)
+        handle["data/wavelength"] = np.linspace(400, 2400, 5)
+    scene = open_scene(path)
+    np.testing.assert_array_equal(scene.values, cube)
+    np.testing.assert_allclose(scene.coords["wavelength"].values, np.linspace(400, 2400, 5))
+    two = tmp_path / "two.h5"
+    with h5py.File(two, "w") as handle:
+        handle["data/reflectance"] = cube.transpose(1, 2, 0)
+        handle["data/wavelength"] = np.linspace(400, 2400, 5)
+        handle["data/other"] = np.zeros((6, 7, 5), np.float32)
+    with pytest.raises(SceneError, match=r"several 3-D variables \(/data/other .*, /data/reflectance .*\); choose"):
+        open_scene(two)
+    np.testing.assert_array_equal(open_scene(two, var="/data/reflectance").values, cube)
+    undecidable = tmp_path / "cube.hdf5"
+    with h5py.File(undecidable, "w") as handle:
         handle["VNIR"] = np.zeros((4, 5, 6), np.float32)
-        handle["SWIR"] = np.zeros((4, 5, 6), np.float32)
-    with pytest.raises(SceneError, match=r"a container of 2 subdatasets \(HDF5:.*\), not one image; write the cube"):
-        open_scene(path)
+    with pytest.raises(SceneError, match=r"cannot tell which dimension of /VNIR .* holds the bands"):
+        open_scene(undecidable)
 
 
 def test_emit_file_trains_and_predicts_a_georeferenced_map(tmp_path: Path, emit: helpers.SyntheticScene) -> None:

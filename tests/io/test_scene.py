@@ -488,7 +488,7 @@ def test_open_is_lazy_for_a_big_mat_v73(tmp_path: Path, scene_factory) -> None:
 
 
 def test_var_for_a_file_that_is_not_matlab_is_refused(geotiff: SyntheticScene) -> None:
-    with pytest.raises(SceneError, match="--var cube names a variable of a MATLAB .mat or NetCDF file, and this is neither"):
+    with pytest.raises(SceneError, match="--var cube names a variable of a MATLAB .mat, NetCDF or HDF5 file, and this is none"):
         open_scene(geotiff.path, var="cube")
 
 
