@@ -69,7 +69,7 @@ def _scene_path(scene: SceneLike, *, what: str, work_dir: str | os.PathLike[str]
         return Path(scene).expanduser().absolute()
     if isinstance(scene, xr.DataArray):
         source = scene.attrs.get("source")
-        variable = scene.attrs.get("variable") if scene.attrs.get("format") in ("mat", "mat-v7.3", "netCDF") else None
+        variable = scene.attrs.get("variable") if scene.attrs.get("format") in ("mat", "mat-v7.3", "netCDF", "HDF5") else None
         if source and Path(source).exists():
             # the lazy array's name is a token of the file, its reading and its chunks: any change (.where,
             # .astype, a crop, .load()) makes another array, which the file does not hold

@@ -87,7 +87,7 @@ def open_netcdf(path: Path, var: str | None, spatial: tuple[int, int] | None) ->
         extra = {"variable": name}
     data = data.rechunk(default_chunks(n_bands, data.dtype, spatial))
     return scene_array(data, coords=coords, crs=crs, transform=transform, nodata=nodata, source=str(path),
-                       fmt="netCDF", extra_attrs=extra)
+                       fmt="HDF5" if path.suffix.lower() in (".h5", ".hdf5") else "netCDF", extra_attrs=extra)
 
 
 def _open_tree(path: Path) -> xr.DataTree:
