@@ -263,13 +263,18 @@ def test_save_never_writes_over_a_training_scene(tmp_path: Path) -> None:
     assert model.save(tmp_path / "m.ckpt").is_file()
 
 
-def test_a_cube_chosen_with_var_is_the_one_trained_on_and_labelled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".mat", ".nc"])
+def test_a_cube_chosen_with_var_is_the_one_trained_on_and_labelled(tmp_path: Path, suffix: str) -> None:
     """A .mat file of two cubes: ``open_scene(path, var="b")`` trains and labels cube b (train refused the file:
-    "several 3-D arrays; choose one with --var"), in memory and to a file alike."""
+    "several 3-D arrays; choose one with --var"), in memory and to a file alike. A NetCDF (or HDF5) file's cube
+    was refused as "not one as opened by open_scene()": each opening named its dask array anew."""
     cube, _ = holey_cube()
     other = np.random.default_rng(1).normal(5, 1, (cube.shape[1], cube.shape[2], 5)).astype(np.float32)
-    path = tmp_path / "two.mat"
-    scipy.io.savemat(path, {"a": other, "b": np.ascontiguousarray(cube.transpose(1, 2, 0))})
+    path = tmp_path / f"two{suffix}"
+    if suffix == ".mat":
+        scipy.io.savemat(path, {"a": other, "b": np.ascontiguousarray(cube.transpose(1, 2, 0))})
+    else:
+        helpers.write_netcdf(path, {"a": (("y", "x", "bands"), other), "b": (("y", "x", "band"), cube.transpose(1, 2, 0))})
     scene = hc.open_scene(path, var="b")
     model = hc.train(scene, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
     assert model.n_bands == cube.shape[0]

@@ -69,7 +69,10 @@ def open_netcdf(path: Path, var: str | None, spatial: tuple[int, int] | None) ->
     row_dim, col_dim = (str(dim) for dim in cube.dims if dim != band_dim)
     n_bands = cube.sizes[band_dim]
     _, chunk_rows, chunk_cols = default_chunks(n_bands, np.dtype(cube.dtype), spatial)
-    cube = cube.chunk({band_dim: -1, row_dim: chunk_rows, col_dim: chunk_cols})
+    # a name that is the same for each opening of the same file, variable and chunks (xarray's own is random for a
+    # lazily read file): the in-memory API recognises an array from open_scene(path, var=...) by it
+    cube = cube.chunk({band_dim: -1, row_dim: chunk_rows, col_dim: chunk_cols},
+                      token=f"{path}-{path.stat().st_mtime_ns}-{name}-{chunk_rows}x{chunk_cols}")
     coords = _spectral_coords(tree, band_dim, n_bands)
     nodata = float("nan") if _declares_fill(cube) else None
     data = cube.transpose(band_dim, row_dim, col_dim).data
