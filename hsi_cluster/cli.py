@@ -52,6 +52,18 @@ def _warn(message: str) -> None:
 _python_showwarning = warnings.showwarning
 
 
+def _log(quiet: bool, write: Callable[[str], Any]) -> Callable[[str], None]:
+    """A library log callback for the CLI: its lines through ``write``, but with ``--quiet`` only the warnings
+    (lines ``warning: …``, indented in a pipeline's log), as ``hsicluster: warning: …``: quiet is no progress or
+    chatter, and a scene in other units or of another pixel size must still be said."""
+    def log(message: str) -> None:
+        if not quiet:
+            write(message)
+        elif message.lstrip().startswith("warning: "):
+            _warn(message.lstrip()[len("warning: "):])
+    return log
+
+
 class _MetadataWarnings:
     """``warnings.showwarning`` for one command: a scene's :class:`MetadataWarning` as one ``hsicluster: warning:``
     line, each text once (a scene is opened several times per command, and Python's "once" filter forgets what it
@@ -377,7 +389,7 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
                          restarts=restarts)
     with progress_bar("train", unit="step", quiet=quiet, plain_lines=False) as update:  # the log has its own
         # above the bar on a terminal (the bar shows step/total and the ETA), plain lines in a log
-        log = (lambda message: None) if quiet else (lambda message: update.bar.write(message, file=sys.stderr))
+        log = _log(quiet, lambda message: update.bar.write(message, file=sys.stderr))
         first: list[int] = []
 
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -584,7 +596,7 @@ def run_pipeline(pipeline_file: Path, force: bool, dry_run: bool, only: tuple[st
     """
     from hsi_cluster.pipeline import describe, run
 
-    log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    log = _log(quiet, lambda message: click.echo(message, err=True))
     result = run(pipeline_file, workdir=workdir, force=force, dry_run=dry_run, only=list(only) or None, log=log)
     if dry_run:
         count = sum(1 for step in result.steps if step.status == "would run")

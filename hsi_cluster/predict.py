@@ -405,8 +405,10 @@ def screen_bands(job: _Job, stats: np.ndarray | None, outlying: np.ndarray | Non
     none. Warns, naming them."""
     flagged = _voiding_bands(job, stats)
     read = len(job.fill) if job.deciding_bands is None else int(job.deciding_bands.sum())
+    if job.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= job.spread <= UNITS_SPREAD_LIMIT:
+        outlying = None  # the whole scene is in other units (warned of): its bands are not to be set aside one by one
     if outlying is not None and outlying.sum() > DROPOUT_BANDS_MAX_SHARE * read:  # another scene, not a few bands
-        if job.spread is not None and 1 / UNITS_SPREAD_LIMIT <= job.spread <= UNITS_SPREAD_LIMIT:  # else said so
+        if job.spread is not None:
             warnings.warn(MetadataWarning(
                 f"{job.scene.attrs['source']}: {int(outlying.sum())} of the {read} bands the model reads lie over "
                 f"{OUTLYING_LIMIT:g} training standard deviations from its training values (first valid pixels "

@@ -397,6 +397,12 @@ def test_cli_warns_of_training_scenes_in_other_units(tmp_path: Path) -> None:
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
         warned = [line for line in result.output.splitlines() if "other units or scaling" in line]
         assert len(warned) == 1 and "refl" in warned[0] and expected in warned[0], warned
+    # --quiet silences the progress and the log, not the warnings (it silenced them all)
+    quiet = tiny_train(tmp_path, counts.store, counts2.store, reflectance.store, "-k", 3, "-o", tmp_path / "m.ckpt",
+                       "--steps", 2, "--overwrite", "-q")
+    assert quiet.exit_code == 0 and quiet.stdout == "", (quiet.stdout, quiet.stderr, quiet.exception)
+    [line] = quiet.stderr.splitlines()
+    assert line.startswith("hsicluster: warning: ") and "as much as the other training scenes" in line, line
 
 
 def test_cli_projection_mnf_from_a_config_file(scene: IngestedScene, tmp_path: Path) -> None:

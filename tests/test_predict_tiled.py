@@ -367,12 +367,22 @@ def test_pixels_the_files_mask_band_hides_are_nodata(dense: TrainedModel, tmp_pa
 
 
 def test_a_scene_in_other_units_than_the_training_scenes_is_warned_of(dense: TrainedModel, tmp_path: Path,
-                                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]
-                                                                     ) -> None:
+                                                                     holey: tuple[helpers.SyntheticScene, np.ndarray],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The training scene itself varies as the model expects; the same ground scaled by 1e-4 (reflectance against
-    digital numbers) is labelled, with a warning naming the scene and the factor."""
+    digital numbers) is labelled, with a warning naming the scene and the factor, and only that one: a band whose
+    training spread is narrow lies far from the training mean in such a scene too, and was also set aside as a
+    band 'where the other bands fit', with every tile labelled twice."""
+    deviations = predict_module.band_deviations
+
+    def one_band_far(*args: np.ndarray) -> np.ndarray:  # a narrow band, as the 200th of Indian Pines in fractions
+        far = deviations(*args)
+        far[-1] = 1e4
+        return far
+
     same = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "same.tif", tiles=16, device="cpu")
     assert same.spread is not None and 0.1 < same.spread < 10 and not same.units_differ
+    monkeypatch.setattr(predict_module, "band_deviations", one_band_far)
     reflectance = np.where(holey[1], holey[0].cube * 1e-4, np.nan).astype(np.float32)
     scaled = write_scene(tmp_path / "reflectance.tif", reflectance, nodata=None)
     result = CliRunner().invoke(main, ["predict", str(scaled.path), "-m", str(dense.checkpoint), "-o",
