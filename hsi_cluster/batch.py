@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError, counted, first_line
 from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
 from hsi_cluster.io.files import sha256_of, write_text_atomic
 from hsi_cluster.io.label_raster import sidecar_path
@@ -176,21 +177,67 @@ class Manifest:
     path: Path
     header: dict[str, Any]
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the records of a manifest made with another model or tiles (dropped), and that manifest's header
+    replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replaced_header: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, header: dict[str, Any]) -> Manifest:
-        """The manifest at ``path``; its records are kept only if it was made with the same model and tiles."""
+    def load(cls, path: Path, header: dict[str, Any], log: Callable[[str], None] | None = None) -> Manifest:
+        """The manifest at ``path``; its records are kept only if it was made with the same model and tiles (else
+        in :attr:`replaced`). An unreadable one is kept beside as ``manifest.json.bak``, with a warning."""
         manifest = cls(path, header)
         try:
             saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
         except FileNotFoundError:
             return manifest
-        except (OSError, ValueError):
-            return manifest  # unreadable: start afresh (outputs are checked against their checksums anyway)
-        same = all(saved.get(key) == header.get(key) for key in ("model_sha256", "tiles"))
-        if same and isinstance(saved.get("scenes"), dict):
-            manifest.records = saved["scenes"]
+        except (OSError, ValueError) as exc:  # start afresh: outputs are checked against their checksums anyway
+            backup = path.with_name(path.name + ".bak")
+            shutil.copyfile(path, backup)
+            if log:
+                log(f"warning: {path}: unreadable ({first_line(exc)}); kept as {backup.name}, and every scene is "
+                    "labelled again")
+            return manifest
+        listed = saved.get("scenes")
+        scenes: dict[str, dict[str, Any]] = {source: record for source, record in listed.items()
+                                             if isinstance(record, dict)} if isinstance(listed, dict) else {}
+        moved_from = saved.get("outdir")
+        if isinstance(moved_from, str) and moved_from != header.get("outdir"):  # OUTDIR moved or copied: its outputs too
+            for record in scenes.values():
+                output = Path(str(record.get("output")))
+                if output.is_relative_to(moved_from):
+                    record["output"] = str(path.parent / output.relative_to(moved_from))
+        if all(saved.get(key) == header.get(key) for key in ("model_sha256", "tiles")):
+            manifest.records = scenes
+        else:
+            manifest.replaced, manifest.replaced_header = scenes, saved
         return manifest
+
+    def check_not_mixing(self, sources: list[Path], *, remove: bool, log: Callable[[str], None]) -> None:
+        """Refuse a run that would leave labels of another model (or tiles) in OUTDIR beside this one's, or with
+        ``remove`` remove those labels (a pipeline's batch step after its model changed): the manifest made with
+        them lists scenes, still labelled there, that this run does not label again."""
+        left = {source: Path(str(record.get("output"))) for source, record in self.replaced.items()
+                if Path(source) not in set(sources) and record.get("status") in ("done", "skipped")
+                and Path(str(record.get("output"))).is_file()}
+        if not left:
+            return
+        old = self.replaced_header
+        made_with = (f"the model {Path(str(old.get('model'))).name} (sha256 {str(old.get('model_sha256'))[:12]}…)"
+                     if old.get("model_sha256") != self.header["model_sha256"] else f"--tiles {old.get('tiles')}")
+        what = (f"the labels of {counted(len(left), 'scene')} made with {made_with} "
+                f"({Path(next(iter(left))).name}{', …' if len(left) > 1 else ''}), which this run does not label again")
+        if not remove:
+            raise OutputError(f"{self.path.parent}: holds {what}: the folder would mix two models' labels, and its "
+                              "manifest would forget those. Pass all its scenes, or choose another OUTDIR")
+        from hsi_cluster.io.stac import remove_stale_item
+
+        for output in left.values():
+            output.unlink()
+            sidecar_path(output).unlink(missing_ok=True)
+            remove_stale_item(str(output))
+        log(f"removed {what}")
 
     def save(self) -> None:
         """Write atomically (temporary file, then rename)."""
@@ -280,7 +327,7 @@ def _dashboard(client: Any, *, local: bool) -> str | None:
 def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.PathLike[str],
               outdir: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, scheduler: str | None = None,
               workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
-              log: Callable[[str], None] | None = None) -> BatchResult:
+              log: Callable[[str], None] | None = None, remove_other_models: bool = False) -> BatchResult:
     """Label every scene with one model on dask.distributed; see the module docstring.
 
     Args:
@@ -293,6 +340,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         retries: extra attempts for a scene whose task raised or whose worker died.
         progress: called as each scene finishes.
         log: receives notices (dashboard link, skipped scenes).
+        remove_other_models: remove the labels that OUTDIR holds of scenes this run does not label, made with
+            another model or tiles (a pipeline's batch step after its model changed); default: refuse the run.
 
     Returns:
         the records of every scene, in input order; ``failed`` lists the failures.
@@ -319,7 +368,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         raise OutputError(f"{out}: the output folder is not writable; choose another")
     with _outdir_lock(out):
         return _run_locked(sources, checkpoint_path, model_sha, out, tiles=tiles, scheduler=scheduler,
-                           workers=workers, retries=retries, progress=progress, log=log, started=started)
+                           workers=workers, retries=retries, progress=progress, log=log, started=started,
+                           remove_other_models=remove_other_models)
 
 
 @contextmanager
@@ -351,7 +401,7 @@ def _outdir_lock(out: Path) -> Iterator[None]:
 
 def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,
                 scheduler: str | None, workers: int | None, retries: int, progress: ProgressFn | None,
-                log: Callable[[str], None], started: float) -> BatchResult:
+                log: Callable[[str], None], started: float, remove_other_models: bool) -> BatchResult:
     """:func:`run_batch` once OUTDIR is checked and locked."""
     from distributed import as_completed
 
@@ -359,8 +409,9 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
         raise HsiClusterError(f"no scenes given: every file matched is a label raster under {out}")
     targets = output_paths(sources, out)
     header = {"format": "hsicluster-batch", "library_version": __version__, "model": str(checkpoint_path),
-              "model_sha256": model_sha, "tiles": tiles}
-    manifest = Manifest.load(out / MANIFEST, header)
+              "model_sha256": model_sha, "tiles": tiles, "outdir": str(out)}
+    manifest = Manifest.load(out / MANIFEST, header, log)
+    manifest.check_not_mixing(sources, remove=remove_other_models, log=log)
     attempts_dir = out / ATTEMPTS_DIR
     _check_targets(sources, targets, manifest, log)
     todo: list[Path] = []
@@ -424,7 +475,8 @@ def _check_targets(sources: list[Path], targets: dict[Path, Path], manifest: Man
                and Path(str(record.get("output"))).is_file()}
     if earlier:  # outputs mirror the folders under the scenes' common folder, which these patterns changed
         first = next(iter(earlier))
-        log(f"{len(earlier)} of these scenes were labelled before into other paths under OUTDIR ({first.name}: "
+        log(f"{len(earlier)} of these scenes {'was' if len(earlier) == 1 else 'were'} labelled before into other "
+            f"paths under OUTDIR ({first.name}: "
             f"{earlier[first]}, now {targets[first]}), as other patterns had another common folder; they are "
             "labelled again there and the earlier outputs are left as they are")
 

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated, counted
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 from hsi_cluster.progress import PlainProgress
 
@@ -405,12 +405,12 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
                            resume=resume, overwrite=overwrite, work_dir=work, checkpoint_every=checkpoint_every,
                            progress=on_step, log=log, k_max=k_max)
     if result.already_finished:
-        click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {_count(result.epochs, 'epoch')}); "
+        click.echo(f"{result.checkpoint}: training already finished ({result.steps} steps, {counted(result.epochs, 'epoch')}); "
                    "nothing to resume, the file is unchanged (pass a longer --samples, --epochs or --steps with "
                    "--resume to train it further)", err=True)
     elif not quiet:
         click.echo(f"wrote {result.checkpoint} ({result.steps} steps, {result.samples:,} samples, "
-                   f"{_count(result.epochs, 'epoch')}, {result.seconds:.0f} s, "
+                   f"{counted(result.epochs, 'epoch')}, {result.seconds:.0f} s, "
                    f"{result.samples_per_second:.0f} samples/s); loss curve {result.loss_curve}")
         if result.k_choice is not None:
             click.echo(f"-k auto chose K = {result.k_choice['k']} of 2..{result.k_choice['k_max']} "
@@ -473,11 +473,6 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         _warn(warning)
 
 
-def _count(number: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 def _scene_warnings(record: dict[str, Any]) -> list[str]:
     """What a batch tells of a scene it labelled: the warnings the worker kept in its record (no labelled pixel,
     other units, the scene's metadata: a worker's stderr is not the user's)."""
@@ -533,7 +528,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
-                           retries=retries, progress=on_scene, log=(lambda m: None) if quiet else tqdm_write)
+                           retries=retries, progress=on_scene, log=_log(quiet, tqdm_write))
         for record in result.failed:
             report_failure(record)
     empty = sum(1 for record in result.done if record.get("valid_pixels") == 0)

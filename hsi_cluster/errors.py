@@ -59,3 +59,8 @@ def number_ranges(numbers: Iterable[int]) -> str:
         else:
             runs.append([number])
     return ", ".join(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 scene``, ``2 scenes``: a count with its noun, plural when not one."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

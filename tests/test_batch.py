@@ -169,6 +169,61 @@ def test_labels_of_another_scene_in_the_outdir_are_not_written_over(archive: dic
     assert (out / "scene_labels.tif").read_bytes() == b"labels of north"
 
 
+@pytest.mark.parametrize("other", ["model", "tiles"])
+def test_labels_of_another_model_are_not_left_beside_this_ones(archive: dict, tmp_path: Path, other: str) -> None:
+    """OUTDIR labelled with one model, then one of its scenes with another model (or --tiles): the manifest
+    forgot the other scenes, whose labels of the first model stayed in the folder, unlisted, with exit 0. Refused
+    now, naming them; the manifest is left as it was."""
+    from hsi_cluster.checkpoint import load_checkpoint
+
+    first, second = archive["good"][:2]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scene1_labels.tif").write_bytes(b"labels of the first model")
+    sha = load_checkpoint(archive["model"]).sha256()
+    manifest = {"model": "old.ckpt", "model_sha256": "f" * 64 if other == "model" else sha,
+                "tiles": TILES if other == "model" else TILES * 2,
+                "scenes": {str(second): {"source": str(second), "output": str(out / "scene1_labels.tif"),
+                                         "status": "done"}}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    made_with = r"the model old.ckpt \(sha256 ffffffffffff…\)" if other == "model" else f"--tiles {TILES * 2}"
+    with pytest.raises(OutputError, match=rf"out: holds the labels of 1 scene made with {made_with} \(scene1.tif\), "
+                                          r"which this run does not label again: .* Pass all its scenes, or choose "
+                                          r"another OUTDIR"):
+        run_batch([str(first)], archive["model"], out, tiles=TILES)
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    if other == "model":  # a pipeline's batch step, whose model changed: those labels are removed, and said so
+        said: list[str] = []
+        result = run_batch([str(first)], archive["model"], out, tiles=TILES, log=said.append, remove_other_models=True)
+        assert [record["status"] for record in result.records] == ["done"]
+        assert not (out / "scene1_labels.tif").exists()
+        assert "removed the labels of 1 scene made with the model old.ckpt (sha256 ffffffffffff…) (scene1.tif)" in said[0]
+        assert list(json.loads((out / "manifest.json").read_text())["scenes"]) == [str(first)]
+
+
+def test_a_moved_outdir_is_up_to_date_and_an_unreadable_manifest_is_kept(archive: dict, tmp_path: Path) -> None:
+    """A batch's OUTDIR moved elsewhere: the rerun skipped its scenes but its manifest still named the outputs in
+    the old folder (and a copy said they had been 'labelled before into other paths'). A manifest that cannot be
+    read was dropped in silence, every scene labelled again."""
+    scene = archive["good"][1]
+    first = tmp_path / "first"
+    run_batch([str(scene)], archive["model"], first, tiles=TILES)
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    said: list[str] = []
+    again = run_batch([str(scene)], archive["model"], moved, tiles=TILES, log=said.append)
+    assert [record["status"] for record in again.records] == ["skipped"], again.records
+    [record] = json.loads((moved / "manifest.json").read_text())["scenes"].values()
+    assert record["output"] == str(moved / "scene1_labels.tif") and not any("other paths" in m for m in said), said
+    (moved / "manifest.json").write_text('{"scenes": {"half')
+    said.clear()
+    relabelled = run_batch([str(scene)], archive["model"], moved, tiles=TILES, log=said.append)
+    assert [record["status"] for record in relabelled.records] == ["done"]
+    assert (moved / "manifest.json.bak").read_text() == '{"scenes": {"half'
+    assert any(m.startswith(f"warning: {moved / 'manifest.json'}: unreadable (") and "kept as manifest.json.bak" in m
+               for m in said), said
+
+
 def test_a_file_batch_did_not_write_is_not_written_over(archive: dict, tmp_path: Path) -> None:
     """batch has no --overwrite: a file of the user's, or another scene's labels from `predict`, where a scene's labels
     go was replaced in silence when the manifest did not record it; the scene's own labels from `predict` are
@@ -229,7 +284,7 @@ def test_rasters_that_hsicluster_wrote_are_not_scenes(tmp_path: Path) -> None:
     told: list[str] = []
     assert expand_scene_paths([str(tmp_path / "archive" / "**" / "*.tif")], log=told.append) == [scene, named_alike]
     assert expand_scene_paths([scene, ours, named_alike]) == [scene, named_alike]  # the shell expanded the glob
-    assert told == ["left out 1 rasters that hsicluster wrote (cluster labels, confidence), not scenes"]
+    assert told == ["left out 1 raster that hsicluster wrote (cluster labels, confidence), not scenes"]
     with pytest.raises(SceneError, match=r"labels/a_\*.tif: the pattern matches only rasters that hsicluster wrote "
                                          r"\(labels, confidence\)"):
         expand_scene_paths([str(out / "a_*.tif")])
@@ -601,6 +656,6 @@ def test_scenes_labelled_before_into_other_paths_are_named(archive: dict, tmp_pa
     assert [record["status"] for record in result.records] == ["done", "done"]
     assert (out / "north" / "scene0_labels.tif").is_file() and (out / "scene0_labels.tif").is_file()
     assert [line for line in said if "labelled before" in line] == [
-        f"1 of these scenes were labelled before into other paths under OUTDIR (scene0.tif: {out / 'scene0_labels.tif'}, "
+        f"1 of these scenes was labelled before into other paths under OUTDIR (scene0.tif: {out / 'scene0_labels.tif'}, "
         f"now {out / 'north' / 'scene0_labels.tif'}), as other patterns had another common folder; they are labelled "
         "again there and the earlier outputs are left as they are"]

@@ -73,7 +73,8 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
             found.setdefault(match.resolve(), match.absolute())
         named += len(matches)
     if log is not None and ours:
-        log(f"left out {ours} rasters that hsicluster wrote (cluster labels, confidence), not scenes")
+        log(f"left out {ours} raster{'s' if ours != 1 else ''} that hsicluster wrote (cluster labels, confidence), "
+            "not scenes")
     if log is not None and named > len(found):
         log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
             f"or through a link): {len(found)} scene{'s' if len(found) != 1 else ''}, each taken once")

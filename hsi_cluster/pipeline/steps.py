@@ -138,7 +138,7 @@ def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     o = job.options
     result = run_batch([str(p) for p in job.inputs["scenes"]], job.inputs["model"], job.outputs["manifest"].parent,
                        tiles=o["tiles"], scheduler=o["scheduler"], workers=o["workers"], retries=o["retries"],
-                       log=lambda message: ctx.log(f"    {message}"))
+                       log=lambda message: ctx.log(f"    {message}"), remove_other_models=True)
     for record in result.done:  # what `hsicluster batch` prints of each scene (a worker's stderr is not the user's)
         for warning in record.get("warnings") or []:
             ctx.log(f"    warning: {warning}")
