@@ -180,13 +180,29 @@ def slow_layout_notice(scene: xr.DataArray, *, kept: int = 0, tile: int = 0, hal
             "gdal_translate -co TILED=YES -co BLOCKXSIZE=256 -co BLOCKYSIZE=256)")
 
 
+#: Metres per degree of latitude and, times the cosine of the latitude, of longitude (WGS 84, near enough to compare
+#: pixel sizes).
+_METRES_PER_DEGREE = (110_574.0, 111_320.0)
+
+
 def pixel_side(scene: xr.DataArray) -> tuple[float, str] | None:
-    """The side of a georeferenced scene's pixels (the square root of their area) and its CRS's linear unit
-    ("metre", "degree", …), or None without a CRS."""
+    """The side of a georeferenced scene's pixels (the square root of their area) in metres, ``(side, "metre")``,
+    whatever its CRS (a geographic one's degrees at the scene's central latitude, a projected one's feet or other
+    units by their factor); in its CRS's unit where that has no known length; None without a CRS."""
     if not (scene.attrs.get("georeferenced") and scene.attrs.get("crs")):
         return None
-    a, b, _, d, e, _ = scene.attrs["transform"]
-    return float(np.sqrt(abs(a * e - b * d))), CRS.from_wkt(scene.attrs["crs"]).linear_units or "unknown"
+    a, b, _, d, e, f = scene.attrs["transform"]
+    area = abs(a * e - b * d)
+    crs = CRS.from_wkt(scene.attrs["crs"])
+    if crs.is_geographic:
+        height, width = scene.shape[-2:]
+        latitude = np.radians(np.clip(d * width / 2 + e * height / 2 + f, -89.0, 89.0))
+        return float(np.sqrt(area * _METRES_PER_DEGREE[0] * _METRES_PER_DEGREE[1] * np.cos(latitude))), "metre"
+    try:
+        _, factor = crs.linear_units_factor
+    except Exception:  # noqa: BLE001 - pyproj/rasterio raise CRSError or others for a unit without a length
+        return float(np.sqrt(area)), crs.linear_units or "unknown"
+    return float(np.sqrt(area) * factor), "metre"
 
 
 def pixel_size_notice(scene: xr.DataArray, trained: Sequence[tuple[float, str]], *, model: str) -> str | None:
@@ -200,10 +216,11 @@ def pixel_size_notice(scene: xr.DataArray, trained: Sequence[tuple[float, str]],
     nearest = min(sides, key=lambda other: abs(np.log(side / other)))
     if max(side / nearest, nearest / side) <= PIXEL_SIZE_RATIO_WARN:
         return None
-    return (f"{scene.attrs['source']}: its pixels are {side:g} {unit} across, those the model {model} was trained "
-            f"on {nearest:g} {unit}: a patch spans {side / nearest:.3g}× the ground it learned, so the clusters may "
-            f"not mean the same here; resample the scene (gdalwarp -tr {nearest:g} {nearest:g}) or train on such "
-            "scenes")
+    native = CRS.from_wkt(scene.attrs["crs"]).linear_units == unit  # gdalwarp -tr takes the CRS's own unit
+    resample = f"gdalwarp -tr {nearest:.3g} {nearest:.3g}" if native else "gdalwarp -tr, in the scene's CRS units"
+    return (f"{scene.attrs['source']}: its pixels are {side:.3g} {unit} across, those the model {model} was trained "
+            f"on {nearest:.3g} {unit}: a patch spans {side / nearest:.3g}× the ground it learned, so the clusters may "
+            f"not mean the same here; resample the scene ({resample}) or train on such scenes")
 
 
 def unchecked_bands_notice(scene: xr.DataArray, wavelength: Sequence[float] | None, *, model: str) -> str | None:

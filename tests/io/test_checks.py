@@ -97,6 +97,15 @@ def test_a_scene_of_other_pixel_sizes_than_the_training_scenes_is_named() -> Non
     assert pixel_size_notice(scene(40), trained, model="m.ckpt") is None  # within 1.5×
     assert pixel_size_notice(scene(10, crs=None), trained, model="m.ckpt") is None  # no CRS: nothing to compare
     assert pixel_size_notice(scene(10), [(0.0003, "degree")], model="m.ckpt") is None  # other units
+    # other CRSs compare in metres: a tile in degrees (0.0003° near the equator, 33 m) against 10 m UTM scenes,
+    # where the model recorded '0.0003 unknown' and compared nothing; a tile in US survey feet likewise
+    wgs84 = scene(0.0003, crs="EPSG:4326")
+    notice = pixel_size_notice(wgs84, [(10.0, "metre")], model="m.ckpt")
+    assert notice is not None and notice.startswith("tile0.0003.tif: its pixels are 33.3 metre across, those the "
+                                                    "model m.ckpt was trained on 10 metre: a patch spans 3.33×")
+    assert "gdalwarp -tr, in the scene's CRS units" in notice
+    assert pixel_size_notice(scene(0.0003 / 3, crs="EPSG:4326"), [(10.0, "metre")], model="m.ckpt") is None
+    assert pixel_size_notice(scene(98.4, crs="EPSG:2263"), [(30.0, "metre")], model="m.ckpt") is None  # 30 m in ft
 
 
 def test_a_raw_raster_in_large_compressed_blocks_is_named(tmp_path) -> None:
