@@ -383,6 +383,7 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
 
     def fake_run_batch(scenes: list[str], checkpoint: Path, outdir: Path, **options: Any) -> Any:
         calls.append({"scenes": scenes, "checkpoint": checkpoint, "outdir": outdir, **options})
+        time.sleep(0.3)  # a batch that took time, which the report gives though a scene failed (it gave 0.0)
         records = [{"source": s, "output": str(Path(outdir) / (Path(s).stem + "_labels.tif")),
                     "status": "failed" if s == scenes[-1] else "done",
                     "error": "boom" if s == scenes[-1] else None, "seconds": 0.1, "pixels": 1480,
@@ -417,6 +418,8 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
     markdown = (tmp_path / "runs" / "tiny" / "report.md").read_text()
     assert "2 scenes: 1 done, 0 skipped (already done), 1 failed" in markdown and "| boom |" in markdown
     assert "since removed" not in markdown  # the manifest's record of an earlier run's scene is not this run's
+    [batch_row] = [line for line in markdown.splitlines() if line.startswith("| batch | batch |")]
+    assert float(batch_row.split(" | ")[3]) >= 0.3, batch_row
     # the failed batch is not recorded as done: the next run retries it, says why, the rest is up to date
     dry: list[str] = []
     assert run(path, dry_run=True, log=dry.append).outcome("batch").reason == "failed last time"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, counted
 from hsi_cluster.pipeline.plan import Job, StepPlan, plan, relative, sample_scenes
 from hsi_cluster.pipeline.schema import Pipeline, PipelineError, StepSpec, load_pipeline
 from hsi_cluster.pipeline.state import State, WorkdirLock, fingerprint
@@ -210,7 +210,7 @@ def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: l
             try:
                 summary = RUNNERS[step.kind](step, job, ctx)
             except HsiClusterError as exc:  # the run stops here; what finished before stays done
-                ctx.state.record_failure(step.name, step.kind, job.key, str(exc))
+                ctx.state.record_failure(step.name, step.kind, job.key, str(exc), seconds=time.perf_counter() - tick)
                 ctx.state.save()
                 exc.args = (f"step {label}: {exc}; the steps after it did not run (fix it and run the pipeline "
                             "again: finished steps are skipped)",)
@@ -224,9 +224,10 @@ def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: l
             if summary.get("failures"):
                 outcome.status = "failed"
                 failures += [f"{label}: {failure}" for failure in summary["failures"]]
-                log(f"{label}: {len(summary['failures'])} scene(s) failed; the step reruns next time")
+                failed = f"{counted(len(summary['failures']), 'scene')} failed"
+                log(f"{label}: {failed}; the step reruns next time")
                 # the next run retries, saying why (the batch itself skips the scenes it finished)
-                ctx.state.record_failure(step.name, step.kind, job.key, f"{len(summary['failures'])} scene(s) failed")
+                ctx.state.record_failure(step.name, step.kind, job.key, failed, seconds=seconds)
                 ctx.state.save()
                 continue
             ctx.state.record(step.name, step.kind, job.key, params=params, inputs=input_prints,

@@ -152,11 +152,12 @@ class State:
                               "seconds": round(seconds, 3), "summary": summary or {},
                               "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
-    def record_failure(self, step: str, kind: str, job: str, reason: str) -> None:
-        """Remember that a job failed (it runs again next time, and says why)."""
+    def record_failure(self, step: str, kind: str, job: str, reason: str, *, seconds: float | None = None) -> None:
+        """Remember that a job failed (it runs again next time, and says why), and how long it ran."""
         entry = self.steps.setdefault(step, {"kind": kind, "jobs": {}})
         entry["jobs"][job] = {"failed": reason,
-                              "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                              "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              **({} if seconds is None else {"seconds": round(seconds, 3)})}
 
     def forget_job(self, step: str, job: str) -> None:
         """Drop a job's entry, so that it runs next time."""
