@@ -363,6 +363,27 @@ def test_missing_input_and_only_name_errors(project: Path, tmp_path: Path) -> No
 # batch steps (run_batch stubbed: its own tests run it on dask for real)
 
 
+def test_a_sample_passes_over_files_that_cannot_be_opened(tmp_path: Path) -> None:
+    """`sample: 3` drew a corrupt or an empty file as readily as a scene: the training stopped on it, and removing
+    it moved the sample onto the next bad file. Such files now give their place to the next scene in hash order,
+    each named with its reason, so the sample is the one the good scenes alone would give."""
+    from hsi_cluster.pipeline.plan import sample_scenes
+
+    good = [helpers.write_geotiff(tmp_path / f"good{i}.tif", helpers.synthetic_cube(4, 6, 7, "float32", seed=i)).path
+            for i in range(5)]
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "corrupt.tif").write_bytes(good[0].read_bytes()[:300])
+    everything = sorted(tmp_path.glob("*.tif"))
+    assert tmp_path / "empty.tif" in sample_scenes(everything, 4)  # by hash: good2, good1, good0, empty, good3, …
+    passed_over: dict[Path, str] = {}
+    chosen = sample_scenes(everything, 4, passed_over=passed_over)
+    assert chosen == sample_scenes(sorted(good), 4) == [tmp_path / f"good{i}.tif" for i in range(4)]
+    assert list(passed_over) == [tmp_path / "empty.tif"] and "empty" in passed_over[tmp_path / "empty.tif"], passed_over
+    all_of_them: dict[Path, str] = {}
+    assert sample_scenes(everything, 10, passed_over=all_of_them) == sorted(good)
+    assert set(all_of_them) == {tmp_path / "empty.tif", tmp_path / "corrupt.tif"}
+
+
 def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datetime as dt
     import time

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsi_cluster.errors import HsiClusterError
+import numpy as np
+
+from hsi_cluster.errors import HsiClusterError, first_line
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files
 from hsi_cluster.pipeline.schema import SCHEMAS, Pipeline, StepSpec
@@ -49,6 +51,7 @@ class Job:
     outputs: dict[str, Path]
     options: dict[str, Any]
     extra_inputs: dict[str, Path] = field(default_factory=dict)  # read too (k-means scenes, models, ...)
+    notes: list[str] = field(default_factory=list)  # what the plan chose for the user (scenes a sample passed over)
 
     def input_files(self) -> list[Path]:
         """Every file the job reads (:func:`~hsi_cluster.io.scene.scene_files`: an ENVI header or binary, an EnMAP
@@ -87,16 +90,46 @@ def _variant_path(path: Path, template: str, variant: Variant) -> Path:
     return path.with_name(f"{path.stem}-seed{variant}{path.suffix}")
 
 
-def sample_scenes(scenes: list[Path], count: int) -> list[Path]:
+def sample_scenes(scenes: list[Path], count: int, *, passed_over: dict[Path, str] | None = None) -> list[Path]:
     """``count`` of the scenes, chosen by a hash of their file names, in their original order.
 
     Reproducible, independent of the folder the archive is in, and stable as an archive grows: a new
-    scene enters the sample only when its hash is among the ``count`` smallest.
+    scene enters the sample only when its hash is among the ``count`` smallest. With ``passed_over`` (filled with
+    each one's reason), a file that cannot be opened as a scene (corrupt, empty, not a raster) gives its place to
+    the next: an archive's bad file would stop the training.
     """
-    if count >= len(scenes):
-        return list(scenes)
-    chosen = set(sorted(scenes, key=lambda p: (hashlib.sha256(p.name.encode()).hexdigest(), str(p)))[:count])
+    ordered = sorted(scenes, key=lambda p: (hashlib.sha256(p.name.encode()).hexdigest(), str(p)))
+    if passed_over is None:
+        chosen = set(ordered[:count])
+    else:
+        chosen = set()
+        for path in ordered:
+            if len(chosen) == count:
+                break
+            reason = _unreadable(path)
+            if reason is None:
+                chosen.add(path)
+            else:
+                passed_over[path] = reason
     return [scene for scene in scenes if scene in chosen]
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file cannot be read as a scene (empty, not a raster, truncated: its last block is read), or None.
+    (Other band counts are left to the training, which names both scenes.)"""
+    import warnings
+
+    from hsi_cluster.io.scene import open_scene
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the training that reads it says them
+            np.asarray(open_scene(path).data[:, -1:, -1:])  # the last block: a truncated file opens, but ends early
+    except HsiClusterError as exc:
+        return str(exc).removeprefix(f"{path.absolute()}: ").removeprefix(f"{path}: ")
+    except Exception as exc:  # noqa: BLE001 - a reader's own error on a damaged file: the reason, in one line
+        return first_line(exc)
+    return None
 
 
 def _resolve_inputs(pipeline: Pipeline, step: StepSpec,
@@ -217,7 +250,12 @@ def _finish_train(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: di
     for job in jobs:
         scenes = [job.inputs["scene"]] if "scene" in job.inputs else job.inputs["scenes"]
         if step.values["sample"] is not None:
-            scenes = sample_scenes(scenes, step.values["sample"])
+            passed_over: dict[Path, str] = {}
+            scenes = sample_scenes(scenes, step.values["sample"], passed_over=passed_over)
+            job.notes += [f"sample: passed over {path.name}: {reason}" for path, reason in passed_over.items()]
+            if len(scenes) < step.values["sample"]:
+                job.notes.append(f"sample: {step.values['sample']} asked, and {len(scenes)} of the scenes can be "
+                                 "trained on: all of those are")
         job.inputs.pop("scene", None)
         job.inputs["scenes"] = scenes
     return produced

@@ -166,6 +166,7 @@ def _chosen_scenes(step: StepSpec, step_plan: StepPlan) -> list[str]:
             lines.append(f"sample: {_scenes(len(scenes))}, {names}{more}")
         elif step.kind == "batch" and step.values.get("exclude_trained"):
             lines.append(f"exclude_trained: labels {_scenes(len(scenes))}, not those the model trains on")
+        lines += job.notes
     return list(dict.fromkeys(lines))
 
 
@@ -203,6 +204,8 @@ def _run(pipeline: Pipeline, plans: dict[str, StepPlan], *, force: bool, only: l
                     hint = f"; run step {producer!r} first" if producer else ""
                     raise PipelineError(f"{pipeline.path}: {step.where}: input {path} does not exist{hint}")
             log(f"{label}: running ({reason})")
+            for note in job.notes:
+                log(f"    {note}")
             input_prints = {key: fingerprint(path) for key, path in inputs.items()}
             for path in job.outputs.values():
                 path.parent.mkdir(parents=True, exist_ok=True)
