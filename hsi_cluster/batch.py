@@ -327,7 +327,8 @@ def _dashboard(client: Any, *, local: bool) -> str | None:
 def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.PathLike[str],
               outdir: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, scheduler: str | None = None,
               workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
-              log: Callable[[str], None] | None = None, remove_other_models: bool = False) -> BatchResult:
+              log: Callable[[str], None] | None = None, remove_other_models: bool = False,
+              exclude: Sequence[str | os.PathLike[str]] = ()) -> BatchResult:
     """Label every scene with one model on dask.distributed; see the module docstring.
 
     Args:
@@ -342,6 +343,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         log: receives notices (dashboard link, skipped scenes).
         remove_other_models: remove the labels that OUTDIR holds of scenes this run does not label, made with
             another model or tiles (a pipeline's batch step after its model changed); default: refuse the run.
+        exclude: paths and patterns of files among ``scenes`` to leave out (a scene that cannot be labelled).
 
     Returns:
         the records of every scene, in input order; ``failed`` lists the failures.
@@ -353,7 +355,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
 
     started = time.perf_counter()
     log = log or (lambda message: None)
-    sources = expand_scene_paths(scenes, log=log)
+    sources = expand_scene_paths(scenes, log=log, exclude=exclude)
     if not sources:
         raise HsiClusterError("no scenes given; pass files or a quoted glob pattern")
     check_tile_size(tiles)

@@ -494,9 +494,13 @@ def _scene_warnings(record: dict[str, Any]) -> list[str]:
               help="Extra attempts for a scene whose task crashed or whose worker died.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scene records as JSON.")
 @click.option("--stac", is_flag=True, help="Also write a STAC Item beside each label raster and OUTDIR/collection.json.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out the scenes this path or quoted pattern matches (repeatable), e.g. a file that cannot "
+                   "be labelled.")
 @command_options
 def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, scheduler: str | None,
-          workers: int | None, retries: int, as_json: bool, stac: bool, quiet: bool) -> None:
+          workers: int | None, retries: int, as_json: bool, stac: bool, exclude: tuple[str, ...],
+          quiet: bool) -> None:
     """Label many SCENES (files or quoted glob patterns, ** recursive) with one model on dask.
 
     Rerunning skips the scenes already done; a failing scene is recorded in OUTDIR/manifest.json and
@@ -528,7 +532,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
-                           retries=retries, progress=on_scene, log=_log(quiet, tqdm_write))
+                           retries=retries, progress=on_scene, log=_log(quiet, tqdm_write), exclude=exclude)
         for record in result.failed:
             report_failure(record)
     empty = sum(1 for record in result.done if record.get("valid_pixels") == 0)

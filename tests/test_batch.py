@@ -398,6 +398,16 @@ def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
             assert "1 of 2 scenes are up to date" in bad.stderr and "1 failed" in bad.stderr
         else:
             assert bad.stdout == ""
+    # a scene that fails every time is left out with --exclude (the batch then exits 0), and said so
+    excluded = runner.invoke(main, ["batch", str(archive["scenes"] / "north" / "*.tif"), "-m", str(archive["model"]),
+                                    "-o", str(tmp_path / "ok"), "--tiles", str(TILES), "--workers", "1", "--exclude",
+                                    str(archive["scenes"] / "*" / "corrupt*.tif"), "--json"])
+    assert excluded.exit_code == 0, excluded.output
+    assert [Path(r["source"]).name for r in json.loads(excluded.stdout)] == ["scene0.tif", "scene1.tif"]
+    assert "left out 1 scene matching --exclude" in excluded.stderr
+    everything = runner.invoke(main, ["batch", str(archive["corrupt"]), "-m", str(archive["model"]), "-o",
+                                      str(tmp_path / "ok"), "--exclude", str(archive["corrupt"]), "-q"])
+    assert everything.exit_code == 2 and "every scene matched is excluded (1 by --exclude)" in everything.stderr
     missing = runner.invoke(main, ["batch", str(tmp_path / "none*.tif"), "-m", str(archive["model"]), "-o",
                                    str(tmp_path / "x"), "-q"])
     assert missing.exit_code == 2

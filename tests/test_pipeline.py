@@ -384,6 +384,30 @@ def test_a_sample_passes_over_files_that_cannot_be_opened(tmp_path: Path) -> Non
     assert set(all_of_them) == {tmp_path / "empty.tif", tmp_path / "corrupt.tif"}
 
 
+def test_exclude_leaves_scenes_out_of_train_and_batch_steps(tmp_path: Path) -> None:
+    """A scene of the archive that fails every time marked the batch step failed on every run (exit 3), and only
+    deleting it from the archive helped: `exclude` (paths or globs) leaves it out, and the dry run says so."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in range(3):
+        helpers.write_geotiff(archive / f"scene{i}.tif", helpers.synthetic_cube(4, 6, 7, "float32", seed=i))
+    (archive / "broken.tif").write_bytes(b"not a raster")
+    steps = [{"kind": "train", "scenes": "archive/*.tif", "exclude": "archive/broken.tif", "clusters": 3,
+              "output": "model.ckpt"},
+             {"kind": "batch", "scenes": ["archive/*.tif"], "exclude": ["archive/broken*", "archive/scene2.tif"],
+              "model": "model.ckpt", "output": "labels"}]
+    path = write_pipeline(tmp_path / "archive.yaml", steps)
+    train_plan, batch_plan = plan(load_pipeline(path))
+    assert [p.name for p in train_plan.jobs[0].inputs["scenes"]] == ["scene0.tif", "scene1.tif", "scene2.tif"]
+    assert [p.name for p in batch_plan.jobs[0].inputs["scenes"]] == ["scene0.tif", "scene1.tif"]
+    lines: list[str] = []
+    run(path, dry_run=True, log=lines.append)
+    assert "    exclude: left out 1 scene" in lines and "    exclude: left out 2 scenes" in lines, lines
+    steps[1]["exclude"] = "archive/*.tif"
+    with pytest.raises(PipelineError, match=r"steps\[1\]\.exclude: leaves out every scene"):
+        plan(load_pipeline(write_pipeline(tmp_path / "archive.yaml", steps)))
+
+
 def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datetime as dt
     import time

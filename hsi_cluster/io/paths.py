@@ -26,8 +26,8 @@ def existing_with_suffix(path: Path, suffix: str) -> Path | None:
     return None
 
 
-def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
-                       log: Callable[[str], None] | None = None) -> list[Path]:
+def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Callable[[str], None] | None = None,
+                       exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     """Scenes named by paths and glob patterns, in the order given, each once.
 
     An argument that exists is taken literally (even if its name holds ``*``, ``?`` or ``[``).
@@ -43,7 +43,9 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
     Args:
         patterns: paths and patterns, e.g. ``["archive/*.tif", "extra/scene.zarr"]``; ``~`` is expanded.
         log: told how many rasters hsicluster wrote were left out, and how many paths named a file already
-            named, when some did.
+            named, when some did, and how many scenes ``exclude`` left out.
+        exclude: paths and patterns (as ``patterns``; matching nothing is no error) of files to leave out, such as
+            a scene of an archive that cannot be labelled.
 
     Returns:
         absolute paths.
@@ -75,6 +77,16 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *,
     if log is not None and ours:
         log(f"left out {ours} raster{'s' if ours != 1 else ''} that hsicluster wrote (cluster labels, confidence), "
             "not scenes")
+    excluded = {Path(p).resolve() for pattern in exclude
+                for p in glob.glob(os.path.expanduser(os.fspath(pattern)), recursive=True)}
+    left_out = [resolved for resolved in found if resolved in excluded]
+    if left_out:
+        for resolved in left_out:
+            del found[resolved]
+        if not found:
+            raise SceneError(f"every scene matched is excluded ({len(left_out)} by --exclude); check the patterns")
+        if log is not None:
+            log(f"left out {len(left_out)} scene{'s' if len(left_out) != 1 else ''} matching --exclude")
     if log is not None and named > len(found):
         log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
             f"or through a link): {len(found)} scene{'s' if len(found) != 1 else ''}, each taken once")

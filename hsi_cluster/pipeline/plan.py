@@ -8,6 +8,7 @@ reads the output of a step that did): such outputs get ``-seedN`` before their e
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from collections.abc import Callable
@@ -248,7 +249,7 @@ def _finish_train(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: di
                   produced: Produced) -> Produced:
     """A train job's scenes: ``scene`` or ``scenes``, sampled when the step says ``sample``."""
     for job in jobs:
-        scenes = [job.inputs["scene"]] if "scene" in job.inputs else job.inputs["scenes"]
+        scenes = [job.inputs["scene"]] if "scene" in job.inputs else _not_excluded(pipeline, step, job)
         if step.values["sample"] is not None:
             passed_over: dict[Path, str] = {}
             scenes = sample_scenes(scenes, step.values["sample"], passed_over=passed_over)
@@ -261,6 +262,21 @@ def _finish_train(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: di
     return produced
 
 
+def _not_excluded(pipeline: Pipeline, step: StepSpec, job: Job) -> list[Path]:
+    """The job's ``scenes`` less those its step's ``exclude`` (paths or globs, relative to the pipeline file's
+    folder) names, with a note of how many; refused when none is left."""
+    patterns = step.values.get("exclude") or []
+    excluded = {Path(p).resolve() for pattern in patterns
+                for p in glob.glob(os.path.normpath(pipeline.folder / os.path.expanduser(pattern)), recursive=True)}
+    scenes = [path for path in job.inputs["scenes"] if path.resolve() not in excluded]
+    if len(scenes) < len(job.inputs["scenes"]):
+        if not scenes:
+            raise pipeline.error(f"{step.where}.exclude", "leaves out every scene")
+        left_out = len(job.inputs["scenes"]) - len(scenes)
+        job.notes.append(f"exclude: left out {left_out} scene{'s' if left_out != 1 else ''}")
+    return scenes
+
+
 def _finish_batch(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: dict[str, StepPlan],
                   produced: Produced) -> Produced:
     """A batch job leaves out the scenes its model trained on (``exclude_trained``); its output is the manifest."""
@@ -268,7 +284,7 @@ def _finish_batch(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: di
     if step.values["exclude_trained"]:
         trained = {p for job in plans[step.ref("model").step].jobs for p in job.inputs["scenes"]}
     for job in jobs:
-        job.inputs["scenes"] = [p for p in job.inputs["scenes"] if p not in trained]
+        job.inputs["scenes"] = [p for p in _not_excluded(pipeline, step, job) if p not in trained]
         if not job.inputs["scenes"]:
             raise pipeline.error(f"{step.where}.scenes", "every scene is one the model was trained on; nothing left "
                                                          "to predict")

@@ -126,6 +126,17 @@ def path_list() -> Key:
     return Key(check, "a path or glob, or a non-empty list of them", role="inputs")
 
 
+def pattern_list() -> Key:
+    """Paths or globs that are not inputs (matching nothing is no error): ``exclude``."""
+    def check(value: Any) -> list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+            raise _Invalid
+        return list(items)
+
+    return Key(check, "a path or glob, or a non-empty list of them")
+
+
 def int_list(what: str) -> Key:
     def check(value: Any) -> list[int]:
         if not isinstance(value, list) or not value or not all(_is_int(v) for v in value) or \
@@ -201,6 +212,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
     "train": {
         "scene": _input(),
         "scenes": path_list(),
+        "exclude": pattern_list(),
         "sample": integer(1),
         "clusters": cluster_count().but(required=True),
         "k_max": integer(K_MAX_MIN),
@@ -234,6 +246,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
     },
     "batch": {
         "scenes": path_list().but(required=True),
+        "exclude": pattern_list(),
         "model": _input().but(required=True),
         "output": _output(),
         "tiles": integer(MIN_TILE).but(default=DEFAULT_TILE),
