@@ -362,6 +362,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     checkpoint_path = Path(checkpoint).expanduser().absolute()
     model_sha = load_checkpoint(checkpoint_path).sha256()  # fails here, once, for a bad checkpoint
     out = Path(outdir).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder; give OUTDIR a folder (new or one batch wrote before)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -417,6 +417,11 @@ def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
     refused = runner.invoke(main, ["batch", str(archive["good"][1]), "-m", str(bad_model), "-o", str(tmp_path / "y"),
                                    "-q"])
     assert refused.exit_code == 2 and refused.stderr.startswith("hsicluster: error:")
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    not_a_folder = runner.invoke(main, ["batch", str(archive["good"][1]), "-m", str(archive["model"]), "-o",
+                                        str(a_file), "-q"])
+    assert not_a_folder.exit_code == 2 and f"{a_file}: is a file, not a folder" in not_a_folder.stderr
     assert not (tmp_path / "y").exists() or not any((tmp_path / "y").iterdir())
 
 
