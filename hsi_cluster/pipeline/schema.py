@@ -116,25 +116,21 @@ def choice(*values: str) -> Key:
     return Key(check, "one of " + ", ".join(values))
 
 
-def path_list() -> Key:
-    def check(value: Any) -> list[str]:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-            raise _Invalid
-        return list(items)
+def _paths(value: Any) -> list[str]:
+    """A path or glob, or a non-empty list of them, as a list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise _Invalid
+    return list(items)
 
-    return Key(check, "a path or glob, or a non-empty list of them", role="inputs")
+
+def path_list() -> Key:
+    return Key(_paths, "a path or glob, or a non-empty list of them", role="inputs")
 
 
 def pattern_list() -> Key:
     """Paths or globs that are not inputs (matching nothing is no error): ``exclude``."""
-    def check(value: Any) -> list[str]:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-            raise _Invalid
-        return list(items)
-
-    return Key(check, "a path or glob, or a non-empty list of them")
+    return Key(_paths, "a path or glob, or a non-empty list of them")
 
 
 def int_list(what: str) -> Key:
