@@ -279,8 +279,8 @@ def main() -> None:
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("--output", "-o", "store", required=True, type=click.Path(path_type=Path),
               help="Destination Zarr store (a directory, e.g. scene.zarr).")
-@click.option("--chunk", type=click.IntRange(min=1), default=None,
-              help="Spatial chunk side in pixels (default: chunks of about 8 MB).")
+@click.option("--chunk", type=click.IntRange(min=16), default=None,
+              help="Spatial chunk side in pixels, at least 16 (default: chunks of about 8 MB).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--var", default=None, help="Variable to read from a MATLAB .mat or NetCDF file with several cubes.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Reader/compressor threads.")

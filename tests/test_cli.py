@@ -124,6 +124,8 @@ def test_info_of_a_store_has_statistics(runner: CliRunner, tmp_path: Path, geoti
     assert info["format"] == "zarr"
     assert info["crs"]["epsg"] == EPSG
     assert info["chunks"] == [6, 16, 16]
+    # a store's storage is its chunks: no raster 'file layout' (it said "uncompressed strips of 16 rows")
+    assert "file_layout" not in info and "file layout" not in invoke(runner, "info", store).stdout
     valid = helpers.reference_valid_mask(geotiff.cube, geotiff.nodata)
     assert info["valid_pixels"] == int(valid.sum())
     assert info["statistics"]["mean"] == pytest.approx(helpers.reference_stats(geotiff.cube, valid)["mean"].tolist())
@@ -204,6 +206,7 @@ def test_bad_option_is_a_usage_error(runner: CliRunner, geotiff: SyntheticScene,
     assert result.exit_code != 0
     result = runner.invoke(main, ["ingest", str(geotiff.path), "-o", str(tmp_path / "x.zarr"), "--chunk", "8"])
     assert result.exit_code != 0 and result.stderr.startswith("hsicluster: error:") and "chunk" in result.stderr
+    assert "x>=16" in result.stderr  # as --help says (it said x>=1, and 8 was refused later)
     assert not (tmp_path / "x.zarr").exists()
 
 

@@ -52,7 +52,7 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "bounds": None,
         "chunks": [int(ch[0]) for ch in scene.data.chunks],
     }
-    if scene.attrs.get("file_block"):  # a GDAL raster: how the file stores its pixels
+    if scene.attrs.get("file_block") and scene.attrs.get("format") != "zarr":  # a raster file's storage (a store: chunks)
         block_rows, block_cols = (int(v) for v in scene.attrs["file_block"])
         info["file_layout"] = {"block": [block_rows, block_cols], "compressed": bool(scene.attrs.get("file_compressed")),
                                "tiled": block_rows > 1 and block_cols < width,
@@ -130,7 +130,7 @@ def format_info(info: dict[str, Any]) -> str:
         rows, cols = layout["block"]
         blocks = f"tiles of {rows} × {cols}" if layout["tiled"] else f"strips of {rows} row{'s' if rows > 1 else ''}"
         lines.append(f"file layout   {'compressed' if layout['compressed'] else 'uncompressed'} {blocks} "
-                     f"({layout['block_bytes'] / 2**20:.3g} MB each with all bands)")
+                     f"({layout['block_bytes'] / 2**20:.3g} MiB each with all bands)")
     lines.append(f"chunks        {' × '.join(str(c) for c in info['chunks'])} (band × y × x)")
     if info.get("valid_pixels") is not None:
         total = info["rows"] * info["cols"]
