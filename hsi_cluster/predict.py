@@ -415,14 +415,13 @@ def screen_bands(job: _Job, stats: np.ndarray | None, outlying: np.ndarray | Non
                 "read), too many to set aside: the labels are likely meaningless. Check the scene's bands and units "
                 "against the training scenes', or train on it"), stacklevel=2)
     elif outlying is not None and outlying.any():
+        several = outlying.sum() > 1
         warnings.warn(MetadataWarning(
-            f"{job.scene.attrs['source']}: {_numbered(job.scene, outlying)} {'lie' if outlying.sum() > 1 else 'lies'} "
-            f"over {OUTLYING_LIMIT:g} training "
-            "standard deviations from the model's training values (first valid pixels read), where the other bands "
-            "fit them: "
-            f"garbage, saturated or in other units; {'they read' if outlying.sum() > 1 else 'it reads'} as the "
-            "training mean so that the other bands label the pixels (every tile is labelled again). If they hold "
-            "ground here, train on this scene"), stacklevel=2)
+            f"{job.scene.attrs['source']}: {_numbered(job.scene, outlying)} {'lie' if several else 'lies'} over "
+            f"{OUTLYING_LIMIT:g} training standard deviations from the model's training values (first valid pixels "
+            "read), where the other bands fit them: garbage, saturated or in other units; "
+            f"{'they read' if several else 'it reads'} as the training mean so that the other bands label the pixels "
+            "(every tile is labelled again). If they hold ground here, train on this scene"), stacklevel=2)
         flagged = outlying if flagged is None else flagged | outlying
     return None if flagged is None else _bands_read_as_mean(job, flagged)
 
