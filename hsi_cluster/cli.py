@@ -361,13 +361,15 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
               help="Cache folder for scenes ingested on the fly (default: $HSICLUSTER_WORK or ~/.cache/hsicluster).")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1),
               help="Steps between periodic checkpoints (also at every epoch end).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out the scenes this path or quoted pattern matches (repeatable).")
 @command_options
 def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, output: Path, preset: str,
           config_file: Path | None,
           samples: int | None, epochs: int | None, steps: int | None, batch_size: int | None, restarts: int | None,
           device: str, seed: int, resume: bool,
           overwrite: bool,
-          work: Path | None, checkpoint_every: int, quiet: bool) -> None:
+          work: Path | None, checkpoint_every: int, exclude: tuple[str, ...], quiet: bool) -> None:
     """Train an SSCC model with K clusters on SCENES (rasters, ingested stores or quoted glob patterns).
 
     Several scenes must have the same bands; patches are drawn from all of them in proportion to
@@ -387,6 +389,10 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
         raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
     config = load_config(preset, config_file, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size,
                          restarts=restarts)
+    if exclude:
+        from hsi_cluster.io.paths import expand_scene_paths
+
+        scenes = tuple(expand_scene_paths(scenes, exclude=exclude, log=_log(quiet, lambda m: click.echo(m, err=True))))
     with progress_bar("train", unit="step", quiet=quiet, plain_lines=False) as update:  # the log has its own
         # above the bar on a terminal (the bar shows step/total and the ETA), plain lines in a log
         log = _log(quiet, lambda message: update.bar.write(message, file=sys.stderr))

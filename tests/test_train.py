@@ -1006,6 +1006,17 @@ def test_cli_trains_on_a_quoted_glob_of_scenes(scene: IngestedScene, other_scene
     # the matches in name order: "archive/2024/b.tif" sorts before "archive/a.tif"
     assert [s["source"] for s in load_checkpoint(output).payload["scenes"]] == [str(second), str(first)]
     assert len(list((tmp_path / "work").glob("*.zarr"))) == 2
+    # a damaged file in the archive stopped the run: --exclude leaves it out, and the log says so
+    (tmp_path / "archive" / "broken.tif").write_bytes(b"not a raster")
+    refused = cli("train", tmp_path / "archive" / "**" / "*.tif", "-k", 3, "-o", output, "--config", tiny_yaml,
+                  "--steps", 3, "--work", tmp_path / "work", "--device", "cpu", "-q", "--overwrite")
+    assert refused.exit_code == 2 and "broken.tif" in refused.stderr
+    excluded = cli("train", tmp_path / "archive" / "**" / "*.tif", "-k", 3, "-o", output, "--config", tiny_yaml,
+                   "--steps", 3, "--work", tmp_path / "work", "--device", "cpu", "--overwrite",
+                   "--exclude", tmp_path / "archive" / "broken*")
+    assert excluded.exit_code == 0, excluded.stderr
+    assert "left out 1 scene matching --exclude" in excluded.stderr
+    assert [s["source"] for s in load_checkpoint(output).payload["scenes"]] == [str(second), str(first)]
 
 
 @pytest.mark.parametrize("case", ["no-match", "bands", "wavelengths"])
