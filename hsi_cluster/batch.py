@@ -218,9 +218,10 @@ class Manifest:
         """Refuse a run that would leave labels of another model (or tiles) in OUTDIR beside this one's, or with
         ``remove`` remove those labels (a pipeline's batch step after its model changed): the manifest made with
         them lists scenes, still labelled there, that this run does not label again."""
-        left = {source: Path(str(record.get("output"))) for source, record in self.replaced.items()
-                if Path(source) not in set(sources) and record.get("status") in ("done", "skipped")
-                and Path(str(record.get("output"))).is_file()}
+        labelled_now = set(sources)
+        outputs = {source: Path(str(record.get("output"))) for source, record in self.replaced.items()
+                   if Path(source) not in labelled_now and record.get("status") in ("done", "skipped")}
+        left = {source: output for source, output in outputs.items() if output.is_file()}
         if not left:
             return
         old = self.replaced_header

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import SceneError, counted
 from hsi_cluster.io.enmap import is_product_layer
 
 #: Files next to a raster that a pattern such as ``archive/*`` matches but that are not scenes.
@@ -75,10 +75,8 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
             found.setdefault(match.resolve(), match.absolute())
         named += len(matches)
     if log is not None and ours:
-        log(f"left out {ours} raster{'s' if ours != 1 else ''} that hsicluster wrote (cluster labels, confidence), "
-            "not scenes")
-    excluded = {Path(p).resolve() for pattern in exclude
-                for p in glob.glob(os.path.expanduser(os.fspath(pattern)), recursive=True)}
+        log(f"left out {counted(ours, 'raster')} that hsicluster wrote (cluster labels, confidence), not scenes")
+    excluded = excluded_files(exclude)
     left_out = [resolved for resolved in found if resolved in excluded]
     if left_out:
         for resolved in left_out:
@@ -86,11 +84,19 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
         if not found:
             raise SceneError(f"every scene matched is excluded ({len(left_out)} by --exclude); check the patterns")
         if log is not None:
-            log(f"left out {len(left_out)} scene{'s' if len(left_out) != 1 else ''} matching --exclude")
+            log(f"left out {counted(len(left_out), 'scene')} matching --exclude")
     if log is not None and named > len(found):
         log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
-            f"or through a link): {len(found)} scene{'s' if len(found) != 1 else ''}, each taken once")
+            f"or through a link): {counted(len(found), 'scene')}, each taken once")
     return list(found.values())
+
+
+def excluded_files(patterns: Iterable[str | os.PathLike[str]], base: Path | None = None) -> set[Path]:
+    """The files (resolved) that paths and glob patterns name (``**`` recursive, ``~`` expanded, relative ones from
+    ``base`` when given); a pattern matching nothing names none."""
+    paths = (os.path.expanduser(os.fspath(pattern)) for pattern in patterns)
+    return {Path(match).resolve() for path in paths
+            for match in glob.glob(os.path.normpath(base / path) if base is not None else path, recursive=True)}
 
 
 def _check_named_scene(path: Path, given: str) -> None:

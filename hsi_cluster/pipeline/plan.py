@@ -8,7 +8,6 @@ reads the output of a step that did): such outputs get ``-seedN`` before their e
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from collections.abc import Callable
@@ -18,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hsi_cluster.errors import HsiClusterError, first_line
-from hsi_cluster.io.paths import expand_scene_paths
+from hsi_cluster.errors import HsiClusterError, counted, first_line
+from hsi_cluster.io.paths import excluded_files, expand_scene_paths
 from hsi_cluster.io.scene import scene_files
 from hsi_cluster.pipeline.schema import SCHEMAS, Pipeline, StepSpec
 
@@ -265,15 +264,12 @@ def _finish_train(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: di
 def _not_excluded(pipeline: Pipeline, step: StepSpec, job: Job) -> list[Path]:
     """The job's ``scenes`` less those its step's ``exclude`` (paths or globs, relative to the pipeline file's
     folder) names, with a note of how many; refused when none is left."""
-    patterns = step.values.get("exclude") or []
-    excluded = {Path(p).resolve() for pattern in patterns
-                for p in glob.glob(os.path.normpath(pipeline.folder / os.path.expanduser(pattern)), recursive=True)}
+    excluded = excluded_files(step.values.get("exclude") or [], base=pipeline.folder)
     scenes = [path for path in job.inputs["scenes"] if path.resolve() not in excluded]
     if len(scenes) < len(job.inputs["scenes"]):
         if not scenes:
             raise pipeline.error(f"{step.where}.exclude", "leaves out every scene")
-        left_out = len(job.inputs["scenes"]) - len(scenes)
-        job.notes.append(f"exclude: left out {left_out} scene{'s' if left_out != 1 else ''}")
+        job.notes.append(f"exclude: left out {counted(len(job.inputs['scenes']) - len(scenes), 'scene')}")
     return scenes
 
 
