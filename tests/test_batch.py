@@ -405,6 +405,7 @@ def test_batch_cli_exit_code_and_summary(archive: dict, tmp_path: Path) -> None:
     assert excluded.exit_code == 0, excluded.output
     assert [Path(r["source"]).name for r in json.loads(excluded.stdout)] == ["scene0.tif", "scene1.tif"]
     assert "left out 1 scene matching --exclude" in excluded.stderr
+    assert "already matched" not in excluded.stderr  # the excluded scene was counted as a file named twice
     everything = runner.invoke(main, ["batch", str(archive["corrupt"]), "-m", str(archive["model"]), "-o",
                                       str(tmp_path / "ok"), "--exclude", str(archive["corrupt"]), "-q"])
     assert everything.exit_code == 2 and "every scene matched is excluded (1 by --exclude)" in everything.stderr

@@ -76,6 +76,9 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
         named += len(matches)
     if log is not None and ours:
         log(f"left out {counted(ours, 'raster')} that hsicluster wrote (cluster labels, confidence), not scenes")
+    if log is not None and named > len(found):
+        log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
+            f"or through a link): {counted(len(found), 'scene')}, each taken once")
     excluded = excluded_files(exclude)
     left_out = [resolved for resolved in found if resolved in excluded]
     if left_out:
@@ -85,9 +88,6 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
             raise SceneError(f"every scene matched is excluded ({len(left_out)} by --exclude); check the patterns")
         if log is not None:
             log(f"left out {counted(len(left_out), 'scene')} matching --exclude")
-    if log is not None and named > len(found):
-        log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
-            f"or through a link): {counted(len(found), 'scene')}, each taken once")
     return list(found.values())
 
 
