@@ -19,8 +19,8 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,17 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
-from hsi_cluster.errors import SceneError
+from hsi_cluster.errors import HsiClusterError, SceneError
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
-from hsi_cluster.io.labels import read_label_map, truth_class_names, truth_unlabelled, unlabelled_value
+from hsi_cluster.io.labels import (
+    georeferenced,
+    read_label_map,
+    truth_class_names,
+    truth_unlabelled,
+    unlabelled_value,
+)
 from hsi_cluster.io.scene import open_scene, reusing_reads
 from hsi_cluster.predict import (
     PredictResult,
@@ -227,7 +233,10 @@ class Model:
                 raise ValueError(f"confidence={str(confidence)!r} names a file, which is written beside output=; in "
                                  "memory pass confidence=True (a Dataset of labels and confidence)")
             array = scene if isinstance(scene, xr.DataArray) else open_scene(_scene_path(scene, what="predict"))
-            labelled = label_array(self.checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
+            # messages name the model's file; one trained with output=None has none (its checkpoint's is gone)
+            checkpoint = self.checkpoint if self.path is not None else replace(
+                self.checkpoint, path=Path("(unsaved)"))
+            labelled = label_array(checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
                                    progress=progress, model_sha256=self.sha256)
             attrs = (labelled["labels"] if isinstance(labelled, xr.Dataset) else labelled).attrs
             if attrs["units_differ"]:
@@ -364,14 +373,18 @@ def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: f
         transform, crs = scene.attrs["transform"], scene.attrs.get("crs")
     else:  # another DataArray: rioxarray's conventions, if it follows them
         rio_crs = scene.rio.crs
-        transform = tuple(scene.rio.transform())[:6] if {"x", "y"} <= set(scene.coords) else None
+        # without x/y coordinates (open_rasterio(parse_coordinates=False)) the grid mapping's GeoTransform holds it
+        grid_mapping = scene.coords.get(scene.rio.grid_mapping)
+        stored = grid_mapping is not None and "GeoTransform" in grid_mapping.attrs
+        transform = tuple(scene.rio.transform())[:6] if {"x", "y"} <= set(scene.coords) or stored else None
         crs = rio_crs.to_wkt() if rio_crs is not None else None
     if transform is not None:
         a, b, c, d, e, f = (float(v) for v in transform[:6])
-        if b == 0 and d == 0 and {"x", "y"} <= set(coords) and min(values.shape) > 0:  # a crop: its own origin
+        if b == 0 and d == 0 and {"x", "y"} <= set(coords) and min(values.shape) > 0:
             x, y = np.asarray(coords["x"], float), np.asarray(coords["y"], float)
-            a, e = (x[1] - x[0] if x.size > 1 else a), (y[1] - y[0] if y.size > 1 else e)
-            c, f = x[0] - a / 2, y[0] - e / 2
+            step_x, step_y = (x[1] - x[0] if x.size > 1 else a), (y[1] - y[0] if y.size > 1 else e)
+            if not np.allclose([step_x, step_y, x[0], y[0]], [a, e, c + a / 2, f + e / 2], rtol=1e-9, atol=0):
+                a, e, c, f = step_x, step_y, x[0] - step_x / 2, y[0] - step_y / 2  # a crop or a stride: its own grid
         array = array.rio.write_transform(Affine(a, b, c, d, e, f))
     if crs:
         array = array.rio.write_crs(crs)
@@ -410,7 +423,8 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
         work_dir: cache folder for scenes ingested on the fly (default ``$HSICLUSTER_WORK`` or
             ``~/.cache/hsicluster``).
         overwrite: replace an existing ``output``. resume: continue an interrupted run of ``output``.
-        progress: show a progress bar. verbose: print the training log (one line per epoch) on stderr.
+        progress: show a progress bar. verbose: print the training log (one line per epoch) on stderr. Its
+            warnings (a scene left out, in other units or of another pixel size) are a ``UserWarning`` either way.
         **overrides: any key of :class:`hsi_cluster.config.TrainConfig`, applied last, e.g.
             ``steps=200``, ``epochs=10``, ``batch_size=256``, ``entropy_weight=0.3``.
 
@@ -429,7 +443,7 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
     paths = [scene if isinstance(scene, (str, os.PathLike)) else _scene_path(scene, what="train", work_dir=work_dir)
              for scene in scenes]
     settings = load_config(preset, Path(config) if config is not None else None, inline=overrides or None)
-    log = (lambda message: print(message, file=sys.stderr)) if verbose else None
+    log = _training_log(verbose)
     with tempfile.TemporaryDirectory(prefix="hsicluster-train-") as folder:
         target = Path(output).expanduser().absolute() if output is not None else Path(folder) / "model.ckpt"
         with _bar(progress, "train", "step") as update:
@@ -441,6 +455,41 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
         if output is None:
             model.path = None
     return model
+
+
+def _score_on_grid(labels: xr.DataArray, truth_path: str | os.PathLike[str], *, unlabelled: int | None | str,
+                   var: str | None) -> ClusteringScores:
+    """Georeferenced labels scored as `hsicluster evaluate` scores them written to a file: on the truth's pixel grid
+    (their overlap; a south-up map against a north-up one as a map shows them)."""
+    with tempfile.TemporaryDirectory(prefix="hsicluster-evaluate-") as folder:
+        written = Path(folder) / "labels.tif"
+        labels.rio.to_raster(written)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                scores = score_label_files(written, truth_path, unlabelled=unlabelled, var=var)
+            except HsiClusterError as exc:  # the file is ours, not the user's: name the labels
+                raise type(exc)(_name_labels(str(exc), written)) from exc
+    for warning in caught:
+        message = warning.message
+        text = _name_labels(str(message), written)
+        warnings.warn(type(message)(text) if isinstance(message, Warning) else text, warning.category, stacklevel=3)
+    return scores
+
+
+def _name_labels(text: str, written: Path) -> str:
+    return text.replace(str(written), "the labels").replace(f"label raster {written.name}", "labels")
+
+
+def _training_log(verbose: bool) -> Callable[[str], None]:
+    """The training log for :func:`train`: its warnings (a scene left out, in other units, of another pixel size)
+    as a ``UserWarning`` whatever ``verbose``; with ``verbose``, the other lines on stderr."""
+    def log(message: str) -> None:
+        if message.lstrip().startswith("warning: "):
+            warnings.warn(message.lstrip()[len("warning: "):], UserWarning, stacklevel=2)
+        elif verbose:
+            print(message, file=sys.stderr)
+    return log
 
 
 def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "auto",
@@ -465,6 +514,8 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
     """
     if isinstance(labels, xr.Dataset):
         labels = labels["labels"]
+    if isinstance(labels, xr.DataArray) and set(labels.dims) == {"y", "x"}:
+        labels = labels.transpose("y", "x")  # (x, y) order compared as it lies would score transposed maps
     if isinstance(labels, (str, os.PathLike)) and isinstance(ground_truth, (str, os.PathLike)):
         return score_label_files(labels, ground_truth, unlabelled=unlabelled, var=var)
     given = labels  # a georeferenced DataArray of a crop is scored on its overlap with the truth raster
@@ -480,12 +531,9 @@ def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "
     if isinstance(ground_truth, (str, os.PathLike)):
         truth_path = ground_truth
         ground_truth, _ = read_label_map(truth_path, var=var)
-        if isinstance(given, xr.DataArray) and given.rio.crs is not None and given.shape != ground_truth.shape:
-            # as `hsicluster evaluate` scores the written file
-            with tempfile.TemporaryDirectory(prefix="hsicluster-evaluate-") as folder:
-                written = Path(folder) / "labels.tif"
-                given.rio.to_raster(written)
-                return score_label_files(written, truth_path, unlabelled=unlabelled, var=var)
+        if isinstance(given, xr.DataArray) and given.rio.crs is not None and (
+                given.shape != ground_truth.shape or georeferenced(truth_path)):
+            return _score_on_grid(given, truth_path, unlabelled=unlabelled, var=var)
         scored_as = truth_unlabelled(truth_path, unlabelled)
         names = truth_class_names(truth_path)
     elif isinstance(ground_truth, xr.DataArray):

@@ -221,7 +221,8 @@ FILL_MAGNITUDE = 1e30
 def usable_values(values: np.ndarray, *, nodata: float | None = None) -> np.ndarray:
     """bool, shaped like ``values``: finite, under :data:`FILL_MAGNITUDE` in magnitude and not equal to ``nodata``."""
     if np.issubdtype(values.dtype, np.floating):  # NaN compares False: not usable
-        usable = (values < FILL_MAGNITUDE) & (values > -FILL_MAGNITUDE)
+        with np.errstate(over="ignore"):  # float16 holds no 1e30: the bound casts to inf, and ±inf stays out
+            usable = (values < FILL_MAGNITUDE) & (values > -FILL_MAGNITUDE)
     else:
         usable = np.ones(values.shape, dtype=bool)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):

@@ -24,7 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 import hsi_cluster as hc
 from hsi_cluster.cli import main
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning
 from hsi_cluster.io.files import sha256_of
 from tests import helpers
 from tests.predict_helpers import LABEL_NODATA, PATCH, holey_cube, read_raster, write_scene
@@ -297,10 +297,53 @@ def test_evaluate_scores_the_map_of_a_crop_on_its_overlap_with_the_truth(tmp_pat
     crop.rio.to_raster(tmp_path / "crop.tif")
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "crop.tif"), str(truth_path), "--json"])
     assert result.exit_code == 0, result.stderr
-    with pytest.warns(UserWarning, match="labelled pixels lie outside the label raster"):
+    with pytest.warns(UserWarning, match="labelled pixels lie outside the labels and are not scored") as caught:
         scores = hc.evaluate(crop, truth_path)
     assert scores.to_dict() == json.loads(result.stdout)
     assert scores.n_scored == int((truth[5:40, 10:50] != 0).sum())
+    assert not any("hsicluster-evaluate" in str(warning.message) for warning in caught)  # no temporary file named
+    # the same labels in other orders of their axes score the same: rows sorted by y (south-up), or (x, y)
+    whole = model.predict(hc.open_scene(scene_path), device="cpu")
+    expected = hc.evaluate(whole, truth_path).to_dict()
+    assert hc.evaluate(whole.sortby("y"), truth_path).to_dict() == expected
+    assert hc.evaluate(whole.T, truth_path).to_dict() == expected
+    assert hc.evaluate(whole.T, truth).to_dict() == expected
+    other_grid = whole.rio.write_transform(helpers.utm_transform(origin=(0.0, 0.0)))
+    with pytest.raises(HsiClusterError, match="^the labels: ") as refused:
+        hc.evaluate(other_grid.assign_coords(x=other_grid.x - 5e5, y=other_grid.y - 4.1e6), truth_path)
+    assert "hsicluster-evaluate" not in str(refused.value)
+
+
+def test_labels_in_memory_keep_the_scene_grid_exactly(tmp_path: Path) -> None:
+    """A pixel size with no exact binary fraction (3.7 m) comes back bit for bit, and a rioxarray array read without
+    coordinates keeps its transform (it was the identity: the labels lay at the CRS origin)."""
+    import rioxarray
+
+    cube, _ = holey_cube()
+    transform = helpers.utm_transform(pixel=3.7)
+    scene_path = write_scene(tmp_path / "scene.tif", cube, transform=transform).path
+    model = hc.train(scene_path, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    for scene in (hc.open_scene(scene_path), rioxarray.open_rasterio(scene_path),
+                  rioxarray.open_rasterio(scene_path, parse_coordinates=False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetadataWarning)  # rioxarray's arrays carry no wavelengths
+            labels = model.predict(scene, tiles=16, device="cpu")
+        assert labels.rio.transform() == transform and labels.rio.crs.to_epsg() == helpers.EPSG
+    crop = model.predict(hc.open_scene(scene_path).isel(x=slice(4, 20), y=slice(2, 30)), device="cpu")
+    assert crop.rio.transform().almost_equals(transform @ rasterio.Affine.translation(4, 2), precision=1e-6)
+
+
+def test_training_warnings_reach_python_without_verbose(tmp_path: Path) -> None:
+    cube, _ = holey_cube()
+    scene_path = write_scene(tmp_path / "scene.tif", cube).path
+    tiny = write_scene(tmp_path / "tiny.tif", cube[:, :3, :3]).path
+    with pytest.warns(UserWarning, match=r"tiny.tif: the scene \(3×3 pixels\) is smaller than the 5×5 patch"):
+        model = hc.train([scene_path, tiny], k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    assert model.k == 3 and model.path is None
+    # a model held in memory has no file to name (its training's temporary checkpoint is gone)
+    two_bands = write_scene(tmp_path / "two.tif", cube[:2], wavelengths=False).path
+    with pytest.raises(HsiClusterError, match=r"has 2 bands but the model \(unsaved\) has"):
+        model.predict(hc.open_scene(two_bands), device="cpu")
 
 
 def test_numpy_numbers_from_a_notebook_sweep_train_a_model_that_loads(tmp_path: Path) -> None:

@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from hsi_cluster.stats import PACKED_FIELDS, BandStats, likely_fill, spread_against, spread_ratios, valid_pixel_mask
+from hsi_cluster.stats import (
+    PACKED_FIELDS,
+    BandStats,
+    likely_fill,
+    spread_against,
+    spread_ratios,
+    usable_values,
+    valid_pixel_mask,
+)
 from tests import helpers
 
 
@@ -312,3 +320,11 @@ def test_voiding_bands_flags_few_dropout_bands_together_else_a_band_voiding_as_m
     filled = np.array([True, False, True, False])
     assert voiding_bands(0, np.zeros(4), filled, good).tolist() == [False, True, False, False]
     assert voiding_bands(0, np.zeros(4), np.zeros(4, bool), good).tolist() == [False] * 4
+
+
+def test_float16_values_are_screened_without_numpy_warnings() -> None:
+    """float16 holds no 1e30: the fill bound overflowed to inf with a RuntimeWarning on every block read."""
+    values = np.array([1.0, 65_000.0, -3.0, np.inf, -np.inf, np.nan], np.float16)
+    with np.errstate(all="raise"):
+        usable = usable_values(values, nodata=-3.0)
+    np.testing.assert_array_equal(usable, [True, True, False, False, False, False])

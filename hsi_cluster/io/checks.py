@@ -17,7 +17,7 @@ import psutil
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, counted
 from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
 from hsi_cluster.io.scene import open_scene
 
@@ -51,7 +51,7 @@ def check_bands(scene: xr.DataArray, *, n_bands: int, wavelength: Sequence[float
     """
     source = scene.attrs["source"]
     if scene.shape[0] != n_bands:
-        raise HsiClusterError(f"{source}: has {scene.shape[0]} bands but {reference} has {n_bands}; {advice}")
+        raise HsiClusterError(f"{source}: has {counted(scene.shape[0], 'band')} but {reference} has {n_bands}; {advice}")
     if wavelength is None or "wavelength" not in scene.coords:
         return
     expected = np.asarray(wavelength, dtype=np.float64)

@@ -50,6 +50,20 @@ def read_label_map(path: str | os.PathLike[str], *, var: str | None = None) -> t
     return labels, nodata
 
 
+def georeferenced(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a raster with a CRS (a ``.npy``/``.mat`` array, or a raster without one, is not)."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() in (".npy", ".mat") or not path.is_file():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(envi_binary(path)) as dataset:
+                return dataset.crs is not None
+    except (RasterioIOError, ValueError, OSError):
+        return False  # read_label_map names the problem
+
+
 def read_label_pair(labels_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
                     var: str | None = None, unlabelled: int | None = 0) -> tuple[np.ndarray, int | None, np.ndarray]:
     """Read cluster labels and their ground truth, checked to lie on one pixel grid.
