@@ -258,7 +258,7 @@ class Model:
             with _bar(progress, "predict", "tile") as update:
                 result = predict_scene(scene_path, checkpoint_file, output, tiles=tiles, device=device,
                                        confidence_path=confidence_path, quicklook_path=quicklook,
-                                       overwrite=overwrite, progress=update)
+                                       overwrite=overwrite, progress=update, stac=stac)
         if result.units_differ:
             warnings.warn(units_warning(source, result.spread), UserWarning, stacklevel=2)
         if stac:

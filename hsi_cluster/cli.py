@@ -138,6 +138,23 @@ class ClusterCount(click.ParamType):
             self.fail(f"{value!r} is neither a whole number of clusters nor 'auto'", param, ctx)
 
 
+class UnlabelledValue(click.ParamType):
+    """``--unlabelled``: a whole ground-truth value, ``none`` (score every pixel) or ``auto`` (the default)."""
+
+    name = "VALUE|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value is None:
+            return value
+        word = str(value).strip().lower()
+        if word in ("none", "auto"):
+            return None if word == "none" else "auto"
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole ground-truth value nor 'none' (score every pixel)", param, ctx)
+
+
 def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose``/``--quiet`` and turn library errors into one-line messages and exit codes."""
 
@@ -310,7 +327,7 @@ def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: st
 @click.option("--var", default=None, help="Variable to read from a MATLAB .mat or NetCDF file with several cubes.")
 @command_options
 def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
-    """Describe SCENE (any readable raster or an ingested store), or a model checkpoint."""
+    """Describe SCENE (any readable raster or an ingested store), a model checkpoint, or a label raster."""
     from hsi_cluster.io import open_scene
     from hsi_cluster.io.info import describe, describe_model, format_info, format_model_info, is_checkpoint_file
 
@@ -322,6 +339,17 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
             _echo_json(model)
         else:
             click.echo(format_model_info(model))
+        return
+    from hsi_cluster.io.labels import written_by_hsicluster
+
+    if written_by_hsicluster(scene):  # a label (or confidence) raster of predict: one band, not a scene
+        from hsi_cluster.io.info import describe_label_raster, format_label_raster_info
+
+        labels = describe_label_raster(scene)
+        if as_json:
+            _echo_json(labels)
+        else:
+            click.echo(format_label_raster_info(labels))
         return
     summary = describe(open_scene(scene, var=var))
     if as_json:
@@ -457,7 +485,8 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
             if not quiet and done:  # edge tiles are smaller: the rate is approximate until the end
                 update.bar.set_postfix_str(f"{done * tiles * tiles / 1e6 / (time.perf_counter() - started):.3g} Mpix/s")
         result = predict_scene(scene, checkpoint, output, tiles=tiles, device=device, confidence_path=confidence,
-                               quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=on_tile)
+                               quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=on_tile,
+                               stac=stac)
     if stac:
         from hsi_cluster.io.stac import write_label_item
 
@@ -566,16 +595,17 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.argument("truth", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--unlabelled", type=int, default=None,
+@click.option("--unlabelled", type=UnlabelledValue(), default="auto",
               help="Ground-truth value of unlabelled pixels (default: the ground truth's nodata value when it "
-                   "declares one, else 0).")
+                   "declares one, else 0), or 'none' to score every pixel (classes numbered from 0).")
 @click.option("--var", default=None, help="Variable in a MATLAB ground-truth file with several arrays.")
 @command_options
-def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int | None, var: str | None, quiet: bool) -> None:
+def evaluate(labels: Path, truth: Path, as_json: bool, unlabelled: int | str | None, var: str | None,
+             quiet: bool) -> None:
     """Score a cluster-label raster LABELS against ground truth TRUTH (ACC, NMI, Kappa, ARI)."""
     from hsi_cluster.evaluate import score_label_files
 
-    scores = score_label_files(labels, truth, unlabelled="auto" if unlabelled is None else unlabelled, var=var)
+    scores = score_label_files(labels, truth, unlabelled=unlabelled, var=var)
     if as_json:
         _echo_json(scores.to_dict())
     else:

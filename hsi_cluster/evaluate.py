@@ -138,6 +138,8 @@ class ClusteringScores:
         n_invalid_pred: Scored pixels whose prediction was ``invalid_pred``.
         n_clusters_predicted: Distinct valid cluster ids among scored pixels.
         n_classes: Distinct ground-truth classes among scored pixels.
+        unlabelled: the ground-truth value left out as unlabelled (None: every pixel scored).
+        n_unlabelled: pixels holding it, not scored.
         per_class: Class id -> accuracy (recall) of that class after matching.
         class_counts: Class id -> labelled pixel count.
         mapping: Valid cluster id -> matched class id (-1 when unmatched).
@@ -159,6 +161,8 @@ class ClusteringScores:
     class_counts: dict[int, int]
     mapping: dict[int, int]
     class_names: dict[int, str] = field(default_factory=dict)
+    unlabelled: int | None = None
+    n_unlabelled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Returns plain JSON-serialisable types.
@@ -184,6 +188,8 @@ class ClusteringScores:
             "class_counts": {str(k): int(v) for k, v in self.class_counts.items()},
             "mapping": {str(k): int(v) for k, v in self.mapping.items()},
             "class_names": {str(k): v for k, v in self.class_names.items()},
+            "unlabelled": self.unlabelled,
+            "n_unlabelled": int(self.n_unlabelled),
         }
 
     def format_table(self) -> str:
@@ -192,6 +198,8 @@ class ClusteringScores:
         lines = [
             f"Scored pixels: {self.n_scored}  (invalid predictions: {self.n_invalid_pred})",
             f"Clusters predicted: {self.n_clusters_predicted}  Classes: {self.n_classes}",
+            *([f"Not scored: {self.n_unlabelled} pixels of ground-truth value {self.unlabelled} (unlabelled)"]
+              if self.unlabelled is not None else []),
             f"  ACC     {self.acc:.4f}",
             f"  NMI     {self.nmi:.4f}",
             f"  Kappa   {self.kappa:.4f}",
@@ -274,8 +282,10 @@ def score_clustering(
             raise EvaluationError(f"invalid_pred must be an integer, None or 'auto', got {invalid_pred!r}")
         invalid_pred = default_invalid_pred(pred)
     p, t = _check_pair(pred, truth)
+    n_unlabelled = 0
     if unlabelled is not None:
         keep = t != unlabelled
+        n_unlabelled = int(keep.size - np.count_nonzero(keep))
         p, t = p[keep], t[keep]
     n = int(t.size)
     if n == 0:
@@ -338,6 +348,8 @@ def score_clustering(
         class_counts={int(c): int(k) for c, k in zip(classes, class_counts, strict=True)},
         mapping=mapping,
         class_names=_scored_names(names, per_class),
+        unlabelled=None if unlabelled is None else int(unlabelled),
+        n_unlabelled=n_unlabelled,
     )
 
 

@@ -238,6 +238,7 @@ class _Outputs:
     labels: Path
     confidence: Path | None
     quicklook: Path | None
+    stac: Path | None = None  # the STAC Item the caller writes beside the labels after them
 
 
 def _absolute(path: str | os.PathLike[str] | None) -> Path | None:
@@ -248,7 +249,7 @@ def _check_outputs(scene_path: Path, checkpoint_path: Path, outputs: _Outputs, *
                    resume: bool) -> None:
     """Outputs distinct, none an input, none existing unless replaced (before any work)."""
     by_option = {"-o": outputs.labels, "--confidence": outputs.confidence, "--quicklook": outputs.quicklook,
-                 "-o (its class sidecar)": sidecar_path(outputs.labels)}
+                 "-o (its class sidecar)": sidecar_path(outputs.labels), "--stac": outputs.stac}
     check_distinct_outputs(by_option)
     inputs = {**scene_inputs(scene_path), "the model": checkpoint_path}
     # --resume continues an interrupted run; with nothing to continue, the outputs are new ones
@@ -524,14 +525,19 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
             "HSICLUSTER_BACKBONE": job.checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
             "HSICLUSTER_SOURCE": str(job.source)}
     labels_array = store.labels
+    counts = _count_labels(labels_array, job, step=max(1, tiles))
+    per_cluster = dict(enumerate(counts[:-1].tolist()))
+    # files of the run being replaced go first: stopped between two writes, a folder holds the old labels or the
+    # new ones without some companions, never new labels beside the old model's class names or confidence
+    for stale in (sidecar_path(outputs.labels), outputs.confidence, outputs.quicklook):
+        if stale is not None:
+            stale.unlink(missing_ok=True)
     write_cog(labels_array, outputs.labels, grid=raster, nodata=job.nodata, colormap=colour_table(n_clusters),
               description=f"SSCC cluster label (K={n_clusters}, model {digest})", tags=tags)
     confidence_out = None
     if outputs.confidence is not None:
         confidence_out = write_cog(store.confidence, outputs.confidence, grid=raster, nodata=float("nan"),
                                    description="maximum cluster probability", tags=tags)
-    counts = _count_labels(labels_array, job, step=max(1, tiles))
-    per_cluster = dict(enumerate(counts[:-1].tolist()))
     write_label_sidecar(outputs.labels, n_clusters=n_clusters, counts=per_cluster,
                         nodata_count=int(counts[-1]))  # class names and counts for GIS tools
     quicklook_out = None
@@ -566,7 +572,8 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
                   output: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, device: str = "auto",
                   confidence_path: str | os.PathLike[str] | None = None,
                   quicklook_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
-                  resume: bool = False, progress: Callable[[int, int], None] | None = None) -> PredictResult:
+                  resume: bool = False, progress: Callable[[int, int], None] | None = None,
+                  stac: bool = False) -> PredictResult:
     """Label every pixel of a scene with a trained model and write a label COG.
 
     Steps: check the outputs, prepare the job (model, scene, grid), label the tiles into a resumable
@@ -583,13 +590,18 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         overwrite: replace existing outputs.
         resume: continue from the finished tiles of an interrupted run.
         progress: ``(tiles_done, tiles_total)`` callback.
+        stac: the caller writes the labels' STAC Item next (:func:`~hsi_cluster.io.stac.write_label_item`): it is
+            checked with the outputs (an existing one is replaced only with ``overwrite``).
 
     Raises:
         HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
     """
     started = time.perf_counter()
-    outputs = _Outputs(labels=Path(output).expanduser().absolute(), confidence=_absolute(confidence_path),
-                       quicklook=_absolute(quicklook_path))
+    labels = Path(output).expanduser().absolute()
+    if stac:
+        from hsi_cluster.io.stac import item_path  # pystac and shapely: only when asked
+    outputs = _Outputs(labels=labels, confidence=_absolute(confidence_path), quicklook=_absolute(quicklook_path),
+                       stac=item_path(labels) if stac else None)
     scene_file = Path(scene_path).expanduser().absolute()
     checkpoint_file = Path(checkpoint_path).expanduser().absolute()
     _check_outputs(scene_file, checkpoint_file, outputs, overwrite=overwrite, resume=resume)

@@ -404,3 +404,29 @@ def test_a_ground_truth_without_nodata_that_holds_255_gets_a_hint(tmp_path) -> N
     declared = helpers.write_geotiff(tmp_path / "declared.tif", truth[None], nodata=255).path
     quiet = CliRunner().invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(declared), "--json"])
     assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.stdout) == json.loads(told.stdout)
+
+
+def test_a_truth_numbered_from_zero_is_scored_whole_with_unlabelled_none(tmp_path) -> None:  # noqa: ANN001
+    """Classes 0–2 over every pixel: by default 0 is left out as unlabelled (a third of the pixels, silently); the
+    report now says so, and ``--unlabelled none`` scores them."""
+    from click.testing import CliRunner
+
+    from hsi_cluster.cli import main
+
+    truth = np.repeat(np.arange(3), 4).reshape(3, 4)
+    np.save(tmp_path / "truth.npy", truth)
+    np.save(tmp_path / "labels.npy", (truth + 1) % 3)
+    runner = CliRunner()
+    default = runner.invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(tmp_path / "truth.npy")])
+    assert default.exit_code == 0, default.stderr
+    assert "Not scored: 4 pixels of ground-truth value 0 (unlabelled)" in default.stdout
+    assert "Classes: 2" in default.stdout
+    whole = runner.invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(tmp_path / "truth.npy"),
+                                 "--unlabelled", "none", "--json"])
+    assert whole.exit_code == 0, whole.stderr
+    scores = json.loads(whole.stdout)
+    assert scores["n_scored"] == 12 and scores["n_classes"] == 3 and scores["acc"] == 1.0
+    assert scores["unlabelled"] is None and scores["n_unlabelled"] == 0
+    bad = runner.invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(tmp_path / "truth.npy"),
+                               "--unlabelled", "zero"])
+    assert bad.exit_code == 2 and "neither a whole ground-truth value nor 'none'" in bad.stderr

@@ -27,6 +27,7 @@ from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError
 from hsi_cluster.evaluate import score_clustering
 from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
+from hsi_cluster.io.label_raster import sidecar_path
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
@@ -693,6 +694,49 @@ def test_existing_output_needs_overwrite(dense: TrainedModel, tmp_path: Path,
     assert read_raster(output)[1]["shape"] == (HEIGHT, WIDTH)
 
 
+def test_stopped_while_writing_over_an_earlier_run_never_leaves_new_labels_beside_its_companions(
+        dense: TrainedModel, resnet: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """Stopped after the new labels were in place, a run with --overwrite left the old model's class sidecar (names,
+    counts) and confidence raster beside them."""
+    output, confidence = tmp_path / "labels.tif", tmp_path / "conf.tif"
+    predict_scene(holey[0].path, resnet.checkpoint, output, tiles=32, device="cpu", confidence_path=confidence)
+    old_labels = output.read_bytes()
+    assert sidecar_path(output).is_file() and confidence.is_file()
+    written = predict_module.write_cog
+
+    def stop_after_the_labels(array, path, **options):  # noqa: ANN001, ANN202 — the writer's own signature
+        result = written(array, path, **options)
+        if path == output:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(predict_module, "write_cog", stop_after_the_labels)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", confidence_path=confidence,
+                      overwrite=True)
+    assert output.read_bytes() != old_labels  # the new labels, without the old run's companions
+    assert not sidecar_path(output).exists() and not confidence.exists()
+    monkeypatch.setattr(predict_module, "write_cog", written)
+    predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", confidence_path=confidence,
+                  resume=True)
+    assert sidecar_path(output).is_file() and confidence.is_file()
+
+
+def test_an_existing_stac_item_needs_overwrite(dense: TrainedModel, tmp_path: Path,
+                                               holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    output, item = tmp_path / "mine.tif", tmp_path / "mine.stac.json"
+    item.write_text('{"hand": "curated"}')
+    result = CliRunner().invoke(main, ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o", str(output),
+                                       "--tiles", "32", "--stac"])
+    assert result.exit_code != 0 and "mine.stac.json" in result.stderr and "--overwrite" in result.stderr
+    assert item.read_text() == '{"hand": "curated"}' and not output.exists()
+    result = CliRunner().invoke(main, ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o", str(output),
+                                       "--tiles", "32", "--stac", "--overwrite"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(item.read_text())["type"] == "Feature"
+
+
 def test_the_data_file_of_an_envi_scene_given_by_its_header_is_an_input(dense: TrainedModel, tmp_path: Path) -> None:
     helpers.write_geotiff(tmp_path / "scene.img", holey_cube(12, 40, 40)[0], driver="ENVI")
     before = helpers.tree_snapshot(tmp_path)
@@ -1012,6 +1056,33 @@ def test_info_describes_a_checkpoint(dense: TrainedModel) -> None:
     assert (summary["clusters"], summary["bands"], summary["complete"], summary["k_choice"]) == (K, 12, True, None)
     assert summary["wavelength_nm"] == {"min": 400.0, "max": 2500.0}
     assert [scene["source"] for scene in summary["scenes"]] == [str(dense.scene)]
+
+
+def test_info_describes_a_label_raster_and_its_confidence(dense: TrainedModel, tmp_path: Path,
+                                                         holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """``hsicluster info labels.tif`` said "has a single band, i.e. a 2-D image; hyperspectral clustering needs a
+    cube" of predict's own output."""
+    output, confidence = tmp_path / "labels.tif", tmp_path / "conf.tif"
+    result = predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu", confidence_path=confidence)
+    described = CliRunner().invoke(main, ["info", str(output)])
+    assert described.exit_code == 0, described.output
+    lines = described.stdout.splitlines()
+    digest = load_checkpoint(dense.checkpoint).sha256()
+    assert lines[0] == f"source        {output}  (hsicluster label raster, library {hsi_cluster.__version__})"
+    assert lines[1] == f"model         sha256 {digest}…, K {K}"
+    assert lines[2] == f"labels of     {holey[0].path}"
+    assert lines[3] == f"size          {HEIGHT} rows × {WIDTH} cols, uint8, nodata {LABEL_NODATA}"
+    assert lines[4] == f"crs           EPSG:{helpers.EPSG} (metre)"
+    summary = json.loads(CliRunner().invoke(main, ["info", "--json", str(output)]).stdout)
+    assert summary["cluster_pixels"] == {str(k): v for k, v in result.counts.items()}
+    assert summary["nodata_pixels"] == int((~holey[1]).sum())
+    assert summary["transform"] == list(helpers.utm_transform())[:6]
+    sidecar_path(output).unlink()  # without its class sidecar the labels are counted
+    assert json.loads(CliRunner().invoke(main, ["info", "--json", str(output)]).stdout)["cluster_pixels"] == \
+        summary["cluster_pixels"]
+    conf = json.loads(CliRunner().invoke(main, ["info", "--json", str(confidence)]).stdout)
+    assert conf["format"] == "hsicluster confidence raster" and conf["model_sha256"] == digest
+    assert conf["cluster_pixels"] is None
 
 
 def test_a_scene_of_finer_pixels_than_the_training_scene_is_warned_of(dense: TrainedModel, tmp_path: Path,

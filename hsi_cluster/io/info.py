@@ -238,3 +238,78 @@ def format_model_info(info: dict[str, Any]) -> str:
                                                   if scene["pixel_side"] else "") + ")" if shape else ""
         lines.append(f"{'trained on' if i == 0 else '':<14}{scene['source']}{size}")
     return "\n".join(lines)
+
+
+def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a raster written by ``hsicluster predict`` holds, for ``hsicluster info labels.tif``: the model (its
+    hash prefix and K), the scene it labelled, the grid, and per cluster its pixel count (from the band's
+    ``CLUSTER_PIXELS`` metadata, else counted); for a ``--confidence`` raster, the grid and the model only."""
+    import json
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from hsi_cluster.io.labels import LABELS_TAG
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as dataset:
+            tags, band_tags = dataset.tags(), dataset.tags(1)
+            confidence = np.dtype(dataset.dtypes[0]).kind == "f"
+            transform = tuple(dataset.transform)[:6]
+            georeferenced = dataset.crs is not None or not dataset.transform.is_identity
+            info: dict[str, Any] = {
+                "source": str(path), "format": f"hsicluster {'confidence' if confidence else 'label'} raster",
+                "model_sha256": tags.get("HSICLUSTER_MODEL_SHA256"), "clusters": int(tags[LABELS_TAG]),
+                "labelled_scene": tags.get("HSICLUSTER_SOURCE"), "library_version": tags.get("HSICLUSTER_VERSION"),
+                "rows": dataset.height, "cols": dataset.width, "dtype": dataset.dtypes[0],
+                "nodata": (int(dataset.nodata) if dataset.nodata is not None and not confidence
+                           else _json_number(dataset.nodata)), "georeferenced": georeferenced,
+                "crs": _crs_summary(dataset.crs.to_wkt() if dataset.crs is not None else None),
+                "transform": list(transform) if georeferenced else None,
+                "resolution": list(dataset.res) if georeferenced and dataset.transform.is_rectilinear else None,
+                "bounds": dict(zip(("left", "bottom", "right", "top"), dataset.bounds, strict=True))
+                if georeferenced else None,
+                "cluster_pixels": None, "nodata_pixels": None,
+            }
+            if confidence:
+                return info
+            if "CLUSTER_PIXELS" in band_tags and "NODATA_PIXELS" in band_tags:
+                counts = {int(k): int(v) for k, v in json.loads(band_tags["CLUSTER_PIXELS"]).items()}
+                nodata_pixels = int(band_tags["NODATA_PIXELS"])
+            else:  # the class sidecar is gone: count the labels, a block at a time
+                summed = np.zeros(info["clusters"] + 1, np.int64)
+                for _, window in dataset.block_windows(1):
+                    values = dataset.read(1, window=window).ravel().astype(np.int64)
+                    summed += np.bincount(np.minimum(values, info["clusters"]), minlength=info["clusters"] + 1)
+                counts, nodata_pixels = dict(enumerate(summed[:-1].tolist())), int(summed[-1])
+    info["cluster_pixels"] = {str(k): v for k, v in sorted(counts.items())}
+    info["nodata_pixels"] = nodata_pixels
+    return info
+
+
+def format_label_raster_info(info: dict[str, Any]) -> str:
+    """Human-readable rendering of :func:`describe_label_raster`'s mapping."""
+    lines = [f"source        {info['source']}  ({info['format']}, library {info['library_version']})",
+             f"model         sha256 {info['model_sha256']}…, K {info['clusters']}",
+             f"labels of     {info['labelled_scene']}",
+             f"size          {info['rows']} rows × {info['cols']} cols, {info['dtype']}, nodata "
+             f"{info['nodata'] if info['nodata'] is not None else 'not set'}"]
+    if info["georeferenced"]:
+        crs = info["crs"]
+        lines.append("crs           " + (f"EPSG:{crs['epsg']} ({crs['units']})" if crs and crs["epsg"] else
+                                         (crs["wkt"][:60] + "…" if crs else "none")))
+        if info["resolution"]:
+            lines.append(f"resolution    {info['resolution'][0]:g} × {info['resolution'][1]:g}")
+        bounds = info["bounds"]
+        lines.append(f"bounds        left {bounds['left']:g}, bottom {bounds['bottom']:g}, "
+                     f"right {bounds['right']:g}, top {bounds['top']:g}")
+    else:
+        lines.append("crs           none: not georeferenced (the scene it labelled was not)")
+    if info["cluster_pixels"] is not None:
+        total = sum(info["cluster_pixels"].values()) + info["nodata_pixels"]
+        shares = ", ".join(f"{k}: {v} ({100 * v / max(total, 1):.1f} %)" for k, v in info["cluster_pixels"].items())
+        lines.append(f"clusters      {shares}")
+        lines.append(f"nodata        {info['nodata_pixels']} pixels ({100 * info['nodata_pixels'] / max(total, 1):.1f} %)")
+    return "\n".join(lines)
