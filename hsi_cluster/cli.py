@@ -502,8 +502,8 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
             _warn(f"{stale}: removed, the STAC Item of the labels this run replaced; pass --stac to write a new one")
     if not quiet:
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
-        click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels, "
-                   f"{result.megapixels_per_second:.3g} Mpix/s)")
+        rate = f", {result.megapixels_per_second:.3g} Mpix/s" if result.tiles_resumed < result.tiles else ""
+        click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels{rate})")
     for warning in result_warnings(scene, result):
         _warn(warning)
 

@@ -28,7 +28,6 @@ from hsi_cluster.errors import MetadataWarning, SceneError, number_ranges
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
 from hsi_cluster.io.checks import (
     check_bands,
-    check_patch_fits,
     kept_reads_budget,
     kept_reads_bytes,
     pixel_size_notice,
@@ -224,11 +223,12 @@ def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
 
 def check_scene_matches(checkpoint: Checkpoint, scene: xr.DataArray, *,
                         tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> None:
-    """Raise before any work when the scene's bands or size do not fit the model."""
+    """Raise before any work when the scene's bands do not fit the model. A scene of any size is labelled: one
+    narrower than the patch (a sliver at a tiled archive's edge) is read with its reflection, as every scene's
+    border is."""
     check_bands(scene, n_bands=checkpoint.in_bands, wavelength=checkpoint.wavelength,
                 reference=f"the model {checkpoint.path.name}", tolerance_nm=tolerance_nm,
                 advice="use a scene from the same sensor and processing, or retrain")
-    check_patch_fits(scene, checkpoint.patch_size, whose="the model's")
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,9 @@ def read_haloed(data: Any, window: Window, halo: int, *, valid: Any = None,
         if not usable.all():
             values = np.where(usable[None], values, np.asarray(fill, dtype=values.dtype)[:, None, None])
     if any(any(side) for side in pad):
+        if not isinstance(values, np.ndarray) and any(max(side) >= size for side, size in zip(pad, values.shape[1:],
+                                                                                              strict=True)):
+            values = np.asarray(values)  # dask reflects a sliver narrower than the pad into too few pixels
         values = np.pad(values, ((0, 0), *pad), mode="reflect")
     return values
 
