@@ -306,7 +306,7 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
         lines.append(f"bounds        left {bounds['left']:g}, bottom {bounds['bottom']:g}, "
                      f"right {bounds['right']:g}, top {bounds['top']:g}")
     else:
-        lines.append("crs           none: not georeferenced (the scene it labelled was not)")
+        lines.append("crs           none (as the scene it labelled; one located by ground control points passes them on)")
     if info["cluster_pixels"] is not None:
         total = sum(info["cluster_pixels"].values()) + info["nodata_pixels"]
         shares = ", ".join(f"{k}: {v} ({100 * v / max(total, 1):.1f} %)" for k, v in info["cluster_pixels"].items())
