@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, option
 
 
 def device_from(name: str) -> torch.device:
@@ -12,7 +12,8 @@ def device_from(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise HsiClusterError("--device cuda: no CUDA GPU is available to torch; use --device cpu or auto")
+        raise HsiClusterError(f"{option('--device', 'cuda')}: no CUDA GPU is available to torch; use "
+                              f"{option('--device', 'cpu')} or {option('--device', 'auto')}")
     if name not in ("cpu", "cuda"):
-        raise HsiClusterError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise HsiClusterError(f"{option('--device')} must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)

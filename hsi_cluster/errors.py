@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 
@@ -40,6 +42,32 @@ def first_line(exc: BaseException) -> str:
         return first_line(exc.__cause__ or exc.__context__)  # type: ignore[arg-type]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+#: How messages name the options they point to: "cli" (``--overwrite``) or "python" (``overwrite=True``), set by the
+#: Python API around its calls (:func:`python_option_names`).
+_OPTION_STYLE: ContextVar[str] = ContextVar("option_style", default="cli")
+#: Keyword arguments of the Python API whose name is not the flag's; flags (switches) that take no value read True.
+_KEYWORDS = {"-k": "k", "--overwrite": "overwrite=True", "--resume": "resume=True"}
+
+
+def option(flag: str, value: Any = None) -> str:
+    """``flag`` (with ``value``) as the caller passes it: ``--tiles 7`` on the command line, ``tiles=7`` from Python
+    inside :func:`python_option_names`."""
+    if _OPTION_STYLE.get() != "python":
+        return flag if value is None else f"{flag} {value}"
+    name = _KEYWORDS.get(flag, flag.lstrip("-").replace("-", "_"))
+    return name if value is None else f"{name}={value!r}"
+
+
+@contextmanager
+def python_option_names() -> Iterator[None]:
+    """Within it, :func:`option` names options as the Python API's keyword arguments."""
+    token = _OPTION_STYLE.set("python")
+    try:
+        yield
+    finally:
+        _OPTION_STYLE.reset(token)
 
 
 def whole_number(value: Any, what: str, *, hint: str = "a whole number") -> int:

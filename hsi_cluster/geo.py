@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hsi_cluster.errors import HsiClusterError, whole_number
+from hsi_cluster.errors import HsiClusterError, option, whole_number
 
 #: Tile side (pixels) of tiled inference: the default, and the smallest that ``predict`` and ``batch`` accept.
 DEFAULT_TILE = 512
@@ -20,9 +20,9 @@ MIN_TILE = 8
 
 def check_tile_size(tiles: int) -> None:
     """Raise a one-line error for a tile side that is not a whole number of at least :data:`MIN_TILE`."""
-    tiles = whole_number(tiles, "--tiles", hint=f"a whole number of pixels ({DEFAULT_TILE} is a good default)")
+    tiles = whole_number(tiles, option("--tiles"), hint=f"a whole number of pixels ({DEFAULT_TILE} is a good default)")
     if tiles < MIN_TILE:
-        raise HsiClusterError(f"--tiles {tiles} is too small; use at least {MIN_TILE} pixels "
+        raise HsiClusterError(f"{option('--tiles', tiles)} is too small; use at least {MIN_TILE} pixels "
                               f"({DEFAULT_TILE} is a good default)")
 
 

@@ -24,7 +24,7 @@ from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import MetadataWarning, SceneError, number_ranges
+from hsi_cluster.errors import MetadataWarning, SceneError, number_ranges, option
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
 from hsi_cluster.io.checks import (
     check_bands,
@@ -257,7 +257,8 @@ def _check_outputs(scene_path: Path, checkpoint_path: Path, outputs: _Outputs, *
     for path in by_option.values():
         if path is not None:
             check_output(path, replace=replace, inputs=inputs,
-                         exists_hint="pass --overwrite to replace it (--resume continues only an interrupted run)")
+                         exists_hint=f"pass {option('--overwrite')} to replace it ({option('--resume')} continues only an "
+                                     "interrupted run)")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, whole_number
+from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, option, whole_number
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree, pixel_side
 from hsi_cluster.io.files import atomic_path, check_output
@@ -265,20 +265,20 @@ def _check_scene(store: Path) -> tuple[str, int, list[float] | None]:
 
 
 def _check_scenes(stores: list[Path], config: TrainConfig, n_clusters: int, *,
-                  option: str = "-k") -> list[float] | None:
+                  flag: str = "-k") -> list[float] | None:
     """Checks of every scene and of their valid pixels together; returns the wavelengths to record."""
     checked = [_check_scene(store) for store in stores]
     valid = sum(count for _, count, _ in checked)
     if n_clusters > valid:
-        raise HsiClusterError(f"{option} {n_clusters} is larger than the number of valid pixels ({valid}); "
+        raise HsiClusterError(f"{option(flag, n_clusters)} is larger than the number of valid pixels ({valid}); "
                               "choose fewer clusters")
     if valid < config.batch_size:  # the sampler drops a partial batch: no step could run, whatever the length
         where = f"{checked[0][0]}: only" if len(stores) == 1 else f"the {len(stores)} scenes have only"
         raise HsiClusterError(f"{where} {valid} valid pixels (not nodata, NaN or one value in every band), fewer "
-                              f"than one batch of {config.batch_size}; lower --batch-size")
+                              f"than one batch of {config.batch_size}; lower {option('--batch-size')}")
     sampled = min(valid, config.centroid_samples)
     if config.assignment == "centroids" and n_clusters > sampled:
-        raise HsiClusterError(f"{option} {n_clusters} is more than the {sampled} pixels the cluster centroids are "
+        raise HsiClusterError(f"{option(flag, n_clusters)} is more than the {sampled} pixels the cluster centroids are "
                               f"fitted on (centroid_samples of the {valid} valid pixels); choose fewer clusters or "
                               "raise centroid_samples")
     return next((wavelength for _, _, wavelength in checked if wavelength is not None), None)
@@ -325,11 +325,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def _length_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """The first length setting of an unfinished run that this run changes, said as an error (None: same)."""
-    for key, option in LENGTH_KEYS.items():
+    for key, flag in LENGTH_KEYS.items():
         if saved.get(key) != current.get(key):
             return (f"was started with {key} {saved.get(key)}, not {current.get(key)}; the learning-rate schedule "
-                    f"is defined on the run's length, so pass the same {option} (or the same config) or start "
-                    "without --resume")
+                    f"is defined on the run's length, so pass the same {option(flag)} (or the same config) or start "
+                    f"without {option('--resume')}")
     return None
 
 
@@ -499,7 +499,7 @@ def _train_one(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, o
     log = log or (lambda message: None)
     work = Path(work_dir) if work_dir else default_work_dir()
     stores, wavelength, identity = _ready_stores(paths, config, head_clusters, work, log,
-                                                 option="--k-max" if k_max else "-k")
+                                                 flag="--k-max" if k_max else "-k")
     resume_from = _resume_source(output, partial, identity, config, head_clusters, seed, k_max) if resume else None
     run = _build(stores, identity, wavelength, config=config, n_clusters=head_clusters, seed=seed, mask=mask,
                  device=torch_device, resume_from=resume_from, log=log)
@@ -528,16 +528,17 @@ def _cluster_count(n_clusters: int | str, k_max: int | None, config: TrainConfig
                                   f"(the fast preset), not {config.assignment!r}")
         k_max = DEFAULT_K_MAX if k_max is None else k_max
         if k_max < K_MAX_MIN:
-            raise HsiClusterError(f"--k-max must be at least {K_MAX_MIN}, got {k_max}: -k auto chooses the elbow inside "
-                                  f"the curve K = 2..k_max, between 3 and k_max - 1; for 2 or 3 clusters pass -k 2 "
-                                  "or -k 3")
+            raise HsiClusterError(f"{option('--k-max')} must be at least {K_MAX_MIN}, got {k_max}: "
+                                  f"{option('-k', 'auto')} chooses the elbow inside the curve K = 2..k_max, between 3 "
+                                  f"and k_max - 1; for 2 or 3 clusters pass {option('-k', 2)} or {option('-k', 3)}")
         return k_max, k_max
     if k_max is not None:
-        raise HsiClusterError(f"--k-max only applies to -k auto; drop it or pass -k auto instead of -k {n_clusters}")
+        raise HsiClusterError(f"{option('--k-max')} only applies to {option('-k', 'auto')}; drop it or pass "
+                              f"{option('-k', 'auto')} instead of {option('-k', n_clusters)}")
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, int):
-        raise HsiClusterError(f"-k must be a whole number of clusters or 'auto', got {n_clusters!r}")
+        raise HsiClusterError(f"{option('-k')} must be a whole number of clusters or 'auto', got {n_clusters!r}")
     if n_clusters < 2:
-        raise HsiClusterError(f"-k must be at least 2 clusters, got {n_clusters}")
+        raise HsiClusterError(f"{option('-k')} must be at least 2 clusters, got {n_clusters}")
     return n_clusters, None
 
 
@@ -552,7 +553,7 @@ def _scene_paths(scenes: list[str | os.PathLike[str]] | str | os.PathLike[str], 
     inputs = {role: file for i, path in enumerate(paths)
               for role, file in scene_inputs(path, "the scene" if len(paths) == 1 else f"scene {i + 1}").items()}
     check_output(output, replace=replace, inputs=inputs,
-                 exists_hint="pass --overwrite to replace it or --resume to train it further")
+                 exists_hint=f"pass {option('--overwrite')} to replace it or {option('--resume')} to train it further")
     if not paths:
         raise HsiClusterError("no scene to train on; pass at least one scene")
     if len(paths) != 1 and mask is not None:
@@ -561,7 +562,7 @@ def _scene_paths(scenes: list[str | os.PathLike[str]] | str | os.PathLike[str], 
 
 
 def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work: Path,
-                  log: LogFn, *, option: str = "-k") -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
+                  log: LogFn, *, flag: str = "-k") -> tuple[list[Path], list[float] | None, list[dict[str, Any]]]:
     """Checked stores of the scenes (ingested into ``work`` when needed), their wavelengths and identities."""
     check_scenes_agree(paths, log=log)  # before ingesting anything
     too_small = {path: notice for path in paths
@@ -581,7 +582,7 @@ def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work:
         log(f"warning: {_source_of(Store.open(store))}: every pixel is nodata, NaN or fill (one value in every band); "
             "left out of the training")
     stores = [store for store in stores if store not in empty]
-    wavelength = _check_scenes(stores, config, n_clusters, option=option)
+    wavelength = _check_scenes(stores, config, n_clusters, flag=flag)
     identity = [_scene_identity(s) for s in stores]
     return stores, wavelength, identity
 
@@ -591,34 +592,35 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
     """The checkpoint that ``--resume`` continues (``OUTPUT.partial``, else OUTPUT), checked against this run."""
     source = partial if partial.exists() else output if output.exists() else None
     if source is None:
-        raise HsiClusterError(f"--resume: neither {partial.name} nor {output.name} exists in {output.parent}; "
-                              "start without --resume")
+        raise HsiClusterError(f"{option('--resume')}: neither {partial.name} nor {output.name} exists in "
+                              f"{output.parent}; "
+                              f"start without {option('--resume')}")
     resume_from = load_checkpoint(source)
     saved = resume_from.payload
     mismatch = _scene_mismatch(saved["scenes"], identity)
     if mismatch:
-        raise CheckpointError(f"--resume: {source.name} {mismatch}, or start without --resume")
+        raise CheckpointError(f"{option('--resume')}: {source.name} {mismatch}, or start without {option('--resume')}")
     if "lr_step_fraction" not in saved["train_config"]:
-        raise CheckpointError(f"--resume: {source.name} was made by an older hsicluster, whose learning-rate "
-                              "schedule was counted in epochs; start without --resume")
+        raise CheckpointError(f"{option('--resume')}: {source.name} was made by an older hsicluster, whose learning-rate "
+                              f"schedule was counted in epochs; start without {option('--resume')}")
     if _comparable(saved["train_config"]) != _comparable(config.to_dict()):  # before the length: a preset sets it too
-        raise CheckpointError(f"--resume: {source.name} was made with another configuration (--preset, --config or "
-                              "a training option); pass the same options or start without --resume")
+        raise CheckpointError(f"{option('--resume')}: {source.name} was made with another configuration (--preset, --config or "
+                              f"a training option); pass the same options or start without {option('--resume')}")
     if not resume_from.complete:
         changed = _length_mismatch(saved["train_config"], config.to_dict())
         if changed:
-            raise CheckpointError(f"--resume: {source.name} {changed}")
+            raise CheckpointError(f"{option('--resume')}: {source.name} {changed}")
     saved_auto = saved["training"].get("k_auto")
     if (saved_auto is None) != (k_max is None):
         fixed = saved["model_config"]["n_clusters"]
-        raise CheckpointError(f"--resume: {source.name} was trained with "
+        raise CheckpointError(f"{option('--resume')}: {source.name} was trained with "
                               + (f"-k auto --k-max {saved_auto['k_max']}; pass those" if saved_auto else
                                  f"-k {fixed}; -k auto cannot continue it (pass -k {fixed})")
-                              + ", or start without --resume")
+                              + f", or start without {option('--resume')}")
     head_clusters = saved["model_config"].get("head_clusters", saved["model_config"]["n_clusters"])
     if head_clusters != n_clusters or saved["training"].get("seed") != seed:
-        raise CheckpointError(f"--resume: {source.name} was made with another K or seed ({head_clusters} clusters, seed "
-                              f"{saved['training'].get('seed')}); pass the same options or start without --resume")
+        raise CheckpointError(f"{option('--resume')}: {source.name} was made with another K or seed ({head_clusters} clusters, seed "
+                              f"{saved['training'].get('seed')}); pass the same options or start without {option('--resume')}")
     return resume_from
 
 
@@ -759,11 +761,11 @@ def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[
     full_pass = sampler.batches_per_epoch(shards=shards)  # workers each drop a partial batch
     length = run_length(config, centres, full_pass)
     if length.contrastive_steps == 0:
-        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
+        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower {option('--batch-size')}")
     sampler.fraction = length.fraction
     steps_per_epoch = sampler.batches_per_epoch(shards=shards) if length.fraction < 1 else full_pass
     if steps_per_epoch == 0:
-        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower --batch-size")
+        raise HsiClusterError(f"fewer usable pixels than one batch of {config.batch_size}; lower {option('--batch-size')}")
     total_steps = length.contrastive_steps + config.self_label_epochs * steps_per_epoch
     return _Run(config=config, seed=seed, n_clusters=n_clusters, mask=mask, device=device, stores=stores,
                 identity=identity, wavelength=wavelength, spectral=spectral, model=model, optimizer=optimizer,

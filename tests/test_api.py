@@ -383,8 +383,22 @@ def test_options_that_would_be_ignored_or_fail_raw_are_named(salinas: dict) -> N
     with pytest.warns(UserWarning, match=r"x.npy: output= is written as a GeoTIFF whatever its name; name it .tif"):
         model.predict(scene, output=root / "x.npy", device="cpu")
     for tiles in ("big", 64.0):
-        with pytest.raises(HsiClusterError, match=r"--tiles must be a whole number of pixels \(512 is a good default\), got " + re.escape(repr(tiles))):
+        with pytest.raises(HsiClusterError, match=r"^tiles must be a whole number of pixels \(512 is a good default\), got " + re.escape(repr(tiles))):
             model.predict(scene, tiles=tiles, device="cpu")
+    # messages name the keyword arguments, not the command's flags (they said "--tiles 7", "pass --overwrite")
+    with pytest.raises(HsiClusterError, match=r"^tiles=7 is too small; use at least 8 pixels"):
+        model.predict(scene, tiles=7, device="cpu")
+    with pytest.raises(HsiClusterError, match=r"already exists; pass overwrite=True to replace it \(resume=True"):
+        model.predict(scene, output=root / "x.npy", device="cpu")
+    with pytest.raises(HsiClusterError, match=r"^device must be auto, cpu or cuda, got 'gpu'"):
+        model.predict(scene, device="gpu")
+    for options, message in (({"k": 1}, "k must be at least 2 clusters, got 1"),
+                             ({"k": 6, "k_max": 10}, "k_max only applies to k='auto'; drop it or pass k='auto' instead "
+                                                     "of k=6"),
+                             ({"k": 6, "output": root / "x.npy"}, "already exists; pass overwrite=True to replace it or "
+                                                                  "resume=True to train it further")):
+        with pytest.raises(HsiClusterError, match=re.escape(message)):
+            hc.train(scene, steps=2, device="cpu", **options)
     labels = model.predict(scene, device="cpu")
     with pytest.raises(HsiClusterError, match="unlabelled must be a whole class value, None or 'auto', got 'zero'"):
         hc.evaluate(labels, salinas["gt"], unlabelled="zero")

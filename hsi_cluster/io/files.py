@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from hsi_cluster.errors import OutputError
+from hsi_cluster.errors import OutputError, option
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -55,7 +55,7 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, file_output: bool = True,
-                 exists_hint: str = "pass --overwrite to replace it") -> None:
+                 exists_hint: str | None = None) -> None:
     """Fail before any work unless ``path`` can take a new output.
 
     Refused, each with a one-line :class:`OutputError`: ``path`` is one of ``inputs`` (named by their
@@ -68,7 +68,8 @@ def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, 
     if file_output and path.is_dir():
         raise OutputError(f"{path}: is a folder; choose another output path")
     if path.exists() and not replace:
-        raise OutputError(f"{path}: already exists; {exists_hint}")
+        hint = exists_hint if exists_hint is not None else f"pass {option('--overwrite')} to replace it"
+        raise OutputError(f"{path}: already exists; {hint}")
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{path}: {parent} is a file, not a folder; choose another output path")
@@ -81,8 +82,8 @@ def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, 
 def check_distinct_outputs(outputs: Mapping[str, Path | None]) -> None:
     """Fail when two of a command's outputs (named by option, e.g. ``{"-o": …, "--confidence": …}``)
     are one file."""
-    given = [(option, path) for option, path in outputs.items() if path is not None]
-    for k, (option, path) in enumerate(given):
+    given = [(name, path) for name, path in outputs.items() if path is not None]
+    for k, (name, path) in enumerate(given):
         for other, other_path in given[k + 1:]:
             if same_file(path, other_path):
-                raise OutputError(f"{path}: given as both {option} and {other}; choose different paths")
+                raise OutputError(f"{path}: given as both {name} and {other}; choose different paths")

@@ -25,7 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import MetadataWarning, OutputError, SceneError, number_ranges
+from hsi_cluster.errors import MetadataWarning, OutputError, SceneError, number_ranges, option
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import MAX_TILE_READ, open_scene, scene_files_identity, scene_inputs
@@ -83,7 +83,8 @@ def check_output_path(store: Path, *, overwrite: bool, scene: Path | None = None
                           "(a new name ending in .zarr)")
     if store.exists() and not overwrite:
         what = "a complete store" if is_complete_store(store) else "something that is not a finished store"
-        raise OutputError(f"{store}: already exists ({what}); pass --overwrite to replace it or choose another path")
+        raise OutputError(f"{store}: already exists ({what}); pass {option('--overwrite')} to replace it or choose "
+                          "another path")
 
 
 def _store_metadata(scene: xr.DataArray, chunk: int, source: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ import xarray as xr
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import MetadataWarning, SceneError, first_line, number_ranges
+from hsi_cluster.errors import MetadataWarning, SceneError, first_line, number_ranges, option
 from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.enmap import EnmapBands, metadata_file, read_band_metadata
 from hsi_cluster.io.metadata import spectral_coords
@@ -684,8 +684,8 @@ def open_scene(path: str | os.PathLike[str], *, var: str | None = None,
         raise SceneError(f"{path}: permission denied; make the file readable")
     suffix = path.suffix.lower()
     if var is not None and suffix != ".mat" and suffix not in NETCDF_SUFFIXES:
-        raise SceneError(f"{path}: --var {var} names a variable of a MATLAB .mat, NetCDF or HDF5 file, and this is none; "
-                         "leave --var out")
+        raise SceneError(f"{path}: {option('--var', var)} names a variable of a MATLAB .mat, NetCDF or HDF5 file, and "
+                         f"this is none; leave {option('--var')} out")
     if suffix == ".npy":
         return _open_npy(path, chunks)
     if suffix == ".mat":
