@@ -7,6 +7,7 @@ dense model for a handful of steps, so every run of it takes a few seconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -419,6 +420,10 @@ def test_archive_pipeline_samples_trains_and_batches_the_rest(tmp_path: Path, mo
             return cls(2026, 12, 7, 8, 0, 0, tzinfo=tz)
 
     monkeypatch.setattr("hsi_cluster.pipeline.state.dt", SimpleNamespace(datetime=Frozen, timezone=dt.timezone))
+    # and so is each step's duration: the two failed batch runs must last as long (to the millisecond) on a loaded
+    # machine too, where the 0.3 s below took 0.301 s once and 0.304 s the next time, so the report ran again
+    ticks = itertools.count(step=0.5)
+    monkeypatch.setattr("hsi_cluster.pipeline.runner.time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     archive = tmp_path / "pipes" / "archive"
     for i in range(3):
         write_data(archive / f"s{i}", seed=i)
