@@ -546,6 +546,16 @@ def test_evaluate_step_reads_unlabelled_from_the_truth_nodata_as_the_command_doe
     assert json.loads((workdir / "scores.json").read_text())["scores"]["n_scored"] == int(
         ((truth != 255) & (truth != 0)).sum())
 
+    # classes from 0 over every pixel, no nodata: "none" scores them all (as `hsicluster evaluate --unlabelled none`)
+    helpers.write_geotiff(tmp_path / "data" / "whole.tif", truth_map().astype(np.uint8)[None])
+    write_pipeline(project, tiny_steps(evaluate={"truth": "../data/whole.tif", "unlabelled": "none"}))
+    run(pipeline)
+    written = json.loads((workdir / "scores.json").read_text())
+    assert written["unlabelled"] is None and written["scores"]["n_scored"] == truth.size
+    write_pipeline(project, tiny_steps(evaluate={"truth": "../data/whole.tif", "unlabelled": "zero"}))
+    with pytest.raises(PipelineError, match="an integer, or 'none' to score every pixel"):
+        run(pipeline)
+
 
 def test_evaluate_step_warns_of_a_value_that_looks_unlabelled_as_the_command_does(project: Path,
                                                                                     tmp_path: Path) -> None:

@@ -89,6 +89,16 @@ def cluster_count() -> Key:
     return Key(check, "an integer ≥ 2 or 'auto'")
 
 
+def unlabelled_value() -> Key:
+    """An evaluate step's ``unlabelled``: a whole ground-truth value, or "none" (score every pixel)."""
+    def check(value: Any) -> int | str:
+        if _is_int(value) or (isinstance(value, str) and value.strip().lower() == "none"):
+            return value if _is_int(value) else "none"
+        raise _Invalid
+
+    return Key(check, "an integer, or 'none' to score every pixel")
+
+
 def text() -> Key:
     def check(value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -236,7 +246,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "labels": _input().but(required=True),
         "truth": _input().but(required=True),
         "output": _output(),
-        "unlabelled": integer(),  # none: the truth's nodata value, else 0 (as `hsicluster evaluate`)
+        "unlabelled": unlabelled_value(),  # absent: the truth's nodata value, else 0 (as `hsicluster evaluate`)
         "var": text(),
         "title": text(),
     },

@@ -117,8 +117,7 @@ def _run_evaluate(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     o = job.options
     unlabelled = _unlabelled(o, job.inputs["truth"])
     # "auto" when not given, as the command passes it: the truth then warns of a value that looks unlabelled
-    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], var=o["var"],
-                               unlabelled="auto" if o["unlabelled"] is None else o["unlabelled"])
+    scores = score_label_files(job.inputs["labels"], job.inputs["truth"], var=o["var"], unlabelled=_given(o))
     _write_json(job.outputs["output"], {"step": step.name, "seed": job.variant, "title": o["title"] or step.name,
                                         "labels": str(job.inputs["labels"]), "truth": str(job.inputs["truth"]),
                                         "unlabelled": unlabelled, "scores": scores.to_dict()})
@@ -129,7 +128,13 @@ def _unlabelled(options: dict[str, Any], truth: Path) -> int | None:
     """The evaluate step's ``unlabelled``: as given, else the truth's nodata value, else 0 (as ``hsicluster evaluate``)."""
     from hsi_cluster.io.labels import truth_unlabelled
 
-    return truth_unlabelled(truth, "auto" if options["unlabelled"] is None else options["unlabelled"])
+    return truth_unlabelled(truth, _given(options))
+
+
+def _given(options: dict[str, Any]) -> int | str | None:
+    """``unlabelled`` as :func:`~hsi_cluster.evaluate.score_label_files` takes it: absent → "auto", "none" → None."""
+    value = options["unlabelled"]
+    return "auto" if value is None else None if value == "none" else value
 
 
 def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
