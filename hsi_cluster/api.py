@@ -33,7 +33,7 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
-from hsi_cluster.errors import HsiClusterError, SceneError, python_option_names
+from hsi_cluster.errors import HsiClusterError, SceneError, log_warning, python_option_names
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
@@ -500,8 +500,9 @@ def _training_log(verbose: bool) -> Callable[[str], None]:
     """The training log for :func:`train`: its warnings (a scene left out, in other units, of another pixel size)
     as a ``UserWarning`` whatever ``verbose``; with ``verbose``, the other lines on stderr."""
     def log(message: str) -> None:
-        if message.lstrip().startswith("warning: "):
-            warnings.warn(message.lstrip()[len("warning: "):], UserWarning, stacklevel=2)
+        warning = log_warning(message)
+        if warning is not None:
+            warnings.warn(warning, UserWarning, stacklevel=2)
         elif verbose:
             print(message, file=sys.stderr)
     return log

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated, counted
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated, counted, log_warning
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 from hsi_cluster.progress import PlainProgress
 
@@ -59,8 +59,8 @@ def _log(quiet: bool, write: Callable[[str], Any]) -> Callable[[str], None]:
     def log(message: str) -> None:
         if not quiet:
             write(message)
-        elif message.lstrip().startswith("warning: "):
-            _warn(message.lstrip()[len("warning: "):])
+        elif (warning := log_warning(message)) is not None:
+            _warn(warning)
     return log
 
 

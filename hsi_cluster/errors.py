@@ -70,6 +70,16 @@ def python_option_names() -> Iterator[None]:
         _OPTION_STYLE.reset(token)
 
 
+#: What starts a warning among the lines of a library log callback (indented in a pipeline's log).
+WARNING_PREFIX = "warning: "
+
+
+def log_warning(message: str) -> str | None:
+    """The text of a log line that is a warning (``warning: …``), without the prefix; None for other lines."""
+    line = message.lstrip()
+    return line[len(WARNING_PREFIX):] if line.startswith(WARNING_PREFIX) else None
+
+
 def whole_number(value: Any, what: str, *, hint: str = "a whole number") -> int:
     """``value`` as a plain int when it is a whole number of any integer type (numpy's included, bools not),
     else an :class:`HsiClusterError` saying ``what`` must be ``hint``. Floats are refused, even 64.0."""

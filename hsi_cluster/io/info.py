@@ -250,6 +250,7 @@ def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
+    from hsi_cluster.io.label_raster import count_labels
     from hsi_cluster.io.labels import LABELS_TAG
 
     with warnings.catch_warnings():
@@ -278,12 +279,8 @@ def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
             if "CLUSTER_PIXELS" in band_tags and "NODATA_PIXELS" in band_tags:
                 counts = {int(k): int(v) for k, v in json.loads(band_tags["CLUSTER_PIXELS"]).items()}
                 nodata_pixels = int(band_tags["NODATA_PIXELS"])
-            else:  # the class sidecar is gone: count the labels, a block at a time
-                summed = np.zeros(info["clusters"] + 1, np.int64)
-                for _, window in dataset.block_windows(1):
-                    values = dataset.read(1, window=window).ravel().astype(np.int64)
-                    summed += np.bincount(np.minimum(values, info["clusters"]), minlength=info["clusters"] + 1)
-                counts, nodata_pixels = dict(enumerate(summed[:-1].tolist())), int(summed[-1])
+            else:  # the class sidecar is gone: count the labels
+                counts, nodata_pixels = count_labels(dataset, info["clusters"], int(dataset.nodata))
     info["cluster_pixels"] = {str(k): v for k, v in sorted(counts.items())}
     info["nodata_pixels"] = nodata_pixels
     return info

@@ -290,6 +290,14 @@ def class_name(label: int, count: int, total: int) -> str:
     return f"cluster {label} ({share_text(count, total)})"
 
 
+def count_labels(dataset: rasterio.io.DatasetReader, n_clusters: int, nodata: int) -> tuple[dict[int, int], int]:
+    """Pixels per cluster 0 … K−1 and nodata pixels of an open label raster, read a block at a time."""
+    counts = np.zeros(max(n_clusters, nodata) + 2, dtype=np.int64)
+    for _, window in dataset.block_windows(1):
+        counts += np.bincount(dataset.read(1, window=window).ravel(), minlength=counts.size)[:counts.size]
+    return {k: int(counts[k]) for k in range(n_clusters)}, int(counts[nodata])
+
+
 def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, int], nodata_count: int) -> Path:
     """Write the class names and pixel counts of a label raster where GDAL (and so QGIS, ArcGIS, gdalinfo)
     read them: a PAM sidecar ``OUTPUT.aux.xml`` holding the band's category names ("cluster 3 (12.4 %)" for

@@ -51,7 +51,7 @@ from pystac.extensions.projection import ProjectionExtension
 from rasterio.errors import NotGeoreferencedWarning
 
 from hsi_cluster.io.files import sha256_of, write_text_atomic
-from hsi_cluster.io.label_raster import class_name, colour_table, sidecar_path
+from hsi_cluster.io.label_raster import class_name, colour_table, count_labels, sidecar_path
 from hsi_cluster.io.labels import LABELS_TAG
 
 ITEM_SUFFIX = ".stac.json"
@@ -80,13 +80,6 @@ def _href(target: str | os.PathLike[str], base_dir: Path) -> str:
 
 def _hex(rgba: Sequence[int]) -> str:
     return "".join(f"{int(c):02X}" for c in rgba[:3])
-
-
-def _count_labels(dataset: rasterio.io.DatasetReader, n_clusters: int, nodata: int) -> tuple[dict[int, int], int]:
-    counts = np.zeros(max(n_clusters, nodata) + 2, dtype=np.int64)
-    for _, window in dataset.block_windows(1):
-        counts += np.bincount(dataset.read(1, window=window).ravel(), minlength=counts.size)[:counts.size]
-    return {k: int(counts[k]) for k in range(n_clusters)}, int(counts[nodata])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +157,7 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
             gcps, gcp_crs = dataset.gcps
             colormap = dataset.colormap(1)
             if counts is None:
-                counts, _ = _count_labels(dataset, n_clusters, nodata)
+                counts, _ = count_labels(dataset, n_clusters, nodata)
     counts = {k: int(counts.get(k, 0)) for k in range(n_clusters)}
     nodata_count = height * width - sum(counts.values())
     total = height * width
