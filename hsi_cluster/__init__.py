@@ -27,6 +27,8 @@ __all__ = ["ClusteringScores", "HsiClusterError", "Model", "__version__", "evalu
 _LAZY = {"Model": "hsi_cluster.api", "load_model": "hsi_cluster.api", "open_scene": "hsi_cluster.io.scene",
          "ClusteringScores": "hsi_cluster.evaluate", "score_clustering": "hsi_cluster.evaluate",
          "HsiClusterError": "hsi_cluster.errors"}
+#: Functions of other modules exported here whose messages name options as keyword arguments (``var='NAME'``).
+_PYTHON_NAMED = {"open_scene"}
 
 if TYPE_CHECKING:
     from hsi_cluster.api import Model, evaluate, load_model, train
@@ -40,6 +42,10 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        if name in _PYTHON_NAMED:
+            from hsi_cluster.errors import python_names
+
+            value = python_names(value)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'hsi_cluster' has no attribute {name!r}")

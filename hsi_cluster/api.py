@@ -15,7 +15,6 @@ and network as ``predict`` and returns the labels ``predict`` would write (same 
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
 import rioxarray  # noqa: F401 — registers the .rio accessor on the DataArrays returned here
@@ -33,7 +32,7 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
-from hsi_cluster.errors import HsiClusterError, SceneError, log_warning, python_option_names
+from hsi_cluster.errors import HsiClusterError, SceneError, log_warning, python_names
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
@@ -104,18 +103,6 @@ def _scene_path(scene: SceneLike, *, what: str, work_dir: str | os.PathLike[str]
                          "scene.rio.to_raster('crop.tif'), and pass that path")
     raise TypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}; write an "
                     "array to a file first (np.save('scene.npy', cube) for a (y, x, band) cube) and pass that path")
-
-
-_Call = TypeVar("_Call", bound=Callable[..., Any])
-
-
-def _python_names(func: _Call) -> _Call:
-    """Messages raised inside ``func`` name options as its keyword arguments (``overwrite=True``, not ``--overwrite``)."""
-    @functools.wraps(func)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        with python_option_names():
-            return func(*args, **kwargs)
-    return cast(_Call, call)
 
 
 @dataclass
@@ -209,7 +196,7 @@ class Model:
         copy.write_bytes(self.data)
         return copy
 
-    @_python_names
+    @python_names
     def predict(self, scene: SceneLike, output: str | os.PathLike[str] | None = None, *, tiles: int = 512,
                 confidence: bool | str | os.PathLike[str] = False, device: str = "auto",
                 quicklook: str | os.PathLike[str] | None = None, overwrite: bool = False, stac: bool = False,
@@ -414,7 +401,7 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     return Model.from_file(path)
 
 
-@_python_names
+@python_names
 def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str = "fast", k_max: int | None = None,
           output: str | os.PathLike[str] | None = None, seed: int = 0, device: str = "auto",
           config: str | os.PathLike[str] | None = None, work_dir: str | os.PathLike[str] | None = None,
@@ -508,6 +495,7 @@ def _training_log(verbose: bool) -> Callable[[str], None]:
     return log
 
 
+@python_names
 def evaluate(labels: Any, ground_truth: Any, *, unlabelled: int | None | str = "auto",
              var: str | None = None) -> ClusteringScores:
     """Score cluster labels against ground truth: the numbers ``hsicluster evaluate`` prints.

@@ -225,7 +225,8 @@ def progress_bar(description: str, *, unit: str, quiet: bool, plain_lines: bool 
     a progress line with the ETA every 30 s (``plain_lines``) or nothing."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+    # " tiles": "0 tiles [00:03, ? tiles/s]" while the total is not known yet (not "0tile"), "2.50 tiles/s" after
+    bar = tqdm(desc=description, unit=f" {unit}s", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
     plain = None
     if plain_lines and not quiet and bar.disable:
         plain = PlainProgress(description, unit, lambda line: click.echo(f"hsicluster: {line}", err=True))

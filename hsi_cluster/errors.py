@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar, cast
 
 
 class HsiClusterError(Exception):
@@ -51,10 +52,15 @@ _OPTION_STYLE: ContextVar[str] = ContextVar("option_style", default="cli")
 _KEYWORDS = {"-k": "k", "--overwrite": "overwrite=True", "--resume": "resume=True"}
 
 
+def naming_python_options() -> bool:
+    """Whether messages now name options as the Python API's keyword arguments (inside :func:`python_option_names`)."""
+    return _OPTION_STYLE.get() == "python"
+
+
 def option(flag: str, value: Any = None) -> str:
     """``flag`` (with ``value``) as the caller passes it: ``--tiles 7`` on the command line, ``tiles=7`` from Python
     inside :func:`python_option_names`."""
-    if _OPTION_STYLE.get() != "python":
+    if not naming_python_options():
         return flag if value is None else f"{flag} {value}"
     name = _KEYWORDS.get(flag, flag.lstrip("-").replace("-", "_"))
     return name if value is None else f"{name}={value!r}"
@@ -68,6 +74,19 @@ def python_option_names() -> Iterator[None]:
         yield
     finally:
         _OPTION_STYLE.reset(token)
+
+
+_Call = TypeVar("_Call", bound=Callable[..., Any])
+
+
+def python_names(func: _Call) -> _Call:
+    """Messages raised inside ``func`` (a Python API entry point) name options as its keyword arguments
+    (``overwrite=True``, not ``--overwrite``)."""
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with python_option_names():
+            return func(*args, **kwargs)
+    return cast(_Call, call)
 
 
 #: What starts a warning among the lines of a library log callback (indented in a pipeline's log).

@@ -376,9 +376,9 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
     """
     # whole numbers of any integer type (numpy's from a notebook sweep); the checkpoint keeps plain ints
     seed = whole_number(seed, "seed")
-    k_max = None if k_max is None else whole_number(k_max, "--k-max")
+    k_max = None if k_max is None else whole_number(k_max, option("--k-max"))
     n_clusters = n_clusters if isinstance(n_clusters, str) else whole_number(
-        n_clusters, "-k", hint="a whole number of clusters or 'auto'")
+        n_clusters, option("-k"), hint="a whole number of clusters or 'auto'")
     options: dict[str, Any] = {"n_clusters": n_clusters, "config": config, "device": device, "work_dir": work_dir,
                                "checkpoint_every": checkpoint_every, "mask": mask, "log": log,
                                "stop_after_steps": stop_after_steps, "k_max": k_max}
@@ -614,8 +614,9 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
     if (saved_auto is None) != (k_max is None):
         fixed = saved["model_config"]["n_clusters"]
         raise CheckpointError(f"{option('--resume')}: {source.name} was trained with "
-                              + (f"-k auto --k-max {saved_auto['k_max']}; pass those" if saved_auto else
-                                 f"-k {fixed}; -k auto cannot continue it (pass -k {fixed})")
+                              + (f"{option('-k', 'auto')} {option('--k-max', saved_auto['k_max'])}; pass those" if saved_auto
+                                 else f"{option('-k', fixed)}; {option('-k', 'auto')} cannot continue it (pass "
+                                 f"{option('-k', fixed)})")
                               + f", or start without {option('--resume')}")
     head_clusters = saved["model_config"].get("head_clusters", saved["model_config"]["n_clusters"])
     if head_clusters != n_clusters or saved["training"].get("seed") != seed:
@@ -988,10 +989,11 @@ def _choose_k(run: _Run, features: np.ndarray, blocks: int, log: LogFn) -> int:
     """``-k auto``: the elbow K of the centroid sample's features, logged and kept for the checkpoint."""
     assert run.k_max is not None
     if run.k_max * K_AUTO_MIN_PIXELS > len(features):
-        log(f"warning: --k-max {run.k_max} leaves fewer than {K_AUTO_MIN_PIXELS} of the {len(features)} sampled pixels "
-            f"per cluster at the end of the curve, where k-means splits noise and the elbow follows --k-max; "
-            + (f"choose a --k-max of at most {len(features) // K_AUTO_MIN_PIXELS}"
-               if len(features) // K_AUTO_MIN_PIXELS >= K_MAX_MIN else "too few to choose K: pass -k"))
+        log(f"warning: {option('--k-max', run.k_max)} leaves fewer than {K_AUTO_MIN_PIXELS} of the {len(features)} "
+            f"sampled pixels per cluster at the end of the curve, where k-means splits noise and the elbow follows "
+            f"{option('--k-max')}; "
+            + (f"choose a {option('--k-max')} of at most {len(features) // K_AUTO_MIN_PIXELS}"
+               if len(features) // K_AUTO_MIN_PIXELS >= K_MAX_MIN else f"too few to choose K: pass {option('-k')}"))
     log(f"-k auto: k-means on {len(features)} training pixels for K = 2..{run.k_max} ({RULE})")
     choice = choose_k(CentroidHead.weigh(features, blocks), run.k_max, seed=run.seed)
     for k, inertia, distance in zip(choice.candidates, choice.inertia, choice.distance, strict=True):

@@ -285,6 +285,22 @@ def test_a_cube_chosen_with_var_is_the_one_trained_on_and_labelled(tmp_path: Pat
         model.predict(hc.open_scene(path, var="a"), output=tmp_path / "a.tif", device="cpu")
 
 
+def test_a_file_of_several_arrays_is_refused_naming_the_keyword_argument(tmp_path: Path) -> None:
+    """``hc.open_scene`` and ``hc.evaluate`` on a file of several arrays say ``var='NAME'``, not ``--var NAME`` (a
+    flag a Python caller has nowhere to pass); the CLI's message is unchanged."""
+    cubes = tmp_path / "two.mat"
+    scipy.io.savemat(cubes, {"a": np.ones((8, 9, 4), np.float32), "b": np.zeros((8, 9, 5), np.float32)})
+    with pytest.raises(HsiClusterError, match=r"several 3-D arrays .*; choose one with open_scene\(path, "
+                       r"var='NAME'\) and pass that DataArray to train or predict$"):
+        hc.open_scene(cubes)
+    maps = tmp_path / "maps.mat"
+    scipy.io.savemat(maps, {"a": np.ones((8, 9), np.uint8), "b": np.zeros((8, 9), np.uint8)})
+    with pytest.raises(HsiClusterError, match=r"found a .*, b .*; choose with var='NAME'$"):
+        hc.evaluate(np.zeros((8, 9), np.uint8), maps)
+    refused = CliRunner().invoke(main, ["info", str(cubes)])
+    assert refused.exit_code != 0 and "choose one with --var NAME (hsicluster ingest" in refused.stderr
+
+
 def test_evaluate_scores_the_map_of_a_crop_on_its_overlap_with_the_truth(tmp_path: Path) -> None:
     """Labels of a crop of a georeferenced scene against the whole scene's ground truth raster: scored on their
     overlap, as the CLI scores the written file (it was refused: the shapes differ)."""

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
+import pytest
+
+from hsi_cluster.cli import progress_bar
 from hsi_cluster.progress import PlainProgress, duration_text
 
 
@@ -24,3 +30,21 @@ def test_plain_progress_writes_a_line_every_period_with_the_eta_of_this_runs_rat
     short(1, 2)
     short(2, 2)
     assert quick == []
+
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so that tqdm draws its bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_names_the_unit_in_the_plural_before_the_total_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tqdm draws ``0 tiles [00:00, ? tiles/s]`` until the first update brings the total (it drew ``0tile``)."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress_bar("predict", unit="tile", quiet=False) as update:
+        assert "predict: 0 tiles [" in terminal.getvalue() and "? tiles/s" in terminal.getvalue()
+        update(3, 10)
+    assert "3/10 [" in terminal.getvalue()

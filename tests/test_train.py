@@ -22,7 +22,7 @@ import hsi_cluster
 from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
 from hsi_cluster.cli import main
 from hsi_cluster.data.sampler import PatchSampler
-from hsi_cluster.errors import HsiClusterError, OutputError, Terminated
+from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, python_option_names
 from hsi_cluster.io.store import Store
 from hsi_cluster.stats import VALIDITY_RULES
 from hsi_cluster.train import (
@@ -1120,6 +1120,8 @@ def test_k_auto_resumes_only_as_k_auto(scene: IngestedScene, tmp_path: Path) -> 
     assert partial.exists() and not output.exists()
     finished = run(scene, auto, n_clusters="auto", k_max=4, resume=True)  # the same options continue it
     assert finished.k_choice is not None and finished.k_choice["k_max"] == 4
+    with python_option_names(), pytest.raises(CheckpointError, match=r"was trained with k='auto' k_max=4; pass those"):
+        run(scene, auto, n_clusters=4, resume=True, overwrite=True)  # the Python API names its keyword arguments
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -251,7 +251,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
     if not chunk:
         chunk = auto_chunk_size(n_bands, scene.dtype.itemsize)
     elif chunk < MIN_CHUNK:
-        raise OutputError(f"--chunk {chunk} is too small; use at least {MIN_CHUNK} pixels")
+        raise OutputError(f"{option('--chunk', chunk)} is too small; use at least {MIN_CHUNK} pixels")
     else:  # a block larger than the scene would only hold padding: the power of two that covers it
         chunk = min(chunk, max(MIN_CHUNK, 1 << (max(height, width) - 1).bit_length()))
     unit_rows, unit_cols = read_unit_shape(scene, chunk)

@@ -14,7 +14,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, SceneError, first_line
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, SceneError, first_line, option
 from hsi_cluster.geo import aligned_overlap, grid_offset, north_up_grid
 from hsi_cluster.io.label_raster import RatType, RatUsage, sidecar_path
 from hsi_cluster.io.metadata import parse_envi_list
@@ -29,7 +29,8 @@ def _single_2d(path: Path, arrays: dict[str, tuple[int, ...]], var: str | None) 
     planes = [name for name, shape in arrays.items() if len(shape) == 2]
     if len(planes) != 1:
         listing = ", ".join(f"{n} {s}" for n, s in arrays.items()) or "no variables"
-        raise SceneError(f"{path}: expected exactly one 2-D label array, found {listing}; choose with --var NAME")
+        raise SceneError(f"{path}: expected exactly one 2-D label array, found {listing}; choose with "
+                         f"{option('--var', 'NAME')}")
     return planes[0]
 
 

@@ -34,7 +34,7 @@ from rasterio.crs import CRS
 
 from hsi_cluster.errors import MetadataWarning, SceneError, first_line
 from hsi_cluster.io.metadata import unit_scale_to_nm
-from hsi_cluster.io.scene_array import CHOOSE_VARIABLE, scene_array
+from hsi_cluster.io.scene_array import choose_variable, scene_array
 
 #: File suffixes read by this module.
 NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf", ".h5", ".hdf5")  # plain HDF5 too: GDAL would take its first axis for bands
@@ -129,7 +129,7 @@ def _pick_variable(path: Path, tree: xr.DataTree, var: str | None) -> tuple[str,
     if not cubes:
         raise SceneError(f"{path}: no 3-D variable (it holds {', '.join(variables) or 'nothing'}); a hyperspectral "
                          "cube needs two image axes and the bands")
-    raise SceneError(f"{path}: several 3-D variables ({listing}); {CHOOSE_VARIABLE}")
+    raise SceneError(f"{path}: several 3-D variables ({listing}); {choose_variable()}")
 
 
 def _band_dimension(path: Path, name: str, cube: xr.DataArray, tree: xr.DataTree) -> str:

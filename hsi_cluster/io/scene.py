@@ -54,7 +54,7 @@ from hsi_cluster.io.metadata import spectral_coords
 from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES, existing_with_suffix
 from hsi_cluster.io.prisma import PRISMA_SUFFIXES, open_prisma
-from hsi_cluster.io.scene_array import CHOOSE_VARIABLE, GCPS, gcp_records, scene_array
+from hsi_cluster.io.scene_array import GCPS, choose_variable, gcp_records, scene_array
 from hsi_cluster.io.store import is_store, open_store
 
 # GDAL's default block cache is 5 % of RAM; windows are read once each, so keep it small
@@ -409,7 +409,7 @@ def _pick_mat_variable(path: Path, variables: list[tuple[str, tuple[int, ...]]],
         raise SceneError(f"{path}: no 3-D array among its variables ({listing}); a hyperspectral cube "
                          "needs (y, x, band)")
     listing = ", ".join(f"{n} {tuple(s)}" for n, s in variables if n in cubes)
-    raise SceneError(f"{path}: several 3-D arrays ({listing}); {CHOOSE_VARIABLE}")
+    raise SceneError(f"{path}: several 3-D arrays ({listing}); {choose_variable()}")
 
 
 def envi_binary(path: Path) -> Path:

@@ -13,6 +13,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from hsi_cluster.errors import naming_python_options
+
 #: The affine transform of a raster without georeferencing (pixel coordinates).
 IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: Coordinate on ``(y, x)``: the file's own mask of usable pixels (a GDAL mask band), lazy, where it has one.
@@ -20,9 +22,13 @@ SOURCE_VALID = "source_valid"
 #: Attribute of a scene without a geotransform that a GDAL raster locates by ground control points:
 #: ``{"points": [[row, col, x, y, z], ...], "crs": WKT or None}`` (rows and columns in pixels, as GDAL gives them).
 GCPS = "gcps"
-#: How to pick one cube of a file holding several: `train` and `predict` read the store that `ingest` writes.
-CHOOSE_VARIABLE = ("choose one with --var NAME (hsicluster ingest, info and evaluate take it: ingest it with --var, "
-                   "then train and predict the store)")
+def choose_variable() -> str:
+    """How to pick one cube of a file holding several: `train` and `predict` read the store that `ingest` writes;
+    from Python, the DataArray that ``open_scene(path, var=…)`` returns."""
+    if not naming_python_options():
+        return ("choose one with --var NAME (hsicluster ingest, info and evaluate take it: ingest it with --var, "
+                "then train and predict the store)")
+    return "choose one with open_scene(path, var='NAME') and pass that DataArray to train or predict"
 
 
 def gcp_records(gcps: Any, crs: Any) -> dict[str, Any]:
