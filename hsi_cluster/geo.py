@@ -202,6 +202,30 @@ def north_up(array: np.ndarray, transform: tuple[float, ...] | None) -> np.ndarr
     return array[:: -1 if e > 0 else 1, :: -1 if a < 0 else 1]
 
 
+def pixel_aspect(transform: tuple[float, ...] | None, *, geographic: bool = False, height: int = 0) -> float:
+    """A pixel's ground height over its ground width, for drawing a raster with the proportions of the ground.
+
+    Args:
+        transform: the affine ``a, b, c, d, e, f`` of the grid (rotated ones too), or None (square pixels).
+        geographic: the CRS is in degrees: a degree of longitude spans cos(latitude) of a degree of latitude,
+            taken at the grid's middle row.
+        height: rows of the grid (where its middle row lies).
+
+    Returns:
+        The ratio (1.0 without a transform or for a degenerate one).
+    """
+    if transform is None:
+        return 1.0
+    a, b, _, d, e, f = transform[:6]
+    width_along, height_along = math.hypot(a, d), math.hypot(b, e)  # a column step and a row step on the ground
+    if geographic:
+        middle_latitude = f + e * height / 2  # y = d·col + e·row + f, at column 0
+        width_along *= math.cos(math.radians(max(-89.0, min(89.0, middle_latitude))))
+    if not width_along or not height_along or not math.isfinite(width_along / height_along):
+        return 1.0
+    return height_along / width_along
+
+
 def north_up_grid(array: np.ndarray, transform: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
     """:func:`north_up` of a (y, x) raster with the transform of the flipped array (the same footprint)."""
     a, b, c, d, e, f = transform[:6]

@@ -548,7 +548,7 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
         quicklook_out = write_quicklook(shown, outputs.quicklook,
                                         n_clusters=n_clusters, nodata=job.nodata,
                                         title=f"{job.source.name}: {n_clusters} clusters (model {digest})",
-                                        counts=per_cluster, nodata_count=int(counts[-1]))
+                                        counts=per_cluster, nodata_count=int(counts[-1]), grid=raster)
     return confidence_out, quicklook_out, counts
 
 

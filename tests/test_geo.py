@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size, halo_read, north_up
+from hsi_cluster.geo import BlockGrid, Window, auto_chunk_size, halo_read, north_up, pixel_aspect
 
 
 @pytest.mark.parametrize("height,width,block", [(1, 1, 1), (1, 1, 512), (1, 1000, 32), (1000, 1, 32),
@@ -184,3 +184,14 @@ def test_whole_numbers_of_any_integer_type_pass_and_other_values_are_refused() -
     for value in (True, np.bool_(True), 64.0, "64", None):
         with pytest.raises(HsiClusterError, match=r"^--tiles must be a whole number, got "):
             whole_number(value, "--tiles")
+
+
+def test_pixel_aspect_is_the_ground_height_over_the_ground_width() -> None:
+    assert pixel_aspect(None) == 1.0
+    assert pixel_aspect((30.0, 0.0, 0.0, 0.0, -60.0, 0.0)) == 2.0  # 30 m columns, 60 m rows
+    assert pixel_aspect((-3.0, 0.0, 0.0, 0.0, 3.0, 0.0)) == 1.0  # flipped axes: the sizes count
+    rotated = (30 * math.cos(0.3), -60 * math.sin(0.3), 0.0, 30 * math.sin(0.3), 60 * math.cos(0.3), 0.0)
+    assert pixel_aspect(rotated) == pytest.approx(2.0)
+    # degrees: at 60° N a degree of longitude spans half a degree of latitude on the ground (100 rows centred there)
+    assert pixel_aspect((0.001, 0.0, 10.0, 0.0, -0.001, 60.05), geographic=True, height=100) == pytest.approx(2.0)
+    assert pixel_aspect((0.0, 0.0, 0.0, 0.0, 0.0, 0.0)) == 1.0  # degenerate: drawn square

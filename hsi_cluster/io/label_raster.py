@@ -29,7 +29,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 
 from hsi_cluster.errors import MetadataWarning, OutputError, first_line
-from hsi_cluster.geo import BlockGrid
+from hsi_cluster.geo import BlockGrid, pixel_aspect
 from hsi_cluster.io.files import atomic_path
 from hsi_cluster.io.scene_array import rasterio_gcps
 from hsi_cluster.io.store import array_of
@@ -343,7 +343,8 @@ def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, i
 
 
 def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: int, title: str,
-                    counts: Mapping[int, int] | None = None, nodata_count: int | None = None) -> Path:
+                    counts: Mapping[int, int] | None = None, nodata_count: int | None = None,
+                    grid: RasterGrid | None = None) -> Path:
     """A PNG of a (decimated) label map with a legend of the clusters present and their pixel shares.
 
     The legend lists only clusters with pixels, each as "cluster K (12.4 %)" (share of all the scene's
@@ -357,6 +358,8 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
         title: the figure title.
         counts: pixels per cluster in the full-resolution map (default: counted in ``labels``).
         nodata_count: nodata pixels in the full-resolution map (default: counted in ``labels``).
+        grid: the full-resolution map's grid: its pixels are drawn with the ground's proportions (non-square or
+            degree pixels); square without it.
     """
     import matplotlib
 
@@ -376,9 +379,12 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
     cmap = ListedColormap(colours).with_extremes(bad=NODATA_COLOUR)
     shown = np.ma.masked_equal(labels, nodata)
     height, width = labels.shape
-    fig, ax = plt.subplots(figsize=(7, 7 * height / max(width, 1) + 0.5), dpi=110)
+    aspect = 1.0 if grid is None else pixel_aspect(
+        grid.transform, height=grid.height, geographic=bool(grid.crs) and CRS.from_user_input(grid.crs).is_geographic)
+    drawn_height = min(max(7 * height * aspect / max(width, 1), 1.0), 14.0)  # inches, within reason
+    fig, ax = plt.subplots(figsize=(7, drawn_height + 0.5), dpi=110)
     try:
-        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest")
+        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=n_clusters - 0.5, interpolation="nearest", aspect=aspect)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
         non_empty = [k for k in sorted(counts) if counts[k] > 0]

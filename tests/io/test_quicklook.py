@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 from matplotlib.figure import Figure
+from rasterio.crs import CRS
 
 from hsi_cluster.io.label_raster import LEGEND_MAX, NODATA_COLOUR, write_quicklook
 
@@ -68,3 +70,26 @@ def test_many_clusters_no_warning_and_columns_from_entries(tmp_path: Path, figur
     assert many["ncols"] == 4
     assert [t.split(" (")[0] for t in few["texts"]] == [f"cluster {k}" for k in range(7)]
     assert few["ncols"] == 1
+
+
+@pytest.mark.parametrize(("transform", "crs", "drawn_ratio"), [
+    ((30.0, 0.0, 500_000.0, 0.0, -30.0, 4_000_000.0), "EPSG:32633", 0.5),  # square pixels: 40 rows of 80 columns
+    ((30.0, 0.0, 500_000.0, 0.0, -60.0, 4_000_000.0), "EPSG:32633", 1.0),  # 60 m rows: a square of ground
+    ((0.001, 0.0, 10.0, 0.0, -0.001, 60.02), "EPSG:4326", 1.0),  # degrees at 60° N: columns half as wide
+    (None, None, 0.5),  # no georeferencing: square
+])
+def test_pixels_are_drawn_with_the_grounds_proportions(tmp_path: Path, transform: tuple | None, crs: str | None,
+                                                       drawn_ratio: float) -> None:
+    """The map's drawn height over its width is the ground's (it drew every pixel square)."""
+    import matplotlib.image
+
+    from hsi_cluster.io.label_raster import RasterGrid, colour_table
+
+    labels = np.zeros((40, 80), np.uint8)
+    grid = RasterGrid(40, 80, crs and CRS.from_user_input(crs).to_wkt(), transform)
+    path = write_quicklook(labels, tmp_path / "q.png", n_clusters=3, nodata=255, title="t", grid=grid)
+    picture = (matplotlib.image.imread(path)[..., :3] * 255).round()
+    components, _ = scipy.ndimage.label(np.all(np.abs(picture - np.array(colour_table(3)[0][:3])) < 2, axis=-1))
+    rows, cols = np.nonzero(components == np.argmax(np.bincount(components.ravel())[1:]) + 1)  # the map, not the legend
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert height / width == pytest.approx(drawn_ratio, rel=0.03)
