@@ -199,8 +199,8 @@ class Model:
     @python_names
     def predict(self, scene: SceneLike, output: str | os.PathLike[str] | None = None, *, tiles: int = 512,
                 confidence: bool | str | os.PathLike[str] = False, device: str = "auto",
-                quicklook: str | os.PathLike[str] | None = None, overwrite: bool = False, stac: bool = False,
-                progress: bool = False) -> xr.DataArray | xr.Dataset | PredictResult:
+                quicklook: str | os.PathLike[str] | None = None, overwrite: bool = False, resume: bool = False,
+                stac: bool = False, progress: bool = False) -> xr.DataArray | xr.Dataset | PredictResult:
         """Label every pixel of ``scene``.
 
         Args:
@@ -216,6 +216,8 @@ class Model:
             device: "auto", "cpu" or "cuda".
             quicklook: with ``output``: also write this PNG with a legend.
             overwrite: with ``output``: replace existing files.
+            resume: with ``output``: continue an interrupted call (Ctrl-C, a killed kernel) from its finished
+                tiles (``OUTPUT.partial.zarr``), giving the same file; without one, as a new run.
             stac: with ``output``: also write a STAC Item beside it (``OUTPUT.stac.json``, see
                 :mod:`hsi_cluster.io.stac`).
             progress: show a progress bar (tiles).
@@ -228,8 +230,8 @@ class Model:
             the written file.
         """
         if output is None:
-            if quicklook is not None or stac:
-                raise ValueError("quicklook= and stac= describe a written label raster; pass output= as well")
+            if quicklook is not None or stac or resume:
+                raise ValueError("quicklook=, stac= and resume= concern a written label raster; pass output= as well")
             if not isinstance(confidence, bool):
                 raise ValueError(f"confidence={str(confidence)!r} names a file, which is written beside output=; in "
                                  "memory pass confidence=True (a Dataset of labels and confidence)")
@@ -259,7 +261,7 @@ class Model:
             with _bar(progress, "predict", "tile") as update:
                 result = predict_scene(scene_path, checkpoint_file, output, tiles=tiles, device=device,
                                        confidence_path=confidence_path, quicklook_path=quicklook,
-                                       overwrite=overwrite, progress=update, stac=stac)
+                                       overwrite=overwrite, resume=resume, progress=update, stac=stac)
         if result.units_differ:
             warnings.warn(units_warning(source, result.spread), UserWarning, stacklevel=2)
         if stac:

@@ -448,7 +448,7 @@ def _train_restarts(scenes: list[str | os.PathLike[str]], output: Path, *, seed:
     labels = restart_labels([checkpoint.build_model() for checkpoint in models], results[0].stores, config=config,
                             seed=seed, mask=options["mask"], device=device_from(options["device"]))
     choice = choose_restart(labels)
-    for r, agreement in enumerate(choice.mean_agreement):
+    for r, agreement in enumerate(choice.to_dict()["mean_agreement"]):  # as recorded, so the summary line agrees
         log(f"  restart {r + 1} (seed {seeds[r]}): mean agreement with the others {agreement:.3f} (NMI of their labels)"
             + ("  <- kept" if r == choice.chosen else ""))
     payload = dict(models[choice.chosen].payload)

@@ -301,6 +301,55 @@ def test_a_file_of_several_arrays_is_refused_naming_the_keyword_argument(tmp_pat
     assert refused.exit_code != 0 and "choose one with --var NAME (hsicluster ingest" in refused.stderr
 
 
+def test_an_interrupted_predict_to_a_file_resumes_from_its_finished_tiles(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Model.predict(output=…, resume=True)`` continues a call stopped part-way (the error of a second call
+    pointed to ``resume=True``, which ``Model.predict`` did not take) and gives the file of an unbroken call."""
+    import hsi_cluster.api as api_module
+    from hsi_cluster.io.label_raster import TileStore
+
+    cube, _ = holey_cube()
+    scene_path = write_scene(tmp_path / "scene.tif", cube).path
+    model = hc.train(scene_path, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    whole = model.predict(scene_path, output=tmp_path / "whole.tif", tiles=16, device="cpu")
+    labelled: list[int] = []
+    stopping = True
+
+    class Stop:
+        """The progress bar, made to stop the call once two tiles are finished (Ctrl-C in a notebook)."""
+
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> object:
+            def update(done: int, total: int) -> None:
+                labelled.append(done)
+                if done >= 2 and stopping:
+                    raise KeyboardInterrupt
+            return update
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    output = tmp_path / "labels.tif"
+    with monkeypatch.context() as patched:
+        patched.setattr(api_module, "_bar", Stop)
+        with pytest.raises(KeyboardInterrupt):
+            model.predict(scene_path, output=output, tiles=16, device="cpu")
+    assert not output.exists() and TileStore.partial_path(output).is_dir()
+    stopping, labelled[:] = False, []
+    with monkeypatch.context() as patched:
+        patched.setattr(api_module, "_bar", Stop)
+        resumed = model.predict(scene_path, output=output, tiles=16, device="cpu", resume=True)
+    assert labelled[0] >= 2  # the two finished tiles were kept
+    np.testing.assert_array_equal(read_band(resumed.output), read_band(whole.output))
+    assert not TileStore.partial_path(output).exists()
+    with pytest.raises(HsiClusterError, match=r"pass overwrite=True to replace it \(resume=True continues only an "):
+        model.predict(scene_path, output=output, tiles=16, device="cpu")
+    with pytest.raises(ValueError, match="resume= concern a written label raster"):
+        model.predict(scene_path, resume=True)
+
+
 def test_evaluate_scores_the_map_of_a_crop_on_its_overlap_with_the_truth(tmp_path: Path) -> None:
     """Labels of a crop of a georeferenced scene against the whole scene's ground truth raster: scored on their
     overlap, as the CLI scores the written file (it was refused: the shapes differ)."""
