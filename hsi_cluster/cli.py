@@ -392,7 +392,8 @@ def info(scene: Path, as_json: bool, var: str | None, quiet: bool) -> None:
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1),
               help="Steps between periodic checkpoints (also at every epoch end).")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Leave out the scenes this path or quoted pattern matches (repeatable).")
+              help="Leave out the scenes this path or quoted pattern names (repeatable); a bare name or pattern "
+                   "such as '*bad*' matches any scene's file name.")
 @command_options
 def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, output: Path, preset: str,
           config_file: Path | None,
@@ -532,8 +533,8 @@ def _scene_warnings(record: dict[str, Any]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the scene records as JSON.")
 @click.option("--stac", is_flag=True, help="Also write a STAC Item beside each label raster and OUTDIR/collection.json.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Leave out the scenes this path or quoted pattern matches (repeatable), e.g. a file that cannot "
-                   "be labelled.")
+              help="Leave out the scenes this path or quoted pattern names (repeatable), e.g. a file that cannot "
+                   "be labelled; a bare name or pattern such as '*bad*' matches any scene's file name.")
 @command_options
 def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, scheduler: str | None,
           workers: int | None, retries: int, as_json: bool, stac: bool, exclude: tuple[str, ...],

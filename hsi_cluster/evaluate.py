@@ -254,7 +254,7 @@ def score_clustering(
 
     Invalid predictions (``pred == invalid_pred``, e.g. a nodata value) on labelled pixels are
     still scored: they count as wrong for ACC, kappa, per-class accuracy and purity, are never
-    matched to a class, and form one extra cluster for NMI and ARI.
+    matched to a class, and each is a cluster of its own for NMI and ARI (grouped with no other pixel).
 
     Args:
         pred: Predicted cluster ids, any shape (flattened).
@@ -330,8 +330,13 @@ def score_clustering(
         warnings.simplefilter("ignore", RuntimeWarning)
         kappa = float(cohen_kappa_score(t, mapped))
 
-    nmi = float(normalized_mutual_info_score(t, p))
-    ari = float(adjusted_rand_score(t, p))
+    # an invalid prediction groups the pixel with no other: a cluster of its own (as one shared cluster, a class
+    # left wholly unlabelled formed a pure cluster, and a map with a field masked out scored NMI and ARI 1.0)
+    grouped = p.astype(np.int64)
+    if n_invalid:
+        grouped[invalid] = (int(p[valid].max()) + 1 if valid.any() else 0) + np.arange(n_invalid)
+    nmi = float(normalized_mutual_info_score(t, grouped))
+    ari = float(adjusted_rand_score(t, grouped))
     purity = float(table.max(axis=1).sum() / n) if table.size else 0.0
 
     return ClusteringScores(

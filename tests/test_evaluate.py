@@ -127,10 +127,11 @@ def test_invalid_pred_counted_wrong() -> None:
     assert s.n_clusters_predicted == 2
     assert s.purity == pytest.approx(5 / 8)
     assert s.kappa < 1.0
-    # NMI / ARI see the invalid pixels as one more cluster.
+    # NMI / ARI see each invalid pixel as a cluster of its own (grouped with no other).
     lab = truth != 0
-    assert s.nmi == pytest.approx(normalized_mutual_info_score(truth[lab], pred[lab]))
-    assert s.ari == pytest.approx(adjusted_rand_score(truth[lab], pred[lab]))
+    alone = np.array([5, 5, 5, 100, 6, 6, 101, 102])
+    assert s.nmi == pytest.approx(normalized_mutual_info_score(truth[lab], alone))
+    assert s.ari == pytest.approx(adjusted_rand_score(truth[lab], alone))
 
 
 def test_invalid_pred_is_never_matched() -> None:
@@ -142,6 +143,9 @@ def test_invalid_pred_is_never_matched() -> None:
     assert s.per_class[3] == 0.0
     without = score_clustering(pred, truth)  # no invalid value: -9 is an ordinary cluster
     assert without.acc == pytest.approx(1.0)
+    # nor is it a pure cluster for NMI and ARI: a class left wholly unlabelled scored them 1.0
+    assert without.nmi == pytest.approx(1.0) and without.ari == pytest.approx(1.0)
+    assert s.nmi < 0.8 and s.ari < 0.6
 
 
 def test_matches_sklearn_nmi_ari() -> None:

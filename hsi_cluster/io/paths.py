@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Callable, Iterable
@@ -72,15 +73,19 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
             _check_named_scene(Path(text), os.fspath(pattern))
             matches = [Path(text)]
         for match in matches:
-            found.setdefault(match.resolve(), match.absolute())
+            found.setdefault(match.resolve(), _plain_absolute(match))
         named += len(matches)
     if log is not None and ours:
         log(f"left out {counted(ours, 'raster')} that hsicluster wrote (cluster labels, confidence), not scenes")
     if log is not None and named > len(found):
         log(f"{named - len(found)} of the {named} paths matched name a file already matched (by another pattern, "
             f"or through a link): {counted(len(found), 'scene')}, each taken once")
-    excluded = excluded_files(exclude)
-    left_out = [resolved for resolved in found if resolved in excluded]
+    excluded = ExcludedScenes(exclude)
+    left_out = [resolved for resolved, given in found.items() if given in excluded]
+    unused = excluded.unused(found.values())
+    if log is not None and unused:
+        log(f"warning: --exclude {', '.join(repr(p) for p in unused)} matched none of the scenes (a path or pattern "
+            "names files from the current folder, a bare name or pattern such as '*bad*' any scene's file name)")
     if left_out:
         for resolved in left_out:
             del found[resolved]
@@ -91,12 +96,42 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
     return list(found.values())
 
 
-def excluded_files(patterns: Iterable[str | os.PathLike[str]], base: Path | None = None) -> set[Path]:
-    """The files (resolved) that paths and glob patterns name (``**`` recursive, ``~`` expanded, relative ones from
-    ``base`` when given); a pattern matching nothing names none."""
-    paths = (os.path.expanduser(os.fspath(pattern)) for pattern in patterns)
-    return {Path(match).resolve() for path in paths
-            for match in glob.glob(os.path.normpath(base / path) if base is not None else path, recursive=True)}
+class ExcludedScenes:
+    """Which scenes ``--exclude`` (or a pipeline step's ``exclude``) leaves out.
+
+    A path or glob pattern names files as the shell would (``**`` recursive, ``~`` expanded, relative ones from
+    ``base`` when given); a pattern without a folder part (``'*fewbands*'``, ``bad.tif``) also names every scene
+    whose file name it matches, wherever the scene lies.
+    """
+
+    def __init__(self, patterns: Iterable[str | os.PathLike[str]], base: Path | None = None) -> None:
+        self.patterns = [os.path.expanduser(os.fspath(pattern)) for pattern in patterns]
+        self.files = {pattern: {Path(match).resolve() for match in glob.glob(
+            os.path.normpath(base / pattern) if base is not None else pattern, recursive=True)}
+            for pattern in self.patterns}
+
+    def matching(self, path: Path) -> list[str]:
+        """The patterns that name ``path`` (the scene's file, links and ``..`` resolved or not)."""
+        resolved = path.resolve()
+        return [pattern for pattern in self.patterns
+                if resolved in self.files[pattern] or (os.sep not in pattern and "/" not in pattern
+                                                      and fnmatch.fnmatchcase(path.name, pattern))]
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, Path) and bool(self.matching(path))
+
+    def unused(self, scenes: Iterable[Path]) -> list[str]:
+        """The patterns that name none of ``scenes`` (a mistyped ``--exclude`` does nothing: the caller warns)."""
+        used = {pattern for scene in scenes for pattern in self.matching(scene)}
+        return [pattern for pattern in self.patterns if pattern not in used]
+
+
+def _plain_absolute(path: Path) -> Path:
+    """``path`` made absolute, with ``.`` and ``..`` taken out where that names the same file (not through a link
+    to a folder, where ``link/..`` is not the link's folder): the path messages and manifests show."""
+    absolute = path.absolute()
+    plain = Path(os.path.normpath(absolute))
+    return plain if plain == absolute or (os.path.lexists(plain) and plain.resolve() == absolute.resolve()) else absolute
 
 
 def _check_named_scene(path: Path, given: str) -> None:

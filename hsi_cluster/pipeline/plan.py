@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hsi_cluster.errors import HsiClusterError, counted, first_line
-from hsi_cluster.io.paths import excluded_files, expand_scene_paths
+from hsi_cluster.io.paths import ExcludedScenes, expand_scene_paths
 from hsi_cluster.io.scene import scene_files
 from hsi_cluster.pipeline.schema import SCHEMAS, Pipeline, StepSpec
 
@@ -264,8 +264,10 @@ def _finish_train(pipeline: Pipeline, step: StepSpec, jobs: list[Job], plans: di
 def _not_excluded(pipeline: Pipeline, step: StepSpec, job: Job) -> list[Path]:
     """The job's ``scenes`` less those its step's ``exclude`` (paths or globs, relative to the pipeline file's
     folder) names, with a note of how many; refused when none is left."""
-    excluded = excluded_files(step.values.get("exclude") or [], base=pipeline.folder)
-    scenes = [path for path in job.inputs["scenes"] if path.resolve() not in excluded]
+    excluded = ExcludedScenes(step.values.get("exclude") or [], base=pipeline.folder)
+    scenes = [path for path in job.inputs["scenes"] if path not in excluded]
+    for pattern in excluded.unused(job.inputs["scenes"]):
+        job.notes.append(f"exclude: {pattern!r} matched none of the step's scenes")
     if len(scenes) < len(job.inputs["scenes"]):
         if not scenes:
             raise pipeline.error(f"{step.where}.exclude", "leaves out every scene")
