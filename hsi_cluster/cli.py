@@ -53,14 +53,18 @@ _python_showwarning = warnings.showwarning
 
 
 def _log(quiet: bool, write: Callable[[str], Any]) -> Callable[[str], None]:
-    """A library log callback for the CLI: its lines through ``write``, but with ``--quiet`` only the warnings
-    (lines ``warning: …``, indented in a pipeline's log), as ``hsicluster: warning: …``: quiet is no progress or
-    chatter, and a scene in other units or of another pixel size must still be said."""
+    """A library log callback for the CLI: its lines through ``write``, a warning (a line ``warning: …``) as
+    ``hsicluster: warning: …``; with ``--quiet`` only the warnings (indented ones of a pipeline's log too): quiet is
+    no progress or chatter, and a scene in other units or of another pixel size must still be said."""
     def log(message: str) -> None:
-        if not quiet:
+        warning = log_warning(message)
+        if quiet:
+            if warning is not None:
+                _warn(warning)
+        elif warning is not None and message == message.lstrip():  # as every other warning reads (a pipeline's
+            write(f"hsicluster: warning: {warning}")                # indented lines keep their place in its log)
+        else:
             write(message)
-        elif (warning := log_warning(message)) is not None:
-            _warn(warning)
     return log
 
 
