@@ -19,6 +19,12 @@ _BAND_GROUP = 16
 #: spectrometer never measures a flat spectrum, but an orthorectified swath's border often holds 0
 #: (or another fill) in every band without a declared nodata. Fewer bands (RGB: a grey pixel) may be real.
 FLAT_FILL_MIN_BANDS = 20
+#: A fill pixel may differ in a few bands: those a delivery leaves dead or saturated across the whole swath, border
+#: included (an AVIRIS scene's 0 collar held 32767 in its three saturated bands and passed as ground). Up to this
+#: share of the good bands may hold other values; a real spectrum never repeats one value in the rest.
+FLAT_FILL_ODD_SHARE = 0.05
+#: Pairs of neighbouring bands compared first: a fill pixel repeats its value in most of them, ground in few.
+_FLAT_PROBES = 8
 
 
 def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
@@ -27,7 +33,8 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
 
     A pixel is invalid when any of its (good) bands is NaN, ±Inf or fill-sized (:data:`FILL_MAGNITUDE`), or
     equals ``nodata``; and, with at
-    least :data:`FLAT_FILL_MIN_BANDS` good bands, when all of them hold the same value (fill). A nodata
+    least :data:`FLAT_FILL_MIN_BANDS` good bands, when all of them hold the same value (fill), but for at most
+    :data:`FLAT_FILL_ODD_SHARE` of them (bands dead or saturated over the whole swath). A nodata
     of 0 is the exception: 0 is also a value that ground takes (reflectance clipped at zero on dark
     water or at the edge of an absorption band), so it marks a gap only where at least half the good
     bands hold it, as a gap in a delivery (a swath's border, a detector's missing half) does.
@@ -46,10 +53,16 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
         valid &= 2 * np.count_nonzero(values == 0, axis=0) < values.shape[0]
     else:
         valid = np.asarray(usable_values(values, nodata=nodata).all(axis=0))
-    if values.shape[0] >= FLAT_FILL_MIN_BANDS:
-        rows, cols = np.nonzero(valid & (values[1] == values[0]))  # few pixels but fill pass this first test
+    n_bands = values.shape[0]
+    if n_bands >= FLAT_FILL_MIN_BANDS:
+        probes = np.linspace(0, n_bands - 2, _FLAT_PROBES).astype(int)
+        repeated = np.logical_or.reduce([values[b] == values[b + 1] for b in probes])
+        rows, cols = np.nonzero(valid & repeated)  # few pixels but fill pass this first test
         if rows.size:
-            flat = (values[:, rows, cols] == values[0, rows, cols]).all(axis=0)
+            spectra = values[:, rows, cols]
+            middle = np.partition(spectra, n_bands // 2, axis=0)[n_bands // 2]  # a value held in most bands is it
+            held = np.count_nonzero(spectra == middle, axis=0)
+            flat = held >= n_bands - int(FLAT_FILL_ODD_SHARE * n_bands)
             valid[rows[flat], cols[flat]] = False
     return valid
 
@@ -133,7 +146,9 @@ def voiding_bands(valid_pixels: int, voided: np.ndarray, filled: np.ndarray, goo
 #:    of a scene in silence, and sixteen sparse bands all of it.
 #: 10: and bands that each void at least 0.5 % as many pixels as are valid, when they void 5 % together (ten bands
 #:    with 4 % scattered gaps each voided a third of a scene in silence).
-VALIDITY_RULES = 10
+#: 11: a fill pixel may hold other values in up to 5 % of the good bands (a swath's 0 collar held 32767 in three
+#:    saturated bands and was trained on as ground).
+VALIDITY_RULES = 11
 
 #: Share of the valid pixels above which one value held in every band is reported as a likely fill.
 FLAT_FILL_WARN_SHARE = 0.005

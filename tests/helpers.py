@@ -156,7 +156,7 @@ def synthetic_cube(bands: int = 6, height: int = 20, width: int = 24, dtype: str
 def reference_valid_mask(cube: np.ndarray, nodata: float | None = None,
                          good_band: np.ndarray | None = None) -> np.ndarray:
     """Plain-numpy valid mask ``(y, x)``: every (good) band finite, under 1e30 in magnitude and different from nodata (a nodata of 0:
-    fewer than half the good bands 0), and, with 20 good bands or more, not the same value in all of them (fill)."""
+    fewer than half the good bands 0), and, with 20 good bands or more, not the same value in all of them but 5 % (fill)."""
     bands = cube if good_band is None else cube[np.asarray(good_band, dtype=bool)]
     valid = np.ones(cube.shape[1:], dtype=bool)
     zeros = np.zeros(cube.shape[1:], dtype=int)
@@ -169,8 +169,9 @@ def reference_valid_mask(cube: np.ndarray, nodata: float | None = None,
             valid &= plane != nodata
     if nodata == 0:
         valid &= zeros < len(bands) / 2
-    if len(bands) >= 20:
-        valid &= np.ptp(bands, axis=0) != 0
+    if len(bands) >= 20:  # fill: one value (then the median) in all but 5 % of the bands
+        median = np.sort(bands, axis=0)[len(bands) // 2]
+        valid &= (bands == median).sum(axis=0) < len(bands) - int(0.05 * len(bands))
     return valid
 
 

@@ -226,6 +226,22 @@ def test_a_flat_pixel_of_a_spectrometer_is_fill(fill: int) -> None:
     assert valid_pixel_mask(cube, good_band=good).all()
 
 
+def test_a_fill_pixel_may_differ_in_a_few_dead_or_saturated_bands() -> None:
+    """An AVIRIS collar: 0 in every band but three saturated over the whole swath (32767, border included), which
+    are later left out as constant: it is fill (it was trained on as ground, while predict labelled it nodata). A
+    pixel flat in all but 6 of 100 bands is not."""
+    cube = helpers.synthetic_cube(100, 10, 12, "int16", seed=3)
+    cube[40:43] = 32767  # saturated everywhere
+    cube[:40, :, :3] = cube[43:, :, :3] = 0  # the collar: border columns
+    cube[:, 5, 6] = 0
+    cube[[3, 20, 50, 61, 77, 98], 5, 6] = 9  # 6 of 100 other
+    mask = valid_pixel_mask(cube)
+    assert not mask[:, :3].any() and mask[:, 3:].sum() == 10 * 9
+    np.testing.assert_array_equal(mask, helpers.reference_valid_mask(cube))
+    cube[[3, 20, 50, 61, 77], 5, 6] = 0  # 1 of 100 (the 5 % allowed and fewer): fill, wherever the odd band lies
+    assert not valid_pixel_mask(cube)[5, 6]
+
+
 def test_likely_fill_finds_the_value_many_pixels_hold_in_every_band() -> None:
     rng = np.random.default_rng(0)
     spectra = rng.normal(500, 50, (1000, 8))

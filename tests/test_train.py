@@ -935,7 +935,7 @@ def test_scenes_with_other_bands_are_refused_before_any_work(scene: IngestedScen
     if case == "bands":
         odd, words = geotiff(tmp_path, scene.cube[:10], "ten"), "has 10 bands but"
     else:
-        odd, words = geotiff(tmp_path, scene.cube, "shifted", shift_nm=2.5), "2.5 nm apart"
+        odd, words = geotiff(tmp_path, scene.cube, "shifted", shift_nm=4.5), "4.5 nm apart"
     output = tmp_path / "model.ckpt"
     with pytest.raises(HsiClusterError, match=words) as exc:
         train([scene.path, odd], n_clusters=3, output=output, config=tiny_config(), device="cpu",
@@ -1027,7 +1027,7 @@ def test_cli_several_scenes_bad_input(scene: IngestedScene, tmp_path: Path, tiny
     elif case == "bands":
         other, words = geotiff(tmp_path, scene.cube[:10], "ten"), "has 10 bands but"
     else:
-        other, words = geotiff(tmp_path, scene.cube, "shifted", shift_nm=-3.0), "3.0 nm apart"
+        other, words = geotiff(tmp_path, scene.cube, "shifted", shift_nm=-4.0), "4.0 nm apart"
     result = cli("train", scene.path, other, "-k", 3, "-o", output, "--config", tiny_yaml, "--work",
                  tmp_path / "work", "--device", "cpu", "-q")
     assert result.exit_code == 2

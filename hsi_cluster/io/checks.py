@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
@@ -17,8 +18,8 @@ import psutil
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import HsiClusterError, counted
-from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM, mismatched_band
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, counted
+from hsi_cluster.io.metadata import WAVELENGTH_SHIFT_MAX_NM, WAVELENGTH_TOLERANCE_NM, band_tolerance, mismatched_band
 from hsi_cluster.io.scene import open_scene
 
 
@@ -62,9 +63,18 @@ def check_bands(scene: xr.DataArray, *, n_bands: int, wavelength: Sequence[float
                               f"of {reference} ({expected[0]:.1f} → {expected[-1]:.1f} nm); write them in the same "
                               f"order (gdal_translate with -b {len(own)} … -b 1 reverses them); {advice}")
     if band is not None:
+        allowed = band_tolerance(expected, tolerance_nm)[band]
         raise HsiClusterError(f"{source}: band {band + 1} is at {own[band]:.1f} nm but in {reference} at "
                               f"{expected[band]:.1f} nm ({abs(own[band] - expected[band]):.1f} nm apart, more than "
-                              f"{tolerance_nm:g} nm); {advice}")
+                              f"{allowed:.3g} nm, a quarter of the band spacing there within {tolerance_nm:g}–"
+                              f"{max(tolerance_nm, WAVELENGTH_SHIFT_MAX_NM):g} nm); {advice}")
+    shift = np.abs(own - expected)
+    if shift.max() > tolerance_nm:
+        moved = int(np.argmax(shift))
+        warnings.warn(MetadataWarning(
+            f"{source}: its band centres lie up to {shift[moved]:.1f} nm from those of {reference} (band {moved + 1}: "
+            f"{own[moved]:.1f} against {expected[moved]:.1f} nm), within a quarter of the band spacing: taken as the "
+            "same bands (a recalibration); a band that moved more would be refused"), stacklevel=2)
 
 
 #: Scenes trained together whose pixel sides differ by more than this factor get a warning.

@@ -12,17 +12,33 @@ import numpy as np
 
 from hsi_cluster.errors import MetadataWarning
 
-#: Largest wavelength difference (nm) at which two scenes' bands count as the same band.
+#: Wavelength difference (nm) within which two scenes' bands always count as the same band.
 WAVELENGTH_TOLERANCE_NM = 1.0
+#: Beyond it, a band still counts as the same where its centre moved by at most this share of the spacing to its
+#: neighbours (a recalibration between acquisitions moves the 5-10 nm bands of AVIRIS-NG, EnMAP or DESIS by a nm or
+#: two), up to :data:`WAVELENGTH_SHIFT_MAX_NM`; such a shift is warned of.
+WAVELENGTH_SHIFT_SHARE = 0.25
+WAVELENGTH_SHIFT_MAX_NM = 3.0
+
+
+def band_tolerance(reference: np.ndarray, tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> np.ndarray:
+    """float64 (B,): how far (nm) each band of ``reference`` (B,) may move and stay the same band: a quarter of its
+    spacing to its neighbours, at least ``tolerance_nm`` and at most :data:`WAVELENGTH_SHIFT_MAX_NM`."""
+    centres = np.asarray(reference, dtype=np.float64)
+    if centres.size < 2:
+        return np.full(centres.shape, tolerance_nm)
+    spacing = np.abs(np.gradient(centres))
+    return np.clip(WAVELENGTH_SHIFT_SHARE * spacing, tolerance_nm, max(tolerance_nm, WAVELENGTH_SHIFT_MAX_NM))
 
 
 def mismatched_band(wavelength: np.ndarray, reference: np.ndarray, *,
                     tolerance_nm: float = WAVELENGTH_TOLERANCE_NM) -> int | None:
-    """Index of the band farthest from ``reference`` (both (B,) in nm) when it is more than
-    ``tolerance_nm`` away, else None (the bands match)."""
+    """Index of the band that moved farthest beyond its :func:`band_tolerance` from ``reference`` (both (B,) in
+    nm), else None (the bands match)."""
     offset = np.abs(np.asarray(wavelength, dtype=np.float64) - np.asarray(reference, dtype=np.float64))
-    band = int(np.argmax(offset))
-    return band if offset[band] > tolerance_nm else None
+    excess = offset / band_tolerance(reference, tolerance_nm)
+    band = int(np.argmax(excess))
+    return band if excess[band] > 1 else None
 
 _MICROMETRE_UNITS = {"micrometers", "micrometer", "micrometres", "micrometre", "microns", "micron",
                      "um", "µm", "μm"}

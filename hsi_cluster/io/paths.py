@@ -19,6 +19,24 @@ SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".prj", ".xml", ".json",
 ENVI_BINARY_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".bin")
 
 
+#: Files beside an ENVI header that are not its binary (besides sidecars): other headers, archives, pictures, outputs.
+_NOT_ENVI_BINARY = (".hdr", ".zip", ".gz", ".tar", ".png", ".jpg", ".tif", ".tiff", ".log", ".zarr", ".ckpt",
+                    ".partial")
+
+
+def envi_binary_beside(header: Path) -> tuple[Path | None, list[Path]]:
+    """The binary of an ENVI header: the first of :data:`ENVI_BINARY_SUFFIXES` that exists, else the one other file
+    of the header's name (a sensor's own suffix: AVIRIS' ``.rfl``, ``.rdn``); None when there is none or several,
+    with the candidates found."""
+    for suffix in ENVI_BINARY_SUFFIXES:
+        candidate = existing_with_suffix(header, suffix)
+        if candidate is not None and candidate != header:
+            return candidate, [candidate]
+    others = [other for other in sorted(header.parent.glob(f"{glob.escape(header.stem)}.*"))
+              if other != header and other.is_file() and not other.name.lower().endswith(SIDECAR_SUFFIXES + _NOT_ENVI_BINARY)]
+    return (others[0] if len(others) == 1 else None), others
+
+
 def existing_with_suffix(path: Path, suffix: str) -> Path | None:
     """``path`` with ``suffix`` in lower case, else in upper case, whichever is a file; or None."""
     for candidate in dict.fromkeys((path.with_suffix(suffix.lower()), path.with_suffix(suffix.upper()))):
@@ -166,5 +184,5 @@ def is_scene_match(path: Path) -> bool:
     if name.endswith(SIDECAR_SUFFIXES) or is_product_layer(path):
         return False
     if name.endswith(".hdr"):
-        return not any(existing_with_suffix(path, ext) not in (None, path) for ext in ENVI_BINARY_SUFFIXES)
+        return envi_binary_beside(path)[0] is None  # the binary stands for the scene
     return True

@@ -52,7 +52,7 @@ from hsi_cluster.geo import auto_chunk_size
 from hsi_cluster.io.enmap import EnmapBands, metadata_file, read_band_metadata
 from hsi_cluster.io.metadata import spectral_coords
 from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
-from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES, existing_with_suffix
+from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES, envi_binary_beside, existing_with_suffix
 from hsi_cluster.io.prisma import PRISMA_SUFFIXES, open_prisma
 from hsi_cluster.io.scene_array import GCPS, choose_variable, gcp_records, scene_array
 from hsi_cluster.io.store import is_store, open_store
@@ -416,13 +416,13 @@ def envi_binary(path: Path) -> Path:
     """The ENVI binary for ``path`` (which may name the ``.hdr`` or the binary)."""
     if path.suffix.lower() != ".hdr":
         return path
-    for suffix in ENVI_BINARY_SUFFIXES:
-        candidate = existing_with_suffix(path, suffix)
-        if candidate is not None and candidate != path:
-            return candidate
+    binary, others = envi_binary_beside(path)
+    if binary is not None:
+        return binary
+    found = f"; beside it: {', '.join(o.name for o in others)}" if others else ""
     raise SceneError(f"{path}: ENVI header without its data file (looked for "
-                     f"{', '.join(path.with_suffix(s).name for s in ENVI_BINARY_SUFFIXES)}); put the binary "
-                     "next to the header")
+                     f"{', '.join(path.with_suffix(s).name for s in ENVI_BINARY_SUFFIXES)}{found}); pass the binary "
+                     "itself, or put it next to the header")
 
 
 def scene_inputs(path: Path, role: str = "the scene") -> dict[str, Path]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import HsiClusterError
+from hsi_cluster.errors import HsiClusterError, MetadataWarning
 from hsi_cluster.io import open_scene
 from hsi_cluster.io.checks import check_bands, check_patch_fits, check_scenes_agree
 from tests import helpers
@@ -27,9 +29,26 @@ def test_bands_count_and_wavelengths(geotiff) -> None:
     check_bands(scene, n_bands=6, wavelength=None, reference="the model", advice="retrain")
     with pytest.raises(HsiClusterError, match="has 6 bands but the model has 7; retrain"):
         check_bands(scene, n_bands=7, wavelength=None, reference="the model", advice="retrain")
-    shifted = wavelength + [0, 0, 2.5, 0, 0, 0]
-    with pytest.raises(HsiClusterError, match=r"band 3 is at .* \(2\.5 nm apart, more than 1 nm\); retrain"):
+    shifted = wavelength + [0, 0, 3.5, 0, 0, 0]
+    with pytest.raises(HsiClusterError, match=r"band 3 is at .* \(3\.5 nm apart, more than 3 nm, a quarter of the "
+                       r"band spacing there within 1–3 nm\); retrain"):
         check_bands(scene, n_bands=6, wavelength=shifted, reference="the model", advice="retrain")
+
+
+def test_bands_moved_by_a_recalibration_are_the_same_bands_with_a_warning(geotiff) -> None:
+    """1.5 nm on 10 nm bands (a recalibration between flights) was refused ("more than 1 nm"): a quarter of the
+    spacing is allowed, said in a warning; within 1 nm, silence; beyond the quarter, refused."""
+    scene = open_scene(geotiff.path).assign_coords(wavelength=("band", 400.0 + 10 * np.arange(6)))
+    model = scene.coords["wavelength"].values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_bands(scene, n_bands=6, wavelength=model + 0.9, reference="the model", advice="retrain")
+    with pytest.warns(MetadataWarning, match=r"band centres lie up to 1\.5 nm from those of the model \(band 2: "
+                      r"410\.0 against 411\.5 nm\), within a quarter of the band spacing: taken as the same bands"):
+        check_bands(scene, n_bands=6, wavelength=model + [0.5, 1.5, 1, 0, 0, 0], reference="the model",
+                    advice="retrain")
+    with pytest.raises(HsiClusterError, match=r"band 2 is at .* \(2\.6 nm apart, more than 2\.5 nm"):
+        check_bands(scene, n_bands=6, wavelength=model + [0, 2.6, 0, 0, 0, 0], reference="the model", advice="retrain")
 
 
 def test_scenes_agree_compares_with_the_first(tmp_path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from hsi_cluster.errors import MetadataWarning
 from hsi_cluster.io.metadata import (
     band_metadata_tags,
+    band_tolerance,
     mismatched_band,
     parse_envi_list,
     spectral_coords,
@@ -31,10 +32,14 @@ def test_unit_scale_to_nm(units: str | None, values: list[float], scale: float |
 
 
 def test_mismatched_band_names_the_farthest_band_beyond_the_tolerance() -> None:
-    reference = np.array([400.0, 500.0, 600.0])
+    reference = np.array([400.0, 500.0, 600.0])  # 100 nm apart: up to 3 nm (the cap) is the same band
     assert mismatched_band(reference + [0.5, -0.9, 0.2], reference) is None
-    assert mismatched_band(reference + [1.5, -3.0, 0.2], reference) == 1
-    assert mismatched_band(reference + [1.5, 0, 0], reference, tolerance_nm=2.0) is None
+    assert mismatched_band(reference + [2.9, -3.5, 0.2], reference) == 1
+    assert mismatched_band(reference + [3.5, 0, 0], reference, tolerance_nm=4.0) is None
+    narrow = 400.0 + 5 * np.arange(5)  # 5 nm apart: a quarter is 1.25 nm
+    assert mismatched_band(narrow + [0, 1.2, 0, 0, 0], narrow) is None
+    assert mismatched_band(narrow + [0, 1.3, 0, 0, 0], narrow) == 1
+    assert band_tolerance(narrow).tolist() == [1.25] * 5 and band_tolerance(narrow[:1]).tolist() == [1.0]
 
 
 def test_spectral_coords_from_the_envi_domain_in_micrometres() -> None:

@@ -218,6 +218,25 @@ def test_envi_via_header_and_via_binary(envi_bsq: SyntheticScene) -> None:
     assert by_header.attrs["source"] == str(envi_bsq.path.absolute())
 
 
+def test_an_envi_header_finds_a_binary_of_the_sensors_own_suffix(tmp_path: Path) -> None:
+    """AVIRIS' ``f970619t01p02_r02_sc01.a.rfl`` beside ``….a.hdr``: the header was refused ("without its data file")
+    though the binary lay next to it; a glob of the folder takes the binary alone, once. Two such files: refused,
+    naming them."""
+    from hsi_cluster.io.paths import expand_scene_paths
+
+    cube = helpers.synthetic_cube(6, 9, 7, "int16")
+    written = helpers.write_envi(tmp_path / "f970619t01p02_r02_sc01.a.rfl", cube)
+    assert written.header.name == "f970619t01p02_r02_sc01.a.hdr"
+    (tmp_path / "f970619t01p02_r02_sc01.a.rfl.aux.xml").write_text("<PAMDataset/>")  # a sidecar is no candidate
+    by_header = open_scene(written.header)
+    xr.testing.assert_identical(by_header, open_scene(written.path))
+    assert expand_scene_paths([str(tmp_path / "*")]) == [written.path]
+    (tmp_path / "f970619t01p02_r02_sc01.a.rdn").write_bytes(written.path.read_bytes())
+    with pytest.raises(SceneError, match=r"without its data file .*; beside it: f970619t01p02_r02_sc01.a.rdn, "
+                                         r"f970619t01p02_r02_sc01.a.rfl\); pass the binary itself"):
+        open_scene(written.header)
+
+
 @pytest.mark.parametrize("dtype", ["int16", "uint16", "float32", "float64"])
 def test_envi_interleaves_identical(tmp_path: Path, dtype: str) -> None:
     cube = helpers.synthetic_cube(6, 13, 11, dtype, seed=4)
