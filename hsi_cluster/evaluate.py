@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import adjusted_rand_score, cohen_kappa_score, normalized_mutual_info_score
 
 from hsi_cluster.errors import HsiClusterError, MetadataWarning
@@ -202,7 +203,8 @@ class ClusteringScores:
               if self.unlabelled is not None else []),
             f"  ACC     {self.acc:.4f}",
             f"  NMI     {self.nmi:.4f}",
-            f"  Kappa   {self.kappa:.4f}",
+            f"  Kappa   {self.kappa:.4f}" if math.isfinite(self.kappa) else
+            "  Kappa   n/a (the scored pixels are one class, all in one cluster: chance agreement is total)",
             f"  ARI     {self.ari:.4f}",
             f"  Purity  {self.purity:.4f}",
             "",
@@ -326,8 +328,12 @@ def score_clustering(
     lut = np.append(classes, sentinel)  # index -1 -> sentinel
     mapped = np.full(n, sentinel, dtype=np.int64)
     mapped[valid] = lut[class_of_cluster[ki]]
+    # one class and one label (a crop of a single field) leave kappa undefined: NaN, said by the report, not by
+    # scikit-learn's warnings naming its own files
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
         kappa = float(cohen_kappa_score(t, mapped))
 
     # an invalid prediction groups the pixel with no other: a cluster of its own (as one shared cluster, a class

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -434,3 +436,13 @@ def test_a_truth_numbered_from_zero_is_scored_whole_with_unlabelled_none(tmp_pat
     bad = runner.invoke(main, ["evaluate", str(tmp_path / "labels.npy"), str(tmp_path / "truth.npy"),
                                "--unlabelled", "zero"])
     assert bad.exit_code == 2 and "neither a whole ground-truth value nor 'none'" in bad.stderr
+
+
+def test_one_class_in_one_cluster_leaves_kappa_undefined_without_library_warnings() -> None:
+    """A crop of a single field: kappa is NaN, said in the report; scikit-learn's warnings (naming its own files,
+    printed even with -q) no longer reach the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = score_clustering(np.full(50, 4), np.full(50, 2), unlabelled=None)
+    assert scores.acc == 1.0 and math.isnan(scores.kappa)
+    assert "  Kappa   n/a (the scored pixels are one class, all in one cluster" in scores.format_table()

@@ -167,6 +167,21 @@ def _plausible_fwhm(fwhm: np.ndarray, wavelength: np.ndarray, source: str) -> np
     return fwhm * factor
 
 
+def _wavelength_scale(values: np.ndarray, units: str | None, source: str) -> float | None:
+    """The nm scale of band centres labelled ``units``: the label's, unless the values contradict it (warned)."""
+    scale = unit_scale_to_nm(units, values)
+    relabelled = _relabelled_scale(values, scale, units, source)
+    return relabelled if relabelled is not None and scale in (1.0, 1000.0) else scale
+
+
+def _fwhm_scale(units: str | None, wavelength_nm: np.ndarray, read_as: tuple[str | None, float] | None) -> float | None:
+    """The nm scale of FWHM values labelled ``units``: the wavelengths' own where the label is theirs (told, or
+    guessed from their values: µm widths beside µm centres without a label), else the label's against the centres."""
+    if read_as is not None and read_as[0] == units:
+        return read_as[1]
+    return unit_scale_to_nm(units, wavelength_nm)
+
+
 def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[str, str],
                     band_tags: list[dict[str, str]], imagery_tags: list[dict[str, str]], *,
                     source: str = "the scene", descriptions: list[str | None] | None = None,
@@ -191,20 +206,18 @@ def spectral_coords(n_bands: int, dataset_tags: dict[str, str], envi_tags: dict[
             warnings.warn(MetadataWarning(f"{source}: the header's '{key}' lists {len(listed)} values for {n_bands} "
                                           "bands, so it is not used; correct the header"), stacklevel=2)
     units = envi_tags.get("wavelength_units") or dataset_tags.get("wavelength_units")
-    relabelled: float | None = None  # the scale the wavelengths' values called for, against their label
+    read_as: tuple[str | None, float] | None = None  # the wavelengths' unit label and the scale they were read with
     for name in ("wavelength", "fwhm"):
         found = _band_values(name, n_bands, envi_tags, band_tags, imagery_tags, units=units, source=source)
         if found is None:
             continue
         values, band_units = found
-        reference = coords.get("wavelength", values) if name == "fwhm" else values
-        scale = unit_scale_to_nm(band_units, reference)
-        if name == "wavelength":
-            relabelled = _relabelled_scale(values, scale, band_units, source)
-        if relabelled is not None and scale in (1.0, 1000.0):
-            scale = relabelled
+        scale = (_fwhm_scale(band_units, coords.get("wavelength", values), read_as) if name == "fwhm"
+                 else _wavelength_scale(values, band_units, source))
         if scale is not None:
             coords[name] = values * scale
+            if name == "wavelength":
+                read_as = (band_units, scale)
     if "fwhm" in coords and "wavelength" in coords:
         coords["fwhm"] = _plausible_fwhm(coords["fwhm"], coords["wavelength"], source)
     extra = {name: np.asarray(values, np.float64) for name, values in (fallback or {}).items()

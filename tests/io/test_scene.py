@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import pickle
 import time
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -209,6 +210,22 @@ def test_envi_wavelength_units(tmp_path: Path, units: str) -> None:
     np.testing.assert_allclose(scene.wavelength.values, wl, rtol=1e-9)
     np.testing.assert_allclose(scene.fwhm.values, fw, rtol=1e-9)
     assert "good_band" not in scene.coords
+
+
+@pytest.mark.parametrize("units", [None, "Unknown"])
+def test_envi_micrometre_centres_and_widths_without_units_read_silently(tmp_path: Path, units: str | None) -> None:
+    """A HySpex header lists centres and FWHM in µm without (or with unknown) units: both are read as µm; the FWHM
+    was read as nm against the converted centres, rescaled, and warned of as if it were in other units."""
+    wl = np.array([0.95, 1.2, 1.5, 1.9, 2.4])
+    fw = np.full(5, 0.006)
+    written = helpers.write_envi(tmp_path / "s.img", helpers.synthetic_cube(5, 6, 7, "float32"),
+                                 header_fields={"wavelength": "{" + ", ".join(map(str, wl)) + "}",
+                                                "fwhm": "{" + ", ".join(map(str, fw)) + "}", "wavelength units": units})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetadataWarning)
+        scene = open_scene(written.path)
+    np.testing.assert_allclose(scene.wavelength.values, wl * 1000, rtol=1e-9)
+    np.testing.assert_allclose(scene.fwhm.values, fw * 1000, rtol=1e-9)
 
 
 def test_envi_via_header_and_via_binary(envi_bsq: SyntheticScene) -> None:
