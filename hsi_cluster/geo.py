@@ -226,6 +226,15 @@ def pixel_aspect(transform: tuple[float, ...] | None, *, geographic: bool = Fals
     return height_along / width_along
 
 
+def pixel_sides(transform: tuple[float, ...]) -> tuple[float, float, float]:
+    """A grid's pixel width and height (in CRS units, along its own axes) and its rotation: the angle in degrees
+    (counter-clockwise) from east to the direction its columns advance; 0 for a north-up grid, whose sides are |a|
+    and |e|."""
+    a, b, _, d, e, _ = transform[:6]
+    rotation = 0.0 if not (b or d) else math.degrees(math.atan2(d, a))
+    return math.hypot(a, d), math.hypot(b, e), rotation
+
+
 def north_up_grid(array: np.ndarray, transform: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
     """:func:`north_up` of a (y, x) raster with the transform of the flipped array (the same footprint)."""
     a, b, c, d, e, f = transform[:6]

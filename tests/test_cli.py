@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from affine import Affine
 from click.testing import CliRunner
 
 import hsi_cluster
@@ -22,7 +23,7 @@ from tests import helpers
 from tests.helpers import EPSG, SyntheticScene, write_envi
 
 INFO_KEYS = {"source", "format", "bands", "rows", "cols", "dtype", "size_bytes", "nodata", "georeferenced", "crs",
-             "transform", "resolution", "bounds", "chunks", "wavelength_nm", "fwhm", "bad_bands"}
+             "transform", "resolution", "rotation_deg", "bounds", "chunks", "wavelength_nm", "fwhm", "bad_bands"}
 
 
 @pytest.fixture
@@ -51,6 +52,18 @@ def test_help_lists_commands(runner: CliRunner) -> None:
 # info
 
 
+def test_info_gives_the_pixel_size_and_rotation_of_a_rotated_grid(runner: CliRunner, tmp_path: Path) -> None:
+    """An AVIRIS-NG swath's ENVI map info rotates the grid by 75°: info printed no resolution and no rotation."""
+    cube = helpers.synthetic_cube(4, 9, 7)
+    angle = np.radians(75.0)
+    transform = (5 * np.cos(angle), -5 * np.sin(angle), 500_000.0, 5 * np.sin(angle), 5 * np.cos(angle), 4_000_000.0)
+    path = helpers.write_geotiff(tmp_path / "rotated.tif", cube, transform=Affine(*transform)).path
+    info = json.loads(invoke(runner, "info", path, "--json").stdout)
+    assert info["resolution"] == pytest.approx([5.0, 5.0]) and info["rotation_deg"] == pytest.approx(75.0)
+    assert "resolution    5 × 5 (grid rotated 75° from north-up: pixel sides along its own axes)" in \
+        invoke(runner, "info", path).stdout
+
+
 def test_info_json_synthetic_geotiff(runner: CliRunner, geotiff: SyntheticScene) -> None:
     info = json.loads(invoke(runner, "info", geotiff.path, "--json").stdout)
     assert INFO_KEYS <= set(info)
@@ -60,7 +73,7 @@ def test_info_json_synthetic_geotiff(runner: CliRunner, geotiff: SyntheticScene)
     assert info["size_bytes"] == geotiff.cube.nbytes
     assert info["georeferenced"] is True
     assert info["crs"]["epsg"] == EPSG
-    assert info["resolution"] == [30.0, 30.0]
+    assert info["resolution"] == [30.0, 30.0] and info["rotation_deg"] == 0.0
     west, north = helpers.ORIGIN
     assert info["bounds"] == pytest.approx({"left": west, "top": north, "right": west + 30 * cols,
                                             "bottom": north - 30 * rows})

@@ -13,6 +13,7 @@ import xarray as xr
 from rasterio.crs import CRS
 
 from hsi_cluster.errors import number_ranges
+from hsi_cluster.geo import pixel_sides
 from hsi_cluster.io.scene_array import GCPS, file_mask
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "georeferenced": scene.attrs["georeferenced"],
         "crs": _crs_summary(scene.attrs.get("crs")),
         "transform": [a, b, c, d, e, f] if scene.attrs["georeferenced"] else None,
-        "resolution": [abs(a), abs(e)] if scene.attrs["georeferenced"] and b == 0 and d == 0 else None,
+        "resolution": list(pixel_sides((a, b, c, d, e, f))[:2]) if scene.attrs["georeferenced"] else None,
+        "rotation_deg": pixel_sides((a, b, c, d, e, f))[2] if scene.attrs["georeferenced"] else None,
         "bounds": None,
         "chunks": [int(ch[0]) for ch in scene.data.chunks],
     }
@@ -112,7 +114,7 @@ def format_info(info: dict[str, Any]) -> str:
         crs_text = f"EPSG:{crs['epsg']}" if crs and crs["epsg"] else (crs["wkt"][:60] + "…" if crs else "none")
         lines.append(f"crs           {crs_text}" + (f" ({crs['units']})" if crs else ""))
         if info["resolution"]:
-            lines.append(f"resolution    {info['resolution'][0]:g} × {info['resolution'][1]:g}")
+            lines.append(_resolution_line(info))
         bounds = info["bounds"]
         lines.append(f"bounds        left {bounds['left']:g}, bottom {bounds['bottom']:g}, "
                      f"right {bounds['right']:g}, top {bounds['top']:g}")
@@ -269,7 +271,8 @@ def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
                            else _json_number(dataset.nodata)), "georeferenced": georeferenced,
                 "crs": _crs_summary(dataset.crs.to_wkt() if dataset.crs is not None else None),
                 "transform": list(transform) if georeferenced else None,
-                "resolution": list(dataset.res) if georeferenced and dataset.transform.is_rectilinear else None,
+                "resolution": list(pixel_sides(transform)[:2]) if georeferenced else None,
+                "rotation_deg": pixel_sides(transform)[2] if georeferenced else None,
                 "bounds": dict(zip(("left", "bottom", "right", "top"), dataset.bounds, strict=True))
                 if georeferenced else None,
                 "cluster_pixels": None, "nodata_pixels": None,
@@ -298,7 +301,7 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
         lines.append("crs           " + (f"EPSG:{crs['epsg']} ({crs['units']})" if crs and crs["epsg"] else
                                          (crs["wkt"][:60] + "…" if crs else "none")))
         if info["resolution"]:
-            lines.append(f"resolution    {info['resolution'][0]:g} × {info['resolution'][1]:g}")
+            lines.append(_resolution_line(info))
         bounds = info["bounds"]
         lines.append(f"bounds        left {bounds['left']:g}, bottom {bounds['bottom']:g}, "
                      f"right {bounds['right']:g}, top {bounds['top']:g}")
@@ -310,3 +313,11 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
         lines.append(f"clusters      {shares}")
         lines.append(f"nodata        {info['nodata_pixels']} pixels ({100 * info['nodata_pixels'] / max(total, 1):.1f} %)")
     return "\n".join(lines)
+
+
+def _resolution_line(info: dict[str, Any]) -> str:
+    """``resolution    30 × 30``, with the grid's rotation where it has one (an airborne swath's ENVI map info)."""
+    width, height = info["resolution"]
+    rotation = info.get("rotation_deg") or 0.0
+    turned = f" (grid rotated {rotation:.4g}° from north-up: pixel sides along its own axes)" if rotation else ""
+    return f"resolution    {width:g} × {height:g}{turned}"
