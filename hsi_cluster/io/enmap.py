@@ -102,6 +102,11 @@ class EnmapBands:
     fill: float | None
 
 
+def is_enmap_image_name(path: Path) -> bool:
+    """Whether ``path`` is named as an EnMAP product's spectral image (``…SPECTRAL_IMAGE.TIF``, its ENVI files)."""
+    return _IMAGE_NAME.match(path.name) is not None
+
+
 def metadata_file(image: Path) -> Path | None:
     """The ``METADATA.XML`` of the EnMAP product whose spectral image is ``image`` (any of its files: the ``.TIF``,
     an ENVI binary or ``.HDR``), or None when ``image`` is not named as one or the XML is not beside it."""

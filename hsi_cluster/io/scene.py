@@ -49,7 +49,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from hsi_cluster.errors import MetadataWarning, SceneError, first_line, number_ranges, option
 from hsi_cluster.geo import auto_chunk_size
-from hsi_cluster.io.enmap import EnmapBands, metadata_file, read_band_metadata
+from hsi_cluster.io.enmap import EnmapBands, is_enmap_image_name, metadata_file, read_band_metadata
 from hsi_cluster.io.metadata import spectral_coords
 from hsi_cluster.io.netcdf import NETCDF_SUFFIXES, open_netcdf
 from hsi_cluster.io.paths import ENVI_BINARY_SUFFIXES, envi_binary_beside, existing_with_suffix
@@ -553,6 +553,11 @@ def _envi_nodata(dataset: rasterio.io.DatasetReader, path: Path, nodata: float |
 def _enmap_bands(binary: Path, n_bands: int) -> EnmapBands | None:
     """The band metadata of the EnMAP product whose spectral image is ``binary``, or None (not one, no XML)."""
     xml = metadata_file(binary)
+    if xml is None and is_enmap_image_name(binary) and binary.name.upper().startswith("ENMAP"):
+        warnings.warn(MetadataWarning(
+            f"{binary}: is named as an EnMAP spectral image, but its product's METADATA.XML is not beside it, so its "
+            "gain/offset, fill value and band centres are not applied; keep the product's files together"),
+            stacklevel=3)
     return None if xml is None else read_band_metadata(xml, n_bands, image=binary)
 
 
