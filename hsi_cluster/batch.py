@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 from hsi_cluster import __version__
 from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError, counted, first_line
 from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
-from hsi_cluster.io.files import sha256_of, write_text_atomic
+from hsi_cluster.io.files import exclusive_lock, sha256_of, write_text_atomic
 from hsi_cluster.io.label_raster import sidecar_path
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files_identity
@@ -377,31 +377,12 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
                            remove_other_models=remove_other_models)
 
 
-@contextmanager
-def _outdir_lock(out: Path) -> Iterator[None]:
-    """Hold OUTDIR's lock file for the run: two batches writing one OUTDIR would both resume the same partial
-    outputs and record each other's half-written files as done."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX (Windows): no lock
-        yield
-        return
-    with open(out / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise OutputError(f"{out}: another hsicluster batch is writing to this folder (pid {holder}); wait for it "
-                              "to finish, or choose another OUTDIR") from exc
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _outdir_lock(out: Path) -> AbstractContextManager[None]:
+    """OUTDIR's lock for the run: two batches writing one OUTDIR would both resume the same partial outputs and
+    record each other's half-written files as done."""
+    return exclusive_lock(out / LOCK_FILE, lambda holder: OutputError(
+        f"{out}: another hsicluster batch is writing to this folder (pid {holder}); wait for it to finish, or "
+        "choose another OUTDIR"))
 
 
 def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,

@@ -34,7 +34,7 @@ from hsi_cluster.io.checks import (
     slow_layout_notice,
     unchecked_bands_notice,
 )
-from hsi_cluster.io.files import check_distinct_outputs, check_output
+from hsi_cluster.io.files import busy_output, check_distinct_outputs, check_output, exclusive_lock, output_lock_path
 from hsi_cluster.io.label_raster import (
     RasterGrid,
     TileStore,
@@ -606,25 +606,30 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
     scene_file = Path(scene_path).expanduser().absolute()
     checkpoint_file = Path(checkpoint_path).expanduser().absolute()
     _check_outputs(scene_file, checkpoint_file, outputs, overwrite=overwrite, resume=resume)
-    check_tile_size(tiles)
-    job = _prepare_job(scene_path, checkpoint_path, tiles=tiles, device=device)
-    with_confidence = outputs.confidence is not None
-    saved = TileStore.saved_identity(outputs.labels) if resume else None
-    if saved is not None and saved.get("screened_bands"):  # an interrupted second pass: its bands, then its tiles
-        flagged = np.zeros(job.scene.shape[0], bool)
-        flagged[saved["screened_bands"]] = True
-        job = _bands_read_as_mean(job, flagged)
-    store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=resume,
-                                  progress=progress)
-    redo = screen_bands(job, store.summed_stats(job.grid), job.outlying_bands) if job.screened_bands is None else None
-    if redo is not None:
-        job = redo
-        store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence, resume=False,
-                                      progress=progress)
-    confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
-    store.remove()
-    _, height, width = job.scene.shape
-    return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,
-                         tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
-                         valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
-                         counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread)
+    # two commands writing one output interleave their tiles and files (an all-nodata COG, exit 0): one at a time,
+    # and the outputs checked again under the lock, since the other may have finished one meanwhile
+    with exclusive_lock(output_lock_path(labels), busy_output(labels), remove=True):
+        _check_outputs(scene_file, checkpoint_file, outputs, overwrite=overwrite, resume=resume)
+        check_tile_size(tiles)
+        job = _prepare_job(scene_path, checkpoint_path, tiles=tiles, device=device)
+        with_confidence = outputs.confidence is not None
+        saved = TileStore.saved_identity(outputs.labels) if resume else None
+        if saved is not None and saved.get("screened_bands"):  # an interrupted second pass: its bands, its tiles
+            flagged = np.zeros(job.scene.shape[0], bool)
+            flagged[saved["screened_bands"]] = True
+            job = _bands_read_as_mean(job, flagged)
+        store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
+                                      resume=resume, progress=progress)
+        redo = (screen_bands(job, store.summed_stats(job.grid), job.outlying_bands) if job.screened_bands is None
+                else None)
+        if redo is not None:
+            job = redo
+            store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
+                                          resume=False, progress=progress)
+        confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
+        store.remove()
+        _, height, width = job.scene.shape
+        return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,
+                             tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
+                             valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
+                             counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread)

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from hsi_cluster.device import device_from
 from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, option, whole_number
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree, pixel_side
-from hsi_cluster.io.files import atomic_path, check_output
+from hsi_cluster.io.files import atomic_path, busy_output, check_output, exclusive_lock, output_lock_path
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files_identity, scene_inputs
 from hsi_cluster.io.store import Store, pooled_band_stats
@@ -382,12 +382,22 @@ def train(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, output
     options: dict[str, Any] = {"n_clusters": n_clusters, "config": config, "device": device, "work_dir": work_dir,
                                "checkpoint_every": checkpoint_every, "mask": mask, "log": log,
                                "stop_after_steps": stop_after_steps, "k_max": k_max}
-    _check_interrupted_runs(Path(output).expanduser().absolute(), config, resume=resume, overwrite=overwrite)
-    if config.restarts > 1:
-        return _train_restarts(scenes, Path(output).expanduser().absolute(), seed=seed, resume=resume,
-                               overwrite=overwrite, progress=progress, **options)
-    return _train_one(scenes, output=output, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
-                      **options)
+    path = Path(output).expanduser().absolute()
+    # two trainings of one output would write each other's periodic checkpoints: one at a time (a folder that cannot
+    # take the lock file is refused by the output checks)
+    writable = path.parent.is_dir() and os.access(path.parent, os.W_OK | os.X_OK)
+    with exclusive_lock(output_lock_path(path), busy_output(path), remove=True) if writable else nullcontext():
+        _check_interrupted_runs(path, config, resume=resume, overwrite=overwrite)
+        if config.restarts > 1:
+            return _train_restarts(scenes, path, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
+                                   **options)
+        return _train_one(scenes, output=output, seed=seed, resume=resume, overwrite=overwrite, progress=progress,
+                          **options)
+
+
+def _start_again() -> str:
+    """What a refused ``--resume`` offers instead: a new run, which must replace the interrupted one's steps."""
+    return f"start again with {option('--overwrite')} instead of {option('--resume')}"
 
 
 def _check_interrupted_runs(output: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
@@ -404,8 +414,9 @@ def _check_interrupted_runs(output: Path, config: TrainConfig, *, resume: bool, 
     if not overwrite:
         first = unfinished[0]
         kept = partial_checkpoint_path(first) if partial_checkpoint_path(first).exists() else first
-        raise HsiClusterError(f"{kept}: an interrupted run of {output.name} kept its steps there; pass --resume to "
-                              "continue it, or --overwrite to start again and discard it")
+        raise HsiClusterError(f"{kept}: an interrupted run of {output.name} kept its steps there; pass "
+                              f"{option('--resume')} to continue it, or {option('--overwrite')} to start again and "
+                              "discard it")
     for path in unfinished:
         partial_checkpoint_path(path).unlink(missing_ok=True)
         if path in restarts:
@@ -594,18 +605,18 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
     if source is None:
         raise HsiClusterError(f"{option('--resume')}: neither {partial.name} nor {output.name} exists in "
                               f"{output.parent}; "
-                              f"start without {option('--resume')}")
+                              f"{_start_again()}")
     resume_from = load_checkpoint(source)
     saved = resume_from.payload
     mismatch = _scene_mismatch(saved["scenes"], identity)
     if mismatch:
-        raise CheckpointError(f"{option('--resume')}: {source.name} {mismatch}, or start without {option('--resume')}")
+        raise CheckpointError(f"{option('--resume')}: {source.name} {mismatch}, or {_start_again()}")
     if "lr_step_fraction" not in saved["train_config"]:
         raise CheckpointError(f"{option('--resume')}: {source.name} was made by an older hsicluster, whose learning-rate "
-                              f"schedule was counted in epochs; start without {option('--resume')}")
+                              f"schedule was counted in epochs; {_start_again()}")
     if _comparable(saved["train_config"]) != _comparable(config.to_dict()):  # before the length: a preset sets it too
         raise CheckpointError(f"{option('--resume')}: {source.name} was made with another configuration (--preset, --config or "
-                              f"a training option); pass the same options or start without {option('--resume')}")
+                              f"a training option); pass the same options or {_start_again()}")
     if not resume_from.complete:
         changed = _length_mismatch(saved["train_config"], config.to_dict())
         if changed:
@@ -617,11 +628,11 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
                               + (f"{option('-k', 'auto')} {option('--k-max', saved_auto['k_max'])}; pass those" if saved_auto
                                  else f"{option('-k', fixed)}; {option('-k', 'auto')} cannot continue it (pass "
                                  f"{option('-k', fixed)})")
-                              + f", or start without {option('--resume')}")
+                              + f", or {_start_again()}")
     head_clusters = saved["model_config"].get("head_clusters", saved["model_config"]["n_clusters"])
     if head_clusters != n_clusters or saved["training"].get("seed") != seed:
         raise CheckpointError(f"{option('--resume')}: {source.name} was made with another K or seed ({head_clusters} clusters, seed "
-                              f"{saved['training'].get('seed')}); pass the same options or start without {option('--resume')}")
+                              f"{saved['training'].get('seed')}); pass the same options or {_start_again()}")
     return resume_from
 
 

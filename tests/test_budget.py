@@ -250,7 +250,7 @@ def test_resume_of_a_checkpoint_with_the_epoch_schedule_is_refused(scene: Ingest
     old["train_config"] = {k: v for k, v in old["train_config"].items() if k not in ("samples", "lr_step_fraction")}
     old["train_config"]["lr_step_epochs"] = 20
     save_checkpoint(old, partial)
-    with pytest.raises(CheckpointError, match="older hsicluster.*start without --resume") as exc:
+    with pytest.raises(CheckpointError, match="older hsicluster.*start again with --overwrite instead of --resume") as exc:
         run(scene, output, tiny_config(), resume=True)
     assert "\n" not in str(exc.value)
 

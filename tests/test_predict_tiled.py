@@ -784,6 +784,37 @@ def test_an_input_or_a_folder_as_output_is_refused_even_with_overwrite(dense: Tr
     assert helpers.tree_snapshot(tmp_path) == before
 
 
+def test_an_output_inside_the_input_store_is_refused_even_with_overwrite(dense: TrainedModel, tmp_path: Path,
+                                                                        holey: tuple[helpers.SyntheticScene,
+                                                                                     np.ndarray]) -> None:
+    """``-o scene.zarr/zarr.json --overwrite`` wrote a label COG over the store's own metadata (the store was
+    unreadable after)."""
+    from hsi_cluster.io import ingest
+
+    store = ingest(holey[0].path, tmp_path / "scene.zarr")
+    before = helpers.tree_snapshot(tmp_path)
+    for inside in (store / "zarr.json", store / "data" / "zarr.json", store / "new.tif"):
+        with pytest.raises(OutputError, match=r"lies inside the scene \(.*scene\.zarr\), an input of this command"):
+            predict_scene(store, dense.checkpoint, inside, tiles=32, device="cpu", overwrite=True)
+    assert helpers.tree_snapshot(tmp_path) == before
+
+
+def test_a_second_command_writing_the_same_output_is_refused(dense: TrainedModel, tmp_path: Path,
+                                                             holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """Two predicts to one output at once interleaved their tiles: one crashed (KeyError), the other wrote an
+    all-nodata COG and exited 0. The second is refused before any work; the lock goes with the run."""
+    from hsi_cluster.io.files import busy_output, exclusive_lock, output_lock_path
+    from hsi_cluster.io.label_raster import TileStore
+
+    output = tmp_path / "labels.tif"
+    with exclusive_lock(output_lock_path(output), busy_output(output), remove=True):  # the first command, running
+        with pytest.raises(OutputError, match=r"labels.tif: another hsicluster command is writing it \(pid \d+\)"):
+            predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu")
+        assert not output.exists() and not TileStore.partial_path(output).exists()
+    predict_scene(holey[0].path, dense.checkpoint, output, tiles=32, device="cpu")
+    assert output.is_file() and not output_lock_path(output).exists()
+
+
 def test_two_outputs_on_one_path_are_refused(dense: TrainedModel, tmp_path: Path,
                                              holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     output = tmp_path / "labels.tif"

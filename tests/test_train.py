@@ -1103,6 +1103,18 @@ def test_k_auto_warns_when_k_max_leaves_few_pixels_per_cluster(scene: IngestedSc
     assert result.k_choice is not None and result.k_choice["k_max"] == 60
 
 
+def test_a_second_training_of_the_same_output_is_refused(scene: IngestedScene, tmp_path: Path) -> None:
+    """Two trainings of one checkpoint would write each other's periodic checkpoints: the second is refused."""
+    from hsi_cluster.io.files import busy_output, exclusive_lock, output_lock_path
+
+    output = tmp_path / "model.ckpt"
+    with exclusive_lock(output_lock_path(output), busy_output(output), remove=True):
+        with pytest.raises(OutputError, match=r"model.ckpt: another hsicluster command is writing it") as exc:
+            run(scene, output)
+        one_line(exc)
+    assert not output.exists() and not partial_checkpoint_path(output).exists()
+
+
 def test_k_auto_resumes_only_as_k_auto(scene: IngestedScene, tmp_path: Path) -> None:
     output = tmp_path / "model.ckpt"
     with pytest.raises(KeyboardInterrupt):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,12 +59,15 @@ def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, 
     """Fail before any work unless ``path`` can take a new output.
 
     Refused, each with a one-line :class:`OutputError`: ``path`` is one of ``inputs`` (named by their
-    role, e.g. ``{"the scene": …}``; even when replacing); a folder where a file goes (``file_output``);
+    role, e.g. ``{"the scene": …}``; even when replacing) or lies inside one (a store's folder); a folder where a file goes (``file_output``);
     an existing output unless ``replace``; a missing, non-folder or unwritable parent.
     """
     for role, source in inputs.items():
         if same_file(path, source):
             raise OutputError(f"{path}: is {role}, an input of this command; choose another output path")
+        if source.is_dir() and path.resolve().is_relative_to(source.resolve()):  # a file of an input store
+            raise OutputError(f"{path}: lies inside {role} ({source}), an input of this command; choose another "
+                              "output path")
     if file_output and path.is_dir():
         raise OutputError(f"{path}: is a folder; choose another output path")
     if path.exists() and not replace:
@@ -87,3 +90,45 @@ def check_distinct_outputs(outputs: Mapping[str, Path | None]) -> None:
         for other, other_path in given[k + 1:]:
             if same_file(path, other_path):
                 raise OutputError(f"{path}: given as both {name} and {other}; choose different paths")
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path, busy: Callable[[str], Exception], *, remove: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created, holding this process's pid) while a command writes what
+    it guards; a second command asking for it meanwhile gets ``busy(holder_pid)`` raised, before any work.
+
+    POSIX ``flock``: the lock goes with the process, so a killed command leaves no stale lock (the file may stay;
+    ``remove`` deletes it afterwards). Where there is no ``fcntl`` (Windows), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            raise busy(handle.read().strip() or "unknown") from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            if remove:
+                lock_file.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def output_lock_path(output: Path) -> Path:
+    """The lock file of a command writing ``output``: ``.NAME.lock`` beside it."""
+    return output.with_name(f".{output.name}.lock")
+
+
+def busy_output(output: Path) -> Callable[[str], OutputError]:
+    """The refusal of a command whose ``output`` another one is writing (for :func:`exclusive_lock`)."""
+    return lambda holder: OutputError(f"{output}: another hsicluster command is writing it (pid {holder}); wait for "
+                                      "it to finish, or choose another output path")

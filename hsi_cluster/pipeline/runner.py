@@ -18,7 +18,7 @@ from typing import Any
 from hsi_cluster.errors import HsiClusterError, counted
 from hsi_cluster.pipeline.plan import Job, StepPlan, plan, relative, sample_scenes
 from hsi_cluster.pipeline.schema import Pipeline, PipelineError, StepSpec, load_pipeline
-from hsi_cluster.pipeline.state import State, WorkdirLock, fingerprint
+from hsi_cluster.pipeline.state import State, fingerprint, workdir_lock
 from hsi_cluster.pipeline.steps import RUNNERS, LogFn, StepContext, StepOutcome, describe
 
 __all__ = ["RunResult", "StepOutcome", "describe", "plan", "run", "sample_scenes"]
@@ -80,7 +80,7 @@ def run(path: str | os.PathLike[str], *, workdir: str | os.PathLike[str] | None 
     if dry_run:
         return _dry_run(pipeline, plans, force=force, only=only, log=log, started=started)
     pipeline.workdir.mkdir(parents=True, exist_ok=True)
-    with WorkdirLock(pipeline.workdir):
+    with workdir_lock(pipeline.workdir):
         return _run(pipeline, plans, force=force, only=only, log=log, started=started)
 
 

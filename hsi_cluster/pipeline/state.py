@@ -15,12 +15,13 @@ import datetime as dt
 import hashlib
 import json
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hsi_cluster.errors import HsiClusterError
-from hsi_cluster.io.files import sha256_of, write_text_atomic
+from hsi_cluster.io.files import exclusive_lock, sha256_of, write_text_atomic
 
 STATE_FILE = ".hsicluster-pipeline.json"
 LOCK_FILE = ".hsicluster-pipeline.lock"
@@ -178,27 +179,7 @@ class State:
         return max((job.get("finished", "") for job in jobs.values()), default=None) or None
 
 
-class WorkdirLock:
+def workdir_lock(workdir: Path) -> AbstractContextManager[None]:
     """An exclusive lock on the workdir, so two runs of one pipeline do not write the same files."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.path = workdir / LOCK_FILE
-        self.handle: Any = None
-
-    def __enter__(self) -> WorkdirLock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return self
-        self.handle = open(self.path, "a")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.handle.close()
-            raise HsiClusterError(f"{self.path.parent}: another 'hsicluster run' is working in this folder; "
-                                  "wait for it to finish") from None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.handle is not None:
-            self.handle.close()
+    return exclusive_lock(workdir / LOCK_FILE, lambda holder: HsiClusterError(
+        f"{workdir}: another 'hsicluster run' is working in this folder (pid {holder}); wait for it to finish"))

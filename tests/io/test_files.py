@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,19 @@ def test_same_file_sees_through_links_and_relative_paths(tmp_path, monkeypatch):
     assert not same_file(tmp_path / "other.tif", original)  # a path that does not exist yet
     with pytest.raises(OutputError, match="given as both -o and --quicklook"):
         check_distinct_outputs({"-o": tmp_path / "soft.tif", "--confidence": None, "--quicklook": original})
+
+
+def test_exclusive_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    from hsi_cluster.io.files import busy_output, exclusive_lock, output_lock_path
+
+    output = tmp_path / "labels.tif"
+    lock = output_lock_path(output)
+    assert lock == tmp_path / ".labels.tif.lock"
+    with exclusive_lock(lock, busy_output(output), remove=True):
+        with pytest.raises(OutputError, match=rf"labels.tif: another hsicluster command is writing it \(pid "
+                                              rf"{os.getpid()}\); wait for it to finish"):
+            with exclusive_lock(lock, busy_output(output)):
+                pass
+    assert not lock.exists()
+    with exclusive_lock(lock, busy_output(output)):  # free again
+        pass
