@@ -7,6 +7,7 @@ Files are written to a temporary name and renamed, so a crash never leaves half 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -149,7 +150,13 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
         raise HsiClusterError(f"{path}: cannot write the checkpoint ({exc.strerror}); choose another output path") from exc
     try:
         with handle:
-            torch.save(payload, handle)
+            serialised = io.BytesIO()  # torch's writer turns a full disk into "unexpected pos": write the bytes here
+            torch.save(payload, serialised)
+            try:
+                handle.write(serialised.getbuffer())
+                handle.flush()
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(handle.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600

@@ -183,7 +183,8 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 if verbose:
                     traceback.print_exc()
                 hint = RESUME_HINTS.get(click.get_current_context().info_name or "", "rerun the same command")
-                _fail(f"no space left on the device{full}; free some space, then {hint}", EXIT_USER_ERROR)
+                what, remedy = full
+                _fail(f"{what}; {remedy}, then {hint}", EXIT_USER_ERROR)
             if verbose:
                 traceback.print_exc()
                 sys.exit(EXIT_UNEXPECTED)
@@ -193,16 +194,20 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _disk_full(exc: BaseException) -> str | None:
-    """`` (writing FILE)`` (or ``""`` without a file name) when ``exc`` or its causes say the disk or quota is full, else None."""
+def _disk_full(exc: BaseException) -> tuple[str, str] | None:
+    """What stopped the writing and what to do, when ``exc`` or its causes say the disk or quota is full or a file
+    outgrew the size limit (``ulimit -f``, the file system's largest file), else None."""
     seen: BaseException | None = exc
     visited: set[int] = set()
     while seen is not None and id(seen) not in visited:
         visited.add(id(seen))
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return f" (writing {seen.filename})" if seen.filename else ""
-        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
-            return ""
+        writing = f" (writing {seen.filename})" if isinstance(seen, OSError) and seen.filename else ""
+        if isinstance(seen, OSError) and seen.errno == errno.EFBIG or "File too large" in str(seen):
+            return (f"a file grew past the largest size allowed{writing}",
+                    "raise the limit (ulimit -f) or write to another file system")
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT) or \
+                "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return f"no space left on the device{writing}", "free some space"
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -1276,3 +1276,32 @@ def test_ctrl_c_stops_at_a_step_and_leaves_a_checkpoint_to_resume(tmp_path: Path
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(output).payload["training"]["step"] == 100
+
+
+def test_a_checkpoint_past_the_file_size_limit_is_a_one_line_error(tmp_path: Path) -> None:
+    """Under ``ulimit -f`` the checkpoint write failed inside torch ("unexpected RuntimeError: [enforce fail at
+    inline_container.cc] . unexpected pos", exit 1): the bytes are written by Python now, and the error says what
+    stopped it and what to do (exit 2, no checkpoint left)."""
+    import resource
+    import subprocess
+
+    scene = helpers.write_geotiff(tmp_path / "scene.tif", structured_cube(12, 40, 40)).path
+    store = tmp_path / "scene.zarr"
+    assert subprocess.run(helpers.python_module_command("ingest", str(scene), "-o", str(store), "-q"),
+                          capture_output=True, timeout=300).returncode == 0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k != "epochs"}))
+    output = tmp_path / "m.ckpt"
+    limit = 16 * 1024  # bytes: the checkpoint is larger, the store is already written
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(helpers.python_module_command("train", str(store), "-k", "3", "-o", str(output), "--config",
+                                                          str(config), "--steps", "3", "--device", "cpu"),
+                            capture_output=True, text=True, timeout=300, preexec_fn=limited,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[-1].startswith(f"hsicluster: error: a file grew past the largest size allowed (writing {output}"), lines
+    assert "raise the limit (ulimit -f)" in lines[-1] and not output.exists()
