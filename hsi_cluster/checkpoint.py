@@ -205,6 +205,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                               "data (it may be unsafe or not an hsicluster checkpoint)") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         reason = first_line(exc)  # EOFError of an empty file: no text, its type then
+        reason = reason.split(". This is an internal miniz error")[0]  # torch's advice follows: ours is below
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); "
                               "it may be truncated — retrain or restore it") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

@@ -155,10 +155,14 @@ def _json_number(value: float | None) -> float | str | None:
 
 
 def is_checkpoint_file(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a torch zip archive (what ``hsicluster train`` writes), whatever its name; rasters and
-    stores never are (a zipped Zarr store has no pickled part)."""
-    if not Path(path).is_file() or not zipfile.is_zipfile(path):
+    """True when ``path`` is a torch zip archive (what ``hsicluster train`` writes), whatever its name, truncated
+    ones too (loading them says so); rasters and stores never are (a zipped Zarr store has no pickled part)."""
+    if not Path(path).is_file():
         return False
+    if not zipfile.is_zipfile(path):  # a truncated one has lost the zip's directory, not its first entry's header
+        with open(path, "rb") as file:
+            start = file.read(4096)
+        return start.startswith(b"PK\x03\x04") and b"/data.pkl" in start
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("/data.pkl") for name in archive.namelist())
 
