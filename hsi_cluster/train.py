@@ -801,8 +801,9 @@ def _resume(run: _Run, resume_from: Checkpoint, output: Path, log: LogFn) -> _Lo
     history, elapsed_before = list(state["history"]), float(state.get("seconds", 0.0))
     epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
     if resume_from.complete and (step >= run.total_steps or epoch >= run.epochs):
-        plotted = output.with_suffix(".loss.png")
-        return TrainResult(checkpoint=output, loss_curve=plotted if plotted.is_file() else None, steps=step,
+        plotted = output.with_suffix(".loss.png")  # drawn again when the run stopped between the two writes
+        curve = plotted if plotted.is_file() else write_loss_curve(history, plotted)
+        return TrainResult(checkpoint=output, loss_curve=curve, steps=step,
                            epochs=_epochs_begun(epoch, batch_in_epoch), seconds=elapsed_before, samples_per_second=0.0,
                            history=history,
                            already_finished=True, samples=int(state.get("samples_drawn", 0)),

@@ -301,6 +301,12 @@ def test_resume_a_finished_run_says_so_and_leaves_it(scene: IngestedScene, tmp_p
     result = run(scene, output, config=resume_config(epochs=1), resume=True)
     assert result.already_finished and result.steps == STEPS_PER_EPOCH and result.epochs == 1
     assert output.read_bytes() == before and output.stat().st_mtime_ns == mtime  # not rewritten
+    curve = output.with_suffix(".loss.png")
+    assert result.loss_curve == curve
+    curve.unlink()  # killed between the checkpoint's rename and the plot: the rerun draws it (it said nothing)
+    again = run(scene, output, config=resume_config(epochs=1), resume=True)
+    assert again.already_finished and again.loss_curve == curve and curve.is_file()
+    assert output.read_bytes() == before
     import yaml
 
     config_file = tmp_path / "tiny.yaml"
