@@ -256,7 +256,8 @@ def score_clustering(
 
     Invalid predictions (``pred == invalid_pred``, e.g. a nodata value) on labelled pixels are
     still scored: they count as wrong for ACC, kappa, per-class accuracy and purity, are never
-    matched to a class, and each is a cluster of its own for NMI and ARI (grouped with no other pixel).
+    matched to a class, and NMI and ARI are those of the labelled pixels times the share of the scored pixels
+    that are labelled (the same as without them when every scored pixel is labelled).
 
     Args:
         pred: Predicted cluster ids, any shape (flattened).
@@ -336,13 +337,12 @@ def score_clustering(
         warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
         kappa = float(cohen_kappa_score(t, mapped))
 
-    # an invalid prediction groups the pixel with no other: a cluster of its own (as one shared cluster, a class
-    # left wholly unlabelled formed a pure cluster, and a map with a field masked out scored NMI and ARI 1.0)
-    grouped = p.astype(np.int64)
-    if n_invalid:
-        grouped[invalid] = (int(p[valid].max()) + 1 if valid.any() else 0) + np.arange(n_invalid)
-    nmi = float(normalized_mutual_info_score(t, grouped))
-    ari = float(adjusted_rand_score(t, grouped))
+    # NMI and ARI of the labelled pixels, times the share of the scored pixels that are labelled: as one more
+    # cluster, a class left wholly unlabelled formed a pure one (a map with a field masked out scored 1.0), and as
+    # clusters of one pixel each, an all-nodata map scored NMI 0.4
+    coverage = float(valid.sum() / n)
+    nmi = float(normalized_mutual_info_score(t[valid], p[valid])) * coverage if valid.any() else 0.0
+    ari = float(adjusted_rand_score(t[valid], p[valid])) * coverage if valid.any() else 0.0
     purity = float(table.max(axis=1).sum() / n) if table.size else 0.0
 
     return ClusteringScores(

@@ -129,11 +129,10 @@ def test_invalid_pred_counted_wrong() -> None:
     assert s.n_clusters_predicted == 2
     assert s.purity == pytest.approx(5 / 8)
     assert s.kappa < 1.0
-    # NMI / ARI see each invalid pixel as a cluster of its own (grouped with no other).
-    lab = truth != 0
-    alone = np.array([5, 5, 5, 100, 6, 6, 101, 102])
-    assert s.nmi == pytest.approx(normalized_mutual_info_score(truth[lab], alone))
-    assert s.ari == pytest.approx(adjusted_rand_score(truth[lab], alone))
+    # NMI / ARI: those of the labelled pixels, times the share labelled (5 of 8)
+    lab = (truth != 0) & (pred != 255)
+    assert s.nmi == pytest.approx(normalized_mutual_info_score(truth[lab], pred[lab]) * 5 / 8)
+    assert s.ari == pytest.approx(adjusted_rand_score(truth[lab], pred[lab]) * 5 / 8)
 
 
 def test_invalid_pred_is_never_matched() -> None:
@@ -145,9 +144,13 @@ def test_invalid_pred_is_never_matched() -> None:
     assert s.per_class[3] == 0.0
     without = score_clustering(pred, truth)  # no invalid value: -9 is an ordinary cluster
     assert without.acc == pytest.approx(1.0)
-    # nor is it a pure cluster for NMI and ARI: a class left wholly unlabelled scored them 1.0
+    # nor is it a pure cluster for NMI and ARI: a class left wholly unlabelled scored them 1.0; they lose its share
     assert without.nmi == pytest.approx(1.0) and without.ari == pytest.approx(1.0)
-    assert s.nmi < 0.8 and s.ari < 0.6
+    assert s.nmi == pytest.approx(0.5) and s.ari == pytest.approx(0.5)
+    # no labels at all score nothing (as clusters of one pixel each, an all-nodata map scored NMI 0.4)
+    classes = np.repeat(np.arange(1, 11), 100)
+    nothing = score_clustering(np.full(classes.shape, 255, np.uint8), classes)
+    assert (nothing.acc, nothing.nmi, nothing.ari) == (0.0, 0.0, 0.0)
 
 
 def test_matches_sklearn_nmi_ari() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -92,25 +93,48 @@ def check_distinct_outputs(outputs: Mapping[str, Path | None]) -> None:
                 raise OutputError(f"{path}: given as both {name} and {other}; choose different paths")
 
 
+#: flock's answers that another process holds the lock; any other failure (ENOSYS, ENOLCK, EOPNOTSUPP: a network
+#: file system without locks, Lustre without ``-o flock``) leaves the command unlocked rather than refused.
+_HELD_ELSEWHERE = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
 @contextmanager
 def exclusive_lock(lock_file: Path, busy: Callable[[str], Exception], *, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` (created, holding this process's pid) while a command writes what
     it guards; a second command asking for it meanwhile gets ``busy(holder_pid)`` raised, before any work.
 
     POSIX ``flock``: the lock goes with the process, so a killed command leaves no stale lock (the file may stay;
-    ``remove`` deletes it afterwards). Where there is no ``fcntl`` (Windows), nothing is locked.
+    ``remove`` deletes it afterwards). Where there is no ``fcntl`` (Windows) or the file system has no locks,
+    nothing is locked.
     """
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(lock_file, "a+") as handle:
+    for _ in range(100):  # a lock file removed by its holder between our open and our flock: open the new one
+        handle = open(lock_file, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno not in _HELD_ELSEWHERE:
+                handle.close()
+                yield
+                return
             handle.seek(0)
-            raise busy(handle.read().strip() or "unknown") from exc
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise busy(holder) from exc
+        try:
+            current = os.stat(lock_file).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    else:
+        raise busy("unknown")
+    with handle:
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -124,8 +148,9 @@ def exclusive_lock(lock_file: Path, busy: Callable[[str], Exception], *, remove:
 
 
 def output_lock_path(output: Path) -> Path:
-    """The lock file of a command writing ``output``: ``.NAME.lock`` beside it."""
-    return output.with_name(f".{output.name}.lock")
+    """The lock file of a command writing ``output``: ``.NAME.lock`` beside the file it names (through links)."""
+    target = output.resolve()
+    return target.with_name(f".{target.name}.lock")
 
 
 def busy_output(output: Path) -> Callable[[str], OutputError]:

@@ -12,7 +12,8 @@ from hsi_cluster.errors import SceneError, counted
 from hsi_cluster.io.enmap import is_product_layer
 
 #: Files next to a raster that a pattern such as ``archive/*`` matches but that are not scenes.
-SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".prj", ".xml", ".json", ".txt")
+SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".prj", ".xml", ".json", ".txt", ".md5", ".sha1", ".sha256",
+                    ".sha512")
 #: Names of the binary beside an ENVI header, in the order the reader looks for them (the first that
 #: exists is the scene's data; a glob skips the header when one of them exists), each in lower or upper case
 #: (an EnMAP product's ``.BSQ`` beside its ``.HDR``).
@@ -32,9 +33,33 @@ def envi_binary_beside(header: Path) -> tuple[Path | None, list[Path]]:
         candidate = existing_with_suffix(header, suffix)
         if candidate is not None and candidate != header:
             return candidate, [candidate]
+    expected = _envi_data_bytes(header)
     others = [other for other in sorted(header.parent.glob(f"{glob.escape(header.stem)}.*"))
-              if other != header and other.is_file() and not other.name.lower().endswith(SIDECAR_SUFFIXES + _NOT_ENVI_BINARY)]
+              if other != header and other.is_file() and not other.name.lower().endswith(SIDECAR_SUFFIXES + _NOT_ENVI_BINARY)
+              and expected is not None and other.stat().st_size >= expected]  # not a checksum, note or backup
     return (others[0] if len(others) == 1 else None), others
+
+
+#: Bytes per value of each ENVI ``data type`` code.
+_ENVI_TYPE_BYTES = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 9: 16, 12: 2, 13: 4, 14: 8, 15: 8}
+
+
+def _envi_data_bytes(header: Path) -> int | None:
+    """The size of the binary an ENVI header describes (``header offset`` + samples × lines × bands × value size),
+    or None when the header does not say."""
+    try:
+        text = header.read_text(errors="replace")
+    except OSError:
+        return None
+    fields = {key.strip().lower(): value.strip() for key, _, value in
+              (line.partition("=") for line in text.splitlines()) if value}
+    try:
+        values = [int(fields[key]) for key in ("samples", "lines", "bands")]
+        size = _ENVI_TYPE_BYTES[int(fields["data type"])]
+        offset = int(fields.get("header offset", "0"))
+    except (KeyError, ValueError):
+        return None
+    return offset + values[0] * values[1] * values[2] * size
 
 
 def existing_with_suffix(path: Path, suffix: str) -> Path | None:

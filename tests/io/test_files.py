@@ -74,3 +74,30 @@ def test_exclusive_lock_refuses_a_second_holder_naming_the_first(tmp_path):
     assert not lock.exists()
     with exclusive_lock(lock, busy_output(output)):  # free again
         pass
+
+
+def test_a_file_system_without_locks_leaves_the_command_unlocked(tmp_path, monkeypatch):
+    """flock failing with ENOSYS or ENOLCK (NFS without lockd, Lustre without -o flock) refused every predict and
+    train as "another hsicluster command is writing it (pid unknown)": they run unlocked there."""
+    import errno
+    import fcntl
+
+    from hsi_cluster.io.files import busy_output, exclusive_lock, output_lock_path
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    output = tmp_path / "labels.tif"
+    ran = False
+    with exclusive_lock(output_lock_path(output), busy_output(output), remove=True):
+        ran = True
+    assert ran
+
+
+def test_the_lock_of_an_output_named_through_a_link_is_its_targets(tmp_path):
+    from hsi_cluster.io.files import output_lock_path
+
+    (tmp_path / "out.tif").write_bytes(b"")
+    (tmp_path / "link.tif").symlink_to(tmp_path / "out.tif")
+    assert output_lock_path(tmp_path / "link.tif") == output_lock_path(tmp_path / "out.tif")

@@ -245,6 +245,7 @@ def test_an_envi_header_finds_a_binary_of_the_sensors_own_suffix(tmp_path: Path)
     written = helpers.write_envi(tmp_path / "f970619t01p02_r02_sc01.a.rfl", cube)
     assert written.header.name == "f970619t01p02_r02_sc01.a.hdr"
     (tmp_path / "f970619t01p02_r02_sc01.a.rfl.aux.xml").write_text("<PAMDataset/>")  # a sidecar is no candidate
+    (tmp_path / "f970619t01p02_r02_sc01.a.md5").write_text("0" * 32)  # nor a file smaller than the data
     by_header = open_scene(written.header)
     xr.testing.assert_identical(by_header, open_scene(written.path))
     assert expand_scene_paths([str(tmp_path / "*")]) == [written.path]
