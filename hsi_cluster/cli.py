@@ -222,6 +222,7 @@ class ProgressUpdate:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar.total != total:
+            self.bar.bar_format = None  # tqdm's own, now that the total is known
             self.bar.reset(total=total)
         self.bar.n = done
         self.bar.refresh()
@@ -235,8 +236,9 @@ def progress_bar(description: str, *, unit: str, quiet: bool, plain_lines: bool 
     a progress line with the ETA every 30 s (``plain_lines``) or nothing."""
     from tqdm import tqdm
 
-    # " tiles": "0 tiles [00:03, ? tiles/s]" while the total is not known yet (not "0tile"), "2.50 tiles/s" after
-    bar = tqdm(desc=description, unit=f" {unit}s", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+    # until the first update brings the total: "predict: starting, 00:03" (tqdm drew "0tile [00:03, ?tile/s]")
+    bar = tqdm(desc=description, unit=unit, disable=quiet or None, file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc}: starting, {elapsed}")
     plain = None
     if plain_lines and not quiet and bar.disable:
         plain = PlainProgress(description, unit, lambda line: click.echo(f"hsicluster: {line}", err=True))

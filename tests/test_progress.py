@@ -40,11 +40,12 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_bar_names_the_unit_in_the_plural_before_the_total_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
-    """tqdm draws ``0 tiles [00:00, ? tiles/s]`` until the first update brings the total (it drew ``0tile``)."""
+def test_progress_bar_says_it_is_starting_until_the_total_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until the first update brings the total the bar reads ``predict: starting, 00:00`` (tqdm drew ``0tile [00:00,
+    ?tile/s]``); then tqdm's own bar, with the unit as given (``s/tile``, ``tile/s``)."""
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with progress_bar("predict", unit="tile", quiet=False) as update:
-        assert "predict: 0 tiles [" in terminal.getvalue() and "? tiles/s" in terminal.getvalue()
+        assert "predict: starting, 00:00" in terminal.getvalue() and "0tile" not in terminal.getvalue()
         update(3, 10)
-    assert "3/10 [" in terminal.getvalue()
+    assert "3/10 [" in terminal.getvalue() and "tile/s]" in terminal.getvalue()

@@ -135,7 +135,8 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
         if not found:
             raise SceneError(f"every scene matched is excluded ({len(left_out)} by --exclude); check the patterns")
         if log is not None:
-            log(f"left out {counted(len(left_out), 'scene')} matching --exclude")
+            names = ", ".join(found_name.name for found_name in left_out[:3]) + (", …" if len(left_out) > 3 else "")
+            log(f"left out {counted(len(left_out), 'scene')} matching --exclude ({names})")
     return list(found.values())
 
 

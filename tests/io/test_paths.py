@@ -51,7 +51,7 @@ def test_a_bare_exclude_pattern_matches_file_names_and_an_unused_one_is_told(arc
     assert kept == [archive / "tiles" / "a.tif"]
     assert told == ["warning: --exclude '*typo*' matched none of the scenes (a path or pattern names files from the "
                     "current folder, a bare name or pattern such as '*bad*' any scene's file name)",
-                    "left out 2 scenes matching --exclude"]
+                    "left out 2 scenes matching --exclude (b_fewbands.tif, c.tif)"]
     excluded = ExcludedScenes(["../tiles/b*", "tiles/a.tif"])  # with a folder part: from the current folder only
     assert [p.name for p in (archive / "tiles").iterdir() if p in excluded] == ["b_fewbands.tif"]
     assert excluded.unused(sorted((archive / "tiles").iterdir())) == ["tiles/a.tif"]
