@@ -517,7 +517,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
     if not quiet:
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         rate = f", {result.megapixels_per_second:.3g} Mpix/s" if result.tiles_resumed < result.tiles else ""
-        click.echo(f"wrote {result.output} ({result.tiles} tiles{resumed}, {result.valid_pixels} labelled pixels{rate})")
+        click.echo(f"wrote {result.output} ({counted(result.tiles, 'tile')}{resumed}, {result.valid_pixels} labelled pixels{rate})")
     for warning in result_warnings(scene, result):
         _warn(warning)
 

@@ -755,6 +755,14 @@ def test_an_existing_stac_item_needs_overwrite(dense: TrainedModel, tmp_path: Pa
     assert json.loads(item.read_text())["type"] == "Feature"
 
 
+def test_the_summary_counts_one_tile_in_the_singular(dense: TrainedModel, tmp_path: Path,
+                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    result = CliRunner().invoke(main, ["predict", str(holey[0].path), "-m", str(dense.checkpoint), "-o",
+                                       str(tmp_path / "labels.tif")])  # the default 512-pixel tile holds the scene
+    assert result.exit_code == 0, result.stderr
+    assert f"wrote {tmp_path / 'labels.tif'} (1 tile, " in result.stdout  # it said "1 tiles"
+
+
 def test_the_data_file_of_an_envi_scene_given_by_its_header_is_an_input(dense: TrainedModel, tmp_path: Path) -> None:
     helpers.write_geotiff(tmp_path / "scene.img", holey_cube(12, 40, 40)[0], driver="ENVI")
     before = helpers.tree_snapshot(tmp_path)
