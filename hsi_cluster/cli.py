@@ -326,7 +326,7 @@ def ingest(scene: Path, store: Path, chunk: int | None, overwrite: bool, var: st
 
     with progress_bar("ingest", unit="block", quiet=quiet) as update:
         path = run_ingest(scene, store, chunk=chunk, overwrite=overwrite, var=var, workers=workers,
-                          progress=update)
+                          progress=update, log=_log(quiet, lambda message: update.bar.write(message, file=sys.stderr)))
     if not quiet:
         click.echo(f"wrote {path}")
     attrs = open_scene(path).attrs

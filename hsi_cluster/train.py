@@ -92,7 +92,7 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, var: str | N
                           "writable folder (or set HSICLUSTER_WORK)")
     if log:
         log(f"ingesting {path} into {store}")
-    return ingest(path, store, overwrite=True, var=var)
+    return ingest(path, store, overwrite=True, var=var, log=log)
 
 
 def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,

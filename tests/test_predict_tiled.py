@@ -843,6 +843,23 @@ def test_resume_with_nothing_to_resume_does_not_replace_an_existing_file(
     assert output.read_bytes() == b"precious" and not partial_store(output).exists()
 
 
+def test_a_finished_tile_that_cannot_be_read_back_is_labelled_again(dense: TrainedModel, tiled, tmp_path: Path,
+                                                                    holey: tuple[helpers.SyntheticScene, np.ndarray]
+                                                                    ) -> None:
+    """A finished tile's chunk truncated behind its marker (a machine that crashed): every ``--resume`` failed with
+    "unexpected RuntimeError: Zstd decompression error". It is said, labelled again, and the file is the same."""
+    scene, output = holey[0].path, tmp_path / "labels.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", progress=Crash(3))
+    chunk = next(path for path in sorted((partial_store(output) / "labels" / "c").rglob("*")) if path.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    with pytest.warns(MetadataWarning, match=r"labels.tif: 1 finished tile of the interrupted run could not be read "
+                                             r"back \(tile \d+, \d+\); labelling them again"):
+        result = predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", resume=True)
+    assert result.tiles_resumed == 2
+    np.testing.assert_array_equal(read_raster(output)[0], tiled(dense, 16)[0])
+
+
 def test_interrupted_run_resumes_to_the_same_result(dense: TrainedModel, resnet: TrainedModel, tiled,
                                                     tmp_path: Path,
                                                     holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:

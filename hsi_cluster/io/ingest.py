@@ -9,6 +9,7 @@ a crash or kill skips the marked blocks and produces the same store as an uninte
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import shutil
 import warnings
@@ -25,7 +26,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import MetadataWarning, OutputError, SceneError, number_ranges, option
+from hsi_cluster.errors import MetadataWarning, OutputError, SceneError, counted, number_ranges, option
 from hsi_cluster.geo import BlockGrid, auto_chunk_size
 from hsi_cluster.io.files import atomic_path, check_output
 from hsi_cluster.io.scene import MAX_TILE_READ, open_scene, scene_files_identity, scene_inputs
@@ -159,6 +160,16 @@ class ChunkWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(encoded)
 
+    def holds(self, chunk_index: tuple[int, ...]) -> bool:
+        """Whether the chunk's file is there and decodes to a whole chunk (a crash of the machine can leave a file
+        truncated or empty behind its block's marker; a kill cannot, the marker comes after the file)."""
+        target = self.root / self.metadata.encode_chunk_key(chunk_index)
+        try:
+            decoded = self.codec.decode(target.read_bytes())
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return len(memoryview(decoded).cast("B")) == math.prod(self.chunk_shape) * self.dtype.itemsize
+
 
 def _marker(path: Path, i: int, j: int) -> Path:
     return path / PROGRESS_DIR / f"{i}.{j}"
@@ -225,7 +236,7 @@ def _ingest_unit(scene: xr.DataArray, writers: dict[str, ChunkWriter], grid: Blo
 
 def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str], *, chunk: int | None = None,
            overwrite: bool = False, var: str | None = None, workers: int | None = None,
-           progress: Callable[[int, int], None] | None = None) -> Path:
+           progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Stream a scene into a Zarr v3 store with band statistics and a valid-pixel mask.
 
     Args:
@@ -236,6 +247,7 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
         var: variable name for MATLAB files with several cubes.
         workers: reader/compressor threads (default: 2, or 1 on a single core).
         progress: callback ``(blocks_done, blocks_total)`` called as blocks finish.
+        log: told of finished blocks of an interrupted run that could not be read back (ingested again).
 
     Returns:
         the path of the complete store.
@@ -281,6 +293,13 @@ def ingest(scene_path: str | os.PathLike[str], store_path: str | os.PathLike[str
     units = [[(i, j) for i in range(i0, min(i0 + unit_rows, n_block_rows))
               for j in range(j0, min(j0 + unit_cols, n_block_cols))]
              for i0 in range(0, n_block_rows, unit_rows) for j0 in range(0, n_block_cols, unit_cols)]
+    damaged = [(i, j) for i, j in grid if _marker(work, i, j).exists()
+               and not (writers[DATA].holds((0, i, j)) and writers[VALID].holds((i, j)))]
+    for i, j in damaged:  # its data is labelled again, and said so
+        _marker(work, i, j).unlink()
+    if damaged and log is not None:
+        log(f"warning: {counted(len(damaged), 'block')} of the interrupted ingest could not be read back "
+            f"(block {damaged[0][0]}, {damaged[0][1]}{', …' if len(damaged) > 1 else ''}); ingesting them again")
     todo = [unit for unit in units if not all(_marker(work, i, j).exists() for i, j in unit)]
     done = len(grid) - sum(len(unit) for unit in todo)
     if progress:

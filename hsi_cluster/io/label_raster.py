@@ -28,7 +28,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 
-from hsi_cluster.errors import MetadataWarning, OutputError, first_line
+from hsi_cluster.errors import MetadataWarning, OutputError, counted, first_line
 from hsi_cluster.geo import BlockGrid, pixel_aspect
 from hsi_cluster.io.files import atomic_path
 from hsi_cluster.io.scene_array import rasterio_gcps
@@ -111,7 +111,9 @@ class TileStore:
         if resume and path.is_dir():
             existing = cls.saved_identity(output)
             if existing == json.loads(json.dumps(identity)):
-                return cls(path)
+                store = cls(path)
+                store.forget_unreadable(grid, output)
+                return store
             notice = _discarded_notice(output, path, existing, identity)
             if notice is not None:
                 warnings.warn(MetadataWarning(notice), stacklevel=2)
@@ -138,6 +140,28 @@ class TileStore:
     def confidence(self) -> zarr.Array:
         """The (y, x) float32 confidence array (only when created ``with_confidence``)."""
         return array_of(self.group, "confidence")
+
+    def forget_unreadable(self, grid: BlockGrid, output: Path) -> None:
+        """Unmark the finished tiles whose stored values cannot be read back (a crash of the machine can leave a
+        chunk truncated behind its marker; every ``--resume`` then failed on it), with a warning: they are labelled
+        again."""
+        unreadable = []
+        for i, j in grid:
+            if not self.is_done(i, j):
+                continue
+            window = grid.window(i, j).slices
+            try:
+                self.labels[window]
+                if "confidence" in self.group:
+                    self.confidence[window]
+            except Exception:  # noqa: BLE001 — zarr and its codecs raise many kinds for damaged bytes
+                (self.path / MARKERS / f"{i}.{j}").unlink()
+                unreadable.append((i, j))
+        if unreadable:
+            first, more = unreadable[0], ", …" if len(unreadable) > 1 else ""
+            warnings.warn(MetadataWarning(
+                f"{output}: {counted(len(unreadable), 'finished tile')} of the interrupted run could not be read back "
+                f"(tile {first[0]}, {first[1]}{more}); labelling them again"), stacklevel=3)
 
     def is_done(self, i: int, j: int) -> bool:
         return (self.path / MARKERS / f"{i}.{j}").exists()

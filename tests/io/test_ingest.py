@@ -353,6 +353,29 @@ def test_interrupted_then_resumed_in_process(tmp_path: Path, scene_factory) -> N
     assert_round_trip(store, written, 16)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_a_finished_block_that_cannot_be_read_back_is_ingested_again(tmp_path: Path, scene_factory,
+                                                                     damage: str) -> None:
+    """A machine that crashes can leave a finished block's chunk truncated behind its marker: the resumed ingest
+    published it (exit 0), and train then failed with "blosc decompression". It is checked, said, and redone."""
+    written = scene_factory("geotiff-tiled", helpers.synthetic_cube(4, 96, 80, "float32", seed=3, nan_pixels=9))
+    store = tmp_path / "out.zarr"
+    with pytest.raises(SimulatedKill):
+        ingest(written.path, store, chunk=16, workers=1, progress=stop_after(3))
+    chunks = sorted((partial_of(store) / "data" / "c").rglob("*"))
+    chunk = next(path for path in chunks if path.is_file())
+    if damage == "truncated":
+        chunk.write_bytes(chunk.read_bytes()[:10])
+    elif damage == "empty":
+        chunk.write_bytes(b"")
+    else:
+        chunk.unlink()
+    told: list[str] = []
+    ingest(written.path, store, chunk=16, workers=1, log=told.append)
+    assert len(told) == 1 and told[0].startswith("warning: 1 block of the interrupted ingest could not be read back")
+    assert_round_trip(store, written, 16)
+
+
 def test_leftover_from_another_source_is_discarded(tmp_path: Path, scene_factory) -> None:
     old = scene_factory("geotiff", helpers.synthetic_cube(4, 64, 64, "float32", seed=1))
     new = scene_factory("geotiff", helpers.synthetic_cube(4, 64, 64, "float32", seed=2))
