@@ -23,7 +23,8 @@ FLAT_FILL_MIN_BANDS = 20
 #: included (an AVIRIS scene's 0 collar held 32767 in its three saturated bands and passed as ground). Up to this
 #: share of the good bands may hold other values; a real spectrum never repeats one value in the rest.
 FLAT_FILL_ODD_SHARE = 0.05
-#: Pairs of neighbouring bands compared first: a fill pixel repeats its value in most of them, ground in few.
+#: Pairs of neighbouring bands compared first: a fill pixel repeats its value in at least half of them (its odd
+#: bands can break a few pairs), ground in few.
 _FLAT_PROBES = 8
 
 
@@ -56,8 +57,8 @@ def valid_pixel_mask(block: np.ndarray, *, nodata: float | None = None,
     n_bands = values.shape[0]
     if n_bands >= FLAT_FILL_MIN_BANDS:
         probes = np.linspace(0, n_bands - 2, _FLAT_PROBES).astype(int)
-        repeated = np.logical_or.reduce([values[b] == values[b + 1] for b in probes])
-        rows, cols = np.nonzero(valid & repeated)  # few pixels but fill pass this first test
+        repeated = np.sum([values[b] == values[b + 1] for b in probes], axis=0, dtype=np.int8)
+        rows, cols = np.nonzero(valid & (2 * repeated >= _FLAT_PROBES))  # few pixels but fill pass this first test
         if rows.size:
             spectra = values[:, rows, cols]
             middle = np.partition(spectra, n_bands // 2, axis=0)[n_bands // 2]  # a value held in most bands is it
