@@ -208,6 +208,7 @@ class Manifest:
                 output = Path(str(record.get("output")))
                 if output.is_relative_to(moved_from):
                     record["output"] = str(path.parent / output.relative_to(moved_from))
+            scenes = _moved_sources(scenes, Path(moved_from), path.parent)
         if all(saved.get(key) == header.get(key) for key in ("model_sha256", "tiles")):
             manifest.records = scenes
         else:
@@ -441,6 +442,25 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
     records = [manifest.records[str(source)] for source in sources]
     return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
                        dashboard=dashboard, workers=n_workers, stale_stac=_remove_stale_stac(records, out))
+
+
+def _moved_sources(scenes: dict[str, dict[str, Any]], old_outdir: Path, new_outdir: Path) -> dict[str, dict[str, Any]]:
+    """The records of scenes that moved with OUTDIR (a project folder moved whole: ``/a/proj/{archive,labels}`` to
+    ``/b/proj2/{archive,labels}``) under their new paths, where the scene is there; others as they were. Without
+    it, every scene's labels seemed another scene's after the move, and the batch refused to write them."""
+    old_parts, new_parts = old_outdir.parts, new_outdir.parts
+    shared = 0  # the trailing folders the two OUTDIRs share: what moved is the folder above them
+    while shared < min(len(old_parts), len(new_parts)) - 1 and old_parts[-1 - shared] == new_parts[-1 - shared]:
+        shared += 1
+    old_root, new_root = Path(*old_parts[:len(old_parts) - shared]), Path(*new_parts[:len(new_parts) - shared])
+    moved: dict[str, dict[str, Any]] = {}
+    for source, record in scenes.items():
+        rebased = new_root / Path(source).relative_to(old_root) if Path(source).is_relative_to(old_root) else None
+        if rebased is not None and not Path(source).exists() and rebased.exists() and str(rebased) not in scenes:
+            moved[str(rebased)] = {**record, "source": str(rebased)} if "source" in record else record
+        else:
+            moved[source] = record
+    return moved
 
 
 def _check_targets(sources: list[Path], targets: dict[Path, Path], manifest: Manifest,

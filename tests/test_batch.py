@@ -201,6 +201,25 @@ def test_labels_of_another_model_are_not_left_beside_this_ones(archive: dict, tm
         assert list(json.loads((out / "manifest.json").read_text())["scenes"]) == [str(first)]
 
 
+def test_a_project_moved_whole_labels_its_scenes_again_where_they_are(archive: dict, tmp_path: Path) -> None:
+    """A project folder (scenes and OUTDIR) moved elsewhere: after a scene changed, every run failed with "holds the
+    labels of /old/project/scene.tif … choose another OUTDIR" (a pipeline's batch step, --force too). The manifest's
+    scenes move with it."""
+    project = tmp_path / "project"
+    (project / "archive").mkdir(parents=True)
+    scenes = [Path(shutil.copy(source, project / "archive")) for source in archive["good"][:2]]
+    run_batch([str(project / "archive" / "*.tif")], archive["model"], project / "labels", tiles=TILES)
+    moved = tmp_path / "elsewhere" / "project2"
+    moved.parent.mkdir()
+    shutil.move(project, moved)
+    changed = moved / "archive" / scenes[1].name
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))  # edited since
+    again = run_batch([str(moved / "archive" / "*.tif")], archive["model"], moved / "labels", tiles=TILES)
+    assert [record["status"] for record in again.records] == ["skipped", "done"], again.records
+    assert sorted(json.loads((moved / "labels" / "manifest.json").read_text())["scenes"]) == \
+        [str(moved / "archive" / scene.name) for scene in scenes]
+
+
 def test_a_moved_outdir_is_up_to_date_and_an_unreadable_manifest_is_kept(archive: dict, tmp_path: Path) -> None:
     """A batch's OUTDIR moved elsewhere: the rerun skipped its scenes but its manifest still named the outputs in
     the old folder (and a copy said they had been 'labelled before into other paths'). A manifest that cannot be
