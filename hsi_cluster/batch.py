@@ -383,7 +383,7 @@ def _outdir_lock(out: Path) -> AbstractContextManager[None]:
     record each other's half-written files as done."""
     return exclusive_lock(out / LOCK_FILE, lambda holder: OutputError(
         f"{out}: another hsicluster batch is writing to this folder (pid {holder}); wait for it to finish, or "
-        "choose another OUTDIR"))
+        "choose another OUTDIR"), remove=True)
 
 
 def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,

@@ -163,8 +163,8 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--verbose``/``--quiet`` and turn library errors into one-line messages and exit codes."""
 
     @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and details on errors.")
-    @click.option("--quiet", "-q", is_flag=True, help="Warnings and errors only (and what info, evaluate and --json print): no progress, log "
-                  "or summary lines.")
+    @click.option("--quiet", "-q", is_flag=True, help="Warnings and errors only (and what info, evaluate, --json and run's report line print): "
+                  "no progress, log or summary lines.")
     @functools.wraps(func)
     def wrapper(*args: Any, verbose: bool, quiet: bool, **kwargs: Any) -> Any:
         try:

@@ -589,3 +589,24 @@ def test_a_step_that_fails_is_named_and_reruns_saying_so(project: Path, tmp_path
     assert cli.exit_code == 2 and cli.stderr.splitlines()[-1].startswith("hsicluster: error: step predict: ")
     fixed = run(write_pipeline(project, tiny_steps()))
     assert fixed.ran == ["predict", "evaluate", "report"] and fixed.skipped == ["ingest", "train"]
+
+
+def test_a_batch_step_whose_labels_were_deleted_runs_again(tmp_path: Path) -> None:
+    """A label raster deleted from a batch step's OUTDIR left the step "up to date" on every run (its output is
+    the manifest, which had not changed): the missing labels are a reason to run it."""
+    from hsi_cluster.pipeline.runner import _missing_labels
+
+    outdir = tmp_path / "labels"
+    outdir.mkdir()
+    kept, gone = outdir / "a_labels.tif", outdir / "b_labels.tif"
+    kept.write_bytes(b"x")
+    manifest = outdir / "manifest.json"
+    manifest.write_text(json.dumps({"scenes": {
+        "/archive/a.tif": {"status": "done", "output": str(kept)},
+        "/archive/b.tif": {"status": "skipped", "output": str(gone)},
+        "/archive/c.tif": {"status": "failed", "output": str(outdir / "c_labels.tif")}}}))
+    assert _missing_labels(manifest) == "1 label raster it wrote is missing (b_labels.tif)"
+    gone.write_bytes(b"x")
+    assert _missing_labels(manifest) is None
+    manifest.write_text("{not json")
+    assert _missing_labels(manifest) is None  # the manifest's own fingerprint decides

@@ -9,6 +9,7 @@ what would run.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -95,9 +96,25 @@ def _job_reason(ctx: StepContext, step: StepSpec, job: Job, *,
         params["title"] = ctx.pipeline.description, ctx.pipeline.name
     inputs = {relative(p, workdir): p for p in job.input_files()}
     reason = ctx.state.why_run(step.name, job.key, params, inputs, {relative(p, workdir): p for p in job.outputs.values()})
+    if reason is None and step.kind == "batch":  # its output is the manifest: the labels it lists must be there too
+        reason = _missing_labels(job.outputs["manifest"])
     if force:
         reason = "forced"
     return reason, params, inputs
+
+
+def _missing_labels(manifest: Path) -> str | None:
+    """Why a batch job whose manifest is unchanged must run again: label rasters it lists as written are gone."""
+    try:
+        records = json.loads(manifest.read_text()).get("scenes", {})
+    except (OSError, ValueError, AttributeError):
+        return None  # the manifest's own fingerprint decides
+    missing = [record["output"] for record in records.values() if isinstance(record, dict)
+               and record.get("status") in ("done", "skipped") and not Path(str(record.get("output"))).is_file()]
+    if not missing:
+        return None
+    return f"{counted(len(missing), 'label raster')} it wrote {'is' if len(missing) == 1 else 'are'} missing " \
+           f"({Path(missing[0]).name}{', …' if len(missing) > 1 else ''})"
 
 
 def _state_of(pipeline: Pipeline) -> State:

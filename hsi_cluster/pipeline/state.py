@@ -182,4 +182,5 @@ class State:
 def workdir_lock(workdir: Path) -> AbstractContextManager[None]:
     """An exclusive lock on the workdir, so two runs of one pipeline do not write the same files."""
     return exclusive_lock(workdir / LOCK_FILE, lambda holder: HsiClusterError(
-        f"{workdir}: another 'hsicluster run' is working in this folder (pid {holder}); wait for it to finish"))
+        f"{workdir}: another 'hsicluster run' is working in this folder (pid {holder}); wait for it to finish"),
+        remove=True)
