@@ -399,6 +399,7 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
               "model_sha256": model_sha, "tiles": tiles, "outdir": str(out)}
     manifest = Manifest.load(out / MANIFEST, header, log)
     manifest.check_not_mixing(sources, remove=remove_other_models, log=log)
+    _tell_removed_scenes(manifest, sources, log)
     attempts_dir = out / ATTEMPTS_DIR
     _check_targets(sources, targets, manifest, log)
     todo: list[Path] = []
@@ -442,6 +443,19 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
     records = [manifest.records[str(source)] for source in sources]
     return BatchResult(manifest=manifest.path, records=records, seconds=time.perf_counter() - started,
                        dashboard=dashboard, workers=n_workers, stale_stac=_remove_stale_stac(records, out))
+
+
+def _tell_removed_scenes(manifest: Manifest, sources: list[Path], log: Callable[[str], None]) -> None:
+    """Warn of labels in OUTDIR whose scene is gone from disk (deleted from the archive since): they stay, and
+    the manifest keeps their records, but a reader of OUTDIR should know they describe nothing there now."""
+    labelled_now = {str(source) for source in sources}
+    gone = [record for source, record in manifest.records.items() if source not in labelled_now
+            and not Path(source).exists() and Path(str(record.get("output"))).is_file()]
+    if gone:
+        first = Path(str(gone[0]["output"])).name
+        log(f"warning: {counted(len(gone), 'label raster')} in {manifest.path.parent} ({first}"
+            f"{', …' if len(gone) > 1 else ''}) {'is' if len(gone) == 1 else 'are'} of scenes no longer on disk; "
+            "delete them if they should go")
 
 
 def _moved_sources(scenes: dict[str, dict[str, Any]], old_outdir: Path, new_outdir: Path) -> dict[str, dict[str, Any]]:

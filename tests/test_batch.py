@@ -218,6 +218,11 @@ def test_a_project_moved_whole_labels_its_scenes_again_where_they_are(archive: d
     assert [record["status"] for record in again.records] == ["skipped", "done"], again.records
     assert sorted(json.loads((moved / "labels" / "manifest.json").read_text())["scenes"]) == \
         [str(moved / "archive" / scene.name) for scene in scenes]
+    changed.unlink()  # a scene deleted from the archive: its labels stay, and that is said (it was not)
+    said: list[str] = []
+    run_batch([str(moved / "archive" / "*.tif")], archive["model"], moved / "labels", tiles=TILES, log=said.append)
+    assert f"warning: 1 label raster in {moved / 'labels'} ({changed.stem}_labels.tif) is of scenes no longer on " \
+        "disk; delete them if they should go" in said, said
 
 
 def test_a_moved_outdir_is_up_to_date_and_an_unreadable_manifest_is_kept(archive: dict, tmp_path: Path) -> None:
