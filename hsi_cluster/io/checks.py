@@ -18,7 +18,7 @@ import psutil
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, counted
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, counted, naming_python_options
 from hsi_cluster.io.metadata import WAVELENGTH_SHIFT_MAX_NM, WAVELENGTH_TOLERANCE_NM, band_tolerance, mismatched_band
 from hsi_cluster.io.scene import open_scene
 
@@ -77,6 +77,11 @@ def check_bands(scene: xr.DataArray, *, n_bands: int, wavelength: Sequence[float
             "same bands (a recalibration); a band that moved more would be refused"), stacklevel=2)
 
 
+def _leave_out() -> str:
+    """How to leave a scene out of a multi-scene training: the CLI's --exclude, or the list of scenes in Python."""
+    return "leave it out of the list of scenes" if naming_python_options() else "leave it out with --exclude"
+
+
 #: Scenes trained together whose pixel sides differ by more than this factor get a warning.
 PIXEL_SIZE_RATIO_WARN = 1.5
 
@@ -104,7 +109,7 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
     reference = None  # the first scene that has wavelengths
     for scene in opened:
         check_bands(scene, n_bands=first.shape[0], wavelength=None, reference=first.attrs["source"],
-                    advice="train together only scenes from the same sensor and processing")
+                    advice=f"train together only scenes from the same sensor and processing ({_leave_out()})")
         if "wavelength" not in scene.coords:
             continue
         if reference is None:
@@ -112,7 +117,8 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
             continue
         check_bands(scene, n_bands=first.shape[0], wavelength=reference.coords["wavelength"].values,
                     reference=reference.attrs["source"], tolerance_nm=tolerance_nm,
-                    advice="train together only scenes with the same bands")
+                    advice=f"train together only scenes with the same bands ({_leave_out()}, or resample its bands "
+                           "to the others')")
 
 
 #: GDAL decodes a compressed block whole; a raw raster whose blocks (all bands) exceed this, or whose 128-row bands

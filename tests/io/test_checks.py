@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import HsiClusterError, MetadataWarning
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, python_option_names
 from hsi_cluster.io import open_scene
 from hsi_cluster.io.checks import check_bands, check_patch_fits, check_scenes_agree
 from tests import helpers
@@ -59,8 +59,12 @@ def test_scenes_agree_compares_with_the_first(tmp_path) -> None:
     c = helpers.write_geotiff(tmp_path / "c.tif", cube[:5], wavelength_nm=wl[:5], fwhm_nm=fw[:5]).path
     check_scenes_agree([a])
     check_scenes_agree([a, b])
-    with pytest.raises(HsiClusterError, match="has 5 bands but .*a.tif has 6"):
+    with pytest.raises(HsiClusterError, match=r"has 5 bands but .*a.tif has 6; .*\(leave it out with --exclude\)$"):
         check_scenes_agree([a, b, c])
+    d = helpers.write_geotiff(tmp_path / "d.tif", cube, wavelength_nm=wl + 9.0, fwhm_nm=fw).path
+    with python_option_names(), pytest.raises(HsiClusterError, match=r"\(leave it out of the list of scenes, or "
+                                                                     r"resample its bands to the others'\)$"):
+        check_scenes_agree([a, d])  # hc.train has no exclude=: a Python caller is told what it can do
 
 
 def test_scenes_agree_warns_of_mixed_pixel_sizes_and_missing_wavelengths(tmp_path) -> None:
