@@ -610,3 +610,29 @@ def test_a_batch_step_whose_labels_were_deleted_runs_again(tmp_path: Path) -> No
     assert _missing_labels(manifest) is None
     manifest.write_text("{not json")
     assert _missing_labels(manifest) is None  # the manifest's own fingerprint decides
+
+
+def test_a_job_rerun_within_the_second_of_its_last_run_changes_what_the_report_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report reruns when another step ran, read from when and how long it ran: a predict job rerun within the
+    second of its last run, lasting as long to the ms, left the report "up to date" (a fresh clone's suite failed so
+    once). The time to the ns is read too."""
+    import datetime as dt
+    import time
+    from types import SimpleNamespace
+
+    from hsi_cluster.pipeline.state import State
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Frozen:  # type: ignore[override]
+            return cls(2026, 12, 7, 8, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr("hsi_cluster.pipeline.state.dt", SimpleNamespace(datetime=Frozen, timezone=dt.timezone))
+    state = State.load(tmp_path)
+    state.record("predict", "predict", "seed1", params={}, inputs={}, outputs={}, seconds=0.3)
+    before = (state.finished("predict"), state.seconds("predict"), state.last_run("predict"))
+    time.sleep(0.001)
+    state.record("predict", "predict", "seed1", params={}, inputs={}, outputs={}, seconds=0.3)
+    after = (state.finished("predict"), state.seconds("predict"), state.last_run("predict"))
+    assert before[:2] == after[:2] and before != after

@@ -91,7 +91,9 @@ def _job_reason(ctx: StepContext, step: StepSpec, job: Job, *,
     workdir = ctx.pipeline.workdir
     params = job.params(step.kind, workdir)
     if step.kind == "report":  # its timings table changes whenever another step runs
-        params["timings"] = {other.name: [ctx.state.finished(other.name), ctx.state.seconds(other.name)]
+        # (when each other step last ran, to the ns: a step rerun within the second of its last run changed it too)
+        params["timings"] = {other.name: [ctx.state.finished(other.name), ctx.state.seconds(other.name),
+                                          ctx.state.last_run(other.name)]
                              for other in ctx.pipeline.steps if other.name != step.name}
         params["title"] = ctx.pipeline.description, ctx.pipeline.name
     inputs = {relative(p, workdir): p for p in job.input_files()}

@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,8 @@ class State:
         entry["jobs"][job] = {"params": params_hash(params), "param_hashes": _param_hashes(params), "inputs": inputs,
                               "outputs": {key: fingerprint(path) for key, path in outputs.items()},
                               "seconds": round(seconds, 3), "summary": summary or {},
-                              "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                              "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "finished_ns": time.time_ns()}
 
     def record_failure(self, step: str, kind: str, job: str, reason: str, *, seconds: float | None = None) -> None:
         """Remember that a job failed (it runs again next time, and says why), and how long it ran."""
@@ -177,6 +179,11 @@ class State:
     def finished(self, step: str) -> str | None:
         jobs = (self.steps.get(step) or {}).get("jobs") or {}
         return max((job.get("finished", "") for job in jobs.values()), default=None) or None
+
+    def last_run(self, step: str) -> int | None:
+        """When a job of ``step`` last finished, in ns (a rerun within the same second as the last changes it)."""
+        jobs = (self.steps.get(step) or {}).get("jobs") or {}
+        return max((int(job.get("finished_ns", 0)) for job in jobs.values()), default=None)
 
 
 def workdir_lock(workdir: Path) -> AbstractContextManager[None]:
