@@ -130,6 +130,20 @@ def test_schema_errors_name_the_key_path(tmp_path: Path, index: int, change: dic
     assert expected in message, message
 
 
+def test_a_kmeans_baseline_without_an_evaluate_step_is_refused(tmp_path: Path) -> None:
+    """``report: {kmeans: [0, 1]}`` with no evaluate step to score it beside did nothing, in silence."""
+    write_data(tmp_path / "data")
+    steps = tiny_steps()
+    del steps[3]  # the evaluate step
+    path = write_pipeline(tmp_path / "pipes" / "x.yaml", steps)
+    message = _error(path)
+    assert "steps[3].kmeans: the k-means baseline is scored beside the report's evaluate steps, and it summarises " \
+           "none; add an evaluate step before it, or drop kmeans" in message, message
+    steps[3]["kmeans"] = False
+    write_pipeline(path, steps)
+    assert run(path, dry_run=True).steps[-1].kind == "report"  # valid without it
+
+
 def test_schema_errors_at_the_top_level(tmp_path: Path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "step": tiny_steps()}))

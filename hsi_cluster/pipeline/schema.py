@@ -608,6 +608,9 @@ def _check_report(pipeline: Pipeline, step: StepSpec) -> list[str]:
             raise pipeline.error(f"{where}.summarise", f"{name!r} is a {pipeline.step(name).kind} step; "
                                  "a report summarises evaluate and batch steps")
     if values["kmeans"]:
+        if not any(pipeline.step(name).kind == "evaluate" for name in summarise):  # it did nothing, in silence
+            raise pipeline.error(f"{where}.kmeans", "the k-means baseline is scored beside the report's evaluate "
+                                 "steps, and it summarises none; add an evaluate step before it, or drop kmeans")
         for name in summarise:
             other = pipeline.step(name)
             if other.kind == "evaluate" and other.refs["labels"][0] is None:
