@@ -49,8 +49,7 @@ def describe(scene: xr.DataArray) -> dict[str, Any]:
         "georeferenced": scene.attrs["georeferenced"],
         "crs": _crs_summary(scene.attrs.get("crs")),
         "transform": [a, b, c, d, e, f] if scene.attrs["georeferenced"] else None,
-        "resolution": list(pixel_sides((a, b, c, d, e, f))[:2]) if scene.attrs["georeferenced"] else None,
-        "rotation_deg": pixel_sides((a, b, c, d, e, f))[2] if scene.attrs["georeferenced"] else None,
+        **_grid_size(scene.attrs["transform"], scene.attrs["georeferenced"]),
         "bounds": None,
         "chunks": [int(ch[0]) for ch in scene.data.chunks],
     }
@@ -275,8 +274,7 @@ def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
                            else _json_number(dataset.nodata)), "georeferenced": georeferenced,
                 "crs": _crs_summary(dataset.crs.to_wkt() if dataset.crs is not None else None),
                 "transform": list(transform) if georeferenced else None,
-                "resolution": list(pixel_sides(transform)[:2]) if georeferenced else None,
-                "rotation_deg": pixel_sides(transform)[2] if georeferenced else None,
+                **_grid_size(transform, georeferenced),
                 "bounds": dict(zip(("left", "bottom", "right", "top"), dataset.bounds, strict=True))
                 if georeferenced else None,
                 "cluster_pixels": None, "nodata_pixels": None,
@@ -325,3 +323,11 @@ def _resolution_line(info: dict[str, Any]) -> str:
     rotation = info.get("rotation_deg") or 0.0
     turned = f" (grid rotated {rotation:.4g}° from north-up: pixel sides along its own axes)" if rotation else ""
     return f"resolution    {width:g} × {height:g}{turned}"
+
+
+def _grid_size(transform: tuple[float, ...], georeferenced: bool) -> dict[str, Any]:
+    """``resolution`` (pixel width, height along the grid's axes) and ``rotation_deg``; None without georeferencing."""
+    if not georeferenced:
+        return {"resolution": None, "rotation_deg": None}
+    width, height, rotation = pixel_sides(tuple(transform))
+    return {"resolution": [width, height], "rotation_deg": rotation}
