@@ -48,12 +48,14 @@ from hsi_cluster.predict import (
     PredictResult,
     SpreadProbe,
     label_tile,
+    labelling_warnings,
     output_name_notices,
+    outside_share,
     predict_scene,
     read_tile,
     screen_bands,
+    stats_length,
     tile_job,
-    units_warning,
 )
 
 SceneLike = str | os.PathLike | xr.DataArray
@@ -242,8 +244,9 @@ class Model:
             labelled = label_array(checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
                                    progress=progress, model_sha256=self.sha256)
             attrs = (labelled["labels"] if isinstance(labelled, xr.Dataset) else labelled).attrs
-            if attrs["units_differ"]:
-                warnings.warn(units_warning(attrs["source"], attrs["spread"]), UserWarning, stacklevel=2)
+            for notice in labelling_warnings(attrs["source"], spread=attrs.get("spread"),
+                                             outside_share=attrs.get("outside_share")):
+                warnings.warn(notice, UserWarning, stacklevel=2)
             return labelled
         output = Path(output).expanduser().absolute()
         scene_path = _scene_path(scene, what="predict(output=...)")  # a var= cube's store: name the file
@@ -262,8 +265,8 @@ class Model:
                 result = predict_scene(scene_path, checkpoint_file, output, tiles=tiles, device=device,
                                        confidence_path=confidence_path, quicklook_path=quicklook,
                                        overwrite=overwrite, resume=resume, progress=update, stac=stac)
-        if result.units_differ:
-            warnings.warn(units_warning(source, result.spread), UserWarning, stacklevel=2)
+        for notice in labelling_warnings(source, spread=result.spread, outside_share=result.outside_share):
+            warnings.warn(notice, UserWarning, stacklevel=2)
         if stac:
             from hsi_cluster.io.stac import write_label_item
 
@@ -331,12 +334,14 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     redo = screen_bands(job, stats, probe.outlying)
     if redo is not None:
         job = redo
-        labels, probability, probe, _ = _label_in_memory(job, confidence=confidence, progress=progress)
+        labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
+    outside = outside_share(stats)
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
                                 "model_sha256": job.digest, "source": scene.attrs["source"],
                                 "units_differ": int(probe.units_differ),
-                                **({} if probe.spread is None else {"spread": probe.spread})})
+                                **({} if probe.spread is None else {"spread": probe.spread}),
+                                **({} if outside is None else {"outside_share": outside})})
     if probability is None:
         return result
     conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),
@@ -351,7 +356,7 @@ def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.
     labels = np.full(job.scene.shape[1:], job.nodata, dtype=job.dtype)
     probability = np.full(job.scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
     probe = SpreadProbe(job, len(job.grid))
-    stats = np.zeros(1 + 2 * job.scene.shape[0], np.int64)
+    stats = np.zeros(stats_length(job.scene.shape[0]), np.int64)
     with _bar(progress, "predict", "tile") as update, reusing_reads(job.scene, job.kept_reads):
         for done, (i, j) in enumerate(job.grid, start=1):
             rows, cols = job.grid.window(i, j).slices

@@ -118,7 +118,8 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
     return {**record, "status": "done", "error": None, "seconds": result.seconds, "pixels": result.pixels,
             "valid_pixels": result.valid_pixels, "tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output)),
-            "spread": result.spread, "units_differ": result.units_differ, "warnings": notices}
+            "spread": result.spread, "units_differ": result.units_differ,
+            "outside_share": result.outside_share, "warnings": notices}
 
 
 def _current_worker() -> Any | None:

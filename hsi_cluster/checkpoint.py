@@ -25,6 +25,7 @@ from hsi_cluster.errors import HsiClusterError, first_line
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.io.files import sha256_of
 from hsi_cluster.model.backbones import backbone_geometry
+from hsi_cluster.model.spectral_range import SpectralRange
 from hsi_cluster.model.sscc import SSCC
 
 CHECKPOINT_FORMAT = "hsicluster-checkpoint"
@@ -106,6 +107,11 @@ class Checkpoint:
     def spectral_std(self) -> np.ndarray:
         """Per-band std of the training scenes (B,), 1 where a band had none."""
         return np.asarray(self.payload["spectral"]["std"].numpy())
+
+    @property
+    def spectral_range(self) -> SpectralRange | None:
+        """Where the training spectra lie in the projected space (None: trained before it was kept)."""
+        return SpectralRange.from_record(self.payload["spectral"])
 
     def build_model(self) -> SSCC:
         """The trained network (CPU, eval mode).
@@ -277,6 +283,12 @@ def _spectral_mismatch(spectral: dict[str, Any], n_bands: int, n_components: int
             return f"spectral {key} of shape {found}, but its spectral projection needs {shape}"
         if not bool(torch.isfinite(value).all()):
             return f"spectral {key} holds values that are not finite"
+    prototypes, radius = spectral.get("range_prototypes"), spectral.get("range_radius")
+    if prototypes is not None or radius is not None:
+        if not isinstance(prototypes, torch.Tensor) or prototypes.ndim != 2 or prototypes.shape[1] != n_components \
+                or not isinstance(radius, torch.Tensor) or radius.numel() != 1 or not float(radius) > 0 \
+                or not bool(torch.isfinite(prototypes).all()):
+            return f"a spectral range that does not fit its {n_components} components"
     screen = spectral.get("band_screen")
     if screen is not None:
         lists = [screen.get(key) for key in ("flagged", "constant", "noisy") if screen.get(key) is not None] \

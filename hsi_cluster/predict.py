@@ -49,6 +49,8 @@ from hsi_cluster.io.metadata import WAVELENGTH_TOLERANCE_NM
 from hsi_cluster.io.scene import open_scene, reusing_reads, scene_files_identity, scene_inputs
 from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
+from hsi_cluster.model.projection import PixelProjection
+from hsi_cluster.model.spectral_range import OUTSIDE_SHARE_LIMIT, RANGE_QUANTILE, SpectralRange
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
     DROPOUT_BANDS_MAX_SHARE,
@@ -69,6 +71,10 @@ if TYPE_CHECKING:
 NO_LABEL = -1
 #: Valid pixels (from the first tiles) whose spread is compared with the training scenes' (units check).
 SPREAD_SAMPLE = 1000
+#: Every this many valid pixels of a tile (in raster order) are checked against the training range; every pixel
+#: of a scene smaller than RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
+RANGE_STRIDE = 16
+RANGE_SMALL_SCENE = 4096
 
 
 def units_warning(scene: object, spread: float | None) -> str:
@@ -184,6 +190,7 @@ class PredictResult:
     seconds: float
     counts: dict[int, int]
     spread: float | None = None  # the first valid pixels' spread against the training scenes' (stats.spread_against)
+    outside_share: float | None = None  # share of the valid pixels outside the training range (None: not checked)
 
     @property
     def units_differ(self) -> bool:
@@ -208,10 +215,29 @@ NO_LABELLED_PIXELS = ("every pixel is nodata, NaN or fill in at least one band t
 
 
 def result_warnings(scene: object, result: PredictResult) -> list[str]:
-    """What a finished labelling warns of: no pixel labelled, or a scene in other units than the training scenes."""
+    """What a finished labelling warns of: no pixel labelled, a scene in other units than the training scenes, or
+    one whose pixels mostly lie outside the training spectra."""
     if result.valid_pixels == 0:
         return [f"{scene}: {NO_LABELLED_PIXELS}"]
-    return [units_warning(scene, result.spread)] if result.units_differ else []
+    return labelling_warnings(scene, spread=result.spread, outside_share=result.outside_share)
+
+
+def labelling_warnings(scene: object, *, spread: float | None, outside_share: float | None) -> list[str]:
+    """The units warning, else the training-range one (the units one says more), for a labelled scene."""
+    if spread is not None and not 1 / UNITS_SPREAD_LIMIT <= spread <= UNITS_SPREAD_LIMIT:
+        return [units_warning(scene, spread)]
+    if outside_share is not None and outside_share > OUTSIDE_SHARE_LIMIT:
+        return [range_warning(scene, outside_share)]
+    return []
+
+
+def range_warning(scene: object, outside_share: float) -> str:
+    """The warning for a scene whose pixels mostly lie outside the model's training spectra."""
+    return (f"{scene}: {outside_share:.0%} of its valid pixels lie outside the spectra the model was trained on "
+            f"(farther from every kind of training pixel than {RANGE_QUANTILE:.1%} of the training pixels): another "
+            "acquisition (illumination, atmosphere, calibration), other processing, or ground the model never saw; "
+            "their labels are extrapolated and may mean little. Train on scenes like this one as well (hsicluster "
+            "train takes several scenes)")
 
 
 def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
@@ -282,6 +308,9 @@ class _Job:
     spread: float | None = None  # set from the first SPREAD_SAMPLE valid pixels (stats.spread_against)
     outlying_bands: np.ndarray | None = None  # bool (B,), set with the spread (predict.outlying_bands)
     kept_reads: int = 0  # bytes of the scene's reads kept while its tiles are read (io.scene.reusing_reads)
+    spectral_range: SpectralRange | None = None  # where the training spectra lie (None: an older checkpoint)
+    pixel_map: PixelProjection | None = None  # the model's projection of pixels, for the training-range check
+    range_stride: int = RANGE_STRIDE  # every this many valid pixels of a tile are checked against the range
 
     @property
     def n_clusters(self) -> int:
@@ -350,7 +379,9 @@ def tile_job(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int, device:
                 amp=checkpoint.amp and torch_device.type == "cuda", grid=BlockGrid(height, width, tiles),
                 dtype=np.dtype(dtype), nodata=nodata, fill=checkpoint.spectral_mean, digest=digest or checkpoint.sha256(),
                 source=Path(scene.attrs["source"]), deciding_bands=None if deciding.all() else deciding,
-                replaced_bands=replaced if replaced.any() else None, kept_reads=kept_reads)
+                replaced_bands=replaced if replaced.any() else None, kept_reads=kept_reads,
+                spectral_range=checkpoint.spectral_range, pixel_map=model.projection.pixel_map(),
+                range_stride=1 if height * width < RANGE_STRIDE * RANGE_SMALL_SCENE else RANGE_STRIDE)
 
 
 def _band_names(scene: xr.DataArray, bands: np.ndarray) -> str:
@@ -384,7 +415,33 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.nda
     if job.replaced_bands is not None:
         padded = padded.copy() if valid.all() else padded  # np.asarray may share a cached block's memory
         padded[job.replaced_bands] = job.fill.astype(padded.dtype)[job.replaced_bands, None, None]
-    return padded, valid[inner], stats
+    return padded, valid[inner], np.concatenate([stats, range_counts(job, padded, valid[inner])])
+
+
+def range_counts(job: _Job, padded: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """int64 (2,): the tile's valid pixels checked against the training range (every ``job.range_stride``-th in
+    raster order) and those of them that lie outside it (both 0 for a model without one). ``padded``: (B, h + 2 halo,
+    w + 2 halo), holes filled; ``valid``: (h, w)."""
+    if job.spectral_range is None or job.pixel_map is None:
+        return np.zeros(2, np.int64)
+    rows, cols = np.nonzero(valid)
+    rows, cols = rows[::job.range_stride] + job.halo, cols[::job.range_stride] + job.halo
+    outside = job.spectral_range.outside(job.pixel_map(padded[:, rows, cols].T)) if len(rows) else np.zeros(0, bool)
+    return np.array([len(rows), int(outside.sum())], np.int64)
+
+
+def stats_length(n_bands: int) -> int:
+    """Length of a tile's statistics as :func:`read_tile` returns them: :func:`tile_band_stats`, then
+    :func:`range_counts`."""
+    return 1 + 2 * n_bands + 2
+
+
+def outside_share(stats: np.ndarray | None) -> float | None:
+    """The share of the checked pixels outside the training range, from tiles' summed statistics (None: no pixel
+    checked, or statistics of an earlier version)."""
+    if stats is None or stats[-2] == 0:
+        return None
+    return float(stats[-1] / stats[-2])
 
 
 def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | None,
@@ -441,7 +498,7 @@ def _voiding_bands(job: _Job, stats: np.ndarray | None) -> np.ndarray | None:
         return None
     n_bands = job.scene.shape[0]
     deciding = np.ones(n_bands, bool) if job.deciding_bands is None else job.deciding_bands
-    valid_pixels, voided, filled = int(stats[0]), stats[1:n_bands + 1], stats[n_bands + 1:].astype(bool)
+    valid_pixels, voided, filled = int(stats[0]), stats[1:n_bands + 1], stats[n_bands + 1:2 * n_bands + 1].astype(bool)
     flagged = voiding_bands(valid_pixels, voided, filled, deciding)
     if not flagged.any():
         return None
@@ -620,16 +677,19 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             job = _bands_read_as_mean(job, flagged)
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                       resume=resume, progress=progress)
-        redo = (screen_bands(job, store.summed_stats(job.grid), job.outlying_bands) if job.screened_bands is None
-                else None)
+        length = stats_length(job.scene.shape[0])
+        redo = (screen_bands(job, store.summed_stats(job.grid, length=length), job.outlying_bands)
+                if job.screened_bands is None else None)
         if redo is not None:
             job = redo
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                           resume=False, progress=progress)
         confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
+        outside = outside_share(store.summed_stats(job.grid, length=length))
         store.remove()
         _, height, width = job.scene.shape
         return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,
                              tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
                              valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
-                             counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread)
+                             counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread,
+                             outside_share=outside)

@@ -44,7 +44,8 @@ from hsi_cluster.model.choose_scales import choose_scales
 from hsi_cluster.model.heads import TINY_CLUSTER_SHARE, CentroidHead, probs
 from hsi_cluster.model.losses import SSCCLoss
 from hsi_cluster.model.losses.entropy import ClusterEntropyLoss
-from hsi_cluster.model.projection import SpectralFit, fit_spectral, fit_spectral_mnf
+from hsi_cluster.model.projection import SpectralFit, SpectralProjection, fit_spectral, fit_spectral_mnf
+from hsi_cluster.model.spectral_range import RANGE_SAMPLES, SpectralRange
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.progress import duration_text
 from hsi_cluster.stats import SCENES_SPREAD_LIMIT, VALIDITY_RULES, likely_fill, spread_ratios
@@ -742,7 +743,16 @@ def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: C
     log(f"spectral projection fitted on {on}: {fit.screen.summary()}; {fit.components.shape[0]} "
         f"{config.projection.upper()} components{kept}")
     return {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
-            "components": torch.from_numpy(fit.components), "band_screen": fit.screen.to_record()}
+            "components": torch.from_numpy(fit.components), "band_screen": fit.screen.to_record(),
+            **training_range(stores, fit, seed=seed).to_record()}
+
+
+def training_range(stores: Sequence[str | os.PathLike[str]], fit: SpectralFit, *, seed: int = 0) -> SpectralRange:
+    """Where the training spectra lie in the projected space (:mod:`hsi_cluster.model.spectral_range`), from a
+    fresh sample of :data:`~hsi_cluster.model.spectral_range.RANGE_SAMPLES` valid pixels of ``stores``."""
+    spectra = sample_valid_spectra([Store.open(store) for store in stores], RANGE_SAMPLES, seed=seed + 1)
+    projection = SpectralProjection(fit.mean, fit.std, fit.components).pixel_map()
+    return SpectralRange.fit(projection(spectra), seed=seed)
 
 
 def _build(stores: list[Path], identity: list[dict[str, Any]], wavelength: list[float] | None, *,

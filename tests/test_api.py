@@ -211,7 +211,7 @@ def test_import_is_light_and_names_stay_the_api() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_predict_warns_of_a_scene_in_other_units_in_memory_and_to_a_file(tmp_path: Path) -> None:
+def test_predict_warns_of_a_scene_in_other_units_or_outside_the_training_spectra(tmp_path: Path) -> None:
     """The command's units check holds in Python too: reflectance against scaled digital numbers is labelled
     with a UserWarning naming the factor, and the in-memory labels say so in their attributes."""
     cube, valid = holey_cube()
@@ -230,6 +230,16 @@ def test_predict_warns_of_a_scene_in_other_units_in_memory_and_to_a_file(tmp_pat
     with pytest.warns(UserWarning, match=f"{reflectance}: its values vary"):
         result = model.predict(reflectance, output=tmp_path / "labels.tif", device="cpu")
     assert result.units_differ
+    # 1.5× brighter: the same units, but outside the training spectra (the units warning speaks alone above)
+    assert same.attrs["outside_share"] < 0.05
+    brighter = write_scene(tmp_path / "brighter.tif", np.where(valid, cube * 1.5, np.nan).astype(np.float32),
+                           nodata=None).path
+    with pytest.warns(UserWarning, match=r"\d+% of its valid pixels lie outside the spectra the model was trained on"):
+        labels = model.predict(hc.open_scene(brighter), device="cpu")
+    assert labels.attrs["outside_share"] > 0.9 and labels.attrs["units_differ"] == 0
+    with pytest.warns(UserWarning, match=f"{brighter}: \\d+% of its valid pixels lie outside"):
+        result = model.predict(brighter, output=tmp_path / "brighter_labels.tif", device="cpu")
+    assert result.outside_share is not None and result.outside_share > 0.9
 
 
 def test_arrays_that_are_not_scenes_get_a_message_that_says_what_to_do(tmp_path: Path) -> None:

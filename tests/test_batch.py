@@ -341,6 +341,8 @@ def assert_outputs_match_predict(archive: dict, result_records: list[dict], tmp:
         labels, meta = read_raster(Path(record["output"]))
         assert_same_labels(labels, reference_labels(archive, Path(record["source"]), tmp), record["source"])
         assert record["sha256"] == sha256_of(Path(record["output"]))
+        if record["status"] == "done":  # the training-range check ran on the worker
+            assert record["outside_share"] is not None and 0 <= record["outside_share"] <= 1, record
 
 
 def test_batch_on_a_local_cluster_isolates_a_corrupt_scene(archive: dict, tmp_path: Path,

@@ -98,6 +98,12 @@ def test_a_checkpoint_without_a_required_part_is_refused(tmp_path: Path, key: st
         load_checkpoint(path)
 
 
+#: Training ranges (model/spectral_range.py) that do not fit a 4-component projection.
+RANGE_EDITS = {"range-width": {"range_prototypes": torch.zeros(32, 5), "range_radius": torch.tensor(1.0)},
+               "range-radius": {"range_prototypes": torch.zeros(32, 4), "range_radius": torch.tensor(-1.0)},
+               "range-half": {"range_prototypes": torch.zeros(32, 4)}}
+
+
 def _edit(payload: dict, edit: str) -> None:
     """Edit a 12-band, 4-component checkpoint payload so that one part disagrees with its projection's size."""
     if edit == "wavelength-one-short":
@@ -124,12 +130,15 @@ def _edit(payload: dict, edit: str) -> None:
         payload["spectral"]["band_screen"] = {"flagged": [3, 12], "constant": [], "noisy": []}
     elif edit == "scene-shape":
         payload["scenes"][0]["shape"] = [11, 4, 4]
+    elif edit in RANGE_EDITS:
+        payload["spectral"] |= RANGE_EDITS[edit]
     else:
         raise ValueError(edit)
 
 
 EDITS = ["wavelength-one-short", "wavelength-one-more", "wavelength-text", "bands", "in-bands", "n-components",
-         "projection", "spectral-mean", "spectral-std-nan", "components", "band-screen", "scene-shape"]
+         "projection", "spectral-mean", "spectral-std-nan", "components", "band-screen", "scene-shape", "range-width",
+         "range-radius", "range-half"]
 
 
 @pytest.mark.parametrize("edit", EDITS)
@@ -146,7 +155,8 @@ def test_a_checkpoint_whose_bands_disagree_with_its_projection_is_refused(tmp_pa
 def test_consistency_messages_name_the_part_and_the_sizes(tmp_path: Path) -> None:
     expected = {"wavelength-one-short": "11 wavelengths for the 12 bands", "bands": "records 11 bands",
                 "in-bands": "in_bands is 13 but the spectral projection has 12",
-                "spectral-mean": "spectral mean of shape (11,)", "band-screen": "indices of its 12 bands"}
+                "spectral-mean": "spectral mean of shape (11,)", "band-screen": "indices of its 12 bands",
+                "range-width": "a spectral range that does not fit its 4 components"}
     for edit, text in expected.items():
         payload = payload_of(tiny_model())
         _edit(payload, edit)

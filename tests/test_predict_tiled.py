@@ -28,10 +28,10 @@ from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError
 from hsi_cluster.evaluate import score_clustering
 from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
-from hsi_cluster.io.label_raster import sidecar_path
+from hsi_cluster.io.label_raster import TileStore, sidecar_path
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene
+from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene, result_warnings, stats_length
 from tests import helpers
 from tests.predict_helpers import (
     LABEL_NODATA,
@@ -394,6 +394,40 @@ def test_a_scene_in_other_units_than_the_training_scenes_is_warned_of(dense: Tra
     assert len(lines) == 1 and lines[0].startswith(f"hsicluster: warning: {scaled.path}: its values vary ")
     assert float(lines[0].split("its values vary ")[1].split("×")[0]) < 1e-3
     assert "other units or scaling" in lines[0]
+
+
+def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reported(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """The training scene lies within the range the checkpoint keeps; the same ground 1.5× brighter (another
+    acquisition, far below the units check's 100×) lies outside it: one warning, naming the scene and the share,
+    and the share in the result. A resumed run whose tiles kept an earlier version's statistics checks nothing."""
+    same = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "same.tif", tiles=16, device="cpu")
+    assert same.outside_share is not None and same.outside_share < 0.05 and not result_warnings("s", same)
+    brighter = np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32)
+    scene = write_scene(tmp_path / "brighter.tif", brighter)
+    output = tmp_path / "labels.tif"
+    result = CliRunner().invoke(main, ["predict", str(scene.path), "-m", str(dense.checkpoint), "-o", str(output),
+                                       "--tiles", "16", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hsicluster: warning: {scene.path}: ")
+    share = float(lines[0].split(f"{scene.path}: ")[1].split("%")[0])
+    assert share > 90 and "lie outside the spectra the model was trained on" in lines[0]
+    assert "Train on scenes like this one" in lines[0]
+
+    grid = BlockGrid(*brighter.shape[1:], 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        TileStore.open_or_create(tmp_path / "old.tif", grid=grid, dtype=np.dtype(np.uint8), nodata=255,
+                                 with_confidence=False, identity={}, resume=False)
+    store = TileStore(partial_store(tmp_path / "old.tif"))
+    n_bands = brighter.shape[0]
+    store.write(0, 0, slice(0, 16), slice(0, 16), np.zeros((16, 16), np.uint8), None,
+                stats=np.ones(stats_length(n_bands) - 2, np.int64))  # an earlier version's: no range counts
+    store.write(0, 1, slice(0, 16), slice(16, 32), np.zeros((16, 16), np.uint8), None,
+                stats=np.ones(stats_length(n_bands), np.int64))
+    assert store.summed_stats([(0, 0), (0, 1)], length=stats_length(n_bands)) is None
+    assert store.summed_stats([(0, 1)], length=stats_length(n_bands)) is not None
 
 
 def test_bands_the_scene_flags_bad_that_the_model_reads_read_as_the_training_mean(
@@ -843,18 +877,23 @@ def test_resume_with_nothing_to_resume_does_not_replace_an_existing_file(
     assert output.read_bytes() == b"precious" and not partial_store(output).exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
 def test_a_finished_tile_that_cannot_be_read_back_is_labelled_again(dense: TrainedModel, tiled, tmp_path: Path,
-                                                                    holey: tuple[helpers.SyntheticScene, np.ndarray]
-                                                                    ) -> None:
+                                                                    holey: tuple[helpers.SyntheticScene, np.ndarray],
+                                                                    damage: str) -> None:
     """A finished tile's chunk truncated behind its marker (a machine that crashed): every ``--resume`` failed with
-    "unexpected RuntimeError: Zstd decompression error". It is said, labelled again, and the file is the same."""
+    "unexpected RuntimeError: Zstd decompression error"; deleted, the tile read as nodata and the file had a hole
+    of nodata. It is said, labelled again, and the file is the same."""
     scene, output = holey[0].path, tmp_path / "labels.tif"
     with pytest.raises(KeyboardInterrupt):
         predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", progress=Crash(3))
     chunk = next(path for path in sorted((partial_store(output) / "labels" / "c").rglob("*")) if path.is_file())
-    chunk.write_bytes(chunk.read_bytes()[:5])
+    if damage == "truncated":
+        chunk.write_bytes(chunk.read_bytes()[:5])
+    else:
+        chunk.unlink()
     with pytest.warns(MetadataWarning, match=r"labels.tif: 1 finished tile of the interrupted run could not be read "
-                                             r"back \(tile \d+, \d+\); labelling them again"):
+                                             r"back or was lost \(tile \d+, \d+\); labelling them again"):
         result = predict_scene(scene, dense.checkpoint, output, tiles=16, device="cpu", resume=True)
     assert result.tiles_resumed == 2
     np.testing.assert_array_equal(read_raster(output)[0], tiled(dense, 16)[0])

@@ -143,24 +143,32 @@ class TileStore:
 
     def forget_unreadable(self, grid: BlockGrid, output: Path) -> None:
         """Unmark the finished tiles whose stored values cannot be read back (a crash of the machine can leave a
-        chunk truncated behind its marker; every ``--resume`` then failed on it), with a warning: they are labelled
-        again."""
+        chunk truncated behind its marker; every ``--resume`` then failed on it) or are gone (a chunk lost, which
+        reads as nodata: a tile whose marker counts valid pixels cannot hold nodata alone), with a warning: they
+        are labelled again."""
         unreadable = []
+        nodata = self.labels.fill_value
         for i, j in grid:
             if not self.is_done(i, j):
                 continue
             window = grid.window(i, j).slices
             try:
-                self.labels[window]
+                labels = np.asarray(self.labels[window])
                 if "confidence" in self.group:
                     self.confidence[window]
+                stats = self.tile_stats(i, j)
+                lost = stats is not None and stats.ndim == 1 and stats.size > 0 and stats[0] > 0 \
+                    and bool((labels == nodata).all())
             except Exception:  # noqa: BLE001 — zarr and its codecs raise many kinds for damaged bytes
+                lost = True
+            if lost:
                 (self.path / MARKERS / f"{i}.{j}").unlink()
                 unreadable.append((i, j))
         if unreadable:
             first, more = unreadable[0], ", …" if len(unreadable) > 1 else ""
             warnings.warn(MetadataWarning(
-                f"{output}: {counted(len(unreadable), 'finished tile')} of the interrupted run could not be read back "
+                f"{output}: {counted(len(unreadable), 'finished tile')} of the interrupted run could not be read back or "
+                f"{'were' if len(unreadable) > 1 else 'was'} lost "
                 f"(tile {first[0]}, {first[1]}{more}); labelling them again"), stacklevel=3)
 
     def is_done(self, i: int, j: int) -> bool:
@@ -188,12 +196,13 @@ class TileStore:
         except (OSError, ValueError):
             return None
 
-    def summed_stats(self, tiles: Iterable[tuple[int, int]]) -> np.ndarray | None:
-        """The sum of the ``tiles``' statistics; None when a tile kept none (finished by an earlier version)."""
+    def summed_stats(self, tiles: Iterable[tuple[int, int]], *, length: int | None = None) -> np.ndarray | None:
+        """The sum of the ``tiles``' statistics; None when a tile kept none, or (given ``length``) statistics of
+        another length (both: finished by an earlier version)."""
         total: np.ndarray | None = None
         for i, j in tiles:
             stats = self.tile_stats(i, j)
-            if stats is None:
+            if stats is None or stats.ndim != 1 or (length is not None and len(stats) != length):
                 return None
             total = stats if total is None else total + stats
         return total

@@ -1,0 +1,82 @@
+"""The training-range check of predict (issue 12): which scenes it warns of, and what their labels are worth.
+
+For each real scene the ``fast`` preset is trained on its left half (a GeoTIFF of its own, seed
+``--seed``), then ``Model.predict`` labels, in memory: the left half (its training pixels), the right
+half as delivered (unseen ground of the same flight) and the right half times a brightness factor
+(another acquisition: ``--factors``, default 0.5 … 2). Printed per row: the share of the valid pixels
+outside the training range (``outside_share``, the figure predict warns of past 50 %), whether predict
+warned, and ACC / NMI on the row's labelled pixels (Hungarian matching per row, so a brightness change
+that only swaps what the labels mean is not counted: read ACC as an upper bound).
+
+    python benchmarks/training_range.py --scene jasper_ridge samson salinas_a indian_pines --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scenes import source_cube  # noqa: E402
+
+SOURCES = ("indian_pines", "salinas_a", "samson", "jasper_ridge")
+FACTORS = (0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 2.0)
+CLASSES = {"indian_pines": 16, "salinas_a": 6, "samson": 3, "jasper_ridge": 4}
+
+
+def _geotiff(path: Path, cube: np.ndarray) -> Path:
+    """``cube`` (band, y, x) float32 as a GeoTIFF in UTM 16N, 20 m pixels (the scenes ship without georeferencing)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="float32", crs="EPSG:32616", transform=from_origin(500_000, 4_480_000, 20, 20)) as dst:
+        dst.write(cube)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--factors", nargs="+", type=float, default=list(FACTORS))
+    args = parser.parse_args()
+
+    import xarray as xr
+
+    import hsi_cluster as hc
+    from hsi_cluster.evaluate import score_clustering
+
+    for name in args.scene:
+        cube, truth = source_cube(name)
+        cube = cube.transpose(2, 0, 1).astype(np.float32)  # (band, y, x)
+        half = cube.shape[2] // 2
+        with tempfile.TemporaryDirectory(prefix="hsicluster-range-") as folder:
+            left = _geotiff(Path(folder) / f"{name}_left.tif", cube[:, :, :half])
+            started = time.perf_counter()
+            model = hc.train(left, CLASSES[name], seed=args.seed, work_dir=Path(folder) / "work")
+            print(f"{name}: trained on the left half in {time.perf_counter() - started:.0f} s", flush=True)
+            rows = [("left half (training pixels)", cube[:, :, :half], truth[:, :half])]
+            rows += [(f"right half × {factor:g}", cube[:, :, half:] * np.float32(factor), truth[:, half:])
+                     for factor in args.factors]
+            for label, values, labelled in rows:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    labels = model.predict(xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label}),
+                                           device="cpu")
+                warned = any("lie outside the spectra" in str(w.message) for w in caught)
+                scores = score_clustering(np.asarray(labels.values, np.int64), labelled,
+                                          invalid_pred=int(labels.rio.nodata))
+                share = labels.attrs.get("outside_share", float("nan"))
+                print(f"  {label:28s} outside {share:6.3f}  warned {'yes' if warned else 'no ':3s}  "
+                      f"ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

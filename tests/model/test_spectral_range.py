@@ -1,0 +1,54 @@
+"""The training spectra's range in the projected space, and whether new pixels fall outside it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hsi_cluster.model.spectral_range import N_PROTOTYPES, RANGE_QUANTILE, SpectralRange
+
+
+def _three_kinds_of_ground(n: int, *, seed: int = 0) -> np.ndarray:
+    """(n, 5) projected pixels of three classes of unequal size and spread (a small, tight one among them)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0, 0, 0, 0, 0], [8, 1, 0, 0, 0], [0, -6, 3, 0, 0]], float)
+    sizes = [int(n * 0.6), int(n * 0.35)]
+    sizes.append(n - sum(sizes))
+    spreads = [1.0, 0.7, 0.2]
+    return np.vstack([centre + spread * rng.standard_normal((size, 5))
+                      for centre, size, spread in zip(centres, sizes, spreads, strict=True)])
+
+
+def test_new_pixels_of_the_training_ground_lie_inside_and_a_brighter_scene_outside() -> None:
+    """Fresh pixels of the same classes, the small one included, lie outside at about the quantile's rate; the
+    same ground scaled about the projection of a zero spectrum (a brightness change) lies outside."""
+    trained = SpectralRange.fit(_three_kinds_of_ground(20_000), seed=0)
+    assert trained.prototypes.shape == (N_PROTOTYPES, 5) and trained.prototypes.dtype == np.float32
+    fresh = _three_kinds_of_ground(20_000, seed=1)
+    assert trained.outside(fresh).mean() < 5 * (1 - RANGE_QUANTILE)
+    small_class = fresh[-1000:]
+    assert trained.outside(small_class).mean() < 0.01
+    zero_spectrum = np.array([-30.0, 10, 0, 0, 0])  # far from the scene, as a standardised zero spectrum lies
+    brighter = zero_spectrum + 1.5 * (fresh - zero_spectrum)
+    assert trained.outside(brighter).mean() > 0.9
+
+
+def test_the_range_survives_a_checkpoint_record_and_older_records_have_none() -> None:
+    trained = SpectralRange.fit(_three_kinds_of_ground(2_000), seed=3)
+    record = trained.to_record()
+    assert all(isinstance(value, torch.Tensor) for value in record.values())
+    again = SpectralRange.from_record({"mean": torch.zeros(3), **record})
+    assert again is not None and np.array_equal(again.prototypes, trained.prototypes)
+    assert again.radius == trained.radius
+    assert SpectralRange.from_record({"mean": torch.zeros(3)}) is None
+
+
+def test_a_tiny_or_uniform_sample_still_gives_a_range() -> None:
+    """Fewer distinct pixels than centres: as many centres as there are; one repeated pixel: a positive radius,
+    and a pixel elsewhere lies outside."""
+    few = SpectralRange.fit(np.repeat(np.eye(3), 10, axis=0), seed=0)
+    assert len(few.prototypes) <= 3 and few.radius > 0
+    assert not few.outside(np.eye(3)).any() and few.outside(np.full((1, 3), 5.0)).all()
+    with pytest.raises(ValueError, match="projected spectra"):
+        SpectralRange.fit(np.zeros((1, 3)))
