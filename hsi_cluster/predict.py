@@ -71,8 +71,8 @@ if TYPE_CHECKING:
 NO_LABEL = -1
 #: Valid pixels (from the first tiles) whose spread is compared with the training scenes' (units check).
 SPREAD_SAMPLE = 1000
-#: Every this many valid pixels of a tile (in raster order) are checked against the training range; every pixel
-#: of a scene smaller than RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
+#: The valid pixels of every this many rows of a scene (rows 0, 16, 32, …, whatever the tiles) are checked against
+#: the training range; every row of a scene smaller than RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
 RANGE_STRIDE = 16
 RANGE_SMALL_SCENE = 4096
 
@@ -310,7 +310,7 @@ class _Job:
     kept_reads: int = 0  # bytes of the scene's reads kept while its tiles are read (io.scene.reusing_reads)
     spectral_range: SpectralRange | None = None  # where the training spectra lie (None: an older checkpoint)
     pixel_map: PixelProjection | None = None  # the model's projection of pixels, for the training-range check
-    range_stride: int = RANGE_STRIDE  # every this many valid pixels of a tile are checked against the range
+    range_stride: int = RANGE_STRIDE  # the valid pixels of every this many rows are checked against the range
 
     @property
     def n_clusters(self) -> int:
@@ -415,25 +415,36 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.nda
     if job.replaced_bands is not None:
         padded = padded.copy() if valid.all() else padded  # np.asarray may share a cached block's memory
         padded[job.replaced_bands] = job.fill.astype(padded.dtype)[job.replaced_bands, None, None]
-    return padded, valid[inner], np.concatenate([stats, range_counts(job, padded, valid[inner])])
+    counts = range_counts(job, padded[:, :, halo:halo + window.width], valid[inner], first_row=window.row)
+    return padded, valid[inner], np.concatenate([stats, counts])
 
 
-def range_counts(job: _Job, padded: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """int64 (2,): the tile's valid pixels checked against the training range (every ``job.range_stride``-th in
-    raster order) and those of them that lie outside it (both 0 for a model without one). ``padded``: (B, h + 2 halo,
-    w + 2 halo), holes filled; ``valid``: (h, w)."""
+def range_counts(job: _Job, padded: np.ndarray, valid: np.ndarray, *, first_row: int) -> np.ndarray:
+    """int64 (2,): the tile's valid pixels checked against the training range (those of the scene's rows that are
+    multiples of ``job.range_stride``, so the same pixels whatever the tiles) and those of them that lie outside it
+    (both 0 for a model without one). ``padded``: (B, h + 2 halo, w), holes filled, the tile's columns;
+    ``valid``: (h, w); ``first_row``: the tile's first row in the scene."""
     if job.spectral_range is None or job.pixel_map is None:
         return np.zeros(2, np.int64)
-    rows, cols = np.nonzero(valid)
-    rows, cols = rows[::job.range_stride] + job.halo, cols[::job.range_stride] + job.halo
-    outside = job.spectral_range.outside(job.pixel_map(padded[:, rows, cols].T)) if len(rows) else np.zeros(0, bool)
-    return np.array([len(rows), int(outside.sum())], np.int64)
+    rows = np.arange(-first_row % job.range_stride, valid.shape[0], job.range_stride)
+    checked = valid[rows]
+    if not checked.any():
+        return np.zeros(2, np.int64)
+    lines = padded[:, rows + job.halo]  # (B, r, w): whole rows, copied at once
+    pixels = lines.transpose(1, 2, 0)[checked]
+    outside = job.spectral_range.outside(job.pixel_map(pixels))
+    return np.array([len(pixels), int(outside.sum())], np.int64)
+
+
+def band_stats_length(n_bands: int) -> int:
+    """Length of :func:`tile_band_stats` for ``n_bands`` bands (the part :func:`screen_bands` reads)."""
+    return 1 + 2 * n_bands
 
 
 def stats_length(n_bands: int) -> int:
     """Length of a tile's statistics as :func:`read_tile` returns them: :func:`tile_band_stats`, then
     :func:`range_counts`."""
-    return 1 + 2 * n_bands + 2
+    return band_stats_length(n_bands) + 2
 
 
 def outside_share(stats: np.ndarray | None) -> float | None:
@@ -677,15 +688,15 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             job = _bands_read_as_mean(job, flagged)
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                       resume=resume, progress=progress)
-        length = stats_length(job.scene.shape[0])
-        redo = (screen_bands(job, store.summed_stats(job.grid, length=length), job.outlying_bands)
+        n_bands = job.scene.shape[0]  # tiles of an earlier version kept the band statistics alone
+        redo = (screen_bands(job, store.summed_stats(job.grid, length=band_stats_length(n_bands)), job.outlying_bands)
                 if job.screened_bands is None else None)
         if redo is not None:
             job = redo
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                           resume=False, progress=progress)
         confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
-        outside = outside_share(store.summed_stats(job.grid, length=length))
+        outside = outside_share(store.summed_stats(job.grid, length=stats_length(n_bands)))
         store.remove()
         _, height, width = job.scene.shape
         return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,

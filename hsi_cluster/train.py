@@ -25,7 +25,7 @@ import torch
 
 from hsi_cluster.checkpoint import Checkpoint, CheckpointError, load_checkpoint, make_payload, save_checkpoint
 from hsi_cluster.config import TrainConfig
-from hsi_cluster.data.augment import Augmenter, RadiometricBasis, two_views
+from hsi_cluster.data.augment import AugmentConfig, Augmenter, RadiometricBasis, two_views
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
@@ -99,7 +99,8 @@ def prepare_store(scene: str | os.PathLike[str], work_dir: Path, *, var: str | N
 def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_components: int | float, *,
                             n_samples: int = 100_000, seed: int = 0, log: LogFn | None = None,
                             projection: str = "pca") -> SpectralFit:
-    """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them.
+    """Band statistics over all valid pixels of ``stores``, the band screen and PCA on a random sample of them
+    (kept as the fit's ``sample``).
 
     ``projection`` "mnf" fits MNF components instead, with the noise of the same sampled pixels (each
     one's differences to its closer neighbour along each axis, see :func:`sample_spectra_and_noise`).
@@ -135,7 +136,7 @@ def fit_spectral_projection(stores: Sequence[str | os.PathLike[str]], n_componen
         if projection == "mnf":  # the closer neighbour is judged on the bands the projection reads
             spectra, noise = sample_spectra_and_noise(opened, n_samples, np.where(fit.screen.used, 1 / fit.std, 0), seed=seed)
             fit = fit_spectral_mnf(fit, spectra, noise)
-        return fit
+        return replace(fit, sample=spectra)
     except ValueError as exc:  # no band varies, or too few for the components: a property of the scenes
         sources = ", ".join(_source_of(store) for store in opened)
         raise HsiClusterError(f"{sources}: {exc}; check that the file holds the image you meant") from exc
@@ -744,13 +745,20 @@ def _spectral(stores: list[Path], config: TrainConfig, seed: int, resume_from: C
         f"{config.projection.upper()} components{kept}")
     return {"mean": torch.from_numpy(fit.mean), "std": torch.from_numpy(fit.std),
             "components": torch.from_numpy(fit.components), "band_screen": fit.screen.to_record(),
-            **training_range(stores, fit, seed=seed).to_record()}
+            **training_range(fit, config.augment, seed=seed).to_record()}
 
 
-def training_range(stores: Sequence[str | os.PathLike[str]], fit: SpectralFit, *, seed: int = 0) -> SpectralRange:
-    """Where the training spectra lie in the projected space (:mod:`hsi_cluster.model.spectral_range`), from a
-    fresh sample of :data:`~hsi_cluster.model.spectral_range.RANGE_SAMPLES` valid pixels of ``stores``."""
-    spectra = sample_valid_spectra([Store.open(store) for store in stores], RANGE_SAMPLES, seed=seed + 1)
+def training_range(fit: SpectralFit, augment: AugmentConfig, *, seed: int = 0) -> SpectralRange:
+    """Where the training spectra lie in the projected space (:mod:`hsi_cluster.model.spectral_range`), from up to
+    :data:`~hsi_cluster.model.spectral_range.RANGE_SAMPLES` of the pixels the projection was fitted on; with the
+    radiometric augmentation (``brightness``, ``spectral_tilt``), each under gains drawn as training draws them, so
+    that the scenes the model was trained to take for the same ground lie inside."""
+    if fit.sample is None:
+        raise ValueError("the spectral fit keeps no sample of its pixels")
+    rng = np.random.default_rng(seed)
+    spectra = fit.sample[rng.permutation(len(fit.sample))[:RANGE_SAMPLES]].astype(np.float32)
+    if augment.radiometric:
+        spectra = spectra * augment.raw_gains(len(spectra), spectra.shape[1], rng)
     projection = SpectralProjection(fit.mean, fit.std, fit.components).pixel_map()
     return SpectralRange.fit(projection(spectra), seed=seed)
 

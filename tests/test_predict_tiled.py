@@ -31,7 +31,15 @@ from hsi_cluster.io import ingest
 from hsi_cluster.io.label_raster import TileStore, sidecar_path
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.sscc import SSCC
-from hsi_cluster.predict import NO_LABEL, PredictResult, label_patches, predict_scene, result_warnings, stats_length
+from hsi_cluster.predict import (
+    NO_LABEL,
+    PredictResult,
+    band_stats_length,
+    label_patches,
+    predict_scene,
+    result_warnings,
+    stats_length,
+)
 from tests import helpers
 from tests.predict_helpers import (
     LABEL_NODATA,
@@ -400,7 +408,8 @@ def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reporte
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """The training scene lies within the range the checkpoint keeps; the same ground 1.5× brighter (another
     acquisition, far below the units check's 100×) lies outside it: one warning, naming the scene and the share,
-    and the share in the result. A resumed run whose tiles kept an earlier version's statistics checks nothing."""
+    and the share in the result. Tiles that kept an earlier version's statistics give no share, but the band
+    screen still reads them."""
     same = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "same.tif", tiles=16, device="cpu")
     assert same.outside_share is not None and same.outside_share < 0.05 and not result_warnings("s", same)
     brighter = np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32)
@@ -426,8 +435,10 @@ def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reporte
                 stats=np.ones(stats_length(n_bands) - 2, np.int64))  # an earlier version's: no range counts
     store.write(0, 1, slice(0, 16), slice(16, 32), np.zeros((16, 16), np.uint8), None,
                 stats=np.ones(stats_length(n_bands), np.int64))
-    assert store.summed_stats([(0, 0), (0, 1)], length=stats_length(n_bands)) is None
+    assert store.summed_stats([(0, 0), (0, 1)], length=stats_length(n_bands)) is None  # no range check
     assert store.summed_stats([(0, 1)], length=stats_length(n_bands)) is not None
+    both = store.summed_stats([(0, 0), (0, 1)], length=band_stats_length(n_bands))  # the band screen reads both
+    assert both is not None and both.tolist() == [2] * band_stats_length(n_bands)
 
 
 def test_bands_the_scene_flags_bad_that_the_model_reads_read_as_the_training_mean(

@@ -21,9 +21,11 @@ from click.testing import CliRunner
 import hsi_cluster
 from hsi_cluster.checkpoint import CheckpointError, load_checkpoint
 from hsi_cluster.cli import main
+from hsi_cluster.data.augment import AugmentConfig
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, python_option_names
 from hsi_cluster.io.store import Store
+from hsi_cluster.model.projection import SpectralProjection
 from hsi_cluster.stats import VALIDITY_RULES
 from hsi_cluster.train import (
     TrainResult,
@@ -32,6 +34,7 @@ from hsi_cluster.train import (
     prepare_store,
     restart_checkpoint_path,
     train,
+    training_range,
 )
 from tests import helpers
 from tests.io.test_enmap import write_product
@@ -1311,3 +1314,18 @@ def test_a_checkpoint_past_the_file_size_limit_is_a_one_line_error(tmp_path: Pat
     assert result.returncode == 2, result.stderr
     assert lines[-1].startswith(f"hsicluster: error: a file grew past the largest size allowed (writing {output}"), lines
     assert "raise the limit (ulimit -f)" in lines[-1] and not output.exists()
+
+
+def test_the_training_range_covers_the_radiometric_augmentations_gains(tmp_path: Path) -> None:
+    """A model trained to take a scene 15 % brighter for the same ground (``augment.brightness``) keeps a range that
+    holds it, so predict does not warn of the very scenes it was trained for; without the option it lies outside."""
+    scene = make_scene(tmp_path, structured=True, height=60, width=60)
+    fit = fit_spectral_projection([scene.store], 3, n_samples=5000, seed=0)
+    assert fit.sample is not None and fit.sample.shape == (3600, 12)
+    plain = training_range(fit, AugmentConfig.mild(), seed=0)
+    augmented = training_range(fit, AugmentConfig.mild(brightness=(0.8, 1.25)), seed=0)
+    projection = SpectralProjection(fit.mean, fit.std, fit.components).pixel_map()
+    brighter = projection(fit.sample.astype(np.float32) * 1.15)
+    assert plain.outside(brighter).mean() > 0.5
+    assert augmented.outside(brighter).mean() < 0.05
+    assert augmented.outside(projection(fit.sample.astype(np.float32))).mean() < 0.05

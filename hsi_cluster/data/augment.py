@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -118,6 +119,17 @@ class AugmentConfig:
                 raise ValueError(f"brightness must satisfy 0 < lo <= hi, or be None, got {self.brightness}")
         if not 0 <= self.spectral_tilt < 1:
             raise ValueError(f"spectral_tilt must be in [0, 1), got {self.spectral_tilt}")
+
+    def raw_gains(self, n_samples: int, n_bands: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_samples, n_bands) float32 gains on raw spectra, drawn as the pool draws ``brightness`` and
+        ``spectral_tilt`` (ones when neither is set): the radiometric changes a model trained with them treats as
+        the same ground."""
+        brightness = np.ones(n_samples)
+        if self.brightness is not None:
+            brightness = np.exp(rng.uniform(math.log(self.brightness[0]), math.log(self.brightness[1]), n_samples))
+        tilt = rng.uniform(-self.spectral_tilt, self.spectral_tilt, n_samples)
+        slope = np.linspace(-1.0, 1.0, n_bands) if n_bands > 1 else np.zeros(1)
+        return (brightness[:, None] * (1 + tilt[:, None] * slope[None, :])).astype(np.float32)
 
     @property
     def radiometric(self) -> bool:

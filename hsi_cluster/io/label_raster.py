@@ -154,11 +154,12 @@ class TileStore:
             window = grid.window(i, j).slices
             try:
                 labels = np.asarray(self.labels[window])
-                if "confidence" in self.group:
-                    self.confidence[window]
+                confidence = np.asarray(self.confidence[window]) if "confidence" in self.group else None
                 stats = self.tile_stats(i, j)
-                lost = stats is not None and stats.ndim == 1 and stats.size > 0 and stats[0] > 0 \
-                    and bool((labels == nodata).all())
+                if stats is not None and stats.ndim == 1 and stats.size > 0 and stats[0] > 0:  # valid pixels
+                    lost = bool((labels == nodata).all()) or (confidence is not None and bool(np.isnan(confidence).all()))
+                else:
+                    lost = False
             except Exception:  # noqa: BLE001 — zarr and its codecs raise many kinds for damaged bytes
                 lost = True
             if lost:
@@ -196,14 +197,15 @@ class TileStore:
         except (OSError, ValueError):
             return None
 
-    def summed_stats(self, tiles: Iterable[tuple[int, int]], *, length: int | None = None) -> np.ndarray | None:
-        """The sum of the ``tiles``' statistics; None when a tile kept none, or (given ``length``) statistics of
-        another length (both: finished by an earlier version)."""
+    def summed_stats(self, tiles: Iterable[tuple[int, int]], *, length: int) -> np.ndarray | None:
+        """The sum of the first ``length`` statistics of the ``tiles``; None when a tile kept fewer (finished by an
+        earlier version, which kept fewer or none)."""
         total: np.ndarray | None = None
         for i, j in tiles:
             stats = self.tile_stats(i, j)
-            if stats is None or stats.ndim != 1 or (length is not None and len(stats) != length):
+            if stats is None or stats.ndim != 1 or len(stats) < length:
                 return None
+            stats = stats[:length]
             total = stats if total is None else total + stats
         return total
 

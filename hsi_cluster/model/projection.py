@@ -13,7 +13,7 @@ buffers: saved in ``state_dict`` and moved by ``.to(device)``, never trained.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -173,6 +173,7 @@ class SpectralFit:
     std: np.ndarray
     components: np.ndarray
     screen: BandScreen
+    sample: np.ndarray | None = field(default=None, repr=False)  # (n, B): the spectra it was fitted on, when kept
 
 
 def fit_spectral(stats: BandStats, spectra: np.ndarray, n_components: int | float, *,
