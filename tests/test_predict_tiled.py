@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 import hsi_cluster
 import hsi_cluster.predict as predict_module
-from hsi_cluster.checkpoint import load_checkpoint
+from hsi_cluster.checkpoint import load_checkpoint, save_checkpoint
 from hsi_cluster.cli import main
 from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError
 from hsi_cluster.evaluate import score_clustering
@@ -1180,6 +1180,25 @@ def test_info_describes_a_checkpoint(dense: TrainedModel) -> None:
     assert (summary["clusters"], summary["bands"], summary["complete"], summary["k_choice"]) == (K, 12, True, None)
     assert summary["wavelength_nm"] == {"min": 400.0, "max": 2500.0}
     assert [scene["source"] for scene in summary["scenes"]] == [str(dense.scene)]
+    assert summary["training_range"] is True and not any(line.startswith("range") for line in lines)
+
+
+def test_info_and_predict_on_a_checkpoint_without_a_training_range(dense: TrainedModel, tmp_path: Path,
+                                                                   holey: tuple[helpers.SyntheticScene, np.ndarray]
+                                                                   ) -> None:
+    """A checkpoint trained before the range was kept: info says predict cannot check, and predict labels as before,
+    with no share and no warning, even of a scene twice as bright."""
+    payload = dict(load_checkpoint(dense.checkpoint).payload)
+    payload["spectral"] = {key: value for key, value in payload["spectral"].items() if not key.startswith("range_")}
+    older = save_checkpoint(payload, tmp_path / "older.ckpt")
+    lines = CliRunner().invoke(main, ["info", str(older)]).stdout.splitlines()
+    assert "range         none kept (trained before 2026-12-07): predict cannot warn of scenes outside its training " \
+           "spectra" in lines
+    brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 2, NODATA).astype(np.float32))
+    result = predict_scene(brighter.path, older, tmp_path / "labels.tif", tiles=16, device="cpu")
+    assert result.outside_share is None and not result_warnings(brighter.path, result)
+    np.testing.assert_array_equal(read_raster(result.output)[0], read_raster(predict_scene(
+        brighter.path, dense.checkpoint, tmp_path / "ranged.tif", tiles=16, device="cpu").output)[0])
 
 
 def test_info_describes_a_label_raster_and_its_confidence(dense: TrainedModel, tmp_path: Path,

@@ -187,6 +187,7 @@ def describe_model(checkpoint: Checkpoint) -> dict[str, Any]:
         "components": int(payload["spectral"]["components"].shape[0]) if "components" in payload["spectral"] else None,
         "backbone": checkpoint.backbone, "patch_size": checkpoint.patch_size,
         "centroid_fields": _centroid_fields(checkpoint),
+        "training_range": checkpoint.spectral_range is not None,
         "steps": training.get("step"), "total_steps": training.get("total_steps"),
         "samples_drawn": training.get("samples_drawn"), "seed": training.get("seed"),
         "device": training.get("device"), "train_seconds": training.get("seconds"),
@@ -233,6 +234,9 @@ def format_model_info(info: dict[str, Any]) -> str:
                  f"backbone, {info['patch_size']} × {info['patch_size']} patches"
                  + (", labels from centroids of its " + ", ".join(f"{side} × {side}" for side in info["centroid_fields"])
                     + " features" if info["centroid_fields"] else ""))
+    if not info["training_range"]:
+        lines.append("range         none kept (trained before 2026-12-07): predict cannot warn of scenes outside its "
+                     "training spectra")
     if info["complete"]:
         drawn = f", {info['samples_drawn']} samples" if info["samples_drawn"] else ""
         took = f", {info['train_seconds']:.0f} s on {info['device']}" if info["train_seconds"] else ""
