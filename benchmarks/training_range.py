@@ -4,8 +4,9 @@ For each real scene the ``fast`` preset is trained on its left half (a GeoTIFF o
 ``--seed``), then ``Model.predict`` labels, in memory: the left half (its training pixels), the right
 half as delivered (unseen ground of the same flight) and the right half times a brightness factor
 (another acquisition: ``--factors``, default 0.5 … 2). Printed per row: the share of the valid pixels
-outside the training range (``outside_share``, the figure predict warns of past 50 %), whether predict
-warned, and ACC / NMI on the row's labelled pixels (Hungarian matching per row, so a brightness change
+outside the training range (``outside_share``, the figure predict warns of past 50 %), the gain at which the
+row's values fit the range best and the relative fit there (``matching_gain``, ``matching_fit_ratio``), whether
+predict warned, ACC / NMI, and the gain ``--match-brightness`` applied with the ACC / NMI it gave on the row's labelled pixels (Hungarian matching per row, so a brightness change
 that only swaps what the labels mean is not counted: read ACC as an upper bound).
 
     python benchmarks/training_range.py --scene jasper_ridge samson salinas_a indian_pines --seed 0
@@ -70,12 +71,23 @@ def main() -> None:
                     warnings.simplefilter("always")
                     labels = model.predict(xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label}),
                                            device="cpu")
-                warned = any("lie outside the spectra" in str(w.message) for w in caught)
+                warned = any("the spectra the model was trained on" in str(w.message)
+                             or "fit the training spectra best" in str(w.message) for w in caught)
                 scores = score_clustering(np.asarray(labels.values, np.int64), labelled,
                                           invalid_pred=int(labels.rio.nodata))
                 share = labels.attrs.get("outside_share", float("nan"))
-                print(f"  {label:28s} outside {share:6.3f}  warned {'yes' if warned else 'no ':3s}  "
-                      f"ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}", flush=True)
+                gain = labels.attrs.get("matching_gain", float("nan"))
+                ratio = labels.attrs.get("matching_fit_ratio", float("nan"))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    matched = model.predict(xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label}),
+                                            device="cpu", match_brightness=True)
+                matched_scores = score_clustering(np.asarray(matched.values, np.int64), labelled,
+                                                  invalid_pred=int(matched.rio.nodata))
+                print(f"  {label:28s} outside {share:6.3f}  best gain {gain:5.2f} (fit {ratio:4.2f})  "
+                      f"warned {'yes' if warned else 'no ':3s}  ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  "
+                      f"| --match-brightness: gain {matched.attrs['applied_gain']:.2f}  ACC {matched_scores.acc:.3f}  "
+                      f"NMI {matched_scores.nmi:.3f}", flush=True)
 
 
 if __name__ == "__main__":

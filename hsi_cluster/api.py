@@ -44,14 +44,15 @@ from hsi_cluster.io.labels import (
     unlabelled_value,
 )
 from hsi_cluster.io.scene import open_scene, reusing_reads
+from hsi_cluster.model.spectral_range import RangeFit
 from hsi_cluster.predict import (
     PredictResult,
     SpreadProbe,
     label_tile,
     labelling_warnings,
     output_name_notices,
-    outside_share,
     predict_scene,
+    range_fit,
     read_tile,
     screen_bands,
     stats_length,
@@ -202,7 +203,8 @@ class Model:
     def predict(self, scene: SceneLike, output: str | os.PathLike[str] | None = None, *, tiles: int = 512,
                 confidence: bool | str | os.PathLike[str] = False, device: str = "auto",
                 quicklook: str | os.PathLike[str] | None = None, overwrite: bool = False, resume: bool = False,
-                stac: bool = False, progress: bool = False) -> xr.DataArray | xr.Dataset | PredictResult:
+                stac: bool = False, progress: bool = False,
+                match_brightness: bool = False) -> xr.DataArray | xr.Dataset | PredictResult:
         """Label every pixel of ``scene``.
 
         Args:
@@ -223,6 +225,10 @@ class Model:
             stac: with ``output``: also write a STAC Item beside it (``OUTPUT.stac.json``, see
                 :mod:`hsi_cluster.io.stac`).
             progress: show a progress bar (tiles).
+            match_brightness: label a scene that fits the training spectra clearly better at another gain on its
+                values (another acquisition of the ground the model knows: illumination, calibration) at that gain,
+                estimated without labels (``applied_gain`` in the result or its attributes), as
+                ``hsicluster predict --match-brightness`` does.
 
         Returns:
             In memory: a DataArray (y, x) of cluster ids 0 … K−1 (uint8, uint16 when K > 254) with the
@@ -242,10 +248,12 @@ class Model:
             checkpoint = self.checkpoint if self.path is not None else replace(
                 self.checkpoint, path=Path("(unsaved)"))
             labelled = label_array(checkpoint, array, tiles=tiles, device=device, confidence=bool(confidence),
-                                   progress=progress, model_sha256=self.sha256)
+                                   progress=progress, model_sha256=self.sha256, match_brightness=match_brightness)
             attrs = (labelled["labels"] if isinstance(labelled, xr.Dataset) else labelled).attrs
-            for notice in labelling_warnings(attrs["source"], spread=attrs.get("spread"),
-                                             outside_share=attrs.get("outside_share")):
+            fit = (RangeFit(outside_share=attrs["outside_share"], gain=attrs["matching_gain"],
+                            fit_ratio=attrs["matching_fit_ratio"]) if "outside_share" in attrs else None)
+            for notice in labelling_warnings(attrs["source"], spread=attrs.get("spread"), range_fit=fit,
+                                             applied_gain=attrs["applied_gain"]):
                 warnings.warn(notice, UserWarning, stacklevel=2)
             return labelled
         output = Path(output).expanduser().absolute()
@@ -264,8 +272,10 @@ class Model:
             with _bar(progress, "predict", "tile") as update:
                 result = predict_scene(scene_path, checkpoint_file, output, tiles=tiles, device=device,
                                        confidence_path=confidence_path, quicklook_path=quicklook,
-                                       overwrite=overwrite, resume=resume, progress=update, stac=stac)
-        for notice in labelling_warnings(source, spread=result.spread, outside_share=result.outside_share):
+                                       overwrite=overwrite, resume=resume, progress=update, stac=stac,
+                                       match_brightness=match_brightness)
+        for notice in labelling_warnings(source, spread=result.spread, range_fit=result.range_fit,
+                                         applied_gain=result.applied_gain):
             warnings.warn(notice, UserWarning, stacklevel=2)
         if stac:
             from hsi_cluster.io.stac import write_label_item
@@ -304,8 +314,8 @@ class _bar:
 
 @torch.no_grad()
 def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512, device: str = "auto",
-                confidence: bool = False, progress: bool = False,
-                model_sha256: str | None = None) -> xr.DataArray | xr.Dataset:
+                confidence: bool = False, progress: bool = False, model_sha256: str | None = None,
+                match_brightness: bool = False) -> xr.DataArray | xr.Dataset:
     """Labels of a (band, y, x) DataArray in memory, tile by tile as ``predict`` computes them.
 
     Same tiles with a reflect-padded halo, same valid-pixel rule (the scene's ``nodata`` in the good bands the model reads),
@@ -331,17 +341,25 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
     # bands that voided most of the scene, or lie far from the training values: read as the mean, labelled again
     job.spread = probe.spread
-    redo = screen_bands(job, stats, probe.outlying)
+    fit = range_fit(stats, job.scene.shape[0])
+    # a whole scene at another brightness: its bands are not to be set aside one by one
+    redo = screen_bands(job, stats, None if fit is not None and fit.another_acquisition else probe.outlying)
     if redo is not None:
         job = redo
         labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
-    outside = outside_share(stats)
+        fit = range_fit(stats, job.scene.shape[0])
+    if match_brightness and fit is not None and fit.another_acquisition:  # labelled again at the gain that fits
+        job = replace(job, gain=fit.gain)
+        labels, probability, probe, _ = _label_in_memory(job, confidence=confidence, progress=progress)
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
                                 "model_sha256": job.digest, "source": scene.attrs["source"],
                                 "units_differ": int(probe.units_differ),
                                 **({} if probe.spread is None else {"spread": probe.spread}),
-                                **({} if outside is None else {"outside_share": outside})})
+                                **({} if fit is None else {"outside_share": fit.outside_share,
+                                                           "matching_gain": fit.gain,
+                                                           "matching_fit_ratio": fit.fit_ratio}),
+                                "applied_gain": job.gain})
     if probability is None:
         return result
     conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),

@@ -119,7 +119,7 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
             "valid_pixels": result.valid_pixels, "tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output)),
             "spread": result.spread, "units_differ": result.units_differ,
-            "outside_share": result.outside_share, "warnings": notices}
+            "outside_share": result.outside_share, "matching_gain": result.matching_gain, "warnings": notices}
 
 
 def _current_worker() -> Any | None:

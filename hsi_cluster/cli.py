@@ -483,9 +483,13 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished tiles.")
 @click.option("--stac", is_flag=True, help="Also write a STAC Item beside the labels (labels.stac.json).")
+@click.option("--match-brightness", is_flag=True,
+              help="If the scene fits the training spectra clearly better at another brightness (another acquisition "
+                   "of the same kind of ground), label it at that gain, estimated without labels.")
 @command_options
 def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
-            quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, quiet: bool) -> None:
+            quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, match_brightness: bool,
+            quiet: bool) -> None:
     """Label every pixel of SCENE with a trained model; write a georeferenced label raster."""
     from hsi_cluster.predict import output_name_notices, predict_scene, result_warnings
 
@@ -500,7 +504,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
                 update.bar.set_postfix_str(f"{done * tiles * tiles / 1e6 / (time.perf_counter() - started):.3g} Mpix/s")
         result = predict_scene(scene, checkpoint, output, tiles=tiles, device=device, confidence_path=confidence,
                                quicklook_path=quicklook, overwrite=overwrite, resume=resume, progress=on_tile,
-                               stac=stac)
+                               stac=stac, match_brightness=match_brightness)
     if stac:
         from hsi_cluster.io.stac import write_label_item
 

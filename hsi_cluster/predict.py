@@ -50,7 +50,7 @@ from hsi_cluster.io.scene import open_scene, reusing_reads, scene_files_identity
 from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.projection import PixelProjection
-from hsi_cluster.model.spectral_range import OUTSIDE_SHARE_LIMIT, RANGE_QUANTILE, SpectralRange
+from hsi_cluster.model.spectral_range import GAINS, OUTSIDE_SHARE_LIMIT, RANGE_QUANTILE, RangeFit, SpectralRange
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
     DROPOUT_BANDS_MAX_SHARE,
@@ -71,10 +71,13 @@ if TYPE_CHECKING:
 NO_LABEL = -1
 #: Valid pixels (from the first tiles) whose spread is compared with the training scenes' (units check).
 SPREAD_SAMPLE = 1000
-#: The valid pixels of every this many rows of a scene (rows 0, 16, 32, …, whatever the tiles) are checked against
-#: the training range; every row of a scene smaller than RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
+#: One valid pixel in this many is checked against the training range: those whose scene row r and column c give
+#: (5 r + c) mod RANGE_STRIDE = 0, a diagonal lattice that meets every row and column of any region wider than
+#: RANGE_STRIDE (whatever the tiles); every pixel of a scene smaller than RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
 RANGE_STRIDE = 16
 RANGE_SMALL_SCENE = 4096
+#: Length of a tile's training-range counts (SpectralRange.counts).
+RANGE_COUNTS = 3 + len(GAINS)
 
 
 def units_warning(scene: object, spread: float | None) -> str:
@@ -190,7 +193,18 @@ class PredictResult:
     seconds: float
     counts: dict[int, int]
     spread: float | None = None  # the first valid pixels' spread against the training scenes' (stats.spread_against)
-    outside_share: float | None = None  # share of the valid pixels outside the training range (None: not checked)
+    range_fit: RangeFit | None = None  # how the checked pixels sit against the training range (None: not checked)
+    applied_gain: float = 1.0  # the gain the scene's values were labelled at (--match-brightness)
+
+    @property
+    def outside_share(self) -> float | None:
+        """The share of the checked valid pixels outside the training spectra (None: not checked)."""
+        return None if self.range_fit is None else self.range_fit.outside_share
+
+    @property
+    def matching_gain(self) -> float | None:
+        """The gain on the scene's values at which they best fit the training spectra (None: not checked)."""
+        return None if self.range_fit is None else self.range_fit.gain
 
     @property
     def units_differ(self) -> bool:
@@ -219,25 +233,46 @@ def result_warnings(scene: object, result: PredictResult) -> list[str]:
     one whose pixels mostly lie outside the training spectra."""
     if result.valid_pixels == 0:
         return [f"{scene}: {NO_LABELLED_PIXELS}"]
-    return labelling_warnings(scene, spread=result.spread, outside_share=result.outside_share)
+    return labelling_warnings(scene, spread=result.spread, range_fit=result.range_fit,
+                              applied_gain=result.applied_gain)
 
 
-def labelling_warnings(scene: object, *, spread: float | None, outside_share: float | None) -> list[str]:
-    """The units warning, else the training-range one (the units one says more), for a labelled scene."""
+def labelling_warnings(scene: object, *, spread: float | None, range_fit: RangeFit | None,
+                       applied_gain: float = 1.0) -> list[str]:
+    """The units warning, else the training-range one (the units one says more), for a labelled scene; with
+    ``applied_gain`` ≠ 1 (``--match-brightness``), what was done instead. ``range_fit`` is that of the scene as
+    delivered."""
     if spread is not None and not 1 / UNITS_SPREAD_LIMIT <= spread <= UNITS_SPREAD_LIMIT:
         return [units_warning(scene, spread)]
-    if outside_share is not None and outside_share > OUTSIDE_SHARE_LIMIT:
-        return [range_warning(scene, outside_share)]
-    return []
+    if applied_gain != 1.0:
+        return [f"{scene}: labelled at {applied_gain:.2f}× its values ({option('--match-brightness')}): they fit the "
+                f"training spectra best there (it looks {1 / applied_gain:.2g}× as bright as the training scenes)"]
+    notice = range_warning(scene, range_fit) if range_fit is not None else None
+    return [notice] if notice is not None else []
 
 
-def range_warning(scene: object, outside_share: float) -> str:
-    """The warning for a scene whose pixels mostly lie outside the model's training spectra."""
-    return (f"{scene}: {outside_share:.0%} of its valid pixels lie outside the spectra the model was trained on "
-            f"(farther from every kind of training pixel than {RANGE_QUANTILE:.1%} of the training pixels): another "
-            "acquisition (illumination, atmosphere, calibration), other processing, or ground the model never saw; "
-            "their labels are extrapolated and may mean little. Train on scenes like this one as well (hsicluster "
-            "train takes several scenes)")
+def range_warning(scene: object, fit: RangeFit) -> str | None:
+    """The warning for a scene whose pixels mostly lie outside the model's training spectra, or that fits them far
+    better at another brightness (None: neither)."""
+    outside = fit.outside_share > OUTSIDE_SHARE_LIMIT
+    if not outside and not fit.another_acquisition:
+        return None
+    advice = ("their labels are extrapolated and may mean little. Train on scenes like this one as well (hsicluster "
+              "train takes several scenes)")
+    if fit.another_acquisition:
+        advice += (", or, if it holds the kind of ground the model knows, label it at that gain with hsicluster "
+                   f"predict {option('--match-brightness')}")
+    if not fit.another_acquisition:
+        return (f"{scene}: {fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained "
+                f"on (farther from every kind of training pixel than {RANGE_QUANTILE:.1%} of the training pixels): "
+                f"another acquisition (illumination, atmosphere, calibration), other processing, or ground the model "
+                f"never saw (clouds or snow among it: mask them out); {advice}")
+    brighter = f"{1 / fit.gain:.2g}× as bright as"
+    where = (f"{fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained on, and "
+             if outside else "")
+    return (f"{scene}: {where}its values fit the training spectra best at {fit.gain:.2f}× (it looks {brighter} the "
+            f"training scenes): another acquisition (illumination, atmosphere, calibration) or processing of the "
+            f"kind of ground the model knows; {advice}")
 
 
 def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
@@ -310,7 +345,8 @@ class _Job:
     kept_reads: int = 0  # bytes of the scene's reads kept while its tiles are read (io.scene.reusing_reads)
     spectral_range: SpectralRange | None = None  # where the training spectra lie (None: an older checkpoint)
     pixel_map: PixelProjection | None = None  # the model's projection of pixels, for the training-range check
-    range_stride: int = RANGE_STRIDE  # the valid pixels of every this many rows are checked against the range
+    range_stride: int = RANGE_STRIDE  # one valid pixel in this many is checked against the range (a lattice)
+    gain: float = 1.0  # the scene's values are read times this (--match-brightness)
 
     @property
     def n_clusters(self) -> int:
@@ -330,6 +366,8 @@ class _Job:
             identity["companions"] = files["companions"]
         if self.screened_bands is not None:
             identity["screened_bands"] = np.flatnonzero(self.screened_bands).tolist()
+        if self.gain != 1.0:
+            identity["gain"] = self.gain
         return identity
 
 
@@ -410,30 +448,36 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.nda
     inner = (slice(halo, halo + window.height), slice(halo, halo + window.width))
     stats = tile_band_stats(padded[:, inner[0], inner[1]], valid[inner], nodata=scene.attrs.get("nodata"),
                             deciding=job.deciding_bands)
+    if job.gain != 1.0:  # --match-brightness: the values as the training scenes would hold them
+        padded = padded.astype(np.float32) * np.float32(job.gain)
     if not valid.all():  # holes read as the training mean, as in training
         padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
     if job.replaced_bands is not None:
         padded = padded.copy() if valid.all() else padded  # np.asarray may share a cached block's memory
         padded[job.replaced_bands] = job.fill.astype(padded.dtype)[job.replaced_bands, None, None]
-    counts = range_counts(job, padded[:, :, halo:halo + window.width], valid[inner], first_row=window.row)
+    counts = range_counts(job, padded[:, halo:halo + window.height, halo:halo + window.width], valid[inner],
+                          first_row=window.row, first_col=window.col)
     return padded, valid[inner], np.concatenate([stats, counts])
 
 
-def range_counts(job: _Job, padded: np.ndarray, valid: np.ndarray, *, first_row: int) -> np.ndarray:
-    """int64 (2,): the tile's valid pixels checked against the training range (those of the scene's rows that are
-    multiples of ``job.range_stride``, so the same pixels whatever the tiles) and those of them that lie outside it
-    (both 0 for a model without one). ``padded``: (B, h + 2 halo, w), holes filled, the tile's columns;
-    ``valid``: (h, w); ``first_row``: the tile's first row in the scene."""
-    if job.spectral_range is None or job.pixel_map is None:
-        return np.zeros(2, np.int64)
-    rows = np.arange(-first_row % job.range_stride, valid.shape[0], job.range_stride)
-    checked = valid[rows]
-    if not checked.any():
-        return np.zeros(2, np.int64)
-    lines = padded[:, rows + job.halo]  # (B, r, w): whole rows, copied at once
-    pixels = lines.transpose(1, 2, 0)[checked]
-    outside = job.spectral_range.outside(job.pixel_map(pixels))
-    return np.array([len(pixels), int(outside.sum())], np.int64)
+def range_counts(job: _Job, pixels: np.ndarray, valid: np.ndarray, *, first_row: int, first_col: int) -> np.ndarray:
+    """int64 (3 + len(GAINS),): :meth:`~hsi_cluster.model.spectral_range.SpectralRange.counts` of the tile's valid
+    pixels on the lattice of :data:`RANGE_STRIDE` (the same pixels whatever the tiles); zeros for a model without a
+    range. ``pixels``: (B, h, w), holes filled; ``valid``: (h, w); ``first_row``, ``first_col``: the tile's first
+    pixel in the scene."""
+    rows, cols = np.nonzero(valid & _lattice(valid.shape, first_row, first_col, job.range_stride))
+    if job.spectral_range is None or job.pixel_map is None or not len(rows):
+        return np.zeros(RANGE_COUNTS, np.int64)
+    projected = job.pixel_map(pixels[:, rows, cols].T)
+    return job.spectral_range.counts(projected, origin=job.pixel_map.bias)
+
+
+def _lattice(shape: tuple[int, int], first_row: int, first_col: int, stride: int) -> np.ndarray:
+    """bool (h, w): the pixels of a window at (first_row, first_col) whose scene row r and column c satisfy
+    (5 r + c) mod stride = 0 (all of them for stride 1)."""
+    rows = np.arange(first_row, first_row + shape[0])[:, None]
+    cols = np.arange(first_col, first_col + shape[1])[None, :]
+    return (5 * rows + cols) % stride == 0
 
 
 def band_stats_length(n_bands: int) -> int:
@@ -444,15 +488,13 @@ def band_stats_length(n_bands: int) -> int:
 def stats_length(n_bands: int) -> int:
     """Length of a tile's statistics as :func:`read_tile` returns them: :func:`tile_band_stats`, then
     :func:`range_counts`."""
-    return band_stats_length(n_bands) + 2
+    return band_stats_length(n_bands) + RANGE_COUNTS
 
 
-def outside_share(stats: np.ndarray | None) -> float | None:
-    """The share of the checked pixels outside the training range, from tiles' summed statistics (None: no pixel
+def range_fit(stats: np.ndarray | None, n_bands: int) -> RangeFit | None:
+    """How the checked pixels sit against the training range, from tiles' summed statistics (None: no pixel
     checked, or statistics of an earlier version)."""
-    if stats is None or stats[-2] == 0:
-        return None
-    return float(stats[-1] / stats[-2])
+    return None if stats is None else RangeFit.from_counts(stats[band_stats_length(n_bands):])
 
 
 def tile_band_stats(block: np.ndarray, valid: np.ndarray, *, nodata: float | None,
@@ -593,6 +635,8 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
             "HSICLUSTER_BACKBONE": job.checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
             "HSICLUSTER_SOURCE": str(job.source)}
+    if job.gain != 1.0:
+        tags["HSICLUSTER_GAIN"] = f"{job.gain:.6g}"
     labels_array = store.labels
     counts = _count_labels(labels_array, job, step=max(1, tiles))
     per_cluster = dict(enumerate(counts[:-1].tolist()))
@@ -642,7 +686,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
                   confidence_path: str | os.PathLike[str] | None = None,
                   quicklook_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
                   resume: bool = False, progress: Callable[[int, int], None] | None = None,
-                  stac: bool = False) -> PredictResult:
+                  stac: bool = False, match_brightness: bool = False) -> PredictResult:
     """Label every pixel of a scene with a trained model and write a label COG.
 
     Steps: check the outputs, prepare the job (model, scene, grid), label the tiles into a resumable
@@ -661,6 +705,8 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         progress: ``(tiles_done, tiles_total)`` callback.
         stac: the caller writes the labels' STAC Item next (:func:`~hsi_cluster.io.stac.write_label_item`): it is
             checked with the outputs (an existing one is replaced only with ``overwrite``).
+        match_brightness: when the scene fits the training spectra clearly better at another gain
+            (:attr:`RangeFit.another_acquisition`), label it again at that gain (``applied_gain``).
 
     Raises:
         HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
@@ -686,21 +732,33 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             flagged = np.zeros(job.scene.shape[0], bool)
             flagged[saved["screened_bands"]] = True
             job = _bands_read_as_mean(job, flagged)
+        if saved is not None and match_brightness and isinstance(saved.get("gain"), float):  # a run at a matched gain
+            job = replace(job, gain=saved["gain"])
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                       resume=resume, progress=progress)
         n_bands = job.scene.shape[0]  # tiles of an earlier version kept the band statistics alone
-        redo = (screen_bands(job, store.summed_stats(job.grid, length=band_stats_length(n_bands)), job.outlying_bands)
+        fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
+        if fit is not None and job.gain != 1.0:  # resumed at a matched gain: the scene as delivered fitted best there
+            fit = replace(fit, gain=fit.gain * job.gain)
+        # a whole scene at another brightness: its bands are not to be set aside one by one
+        outlying = None if fit is not None and fit.another_acquisition else job.outlying_bands
+        redo = (screen_bands(job, store.summed_stats(job.grid, length=band_stats_length(n_bands)), outlying)
                 if job.screened_bands is None else None)
         if redo is not None:
             job = redo
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                           resume=False, progress=progress)
+            if job.gain == 1.0:
+                fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
+        if match_brightness and job.gain == 1.0 and fit is not None and fit.another_acquisition:
+            job = replace(job, gain=fit.gain)  # labelled again at the gain that fits
+            store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
+                                          resume=False, progress=progress)
         confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
-        outside = outside_share(store.summed_stats(job.grid, length=stats_length(n_bands)))
         store.remove()
         _, height, width = job.scene.shape
         return PredictResult(output=outputs.labels, confidence=confidence_out, quicklook=quicklook_out,
                              tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
                              valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
                              counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread,
-                             outside_share=outside)
+                             range_fit=fit, applied_gain=job.gain)

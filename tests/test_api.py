@@ -211,6 +211,11 @@ def test_import_is_light_and_names_stay_the_api() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def matched_labels(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
 def test_predict_warns_of_a_scene_in_other_units_or_outside_the_training_spectra(tmp_path: Path) -> None:
     """The command's units check holds in Python too: reflectance against scaled digital numbers is labelled
     with a UserWarning naming the factor, and the in-memory labels say so in their attributes."""
@@ -237,9 +242,18 @@ def test_predict_warns_of_a_scene_in_other_units_or_outside_the_training_spectra
     with pytest.warns(UserWarning, match=r"\d+% of its valid pixels lie outside the spectra the model was trained on"):
         labels = model.predict(hc.open_scene(brighter), device="cpu")
     assert labels.attrs["outside_share"] > 0.9 and labels.attrs["units_differ"] == 0
+    assert abs(np.log(labels.attrs["matching_gain"] * 1.5)) < 0.05 and labels.attrs["matching_fit_ratio"] < 0.75
     with pytest.warns(UserWarning, match=f"{brighter}: \\d+% of its valid pixels lie outside"):
         result = model.predict(brighter, output=tmp_path / "brighter_labels.tif", device="cpu")
     assert result.outside_share is not None and result.outside_share > 0.9
+    # labelled at the gain that fits, in memory as to a file: the labels of the scene as trained on
+    with pytest.warns(UserWarning, match=r"labelled at 0\.6\d× its values \(match_brightness\)"):
+        in_memory = model.predict(hc.open_scene(brighter), device="cpu", match_brightness=True)
+    with pytest.warns(UserWarning, match=r"labelled at 0\.6\d× its values \(match_brightness\)"):
+        written = model.predict(brighter, output=tmp_path / "matched.tif", device="cpu", match_brightness=True)
+    for gain in (in_memory.attrs["applied_gain"], written.applied_gain):
+        assert abs(np.log(gain * 1.5)) < 0.05
+    assert (labels.values != same.values).any() and (matched_labels(tmp_path / "matched.tif") == same.values).mean() > 0.95
 
 
 def test_arrays_that_are_not_scenes_get_a_message_that_says_what_to_do(tmp_path: Path) -> None:

@@ -412,6 +412,7 @@ def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reporte
     screen still reads them."""
     same = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "same.tif", tiles=16, device="cpu")
     assert same.outside_share is not None and same.outside_share < 0.05 and not result_warnings("s", same)
+    assert same.matching_gain is not None and abs(np.log(same.matching_gain)) < 0.05
     brighter = np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32)
     scene = write_scene(tmp_path / "brighter.tif", brighter)
     output = tmp_path / "labels.tif"
@@ -422,6 +423,8 @@ def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reporte
     assert len(lines) == 1 and lines[0].startswith(f"hsicluster: warning: {scene.path}: ")
     share = float(lines[0].split(f"{scene.path}: ")[1].split("%")[0])
     assert share > 90 and "lie outside the spectra the model was trained on" in lines[0]
+    gain = float(lines[0].split("fit the training spectra best at ")[1].split("×")[0])
+    assert abs(np.log(gain * 1.5)) < 0.05 and "(it looks 1.5× as bright as the training scenes)" in lines[0]
     assert "Train on scenes like this one" in lines[0]
 
     grid = BlockGrid(*brighter.shape[1:], 16)
@@ -432,13 +435,39 @@ def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reporte
     store = TileStore(partial_store(tmp_path / "old.tif"))
     n_bands = brighter.shape[0]
     store.write(0, 0, slice(0, 16), slice(0, 16), np.zeros((16, 16), np.uint8), None,
-                stats=np.ones(stats_length(n_bands) - 2, np.int64))  # an earlier version's: no range counts
+                stats=np.ones(band_stats_length(n_bands), np.int64))  # an earlier version's: no range counts
     store.write(0, 1, slice(0, 16), slice(16, 32), np.zeros((16, 16), np.uint8), None,
                 stats=np.ones(stats_length(n_bands), np.int64))
     assert store.summed_stats([(0, 0), (0, 1)], length=stats_length(n_bands)) is None  # no range check
     assert store.summed_stats([(0, 1)], length=stats_length(n_bands)) is not None
     both = store.summed_stats([(0, 0), (0, 1)], length=band_stats_length(n_bands))  # the band screen reads both
     assert both is not None and both.tolist() == [2] * band_stats_length(n_bands)
+
+
+def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """The scene 1.5× brighter: without the option the warning offers it; with it the scene is labelled at the gain
+    that fits (about 1 / 1.5), its labels are those of the scene as trained on, the raster's tags and the result
+    carry the gain, and a one-line notice says what was done. The training scene itself is labelled as it is."""
+    reference = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "ref.tif", tiles=16, device="cpu",
+                              match_brightness=True)
+    assert reference.applied_gain == 1.0 and "HSICLUSTER_GAIN" not in read_raster(reference.output)[1]["tags"]
+    brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32))
+    plain = predict_scene(brighter.path, dense.checkpoint, tmp_path / "plain.tif", tiles=16, device="cpu")
+    assert "hsicluster predict --match-brightness" in result_warnings(brighter.path, plain)[0]
+    output = tmp_path / "matched.tif"
+    run = CliRunner().invoke(main, ["predict", str(brighter.path), "-m", str(dense.checkpoint), "-o", str(output),
+                                    "--tiles", "16", "--device", "cpu", "-q", "--match-brightness"])
+    assert run.exit_code == 0, run.output
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hsicluster: warning: {brighter.path}: labelled at 0.6")
+    assert "× its values (--match-brightness): they fit the training spectra best there" in lines[0]
+    labels, meta = read_raster(output)
+    gain = float(meta["tags"]["HSICLUSTER_GAIN"])
+    assert abs(np.log(gain * 1.5)) < 0.05
+    valid = holey[1]
+    agree = (labels[valid] == read_raster(reference.output)[0][valid]).mean()
+    assert agree > 0.95 > (read_raster(plain.output)[0][valid] == read_raster(reference.output)[0][valid]).mean()
 
 
 def test_bands_the_scene_flags_bad_that_the_model_reads_read_as_the_training_mean(

@@ -16,15 +16,22 @@ label-free and the same on every scene:
    centre: a training pixel lies farther with probability 0.1 %.
 3. At predict, a pixel farther than the radius from every centre lies outside; when more than
    :data:`OUTSIDE_SHARE_LIMIT` of a scene's checked pixels do, it is warned of.
+4. The same pixels are tried under every gain of :data:`GAINS` on their raw values (in the projected
+   space a scaling about the projection of a zero spectrum): the gain at which their mean distance to
+   the range (capped at :data:`DISTANCE_CAP` radii) is smallest is the brightness at which the scene
+   looks like the training scenes. A scene that fits clearly better at another gain than 1 is another
+   acquisition of the kind of ground the model knows: warned of, and ``--match-brightness`` labels it
+   at that gain.
 
 Measured (docs/accuracy.md): the unseen halves of the four development scenes have 0.1–2.5 % of their
-pixels outside, the same halves twice as bright 93–100 %. A scene darker than its training scenes can
-still fall among them where the training held dark ground (water), so the check misses some dimmed
-scenes: it speaks when it is sure, and is silent otherwise.
+pixels outside, the same halves twice as bright 93–100 %; a scene darker than its training scenes can
+still fall among them where the training held dark ground (water), but its best gain finds it (Samson
+at half its brightness: none outside, best gain 1.9).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +48,19 @@ OUTSIDE_SHARE_LIMIT = 0.5
 RANGE_SAMPLES = 40_000
 #: The smallest radius, relative to the centres' root-mean-square norm (float32 rounding is ~1e-7 of it).
 RADIUS_FLOOR = 1e-5
+#: Gains tried on a scene's raw values (0.5–2×, 5 % apart) to find the one at which they best fit the range.
+GAINS = np.geomspace(0.5, 2.0, 29)
+#: Distances are counted up to this many radii when fitting the gain (a cloud or unseen ground weighs no more).
+DISTANCE_CAP = 2.0
+#: Every this many checked pixels also try the gains.
+GAIN_SUBSAMPLE = 4
+#: A scene whose best gain is another than 1 (one step of GAINS, 5 %, or more) and fits the range at least this
+#: much better there (mean capped distance, relative) is taken for another acquisition of the kind of ground the
+#: model knows. Unseen ground of the same flight fits best at 1 or one step off, and no better than 0.98 of it.
+GAIN_LIMIT = 1.04
+GAIN_FIT_RATIO = 0.75
+#: Fixed-point scale of the summed capped distances kept among a tile's integer statistics.
+_FIXED = 1000
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,20 @@ class SpectralRange:
         """bool (N,): the (N, C) projected pixels that lie farther than the radius from every centre."""
         return _nearest(np.asarray(projected, dtype=np.float64), self.prototypes) > self.radius
 
+    def counts(self, projected: np.ndarray, origin: np.ndarray) -> np.ndarray:
+        """int64 (3 + len(GAINS),): of (N, C) projected pixels, how many were checked and lie outside, how many
+        tried the gains (every :data:`GAIN_SUBSAMPLE`-th), and for each of :data:`GAINS` the sum of their distance
+        to the range in radii, capped at :data:`DISTANCE_CAP`, in thousandths. ``origin`` (C,) is the projection
+        of a zero spectrum, so that a gain g on the raw values moves a projected pixel p to g p + (1 − g) origin.
+        Summed over tiles, :meth:`RangeFit.from_counts` reads them."""
+        values = np.asarray(projected, dtype=np.float64)
+        outside = int((_nearest(values, self.prototypes) > self.radius).sum())
+        tried = values[::GAIN_SUBSAMPLE]
+        offset = np.asarray(origin, dtype=np.float64)[None, :]
+        curve = [np.minimum(_nearest(gain * tried + (1 - gain) * offset, self.prototypes) / self.radius,
+                            DISTANCE_CAP).sum() for gain in GAINS]
+        return np.array([len(values), outside, len(tried), *np.round(np.asarray(curve) * _FIXED)], np.int64)
+
     def to_record(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint keeps (in its ``spectral`` mapping)."""
         return {"range_prototypes": torch.from_numpy(self.prototypes.copy()),
@@ -84,6 +118,37 @@ class SpectralRange:
         if not isinstance(prototypes, torch.Tensor) or not isinstance(radius, torch.Tensor):
             return None
         return cls(prototypes=prototypes.numpy().astype(np.float32), radius=float(radius))
+
+
+@dataclass(frozen=True)
+class RangeFit:
+    """How a scene's checked pixels sit against a model's training range.
+
+    Attributes:
+        outside_share: the share of them that lie outside it.
+        gain: the gain of :data:`GAINS` on the scene's raw values at which they fit it best.
+        fit_ratio: their mean capped distance to it at that gain over that at gain 1 (≤ 1; 1: no better).
+    """
+
+    outside_share: float
+    gain: float
+    fit_ratio: float
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> RangeFit | None:
+        """From the sum of tiles' :meth:`SpectralRange.counts`; None when no pixel was checked."""
+        checked, outside, tried = (int(v) for v in counts[:3])
+        if checked == 0 or tried == 0:
+            return None
+        curve = np.asarray(counts[3:], dtype=np.float64)
+        best, unit = int(np.argmin(curve)), int(np.argmin(np.abs(np.log(GAINS))))
+        ratio = float(curve[best] / curve[unit]) if curve[unit] > 0 else 1.0
+        return cls(outside_share=outside / checked, gain=float(GAINS[best]), fit_ratio=ratio)
+
+    @property
+    def another_acquisition(self) -> bool:
+        """The scene fits the training spectra clearly better at a gain over :data:`GAIN_LIMIT` from 1."""
+        return abs(math.log(self.gain)) > math.log(GAIN_LIMIT) and self.fit_ratio < GAIN_FIT_RATIO
 
 
 def _nearest(values: np.ndarray, prototypes: np.ndarray) -> np.ndarray:

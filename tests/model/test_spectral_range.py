@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsi_cluster.model.spectral_range import N_PROTOTYPES, RANGE_QUANTILE, SpectralRange
+from hsi_cluster.model.spectral_range import GAINS, N_PROTOTYPES, RANGE_QUANTILE, RangeFit, SpectralRange
 
 
 def _three_kinds_of_ground(n: int, *, seed: int = 0) -> np.ndarray:
@@ -52,3 +52,25 @@ def test_a_tiny_or_uniform_sample_still_gives_a_range() -> None:
     assert not few.outside(np.eye(3)).any() and few.outside(np.full((1, 3), 5.0)).all()
     with pytest.raises(ValueError, match="projected spectra"):
         SpectralRange.fit(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.8, 1.0, 1.25, 2.0])
+def test_the_gain_at_which_a_scene_fits_best_undoes_a_brightness_change(factor: float) -> None:
+    """The same ground under a raw gain (in the projected space, a scaling about the projection of a zero spectrum):
+    the gain that fits it best is the inverse, within the grid's 5 % steps; a change over 10 % that fits far better
+    undone is another acquisition, the unchanged ground is not."""
+    trained = SpectralRange.fit(_three_kinds_of_ground(20_000), seed=0)
+    origin = np.array([-30.0, 10, 0, 0, 0])
+    changed = factor * _three_kinds_of_ground(8_000, seed=2) + (1 - factor) * origin
+    counts = trained.counts(changed, origin)
+    assert counts.dtype == np.int64 and len(counts) == 3 + len(GAINS) and counts[0] == 8_000 and counts[2] == 2_000
+    fit = RangeFit.from_counts(counts)
+    assert fit is not None and abs(np.log(fit.gain * factor)) < 0.05
+    assert fit.fit_ratio <= 1 and fit.another_acquisition == (factor != 1.0)
+    assert abs(fit.outside_share - trained.outside(changed).mean()) < 1e-12
+
+
+def test_no_checked_pixel_gives_no_fit() -> None:
+    trained = SpectralRange.fit(_three_kinds_of_ground(2_000), seed=0)
+    assert RangeFit.from_counts(np.zeros(3 + len(GAINS), np.int64)) is None
+    assert RangeFit.from_counts(trained.counts(np.zeros((0, 5)), np.zeros(5))) is None
