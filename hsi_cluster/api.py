@@ -349,8 +349,8 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
         labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
         fit = range_fit(stats, job.scene.shape[0])
     if match_brightness and fit is not None and fit.another_acquisition:  # labelled again at the gain that fits
-        job = replace(job, gain=fit.gain)
-        labels, probability, probe, _ = _label_in_memory(job, confidence=confidence, progress=progress)
+        job = replace(job, gain=fit.gain, delivered_fit=fit)  # the probe of the scene as delivered is kept
+        labels, probability, _, _ = _label_in_memory(job, confidence=confidence, progress=progress)
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
                                 "model_sha256": job.digest, "source": scene.attrs["source"],

@@ -6,6 +6,7 @@ the reference for the tiled, fully convolutional path.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -24,7 +25,7 @@ from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import MetadataWarning, SceneError, number_ranges, option
+from hsi_cluster.errors import MetadataWarning, SceneError, naming_python_options, number_ranges, option
 from hsi_cluster.geo import DEFAULT_TILE, BlockGrid, PatchGeometry, check_tile_size, north_up
 from hsi_cluster.io.checks import (
     check_bands,
@@ -50,7 +51,14 @@ from hsi_cluster.io.scene import open_scene, reusing_reads, scene_files_identity
 from hsi_cluster.io.scene_array import GCPS, file_mask
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
 from hsi_cluster.model.projection import PixelProjection
-from hsi_cluster.model.spectral_range import GAINS, OUTSIDE_SHARE_LIMIT, RANGE_QUANTILE, RangeFit, SpectralRange
+from hsi_cluster.model.spectral_range import (
+    GAIN_SUBSAMPLE,
+    GAINS,
+    OUTSIDE_SHARE_LIMIT,
+    RANGE_QUANTILE,
+    RangeFit,
+    SpectralRange,
+)
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
     DROPOUT_BANDS_MAX_SHARE,
@@ -72,8 +80,9 @@ NO_LABEL = -1
 #: Valid pixels (from the first tiles) whose spread is compared with the training scenes' (units check).
 SPREAD_SAMPLE = 1000
 #: One valid pixel in this many is checked against the training range: those whose scene row r and column c give
-#: (5 r + c) mod RANGE_STRIDE = 0, a diagonal lattice that meets every row and column of any region wider than
-#: RANGE_STRIDE (whatever the tiles); every pixel of a scene smaller than RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
+#: (r + c // RANGE_STRIDE) mod RANGE_STRIDE = 0, runs of RANGE_STRIDE pixels that meet every row and every column of
+#: the scene (whatever the tiles) and read few of a tile's cache lines; every pixel of a scene smaller than
+#: RANGE_STRIDE × RANGE_SMALL_SCENE pixels.
 RANGE_STRIDE = 16
 RANGE_SMALL_SCENE = 4096
 #: Length of a tile's training-range counts (SpectralRange.counts).
@@ -245,10 +254,18 @@ def labelling_warnings(scene: object, *, spread: float | None, range_fit: RangeF
     if spread is not None and not 1 / UNITS_SPREAD_LIMIT <= spread <= UNITS_SPREAD_LIMIT:
         return [units_warning(scene, spread)]
     if applied_gain != 1.0:
-        return [f"{scene}: labelled at {applied_gain:.2f}× its values ({option('--match-brightness')}): they fit the "
+        return [f"{scene}: labelled at {applied_gain:.2f}× its values ({_match_brightness()}): they fit the "
                 f"training spectra best there (it looks {1 / applied_gain:.2g}× as bright as the training scenes)"]
     notice = range_warning(scene, range_fit) if range_fit is not None else None
     return [notice] if notice is not None else []
+
+
+def _match_brightness(*, command: bool = False) -> str:
+    """The option as the caller passes it: ``--match-brightness`` (``hsicluster predict --match-brightness``, which
+    ``batch`` users run on such a scene), or ``match_brightness=True`` from Python."""
+    if naming_python_options():
+        return "match_brightness=True"
+    return "hsicluster predict --match-brightness" if command else "--match-brightness"
 
 
 def range_warning(scene: object, fit: RangeFit) -> str | None:
@@ -260,8 +277,8 @@ def range_warning(scene: object, fit: RangeFit) -> str | None:
     advice = ("their labels are extrapolated and may mean little. Train on scenes like this one as well (hsicluster "
               "train takes several scenes)")
     if fit.another_acquisition:
-        advice += (", or, if it holds the kind of ground the model knows, label it at that gain with hsicluster "
-                   f"predict {option('--match-brightness')}")
+        advice += (", or, if it holds the kind of ground the model knows, label it at that gain with "
+                   f"{_match_brightness(command=True)}")
     if not fit.another_acquisition:
         return (f"{scene}: {fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained "
                 f"on (farther from every kind of training pixel than {RANGE_QUANTILE:.1%} of the training pixels): "
@@ -347,6 +364,7 @@ class _Job:
     pixel_map: PixelProjection | None = None  # the model's projection of pixels, for the training-range check
     range_stride: int = RANGE_STRIDE  # one valid pixel in this many is checked against the range (a lattice)
     gain: float = 1.0  # the scene's values are read times this (--match-brightness)
+    delivered_fit: RangeFit | None = None  # with a gain: how the scene as delivered sat against the training range
 
     @property
     def n_clusters(self) -> int:
@@ -368,7 +386,17 @@ class _Job:
             identity["screened_bands"] = np.flatnonzero(self.screened_bands).tolist()
         if self.gain != 1.0:
             identity["gain"] = self.gain
+            fit = self.delivered_fit
+            identity["delivered_fit"] = None if fit is None else [fit.outside_share, fit.gain, fit.fit_ratio]
         return identity
+
+
+def _same_run(saved: dict[str, object], identity: dict[str, object]) -> bool:
+    """Whether an interrupted run's saved identity is that of this job but for what its passes add (the bands it
+    screened, the gain it matched): only then are they taken up again."""
+    added = ("screened_bands", "gain", "delivered_fit")
+    return ({k: v for k, v in saved.items() if k not in added}
+            == json.loads(json.dumps({k: v for k, v in identity.items() if k not in added})))
 
 
 def _prepare_job(scene_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str], *, tiles: int,
@@ -469,15 +497,20 @@ def range_counts(job: _Job, pixels: np.ndarray, valid: np.ndarray, *, first_row:
     if job.spectral_range is None or job.pixel_map is None or not len(rows):
         return np.zeros(RANGE_COUNTS, np.int64)
     projected = job.pixel_map(pixels[:, rows, cols].T)
-    return job.spectral_range.counts(projected, origin=job.pixel_map.bias)
+    origin = job.pixel_map.bias  # the projection of a zero spectrum, but bands read as the mean keep the mean
+    if job.replaced_bands is not None:
+        spectrum = np.where(job.replaced_bands, job.fill, 0.0).astype(np.float32)
+        origin = job.pixel_map(spectrum[None])[0]
+    tried = (first_col + cols) % job.range_stride < max(1, job.range_stride // GAIN_SUBSAMPLE)  # 1 in 8, tile-invariant
+    return job.spectral_range.counts(projected, origin=origin, tried=tried)
 
 
 def _lattice(shape: tuple[int, int], first_row: int, first_col: int, stride: int) -> np.ndarray:
     """bool (h, w): the pixels of a window at (first_row, first_col) whose scene row r and column c satisfy
-    (5 r + c) mod stride = 0 (all of them for stride 1)."""
+    (r + c // stride) mod stride = 0 (all of them for stride 1)."""
     rows = np.arange(first_row, first_row + shape[0])[:, None]
     cols = np.arange(first_col, first_col + shape[1])[None, :]
-    return (5 * rows + cols) % stride == 0
+    return (rows + cols // stride) % stride == 0
 
 
 def band_stats_length(n_bands: int) -> int:
@@ -728,20 +761,23 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         job = _prepare_job(scene_path, checkpoint_path, tiles=tiles, device=device)
         with_confidence = outputs.confidence is not None
         saved = TileStore.saved_identity(outputs.labels) if resume else None
-        if saved is not None and saved.get("screened_bands"):  # an interrupted second pass: its bands, its tiles
+        if saved is not None and saved.get("screened_bands") \
+                and _same_run(saved, job.identity(tiles=tiles, confidence=with_confidence)):  # its bands, its tiles
             flagged = np.zeros(job.scene.shape[0], bool)
             flagged[saved["screened_bands"]] = True
             job = _bands_read_as_mean(job, flagged)
-        if saved is not None and match_brightness and isinstance(saved.get("gain"), float):  # a run at a matched gain
-            job = replace(job, gain=saved["gain"])
+        if saved is not None and match_brightness and isinstance(saved.get("gain"), float) \
+                and _same_run(saved, job.identity(tiles=tiles, confidence=with_confidence)):  # a run at a matched gain
+            delivered = saved.get("delivered_fit")
+            job = replace(job, gain=saved["gain"], delivered_fit=RangeFit(*delivered) if delivered else None)
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                       resume=resume, progress=progress)
         n_bands = job.scene.shape[0]  # tiles of an earlier version kept the band statistics alone
         fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
-        if fit is not None and job.gain != 1.0:  # resumed at a matched gain: the scene as delivered fitted best there
-            fit = replace(fit, gain=fit.gain * job.gain)
+        if job.gain != 1.0:  # resumed at a matched gain: the fit of the scene as delivered was kept
+            fit = job.delivered_fit
         # a whole scene at another brightness: its bands are not to be set aside one by one
-        outlying = None if fit is not None and fit.another_acquisition else job.outlying_bands
+        outlying = None if job.gain != 1.0 or (fit is not None and fit.another_acquisition) else job.outlying_bands
         redo = (screen_bands(job, store.summed_stats(job.grid, length=band_stats_length(n_bands)), outlying)
                 if job.screened_bands is None else None)
         if redo is not None:
@@ -751,7 +787,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             if job.gain == 1.0:
                 fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
         if match_brightness and job.gain == 1.0 and fit is not None and fit.another_acquisition:
-            job = replace(job, gain=fit.gain)  # labelled again at the gain that fits
+            job = replace(job, gain=fit.gain, delivered_fit=fit)  # labelled again at the gain that fits
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                           resume=False, progress=progress)
         confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)

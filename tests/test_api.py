@@ -247,9 +247,9 @@ def test_predict_warns_of_a_scene_in_other_units_or_outside_the_training_spectra
         result = model.predict(brighter, output=tmp_path / "brighter_labels.tif", device="cpu")
     assert result.outside_share is not None and result.outside_share > 0.9
     # labelled at the gain that fits, in memory as to a file: the labels of the scene as trained on
-    with pytest.warns(UserWarning, match=r"labelled at 0\.6\d× its values \(match_brightness\)"):
+    with pytest.warns(UserWarning, match=r"labelled at 0\.6\d× its values \(match_brightness=True\)"):
         in_memory = model.predict(hc.open_scene(brighter), device="cpu", match_brightness=True)
-    with pytest.warns(UserWarning, match=r"labelled at 0\.6\d× its values \(match_brightness\)"):
+    with pytest.warns(UserWarning, match=r"labelled at 0\.6\d× its values \(match_brightness=True\)"):
         written = model.predict(brighter, output=tmp_path / "matched.tif", device="cpu", match_brightness=True)
     for gain in (in_memory.attrs["applied_gain"], written.applied_gain):
         assert abs(np.log(gain * 1.5)) < 0.05

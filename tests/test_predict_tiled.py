@@ -444,6 +444,20 @@ def test_a_scene_outside_the_training_spectra_is_warned_of_and_its_share_reporte
     assert both is not None and both.tolist() == [2] * band_stats_length(n_bands)
 
 
+def test_the_checked_pixels_meet_every_row_and_column_whatever_the_tiles() -> None:
+    """One pixel in 16, in every row and every column (a scene valid only in rows 97–111 of a large one went
+    unchecked when every 16th row was read), and the same pixels whether read whole or in tiles of any size."""
+    whole = predict_module._lattice((290, 300), 0, 0, 16)
+    assert whole.any(axis=1).all() and whole.any(axis=0).all() and abs(whole.mean() - 1 / 16) < 0.01
+    for tile in (16, 37, 100):
+        tiled_lattice = np.zeros_like(whole)
+        for row in range(0, 290, tile):
+            for col in range(0, 300, tile):
+                window = tiled_lattice[row:row + tile, col:col + tile]
+                window[:] = predict_module._lattice(window.shape, row, col, 16)
+        assert np.array_equal(tiled_lattice, whole)
+
+
 def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """The scene 1.5× brighter: without the option the warning offers it; with it the scene is labelled at the gain
@@ -468,6 +482,39 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     valid = holey[1]
     agree = (labels[valid] == read_raster(reference.output)[0][valid]).mean()
     assert agree > 0.95 > (read_raster(plain.output)[0][valid] == read_raster(reference.output)[0][valid]).mean()
+
+
+def test_an_interrupted_matched_run_resumes_at_its_gain(dense: TrainedModel, tmp_path: Path,
+                                                        holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """Killed during the pass at the matched gain: ``--resume --match-brightness`` continues it (its tiles kept),
+    gives the file of an unbroken run and reports the scene as delivered (best gain, share outside), not the
+    scaled one; without ``--match-brightness`` the tiles are discarded, saying why."""
+    brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32))
+    unbroken = predict_scene(brighter.path, dense.checkpoint, tmp_path / "unbroken.tif", tiles=16, device="cpu",
+                             match_brightness=True)
+    calls: list[int] = []
+
+    def kill_in_second_pass(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) > total + 1 and done >= 3:  # the first pass reported 0 … total
+            raise KeyboardInterrupt("simulated kill")
+
+    output = tmp_path / "labels.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
+                      progress=kill_in_second_pass)
+    resumed = predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
+                            resume=True)
+    assert resumed.tiles_resumed >= 3 and resumed.applied_gain == unbroken.applied_gain != 1.0
+    assert resumed.range_fit == unbroken.range_fit and resumed.outside_share > 0.9
+    np.testing.assert_array_equal(read_raster(output)[0], read_raster(unbroken.output)[0])
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
+                      progress=kill_in_second_pass, overwrite=True)
+    with pytest.warns(MetadataWarning, match="made with --match-brightness \\(another gain\\); they are discarded"):
+        plain = predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", resume=True)
+    assert plain.applied_gain == 1.0 and plain.tiles_resumed == 0
 
 
 def test_bands_the_scene_flags_bad_that_the_model_reads_read_as_the_training_mean(

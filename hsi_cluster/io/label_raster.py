@@ -85,7 +85,8 @@ def _discarded_notice(output: Path, path: Path, existing: Any, identity: dict[st
     why = {"tiles": f"--tiles {existing.get('tiles')} (pass it again to continue them)", "checkpoint": "another model",
            "confidence": "confidence " + ("on" if existing.get("confidence") else "off"), "shape": "another scene",
            "source": "another scene", "mtime_ns": "the scene's files before they changed",
-           "companions": "the scene's files before they changed", "screened_bands": "other bands read as the mean"}
+           "companions": "the scene's files before they changed", "screened_bands": "other bands read as the mean",
+           "gain": "--match-brightness (another gain)"}
     changed = list(dict.fromkeys(why[key] for key in why if existing.get(key) != identity.get(key)))
     return (f"{output}: the interrupted run's {finished} finished tiles were made with "
             f"{', '.join(changed) or 'other settings'}; they are discarded and every tile is labelled again")

@@ -53,7 +53,7 @@ GAINS = np.geomspace(0.5, 2.0, 29)
 #: Distances are counted up to this many radii when fitting the gain (a cloud or unseen ground weighs no more).
 DISTANCE_CAP = 2.0
 #: Every this many checked pixels also try the gains.
-GAIN_SUBSAMPLE = 4
+GAIN_SUBSAMPLE = 8
 #: A scene whose best gain is another than 1 (one step of GAINS, 5 %, or more) and fits the range at least this
 #: much better there (mean capped distance, relative) is taken for another acquisition of the kind of ground the
 #: model knows. Unseen ground of the same flight fits best at 1 or one step off, and no better than 0.98 of it.
@@ -92,19 +92,21 @@ class SpectralRange:
         """bool (N,): the (N, C) projected pixels that lie farther than the radius from every centre."""
         return _nearest(np.asarray(projected, dtype=np.float64), self.prototypes) > self.radius
 
-    def counts(self, projected: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    def counts(self, projected: np.ndarray, origin: np.ndarray, tried: np.ndarray | None = None) -> np.ndarray:
         """int64 (3 + len(GAINS),): of (N, C) projected pixels, how many were checked and lie outside, how many
-        tried the gains (every :data:`GAIN_SUBSAMPLE`-th), and for each of :data:`GAINS` the sum of their distance
-        to the range in radii, capped at :data:`DISTANCE_CAP`, in thousandths. ``origin`` (C,) is the projection
-        of a zero spectrum, so that a gain g on the raw values moves a projected pixel p to g p + (1 − g) origin.
+        tried the gains (bool (N,) ``tried``; default every :data:`GAIN_SUBSAMPLE`-th), and for each of
+        :data:`GAINS` the sum of their distance to the range in radii, capped at :data:`DISTANCE_CAP`, in
+        thousandths. ``origin`` (C,) is the projection of a spectrum the gain leaves alone (zero, but for bands read
+        as the training mean), so that a gain g on the raw values moves a projected pixel p to g p + (1 − g) origin.
         Summed over tiles, :meth:`RangeFit.from_counts` reads them."""
         values = np.asarray(projected, dtype=np.float64)
         outside = int((_nearest(values, self.prototypes) > self.radius).sum())
-        tried = values[::GAIN_SUBSAMPLE]
-        offset = np.asarray(origin, dtype=np.float64)[None, :]
-        curve = [np.minimum(_nearest(gain * tried + (1 - gain) * offset, self.prototypes) / self.radius,
-                            DISTANCE_CAP).sum() for gain in GAINS]
-        return np.array([len(values), outside, len(tried), *np.round(np.asarray(curve) * _FIXED)], np.int64)
+        tried = values[::GAIN_SUBSAMPLE] if tried is None else values[np.asarray(tried, bool)]
+        offset = np.asarray(origin, dtype=np.float64)
+        moved = GAINS[:, None, None] * tried[None] + (1 - GAINS)[:, None, None] * offset  # (G, n, C), one BLAS call
+        distance = _nearest(moved.reshape(-1, values.shape[1]), self.prototypes).reshape(len(GAINS), len(tried))
+        curve = np.minimum(distance / self.radius, DISTANCE_CAP).sum(1)
+        return np.array([len(values), outside, len(tried), *np.round(curve * _FIXED)], np.int64)
 
     def to_record(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint keeps (in its ``spectral`` mapping)."""
