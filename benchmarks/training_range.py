@@ -10,6 +10,11 @@ predict warned, ACC / NMI, and the gain ``--match-brightness`` applied with the 
 that only swaps what the labels mean is not counted: read ACC as an upper bound).
 
     python benchmarks/training_range.py --scene jasper_ridge samson salinas_a indian_pines --seed 0
+
+``--flagged 0.05 0.5 --flagged-factors 1.5 0.67`` adds rows of the right half times each of those factors with that
+share of its bands flagged bad (``good_band`` false: predict reads them as the training mean); ``--shapes`` adds
+rows whose spectrum changes shape rather than brightness (a ±5 % sine across the bands, a ±10 % linear tilt, haze:
++20 % of the mean value fading over the first quarter of the bands).
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ def main() -> None:
     parser.add_argument("--scene", nargs="+", default=list(SOURCES), choices=SOURCES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--factors", nargs="+", type=float, default=list(FACTORS))
+    parser.add_argument("--flagged", nargs="*", type=float, default=[],
+                        help="shares of the bands flagged bad in extra rows")
+    parser.add_argument("--flagged-factors", nargs="+", type=float, default=[1.0, 1.5, 0.67])
+    parser.add_argument("--shapes", action="store_true", help="add rows of a sine, a tilt and haze across the bands")
     args = parser.parse_args()
 
     import xarray as xr
@@ -63,14 +72,30 @@ def main() -> None:
             started = time.perf_counter()
             model = hc.train(left, CLASSES[name], seed=args.seed, work_dir=Path(folder) / "work")
             print(f"{name}: trained on the left half in {time.perf_counter() - started:.0f} s", flush=True)
-            rows = [("left half (training pixels)", cube[:, :, :half], truth[:, :half])]
-            rows += [(f"right half × {factor:g}", cube[:, :, half:] * np.float32(factor), truth[:, half:])
+            right, n_bands = cube[:, :, half:], cube.shape[0]
+            everything = np.ones(n_bands, bool)
+            rows = [("left half (training pixels)", cube[:, :, :half], truth[:, :half], everything)]
+            rows += [(f"right half × {factor:g}", right * np.float32(factor), truth[:, half:], everything)
                      for factor in args.factors]
-            for label, values, labelled in rows:
+            order = np.random.default_rng(0).permutation(n_bands)  # the bands flagged: the first of a fixed order
+            for factor in args.flagged_factors:
+                for share in args.flagged:
+                    good = everything.copy()
+                    good[order[:round(share * n_bands)]] = False
+                    rows.append((f"right × {factor:g}, {share:.0%} flagged", right * np.float32(factor),
+                                 truth[:, half:], good))
+            if args.shapes:
+                across = np.linspace(0, 1, n_bands, dtype=np.float32)[:, None, None]
+                rows += [(label, values.astype(np.float32), truth[:, half:], everything) for label, values in (
+                    ("right, ±5 % sine", right * (1 + 0.05 * np.sin(4 * np.pi * across))),
+                    ("right, ±10 % tilt", right * (1 + 0.1 * (2 * across - 1))),
+                    ("right, haze", right + 0.2 * right.mean() * np.clip(1 - 4 * across, 0, 1)))]
+            for label, values, labelled, good in rows:
+                scene = xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label},
+                                     coords={"good_band": ("band", good)})
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    labels = model.predict(xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label}),
-                                           device="cpu")
+                    labels = model.predict(scene, device="cpu")
                 warned = any("the spectra the model was trained on" in str(w.message)
                              or "fit the training spectra best" in str(w.message) for w in caught)
                 scores = score_clustering(np.asarray(labels.values, np.int64), labelled,
@@ -80,11 +105,10 @@ def main() -> None:
                 ratio = labels.attrs.get("matching_fit_ratio", float("nan"))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    matched = model.predict(xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label}),
-                                            device="cpu", match_brightness=True)
+                    matched = model.predict(scene, device="cpu", match_brightness=True)
                 matched_scores = score_clustering(np.asarray(matched.values, np.int64), labelled,
                                                   invalid_pred=int(matched.rio.nodata))
-                print(f"  {label:28s} outside {share:6.3f}  best gain {gain:5.2f} (fit {ratio:4.2f})  "
+                print(f"  {label:30s} outside {share:6.3f}  best gain {gain:5.2f} (fit {ratio:4.2f})  "
                       f"warned {'yes' if warned else 'no ':3s}  ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  "
                       f"| --match-brightness: gain {matched.attrs['applied_gain']:.2f}  ACC {matched_scores.acc:.3f}  "
                       f"NMI {matched_scores.nmi:.3f}", flush=True)

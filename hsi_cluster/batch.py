@@ -76,8 +76,8 @@ def output_paths(sources: Sequence[Path], outdir: Path) -> dict[Path, Path]:
 
 
 def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_dir: str,
-                torch_threads: int | None = None) -> dict[str, Any]:
-    """The task run on a worker: tiled ``predict`` of one scene.
+                torch_threads: int | None = None, match_brightness: bool = False) -> dict[str, Any]:
+    """The task run on a worker: tiled ``predict`` of one scene (``match_brightness``: as ``predict``'s).
 
     ``torch_threads`` sets torch's thread count (default: the host's cores shared among the
     worker's task slots), so that concurrent tasks do not oversubscribe the cores.
@@ -110,7 +110,7 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MetadataWarning)
             result = predict_scene(source, checkpoint, output, tiles=tiles, device="auto", overwrite=True,
-                                   resume=True)
+                                   resume=True, match_brightness=match_brightness)
     except HsiClusterError as exc:
         return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
     notices = result_warnings(source, result)
@@ -119,7 +119,9 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
             "valid_pixels": result.valid_pixels, "tiles": result.tiles, "tiles_resumed": result.tiles_resumed,
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output)),
             "spread": result.spread, "units_differ": result.units_differ,
-            "outside_share": result.outside_share, "matching_gain": result.matching_gain, "warnings": notices}
+            "outside_share": result.outside_share, "matching_gain": result.matching_gain,
+            "another_acquisition": result.range_fit is not None and result.range_fit.another_acquisition,
+            "applied_gain": result.applied_gain, "warnings": notices}
 
 
 def _current_worker() -> Any | None:
@@ -248,12 +250,18 @@ class Manifest:
                 "scenes": self.records}
         write_text_atomic(self.path, json.dumps(body, indent=2))
 
-    def is_current(self, source: Path, output: Path) -> bool:
+    def is_current(self, source: Path, output: Path, *, match_brightness: bool = False) -> bool:
         """Whether ``source`` finished before and its output is still the file recorded (with its sidecar of
-        class names)."""
+        class names), labelled at the gain ``match_brightness`` gives it (a scene taken for another acquisition is
+        labelled again when the option changes; the others are not)."""
         record = self.records.get(str(source))
         if not record or record.get("status") not in ("done", "skipped") or not output.is_file() \
                 or not sidecar_path(output).is_file():
+            return False
+        if match_brightness and "another_acquisition" not in record:  # labelled before batch could match: unknown
+            return False
+        matched = record.get("applied_gain", 1.0) != 1.0
+        if matched != (match_brightness and bool(record.get("another_acquisition"))):
             return False
         current = _source_fields(source)
         if current["source_mtime_ns"] is None or any(record.get(key) != current.get(key) for key in SOURCE_FIELDS):
@@ -331,7 +339,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
               outdir: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, scheduler: str | None = None,
               workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
               log: Callable[[str], None] | None = None, remove_other_models: bool = False,
-              exclude: Sequence[str | os.PathLike[str]] = ()) -> BatchResult:
+              exclude: Sequence[str | os.PathLike[str]] = (), match_brightness: bool = False) -> BatchResult:
     """Label every scene with one model on dask.distributed; see the module docstring.
 
     Args:
@@ -347,6 +355,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         remove_other_models: remove the labels that OUTDIR holds of scenes this run does not label, made with
             another model or tiles (a pipeline's batch step after its model changed); default: refuse the run.
         exclude: paths and patterns of files among ``scenes`` to leave out (a scene that cannot be labelled).
+        match_brightness: label a scene that fits the training spectra clearly better at another gain at that gain
+            (as ``predict --match-brightness``); a rerun that changes it labels only such scenes again.
 
     Returns:
         the records of every scene, in input order; ``failed`` lists the failures.
@@ -376,7 +386,7 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     with _outdir_lock(out):
         return _run_locked(sources, checkpoint_path, model_sha, out, tiles=tiles, scheduler=scheduler,
                            workers=workers, retries=retries, progress=progress, log=log, started=started,
-                           remove_other_models=remove_other_models)
+                           remove_other_models=remove_other_models, match_brightness=match_brightness)
 
 
 def _outdir_lock(out: Path) -> AbstractContextManager[None]:
@@ -389,7 +399,8 @@ def _outdir_lock(out: Path) -> AbstractContextManager[None]:
 
 def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,
                 scheduler: str | None, workers: int | None, retries: int, progress: ProgressFn | None,
-                log: Callable[[str], None], started: float, remove_other_models: bool) -> BatchResult:
+                log: Callable[[str], None], started: float, remove_other_models: bool,
+                match_brightness: bool) -> BatchResult:
     """:func:`run_batch` once OUTDIR is checked and locked."""
     from distributed import as_completed
 
@@ -397,7 +408,7 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
         raise HsiClusterError(f"no scenes given: every file matched is a label raster under {out}")
     targets = output_paths(sources, out)
     header = {"format": "hsicluster-batch", "library_version": __version__, "model": str(checkpoint_path),
-              "model_sha256": model_sha, "tiles": tiles, "outdir": str(out)}
+              "model_sha256": model_sha, "tiles": tiles, "match_brightness": match_brightness, "outdir": str(out)}
     manifest = Manifest.load(out / MANIFEST, header, log)
     manifest.check_not_mixing(sources, remove=remove_other_models, log=log)
     _tell_removed_scenes(manifest, sources, log)
@@ -405,7 +416,7 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
     _check_targets(sources, targets, manifest, log)
     todo: list[Path] = []
     for source in sources:
-        if manifest.is_current(source, targets[source]):
+        if manifest.is_current(source, targets[source], match_brightness=match_brightness):
             manifest.records[str(source)]["status"] = "skipped"
         else:
             todo.append(source)
@@ -426,7 +437,8 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
             for source in todo:
                 _clear_attempts(attempts_dir, str(targets[source]))
                 future = client.submit(label_scene, str(source), str(checkpoint_path), str(targets[source]), tiles,
-                                       str(attempts_dir), torch_threads, key=f"label-{uuid.uuid4().hex}",
+                                       str(attempts_dir), torch_threads, match_brightness,
+                                       key=f"label-{uuid.uuid4().hex}",
                                        retries=retries, pure=False)
                 collector.futures[future] = source
             try:

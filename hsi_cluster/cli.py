@@ -550,10 +550,13 @@ def _scene_warnings(record: dict[str, Any]) -> list[str]:
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Leave out the scenes this path or quoted pattern names (repeatable), e.g. a file that cannot "
                    "be labelled; a bare name or pattern such as '*bad*' matches any scene's file name.")
+@click.option("--match-brightness", is_flag=True,
+              help="Label a scene that fits the training spectra clearly better at another brightness at that gain "
+                   "(as predict --match-brightness); a rerun that changes this labels only such scenes again.")
 @command_options
 def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, scheduler: str | None,
           workers: int | None, retries: int, as_json: bool, stac: bool, exclude: tuple[str, ...],
-          quiet: bool) -> None:
+          match_brightness: bool, quiet: bool) -> None:
     """Label many SCENES (files or quoted glob patterns, ** recursive) with one model on dask.
 
     Rerunning skips the scenes already done; a failing scene is recorded in OUTDIR/manifest.json and
@@ -585,7 +588,8 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
             if not quiet:
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
-                           retries=retries, progress=on_scene, log=_log(quiet, tqdm_write), exclude=exclude)
+                           retries=retries, progress=on_scene, log=_log(quiet, tqdm_write), exclude=exclude,
+                           match_brightness=match_brightness)
         for record in result.failed:
             report_failure(record)
     empty = sum(1 for record in result.done if record.get("valid_pixels") == 0)

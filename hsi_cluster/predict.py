@@ -260,12 +260,10 @@ def labelling_warnings(scene: object, *, spread: float | None, range_fit: RangeF
     return [notice] if notice is not None else []
 
 
-def _match_brightness(*, command: bool = False) -> str:
-    """The option as the caller passes it: ``--match-brightness`` (``hsicluster predict --match-brightness``, which
-    ``batch`` users run on such a scene), or ``match_brightness=True`` from Python."""
-    if naming_python_options():
-        return "match_brightness=True"
-    return "hsicluster predict --match-brightness" if command else "--match-brightness"
+def _match_brightness() -> str:
+    """The option as the caller passes it: ``--match-brightness`` (``predict`` and ``batch``; ``match_brightness:
+    true`` in a pipeline step), or ``match_brightness=True`` from Python."""
+    return "match_brightness=True" if naming_python_options() else "--match-brightness"
 
 
 def range_warning(scene: object, fit: RangeFit) -> str | None:
@@ -278,7 +276,7 @@ def range_warning(scene: object, fit: RangeFit) -> str | None:
               "train takes several scenes)")
     if fit.another_acquisition:
         advice += (", or, if it holds the kind of ground the model knows, label it at that gain with "
-                   f"{_match_brightness(command=True)}")
+                   f"{_match_brightness()}")
     if not fit.another_acquisition:
         return (f"{scene}: {fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained "
                 f"on (farther from every kind of training pixel than {RANGE_QUANTILE:.1%} of the training pixels): "
@@ -772,14 +770,16 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             job = replace(job, gain=saved["gain"], delivered_fit=RangeFit(*delivered) if delivered else None)
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                       resume=resume, progress=progress)
-        n_bands = job.scene.shape[0]  # tiles of an earlier version kept the band statistics alone
-        fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
+        n_bands = job.scene.shape[0]
+        stats = store.summed_stats(job.grid, length=stats_length(n_bands))
+        fit = range_fit(stats, n_bands)
         if job.gain != 1.0:  # resumed at a matched gain: the fit of the scene as delivered was kept
             fit = job.delivered_fit
         # a whole scene at another brightness: its bands are not to be set aside one by one
         outlying = None if job.gain != 1.0 or (fit is not None and fit.another_acquisition) else job.outlying_bands
-        redo = (screen_bands(job, store.summed_stats(job.grid, length=band_stats_length(n_bands)), outlying)
-                if job.screened_bands is None else None)
+        band_stats = (stats[:band_stats_length(n_bands)] if stats is not None  # tiles of an earlier version kept
+                      else store.summed_stats(job.grid, length=band_stats_length(n_bands)))  # these alone
+        redo = screen_bands(job, band_stats, outlying) if job.screened_bands is None else None
         if redo is not None:
             job = redo
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,

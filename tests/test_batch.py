@@ -701,3 +701,38 @@ def test_scenes_labelled_before_into_other_paths_are_named(archive: dict, tmp_pa
         f"1 of these scenes was labelled before into other paths under OUTDIR (scene0.tif: {out / 'scene0_labels.tif'}, "
         f"now {out / 'north' / 'scene0_labels.tif'}), as other patterns had another common folder; they are labelled "
         "again there and the earlier outputs are left as they are"]
+
+
+def test_match_brightness_labels_only_the_scenes_at_another_brightness_again(archive: dict, tmp_path: Path) -> None:
+    """``batch --match-brightness`` labels a scene 1.5× as bright as the training scene at the gain that fits, as
+    ``predict --match-brightness`` does; a rerun that turns the option on or off labels that scene again and skips
+    the one that fits as delivered."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    plain = scenes / "plain.tif"
+    shutil.copy(archive["good"][0], plain)
+    values = np.asarray(open_scene(plain).values, dtype=np.float32)
+    bright = helpers.write_geotiff(scenes / "bright.tif", values * np.float32(1.5)).path
+    out = tmp_path / "out"
+    first = {Path(r["source"]).name: r for r in run_batch([plain, bright], archive["model"], out, tiles=TILES,
+                                                          workers=1).records}
+    assert first["bright.tif"]["another_acquisition"] and first["bright.tif"]["applied_gain"] == 1.0
+    assert any("label it at that gain with --match-brightness" in w for w in first["bright.tif"]["warnings"])
+    assert not first["plain.tif"]["another_acquisition"]
+    run = CliRunner().invoke(main, ["batch", str(plain), str(bright), "-m", str(archive["model"]), "-o", str(out),
+                                    "--tiles", str(TILES), "--workers", "1", "--match-brightness", "--json", "-q"])
+    assert run.exit_code == 0, run.output
+    matched = {Path(r["source"]).name: r for r in json.loads(run.stdout)}
+    assert matched["plain.tif"]["status"] == "skipped" and matched["bright.tif"]["status"] == "done"
+    assert abs(np.log(matched["bright.tif"]["applied_gain"] * 1.5)) < 0.05
+    assert "labelled at 0.6" in run.stderr
+    reference = predict_scene(bright, archive["model"], tmp_path / "reference.tif", tiles=TILES, device="cpu",
+                              match_brightness=True)
+    np.testing.assert_array_equal(read_raster(Path(matched["bright.tif"]["output"]))[0],
+                                  read_raster(reference.output)[0])
+    again = run_batch([plain, bright], archive["model"], out, tiles=TILES, workers=1, match_brightness=True)
+    assert [r["status"] for r in again.records] == ["skipped", "skipped"]
+    off = {Path(r["source"]).name: r for r in run_batch([plain, bright], archive["model"], out, tiles=TILES,
+                                                        workers=1).records}
+    assert off["plain.tif"]["status"] == "skipped" and off["bright.tif"]["status"] == "done"
+    assert off["bright.tif"]["applied_gain"] == 1.0

@@ -100,6 +100,7 @@ def _error(path: Path) -> str:
     (2, {"tile": 16}, "steps[2].tile: unknown key; did you mean 'tiles'?"),
     (2, {"tiles": "big"}, "steps[2].tiles: expected an integer ≥ 8, got 'big'"),
     (2, {"tiles": 4}, "steps[2].tiles: expected an integer ≥ 8, got 4"),
+    (2, {"match_brightness": "yes"}, "steps[2].match_brightness: expected true or false, got 'yes'"),
     (1, {"clusters": True}, "steps[1].clusters: expected an integer ≥ 2 or 'auto', got True"),
     (1, {"clusters": "many"}, "steps[1].clusters: expected an integer ≥ 2 or 'auto', got 'many'"),
     (1, {"clusters": "auto", "k_max": 1}, "steps[1].k_max: expected an integer ≥ 4, got 1"),
@@ -257,6 +258,13 @@ def test_tiny_pipeline_runs_skips_and_reruns_what_depends_on_a_change(project: P
     fourth = run(project)
     assert "predict" in fourth.ran and "report" in fourth.ran and not {"ingest", "train"} & set(fourth.ran)
     assert np.array_equal(read_raster(workdir / "labels.tif")[0], labels)  # tile size never changes labels
+
+    # an option added later, at the value that gives the results of before, leaves the state up to date; set, it
+    # reruns its step
+    write_pipeline(project, tiny_steps(predict={"tiles": 8, "match_brightness": False}))
+    assert run(project, dry_run=True).outcome("predict").status == "up to date"
+    write_pipeline(project, tiny_steps(predict={"tiles": 8, "match_brightness": True}))
+    assert run(project, dry_run=True).outcome("predict").reason == "parameters changed (match_brightness)"
 
     # a changed scene reruns everything downstream of it
     write_data(tmp_path / "data", seed=5)

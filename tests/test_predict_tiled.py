@@ -468,7 +468,7 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     assert reference.applied_gain == 1.0 and "HSICLUSTER_GAIN" not in read_raster(reference.output)[1]["tags"]
     brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32))
     plain = predict_scene(brighter.path, dense.checkpoint, tmp_path / "plain.tif", tiles=16, device="cpu")
-    assert "hsicluster predict --match-brightness" in result_warnings(brighter.path, plain)[0]
+    assert "label it at that gain with --match-brightness" in result_warnings(brighter.path, plain)[0]
     output = tmp_path / "matched.tif"
     run = CliRunner().invoke(main, ["predict", str(brighter.path), "-m", str(dense.checkpoint), "-o", str(output),
                                     "--tiles", "16", "--device", "cpu", "-q", "--match-brightness"])

@@ -26,6 +26,9 @@ Variant = int | None  # the seed a job belongs to, or None
 
 #: Options that change how a step runs, not what it writes: changing them reruns nothing.
 NOT_IN_RESULT = frozenset({"checkpoint_every", "workers", "scheduler", "retries"})
+#: Options added after pipelines ran, with the value that gives the results of before: left out of the parameters
+#: at that value, so that a state written before they existed stays up to date.
+LATER_OPTIONS = {"match_brightness": False}
 
 
 def relative(path: Path, workdir: Path) -> str:
@@ -67,7 +70,8 @@ class Job:
         def rel(value: Any) -> Any:
             return [relative(p, workdir) for p in value] if isinstance(value, list) else relative(value, workdir)
 
-        options = {k: v for k, v in self.options.items() if k not in NOT_IN_RESULT}
+        options = {k: v for k, v in self.options.items()
+                   if k not in NOT_IN_RESULT and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
         return {"kind": kind, "options": options, "inputs": {k: rel(v) for k, v in self.inputs.items()},
                 "extra_inputs": {k: rel(v) for k, v in self.extra_inputs.items()},
                 "outputs": {k: rel(v) for k, v in self.outputs.items()}}

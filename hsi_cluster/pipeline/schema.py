@@ -241,6 +241,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "device": DEVICE,
         "confidence": _output().but(required=False),
         "quicklook": _output().but(required=False),
+        "match_brightness": boolean().but(default=False),
     },
     "evaluate": {
         "labels": _input().but(required=True),
@@ -260,6 +261,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "workers": integer(1),
         "retries": integer(0).but(default=2),
         "exclude_trained": boolean().but(default=False),
+        "match_brightness": boolean().but(default=False),
     },
     "report": {
         "output": _output("report.md"),

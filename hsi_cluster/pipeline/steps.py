@@ -106,7 +106,8 @@ def _run_predict(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     o = job.options
     result = predict_scene(job.inputs["scene"], job.inputs["model"], job.outputs["output"], tiles=o["tiles"],
                            device=o["device"], confidence_path=job.outputs.get("confidence"),
-                           quicklook_path=job.outputs.get("quicklook"), overwrite=True, resume=True)
+                           quicklook_path=job.outputs.get("quicklook"), overwrite=True, resume=True,
+                           match_brightness=o["match_brightness"])
     return {"tiles": result.tiles, "valid_pixels": result.valid_pixels,
             "megapixels_per_second": result.megapixels_per_second}
 
@@ -143,7 +144,8 @@ def _run_batch(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
     o = job.options
     result = run_batch([str(p) for p in job.inputs["scenes"]], job.inputs["model"], job.outputs["manifest"].parent,
                        tiles=o["tiles"], scheduler=o["scheduler"], workers=o["workers"], retries=o["retries"],
-                       log=lambda message: ctx.log(f"    {message}"), remove_other_models=True)
+                       log=lambda message: ctx.log(f"    {message}"), remove_other_models=True,
+                       match_brightness=o["match_brightness"])
     for record in result.done:  # what `hsicluster batch` prints of each scene (a worker's stderr is not the user's)
         for warning in record.get("warnings") or []:
             ctx.log(f"    warning: {warning}")
