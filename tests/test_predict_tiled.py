@@ -471,7 +471,7 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     assert "label it at that gain with --match-brightness" in result_warnings(brighter.path, plain)[0]
     output = tmp_path / "matched.tif"
     run = CliRunner().invoke(main, ["predict", str(brighter.path), "-m", str(dense.checkpoint), "-o", str(output),
-                                    "--tiles", "16", "--device", "cpu", "-q", "--match-brightness"])
+                                    "--tiles", "16", "--device", "cpu", "-q", "--match-brightness", "--stac"])
     assert run.exit_code == 0, run.output
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"hsicluster: warning: {brighter.path}: labelled at 0.6")
@@ -479,6 +479,13 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     labels, meta = read_raster(output)
     gain = float(meta["tags"]["HSICLUSTER_GAIN"])
     assert abs(np.log(gain * 1.5)) < 0.05
+    # the gain is told wherever the labels are described: `info` and the STAC Item
+    info = CliRunner().invoke(main, ["info", str(output), "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["applied_gain"] == pytest.approx(gain)
+    assert f"labels of     {brighter.path} at 0.6" in CliRunner().invoke(main, ["info", str(output)]).stdout
+    item = json.loads(output.with_suffix(".stac.json").read_text())
+    assert item["properties"]["hsicluster:applied_gain"] == pytest.approx(gain)
+    assert json.loads(CliRunner().invoke(main, ["info", str(reference.output), "--json"]).stdout)["applied_gain"] == 1
     valid = holey[1]
     agree = (labels[valid] == read_raster(reference.output)[0][valid]).mean()
     assert agree > 0.95 > (read_raster(plain.output)[0][valid] == read_raster(reference.output)[0][valid]).mean()

@@ -273,6 +273,7 @@ def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "source": str(path), "format": f"hsicluster {'confidence' if confidence else 'label'} raster",
                 "model_sha256": tags.get("HSICLUSTER_MODEL_SHA256"), "clusters": int(tags[LABELS_TAG]),
                 "labelled_scene": tags.get("HSICLUSTER_SOURCE"), "library_version": tags.get("HSICLUSTER_VERSION"),
+                "applied_gain": float(tags.get("HSICLUSTER_GAIN", 1.0)),
                 "rows": dataset.height, "cols": dataset.width, "dtype": dataset.dtypes[0],
                 "nodata": (int(dataset.nodata) if dataset.nodata is not None and not confidence
                            else _json_number(dataset.nodata)), "georeferenced": georeferenced,
@@ -299,7 +300,8 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
     """Human-readable rendering of :func:`describe_label_raster`'s mapping."""
     lines = [f"source        {info['source']}  ({info['format']}, library {info['library_version']})",
              f"model         sha256 {info['model_sha256']}…, K {info['clusters']}",
-             f"labels of     {info['labelled_scene']}",
+             f"labels of     {info['labelled_scene']}" + (
+                 f" at {info['applied_gain']:.2f}× its values (--match-brightness)" if info["applied_gain"] != 1 else ""),
              f"size          {info['rows']} rows × {info['cols']} cols, {info['dtype']}, nodata "
              f"{info['nodata'] if info['nodata'] is not None else 'not set'}"]
     if info["georeferenced"]:

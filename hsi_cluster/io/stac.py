@@ -178,6 +178,8 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
     }
     if tags.get("HSICLUSTER_VERSION"):
         properties[f"{PREFIX}version"] = tags["HSICLUSTER_VERSION"]
+    if tags.get("HSICLUSTER_GAIN"):  # labelled at a matched brightness (--match-brightness)
+        properties[f"{PREFIX}applied_gain"] = float(tags["HSICLUSTER_GAIN"])
     if source is not None:
         properties[f"{PREFIX}source"] = str(source)
     item = pystac.Item(id=item_id or labels.stem, geometry=geometry, bbox=bbox, datetime=written,
