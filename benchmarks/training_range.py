@@ -4,17 +4,18 @@ For each real scene the ``fast`` preset is trained on its left half (a GeoTIFF o
 ``--seed``), then ``Model.predict`` labels, in memory: the left half (its training pixels), the right
 half as delivered (unseen ground of the same flight) and the right half times a brightness factor
 (another acquisition: ``--factors``, default 0.5 … 2). Printed per row: the share of the valid pixels
-outside the training range (``outside_share``, the figure predict warns of past 50 %), the gain at which the
-row's values fit the range best and the relative fit there (``matching_gain``, ``matching_fit_ratio``), whether
-predict warned, ACC / NMI, and the gain ``--match-brightness`` applied with the ACC / NMI it gave on the row's labelled pixels (Hungarian matching per row, so a brightness change
+outside the training range (``outside_share``, the figure predict warns of past 50 %), the gain and tilt across the
+bands at which the row's values fit the range best and the relative fit there (``matching_gain``, ``matching_tilt``,
+``matching_fit_ratio``), whether predict warned, ACC / NMI, and the gain and tilt ``--match-brightness`` applied with
+the ACC / NMI it gave on the row's labelled pixels (Hungarian matching per row, so a brightness change
 that only swaps what the labels mean is not counted: read ACC as an upper bound).
 
     python benchmarks/training_range.py --scene jasper_ridge samson salinas_a indian_pines --seed 0
 
 ``--flagged 0.05 0.5 --flagged-factors 1.5 0.67`` adds rows of the right half times each of those factors with that
 share of its bands flagged bad (``good_band`` false: predict reads them as the training mean); ``--shapes`` adds
-rows whose spectrum changes shape rather than brightness (a ±5 % sine across the bands, a ±10 % linear tilt, haze:
-+20 % of the mean value fading over the first quarter of the bands).
+rows whose spectrum changes shape (a ±5 % sine across the bands; linear tilts of ±10 % and +5 % from the first band to
+the last, which the check's tilts can undo; haze: +20 % of the mean value fading over the first quarter of the bands).
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def main() -> None:
                 across = np.linspace(0, 1, n_bands, dtype=np.float32)[:, None, None]
                 rows += [(label, values.astype(np.float32), truth[:, half:], everything) for label, values in (
                     ("right, ±5 % sine", right * (1 + 0.05 * np.sin(4 * np.pi * across))),
-                    ("right, ±10 % tilt", right * (1 + 0.1 * (2 * across - 1))),
+                    ("right, +10 % tilt", right * (1 + 0.1 * (2 * across - 1))),
+                    ("right, −10 % tilt", right * (1 - 0.1 * (2 * across - 1))),
+                    ("right, +5 % tilt", right * (1 + 0.05 * (2 * across - 1))),
+                    ("right × 1.25, +10 % tilt", 1.25 * right * (1 + 0.1 * (2 * across - 1))),
                     ("right, haze", right + 0.2 * right.mean() * np.clip(1 - 4 * across, 0, 1)))]
             for label, values, labelled, good in rows:
                 scene = xr.DataArray(values, dims=("band", "y", "x"), attrs={"source": label},
@@ -102,15 +106,17 @@ def main() -> None:
                                           invalid_pred=int(labels.rio.nodata))
                 share = labels.attrs.get("outside_share", float("nan"))
                 gain = labels.attrs.get("matching_gain", float("nan"))
+                tilt = labels.attrs.get("matching_tilt", float("nan"))
                 ratio = labels.attrs.get("matching_fit_ratio", float("nan"))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     matched = model.predict(scene, device="cpu", match_brightness=True)
                 matched_scores = score_clustering(np.asarray(matched.values, np.int64), labelled,
                                                   invalid_pred=int(matched.rio.nodata))
-                print(f"  {label:30s} outside {share:6.3f}  best gain {gain:5.2f} (fit {ratio:4.2f})  "
+                print(f"  {label:30s} outside {share:6.3f}  best gain {gain:5.2f} tilt {tilt:+.2f} (fit {ratio:4.2f})  "
                       f"warned {'yes' if warned else 'no ':3s}  ACC {scores.acc:.3f}  NMI {scores.nmi:.3f}  "
-                      f"| --match-brightness: gain {matched.attrs['applied_gain']:.2f}  ACC {matched_scores.acc:.3f}  "
+                      f"| --match-brightness: gain {matched.attrs['applied_gain']:.2f} "
+                      f"tilt {matched.attrs['applied_tilt']:+.2f}  ACC {matched_scores.acc:.3f}  "
                       f"NMI {matched_scores.nmi:.3f}", flush=True)
 
 

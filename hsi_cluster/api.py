@@ -225,10 +225,10 @@ class Model:
             stac: with ``output``: also write a STAC Item beside it (``OUTPUT.stac.json``, see
                 :mod:`hsi_cluster.io.stac`).
             progress: show a progress bar (tiles).
-            match_brightness: label a scene that fits the training spectra clearly better at another gain on its
-                values (another acquisition of the ground the model knows: illumination, calibration) at that gain,
-                estimated without labels (``applied_gain`` in the result or its attributes), as
-                ``hsicluster predict --match-brightness`` does.
+            match_brightness: label a scene that fits the training spectra clearly better at another gain and
+                tilt across the bands on its values (another acquisition of the ground the model knows:
+                illumination, atmosphere, calibration) there, estimated without labels (``applied_gain`` and
+                ``applied_tilt`` in the result or its attributes), as ``hsicluster predict --match-brightness`` does.
 
         Returns:
             In memory: a DataArray (y, x) of cluster ids 0 … K−1 (uint8, uint16 when K > 254) with the
@@ -251,9 +251,10 @@ class Model:
                                    progress=progress, model_sha256=self.sha256, match_brightness=match_brightness)
             attrs = (labelled["labels"] if isinstance(labelled, xr.Dataset) else labelled).attrs
             fit = (RangeFit(outside_share=attrs["outside_share"], gain=attrs["matching_gain"],
-                            fit_ratio=attrs["matching_fit_ratio"]) if "outside_share" in attrs else None)
+                            fit_ratio=attrs["matching_fit_ratio"], tilt=attrs["matching_tilt"])
+                   if "outside_share" in attrs else None)
             for notice in labelling_warnings(attrs["source"], spread=attrs.get("spread"), range_fit=fit,
-                                             applied_gain=attrs["applied_gain"]):
+                                             applied_gain=attrs["applied_gain"], applied_tilt=attrs["applied_tilt"]):
                 warnings.warn(notice, UserWarning, stacklevel=2)
             return labelled
         output = Path(output).expanduser().absolute()
@@ -275,7 +276,7 @@ class Model:
                                        overwrite=overwrite, resume=resume, progress=update, stac=stac,
                                        match_brightness=match_brightness)
         for notice in labelling_warnings(source, spread=result.spread, range_fit=result.range_fit,
-                                         applied_gain=result.applied_gain):
+                                         applied_gain=result.applied_gain, applied_tilt=result.applied_tilt):
             warnings.warn(notice, UserWarning, stacklevel=2)
         if stac:
             from hsi_cluster.io.stac import write_label_item
@@ -348,8 +349,8 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
         job = redo
         labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
         fit = range_fit(stats, job.scene.shape[0])
-    if match_brightness and fit is not None and fit.another_acquisition:  # labelled again at the gain that fits
-        job = replace(job, gain=fit.gain, delivered_fit=fit)  # the probe of the scene as delivered is kept
+    if match_brightness and fit is not None and fit.another_acquisition:  # labelled again where it fits
+        job = replace(job, gain=fit.gain, tilt=fit.tilt, delivered_fit=fit)  # the probe as delivered is kept
         labels, probability, _, _ = _label_in_memory(job, confidence=confidence, progress=progress)
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
@@ -358,8 +359,9 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
                                 **({} if probe.spread is None else {"spread": probe.spread}),
                                 **({} if fit is None else {"outside_share": fit.outside_share,
                                                            "matching_gain": fit.gain,
-                                                           "matching_fit_ratio": fit.fit_ratio}),
-                                "applied_gain": job.gain})
+                                                           "matching_fit_ratio": fit.fit_ratio,
+                                                           "matching_tilt": fit.tilt}),
+                                "applied_gain": job.gain, "applied_tilt": job.tilt})
     if probability is None:
         return result
     conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),

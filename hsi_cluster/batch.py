@@ -120,8 +120,9 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
             "counts": {str(k): v for k, v in result.counts.items()}, "sha256": sha256_of(Path(output)),
             "spread": result.spread, "units_differ": result.units_differ,
             "outside_share": result.outside_share, "matching_gain": result.matching_gain,
+            "matching_tilt": result.matching_tilt,
             "another_acquisition": result.range_fit is not None and result.range_fit.another_acquisition,
-            "applied_gain": result.applied_gain, "warnings": notices}
+            "applied_gain": result.applied_gain, "applied_tilt": result.applied_tilt, "warnings": notices}
 
 
 def _current_worker() -> Any | None:
@@ -260,7 +261,7 @@ class Manifest:
             return False
         if match_brightness and "another_acquisition" not in record:  # labelled before batch could match: unknown
             return False
-        matched = record.get("applied_gain", 1.0) != 1.0
+        matched = record.get("applied_gain", 1.0) != 1.0 or record.get("applied_tilt", 0.0) != 0.0
         if matched != (match_brightness and bool(record.get("another_acquisition"))):
             return False
         current = _source_fields(source)

@@ -56,8 +56,11 @@ from hsi_cluster.model.spectral_range import (
     GAINS,
     OUTSIDE_SHARE_LIMIT,
     RANGE_QUANTILE,
+    TILTS,
     RangeFit,
     SpectralRange,
+    band_positions,
+    radiometric_factors,
 )
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
@@ -86,7 +89,7 @@ SPREAD_SAMPLE = 1000
 RANGE_STRIDE = 16
 RANGE_SMALL_SCENE = 4096
 #: Length of a tile's training-range counts (SpectralRange.counts).
-RANGE_COUNTS = 3 + len(GAINS)
+RANGE_COUNTS = 3 + len(TILTS) * len(GAINS)
 
 
 def units_warning(scene: object, spread: float | None) -> str:
@@ -204,6 +207,7 @@ class PredictResult:
     spread: float | None = None  # the first valid pixels' spread against the training scenes' (stats.spread_against)
     range_fit: RangeFit | None = None  # how the checked pixels sit against the training range (None: not checked)
     applied_gain: float = 1.0  # the gain the scene's values were labelled at (--match-brightness)
+    applied_tilt: float = 0.0  # and the tilt across its bands (the values times gain · (1 + tilt · s_b))
 
     @property
     def outside_share(self) -> float | None:
@@ -214,6 +218,11 @@ class PredictResult:
     def matching_gain(self) -> float | None:
         """The gain on the scene's values at which they best fit the training spectra (None: not checked)."""
         return None if self.range_fit is None else self.range_fit.gain
+
+    @property
+    def matching_tilt(self) -> float | None:
+        """The tilt across the bands that goes with :attr:`matching_gain` (None: not checked)."""
+        return None if self.range_fit is None else self.range_fit.tilt
 
     @property
     def units_differ(self) -> bool:
@@ -243,19 +252,20 @@ def result_warnings(scene: object, result: PredictResult) -> list[str]:
     if result.valid_pixels == 0:
         return [f"{scene}: {NO_LABELLED_PIXELS}"]
     return labelling_warnings(scene, spread=result.spread, range_fit=result.range_fit,
-                              applied_gain=result.applied_gain)
+                              applied_gain=result.applied_gain, applied_tilt=result.applied_tilt)
 
 
 def labelling_warnings(scene: object, *, spread: float | None, range_fit: RangeFit | None,
-                       applied_gain: float = 1.0) -> list[str]:
+                       applied_gain: float = 1.0, applied_tilt: float = 0.0) -> list[str]:
     """The units warning, else the training-range one (the units one says more), for a labelled scene; with
-    ``applied_gain`` ≠ 1 (``--match-brightness``), what was done instead. ``range_fit`` is that of the scene as
-    delivered."""
+    ``applied_gain`` ≠ 1 or ``applied_tilt`` ≠ 0 (``--match-brightness``), what was done instead. ``range_fit`` is
+    that of the scene as delivered."""
     if spread is not None and not 1 / UNITS_SPREAD_LIMIT <= spread <= UNITS_SPREAD_LIMIT:
         return [units_warning(scene, spread)]
-    if applied_gain != 1.0:
-        return [f"{scene}: labelled at {applied_gain:.2f}× its values ({_match_brightness()}): they fit the "
-                f"training spectra best there (it looks {1 / applied_gain:.2g}× as bright as the training scenes)"]
+    if applied_gain != 1.0 or applied_tilt != 0.0:
+        tilt = f" with a tilt of {applied_tilt:+.0%} across its bands" if applied_tilt else ""
+        return [f"{scene}: labelled at {applied_gain:.2f}× its values{tilt} ({_match_brightness()}): they fit the "
+                f"training spectra best there ({_looks(applied_gain, applied_tilt)})"]
     notice = range_warning(scene, range_fit) if range_fit is not None else None
     return [notice] if notice is not None else []
 
@@ -275,19 +285,25 @@ def range_warning(scene: object, fit: RangeFit) -> str | None:
     advice = ("their labels are extrapolated and may mean little. Train on scenes like this one as well (hsicluster "
               "train takes several scenes)")
     if fit.another_acquisition:
-        advice += (", or, if it holds the kind of ground the model knows, label it at that gain with "
+        advice += (", or, if it holds the kind of ground the model knows, label it at that brightness with "
                    f"{_match_brightness()}")
     if not fit.another_acquisition:
         return (f"{scene}: {fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained "
                 f"on (farther from every kind of training pixel than {RANGE_QUANTILE:.1%} of the training pixels): "
                 f"another acquisition (illumination, atmosphere, calibration), other processing, or ground the model "
                 f"never saw (clouds or snow among it: mask them out); {advice}")
-    brighter = f"{1 / fit.gain:.2g}× as bright as"
     where = (f"{fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained on, and "
              if outside else "")
-    return (f"{scene}: {where}its values fit the training spectra best at {fit.gain:.2f}× (it looks {brighter} the "
-            f"training scenes): another acquisition (illumination, atmosphere, calibration) or processing of the "
-            f"kind of ground the model knows; {advice}")
+    tilt = f" with a tilt of {fit.tilt:+.0%} across its bands" if fit.tilt else ""
+    return (f"{scene}: {where}its values fit the training spectra best at {fit.gain:.2f}×{tilt} "
+            f"({_looks(fit.gain, fit.tilt)}): another acquisition (illumination, atmosphere, calibration) or "
+            f"processing of the kind of ground the model knows; {advice}")
+
+
+def _looks(gain: float, tilt: float) -> str:
+    """How a scene that fits the training spectra best at ``gain`` and ``tilt`` looks beside the training scenes."""
+    looks = f"it looks {1 / gain:.2g}× as bright as the training scenes"
+    return looks + (f", tilted by {-tilt:+.0%} from its first band to its last" if tilt else "")
 
 
 def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
@@ -361,8 +377,14 @@ class _Job:
     spectral_range: SpectralRange | None = None  # where the training spectra lie (None: an older checkpoint)
     pixel_map: PixelProjection | None = None  # the model's projection of pixels, for the training-range check
     range_stride: int = RANGE_STRIDE  # one valid pixel in this many is checked against the range (a lattice)
-    gain: float = 1.0  # the scene's values are read times this (--match-brightness)
-    delivered_fit: RangeFit | None = None  # with a gain: how the scene as delivered sat against the training range
+    gain: float = 1.0  # the scene's values are read times gain · (1 + tilt · s_b) (--match-brightness)
+    tilt: float = 0.0
+    delivered_fit: RangeFit | None = None  # when matched: how the scene as delivered sat against the training range
+
+    @property
+    def matched(self) -> bool:
+        """The scene's values are read at another gain or tilt than delivered (``--match-brightness``)."""
+        return self.gain != 1.0 or self.tilt != 0.0
 
     @property
     def n_clusters(self) -> int:
@@ -382,17 +404,17 @@ class _Job:
             identity["companions"] = files["companions"]
         if self.screened_bands is not None:
             identity["screened_bands"] = np.flatnonzero(self.screened_bands).tolist()
-        if self.gain != 1.0:
-            identity["gain"] = self.gain
+        if self.matched:
+            identity["gain"], identity["tilt"] = self.gain, self.tilt
             fit = self.delivered_fit
-            identity["delivered_fit"] = None if fit is None else [fit.outside_share, fit.gain, fit.fit_ratio]
+            identity["delivered_fit"] = None if fit is None else [fit.outside_share, fit.gain, fit.fit_ratio, fit.tilt]
         return identity
 
 
 def _same_run(saved: dict[str, object], identity: dict[str, object]) -> bool:
     """Whether an interrupted run's saved identity is that of this job but for what its passes add (the bands it
     screened, the gain it matched): only then are they taken up again."""
-    added = ("screened_bands", "gain", "delivered_fit")
+    added = ("screened_bands", "gain", "tilt", "delivered_fit")
     return ({k: v for k, v in saved.items() if k not in added}
             == json.loads(json.dumps({k: v for k, v in identity.items() if k not in added})))
 
@@ -474,8 +496,8 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.nda
     inner = (slice(halo, halo + window.height), slice(halo, halo + window.width))
     stats = tile_band_stats(padded[:, inner[0], inner[1]], valid[inner], nodata=scene.attrs.get("nodata"),
                             deciding=job.deciding_bands)
-    if job.gain != 1.0:  # --match-brightness: the values as the training scenes would hold them
-        padded = padded.astype(np.float32) * np.float32(job.gain)
+    if job.matched:  # --match-brightness: the values as the training scenes would hold them
+        padded = padded.astype(np.float32) * radiometric_factors(job.gain, job.tilt, len(padded))[:, None, None]
     if not valid.all():  # holes read as the training mean, as in training
         padded = np.where(valid[None], padded, job.fill.astype(padded.dtype)[:, None, None])
     if job.replaced_bands is not None:
@@ -494,13 +516,18 @@ def range_counts(job: _Job, pixels: np.ndarray, valid: np.ndarray, *, first_row:
     rows, cols = np.nonzero(valid & _lattice(valid.shape, first_row, first_col, job.range_stride))
     if job.spectral_range is None or job.pixel_map is None or not len(rows):
         return np.zeros(RANGE_COUNTS, np.int64)
-    projected = job.pixel_map(pixels[:, rows, cols].T)
+    checked = pixels[:, rows, cols].T  # (n, B)
+    projected = job.pixel_map(checked)
     origin = job.pixel_map.bias  # the projection of a zero spectrum, but bands read as the mean keep the mean
     if job.replaced_bands is not None:
         spectrum = np.where(job.replaced_bands, job.fill, 0.0).astype(np.float32)
         origin = job.pixel_map(spectrum[None])[0]
     tried = (first_col + cols) % job.range_stride < max(1, job.range_stride // GAIN_SUBSAMPLE)  # 1 in 8, tile-invariant
-    return job.spectral_range.counts(projected, origin=origin, tried=tried)
+    slope = band_positions(len(pixels))  # the tilt's direction: the linear part of the projection of x · s_b
+    if job.replaced_bands is not None:
+        slope = np.where(job.replaced_bands, 0.0, slope).astype(np.float32)
+    tilted = job.pixel_map(checked[tried].astype(np.float32) * slope) - job.pixel_map.bias
+    return job.spectral_range.counts(projected, origin=origin, tried=tried, tilted=tilted)
 
 
 def _lattice(shape: tuple[int, int], first_row: int, first_col: int, stride: int) -> np.ndarray:
@@ -666,8 +693,8 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     tags = {"HSICLUSTER_MODEL_SHA256": digest, "HSICLUSTER_K": str(n_clusters),
             "HSICLUSTER_BACKBONE": job.checkpoint.backbone, "HSICLUSTER_VERSION": __version__,
             "HSICLUSTER_SOURCE": str(job.source)}
-    if job.gain != 1.0:
-        tags["HSICLUSTER_GAIN"] = f"{job.gain:.6g}"
+    if job.matched:
+        tags["HSICLUSTER_GAIN"], tags["HSICLUSTER_TILT"] = f"{job.gain:.6g}", f"{job.tilt:.6g}"
     labels_array = store.labels
     counts = _count_labels(labels_array, job, step=max(1, tiles))
     per_cluster = dict(enumerate(counts[:-1].tolist()))
@@ -736,8 +763,8 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         progress: ``(tiles_done, tiles_total)`` callback.
         stac: the caller writes the labels' STAC Item next (:func:`~hsi_cluster.io.stac.write_label_item`): it is
             checked with the outputs (an existing one is replaced only with ``overwrite``).
-        match_brightness: when the scene fits the training spectra clearly better at another gain
-            (:attr:`RangeFit.another_acquisition`), label it again at that gain (``applied_gain``).
+        match_brightness: when the scene fits the training spectra clearly better at another gain or tilt
+            (:attr:`RangeFit.another_acquisition`), label it again there (``applied_gain``, ``applied_tilt``).
 
     Raises:
         HsiClusterError: bad checkpoint, scene/model mismatch, existing or unwritable output.
@@ -767,16 +794,17 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         if saved is not None and match_brightness and isinstance(saved.get("gain"), float) \
                 and _same_run(saved, job.identity(tiles=tiles, confidence=with_confidence)):  # a run at a matched gain
             delivered = saved.get("delivered_fit")
-            job = replace(job, gain=saved["gain"], delivered_fit=RangeFit(*delivered) if delivered else None)
+            job = replace(job, gain=saved["gain"], tilt=float(saved.get("tilt", 0.0)),
+                          delivered_fit=RangeFit(*delivered) if delivered else None)
         store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                       resume=resume, progress=progress)
         n_bands = job.scene.shape[0]
         stats = store.summed_stats(job.grid, length=stats_length(n_bands))
         fit = range_fit(stats, n_bands)
-        if job.gain != 1.0:  # resumed at a matched gain: the fit of the scene as delivered was kept
+        if job.matched:  # resumed at a matched gain: the fit of the scene as delivered was kept
             fit = job.delivered_fit
         # a whole scene at another brightness: its bands are not to be set aside one by one
-        outlying = None if job.gain != 1.0 or (fit is not None and fit.another_acquisition) else job.outlying_bands
+        outlying = None if job.matched or (fit is not None and fit.another_acquisition) else job.outlying_bands
         band_stats = (stats[:band_stats_length(n_bands)] if stats is not None  # tiles of an earlier version kept
                       else store.summed_stats(job.grid, length=band_stats_length(n_bands)))  # these alone
         redo = screen_bands(job, band_stats, outlying) if job.screened_bands is None else None
@@ -784,10 +812,10 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             job = redo
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                           resume=False, progress=progress)
-            if job.gain == 1.0:
+            if not job.matched:
                 fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
-        if match_brightness and job.gain == 1.0 and fit is not None and fit.another_acquisition:
-            job = replace(job, gain=fit.gain, delivered_fit=fit)  # labelled again at the gain that fits
+        if match_brightness and not job.matched and fit is not None and fit.another_acquisition:
+            job = replace(job, gain=fit.gain, tilt=fit.tilt, delivered_fit=fit)  # labelled again where it fits
             store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
                                           resume=False, progress=progress)
         confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
@@ -797,4 +825,4 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
                              tiles=len(job.grid), tiles_resumed=resumed, pixels=height * width,
                              valid_pixels=int(counts[:-1].sum()), seconds=time.perf_counter() - started,
                              counts={k: int(counts[k]) for k in range(job.n_clusters)}, spread=job.spread,
-                             range_fit=fit, applied_gain=job.gain)
+                             range_fit=fit, applied_gain=job.gain, applied_tilt=job.tilt)

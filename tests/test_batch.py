@@ -717,7 +717,7 @@ def test_match_brightness_labels_only_the_scenes_at_another_brightness_again(arc
     first = {Path(r["source"]).name: r for r in run_batch([plain, bright], archive["model"], out, tiles=TILES,
                                                           workers=1).records}
     assert first["bright.tif"]["another_acquisition"] and first["bright.tif"]["applied_gain"] == 1.0
-    assert any("label it at that gain with --match-brightness" in w for w in first["bright.tif"]["warnings"])
+    assert any("label it at that brightness with --match-brightness" in w for w in first["bright.tif"]["warnings"])
     assert not first["plain.tif"]["another_acquisition"]
     run = CliRunner().invoke(main, ["batch", str(plain), str(bright), "-m", str(archive["model"]), "-o", str(out),
                                     "--tiles", str(TILES), "--workers", "1", "--match-brightness", "--json", "-q"])

@@ -30,6 +30,7 @@ from hsi_cluster.geo import BlockGrid, Window
 from hsi_cluster.io import ingest
 from hsi_cluster.io.label_raster import TileStore, sidecar_path
 from hsi_cluster.io.store import Store, invalid_fill, read_haloed
+from hsi_cluster.model.spectral_range import radiometric_factors
 from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.predict import (
     NO_LABEL,
@@ -468,7 +469,7 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     assert reference.applied_gain == 1.0 and "HSICLUSTER_GAIN" not in read_raster(reference.output)[1]["tags"]
     brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32))
     plain = predict_scene(brighter.path, dense.checkpoint, tmp_path / "plain.tif", tiles=16, device="cpu")
-    assert "label it at that gain with --match-brightness" in result_warnings(brighter.path, plain)[0]
+    assert "label it at that brightness with --match-brightness" in result_warnings(brighter.path, plain)[0]
     output = tmp_path / "matched.tif"
     run = CliRunner().invoke(main, ["predict", str(brighter.path), "-m", str(dense.checkpoint), "-o", str(output),
                                     "--tiles", "16", "--device", "cpu", "-q", "--match-brightness", "--stac"])
@@ -489,6 +490,30 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     valid = holey[1]
     agree = (labels[valid] == read_raster(reference.output)[0][valid]).mean()
     assert agree > 0.95 > (read_raster(plain.output)[0][valid] == read_raster(reference.output)[0][valid]).mean()
+
+
+def test_match_brightness_undoes_a_tilt_across_the_bands(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """The scene tilted by +15 % from its first band to its last (another calibration or atmosphere): the warning
+    names the tilt, ``--match-brightness`` labels it at the inverse tilt (the labels of the scene as trained on), and
+    the raster, ``info`` and the result carry it."""
+    reference = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "ref.tif", tiles=16, device="cpu")
+    factors = radiometric_factors(1.0, 0.15, 12)[:, None, None]
+    tilted = write_scene(tmp_path / "tilted.tif", np.where(holey[1], holey[0].cube * factors, NODATA).astype(np.float32))
+    plain = predict_scene(tilted.path, dense.checkpoint, tmp_path / "plain.tif", tiles=16, device="cpu")
+    assert plain.range_fit is not None and plain.range_fit.another_acquisition, plain.range_fit
+    assert abs(plain.matching_tilt + 0.15) < 0.051 and abs(np.log(plain.matching_gain)) < 0.05, plain.range_fit
+    assert "with a tilt of -15% across its bands" in result_warnings(tilted.path, plain)[0]
+    matched = predict_scene(tilted.path, dense.checkpoint, tmp_path / "matched.tif", tiles=16, device="cpu",
+                            match_brightness=True)
+    assert matched.applied_tilt == plain.matching_tilt and matched.range_fit == plain.range_fit
+    valid = holey[1]
+    truth = read_raster(reference.output)[0][valid]
+    agree = (read_raster(matched.output)[0][valid] == truth).mean()
+    assert agree > 0.95 and agree > (read_raster(plain.output)[0][valid] == truth).mean()
+    assert float(read_raster(matched.output)[1]["tags"]["HSICLUSTER_TILT"]) == matched.applied_tilt
+    info = json.loads(CliRunner().invoke(main, ["info", str(matched.output), "--json"]).stdout)
+    assert info["applied_tilt"] == matched.applied_tilt
 
 
 def test_the_gain_is_found_when_bands_read_as_the_training_mean(

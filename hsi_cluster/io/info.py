@@ -274,6 +274,7 @@ def describe_label_raster(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "model_sha256": tags.get("HSICLUSTER_MODEL_SHA256"), "clusters": int(tags[LABELS_TAG]),
                 "labelled_scene": tags.get("HSICLUSTER_SOURCE"), "library_version": tags.get("HSICLUSTER_VERSION"),
                 "applied_gain": float(tags.get("HSICLUSTER_GAIN", 1.0)),
+                "applied_tilt": float(tags.get("HSICLUSTER_TILT", 0.0)),
                 "rows": dataset.height, "cols": dataset.width, "dtype": dataset.dtypes[0],
                 "nodata": (int(dataset.nodata) if dataset.nodata is not None and not confidence
                            else _json_number(dataset.nodata)), "georeferenced": georeferenced,
@@ -300,8 +301,7 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
     """Human-readable rendering of :func:`describe_label_raster`'s mapping."""
     lines = [f"source        {info['source']}  ({info['format']}, library {info['library_version']})",
              f"model         sha256 {info['model_sha256']}…, K {info['clusters']}",
-             f"labels of     {info['labelled_scene']}" + (
-                 f" at {info['applied_gain']:.2f}× its values (--match-brightness)" if info["applied_gain"] != 1 else ""),
+             f"labels of     {info['labelled_scene']}" + _matched(info),
              f"size          {info['rows']} rows × {info['cols']} cols, {info['dtype']}, nodata "
              f"{info['nodata'] if info['nodata'] is not None else 'not set'}"]
     if info["georeferenced"]:
@@ -321,6 +321,14 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
         lines.append(f"clusters      {shares}")
         lines.append(f"nodata        {info['nodata_pixels']} pixels ({100 * info['nodata_pixels'] / max(total, 1):.1f} %)")
     return "\n".join(lines)
+
+
+def _matched(info: dict[str, Any]) -> str:
+    """`` at 0.67× its values, tilt +10% (--match-brightness)``, or nothing for labels of the scene as delivered."""
+    gain, tilt = info["applied_gain"], info["applied_tilt"]
+    if gain == 1 and tilt == 0:
+        return ""
+    return f" at {gain:.2f}× its values" + (f", tilt {tilt:+.0%}" if tilt else "") + " (--match-brightness)"
 
 
 def _resolution_line(info: dict[str, Any]) -> str:

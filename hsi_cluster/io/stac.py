@@ -180,6 +180,7 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
         properties[f"{PREFIX}version"] = tags["HSICLUSTER_VERSION"]
     if tags.get("HSICLUSTER_GAIN"):  # labelled at a matched brightness (--match-brightness)
         properties[f"{PREFIX}applied_gain"] = float(tags["HSICLUSTER_GAIN"])
+        properties[f"{PREFIX}applied_tilt"] = float(tags.get("HSICLUSTER_TILT", 0.0))
     if source is not None:
         properties[f"{PREFIX}source"] = str(source)
     item = pystac.Item(id=item_id or labels.stem, geometry=geometry, bbox=bbox, datetime=written,

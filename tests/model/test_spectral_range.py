@@ -11,8 +11,11 @@ from hsi_cluster.model.spectral_range import (
     GAINS,
     N_PROTOTYPES,
     RANGE_QUANTILE,
+    TILTS,
     RangeFit,
     SpectralRange,
+    band_positions,
+    radiometric_factors,
 )
 
 
@@ -70,14 +73,47 @@ def test_the_gain_at_which_a_scene_fits_best_undoes_a_brightness_change(factor: 
     origin = np.array([-30.0, 10, 0, 0, 0])
     changed = factor * _three_kinds_of_ground(8_000, seed=2) + (1 - factor) * origin
     counts = trained.counts(changed, origin)
-    assert counts.dtype == np.int64 and len(counts) == 3 + len(GAINS) and counts[0] == 8_000 and counts[2] == 8_000 // GAIN_SUBSAMPLE
+    assert counts.dtype == np.int64 and len(counts) == 3 + len(TILTS) * len(GAINS)
+    assert counts[0] == 8_000 and counts[2] == 8_000 // GAIN_SUBSAMPLE
     fit = RangeFit.from_counts(counts)
-    assert fit is not None and abs(np.log(fit.gain * factor)) < 0.05
+    assert fit is not None and abs(np.log(fit.gain * factor)) < 0.05 and fit.tilt == 0
     assert fit.fit_ratio <= 1 and fit.another_acquisition == (factor != 1.0)
     assert abs(fit.outside_share - trained.outside(changed).mean()) < 1e-12
 
 
 def test_no_checked_pixel_gives_no_fit() -> None:
     trained = SpectralRange.fit(_three_kinds_of_ground(2_000), seed=0)
-    assert RangeFit.from_counts(np.zeros(3 + len(GAINS), np.int64)) is None
+    assert RangeFit.from_counts(np.zeros(3 + len(TILTS) * len(GAINS), np.int64)) is None
     assert RangeFit.from_counts(trained.counts(np.zeros((0, 5)), np.zeros(5))) is None
+
+
+@pytest.mark.parametrize(("gain", "tilt"), [(1.0, 0.0), (1.0, 0.1), (1.0, -0.15), (1.25, 0.1)])
+def test_the_tilt_at_which_a_scene_fits_best_undoes_a_tilt_across_its_bands(gain: float, tilt: float) -> None:
+    """Raw spectra of three kinds of ground (8 bands) under a gain and a linear tilt across the bands, seen through
+    an affine projection: the best gain and tilt undo them (within one step of each grid), and only a changed scene
+    is taken for another acquisition."""
+    rng = np.random.default_rng(0)
+    shapes = np.array([[10, 12, 14, 16, 18, 20, 22, 24], [30, 28, 20, 12, 10, 12, 14, 15], [5, 9, 30, 31, 29, 25, 20, 18]],
+                      float)
+
+    def raw(n: int, seed: int) -> np.ndarray:
+        kinds = np.random.default_rng(seed).integers(0, 3, n)
+        return shapes[kinds] * (1 + 0.03 * np.random.default_rng(seed + 1).standard_normal((n, 8)))
+
+    weights = rng.standard_normal((8, 5)) / 8
+    training = raw(20_000, 1)
+    bias = -training.mean(0) @ weights
+
+    def project(x: np.ndarray) -> np.ndarray:
+        return x @ weights + bias
+
+    trained = SpectralRange.fit(project(training), seed=0)
+    scene = raw(8_000, 5) * radiometric_factors(gain, tilt, 8)
+    tried = np.zeros(len(scene), bool)
+    tried[::4] = True
+    counts = trained.counts(project(scene), bias, tried=tried, tilted=(scene[tried] * band_positions(8)) @ weights)
+    fit = RangeFit.from_counts(counts)
+    assert fit is not None
+    step = TILTS[1] - TILTS[0]
+    assert abs(np.log(fit.gain * gain)) < 0.05 + 1e-9 and abs(fit.tilt + tilt) <= step + 1e-9, fit
+    assert fit.another_acquisition == (gain != 1.0 or tilt != 0.0), fit
