@@ -356,8 +356,9 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         remove_other_models: remove the labels that OUTDIR holds of scenes this run does not label, made with
             another model or tiles (a pipeline's batch step after its model changed); default: refuse the run.
         exclude: paths and patterns of files among ``scenes`` to leave out (a scene that cannot be labelled).
-        match_brightness: label a scene that fits the training spectra clearly better at another gain at that gain
-            (as ``predict --match-brightness``); a rerun that changes it labels only such scenes again.
+        match_brightness: label a scene that fits the training spectra clearly better at another gain or tilt
+            there (as ``predict --match-brightness``); a rerun that changes it labels only such scenes again (every
+            scene of a manifest written before batch could match, once).
 
     Returns:
         the records of every scene, in input order; ``failed`` lists the failures.

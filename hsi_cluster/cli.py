@@ -484,8 +484,8 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished tiles.")
 @click.option("--stac", is_flag=True, help="Also write a STAC Item beside the labels (labels.stac.json).")
 @click.option("--match-brightness", is_flag=True,
-              help="If the scene fits the training spectra clearly better at another brightness (another acquisition "
-                   "of the same kind of ground), label it at that gain, estimated without labels.")
+              help="If the scene fits the training spectra clearly better at another brightness or tilt across its "
+                   "bands (another acquisition of the same kind of ground), label it there, estimated without labels.")
 @command_options
 def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str, confidence: Path | None,
             quicklook: Path | None, overwrite: bool, resume: bool, stac: bool, match_brightness: bool,
@@ -551,7 +551,7 @@ def _scene_warnings(record: dict[str, Any]) -> list[str]:
               help="Leave out the scenes this path or quoted pattern names (repeatable), e.g. a file that cannot "
                    "be labelled; a bare name or pattern such as '*bad*' matches any scene's file name.")
 @click.option("--match-brightness", is_flag=True,
-              help="Label a scene that fits the training spectra clearly better at another brightness at that gain "
+              help="Label a scene that fits the training spectra clearly better at another brightness or tilt there "
                    "(as predict --match-brightness); a rerun that changes this labels only such scenes again.")
 @command_options
 def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, scheduler: str | None,

@@ -302,8 +302,11 @@ def range_warning(scene: object, fit: RangeFit) -> str | None:
 
 def _looks(gain: float, tilt: float) -> str:
     """How a scene that fits the training spectra best at ``gain`` and ``tilt`` looks beside the training scenes."""
-    looks = f"it looks {1 / gain:.2g}× as bright as the training scenes"
-    return looks + (f", tilted by {-tilt:+.0%} from its first band to its last" if tilt else "")
+    looks = [f"it looks {1 / gain:.2g}× as bright as the training scenes"] if gain != 1.0 else []
+    if tilt:  # the scene is about the training scenes times 1 − tilt · s: its first band up, its last down (tilt > 0)
+        looks.append(f"its values run ×{1 + tilt:.2f} at its first band to ×{1 - tilt:.2f} at its last against "
+                     "theirs")
+    return ", ".join(looks)
 
 
 def output_name_notices(files: list[tuple[str, Path | None, str]]) -> list[str]:
@@ -404,10 +407,13 @@ class _Job:
             identity["companions"] = files["companions"]
         if self.screened_bands is not None:
             identity["screened_bands"] = np.flatnonzero(self.screened_bands).tolist()
-        if self.matched:
-            identity["gain"], identity["tilt"] = self.gain, self.tilt
+        if self.matched:  # the tilt only when there is one: a gain-only run of an earlier version resumes
+            identity["gain"] = self.gain
             fit = self.delivered_fit
-            identity["delivered_fit"] = None if fit is None else [fit.outside_share, fit.gain, fit.fit_ratio, fit.tilt]
+            identity["delivered_fit"] = None if fit is None else [fit.outside_share, fit.gain, fit.fit_ratio] + (
+                [fit.tilt] if fit.tilt else [])
+            if self.tilt:
+                identity["tilt"] = self.tilt
         return identity
 
 
@@ -509,7 +515,7 @@ def read_tile(job: _Job, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def range_counts(job: _Job, pixels: np.ndarray, valid: np.ndarray, *, first_row: int, first_col: int) -> np.ndarray:
-    """int64 (3 + len(GAINS),): :meth:`~hsi_cluster.model.spectral_range.SpectralRange.counts` of the tile's valid
+    """int64 (:data:`RANGE_COUNTS`,): :meth:`~hsi_cluster.model.spectral_range.SpectralRange.counts` of the tile's valid
     pixels on the lattice of :data:`RANGE_STRIDE` (the same pixels whatever the tiles); zeros for a model without a
     range. ``pixels``: (B, h, w), holes filled; ``valid``: (h, w); ``first_row``, ``first_col``: the tile's first
     pixel in the scene."""

@@ -91,6 +91,17 @@ def test_a_scene_is_current_until_one_of_its_files_changes(tmp_path: Path) -> No
     manifest.records[str(lone)] = {"source": str(lone), "output": str(output), "status": "done",
                                    "sha256": sha256_of(output), "source_mtime_ns": lone.stat().st_mtime_ns}
     assert manifest.is_current(lone, output)  # a manifest of the previous version: no spurious relabelling
+    # --match-brightness: such a record does not say whether the scene fits at another gain, so it is labelled
+    # again once; a record that says, only when the option changes what it holds
+    assert not manifest.is_current(lone, output, match_brightness=True)
+    record = manifest.records[str(lone)]
+    record.update(another_acquisition=False, applied_gain=1.0, applied_tilt=0.0)
+    assert manifest.is_current(lone, output, match_brightness=True) and manifest.is_current(lone, output)
+    record.update(another_acquisition=True)
+    assert not manifest.is_current(lone, output, match_brightness=True) and manifest.is_current(lone, output)
+    record.update(applied_tilt=-0.1)
+    assert manifest.is_current(lone, output, match_brightness=True) and not manifest.is_current(lone, output)
+    record.update(another_acquisition=False, applied_tilt=0.0)
     sidecar.unlink()  # the class names and attribute table beside the labels: a rerun writes them again
     assert not manifest.is_current(lone, output)
     sidecar.write_text("<PAMDataset/>")

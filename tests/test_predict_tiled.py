@@ -503,7 +503,9 @@ def test_match_brightness_undoes_a_tilt_across_the_bands(
     plain = predict_scene(tilted.path, dense.checkpoint, tmp_path / "plain.tif", tiles=16, device="cpu")
     assert plain.range_fit is not None and plain.range_fit.another_acquisition, plain.range_fit
     assert abs(plain.matching_tilt + 0.15) < 0.051 and abs(np.log(plain.matching_gain)) < 0.05, plain.range_fit
-    assert "with a tilt of -15% across its bands" in result_warnings(tilted.path, plain)[0]
+    notice = result_warnings(tilted.path, plain)[0]
+    assert "with a tilt of -15% across its bands" in notice and "as bright" not in notice
+    assert "its values run ×0.85 at its first band to ×1.15 at its last against theirs" in notice
     matched = predict_scene(tilted.path, dense.checkpoint, tmp_path / "matched.tif", tiles=16, device="cpu",
                             match_brightness=True)
     assert matched.applied_tilt == plain.matching_tilt and matched.range_fit == plain.range_fit
@@ -514,6 +516,27 @@ def test_match_brightness_undoes_a_tilt_across_the_bands(
     assert float(read_raster(matched.output)[1]["tags"]["HSICLUSTER_TILT"]) == matched.applied_tilt
     info = json.loads(CliRunner().invoke(main, ["info", str(matched.output), "--json"]).stdout)
     assert info["applied_tilt"] == matched.applied_tilt
+    # killed in the pass at the matched tilt, the run resumes there; in memory the labels and attributes are the same
+    calls: list[int] = []
+
+    def kill_in_second_pass(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) > total + 1 and done >= 3:  # the first pass reported 0 … total
+            raise KeyboardInterrupt("simulated kill")
+
+    output = tmp_path / "resumed.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(tilted.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
+                      progress=kill_in_second_pass)
+    resumed = predict_scene(tilted.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
+                            resume=True)
+    assert resumed.tiles_resumed >= 3 and resumed.applied_tilt == matched.applied_tilt
+    np.testing.assert_array_equal(read_raster(output)[0], read_raster(matched.output)[0])
+    with pytest.warns(UserWarning, match="with a tilt of -15% across its bands"):
+        in_memory = hsi_cluster.load_model(dense.checkpoint).predict(hsi_cluster.open_scene(tilted.path), tiles=16,
+                                                                     device="cpu", match_brightness=True)
+    assert in_memory.attrs["applied_tilt"] == in_memory.attrs["matching_tilt"] == matched.applied_tilt
+    np.testing.assert_array_equal(in_memory.values, read_raster(matched.output)[0])
 
 
 def test_the_gain_is_found_when_bands_read_as_the_training_mean(
@@ -560,7 +583,7 @@ def test_an_interrupted_matched_run_resumes_at_its_gain(dense: TrainedModel, tmp
     with pytest.raises(KeyboardInterrupt):
         predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
                       progress=kill_in_second_pass, overwrite=True)
-    with pytest.warns(MetadataWarning, match="made with --match-brightness \\(another gain\\); they are discarded"):
+    with pytest.warns(MetadataWarning, match="made with --match-brightness \\(another gain or tilt\\); they are discarded"):
         plain = predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", resume=True)
     assert plain.applied_gain == 1.0 and plain.tiles_resumed == 0
 

@@ -86,7 +86,7 @@ def _discarded_notice(output: Path, path: Path, existing: Any, identity: dict[st
            "confidence": "confidence " + ("on" if existing.get("confidence") else "off"), "shape": "another scene",
            "source": "another scene", "mtime_ns": "the scene's files before they changed",
            "companions": "the scene's files before they changed", "screened_bands": "other bands read as the mean",
-           "gain": "--match-brightness (another gain)", "tilt": "--match-brightness (another gain)"}
+           "gain": "--match-brightness (another gain or tilt)", "tilt": "--match-brightness (another gain or tilt)"}
     changed = list(dict.fromkeys(why[key] for key in why if existing.get(key) != identity.get(key)))
     return (f"{output}: the interrupted run's {finished} finished tiles were made with "
             f"{', '.join(changed) or 'other settings'}; they are discarded and every tile is labelled again")

@@ -81,6 +81,23 @@ def test_the_gain_at_which_a_scene_fits_best_undoes_a_brightness_change(factor: 
     assert abs(fit.outside_share - trained.outside(changed).mean()) < 1e-12
 
 
+def test_the_counts_are_those_of_the_pixels_moved_one_by_one() -> None:
+    """The expansion that spares the (gain, tilt, pixel, centre) array gives the capped distances of the pixels moved
+    explicitly, origin far from the data (bands read as the mean) and tilt included."""
+    trained = SpectralRange.fit(_three_kinds_of_ground(5_000), seed=0)
+    pixels = _three_kinds_of_ground(400, seed=4) * 1.1
+    origin = np.array([-30.0, 10, 2, 0, 1])
+    tilted = np.random.default_rng(5).standard_normal((400, 5))
+    counts = trained.counts(pixels, origin, tried=np.ones(400, bool), tilted=tilted)
+    expected = []
+    for tilt in TILTS:
+        for gain in GAINS:
+            moved = gain * (pixels - origin + tilt * tilted) + origin
+            distance = np.sqrt(((moved[:, None] - trained.prototypes[None].astype(np.float64)) ** 2).sum(2)).min(1)
+            expected.append(np.minimum(distance / trained.radius, 2.0).sum() * 1000)
+    np.testing.assert_allclose(counts[3:], np.round(expected), rtol=1e-4, atol=2)  # float32 inside: 2e-5 of the sum
+
+
 def test_no_checked_pixel_gives_no_fit() -> None:
     trained = SpectralRange.fit(_three_kinds_of_ground(2_000), seed=0)
     assert RangeFit.from_counts(np.zeros(3 + len(TILTS) * len(GAINS), np.int64)) is None
