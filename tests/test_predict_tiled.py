@@ -492,6 +492,26 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     assert agree > 0.95 > (read_raster(plain.output)[0][valid] == read_raster(reference.output)[0][valid]).mean()
 
 
+def _kill_in_second_pass() -> Callable[[int, int], None]:
+    """A progress callback that stops a ``match_brightness`` run (Ctrl-C) after three tiles of its second pass."""
+    calls: list[int] = []
+
+    def kill(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) > total + 1 and done >= 3:  # the first pass reported 0 … total
+            raise KeyboardInterrupt("simulated kill")
+
+    return kill
+
+
+def _killed_in_second_pass_then_resumed(scene: Path, checkpoint: Path, output: Path) -> PredictResult:
+    """A matched run of ``scene`` into ``output`` killed in its second pass, then resumed."""
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(scene, checkpoint, output, tiles=16, device="cpu", match_brightness=True,
+                      progress=_kill_in_second_pass())
+    return predict_scene(scene, checkpoint, output, tiles=16, device="cpu", match_brightness=True, resume=True)
+
+
 def test_match_brightness_undoes_a_tilt_across_the_bands(
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """The scene tilted by +15 % from its first band to its last (another calibration or atmosphere): the warning
@@ -517,19 +537,8 @@ def test_match_brightness_undoes_a_tilt_across_the_bands(
     info = json.loads(CliRunner().invoke(main, ["info", str(matched.output), "--json"]).stdout)
     assert info["applied_tilt"] == matched.applied_tilt
     # killed in the pass at the matched tilt, the run resumes there; in memory the labels and attributes are the same
-    calls: list[int] = []
-
-    def kill_in_second_pass(done: int, total: int) -> None:
-        calls.append(done)
-        if len(calls) > total + 1 and done >= 3:  # the first pass reported 0 … total
-            raise KeyboardInterrupt("simulated kill")
-
     output = tmp_path / "resumed.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict_scene(tilted.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
-                      progress=kill_in_second_pass)
-    resumed = predict_scene(tilted.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
-                            resume=True)
+    resumed = _killed_in_second_pass_then_resumed(tilted.path, dense.checkpoint, output)
     assert resumed.tiles_resumed >= 3 and resumed.applied_tilt == matched.applied_tilt
     np.testing.assert_array_equal(read_raster(output)[0], read_raster(matched.output)[0])
     with pytest.warns(UserWarning, match="with a tilt of -15% across its bands"):
@@ -563,26 +572,14 @@ def test_an_interrupted_matched_run_resumes_at_its_gain(dense: TrainedModel, tmp
     brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32))
     unbroken = predict_scene(brighter.path, dense.checkpoint, tmp_path / "unbroken.tif", tiles=16, device="cpu",
                              match_brightness=True)
-    calls: list[int] = []
-
-    def kill_in_second_pass(done: int, total: int) -> None:
-        calls.append(done)
-        if len(calls) > total + 1 and done >= 3:  # the first pass reported 0 … total
-            raise KeyboardInterrupt("simulated kill")
-
     output = tmp_path / "labels.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
-                      progress=kill_in_second_pass)
-    resumed = predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
-                            resume=True)
+    resumed = _killed_in_second_pass_then_resumed(brighter.path, dense.checkpoint, output)
     assert resumed.tiles_resumed >= 3 and resumed.applied_gain == unbroken.applied_gain != 1.0
     assert resumed.range_fit == unbroken.range_fit and resumed.outside_share > 0.9
     np.testing.assert_array_equal(read_raster(output)[0], read_raster(unbroken.output)[0])
-    calls.clear()
     with pytest.raises(KeyboardInterrupt):
         predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", match_brightness=True,
-                      progress=kill_in_second_pass, overwrite=True)
+                      progress=_kill_in_second_pass(), overwrite=True)
     with pytest.warns(MetadataWarning, match="made with --match-brightness \\(another gain or tilt\\); they are discarded"):
         plain = predict_scene(brighter.path, dense.checkpoint, output, tiles=16, device="cpu", resume=True)
     assert plain.applied_gain == 1.0 and plain.tiles_resumed == 0
