@@ -280,6 +280,13 @@ def range_warning(scene: object, fit: RangeFit) -> str | None:
     """The warning for a scene whose pixels mostly lie outside the model's training spectra, or that fits them far
     better at another brightness (None: neither)."""
     outside = fit.outside_share > OUTSIDE_SHARE_LIMIT
+    if fit.beyond_range:
+        way = "over twice as bright as" if fit.gain < 1 else "under half as bright as"
+        return (f"{scene}: {fit.outside_share:.0%} of its valid pixels lie outside the spectra the model was trained "
+                f"on, and its values fit them best at the edge of the gains tried ({fit.gain:.2f}×): it looks {way} "
+                "the training scenes (other units or scaling, other processing, or another acquisition), further "
+                f"than {_match_brightness()} corrects; rescale it to the training scenes' units, or train on scenes "
+                "like it")
     if not outside and not fit.another_acquisition:
         return None
     advice = ("their labels are extrapolated and may mean little. Train on scenes like this one as well (hsicluster "
@@ -810,7 +817,8 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         if job.matched:  # resumed at a matched gain: the fit of the scene as delivered was kept
             fit = job.delivered_fit
         # a whole scene at another brightness: its bands are not to be set aside one by one
-        outlying = None if job.matched or (fit is not None and fit.another_acquisition) else job.outlying_bands
+        outlying = (None if job.matched or (fit is not None and (fit.another_acquisition or fit.beyond_range))
+                    else job.outlying_bands)
         band_stats = (stats[:band_stats_length(n_bands)] if stats is not None  # tiles of an earlier version kept
                       else store.summed_stats(job.grid, length=band_stats_length(n_bands)))  # these alone
         redo = screen_bands(job, band_stats, outlying) if job.screened_bands is None else None

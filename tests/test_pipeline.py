@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import yaml
 from click.testing import CliRunner
 
@@ -658,3 +659,24 @@ def test_a_job_rerun_within_the_second_of_its_last_run_changes_what_the_report_r
     state.record("predict", "predict", "seed1", params={}, inputs={}, outputs={}, seconds=0.3)
     after = (state.finished("predict"), state.seconds("predict"), state.last_run("predict"))
     assert before[:2] == after[:2] and before != after
+
+
+def test_a_predict_step_tells_what_predict_warns_of_the_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scene 1.5× as bright as the training scene: the predict step logs the warning ``hsicluster predict`` prints
+    (it was silent), and with ``match_brightness: true`` the line that says at which gain it labelled."""
+    write_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    with rasterio.open(tmp_path / "data" / "scene.tif") as src:
+        profile, values = src.profile, src.read()
+    with rasterio.open(tmp_path / "data" / "bright.tif", "w", **profile) as dst:
+        dst.write(np.where(values == profile["nodata"], values, values * 1.5).astype(values.dtype))
+    steps = tiny_steps(predict={"scene": "../data/bright.tif"})[:3]
+    path = write_pipeline(tmp_path / "pipes" / "tiny.yaml", steps)
+    lines: list[str] = []
+    run(path, log=lines.append)
+    assert any(line.startswith("    warning: ") and "label it at that brightness with --match-brightness" in line
+               for line in lines), lines
+    write_pipeline(path, tiny_steps(predict={"scene": "../data/bright.tif", "match_brightness": True})[:3])
+    lines.clear()
+    run(path, log=lines.append)
+    assert any(line.startswith("    warning: ") and "× its values (--match-brightness)" in line for line in lines), lines

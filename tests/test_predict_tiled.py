@@ -548,6 +548,19 @@ def test_match_brightness_undoes_a_tilt_across_the_bands(
     np.testing.assert_array_equal(in_memory.values, read_raster(matched.output)[0])
 
 
+def test_a_scene_brighter_than_the_gains_corrected_is_warned_of_and_not_matched(
+        dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
+    """2.3 times as bright: the best gain lies at the edge of those tried, which is not the one that undoes it; the
+    warning says so, and ``--match-brightness`` labels the scene as delivered (it matched at 0.50× before)."""
+    brighter = write_scene(tmp_path / "bright.tif", np.where(holey[1], holey[0].cube * 2.3, NODATA).astype(np.float32))
+    result = predict_scene(brighter.path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu",
+                           match_brightness=True)
+    assert result.applied_gain == 1.0 and result.range_fit is not None and result.range_fit.beyond_range
+    notice = result_warnings(brighter.path, result)[0]
+    assert "it looks over twice as bright as the training scenes" in notice
+    assert "further than --match-brightness corrects" in notice
+
+
 def test_the_gain_is_found_when_bands_read_as_the_training_mean(
         dense: TrainedModel, tmp_path: Path, holey: tuple[helpers.SyntheticScene, np.ndarray]) -> None:
     """Bands the scene flags bad read as the training mean, which a gain on the scene does not scale: with a quarter

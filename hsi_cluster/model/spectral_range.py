@@ -50,8 +50,9 @@ OUTSIDE_SHARE_LIMIT = 0.5
 RANGE_SAMPLES = 40_000
 #: The smallest radius, relative to the centres' root-mean-square norm (float32 rounding is ~1e-7 of it).
 RADIUS_FLOOR = 1e-5
-#: Gains tried on a scene's raw values (0.5–2×, 5 % apart) to find the one at which they best fit the range.
-GAINS = np.geomspace(0.5, 2.0, 29)
+#: Gains tried on a scene's raw values (0.5–2×, 5 % apart, and one step beyond each end) to find the one at which
+#: they best fit the range; a scene that fits best at one of the two outer gains lies beyond what is corrected.
+GAINS = 2.0 ** (np.arange(-15, 16) / 14)
 #: Tilts tried with each gain: the raw spectrum times ``1 + τ s_b``, ``s_b`` = 2 b / (B − 1) − 1 (−1 at the first
 #: band, 1 at the last), τ from −20 % to 20 % in steps of 5 %.
 TILTS = np.linspace(-0.2, 0.2, 9)
@@ -185,9 +186,17 @@ class RangeFit:
     @property
     def another_acquisition(self) -> bool:
         """The scene fits the training spectra clearly better at a gain over :data:`GAIN_LIMIT` from 1 or a tilt
-        other than 0."""
+        other than 0, within the gains corrected (0.5–2×)."""
         changed = abs(math.log(self.gain)) > math.log(GAIN_LIMIT) or abs(self.tilt) > 1e-9
-        return changed and self.fit_ratio < GAIN_FIT_RATIO
+        return changed and self.fit_ratio < GAIN_FIT_RATIO and not self.beyond_range
+
+    @property
+    def beyond_range(self) -> bool:
+        """The scene fits best at an outer gain of :data:`GAINS`, clearly better or with most pixels outside: it is
+        over 2× as bright as the training scenes, or under half as bright (other units or scaling, or another
+        processing)."""
+        at_edge = self.gain <= GAINS[0] * 1.0001 or self.gain >= GAINS[-1] / 1.0001
+        return at_edge and (self.fit_ratio < GAIN_FIT_RATIO or self.outside_share > OUTSIDE_SHARE_LIMIT)
 
 
 def radiometric_factors(gain: float, tilt: float, n_bands: int) -> np.ndarray:

@@ -101,13 +101,15 @@ def _run_train(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
 
 
 def _run_predict(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
-    from hsi_cluster.predict import predict_scene
+    from hsi_cluster.predict import predict_scene, result_warnings
 
     o = job.options
     result = predict_scene(job.inputs["scene"], job.inputs["model"], job.outputs["output"], tiles=o["tiles"],
                            device=o["device"], confidence_path=job.outputs.get("confidence"),
                            quicklook_path=job.outputs.get("quicklook"), overwrite=True, resume=True,
                            match_brightness=o["match_brightness"])
+    for warning in result_warnings(job.inputs["scene"], result):  # what `hsicluster predict` warns of the labels
+        ctx.log(f"    warning: {warning}")
     return {"tiles": result.tiles, "valid_pixels": result.valid_pixels,
             "megapixels_per_second": result.megapixels_per_second}
 

@@ -98,6 +98,18 @@ def test_the_counts_are_those_of_the_pixels_moved_one_by_one() -> None:
     np.testing.assert_allclose(counts[3:], np.round(expected), rtol=1e-4, atol=2)  # float32 inside: 2e-5 of the sum
 
 
+@pytest.mark.parametrize("factor", [0.35, 3.0])
+def test_a_change_beyond_the_gains_corrected_is_said_so_and_not_taken_for_another_acquisition(factor: float) -> None:
+    """A scene 3× as bright (or a third as bright) fits best at an outer gain, one step beyond 0.5–2×: that is not
+    the gain that undoes it, so it is not offered for matching (it was reported as 0.50× and matched there)."""
+    trained = SpectralRange.fit(_three_kinds_of_ground(20_000), seed=0)
+    origin = np.array([-30.0, 10, 0, 0, 0])
+    changed = factor * _three_kinds_of_ground(8_000, seed=2) + (1 - factor) * origin
+    fit = RangeFit.from_counts(trained.counts(changed, origin))
+    assert fit is not None and fit.gain in (GAINS[0], GAINS[-1]) and not 0.5 <= fit.gain <= 2.0
+    assert fit.beyond_range and not fit.another_acquisition
+
+
 def test_no_checked_pixel_gives_no_fit() -> None:
     trained = SpectralRange.fit(_three_kinds_of_ground(2_000), seed=0)
     assert RangeFit.from_counts(np.zeros(3 + len(TILTS) * len(GAINS), np.int64)) is None
