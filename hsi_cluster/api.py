@@ -344,8 +344,7 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     job.spread = probe.spread
     fit = range_fit(stats, job.scene.shape[0])
     # a whole scene at another brightness: its bands are not to be set aside one by one
-    whole = fit is not None and (fit.another_acquisition or fit.beyond_range)
-    redo = screen_bands(job, stats, None if whole else probe.outlying)
+    redo = screen_bands(job, stats, None if fit is not None and fit.whole_scene else probe.outlying)
     if redo is not None:
         job = redo
         labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)

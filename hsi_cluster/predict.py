@@ -23,6 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from hsi_cluster import __version__
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
+from hsi_cluster.data.augment import band_positions
 from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.device import device_from
 from hsi_cluster.errors import MetadataWarning, SceneError, naming_python_options, number_ranges, option
@@ -59,7 +60,6 @@ from hsi_cluster.model.spectral_range import (
     TILTS,
     RangeFit,
     SpectralRange,
-    band_positions,
     radiometric_factors,
 )
 from hsi_cluster.model.sscc import SSCC
@@ -536,7 +536,7 @@ def range_counts(job: _Job, pixels: np.ndarray, valid: np.ndarray, *, first_row:
         spectrum = np.where(job.replaced_bands, job.fill, 0.0).astype(np.float32)
         origin = job.pixel_map(spectrum[None])[0]
     tried = (first_col + cols) % job.range_stride < max(1, job.range_stride // GAIN_SUBSAMPLE)  # 1 in 8, tile-invariant
-    slope = band_positions(len(pixels))  # the tilt's direction: the linear part of the projection of x · s_b
+    slope = band_positions(len(pixels)).astype(np.float32)  # the tilt's direction: the linear part of the projection of x · s_b
     if job.replaced_bands is not None:
         slope = np.where(job.replaced_bands, 0.0, slope).astype(np.float32)
     tilted = job.pixel_map(checked[tried].astype(np.float32) * slope) - job.pixel_map.bias
@@ -817,8 +817,7 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
         if job.matched:  # resumed at a matched gain: the fit of the scene as delivered was kept
             fit = job.delivered_fit
         # a whole scene at another brightness: its bands are not to be set aside one by one
-        outlying = (None if job.matched or (fit is not None and (fit.another_acquisition or fit.beyond_range))
-                    else job.outlying_bands)
+        outlying = None if job.matched or (fit is not None and fit.whole_scene) else job.outlying_bands
         band_stats = (stats[:band_stats_length(n_bands)] if stats is not None  # tiles of an earlier version kept
                       else store.summed_stats(job.grid, length=band_stats_length(n_bands)))  # these alone
         redo = screen_bands(job, band_stats, outlying) if job.screened_bands is None else None

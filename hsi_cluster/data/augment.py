@@ -35,6 +35,12 @@ from torch import Tensor
 ONE_OF_OPS = ("blur", "pixel_mask", "band_mask")
 
 
+def band_positions(n_bands: int) -> np.ndarray:
+    """float64 (B,): ``s_b`` = 2 b / (B − 1) − 1, from −1 at the first band to 1 at the last (0 for one band): the
+    direction of ``spectral_tilt``, which multiplies the raw spectrum by ``1 + τ s_b``."""
+    return np.linspace(-1.0, 1.0, n_bands) if n_bands > 1 else np.zeros(1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
     """Parameters of the augmentation pool; defaults are the paper's.
@@ -128,8 +134,7 @@ class AugmentConfig:
         if self.brightness is not None:
             brightness = np.exp(rng.uniform(math.log(self.brightness[0]), math.log(self.brightness[1]), n_samples))
         tilt = rng.uniform(-self.spectral_tilt, self.spectral_tilt, n_samples)
-        slope = np.linspace(-1.0, 1.0, n_bands) if n_bands > 1 else np.zeros(1)
-        return (brightness[:, None] * (1 + tilt[:, None] * slope[None, :])).astype(np.float32)
+        return (brightness[:, None] * (1 + tilt[:, None] * band_positions(n_bands)[None, :])).astype(np.float32)
 
     @property
     def radiometric(self) -> bool:

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from hsi_cluster.data.augment import band_positions
+
 #: k-means centres that stand for the training spectra.
 N_PROTOTYPES = 32
 #: The quantile of the training pixels' distance to the nearest centre that sets the radius.
@@ -170,18 +172,20 @@ class RangeFit:
             return None
         curve = np.asarray(counts[3:], dtype=np.float64).reshape(len(TILTS), len(GAINS))
         unit = (int(np.argmin(np.abs(TILTS))), int(np.argmin(np.abs(np.log(GAINS)))))
-        tilt_step, gain_step = np.meshgrid(np.abs(np.arange(len(TILTS)) - unit[0]),
-                                           np.abs(np.arange(len(GAINS)) - unit[1]), indexing="ij")
-        # the smallest distance; among equals (no tilt tried), the change closest to none
-        tilt_index, gain_index = np.unravel_index(
-            int(np.lexsort((gain_step.ravel(), tilt_step.ravel(), curve.ravel()))[0]), curve.shape)
-        best = (int(tilt_index), int(gain_index))
-        gain_alone = (unit[0], int(np.lexsort((gain_step[unit[0]], curve[unit[0]]))[0]))
-        if not curve[best] <= GAIN_FIT_RATIO * curve[gain_alone]:  # a tilt must earn its place, as a gain does
-            best = gain_alone
+        from_one = np.abs(np.arange(len(GAINS)) - unit[1])  # among equal fits, the gain closest to 1
+        best = (unit[0], int(np.lexsort((from_one, curve[unit[0]]))[0]))
+        tilt_index, gain_index = np.unravel_index(int(np.argmin(curve)), curve.shape)
+        if curve[tilt_index, gain_index] < GAIN_FIT_RATIO * curve[best]:  # a tilt must earn its place, as a gain does
+            best = (int(tilt_index), int(gain_index))
         ratio = float(curve[best] / curve[unit]) if curve[unit] > 0 else 1.0
         return cls(outside_share=outside / checked, gain=float(GAINS[best[1]]), fit_ratio=ratio,
                    tilt=round(float(TILTS[best[0]]), 6))
+
+    @property
+    def whole_scene(self) -> bool:
+        """The whole scene is at another brightness (or tilt), within the gains corrected or beyond: its bands are
+        not to be set aside one by one as outlying."""
+        return self.another_acquisition or self.beyond_range
 
     @property
     def another_acquisition(self) -> bool:
@@ -202,12 +206,6 @@ class RangeFit:
 def radiometric_factors(gain: float, tilt: float, n_bands: int) -> np.ndarray:
     """float32 (B,): the factor each band's raw values take under ``gain`` and ``tilt`` (``g (1 + τ s_b)``)."""
     return (gain * (1.0 + tilt * band_positions(n_bands))).astype(np.float32)
-
-
-def band_positions(n_bands: int) -> np.ndarray:
-    """float32 (B,): ``s_b`` = 2 b / (B − 1) − 1, from −1 at the first band to 1 at the last (0 for one band), as
-    :class:`~hsi_cluster.data.augment.AugmentConfig`'s ``spectral_tilt`` defines it."""
-    return np.linspace(-1.0, 1.0, n_bands, dtype=np.float32) if n_bands > 1 else np.zeros(1, np.float32)
 
 
 def _nearest(values: np.ndarray, prototypes: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hsi_cluster.data.augment import band_positions
 from hsi_cluster.model.spectral_range import (
     GAIN_SUBSAMPLE,
     GAINS,
@@ -14,7 +15,6 @@ from hsi_cluster.model.spectral_range import (
     TILTS,
     RangeFit,
     SpectralRange,
-    band_positions,
     radiometric_factors,
 )
 
