@@ -48,16 +48,17 @@ from hsi_cluster.model.spectral_range import RangeFit
 from hsi_cluster.predict import (
     PredictResult,
     SpreadProbe,
+    label_in_passes,
     label_tile,
     labelling_warnings,
     output_name_notices,
     predict_scene,
-    range_fit,
     read_tile,
-    screen_bands,
+    result_warnings,
     stats_length,
     tile_job,
 )
+from hsi_cluster.stats import units_differ
 
 SceneLike = str | os.PathLike | xr.DataArray
 
@@ -254,7 +255,8 @@ class Model:
                             fit_ratio=attrs["matching_fit_ratio"], tilt=attrs["matching_tilt"])
                    if "outside_share" in attrs else None)
             for notice in labelling_warnings(attrs["source"], spread=attrs.get("spread"), range_fit=fit,
-                                             applied_gain=attrs["applied_gain"], applied_tilt=attrs["applied_tilt"]):
+                                             applied_gain=attrs["applied_gain"], applied_tilt=attrs["applied_tilt"],
+                                             match_brightness=match_brightness):
                 warnings.warn(notice, UserWarning, stacklevel=2)
             return labelled
         output = Path(output).expanduser().absolute()
@@ -275,8 +277,7 @@ class Model:
                                        confidence_path=confidence_path, quicklook_path=quicklook,
                                        overwrite=overwrite, resume=resume, progress=update, stac=stac,
                                        match_brightness=match_brightness)
-        for notice in labelling_warnings(source, spread=result.spread, range_fit=result.range_fit,
-                                         applied_gain=result.applied_gain, applied_tilt=result.applied_tilt):
+        for notice in result_warnings(source, result, match_brightness=match_brightness):
             warnings.warn(notice, UserWarning, stacklevel=2)
         if stac:
             from hsi_cluster.io.stac import write_label_item
@@ -339,24 +340,19 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     check_tile_size(tiles)
     job = tile_job(checkpoint, scene, tiles=tiles, device=device, digest=model_sha256)
     n_clusters, nodata = checkpoint.n_clusters, job.nodata
-    labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
-    # bands that voided most of the scene, or lie far from the training values: read as the mean, labelled again
-    job.spread = probe.spread
-    fit = range_fit(stats, job.scene.shape[0])
-    # a whole scene at another brightness: its bands are not to be set aside one by one
-    redo = screen_bands(job, stats, None if fit is not None and fit.whole_scene else probe.outlying)
-    if redo is not None:
-        job = redo
-        labels, probability, probe, stats = _label_in_memory(job, confidence=confidence, progress=progress)
-        fit = range_fit(stats, job.scene.shape[0])
-    if match_brightness and fit is not None and fit.another_acquisition:  # labelled again where it fits
-        job = replace(job, gain=fit.gain, tilt=fit.tilt, delivered_fit=fit)  # the probe as delivered is kept
-        labels, probability, _, _ = _label_in_memory(job, confidence=confidence, progress=progress)
+    last: dict[str, Any] = {}  # the labels and probabilities of the last pass
+
+    def label_pass(job: Any, first: bool) -> tuple[np.ndarray, np.ndarray]:
+        last["labels"], last["probability"], stats = _label_in_memory(job, confidence=confidence, progress=progress)
+        return stats, stats
+
+    job, fit = label_in_passes(job, label_pass, match_brightness=match_brightness)
+    labels, probability = last["labels"], last["probability"]
     result = _like_scene(labels, scene, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
                                 "model_sha256": job.digest, "source": scene.attrs["source"],
-                                "units_differ": int(probe.units_differ),
-                                **({} if probe.spread is None else {"spread": probe.spread}),
+                                "units_differ": int(units_differ(job.spread)),
+                                **({} if job.spread is None else {"spread": job.spread}),
                                 **({} if fit is None else {"outside_share": fit.outside_share,
                                                            "matching_gain": fit.gain,
                                                            "matching_fit_ratio": fit.fit_ratio,
@@ -369,10 +365,10 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     return xr.Dataset({"labels": result, "confidence": conf})
 
 
-def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.ndarray, np.ndarray | None,
-                                                                             SpreadProbe, np.ndarray]:
+def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Every tile of a :func:`~hsi_cluster.predict.tile_job` labelled in memory: labels (y, x), winning probabilities
-    (y, x) when ``confidence``, the units probe, and the tiles' summed band statistics."""
+    (y, x) when ``confidence``, and the tiles' summed statistics (:func:`~hsi_cluster.predict.stats_length`). The first
+    pass sets the job's units probe (``spread``, ``outlying_bands``), as ``predict`` does."""
     labels = np.full(job.scene.shape[1:], job.nodata, dtype=job.dtype)
     probability = np.full(job.scene.shape[1:], np.nan, dtype=np.float32) if confidence else None
     probe = SpreadProbe(job, len(job.grid))
@@ -382,14 +378,16 @@ def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.
             rows, cols = job.grid.window(i, j).slices
             padded, valid, tile_stats = read_tile(job, i, j)
             stats += tile_stats
-            probe.add(padded, valid)
+            if job.spread is None:
+                probe.add(padded, valid)
+                job.spread, job.outlying_bands = probe.spread, probe.outlying
             tile_labels, tile_confidence = label_tile(job, i, j, padded, valid)
             labels[rows, cols] = tile_labels
             if probability is not None:
                 probability[rows, cols] = tile_confidence
             if update:
                 update(done, len(job.grid))
-    return labels, probability, probe, stats
+    return labels, probability, stats
 
 
 def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: float,

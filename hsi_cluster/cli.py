@@ -522,7 +522,7 @@ def predict(scene: Path, checkpoint: Path, output: Path, tiles: int, device: str
         resumed = f", {result.tiles_resumed} resumed" if result.tiles_resumed else ""
         rate = f", {result.megapixels_per_second:.3g} Mpix/s" if result.tiles_resumed < result.tiles else ""
         click.echo(f"wrote {result.output} ({counted(result.tiles, 'tile')}{resumed}, {result.valid_pixels} labelled pixels{rate})")
-    for warning in result_warnings(scene, result):
+    for warning in result_warnings(scene, result, match_brightness=match_brightness):
         _warn(warning)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -66,10 +66,10 @@ from hsi_cluster.model.sscc import SSCC
 from hsi_cluster.stats import (
     DROPOUT_BANDS_MAX_SHARE,
     OUTLYING_LIMIT,
-    UNITS_SPREAD_LIMIT,
     band_deviations,
     band_voids,
     spread_against,
+    units_differ,
     usable_values,
     valid_pixel_mask,
     voiding_bands,
@@ -128,7 +128,7 @@ class SpreadProbe:
     @property
     def units_differ(self) -> bool:
         """The scene's values vary over 100× more or less than the training scenes': other units or scaling."""
-        return self.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= self.spread <= UNITS_SPREAD_LIMIT
+        return units_differ(self.spread)
 
 
 def outlying_bands(pixels: np.ndarray, job: _Job, bands: np.ndarray) -> np.ndarray:
@@ -227,7 +227,12 @@ class PredictResult:
     @property
     def units_differ(self) -> bool:
         """The scene's values vary over 100× more or less than the training scenes': other units or scaling."""
-        return self.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= self.spread <= UNITS_SPREAD_LIMIT
+        return units_differ(self.spread)
+
+    @property
+    def matched(self) -> bool:
+        """The scene was labelled at another gain or tilt than delivered (``match_brightness``)."""
+        return self.applied_gain != 1.0 or self.applied_tilt != 0.0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -246,28 +251,47 @@ NO_LABELLED_PIXELS = ("every pixel is nodata, NaN or fill in at least one band t
                       "such a band bad, and predict then reads it as the training mean); every label is nodata")
 
 
-def result_warnings(scene: object, result: PredictResult) -> list[str]:
+def result_warnings(scene: object, result: PredictResult, *, match_brightness: bool = False) -> list[str]:
     """What a finished labelling warns of: no pixel labelled, a scene in other units than the training scenes, or
-    one whose pixels mostly lie outside the training spectra."""
+    one whose pixels mostly lie outside the training spectra; with ``match_brightness`` (a run that asked for it),
+    also when that changed nothing (:func:`match_notice`)."""
     if result.valid_pixels == 0:
         return [f"{scene}: {NO_LABELLED_PIXELS}"]
     return labelling_warnings(scene, spread=result.spread, range_fit=result.range_fit,
-                              applied_gain=result.applied_gain, applied_tilt=result.applied_tilt)
+                              applied_gain=result.applied_gain, applied_tilt=result.applied_tilt,
+                              match_brightness=match_brightness)
 
 
 def labelling_warnings(scene: object, *, spread: float | None, range_fit: RangeFit | None,
-                       applied_gain: float = 1.0, applied_tilt: float = 0.0) -> list[str]:
+                       applied_gain: float = 1.0, applied_tilt: float = 0.0,
+                       match_brightness: bool = False) -> list[str]:
     """The units warning, else the training-range one (the units one says more), for a labelled scene; with
-    ``applied_gain`` ≠ 1 or ``applied_tilt`` ≠ 0 (``--match-brightness``), what was done instead. ``range_fit`` is
-    that of the scene as delivered."""
-    if spread is not None and not 1 / UNITS_SPREAD_LIMIT <= spread <= UNITS_SPREAD_LIMIT:
+    ``applied_gain`` ≠ 1 or ``applied_tilt`` ≠ 0 (``--match-brightness``), what was done instead; with
+    ``match_brightness`` and neither applied, why (:func:`match_notice`). ``range_fit`` is that of the scene as
+    delivered."""
+    if units_differ(spread):
         return [units_warning(scene, spread)]
     if applied_gain != 1.0 or applied_tilt != 0.0:
         tilt = f" with a tilt of {applied_tilt:+.0%} across its bands" if applied_tilt else ""
         return [f"{scene}: labelled at {applied_gain:.2f}× its values{tilt} ({_match_brightness()}): they fit the "
                 f"training spectra best there ({_looks(applied_gain, applied_tilt)})"]
     notice = range_warning(scene, range_fit) if range_fit is not None else None
+    if notice is None and match_brightness:
+        notice = match_notice(scene, range_fit)
     return [notice] if notice is not None else []
+
+
+def match_notice(scene: object, range_fit: RangeFit | None) -> str | None:
+    """Why ``--match-brightness`` changed nothing for a labelled scene in the training scenes' units that no range
+    warning speaks of: it fits the training spectra as delivered, or could not be checked against them."""
+    if range_fit is None:
+        return (f"{scene}: {_match_brightness()} changed nothing: no pixel could be checked against the training "
+                "spectra (the model keeps no training range, or the run resumed tiles labelled by an earlier "
+                "version); labelled as delivered")
+    if range_fit.another_acquisition or range_fit.beyond_range:  # matched, or warned of
+        return None
+    return (f"{scene}: {_match_brightness()} changed nothing: it fits the training spectra as delivered "
+            f"({range_fit.outside_share:.1%} of its checked pixels outside them); labelled as delivered")
 
 
 def _match_brightness() -> str:
@@ -588,7 +612,7 @@ def screen_bands(job: _Job, stats: np.ndarray | None, outlying: np.ndarray | Non
     none. Warns, naming them."""
     flagged = _voiding_bands(job, stats)
     read = len(job.fill) if job.deciding_bands is None else int(job.deciding_bands.sum())
-    if job.spread is not None and not 1 / UNITS_SPREAD_LIMIT <= job.spread <= UNITS_SPREAD_LIMIT:
+    if units_differ(job.spread):
         outlying = None  # the whole scene is in other units (warned of): its bands are not to be set aside one by one
     if outlying is not None and outlying.sum() > DROPOUT_BANDS_MAX_SHARE * read:  # another scene, not a few bands
         if job.spread is not None:
@@ -735,6 +759,45 @@ def _write_outputs(job: _Job, store: TileStore, outputs: _Outputs, *,
     return confidence_out, quicklook_out, counts
 
 
+def label_in_passes(job: _Job, label_pass: Callable[[_Job, bool], tuple[np.ndarray | None, np.ndarray | None]], *,
+                    match_brightness: bool) -> tuple[_Job, RangeFit | None]:
+    """Label a scene in as many passes as it needs (``predict`` and the in-memory path alike); returns the job of the
+    last pass and how the scene as delivered sits against the training range.
+
+    ``label_pass(job, first)`` labels every tile with ``job`` (only the first pass may resume) and returns the tiles'
+    summed statistics: all of them (:func:`stats_length`; None when some tile has none) and their band part
+    (:func:`band_stats_length`). After a pass, :func:`next_pass` says whether another one follows."""
+    first = True
+    while True:
+        stats, band_stats = label_pass(job, first)
+        first = False
+        fit = job.delivered_fit if job.matched else range_fit(stats, job.scene.shape[0])
+        following = next_pass(job, fit, band_stats, match_brightness=match_brightness)
+        if following is None:
+            return job, fit
+        job = following
+
+
+def next_pass(job: _Job, fit: RangeFit | None, band_stats: np.ndarray | None, *,
+              match_brightness: bool) -> _Job | None:
+    """The job of the pass after one of ``job`` that gave ``fit`` and ``band_stats``, or None when its labels stand.
+
+    First, bands that voided most of the scene or lie far from the training values are read as the training mean
+    (:func:`screen_bands`, once per run; not bands one by one when the whole scene is at another brightness); then,
+    with ``match_brightness``, a scene taken for another acquisition (:attr:`RangeFit.another_acquisition`) is read at
+    the gain and tilt where it fits, once."""
+    if job.matched:
+        return None
+    if job.screened_bands is None:
+        outlying = None if fit is not None and fit.whole_scene else job.outlying_bands
+        screened = screen_bands(job, band_stats, outlying)
+        if screened is not None:
+            return screened
+    if match_brightness and fit is not None and fit.another_acquisition:
+        return replace(job, gain=fit.gain, tilt=fit.tilt, delivered_fit=fit)
+    return None
+
+
 def _label_scene(job: _Job, output: Path, *, tiles: int, with_confidence: bool, resume: bool,
                  progress: Callable[[int, int], None] | None) -> tuple[TileStore, int]:
     """Every tile of the job labelled into the tile store of ``output`` (resuming its finished ones when asked);
@@ -809,28 +872,20 @@ def predict_scene(scene_path: str | os.PathLike[str], checkpoint_path: str | os.
             delivered = saved.get("delivered_fit")
             job = replace(job, gain=saved["gain"], tilt=float(saved.get("tilt", 0.0)),
                           delivered_fit=RangeFit(*delivered) if delivered else None)
-        store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
-                                      resume=resume, progress=progress)
         n_bands = job.scene.shape[0]
-        stats = store.summed_stats(job.grid, length=stats_length(n_bands))
-        fit = range_fit(stats, n_bands)
-        if job.matched:  # resumed at a matched gain: the fit of the scene as delivered was kept
-            fit = job.delivered_fit
-        # a whole scene at another brightness: its bands are not to be set aside one by one
-        outlying = None if job.matched or (fit is not None and fit.whole_scene) else job.outlying_bands
-        band_stats = (stats[:band_stats_length(n_bands)] if stats is not None  # tiles of an earlier version kept
-                      else store.summed_stats(job.grid, length=band_stats_length(n_bands)))  # these alone
-        redo = screen_bands(job, band_stats, outlying) if job.screened_bands is None else None
-        if redo is not None:
-            job = redo
-            store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
-                                          resume=False, progress=progress)
-            if not job.matched:
-                fit = range_fit(store.summed_stats(job.grid, length=stats_length(n_bands)), n_bands)
-        if match_brightness and not job.matched and fit is not None and fit.another_acquisition:
-            job = replace(job, gain=fit.gain, tilt=fit.tilt, delivered_fit=fit)  # labelled again where it fits
-            store, resumed = _label_scene(job, outputs.labels, tiles=tiles, with_confidence=with_confidence,
-                                          resume=False, progress=progress)
+        last: dict[str, Any] = {}  # the tile store of the last pass, and the tiles it resumed
+
+        def label_pass(job: _Job, first: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+            last["store"], last["resumed"] = _label_scene(job, outputs.labels, tiles=tiles,
+                                                          with_confidence=with_confidence, resume=resume and first,
+                                                          progress=progress)
+            stats = last["store"].summed_stats(job.grid, length=stats_length(n_bands))
+            band_stats = (stats[:band_stats_length(n_bands)] if stats is not None  # tiles of an earlier version kept
+                          else last["store"].summed_stats(job.grid, length=band_stats_length(n_bands)))  # these alone
+            return stats, band_stats
+
+        job, fit = label_in_passes(job, label_pass, match_brightness=match_brightness)
+        store, resumed = last["store"], last["resumed"]
         confidence_out, quicklook_out, counts = _write_outputs(job, store, outputs, tiles=tiles)
         store.remove()
         _, height, width = job.scene.shape

@@ -183,6 +183,14 @@ def likely_fill(spectra: np.ndarray) -> tuple[float, float] | None:
 #: A scene whose values vary this many times more or less than a model's training scenes is in other units or
 #: scaling (a tile of one land cover varies 0.1–0.5 times as much as a whole training scene).
 UNITS_SPREAD_LIMIT = 100.0
+
+
+def units_differ(spread: float | None) -> bool:
+    """A scene whose values vary ``spread`` times as much as the training scenes' (:func:`spread_against`; None: not
+    measured) is in other units or scaling than they are: over :data:`UNITS_SPREAD_LIMIT` times more or less."""
+    return spread is not None and not 1 / UNITS_SPREAD_LIMIT <= spread <= UNITS_SPREAD_LIMIT
+
+
 #: Training scenes, each compared with the others as a whole: those of one archive in one unit vary within a
 #: few times of each other, reflectance in percent against fractions 100 times, scaled digital numbers 10 000.
 SCENES_SPREAD_LIMIT = 30.0

@@ -253,6 +253,8 @@ def test_predict_warns_of_a_scene_in_other_units_or_outside_the_training_spectra
         written = model.predict(brighter, output=tmp_path / "matched.tif", device="cpu", match_brightness=True)
     for gain in (in_memory.attrs["applied_gain"], written.applied_gain):
         assert abs(np.log(gain * 1.5)) < 0.05
+    with pytest.warns(UserWarning, match=r"match_brightness=True changed nothing: it fits the training spectra as "):
+        model.predict(hc.open_scene(scene_path), device="cpu", match_brightness=True)
     assert (labels.values != same.values).any() and (matched_labels(tmp_path / "matched.tif") == same.values).mean() > 0.95
 
 

@@ -467,6 +467,11 @@ def test_match_brightness_labels_a_brighter_acquisition_at_the_gain_that_fits(
     reference = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "ref.tif", tiles=16, device="cpu",
                               match_brightness=True)
     assert reference.applied_gain == 1.0 and "HSICLUSTER_GAIN" not in read_raster(reference.output)[1]["tags"]
+    # asked for and not needed: one line says so (it said nothing)
+    told = result_warnings(holey[0].path, reference, match_brightness=True)
+    assert len(told) == 1 and told[0].startswith(f"{holey[0].path}: --match-brightness changed nothing: it fits the "
+                                                 "training spectra as delivered (")
+    assert result_warnings(holey[0].path, reference) == []
     brighter = write_scene(tmp_path / "brighter.tif", np.where(holey[1], holey[0].cube * 1.5, NODATA).astype(np.float32))
     plain = predict_scene(brighter.path, dense.checkpoint, tmp_path / "plain.tif", tiles=16, device="cpu")
     assert "label it at that brightness with --match-brightness" in result_warnings(brighter.path, plain)[0]

@@ -108,7 +108,7 @@ def _run_predict(step: StepSpec, job: Job, ctx: StepContext) -> dict[str, Any]:
                            device=o["device"], confidence_path=job.outputs.get("confidence"),
                            quicklook_path=job.outputs.get("quicklook"), overwrite=True, resume=True,
                            match_brightness=o["match_brightness"])
-    for warning in result_warnings(job.inputs["scene"], result):  # what `hsicluster predict` warns of the labels
+    for warning in result_warnings(job.inputs["scene"], result, match_brightness=o["match_brightness"]):  # as predict
         ctx.log(f"    warning: {warning}")
     return {"tiles": result.tiles, "valid_pixels": result.valid_pixels,
             "megapixels_per_second": result.megapixels_per_second}
