@@ -333,7 +333,9 @@ def range_warning(scene: object, fit: RangeFit) -> str | None:
 
 def _looks(gain: float, tilt: float) -> str:
     """How a scene that fits the training spectra best at ``gain`` and ``tilt`` looks beside the training scenes."""
-    looks = [f"it looks {1 / gain:.2g}× as bright as the training scenes"] if gain != 1.0 else []
+    brightness = 1 / gain  # two significant figures, three near 1 (1.05×, which two would round to 1.1×)
+    looks = [f"it looks {brightness:.{3 if abs(brightness - 1) < 0.1 else 2}g}× as bright as the training scenes"
+             ] if gain != 1.0 else []
     if tilt:  # the scene is about the training scenes times 1 − tilt · s: its first band up, its last down (tilt > 0)
         looks.append(f"its values run ×{1 + tilt:.2f} at its first band to ×{1 - tilt:.2f} at its last against "
                      "theirs")
