@@ -32,7 +32,14 @@ from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
-from hsi_cluster.errors import HsiClusterError, SceneError, log_warning, python_names
+from hsi_cluster.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    HsiClusterError,
+    SceneError,
+    log_warning,
+    python_names,
+)
 from hsi_cluster.evaluate import ClusteringScores, default_invalid_pred, score_clustering, score_label_files
 from hsi_cluster.geo import check_tile_size
 from hsi_cluster.io.files import atomic_path, check_output, sha256_of
@@ -73,7 +80,7 @@ def _scene_path(scene: SceneLike, *, what: str, work_dir: str | os.PathLike[str]
     once into ``work_dir``, default ``$HSICLUSTER_WORK`` or ``~/.cache/hsicluster``), which every job reads.
 
     Raises:
-        ValueError: a DataArray that is not a whole scene as opened from a file (a crop, a computed array).
+        ArgumentError: a DataArray that is not a whole scene as opened from a file (a crop, a computed array).
     """
     if isinstance(scene, (str, os.PathLike)):
         return Path(scene).expanduser().absolute()
@@ -102,10 +109,10 @@ def _scene_path(scene: SceneLike, *, what: str, work_dir: str | os.PathLike[str]
 
                         work = Path(work_dir).expanduser() if work_dir is not None else default_work_dir()
                         return prepare_store(source, work, var=var)
-        raise ValueError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
+        raise ArgumentError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
                          "a changed, loaded or computed array); write it to a file first, e.g. "
                          "scene.rio.to_raster('crop.tif'), and pass that path")
-    raise TypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}; write an "
+    raise ArgumentTypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}; write an "
                     "array to a file first (np.save('scene.npy', cube) for a (y, x, band) cube) and pass that path")
 
 
@@ -240,9 +247,9 @@ class Model:
         """
         if output is None:
             if quicklook is not None or stac or resume:
-                raise ValueError("quicklook=, stac= and resume= concern a written label raster; pass output= as well")
+                raise ArgumentError("quicklook=, stac= and resume= concern a written label raster; pass output= as well")
             if not isinstance(confidence, bool):
-                raise ValueError(f"confidence={str(confidence)!r} names a file, which is written beside output=; in "
+                raise ArgumentError(f"confidence={str(confidence)!r} names a file, which is written beside output=; in "
                                  "memory pass confidence=True (a Dataset of labels and confidence)")
             array = scene if isinstance(scene, xr.DataArray) else open_scene(_scene_path(scene, what="predict"))
             # messages name the model's file; one trained with output=None has none (its checkpoint's is gone)
@@ -325,10 +332,11 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
     See :meth:`Model.predict` for the result.
     """
     if scene.ndim != 3:
-        raise ValueError(f"expected a (band, y, x) scene, got dims {scene.dims}")
+        raise ArgumentError(f"expected a (band, y, x) scene, got dims {scene.dims}")
     if set(scene.dims) != {"band", "y", "x"}:
-        raise ValueError(f"expected a scene with dims band, y, x (as open_scene gives), got {scene.dims}; rename them, "
-                         "e.g. scene.rename({'b': 'band', 'row': 'y', 'col': 'x'})")
+        example = dict(zip(scene.dims, ("band", "y", "x"), strict=True))
+        raise ArgumentError(f"expected a scene with dims band, y, x (as open_scene gives), got {scene.dims}; rename "
+                            f"them, e.g. scene.rename({example}) if they are in that order")
     if scene.dims != ("band", "y", "x"):
         scene = scene.transpose("band", "y", "x")
     ids = scene.coords["band"].values if "band" in scene.coords else np.arange(scene.shape[0])
@@ -464,7 +472,7 @@ def train(scenes: SceneLike | Sequence[SceneLike], k: int | str, *, preset: str 
     from hsi_cluster.train import train as run_train
 
     if resume and output is None:
-        raise ValueError("resume=True continues the interrupted run of a checkpoint file; pass its path as output=")
+        raise ArgumentError("resume=True continues the interrupted run of a checkpoint file; pass its path as output=")
     if isinstance(scenes, (str, os.PathLike, xr.DataArray, np.ndarray)):
         scenes = [scenes]
     paths = [scene if isinstance(scene, (str, os.PathLike)) else _scene_path(scene, what="train", work_dir=work_dir)

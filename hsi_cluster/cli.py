@@ -425,10 +425,6 @@ def train(scenes: tuple[Path, ...], n_clusters: int | str, k_max: int | None, ou
 
     if config_file is not None:  # the scenes are checked by train()
         check_output(output.expanduser().absolute(), replace=True, inputs={"the --config file": config_file})
-    given = [option for option, value in (("--samples", samples), ("--epochs", epochs), ("--steps", steps))
-             if value is not None]
-    if len(given) > 1:
-        raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
     config = load_config(preset, config_file, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size,
                          restarts=restarts)
     if exclude:

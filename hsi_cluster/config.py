@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from hsi_cluster.data.augment import AugmentConfig
-from hsi_cluster.errors import HsiClusterError, first_line
+from hsi_cluster.errors import HsiClusterError, first_line, option
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.model.backbones import DEFAULT_DEPTH, DenseBackbone, ResNetBackbone, backbone_geometry
 
@@ -250,8 +250,8 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
     """A preset, then a YAML file's keys, then ``inline`` keys (a pipeline's ``config:`` mapping), then
     explicit overrides (None values ignored)."""
     config = preset_config(preset)
-    if overrides.get("epochs") is not None and overrides.get("samples") is not None:
-        raise HsiClusterError("--epochs and --samples each set the length of the run; pass only one")
+    for layer in (overrides, inline or {}):
+        _check_one_length(layer)
     if path is not None:
         path = Path(path)
         try:
@@ -269,6 +269,14 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
     if inline:
         config = config_from_dict(_length_replaced(inline), base=config)
     return config_from_dict(_length_replaced({k: v for k, v in overrides.items() if v is not None}), base=config)
+
+
+def _check_one_length(values: dict[str, Any]) -> None:
+    """One layer of options (the command's flags, the Python call's keywords) sets the run's length once: two of
+    ``samples``, ``epochs`` and ``steps`` would leave one ignored."""
+    given = [option(f"--{key}") for key in ("samples", "epochs", "steps") if values.get(key) is not None]
+    if len(given) > 1:
+        raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
 
 
 def _length_replaced(values: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,14 @@ class OutputError(HsiClusterError):
     """An output path cannot be written or already holds a result."""
 
 
+class ArgumentError(HsiClusterError, ValueError):
+    """An argument of a Python API call that cannot work as given (also a ValueError)."""
+
+
+class ArgumentTypeError(HsiClusterError, TypeError):
+    """An argument of a Python API call of a type it does not take (also a TypeError)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch scheduler's time limit, ``kill``): stops a command as Ctrl-C does, keeping its finished work."""
 

@@ -605,9 +605,9 @@ def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], 
     """The checkpoint that ``--resume`` continues (``OUTPUT.partial``, else OUTPUT), checked against this run."""
     source = partial if partial.exists() else output if output.exists() else None
     if source is None:
-        raise HsiClusterError(f"{option('--resume')}: neither {partial.name} nor {output.name} exists in "
-                              f"{output.parent}; "
-                              f"{_start_again()}")
+        raise HsiClusterError(f"{option('--resume')}: nothing to resume, neither {partial.name} nor {output.name} "
+                              f"exists in {output.parent} (a run stopped before its first periodic checkpoint "
+                              f"leaves none); run it without {option('--resume')}")
     resume_from = load_checkpoint(source)
     saved = resume_from.payload
     mismatch = _scene_mismatch(saved["scenes"], identity)

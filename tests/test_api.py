@@ -260,17 +260,21 @@ def test_predict_warns_of_a_scene_in_other_units_or_outside_the_training_spectra
 
 def test_arrays_that_are_not_scenes_get_a_message_that_says_what_to_do(tmp_path: Path) -> None:
     cube, _ = holey_cube()
-    with pytest.raises(TypeError, match=r"train: expected a path or a DataArray from open_scene\(\), got ndarray; "
-                                        r"write an array to a file first \(np.save"):
+    # HsiClusterErrors, as the docs say of every error for bad input, and still the TypeError and ValueError they were
+    with pytest.raises(hc.HsiClusterError, match=r"train: expected a path or a DataArray from open_scene\(\), got "
+                                                 r"ndarray; write an array to a file first \(np.save"):
         hc.train(cube, k=3)
     with pytest.raises(TypeError, match="got ndarray"):
         hc.train([cube], k=3)
     model = hc.train(write_scene(tmp_path / "scene.tif", cube).path, k=3, device="cpu", work_dir=tmp_path / "work",
                      **TINY_DENSE)
     other_dims = xr.DataArray(cube, dims=("b", "row", "col"))
-    with pytest.raises(ValueError, match=r"dims band, y, x \(as open_scene gives\), got \('b', 'row', 'col'\); "
-                                         r"rename them"):
+    with pytest.raises(hc.HsiClusterError, match=r"dims band, y, x \(as open_scene gives\), got \('b', 'row', "
+                                                 r"'col'\); rename them, e.g. scene.rename\(\{'b': 'band', 'row': 'y', "
+                                                 r"'col': 'x'\}\) if they are in that order"):
         model.predict(other_dims, device="cpu")
+    with pytest.raises(ValueError, match=r"scene.rename\(\{'bands': 'band', 'rows': 'y', 'cols': 'x'\}\)"):
+        model.predict(xr.DataArray(cube, dims=("bands", "rows", "cols")), device="cpu")
     renamed = model.predict(other_dims.rename({"b": "band", "row": "y", "col": "x"}), device="cpu")
     assert renamed.shape == cube.shape[1:]
 

@@ -441,3 +441,16 @@ def test_cli_scene_whose_every_band_is_flagged_bad(tmp_path: Path) -> None:
     assert lines[0].startswith("ingesting ") and len(lines) == 2, result.stderr  # the log, then the error alone
     assert lines[1].startswith("hsicluster: error: ") and "no band is usable: every band is flagged bad" in lines[1]
     assert not output.exists()
+
+
+def test_python_and_pipeline_length_options_are_mutually_exclusive_too(scene: IngestedScene, tmp_path: Path) -> None:
+    """``hc.train(steps=5, epochs=3)`` trained for 5 steps and ignored ``epochs`` (the command refused it), and a
+    pipeline's train step that set both passed ``--dry-run``: both are refused now, naming them as their caller
+    writes them."""
+    import hsi_cluster as hc
+
+    with pytest.raises(hc.HsiClusterError, match=r"^epochs and steps each set the length of the run; pass only one$"):
+        hc.train(scene.store, k=3, device="cpu", steps=5, epochs=3)
+    with pytest.raises(HsiClusterError, match="--samples and --epochs each set the length of the run"):
+        load_config("fast", inline={"samples": 640, "epochs": 2})
+    assert load_config("fast", inline={"steps": 5}).steps == 5

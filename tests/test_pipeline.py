@@ -115,6 +115,7 @@ def _error(path: Path) -> str:
     (1, {"config": {"learning_rate": 0.1}}, "steps[1].config: unknown config key(s) ['learning_rate']"),
     (1, {"seeds": [0, 0]}, "steps[1].seeds: expected a non-empty list of distinct integer seeds"),
     (1, {"seeds": [0, 1], "seed": 2}, "steps[1]: give either 'seed' or 'seeds', not both"),
+    (1, {"epochs": 3, "steps": 40}, "steps[1]: give either 'epochs' or 'steps', not both"),
     (2, {"model": "@trian"}, "steps[2].model: '@trian' names no earlier step; did you mean '@train'?"),
     (2, {"model": "@evaluate"}, "steps[2].model: '@evaluate' names a step that does not come before this one"),
     (2, {"model": "@ingest"}, "steps[2].model: '@ingest' is the output of ingest step 'ingest'; model must be "

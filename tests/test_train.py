@@ -476,9 +476,11 @@ def test_resume_of_an_unfinished_run_with_another_length_is_refused(interrupted:
 
 
 def test_resume_with_nothing_to_resume(scene: IngestedScene, tmp_path: Path) -> None:
-    with pytest.raises(HsiClusterError, match="--resume") as exc:
+    """Says to run without ``--resume`` (it said ``--overwrite``, which there was nothing to overwrite for)."""
+    with pytest.raises(HsiClusterError, match="--resume: nothing to resume") as exc:
         run(scene, tmp_path / "model.ckpt", resume=True)
     one_line(exc)
+    assert str(exc.value).endswith("run it without --resume") and "--overwrite" not in str(exc.value)
     assert_no_output(tmp_path / "model.ckpt")
 
 

@@ -548,6 +548,8 @@ def _check_train(pipeline: Pipeline, step: StepSpec) -> None:
         raise pipeline.error(where, "give either 'seed' or 'seeds', not both")
     if "sample" in given and "scenes" not in given:
         raise pipeline.error(f"{where}.sample", "needs 'scenes' (a list or glob to sample from)")
+    if "epochs" in given and "steps" in given:  # each sets the length of the run
+        raise pipeline.error(where, "give either 'epochs' or 'steps', not both")
     config = values["config"]
     if isinstance(config, dict):
         from hsi_cluster.config import load_config
