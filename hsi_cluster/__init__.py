@@ -8,6 +8,7 @@ The Python API (see docs/python-api.md)::
     labels = model.predict(scene)                # xarray (y, x) with CRS/transform/nodata; .rio works
     model.predict(scene, output="labels.tif")    # large scenes: tiled, to a label COG
     hc.evaluate(labels, "gt.tif")                # the numbers of `hsicluster evaluate`
+    hc.write_scene(scene.isel(x=slice(0, 500)), "crop.tif")  # a crop or edit to a file train reads
     model.save("m.ckpt"); model = hc.load_model("m.ckpt")
 
 The names are imported on first use, so ``import hsi_cluster`` stays light (no torch).
@@ -22,19 +23,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["ClusteringScores", "HsiClusterError", "Model", "__version__", "evaluate", "load_model", "open_scene",
-           "score_clustering", "train"]
+           "score_clustering", "train", "write_scene"]
 
 _LAZY = {"Model": "hsi_cluster.api", "load_model": "hsi_cluster.api", "open_scene": "hsi_cluster.io.scene",
          "ClusteringScores": "hsi_cluster.evaluate", "score_clustering": "hsi_cluster.evaluate",
-         "HsiClusterError": "hsi_cluster.errors"}
+         "HsiClusterError": "hsi_cluster.errors", "write_scene": "hsi_cluster.io.scene_file"}
 #: Functions of other modules exported here whose messages name options as keyword arguments (``var='NAME'``).
-_PYTHON_NAMED = {"open_scene"}
+_PYTHON_NAMED = {"open_scene", "write_scene"}
 
 if TYPE_CHECKING:
     from hsi_cluster.api import Model, evaluate, load_model, train
     from hsi_cluster.errors import HsiClusterError
     from hsi_cluster.evaluate import ClusteringScores, score_clustering
     from hsi_cluster.io.scene import open_scene
+    from hsi_cluster.io.scene_file import write_scene
 
 
 def __getattr__(name: str) -> Any:

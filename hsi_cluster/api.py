@@ -28,7 +28,6 @@ import numpy as np
 import rioxarray  # noqa: F401 — registers the .rio accessor on the DataArrays returned here
 import torch
 import xarray as xr
-from affine import Affine
 
 from hsi_cluster.checkpoint import Checkpoint, load_checkpoint
 from hsi_cluster.config import load_config
@@ -51,6 +50,7 @@ from hsi_cluster.io.labels import (
     unlabelled_value,
 )
 from hsi_cluster.io.scene import open_scene, reusing_reads
+from hsi_cluster.io.scene_file import scene_grid
 from hsi_cluster.model.spectral_range import RangeFit
 from hsi_cluster.predict import (
     PredictResult,
@@ -110,10 +110,11 @@ def _scene_path(scene: SceneLike, *, what: str, work_dir: str | os.PathLike[str]
                         work = Path(work_dir).expanduser() if work_dir is not None else default_work_dir()
                         return prepare_store(source, work, var=var)
         raise ArgumentError(f"{what} needs a scene file, and this DataArray is not one as opened by open_scene() (a crop, "
-                         "a changed, loaded or computed array); write it to a file first, e.g. "
-                         "scene.rio.to_raster('crop.tif'), and pass that path")
-    raise ArgumentTypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}; write an "
-                    "array to a file first (np.save('scene.npy', cube) for a (y, x, band) cube) and pass that path")
+                            "a changed, loaded or computed array); write it to a file first with "
+                            "hc.write_scene(scene, 'crop.tif') and pass that path")
+    raise ArgumentTypeError(f"{what}: expected a path or a DataArray from open_scene(), got {type(scene).__name__}; "
+                            "write an array to a file first (np.save('scene.npy', cube) for a (y, x, band) cube) and "
+                            "pass that path")
 
 
 @dataclass
@@ -403,23 +404,9 @@ def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: f
     """A (y, x) DataArray on the scene's grid, with rioxarray's CRS/transform/nodata conventions."""
     coords = {dim: scene.coords[dim].values for dim in ("y", "x") if dim in scene.coords}
     array = xr.DataArray(values, dims=("y", "x"), coords=coords, name=name, attrs=dict(attrs))
-    if "transform" in scene.attrs:  # open_scene's attributes (crs None: not georeferenced)
-        transform, crs = scene.attrs["transform"], scene.attrs.get("crs")
-    else:  # another DataArray: rioxarray's conventions, if it follows them
-        rio_crs = scene.rio.crs
-        # without x/y coordinates (open_rasterio(parse_coordinates=False)) the grid mapping's GeoTransform holds it
-        grid_mapping = scene.coords.get(scene.rio.grid_mapping)
-        stored = grid_mapping is not None and "GeoTransform" in grid_mapping.attrs
-        transform = tuple(scene.rio.transform())[:6] if {"x", "y"} <= set(scene.coords) or stored else None
-        crs = rio_crs.to_wkt() if rio_crs is not None else None
+    transform, crs = scene_grid(scene)
     if transform is not None:
-        a, b, c, d, e, f = (float(v) for v in transform[:6])
-        if b == 0 and d == 0 and {"x", "y"} <= set(coords) and min(values.shape) > 0:
-            x, y = np.asarray(coords["x"], float), np.asarray(coords["y"], float)
-            step_x, step_y = (x[1] - x[0] if x.size > 1 else a), (y[1] - y[0] if y.size > 1 else e)
-            if not np.allclose([step_x, step_y, x[0], y[0]], [a, e, c + a / 2, f + e / 2], rtol=1e-9, atol=0):
-                a, e, c, f = step_x, step_y, x[0] - step_x / 2, y[0] - step_y / 2  # a crop or a stride: its own grid
-        array = array.rio.write_transform(Affine(a, b, c, d, e, f))
+        array = array.rio.write_transform(transform)
     if crs:
         array = array.rio.write_crs(crs)
     return array.rio.write_nodata(nodata, encoded=False)
