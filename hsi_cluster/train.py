@@ -30,7 +30,7 @@ from hsi_cluster.data.prefetch import prefetched
 from hsi_cluster.data.sampler import PatchSampler
 from hsi_cluster.data.spectral import sample_spectra_and_noise, sample_valid_spectra
 from hsi_cluster.device import device_from
-from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, option, whole_number
+from hsi_cluster.errors import HsiClusterError, OutputError, Terminated, counted, option, whole_number
 from hsi_cluster.io import ingest, is_complete_store, open_scene
 from hsi_cluster.io.checks import check_patch_fits, check_scenes_agree, pixel_side
 from hsi_cluster.io.files import atomic_path, busy_output, check_output, exclusive_lock, output_lock_path
@@ -841,9 +841,11 @@ def _log_length(run: _Run, log: LogFn) -> None:
     decided = {"steps": "set in steps", "samples": "the budget of {samples:,} samples",
                "epochs (cap)": "the cap of {epochs} epochs on the budget of {samples:,} samples",
                "epochs": "{epochs} epochs"}[length.rule].format(samples=config.samples or 0, epochs=config.epochs)
+    epochs = math.ceil(run.total_steps / run.steps_per_epoch)  # as the progress counts them (the last may be short)
     log(f"training length: {run.total_steps} steps of {config.batch_size} "
         f"({run.total_steps * config.batch_size:,} samples, "
-        f"{passes:.3g} passes over {run.centres:,} valid pixels; {decided})"
+        f"{passes:.3g} passes over {run.centres:,} valid pixels in {counted(epochs, 'epoch')} of up to "
+        f"{run.steps_per_epoch} steps; {decided})"
         + (f"; each pass draws {length.fraction:.1%} of every block's pixels" if length.fraction < 1 else "")
         + f"; lr ×{config.lr_gamma:g} every {run.drop_every} steps")
 

@@ -323,6 +323,10 @@ def test_rasters_that_hsicluster_wrote_are_not_scenes(tmp_path: Path) -> None:
     with pytest.raises(SceneError, match=r"labels/a_\*.tif: the pattern matches only rasters that hsicluster wrote "
                                          r"\(labels, confidence\)"):
         expand_scene_paths([str(out / "a_*.tif")])
+    # named alone (``hsicluster train labels.tif`` by mistake): said so, not "no scene to train on"
+    with pytest.raises(SceneError, match=r"a_labels.tif: a raster that hsicluster wrote \(cluster labels or "
+                                         r"confidence\), not a scene; pass the hyperspectral scene itself"):
+        expand_scene_paths([ours])
 
 
 def reference_labels(archive: dict, source: Path, tmp: Path) -> np.ndarray:

@@ -99,6 +99,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
     """
     found: dict[Path, Path] = {}  # the file itself (links and '..' resolved) -> the path as first given
     named = ours = 0
+    ours_named = ""  # the first path named that is a raster hsicluster wrote
     for pattern in patterns:
         text = os.path.expanduser(os.fspath(pattern))
         if not os.path.lexists(text) and glob.has_magic(text):
@@ -111,6 +112,7 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
                                  "that the shell passes it on unexpanded)")
         elif written_by_hsicluster_glob(Path(text)):  # a shell-expanded glob names earlier outputs one by one
             ours += 1
+            ours_named = ours_named or os.fspath(pattern)
             continue
         else:
             _check_named_scene(Path(text), os.fspath(pattern))
@@ -118,6 +120,9 @@ def expand_scene_paths(patterns: Iterable[str | os.PathLike[str]], *, log: Calla
         for match in matches:
             found.setdefault(match.resolve(), _plain_absolute(match))
         named += len(matches)
+    if not found and ours_named:
+        raise SceneError(f"{ours_named}: a raster that hsicluster wrote (cluster labels or confidence), not a scene; "
+                         "pass the hyperspectral scene itself")
     if log is not None and ours:
         log(f"left out {counted(ours, 'raster')} that hsicluster wrote (cluster labels, confidence), not scenes")
     if log is not None and named > len(found):
