@@ -307,10 +307,10 @@ class _bar:
             return None
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(desc=self.description, unit=self.unit, file=sys.stderr)
-
         def update(done: int, total: int, *_: Any) -> None:
-            if self.bar.total != total:
+            if self.bar is None:  # made with its total: a bar made before showed an empty "0step" line first
+                self.bar = tqdm(desc=self.description, unit=self.unit, file=sys.stderr, total=total)
+            elif self.bar.total != total:
                 self.bar.reset(total=total)
             self.bar.n = done
             self.bar.refresh()
