@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError, counted, first_line
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, OutputError, counted, first_line, storage_error
 from hsi_cluster.geo import DEFAULT_TILE, check_tile_size
-from hsi_cluster.io.files import exclusive_lock, sha256_of, write_text_atomic
+from hsi_cluster.io.files import check_name_length, exclusive_lock, sha256_of, write_text_atomic
 from hsi_cluster.io.label_raster import sidecar_path
 from hsi_cluster.io.paths import expand_scene_paths
 from hsi_cluster.io.scene import scene_files_identity
@@ -113,6 +113,12 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
                                    resume=True, match_brightness=match_brightness)
     except HsiClusterError as exc:
         return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
+    except OSError as exc:  # a full disk, a name too long: one line in the record, not a retried worker traceback
+        cause = storage_error(exc)
+        if cause is None:
+            raise
+        return {**record, "status": "failed", "error": f"{cause[0]}; {cause[1]}, then rerun the batch",
+                "seconds": time.perf_counter() - started}
     notices = result_warnings(source, result)
     notices += dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, MetadataWarning))
     return {**record, "status": "done", "error": None, "seconds": result.seconds, "pixels": result.pixels,
@@ -499,6 +505,8 @@ def _check_targets(sources: list[Path], targets: dict[Path, Path], manifest: Man
     owners = {record.get("output"): other for other, record in manifest.records.items()
               if record.get("status") in ("done", "skipped")}
     for source in sources:
+        check_name_length(targets[source], what=f"the labels of {source.name[:40]}…",
+                          remedy="rename the scene", path_remedy="choose a shorter OUTDIR")
         owner = owners.get(str(targets[source]))
         if owner is not None and owner != str(source) and targets[source].is_file():
             raise OutputError(f"{targets[source]}: holds the labels of {owner} (see {MANIFEST}), and this run would "

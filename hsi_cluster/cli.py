@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any
 import click
 
 from hsi_cluster import __version__
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated, counted, log_warning
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, Terminated, counted, log_warning, storage_error
 from hsi_cluster.geo import DEFAULT_TILE, MIN_TILE
 from hsi_cluster.progress import PlainProgress
 
@@ -33,7 +32,8 @@ EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's code for a process SIGTERM
 # What a user does after Ctrl-C (or a kill), by command; commands that keep no partial work are absent.
 RESUME_HINTS = {
     "ingest": "rerun the same command to resume where it stopped",
-    "train": "rerun it with --resume to continue from the last periodic checkpoint, if one was written",
+    "train": "rerun it with --resume to continue from its last periodic checkpoint (OUTPUT.partial); if none was "
+             "written yet, rerun it as it was",
     "predict": "rerun it with --resume to continue from the finished tiles",
     "batch": "rerun the same command to resume where it stopped",
     "run": "rerun the same command to resume where it stopped",
@@ -178,7 +178,7 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
             what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(exc, Terminated) else ("interrupted", 130)
             _fail(f"{what}; {hint}" if hint else what, code)
         except Exception as exc:  # an unexpected failure: keep it to one line unless asked
-            full = _disk_full(exc)
+            full = storage_error(exc)
             if full is not None:
                 if verbose:
                     traceback.print_exc()
@@ -192,24 +192,6 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                   "report it if it persists)", EXIT_UNEXPECTED)
 
     return wrapper
-
-
-def _disk_full(exc: BaseException) -> tuple[str, str] | None:
-    """What stopped the writing and what to do, when ``exc`` or its causes say the disk or quota is full or a file
-    outgrew the size limit (``ulimit -f``, the file system's largest file), else None."""
-    seen: BaseException | None = exc
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
-        writing = f" (writing {seen.filename})" if isinstance(seen, OSError) and seen.filename else ""
-        if isinstance(seen, OSError) and seen.errno == errno.EFBIG or "File too large" in str(seen):
-            return (f"a file grew past the largest size allowed{writing}",
-                    "raise the limit (ulimit -f) or write to another file system")
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT) or \
-                "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
-            return f"no space left on the device{writing}", "free some space"
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class ProgressUpdate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import numbers
 from collections.abc import Callable, Iterable, Iterator
@@ -129,3 +130,23 @@ def number_ranges(numbers: Iterable[int]) -> str:
 def counted(number: int, noun: str) -> str:
     """``1 scene``, ``2 scenes``: a count with its noun, plural when not one."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def storage_error(exc: BaseException) -> tuple[str, str] | None:
+    """What stopped the writing and what to do, when ``exc`` or its causes say the disk or quota is full, a file
+    outgrew the size limit (``ulimit -f``, the file system's largest file) or a name is too long, else None."""
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        writing = f" (writing {seen.filename})" if isinstance(seen, OSError) and seen.filename else ""
+        if isinstance(seen, OSError) and seen.errno == errno.EFBIG or "File too large" in str(seen):
+            return (f"a file grew past the largest size allowed{writing}",
+                    "raise the limit (ulimit -f) or write to another file system")
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT) or \
+                "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return f"no space left on the device{writing}", "free some space"
+        if isinstance(seen, OSError) and seen.errno == errno.ENAMETOOLONG:
+            return f"a file name or path too long for the file system{writing}", "choose a shorter output path"
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -508,6 +508,8 @@ def _train_one(scenes: list[str | os.PathLike[str]], *, n_clusters: int | str, o
     partial = partial_checkpoint_path(output)
     head_clusters, k_max = _cluster_count(n_clusters, k_max, config)
     paths = _scene_paths(scenes, output=output, mask=mask, replace=overwrite or resume)
+    if resume and not partial.exists() and not output.exists():  # refused before the scenes are ingested
+        raise _nothing_to_resume(output, partial)
     torch_device = device_from(device)
     log = log or (lambda message: None)
     work = Path(work_dir) if work_dir else default_work_dir()
@@ -600,14 +602,19 @@ def _ready_stores(paths: list[Path], config: TrainConfig, n_clusters: int, work:
     return stores, wavelength, identity
 
 
+def _nothing_to_resume(output: Path, partial: Path) -> HsiClusterError:
+    """The error of a ``--resume`` with no checkpoint to continue."""
+    return HsiClusterError(f"{option('--resume')}: nothing to resume, neither {partial.name} nor {output.name} exists "
+                           f"in {output.parent} (a run stopped before its first periodic checkpoint leaves none); run "
+                           f"it without {option('--resume')}")
+
+
 def _resume_source(output: Path, partial: Path, identity: list[dict[str, Any]], config: TrainConfig,
                    n_clusters: int, seed: int, k_max: int | None = None) -> Checkpoint:
     """The checkpoint that ``--resume`` continues (``OUTPUT.partial``, else OUTPUT), checked against this run."""
     source = partial if partial.exists() else output if output.exists() else None
     if source is None:
-        raise HsiClusterError(f"{option('--resume')}: nothing to resume, neither {partial.name} nor {output.name} "
-                              f"exists in {output.parent} (a run stopped before its first periodic checkpoint "
-                              f"leaves none); run it without {option('--resume')}")
+        raise _nothing_to_resume(output, partial)
     resume_from = load_checkpoint(source)
     saved = resume_from.payload
     mismatch = _scene_mismatch(saved["scenes"], identity)

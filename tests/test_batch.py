@@ -31,6 +31,7 @@ from hsi_cluster.batch import (
     _dashboard,
     _source_fields,
     attempt_stem,
+    label_scene,
     output_paths,
     run_batch,
 )
@@ -139,6 +140,36 @@ def archive(tmp_path_factory: pytest.TempPathFactory, sample_salinas_a: Path) ->
     corrupt = scenes / "north" / "corrupt.tif"
     corrupt.write_bytes(good[0].read_bytes()[:5000])
     return {"model": model.checkpoint, "scenes": scenes, "good": good, "corrupt": corrupt, "root": root}
+
+
+def test_names_too_long_and_a_full_disk_are_one_line_each(archive: dict, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scene whose labels' name the file system cannot hold stopped the whole batch as an unexpected OSError
+    (exit 1, before any work); ``predict -o`` of such a name too. A full disk while a worker labels a scene came back
+    as dask's traceback and a raw OSError: now a failed record with the one-line cause, not retried."""
+    long_scene = tmp_path / "scenes" / ("s" * 245 + ".tif")
+    long_scene.parent.mkdir()
+    shutil.copy(archive["good"][1], long_scene)
+    out = tmp_path / "out"
+    run = CliRunner().invoke(main, ["batch", str(long_scene), str(archive["good"][1]), "-m", str(archive["model"]),
+                                    "-o", str(out), "-q"])
+    assert run.exit_code == 2 and "unexpected" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the name of the labels of ssss" in lines[0] and lines[0].endswith(
+        "rename the scene"), lines
+    run = CliRunner().invoke(main, ["predict", str(archive["good"][1]), "-m", str(archive["model"]), "-o",
+                                    str(tmp_path / ("x" * 248 + ".tif")), "-q"])
+    assert run.exit_code == 2 and run.stderr.count("\n") == 1 and "the name of the output is 252 bytes long" in run.stderr
+    assert not list(tmp_path.glob("x*"))
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device", str(out / "a.tif.partial.zarr" / "c"))
+
+    monkeypatch.setattr("hsi_cluster.predict.predict_scene", full_disk)
+    record = label_scene(str(archive["good"][1]), str(archive["model"]), str(out / "a.tif"), 16, str(tmp_path / "at"))
+    assert record["status"] == "failed" and record["error"] == (
+        f"no space left on the device (writing {out / 'a.tif.partial.zarr' / 'c'}); free some space, then rerun the "
+        "batch")
 
 
 def test_a_second_batch_on_the_same_outdir_is_refused(archive: dict, tmp_path: Path) -> None:

@@ -481,6 +481,12 @@ def test_resume_with_nothing_to_resume(scene: IngestedScene, tmp_path: Path) -> 
         run(scene, tmp_path / "model.ckpt", resume=True)
     one_line(exc)
     assert str(exc.value).endswith("run it without --resume") and "--overwrite" not in str(exc.value)
+    # refused before any work: a raw scene was ingested first (minutes on a large one), then refused
+    raw = helpers.write_geotiff(tmp_path / "raw.tif", helpers.synthetic_cube(4, 16, 16)).path
+    with pytest.raises(HsiClusterError, match="nothing to resume"):
+        train([raw], output=tmp_path / "raw.ckpt", n_clusters=3, seed=0, device="cpu", work_dir=tmp_path / "cache",
+              config=resume_config(), resume=True)
+    assert not (tmp_path / "cache").exists()
     assert_no_output(tmp_path / "model.ckpt")
 
 

@@ -571,6 +571,15 @@ def _holds(dtype: np.dtype, value: float | None) -> bool:
     return True
 
 
+def _starts_with_envi(header: Path) -> bool:
+    """Whether an ENVI header begins with its ``ENVI`` line, without which GDAL does not read it as one."""
+    try:
+        with header.open("rb") as text:
+            return text.read(64).lstrip(b"\xef\xbb\xbf").lstrip().upper().startswith(b"ENVI")
+    except OSError:
+        return True  # unreadable: the other hint stands
+
+
 def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
     binary = envi_binary(path)
     header = _envi_header(binary)
@@ -582,6 +591,8 @@ def _open_gdal(path: Path, spatial: tuple[int, int] | None) -> xr.DataArray:
         hint = ("the ENVI header is malformed or does not match the data; check samples, lines, bands, "
                 "data type and interleave" if header is not None or path.suffix.lower() == ".hdr"
                 else "it is not a raster GDAL can read, or it is corrupt")
+        if header is not None and not _starts_with_envi(header):
+            hint = f"the ENVI header {header.name} must begin with a line that reads ENVI; add it"
         raise SceneError(f"{path}: cannot open ({first_line(exc)}); {hint}") from exc
     with dataset:
         if dataset.count == 0 and dataset.subdatasets:

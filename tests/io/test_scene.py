@@ -235,6 +235,16 @@ def test_envi_via_header_and_via_binary(envi_bsq: SyntheticScene) -> None:
     assert by_header.attrs["source"] == str(envi_bsq.path.absolute())
 
 
+def test_an_envi_header_without_its_envi_line_is_named_as_the_fault(envi_bsq: SyntheticScene) -> None:
+    """GDAL does not read a header whose first line is not ``ENVI``; the error told to check samples, lines, bands,
+    data type and interleave, every one of them right."""
+    header = envi_bsq.header
+    assert header is not None
+    header.write_text(header.read_text().split("\n", 1)[1])
+    with pytest.raises(SceneError, match=r"the ENVI header scene.hdr must begin with a line that reads ENVI; add it$"):
+        open_scene(envi_bsq.path)
+
+
 def test_an_envi_header_finds_a_binary_of_the_sensors_own_suffix(tmp_path: Path) -> None:
     """AVIRIS' ``f970619t01p02_r02_sc01.a.rfl`` beside ``….a.hdr``: the header was refused ("without its data file")
     though the binary lay next to it; a glob of the folder takes the binary alone, once. Two such files: refused,
