@@ -316,9 +316,10 @@ def format_label_raster_info(info: dict[str, Any]) -> str:
     else:
         lines.append("crs           none (as the scene it labelled; one located by ground control points passes them on)")
     if info["cluster_pixels"] is not None:
-        total = sum(info["cluster_pixels"].values()) + info["nodata_pixels"]
-        shares = ", ".join(f"{k}: {v} ({100 * v / max(total, 1):.1f} %)" for k, v in info["cluster_pixels"].items())
-        lines.append(f"clusters      {shares}")
+        labelled = sum(info["cluster_pixels"].values())
+        total = labelled + info["nodata_pixels"]
+        shares = ", ".join(f"{k}: {v} ({100 * v / max(labelled, 1):.1f} %)" for k, v in info["cluster_pixels"].items())
+        lines.append(f"clusters      {shares} (shares of the labelled pixels)")
         lines.append(f"nodata        {info['nodata_pixels']} pixels ({100 * info['nodata_pixels'] / max(total, 1):.1f} %)")
     return "\n".join(lines)
 

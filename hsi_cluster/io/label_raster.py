@@ -321,9 +321,10 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".aux.xml")
 
 
-def class_name(label: int, count: int, total: int) -> str:
-    """How a cluster is named in legends and GIS tools: "cluster 3 (12.4 %)" (share of the scene's pixels)."""
-    return f"cluster {label} ({share_text(count, total)})"
+def class_name(label: int, count: int, labelled: int) -> str:
+    """How a cluster is named in legends and GIS tools: "cluster 3 (12.4 %)", its share of the ``labelled`` pixels
+    (nodata left out: on a swath with a wide collar every cluster read 0.0 % of the scene)."""
+    return f"cluster {label} ({share_text(count, labelled)})"
 
 
 def count_labels(dataset: rasterio.io.DatasetReader, n_clusters: int, nodata: int) -> tuple[dict[int, int], int]:
@@ -344,7 +345,7 @@ def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, i
     """
     import xml.etree.ElementTree as ET
 
-    total = sum(int(counts.get(k, 0)) for k in range(n_clusters)) + int(nodata_count)
+    labelled = sum(int(counts.get(k, 0)) for k in range(n_clusters))
     colours = colour_table(n_clusters)
     root = ET.Element("PAMDataset")
     band = ET.SubElement(root, "PAMRasterBand", band="1")
@@ -354,7 +355,7 @@ def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, i
     ET.SubElement(metadata, "MDI", key="NODATA_PIXELS").text = str(int(nodata_count))
     names = ET.SubElement(band, "CategoryNames")
     for k in range(n_clusters):
-        ET.SubElement(names, "Category").text = class_name(k, int(counts.get(k, 0)), total)
+        ET.SubElement(names, "Category").text = class_name(k, int(counts.get(k, 0)), labelled)
     table = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
     fields = [("Value", RatType.INTEGER, RatUsage.MIN_MAX), ("Count", RatType.INTEGER, RatUsage.PIXEL_COUNT),
               ("Name", RatType.STRING, RatUsage.NAME), ("Percent", RatType.REAL, RatUsage.GENERIC),
@@ -368,7 +369,7 @@ def write_label_sidecar(output: Path, *, n_clusters: int, counts: Mapping[int, i
     for k in range(n_clusters):
         count = int(counts.get(k, 0))
         row = ET.SubElement(table, "Row", index=str(k))
-        values = [k, count, class_name(k, count, total), round(100 * count / max(total, 1), 4), *colours[k]]
+        values = [k, count, class_name(k, count, labelled), round(100 * count / max(labelled, 1), 4), *colours[k]]
         for value in values:
             ET.SubElement(row, "F").text = str(value)
     ET.indent(root)
@@ -383,8 +384,8 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
                     grid: RasterGrid | None = None) -> Path:
     """A PNG of a (decimated) label map with a legend of the clusters present and their pixel shares.
 
-    The legend lists only clusters with pixels, each as "cluster K (12.4 %)" (share of all the scene's
-    pixels), and a "nodata" entry when there are nodata pixels, which are drawn light grey.
+    The legend lists only clusters with pixels, each as "cluster K (12.4 %)" (share of the labelled pixels),
+    and a "nodata" entry (share of the scene) when there are nodata pixels, which are drawn light grey.
 
     Args:
         labels: (y, x) labels, possibly decimated.
@@ -409,7 +410,8 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
         counts = {int(k): int(n) for k, n in zip(present, found, strict=True)}
     if nodata_count is None:
         nodata_count = int(np.count_nonzero(labels == nodata))
-    total = sum(counts.values()) + nodata_count
+    labelled = sum(counts.values())
+    total = labelled + nodata_count
     table = colour_table(n_clusters)
     colours = [(r / 255, g / 255, b / 255, a / 255) for r, g, b, a in (table[k] for k in range(n_clusters))]
     cmap = ListedColormap(colours).with_extremes(bad=NODATA_COLOUR)
@@ -425,12 +427,12 @@ def write_quicklook(labels: np.ndarray, path: Path, *, n_clusters: int, nodata: 
         ax.set_axis_off()
         non_empty = [k for k in sorted(counts) if counts[k] > 0]
         listed = set(sorted(non_empty, key=lambda k: -counts[k])[:LEGEND_MAX])
-        handles = [Patch(facecolor=colours[k], label=class_name(k, counts[k], total))
+        handles = [Patch(facecolor=colours[k], label=class_name(k, counts[k], labelled))
                    for k in non_empty if k in listed]
         rest = [k for k in non_empty if k not in listed]
         if rest:
             handles.append(Patch(facecolor="none", edgecolor="none", label=f"{len(rest)} more clusters "
-                                 f"({share_text(sum(counts[k] for k in rest), total)})"))
+                                 f"({share_text(sum(counts[k] for k in rest), labelled)})"))
         if nodata_count:
             handles.append(Patch(facecolor=NODATA_COLOUR, edgecolor="0.6", linewidth=0.5,
                                  label=f"nodata ({share_text(nodata_count, total)})"))

@@ -201,9 +201,10 @@ def label_item(labels: str | os.PathLike[str], *, model_sha256: str, source: str
                          title=f"cluster labels 0 … {n_clusters - 1} (nodata {nodata})")
     item.add_asset("labels", asset)
     colours = colour_table(n_clusters)
-    classes = [Classification.create(value=k, name=f"cluster_{k}", title=class_name(k, counts[k], total),
+    labelled = sum(counts[k] for k in range(n_clusters))  # a cluster's share of the labelled pixels, as its name
+    classes = [Classification.create(value=k, name=f"cluster_{k}", title=class_name(k, counts[k], labelled),
                                      color_hint=_hex(colormap.get(k, colours[k])), count=counts[k],
-                                     percentage=round(100 * counts[k] / max(total, 1), 4))
+                                     percentage=round(100 * counts[k] / max(labelled, 1), 4))
                for k in range(n_clusters)]
     classes.append(Classification.create(value=nodata, name="nodata", title="nodata", nodata=True,
                                          count=nodata_count, percentage=round(100 * nodata_count / max(total, 1), 4)))

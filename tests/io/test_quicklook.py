@@ -33,26 +33,26 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 
 def test_legend_lists_non_empty_clusters_with_shares_and_nodata(tmp_path: Path, figures: list[dict]) -> None:
-    labels = np.full((10, 10), 255, np.uint8)  # 10 % nodata
-    labels[1:, :5] = 0   # 45 %
-    labels[1:, 5:9] = 2  # 36 %
-    labels[1:, 9] = 5    # 9 %
+    labels = np.full((10, 10), 255, np.uint8)  # 10 % nodata (of the scene)
+    labels[1:, :5] = 0   # 45 pixels: 50 % of the 90 labelled
+    labels[1:, 5:9] = 2  # 36: 40 %
+    labels[1:, 9] = 5    # 9: 10 %
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = write_quicklook(labels, tmp_path / "q.png", n_clusters=6, nodata=255, title="t")
     assert not caught, [str(w.message) for w in caught]
     assert path.read_bytes()[:4] == b"\x89PNG"
     (figure,) = figures
-    assert figure["texts"] == ["cluster 0 (45.0 %)", "cluster 2 (36.0 %)", "cluster 5 (9.0 %)", "nodata (10.0 %)"]
+    assert figure["texts"] == ["cluster 0 (50.0 %)", "cluster 2 (40.0 %)", "cluster 5 (10.0 %)", "nodata (10.0 %)"]
     assert figure["ncols"] == 1
     assert figure["bad"] == pytest.approx(NODATA_COLOUR)
 
 
 def test_counts_of_the_full_map_give_the_shares(tmp_path: Path, figures: list[dict]) -> None:
     labels = np.zeros((4, 4), np.uint8)  # a decimated map: only cluster 0 and no nodata seen
-    write_quicklook(labels, tmp_path / "q.png", n_clusters=3, nodata=255, title="t", counts={0: 9000, 1: 0, 2: 1},
-                    nodata_count=999)
-    assert figures[0]["texts"] == ["cluster 0 (90.0 %)", "cluster 2 (<0.1 %)", "nodata (10.0 %)"]
+    write_quicklook(labels, tmp_path / "q.png", n_clusters=3, nodata=255, title="t", counts={0: 9999, 1: 0, 2: 1},
+                    nodata_count=10_000)  # clusters: shares of the labelled pixels; nodata: of the scene
+    assert figures[0]["texts"] == ["cluster 0 (100.0 %)", "cluster 2 (<0.1 %)", "nodata (50.0 %)"]
 
 
 def test_many_clusters_no_warning_and_columns_from_entries(tmp_path: Path, figures: list[dict]) -> None:
