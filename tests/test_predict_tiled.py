@@ -795,8 +795,9 @@ def test_label_cog_carries_class_names_and_counts_for_gis(dense: TrainedModel, t
 
     valid = holey[1]
     result = predict_scene(holey[0].path, dense.checkpoint, tmp_path / "labels.tif", tiles=16, device="cpu")
-    total = HEIGHT * WIDTH
-    names = [f"cluster {k} ({100 * result.counts[k] / total:.1f} %)" for k in range(K)]
+    labelled = int(valid.sum())  # a cluster's share of the labelled pixels, not of the scene (its nodata included)
+    assert result.valid_pixels == labelled < HEIGHT * WIDTH
+    names = [f"cluster {k} ({100 * result.counts[k] / labelled:.1f} %)" for k in range(K)]
     with rasterio.open(result.output) as dataset:  # GDAL reads the sidecar: its band metadata reach rasterio
         band_tags = dataset.tags(1)
         assert dataset.tags()["HSICLUSTER_K"] == str(K)
