@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from operator import itemgetter
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -18,7 +20,7 @@ import psutil
 import xarray as xr
 from rasterio.crs import CRS
 
-from hsi_cluster.errors import HsiClusterError, MetadataWarning, counted, naming_python_options
+from hsi_cluster.errors import HsiClusterError, MetadataWarning, counted, first_line, naming_python_options
 from hsi_cluster.io.metadata import WAVELENGTH_SHIFT_MAX_NM, WAVELENGTH_TOLERANCE_NM, band_tolerance, mismatched_band
 from hsi_cluster.io.scene import open_scene
 
@@ -101,24 +103,55 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
     """
     if len(scenes) < 2:
         return
-    opened = [open_scene(scene) for scene in scenes]
+    problems: list[tuple[str, HsiClusterError]] = []  # (scene, why it cannot train with the others), all of them
+    opened = []
+    for path in scenes:
+        try:
+            opened.append(open_scene(path))
+        except HsiClusterError as exc:
+            problems.append((os.fspath(path), exc))
     if log is not None:
         for notice in _mixed_scene_notices(opened):
             log(f"warning: {notice}")
-    first = opened[0]
+    counts = Counter(scene.shape[0] for scene in opened)  # the others are compared with the commonest band count
+    common = [scene for scene in opened if counts[scene.shape[0]] == max(counts.values(), default=0)]
     reference = None  # the first scene that has wavelengths
-    for scene in opened:
-        check_bands(scene, n_bands=first.shape[0], wavelength=None, reference=first.attrs["source"],
-                    advice=f"train together only scenes from the same sensor and processing ({_leave_out()})")
-        if "wavelength" not in scene.coords:
-            continue
-        if reference is None:
-            reference = scene
-            continue
-        check_bands(scene, n_bands=first.shape[0], wavelength=reference.coords["wavelength"].values,
-                    reference=reference.attrs["source"], tolerance_nm=tolerance_nm,
-                    advice=f"train together only scenes with the same bands ({_leave_out()}, or resample its bands "
-                           "to the others')")
+    for scene in opened if common else []:
+        first = common[0]
+        try:
+            check_bands(scene, n_bands=first.shape[0], wavelength=None, reference=first.attrs["source"],
+                        advice=f"train together only scenes from the same sensor and processing ({_leave_out()})")
+            if "wavelength" not in scene.coords:
+                continue
+            if reference is None:
+                reference = scene
+                continue
+            check_bands(scene, n_bands=first.shape[0], wavelength=reference.coords["wavelength"].values,
+                        reference=reference.attrs["source"], tolerance_nm=tolerance_nm,
+                        advice=f"train together only scenes with the same bands ({_leave_out()}, or resample its "
+                               "bands to the others')")
+        except HsiClusterError as exc:
+            problems.append((scene.attrs["source"], exc))
+    if len(problems) == 1:
+        raise problems[0][1]
+    if problems:  # every one named at once: an archive's bad files were found one run (and one ingest) at a time
+        shown = "; ".join(f"{Path(source).name}: {_reason(source, exc)}" for source, exc in problems[:MANY_SHOWN])
+        more = f"; and {len(problems) - MANY_SHOWN} more" if len(problems) > MANY_SHOWN else ""
+        how = "leave them out of the list of scenes" if naming_python_options() else "leave them out with --exclude"
+        raise HsiClusterError(f"{len(problems)} of the {len(scenes)} scenes cannot train with the others: {shown}{more}; "
+                              f"{how}, or fix them")
+
+
+#: Scenes named in the one-line error of :func:`check_scenes_agree` (the rest are counted).
+MANY_SHOWN = 5
+
+
+def _reason(source: str, exc: HsiClusterError) -> str:
+    """What an error says of one scene, without its path and its advice: "has 100 bands but … has 200"."""
+    text = first_line(exc)
+    for prefix in (f"{source}: ", f"{Path(source).absolute()}: "):
+        text = text.removeprefix(prefix)
+    return text.split("; ")[0]
 
 
 #: GDAL decodes a compressed block whole; a raw raster whose blocks (all bands) exceed this, or whose 128-row bands

@@ -193,3 +193,21 @@ def test_the_memory_for_kept_reads_is_a_share_of_what_is_available(monkeypatch) 
     worker = SimpleNamespace(memory_manager=SimpleNamespace(memory_limit=400 * 2**20))
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
     assert checks.kept_reads_budget() == 100 * 2**20
+
+
+def test_every_scene_that_cannot_train_with_the_others_is_named_at_once(tmp_path) -> None:
+    """``train 'archive/**/*.tif'`` stopped at the first unusable scene, so three bad files took three runs (each
+    ingesting the archive again) to find; now one line names them all. The others are compared with the band count
+    most scenes have, not with the first scene's."""
+    cube = helpers.synthetic_cube(6, 12, 12, "float32", seed=0)
+    few = helpers.write_geotiff(tmp_path / "a_few.tif", cube[:4]).path  # first, but the odd one out
+    good = [helpers.write_geotiff(tmp_path / f"good{i}.tif", cube).path for i in range(3)]
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not a raster at all" * 10)
+    with pytest.raises(HsiClusterError) as caught:
+        check_scenes_agree([few, *good, garbage])
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("2 of the 5 scenes cannot train with the others: ")
+    assert "garbage.tif: cannot open" in message and "a_few.tif: has 4 bands but " in message
+    assert "good0.tif has 6" in message and message.endswith("; leave them out with --exclude, or fix them")
+    check_scenes_agree(good)
