@@ -20,8 +20,9 @@ from affine import Affine
 from hsi_cluster.errors import ArgumentError, OutputError
 from hsi_cluster.io.files import atomic_path, check_output
 
-#: Rows written at a time: a crop of a scene larger than memory is read and written in strips.
-STRIP_ROWS = 256
+#: The window read and written at a time (rows, columns): a crop of a scene larger than memory is copied in pieces
+#: of at most this many pixels (all bands), whatever its width.
+WINDOW = (256, 1024)
 
 
 def scene_grid(scene: xr.DataArray) -> tuple[Affine | None, str | None]:
@@ -57,8 +58,8 @@ def write_scene(scene: xr.DataArray, path: str | os.PathLike[str], *, overwrite:
 
     Args:
         scene: a scene as :func:`~hsi_cluster.io.open_scene` returns it, a crop or edited copy of one, or any
-            ``(band, y, x)`` DataArray (rioxarray's conventions give its grid). Read in strips of
-            :data:`STRIP_ROWS` rows, so a lazy scene larger than memory is written without loading it.
+            ``(band, y, x)`` DataArray (rioxarray's conventions give its grid). Read in windows of
+            :data:`WINDOW` pixels, so a lazy scene larger than memory is written without loading it.
         path: the GeoTIFF to write (never left partial: written beside it, then renamed).
         overwrite: replace an existing file.
 
@@ -96,10 +97,11 @@ def write_scene(scene: xr.DataArray, path: str | os.PathLike[str], *, overwrite:
             for band, tags in enumerate(_band_tags(scene), start=1):
                 if tags:
                     out.update_tags(band, **tags)
-            for start in range(0, height, STRIP_ROWS):
-                strip = np.asarray(scene[:, start:start + STRIP_ROWS, :].values)
-                out.write(strip.astype(dtype, copy=False),
-                          window=rasterio.windows.Window(0, start, width, strip.shape[1]))
+            for row in range(0, height, WINDOW[0]):
+                for col in range(0, width, WINDOW[1]):
+                    piece = np.asarray(scene[:, row:row + WINDOW[0], col:col + WINDOW[1]].values)
+                    out.write(piece.astype(dtype, copy=False),
+                              window=rasterio.windows.Window(col, row, piece.shape[2], piece.shape[1]))
     except OSError as exc:
         raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from exc
     except rasterio.errors.RasterioIOError as exc:
