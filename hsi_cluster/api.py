@@ -262,9 +262,11 @@ class Model:
             fit = (RangeFit(outside_share=attrs["outside_share"], gain=attrs["matching_gain"],
                             fit_ratio=attrs["matching_fit_ratio"], tilt=attrs["matching_tilt"])
                    if "outside_share" in attrs else None)
+            labels = labelled["labels"] if isinstance(labelled, xr.Dataset) else labelled
+            labelled_any = bool((labels.values != labels.rio.nodata).any())  # else no match was tried: none to tell
             for notice in labelling_warnings(attrs["source"], spread=attrs.get("spread"), range_fit=fit,
                                              applied_gain=attrs["applied_gain"], applied_tilt=attrs["applied_tilt"],
-                                             match_brightness=match_brightness):
+                                             match_brightness=match_brightness and labelled_any):
                 warnings.warn(notice, UserWarning, stacklevel=2)
             return labelled
         output = Path(output).expanduser().absolute()

@@ -113,7 +113,8 @@ def label_scene(source: str, checkpoint: str, output: str, tiles: int, attempts_
                                    resume=True, match_brightness=match_brightness)
     except HsiClusterError as exc:
         return {**record, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - started}
-    except OSError as exc:  # a full disk, a name too long: one line in the record, not a retried worker traceback
+    except Exception as exc:  # a full disk, a name too long (OSError, or GDAL's CPLE_FileIOError): one line in the
+        # record, not a retried worker traceback
         cause = storage_error(exc)
         if cause is None:
             raise

@@ -184,7 +184,7 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
                     traceback.print_exc()
                 hint = RESUME_HINTS.get(click.get_current_context().info_name or "", "rerun the same command")
                 what, remedy = full
-                _fail(f"{what}; {remedy}, then {hint}", EXIT_USER_ERROR)
+                _fail(f"{what}; {remedy}" + ("" if "too long" in what else f", then {hint}"), EXIT_USER_ERROR)
             if verbose:
                 traceback.print_exc()
                 sys.exit(EXIT_UNEXPECTED)

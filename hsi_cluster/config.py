@@ -7,6 +7,7 @@ import difflib
 import inspect
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import yaml
 
 from hsi_cluster.data.augment import AugmentConfig
-from hsi_cluster.errors import HsiClusterError, first_line, option
+from hsi_cluster.errors import HsiClusterError, first_line, naming_python_options, option
 from hsi_cluster.geo import PatchGeometry
 from hsi_cluster.model.backbones import DEFAULT_DEPTH, DenseBackbone, ResNetBackbone, backbone_geometry
 
@@ -250,8 +251,8 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
     """A preset, then a YAML file's keys, then ``inline`` keys (a pipeline's ``config:`` mapping), then
     explicit overrides (None values ignored)."""
     config = preset_config(preset)
-    for layer in (overrides, inline or {}):
-        _check_one_length(layer)
+    _check_one_length(overrides, lambda key: option(f"--{key}"))
+    _check_one_length(inline or {}, lambda key: key if naming_python_options() else f"'{key}'")
     if path is not None:
         path = Path(path)
         try:
@@ -271,10 +272,11 @@ def load_config(preset: str, path: str | Path | None = None, *, inline: dict[str
     return config_from_dict(_length_replaced({k: v for k, v in overrides.items() if v is not None}), base=config)
 
 
-def _check_one_length(values: dict[str, Any]) -> None:
-    """One layer of options (the command's flags, the Python call's keywords) sets the run's length once: two of
-    ``samples``, ``epochs`` and ``steps`` would leave one ignored."""
-    given = [option(f"--{key}") for key in ("samples", "epochs", "steps") if values.get(key) is not None]
+def _check_one_length(values: dict[str, Any], named: Callable[[str], str]) -> None:
+    """One layer of options (the command's flags, the Python call's keywords, a pipeline's config mapping; each
+    ``named`` as its caller writes it) sets the run's length once: two of ``samples``, ``epochs`` and ``steps``
+    would leave one ignored."""
+    given = [named(key) for key in ("samples", "epochs", "steps") if values.get(key) is not None]
     if len(given) > 1:
         raise HsiClusterError(f"{' and '.join(given)} each set the length of the run; pass only one")
 

@@ -382,9 +382,9 @@ def _check_outputs(scene_path: Path, checkpoint_path: Path, outputs: _Outputs, *
     inputs = {**scene_inputs(scene_path), "the model": checkpoint_path}
     # --resume continues an interrupted run; with nothing to continue, the outputs are new ones
     replace = overwrite or (resume and TileStore.partial_path(outputs.labels).is_dir())
-    for path in by_option.values():
+    for name, path in by_option.items():
         if path is not None:
-            check_output(path, replace=replace, inputs=inputs,
+            check_output(path, replace=replace, inputs=inputs, companion=name == "-o (its class sidecar)",
                          exists_hint=f"pass {option('--overwrite')} to replace it ({option('--resume')} continues only an "
                                      "interrupted run)")
 

@@ -453,6 +453,6 @@ def test_python_and_pipeline_length_options_are_mutually_exclusive_too(scene: In
 
     with pytest.raises(hc.HsiClusterError, match=r"^epochs and steps each set the length of the run; pass only one$"):
         hc.train(scene.store, k=3, device="cpu", steps=5, epochs=3)
-    with pytest.raises(HsiClusterError, match="--samples and --epochs each set the length of the run"):
-        load_config("fast", inline={"samples": 640, "epochs": 2})
+    with pytest.raises(HsiClusterError, match="'samples' and 'epochs' each set the length of the run"):
+        load_config("fast", inline={"samples": 640, "epochs": 2})  # a pipeline's config mapping: its keys
     assert load_config("fast", inline={"steps": 5}).steps == 5

@@ -134,12 +134,15 @@ def check_scenes_agree(scenes: Sequence[str | os.PathLike[str]], *,
             problems.append((scene.attrs["source"], exc))
     if len(problems) == 1:
         raise problems[0][1]
+    order = {os.fspath(Path(path).absolute()): index for index, path in enumerate(scenes)}
+    problems.sort(key=lambda problem: order.get(os.fspath(Path(problem[0]).absolute()), len(order)))  # as given
     if problems:  # every one named at once: an archive's bad files were found one run (and one ingest) at a time
         shown = "; ".join(f"{Path(source).name}: {_reason(source, exc)}" for source, exc in problems[:MANY_SHOWN])
         more = f"; and {len(problems) - MANY_SHOWN} more" if len(problems) > MANY_SHOWN else ""
         how = "leave them out of the list of scenes" if naming_python_options() else "leave them out with --exclude"
-        raise HsiClusterError(f"{len(problems)} of the {len(scenes)} scenes cannot train with the others: {shown}{more}; "
-                              f"{how}, or fix them")
+        which = (f"none of the {len(scenes)} scenes can be used" if len(problems) == len(scenes)
+                 else f"{len(problems)} of the {len(scenes)} scenes cannot train with the others")
+        raise HsiClusterError(f"{which}: {shown}{more}; {how}, or fix them")
 
 
 #: Scenes named in the one-line error of :func:`check_scenes_agree` (the rest are counted).

@@ -55,21 +55,27 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-#: Characters an output's name may need beyond its own for the files written beside it (``.NAME.tmp.tif`` while
-#: it is written, ``NAME.partial.zarr`` while interrupted, ``.NAME.lock``, GDAL's ``NAME.aux.xml``).
-COMPANION_ROOM = 16
+#: Bytes an output's name may need beyond its own for the files written beside it (``.NAME.tmp.tif`` while it is
+#: written, ``.NAME.partial.XXXXXXXX.tmp`` and ``NAME.restart-N`` for a checkpoint, ``NAME.partial.zarr`` while
+#: interrupted, ``.NAME.lock``, GDAL's ``NAME.aux.xml``).
+COMPANION_ROOM = 32
 
 
 def check_name_length(path: Path, *, what: str = "the output", remedy: str = "choose a shorter name",
                       path_remedy: str = "choose a shorter path") -> None:
     """Refuse an output whose name or path, with those of the files written beside it, is longer than the file
-    system allows (one line naming ``what`` it is and the ``remedy``; the system's "File name too long" came as an
-    unexpected error, exit 1)."""
-    folder = path.parent if path.parent.is_dir() else Path(path.anchor or ".")
+    system allows, or a folder of its path whose name is (one line naming ``what`` it is and the ``remedy``; the
+    system's "File name too long" came as an unexpected error, exit 1)."""
     try:
+        folder = path.parent if path.parent.is_dir() else Path(path.anchor or ".")
         name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
-    except (OSError, ValueError):  # a system that does not tell: the common limits
+    except (OSError, ValueError):  # a path the system cannot look at, or a system that does not tell: the usual limits
         name_max, path_max = 255, 4096
+    for folder_name in path.parent.parts:
+        if len(os.fsencode(folder_name)) > name_max:
+            raise OutputError(f"{folder_name[:60]}…: a folder name in the path of {what} is "
+                              f"{len(os.fsencode(folder_name))} bytes long, more than the file system takes "
+                              f"({name_max}); {path_remedy}")
     for part, length, limit, fix in (("name", len(os.fsencode(path.name)), name_max, remedy),
                                      ("path", len(os.fsencode(str(path))), path_max - 1, path_remedy)):
         if length + COMPANION_ROOM > limit:
@@ -78,14 +84,15 @@ def check_name_length(path: Path, *, what: str = "the output", remedy: str = "ch
 
 
 def check_output(path: Path, *, replace: bool, inputs: Mapping[str, Path] = {}, file_output: bool = True,
-                 exists_hint: str | None = None) -> None:
+                 exists_hint: str | None = None, companion: bool = False) -> None:
     """Fail before any work unless ``path`` can take a new output.
 
     Refused, each with a one-line :class:`OutputError`: ``path`` is one of ``inputs`` (named by their
     role, e.g. ``{"the scene": …}``; even when replacing) or lies inside one (a store's folder); a folder where a file goes (``file_output``);
     an existing output unless ``replace``; a missing, non-folder or unwritable parent.
     """
-    check_name_length(path)
+    if not companion:  # a file beside an output (its .aux.xml) is within the room its output's check keeps
+        check_name_length(path)
     for role, source in inputs.items():
         if same_file(path, source):
             raise OutputError(f"{path}: is {role}, an input of this command; choose another output path")

@@ -74,13 +74,18 @@ def write_scene(scene: xr.DataArray, path: str | os.PathLike[str], *, overwrite:
     n_bands, height, width = scene.shape
     if not n_bands * height * width:
         raise ArgumentError(f"write_scene: the array has no pixels (shape {scene.shape})")
+    for name in ("x", "y", "wavelength", "fwhm"):
+        if name in scene.coords and np.asarray(scene.coords[name].values).dtype.kind not in "iuf":
+            raise ArgumentError(f"write_scene: the {name} coordinate is not numeric "
+                                f"({np.asarray(scene.coords[name].values).dtype}); give it numbers or drop it")
     target = Path(path).expanduser().absolute()
     check_output(target, replace=overwrite)
     transform, crs = scene_grid(scene)
-    dtype = np.dtype(scene.dtype)
-    if dtype == np.dtype(bool) or dtype.kind not in "iuf" or dtype.itemsize > 8:
-        dtype = np.dtype(np.float32)
+    if transform is not None and (transform.b or transform.d) and not _whole_scene(scene):
+        raise ArgumentError("write_scene: a crop or stride of a rotated grid cannot be placed (its pixels carry no x/y "
+                            "coordinates); crop the file itself instead, e.g. gdal_translate -srcwin")
     nodata = _nodata(scene)
+    dtype = _file_dtype(np.dtype(scene.dtype), nodata)
     profile: dict[str, Any] = {
         "driver": "GTiff", "count": n_bands, "height": height, "width": width, "dtype": dtype.name,
         "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
@@ -107,6 +112,28 @@ def write_scene(scene: xr.DataArray, path: str | os.PathLike[str], *, overwrite:
     except rasterio.errors.RasterioIOError as exc:
         raise OutputError(f"{target}: cannot be written ({exc})") from exc
     return target
+
+
+def _file_dtype(dtype: np.dtype, nodata: float | None) -> np.dtype:
+    """The GeoTIFF type for an array of ``dtype``: its own, or float32 for what GeoTIFF lacks (bool, float16, complex)
+    and for integers that cannot hold ``nodata``."""
+    if dtype == np.dtype(bool) or dtype.kind not in "iuf" or dtype.itemsize > 8 or dtype == np.dtype(np.float16):
+        return np.dtype(np.float32)
+    if nodata is not None and dtype.kind in "iu" and not (
+            float(nodata).is_integer() and np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max):
+        return np.dtype(np.float32)
+    return dtype
+
+
+def _whole_scene(scene: xr.DataArray) -> bool:
+    """Whether ``scene`` has the size of the file it was opened from (a rotated grid gives no x/y coordinates, so
+    only a whole scene keeps the transform it was opened with)."""
+    source = scene.attrs.get("source")
+    if not source or not Path(source).exists():
+        return False
+    from hsi_cluster.io.scene import open_scene
+
+    return open_scene(source).shape[1:] == scene.shape[1:]
 
 
 def _nodata(scene: xr.DataArray) -> float | None:

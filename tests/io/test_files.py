@@ -101,3 +101,19 @@ def test_the_lock_of_an_output_named_through_a_link_is_its_targets(tmp_path):
     (tmp_path / "out.tif").write_bytes(b"")
     (tmp_path / "link.tif").symlink_to(tmp_path / "out.tif")
     assert output_lock_path(tmp_path / "link.tif") == output_lock_path(tmp_path / "out.tif")
+
+
+def test_names_and_paths_too_long_for_the_file_system_are_refused_in_one_line(tmp_path: Path) -> None:
+    """The system's "File name too long" came as an unexpected OSError (exit 1) from any output check, even from
+    ``Path.is_dir`` on a parent whose name is too long; a name just short enough failed mid-training, when the
+    checkpoint's temporary file (22 bytes longer) was written."""
+    from hsi_cluster.io.files import COMPANION_ROOM, check_name_length, check_output
+
+    check_name_length(tmp_path / ("n" * (255 - COMPANION_ROOM)))  # the longest name that leaves the room
+    with pytest.raises(OutputError, match=r"the name of the output is 231 bytes long, and with the files written "
+                                          r"beside it the file system takes at most 223; choose a shorter name$"):
+        check_output(tmp_path / ("n" * 227 + ".tif"), replace=False)
+    with pytest.raises(OutputError, match=r"a folder name in the path of the output is 260 bytes long, more than the "
+                                          r"file system takes \(255\); choose a shorter path$"):
+        check_output(tmp_path / ("d" * 260) / "x.tif", replace=False)
+    assert COMPANION_ROOM >= len(".partial.12345678.tmp") + 1 + len(".restart-9") - len(".ckpt")

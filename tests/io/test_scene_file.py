@@ -79,3 +79,28 @@ def test_refusals(geotiff: helpers.SyntheticScene, tmp_path: Path) -> None:
     assert not (tmp_path / "empty.tif").exists() and not (tmp_path / "one.tif").exists()
     with pytest.raises(OutputError, match="missing"):
         write_scene(scene, tmp_path / "missing" / "x.tif")
+
+
+def test_types_geotiff_lacks_rotated_crops_and_bad_coordinates(tmp_path: Path) -> None:
+    """float16 and a nodata the integers cannot hold are written as float32 (rasterio refused them with a raw error);
+    a crop of a rotated grid, whose pixels carry no coordinates, is refused (it was written at the whole scene's
+    place); text coordinates are refused in one line."""
+    from affine import Affine
+
+    cube = helpers.synthetic_cube(3, 12, 10, "float32", seed=4)
+    half = write_scene(open_scene(helpers.write_geotiff(tmp_path / "a.tif", cube).path).astype(np.float16),
+                       tmp_path / "half.tif")
+    assert open_scene(half).dtype == np.float32
+    small = open_scene(helpers.write_geotiff(tmp_path / "u8.tif", cube.astype(np.uint8)).path).copy()
+    small.attrs["nodata"] = -9999.0
+    assert open_scene(write_scene(small, tmp_path / "u8_out.tif")).attrs["nodata"] == -9999.0
+    rotated = helpers.write_geotiff(tmp_path / "rot.tif", cube, transform=Affine(10, 2, 500000, 3, -10, 4e6)).path
+    write_scene(open_scene(rotated), tmp_path / "rot_copy.tif")  # the whole scene keeps its transform
+    assert open_scene(tmp_path / "rot_copy.tif").attrs["transform"][:6] == open_scene(rotated).attrs["transform"][:6]
+    with pytest.raises(HsiClusterError, match="a crop or stride of a rotated grid cannot be placed"):
+        write_scene(open_scene(rotated).isel(x=slice(2, 6)), tmp_path / "rot_crop.tif")
+    texts = open_scene(helpers.write_geotiff(tmp_path / "b.tif", cube).path).assign_coords(
+        wavelength=("band", ["a", "b", "c"]))
+    with pytest.raises(HsiClusterError, match="the wavelength coordinate is not numeric"):
+        write_scene(texts, tmp_path / "t.tif")
+    assert not (tmp_path / "rot_crop.tif").exists() and not (tmp_path / "t.tif").exists()
