@@ -50,7 +50,7 @@ from hsi_cluster.io.labels import (
     unlabelled_value,
 )
 from hsi_cluster.io.scene import open_scene, reusing_reads
-from hsi_cluster.io.scene_file import scene_grid
+from hsi_cluster.io.scene_file import placed, scene_grid
 from hsi_cluster.model.spectral_range import RangeFit
 from hsi_cluster.predict import (
     PredictResult,
@@ -407,6 +407,11 @@ def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: f
     coords = {dim: scene.coords[dim].values for dim in ("y", "x") if dim in scene.coords}
     array = xr.DataArray(values, dims=("y", "x"), coords=coords, name=name, attrs=dict(attrs))
     transform, crs = scene_grid(scene)
+    if not placed(scene, transform):  # a crop of a rotated grid: no place is better than the whole scene's
+        warnings.warn(f"{scene.attrs.get('source', 'the scene')}: the labels of a crop of a rotated grid carry no "
+                      "transform (its pixels have no x/y coordinates); crop the file itself to keep one", UserWarning,
+                      stacklevel=4)
+        transform = None
     if transform is not None:
         array = array.rio.write_transform(transform)
     if crs:

@@ -500,3 +500,18 @@ def test_options_that_would_be_ignored_or_fail_raw_are_named(salinas: dict) -> N
     with pytest.raises(HsiClusterError, match="unlabelled must be a whole class value"):
         hc.evaluate(labels.values, labels.values, unlabelled="zero")
     assert hc.evaluate(labels, salinas["gt"], unlabelled=np.int64(0)).acc == hc.evaluate(labels, salinas["gt"]).acc
+
+
+def test_in_memory_labels_of_a_crop_of_a_rotated_grid_carry_no_transform(tmp_path: Path) -> None:
+    """A rotated grid gives no x/y coordinates, so the labels of a crop of it took the whole scene's transform (put
+    at the scene's origin, in silence); now they carry none, with a warning. The whole scene keeps its own."""
+    from affine import Affine
+
+    cube, _ = holey_cube()
+    rotated = write_scene(tmp_path / "rot.tif", cube, transform=Affine(30, 5, 500000, 5, -30, 4e6)).path
+    model = hc.train(rotated, k=3, device="cpu", work_dir=tmp_path / "work", **TINY_DENSE)
+    whole = model.predict(hc.open_scene(rotated), device="cpu")
+    assert tuple(whole.rio.transform())[:6] == (30, 5, 500000, 5, -30, 4e6)
+    with pytest.warns(UserWarning, match="the labels of a crop of a rotated grid carry no transform"):
+        crop = model.predict(hc.open_scene(rotated).isel(x=slice(5, 30)), device="cpu")
+    assert crop.shape == (cube.shape[1], 25) and crop.rio.transform() == Affine.identity()

@@ -81,7 +81,7 @@ def write_scene(scene: xr.DataArray, path: str | os.PathLike[str], *, overwrite:
     target = Path(path).expanduser().absolute()
     check_output(target, replace=overwrite)
     transform, crs = scene_grid(scene)
-    if transform is not None and (transform.b or transform.d) and not _whole_scene(scene):
+    if not placed(scene, transform):
         raise ArgumentError("write_scene: a crop or stride of a rotated grid cannot be placed (its pixels carry no x/y "
                             "coordinates); crop the file itself instead, e.g. gdal_translate -srcwin")
     nodata = _nodata(scene)
@@ -125,9 +125,14 @@ def _file_dtype(dtype: np.dtype, nodata: float | None) -> np.dtype:
     return dtype
 
 
+def placed(scene: xr.DataArray, transform: Affine | None) -> bool:
+    """Whether :func:`scene_grid`'s ``transform`` places ``scene``: a rotated grid gives no x/y coordinates, so only
+    the whole scene it was opened from keeps its transform (a crop of it would be put at the scene's place)."""
+    return transform is None or not (transform.b or transform.d) or _whole_scene(scene)
+
+
 def _whole_scene(scene: xr.DataArray) -> bool:
-    """Whether ``scene`` has the size of the file it was opened from (a rotated grid gives no x/y coordinates, so
-    only a whole scene keeps the transform it was opened with)."""
+    """Whether ``scene`` has the size of the file it was opened from."""
     source = scene.attrs.get("source")
     if not source or not Path(source).exists():
         return False
