@@ -9,6 +9,7 @@ wavelength, FWHM and good-band flag, in the GDAL band metadata its reader looks 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import rasterio
 import xarray as xr
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 
 from hsi_cluster.errors import ArgumentError, OutputError
 from hsi_cluster.io.files import atomic_path, check_output
@@ -91,22 +93,24 @@ def write_scene(scene: xr.DataArray, path: str | os.PathLike[str], *, overwrite:
         "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
         "interleave": "pixel" if n_bands <= 16 else "band", "BIGTIFF": "IF_SAFER",
     }
-    if transform is not None:
+    if transform is not None and scene.attrs.get("georeferenced", True):  # a pixel grid stays one
         profile["transform"] = transform
     if crs:
         profile["crs"] = crs
     if nodata is not None:
         profile["nodata"] = nodata
     try:
-        with atomic_path(target, suffix=".tmp.tif") as scratch, rasterio.open(scratch, "w", **profile) as out:
-            for band, tags in enumerate(_band_tags(scene), start=1):
-                if tags:
-                    out.update_tags(band, **tags)
-            for row in range(0, height, WINDOW[0]):
-                for col in range(0, width, WINDOW[1]):
-                    piece = np.asarray(scene[:, row:row + WINDOW[0], col:col + WINDOW[1]].values)
-                    out.write(piece.astype(dtype, copy=False),
-                              window=rasterio.windows.Window(col, row, piece.shape[2], piece.shape[1]))
+        with atomic_path(target, suffix=".tmp.tif") as scratch, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a scene without a grid is written without one
+            with rasterio.open(scratch, "w", **profile) as out:
+                for band, tags in enumerate(_band_tags(scene), start=1):
+                    if tags:
+                        out.update_tags(band, **tags)
+                for row in range(0, height, WINDOW[0]):
+                    for col in range(0, width, WINDOW[1]):
+                        piece = np.asarray(scene[:, row:row + WINDOW[0], col:col + WINDOW[1]].values)
+                        out.write(piece.astype(dtype, copy=False),
+                                  window=rasterio.windows.Window(col, row, piece.shape[2], piece.shape[1]))
     except OSError as exc:
         raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from exc
     except rasterio.errors.RasterioIOError as exc:

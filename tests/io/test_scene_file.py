@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def test_an_envi_scene_without_a_crs_and_an_edited_copy(envi_bsq: helpers.Synthe
     crop = opened.isel(x=slice(0, 12))
     with pytest.raises(HsiClusterError, match=r"write it to a file first with hc.write_scene\(scene, 'crop.tif'\)"):
         hc.train(crop, k=2)
-    path = hc.write_scene(crop, tmp_path / "crop.tif")
+    with warnings.catch_warnings(record=True) as caught:  # rasterio warned of the identity matrix it was given
+        warnings.simplefilter("always")
+        path = hc.write_scene(crop, tmp_path / "crop.tif")
+    assert not caught, [str(w.message) for w in caught]
     written = open_scene(path)
     _same_scene(written, crop)
     assert not written.attrs["georeferenced"]
