@@ -347,7 +347,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
               outdir: str | os.PathLike[str], *, tiles: int = DEFAULT_TILE, scheduler: str | None = None,
               workers: int | None = None, retries: int = 2, progress: ProgressFn | None = None,
               log: Callable[[str], None] | None = None, remove_other_models: bool = False,
-              exclude: Sequence[str | os.PathLike[str]] = (), match_brightness: bool = False) -> BatchResult:
+              exclude: Sequence[str | os.PathLike[str]] = (), match_brightness: bool = False,
+              on_start: Callable[[int, int], None] | None = None) -> BatchResult:
     """Label every scene with one model on dask.distributed; see the module docstring.
 
     Args:
@@ -359,6 +360,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
         workers: worker processes of the LocalCluster.
         retries: extra attempts for a scene whose task raised or whose worker died.
         progress: called as each scene finishes.
+        on_start: called ``(scenes done, scenes)`` once the cluster is up and the scenes are submitted, so that a
+            rate (an ETA) leaves out the cluster's start-up.
         log: receives notices (dashboard link, skipped scenes).
         remove_other_models: remove the labels that OUTDIR holds of scenes this run does not label, made with
             another model or tiles (a pipeline's batch step after its model changed); default: refuse the run.
@@ -395,7 +398,8 @@ def run_batch(scenes: Sequence[str | os.PathLike[str]], checkpoint: str | os.Pat
     with _outdir_lock(out):
         return _run_locked(sources, checkpoint_path, model_sha, out, tiles=tiles, scheduler=scheduler,
                            workers=workers, retries=retries, progress=progress, log=log, started=started,
-                           remove_other_models=remove_other_models, match_brightness=match_brightness)
+                           remove_other_models=remove_other_models, match_brightness=match_brightness,
+                           on_start=on_start)
 
 
 def _outdir_lock(out: Path) -> AbstractContextManager[None]:
@@ -409,7 +413,7 @@ def _outdir_lock(out: Path) -> AbstractContextManager[None]:
 def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out: Path, *, tiles: int,
                 scheduler: str | None, workers: int | None, retries: int, progress: ProgressFn | None,
                 log: Callable[[str], None], started: float, remove_other_models: bool,
-                match_brightness: bool) -> BatchResult:
+                match_brightness: bool, on_start: Callable[[int, int], None] | None) -> BatchResult:
     """:func:`run_batch` once OUTDIR is checked and locked."""
     from distributed import as_completed
 
@@ -450,6 +454,8 @@ def _run_locked(sources: list[Path], checkpoint_path: Path, model_sha: str, out:
                                        key=f"label-{uuid.uuid4().hex}",
                                        retries=retries, pure=False)
                 collector.futures[future] = source
+            if on_start is not None:
+                on_start(finished, len(sources))
             try:
                 for future in as_completed(list(collector.futures)):
                     record = collector.record(future)

@@ -211,6 +211,16 @@ class ProgressUpdate:
         if self.plain is not None:
             self.plain(done, total)
 
+    def start(self, done: int, total: int) -> None:
+        """The work begins now with ``done`` of ``total`` units done: the bar's rate and ETA, and the plain lines',
+        leave out what came before (a batch's cluster starting)."""
+        self.bar.bar_format = None
+        self.bar.reset(total=total)
+        self.bar.n = self.bar.initial = done  # tqdm's rate counts from initial
+        self.bar.refresh()
+        if self.plain is not None:
+            self.plain.start(done)
+
 
 @contextmanager
 def progress_bar(description: str, *, unit: str, quiet: bool, plain_lines: bool = True) -> Iterator[ProgressUpdate]:
@@ -567,7 +577,7 @@ def batch(scenes: tuple[str, ...], checkpoint: Path, outdir: Path, tiles: int, s
                 update.bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpix")
         result = run_batch(list(scenes), checkpoint, outdir, tiles=tiles, scheduler=scheduler, workers=workers,
                            retries=retries, progress=on_scene, log=_log(quiet, tqdm_write), exclude=exclude,
-                           match_brightness=match_brightness)
+                           match_brightness=match_brightness, on_start=update.start)
         for record in result.failed:
             report_failure(record)
     empty = sum(1 for record in result.done if record.get("valid_pixels") == 0)

@@ -29,8 +29,14 @@ class PlainProgress:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.description, self.unit, self.write, self.every, self.clock = description, unit, write, every, clock
         self.started = clock()
+        self.rate_from = self.started  # when the work the rate counts began (see start)
         self.first_done: int | None = None
         self.last_line = self.started
+
+    def start(self, done: int) -> None:
+        """The work begins now, ``done`` units already done: the rate (the ETA) counts from here, leaving out what
+        came before (a batch's cluster starting); the elapsed time still counts from the start."""
+        self.rate_from, self.first_done = self.clock(), done
 
     def __call__(self, done: int, total: int) -> None:
         now = self.clock()
@@ -41,5 +47,6 @@ class PlainProgress:
         self.last_line = now
         elapsed = now - self.started
         counted = done - self.first_done
-        eta = f", ETA {duration_text(elapsed / counted * (total - done))}" if counted > 0 and done < total else ""
+        eta = (f", ETA {duration_text((now - self.rate_from) / counted * (total - done))}"
+               if counted > 0 and done < total else "")
         self.write(f"{self.description}: {done}/{total} {self.unit}s, elapsed {duration_text(elapsed)}{eta}")

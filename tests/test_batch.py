@@ -236,8 +236,10 @@ def test_labels_of_another_model_are_not_left_beside_this_ones(archive: dict, tm
     assert json.loads((out / "manifest.json").read_text()) == manifest
     if other == "model":  # a pipeline's batch step, whose model changed: those labels are removed, and said so
         said: list[str] = []
-        result = run_batch([str(first)], archive["model"], out, tiles=TILES, log=said.append, remove_other_models=True)
-        assert [record["status"] for record in result.records] == ["done"]
+        began: list[tuple[int, int]] = []  # once the cluster is up: the rate of the ETA counts from there
+        result = run_batch([str(first)], archive["model"], out, tiles=TILES, log=said.append, remove_other_models=True,
+                           on_start=lambda done, total: began.append((done, total)))
+        assert [record["status"] for record in result.records] == ["done"] and began == [(0, 1)]
         assert not (out / "scene1_labels.tif").exists()
         assert "removed the labels of 1 scene made with the model old.ckpt (sha256 ffffffffffff…) (scene1.tif)" in said[0]
         assert list(json.loads((out / "manifest.json").read_text())["scenes"]) == [str(first)]

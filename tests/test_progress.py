@@ -25,6 +25,16 @@ def test_plain_progress_writes_a_line_every_period_with_the_eta_of_this_runs_rat
         progress(done, 100)
     assert lines == ["predict: 60/100 tiles, elapsed 31 s, ETA 1 min 02 s", "predict: 80/100 tiles, elapsed 1 min 02 s, "
                      "ETA 31 s"]
+    # a batch whose cluster took 30 s to start: its ETA counts from then (it counted the start-up: 4 min 52 s for a
+    # batch that ended at 40 s), its elapsed time from the command's start
+    now[0] = 0.0
+    started: list[str] = []
+    batch = PlainProgress("batch", "scene", started.append, every=30.0, clock=lambda: now[0])
+    now[0] = 30.0
+    batch.start(2)  # two scenes skipped, up to date
+    now[0] = 31.0
+    batch(3, 10)  # one scene in 1 s: 7 to go (without start: 31 s for it, ETA 3 min 37 s)
+    assert started == ["batch: 3/10 scenes, elapsed 31 s, ETA 7 s"]
     quick: list[str] = []
     short = PlainProgress("batch", "scene", quick.append, every=30.0, clock=lambda: now[0])
     short(1, 2)
