@@ -359,7 +359,8 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
 
     job, fit = label_in_passes(job, label_pass, match_brightness=match_brightness)
     labels, probability = last["labels"], last["probability"]
-    result = _like_scene(labels, scene, name="labels", nodata=nodata,
+    grid = _label_grid(scene)
+    result = _like_scene(labels, scene, grid, name="labels", nodata=nodata,
                          attrs={"long_name": f"SSCC cluster label (K={n_clusters})", "n_clusters": n_clusters,
                                 "model_sha256": job.digest, "source": scene.attrs["source"],
                                 "units_differ": int(units_differ(job.spread)),
@@ -371,7 +372,7 @@ def label_array(checkpoint: Checkpoint, scene: xr.DataArray, *, tiles: int = 512
                                 "applied_gain": job.gain, "applied_tilt": job.tilt})
     if probability is None:
         return result
-    conf = _like_scene(probability, scene, name="confidence", nodata=float("nan"),
+    conf = _like_scene(probability, scene, grid, name="confidence", nodata=float("nan"),
                        attrs={"long_name": "maximum cluster probability"})
     return xr.Dataset({"labels": result, "confidence": conf})
 
@@ -401,17 +402,25 @@ def _label_in_memory(job: Any, *, confidence: bool, progress: bool) -> tuple[np.
     return labels, probability, stats
 
 
-def _like_scene(values: np.ndarray, scene: xr.DataArray, *, name: str, nodata: float,
-                attrs: dict[str, Any]) -> xr.DataArray:
-    """A (y, x) DataArray on the scene's grid, with rioxarray's CRS/transform/nodata conventions."""
-    coords = {dim: scene.coords[dim].values for dim in ("y", "x") if dim in scene.coords}
-    array = xr.DataArray(values, dims=("y", "x"), coords=coords, name=name, attrs=dict(attrs))
+def _label_grid(scene: xr.DataArray) -> tuple[Any, str | None]:
+    """The transform and CRS of labels on ``scene``'s grid (:func:`~hsi_cluster.io.scene_file.scene_grid`), worked out
+    once for the labels and their confidence; no transform, with a warning, for a crop of a rotated grid."""
     transform, crs = scene_grid(scene)
     if not placed(scene, transform):  # a crop of a rotated grid: no place is better than the whole scene's
         warnings.warn(f"{scene.attrs.get('source', 'the scene')}: the labels of a crop of a rotated grid carry no "
                       "transform (its pixels have no x/y coordinates); crop the file itself to keep one", UserWarning,
                       stacklevel=4)
         transform = None
+    return transform, crs
+
+
+def _like_scene(values: np.ndarray, scene: xr.DataArray, grid: tuple[Any, str | None], *, name: str, nodata: float,
+                attrs: dict[str, Any]) -> xr.DataArray:
+    """A (y, x) DataArray on the scene's grid (:func:`_label_grid`), with rioxarray's CRS/transform/nodata
+    conventions."""
+    coords = {dim: scene.coords[dim].values for dim in ("y", "x") if dim in scene.coords}
+    array = xr.DataArray(values, dims=("y", "x"), coords=coords, name=name, attrs=dict(attrs))
+    transform, crs = grid
     if transform is not None:
         array = array.rio.write_transform(transform)
     if crs:
